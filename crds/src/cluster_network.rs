@@ -1,0 +1,318 @@
+//! `ClusterNetwork`: the cluster-wide settings of sinew. A singleton named `default`.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{ResourceRequirements, Toleration};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{CustomResource, KubeSchema};
+use schemars::json_schema;
+use serde::{Deserialize, Serialize};
+
+/// The only name a `ClusterNetwork` may have.
+pub const CLUSTER_NETWORK_NAME: &str = "default";
+
+/// Cluster-wide network settings: MTU, VXLAN parameters, how the plugin is installed on nodes
+/// and how addresses are garbage-collected. There is exactly one, named `default`.
+// The derive's repeated `printcolumn(type_ = ...)` arguments trip this lint.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[kube(
+    group = "sinew.dev",
+    version = "v1alpha1",
+    kind = "ClusterNetwork",
+    plural = "clusternetworks",
+    singular = "clusternetwork",
+    shortname = "cn",
+    category = "sinew",
+    status = "ClusterNetworkStatus",
+    derive = "PartialEq",
+    doc = "Cluster-wide settings of the sinew network. A singleton: the only accepted name is `default`.",
+    validation = Rule::new("self.metadata.name == 'default'").message("metadata.name must be 'default': ClusterNetwork is a singleton"),
+    printcolumn(name = "MTU", type_ = "string", json_path = ".spec.mtu"),
+    printcolumn(name = "Ready Nodes", type_ = "string", json_path = ".status.nodes.summary"),
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterNetworkSpec {
+    /// MTU of pod interfaces: `auto` (the node's underlay MTU minus the encapsulation overhead
+    /// of the pool's mode: 50 bytes for VXLAN over IPv4, 70 over IPv6) or a number from 1280
+    /// to 9000.
+    #[serde(default = "default_mtu")]
+    #[x_kube(validation = Rule::new("type(self) == string ? self == 'auto' : (self >= 1280 && self <= 9000)").message("must be 'auto' or a number from 1280 to 9000"))]
+    pub mtu: IntOrString,
+
+    /// VXLAN parameters for pools in `VXLAN` or `Auto` mode.
+    #[serde(default)]
+    pub vxlan: VxlanSettings,
+
+    /// Where and how the CNI configuration and plugin are installed on each node.
+    #[serde(default)]
+    pub cni: CniSettings,
+
+    /// How the node agent DaemonSet is scheduled.
+    #[serde(default)]
+    pub installer: InstallerSettings,
+
+    /// Address garbage collection.
+    #[serde(default)]
+    pub ipam: IpamSettings,
+
+    /// Log level of the node agent and the plugin.
+    #[serde(default)]
+    pub log_level: LogLevel,
+}
+
+fn default_mtu() -> IntOrString {
+    IntOrString::String("auto".to_string())
+}
+
+impl Default for ClusterNetworkSpec {
+    /// The same values the API server fills in for `spec: {}`.
+    fn default() -> Self {
+        Self {
+            mtu: default_mtu(),
+            vxlan: VxlanSettings::default(),
+            cni: CniSettings::default(),
+            installer: InstallerSettings::default(),
+            ipam: IpamSettings::default(),
+            log_level: LogLevel::default(),
+        }
+    }
+}
+
+/// VXLAN device parameters, identical on every node.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VxlanSettings {
+    /// VXLAN network identifier.
+    #[serde(default = "default_vni")]
+    #[schemars(range(min = 1, max = 16_777_215))]
+    pub vni: u32,
+
+    /// UDP destination port of VXLAN traffic.
+    #[serde(default = "default_vxlan_port")]
+    #[schemars(range(min = 1, max = 65_535))]
+    pub port: u16,
+}
+
+fn default_vni() -> u32 {
+    4096
+}
+
+fn default_vxlan_port() -> u16 {
+    4789
+}
+
+impl Default for VxlanSettings {
+    fn default() -> Self {
+        Self {
+            vni: default_vni(),
+            port: default_vxlan_port(),
+        }
+    }
+}
+
+/// CNI installation on each node.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CniSettings {
+    /// Directory the container runtime reads network configurations from.
+    #[serde(default = "default_conf_dir")]
+    #[x_kube(validation = Rule::new("self.startsWith('/')").message("must be an absolute path"))]
+    #[schemars(length(min = 1, max = 256))]
+    pub conf_dir: String,
+
+    /// Directory the container runtime looks up plugin binaries in.
+    #[serde(default = "default_bin_dir")]
+    #[x_kube(validation = Rule::new("self.startsWith('/')").message("must be an absolute path"))]
+    #[schemars(length(min = 1, max = 256))]
+    pub bin_dir: String,
+
+    /// Numeric prefix of the conflist file name (`10-sinew.conflist`); runtimes pick the
+    /// lexicographically first file, so a lower number wins over other configurations.
+    #[serde(default = "default_conf_priority")]
+    #[schemars(range(min = 0, max = 99))]
+    pub conf_priority: u8,
+
+    /// Reference plugins appended to the conflist after `sinew`, in order (for example
+    /// `portmap`, `bandwidth`, `tuning`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub chain: Vec<ChainedPlugin>,
+}
+
+fn default_conf_dir() -> String {
+    "/etc/cni/net.d".to_string()
+}
+
+fn default_bin_dir() -> String {
+    "/opt/cni/bin".to_string()
+}
+
+fn default_conf_priority() -> u8 {
+    10
+}
+
+impl Default for CniSettings {
+    fn default() -> Self {
+        Self {
+            conf_dir: default_conf_dir(),
+            bin_dir: default_bin_dir(),
+            conf_priority: default_conf_priority(),
+            chain: Vec::new(),
+        }
+    }
+}
+
+/// A plugin chained after `sinew` in the conflist.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ChainedPlugin {
+    /// The plugin's `type`: the name of its binary in the CNI bin directory.
+    #[serde(rename = "type")]
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
+    )]
+    pub plugin_type: String,
+
+    /// Further keys of the plugin's configuration object, copied as they are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "free_form_object")]
+    pub config: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+fn free_form_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    json_schema!({
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": true,
+    })
+}
+
+/// Scheduling of the node agent DaemonSet.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InstallerSettings {
+    /// Image of the node agent; defaults to the operator's own release.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
+    pub image: Option<String>,
+
+    /// Only nodes with these labels run the agent.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+
+    /// Tolerations added to the agent's own (it already tolerates every taint by default).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+
+    /// Resource requests and limits of the agent container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+/// Garbage collection of leaked addresses.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IpamSettings {
+    /// How often allocations are checked against existing pods (e.g. `5m`).
+    #[serde(default = "default_gc_interval")]
+    #[schemars(
+        length(min = 2, max = 32),
+        regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$")
+    )]
+    pub gc_interval: String,
+
+    /// How long an allocation's pod must have been seen missing before the address is
+    /// released (e.g. `10m`).
+    #[serde(default = "default_leak_grace_period")]
+    #[schemars(
+        length(min = 2, max = 32),
+        regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$")
+    )]
+    pub leak_grace_period: String,
+}
+
+fn default_gc_interval() -> String {
+    "5m".to_string()
+}
+
+fn default_leak_grace_period() -> String {
+    "10m".to_string()
+}
+
+impl Default for IpamSettings {
+    fn default() -> Self {
+        Self {
+            gc_interval: default_gc_interval(),
+            leak_grace_period: default_leak_grace_period(),
+        }
+    }
+}
+
+/// Log verbosity.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Error,
+    Warn,
+    #[default]
+    Info,
+    Debug,
+    Trace,
+}
+
+/// Observed state of the cluster network, written only by the operator.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterNetworkStatus {
+    /// The generation of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// `Ready`, `Reconciling` and `Stalled`, with reasons.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+
+    /// Hash of the node configuration every node should have installed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_hash: Option<String>,
+
+    /// Node counts of the rollout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<NodeCounts>,
+
+    /// Nodes with a problem, one entry each (foreign conflist winning, install failed, ...).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<NodeProblem>,
+}
+
+/// How far the rollout has come.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeCounts {
+    /// Nodes that should run the agent.
+    pub desired: u32,
+    /// Nodes whose agent installed the plugin and conflist.
+    pub installed: u32,
+    /// Nodes ready to serve pods.
+    pub ready: u32,
+    /// Nodes running the current configuration hash.
+    pub up_to_date: u32,
+    /// `ready/desired`, for `kubectl get`.
+    pub summary: String,
+}
+
+/// A problem seen on one node.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeProblem {
+    pub node: String,
+    /// CamelCase reason, e.g. `ForeignConflistWins`.
+    pub reason: String,
+    pub message: String,
+}

@@ -1,0 +1,94 @@
+//! `IPBlock`: internal record of one block of a pool claimed by one node.
+//!
+//! Its name is derived from its CIDR alone ([`crate::cidr::Cidr::object_name`]), so the API
+//! server arbitrates claims: two nodes racing for the same block cannot both create it.
+
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+use crate::cidr::Cidr;
+
+/// A block of addresses claimed by one node. Managed by sinew; not meant to be edited.
+// The derive's repeated `printcolumn(type_ = ...)` arguments trip this lint.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[kube(
+    group = "sinew.dev",
+    version = "v1alpha1",
+    kind = "IPBlock",
+    plural = "ipblocks",
+    singular = "ipblock",
+    shortname = "ipb",
+    category = "sinew",
+    status = "IPBlockStatus",
+    derive = "PartialEq",
+    doc = "A block of a pool claimed by one node (managed by sinew, named after its CIDR).",
+    selectable = ".spec.node",
+    selectable = ".spec.pool",
+    printcolumn(name = "Pool", type_ = "string", json_path = ".spec.pool"),
+    printcolumn(name = "CIDR", type_ = "string", json_path = ".spec.cidr"),
+    printcolumn(name = "Node", type_ = "string", json_path = ".spec.node"),
+    printcolumn(name = "Allocated", type_ = "integer", json_path = ".status.allocated"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self == oldSelf").message("an IPBlock's spec is immutable; release the block and claim another"))]
+pub struct IPBlockSpec {
+    /// Name of the `IPPool` the block belongs to.
+    #[schemars(length(min = 1, max = 253))]
+    pub pool: String,
+
+    /// The block's addresses.
+    #[x_kube(validation = Rule::new("isCIDR(self) && cidr(self) == cidr(self).masked()").message("must be a network address in CIDR form"))]
+    #[schemars(length(min = 3, max = 43))]
+    pub cidr: String,
+
+    /// Node that owns the block; only this node allocates from it.
+    #[schemars(length(min = 1, max = 253))]
+    pub node: String,
+}
+
+impl IPBlock {
+    /// The object name a block of `cidr` must have.
+    pub fn name_for(cidr: &Cidr) -> String {
+        cidr.object_name()
+    }
+}
+
+/// The block's allocations, written only by its node's agent.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IPBlockStatus {
+    /// Number of addresses in use.
+    #[serde(default)]
+    pub allocated: u32,
+
+    /// One entry per address in use.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 4096))]
+    pub allocations: Vec<Allocation>,
+}
+
+/// One address held by one pod interface.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Allocation {
+    pub ip: String,
+    /// Container (sandbox) ID the runtime passed to the plugin.
+    pub container_id: String,
+    /// Interface name inside the pod.
+    pub interface: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_uid: Option<String>,
+    /// Generation of the address slot: bumped each time the address is handed out, so a
+    /// stale release can never free an address that was given to another pod since.
+    pub generation: u64,
+}

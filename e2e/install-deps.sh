@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs what sinew's tests need and is not part of a base Debian + Rust + Go machine.
+# Idempotent: installs only what is missing, so a warm run takes a second.
+set -euo pipefail
+
+debian_packages=(make iproute2 nftables ca-certificates)
+
+missing=()
+for p in "${debian_packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "[deps] installing Debian packages: ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+for tool in cargo go; do
+  command -v "$tool" >/dev/null || { echo "[deps] $tool is required (base toolchain)"; exit 1; }
+done
+for component in rustfmt clippy; do
+  rustup component list --installed 2>/dev/null | grep -q "^$component" || rustup component add "$component"
+done
+
+# The upstream Go tools (kube-apiserver, etcd, kubectl) into ~/.cache/sinew.
+"$(dirname "$0")/tools/build.sh" >/dev/null
+echo "[deps] ready"
