@@ -3,7 +3,7 @@
 # Idempotent: installs only what is missing, so a warm run takes a second.
 set -euo pipefail
 
-debian_packages=(make iproute2 nftables ca-certificates)
+debian_packages=(make iproute2 nftables iptables ca-certificates containernetworking-plugins)
 
 missing=()
 for p in "${debian_packages[@]}"; do

@@ -1,12 +1,23 @@
-//! `sinew`: scaffold only. The implementation is tracked in issue #3.
+//! `sinew`: the CNI plugin binary executed by the container runtime.
 
+use std::io::Write;
 use std::process::ExitCode;
 
+use sinew_cni::datapath::KernelDatapath;
+
 fn main() -> ExitCode {
-    if std::env::args().nth(1).as_deref() == Some("--version") {
-        println!("sinew {}", env!("CARGO_PKG_VERSION"));
-        return ExitCode::SUCCESS;
+    let outcome = sinew_cni::execute(
+        |k| std::env::var(k).ok(),
+        std::io::stdin().lock(),
+        &KernelDatapath,
+    );
+    let mut out = std::io::stdout().lock();
+    let written = out
+        .write_all(outcome.stdout.as_bytes())
+        .and_then(|()| out.flush());
+    if outcome.success && written.is_ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
-    eprintln!("sinew: not implemented yet (issue #3)");
-    ExitCode::FAILURE
 }

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the upstream tools the tests run (kube-apiserver, kubectl, etcd, ...) from the Go
+# Builds the upstream tools the tests run (kube-apiserver, kubectl, etcd, cnitool, ...) from the Go
 # modules pinned in e2e/tools/<module>/go.{mod,sum}, into a cache outside the clone:
 #
 #   ${SINEW_CACHE:-~/.cache/sinew}/tools/<module>-<hash of go.mod, go.sum and Go version>/
@@ -21,6 +21,7 @@ tools=(
   "kubernetes|k8s.io/kubernetes/cmd/kube-apiserver|kube-apiserver|K8S"
   "kubernetes|k8s.io/kubernetes/cmd/kubectl|kubectl|K8S"
   "etcd|go.etcd.io/etcd/server/v3|etcd|"
+  "cni|github.com/containernetworking/cni/cnitool|cnitool|"
 )
 
 log() { echo "[tools] $*" >&2; }

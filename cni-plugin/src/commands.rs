@@ -1,0 +1,387 @@
+//! The CNI operations: ADD, DEL, CHECK, STATUS, GC, VERSION.
+//!
+//! Order of effects in ADD, chosen so that a kill -9 at any instant is recoverable:
+//! 1. allocate the addresses and record the attachment in the IPAM store (one atomic write);
+//! 2. program the datapath (veth, addresses, routes);
+//! 3. print the result.
+//!
+//! A crash after 1 leaves a recorded attachment that the runtime's DEL (it always sends one
+//! for a failed ADD) or GC removes; nothing is ever programmed without a record, so nothing can
+//! leak unseen. DEL undoes the datapath first and drops the record last, for the same reason.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::path::Path;
+
+use serde_json::{Value, json};
+use sinew_crds::Family;
+use tracing::{info, warn};
+
+use crate::config::{self, NetConf};
+use crate::datapath::{self, Datapath};
+use crate::error::{CniError, CniResult, Code};
+use crate::invocation::{Command, Invocation};
+use crate::ipam::{AllocError, Attachment, AttachmentKey, IpamState, Store};
+use crate::netns::NetNs;
+use crate::node_state::{self, NodeState, POOL_ANNOTATION, PoolState};
+use crate::result::CniOutput;
+use crate::version::{self, Version};
+
+/// What the plugin prints on success (DEL, GC and CHECK print nothing).
+pub type Output = Option<Value>;
+
+/// Runs one invocation against `datapath`.
+pub fn run(inv: &Invocation, stdin: &[u8], dp: &dyn Datapath) -> CniResult<Output> {
+    if inv.command == Command::Version {
+        return Ok(Some(version_output(stdin)));
+    }
+    let (conf, version) = config::parse(stdin)?;
+    let state_dir = conf.state_dir();
+    match inv.command {
+        Command::Add => add(inv, &conf, version, dp).map(Some),
+        Command::Del => del(inv, &state_dir, dp).map(|()| None),
+        Command::Check => {
+            require(version, Version::V0_4_0, "CHECK")?;
+            check(inv, &state_dir, dp).map(|()| None)
+        }
+        Command::Status => {
+            require(version, Version::V1_1_0, "STATUS")?;
+            status(&state_dir).map(|()| None)
+        }
+        Command::Gc => {
+            require(version, Version::V1_1_0, "GC")?;
+            gc(&conf, &state_dir, dp).map(|()| None)
+        }
+        Command::Version => Ok(Some(version_output(stdin))),
+    }
+}
+
+fn require(have: Version, need: Version, what: &str) -> CniResult<()> {
+    if have < need {
+        return Err(CniError::new(
+            Code::IncompatibleVersion,
+            format!("{what} needs cniVersion {need} or later; the configuration says {have}"),
+        ));
+    }
+    Ok(())
+}
+
+fn version_output(stdin: &[u8]) -> Value {
+    let asked = serde_json::from_slice::<Value>(stdin)
+        .ok()
+        .and_then(|v| {
+            v.get("cniVersion")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        })
+        .filter(|v| version::SUPPORTED.contains(&v.as_str()))
+        .unwrap_or_else(|| "1.1.0".to_string());
+    json!({"cniVersion": asked, "supportedVersions": version::SUPPORTED})
+}
+
+fn io_error(what: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> CniError {
+    move |e| CniError::new(Code::Io, format!("{what}: {e}"))
+}
+
+fn open_netns(inv: &Invocation) -> CniResult<NetNs> {
+    let path = inv.netns.as_deref().unwrap_or_default();
+    NetNs::open(Path::new(path)).map_err(|e| {
+        let code = if e.is_not_found() {
+            Code::UnknownContainer
+        } else {
+            Code::InvalidEnvironment
+        };
+        CniError::new(code, format!("CNI_NETNS {path:?}: {e}"))
+    })
+}
+
+/// Pools to take addresses from: the pod's `sinew.dev/ippool` annotation (from the runtime),
+/// else its namespace's (kept by the agent), else the first enabled pool of each family.
+fn select_pools<'a>(
+    inv: &Invocation,
+    conf: &NetConf,
+    node: &'a NodeState,
+    state_dir: &Path,
+) -> CniResult<Vec<&'a PoolState>> {
+    let from_pod = conf
+        .runtime_config
+        .pod_annotations
+        .as_ref()
+        .and_then(|a| a.get(POOL_ANNOTATION))
+        .map(|s| (s.clone(), "pod annotation"));
+    let from_namespace = || {
+        inv.pod
+            .namespace
+            .as_deref()
+            .and_then(|ns| node_state::namespace_pools(state_dir, ns))
+            .map(|s| (s, "namespace annotation"))
+    };
+    if let Some((names, source)) = from_pod.or_else(from_namespace) {
+        let mut chosen = Vec::new();
+        for name in names.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            let pool = node.pool(name).ok_or_else(|| {
+                CniError::new(
+                    Code::InvalidNetworkConfig,
+                    format!("{source} {POOL_ANNOTATION}={names:?} names pool {name:?}, which does not exist or does not select node {}", node.node),
+                )
+            })?;
+            if pool.disabled {
+                return Err(CniError::new(
+                    Code::InvalidNetworkConfig,
+                    format!(
+                        "pool {name} (from the {source}) is disabled: it hands out no new addresses"
+                    ),
+                ));
+            }
+            chosen.push(pool);
+        }
+        return Ok(chosen);
+    }
+    let mut families = BTreeSet::new();
+    let chosen: Vec<&PoolState> = node
+        .pools
+        .iter()
+        .filter(|p| !p.disabled)
+        .filter(|p| p.family().is_some_and(|f| families.insert(f)))
+        .collect();
+    if chosen.is_empty() {
+        return Err(CniError::new(
+            Code::TryAgainLater,
+            format!("node {} has no enabled IPPool yet", node.node),
+        ));
+    }
+    Ok(chosen)
+}
+
+fn load_node_state(state_dir: &Path) -> CniResult<NodeState> {
+    NodeState::load(state_dir)
+        .map_err(io_error(format!(
+            "reading {}",
+            node_state::node_state_path(state_dir).display()
+        )))?
+        .ok_or_else(|| {
+            CniError::new(
+                Code::TryAgainLater,
+                format!(
+                    "the sinew node agent has not written {} yet",
+                    node_state::node_state_path(state_dir).display()
+                ),
+            )
+        })
+}
+
+fn add(inv: &Invocation, conf: &NetConf, version: Version, dp: &dyn Datapath) -> CniResult<Value> {
+    let state_dir = conf.state_dir();
+    let netns = open_netns(inv)?;
+    let node = load_node_state(&state_dir)?;
+    let pools = select_pools(inv, conf, &node, &state_dir)?;
+    let key = AttachmentKey::new(&inv.container_id, &inv.ifname);
+    let store = Store::new(&state_dir);
+
+    let recorded = store
+        .update(|state| allocate(state, &key, inv, &pools))
+        .map_err(io_error("updating the IPAM store"))?;
+    let (attachment, existed) = match recorded {
+        Ok(r) => r,
+        Err(AllocError::Exhausted { pool }) => {
+            if let Err(e) = node_state::request_block(&state_dir, &pool) {
+                warn!(pool = %pool, error = %e, "could not signal the node agent for a block");
+            }
+            return Err(CniError::new(
+                Code::TryAgainLater,
+                format!(
+                    "pool {pool} has no free address on node {}; a new block has been requested from the node agent",
+                    node.node
+                ),
+            ));
+        }
+        Err(e @ AllocError::BadPool { .. }) => {
+            return Err(CniError::new(Code::InvalidNetworkConfig, e.to_string()));
+        }
+    };
+
+    let setup = match dp.setup(&attachment, &netns) {
+        Ok(s) => s,
+        Err(e) => {
+            if !existed {
+                let _ = dp.teardown(&attachment);
+                let _ = store.update(|s| s.remove_attachment(&key));
+            }
+            return Err(CniError::new(
+                Code::Datapath,
+                format!("setting up {}: {e}", inv.ifname),
+            ));
+        }
+    };
+    info!(
+        container = %inv.container_id,
+        pod = ?inv.pod.name, namespace = ?inv.pod.namespace,
+        ips = ?attachment.addresses.iter().map(|a| a.ip).collect::<Vec<_>>(),
+        repeat = existed,
+        "ADD"
+    );
+    let ours = datapath::result_for(&attachment, &setup);
+    let out = match &conf.prev_result {
+        Some(prev) => CniOutput::from_prev_result(prev)?.merge(ours),
+        None => ours,
+    };
+    Ok(out.render(version))
+}
+
+/// Allocates (or finds, for a repeated ADD) the attachment of `key`. Nothing is changed
+/// unless every pool yields an address.
+fn allocate(
+    state: &mut IpamState,
+    key: &AttachmentKey,
+    inv: &Invocation,
+    pools: &[&PoolState],
+) -> Result<(Attachment, bool), AllocError> {
+    if let Some(existing) = state.attachment(key) {
+        return Ok((existing.clone(), true));
+    }
+    let mut draft = state.clone();
+    let mut addresses = Vec::with_capacity(pools.len());
+    for pool in pools {
+        addresses.push(draft.allocate(pool, key)?);
+    }
+    let attachment = Attachment {
+        container_id: inv.container_id.clone(),
+        ifname: inv.ifname.clone(),
+        netns: inv.netns.clone(),
+        host_veth: datapath::host_veth_name(&inv.container_id, &inv.ifname),
+        mtu: pools.iter().map(|p| p.mtu).min().unwrap_or(1500),
+        addresses,
+        pod_namespace: inv.pod.namespace.clone(),
+        pod_name: inv.pod.name.clone(),
+        pod_uid: inv.pod.uid.clone(),
+    };
+    draft.insert_attachment(attachment.clone());
+    *state = draft;
+    Ok((attachment, false))
+}
+
+fn del(inv: &Invocation, state_dir: &Path, dp: &dyn Datapath) -> CniResult<()> {
+    let key = AttachmentKey::new(&inv.container_id, &inv.ifname);
+    let store = Store::new(state_dir);
+    let snapshot = store
+        .snapshot()
+        .map_err(io_error("reading the IPAM store"))?;
+    match snapshot.attachment(&key) {
+        Some(attachment) => {
+            dp.teardown(attachment).map_err(|e| {
+                CniError::new(
+                    Code::Datapath,
+                    format!("removing {}: {e}", attachment.host_veth),
+                )
+            })?;
+            store
+                .update(|s| s.remove_attachment(&key))
+                .map_err(io_error("updating the IPAM store"))?;
+            info!(container = %inv.container_id, pod = ?inv.pod.name, "DEL");
+        }
+        None => {
+            // Nothing recorded: still remove a veth a crashed ADD may have left.
+            let name = datapath::host_veth_name(&inv.container_id, &inv.ifname);
+            dp.remove_host_veth(&name)
+                .map_err(|e| CniError::new(Code::Datapath, format!("removing {name}: {e}")))?;
+        }
+    }
+    Ok(())
+}
+
+fn check(inv: &Invocation, state_dir: &Path, dp: &dyn Datapath) -> CniResult<()> {
+    let netns = open_netns(inv)?;
+    let key = AttachmentKey::new(&inv.container_id, &inv.ifname);
+    let snapshot = Store::new(state_dir)
+        .snapshot()
+        .map_err(io_error("reading the IPAM store"))?;
+    let attachment = snapshot.attachment(&key).ok_or_else(|| {
+        CniError::new(
+            Code::UnknownContainer,
+            format!(
+                "no attachment of container {} interface {} is recorded",
+                inv.container_id, inv.ifname
+            ),
+        )
+    })?;
+    let problems = dp.check(attachment, &netns);
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(CniError::new(Code::CheckMismatch, problems.join("; ")))
+    }
+}
+
+fn status(state_dir: &Path) -> CniResult<()> {
+    let unavailable = |msg: String| Err(CniError::new(Code::PluginNotAvailable, msg));
+    let node = match NodeState::load(state_dir) {
+        Ok(Some(n)) => n,
+        Ok(None) => {
+            return unavailable("the sinew node agent has not written node state yet".into());
+        }
+        Err(e) => return unavailable(format!("node state unreadable: {e}")),
+    };
+    let usable: Vec<&PoolState> = node
+        .pools
+        .iter()
+        .filter(|p| !p.disabled && !p.blocks.is_empty())
+        .collect();
+    if usable.is_empty() {
+        return unavailable(format!(
+            "node {} owns no block of an enabled pool yet",
+            node.node
+        ));
+    }
+    Ok(())
+}
+
+fn gc(conf: &NetConf, state_dir: &Path, dp: &dyn Datapath) -> CniResult<()> {
+    let valid: BTreeSet<AttachmentKey> = conf
+        .valid_attachments
+        .iter()
+        .flatten()
+        .map(|a| AttachmentKey::new(&a.container_id, &a.ifname))
+        .collect();
+    let store = Store::new(state_dir);
+    let snapshot = store
+        .snapshot()
+        .map_err(io_error("reading the IPAM store"))?;
+    for key in snapshot.stale_attachments(&valid) {
+        if let Some(attachment) = snapshot.attachment(&key)
+            && let Err(e) = dp.teardown(attachment)
+        {
+            warn!(container = %key.container_id, error = %e, "GC could not remove the datapath");
+            continue;
+        }
+        store
+            .update(|s| s.remove_attachment(&key))
+            .map_err(io_error("updating the IPAM store"))?;
+        info!(container = %key.container_id, ifname = %key.ifname, "GC released");
+    }
+    let freed = store
+        .update(IpamState::free_orphaned_slots)
+        .map_err(io_error("updating the IPAM store"))?;
+    if !freed.is_empty() {
+        info!(addresses = ?freed, "GC freed addresses without an attachment");
+    }
+    let live: BTreeSet<String> = store
+        .snapshot()
+        .map_err(io_error("reading the IPAM store"))?
+        .attachments
+        .values()
+        .map(|a| a.host_veth.clone())
+        .collect();
+    dp.remove_stray_host_veths(&live)
+        .map_err(|e| CniError::new(Code::Datapath, format!("GC of stray veths: {e}")))?;
+    Ok(())
+}
+
+/// Addresses of one family held by an attachment (used by the datapath and CHECK).
+pub fn family_addresses(attachment: &Attachment, family: Family) -> Vec<IpAddr> {
+    attachment
+        .addresses
+        .iter()
+        .map(|a| a.ip)
+        .filter(|ip| Family::of(*ip) == family)
+        .collect()
+}

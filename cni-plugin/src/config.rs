@@ -1,0 +1,213 @@
+//! The network configuration on stdin: bounded in size, decoded with the path of any wrong
+//! field in the error, unknown fields tolerated, and never logged verbatim.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use crate::error::{CniError, CniResult, Code};
+use crate::invocation::is_valid_identifier;
+use crate::version::Version;
+
+/// Largest configuration accepted on stdin. Real conflists are a few KiB.
+pub const MAX_STDIN_BYTES: u64 = 1 << 20;
+
+/// Where sinew keeps node-local state unless the configuration says otherwise.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/sinew";
+
+/// Log verbosity of the plugin.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Error,
+    Warn,
+    #[default]
+    Info,
+    Debug,
+    Trace,
+}
+
+/// One entry of `cni.dev/valid-attachments` (GC).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ValidAttachment {
+    #[serde(rename = "containerID")]
+    pub container_id: String,
+    pub ifname: String,
+}
+
+/// Runtime-provided values (libcni `capabilities` -> `runtimeConfig`).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+pub struct RuntimeConfig {
+    /// The pod's annotations, passed by containerd/CRI-O when the conflist declares the
+    /// `io.kubernetes.cri.pod-annotations` capability. Race-free pool choice per pod.
+    #[serde(rename = "io.kubernetes.cri.pod-annotations", default)]
+    pub pod_annotations: Option<BTreeMap<String, String>>,
+}
+
+/// sinew's plugin configuration, as libcni hands it to one plugin of a conflist.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NetConf {
+    pub cni_version: String,
+    pub name: String,
+    #[serde(rename = "type")]
+    pub plugin_type: String,
+    /// Node-local state written by the node agent and the IPAM store.
+    #[serde(default)]
+    pub state_dir: Option<PathBuf>,
+    /// Log file; stderr when unset. The plugin never logs to stdout.
+    #[serde(default)]
+    pub log_file: Option<PathBuf>,
+    #[serde(default)]
+    pub log_level: LogLevel,
+    /// Result of the previous plugin of the chain, if sinew is not first.
+    #[serde(default)]
+    pub prev_result: Option<serde_json::Value>,
+    #[serde(default)]
+    pub runtime_config: RuntimeConfig,
+    /// GC: every attachment the runtime still uses; everything else is released.
+    #[serde(rename = "cni.dev/valid-attachments", default)]
+    pub valid_attachments: Option<Vec<ValidAttachment>>,
+}
+
+impl NetConf {
+    pub fn state_dir(&self) -> PathBuf {
+        self.state_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR))
+    }
+}
+
+/// Reads stdin up to [`MAX_STDIN_BYTES`]; more is an error rather than a truncation.
+pub fn read_bounded(mut input: impl Read) -> CniResult<Vec<u8>> {
+    let mut buf = Vec::new();
+    input
+        .by_ref()
+        .take(MAX_STDIN_BYTES + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| {
+            CniError::new(
+                Code::Io,
+                format!("reading the network configuration from stdin: {e}"),
+            )
+        })?;
+    if buf.len() as u64 > MAX_STDIN_BYTES {
+        return Err(CniError::new(
+            Code::Decode,
+            format!("the network configuration on stdin exceeds {MAX_STDIN_BYTES} bytes"),
+        ));
+    }
+    Ok(buf)
+}
+
+/// Decodes `T`, naming the offending field on a type error. The input itself is never
+/// echoed: only its path and serde's description of the problem. Syntax is checked first, so
+/// a wrong type is never reported as malformed JSON.
+pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> CniResult<T> {
+    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| {
+        CniError::new(
+            Code::Decode,
+            format!(
+                "the network configuration is not valid JSON (line {}, column {})",
+                e.line(),
+                e.column()
+            ),
+        )
+    })?;
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let what = if path == "." {
+            format!("the network configuration is invalid: {inner}")
+        } else {
+            format!("field {path:?} of the network configuration is invalid: {inner}")
+        };
+        CniError::new(Code::Decode, what)
+    })
+}
+
+/// Decodes and validates a full configuration (ADD, DEL, CHECK, STATUS, GC).
+pub fn parse(bytes: &[u8]) -> CniResult<(NetConf, Version)> {
+    let conf: NetConf = decode(bytes)?;
+    let version = Version::parse_supported(&conf.cni_version)?;
+    if !is_valid_identifier(&conf.name) {
+        return Err(CniError::new(
+            Code::InvalidNetworkConfig,
+            format!(
+                "field \"name\" ({:?}) must match ^[a-zA-Z0-9][a-zA-Z0-9_.\\-]*$",
+                conf.name.chars().take(64).collect::<String>()
+            ),
+        ));
+    }
+    if let Some(dir) = &conf.state_dir
+        && !dir.is_absolute()
+    {
+        return Err(CniError::new(
+            Code::InvalidNetworkConfig,
+            "field \"stateDir\" must be an absolute path",
+        ));
+    }
+    Ok((conf, version))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"{"cniVersion":"1.1.0","name":"sinew","type":"sinew","stateDir":"/tmp/s","someFutureField":{"x":1}}"#;
+
+    #[test]
+    fn parses_and_tolerates_unknown_fields() {
+        let (conf, v) = parse(GOOD.as_bytes()).unwrap();
+        assert_eq!(v, Version::V1_1_0);
+        assert_eq!(conf.state_dir(), PathBuf::from("/tmp/s"));
+        assert_eq!(conf.log_level, LogLevel::Info);
+    }
+
+    #[test]
+    fn wrong_types_name_the_field_with_code_6() {
+        let e =
+            parse(br#"{"cniVersion":"1.0.0","name":"n","type":"sinew","logLevel":7}"#).unwrap_err();
+        assert_eq!(e.code, 6);
+        assert!(e.msg.contains("\"logLevel\""), "{}", e.msg);
+        let e = parse(br#"{"cniVersion":"1.0.0","name":"n","type":"sinew","runtimeConfig":{"io.kubernetes.cri.pod-annotations":{"a":1}}}"#).unwrap_err();
+        assert!(
+            e.msg
+                .contains("runtimeConfig.io.kubernetes.cri.pod-annotations.a"),
+            "{}",
+            e.msg
+        );
+        let e = parse(br#"{"cniVersion":"1.0.0","type":"sinew"}"#).unwrap_err();
+        assert_eq!(e.code, 6);
+        assert!(e.msg.contains("name"), "{}", e.msg);
+    }
+
+    #[test]
+    fn syntax_errors_do_not_echo_the_input() {
+        let e = parse(br#"{"cniVersion":"1.0.0","name":"secret-token-abc"#).unwrap_err();
+        assert_eq!(e.code, 6);
+        assert!(!e.msg.contains("secret-token-abc"), "{}", e.msg);
+    }
+
+    #[test]
+    fn invalid_names_and_versions() {
+        let e = parse(br#"{"cniVersion":"1.0.0","name":"../x","type":"sinew"}"#).unwrap_err();
+        assert_eq!(e.code, 7);
+        assert!(e.msg.contains("\"name\""));
+        let e = parse(br#"{"cniVersion":"9.9.9","name":"x","type":"sinew"}"#).unwrap_err();
+        assert_eq!(e.code, 1);
+        let e = parse(br#"{"cniVersion":"1.0.0","name":"x","type":"sinew","stateDir":"rel"}"#)
+            .unwrap_err();
+        assert_eq!(e.code, 7);
+    }
+
+    #[test]
+    fn stdin_is_bounded() {
+        let big = vec![b' '; MAX_STDIN_BYTES as usize + 1];
+        assert_eq!(read_bounded(&big[..]).unwrap_err().code, 6);
+        let ok = [b' '; 10];
+        assert_eq!(read_bounded(&ok[..]).unwrap().len(), 10);
+    }
+}

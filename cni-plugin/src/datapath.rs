@@ -1,0 +1,347 @@
+//! The pod's side of the datapath, programmed through netlink (no `ip`, no shell).
+//!
+//! Per pod: a veth pair, `eth0` in the pod with its addresses as /32 and /128, a default route
+//! via a link-local gateway (`169.254.1.1`, `fe80::1`) whose MAC is pinned to the host end with
+//! a permanent neighbour entry, so no bridge, no gateway address per node and no proxy ARP are
+//! needed; on the host, a /32 (/128) route to each address through the host end. IPv6 addresses
+//! are added with `IFA_F_NODAD`: duplicate address detection would otherwise hold them
+//! "tentative" for seconds. Everything sinew adds carries route protocol [`ROUTE_PROTOCOL`].
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use sinew_crds::Family;
+
+use crate::ipam::Attachment;
+use crate::netlink::{Netlink, NetlinkError, Route};
+use crate::netns::{NetNs, NetnsError};
+use crate::result::{CniOutput, Interface, IpConfig, RouteConfig};
+
+/// The pod's IPv4 default gateway: link-local, never on the wire, pinned to the host veth.
+pub const GATEWAY_V4: IpAddr = IpAddr::V4(Ipv4Addr::new(169, 254, 1, 1));
+/// The pod's IPv6 default gateway, also configured on the host end of the veth.
+pub const GATEWAY_V6: IpAddr = IpAddr::V6(Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1));
+/// Route protocol id marking routes sinew owns (`ip route show proto 115`).
+pub const ROUTE_PROTOCOL: u8 = 115;
+/// Prefix of every host-side veth sinew creates.
+pub const HOST_VETH_PREFIX: &str = "snw";
+const MAIN_TABLE: u32 = 254;
+
+/// Failure while programming the kernel.
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+    #[error("{0}")]
+    Missing(String),
+}
+
+/// What setup learnt, for the CNI result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetupInfo {
+    pub host_mac: [u8; 6],
+    pub pod_mac: [u8; 6],
+}
+
+/// The kernel-facing half of the plugin, behind a trait so command logic is testable alone.
+pub trait Datapath {
+    /// Creates (or, for a repeated ADD, re-asserts) the pod's interface, addresses and routes.
+    fn setup(&self, attachment: &Attachment, netns: &NetNs) -> Result<SetupInfo, DatapathError>;
+    /// Removes everything `setup` created; succeeds when it is already gone.
+    fn teardown(&self, attachment: &Attachment) -> Result<(), DatapathError> {
+        self.remove_host_veth(&attachment.host_veth)
+    }
+    /// Deletes a host veth (and with it the pod end and the host routes) if it exists.
+    fn remove_host_veth(&self, name: &str) -> Result<(), DatapathError>;
+    /// Differences between the recorded attachment and the kernel; empty when they agree.
+    fn check(&self, attachment: &Attachment, netns: &NetNs) -> Vec<String>;
+    /// Deletes sinew veths that belong to no live attachment.
+    fn remove_stray_host_veths(&self, live: &BTreeSet<String>) -> Result<(), DatapathError>;
+}
+
+/// Host-side veth name: `snw` + 12 hex digits of a hash of container ID and interface, so the
+/// same attachment always maps to the same name (DEL works even without a record).
+pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
+    // FNV-1a, 64 bit: stable across releases and platforms.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in container_id.bytes().chain([b'/']).chain(ifname.bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{HOST_VETH_PREFIX}{:012x}", h >> 16)
+}
+
+fn gateway(family: Family) -> IpAddr {
+    match family {
+        Family::V4 => GATEWAY_V4,
+        Family::V6 => GATEWAY_V6,
+    }
+}
+
+fn host_prefix(ip: IpAddr) -> u8 {
+    Family::of(ip).bits()
+}
+
+fn mac_string(mac: [u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// The CNI result of an attachment: host veth, pod interface, addresses, default routes.
+pub fn result_for(attachment: &Attachment, setup: &SetupInfo) -> CniOutput {
+    let mut families = BTreeSet::new();
+    CniOutput {
+        interfaces: vec![
+            Interface {
+                name: attachment.host_veth.clone(),
+                mac: Some(mac_string(setup.host_mac)),
+                sandbox: None,
+                mtu: Some(attachment.mtu),
+            },
+            Interface {
+                name: attachment.ifname.clone(),
+                mac: Some(mac_string(setup.pod_mac)),
+                sandbox: attachment.netns.clone(),
+                mtu: Some(attachment.mtu),
+            },
+        ],
+        ips: attachment
+            .addresses
+            .iter()
+            .map(|a| IpConfig {
+                address: format!("{}/{}", a.ip, host_prefix(a.ip)),
+                gateway: Some(gateway(Family::of(a.ip))),
+                interface: Some(1),
+            })
+            .collect(),
+        routes: attachment
+            .addresses
+            .iter()
+            .map(|a| Family::of(a.ip))
+            .filter(|f| families.insert(*f))
+            .map(|f| RouteConfig {
+                dst: match f {
+                    Family::V4 => "0.0.0.0/0".into(),
+                    Family::V6 => "::/0".into(),
+                },
+                gw: Some(gateway(f)),
+            })
+            .collect(),
+        dns: serde_json::Value::Null,
+    }
+}
+
+/// The real datapath, in the network namespace the plugin runs in (the node's).
+#[derive(Debug, Default)]
+pub struct KernelDatapath;
+
+fn host_route(ip: IpAddr, host_index: u32) -> Route {
+    Route {
+        dst: ip,
+        prefix: host_prefix(ip),
+        gateway: None,
+        oif: Some(host_index),
+        scope_link: true,
+        onlink: false,
+        table: MAIN_TABLE,
+        protocol: ROUTE_PROTOCOL,
+        mtu: None,
+        src: None,
+    }
+}
+
+fn default_route(family: Family, pod_index: u32) -> Route {
+    let dst = match family {
+        Family::V4 => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        Family::V6 => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+    };
+    Route {
+        dst,
+        prefix: 0,
+        gateway: Some(gateway(family)),
+        oif: Some(pod_index),
+        scope_link: false,
+        onlink: family == Family::V4,
+        table: MAIN_TABLE,
+        protocol: ROUTE_PROTOCOL,
+        mtu: None,
+        src: None,
+    }
+}
+
+fn families(attachment: &Attachment) -> BTreeSet<Family> {
+    attachment
+        .addresses
+        .iter()
+        .map(|a| Family::of(a.ip))
+        .collect()
+}
+
+impl Datapath for KernelDatapath {
+    fn setup(&self, attachment: &Attachment, netns: &NetNs) -> Result<SetupInfo, DatapathError> {
+        let mut host = Netlink::new()?;
+        let mut pod = Netlink::in_netns(netns)?;
+        let existing_host = host.link_by_name(&attachment.host_veth)?;
+        let existing_pod = pod.link_by_name(&attachment.ifname)?;
+        if existing_host.is_none() || existing_pod.is_none() {
+            // A half-made pair from an interrupted ADD is replaced whole.
+            host.delete_link_by_name(&attachment.host_veth)?;
+            if existing_pod.is_some() {
+                return Err(DatapathError::Missing(format!(
+                    "interface {} already exists in the pod and is not sinew's",
+                    attachment.ifname
+                )));
+            }
+            host.create_veth(
+                &attachment.host_veth,
+                &attachment.ifname,
+                netns,
+                attachment.mtu,
+            )?;
+        }
+        let host_link = host.link_by_name(&attachment.host_veth)?.ok_or_else(|| {
+            DatapathError::Missing(format!("host veth {} vanished", attachment.host_veth))
+        })?;
+        let pod_link = pod.link_by_name(&attachment.ifname)?.ok_or_else(|| {
+            DatapathError::Missing(format!("pod interface {} vanished", attachment.ifname))
+        })?;
+        let host_mac = host_link.mac.unwrap_or_default();
+
+        // Pod side: addresses, pinned gateway neighbours, default routes.
+        for a in &attachment.addresses {
+            pod.add_address(pod_link.index, a.ip, host_prefix(a.ip), true)?;
+        }
+        pod.set_link_up(pod_link.index)?;
+        for family in families(attachment) {
+            pod.add_neighbor(pod_link.index, gateway(family), host_mac)?;
+            pod.add_route(&default_route(family, pod_link.index))?;
+        }
+
+        // Host side: the IPv6 gateway address, the link up, a route per pod address.
+        if families(attachment).contains(&Family::V6) {
+            host.add_address(host_link.index, GATEWAY_V6, 64, true)?;
+        }
+        host.set_link_up(host_link.index)?;
+        for a in &attachment.addresses {
+            host.add_route(&host_route(a.ip, host_link.index))?;
+        }
+        Ok(SetupInfo {
+            host_mac,
+            pod_mac: pod_link.mac.unwrap_or_default(),
+        })
+    }
+
+    fn remove_host_veth(&self, name: &str) -> Result<(), DatapathError> {
+        Netlink::new()?.delete_link_by_name(name)?;
+        Ok(())
+    }
+
+    fn check(&self, attachment: &Attachment, netns: &NetNs) -> Vec<String> {
+        match check_kernel(attachment, netns) {
+            Ok(problems) => problems,
+            Err(e) => vec![e.to_string()],
+        }
+    }
+
+    fn remove_stray_host_veths(&self, live: &BTreeSet<String>) -> Result<(), DatapathError> {
+        let mut nl = Netlink::new()?;
+        for link in nl.links()? {
+            if link.name.starts_with(HOST_VETH_PREFIX)
+                && link.kind.as_deref() == Some("veth")
+                && !live.contains(&link.name)
+            {
+                nl.delete_link(link.index)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_kernel(attachment: &Attachment, netns: &NetNs) -> Result<Vec<String>, DatapathError> {
+    let mut problems = Vec::new();
+    let mut host = Netlink::new()?;
+    let mut pod = Netlink::in_netns(netns)?;
+    let Some(host_link) = host.link_by_name(&attachment.host_veth)? else {
+        return Ok(vec![format!(
+            "host veth {} is missing",
+            attachment.host_veth
+        )]);
+    };
+    let Some(pod_link) = pod.link_by_name(&attachment.ifname)? else {
+        return Ok(vec![format!(
+            "pod interface {} is missing",
+            attachment.ifname
+        )]);
+    };
+    if !host_link.up || !pod_link.up {
+        problems.push(format!(
+            "{} or {} is down",
+            attachment.host_veth, attachment.ifname
+        ));
+    }
+    let pod_addrs = pod.addresses(pod_link.index)?;
+    for a in &attachment.addresses {
+        if !pod_addrs.contains(&(a.ip, host_prefix(a.ip))) {
+            problems.push(format!(
+                "address {} is missing on {}",
+                a.ip, attachment.ifname
+            ));
+        }
+    }
+    for (ip, prefix) in &pod_addrs {
+        let link_local = matches!(ip, IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80);
+        if !link_local && !attachment.addresses.iter().any(|a| a.ip == *ip) {
+            problems.push(format!(
+                "unexpected address {ip}/{prefix} on {}",
+                attachment.ifname
+            ));
+        }
+    }
+    for family in families(attachment) {
+        let routes = pod.routes(family == Family::V6, MAIN_TABLE)?;
+        if !routes
+            .iter()
+            .any(|r| r.prefix == 0 && r.gateway == Some(gateway(family)))
+        {
+            problems.push(format!(
+                "the {family} default route via {} is missing in the pod",
+                gateway(family)
+            ));
+        }
+        let host_routes = host.routes(family == Family::V6, MAIN_TABLE)?;
+        for a in attachment
+            .addresses
+            .iter()
+            .filter(|a| Family::of(a.ip) == family)
+        {
+            if !host_routes.iter().any(|r| {
+                r.dst == a.ip && r.prefix == host_prefix(a.ip) && r.oif == Some(host_link.index)
+            }) {
+                problems.push(format!(
+                    "the host route to {} via {} is missing",
+                    a.ip, attachment.host_veth
+                ));
+            }
+        }
+    }
+    Ok(problems)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_veth_names_are_stable_short_and_distinct() {
+        let a = host_veth_name("abc", "eth0");
+        assert_eq!(a, host_veth_name("abc", "eth0"));
+        assert_eq!(a.len(), 15);
+        assert!(a.starts_with(HOST_VETH_PREFIX));
+        assert_ne!(a, host_veth_name("abc", "eth1"));
+        assert_ne!(host_veth_name("ab", "ceth0"), host_veth_name("abc", "eth0"));
+    }
+}

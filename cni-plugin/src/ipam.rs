@@ -1,0 +1,421 @@
+//! Node-local IPAM: which address of this node's blocks is held by which attachment.
+//!
+//! One JSON file (`<stateDir>/ipam/store.json`) holds every slot and attachment of the node.
+//! Every change happens under an exclusive `flock` and is written with
+//! [`atomic_write`](crate::fsutil::atomic_write), so a kill -9 at any instant leaves either the
+//! state before the change or the state after it, and many concurrent plugin invocations
+//! serialise on the lock. The allocator logic ([`IpamState`]) is pure and knows nothing about
+//! files.
+//!
+//! Each address slot carries a generation that is bumped whenever the address is handed out;
+//! a release names the generation it means, so a stale release can never free an address that
+//! was given to someone else in between.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::io;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sinew_crds::{Cidr, Family, PoolMode};
+
+use crate::fsutil::{FileLock, atomic_write};
+use crate::node_state::PoolState;
+
+const STORE_VERSION: u32 = 1;
+
+/// Identity of one attachment: container ID and interface name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct AttachmentKey {
+    pub container_id: String,
+    pub ifname: String,
+}
+
+impl AttachmentKey {
+    pub fn new(container_id: &str, ifname: &str) -> Self {
+        AttachmentKey {
+            container_id: container_id.to_string(),
+            ifname: ifname.to_string(),
+        }
+    }
+
+    fn encoded(&self) -> String {
+        format!("{}/{}", self.container_id, self.ifname)
+    }
+
+    fn decode(s: &str) -> Option<AttachmentKey> {
+        s.split_once('/').map(|(c, i)| AttachmentKey::new(c, i))
+    }
+}
+
+/// An address slot ever used on this node.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Slot {
+    pub generation: u64,
+    /// Encoded attachment key of the holder, if the address is in use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holder: Option<String>,
+}
+
+/// One address held by an attachment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HeldAddress {
+    pub ip: IpAddr,
+    pub pool: String,
+    pub block: String,
+    pub generation: u64,
+    pub mode: PoolMode,
+}
+
+/// Everything DEL and CHECK need, recorded at ADD time so they never depend on today's config.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Attachment {
+    pub container_id: String,
+    pub ifname: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<String>,
+    pub host_veth: String,
+    pub mtu: u32,
+    pub addresses: Vec<HeldAddress>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_uid: Option<String>,
+}
+
+impl Attachment {
+    pub fn key(&self) -> AttachmentKey {
+        AttachmentKey::new(&self.container_id, &self.ifname)
+    }
+}
+
+/// The persisted IPAM state of a node.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IpamState {
+    #[serde(default)]
+    pub version: u32,
+    /// Every address ever handed out here, by address.
+    #[serde(default)]
+    pub slots: BTreeMap<IpAddr, Slot>,
+    /// Live attachments by `containerID/ifname`.
+    #[serde(default)]
+    pub attachments: BTreeMap<String, Attachment>,
+    /// Last address handed out per pool: allocation continues after it, so a just-released
+    /// address is not reused at once.
+    #[serde(default)]
+    pub cursors: BTreeMap<String, IpAddr>,
+}
+
+/// Why no address could be allocated.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AllocError {
+    #[error("pool {pool} has no free address in the blocks of this node")]
+    Exhausted { pool: String },
+    #[error("pool {pool} has an invalid CIDR or block {value:?}")]
+    BadPool { pool: String, value: String },
+}
+
+fn is_unusable(pool_cidr: &Cidr, ip: IpAddr) -> bool {
+    // The pool's own network and broadcast addresses are legal /32s, but enough software
+    // mistreats them that they are never handed out.
+    pool_cidr.family() == Family::V4 && (ip == pool_cidr.network() || ip == pool_cidr.last())
+}
+
+impl IpamState {
+    pub fn attachment(&self, key: &AttachmentKey) -> Option<&Attachment> {
+        self.attachments.get(&key.encoded())
+    }
+
+    /// Hands out one free address of `pool` to `key`, scanning the node's blocks after the
+    /// pool's cursor and wrapping around.
+    pub fn allocate(
+        &mut self,
+        pool: &PoolState,
+        key: &AttachmentKey,
+    ) -> Result<HeldAddress, AllocError> {
+        let bad = |value: &str| AllocError::BadPool {
+            pool: pool.name.clone(),
+            value: value.to_string(),
+        };
+        let pool_cidr: Cidr = pool.cidr.parse().map_err(|_| bad(&pool.cidr))?;
+        let reserved: Vec<Cidr> = pool
+            .reserved
+            .iter()
+            .map(|r| sinew_crds::cidr::parse_ip_or_cidr(r).map_err(|_| bad(r)))
+            .collect::<Result<_, _>>()?;
+        let mut candidates: Vec<(Cidr, IpAddr)> = Vec::new();
+        for block in &pool.blocks {
+            let cidr: Cidr = block.parse().map_err(|_| bad(block))?;
+            if !pool_cidr.contains_cidr(&cidr) {
+                return Err(bad(block));
+            }
+            let size = cidr.size().min(1 << 16);
+            candidates.extend((0..size).filter_map(|i| cidr.nth(i)).map(|ip| (cidr, ip)));
+        }
+        let start = self
+            .cursors
+            .get(&pool.name)
+            .and_then(|c| candidates.iter().position(|(_, ip)| ip == c))
+            .map_or(0, |i| i + 1);
+        let n = candidates.len();
+        let chosen = (0..n).map(|i| candidates[(start + i) % n]).find(|(_, ip)| {
+            !is_unusable(&pool_cidr, *ip)
+                && !reserved.iter().any(|r| r.contains(*ip))
+                && self.slots.get(ip).is_none_or(|s| s.holder.is_none())
+        });
+        let (block, ip) = chosen.ok_or_else(|| AllocError::Exhausted {
+            pool: pool.name.clone(),
+        })?;
+        let slot = self.slots.entry(ip).or_default();
+        slot.generation += 1;
+        slot.holder = Some(key.encoded());
+        self.cursors.insert(pool.name.clone(), ip);
+        Ok(HeldAddress {
+            ip,
+            pool: pool.name.clone(),
+            block: block.to_string(),
+            generation: slot.generation,
+            mode: pool.mode,
+        })
+    }
+
+    /// Records a new attachment (its addresses must have been allocated to its key).
+    pub fn insert_attachment(&mut self, attachment: Attachment) {
+        self.attachments
+            .insert(attachment.key().encoded(), attachment);
+    }
+
+    /// Frees `ip` only if it is still held at `generation` by `key`. Returns whether it did.
+    pub fn release_ip(&mut self, ip: IpAddr, generation: u64, key: &AttachmentKey) -> bool {
+        match self.slots.get_mut(&ip) {
+            Some(slot)
+                if slot.generation == generation
+                    && slot.holder.as_deref() == Some(key.encoded().as_str()) =>
+            {
+                slot.holder = None;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Removes an attachment and frees its addresses (generation-checked).
+    pub fn remove_attachment(&mut self, key: &AttachmentKey) -> Option<Attachment> {
+        let attachment = self.attachments.remove(&key.encoded())?;
+        for a in &attachment.addresses {
+            self.release_ip(a.ip, a.generation, key);
+        }
+        Some(attachment)
+    }
+
+    /// Frees every slot whose holder has no attachment record (left by a crash between
+    /// allocation and recording), returning the addresses freed.
+    pub fn free_orphaned_slots(&mut self) -> Vec<IpAddr> {
+        let mut freed = Vec::new();
+        for (ip, slot) in self.slots.iter_mut() {
+            if let Some(holder) = &slot.holder
+                && !self.attachments.contains_key(holder)
+            {
+                slot.holder = None;
+                freed.push(*ip);
+            }
+        }
+        freed
+    }
+
+    /// Attachments whose key is not in `valid` (for GC).
+    pub fn stale_attachments(&self, valid: &BTreeSet<AttachmentKey>) -> Vec<AttachmentKey> {
+        self.attachments
+            .keys()
+            .filter_map(|k| AttachmentKey::decode(k))
+            .filter(|k| !valid.contains(k))
+            .collect()
+    }
+
+    /// Number of addresses currently held.
+    pub fn held(&self) -> usize {
+        self.slots.values().filter(|s| s.holder.is_some()).count()
+    }
+}
+
+/// The on-disk store.
+#[derive(Debug, Clone)]
+pub struct Store {
+    dir: PathBuf,
+}
+
+impl Store {
+    pub fn new(state_dir: &Path) -> Store {
+        Store {
+            dir: state_dir.join("ipam"),
+        }
+    }
+
+    fn path(&self) -> PathBuf {
+        self.dir.join("store.json")
+    }
+
+    /// Reads the current state without locking (a consistent snapshot: the file is only ever
+    /// replaced whole).
+    pub fn snapshot(&self) -> io::Result<IpamState> {
+        match fs::read(self.path()) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{} is corrupt: {e}", self.path().display()),
+                )
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(IpamState {
+                version: STORE_VERSION,
+                ..IpamState::default()
+            }),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Runs `f` on the state under the store lock and persists the result if it changed.
+    pub fn update<R>(&self, f: impl FnOnce(&mut IpamState) -> R) -> io::Result<R> {
+        fs::create_dir_all(&self.dir)?;
+        let _lock = FileLock::acquire(&self.dir.join("lock"))?;
+        let before = self.snapshot()?;
+        let mut state = before.clone();
+        let r = f(&mut state);
+        if state != before {
+            state.version = STORE_VERSION;
+            let bytes = serde_json::to_vec(&state).map_err(io::Error::other)?;
+            atomic_write(&self.path(), &bytes)?;
+        }
+        Ok(r)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn pool(blocks: &[&str], reserved: &[&str]) -> PoolState {
+        PoolState {
+            name: "p".into(),
+            cidr: "10.0.0.0/16".into(),
+            mode: PoolMode::Vxlan,
+            mtu: 1450,
+            disabled: false,
+            reserved: reserved.iter().map(|s| s.to_string()).collect(),
+            blocks: blocks.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    fn key(i: usize) -> AttachmentKey {
+        AttachmentKey::new(&format!("c{i}"), "eth0")
+    }
+
+    #[test]
+    fn skips_reserved_and_pool_edges_and_exhausts() {
+        let p = pool(&["10.0.0.0/30"], &["10.0.0.2"]);
+        let mut s = IpamState::default();
+        let a = s.allocate(&p, &key(1)).unwrap();
+        assert_eq!(
+            a.ip.to_string(),
+            "10.0.0.1",
+            "the pool's network address is skipped"
+        );
+        let b = s.allocate(&p, &key(2)).unwrap();
+        assert_eq!(b.ip.to_string(), "10.0.0.3", "reserved address skipped");
+        assert_eq!(
+            s.allocate(&p, &key(3)),
+            Err(AllocError::Exhausted { pool: "p".into() })
+        );
+    }
+
+    #[test]
+    fn released_addresses_are_not_reused_at_once() {
+        let p = pool(&["10.0.1.0/29"], &[]);
+        let mut s = IpamState::default();
+        let first = s.allocate(&p, &key(1)).unwrap();
+        assert!(s.release_ip(first.ip, first.generation, &key(1)));
+        let second = s.allocate(&p, &key(2)).unwrap();
+        assert_ne!(first.ip, second.ip);
+    }
+
+    #[test]
+    fn stale_release_cannot_free_a_reused_address() {
+        let p = pool(&["10.0.1.0/31"], &[]);
+        let mut s = IpamState::default();
+        let a = s.allocate(&p, &key(1)).unwrap();
+        let _other = s.allocate(&p, &key(9)).unwrap();
+        assert!(s.release_ip(a.ip, a.generation, &key(1)));
+        // The block wraps around: the address goes to key 2 with a new generation.
+        let b = s.allocate(&p, &key(2)).unwrap();
+        assert_eq!(a.ip, b.ip);
+        assert!(b.generation > a.generation);
+        assert!(
+            !s.release_ip(a.ip, a.generation, &key(1)),
+            "stale release freed a reused address"
+        );
+        assert!(
+            !s.release_ip(b.ip, b.generation, &key(1)),
+            "release by the wrong holder"
+        );
+        assert!(s.release_ip(b.ip, b.generation, &key(2)));
+    }
+
+    #[test]
+    fn orphaned_slots_are_freed() {
+        let p = pool(&["10.0.2.0/28"], &[]);
+        let mut s = IpamState::default();
+        let a = s.allocate(&p, &key(1)).unwrap();
+        assert_eq!(s.free_orphaned_slots(), vec![a.ip]);
+        assert_eq!(s.held(), 0);
+    }
+
+    #[test]
+    fn store_updates_are_persisted_under_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path());
+        let p = pool(&["10.0.3.0/28"], &[]);
+        let ip = store
+            .update(|s| s.allocate(&p, &key(1)).unwrap().ip)
+            .unwrap();
+        assert_eq!(
+            store.snapshot().unwrap().slots[&ip].holder.as_deref(),
+            Some("c1/eth0")
+        );
+        fs::write(dir.path().join("ipam/store.json"), b"{not json").unwrap();
+        let err = store.update(|_| ()).unwrap_err();
+        assert!(
+            err.to_string().contains("corrupt"),
+            "a corrupt store must not be silently reset"
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn allocations_never_duplicate(ops in proptest::collection::vec((0usize..40, any::<bool>()), 1..200)) {
+            let p = pool(&["10.0.4.0/28", "10.0.5.0/29"], &["10.0.4.7"]);
+            let mut s = IpamState::default();
+            let mut live: BTreeMap<usize, HeldAddress> = BTreeMap::new();
+            for (who, alloc) in ops {
+                if alloc && !live.contains_key(&who) {
+                    if let Ok(a) = s.allocate(&p, &key(who)) {
+                        prop_assert!(live.values().all(|l| l.ip != a.ip), "duplicate {}", a.ip);
+                        prop_assert_ne!(a.ip.to_string(), "10.0.4.7");
+                        live.insert(who, a);
+                    } else {
+                        prop_assert_eq!(live.len(), 16 + 8 - 1);
+                    }
+                } else if let Some(a) = live.remove(&who) {
+                    prop_assert!(s.release_ip(a.ip, a.generation, &key(who)));
+                }
+                prop_assert_eq!(s.held(), live.len());
+            }
+        }
+    }
+}
