@@ -5,6 +5,8 @@ pub mod certs;
 pub mod control_plane;
 pub mod harness;
 pub mod install;
+pub mod netsim;
+pub mod plugin;
 pub mod process;
 pub mod require;
 pub mod tools;
