@@ -99,7 +99,7 @@ impl Exec {
             netns: netns.map(Path::to_path_buf),
             ifname: "eth0".into(),
             args: format!(
-                "K8S_POD_NAMESPACE=default;K8S_POD_NAME={container_id};K8S_POD_UID=uid-{container_id}"
+                "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={container_id};K8S_POD_UID=uid-{container_id}"
             ),
         }
     }
@@ -172,7 +172,7 @@ impl Cnitool {
             .env("CNI_IFNAME", "eth0")
             .env(
                 "CNI_ARGS",
-                "K8S_POD_NAMESPACE=default;K8S_POD_NAME=cnitool-pod;K8S_POD_UID=uid-cnitool",
+                "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=cnitool-pod;K8S_POD_UID=uid-cnitool",
             );
         if let Some(caps) = cap_args {
             cmd.env("CAP_ARGS", caps);

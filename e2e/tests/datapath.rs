@@ -479,7 +479,11 @@ fn kill_9_at_random_points_leaves_no_duplicate_and_no_leak() {
     let mut rng = Rng(seed);
     for _ in 0..300 {
         let i = (rng.next() % pods.len() as u64) as usize;
-        let verb = if rng.next().is_multiple_of(3) { "DEL" } else { "ADD" };
+        let verb = if rng.next().is_multiple_of(3) {
+            "DEL"
+        } else {
+            "ADD"
+        };
         let exec = Exec::new(verb, &format!("k{i}"), Some(pods[i].path()));
         let mut child = exec.command(&node.ns).spawn().expect("spawn");
         if let Some(mut stdin) = child.stdin.take() {
