@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 export CARGO_TERM_COLOR ?= auto
 
-.PHONY: test tools crds crds-check
+.PHONY: test tools crds crds-check fuzz bench
 
 ## test: every test tier; needs Go (builds the upstream control plane once) and root for network tests
 test: tools
@@ -18,3 +18,12 @@ crds:
 
 crds-check:
 	cargo run -q -p sinew-crds --bin crdgen -- --check
+
+## fuzz: run the plugin's stdin/env parser fuzz target (cargo-fuzz, stable, no sanitizer)
+FUZZ_SECONDS ?= 60
+fuzz:
+	cd cni-plugin && cargo fuzz run -s none netconf -- -max_total_time=$(FUZZ_SECONDS)
+
+## bench: the CNI benchmark (root): sinew vs ptp+host-local through cnitool
+bench: tools
+	SINEW_TOOLS_BIN=$$(e2e/tools/build.sh) cargo run -q -p sinew-e2e --release --bin bench -- cni

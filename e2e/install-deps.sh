@@ -22,6 +22,12 @@ for component in rustfmt clippy; do
   rustup component list --installed 2>/dev/null | grep -q "^$component" || rustup component add "$component"
 done
 
+# cargo-fuzz, for the bounded fuzz run of the plugin's input parser (stable toolchain, no sanitizer).
+cargo_fuzz_version=0.13.2
+if ! cargo fuzz --version 2>/dev/null | grep -q "$cargo_fuzz_version"; then
+  cargo install cargo-fuzz --version "$cargo_fuzz_version" --locked
+fi
+
 # The upstream Go tools (kube-apiserver, etcd, kubectl) into ~/.cache/sinew.
 "$(dirname "$0")/tools/build.sh" >/dev/null
 echo "[deps] ready"

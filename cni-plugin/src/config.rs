@@ -118,7 +118,7 @@ pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> CniResult<T> {
     })?;
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
-        let inner = e.into_inner();
+        let inner = redact(&e.into_inner().to_string());
         let what = if path == "." {
             format!("the network configuration is invalid: {inner}")
         } else {
@@ -126,6 +126,26 @@ pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> CniResult<T> {
         };
         CniError::new(Code::Decode, what)
     })
+}
+
+/// Drops the offending value from serde's message ("invalid type: string \"s3cr3t\", expected
+/// u32" becomes "invalid type, expected u32"), so configuration values never reach a log.
+pub fn redact(message: &str) -> String {
+    for kind in [
+        "invalid type",
+        "invalid value",
+        "unknown variant",
+        "unknown field",
+        "invalid length",
+    ] {
+        if let Some(rest) = message.strip_prefix(kind) {
+            return match rest.find(", expected") {
+                Some(i) => format!("{kind}{}", &rest[i..]),
+                None => kind.to_string(),
+            };
+        }
+    }
+    message.to_string()
 }
 
 /// Decodes and validates a full configuration (ADD, DEL, CHECK, STATUS, GC).
@@ -182,6 +202,24 @@ mod tests {
         let e = parse(br#"{"cniVersion":"1.0.0","type":"sinew"}"#).unwrap_err();
         assert_eq!(e.code, 6);
         assert!(e.msg.contains("name"), "{}", e.msg);
+    }
+
+    #[test]
+    fn values_are_not_echoed_in_errors() {
+        let e = parse(br#"{"cniVersion":"1.0.0","name":"n","type":"sinew","logLevel":"s3cr3t"}"#)
+            .unwrap_err();
+        assert!(!e.msg.contains("s3cr3t"), "{}", e.msg);
+        assert!(
+            e.msg.contains("unknown variant, expected one of"),
+            "{}",
+            e.msg
+        );
+        let e = parse(br#""s3cr3t-token""#).unwrap_err();
+        assert!(!e.msg.contains("s3cr3t"), "{}", e.msg);
+        assert_eq!(
+            redact("invalid length 3, expected 2"),
+            "invalid length, expected 2"
+        );
     }
 
     #[test]

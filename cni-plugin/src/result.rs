@@ -57,7 +57,10 @@ impl CniOutput {
         serde_json::from_value(prev.clone()).map_err(|e| {
             CniError::new(
                 Code::Decode,
-                format!("field \"prevResult\" is not a CNI result: {e}"),
+                format!(
+                    "field \"prevResult\" is not a CNI result: {}",
+                    crate::config::redact(&e.to_string())
+                ),
             )
         })
     }

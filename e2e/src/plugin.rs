@@ -22,9 +22,17 @@ pub const REFERENCE_PLUGIN_DIR: &str = "/usr/lib/cni";
 pub fn sinew_binary() -> PathBuf {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
     PATH.get_or_init(|| {
+        // Test binaries live in target/<profile>/deps, other binaries in target/<profile>.
         let profile_dir = std::env::current_exe()
             .ok()
-            .and_then(|p| p.parent()?.parent().map(Path::to_path_buf))
+            .and_then(|p| p.parent().map(Path::to_path_buf))
+            .map(|d| {
+                if d.ends_with("deps") {
+                    d.parent().map(Path::to_path_buf).unwrap_or(d)
+                } else {
+                    d
+                }
+            })
             .unwrap_or_else(|| repo_root().join("target/debug"));
         let release = profile_dir.ends_with("release");
         let mut cmd = Command::new(env!("CARGO"));

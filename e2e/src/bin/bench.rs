@@ -1,0 +1,279 @@
+//! `bench`: sinew's benchmarks, printed as a table against the reference plugins measured in
+//! the same run on the same machine.
+//!
+//! `cargo run -p sinew-e2e --release --bin bench -- cni [--iterations N] [--parallel N]`
+//!
+//! `cni`: ADD and DEL latency (p50/p99, sequential) and the wall time of N parallel ADDs then
+//! DELs, for sinew and for the reference `ptp` + `host-local` pair, both driven through upstream
+//! `cnitool` (libcni) inside a node namespace the benchmark creates. Needs root.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use sinew_cni::netns::NetNs;
+use sinew_e2e::netsim;
+use sinew_e2e::plugin::{Cnitool, PluginNode, REFERENCE_PLUGIN_DIR, pool, sinew_bin_dir};
+use sinew_e2e::tools::Tools;
+
+struct Args {
+    iterations: usize,
+    parallel: usize,
+}
+
+fn parse_args() -> Result<(String, Args), String> {
+    let mut args = std::env::args().skip(1);
+    let what = args
+        .next()
+        .ok_or("usage: bench cni [--iterations N] [--parallel N]")?;
+    let mut parsed = Args {
+        iterations: 200,
+        parallel: 100,
+    };
+    while let Some(flag) = args.next() {
+        let value = args
+            .next()
+            .and_then(|v| v.parse().ok())
+            .ok_or(format!("{flag} needs a number"))?;
+        match flag.as_str() {
+            "--iterations" => parsed.iterations = value,
+            "--parallel" => parsed.parallel = value,
+            other => return Err(format!("unknown flag {other}")),
+        }
+    }
+    Ok((what, parsed))
+}
+
+fn main() -> ExitCode {
+    let (what, args) = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("bench: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = match what.as_str() {
+        "cni" => cni(&args),
+        other => Err(format!("unknown benchmark {other:?} (known: cni)")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// One plugin configuration under test.
+struct Subject {
+    label: &'static str,
+    network: &'static str,
+}
+
+#[derive(Default)]
+struct Measured {
+    add: Vec<Duration>,
+    del: Vec<Duration>,
+    parallel_add: Duration,
+    parallel_del: Duration,
+}
+
+fn percentile(samples: &[Duration], p: f64) -> Duration {
+    let mut sorted = samples.to_vec();
+    sorted.sort();
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted.get(idx).copied().unwrap_or_default()
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn timed_run(
+    cnitool: &Cnitool,
+    node: &NetNs,
+    verb: &str,
+    network: &str,
+    pod: &Path,
+) -> Result<Duration, String> {
+    let start = Instant::now();
+    let run = cnitool.run(node, verb, network, pod, None);
+    let took = start.elapsed();
+    if !run.success {
+        return Err(format!(
+            "{network} {verb} failed: {} {}",
+            run.stdout, run.stderr
+        ));
+    }
+    Ok(took)
+}
+
+fn measure(
+    cnitool: &Cnitool,
+    node: &NetNs,
+    subject: &Subject,
+    args: &Args,
+) -> Result<Measured, String> {
+    let mut m = Measured::default();
+    let pod = netsim::netns("bench");
+    // Warm-up: first exec of each binary pays page-cache misses.
+    for _ in 0..5 {
+        timed_run(cnitool, node, "add", subject.network, pod.path())?;
+        timed_run(cnitool, node, "del", subject.network, pod.path())?;
+    }
+    for _ in 0..args.iterations {
+        m.add.push(timed_run(
+            cnitool,
+            node,
+            "add",
+            subject.network,
+            pod.path(),
+        )?);
+        m.del.push(timed_run(
+            cnitool,
+            node,
+            "del",
+            subject.network,
+            pod.path(),
+        )?);
+    }
+    let pods: Vec<NetNs> = (0..args.parallel).map(|_| netsim::netns("bench")).collect();
+    for (verb, slot) in [("add", &mut m.parallel_add), ("del", &mut m.parallel_del)] {
+        let start = Instant::now();
+        let failures: Vec<String> = std::thread::scope(|s| {
+            let handles: Vec<_> = pods
+                .iter()
+                .map(|p| s.spawn(move || timed_run(cnitool, node, verb, subject.network, p.path())))
+                .collect();
+            handles
+                .into_iter()
+                .filter_map(|h| h.join().ok().and_then(Result::err))
+                .collect()
+        });
+        *slot = start.elapsed();
+        if let Some(first) = failures.first() {
+            return Err(format!(
+                "{} of {} parallel {verb}s failed; first: {first}",
+                failures.len(),
+                pods.len()
+            ));
+        }
+    }
+    Ok(m)
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!("{cores} cores, {cpu}, Linux {}", kernel.trim())
+}
+
+fn cni(args: &Args) -> Result<(), String> {
+    if !sinew_e2e::require::is_root() {
+        return Err("the cni benchmark creates network namespaces: run it as root".into());
+    }
+    let tools = Tools::locate().map_err(|e| e.to_string())?;
+    let node = PluginNode::new("bench-node");
+    let blocks: Vec<String> = (0..8).map(|i| format!("10.90.{i}.0/24")).collect();
+    let block_refs: Vec<&str> = blocks.iter().map(String::as_str).collect();
+    node.set_pools(vec![pool("bench", "10.90.0.0/16", &block_refs)]);
+    let conf_dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let host_local_dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let conflists = [
+        json!({"cniVersion": "1.0.0", "name": "sinew", "plugins": [{
+            "type": "sinew", "stateDir": node.state.path(), "logFile": node.state.path().join("cni.log"),
+        }]}),
+        json!({"cniVersion": "1.0.0", "name": "ptp-host-local", "plugins": [{
+            "type": "ptp", "ipMasq": false, "mtu": 1450,
+            "ipam": {"type": "host-local", "dataDir": host_local_dir.path(),
+                     "ranges": [[{"subnet": "10.91.0.0/16"}]], "routes": [{"dst": "0.0.0.0/0"}]},
+        }]}),
+    ];
+    for c in &conflists {
+        let name = c["name"].as_str().unwrap_or("net");
+        std::fs::write(
+            conf_dir.path().join(format!("{name}.conflist")),
+            c.to_string(),
+        )
+        .map_err(|e| e.to_string())?;
+    }
+    let cnitool = Cnitool {
+        bin: tools.path("cnitool").map_err(|e| e.to_string())?,
+        conf_dir: conf_dir.path().to_path_buf(),
+        plugin_dirs: vec![sinew_bin_dir(), PathBuf::from(REFERENCE_PLUGIN_DIR)],
+    };
+    let subjects = [
+        Subject {
+            label: "sinew",
+            network: "sinew",
+        },
+        Subject {
+            label: "ptp+host-local",
+            network: "ptp-host-local",
+        },
+    ];
+    let mut results = Vec::new();
+    for s in &subjects {
+        eprintln!(
+            "measuring {} ({} sequential ADD/DEL, {} parallel)...",
+            s.label, args.iterations, args.parallel
+        );
+        results.push(measure(&cnitool, &node.ns, s, args)?);
+    }
+    let (ours, reference) = (&results[0], &results[1]);
+    let rows: [(&str, f64, f64); 6] = [
+        (
+            "ADD p50 (ms)",
+            ms(percentile(&ours.add, 0.5)),
+            ms(percentile(&reference.add, 0.5)),
+        ),
+        (
+            "ADD p99 (ms)",
+            ms(percentile(&ours.add, 0.99)),
+            ms(percentile(&reference.add, 0.99)),
+        ),
+        (
+            "DEL p50 (ms)",
+            ms(percentile(&ours.del, 0.5)),
+            ms(percentile(&reference.del, 0.5)),
+        ),
+        (
+            "DEL p99 (ms)",
+            ms(percentile(&ours.del, 0.99)),
+            ms(percentile(&reference.del, 0.99)),
+        ),
+        (
+            "parallel ADDs, wall (ms)",
+            ms(ours.parallel_add),
+            ms(reference.parallel_add),
+        ),
+        (
+            "parallel DELs, wall (ms)",
+            ms(ours.parallel_del),
+            ms(reference.parallel_del),
+        ),
+    ];
+    println!(
+        "CNI benchmark via cnitool (libcni): {} sequential ADD+DEL, {} parallel",
+        args.iterations, args.parallel
+    );
+    println!("machine: {}", machine());
+    println!();
+    println!("| metric | sinew | ptp+host-local | sinew/reference |");
+    println!("|---|---:|---:|---:|");
+    for (name, a, b) in rows {
+        println!("| {name} | {a:.2} | {b:.2} | {:.2} |", a / b);
+    }
+    Ok(())
+}
