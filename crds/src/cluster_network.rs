@@ -141,6 +141,33 @@ pub struct CniSettings {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
     pub chain: Vec<ChainedPlugin>,
+
+    /// `cniVersion` of the conflist. `1.1.0` lets the runtime use STATUS and GC; chained
+    /// plugins that only speak `1.0.0` (e.g. containernetworking-plugins before 1.5) need
+    /// `1.0.0`.
+    #[serde(default)]
+    pub cni_version: ConflistVersion,
+}
+
+/// CNI specification version of the rendered conflist.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema,
+)]
+pub enum ConflistVersion {
+    #[serde(rename = "1.0.0")]
+    V1_0_0,
+    #[default]
+    #[serde(rename = "1.1.0")]
+    V1_1_0,
+}
+
+impl ConflistVersion {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConflistVersion::V1_0_0 => "1.0.0",
+            ConflistVersion::V1_1_0 => "1.1.0",
+        }
+    }
 }
 
 fn default_conf_dir() -> String {
@@ -162,6 +189,7 @@ impl Default for CniSettings {
             bin_dir: default_bin_dir(),
             conf_priority: default_conf_priority(),
             chain: Vec::new(),
+            cni_version: ConflistVersion::default(),
         }
     }
 }

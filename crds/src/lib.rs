@@ -6,6 +6,7 @@ pub mod cluster_network;
 pub mod generate;
 pub mod ip_block;
 pub mod ip_pool;
+pub mod selector;
 
 pub use cidr::{Cidr, CidrError, Family};
 pub use cluster_network::{

@@ -1,0 +1,744 @@
+//! The node agent (`sinew-node run`): watches the cluster, claims blocks, writes the node
+//! state the plugin reads, programs peers, installs the conflist once the node can serve pods,
+//! and reports allocations and install state back to the API server.
+//!
+//! State machine of one node:
+//!
+//! ```text
+//! Waiting ──ClusterNetwork + Node address known──▶ Claiming ──a block per selected pool──▶
+//! Programming ──peer routes applied──▶ Ready (conflist written, NetworkUnavailable=False)
+//!      ▲                                                                     │
+//!      └────────────── every change and every resync re-runs the pass ◀──────┘
+//! ClusterNetwork deleting ──▶ CleaningUp (conflist, binary, routes, VXLAN) ──▶ CleanedUp
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+use sinew_cni::ipam;
+use sinew_cni::netlink::Netlink;
+use sinew_cni::node_state::{self, NodeState, PoolState};
+use sinew_crds::{
+    Allocation, CLUSTER_NETWORK_NAME, Cidr, ClusterNetwork, IPBlock, IPBlockSpec, IPBlockStatus,
+    IPPool, PoolMode,
+};
+use tokio::sync::Notify;
+use tracing::{debug, info, warn};
+
+use crate::conflist;
+use crate::install::{self, Outcome};
+use crate::plan::{self, BlockInfo, NodeInfo};
+use crate::program::{self, Underlay, VxlanParams};
+
+/// Annotation with the MAC of the node's VXLAN device.
+pub const VTEP_MAC_ANNOTATION: &str = "sinew.dev/vtep-mac";
+/// Annotation with the node's install and convergence state (JSON), for the operator.
+pub const NODE_STATE_ANNOTATION: &str = "sinew.dev/node-state";
+/// Label on `IPBlock`s naming their node (for selection).
+pub const NODE_LABEL: &str = "sinew.dev/node";
+/// Label on `IPBlock`s naming their pool.
+pub const POOL_LABEL: &str = "sinew.dev/pool";
+
+/// Where the agent works and how.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub node_name: String,
+    pub conf_dir_override: Option<PathBuf>,
+    pub bin_dir_override: Option<PathBuf>,
+    pub state_dir: PathBuf,
+    pub log_file: PathBuf,
+    /// The `sinew` plugin binary to install.
+    pub plugin_source: PathBuf,
+    /// Free addresses to keep available per pool before claiming another block.
+    pub min_free: u64,
+    pub resync: Duration,
+}
+
+fn field_manager(node: &str) -> String {
+    format!("sinew-node/{node}")
+}
+
+/// Spawns a reflector for `api`, waking `notify` on every change.
+fn watch<K>(api: Api<K>, notify: Arc<Notify>, config: watcher::Config) -> Store<K>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let (store, writer) = reflector::store();
+    let stream =
+        reflector::reflector(writer, watcher(api, config).default_backoff()).touched_objects();
+    tokio::spawn(async move {
+        futures::pin_mut!(stream);
+        while let Some(event) = stream.next().await {
+            if let Err(e) = event {
+                warn!(error = %e, "watch error; retrying");
+            }
+            notify.notify_one();
+        }
+    });
+    store
+}
+
+/// Reads the pieces of cluster state the agent needs.
+struct Cluster {
+    nodes: Store<Node>,
+    pools: Store<IPPool>,
+    blocks: Store<IPBlock>,
+    networks: Store<ClusterNetwork>,
+}
+
+/// What the agent remembers between passes.
+#[derive(Default)]
+struct Memory {
+    node_state: Option<NodeState>,
+    vxlan: Option<VxlanParams>,
+    plugin_installed: bool,
+    conflist_hash: Option<String>,
+    reported_blocks: BTreeMap<String, IPBlockStatus>,
+    published: Option<String>,
+    cleaned: bool,
+}
+
+pub struct Agent {
+    settings: Settings,
+    client: Client,
+    cluster: Cluster,
+    memory: Memory,
+    notify: Arc<Notify>,
+}
+
+/// One pass's view of the local node.
+struct Local {
+    underlay: Underlay,
+    labels: BTreeMap<String, String>,
+    node: Arc<Node>,
+}
+
+fn node_ip(node: &Node) -> Option<IpAddr> {
+    let addresses = node.status.as_ref()?.addresses.as_ref()?;
+    addresses
+        .iter()
+        .find(|a| a.type_ == "InternalIP")
+        .or_else(|| addresses.first())
+        .and_then(|a| a.address.parse().ok())
+}
+
+fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let parts: Vec<u8> = s
+        .split(':')
+        .map(|p| u8::from_str_radix(p, 16))
+        .collect::<Result<_, _>>()
+        .ok()?;
+    parts.try_into().ok()
+}
+
+fn mac_string(mac: [u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+impl Agent {
+    pub async fn start(settings: Settings, client: Client) -> Agent {
+        let notify = Arc::new(Notify::new());
+        let cluster = Cluster {
+            nodes: watch(
+                Api::all(client.clone()),
+                notify.clone(),
+                watcher::Config::default(),
+            ),
+            pools: watch(
+                Api::all(client.clone()),
+                notify.clone(),
+                watcher::Config::default(),
+            ),
+            blocks: watch(
+                Api::all(client.clone()),
+                notify.clone(),
+                watcher::Config::default(),
+            ),
+            networks: watch(
+                Api::all(client.clone()),
+                notify.clone(),
+                watcher::Config::default().fields(&format!("metadata.name={CLUSTER_NETWORK_NAME}")),
+            ),
+        };
+        Agent {
+            settings,
+            client,
+            cluster,
+            memory: Memory::default(),
+            notify,
+        }
+    }
+
+    /// Runs passes forever: on every watched change, on a block request from the plugin
+    /// (polled twice a second) and at least every `resync`.
+    pub async fn run(mut self) -> anyhow::Result<()> {
+        for (what, ready) in [
+            ("nodes", self.cluster.nodes.wait_until_ready().await),
+            ("pools", self.cluster.pools.wait_until_ready().await),
+            ("blocks", self.cluster.blocks.wait_until_ready().await),
+            (
+                "clusternetworks",
+                self.cluster.networks.wait_until_ready().await,
+            ),
+        ] {
+            ready.map_err(|e| anyhow::anyhow!("watch of {what} ended: {e}"))?;
+        }
+        info!(node = %self.settings.node_name, "caches synced; agent running");
+        let notify = self.notify.clone();
+        let mut last_full = tokio::time::Instant::now();
+        loop {
+            let woke = tokio::time::timeout(Duration::from_millis(500), notify.notified()).await;
+            let requested = !node_state::pending_block_requests(&self.settings.state_dir)
+                .unwrap_or_default()
+                .is_empty();
+            let due = last_full.elapsed() >= self.settings.resync;
+            if woke.is_ok() || requested || due {
+                if let Err(e) = self.pass().await {
+                    warn!(node = %self.settings.node_name, error = %format!("{e:#}"), "pass failed; retrying");
+                }
+                last_full = tokio::time::Instant::now();
+            }
+            if let Err(e) = self.sync_block_status().await {
+                warn!(node = %self.settings.node_name, error = %format!("{e:#}"), "status sync failed");
+            }
+        }
+    }
+
+    fn local(&self) -> anyhow::Result<Option<Local>> {
+        let Some(node) = self
+            .cluster
+            .nodes
+            .get(&ObjectRef::new(&self.settings.node_name))
+        else {
+            return Ok(None);
+        };
+        let Some(ip) = node_ip(&node) else {
+            return Ok(None);
+        };
+        let mut nl = Netlink::new()?;
+        let underlay = program::find_underlay(&mut nl, ip)?.ok_or_else(|| {
+            anyhow::anyhow!("no interface on this node holds the Node's address {ip}")
+        })?;
+        Ok(Some(Local {
+            underlay,
+            labels: node.labels().clone(),
+            node,
+        }))
+    }
+
+    /// One reconcile pass.
+    pub async fn pass(&mut self) -> anyhow::Result<()> {
+        let network = self
+            .cluster
+            .networks
+            .get(&ObjectRef::new(CLUSTER_NETWORK_NAME));
+        let Some(network) = network else {
+            debug!("no ClusterNetwork yet");
+            return Ok(());
+        };
+        if network.metadata.deletion_timestamp.is_some() {
+            return self.clean_up(&network).await;
+        }
+        self.memory.cleaned = false;
+        let Some(local) = self.local()? else {
+            debug!(node = %self.settings.node_name, "Node object or its address not known yet");
+            return Ok(());
+        };
+        let pools = self.selected_pools(&local);
+        self.claim_blocks(&pools).await?;
+        let state = self.node_state(&network, &local, &pools);
+        if self.memory.node_state.as_ref() != Some(&state) {
+            state.store(&self.settings.state_dir)?;
+            for p in &state.pools {
+                if !p.blocks.is_empty() {
+                    node_state::clear_block_request(&self.settings.state_dir, &p.name)?;
+                }
+            }
+            self.memory.node_state = Some(state.clone());
+        }
+
+        let mut nl = Netlink::new()?;
+        let params = VxlanParams {
+            vni: network.spec.vxlan.vni,
+            port: network.spec.vxlan.port,
+        };
+        let vxlan = program::ensure_vxlan(&mut nl, params, self.memory.vxlan, &local.underlay)?;
+        self.memory.vxlan = Some(params);
+        let modes: BTreeMap<String, PoolMode> =
+            pools.iter().map(|p| (p.name_any(), p.spec.mode)).collect();
+        let plan = plan::plan(
+            &self.settings.node_name,
+            &local.underlay.subnet,
+            &self.peers(),
+            &self.blocks(),
+            &modes,
+        );
+        let changes = program::apply(&mut nl, &plan, &local.underlay, Some(&vxlan))?;
+        if changes.added + changes.removed > 0 {
+            info!(node = %self.settings.node_name, added = changes.added, removed = changes.removed, routes = plan.routes.len(), "peers programmed");
+        }
+
+        let ready = state
+            .pools
+            .iter()
+            .any(|p| !p.disabled && !p.blocks.is_empty());
+        let report = if ready {
+            Some(self.install(&network)?)
+        } else {
+            None
+        };
+        self.publish(&local, vxlan.mac, &modes, report, &plan.problems)
+            .await
+    }
+
+    fn selected_pools(&self, local: &Local) -> Vec<Arc<IPPool>> {
+        let mut pools: Vec<Arc<IPPool>> = self
+            .cluster
+            .pools
+            .state()
+            .into_iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .filter(|p| sinew_crds::selector::matches(p.spec.node_selector.as_ref(), &local.labels))
+            .collect();
+        pools.sort_by_key(|p| p.name_any());
+        pools
+    }
+
+    fn blocks(&self) -> Vec<BlockInfo> {
+        self.cluster
+            .blocks
+            .state()
+            .iter()
+            .filter_map(|b| {
+                Some(BlockInfo {
+                    cidr: b.spec.cidr.parse().ok()?,
+                    node: b.spec.node.clone(),
+                    pool: b.spec.pool.clone(),
+                })
+            })
+            .collect()
+    }
+
+    fn my_blocks(&self, pool: &str) -> Vec<Cidr> {
+        let mut mine: Vec<Cidr> = self
+            .blocks()
+            .into_iter()
+            .filter(|b| b.node == self.settings.node_name && b.pool == pool)
+            .map(|b| b.cidr)
+            .collect();
+        mine.sort();
+        mine
+    }
+
+    fn peers(&self) -> Vec<NodeInfo> {
+        self.cluster
+            .nodes
+            .state()
+            .iter()
+            .filter_map(|n| {
+                Some(NodeInfo {
+                    name: n.name_any(),
+                    ip: node_ip(n)?,
+                    vtep_mac: n
+                        .annotations()
+                        .get(VTEP_MAC_ANNOTATION)
+                        .and_then(|m| parse_mac(m)),
+                })
+            })
+            .collect()
+    }
+
+    /// Claims a block for every selected, enabled pool that has none here, has fewer than
+    /// `min_free` free addresses here, or that the plugin asked a block for.
+    async fn claim_blocks(&mut self, pools: &[Arc<IPPool>]) -> anyhow::Result<()> {
+        let held = ipam::Store::new(&self.settings.state_dir).snapshot()?;
+        let requested: BTreeSet<String> =
+            node_state::pending_block_requests(&self.settings.state_dir)?
+                .into_iter()
+                .collect();
+        for pool in pools.iter().filter(|p| !p.spec.disabled) {
+            let name = pool.name_any();
+            let Ok(cidr) = pool.spec.parsed_cidr() else {
+                continue;
+            };
+            let mine = self.my_blocks(&name);
+            let capacity: u128 = mine.iter().map(Cidr::size).sum();
+            let used = held
+                .slots
+                .iter()
+                .filter(|(ip, s)| s.holder.is_some() && mine.iter().any(|b| b.contains(**ip)))
+                .count() as u128;
+            let free = capacity.saturating_sub(used);
+            if !mine.is_empty()
+                && free >= u128::from(self.settings.min_free)
+                && !requested.contains(&name)
+            {
+                continue;
+            }
+            let size = pool.spec.effective_block_size(cidr.family());
+            match self.claim_one(&name, &cidr, size).await? {
+                Some(block) => {
+                    info!(node = %self.settings.node_name, pool = %name, block = %block, free = free as u64, "claimed block")
+                }
+                None => {
+                    warn!(node = %self.settings.node_name, pool = %name, "pool has no unclaimed block left")
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates the `IPBlock` of the first unclaimed block, starting at an offset derived from
+    /// the node name so that nodes racing for blocks mostly try different ones. A 409 means
+    /// another node won that block: try the next.
+    async fn claim_one(&self, pool: &str, cidr: &Cidr, size: u8) -> anyhow::Result<Option<Cidr>> {
+        let taken: BTreeSet<String> = self
+            .cluster
+            .blocks
+            .state()
+            .iter()
+            .map(|b| b.name_any())
+            .collect();
+        let total = cidr.blocks(size).total();
+        if total == 0 {
+            return Ok(None);
+        }
+        let start = u128::from(name_hash(&self.settings.node_name)) % total;
+        let api: Api<IPBlock> = Api::all(self.client.clone());
+        let limit = total.min(4096);
+        for i in 0..limit {
+            let index = (start + i) % total;
+            let Some(block) = cidr.blocks(size).nth(index as usize) else {
+                continue;
+            };
+            let name = IPBlock::name_for(&block);
+            if taken.contains(&name) {
+                continue;
+            }
+            let object = IPBlock {
+                metadata: ObjectMeta {
+                    name: Some(name),
+                    labels: Some(BTreeMap::from([
+                        (NODE_LABEL.to_string(), self.settings.node_name.clone()),
+                        (POOL_LABEL.to_string(), pool.to_string()),
+                    ])),
+                    ..ObjectMeta::default()
+                },
+                spec: IPBlockSpec {
+                    pool: pool.to_string(),
+                    cidr: block.to_string(),
+                    node: self.settings.node_name.clone(),
+                },
+                status: None,
+            };
+            let params = PostParams {
+                field_manager: Some(field_manager(&self.settings.node_name)),
+                ..PostParams::default()
+            };
+            match api.create(&params, &object).await {
+                Ok(_) => return Ok(Some(block)),
+                Err(kube::Error::Api(e)) if e.code == 409 => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(None)
+    }
+
+    fn node_state(
+        &self,
+        network: &ClusterNetwork,
+        local: &Local,
+        pools: &[Arc<IPPool>],
+    ) -> NodeState {
+        let underlay_mtu = local.underlay.mtu;
+        let overhead = program::vxlan_overhead(sinew_crds::Family::of(local.underlay.ip));
+        let fixed_mtu = match &network.spec.mtu {
+            k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(n) => {
+                u32::try_from(*n).ok()
+            }
+            k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(_) => None,
+        };
+        NodeState {
+            node: self.settings.node_name.clone(),
+            pools: pools
+                .iter()
+                .map(|p| {
+                    let name = p.name_any();
+                    PoolState {
+                        mode: p.spec.mode,
+                        mtu: fixed_mtu.unwrap_or(match p.spec.mode {
+                            PoolMode::Routed => underlay_mtu,
+                            PoolMode::Vxlan | PoolMode::Auto => {
+                                underlay_mtu.saturating_sub(overhead)
+                            }
+                        }),
+                        disabled: p.spec.disabled,
+                        reserved: p.spec.reserved.clone(),
+                        blocks: self.my_blocks(&name).iter().map(Cidr::to_string).collect(),
+                        cidr: p.spec.cidr.clone(),
+                        name,
+                    }
+                })
+                .collect(),
+        }
+    }
+
+    fn conf_dir(&self, network: &ClusterNetwork) -> PathBuf {
+        self.settings
+            .conf_dir_override
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(&network.spec.cni.conf_dir))
+    }
+
+    fn bin_dir(&self, network: &ClusterNetwork) -> PathBuf {
+        self.settings
+            .bin_dir_override
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(&network.spec.cni.bin_dir))
+    }
+
+    /// Installs the plugin binary and then the conflist; returns the install report.
+    fn install(&mut self, network: &ClusterNetwork) -> anyhow::Result<serde_json::Value> {
+        let plugin = std::fs::read(&self.settings.plugin_source).map_err(|e| {
+            anyhow::anyhow!(
+                "reading the plugin binary {}: {e}",
+                self.settings.plugin_source.display()
+            )
+        })?;
+        let bin = self.bin_dir(network).join("sinew");
+        if install::install_file(&bin, &plugin, 0o755)? == Outcome::Written
+            || !self.memory.plugin_installed
+        {
+            info!(node = %self.settings.node_name, path = %bin.display(), "plugin installed");
+        }
+        self.memory.plugin_installed = true;
+        let file = conflist::file_name(&network.spec.cni);
+        let bytes = conflist::render(
+            &network.spec.cni,
+            network.spec.log_level,
+            &self.settings.state_dir,
+            &self.settings.log_file,
+        );
+        let conf_dir = self.conf_dir(network);
+        if install::install_file(&conf_dir.join(&file), &bytes, 0o644)? == Outcome::Written {
+            info!(node = %self.settings.node_name, file = %file, "conflist written");
+        }
+        // A stale conflist of ours under another priority would shadow or linger: remove it.
+        for old in std::fs::read_dir(&conf_dir)?.filter_map(Result::ok) {
+            let name = old.file_name().to_string_lossy().into_owned();
+            if name.ends_with("-sinew.conflist") && name != file {
+                install::remove_file(&old.path())?;
+            }
+        }
+        let report = install::conf_report(&conf_dir, &file)?;
+        let hash = install::sha256_hex(&bytes);
+        self.memory.conflist_hash = Some(hash.clone());
+        Ok(json!({
+            "conflist": file,
+            "conflistHash": hash,
+            "pluginSha256": install::sha256_hex(&plugin),
+            "chosen": report.chosen,
+            "shadowing": report.shadowing,
+            "others": report.others,
+        }))
+    }
+
+    /// Publishes the VTEP MAC, the install/convergence state and the Node condition.
+    async fn publish(
+        &mut self,
+        local: &Local,
+        vtep: Option<[u8; 6]>,
+        modes: &BTreeMap<String, PoolMode>,
+        install: Option<serde_json::Value>,
+        problems: &[String],
+    ) -> anyhow::Result<()> {
+        let ready = install.is_some();
+        let state = json!({
+            "ready": ready,
+            "install": install,
+            "modes": modes.iter().map(|(k, v)| (k.clone(), v.to_string())).collect::<BTreeMap<_, _>>(),
+            "problems": problems,
+        });
+        let mut annotations =
+            BTreeMap::from([(NODE_STATE_ANNOTATION.to_string(), state.to_string())]);
+        if let Some(mac) = vtep {
+            annotations.insert(VTEP_MAC_ANNOTATION.to_string(), mac_string(mac));
+        }
+        let fingerprint = serde_json::to_string(&annotations)?;
+        let current_matches = annotations
+            .iter()
+            .all(|(k, v)| local.node.annotations().get(k) == Some(v));
+        if self.memory.published.as_deref() == Some(fingerprint.as_str()) && current_matches {
+            return Ok(());
+        }
+        let nodes: Api<Node> = Api::all(self.client.clone());
+        let params = PatchParams::apply(&field_manager(&self.settings.node_name));
+        let patch = json!({
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": self.settings.node_name, "annotations": annotations},
+        });
+        nodes
+            .patch(&self.settings.node_name, &params, &Patch::Apply(&patch))
+            .await?;
+        if ready {
+            let now = k8s_openapi::jiff::Timestamp::now();
+            let condition = json!({
+                "apiVersion": "v1", "kind": "Node",
+                "metadata": {"name": self.settings.node_name},
+                "status": {"conditions": [{
+                    "type": "NetworkUnavailable", "status": "False", "reason": "SinewIsUp",
+                    "message": "sinew installed the CNI configuration and programmed the routes of this node",
+                    "lastTransitionTime": now.to_string(), "lastHeartbeatTime": now.to_string(),
+                }]},
+            });
+            nodes
+                .patch_status(
+                    &self.settings.node_name,
+                    &params,
+                    &Patch::Strategic(&condition),
+                )
+                .await?;
+        }
+        self.memory.published = Some(fingerprint);
+        Ok(())
+    }
+
+    /// Writes each owned block's allocations into its `IPBlock` status when they changed.
+    pub async fn sync_block_status(&mut self) -> anyhow::Result<()> {
+        let snapshot = ipam::Store::new(&self.settings.state_dir).snapshot()?;
+        let api: Api<IPBlock> = Api::all(self.client.clone());
+        let params = PatchParams::apply(&field_manager(&self.settings.node_name));
+        let mine: Vec<Arc<IPBlock>> = self
+            .cluster
+            .blocks
+            .state()
+            .into_iter()
+            .filter(|b| b.spec.node == self.settings.node_name)
+            .collect();
+        for block in mine {
+            let Ok(cidr) = block.spec.cidr.parse::<Cidr>() else {
+                continue;
+            };
+            let mut allocations: Vec<Allocation> = snapshot
+                .attachments
+                .values()
+                .flat_map(|a| {
+                    a.addresses
+                        .iter()
+                        .filter(|h| cidr.contains(h.ip))
+                        .map(move |h| Allocation {
+                            ip: h.ip.to_string(),
+                            container_id: a.container_id.clone(),
+                            interface: a.ifname.clone(),
+                            pod_namespace: a.pod_namespace.clone(),
+                            pod_name: a.pod_name.clone(),
+                            pod_uid: a.pod_uid.clone(),
+                            generation: h.generation,
+                        })
+                })
+                .collect();
+            allocations.sort_by(|a, b| a.ip.cmp(&b.ip));
+            let status = IPBlockStatus {
+                allocated: u32::try_from(allocations.len()).unwrap_or(u32::MAX),
+                allocations,
+            };
+            let name = block.name_any();
+            let already = match self.memory.reported_blocks.get(&name) {
+                Some(reported) => reported == &status,
+                None => block.status.as_ref() == Some(&status),
+            };
+            if already {
+                self.memory.reported_blocks.insert(name, status);
+                continue;
+            }
+            let patch = json!({
+                "apiVersion": "sinew.dev/v1alpha1", "kind": "IPBlock",
+                "metadata": {"name": name},
+                "status": status,
+            });
+            api.patch_status(&name, &params, &Patch::Apply(&patch))
+                .await?;
+            debug!(block = %name, allocated = status.allocated, "block status synced");
+            self.memory.reported_blocks.insert(name, status);
+        }
+        Ok(())
+    }
+
+    /// Removes everything sinew put on this node, conflist first, then the binary, then the
+    /// routes and the VXLAN device, and says so on the Node.
+    async fn clean_up(&mut self, network: &ClusterNetwork) -> anyhow::Result<()> {
+        if self.memory.cleaned {
+            return Ok(());
+        }
+        let conf = self
+            .conf_dir(network)
+            .join(conflist::file_name(&network.spec.cni));
+        install::remove_file(&conf)?;
+        install::remove_file(&self.bin_dir(network).join("sinew"))?;
+        program::remove_all(&mut Netlink::new()?)?;
+        info!(node = %self.settings.node_name, "node cleaned up: conflist, plugin, routes and VXLAN device removed");
+        let nodes: Api<Node> = Api::all(self.client.clone());
+        let patch = json!({
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": self.settings.node_name, "annotations": {
+                NODE_STATE_ANNOTATION: json!({"ready": false, "cleanedUp": true}).to_string(),
+            }},
+        });
+        nodes
+            .patch(
+                &self.settings.node_name,
+                &PatchParams::apply(&field_manager(&self.settings.node_name)),
+                &Patch::Apply(&patch),
+            )
+            .await?;
+        self.memory = Memory {
+            cleaned: true,
+            ..Memory::default()
+        };
+        Ok(())
+    }
+}
+
+/// FNV-1a of a node name: where its block search starts.
+fn name_hash(name: &str) -> u64 {
+    name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn macs_roundtrip_and_reject_garbage() {
+        let mac = [0x02, 0x42, 0xac, 0x11, 0x00, 0x02];
+        assert_eq!(parse_mac(&mac_string(mac)), Some(mac));
+        assert_eq!(parse_mac("02:42"), None);
+        assert_eq!(parse_mac("zz:42:ac:11:00:02"), None);
+    }
+
+    #[test]
+    fn block_search_starts_differ_between_nodes() {
+        assert_ne!(name_hash("node-a") % 64, name_hash("node-b") % 64);
+    }
+}

@@ -1,0 +1,8 @@
+//! `sinew-node`: the atomic installer of the plugin and its conflist, and the node agent that
+//! claims blocks, programs peers and reports status. See `docs/architecture.md`.
+
+pub mod agent;
+pub mod conflist;
+pub mod install;
+pub mod plan;
+pub mod program;

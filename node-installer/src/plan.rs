@@ -1,0 +1,273 @@
+//! What this node must program towards its peers, computed from cluster state (pure).
+//!
+//! For every block owned by another node, the pool's mode decides the path:
+//! - `Routed`: a route to the block via the peer's node address on the underlay;
+//! - `VXLAN`: a route to the block via a per-peer gateway address, `onlink`, on the VXLAN
+//!   device, with a permanent neighbour entry gateway -> peer VTEP MAC and an FDB entry peer
+//!   VTEP MAC -> peer node address (no multicast, no learning);
+//! - `Auto`: `Routed` when the peer's address is inside this node's underlay subnet, `VXLAN`
+//!   otherwise.
+//!
+//! The gateway of an IPv4 block over VXLAN is the peer's node address itself (it only has to
+//! be unique per peer on the VXLAN device); for an IPv6 block it is the link-local address
+//! derived from the peer's VTEP MAC (EUI-64), so IPv6 pools work over an IPv4 underlay.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv6Addr};
+
+use sinew_crds::{Cidr, Family, PoolMode};
+
+/// What the agent knows about one node (itself or a peer).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeInfo {
+    pub name: String,
+    /// Underlay address (the Node's InternalIP).
+    pub ip: IpAddr,
+    /// MAC of the node's VXLAN device, once the node published it.
+    pub vtep_mac: Option<[u8; 6]>,
+}
+
+/// One claimed block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockInfo {
+    pub cidr: Cidr,
+    pub node: String,
+    pub pool: String,
+}
+
+/// How a peer block is reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Path {
+    Routed,
+    Vxlan,
+}
+
+/// One route towards a peer block.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PeerRoute {
+    pub dst: Cidr,
+    pub via: IpAddr,
+    pub path: Path,
+    pub peer: String,
+}
+
+/// Everything to program, and what could not be.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub routes: Vec<PeerRoute>,
+    /// Permanent neighbours on the VXLAN device: gateway -> peer VTEP MAC.
+    pub neighbors: BTreeMap<IpAddr, [u8; 6]>,
+    /// FDB entries on the VXLAN device: peer VTEP MAC -> peer node address.
+    pub fdb: BTreeMap<[u8; 6], IpAddr>,
+    /// Peers whose blocks cannot be programmed yet or at all, with the reason.
+    pub problems: Vec<String>,
+}
+
+impl Plan {
+    pub fn needs_vxlan(&self) -> bool {
+        self.routes.iter().any(|r| r.path == Path::Vxlan)
+    }
+}
+
+/// The IPv6 link-local address derived from a MAC (modified EUI-64).
+pub fn link_local_from_mac(mac: [u8; 6]) -> IpAddr {
+    let b = [
+        mac[0] ^ 0x02,
+        mac[1],
+        mac[2],
+        0xff,
+        0xfe,
+        mac[3],
+        mac[4],
+        mac[5],
+    ];
+    IpAddr::V6(Ipv6Addr::new(
+        0xfe80,
+        0,
+        0,
+        0,
+        u16::from_be_bytes([b[0], b[1]]),
+        u16::from_be_bytes([b[2], b[3]]),
+        u16::from_be_bytes([b[4], b[5]]),
+        u16::from_be_bytes([b[6], b[7]]),
+    ))
+}
+
+/// Resolves a pool's mode for one peer.
+pub fn path_for(mode: PoolMode, underlay: &Cidr, peer_ip: IpAddr) -> Path {
+    match mode {
+        PoolMode::Routed => Path::Routed,
+        PoolMode::Vxlan => Path::Vxlan,
+        PoolMode::Auto if underlay.contains(peer_ip) => Path::Routed,
+        PoolMode::Auto => Path::Vxlan,
+    }
+}
+
+/// Computes the plan for node `me` whose underlay subnet is `underlay`.
+pub fn plan(
+    me: &str,
+    underlay: &Cidr,
+    nodes: &[NodeInfo],
+    blocks: &[BlockInfo],
+    modes: &BTreeMap<String, PoolMode>,
+) -> Plan {
+    let by_name: BTreeMap<&str, &NodeInfo> = nodes.iter().map(|n| (n.name.as_str(), n)).collect();
+    let mut plan = Plan::default();
+    let mut problems = BTreeSet::new();
+    for block in blocks.iter().filter(|b| b.node != me) {
+        let Some(mode) = modes.get(&block.pool) else {
+            continue;
+        };
+        let Some(peer) = by_name.get(block.node.as_str()) else {
+            problems.insert(format!(
+                "block {} belongs to unknown node {}",
+                block.cidr, block.node
+            ));
+            continue;
+        };
+        let family = block.cidr.family();
+        let mut path = path_for(*mode, underlay, peer.ip);
+        if path == Path::Routed && Family::of(peer.ip) != family {
+            // A route needs a gateway of the block's own family.
+            path = Path::Vxlan;
+        }
+        let via = match path {
+            Path::Routed => peer.ip,
+            Path::Vxlan => {
+                let Some(mac) = peer.vtep_mac else {
+                    problems.insert(format!("node {} has not published its VTEP yet", peer.name));
+                    continue;
+                };
+                let gateway = match family {
+                    Family::V4 if peer.ip.is_ipv4() => peer.ip,
+                    Family::V4 => {
+                        problems.insert(format!(
+                            "IPv4 block {} over an IPv6 underlay to {} is not supported",
+                            block.cidr, peer.name
+                        ));
+                        continue;
+                    }
+                    Family::V6 => link_local_from_mac(mac),
+                };
+                plan.neighbors.insert(gateway, mac);
+                plan.fdb.insert(mac, peer.ip);
+                gateway
+            }
+        };
+        plan.routes.push(PeerRoute {
+            dst: block.cidr,
+            via,
+            path,
+            peer: peer.name.clone(),
+        });
+    }
+    plan.routes.sort();
+    plan.problems = problems.into_iter().collect();
+    plan
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(name: &str, ip: &str, mac: u8) -> NodeInfo {
+        NodeInfo {
+            name: name.into(),
+            ip: ip.parse().unwrap(),
+            vtep_mac: Some([0x02, 0, 0, 0, 0, mac]),
+        }
+    }
+
+    fn block(cidr: &str, node: &str, pool: &str) -> BlockInfo {
+        BlockInfo {
+            cidr: cidr.parse().unwrap(),
+            node: node.into(),
+            pool: pool.into(),
+        }
+    }
+
+    fn setup() -> (Cidr, Vec<NodeInfo>, Vec<BlockInfo>) {
+        let underlay: Cidr = "192.168.10.0/24".parse().unwrap();
+        let nodes = vec![
+            node("a", "192.168.10.1", 1),
+            node("b", "192.168.10.2", 2),
+            node("c", "192.168.20.3", 3),
+        ];
+        let blocks = vec![
+            block("10.244.0.0/26", "a", "p"),
+            block("10.244.0.64/26", "b", "p"),
+            block("10.244.0.128/26", "c", "p"),
+            block("fd00::40/122", "b", "p6"),
+        ];
+        (underlay, nodes, blocks)
+    }
+
+    fn modes(m: PoolMode) -> BTreeMap<String, PoolMode> {
+        [("p".to_string(), m), ("p6".to_string(), m)]
+            .into_iter()
+            .collect()
+    }
+
+    #[test]
+    fn auto_routes_same_subnet_peers_and_tunnels_the_rest() {
+        let (u, n, b) = setup();
+        let p = plan("a", &u, &n, &b, &modes(PoolMode::Auto));
+        let paths: Vec<(String, Path)> = p
+            .routes
+            .iter()
+            .map(|r| (r.dst.to_string(), r.path))
+            .collect();
+        assert_eq!(
+            paths,
+            [
+                ("10.244.0.64/26".into(), Path::Routed),
+                ("10.244.0.128/26".into(), Path::Vxlan),
+                ("fd00::40/122".into(), Path::Vxlan),
+            ]
+        );
+        assert_eq!(p.fdb.len(), 2, "one FDB entry per tunnelled peer");
+        assert!(p.neighbors.contains_key(&"192.168.20.3".parse().unwrap()));
+        assert!(
+            p.routes.iter().all(|r| r.peer != "a"),
+            "own blocks are never routed"
+        );
+    }
+
+    #[test]
+    fn vxlan_and_routed_modes_are_uniform() {
+        let (u, n, b) = setup();
+        let v = plan("a", &u, &n, &b, &modes(PoolMode::Vxlan));
+        assert!(v.routes.iter().all(|r| r.path == Path::Vxlan));
+        let r = plan("a", &u, &n, &b, &modes(PoolMode::Routed));
+        assert!(
+            r.routes
+                .iter()
+                .filter(|r| r.dst.family() == Family::V4)
+                .all(|r| r.path == Path::Routed)
+        );
+        assert!(
+            r.needs_vxlan(),
+            "IPv6 blocks over an IPv4 underlay still need the tunnel"
+        );
+    }
+
+    #[test]
+    fn peers_without_a_vtep_are_reported_not_guessed() {
+        let (u, mut n, b) = setup();
+        n[2].vtep_mac = None;
+        let p = plan("a", &u, &n, &b, &modes(PoolMode::Vxlan));
+        assert!(p.routes.iter().all(|r| r.peer != "c"));
+        assert_eq!(
+            p.problems,
+            vec!["node c has not published its VTEP yet".to_string()]
+        );
+    }
+
+    #[test]
+    fn eui64_link_local() {
+        assert_eq!(
+            link_local_from_mac([0x02, 0x42, 0xac, 0x11, 0x00, 0x02]).to_string(),
+            "fe80::42:acff:fe11:2"
+        );
+    }
+}

@@ -1,0 +1,216 @@
+//! Applies a [`Plan`] to the kernel through netlink, touching only what sinew owns: routes with
+//! protocol [`PEER_ROUTE_PROTOCOL`], the [`VXLAN_DEVICE`] and its neighbour and FDB entries.
+//! Every pass diffs desired against actual state, so stale entries (departed peers, released
+//! blocks, a changed mode) are removed and nothing foreign is ever changed.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+use sinew_cni::netlink::{Link, Netlink, NetlinkError, Route};
+use sinew_crds::{Cidr, Family};
+
+use crate::plan::{Path, Plan};
+
+/// The node's VXLAN device.
+pub const VXLAN_DEVICE: &str = "sinew.vxlan";
+/// Route protocol of the routes towards peers (`ip route show proto 116`); pod routes made
+/// by the plugin use 115.
+pub const PEER_ROUTE_PROTOCOL: u8 = 116;
+const MAIN_TABLE: u32 = 254;
+const NUD_PERMANENT: u16 = 0x80;
+
+/// VXLAN encapsulation overhead for an underlay of `family` (outer IP + UDP + VXLAN + inner
+/// Ethernet).
+pub fn vxlan_overhead(family: Family) -> u32 {
+    match family {
+        Family::V4 => 50,
+        Family::V6 => 70,
+    }
+}
+
+/// The interface carrying the node's address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Underlay {
+    pub index: u32,
+    pub name: String,
+    pub ip: IpAddr,
+    pub subnet: Cidr,
+    pub mtu: u32,
+}
+
+/// Finds the interface that holds `ip`.
+pub fn find_underlay(nl: &mut Netlink, ip: IpAddr) -> Result<Option<Underlay>, NetlinkError> {
+    for link in nl.links()? {
+        for (addr, prefix) in nl.addresses(link.index)? {
+            if addr == ip {
+                let subnet =
+                    Cidr::new_truncating(addr, prefix).unwrap_or_else(|_| Cidr::host(addr));
+                return Ok(Some(Underlay {
+                    index: link.index,
+                    name: link.name,
+                    ip,
+                    subnet,
+                    mtu: link.mtu,
+                }));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// VXLAN parameters the device was created with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VxlanParams {
+    pub vni: u32,
+    pub port: u16,
+}
+
+/// Makes sure the VXLAN device exists with these parameters, is up and has the right MTU.
+/// `previous` is what the device was last created with (`None` if unknown): a change
+/// recreates it.
+pub fn ensure_vxlan(
+    nl: &mut Netlink,
+    params: VxlanParams,
+    previous: Option<VxlanParams>,
+    underlay: &Underlay,
+) -> Result<Link, NetlinkError> {
+    let mtu = underlay
+        .mtu
+        .saturating_sub(vxlan_overhead(Family::of(underlay.ip)));
+    let existing = nl.link_by_name(VXLAN_DEVICE)?;
+    let stale = existing.is_some() && previous.is_some_and(|p| p != params);
+    if stale {
+        nl.delete_link_by_name(VXLAN_DEVICE)?;
+    }
+    if existing.is_none() || stale {
+        nl.create_vxlan(
+            VXLAN_DEVICE,
+            params.vni,
+            params.port,
+            Some(underlay.ip),
+            Some(underlay.index),
+            Some(mtu),
+        )?;
+    }
+    let link = nl
+        .link_by_name(VXLAN_DEVICE)?
+        .ok_or_else(|| NetlinkError::InvalidArgument {
+            op: "ensure vxlan",
+            message: format!("{VXLAN_DEVICE} vanished after creation"),
+        })?;
+    if link.mtu != mtu {
+        nl.set_mtu(link.index, mtu)?;
+    }
+    if !link.up {
+        nl.set_link_up(link.index)?;
+    }
+    Ok(link)
+}
+
+fn route_key(r: &Route) -> (IpAddr, u8, Option<IpAddr>, Option<u32>, bool) {
+    (r.dst, r.prefix, r.gateway, r.oif, r.onlink)
+}
+
+/// What one pass changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Changes {
+    pub added: usize,
+    pub removed: usize,
+}
+
+/// Programs the plan: peer routes, then the VXLAN neighbour and FDB entries.
+pub fn apply(
+    nl: &mut Netlink,
+    plan: &Plan,
+    underlay: &Underlay,
+    vxlan: Option<&Link>,
+) -> Result<Changes, NetlinkError> {
+    let mut changes = Changes::default();
+    let desired: Vec<Route> = plan
+        .routes
+        .iter()
+        .filter_map(|r| {
+            let (oif, onlink) = match r.path {
+                Path::Routed => (underlay.index, false),
+                Path::Vxlan => (vxlan?.index, true),
+            };
+            Some(Route {
+                dst: r.dst.network(),
+                prefix: r.dst.prefix_len(),
+                gateway: Some(r.via),
+                oif: Some(oif),
+                scope_link: false,
+                onlink,
+                table: MAIN_TABLE,
+                protocol: PEER_ROUTE_PROTOCOL,
+                mtu: None,
+                src: None,
+            })
+        })
+        .collect();
+    let wanted: BTreeSet<_> = desired.iter().map(route_key).collect();
+
+    // Neighbours and FDB entries first, so a new VXLAN route never points at nothing.
+    if let Some(vx) = vxlan {
+        for n in nl.neighbors(vx.index)? {
+            if n.state & NUD_PERMANENT != 0 && plan.neighbors.get(&n.ip) != n.mac.as_ref() {
+                nl.del_neighbor(vx.index, n.ip)?;
+                changes.removed += 1;
+            }
+        }
+        for (ip, mac) in &plan.neighbors {
+            nl.add_neighbor(vx.index, *ip, *mac)?;
+        }
+        for (mac, dst) in nl.fdb(vx.index)? {
+            if plan.fdb.get(&mac) != Some(&dst) && mac != [0; 6] {
+                nl.del_fdb(vx.index, mac)?;
+                changes.removed += 1;
+            }
+        }
+        for (mac, dst) in &plan.fdb {
+            nl.add_fdb(vx.index, *mac, *dst)?;
+        }
+    }
+
+    let mut existing = Vec::new();
+    for v6 in [false, true] {
+        existing.extend(
+            nl.routes(v6, MAIN_TABLE)?
+                .into_iter()
+                .filter(|r| r.protocol == PEER_ROUTE_PROTOCOL),
+        );
+    }
+    let have: BTreeSet<_> = existing.iter().map(route_key).collect();
+    for r in &desired {
+        if !have.contains(&route_key(r)) {
+            nl.add_route(r)?;
+            changes.added += 1;
+        }
+    }
+    for r in existing.iter().filter(|r| !wanted.contains(&route_key(r))) {
+        // A mode switch replaces a route in place (same destination): already done above.
+        if !desired
+            .iter()
+            .any(|d| d.dst == r.dst && d.prefix == r.prefix)
+        {
+            nl.del_route(r)?;
+            changes.removed += 1;
+        }
+    }
+    Ok(changes)
+}
+
+/// Removes every peer route and the VXLAN device (node clean-up).
+pub fn remove_all(nl: &mut Netlink) -> Result<(), NetlinkError> {
+    for v6 in [false, true] {
+        for r in nl
+            .routes(v6, MAIN_TABLE)?
+            .into_iter()
+            .filter(|r| r.protocol == PEER_ROUTE_PROTOCOL)
+        {
+            nl.del_route(&r)?;
+        }
+    }
+    nl.delete_link_by_name(VXLAN_DEVICE)?;
+    Ok(())
+}
