@@ -2,6 +2,7 @@
 //! upstream modules), helpers shared by the test tiers, and later the local cluster.
 
 pub mod certs;
+pub mod cluster;
 pub mod control_plane;
 pub mod harness;
 pub mod install;

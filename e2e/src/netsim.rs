@@ -140,3 +140,162 @@ pub fn tcp_exchange(ns: &NetNs, addr: SocketAddr) -> Result<String, String> {
     })
     .map_err(|e| e.to_string())?
 }
+
+/// A long-lived TCP connection from one namespace to a server in another, carrying a
+/// continuous stream of bytes; used to prove that established connections survive changes.
+pub struct TcpStreamProbe {
+    received: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    failed: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl TcpStreamProbe {
+    /// Listens on `server_addr` in `server`, connects from `client`, and keeps sending.
+    pub fn start(server: &NetNs, client: &NetNs, server_addr: SocketAddr) -> TcpStreamProbe {
+        use std::sync::atomic::{AtomicBool, AtomicU64};
+        use std::sync::{Arc, Mutex};
+        let listener = server
+            .run_in(|| TcpListener::bind(server_addr))
+            .expect("entering the namespace")
+            .expect("binding the stream server");
+        let addr = listener.local_addr().expect("address");
+        let conn = client
+            .run_in(|| TcpStream::connect_timeout(&addr, Duration::from_secs(3)))
+            .expect("entering the namespace")
+            .expect("connecting the stream");
+        let (mut inbound, _) = listener.accept().expect("accepting the stream");
+        let received = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(Mutex::new(None));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (r, f1, s1) = (received.clone(), failed.clone(), stop.clone());
+        let reader = std::thread::spawn(move || {
+            let _ = inbound.set_read_timeout(Some(Duration::from_secs(10)));
+            let mut buf = vec![0u8; 64 * 1024];
+            while !s1.load(Ordering::SeqCst) {
+                match inbound.read(&mut buf) {
+                    Ok(0) => {
+                        if !s1.load(Ordering::SeqCst) {
+                            *f1.lock().unwrap_or_else(|e| e.into_inner()) =
+                                Some("the stream was closed".into());
+                        }
+                        return;
+                    }
+                    Ok(n) => {
+                        r.fetch_add(n as u64, Ordering::SeqCst);
+                    }
+                    Err(e) => {
+                        *f1.lock().unwrap_or_else(|e| e.into_inner()) =
+                            Some(format!("receiving: {e}"));
+                        return;
+                    }
+                }
+            }
+        });
+        let (f2, s2) = (failed.clone(), stop.clone());
+        let mut out = conn;
+        let writer = std::thread::spawn(move || {
+            let _ = out.set_write_timeout(Some(Duration::from_secs(10)));
+            let chunk = vec![0x5au8; 1400];
+            while !s2.load(Ordering::SeqCst) {
+                if let Err(e) = out.write_all(&chunk) {
+                    *f2.lock().unwrap_or_else(|e| e.into_inner()) = Some(format!("sending: {e}"));
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            let _ = out.shutdown(std::net::Shutdown::Both);
+        });
+        TcpStreamProbe {
+            received,
+            failed,
+            stop,
+            threads: vec![reader, writer],
+        }
+    }
+
+    pub fn received(&self) -> u64 {
+        self.received.load(Ordering::SeqCst)
+    }
+
+    /// The first failure of the connection, if any.
+    pub fn failure(&self) -> Option<String> {
+        self.failed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Waits until at least `more` further bytes arrived, or fails with the reason.
+    pub fn expect_progress(&self, more: u64, within: Duration) -> Result<(), String> {
+        let target = self.received() + more;
+        let deadline = std::time::Instant::now() + within;
+        while self.received() < target {
+            if let Some(f) = self.failure() {
+                return Err(f);
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(format!("the stream stalled at {} bytes", self.received()));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for TcpStreamProbe {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Sends `bytes` over a fresh connection from `client` to a sink in `server`, in large
+/// segments (exercises the path MTU); returns how many bytes the sink received.
+pub fn bulk_transfer(
+    server: &NetNs,
+    client: &NetNs,
+    server_addr: SocketAddr,
+    bytes: usize,
+) -> Result<usize, String> {
+    let listener = server
+        .run_in(|| TcpListener::bind(server_addr))
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let sink = std::thread::spawn(move || -> Result<usize, String> {
+        let (mut s, _) = listener.accept().map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(Duration::from_secs(15)))
+            .map_err(|e| e.to_string())?;
+        let mut total = 0;
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => return Ok(total),
+                Ok(n) => total += n,
+                Err(e) => return Err(format!("after {total} bytes: {e}")),
+            }
+        }
+    });
+    client
+        .run_in(|| -> Result<(), String> {
+            let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))
+                .map_err(|e| e.to_string())?;
+            s.set_write_timeout(Some(Duration::from_secs(15)))
+                .map_err(|e| e.to_string())?;
+            let chunk = vec![0xa5u8; 64 * 1024];
+            let mut sent = 0;
+            while sent < bytes {
+                let n = chunk.len().min(bytes - sent);
+                s.write_all(&chunk[..n])
+                    .map_err(|e| format!("sending after {sent} bytes: {e}"))?;
+                sent += n;
+            }
+            Ok(())
+        })
+        .map_err(|e| e.to_string())??;
+    sink.join()
+        .map_err(|_| "sink thread panicked".to_string())?
+}

@@ -1,10 +1,11 @@
 //! Running the `sinew` plugin the ways a runtime does: exec'd directly with the CNI
 //! environment, or through upstream `cnitool` (libcni), always inside a node namespace.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
+use std::sync::Mutex;
 
 use serde_json::Value;
 use sinew_cni::ipam::{IpamState, Store};
@@ -18,36 +19,42 @@ use crate::tools::repo_root;
 /// Directory of the Debian `containernetworking-plugins` reference plugins.
 pub const REFERENCE_PLUGIN_DIR: &str = "/usr/lib/cni";
 
-/// Path of the `sinew` binary, built (once per test process) if it is not there yet.
+/// Path of binary `bin` of workspace package `package`, built (once per test process, in
+/// the profile of the running executable) if needed.
+pub fn workspace_binary(package: &str, bin: &str) -> PathBuf {
+    static BUILT: Mutex<BTreeMap<String, PathBuf>> = Mutex::new(BTreeMap::new());
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(p) = built.get(bin) {
+        return p.clone();
+    }
+    // Test binaries live in target/<profile>/deps, other binaries in target/<profile>.
+    let profile_dir = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+        .map(|d| {
+            if d.ends_with("deps") {
+                d.parent().map(Path::to_path_buf).unwrap_or(d)
+            } else {
+                d
+            }
+        })
+        .unwrap_or_else(|| repo_root().join("target/debug"));
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.current_dir(repo_root())
+        .args(["build", "-q", "-p", package, "--bin", bin]);
+    if profile_dir.ends_with("release") {
+        cmd.arg("--release");
+    }
+    let status = cmd.status().expect("running cargo build");
+    assert!(status.success(), "building {bin} failed");
+    let path = profile_dir.join(bin);
+    built.insert(bin.to_string(), path.clone());
+    path
+}
+
+/// Path of the `sinew` plugin binary.
 pub fn sinew_binary() -> PathBuf {
-    static PATH: OnceLock<PathBuf> = OnceLock::new();
-    PATH.get_or_init(|| {
-        // Test binaries live in target/<profile>/deps, other binaries in target/<profile>.
-        let profile_dir = std::env::current_exe()
-            .ok()
-            .and_then(|p| p.parent().map(Path::to_path_buf))
-            .map(|d| {
-                if d.ends_with("deps") {
-                    d.parent().map(Path::to_path_buf).unwrap_or(d)
-                } else {
-                    d
-                }
-            })
-            .unwrap_or_else(|| repo_root().join("target/debug"));
-        let release = profile_dir.ends_with("release");
-        let mut cmd = Command::new(env!("CARGO"));
-        cmd.current_dir(repo_root())
-            .args(["build", "-q", "-p", "sinew-cni", "--bin", "sinew"]);
-        if release {
-            cmd.arg("--release");
-        }
-        let status = cmd
-            .status()
-            .expect("running cargo build for the sinew binary");
-        assert!(status.success(), "building the sinew binary failed");
-        profile_dir.join("sinew")
-    })
-    .clone()
+    workspace_binary("sinew-cni", "sinew")
 }
 
 /// A directory holding `sinew` (and nothing else), for `CNI_PATH`.

@@ -1,0 +1,482 @@
+//! The local cluster: nodes as network namespaces on a private underlay, each with a real
+//! `sinew-node` agent talking to the real control plane, and pods as network namespaces
+//! attached through a [`PodNetworker`] (upstream `cnitool` by default).
+//!
+//! Underlay: one "fabric" namespace holds two bridges, `br0` (10.99.0.0/24) and `br1`
+//! (10.99.1.0/24), and routes between them (it has .254 on each), so nodes on different
+//! subnets are a real L3 hop apart (`Auto` and cross-subnet cases). Each node gets `eth0` with
+//! its address and a default route via its subnet's .254. All addresses live only inside
+//! these namespaces.
+//!
+//! The agents reach the API server through a loopback forwarder inside each node namespace
+//! (127.0.0.1:<port> there -> 127.0.0.1:<port> on the host), so the product code runs
+//! unchanged with an ordinary kubeconfig.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{Api, Patch, PatchParams};
+use serde_json::{Value, json};
+use sinew_cni::netlink::Netlink;
+use sinew_cni::netns::NetNs;
+
+use crate::ControlPlane;
+use crate::netsim::{self, in_netns};
+use crate::plugin::{Cnitool, REFERENCE_PLUGIN_DIR, Run};
+use crate::process::Supervised;
+
+/// Forwards TCP connections from 127.0.0.1:`port` inside a namespace to 127.0.0.1:`port` on
+/// the host. Stops on drop.
+pub struct LoopbackForwarder {
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl LoopbackForwarder {
+    pub fn start(ns: &NetNs, port: u16) -> std::io::Result<LoopbackForwarder> {
+        let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port);
+        let listener = ns
+            .run_in(|| TcpListener::bind(addr))
+            .map_err(std::io::Error::other)??;
+        listener.set_nonblocking(true)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let handle = std::thread::spawn(move || {
+            while !flag.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((inside, _)) => {
+                        let _ = inside.set_nonblocking(false);
+                        if let Ok(outside) = TcpStream::connect(addr) {
+                            splice(inside, outside);
+                        }
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        Ok(LoopbackForwarder {
+            stop,
+            handle: Some(handle),
+        })
+    }
+}
+
+fn splice(a: TcpStream, b: TcpStream) {
+    let (Ok(a2), Ok(b2)) = (a.try_clone(), b.try_clone()) else {
+        return;
+    };
+    let pipe = |mut from: TcpStream, mut to: TcpStream| {
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut from, &mut to);
+            let _ = to.shutdown(std::net::Shutdown::Write);
+        });
+    };
+    pipe(a, b2);
+    pipe(b, a2);
+}
+
+impl Drop for LoopbackForwarder {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// One simulated node.
+pub struct SimNode {
+    pub name: String,
+    pub ip: Ipv4Addr,
+    pub ns: NetNs,
+    pub dir: PathBuf,
+    agent: Option<Supervised>,
+    _forwarder: LoopbackForwarder,
+}
+
+impl SimNode {
+    pub fn conf_dir(&self) -> PathBuf {
+        self.dir.join("net.d")
+    }
+    pub fn bin_dir(&self) -> PathBuf {
+        self.dir.join("bin")
+    }
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.join("state")
+    }
+    pub fn agent_log(&self) -> String {
+        self.agent
+            .as_ref()
+            .map(|a| a.log_tail(40))
+            .unwrap_or_default()
+    }
+    pub fn netlink(&self) -> Netlink {
+        Netlink::in_netns(&self.ns).expect("netlink in node namespace")
+    }
+}
+
+/// A pod: a network namespace attached to a node's network.
+pub struct Pod {
+    pub name: String,
+    pub node: String,
+    pub ns: NetNs,
+    pub result: Value,
+}
+
+impl Pod {
+    /// The pod's addresses from its CNI result.
+    pub fn ips(&self) -> Vec<IpAddr> {
+        self.result["ips"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|ip| ip["address"].as_str()?.split('/').next()?.parse().ok())
+            .collect()
+    }
+
+    pub fn ipv4(&self) -> IpAddr {
+        self.ips()
+            .into_iter()
+            .find(IpAddr::is_ipv4)
+            .expect("the pod has an IPv4 address")
+    }
+}
+
+/// How pods get their network: another caller (containerd's CRI plugin, kubelet) can be added
+/// beside `cnitool` by implementing this.
+pub trait PodNetworker {
+    fn add(&self, node: &SimNode, pod_netns: &Path) -> Run;
+    fn del(&self, node: &SimNode, pod_netns: &Path) -> Run;
+}
+
+/// Attaches pods through upstream `cnitool` with the conflist and plugin the node's agent
+/// installed (reference plugins from Debian on the path for chains).
+pub struct CnitoolNetworker {
+    pub bin: PathBuf,
+}
+
+impl CnitoolNetworker {
+    fn tool(&self, node: &SimNode) -> Cnitool {
+        Cnitool {
+            bin: self.bin.clone(),
+            conf_dir: node.conf_dir(),
+            plugin_dirs: vec![node.bin_dir(), PathBuf::from(REFERENCE_PLUGIN_DIR)],
+        }
+    }
+}
+
+impl PodNetworker for CnitoolNetworker {
+    fn add(&self, node: &SimNode, pod_netns: &Path) -> Run {
+        self.tool(node)
+            .run(&node.ns, "add", "sinew", pod_netns, None)
+    }
+    fn del(&self, node: &SimNode, pod_netns: &Path) -> Run {
+        self.tool(node)
+            .run(&node.ns, "del", "sinew", pod_netns, None)
+    }
+}
+
+/// The whole local cluster. Dropping it stops the agents and removes every namespace.
+pub struct LocalCluster {
+    pub nodes: Vec<SimNode>,
+    pub fabric: NetNs,
+    pub networker: Box<dyn PodNetworker + Send + Sync>,
+    pub client: kube::Client,
+    api_port: u16,
+    kubeconfig: PathBuf,
+    node_binary: PathBuf,
+    plugin_binary: PathBuf,
+    dir: tempfile::TempDir,
+    prefix: String,
+}
+
+/// Label on every Node of one local cluster (`sinew.test/cluster=<prefix>`), for pools that
+/// should serve only that cluster.
+pub const CLUSTER_LABEL: &str = "sinew.test/cluster";
+
+/// Address of node `i` on subnet `subnet` (0 or 1).
+fn node_ip(subnet: u8, i: u8) -> Ipv4Addr {
+    Ipv4Addr::new(10, 99, subnet, 10 + i)
+}
+
+fn run_ok(cmd: &mut Command) {
+    let out = cmd.output().expect("running a setup command");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `ip` inside a namespace (setup only; the product itself never shells out).
+fn ip_in(ns: &NetNs, args: &[&str]) {
+    let mut cmd = Command::new("ip");
+    cmd.args(args);
+    in_netns(&mut cmd, ns);
+    run_ok(&mut cmd);
+}
+
+impl LocalCluster {
+    /// Builds the fabric and `subnets[i]`-placed nodes (`<prefix>-0`, `<prefix>-1`, …), creates their
+    /// Node objects and starts one agent per node.
+    pub async fn start(cp: &ControlPlane, prefix: &str, subnets: &[u8]) -> LocalCluster {
+        let client = cp.client().await.expect("admin client");
+        let dir = tempfile::Builder::new()
+            .prefix("sinew-cluster-")
+            .tempdir()
+            .expect("cluster directory");
+        let fabric = netsim::netns("fabric");
+        netsim::sysctl(&fabric, "net.ipv4.ip_forward", "1");
+        for (br, subnet) in [("br0", 0u8), ("br1", 1u8)] {
+            ip_in(&fabric, &["link", "add", br, "type", "bridge"]);
+            ip_in(
+                &fabric,
+                &["addr", "add", &format!("10.99.{subnet}.254/24"), "dev", br],
+            );
+            ip_in(&fabric, &["link", "set", br, "up"]);
+        }
+        let api_port = cp
+            .url()
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("API server port");
+        let node_binary = crate::plugin::workspace_binary("sinew-node-installer", "sinew-node");
+        let plugin_binary = crate::plugin::sinew_binary();
+        let mut cluster = LocalCluster {
+            nodes: Vec::new(),
+            fabric,
+            networker: Box::new(CnitoolNetworker {
+                bin: cp.tools().path("cnitool").expect("cnitool"),
+            }),
+            client,
+            api_port,
+            kubeconfig: cp.kubeconfig_path().to_path_buf(),
+            node_binary,
+            plugin_binary,
+            dir,
+            prefix: prefix.to_string(),
+        };
+        for (i, subnet) in subnets.iter().enumerate() {
+            cluster.add_node(i as u8, *subnet).await;
+        }
+        cluster
+    }
+
+    /// Adds node `<prefix>-<i>` on `subnet` and starts its agent.
+    pub async fn add_node(&mut self, i: u8, subnet: u8) {
+        let name = format!("{}-{i}", self.prefix);
+        let ip = node_ip(subnet, i);
+        let ns = netsim::node_netns("node");
+        let host_end = format!("u{}-{i}", std::process::id() % 100_000);
+        // The veth is created in the fabric and one end moved into the node.
+        let mut cmd = Command::new("ip");
+        cmd.args([
+            "link", "add", &host_end, "type", "veth", "peer", "name", "eth0", "netns",
+        ])
+        .arg(ns.path());
+        in_netns(&mut cmd, &self.fabric);
+        run_ok(&mut cmd);
+        ip_in(
+            &self.fabric,
+            &[
+                "link",
+                "set",
+                &host_end,
+                "master",
+                if subnet == 0 { "br0" } else { "br1" },
+                "up",
+            ],
+        );
+        ip_in(&ns, &["addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
+        ip_in(&ns, &["link", "set", "eth0", "up"]);
+        ip_in(
+            &ns,
+            &[
+                "route",
+                "add",
+                "default",
+                "via",
+                &format!("10.99.{subnet}.254"),
+            ],
+        );
+        let forwarder = LoopbackForwarder::start(&ns, self.api_port).expect("API forwarder");
+
+        let nodes: Api<Node> = Api::all(self.client.clone());
+        let params = PatchParams::apply("sinew-e2e").force();
+        let object = json!({
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": name, "labels": {
+                "kubernetes.io/hostname": name,
+                "topology.sinew.dev/subnet": subnet.to_string(),
+                CLUSTER_LABEL: self.prefix,
+            }},
+        });
+        nodes
+            .patch(&name, &params, &Patch::Apply(&object))
+            .await
+            .expect("creating the Node");
+        let status = json!({
+            "apiVersion": "v1", "kind": "Node", "metadata": {"name": name},
+            "status": {"addresses": [{"type": "InternalIP", "address": ip.to_string()}, {"type": "Hostname", "address": name}]},
+        });
+        nodes
+            .patch_status(&name, &params, &Patch::Apply(&status))
+            .await
+            .expect("setting the Node address");
+
+        let dir = self.dir.path().join(&name);
+        std::fs::create_dir_all(&dir).expect("node directory");
+        let mut node = SimNode {
+            name,
+            ip,
+            ns,
+            dir,
+            agent: None,
+            _forwarder: forwarder,
+        };
+        self.start_agent(&mut node);
+        self.nodes.push(node);
+    }
+
+    fn start_agent(&self, node: &mut SimNode) {
+        let mut cmd = Command::new(&self.node_binary);
+        cmd.arg("run")
+            .env("NODE_NAME", &node.name)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("SINEW_CNI_CONF_DIR", node.conf_dir())
+            .env("SINEW_CNI_BIN_DIR", node.bin_dir())
+            .env("SINEW_STATE_DIR", node.state_dir())
+            .env("SINEW_CNI_LOG_FILE", node.dir.join("cni.log"))
+            .env("SINEW_PLUGIN", &self.plugin_binary)
+            .env("SINEW_MIN_FREE", "4")
+            .env("SINEW_RESYNC_SECONDS", "2")
+            .env("SINEW_LOG", "info");
+        in_netns(&mut cmd, &node.ns);
+        node.agent = Some(
+            Supervised::spawn(
+                &format!("agent {}", node.name),
+                cmd,
+                &node.dir.join("agent.log"),
+            )
+            .expect("starting sinew-node"),
+        );
+    }
+
+    /// Stops a node's agent (its kernel state stays, as after a crash or an upgrade).
+    pub fn stop_agent(&mut self, i: usize) {
+        self.nodes[i].agent = None;
+    }
+
+    /// Restarts a node's agent.
+    pub fn restart_agent(&mut self, i: usize) {
+        let mut node = self.nodes.remove(i);
+        self.start_agent(&mut node);
+        self.nodes.insert(i, node);
+    }
+
+    /// Name of node `i`.
+    pub fn name(&self, i: usize) -> String {
+        format!("{}-{i}", self.prefix)
+    }
+
+    pub fn node(&self, name: &str) -> &SimNode {
+        self.nodes
+            .iter()
+            .find(|n| n.name == name)
+            .unwrap_or_else(|| panic!("no node {name}"))
+    }
+
+    /// Waits until every node's agent has written its conflist (the node serves pods).
+    pub async fn wait_ready(&self, timeout: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let missing: Vec<&str> = self
+                .nodes
+                .iter()
+                .filter(|n| !n.conf_dir().join("10-sinew.conflist").exists())
+                .map(|n| n.name.as_str())
+                .collect();
+            if missing.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let logs: String = missing
+                    .iter()
+                    .map(|m| format!("\n--- agent {m} ---\n{}", self.node(m).agent_log()))
+                    .collect();
+                return Err(format!(
+                    "nodes not ready after {timeout:?}: {missing:?}{logs}"
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Starts a pod on `node` through the networker; panics with the plugin's words if it fails.
+    pub fn start_pod(&self, node: &str, name: &str) -> Pod {
+        let ns = netsim::netns("pod");
+        let n = self.node(node);
+        let run = self.networker.add(n, ns.path());
+        assert!(
+            run.success,
+            "pod {name} on {node}: {} {}\n--- agent ---\n{}",
+            run.stdout,
+            run.stderr,
+            n.agent_log()
+        );
+        Pod {
+            name: name.into(),
+            node: node.into(),
+            result: serde_json::from_str(&run.stdout).expect("CNI result"),
+            ns,
+        }
+    }
+
+    /// Removes a pod's network.
+    pub fn stop_pod(&self, pod: Pod) {
+        let run = self.networker.del(self.node(&pod.node), pod.ns.path());
+        assert!(
+            run.success,
+            "DEL of {}: {} {}",
+            pod.name, run.stdout, run.stderr
+        );
+    }
+
+    /// Peer routes (protocol 116) on a node, as `dst/prefix via gw dev <index>` strings.
+    pub fn peer_routes(&self, node: &str) -> BTreeMap<String, String> {
+        let mut nl = self.node(node).netlink();
+        let links: BTreeMap<u32, String> = nl
+            .links()
+            .expect("links")
+            .into_iter()
+            .map(|l| (l.index, l.name))
+            .collect();
+        [false, true]
+            .into_iter()
+            .flat_map(|v6| nl.routes(v6, 254).expect("routes"))
+            .filter(|r| r.protocol == 116)
+            .map(|r| {
+                let dev = r
+                    .oif
+                    .and_then(|i| links.get(&i).cloned())
+                    .unwrap_or_default();
+                (
+                    format!("{}/{}", r.dst, r.prefix),
+                    format!(
+                        "via {} dev {dev}{}",
+                        r.gateway.map(|g| g.to_string()).unwrap_or_default(),
+                        if r.onlink { " onlink" } else { "" }
+                    ),
+                )
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,327 @@
+//! `sinew-node` agents on nodes simulated as network namespaces, against the real API server:
+//! block claims, peer programming per pool mode (kernel state and real traffic), a live mode
+//! switch under a running TCP stream, allocations in `IPBlock` status, departed nodes.
+//! Needs root and the Go-built control plane.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use serde_json::json;
+use sinew_crds::{IPBlock, IPPool};
+use sinew_e2e::cluster::{CLUSTER_LABEL, LocalCluster, Pod};
+use sinew_e2e::harness::{Ctx, TestResult};
+use sinew_e2e::netsim::{EchoServer, TcpStreamProbe, bulk_transfer, tcp_exchange};
+use sinew_e2e::{require, tests};
+
+fn main() -> ExitCode {
+    if !require::is_root() {
+        require::missing("agent", "nodes are network namespaces, which needs root");
+        return ExitCode::SUCCESS;
+    }
+    sinew_e2e::harness::run(
+        |ctx| async move {
+            sinew_e2e::install::install_crds(&ctx.client).await?;
+            let cn = json!({"apiVersion": "sinew.dev/v1alpha1", "kind": "ClusterNetwork", "metadata": {"name": "default"}, "spec": {}});
+            Api::<sinew_crds::ClusterNetwork>::all(ctx.client.clone())
+                .patch(
+                    "default",
+                    &PatchParams::apply("sinew-e2e"),
+                    &Patch::Apply(&cn),
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(())
+        },
+        tests![
+            agents_claim_distinct_blocks_and_pods_talk_across_nodes,
+            live_mode_switch_keeps_connections_and_large_transfers,
+            allocations_show_up_in_ipblock_status,
+            departed_node_routes_disappear_from_peers,
+        ],
+    )
+}
+
+/// A pool serving only the nodes of `cluster`.
+async fn pool(
+    ctx: &Ctx,
+    name: &str,
+    cluster: &str,
+    cidr: &str,
+    block_size: u8,
+    mode: &str,
+) -> TestResult {
+    let pool = json!({
+        "apiVersion": "sinew.dev/v1alpha1", "kind": "IPPool", "metadata": {"name": name},
+        "spec": {"cidr": cidr, "blockSize": block_size, "mode": mode,
+                 "nodeSelector": {"matchLabels": {CLUSTER_LABEL: cluster}}},
+    });
+    Api::<IPPool>::all(ctx.client.clone())
+        .patch(name, &PatchParams::apply("sinew-e2e"), &Patch::Apply(&pool))
+        .await?;
+    Ok(())
+}
+
+async fn set_mode(ctx: &Ctx, name: &str, mode: &str) -> TestResult {
+    let patch = json!({"spec": {"mode": mode}});
+    Api::<IPPool>::all(ctx.client.clone())
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    Ok(())
+}
+
+async fn blocks_of(ctx: &Ctx, pool: &str) -> Result<Vec<IPBlock>, kube::Error> {
+    let all = Api::<IPBlock>::all(ctx.client.clone())
+        .list(&ListParams::default().labels(&format!("sinew.dev/pool={pool}")))
+        .await?;
+    Ok(all.items)
+}
+
+/// Waits until `cond` holds, polling.
+async fn eventually<F: FnMut() -> Result<(), String>>(
+    what: &str,
+    within: Duration,
+    mut cond: F,
+) -> TestResult {
+    let deadline = Instant::now() + within;
+    loop {
+        match cond() {
+            Ok(()) => return Ok(()),
+            Err(e) if Instant::now() > deadline => return Err(format!("{what}: {e}").into()),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+fn reach(from: &Pod, to: &Pod) -> Result<(), String> {
+    let server = EchoServer::start(&to.ns, SocketAddr::new(to.ipv4(), 0));
+    let reply = tcp_exchange(&from.ns, server.addr)
+        .map_err(|e| format!("{} -> {}: {e}", from.name, to.name))?;
+    if !reply.starts_with(&from.ipv4().to_string()) {
+        return Err(format!(
+            "{} -> {}: the server saw {reply:?}, not the pod's own address (NAT?)",
+            from.name, to.name
+        ));
+    }
+    Ok(())
+}
+
+async fn agents_claim_distinct_blocks_and_pods_talk_across_nodes(ctx: Ctx) -> TestResult {
+    // Two nodes share a subnet, the third sits behind the fabric's router.
+    let cluster = LocalCluster::start(&ctx.cp, "vx", &[0, 0, 1]).await;
+    // 8 blocks for 3 nodes racing: every node must end up with its own.
+    pool(&ctx, "vx-pool", "vx", "10.100.0.0/26", 29, "VXLAN").await?;
+    cluster.wait_ready(Duration::from_secs(30)).await?;
+
+    let blocks = blocks_of(&ctx, "vx-pool").await?;
+    let names: BTreeSet<String> = blocks.iter().map(|b| b.spec.cidr.clone()).collect();
+    assert_eq!(names.len(), blocks.len(), "a block was claimed twice");
+    let owners: BTreeSet<String> = blocks.iter().map(|b| b.spec.node.clone()).collect();
+    assert_eq!(owners.len(), 3, "every node owns a block: {owners:?}");
+
+    let pods: Vec<Pod> = (0..3)
+        .map(|i| cluster.start_pod(&cluster.name(i), &format!("p{i}")))
+        .collect();
+    // Every agent must have learnt every peer's blocks and VTEP before traffic flows.
+    for node in 0..3 {
+        let name = cluster.name(node);
+        eventually(
+            &format!("peer routes on {name}"),
+            Duration::from_secs(15),
+            || {
+                let routes = cluster.peer_routes(&name);
+                let foreign = blocks.iter().filter(|b| b.spec.node != name).count();
+                if routes.len() >= foreign
+                    && routes.values().all(|r| r.contains("sinew.vxlan onlink"))
+                {
+                    Ok(())
+                } else {
+                    Err(format!("{routes:?}"))
+                }
+            },
+        )
+        .await?;
+    }
+    for a in &pods {
+        for b in &pods {
+            if a.name != b.name {
+                reach(a, b)?;
+            }
+        }
+    }
+    // The node itself reaches a pod on another node (node-to-pod rule).
+    let server = EchoServer::start(&pods[2].ns, SocketAddr::new(pods[2].ipv4(), 0));
+    tcp_exchange(&cluster.nodes[0].ns, server.addr)
+        .map_err(|e| format!("node -> remote pod: {e}"))?;
+    // FDB: one permanent entry per peer on the VXLAN device, pointing at the peer's address.
+    let mut nl = cluster.nodes[0].netlink();
+    let vx = nl.link_by_name("sinew.vxlan")?.ok_or("no VXLAN device")?;
+    let fdb_dsts: BTreeSet<String> = nl
+        .fdb(vx.index)?
+        .into_iter()
+        .map(|(_, ip)| ip.to_string())
+        .collect();
+    assert!(
+        fdb_dsts.contains("10.99.0.11") && fdb_dsts.contains("10.99.1.12"),
+        "{fdb_dsts:?}"
+    );
+    for p in pods {
+        cluster.stop_pod(p);
+    }
+    Ok(())
+}
+
+fn route_devices(cluster: &LocalCluster, node: &str) -> BTreeSet<String> {
+    cluster
+        .peer_routes(node)
+        .values()
+        .map(|r| r.split(" dev ").nth(1).unwrap_or_default().to_string())
+        .collect()
+}
+
+async fn live_mode_switch_keeps_connections_and_large_transfers(ctx: Ctx) -> TestResult {
+    let cluster = LocalCluster::start(&ctx.cp, "sw", &[0, 0]).await;
+    pool(&ctx, "sw-pool", "sw", "10.101.0.0/24", 28, "VXLAN").await?;
+    cluster.wait_ready(Duration::from_secs(30)).await?;
+    let a = cluster.start_pod(&cluster.name(0), "a");
+    let b = cluster.start_pod(&cluster.name(1), "b");
+    let node0 = cluster.name(0);
+    eventually("VXLAN routes", Duration::from_secs(15), || {
+        let devs = route_devices(&cluster, &node0);
+        (devs == BTreeSet::from(["sinew.vxlan onlink".to_string()]))
+            .then_some(())
+            .ok_or(format!("{devs:?}"))
+    })
+    .await?;
+
+    let stream = TcpStreamProbe::start(&b.ns, &a.ns, SocketAddr::new(b.ipv4(), 0));
+    stream.expect_progress(100_000, Duration::from_secs(10))?;
+    for (mode, expected) in [
+        ("Routed", "eth0"),
+        ("Auto", "eth0"),
+        ("VXLAN", "sinew.vxlan onlink"),
+    ] {
+        let switched = Instant::now();
+        set_mode(&ctx, "sw-pool", mode).await?;
+        eventually(
+            &format!("switch to {mode}"),
+            Duration::from_secs(10),
+            || {
+                let devs = route_devices(&cluster, &node0);
+                (devs == BTreeSet::from([expected.to_string()]))
+                    .then_some(())
+                    .ok_or(format!("{devs:?}"))
+            },
+        )
+        .await?;
+        eprintln!(
+            "{mode}: programmed on {node0} {:?} after the edit",
+            switched.elapsed()
+        );
+        stream
+            .expect_progress(100_000, Duration::from_secs(10))
+            .map_err(|e| {
+                format!("the established connection broke after switching to {mode}: {e}")
+            })?;
+        let n = bulk_transfer(&b.ns, &a.ns, SocketAddr::new(b.ipv4(), 0), 8 << 20)
+            .map_err(|e| format!("a large transfer after switching to {mode} failed: {e}"))?;
+        assert_eq!(n, 8 << 20);
+    }
+    assert_eq!(stream.failure(), None);
+    drop(stream);
+    cluster.stop_pod(a);
+    cluster.stop_pod(b);
+    Ok(())
+}
+
+async fn allocations_show_up_in_ipblock_status(ctx: Ctx) -> TestResult {
+    let cluster = LocalCluster::start(&ctx.cp, "st", &[0]).await;
+    pool(&ctx, "st-pool", "st", "10.102.0.0/24", 27, "Auto").await?;
+    cluster.wait_ready(Duration::from_secs(30)).await?;
+    let added = Instant::now();
+    let pod = cluster.start_pod(&cluster.name(0), "status-pod");
+    let ip = pod.ipv4().to_string();
+    let api: Api<IPBlock> = Api::all(ctx.client.clone());
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let blocks = api
+            .list(&ListParams::default().labels("sinew.dev/pool=st-pool"))
+            .await?;
+        let found = blocks.items.iter().any(|b| {
+            b.status.as_ref().is_some_and(|s| {
+                s.allocations
+                    .iter()
+                    .any(|a| a.ip == ip && a.interface == "eth0")
+            })
+        });
+        if found {
+            eprintln!(
+                "allocation visible in IPBlock status {:?} after ADD returned",
+                added.elapsed()
+            );
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(format!("{ip} not in IPBlock status within 2s of ADD").into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    cluster.stop_pod(pod);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let blocks = api
+            .list(&ListParams::default().labels("sinew.dev/pool=st-pool"))
+            .await?;
+        if blocks
+            .items
+            .iter()
+            .all(|b| b.status.as_ref().is_none_or(|s| s.allocated == 0))
+        {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err("the released address is still in IPBlock status 2s after DEL".into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn departed_node_routes_disappear_from_peers(ctx: Ctx) -> TestResult {
+    let mut cluster = LocalCluster::start(&ctx.cp, "dp", &[0, 0]).await;
+    pool(&ctx, "dp-pool", "dp", "10.103.0.0/24", 28, "Routed").await?;
+    cluster.wait_ready(Duration::from_secs(30)).await?;
+    let (n0, n1) = (cluster.name(0), cluster.name(1));
+    eventually("routes to the peer", Duration::from_secs(15), || {
+        (!cluster.peer_routes(&n0).is_empty())
+            .then_some(())
+            .ok_or("none".to_string())
+    })
+    .await?;
+    // The node goes away: its agent stops, its Node object and blocks are removed.
+    cluster.stop_agent(1);
+    Api::<Node>::all(ctx.client.clone())
+        .delete(&n1, &DeleteParams::default())
+        .await?;
+    for b in blocks_of(&ctx, "dp-pool").await? {
+        if b.spec.node == n1 {
+            Api::<IPBlock>::all(ctx.client.clone())
+                .delete(
+                    &b.metadata.name.clone().unwrap_or_default(),
+                    &DeleteParams::default(),
+                )
+                .await?;
+        }
+    }
+    eventually(
+        "routes of the departed node removed",
+        Duration::from_secs(10),
+        || {
+            let routes = cluster.peer_routes(&n0);
+            routes.is_empty().then_some(()).ok_or(format!("{routes:?}"))
+        },
+    )
+    .await
+}
