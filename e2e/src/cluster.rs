@@ -370,6 +370,35 @@ impl LocalCluster {
         );
     }
 
+    /// A host outside the cluster on `subnet` of the underlay (address 10.99.<subnet>.200),
+    /// for `natOutgoing`: it knows no route to any pod.
+    pub fn outside_host(&self, subnet: u8) -> (NetNs, IpAddr) {
+        let ns = netsim::netns("outside");
+        let host_end = format!("o{}-{subnet}", std::process::id() % 100_000);
+        let mut cmd = Command::new("ip");
+        cmd.args([
+            "link", "add", &host_end, "type", "veth", "peer", "name", "eth0", "netns",
+        ])
+        .arg(ns.path());
+        in_netns(&mut cmd, &self.fabric);
+        run_ok(&mut cmd);
+        ip_in(
+            &self.fabric,
+            &[
+                "link",
+                "set",
+                &host_end,
+                "master",
+                if subnet == 0 { "br0" } else { "br1" },
+                "up",
+            ],
+        );
+        let ip = Ipv4Addr::new(10, 99, subnet, 200);
+        ip_in(&ns, &["addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
+        ip_in(&ns, &["link", "set", "eth0", "up"]);
+        (ns, IpAddr::V4(ip))
+    }
+
     /// Stops a node's agent (its kernel state stays, as after a crash or an upgrade).
     pub fn stop_agent(&mut self, i: usize) {
         self.nodes[i].agent = None;

@@ -41,6 +41,7 @@ fn main() -> ExitCode {
             live_mode_switch_keeps_connections_and_large_transfers,
             allocations_show_up_in_ipblock_status,
             departed_node_routes_disappear_from_peers,
+            nat_outgoing_masquerades_only_traffic_leaving_the_pools,
         ],
     )
 }
@@ -324,4 +325,71 @@ async fn departed_node_routes_disappear_from_peers(ctx: Ctx) -> TestResult {
         },
     )
     .await
+}
+
+async fn nat_outgoing_masquerades_only_traffic_leaving_the_pools(ctx: Ctx) -> TestResult {
+    let cluster = LocalCluster::start(&ctx.cp, "nat", &[0, 0]).await;
+    pool(&ctx, "nat-pool", "nat", "10.104.0.0/24", 28, "Auto").await?;
+    let no_nat = json!({
+        "apiVersion": "sinew.dev/v1alpha1", "kind": "IPPool", "metadata": {"name": "nat-off-pool"},
+        "spec": {"cidr": "10.105.0.0/24", "natOutgoing": false,
+                 "nodeSelector": {"matchLabels": {CLUSTER_LABEL: "nobody"}}},
+    });
+    Api::<IPPool>::all(ctx.client.clone())
+        .patch(
+            "nat-off-pool",
+            &PatchParams::apply("sinew-e2e"),
+            &Patch::Apply(&no_nat),
+        )
+        .await?;
+    cluster.wait_ready(Duration::from_secs(30)).await?;
+    let (outside, outside_ip) = cluster.outside_host(0);
+    let a = cluster.start_pod(&cluster.name(0), "a");
+    let b = cluster.start_pod(&cluster.name(1), "b");
+
+    let server = EchoServer::start(&outside, SocketAddr::new(outside_ip, 0));
+    let node_ip = cluster.nodes[0].ip.to_string();
+    let mut seen = String::new();
+    eventually(
+        "pod -> outside is masqueraded to the node address",
+        Duration::from_secs(10),
+        || {
+            seen = tcp_exchange(&a.ns, server.addr)?;
+            seen.starts_with(&format!("{node_ip}:"))
+                .then_some(())
+                .ok_or(format!("outside saw {seen:?}"))
+        },
+    )
+    .await?;
+    // Pod to pod across nodes keeps the pod's own address.
+    reach(&a, &b)?;
+    // The owned table lists every pool as in-cluster, and only natOutgoing pools as NAT sources.
+    let mut cmd = std::process::Command::new("nft");
+    cmd.args(["list", "table", "inet", "sinew"]);
+    sinew_e2e::netsim::in_netns(&mut cmd, &cluster.nodes[0].ns);
+    let table = String::from_utf8_lossy(&cmd.output()?.stdout).into_owned();
+    let nat4 = table
+        .split("set nat4")
+        .nth(1)
+        .unwrap_or_default()
+        .split('}')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let pods4 = table
+        .split("set pods4")
+        .nth(1)
+        .unwrap_or_default()
+        .split('}')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        nat4.contains("10.104.0.0/24") && !nat4.contains("10.105.0.0/24"),
+        "{table}"
+    );
+    assert!(pods4.contains("10.105.0.0/24"), "{table}");
+    cluster.stop_pod(a);
+    cluster.stop_pod(b);
+    Ok(())
 }

@@ -37,6 +37,7 @@ use tracing::{debug, info, warn};
 
 use crate::conflist;
 use crate::install::{self, Outcome};
+use crate::nat;
 use crate::plan::{self, BlockInfo, NodeInfo};
 use crate::program::{self, Underlay, VxlanParams};
 
@@ -107,10 +108,11 @@ struct Cluster {
 struct Memory {
     node_state: Option<NodeState>,
     vxlan: Option<VxlanParams>,
-    plugin_installed: bool,
+    plugin_sha256: Option<String>,
     conflist_hash: Option<String>,
     reported_blocks: BTreeMap<String, IPBlockStatus>,
     published: Option<String>,
+    nat: Option<String>,
     cleaned: bool,
 }
 
@@ -297,6 +299,8 @@ impl Agent {
             info!(node = %self.settings.node_name, added = changes.added, removed = changes.removed, routes = plan.routes.len(), "peers programmed");
         }
 
+        self.apply_nat()?;
+
         let ready = state
             .pools
             .iter()
@@ -308,6 +312,29 @@ impl Agent {
         };
         self.publish(&local, vxlan.mac, &modes, report, &plan.problems)
             .await
+    }
+
+    /// Keeps the `inet sinew` nftables table in line with every pool of the cluster.
+    fn apply_nat(&mut self) -> anyhow::Result<()> {
+        let pools: Vec<nat::NatPool> = self
+            .cluster
+            .pools
+            .state()
+            .iter()
+            .filter_map(|p| {
+                Some(nat::NatPool {
+                    cidr: p.spec.parsed_cidr().ok()?,
+                    nat_outgoing: p.spec.nat_outgoing,
+                })
+            })
+            .collect();
+        let script = nat::render(&pools);
+        if self.memory.nat.as_deref() != Some(script.as_str()) {
+            nat::apply(&script)?;
+            info!(node = %self.settings.node_name, pools = pools.len(), "natOutgoing rules applied");
+            self.memory.nat = Some(script);
+        }
+        Ok(())
     }
 
     fn selected_pools(&self, local: &Local) -> Vec<Arc<IPPool>> {
@@ -516,21 +543,21 @@ impl Agent {
             .unwrap_or_else(|| PathBuf::from(&network.spec.cni.bin_dir))
     }
 
-    /// Installs the plugin binary and then the conflist; returns the install report.
+    /// Installs the plugin binary (once per agent start, or again if it disappeared) and then
+    /// the conflist; returns the install report.
     fn install(&mut self, network: &ClusterNetwork) -> anyhow::Result<serde_json::Value> {
-        let plugin = std::fs::read(&self.settings.plugin_source).map_err(|e| {
-            anyhow::anyhow!(
-                "reading the plugin binary {}: {e}",
-                self.settings.plugin_source.display()
-            )
-        })?;
         let bin = self.bin_dir(network).join("sinew");
-        if install::install_file(&bin, &plugin, 0o755)? == Outcome::Written
-            || !self.memory.plugin_installed
-        {
-            info!(node = %self.settings.node_name, path = %bin.display(), "plugin installed");
+        if self.memory.plugin_sha256.is_none() || !bin.exists() {
+            let plugin = std::fs::read(&self.settings.plugin_source).map_err(|e| {
+                anyhow::anyhow!(
+                    "reading the plugin binary {}: {e}",
+                    self.settings.plugin_source.display()
+                )
+            })?;
+            let outcome = install::install_file(&bin, &plugin, 0o755)?;
+            info!(node = %self.settings.node_name, path = %bin.display(), ?outcome, "plugin binary");
+            self.memory.plugin_sha256 = Some(install::sha256_hex(&plugin));
         }
-        self.memory.plugin_installed = true;
         let file = conflist::file_name(&network.spec.cni);
         let bytes = conflist::render(
             &network.spec.cni,
@@ -555,7 +582,7 @@ impl Agent {
         Ok(json!({
             "conflist": file,
             "conflistHash": hash,
-            "pluginSha256": install::sha256_hex(&plugin),
+            "pluginSha256": self.memory.plugin_sha256,
             "chosen": report.chosen,
             "shadowing": report.shadowing,
             "others": report.others,
@@ -684,7 +711,7 @@ impl Agent {
     }
 
     /// Removes everything sinew put on this node, conflist first, then the binary, then the
-    /// routes and the VXLAN device, and says so on the Node.
+    /// routes, the VXLAN device and the nftables table, and says so on the Node.
     async fn clean_up(&mut self, network: &ClusterNetwork) -> anyhow::Result<()> {
         if self.memory.cleaned {
             return Ok(());
@@ -695,7 +722,8 @@ impl Agent {
         install::remove_file(&conf)?;
         install::remove_file(&self.bin_dir(network).join("sinew"))?;
         program::remove_all(&mut Netlink::new()?)?;
-        info!(node = %self.settings.node_name, "node cleaned up: conflist, plugin, routes and VXLAN device removed");
+        nat::remove()?;
+        info!(node = %self.settings.node_name, "node cleaned up: conflist, plugin, routes, VXLAN device and nftables table removed");
         let nodes: Api<Node> = Api::all(self.client.clone());
         let patch = json!({
             "apiVersion": "v1", "kind": "Node",

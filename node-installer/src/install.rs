@@ -44,8 +44,26 @@ fn temp_path(target: &Path) -> io::Result<PathBuf> {
     )))
 }
 
+/// Removes temporaries of `target` left by installs that were killed mid-way.
+fn sweep_temporaries(target: &Path) -> io::Result<()> {
+    let (Some(dir), Some(name)) = (target.parent(), target.file_name()) else {
+        return Ok(());
+    };
+    let prefix = format!(".{}.sinew-", name.to_string_lossy());
+    for entry in fs::read_dir(dir)?.filter_map(Result::ok) {
+        let n = entry.file_name().to_string_lossy().into_owned();
+        if n.starts_with(&prefix) && n.ends_with(".tmp") {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+    Ok(())
+}
+
 /// Atomically places `contents` at `target` with `mode`, unless it already has them.
 pub fn install_file(target: &Path, contents: &[u8], mode: u32) -> io::Result<Outcome> {
+    if target.parent().is_some_and(Path::is_dir) {
+        sweep_temporaries(target)?;
+    }
     if let Ok(existing) = fs::read(target)
         && existing == contents
         && fs::metadata(target).is_ok_and(|m| m.permissions().mode() & 0o777 == mode)

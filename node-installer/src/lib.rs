@@ -4,5 +4,6 @@
 pub mod agent;
 pub mod conflist;
 pub mod install;
+pub mod nat;
 pub mod plan;
 pub mod program;

@@ -1,0 +1,122 @@
+//! Deleting the `ClusterNetwork` makes every agent clean its node: conflist first, then the
+//! plugin binary, then routes, the VXLAN device and the nftables table. (Its own binary: the
+//! `ClusterNetwork` is a cluster singleton.) Needs root and the Go-built control plane.
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use serde_json::json;
+use sinew_crds::{ClusterNetwork, IPPool};
+use sinew_e2e::cluster::{CLUSTER_LABEL, LocalCluster};
+use sinew_e2e::harness::{Ctx, TestResult};
+use sinew_e2e::{require, tests};
+
+fn main() -> ExitCode {
+    if !require::is_root() {
+        require::missing(
+            "node clean-up",
+            "nodes are network namespaces, which needs root",
+        );
+        return ExitCode::SUCCESS;
+    }
+    sinew_e2e::harness::run(
+        |ctx| async move {
+            sinew_e2e::install::install_crds(&ctx.client)
+                .await
+                .map(|_| ())
+        },
+        tests![deleting_the_cluster_network_leaves_every_node_clean],
+    )
+}
+
+async fn deleting_the_cluster_network_leaves_every_node_clean(ctx: Ctx) -> TestResult {
+    let networks: Api<ClusterNetwork> = Api::all(ctx.client.clone());
+    // The operator's finalizer holds the object while agents clean up; this test plays it.
+    let cn = json!({"apiVersion": "sinew.dev/v1alpha1", "kind": "ClusterNetwork",
+                    "metadata": {"name": "default", "finalizers": ["sinew.dev/test-hold"]}, "spec": {}});
+    networks
+        .patch(
+            "default",
+            &PatchParams::apply("sinew-e2e"),
+            &Patch::Apply(&cn),
+        )
+        .await?;
+    let cluster = LocalCluster::start(&ctx.cp, "cl", &[0, 1]).await;
+    let pool = json!({"apiVersion": "sinew.dev/v1alpha1", "kind": "IPPool", "metadata": {"name": "cl-pool"},
+                      "spec": {"cidr": "10.106.0.0/24", "blockSize": 28, "mode": "Auto",
+                               "nodeSelector": {"matchLabels": {CLUSTER_LABEL: "cl"}}}});
+    Api::<IPPool>::all(ctx.client.clone())
+        .patch(
+            "cl-pool",
+            &PatchParams::apply("sinew-e2e"),
+            &Patch::Apply(&pool),
+        )
+        .await?;
+    cluster.wait_ready(Duration::from_secs(30)).await?;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while cluster.peer_routes(&cluster.name(0)).is_empty() {
+        assert!(Instant::now() < deadline, "no peer routes were programmed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    networks.delete("default", &DeleteParams::default()).await?;
+    let nodes: Api<Node> = Api::all(ctx.client.clone());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for node in &cluster.nodes {
+        loop {
+            let n = nodes.get(&node.name).await?;
+            let cleaned = n
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get("sinew.dev/node-state"))
+                .is_some_and(|s| s.contains("\"cleanedUp\":true"));
+            if cleaned {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not report clean-up:\n{}",
+                node.name,
+                node.agent_log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(
+            !node.conf_dir().join("10-sinew.conflist").exists(),
+            "conflist left on {}",
+            node.name
+        );
+        assert!(
+            !node.bin_dir().join("sinew").exists(),
+            "plugin left on {}",
+            node.name
+        );
+        assert!(
+            cluster.peer_routes(&node.name).is_empty(),
+            "routes left on {}",
+            node.name
+        );
+        assert!(
+            node.netlink().link_by_name("sinew.vxlan")?.is_none(),
+            "VXLAN device left on {}",
+            node.name
+        );
+        let mut cmd = std::process::Command::new("nft");
+        cmd.args(["list", "tables"]);
+        sinew_e2e::netsim::in_netns(&mut cmd, &node.ns);
+        let tables = String::from_utf8_lossy(&cmd.output()?.stdout).into_owned();
+        assert!(
+            !tables.contains("inet sinew"),
+            "nftables table left on {}: {tables}",
+            node.name
+        );
+    }
+    let release = json!({"metadata": {"finalizers": null}});
+    networks
+        .patch("default", &PatchParams::default(), &Patch::Merge(&release))
+        .await?;
+    Ok(())
+}

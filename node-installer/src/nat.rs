@@ -1,0 +1,168 @@
+//! `natOutgoing` through one nftables table owned by sinew (`inet sinew`): traffic from a
+//! pool with `natOutgoing` to a destination outside every pool is masqueraded; traffic between
+//! pods never is. The table is replaced as a whole in one transaction (`nft -f`), only when
+//! its content changes, and removed on node clean-up; no other table is touched.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use sinew_crds::{Cidr, Family};
+
+/// Name of the owned table (family `inet`).
+pub const TABLE: &str = "sinew";
+
+/// One pool as NAT sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NatPool {
+    pub cidr: Cidr,
+    pub nat_outgoing: bool,
+}
+
+fn set(name: &str, family: Family, members: &[Cidr]) -> String {
+    let ty = match family {
+        Family::V4 => "ipv4_addr",
+        Family::V6 => "ipv6_addr",
+    };
+    let elements = if members.is_empty() {
+        String::new()
+    } else {
+        let list: Vec<String> = members.iter().map(Cidr::to_string).collect();
+        format!(" elements = {{ {} }};", list.join(", "))
+    };
+    format!("    set {name} {{ type {ty}; flags interval;{elements} }}\n")
+}
+
+/// The table's full definition for these pools (every pool in the cluster, so that traffic
+/// to any pod is recognised as in-cluster).
+pub fn render(pools: &[NatPool]) -> String {
+    let of = |family: Family, only_nat: bool| -> Vec<Cidr> {
+        let mut v: Vec<Cidr> = pools
+            .iter()
+            .filter(|p| p.cidr.family() == family && (!only_nat || p.nat_outgoing))
+            .map(|p| p.cidr)
+            .collect();
+        v.sort();
+        v.dedup();
+        // nft refuses overlapping interval elements; keep only outermost prefixes.
+        let outer: Vec<Cidr> = v
+            .iter()
+            .filter(|c| !v.iter().any(|o| o != *c && o.contains_cidr(c)))
+            .copied()
+            .collect();
+        outer
+    };
+    let mut s =
+        format!("table inet {TABLE} {{}}\ndelete table inet {TABLE}\ntable inet {TABLE} {{\n");
+    s += &set("pods4", Family::V4, &of(Family::V4, false));
+    s += &set("pods6", Family::V6, &of(Family::V6, false));
+    s += &set("nat4", Family::V4, &of(Family::V4, true));
+    s += &set("nat6", Family::V6, &of(Family::V6, true));
+    s += "    chain postrouting {\n        type nat hook postrouting priority srcnat; policy accept;\n";
+    s += "        ip saddr @nat4 ip daddr != @pods4 masquerade\n";
+    s += "        ip6 saddr @nat6 ip6 daddr != @pods6 masquerade\n";
+    s += "    }\n}\n";
+    s
+}
+
+/// Errors of running `nft`.
+#[derive(Debug, thiserror::Error)]
+pub enum NatError {
+    #[error("running nft: {0}")]
+    Spawn(#[from] std::io::Error),
+    #[error("nft refused the ruleset: {0}")]
+    Refused(String),
+}
+
+fn nft(script: &str) -> Result<(), NatError> {
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(script.as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(NatError::Refused(
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        ))
+    }
+}
+
+/// Replaces the table atomically.
+pub fn apply(script: &str) -> Result<(), NatError> {
+    nft(script)
+}
+
+/// Removes the table if it exists.
+pub fn remove() -> Result<(), NatError> {
+    nft(&format!(
+        "table inet {TABLE} {{}}\ndelete table inet {TABLE}\n"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masquerades_only_nat_pools_towards_outside_every_pool() {
+        let pools = [
+            NatPool {
+                cidr: "10.244.0.0/16".parse().unwrap(),
+                nat_outgoing: true,
+            },
+            NatPool {
+                cidr: "10.245.0.0/16".parse().unwrap(),
+                nat_outgoing: false,
+            },
+            NatPool {
+                cidr: "fd00::/56".parse().unwrap(),
+                nat_outgoing: true,
+            },
+        ];
+        let s = render(&pools);
+        assert!(s.contains("set pods4 { type ipv4_addr; flags interval; elements = { 10.244.0.0/16, 10.245.0.0/16 }; }"), "{s}");
+        assert!(
+            s.contains(
+                "set nat4 { type ipv4_addr; flags interval; elements = { 10.244.0.0/16 }; }"
+            ),
+            "{s}"
+        );
+        assert!(
+            s.contains("set nat6 { type ipv6_addr; flags interval; elements = { fd00::/56 }; }"),
+            "{s}"
+        );
+        assert!(s.contains("ip saddr @nat4 ip daddr != @pods4 masquerade"));
+        assert!(
+            s.starts_with("table inet sinew {}\ndelete table inet sinew\n"),
+            "replaced in one transaction"
+        );
+    }
+
+    #[test]
+    fn empty_and_nested_sets_are_valid() {
+        let s = render(&[
+            NatPool {
+                cidr: "10.0.0.0/8".parse().unwrap(),
+                nat_outgoing: false,
+            },
+            NatPool {
+                cidr: "10.1.0.0/16".parse().unwrap(),
+                nat_outgoing: false,
+            },
+        ]);
+        assert!(
+            s.contains("set nat4 { type ipv4_addr; flags interval; }"),
+            "{s}"
+        );
+        assert!(
+            s.contains("elements = { 10.0.0.0/8 }"),
+            "nested prefixes collapse: {s}"
+        );
+    }
+}
