@@ -270,6 +270,14 @@ async fn allocations_show_up_in_ipblock_status(ctx: Ctx) -> TestResult {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // The agent's own endpoints tell the same story.
+    let node = &cluster.nodes[0];
+    let (status, _) = sinew_e2e::cluster::agent_http(node, "/readyz")?;
+    assert!(status.contains("200"), "{status}");
+    let (_, metrics) = sinew_e2e::cluster::agent_http(node, "/metrics")?;
+    let line = format!("sinew_node_pool_allocated{{node=\"{}\",pool=\"st-pool\"}} 1", node.name);
+    assert!(metrics.contains(&line), "{metrics}");
+    assert!(sinew_e2e::cluster::agent_http(node, "/healthz")?.0.contains("200"));
     cluster.stop_pod(pod);
     let deadline = Instant::now() + Duration::from_secs(2);
     loop {

@@ -16,6 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -36,6 +37,7 @@ use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
 use crate::conflist;
+use crate::http;
 use crate::install::{self, Outcome};
 use crate::nat;
 use crate::plan::{self, BlockInfo, NodeInfo};
@@ -63,6 +65,8 @@ pub struct Settings {
     /// Free addresses to keep available per pool before claiming another block.
     pub min_free: u64,
     pub resync: Duration,
+    /// Where `/healthz`, `/readyz` and `/metrics` are served (`None`: not served).
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 fn field_manager(node: &str) -> String {
@@ -122,6 +126,7 @@ pub struct Agent {
     cluster: Cluster,
     memory: Memory,
     notify: Arc<Notify>,
+    metrics: Arc<http::Metrics>,
 }
 
 /// One pass's view of the local node.
@@ -187,6 +192,7 @@ impl Agent {
             cluster,
             memory: Memory::default(),
             notify,
+            metrics: Arc::new(http::Metrics::default()),
         }
     }
 
@@ -204,6 +210,14 @@ impl Agent {
         ] {
             ready.map_err(|e| anyhow::anyhow!("watch of {what} ended: {e}"))?;
         }
+        if let Some(addr) = self.settings.metrics_addr {
+            let (node, metrics) = (self.settings.node_name.clone(), self.metrics.clone());
+            tokio::spawn(async move {
+                if let Err(e) = http::serve(addr, node, metrics).await {
+                    warn!(%addr, error = %e, "cannot serve /metrics, /healthz, /readyz");
+                }
+            });
+        }
         info!(node = %self.settings.node_name, "caches synced; agent running");
         let notify = self.notify.clone();
         let mut last_full = tokio::time::Instant::now();
@@ -214,7 +228,9 @@ impl Agent {
                 .is_empty();
             let due = last_full.elapsed() >= self.settings.resync;
             if woke.is_ok() || requested || due {
+                self.metrics.passes.fetch_add(1, Ordering::Relaxed);
                 if let Err(e) = self.pass().await {
+                    self.metrics.pass_errors.fetch_add(1, Ordering::Relaxed);
                     warn!(node = %self.settings.node_name, error = %format!("{e:#}"), "pass failed; retrying");
                 }
                 last_full = tokio::time::Instant::now();
@@ -295,6 +311,9 @@ impl Agent {
             &modes,
         );
         let changes = program::apply(&mut nl, &plan, &local.underlay, Some(&vxlan))?;
+        self.metrics
+            .peer_routes
+            .store(plan.routes.len() as u64, Ordering::Relaxed);
         if changes.added + changes.removed > 0 {
             info!(node = %self.settings.node_name, added = changes.added, removed = changes.removed, routes = plan.routes.len(), "peers programmed");
         }
@@ -305,6 +324,7 @@ impl Agent {
             .pools
             .iter()
             .any(|p| !p.disabled && !p.blocks.is_empty());
+        self.metrics.ready.store(ready, Ordering::Relaxed);
         let report = if ready {
             Some(self.install(&network)?)
         } else {
@@ -661,6 +681,7 @@ impl Agent {
             .into_iter()
             .filter(|b| b.spec.node == self.settings.node_name)
             .collect();
+        let mut per_pool: BTreeMap<String, (u64, u64)> = BTreeMap::new();
         for block in mine {
             let Ok(cidr) = block.spec.cidr.parse::<Cidr>() else {
                 continue;
@@ -688,6 +709,9 @@ impl Agent {
                 allocated: u32::try_from(allocations.len()).unwrap_or(u32::MAX),
                 allocations,
             };
+            let entry = per_pool.entry(block.spec.pool.clone()).or_default();
+            entry.0 += 1;
+            entry.1 += u64::from(status.allocated);
             let name = block.name_any();
             let already = match self.memory.reported_blocks.get(&name) {
                 Some(reported) => reported == &status,
@@ -706,6 +730,9 @@ impl Agent {
                 .await?;
             debug!(block = %name, allocated = status.allocated, "block status synced");
             self.memory.reported_blocks.insert(name, status);
+        }
+        if let Ok(mut pools) = self.metrics.pools.lock() {
+            *pools = per_pool;
         }
         Ok(())
     }

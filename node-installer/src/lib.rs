@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod conflist;
+pub mod http;
 pub mod install;
 pub mod nat;
 pub mod plan;
