@@ -100,12 +100,17 @@ pub fn agent_http(node: &SimNode, path: &str) -> Result<(String, String), String
     node.ns
         .run_in(|| -> Result<(String, String), String> {
             let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), AGENT_METRICS_PORT);
-            let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| e.to_string())?;
-            s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes()).map_err(|e| e.to_string())?;
+            let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+                .map_err(|e| e.to_string())?;
+            s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
+                .map_err(|e| e.to_string())?;
             let mut text = String::new();
             s.read_to_string(&mut text).map_err(|e| e.to_string())?;
             let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-            Ok((head.lines().next().unwrap_or_default().to_string(), body.to_string()))
+            Ok((
+                head.lines().next().unwrap_or_default().to_string(),
+                body.to_string(),
+            ))
         })
         .map_err(|e| e.to_string())?
 }
@@ -377,7 +382,10 @@ impl LocalCluster {
             .env("SINEW_PLUGIN", &self.plugin_binary)
             .env("SINEW_MIN_FREE", "4")
             .env("SINEW_RESYNC_SECONDS", "2")
-            .env("SINEW_METRICS_ADDR", format!("127.0.0.1:{AGENT_METRICS_PORT}"))
+            .env(
+                "SINEW_METRICS_ADDR",
+                format!("127.0.0.1:{AGENT_METRICS_PORT}"),
+            )
             .env("SINEW_LOG", "info");
         in_netns(&mut cmd, &node.ns);
         node.agent = Some(

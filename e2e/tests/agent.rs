@@ -42,6 +42,7 @@ fn main() -> ExitCode {
             allocations_show_up_in_ipblock_status,
             departed_node_routes_disappear_from_peers,
             nat_outgoing_masquerades_only_traffic_leaving_the_pools,
+            a_foreign_conflist_is_reported_and_never_touched,
         ],
     )
 }
@@ -275,9 +276,16 @@ async fn allocations_show_up_in_ipblock_status(ctx: Ctx) -> TestResult {
     let (status, _) = sinew_e2e::cluster::agent_http(node, "/readyz")?;
     assert!(status.contains("200"), "{status}");
     let (_, metrics) = sinew_e2e::cluster::agent_http(node, "/metrics")?;
-    let line = format!("sinew_node_pool_allocated{{node=\"{}\",pool=\"st-pool\"}} 1", node.name);
+    let line = format!(
+        "sinew_node_pool_allocated{{node=\"{}\",pool=\"st-pool\"}} 1",
+        node.name
+    );
     assert!(metrics.contains(&line), "{metrics}");
-    assert!(sinew_e2e::cluster::agent_http(node, "/healthz")?.0.contains("200"));
+    assert!(
+        sinew_e2e::cluster::agent_http(node, "/healthz")?
+            .0
+            .contains("200")
+    );
     cluster.stop_pod(pod);
     let deadline = Instant::now() + Duration::from_secs(2);
     loop {
@@ -399,5 +407,66 @@ async fn nat_outgoing_masquerades_only_traffic_leaving_the_pools(ctx: Ctx) -> Te
     assert!(pods4.contains("10.105.0.0/24"), "{table}");
     cluster.stop_pod(a);
     cluster.stop_pod(b);
+    Ok(())
+}
+
+async fn a_foreign_conflist_is_reported_and_never_touched(ctx: Ctx) -> TestResult {
+    let cluster = LocalCluster::start(&ctx.cp, "fc", &[0]).await;
+    pool(&ctx, "fc-pool", "fc", "10.107.0.0/24", 28, "Auto").await?;
+    cluster.wait_ready(Duration::from_secs(30)).await?;
+    let node = &cluster.nodes[0];
+    let foreign = node.conf_dir().join("05-other-vendor.conflist");
+    let foreign_bytes = br#"{"cniVersion":"1.0.0","name":"other","plugins":[{"type":"bridge"}]}"#;
+    std::fs::write(&foreign, foreign_bytes)?;
+
+    let nodes: Api<Node> = Api::all(ctx.client.clone());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let n = nodes.get(&node.name).await?;
+        let state: serde_json::Value = n
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("sinew.dev/node-state"))
+            .and_then(|s| serde_json::from_str(s).ok())
+            .unwrap_or_default();
+        if state["install"]["chosen"] == "05-other-vendor.conflist" {
+            assert_eq!(
+                state["install"]["shadowing"],
+                json!(["05-other-vendor.conflist"])
+            );
+            assert_eq!(state["install"]["conflist"], "10-sinew.conflist");
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(format!("the shadowing conflist was not reported: {state}").into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(ctx.client.clone(), "default");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let list = events.list(&ListParams::default()).await?;
+        if list.items.iter().any(|e| {
+            e.reason.as_deref() == Some("ForeignConflistWins")
+                && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(node.name.as_str())
+        }) {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err("no ForeignConflistWins Event on the Node".into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        std::fs::read(&foreign)?,
+        foreign_bytes,
+        "sinew modified another vendor's file"
+    );
+    assert!(
+        node.conf_dir().join("10-sinew.conflist").exists(),
+        "ours must stay in place"
+    );
     Ok(())
 }

@@ -21,7 +21,9 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Node;
+use kube::Resource;
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
@@ -117,6 +119,8 @@ struct Memory {
     reported_blocks: BTreeMap<String, IPBlockStatus>,
     published: Option<String>,
     nat: Option<String>,
+    /// Last conflist situation an Event was recorded for.
+    evented: Option<String>,
     cleaned: bool,
 }
 
@@ -127,6 +131,7 @@ pub struct Agent {
     memory: Memory,
     notify: Arc<Notify>,
     metrics: Arc<http::Metrics>,
+    recorder: Recorder,
 }
 
 /// One pass's view of the local node.
@@ -186,6 +191,13 @@ impl Agent {
                 watcher::Config::default().fields(&format!("metadata.name={CLUSTER_NETWORK_NAME}")),
             ),
         };
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "sinew-node".into(),
+                instance: Some(settings.node_name.clone()),
+            },
+        );
         Agent {
             settings,
             client,
@@ -193,6 +205,7 @@ impl Agent {
             memory: Memory::default(),
             notify,
             metrics: Arc::new(http::Metrics::default()),
+            recorder,
         }
     }
 
@@ -619,6 +632,9 @@ impl Agent {
         problems: &[String],
     ) -> anyhow::Result<()> {
         let ready = install.is_some();
+        if let Some(report) = &install {
+            self.record_conflist_event(local, report).await;
+        }
         let state = json!({
             "ready": ready,
             "install": install,
@@ -667,6 +683,47 @@ impl Agent {
         }
         self.memory.published = Some(fingerprint);
         Ok(())
+    }
+
+    /// Records an Event on the Node when the runtime's choice of conflist changes: a Warning
+    /// when another file wins over ours (sinew never renames or deletes it), Normal otherwise.
+    async fn record_conflist_event(&mut self, local: &Local, report: &serde_json::Value) {
+        let ours = report["conflist"].as_str().unwrap_or_default();
+        let chosen = report["chosen"].as_str().unwrap_or_default();
+        let situation = format!("{chosen}|{}", report["shadowing"]);
+        if self.memory.evented.as_deref() == Some(situation.as_str()) {
+            return;
+        }
+        let event = if chosen == ours {
+            Event {
+                type_: EventType::Normal,
+                reason: "ConflistInstalled".into(),
+                note: Some(format!("{ours} installed; the runtime loads it")),
+                action: "Install".into(),
+                secondary: None,
+            }
+        } else {
+            Event {
+                type_: EventType::Warning,
+                reason: "ForeignConflistWins".into(),
+                note: Some(format!(
+                    "the container runtime loads {chosen}, not {ours}: files sorting before it ({}) shadow sinew; sinew never renames or deletes other vendors' files, lower cni.confPriority or remove them",
+                    report["shadowing"]
+                )),
+                action: "Install".into(),
+                secondary: None,
+            }
+        };
+        match self
+            .recorder
+            .publish(&event, &local.node.object_ref(&()))
+            .await
+        {
+            Ok(()) => self.memory.evented = Some(situation),
+            Err(e) => {
+                warn!(node = %self.settings.node_name, error = %e, "recording an Event failed")
+            }
+        }
     }
 
     /// Writes each owned block's allocations into its `IPBlock` status when they changed.

@@ -30,21 +30,55 @@ impl Metrics {
         let mut s = String::new();
         let node = node.replace(['"', '\\', '\n'], "_");
         let mut gauge = |name: &str, help: &str, kind: &str, value: u64| {
-            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{{node=\"{node}\"}} {value}");
+            let _ = writeln!(
+                s,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{{node=\"{node}\"}} {value}"
+            );
         };
-        gauge("sinew_node_ready", "1 when the node serves pods (conflist installed).", "gauge", u64::from(self.ready.load(Ordering::Relaxed)));
-        gauge("sinew_node_passes_total", "Reconcile passes run.", "counter", self.passes.load(Ordering::Relaxed));
-        gauge("sinew_node_pass_errors_total", "Reconcile passes that failed.", "counter", self.pass_errors.load(Ordering::Relaxed));
-        gauge("sinew_node_blocks_claimed_total", "IPBlocks claimed by this node.", "counter", self.blocks_claimed.load(Ordering::Relaxed));
-        gauge("sinew_node_peer_routes", "Routes towards peer blocks programmed.", "gauge", self.peer_routes.load(Ordering::Relaxed));
+        gauge(
+            "sinew_node_ready",
+            "1 when the node serves pods (conflist installed).",
+            "gauge",
+            u64::from(self.ready.load(Ordering::Relaxed)),
+        );
+        gauge(
+            "sinew_node_passes_total",
+            "Reconcile passes run.",
+            "counter",
+            self.passes.load(Ordering::Relaxed),
+        );
+        gauge(
+            "sinew_node_pass_errors_total",
+            "Reconcile passes that failed.",
+            "counter",
+            self.pass_errors.load(Ordering::Relaxed),
+        );
+        gauge(
+            "sinew_node_blocks_claimed_total",
+            "IPBlocks claimed by this node.",
+            "counter",
+            self.blocks_claimed.load(Ordering::Relaxed),
+        );
+        gauge(
+            "sinew_node_peer_routes",
+            "Routes towards peer blocks programmed.",
+            "gauge",
+            self.peer_routes.load(Ordering::Relaxed),
+        );
         let pools = self.pools.lock().map(|p| p.clone()).unwrap_or_default();
         s.push_str("# HELP sinew_node_pool_blocks Blocks of the pool owned by this node.\n# TYPE sinew_node_pool_blocks gauge\n");
         for (pool, (blocks, _)) in &pools {
-            let _ = writeln!(s, "sinew_node_pool_blocks{{node=\"{node}\",pool=\"{pool}\"}} {blocks}");
+            let _ = writeln!(
+                s,
+                "sinew_node_pool_blocks{{node=\"{node}\",pool=\"{pool}\"}} {blocks}"
+            );
         }
         s.push_str("# HELP sinew_node_pool_allocated Addresses of the pool held by pods on this node.\n# TYPE sinew_node_pool_allocated gauge\n");
         for (pool, (_, allocated)) in &pools {
-            let _ = writeln!(s, "sinew_node_pool_allocated{{node=\"{node}\",pool=\"{pool}\"}} {allocated}");
+            let _ = writeln!(
+                s,
+                "sinew_node_pool_allocated{{node=\"{node}\",pool=\"{pool}\"}} {allocated}"
+            );
         }
         s
     }
@@ -69,7 +103,9 @@ pub async fn serve(addr: SocketAddr, node: String, metrics: Arc<Metrics>) -> std
             let path = request.split_whitespace().nth(1).unwrap_or("/");
             let (status, body) = match path {
                 "/healthz" => ("200 OK", "ok\n".to_string()),
-                "/readyz" if metrics.ready.load(Ordering::Relaxed) => ("200 OK", "ok\n".to_string()),
+                "/readyz" if metrics.ready.load(Ordering::Relaxed) => {
+                    ("200 OK", "ok\n".to_string())
+                }
                 "/readyz" => ("503 Service Unavailable", "node not ready\n".to_string()),
                 "/metrics" => ("200 OK", metrics.render(&node)),
                 _ => ("404 Not Found", "not found\n".to_string()),

@@ -95,10 +95,9 @@ fn settings(flags: &Flags, need_node: bool) -> anyhow::Result<Settings> {
             .as_str()
         {
             "off" => None,
-            addr => Some(
-                addr.parse()
-                    .with_context(|| format!("--metrics-addr must be host:port or off, got {addr:?}"))?,
-            ),
+            addr => Some(addr.parse().with_context(|| {
+                format!("--metrics-addr must be host:port or off, got {addr:?}")
+            })?),
         },
     })
 }
