@@ -111,6 +111,10 @@ pub struct IpamState {
     /// address is not reused at once.
     #[serde(default)]
     pub cursors: BTreeMap<String, IpAddr>,
+    /// Blocks the agent is giving back: never allocated from, even if an older `node.json`
+    /// still lists them. Changed only under the store lock, so a release cannot race an ADD.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub retired: BTreeSet<String>,
 }
 
 /// Why no address could be allocated.
@@ -151,7 +155,7 @@ impl IpamState {
             .map(|r| sinew_crds::cidr::parse_ip_or_cidr(r).map_err(|_| bad(r)))
             .collect::<Result<_, _>>()?;
         let mut candidates: Vec<(Cidr, IpAddr)> = Vec::new();
-        for block in &pool.blocks {
+        for block in pool.blocks.iter().filter(|b| !self.retired.contains(*b)) {
             let cidr: Cidr = block.parse().map_err(|_| bad(block))?;
             if !pool_cidr.contains_cidr(&cidr) {
                 return Err(bad(block));
@@ -237,6 +241,19 @@ impl IpamState {
             .filter_map(|k| AttachmentKey::decode(k))
             .filter(|k| !valid.contains(k))
             .collect()
+    }
+
+    /// Marks `block` retired if no address in it is held; returns whether it did. After this,
+    /// no ADD can allocate from it, so its `IPBlock` can be released.
+    pub fn retire_if_empty(&mut self, block: &Cidr) -> bool {
+        let held = self
+            .slots
+            .iter()
+            .any(|(ip, s)| s.holder.is_some() && block.contains(*ip));
+        if !held {
+            self.retired.insert(block.to_string());
+        }
+        !held
     }
 
     /// Number of addresses currently held.
@@ -365,6 +382,24 @@ mod tests {
             "release by the wrong holder"
         );
         assert!(s.release_ip(b.ip, b.generation, &key(2)));
+    }
+
+    #[test]
+    fn retired_blocks_are_never_allocated_from() {
+        let p = pool(&["10.0.6.0/30", "10.0.7.0/30"], &[]);
+        let mut s = IpamState::default();
+        let a = s.allocate(&p, &key(1)).unwrap();
+        assert_eq!(a.block, "10.0.6.0/30");
+        assert!(
+            !s.retire_if_empty(&"10.0.6.0/30".parse().unwrap()),
+            "a block in use is kept"
+        );
+        assert!(s.retire_if_empty(&"10.0.7.0/30".parse().unwrap()));
+        for i in 2..5 {
+            let got = s.allocate(&p, &key(i)).unwrap();
+            assert_eq!(got.block, "10.0.6.0/30", "allocated from a retired block");
+        }
+        assert!(s.allocate(&p, &key(9)).is_err());
     }
 
     #[test]

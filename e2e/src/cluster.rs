@@ -381,6 +381,7 @@ impl LocalCluster {
             .env("SINEW_CNI_LOG_FILE", node.dir.join("cni.log"))
             .env("SINEW_PLUGIN", &self.plugin_binary)
             .env("SINEW_MIN_FREE", "4")
+            .env("SINEW_BLOCK_RELEASE_SECONDS", "2")
             .env("SINEW_RESYNC_SECONDS", "2")
             .env(
                 "SINEW_METRICS_ADDR",

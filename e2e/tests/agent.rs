@@ -43,6 +43,7 @@ fn main() -> ExitCode {
             departed_node_routes_disappear_from_peers,
             nat_outgoing_masquerades_only_traffic_leaving_the_pools,
             a_foreign_conflist_is_reported_and_never_touched,
+            blocks_are_claimed_ahead_of_need_and_given_back_when_empty,
         ],
     )
 }
@@ -468,5 +469,42 @@ async fn a_foreign_conflist_is_reported_and_never_touched(ctx: Ctx) -> TestResul
         node.conf_dir().join("10-sinew.conflist").exists(),
         "ours must stay in place"
     );
+    Ok(())
+}
+
+async fn blocks_are_claimed_ahead_of_need_and_given_back_when_empty(ctx: Ctx) -> TestResult {
+    let cluster = LocalCluster::start(&ctx.cp, "rb", &[0]).await;
+    // Blocks of 8 addresses; the agents keep at least 4 free (SINEW_MIN_FREE=4).
+    pool(&ctx, "rb-pool", "rb", "10.108.0.0/26", 29, "Auto").await?;
+    cluster.wait_ready(Duration::from_secs(30)).await?;
+    let count = || async { blocks_of(&ctx, "rb-pool").await.map(|b| b.len()) };
+    assert_eq!(count().await?, 1);
+    let pods: Vec<Pod> = (0..5)
+        .map(|i| cluster.start_pod(&cluster.name(0), &format!("p{i}")))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while count().await? < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "no second block claimed with 3 addresses free"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ips: BTreeSet<_> = pods.iter().map(Pod::ipv4).collect();
+    assert_eq!(ips.len(), 5);
+    for p in pods {
+        cluster.stop_pod(p);
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while count().await? > 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the surplus empty block was not given back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The node keeps serving pods from the block it kept.
+    let again = cluster.start_pod(&cluster.name(0), "again");
+    cluster.stop_pod(again);
     Ok(())
 }

@@ -66,6 +66,8 @@ pub struct Settings {
     pub plugin_source: PathBuf,
     /// Free addresses to keep available per pool before claiming another block.
     pub min_free: u64,
+    /// How long a block must stay empty before it is given back.
+    pub block_release_grace: Duration,
     pub resync: Duration,
     /// Where `/healthz`, `/readyz` and `/metrics` are served (`None`: not served).
     pub metrics_addr: Option<std::net::SocketAddr>,
@@ -119,6 +121,8 @@ struct Memory {
     reported_blocks: BTreeMap<String, IPBlockStatus>,
     published: Option<String>,
     nat: Option<String>,
+    /// When each owned block was first seen empty.
+    empty_since: BTreeMap<String, tokio::time::Instant>,
     /// Last conflist situation an Event was recorded for.
     evented: Option<String>,
     cleaned: bool,
@@ -296,6 +300,7 @@ impl Agent {
         };
         let pools = self.selected_pools(&local);
         self.claim_blocks(&pools).await?;
+        self.release_blocks(&pools).await?;
         let state = self.node_state(&network, &local, &pools);
         if self.memory.node_state.as_ref() != Some(&state) {
             state.store(&self.settings.state_dir)?;
@@ -467,6 +472,83 @@ impl Agent {
         Ok(())
     }
 
+    /// Gives back blocks that stayed empty for the grace period and are not needed: blocks of
+    /// pools that no longer select this node (or are gone), and surplus blocks whose pool keeps
+    /// at least `min_free` free addresses here without them. The block is first retired in the
+    /// IPAM store under its lock (so no ADD can allocate from it any more), then deleted.
+    async fn release_blocks(&mut self, pools: &[Arc<IPPool>]) -> anyhow::Result<()> {
+        let store = ipam::Store::new(&self.settings.state_dir);
+        let snapshot = store.snapshot()?;
+        let selected: BTreeSet<String> = pools
+            .iter()
+            .filter(|p| !p.spec.disabled)
+            .map(|p| p.name_any())
+            .collect();
+        let mine: Vec<BlockInfo> = self
+            .blocks()
+            .into_iter()
+            .filter(|b| b.node == self.settings.node_name)
+            .collect();
+        let held_in = |block: &Cidr| {
+            snapshot
+                .slots
+                .iter()
+                .filter(|(ip, s)| s.holder.is_some() && block.contains(**ip))
+                .count() as u128
+        };
+        let now = tokio::time::Instant::now();
+        let mut releasable = Vec::new();
+        for b in &mine {
+            let key = b.cidr.to_string();
+            if held_in(&b.cidr) > 0 {
+                self.memory.empty_since.remove(&key);
+                continue;
+            }
+            let since = *self.memory.empty_since.entry(key).or_insert(now);
+            if now.duration_since(since) < self.settings.block_release_grace {
+                continue;
+            }
+            let surplus = if selected.contains(&b.pool) {
+                let others_free: u128 = mine
+                    .iter()
+                    .filter(|o| {
+                        o.pool == b.pool && o.cidr != b.cidr && !releasable.contains(&o.cidr)
+                    })
+                    .map(|o| o.cidr.size() - held_in(&o.cidr))
+                    .sum();
+                others_free >= u128::from(self.settings.min_free)
+            } else {
+                true
+            };
+            if surplus {
+                releasable.push(b.cidr);
+            }
+        }
+        let api: Api<IPBlock> = Api::all(self.client.clone());
+        for block in releasable {
+            if !store.update(|s| s.retire_if_empty(&block))? {
+                continue;
+            }
+            match api
+                .delete(&IPBlock::name_for(&block), &Default::default())
+                .await
+            {
+                Ok(_) => {
+                    info!(node = %self.settings.node_name, block = %block, "released empty block")
+                }
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => return Err(e.into()),
+            }
+            self.memory.empty_since.remove(&block.to_string());
+        }
+        // Forget retirements of blocks this node no longer owns.
+        let owned: BTreeSet<String> = mine.iter().map(|b| b.cidr.to_string()).collect();
+        if snapshot.retired.iter().any(|r| !owned.contains(r)) {
+            store.update(|s| s.retired.retain(|r| owned.contains(r)))?;
+        }
+        Ok(())
+    }
+
     /// Creates the `IPBlock` of the first unclaimed block, starting at an offset derived from
     /// the node name so that nodes racing for blocks mostly try different ones. A 409 means
     /// another node won that block: try the next.
@@ -515,7 +597,12 @@ impl Agent {
                 ..PostParams::default()
             };
             match api.create(&params, &object).await {
-                Ok(_) => return Ok(Some(block)),
+                Ok(_) => {
+                    // A block this node gave back earlier may come back to it.
+                    ipam::Store::new(&self.settings.state_dir)
+                        .update(|s| s.retired.remove(&block.to_string()))?;
+                    return Ok(Some(block));
+                }
                 Err(kube::Error::Api(e)) if e.code == 409 => continue,
                 Err(e) => return Err(e.into()),
             }

@@ -9,7 +9,8 @@
 //! `ClusterNetwork`'s, else `/etc/cni/net.d` and `/opt/cni/bin`), `--state-dir`/`SINEW_STATE_DIR`
 //! (`/var/lib/sinew`), `--plugin`/`SINEW_PLUGIN` (the `sinew` binary next to this one),
 //! `--log-file`/`SINEW_CNI_LOG_FILE` (`/var/log/sinew/cni.log`), `--min-free`/`SINEW_MIN_FREE`
-//! (16), `--resync-seconds`/`SINEW_RESYNC_SECONDS` (10), `--metrics-addr`/`SINEW_METRICS_ADDR`
+//! (16), `--block-release-seconds`/`SINEW_BLOCK_RELEASE_SECONDS` (300),
+//! `--resync-seconds`/`SINEW_RESYNC_SECONDS` (10), `--metrics-addr`/`SINEW_METRICS_ADDR`
 //! (`0.0.0.0:9465`, or `off`) for `/healthz`, `/readyz` and `/metrics`.
 
 use std::path::PathBuf;
@@ -20,7 +21,7 @@ use anyhow::Context;
 use sinew_node_installer::agent::{Agent, Settings};
 use sinew_node_installer::install;
 
-const USAGE: &str = "usage: sinew-node (install|run) [--node-name N] [--conf-dir D] [--bin-dir D] [--state-dir D] [--plugin P] [--log-file F] [--min-free N] [--resync-seconds N] [--metrics-addr A|off]";
+const USAGE: &str = "usage: sinew-node (install|run) [--node-name N] [--conf-dir D] [--bin-dir D] [--state-dir D] [--plugin P] [--log-file F] [--min-free N] [--block-release-seconds N] [--resync-seconds N] [--metrics-addr A|off]";
 
 struct Flags(Vec<(String, String)>);
 
@@ -88,6 +89,11 @@ fn settings(flags: &Flags, need_node: bool) -> anyhow::Result<Settings> {
         ),
         plugin_source,
         min_free: flags.number("min-free", "SINEW_MIN_FREE", 16)?,
+        block_release_grace: Duration::from_secs(flags.number(
+            "block-release-seconds",
+            "SINEW_BLOCK_RELEASE_SECONDS",
+            300,
+        )?),
         resync: Duration::from_secs(flags.number("resync-seconds", "SINEW_RESYNC_SECONDS", 10)?),
         metrics_addr: match flags
             .get("metrics-addr", "SINEW_METRICS_ADDR")
