@@ -148,6 +148,7 @@ impl SimNode {
 
 /// A pod: a network namespace attached to a node's network.
 pub struct Pod {
+    pub namespace: String,
     pub name: String,
     pub node: String,
     pub ns: NetNs,
@@ -176,8 +177,15 @@ impl Pod {
 /// How pods get their network: another caller (containerd's CRI plugin, kubelet) can be added
 /// beside `cnitool` by implementing this.
 pub trait PodNetworker {
-    fn add(&self, node: &SimNode, pod_netns: &Path) -> Run;
-    fn del(&self, node: &SimNode, pod_netns: &Path) -> Run;
+    fn add(&self, node: &SimNode, pod: &PodRef, pod_netns: &Path) -> Run;
+    fn del(&self, node: &SimNode, pod: &PodRef, pod_netns: &Path) -> Run;
+}
+
+/// Namespace and name of a pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodRef {
+    pub namespace: String,
+    pub name: String,
 }
 
 /// Attaches pods through upstream `cnitool` with the conflist and plugin the node's agent
@@ -197,13 +205,25 @@ impl CnitoolNetworker {
 }
 
 impl PodNetworker for CnitoolNetworker {
-    fn add(&self, node: &SimNode, pod_netns: &Path) -> Run {
-        self.tool(node)
-            .run(&node.ns, "add", "sinew", pod_netns, None)
+    fn add(&self, node: &SimNode, pod: &PodRef, pod_netns: &Path) -> Run {
+        self.tool(node).run_for_pod(
+            &node.ns,
+            "add",
+            "sinew",
+            pod_netns,
+            None,
+            (&pod.namespace, &pod.name),
+        )
     }
-    fn del(&self, node: &SimNode, pod_netns: &Path) -> Run {
-        self.tool(node)
-            .run(&node.ns, "del", "sinew", pod_netns, None)
+    fn del(&self, node: &SimNode, pod: &PodRef, pod_netns: &Path) -> Run {
+        self.tool(node).run_for_pod(
+            &node.ns,
+            "del",
+            "sinew",
+            pod_netns,
+            None,
+            (&pod.namespace, &pod.name),
+        )
     }
 }
 
@@ -478,11 +498,20 @@ impl LocalCluster {
         }
     }
 
-    /// Starts a pod on `node` through the networker; panics with the plugin's words if it fails.
+    /// Starts pod `default/<name>` on `node`; panics with the plugin's words if it fails.
     pub fn start_pod(&self, node: &str, name: &str) -> Pod {
+        self.start_pod_in(node, "default", name)
+    }
+
+    /// Starts pod `<namespace>/<name>` on `node` through the networker.
+    pub fn start_pod_in(&self, node: &str, namespace: &str, name: &str) -> Pod {
         let ns = netsim::netns("pod");
         let n = self.node(node);
-        let run = self.networker.add(n, ns.path());
+        let pod = PodRef {
+            namespace: namespace.into(),
+            name: name.into(),
+        };
+        let run = self.networker.add(n, &pod, ns.path());
         assert!(
             run.success,
             "pod {name} on {node}: {} {}\n--- agent ---\n{}",
@@ -491,6 +520,7 @@ impl LocalCluster {
             n.agent_log()
         );
         Pod {
+            namespace: namespace.into(),
             name: name.into(),
             node: node.into(),
             result: serde_json::from_str(&run.stdout).expect("CNI result"),
@@ -500,7 +530,11 @@ impl LocalCluster {
 
     /// Removes a pod's network.
     pub fn stop_pod(&self, pod: Pod) {
-        let run = self.networker.del(self.node(&pod.node), pod.ns.path());
+        let r = PodRef {
+            namespace: pod.namespace.clone(),
+            name: pod.name.clone(),
+        };
+        let run = self.networker.del(self.node(&pod.node), &r, pod.ns.path());
         assert!(
             run.success,
             "DEL of {}: {} {}",

@@ -162,8 +162,8 @@ pub struct Cnitool {
 }
 
 impl Cnitool {
-    /// Runs `cnitool <verb> <network> <pod netns>` inside `node`; `cap_args` is libcni's
-    /// `CAP_ARGS` (runtime capabilities such as port mappings).
+    /// Runs `cnitool <verb> <network> <pod netns>` inside `node` for pod `default/cnitool-pod`;
+    /// `cap_args` is libcni's `CAP_ARGS` (runtime capabilities such as port mappings).
     pub fn run(
         &self,
         node: &NetNs,
@@ -171,6 +171,26 @@ impl Cnitool {
         network: &str,
         pod_netns: &Path,
         cap_args: Option<&str>,
+    ) -> Run {
+        self.run_for_pod(
+            node,
+            verb,
+            network,
+            pod_netns,
+            cap_args,
+            ("default", "cnitool-pod"),
+        )
+    }
+
+    /// [`Cnitool::run`] for a given pod `(namespace, name)` (passed in `CNI_ARGS`).
+    pub fn run_for_pod(
+        &self,
+        node: &NetNs,
+        verb: &str,
+        network: &str,
+        pod_netns: &Path,
+        cap_args: Option<&str>,
+        (namespace, pod): (&str, &str),
     ) -> Run {
         let cni_path = self
             .plugin_dirs
@@ -187,7 +207,7 @@ impl Cnitool {
             .env("CNI_IFNAME", "eth0")
             .env(
                 "CNI_ARGS",
-                "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=cnitool-pod;K8S_POD_UID=uid-cnitool",
+                format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={pod};K8S_POD_UID=uid-{pod}"),
             );
         if let Some(caps) = cap_args {
             cmd.env("CAP_ARGS", caps);

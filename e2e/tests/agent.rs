@@ -44,6 +44,7 @@ fn main() -> ExitCode {
             nat_outgoing_masquerades_only_traffic_leaving_the_pools,
             a_foreign_conflist_is_reported_and_never_touched,
             blocks_are_claimed_ahead_of_need_and_given_back_when_empty,
+            a_namespace_annotation_chooses_the_pool,
         ],
     )
 }
@@ -506,5 +507,57 @@ async fn blocks_are_claimed_ahead_of_need_and_given_back_when_empty(ctx: Ctx) ->
     // The node keeps serving pods from the block it kept.
     let again = cluster.start_pod(&cluster.name(0), "again");
     cluster.stop_pod(again);
+    Ok(())
+}
+
+async fn a_namespace_annotation_chooses_the_pool(ctx: Ctx) -> TestResult {
+    let cluster = LocalCluster::start(&ctx.cp, "na", &[0]).await;
+    pool(&ctx, "na-a", "na", "10.109.0.0/24", 28, "Auto").await?;
+    pool(&ctx, "na-b", "na", "10.109.1.0/24", 28, "Auto").await?;
+    let namespace = json!({"apiVersion": "v1", "kind": "Namespace",
+                           "metadata": {"name": "team-b", "annotations": {"sinew.dev/ippool": "na-b"}}});
+    Api::<k8s_openapi::api::core::v1::Namespace>::all(ctx.client.clone())
+        .patch(
+            "team-b",
+            &PatchParams::apply("sinew-e2e"),
+            &Patch::Apply(&namespace),
+        )
+        .await?;
+    cluster.wait_ready(Duration::from_secs(30)).await?;
+    let node = &cluster.nodes[0];
+    let mirrored = node.state_dir().join("namespaces/team-b");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(&mirrored)
+        .map(|s| s != "na-b")
+        .unwrap_or(true)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the namespace annotation was not mirrored to the node"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Both pools need a block on the node before either can be chosen.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while blocks_of(&ctx, "na-b").await?.is_empty() || blocks_of(&ctx, "na-a").await?.is_empty() {
+        assert!(Instant::now() < deadline, "blocks not claimed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let b_range: sinew_crds::Cidr = "10.109.1.0/24".parse()?;
+    let a_range: sinew_crds::Cidr = "10.109.0.0/24".parse()?;
+    let in_b = cluster.start_pod_in(&node.name, "team-b", "web");
+    assert!(
+        b_range.contains(in_b.ipv4()),
+        "team-b pod got {} instead of an na-b address",
+        in_b.ipv4()
+    );
+    let default = cluster.start_pod(&node.name, "plain");
+    assert!(
+        a_range.contains(default.ipv4()),
+        "the default pool is the first by name: got {}",
+        default.ipv4()
+    );
+    cluster.stop_pod(in_b);
+    cluster.stop_pod(default);
     Ok(())
 }

@@ -539,3 +539,39 @@ fn kill_9_at_random_points_leaves_no_duplicate_and_no_leak() {
         tcp_exchange(&node.ns, server.addr).expect("a surviving pod still works");
     }
 }
+
+#[test]
+fn a_pod_annotation_from_the_runtime_chooses_the_pool() {
+    if !root() {
+        return;
+    }
+    let node = PluginNode::new("node");
+    node.set_pools(vec![
+        pool("first", V4, &[V4_BLOCK]),
+        pool("second", "10.76.0.0/16", &["10.76.5.0/26"]),
+    ]);
+    let pod = netsim::netns("pod");
+    let mut conf: Value = serde_json::from_str(&node.config("1.1.0")).unwrap();
+    conf["runtimeConfig"] =
+        serde_json::json!({"io.kubernetes.cri.pod-annotations": {"sinew.dev/ippool": "second"}});
+    let result = Exec::new("ADD", "annotated", Some(pod.path()))
+        .run(&node.ns, &conf.to_string())
+        .ok()
+        .json();
+    assert!(
+        addresses(&result)[0].to_string().starts_with("10.76.5."),
+        "{result}"
+    );
+    conf["runtimeConfig"] =
+        serde_json::json!({"io.kubernetes.cri.pod-annotations": {"sinew.dev/ippool": "missing"}});
+    let other = netsim::netns("pod");
+    let run =
+        Exec::new("ADD", "bad-annotation", Some(other.path())).run(&node.ns, &conf.to_string());
+    assert_eq!(run.error_code(), Some(7));
+    assert!(
+        run.json()["msg"].as_str().unwrap().contains("\"missing\""),
+        "{}",
+        run.stdout
+    );
+    del(&node, "annotated", Some(&pod));
+}

@@ -20,9 +20,10 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Namespace, Node};
 use kube::Resource;
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::core::PartialObjectMeta;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -109,6 +110,7 @@ struct Cluster {
     pools: Store<IPPool>,
     blocks: Store<IPBlock>,
     networks: Store<ClusterNetwork>,
+    namespaces: Store<PartialObjectMeta<Namespace>>,
 }
 
 /// What the agent remembers between passes.
@@ -121,6 +123,8 @@ struct Memory {
     reported_blocks: BTreeMap<String, IPBlockStatus>,
     published: Option<String>,
     nat: Option<String>,
+    /// Namespace -> pools, as last mirrored to disk.
+    namespace_pools: BTreeMap<String, String>,
     /// When each owned block was first seen empty.
     empty_since: BTreeMap<String, tokio::time::Instant>,
     /// Last conflist situation an Event was recorded for.
@@ -193,6 +197,12 @@ impl Agent {
                 Api::all(client.clone()),
                 notify.clone(),
                 watcher::Config::default().fields(&format!("metadata.name={CLUSTER_NETWORK_NAME}")),
+            ),
+            // Metadata only (names and annotations): `Api<PartialObjectMeta<_>>` asks for no more.
+            namespaces: watch(
+                Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
+                notify.clone(),
+                watcher::Config::default(),
             ),
         };
         let recorder = Recorder::new(
@@ -337,6 +347,7 @@ impl Agent {
         }
 
         self.apply_nat()?;
+        self.mirror_namespace_pools()?;
 
         let ready = state
             .pools
@@ -372,6 +383,39 @@ impl Agent {
             info!(node = %self.settings.node_name, pools = pools.len(), "natOutgoing rules applied");
             self.memory.nat = Some(script);
         }
+        Ok(())
+    }
+
+    /// Mirrors each namespace's `sinew.dev/ippool` annotation into `<state>/namespaces/<ns>`,
+    /// where the plugin looks when a pod has no annotation of its own.
+    fn mirror_namespace_pools(&mut self) -> anyhow::Result<()> {
+        let dir = self.settings.state_dir.join("namespaces");
+        let wanted: BTreeMap<String, String> = self
+            .cluster
+            .namespaces
+            .state()
+            .iter()
+            .filter_map(|ns| {
+                let pools = ns.annotations().get(node_state::POOL_ANNOTATION)?;
+                Some((ns.name_any(), pools.clone()))
+            })
+            .collect();
+        if wanted == self.memory.namespace_pools {
+            return Ok(());
+        }
+        std::fs::create_dir_all(&dir)?;
+        for (ns, pools) in &wanted {
+            if self.memory.namespace_pools.get(ns) != Some(pools) {
+                sinew_cni::fsutil::atomic_write(&dir.join(ns), pools.as_bytes())?;
+            }
+        }
+        for entry in std::fs::read_dir(&dir)?.filter_map(Result::ok) {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !name.starts_with('.') && !wanted.contains_key(&name) {
+                std::fs::remove_file(entry.path())?;
+            }
+        }
+        self.memory.namespace_pools = wanted;
         Ok(())
     }
 
