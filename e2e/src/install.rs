@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::Api;
 use kube::api::{Patch, PatchParams};
+use serde::Deserialize;
 
 /// Server-side applies every sinew CRD and waits until the API server reports each one
 /// `Established` (its schema accepted and its endpoints served).
@@ -42,4 +43,45 @@ pub async fn install_crds(client: &kube::Client) -> Result<Vec<String>, String> 
         }
     }
     Ok(names)
+}
+
+/// Server-side applies every document of a multi-document YAML manifest (kinds resolved
+/// through API discovery), in order.
+pub async fn apply_manifest(client: &kube::Client, yaml: &str) -> Result<Vec<String>, String> {
+    use kube::api::DynamicObject;
+    use kube::discovery::Discovery;
+    let discovery = Discovery::new(client.clone())
+        .run()
+        .await
+        .map_err(|e| format!("API discovery: {e}"))?;
+    let params = PatchParams::apply("sinew-e2e").force();
+    let mut applied = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(yaml) {
+        let value = serde_yaml::Value::deserialize(doc).map_err(|e| format!("YAML: {e}"))?;
+        if value.is_null() {
+            continue;
+        }
+        let obj: DynamicObject =
+            serde_yaml::from_value(value).map_err(|e| format!("object: {e}"))?;
+        let types = obj
+            .types
+            .clone()
+            .ok_or("a document without apiVersion/kind")?;
+        let gvk = kube::api::GroupVersionKind::try_from(&types).map_err(|e| e.to_string())?;
+        let (resource, caps) = discovery
+            .resolve_gvk(&gvk)
+            .ok_or_else(|| format!("{} {} is not served", types.api_version, types.kind))?;
+        let name = obj.metadata.name.clone().unwrap_or_default();
+        let api: Api<DynamicObject> = match (&caps.scope, &obj.metadata.namespace) {
+            (kube::discovery::Scope::Namespaced, Some(ns)) => {
+                Api::namespaced_with(client.clone(), ns, &resource)
+            }
+            _ => Api::all_with(client.clone(), &resource),
+        };
+        api.patch(&name, &params, &Patch::Apply(&obj))
+            .await
+            .map_err(|e| format!("applying {} {name}: {e}", types.kind))?;
+        applied.push(format!("{}/{name}", types.kind));
+    }
+    Ok(applied)
 }

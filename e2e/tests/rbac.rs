@@ -1,0 +1,265 @@
+//! The node agent's identity against the real API server: its ClusterRole grants what it
+//! uses and nothing else, and the ValidatingAdmissionPolicy keeps an agent to its own Node and
+//! its own node's `IPBlock`s, using the node name bound into its service-account token.
+//! Needs the Go-built control plane.
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use serde_json::json;
+use sinew_crds::IPBlock;
+use sinew_e2e::harness::{Ctx, TestResult};
+use sinew_e2e::tests;
+
+const NAMESPACE: &str = "sinew-system";
+
+fn main() -> ExitCode {
+    sinew_e2e::harness::run(
+        |ctx| async move {
+            sinew_e2e::install::install_crds(&ctx.client).await?;
+            let ns =
+                json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}});
+            sinew_e2e::install::apply_manifest(
+                &ctx.client,
+                &serde_yaml::to_string(&ns).map_err(|e| e.to_string())?,
+            )
+            .await?;
+            let path =
+                sinew_e2e::tools::repo_root().join("charts/sinew/templates/node-agent-rbac.yaml");
+            let template =
+                std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let manifest = template.replace("{{ .Release.Namespace }}", NAMESPACE);
+            let applied = sinew_e2e::install::apply_manifest(&ctx.client, &manifest).await?;
+            eprintln!("applied {applied:?}");
+            Ok(())
+        },
+        tests![
+            the_agent_role_allows_what_the_agent_uses_and_nothing_else,
+            an_agent_cannot_write_another_nodes_blocks_or_node,
+        ],
+    )
+}
+
+/// A client authenticated as the agent running on `node`: a token of the `sinew-node`
+/// service account bound to a pod scheduled on that node, as the kubelet would mount it.
+async fn agent_client(
+    ctx: &Ctx,
+    node: &str,
+) -> Result<kube::Client, Box<dyn std::error::Error + Send + Sync>> {
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(ctx.client.clone());
+    let n = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": node}});
+    nodes
+        .patch(node, &PatchParams::apply("sinew-e2e"), &Patch::Apply(&n))
+        .await?;
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), NAMESPACE);
+    let pod_name = format!("sinew-node-{node}");
+    let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": pod_name, "namespace": NAMESPACE},
+                     "spec": {"nodeName": node, "serviceAccountName": "sinew-node",
+                              "containers": [{"name": "agent", "image": "sinew-node"}]}});
+    let pod = pods
+        .patch(
+            &pod_name,
+            &PatchParams::apply("sinew-e2e"),
+            &Patch::Apply(&pod),
+        )
+        .await?;
+    let request = TokenRequest {
+        spec: Some(TokenRequestSpec {
+            audiences: Some(vec!["https://kubernetes.default.svc".into()]),
+            bound_object_ref: Some(BoundObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Pod".into()),
+                name: pod.metadata.name.clone(),
+                uid: pod.metadata.uid.clone(),
+            }),
+            expiration_seconds: Some(3600),
+            ..TokenRequestSpec::default()
+        }),
+        ..TokenRequest::default()
+    };
+    let sas: Api<ServiceAccount> = Api::namespaced(ctx.client.clone(), NAMESPACE);
+    let token = sas
+        .create_token_request("sinew-node", &PostParams::default(), &request)
+        .await?
+        .status
+        .and_then(|s| s.token)
+        .ok_or("no token in the TokenRequest status")?;
+    let ca = ctx.cp.dir().join("ca.crt");
+    let kubeconfig = Kubeconfig::from_yaml(&format!(
+        "apiVersion: v1\nkind: Config\nclusters: [{{name: c, cluster: {{server: '{}', certificate-authority: '{}'}}}}]\nusers: [{{name: u, user: {{token: '{token}'}}}}]\ncontexts: [{{name: x, context: {{cluster: c, user: u}}}}]\ncurrent-context: x\n",
+        ctx.cp.url(),
+        ca.display()
+    ))?;
+    let config =
+        kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
+    Ok(kube::Client::try_from(config)?)
+}
+
+async fn can_i(
+    client: &kube::Client,
+    verb: &str,
+    group: &str,
+    resource: &str,
+) -> Result<bool, kube::Error> {
+    use k8s_openapi::api::authorization::v1::{
+        ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+    };
+    let review = SelfSubjectAccessReview {
+        spec: SelfSubjectAccessReviewSpec {
+            resource_attributes: Some(ResourceAttributes {
+                verb: Some(verb.into()),
+                group: Some(group.into()),
+                resource: Some(resource.into()),
+                ..ResourceAttributes::default()
+            }),
+            ..SelfSubjectAccessReviewSpec::default()
+        },
+        ..SelfSubjectAccessReview::default()
+    };
+    let api: Api<SelfSubjectAccessReview> = Api::all(client.clone());
+    let answer = api.create(&PostParams::default(), &review).await?;
+    Ok(answer.status.is_some_and(|s| s.allowed))
+}
+
+async fn the_agent_role_allows_what_the_agent_uses_and_nothing_else(ctx: Ctx) -> TestResult {
+    let agent = agent_client(&ctx, "rbac-a").await?;
+    for (verb, group, resource) in [
+        ("watch", "", "nodes"),
+        ("patch", "", "nodes/status"),
+        ("create", "sinew.dev", "ipblocks"),
+        ("delete", "sinew.dev", "ipblocks"),
+        ("patch", "sinew.dev", "ipblocks/status"),
+        ("watch", "sinew.dev", "ippools"),
+        ("watch", "sinew.dev", "clusternetworks"),
+        ("watch", "", "namespaces"),
+        ("create", "events.k8s.io", "events"),
+    ] {
+        assert!(
+            can_i(&agent, verb, group, resource).await?,
+            "the agent needs {verb} {resource}"
+        );
+    }
+    for (verb, group, resource) in [
+        ("list", "", "secrets"),
+        ("get", "", "configmaps"),
+        ("create", "", "pods"),
+        ("delete", "", "nodes"),
+        ("update", "sinew.dev", "ippools"),
+        ("patch", "sinew.dev", "ippools/status"),
+        ("delete", "sinew.dev", "clusternetworks"),
+        ("update", "sinew.dev", "ipblocks"),
+        ("create", "apps", "daemonsets"),
+    ] {
+        assert!(
+            !can_i(&agent, verb, group, resource).await?,
+            "the agent must not {verb} {resource}"
+        );
+    }
+    Ok(())
+}
+
+fn block(name: &str, cidr: &str, node: &str) -> serde_json::Value {
+    json!({"apiVersion": "sinew.dev/v1alpha1", "kind": "IPBlock", "metadata": {"name": name},
+           "spec": {"pool": "p", "cidr": cidr, "node": node}})
+}
+
+async fn an_agent_cannot_write_another_nodes_blocks_or_node(ctx: Ctx) -> TestResult {
+    let agent = agent_client(&ctx, "vap-a").await?;
+    let _other = agent_client(&ctx, "vap-b").await?;
+    let as_agent: Api<IPBlock> = Api::all(agent.clone());
+    let create = |name: &str, cidr: &str, node: &str| {
+        let obj: IPBlock = serde_json::from_value(block(name, cidr, node)).expect("static block");
+        let api = as_agent.clone();
+        async move { api.create(&PostParams::default(), &obj).await }
+    };
+    // The policy takes effect once the API server has loaded it: wait for the first refusal.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let refusal = loop {
+        match create("10-120-0-0-28", "10.120.0.0/28", "vap-b").await {
+            Err(kube::Error::Api(e)) if e.code == 403 || e.code == 422 => break e.message,
+            Ok(_) => {
+                Api::<IPBlock>::all(ctx.client.clone())
+                    .delete("10-120-0-0-28", &DeleteParams::default())
+                    .await?;
+            }
+            Err(e) => return Err(e.into()),
+        }
+        if Instant::now() > deadline {
+            return Err("the agent of vap-a could claim a block for vap-b".into());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        refusal.contains("its own node") && refusal.contains("vap-a") && refusal.contains("vap-b"),
+        "{refusal}"
+    );
+
+    // Its own node's blocks: create, report status, delete.
+    create("10-120-0-16-28", "10.120.0.16/28", "vap-a").await?;
+    let status = json!({"apiVersion": "sinew.dev/v1alpha1", "kind": "IPBlock", "metadata": {"name": "10-120-0-16-28"},
+                        "status": {"allocated": 0}});
+    as_agent
+        .patch_status(
+            "10-120-0-16-28",
+            &PatchParams::apply("sinew-node/vap-a"),
+            &Patch::Apply(&status),
+        )
+        .await?;
+
+    // Another node's existing block: neither its status nor the block itself.
+    let admin: Api<IPBlock> = Api::all(ctx.client.clone());
+    let theirs: IPBlock =
+        serde_json::from_value(block("10-120-0-32-28", "10.120.0.32/28", "vap-b"))?;
+    admin.create(&PostParams::default(), &theirs).await?;
+    let forged = json!({"apiVersion": "sinew.dev/v1alpha1", "kind": "IPBlock", "metadata": {"name": "10-120-0-32-28"},
+                        "status": {"allocated": 1, "allocations": [{"ip": "10.120.0.33", "containerId": "x", "interface": "eth0", "generation": 1}]}});
+    let denied = as_agent
+        .patch_status(
+            "10-120-0-32-28",
+            &PatchParams::apply("sinew-node/vap-a"),
+            &Patch::Apply(&forged),
+        )
+        .await;
+    assert!(
+        matches!(denied, Err(kube::Error::Api(ref e)) if e.code == 403 || e.code == 422),
+        "{denied:?}"
+    );
+    let denied = as_agent
+        .delete("10-120-0-32-28", &DeleteParams::default())
+        .await;
+    assert!(
+        matches!(denied, Err(kube::Error::Api(ref e)) if e.code == 403 || e.code == 422),
+        "{denied:?}"
+    );
+    as_agent
+        .delete("10-120-0-16-28", &DeleteParams::default())
+        .await?;
+
+    // Nodes: its own annotations yes, another node's no.
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(agent.clone());
+    let mine = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "vap-a", "annotations": {"sinew.dev/vtep-mac": "02:00:00:00:00:01"}}});
+    nodes
+        .patch(
+            "vap-a",
+            &PatchParams::apply("sinew-node/vap-a"),
+            &Patch::Apply(&mine),
+        )
+        .await?;
+    let theirs = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "vap-b", "annotations": {"sinew.dev/vtep-mac": "02:00:00:00:00:66"}}});
+    let denied = nodes
+        .patch(
+            "vap-b",
+            &PatchParams::apply("sinew-node/vap-a"),
+            &Patch::Apply(&theirs),
+        )
+        .await;
+    assert!(
+        matches!(denied, Err(kube::Error::Api(ref e)) if e.code == 403 || e.code == 422),
+        "{denied:?}"
+    );
+    Ok(())
+}
