@@ -203,6 +203,7 @@ async fn live_mode_switch_keeps_connections_and_large_transfers(ctx: Ctx) -> Tes
 
     let stream = TcpStreamProbe::start(&b.ns, &a.ns, SocketAddr::new(b.ipv4(), 0));
     stream.expect_progress(100_000, Duration::from_secs(10))?;
+    let mut created_under_routed = None;
     for (mode, expected) in [
         ("Routed", "eth0"),
         ("Auto", "eth0"),
@@ -233,9 +234,28 @@ async fn live_mode_switch_keeps_connections_and_large_transfers(ctx: Ctx) -> Tes
         let n = bulk_transfer(&b.ns, &a.ns, SocketAddr::new(b.ipv4(), 0), 8 << 20)
             .map_err(|e| format!("a large transfer after switching to {mode} failed: {e}"))?;
         assert_eq!(n, 8 << 20);
+        if mode == "Routed" {
+            created_under_routed = Some(cluster.start_pod(&cluster.name(1), "c"));
+        }
     }
     assert_eq!(stream.failure(), None);
     drop(stream);
+    // A pod created under the old mode is removed completely under the new one.
+    let c = created_under_routed.ok_or("pod c was not created")?;
+    let c_ip = c.ipv4();
+    cluster.stop_pod(c);
+    let mut nl = cluster.nodes[1].netlink();
+    let left: Vec<String> = nl
+        .links()?
+        .into_iter()
+        .map(|l| l.name)
+        .filter(|n| n.starts_with("snw"))
+        .collect();
+    assert_eq!(left.len(), 1, "only pod b's veth may remain: {left:?}");
+    assert!(
+        nl.routes(false, 254)?.iter().all(|r| r.dst != c_ip),
+        "pod c's host route remains"
+    );
     cluster.stop_pod(a);
     cluster.stop_pod(b);
     Ok(())
