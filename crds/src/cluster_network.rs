@@ -68,6 +68,20 @@ fn default_mtu() -> IntOrString {
     IntOrString::String("auto".to_string())
 }
 
+impl ClusterNetworkSpec {
+    /// Hash of the whole spec: what every node should have applied. Agents report the hash
+    /// they run with; the operator compares (and rolls the DaemonSet when it changes).
+    pub fn config_hash(&self) -> String {
+        use sha2::Digest;
+        let bytes = serde_json::to_vec(self).unwrap_or_default();
+        sha2::Sha256::digest(&bytes)
+            .iter()
+            .take(8)
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+}
+
 impl Default for ClusterNetworkSpec {
     /// The same values the API server fills in for `spec: {}`.
     fn default() -> Self {

@@ -359,8 +359,15 @@ impl Agent {
         } else {
             None
         };
-        self.publish(&local, vxlan.mac, &modes, report, &plan.problems)
-            .await
+        self.publish(
+            &local,
+            vxlan.mac,
+            &modes,
+            report,
+            &plan.problems,
+            &network.spec.config_hash(),
+        )
+        .await
     }
 
     /// Keeps the `inet sinew` nftables table in line with every pool of the cluster.
@@ -761,6 +768,7 @@ impl Agent {
         modes: &BTreeMap<String, PoolMode>,
         install: Option<serde_json::Value>,
         problems: &[String],
+        spec_hash: &str,
     ) -> anyhow::Result<()> {
         let ready = install.is_some();
         if let Some(report) = &install {
@@ -768,6 +776,7 @@ impl Agent {
         }
         let state = json!({
             "ready": ready,
+            "specHash": spec_hash,
             "install": install,
             "modes": modes.iter().map(|(k, v)| (k.clone(), v.to_string())).collect::<BTreeMap<_, _>>(),
             "problems": problems,

@@ -1,12 +1,69 @@
-//! `sinew-operator`: scaffold only. The implementation is tracked in issue #5.
+//! `sinew-operator`: reconciles `ClusterNetwork` and `IPPool`.
+//!
+//! Settings: `--namespace`/`POD_NAMESPACE` (where the node agent DaemonSet lives, default
+//! `sinew-system`), `--node-image`/`SINEW_NODE_IMAGE` (agent image when the `ClusterNetwork`
+//! names none).
 
 use std::process::ExitCode;
 
+use anyhow::Context as _;
+use sinew_operator::context::Settings;
+use sinew_operator::daemonset;
+
+fn flag(args: &[String], name: &str, env: &str) -> Option<String> {
+    args.windows(2)
+        .find(|w| w[0] == format!("--{name}"))
+        .map(|w| w[1].clone())
+        .or_else(|| std::env::var(env).ok().filter(|v| !v.is_empty()))
+}
+
+async fn run(args: Vec<String>) -> anyhow::Result<()> {
+    let namespace =
+        flag(&args, "namespace", "POD_NAMESPACE").unwrap_or_else(|| "sinew-system".into());
+    let image = flag(&args, "node-image", "SINEW_NODE_IMAGE")
+        .unwrap_or_else(|| format!("ghcr.io/sinew-dev/sinew-node:{}", env!("CARGO_PKG_VERSION")));
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the API server (in-cluster config or KUBECONFIG)")?;
+    let settings = Settings {
+        namespace: namespace.clone(),
+        daemonset: daemonset::Settings {
+            namespace,
+            default_image: image,
+        },
+    };
+    sinew_operator::run::run(client, settings).await
+}
+
 fn main() -> ExitCode {
-    if std::env::args().nth(1).as_deref() == Some("--version") {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SINEW_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("--version") {
         println!("sinew-operator {}", env!("CARGO_PKG_VERSION"));
         return ExitCode::SUCCESS;
     }
-    eprintln!("sinew-operator: not implemented yet (issue #5)");
-    ExitCode::FAILURE
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sinew-operator: starting the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sinew-operator: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

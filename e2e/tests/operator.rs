@@ -1,0 +1,413 @@
+//! `sinew-operator` (the real binary) against the real API server: the node agent DaemonSet,
+//! `ClusterNetwork` status from node reports, clean-up order on deletion, and `IPPool`
+//! overlap refusal, usage aggregation and drain-guarded deletion. Agents are simulated by
+//! writing what they report (Node annotations, `IPBlock` status). Needs the Go-built tools.
+
+use std::process::{Command, ExitCode};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use serde_json::json;
+use sinew_crds::{ClusterNetwork, IPBlock, IPPool};
+use sinew_e2e::harness::{Ctx, TestError, TestResult};
+use sinew_e2e::process::Supervised;
+use sinew_e2e::tests;
+
+const NAMESPACE: &str = "sinew-system";
+
+static OPERATOR: OnceLock<std::sync::Mutex<Option<Supervised>>> = OnceLock::new();
+
+fn main() -> ExitCode {
+    let code = sinew_e2e::harness::run(
+        |ctx| async move {
+            sinew_e2e::install::install_crds(&ctx.client).await?;
+            let ns =
+                json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}});
+            sinew_e2e::install::apply_manifest(&ctx.client, &ns.to_string()).await?;
+            let bin = sinew_e2e::plugin::workspace_binary("sinew-operator", "sinew-operator");
+            let mut cmd = Command::new(bin);
+            cmd.env("KUBECONFIG", ctx.cp.kubeconfig_path())
+                .env("POD_NAMESPACE", NAMESPACE)
+                .env("SINEW_NODE_IMAGE", "sinew-node:test")
+                .env("SINEW_LOG", "info");
+            let p = Supervised::spawn("sinew-operator", cmd, &ctx.cp.dir().join("operator.log"))
+                .map_err(|e| e.to_string())?;
+            OPERATOR.get_or_init(|| std::sync::Mutex::new(Some(p)));
+            Ok(())
+        },
+        tests![
+            cluster_network_rollout_status_and_clean_up_order,
+            overlapping_pools_are_refused_naming_the_other,
+            pool_status_sums_the_blocks_of_the_pool,
+            a_pool_in_use_is_not_deleted_until_drained,
+        ],
+    );
+    if let Some(m) = OPERATOR.get() {
+        m.lock().map(|mut p| p.take()).ok();
+    }
+    code
+}
+
+async fn wait<T, F, Fut>(what: &str, within: Duration, mut probe: F) -> Result<T, TestError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>, TestError>>,
+{
+    let deadline = Instant::now() + within;
+    let mut last = String::new();
+    loop {
+        match probe().await {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => {}
+            Err(e) => last = e.to_string(),
+        }
+        if Instant::now() > deadline {
+            let log = OPERATOR
+                .get()
+                .and_then(|m| {
+                    m.lock()
+                        .ok()
+                        .and_then(|p| p.as_ref().map(|p| p.log_tail(15)))
+                })
+                .unwrap_or_default();
+            return Err(format!(
+                "{what} not reached within {within:?} {last}\n--- operator ---\n{log}"
+            )
+            .into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn report(ctx: &Ctx, node: &str, state: serde_json::Value) -> TestResult {
+    let n = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": node,
+                   "annotations": {"sinew.dev/node-state": state.to_string()}}});
+    Api::<Node>::all(ctx.client.clone())
+        .patch(
+            node,
+            &PatchParams::apply("simulated-agent").force(),
+            &Patch::Apply(&n),
+        )
+        .await?;
+    Ok(())
+}
+
+async fn cluster_network_rollout_status_and_clean_up_order(ctx: Ctx) -> TestResult {
+    let networks: Api<ClusterNetwork> = Api::all(ctx.client.clone());
+    let cn = json!({"apiVersion": "sinew.dev/v1alpha1", "kind": "ClusterNetwork", "metadata": {"name": "default"}, "spec": {}});
+    networks
+        .patch(
+            "default",
+            &PatchParams::apply("sinew-e2e"),
+            &Patch::Apply(&cn),
+        )
+        .await?;
+    let daemonsets: Api<DaemonSet> = Api::namespaced(ctx.client.clone(), NAMESPACE);
+    let ds = wait("DaemonSet rendered", Duration::from_secs(20), || async {
+        Ok(daemonsets.get_opt("sinew-node").await?)
+    })
+    .await?;
+    let pod = ds.spec.template.spec.clone().ok_or("no pod spec")?;
+    assert_eq!(pod.host_network, Some(true));
+    assert_eq!(
+        pod.priority_class_name.as_deref(),
+        Some("system-node-critical")
+    );
+    assert_eq!(pod.containers[0].image.as_deref(), Some("sinew-node:test"));
+    let hash_of = |ds: &DaemonSet| {
+        ds.spec
+            .template
+            .metadata
+            .as_ref()
+            .and_then(|m| m.annotations.as_ref())
+            .and_then(|a| a.get("sinew.dev/config-hash").cloned())
+    };
+    let first_hash = hash_of(&ds).ok_or("no config hash")?;
+
+    // Two nodes: one ready on the current configuration, one still installing.
+    let current = networks.get("default").await?.spec.config_hash();
+    report(&ctx, "op-node-a", json!({"ready": true, "specHash": current, "install": {"conflist": "10-sinew.conflist", "chosen": "10-sinew.conflist"}, "modes": {}})).await?;
+    report(&ctx, "op-node-b", json!({"ready": false, "modes": {}})).await?;
+    let status = wait("status counts 1/2", Duration::from_secs(20), || async {
+        let cn = networks.get("default").await?;
+        Ok(cn.status.filter(|s| {
+            s.nodes
+                .as_ref()
+                .is_some_and(|n| n.desired == 2 && n.ready == 1)
+        }))
+    })
+    .await?;
+    let nodes = status.nodes.clone().ok_or("no counts")?;
+    assert_eq!(
+        (nodes.installed, nodes.up_to_date, nodes.summary.as_str()),
+        (1, 1, "1/2")
+    );
+    let cond = |s: &sinew_crds::ClusterNetworkStatus, t: &str| {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == t)
+            .map(|c| c.status.clone())
+    };
+    assert_eq!(cond(&status, "Ready").as_deref(), Some("False"));
+    assert_eq!(cond(&status, "Reconciling").as_deref(), Some("True"));
+    assert_eq!(
+        status.observed_generation,
+        networks.get("default").await?.metadata.generation
+    );
+
+    // Node b finishes, but another vendor's conflist wins there: Stalled, named.
+    report(&ctx, "op-node-b", json!({"ready": true, "specHash": current, "install": {"conflist": "10-sinew.conflist", "chosen": "05-other.conflist", "shadowing": ["05-other.conflist"]}, "modes": {}})).await?;
+    let status = wait(
+        "Stalled on a foreign conflist",
+        Duration::from_secs(20),
+        || async {
+            let cn = networks.get("default").await?;
+            Ok(cn.status.filter(|s| {
+                s.conditions
+                    .iter()
+                    .any(|c| c.type_ == "Stalled" && c.status == "True")
+            }))
+        },
+    )
+    .await?;
+    assert!(
+        status
+            .problems
+            .iter()
+            .any(|p| p.node == "op-node-b" && p.reason == "ForeignConflistWins"),
+        "{:?}",
+        status.problems
+    );
+    report(&ctx, "op-node-b", json!({"ready": true, "specHash": current, "install": {"conflist": "10-sinew.conflist", "chosen": "10-sinew.conflist"}, "modes": {}})).await?;
+    wait(
+        "Ready with every node on the configuration",
+        Duration::from_secs(20),
+        || async {
+            let cn = networks.get("default").await?;
+            Ok(cn.status.filter(|s| {
+                s.conditions
+                    .iter()
+                    .any(|c| c.type_ == "Ready" && c.status == "True")
+            }))
+        },
+    )
+    .await?;
+
+    // A spec change rolls the DaemonSet (new hash) and nodes are no longer up to date.
+    networks
+        .patch("default", &PatchParams::apply("sinew-e2e"), &Patch::Apply(&json!({"apiVersion": "sinew.dev/v1alpha1", "kind": "ClusterNetwork", "metadata": {"name": "default"}, "spec": {"vxlan": {"port": 8472}}})))
+        .await?;
+    wait("DaemonSet rolled", Duration::from_secs(20), || async {
+        let ds = daemonsets.get("sinew-node").await?;
+        Ok((hash_of(&ds).as_deref() != Some(first_hash.as_str())).then_some(()))
+    })
+    .await?;
+    wait(
+        "nodes out of date after the change",
+        Duration::from_secs(20),
+        || async {
+            let cn = networks.get("default").await?;
+            Ok(cn
+                .status
+                .filter(|s| s.nodes.as_ref().is_some_and(|n| n.up_to_date == 0)))
+        },
+    )
+    .await?;
+
+    // Deletion: held until every node reports clean-up, then the DaemonSet goes, then the object.
+    networks.delete("default", &DeleteParams::default()).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        networks.get_opt("default").await?.is_some(),
+        "deleted before the nodes were cleaned"
+    );
+    assert!(
+        daemonsets.get_opt("sinew-node").await?.is_some(),
+        "DaemonSet removed before the nodes were cleaned"
+    );
+    report(
+        &ctx,
+        "op-node-a",
+        json!({"ready": false, "cleanedUp": true}),
+    )
+    .await?;
+    report(
+        &ctx,
+        "op-node-b",
+        json!({"ready": false, "cleanedUp": true}),
+    )
+    .await?;
+    wait("ClusterNetwork gone", Duration::from_secs(20), || async {
+        Ok(networks.get_opt("default").await?.is_none().then_some(()))
+    })
+    .await?;
+    assert!(
+        daemonsets.get_opt("sinew-node").await?.is_none(),
+        "DaemonSet left behind"
+    );
+    Ok(())
+}
+
+async fn apply_pool(ctx: &Ctx, name: &str, spec: serde_json::Value) -> TestResult {
+    let pool = json!({"apiVersion": "sinew.dev/v1alpha1", "kind": "IPPool", "metadata": {"name": name}, "spec": spec});
+    Api::<IPPool>::all(ctx.client.clone())
+        .patch(name, &PatchParams::apply("sinew-e2e"), &Patch::Apply(&pool))
+        .await?;
+    Ok(())
+}
+
+fn ready_condition(p: &IPPool) -> Option<(String, String, String)> {
+    p.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+async fn overlapping_pools_are_refused_naming_the_other(ctx: Ctx) -> TestResult {
+    apply_pool(&ctx, "ov-first", json!({"cidr": "10.130.0.0/16"})).await?;
+    tokio::time::sleep(Duration::from_millis(1100)).await; // a later creation timestamp
+    apply_pool(&ctx, "ov-second", json!({"cidr": "10.130.8.0/24"})).await?;
+    let pools: Api<IPPool> = Api::all(ctx.client.clone());
+    let (_, reason, message) = wait("ov-second refused", Duration::from_secs(20), || async {
+        Ok(ready_condition(&pools.get("ov-second").await?).filter(|(s, _, _)| s == "False"))
+    })
+    .await?;
+    assert_eq!(reason, "OverlappingPools");
+    assert!(
+        message.contains("ov-first") && message.contains("10.130.0.0/16"),
+        "{message}"
+    );
+    let (_, reason, _) = wait("ov-first evaluated", Duration::from_secs(20), || async {
+        Ok(ready_condition(&pools.get("ov-first").await?))
+    })
+    .await?;
+    assert_ne!(reason, "OverlappingPools", "the older pool keeps working");
+    Ok(())
+}
+
+async fn create_block(ctx: &Ctx, pool: &str, cidr: &str, node: &str, allocated: u32) -> TestResult {
+    let name = cidr.parse::<sinew_crds::Cidr>()?.object_name();
+    let block: IPBlock = serde_json::from_value(
+        json!({"apiVersion": "sinew.dev/v1alpha1", "kind": "IPBlock",
+        "metadata": {"name": name, "labels": {"sinew.dev/pool": pool}}, "spec": {"pool": pool, "cidr": cidr, "node": node}}),
+    )?;
+    let api: Api<IPBlock> = Api::all(ctx.client.clone());
+    api.create(&PostParams::default(), &block).await?;
+    let status = json!({"apiVersion": "sinew.dev/v1alpha1", "kind": "IPBlock", "metadata": {"name": name},
+                        "status": {"allocated": allocated}});
+    api.patch_status(
+        &name,
+        &PatchParams::apply("simulated-agent"),
+        &Patch::Apply(&status),
+    )
+    .await?;
+    Ok(())
+}
+
+async fn pool_status_sums_the_blocks_of_the_pool(ctx: Ctx) -> TestResult {
+    apply_pool(
+        &ctx,
+        "use-pool",
+        json!({"cidr": "10.131.0.0/24", "blockSize": 26, "reserved": ["10.131.0.250"]}),
+    )
+    .await?;
+    create_block(&ctx, "use-pool", "10.131.0.0/26", "use-a", 10).await?;
+    create_block(&ctx, "use-pool", "10.131.0.64/26", "use-b", 5).await?;
+    let pools: Api<IPPool> = Api::all(ctx.client.clone());
+    let st = wait("usage aggregated", Duration::from_secs(20), || async {
+        Ok(pools
+            .get("use-pool")
+            .await?
+            .status
+            .filter(|s| s.allocated == Some(15)))
+    })
+    .await?;
+    assert_eq!(
+        st.capacity,
+        Some(253),
+        "256 - 1 reserved - network - broadcast"
+    );
+    assert_eq!(st.blocks, Some(2));
+    assert_eq!(st.usage.as_deref(), Some("15/253"));
+    assert_eq!(st.block_size, Some(26));
+    // Near exhaustion raises Exhausted before allocations start failing.
+    create_block(&ctx, "use-pool", "10.131.0.128/26", "use-c", 64).await?;
+    create_block(&ctx, "use-pool", "10.131.0.192/26", "use-d", 64).await?;
+    for (name, n) in [("10-131-0-0-26", 60), ("10-131-0-64-26", 50)] {
+        let status = json!({"apiVersion": "sinew.dev/v1alpha1", "kind": "IPBlock", "metadata": {"name": name}, "status": {"allocated": n}});
+        Api::<IPBlock>::all(ctx.client.clone())
+            .patch_status(
+                name,
+                &PatchParams::apply("simulated-agent"),
+                &Patch::Apply(&status),
+            )
+            .await?;
+    }
+    let st = wait("Exhausted raised", Duration::from_secs(20), || async {
+        Ok(pools.get("use-pool").await?.status.filter(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == "Exhausted" && c.status == "True")
+        }))
+    })
+    .await?;
+    let ex = st
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Exhausted")
+        .ok_or("no Exhausted")?;
+    assert_eq!(ex.reason, "NearlyExhausted", "{}", ex.message);
+    Ok(())
+}
+
+async fn a_pool_in_use_is_not_deleted_until_drained(ctx: Ctx) -> TestResult {
+    apply_pool(
+        &ctx,
+        "drain-pool",
+        json!({"cidr": "10.132.0.0/24", "blockSize": 26}),
+    )
+    .await?;
+    let pools: Api<IPPool> = Api::all(ctx.client.clone());
+    wait("finalizer added", Duration::from_secs(20), || async {
+        Ok(pools
+            .get("drain-pool")
+            .await?
+            .metadata
+            .finalizers
+            .filter(|f| !f.is_empty()))
+    })
+    .await?;
+    create_block(&ctx, "drain-pool", "10.132.0.0/26", "drain-a", 3).await?;
+    pools.delete("drain-pool", &DeleteParams::default()).await?;
+    let (_, reason, _) = wait("Draining", Duration::from_secs(20), || async {
+        Ok(ready_condition(&pools.get("drain-pool").await?).filter(|(_, r, _)| r == "Draining"))
+    })
+    .await?;
+    assert_eq!(reason, "Draining");
+    // The last pod goes away: the agent reports an empty block; the pool and its blocks go.
+    let status = json!({"apiVersion": "sinew.dev/v1alpha1", "kind": "IPBlock", "metadata": {"name": "10-132-0-0-26"}, "status": {"allocated": 0}});
+    Api::<IPBlock>::all(ctx.client.clone())
+        .patch_status(
+            "10-132-0-0-26",
+            &PatchParams::apply("simulated-agent"),
+            &Patch::Apply(&status),
+        )
+        .await?;
+    wait("pool removed", Duration::from_secs(20), || async {
+        Ok(pools.get_opt("drain-pool").await?.is_none().then_some(()))
+    })
+    .await?;
+    assert!(
+        Api::<IPBlock>::all(ctx.client.clone())
+            .get_opt("10-132-0-0-26")
+            .await?
+            .is_none(),
+        "the pool's blocks were left"
+    );
+    Ok(())
+}

@@ -1,0 +1,71 @@
+//! What the reconcilers share, and their error type.
+
+use k8s_openapi::api::core::v1::Node;
+use kube::runtime::reflector::Store;
+use sinew_crds::{IPBlock, IPPool};
+
+use crate::daemonset;
+
+/// Field manager of everything the operator writes.
+pub const FIELD_MANAGER: &str = "sinew-operator";
+/// Finalizer on `ClusterNetwork` (nodes must be cleaned) and `IPPool` (addresses in use).
+pub const FINALIZER: &str = "sinew.dev/cleanup";
+
+/// Operator settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub namespace: String,
+    pub daemonset: daemonset::Settings,
+}
+
+/// Shared by every reconcile.
+pub struct Context {
+    pub client: kube::Client,
+    pub settings: Settings,
+    pub nodes: Store<Node>,
+    pub pools: Store<IPPool>,
+    pub blocks: Store<IPBlock>,
+}
+
+/// Reconcile failures, one variant per step, so a failure says where it happened.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("API request failed: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("rendering the node agent DaemonSet: {0}")]
+    Render(serde_json::Error),
+}
+
+impl Error {
+    /// Short label for metrics and logs.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "kube",
+            Error::Render(_) => "render",
+        }
+    }
+}
+
+/// Sets the object's finalizers to `remaining`; an object already gone is fine.
+pub async fn remove_finalizer<K>(
+    api: &kube::Api<K>,
+    name: &str,
+    remaining: Vec<String>,
+) -> Result<(), Error>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let patch = serde_json::json!({"metadata": {"finalizers": remaining}});
+    match api
+        .patch(
+            name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}

@@ -1,0 +1,10 @@
+//! `sinew-operator`: reconciles `ClusterNetwork` (node agent rollout, node status, clean-up)
+//! and `IPPool` (validation the schema cannot do, aggregated status, drain on deletion).
+
+pub mod conditions;
+pub mod context;
+pub mod daemonset;
+pub mod network;
+pub mod nodes;
+pub mod pool;
+pub mod run;

@@ -1,0 +1,237 @@
+//! The `ClusterNetwork` reconciler: rolls out the node agent DaemonSet and aggregates the
+//! nodes' reports into status; on deletion, holds a finalizer until every agent has cleaned
+//! its node, then removes the DaemonSet.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+use sinew_crds::cluster_network::{NodeCounts, NodeProblem};
+use sinew_crds::{ClusterNetwork, ClusterNetworkStatus};
+use tracing::info;
+
+use crate::context::{Context, Error, FIELD_MANAGER, FINALIZER, remove_finalizer};
+use crate::{conditions, daemonset, nodes};
+
+/// Pure: the status for `network` given the nodes the agent should run on.
+pub fn status(
+    network: &ClusterNetwork,
+    nodes: &[Arc<Node>],
+    previous: &ClusterNetworkStatus,
+) -> ClusterNetworkStatus {
+    let hash = network.spec.config_hash();
+    let selected: Vec<&Arc<Node>> = nodes
+        .iter()
+        .filter(|n| {
+            network
+                .spec
+                .installer
+                .node_selector
+                .iter()
+                .all(|(k, v)| n.labels().get(k) == Some(v))
+        })
+        .collect();
+    let mut counts = NodeCounts {
+        desired: selected.len() as u32,
+        ..NodeCounts::default()
+    };
+    let mut problems = Vec::new();
+    for node in &selected {
+        let Some(report) = nodes::report(node) else {
+            continue;
+        };
+        if let Some(install) = &report.install {
+            counts.installed += 1;
+            if install.chosen.is_some() && install.chosen != install.conflist {
+                problems.push(NodeProblem {
+                    node: node.name_any(),
+                    reason: "ForeignConflistWins".into(),
+                    message: format!(
+                        "the runtime loads {} instead of {} (shadowed by {:?})",
+                        install.chosen.clone().unwrap_or_default(),
+                        install.conflist.clone().unwrap_or_default(),
+                        install.shadowing
+                    ),
+                });
+            }
+        }
+        if report.ready {
+            counts.ready += 1;
+        }
+        if report.spec_hash.as_deref() == Some(hash.as_str()) {
+            counts.up_to_date += 1;
+        }
+        for p in &report.problems {
+            problems.push(NodeProblem {
+                node: node.name_any(),
+                reason: "PeersIncomplete".into(),
+                message: p.clone(),
+            });
+        }
+    }
+    counts.summary = format!("{}/{}", counts.ready, counts.desired);
+    let generation = network.metadata.generation;
+    let mut conds = previous.conditions.clone();
+    let converged = counts.ready == counts.desired && counts.up_to_date == counts.desired;
+    let shadowed = problems.iter().any(|p| p.reason == "ForeignConflistWins");
+    conditions::set(
+        &mut conds,
+        "Reconciling",
+        !converged,
+        if converged { "Converged" } else { "RollingOut" },
+        format!(
+            "{} of {} nodes ready, {} running configuration {hash}",
+            counts.ready, counts.desired, counts.up_to_date
+        ),
+        generation,
+    );
+    conditions::set(
+        &mut conds,
+        "Stalled",
+        shadowed,
+        if shadowed {
+            "ForeignConflistWins"
+        } else {
+            "Progressing"
+        },
+        if shadowed {
+            format!(
+                "another CNI configuration wins on: {}",
+                problems
+                    .iter()
+                    .filter(|p| p.reason == "ForeignConflistWins")
+                    .map(|p| p.node.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        } else {
+            "no node reports a blocking problem".into()
+        },
+        generation,
+    );
+    let ready = converged && !shadowed && counts.desired > 0;
+    conditions::set(
+        &mut conds,
+        "Ready",
+        ready,
+        if ready {
+            "AllNodesReady"
+        } else if counts.desired == 0 {
+            "NoNodes"
+        } else {
+            "NodesNotReady"
+        },
+        format!("{} of {} nodes serve pods", counts.ready, counts.desired),
+        generation,
+    );
+    ClusterNetworkStatus {
+        observed_generation: generation,
+        conditions: conds,
+        config_hash: Some(hash),
+        nodes: Some(counts),
+        problems,
+    }
+}
+
+async fn write_status(
+    network: &ClusterNetwork,
+    ctx: &Context,
+    status: &ClusterNetworkStatus,
+) -> Result<(), Error> {
+    if network.status.as_ref() == Some(status) {
+        return Ok(());
+    }
+    let api: Api<ClusterNetwork> = Api::all(ctx.client.clone());
+    let patch = json!({
+        "apiVersion": "sinew.dev/v1alpha1", "kind": "ClusterNetwork",
+        "metadata": {"name": network.name_any()},
+        "status": status,
+    });
+    api.patch_status(
+        &network.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Reconciles the `ClusterNetwork`.
+pub async fn reconcile(network: Arc<ClusterNetwork>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let api: Api<ClusterNetwork> = Api::all(ctx.client.clone());
+    let name = network.name_any();
+    let nodes = ctx.nodes.state();
+    let daemonsets: Api<DaemonSet> = Api::namespaced(ctx.client.clone(), &ctx.settings.namespace);
+    if network.meta().deletion_timestamp.is_some() {
+        // Agents clean their nodes when they see the deletion; wait for all of them.
+        let pending: Vec<String> = nodes
+            .iter()
+            .filter(|n| nodes::report(n).is_some_and(|r| !r.cleaned_up))
+            .map(|n| n.name_any())
+            .collect();
+        if !pending.is_empty() {
+            let mut st = network.status.clone().unwrap_or_default();
+            conditions::set(
+                &mut st.conditions,
+                "Ready",
+                false,
+                "CleaningUp",
+                format!(
+                    "waiting for {} node(s) to clean up: {}",
+                    pending.len(),
+                    pending.join(", ")
+                ),
+                network.metadata.generation,
+            );
+            write_status(&network, &ctx, &st).await?;
+            return Ok(Action::requeue(Duration::from_secs(2)));
+        }
+        match daemonsets
+            .delete(daemonset::NAME, &DeleteParams::default())
+            .await
+        {
+            Ok(_) => info!("node agent DaemonSet deleted"),
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+        let finalizers: Vec<String> = network
+            .finalizers()
+            .iter()
+            .filter(|f| *f != FINALIZER)
+            .cloned()
+            .collect();
+        remove_finalizer(&api, &name, finalizers).await?;
+        info!("every node cleaned; ClusterNetwork released");
+        return Ok(Action::await_change());
+    }
+    if !network.finalizers().iter().any(|f| f == FINALIZER) {
+        let mut finalizers = network.finalizers().to_vec();
+        finalizers.push(FINALIZER.to_string());
+        api.patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"finalizers": finalizers}})),
+        )
+        .await?;
+    }
+    let ds = daemonset::render(&network, &ctx.settings.daemonset).map_err(Error::Render)?;
+    daemonsets
+        .patch(
+            daemonset::NAME,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&ds),
+        )
+        .await?;
+    let st = status(
+        &network,
+        &nodes,
+        &network.status.clone().unwrap_or_default(),
+    );
+    write_status(&network, &ctx, &st).await?;
+    Ok(Action::requeue(Duration::from_secs(30)))
+}

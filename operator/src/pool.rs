@@ -1,0 +1,320 @@
+//! The `IPPool` reconciler: what the schema cannot check (overlap with other pools), status
+//! aggregated from the pool's `IPBlock`s and the nodes' reports, and a finalizer that keeps a
+//! pool while addresses of it are still in use.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+use sinew_crds::{Cidr, Family, IPBlock, IPPool, IPPoolStatus};
+
+use crate::context::{Context, Error, FIELD_MANAGER, FINALIZER, remove_finalizer};
+use crate::{conditions, nodes};
+
+/// Share of the capacity in use from which `Exhausted` is raised, before allocations fail.
+pub const EXHAUSTION_THRESHOLD: f64 = 0.9;
+
+/// The first other pool whose CIDR overlaps this one and that was there first (older, or as
+/// old and earlier by name): the newer pool is the one refused.
+pub fn overlapping<'a>(pool: &IPPool, others: &'a [Arc<IPPool>]) -> Option<&'a Arc<IPPool>> {
+    let cidr: Cidr = pool.spec.cidr.parse().ok()?;
+    let key = |p: &IPPool| {
+        (
+            p.metadata.creation_timestamp.clone().map(|t| t.0),
+            p.name_any(),
+        )
+    };
+    others.iter().find(|o| {
+        o.name_any() != pool.name_any()
+            && o.metadata.deletion_timestamp.is_none()
+            && o.spec.cidr.parse::<Cidr>().is_ok_and(|c| c.overlaps(&cidr))
+            && key(o) < key(pool)
+    })
+}
+
+/// Addresses the pool can hand out: its size, minus reserved addresses, minus (IPv4) its
+/// network and broadcast addresses, which the plugin never hands out.
+pub fn capacity(pool: &IPPool) -> (u64, u64) {
+    let Ok(cidr) = pool.spec.cidr.parse::<Cidr>() else {
+        return (0, 0);
+    };
+    let size = cidr.size();
+    let reserved: u128 = pool
+        .spec
+        .reserved
+        .iter()
+        .filter_map(|r| sinew_crds::cidr::parse_ip_or_cidr(r).ok())
+        .map(|r| r.size())
+        .sum();
+    let edges = if cidr.family() == Family::V4 && size > 2 {
+        2
+    } else {
+        0
+    };
+    let usable = size.saturating_sub(reserved).saturating_sub(edges);
+    (
+        u64::try_from(usable).unwrap_or(u64::MAX),
+        u64::try_from(reserved).unwrap_or(u64::MAX),
+    )
+}
+
+/// Pure: the status of `pool` from its blocks, the nodes and the overlap check.
+pub fn status(
+    pool: &IPPool,
+    blocks: &[Arc<IPBlock>],
+    nodes: &[Arc<Node>],
+    overlap: Option<&IPPool>,
+) -> IPPoolStatus {
+    let name = pool.name_any();
+    let generation = pool.metadata.generation;
+    let mine: Vec<&Arc<IPBlock>> = blocks.iter().filter(|b| b.spec.pool == name).collect();
+    let allocated: u64 = mine
+        .iter()
+        .map(|b| u64::from(b.status.as_ref().map_or(0, |s| s.allocated)))
+        .sum();
+    let (capacity, reserved) = capacity(pool);
+    let family = pool
+        .spec
+        .parsed_cidr()
+        .map(|c| c.family())
+        .unwrap_or(Family::V4);
+    let selected: Vec<&Arc<Node>> = nodes
+        .iter()
+        .filter(|n| sinew_crds::selector::matches(pool.spec.node_selector.as_ref(), n.labels()))
+        .filter(|n| nodes::report(n).is_some())
+        .collect();
+    let mode = pool.spec.mode.to_string();
+    let converged = selected
+        .iter()
+        .filter(|n| nodes::report(n).is_some_and(|r| r.modes.get(&name) == Some(&mode)))
+        .count();
+    let mut conds = pool.status.clone().unwrap_or_default().conditions;
+    let usage = if capacity == 0 {
+        0.0
+    } else {
+        allocated as f64 / capacity as f64
+    };
+    conditions::set(
+        &mut conds,
+        "Exhausted",
+        usage >= EXHAUSTION_THRESHOLD,
+        if allocated >= capacity && capacity > 0 {
+            "Exhausted"
+        } else if usage >= EXHAUSTION_THRESHOLD {
+            "NearlyExhausted"
+        } else {
+            "AddressesAvailable"
+        },
+        format!(
+            "{allocated} of {capacity} addresses in use ({:.0}%)",
+            usage * 100.0
+        ),
+        generation,
+    );
+    let all_converged = converged == selected.len();
+    conditions::set(
+        &mut conds,
+        "Reconciling",
+        !all_converged,
+        if all_converged {
+            "Converged"
+        } else {
+            "ModeRollingOut"
+        },
+        format!(
+            "{converged} of {} nodes programmed for mode {mode}",
+            selected.len()
+        ),
+        generation,
+    );
+    let (ready, reason, message) = match overlap {
+        Some(other) => (
+            false,
+            "OverlappingPools",
+            format!(
+                "cidr {} overlaps pool {} ({}); this pool hands out no addresses until one of them changes",
+                pool.spec.cidr,
+                other.name_any(),
+                other.spec.cidr
+            ),
+        ),
+        None if !all_converged => (
+            false,
+            "ModeRollingOut",
+            format!("{converged}/{} nodes on mode {mode}", selected.len()),
+        ),
+        None => (
+            true,
+            "Ready",
+            format!(
+                "{} blocks, {allocated}/{capacity} addresses in use",
+                mine.len()
+            ),
+        ),
+    };
+    conditions::set(
+        &mut conds,
+        "Stalled",
+        overlap.is_some(),
+        if overlap.is_some() {
+            "OverlappingPools"
+        } else {
+            "Progressing"
+        },
+        message.clone(),
+        generation,
+    );
+    conditions::set(&mut conds, "Ready", ready, reason, message, generation);
+    IPPoolStatus {
+        observed_generation: generation,
+        conditions: conds,
+        capacity: Some(capacity),
+        allocated: Some(allocated),
+        reserved: Some(reserved),
+        blocks: Some(mine.len() as u64),
+        block_size: Some(pool.spec.effective_block_size(family)),
+        usage: Some(format!("{allocated}/{capacity}")),
+        mode_convergence: Some(format!("{converged}/{}", selected.len())),
+    }
+}
+
+/// Reconciles one `IPPool`.
+pub async fn reconcile(pool: Arc<IPPool>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let api: Api<IPPool> = Api::all(ctx.client.clone());
+    let name = pool.name_any();
+    let blocks = ctx.blocks.state();
+    if pool.meta().deletion_timestamp.is_some() {
+        let in_use: u64 = blocks
+            .iter()
+            .filter(|b| b.spec.pool == name)
+            .map(|b| u64::from(b.status.as_ref().map_or(0, |s| s.allocated)))
+            .sum();
+        if in_use > 0 {
+            let mut st = pool.status.clone().unwrap_or_default();
+            conditions::set(
+                &mut st.conditions,
+                "Ready",
+                false,
+                "Draining",
+                format!(
+                    "{in_use} addresses of this pool are still in use; the pool is removed once its pods are gone"
+                ),
+                pool.metadata.generation,
+            );
+            write_status(&pool, &ctx, &st).await?;
+            return Ok(Action::requeue(Duration::from_secs(5)));
+        }
+        let block_api: Api<IPBlock> = Api::all(ctx.client.clone());
+        for b in blocks.iter().filter(|b| b.spec.pool == name) {
+            match block_api
+                .delete(&b.name_any(), &DeleteParams::default())
+                .await
+            {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let finalizers: Vec<String> = pool
+            .finalizers()
+            .iter()
+            .filter(|f| *f != FINALIZER)
+            .cloned()
+            .collect();
+        remove_finalizer(&api, &name, finalizers).await?;
+        return Ok(Action::await_change());
+    }
+    if !pool.finalizers().iter().any(|f| f == FINALIZER) {
+        let mut finalizers = pool.finalizers().to_vec();
+        finalizers.push(FINALIZER.to_string());
+        api.patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"finalizers": finalizers}})),
+        )
+        .await?;
+    }
+    let pools = ctx.pools.state();
+    let overlap = overlapping(&pool, &pools).map(|p| p.as_ref().clone());
+    let st = status(&pool, &blocks, &ctx.nodes.state(), overlap.as_ref());
+    write_status(&pool, &ctx, &st).await?;
+    Ok(Action::requeue(Duration::from_secs(30)))
+}
+
+async fn write_status(pool: &IPPool, ctx: &Context, status: &IPPoolStatus) -> Result<(), Error> {
+    if pool.status.as_ref() == Some(status) {
+        return Ok(());
+    }
+    let api: Api<IPPool> = Api::all(ctx.client.clone());
+    let patch = json!({
+        "apiVersion": "sinew.dev/v1alpha1", "kind": "IPPool",
+        "metadata": {"name": pool.name_any()},
+        "status": status,
+    });
+    api.patch_status(
+        &pool.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sinew_crds::IPPoolSpec;
+
+    fn pool(name: &str, cidr: &str, reserved: &[&str]) -> IPPool {
+        let mut p = IPPool::new(
+            name,
+            IPPoolSpec {
+                cidr: cidr.into(),
+                block_size: None,
+                mode: Default::default(),
+                nat_outgoing: true,
+                node_selector: None,
+                disabled: false,
+                reserved: reserved.iter().map(|r| r.to_string()).collect(),
+            },
+        );
+        p.metadata.generation = Some(1);
+        p
+    }
+
+    #[test]
+    fn capacity_excludes_reserved_and_ipv4_edges() {
+        assert_eq!(capacity(&pool("a", "10.0.0.0/24", &[])), (254, 0));
+        assert_eq!(
+            capacity(&pool("a", "10.0.0.0/24", &["10.0.0.0/28", "10.0.0.100"])),
+            (237, 17)
+        );
+        assert_eq!(capacity(&pool("a", "fd00::/120", &[])), (256, 0));
+    }
+
+    #[test]
+    fn the_newer_of_two_overlapping_pools_is_refused() {
+        let a = Arc::new(pool("a", "10.0.0.0/16", &[]));
+        let b = Arc::new(pool("b", "10.0.5.0/24", &[]));
+        let c = Arc::new(pool("c", "10.1.0.0/16", &[]));
+        let all = vec![a.clone(), b.clone(), c.clone()];
+        assert_eq!(
+            overlapping(&b, &all).map(|p| p.name_any()),
+            Some("a".into())
+        );
+        assert!(
+            overlapping(&a, &all).is_none(),
+            "the first pool keeps working"
+        );
+        assert!(overlapping(&c, &all).is_none());
+        let st = status(&b, &[], &[], Some(&a));
+        assert!(!conditions::is_true(&st.conditions, "Ready"));
+        let ready = st.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+        assert_eq!(ready.reason, "OverlappingPools");
+        assert!(ready.message.contains("pool a (10.0.0.0/16)"));
+    }
+}
