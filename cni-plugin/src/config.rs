@@ -17,17 +17,8 @@ pub const MAX_STDIN_BYTES: u64 = 1 << 20;
 /// Where sinew keeps node-local state unless the configuration says otherwise.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/sinew";
 
-/// Log verbosity of the plugin.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum LogLevel {
-    Error,
-    Warn,
-    #[default]
-    Info,
-    Debug,
-    Trace,
-}
+/// Log verbosity of the plugin (the same levels as `ClusterNetwork.spec.logLevel`).
+pub use sinew_crds::cluster_network::LogLevel;
 
 /// One entry of `cni.dev/valid-attachments` (GC).
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq, PartialOrd, Ord)]

@@ -9,19 +9,9 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::LogLevel;
 
-fn directive(level: LogLevel) -> &'static str {
-    match level {
-        LogLevel::Error => "error",
-        LogLevel::Warn => "warn",
-        LogLevel::Info => "info",
-        LogLevel::Debug => "debug",
-        LogLevel::Trace => "trace",
-    }
-}
-
 /// Installs the global subscriber. Falls back to stderr if the file cannot be opened.
 pub fn init(file: Option<&Path>, level: LogLevel) {
-    let filter = EnvFilter::new(directive(level));
+    let filter = EnvFilter::new(level.as_str());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(false)

@@ -308,6 +308,19 @@ pub enum LogLevel {
     Trace,
 }
 
+impl LogLevel {
+    /// The level as written in configuration and `tracing` filters (`info`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+            LogLevel::Trace => "trace",
+        }
+    }
+}
+
 /// Observed state of the cluster network, written only by the operator.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]

@@ -13,16 +13,6 @@ pub fn file_name(cni: &CniSettings) -> String {
     format!("{:02}-sinew.conflist", cni.conf_priority)
 }
 
-fn log_level(level: LogLevel) -> &'static str {
-    match level {
-        LogLevel::Error => "error",
-        LogLevel::Warn => "warn",
-        LogLevel::Info => "info",
-        LogLevel::Debug => "debug",
-        LogLevel::Trace => "trace",
-    }
-}
-
 /// The conflist: `sinew` first (asking the runtime for the pod's annotations), then the
 /// chained plugins in order, each with its extra configuration keys.
 pub fn render(cni: &CniSettings, level: LogLevel, state_dir: &Path, log_file: &Path) -> Vec<u8> {
@@ -30,7 +20,7 @@ pub fn render(cni: &CniSettings, level: LogLevel, state_dir: &Path, log_file: &P
         "type": "sinew",
         "stateDir": state_dir,
         "logFile": log_file,
-        "logLevel": log_level(level),
+        "logLevel": level.as_str(),
         "capabilities": {"io.kubernetes.cri.pod-annotations": true},
     })];
     for chained in &cni.chain {

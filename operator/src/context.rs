@@ -69,3 +69,33 @@ where
         Err(e) => Err(e.into()),
     }
 }
+
+/// Writes `status` through the status subresource (server-side apply, one field manager),
+/// unless it equals `current`.
+pub async fn apply_status<K, S>(
+    ctx: &Context,
+    name: &str,
+    current: Option<&S>,
+    status: &S,
+) -> Result<(), Error>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    S: serde::Serialize + PartialEq,
+{
+    if current == Some(status) {
+        return Ok(());
+    }
+    let api: kube::Api<K> = kube::Api::all(ctx.client.clone());
+    let patch = serde_json::json!({
+        "apiVersion": K::api_version(&()), "kind": K::kind(&()),
+        "metadata": {"name": name},
+        "status": status,
+    });
+    api.patch_status(
+        name,
+        &kube::api::PatchParams::apply(FIELD_MANAGER).force(),
+        &kube::api::Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(())
+}

@@ -15,7 +15,7 @@ use sinew_crds::cluster_network::{NodeCounts, NodeProblem};
 use sinew_crds::{ClusterNetwork, ClusterNetworkStatus};
 use tracing::info;
 
-use crate::context::{Context, Error, FIELD_MANAGER, FINALIZER, remove_finalizer};
+use crate::context::{Context, Error, FIELD_MANAGER, FINALIZER, apply_status, remove_finalizer};
 use crate::{conditions, daemonset, nodes};
 
 /// Pure: the status for `network` given the nodes the agent should run on.
@@ -143,22 +143,8 @@ async fn write_status(
     ctx: &Context,
     status: &ClusterNetworkStatus,
 ) -> Result<(), Error> {
-    if network.status.as_ref() == Some(status) {
-        return Ok(());
-    }
-    let api: Api<ClusterNetwork> = Api::all(ctx.client.clone());
-    let patch = json!({
-        "apiVersion": "sinew.dev/v1alpha1", "kind": "ClusterNetwork",
-        "metadata": {"name": network.name_any()},
-        "status": status,
-    });
-    api.patch_status(
-        &network.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
-    Ok(())
+    apply_status::<ClusterNetwork, _>(ctx, &network.name_any(), network.status.as_ref(), status)
+        .await
 }
 
 /// Reconciles the `ClusterNetwork`.

@@ -12,7 +12,7 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 use sinew_crds::{Cidr, Family, IPBlock, IPPool, IPPoolStatus};
 
-use crate::context::{Context, Error, FIELD_MANAGER, FINALIZER, remove_finalizer};
+use crate::context::{Context, Error, FINALIZER, apply_status, remove_finalizer};
 use crate::{conditions, nodes};
 
 /// Share of the capacity in use from which `Exhausted` is raised, before allocations fail.
@@ -246,22 +246,7 @@ pub async fn reconcile(pool: Arc<IPPool>, ctx: Arc<Context>) -> Result<Action, E
 }
 
 async fn write_status(pool: &IPPool, ctx: &Context, status: &IPPoolStatus) -> Result<(), Error> {
-    if pool.status.as_ref() == Some(status) {
-        return Ok(());
-    }
-    let api: Api<IPPool> = Api::all(ctx.client.clone());
-    let patch = json!({
-        "apiVersion": "sinew.dev/v1alpha1", "kind": "IPPool",
-        "metadata": {"name": pool.name_any()},
-        "status": status,
-    });
-    api.patch_status(
-        &pool.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
-    Ok(())
+    apply_status::<IPPool, _>(ctx, &pool.name_any(), pool.status.as_ref(), status).await
 }
 
 #[cfg(test)]
