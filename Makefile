@@ -2,7 +2,11 @@
 SHELL := /bin/bash
 export CARGO_TERM_COLOR ?= auto
 
-.PHONY: test tools crds crds-check fuzz bench
+.PHONY: demo test tools crds crds-check fuzz bench
+
+## demo: the main job, locally (root): control plane, 3 nodes as namespaces, sinew, pods, pool status, a live mode switch
+demo: tools
+	SINEW_TOOLS_BIN=$$(e2e/tools/build.sh) cargo run -q -p sinew-e2e --bin demo
 
 ## test: every test tier; needs Go (builds the upstream control plane once) and root for network tests
 test: tools
