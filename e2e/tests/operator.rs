@@ -27,14 +27,7 @@ fn main() -> ExitCode {
             let ns =
                 json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}});
             sinew_e2e::install::apply_manifest(&ctx.client, &ns.to_string()).await?;
-            let bin = sinew_e2e::plugin::workspace_binary("sinew-operator", "sinew-operator");
-            let mut cmd = Command::new(bin);
-            cmd.env("KUBECONFIG", ctx.cp.kubeconfig_path())
-                .env("POD_NAMESPACE", NAMESPACE)
-                .env("SINEW_NODE_IMAGE", "sinew-node:test")
-                .env("SINEW_LOG", "info");
-            let p = Supervised::spawn("sinew-operator", cmd, &ctx.cp.dir().join("operator.log"))
-                .map_err(|e| e.to_string())?;
+            let p = operator(&ctx, "primary").map_err(|e| e.to_string())?;
             OPERATOR.get_or_init(|| std::sync::Mutex::new(Some(p)));
             Ok(())
         },
@@ -43,12 +36,31 @@ fn main() -> ExitCode {
             overlapping_pools_are_refused_naming_the_other,
             pool_status_sums_the_blocks_of_the_pool,
             a_pool_in_use_is_not_deleted_until_drained,
+            a_standby_replica_takes_over_when_the_leader_dies,
         ],
     );
     if let Some(m) = OPERATOR.get() {
         m.lock().map(|mut p| p.take()).ok();
     }
     code
+}
+
+/// Starts an operator replica with a short lease (3 s, renewed every second).
+fn operator(ctx: &Ctx, identity: &str) -> Result<Supervised, sinew_e2e::Error> {
+    let bin = sinew_e2e::plugin::workspace_binary("sinew-operator", "sinew-operator");
+    let mut cmd = Command::new(bin);
+    cmd.env("KUBECONFIG", ctx.cp.kubeconfig_path())
+        .env("POD_NAMESPACE", NAMESPACE)
+        .env("POD_NAME", identity)
+        .env("SINEW_LEASE_SECONDS", "3")
+        .env("SINEW_RENEW_SECONDS", "1")
+        .env("SINEW_NODE_IMAGE", "sinew-node:test")
+        .env("SINEW_LOG", "info");
+    Supervised::spawn(
+        &format!("sinew-operator {identity}"),
+        cmd,
+        &ctx.cp.dir().join(format!("operator-{identity}.log")),
+    )
 }
 
 async fn wait<T, F, Fut>(what: &str, within: Duration, mut probe: F) -> Result<T, TestError>
@@ -409,5 +421,55 @@ async fn a_pool_in_use_is_not_deleted_until_drained(ctx: Ctx) -> TestResult {
             .is_none(),
         "the pool's blocks were left"
     );
+    Ok(())
+}
+
+async fn holder(ctx: &Ctx) -> Result<Option<String>, TestError> {
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(ctx.client.clone(), NAMESPACE);
+    Ok(leases
+        .get_opt("sinew-operator")
+        .await?
+        .and_then(|l| l.spec?.holder_identity))
+}
+
+async fn a_standby_replica_takes_over_when_the_leader_dies(ctx: Ctx) -> TestResult {
+    wait("the primary leads", Duration::from_secs(20), || async {
+        Ok((holder(&ctx).await?.as_deref() == Some("primary")).then_some(()))
+    })
+    .await?;
+    let standby = operator(&ctx, "standby")?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        holder(&ctx).await?.as_deref(),
+        Some("primary"),
+        "the standby took a live lease"
+    );
+    // The leader dies without a goodbye.
+    let old = OPERATOR
+        .get()
+        .and_then(|m| m.lock().ok().and_then(|mut p| p.replace(standby)));
+    let killed = std::time::Instant::now();
+    drop(old);
+    wait("the standby leads", Duration::from_secs(15), || async {
+        Ok((holder(&ctx).await?.as_deref() == Some("standby")).then_some(()))
+    })
+    .await?;
+    eprintln!("hand-over after {:?}", killed.elapsed());
+    // And it reconciles.
+    apply_pool(&ctx, "after-handover", json!({"cidr": "10.133.0.0/24"})).await?;
+    let pools: Api<IPPool> = Api::all(ctx.client.clone());
+    wait(
+        "the new leader reconciles",
+        Duration::from_secs(20),
+        || async {
+            Ok(pools
+                .get("after-handover")
+                .await?
+                .status
+                .filter(|s| s.capacity.is_some()))
+        },
+    )
+    .await?;
     Ok(())
 }

@@ -2,7 +2,9 @@
 //!
 //! Settings: `--namespace`/`POD_NAMESPACE` (where the node agent DaemonSet lives, default
 //! `sinew-system`), `--node-image`/`SINEW_NODE_IMAGE` (agent image when the `ClusterNetwork`
-//! names none).
+//! names none), `--identity`/`POD_NAME` (leader election identity),
+//! `--lease-seconds`/`SINEW_LEASE_SECONDS` (15) and `--renew-seconds`/`SINEW_RENEW_SECONDS` (5).
+//! Replicas elect a leader on the Lease `sinew-operator` in that namespace; only it reconciles.
 
 use std::process::ExitCode;
 
@@ -25,6 +27,27 @@ async fn run(args: Vec<String>) -> anyhow::Result<()> {
     let client = kube::Client::try_default()
         .await
         .context("connecting to the API server (in-cluster config or KUBECONFIG)")?;
+    let identity = flag(&args, "identity", "POD_NAME")
+        .unwrap_or_else(|| format!("sinew-operator-{}", std::process::id()));
+    let seconds = |name: &str, env: &str, default: u64| -> anyhow::Result<std::time::Duration> {
+        let v = flag(&args, name, env).map_or(Ok(default), |v| {
+            v.parse()
+                .with_context(|| format!("--{name} must be a number of seconds"))
+        })?;
+        Ok(std::time::Duration::from_secs(v))
+    };
+    let timing = sinew_operator::leader::Timing {
+        duration: seconds("lease-seconds", "SINEW_LEASE_SECONDS", 15)?,
+        renew: seconds("renew-seconds", "SINEW_RENEW_SECONDS", 5)?,
+    };
+    tracing::info!(%identity, "waiting to become the leader");
+    sinew_operator::leader::lead(
+        kube::Api::namespaced(client.clone(), &namespace),
+        "sinew-operator".to_string(),
+        identity,
+        timing,
+    )
+    .await;
     let settings = Settings {
         namespace: namespace.clone(),
         daemonset: daemonset::Settings {
