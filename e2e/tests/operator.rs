@@ -37,6 +37,7 @@ fn main() -> ExitCode {
             pool_status_sums_the_blocks_of_the_pool,
             a_pool_in_use_is_not_deleted_until_drained,
             a_standby_replica_takes_over_when_the_leader_dies,
+            blocks_of_a_departed_node_are_released_once_its_pods_are_gone,
         ],
     );
     if let Some(m) = OPERATOR.get() {
@@ -302,7 +303,12 @@ async fn overlapping_pools_are_refused_naming_the_other(ctx: Ctx) -> TestResult 
     Ok(())
 }
 
+/// A block as the agent of `node` would create and report it (the Node exists).
 async fn create_block(ctx: &Ctx, pool: &str, cidr: &str, node: &str, allocated: u32) -> TestResult {
+    let n = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": node}});
+    Api::<Node>::all(ctx.client.clone())
+        .patch(node, &PatchParams::apply("sinew-e2e"), &Patch::Apply(&n))
+        .await?;
     let name = cidr.parse::<sinew_crds::Cidr>()?.object_name();
     let block: IPBlock = serde_json::from_value(
         json!({"apiVersion": "sinew.dev/v1alpha1", "kind": "IPBlock",
@@ -469,6 +475,82 @@ async fn a_standby_replica_takes_over_when_the_leader_dies(ctx: Ctx) -> TestResu
                 .status
                 .filter(|s| s.capacity.is_some()))
         },
+    )
+    .await?;
+    Ok(())
+}
+
+async fn blocks_of_a_departed_node_are_released_once_its_pods_are_gone(ctx: Ctx) -> TestResult {
+    apply_pool(
+        &ctx,
+        "orphan-pool",
+        json!({"cidr": "10.134.0.0/24", "blockSize": 26}),
+    )
+    .await?;
+    // A pod of the departed node still exists (say, being evicted).
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(ctx.client.clone(), "default");
+    let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "orphan-owner", "namespace": "default"},
+                     "spec": {"nodeName": "gone-node", "containers": [{"name": "c", "image": "x"}]}});
+    let pod = pods
+        .patch(
+            "orphan-owner",
+            &PatchParams::apply("sinew-e2e"),
+            &Patch::Apply(&pod),
+        )
+        .await?;
+    let uid = pod.metadata.uid.clone().ok_or("pod without uid")?;
+    let nodes: Api<Node> = Api::all(ctx.client.clone());
+    let node = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "gone-node"}});
+    nodes
+        .patch(
+            "gone-node",
+            &PatchParams::apply("sinew-e2e"),
+            &Patch::Apply(&node),
+        )
+        .await?;
+    let api: Api<IPBlock> = Api::all(ctx.client.clone());
+    for (cidr, allocations) in [
+        (
+            "10.134.0.0/26",
+            json!([{"ip": "10.134.0.5", "containerId": "c1", "interface": "eth0", "generation": 1, "podUid": uid}]),
+        ),
+        ("10.134.0.64/26", json!([])),
+    ] {
+        let name = cidr.parse::<sinew_crds::Cidr>()?.object_name();
+        let block: IPBlock = serde_json::from_value(
+            json!({"apiVersion": "sinew.dev/v1alpha1", "kind": "IPBlock",
+            "metadata": {"name": name}, "spec": {"pool": "orphan-pool", "cidr": cidr, "node": "gone-node"}}),
+        )?;
+        api.create(&PostParams::default(), &block).await?;
+        let n = allocations.as_array().map_or(0, Vec::len);
+        let status = json!({"apiVersion": "sinew.dev/v1alpha1", "kind": "IPBlock", "metadata": {"name": name},
+                            "status": {"allocated": n, "allocations": allocations}});
+        api.patch_status(
+            &name,
+            &PatchParams::apply("simulated-agent"),
+            &Patch::Apply(&status),
+        )
+        .await?;
+    }
+    // The node leaves the cluster.
+    nodes.delete("gone-node", &DeleteParams::default()).await?;
+    wait(
+        "the empty block of the departed node released",
+        Duration::from_secs(20),
+        || async { Ok(api.get_opt("10-134-0-64-26").await?.is_none().then_some(())) },
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(
+        api.get_opt("10-134-0-0-26").await?.is_some(),
+        "released while its pod still exists"
+    );
+    pods.delete("orphan-owner", &DeleteParams::default().grace_period(0))
+        .await?;
+    wait(
+        "the block released once its pod is gone",
+        Duration::from_secs(20),
+        || async { Ok(api.get_opt("10-134-0-0-26").await?.is_none().then_some(())) },
     )
     .await?;
     Ok(())

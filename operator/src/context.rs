@@ -1,6 +1,8 @@
 //! What the reconcilers share, and their error type.
 
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::core::PartialObjectMeta;
+use kube::runtime::events::Recorder;
 use kube::runtime::reflector::Store;
 use sinew_crds::{IPBlock, IPPool};
 
@@ -25,6 +27,9 @@ pub struct Context {
     pub nodes: Store<Node>,
     pub pools: Store<IPPool>,
     pub blocks: Store<IPBlock>,
+    /// Pods, metadata only: whether an allocation's pod (by UID) still exists.
+    pub pods: Store<PartialObjectMeta<Pod>>,
+    pub recorder: Recorder,
 }
 
 /// Reconcile failures, one variant per step, so a failure says where it happened.

@@ -8,6 +8,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 use sinew_crds::{Cidr, Family, IPBlock, IPPool, IPPoolStatus};
@@ -238,11 +239,89 @@ pub async fn reconcile(pool: Arc<IPPool>, ctx: Arc<Context>) -> Result<Action, E
         )
         .await?;
     }
+    let waiting = release_blocks_of_departed_nodes(&pool, &ctx).await?;
     let pools = ctx.pools.state();
     let overlap = overlapping(&pool, &pools).map(|p| p.as_ref().clone());
     let st = status(&pool, &blocks, &ctx.nodes.state(), overlap.as_ref());
     write_status(&pool, &ctx, &st).await?;
-    Ok(Action::requeue(Duration::from_secs(30)))
+    Ok(Action::requeue(Duration::from_secs(if waiting {
+        3
+    } else {
+        30
+    })))
+}
+
+/// Pure: whether a block of a node that no longer exists can be released. Only when no pod of
+/// its allocations exists any more; an allocation without a pod UID could belong to anything,
+/// so it keeps the block. A block whose node never reported on it is released once it is
+/// older than a minute (its agent had every chance to report).
+pub fn releasable(block: &IPBlock, node_exists: bool, pod_exists: impl Fn(&str) -> bool) -> bool {
+    if node_exists {
+        return false;
+    }
+    let Some(status) = block.status.as_ref() else {
+        let age = block
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map(|t| k8s_openapi::jiff::Timestamp::now().duration_since(t.0));
+        return age.is_none_or(|a| a > k8s_openapi::jiff::SignedDuration::from_secs(60));
+    };
+    // A count the details do not account for means owners we cannot check: keep the block.
+    status.allocations.len() >= status.allocated as usize
+        && status
+            .allocations
+            .iter()
+            .all(|a| a.pod_uid.as_deref().is_some_and(|uid| !pod_exists(uid)))
+}
+
+/// Deletes this pool's blocks whose node is gone and none of whose pods exists; returns
+/// whether some are still waiting for their pods.
+async fn release_blocks_of_departed_nodes(pool: &IPPool, ctx: &Context) -> Result<bool, Error> {
+    let name = pool.name_any();
+    let nodes: std::collections::BTreeSet<String> =
+        ctx.nodes.state().iter().map(|n| n.name_any()).collect();
+    let pods: std::collections::BTreeSet<String> = ctx
+        .pods
+        .state()
+        .iter()
+        .filter_map(|p| p.metadata.uid.clone())
+        .collect();
+    let api: Api<IPBlock> = Api::all(ctx.client.clone());
+    let mut waiting = false;
+    for block in ctx.blocks.state().iter().filter(|b| b.spec.pool == name) {
+        let node_exists = nodes.contains(&block.spec.node);
+        if node_exists {
+            continue;
+        }
+        if !releasable(block, node_exists, |uid| pods.contains(uid)) {
+            waiting = true;
+            continue;
+        }
+        match api
+            .delete(&block.name_any(), &DeleteParams::default())
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => continue,
+            Err(e) => return Err(e.into()),
+        }
+        tracing::info!(pool = %name, block = %block.spec.cidr, node = %block.spec.node, "released the block of a departed node");
+        let event = Event {
+            type_: EventType::Normal,
+            reason: "BlockReleased".into(),
+            note: Some(format!(
+                "block {} of node {} released: the node is gone and no pod of the block exists",
+                block.spec.cidr, block.spec.node
+            )),
+            action: "Release".into(),
+            secondary: None,
+        };
+        if let Err(e) = ctx.recorder.publish(&event, &pool.object_ref(&())).await {
+            tracing::warn!(error = %e, "recording an Event failed");
+        }
+    }
+    Ok(waiting)
 }
 
 async fn write_status(pool: &IPPool, ctx: &Context, status: &IPPoolStatus) -> Result<(), Error> {
@@ -269,6 +348,35 @@ mod tests {
         );
         p.metadata.generation = Some(1);
         p
+    }
+
+    fn block(allocations: serde_json::Value) -> IPBlock {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "sinew.dev/v1alpha1", "kind": "IPBlock", "metadata": {"name": "b"},
+            "spec": {"pool": "p", "cidr": "10.0.0.0/26", "node": "n"},
+            "status": {"allocated": 1, "allocations": allocations},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_departed_nodes_block_goes_only_when_its_pods_are_gone() {
+        let live = |uid: &str| uid == "alive";
+        let a = |uid: Option<&str>| serde_json::json!([{"ip": "10.0.0.1", "containerId": "c", "interface": "eth0", "generation": 1, "podUid": uid}]);
+        assert!(
+            !releasable(&block(a(Some("dead"))), true, live),
+            "the node still exists"
+        );
+        assert!(releasable(&block(a(Some("dead"))), false, live));
+        assert!(!releasable(&block(a(Some("alive"))), false, live));
+        assert!(
+            !releasable(&block(a(None)), false, live),
+            "an unknown owner keeps the block"
+        );
+        assert!(
+            !releasable(&block(serde_json::json!([])), false, live),
+            "allocated 1 without details"
+        );
     }
 
     #[test]

@@ -5,9 +5,11 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::Api;
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{WatchStreamExt, watcher};
 use sinew_crds::{CLUSTER_NETWORK_NAME, ClusterNetwork, IPBlock, IPPool};
@@ -57,11 +59,20 @@ pub async fn run(client: kube::Client, settings: Settings) -> anyhow::Result<()>
         nodes: reflect(Api::<Node>::all(client.clone())),
         pools: reflect(Api::<IPPool>::all(client.clone())),
         blocks: reflect(Api::<IPBlock>::all(client.clone())),
+        pods: reflect(Api::<PartialObjectMeta<Pod>>::all(client.clone())),
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "sinew-operator".into(),
+                instance: std::env::var("POD_NAME").ok(),
+            },
+        ),
     });
     for (what, ready) in [
         ("nodes", ctx.nodes.wait_until_ready().await),
         ("pools", ctx.pools.wait_until_ready().await),
         ("blocks", ctx.blocks.wait_until_ready().await),
+        ("pods", ctx.pods.wait_until_ready().await),
     ] {
         ready.map_err(|e| anyhow::anyhow!("watch of {what} ended: {e}"))?;
     }
