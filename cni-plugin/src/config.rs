@@ -107,6 +107,13 @@ pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> CniResult<T> {
             ),
         )
     })?;
+    if !value.is_object() {
+        // serde would otherwise read a JSON array positionally as the struct's fields.
+        return Err(CniError::new(
+            Code::Decode,
+            "the network configuration must be a JSON object",
+        ));
+    }
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         let inner = redact(&e.into_inner().to_string());
@@ -211,6 +218,13 @@ mod tests {
             redact("invalid length 3, expected 2"),
             "invalid length, expected 2"
         );
+    }
+
+    #[test]
+    fn only_objects_are_configurations() {
+        let e = parse(br#"["1.0.0", "n", "sinew"]"#).unwrap_err();
+        assert_eq!(e.code, 6);
+        assert!(e.msg.contains("JSON object"), "{}", e.msg);
     }
 
     #[test]

@@ -54,6 +54,12 @@ impl CniOutput {
     /// Reads a `prevResult` of any supported version (the per-IP `version` field of 0.3/0.4
     /// results is simply dropped).
     pub fn from_prev_result(prev: &Value) -> CniResult<CniOutput> {
+        if !prev.is_object() {
+            return Err(CniError::new(
+                Code::Decode,
+                "field \"prevResult\" must be a JSON object",
+            ));
+        }
         serde_json::from_value(prev.clone()).map_err(|e| {
             CniError::new(
                 Code::Decode,
