@@ -27,7 +27,7 @@ crds-check:
 FUZZ_SECONDS ?= 60
 FUZZ_TARGET_DIR ?= $(HOME)/.cache/sinew/fuzz-target
 fuzz:
-	cd cni-plugin && cargo fuzz run --target-dir $(FUZZ_TARGET_DIR) -s none netconf -- -max_total_time=$(FUZZ_SECONDS)
+	cd cni-plugin && cargo fuzz run --target-dir $(FUZZ_TARGET_DIR) -s none netconf -- -seed=1 -max_total_time=$(FUZZ_SECONDS)
 
 ## bench: the CNI benchmark (root): sinew vs ptp+host-local through cnitool
 bench: tools
