@@ -45,6 +45,7 @@ fn main() -> ExitCode {
             a_foreign_conflist_is_reported_and_never_touched,
             blocks_are_claimed_ahead_of_need_and_given_back_when_empty,
             a_namespace_annotation_chooses_the_pool,
+            dual_stack_pods_talk_over_both_families_across_nodes,
         ],
     )
 }
@@ -579,5 +580,66 @@ async fn a_namespace_annotation_chooses_the_pool(ctx: Ctx) -> TestResult {
     );
     cluster.stop_pod(in_b);
     cluster.stop_pod(default);
+    Ok(())
+}
+
+async fn dual_stack_pods_talk_over_both_families_across_nodes(ctx: Ctx) -> TestResult {
+    // Nodes on different subnets: IPv4 and IPv6 both cross the router through VXLAN (the
+    // underlay is IPv4; IPv6 blocks are routed via the peer VTEP's link-local address).
+    let cluster = LocalCluster::start(&ctx.cp, "ds", &[0, 1]).await;
+    pool(&ctx, "ds-v4", "ds", "10.111.0.0/24", 28, "Auto").await?;
+    pool(&ctx, "ds-v6", "ds", "fd00:111::/120", 122, "Auto").await?;
+    cluster.wait_ready(Duration::from_secs(30)).await?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while blocks_of(&ctx, "ds-v6").await?.len() < 2 || blocks_of(&ctx, "ds-v4").await?.len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "blocks of both families not claimed on both nodes"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let a = cluster.start_pod(&cluster.name(0), "a");
+    let b = cluster.start_pod(&cluster.name(1), "b");
+    let (a6, b6) = (
+        a.ips()
+            .into_iter()
+            .find(std::net::IpAddr::is_ipv6)
+            .ok_or("pod a has no IPv6 address")?,
+        b.ips()
+            .into_iter()
+            .find(std::net::IpAddr::is_ipv6)
+            .ok_or("pod b has no IPv6 address")?,
+    );
+    eventually("IPv6 peer routes", Duration::from_secs(15), || {
+        let routes = cluster.peer_routes(&cluster.name(0));
+        routes
+            .iter()
+            .any(|(dst, via)| {
+                dst.starts_with("fd00:111")
+                    && via.contains("via fe80::")
+                    && via.contains("sinew.vxlan")
+            })
+            .then_some(())
+            .ok_or(format!("{routes:?}"))
+    })
+    .await?;
+    reach(&a, &b)?;
+    let server = EchoServer::start(&b.ns, SocketAddr::new(b6, 0));
+    let mut reply = String::new();
+    eventually(
+        "pod a reaches pod b over IPv6",
+        Duration::from_secs(10),
+        || {
+            reply = tcp_exchange(&a.ns, server.addr)?;
+            Ok(())
+        },
+    )
+    .await?;
+    assert!(
+        reply.starts_with(&format!("[{a6}]")),
+        "no NAT over IPv6 either: the server saw {reply:?}"
+    );
+    cluster.stop_pod(a);
+    cluster.stop_pod(b);
     Ok(())
 }
