@@ -48,21 +48,34 @@ pub async fn install_crds(client: &kube::Client) -> Result<Vec<String>, String> 
 /// Server-side applies every document of a multi-document YAML manifest (kinds resolved
 /// through API discovery), in order.
 pub async fn apply_manifest(client: &kube::Client, yaml: &str) -> Result<Vec<String>, String> {
+    apply_manifest_with(client, yaml, false).await
+}
+
+/// [`apply_manifest`], optionally as a server-side dry run (validated and defaulted by the API
+/// server, admission included, nothing stored).
+pub async fn apply_manifest_with(
+    client: &kube::Client,
+    yaml: &str,
+    dry_run: bool,
+) -> Result<Vec<String>, String> {
     use kube::api::DynamicObject;
     use kube::discovery::Discovery;
     let discovery = Discovery::new(client.clone())
         .run()
         .await
         .map_err(|e| format!("API discovery: {e}"))?;
-    let params = PatchParams::apply("sinew-e2e").force();
-    let mut applied = Vec::new();
+    let mut params = PatchParams::apply("sinew-e2e").force();
+    params.dry_run = dry_run;
+    // Parse everything first: the YAML parser must not live across an await.
+    let mut objects: Vec<DynamicObject> = Vec::new();
     for doc in serde_yaml::Deserializer::from_str(yaml) {
         let value = serde_yaml::Value::deserialize(doc).map_err(|e| format!("YAML: {e}"))?;
-        if value.is_null() {
-            continue;
+        if !value.is_null() {
+            objects.push(serde_yaml::from_value(value).map_err(|e| format!("object: {e}"))?);
         }
-        let obj: DynamicObject =
-            serde_yaml::from_value(value).map_err(|e| format!("object: {e}"))?;
+    }
+    let mut applied = Vec::new();
+    for obj in objects {
         let types = obj
             .types
             .clone()

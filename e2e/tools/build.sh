@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the upstream tools the tests run (kube-apiserver, kubectl, etcd, cnitool, ...) from the Go
+# Builds the upstream tools the tests run (kube-apiserver, kubectl, etcd, cnitool, helm) from the Go
 # modules pinned in e2e/tools/<module>/go.{mod,sum}, into a cache outside the clone:
 #
 #   ${SINEW_CACHE:-~/.cache/sinew}/tools/<module>-<hash of go.mod, go.sum and Go version>/
@@ -22,6 +22,7 @@ tools=(
   "kubernetes|k8s.io/kubernetes/cmd/kubectl|kubectl|K8S"
   "etcd|go.etcd.io/etcd/server/v3|etcd|"
   "cni|github.com/containernetworking/cni/cnitool|cnitool|"
+  "helm|helm.sh/helm/v3/cmd/helm|helm|HELM"
 )
 
 log() { echo "[tools] $*" >&2; }
@@ -61,6 +62,7 @@ for entry in "${tools[@]}"; do
   fi
   ldflags="-s -w"
   [[ $flags == K8S ]] && ldflags+=" $(k8s_ldflags)"
+  [[ $flags == HELM ]] && ldflags+=" -X helm.sh/helm/v3/internal/version.version=$(awk '$1 == "require" && $2 == "helm.sh/helm/v3" {print $3}' "$here/helm/go.mod")"
   log "building $name from $pkg (pinned in e2e/tools/$dir/go.mod); a cold build takes minutes"
   mkdir -p "$cache/$key"
   start=$SECONDS
