@@ -38,6 +38,7 @@ fn main() -> ExitCode {
             a_pool_in_use_is_not_deleted_until_drained,
             a_standby_replica_takes_over_when_the_leader_dies,
             blocks_of_a_departed_node_are_released_once_its_pods_are_gone,
+            a_routed_pool_across_subnets_says_so_naming_the_nodes,
         ],
     );
     if let Some(m) = OPERATOR.get() {
@@ -552,6 +553,44 @@ async fn blocks_of_a_departed_node_are_released_once_its_pods_are_gone(ctx: Ctx)
         Duration::from_secs(20),
         || async { Ok(api.get_opt("10-134-0-0-26").await?.is_none().then_some(())) },
     )
+    .await?;
+    Ok(())
+}
+
+async fn a_routed_pool_across_subnets_says_so_naming_the_nodes(ctx: Ctx) -> TestResult {
+    for (node, underlay) in [
+        ("rt-a", "10.99.0.0/24"),
+        ("rt-b", "10.99.0.0/24"),
+        ("rt-c", "10.99.1.0/24"),
+    ] {
+        let n = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": node, "labels": {"rt-test": "yes"},
+                       "annotations": {"sinew.dev/node-state": json!({"ready": true, "underlay": underlay, "modes": {"rt-pool": "Routed"}}).to_string()}}});
+        Api::<Node>::all(ctx.client.clone())
+            .patch(
+                node,
+                &PatchParams::apply("simulated-agent").force(),
+                &Patch::Apply(&n),
+            )
+            .await?;
+    }
+    apply_pool(&ctx, "rt-pool", json!({"cidr": "10.135.0.0/24", "mode": "Routed", "nodeSelector": {"matchLabels": {"rt-test": "yes"}}})).await?;
+    let pools: Api<IPPool> = Api::all(ctx.client.clone());
+    let (_, reason, message) = wait("RoutedAcrossSubnets", Duration::from_secs(20), || async {
+        Ok(ready_condition(&pools.get("rt-pool").await?)
+            .filter(|(_, r, _)| r == "RoutedAcrossSubnets"))
+    })
+    .await?;
+    assert_eq!(reason, "RoutedAcrossSubnets");
+    assert!(
+        message.contains("10.99.0.0/24 (rt-a, rt-b)") && message.contains("10.99.1.0/24 (rt-c)"),
+        "{message}"
+    );
+    // Switching to Auto resolves it.
+    apply_pool(&ctx, "rt-pool", json!({"cidr": "10.135.0.0/24", "mode": "Auto", "nodeSelector": {"matchLabels": {"rt-test": "yes"}}})).await?;
+    wait("no longer stalled", Duration::from_secs(20), || async {
+        Ok(ready_condition(&pools.get("rt-pool").await?)
+            .filter(|(_, r, _)| r != "RoutedAcrossSubnets"))
+    })
     .await?;
     Ok(())
 }

@@ -777,6 +777,7 @@ impl Agent {
         let state = json!({
             "ready": ready,
             "specHash": spec_hash,
+            "underlay": local.underlay.subnet.to_string(),
             "install": install,
             "modes": modes.iter().map(|(k, v)| (k.clone(), v.to_string())).collect::<BTreeMap<_, _>>(),
             "problems": problems,

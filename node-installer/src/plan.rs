@@ -126,6 +126,14 @@ pub fn plan(
             continue;
         };
         let family = block.cidr.family();
+        if *mode == PoolMode::Routed && !underlay.contains(peer.ip) {
+            // A route via an off-link gateway would be refused (or black-hole): say so.
+            problems.insert(format!(
+                "pool {} is Routed but node {} ({}) is not on this node's subnet {underlay}: Routed needs a shared L2 segment (use Auto or VXLAN)",
+                block.pool, peer.name, peer.ip
+            ));
+            continue;
+        }
         let mut path = path_for(*mode, underlay, peer.ip);
         if path == Path::Routed && Family::of(peer.ip) != family {
             // A route needs a gateway of the block's own family.

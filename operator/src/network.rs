@@ -74,6 +74,9 @@ pub fn status(
             });
         }
     }
+    // Store order is arbitrary: sort, so an unchanged cluster never rewrites status.
+    problems
+        .sort_by(|a, b| (&a.node, &a.reason, &a.message).cmp(&(&b.node, &b.reason, &b.message)));
     counts.summary = format!("{}/{}", counts.ready, counts.desired);
     let generation = network.metadata.generation;
     let mut conds = previous.conditions.clone();

@@ -38,6 +38,9 @@ pub struct NodeReport {
     pub problems: Vec<String>,
     #[serde(default)]
     pub cleaned_up: bool,
+    /// The node's underlay subnet (CIDR of the interface holding its address).
+    #[serde(default)]
+    pub underlay: Option<String>,
 }
 
 /// The node's report, if its agent has written a readable one.

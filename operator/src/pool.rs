@@ -132,6 +132,18 @@ pub fn status(
         ),
         generation,
     );
+    // Routed forwarding needs every node of the pool on one L2 segment: name the groups.
+    let mut subnets: std::collections::BTreeMap<String, Vec<String>> =
+        std::collections::BTreeMap::new();
+    if pool.spec.mode == sinew_crds::PoolMode::Routed {
+        for n in &selected {
+            if let Some(u) = nodes::report(n).and_then(|r| r.underlay) {
+                subnets.entry(u).or_default().push(n.name_any());
+            }
+        }
+    }
+    subnets.values_mut().for_each(|names| names.sort());
+    let split = subnets.len() > 1;
     let (ready, reason, message) = match overlap {
         Some(other) => (
             false,
@@ -141,6 +153,18 @@ pub fn status(
                 pool.spec.cidr,
                 other.name_any(),
                 other.spec.cidr
+            ),
+        ),
+        None if split => (
+            false,
+            "RoutedAcrossSubnets",
+            format!(
+                "mode Routed needs the pool's nodes on one L2 subnet, but they are on {}: traffic between those groups is not programmed; use Auto or VXLAN",
+                subnets
+                    .iter()
+                    .map(|(s, n)| format!("{s} ({})", n.join(", ")))
+                    .collect::<Vec<_>>()
+                    .join(" and ")
             ),
         ),
         None if !all_converged => (
@@ -160,9 +184,9 @@ pub fn status(
     conditions::set(
         &mut conds,
         "Stalled",
-        overlap.is_some(),
-        if overlap.is_some() {
-            "OverlappingPools"
+        overlap.is_some() || split,
+        if overlap.is_some() || split {
+            reason
         } else {
             "Progressing"
         },
