@@ -314,33 +314,32 @@ impl LocalCluster {
         cluster
     }
 
+    /// Connects `ns` to the fabric bridge of `subnet` with a veth (`eth0` inside), addressed
+    /// `ip`/24.
+    fn attach(&self, ns: &NetNs, host_end: &str, subnet: u8, ip: Ipv4Addr) {
+        let mut cmd = Command::new("ip");
+        cmd.args([
+            "link", "add", host_end, "type", "veth", "peer", "name", "eth0", "netns",
+        ])
+        .arg(ns.path());
+        in_netns(&mut cmd, &self.fabric);
+        run_ok(&mut cmd);
+        let bridge = if subnet == 0 { "br0" } else { "br1" };
+        ip_in(
+            &self.fabric,
+            &["link", "set", host_end, "master", bridge, "up"],
+        );
+        ip_in(ns, &["addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
+        ip_in(ns, &["link", "set", "eth0", "up"]);
+    }
+
     /// Adds node `<prefix>-<i>` on `subnet` and starts its agent.
     pub async fn add_node(&mut self, i: u8, subnet: u8) {
         let name = format!("{}-{i}", self.prefix);
         let ip = node_ip(subnet, i);
         let ns = netsim::node_netns("node");
         let host_end = format!("u{}-{i}", std::process::id() % 100_000);
-        // The veth is created in the fabric and one end moved into the node.
-        let mut cmd = Command::new("ip");
-        cmd.args([
-            "link", "add", &host_end, "type", "veth", "peer", "name", "eth0", "netns",
-        ])
-        .arg(ns.path());
-        in_netns(&mut cmd, &self.fabric);
-        run_ok(&mut cmd);
-        ip_in(
-            &self.fabric,
-            &[
-                "link",
-                "set",
-                &host_end,
-                "master",
-                if subnet == 0 { "br0" } else { "br1" },
-                "up",
-            ],
-        );
-        ip_in(&ns, &["addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
-        ip_in(&ns, &["link", "set", "eth0", "up"]);
+        self.attach(&ns, &host_end, subnet, ip);
         ip_in(
             &ns,
             &[
@@ -424,27 +423,8 @@ impl LocalCluster {
     pub fn outside_host(&self, subnet: u8) -> (NetNs, IpAddr) {
         let ns = netsim::netns("outside");
         let host_end = format!("o{}-{subnet}", std::process::id() % 100_000);
-        let mut cmd = Command::new("ip");
-        cmd.args([
-            "link", "add", &host_end, "type", "veth", "peer", "name", "eth0", "netns",
-        ])
-        .arg(ns.path());
-        in_netns(&mut cmd, &self.fabric);
-        run_ok(&mut cmd);
-        ip_in(
-            &self.fabric,
-            &[
-                "link",
-                "set",
-                &host_end,
-                "master",
-                if subnet == 0 { "br0" } else { "br1" },
-                "up",
-            ],
-        );
         let ip = Ipv4Addr::new(10, 99, subnet, 200);
-        ip_in(&ns, &["addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
-        ip_in(&ns, &["link", "set", "eth0", "up"]);
+        self.attach(&ns, &host_end, subnet, ip);
         (ns, IpAddr::V4(ip))
     }
 

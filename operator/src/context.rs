@@ -51,6 +51,27 @@ impl Error {
     }
 }
 
+/// Adds sinew's finalizer to `obj` unless it already carries it.
+pub async fn ensure_finalizer<K>(api: &kube::Api<K>, obj: &K) -> Result<(), Error>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    use kube::ResourceExt;
+    if obj.finalizers().iter().any(|f| f == FINALIZER) {
+        return Ok(());
+    }
+    let mut finalizers = obj.finalizers().to_vec();
+    finalizers.push(FINALIZER.to_string());
+    let patch = serde_json::json!({"metadata": {"finalizers": finalizers}});
+    api.patch(
+        &obj.name_any(),
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
 /// Sets the object's finalizers to `remaining`; an object already gone is fine.
 pub async fn remove_finalizer<K>(
     api: &kube::Api<K>,

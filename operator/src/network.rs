@@ -10,12 +10,13 @@ use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
-use serde_json::json;
 use sinew_crds::cluster_network::{NodeCounts, NodeProblem};
 use sinew_crds::{ClusterNetwork, ClusterNetworkStatus};
 use tracing::info;
 
-use crate::context::{Context, Error, FIELD_MANAGER, FINALIZER, apply_status, remove_finalizer};
+use crate::context::{
+    Context, Error, FIELD_MANAGER, FINALIZER, apply_status, ensure_finalizer, remove_finalizer,
+};
 use crate::{conditions, daemonset, nodes};
 
 /// Pure: the status for `network` given the nodes the agent should run on.
@@ -198,16 +199,7 @@ pub async fn reconcile(network: Arc<ClusterNetwork>, ctx: Arc<Context>) -> Resul
         info!("every node cleaned; ClusterNetwork released");
         return Ok(Action::await_change());
     }
-    if !network.finalizers().iter().any(|f| f == FINALIZER) {
-        let mut finalizers = network.finalizers().to_vec();
-        finalizers.push(FINALIZER.to_string());
-        api.patch(
-            &name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"finalizers": finalizers}})),
-        )
-        .await?;
-    }
+    ensure_finalizer(&api, network.as_ref()).await?;
     let ds = daemonset::render(&network, &ctx.settings.daemonset).map_err(Error::Render)?;
     daemonsets
         .patch(

@@ -6,14 +6,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Node;
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
-use serde_json::json;
 use sinew_crds::{Cidr, Family, IPBlock, IPPool, IPPoolStatus};
 
-use crate::context::{Context, Error, FINALIZER, apply_status, remove_finalizer};
+use crate::context::{Context, Error, FINALIZER, apply_status, ensure_finalizer, remove_finalizer};
 use crate::{conditions, nodes};
 
 /// Share of the capacity in use from which `Exhausted` is raised, before allocations fail.
@@ -253,16 +252,7 @@ pub async fn reconcile(pool: Arc<IPPool>, ctx: Arc<Context>) -> Result<Action, E
         remove_finalizer(&api, &name, finalizers).await?;
         return Ok(Action::await_change());
     }
-    if !pool.finalizers().iter().any(|f| f == FINALIZER) {
-        let mut finalizers = pool.finalizers().to_vec();
-        finalizers.push(FINALIZER.to_string());
-        api.patch(
-            &name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"finalizers": finalizers}})),
-        )
-        .await?;
-    }
+    ensure_finalizer(&api, pool.as_ref()).await?;
     let waiting = release_blocks_of_departed_nodes(&pool, &ctx).await?;
     let pools = ctx.pools.state();
     let overlap = overlapping(&pool, &pools).map(|p| p.as_ref().clone());
