@@ -135,6 +135,27 @@ fn default_true() -> bool {
     true
 }
 
+/// Reasons of a `Stalled` pool that must hand out no new addresses (a conflict with another
+/// pool, a Service CIDR or a node address): agents claim no new blocks from such a pool.
+pub const CONFLICT_REASONS: [&str; 3] = [
+    "OverlappingPools",
+    "OverlapsServiceCIDR",
+    "OverlapsNodeAddresses",
+];
+
+impl IPPool {
+    /// Whether the operator stalled this pool for a conflict (see [`CONFLICT_REASONS`]).
+    pub fn is_conflicted(&self) -> bool {
+        self.status.as_ref().is_some_and(|s| {
+            s.conditions.iter().any(|c| {
+                c.type_ == "Stalled"
+                    && c.status == "True"
+                    && CONFLICT_REASONS.contains(&c.reason.as_str())
+            })
+        })
+    }
+}
+
 /// Observed state of a pool, written only by the operator.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]

@@ -39,6 +39,7 @@ fn main() -> ExitCode {
             a_standby_replica_takes_over_when_the_leader_dies,
             blocks_of_a_departed_node_are_released_once_its_pods_are_gone,
             a_routed_pool_across_subnets_says_so_naming_the_nodes,
+            pools_overlapping_service_or_node_addresses_are_refused,
         ],
     );
     if let Some(m) = OPERATOR.get() {
@@ -592,5 +593,29 @@ async fn a_routed_pool_across_subnets_says_so_naming_the_nodes(ctx: Ctx) -> Test
             .filter(|(_, r, _)| r != "RoutedAcrossSubnets"))
     })
     .await?;
+    Ok(())
+}
+
+async fn pools_overlapping_service_or_node_addresses_are_refused(ctx: Ctx) -> TestResult {
+    // The test API server serves Services from 10.96.0.0/16 (its default ServiceCIDR).
+    apply_pool(&ctx, "svc-clash", json!({"cidr": "10.96.0.0/20"})).await?;
+    let node = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "addr-node"}});
+    let nodes: Api<Node> = Api::all(ctx.client.clone());
+    nodes.patch("addr-node", &PatchParams::apply("sinew-e2e"), &Patch::Apply(&node)).await?;
+    let status = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "addr-node"},
+                        "status": {"addresses": [{"type": "InternalIP", "address": "10.136.0.7"}]}});
+    nodes.patch_status("addr-node", &PatchParams::apply("sinew-e2e"), &Patch::Apply(&status)).await?;
+    apply_pool(&ctx, "node-clash", json!({"cidr": "10.136.0.0/24"})).await?;
+    let pools: Api<IPPool> = Api::all(ctx.client.clone());
+    let (_, reason, message) = wait("Service CIDR conflict", Duration::from_secs(20), || async {
+        Ok(ready_condition(&pools.get("svc-clash").await?).filter(|(_, r, _)| r == "OverlapsServiceCIDR"))
+    })
+    .await?;
+    assert!(message.contains("10.96.0.0/16"), "{reason}: {message}");
+    let (_, _, message) = wait("node address conflict", Duration::from_secs(20), || async {
+        Ok(ready_condition(&pools.get("node-clash").await?).filter(|(_, r, _)| r == "OverlapsNodeAddresses"))
+    })
+    .await?;
+    assert!(message.contains("addr-node (10.136.0.7)"), "{message}");
     Ok(())
 }

@@ -491,7 +491,12 @@ impl Agent {
             node_state::pending_block_requests(&self.settings.state_dir)?
                 .into_iter()
                 .collect();
-        for pool in pools.iter().filter(|p| !p.spec.disabled) {
+        // A pool the operator stalled for a conflict (another pool, a Service CIDR, a node
+        // address) gets no new blocks; its existing pods keep their addresses and routes.
+        for pool in pools
+            .iter()
+            .filter(|p| !p.spec.disabled && !p.is_conflicted())
+        {
             let name = pool.name_any();
             let Ok(cidr) = pool.spec.parsed_cidr() else {
                 continue;
@@ -689,7 +694,8 @@ impl Agent {
                                 underlay_mtu.saturating_sub(overhead)
                             }
                         }),
-                        disabled: p.spec.disabled,
+                        // Conflicted pools hand out no new addresses either.
+                        disabled: p.spec.disabled || p.is_conflicted(),
                         reserved: p.spec.reserved.clone(),
                         blocks: self.my_blocks(&name).iter().map(Cidr::to_string).collect(),
                         cidr: p.spec.cidr.clone(),

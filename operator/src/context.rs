@@ -1,6 +1,7 @@
 //! What the reconcilers share, and their error type.
 
 use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::networking::v1::ServiceCIDR;
 use kube::core::PartialObjectMeta;
 use kube::runtime::events::Recorder;
 use kube::runtime::reflector::Store;
@@ -29,6 +30,8 @@ pub struct Context {
     pub blocks: Store<IPBlock>,
     /// Pods, metadata only: whether an allocation's pod (by UID) still exists.
     pub pods: Store<PartialObjectMeta<Pod>>,
+    /// Service CIDRs of the cluster (pools must not overlap them).
+    pub service_cidrs: Store<ServiceCIDR>,
     pub recorder: Recorder,
 }
 

@@ -36,6 +36,70 @@ pub fn overlapping<'a>(pool: &IPPool, others: &'a [Arc<IPPool>]) -> Option<&'a A
     })
 }
 
+/// Why a pool must not hand out addresses (what only the controller can see).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conflict {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// Reasons of a [`Conflict`]; agents skip pools stalled for one of them.
+pub const CONFLICT_REASONS: [&str; 3] = [
+    "OverlappingPools",
+    "OverlapsServiceCIDR",
+    "OverlapsNodeAddresses",
+];
+
+/// Pure: the first conflict of `pool` with another (older) pool, a Service CIDR, or a node's
+/// address.
+pub fn conflict(
+    pool: &IPPool,
+    pools: &[Arc<IPPool>],
+    service_cidrs: &[(String, String)],
+    node_addresses: &[(String, std::net::IpAddr)],
+) -> Option<Conflict> {
+    let cidr: Cidr = pool.spec.cidr.parse().ok()?;
+    if let Some(other) = overlapping(pool, pools) {
+        return Some(Conflict {
+            reason: "OverlappingPools",
+            message: format!(
+                "cidr {} overlaps pool {} ({}); no new addresses are handed out from this pool until one of them changes",
+                pool.spec.cidr,
+                other.name_any(),
+                other.spec.cidr
+            ),
+        });
+    }
+    for (name, service) in service_cidrs {
+        if service.parse::<Cidr>().is_ok_and(|s| s.overlaps(&cidr)) {
+            return Some(Conflict {
+                reason: "OverlapsServiceCIDR",
+                message: format!(
+                    "cidr {} overlaps the Service CIDR {service} (ServiceCIDR {name}); no new addresses are handed out from this pool",
+                    pool.spec.cidr
+                ),
+            });
+        }
+    }
+    let mut inside: Vec<String> = node_addresses
+        .iter()
+        .filter(|(_, ip)| cidr.contains(*ip))
+        .map(|(node, ip)| format!("{node} ({ip})"))
+        .collect();
+    inside.sort();
+    if !inside.is_empty() {
+        return Some(Conflict {
+            reason: "OverlapsNodeAddresses",
+            message: format!(
+                "cidr {} contains the address of node {}; no new addresses are handed out from this pool",
+                pool.spec.cidr,
+                inside.join(", ")
+            ),
+        });
+    }
+    None
+}
+
 /// Addresses the pool can hand out: its size, minus reserved addresses, minus (IPv4) its
 /// network and broadcast addresses, which the plugin never hands out.
 pub fn capacity(pool: &IPPool) -> (u64, u64) {
@@ -62,12 +126,12 @@ pub fn capacity(pool: &IPPool) -> (u64, u64) {
     )
 }
 
-/// Pure: the status of `pool` from its blocks, the nodes and the overlap check.
+/// Pure: the status of `pool` from its blocks, the nodes and the conflict check.
 pub fn status(
     pool: &IPPool,
     blocks: &[Arc<IPBlock>],
     nodes: &[Arc<Node>],
-    overlap: Option<&IPPool>,
+    conflict: Option<&Conflict>,
 ) -> IPPoolStatus {
     let name = pool.name_any();
     let generation = pool.metadata.generation;
@@ -143,17 +207,8 @@ pub fn status(
     }
     subnets.values_mut().for_each(|names| names.sort());
     let split = subnets.len() > 1;
-    let (ready, reason, message) = match overlap {
-        Some(other) => (
-            false,
-            "OverlappingPools",
-            format!(
-                "cidr {} overlaps pool {} ({}); this pool hands out no addresses until one of them changes",
-                pool.spec.cidr,
-                other.name_any(),
-                other.spec.cidr
-            ),
-        ),
+    let (ready, reason, message) = match conflict {
+        Some(c) => (false, c.reason, c.message.clone()),
         None if split => (
             false,
             "RoutedAcrossSubnets",
@@ -183,8 +238,8 @@ pub fn status(
     conditions::set(
         &mut conds,
         "Stalled",
-        overlap.is_some() || split,
-        if overlap.is_some() || split {
+        conflict.is_some() || split,
+        if conflict.is_some() || split {
             reason
         } else {
             "Progressing"
@@ -255,8 +310,35 @@ pub async fn reconcile(pool: Arc<IPPool>, ctx: Arc<Context>) -> Result<Action, E
     ensure_finalizer(&api, pool.as_ref()).await?;
     let waiting = release_blocks_of_departed_nodes(&pool, &ctx).await?;
     let pools = ctx.pools.state();
-    let overlap = overlapping(&pool, &pools).map(|p| p.as_ref().clone());
-    let st = status(&pool, &blocks, &ctx.nodes.state(), overlap.as_ref());
+    let nodes = ctx.nodes.state();
+    let services: Vec<(String, String)> = ctx
+        .service_cidrs
+        .state()
+        .iter()
+        .flat_map(|s| {
+            let name = s.name_any();
+            s.spec
+                .as_ref()
+                .and_then(|spec| spec.cidrs.clone())
+                .unwrap_or_default()
+                .into_iter()
+                .map(move |c| (name.clone(), c))
+        })
+        .collect();
+    let addresses: Vec<(String, std::net::IpAddr)> = nodes
+        .iter()
+        .flat_map(|n| {
+            let name = n.name_any();
+            n.status
+                .as_ref()
+                .and_then(|s| s.addresses.clone())
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(move |a| Some((name.clone(), a.address.parse().ok()?)))
+        })
+        .collect();
+    let found = conflict(&pool, &pools, &services, &addresses);
+    let st = status(&pool, &blocks, &nodes, found.as_ref());
     write_status(&pool, &ctx, &st).await?;
     Ok(Action::requeue(Duration::from_secs(if waiting {
         3
@@ -418,10 +500,31 @@ mod tests {
             "the first pool keeps working"
         );
         assert!(overlapping(&c, &all).is_none());
-        let st = status(&b, &[], &[], Some(&a));
+        let c = conflict(&b, &all, &[], &[]).expect("a conflict");
+        let st = status(&b, &[], &[], Some(&c));
         assert!(!conditions::is_true(&st.conditions, "Ready"));
         let ready = st.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
         assert_eq!(ready.reason, "OverlappingPools");
         assert!(ready.message.contains("pool a (10.0.0.0/16)"));
+    }
+
+    #[test]
+    fn service_cidrs_and_node_addresses_are_conflicts() {
+        let p = Arc::new(pool("p", "10.96.0.0/12", &[]));
+        let all = vec![p.clone()];
+        let svc = [("kubernetes".to_string(), "10.96.0.0/16".to_string())];
+        let c = conflict(&p, &all, &svc, &[]).unwrap();
+        assert_eq!(c.reason, "OverlapsServiceCIDR");
+        assert!(
+            c.message.contains("10.96.0.0/16 (ServiceCIDR kubernetes)"),
+            "{}",
+            c.message
+        );
+        let nodes = [("n1".to_string(), "10.100.0.5".parse().unwrap())];
+        let q = Arc::new(pool("q", "10.100.0.0/24", &[]));
+        let c = conflict(&q, std::slice::from_ref(&q), &svc, &nodes).unwrap();
+        assert_eq!(c.reason, "OverlapsNodeAddresses");
+        assert!(c.message.contains("n1 (10.100.0.5)"));
+        assert!(conflict(&pool("r", "10.200.0.0/24", &[]), &[], &svc, &nodes).is_none());
     }
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::networking::v1::ServiceCIDR;
 use kube::api::Api;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
@@ -60,6 +61,7 @@ pub async fn run(client: kube::Client, settings: Settings) -> anyhow::Result<()>
         pools: reflect(Api::<IPPool>::all(client.clone())),
         blocks: reflect(Api::<IPBlock>::all(client.clone())),
         pods: reflect(Api::<PartialObjectMeta<Pod>>::all(client.clone())),
+        service_cidrs: reflect(Api::<ServiceCIDR>::all(client.clone())),
         recorder: Recorder::new(
             client.clone(),
             Reporter {
@@ -73,6 +75,7 @@ pub async fn run(client: kube::Client, settings: Settings) -> anyhow::Result<()>
         ("pools", ctx.pools.wait_until_ready().await),
         ("blocks", ctx.blocks.wait_until_ready().await),
         ("pods", ctx.pods.wait_until_ready().await),
+        ("servicecidrs", ctx.service_cidrs.wait_until_ready().await),
     ] {
         ready.map_err(|e| anyhow::anyhow!("watch of {what} ended: {e}"))?;
     }
