@@ -601,19 +601,33 @@ async fn pools_overlapping_service_or_node_addresses_are_refused(ctx: Ctx) -> Te
     apply_pool(&ctx, "svc-clash", json!({"cidr": "10.96.0.0/20"})).await?;
     let node = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "addr-node"}});
     let nodes: Api<Node> = Api::all(ctx.client.clone());
-    nodes.patch("addr-node", &PatchParams::apply("sinew-e2e"), &Patch::Apply(&node)).await?;
+    nodes
+        .patch(
+            "addr-node",
+            &PatchParams::apply("sinew-e2e"),
+            &Patch::Apply(&node),
+        )
+        .await?;
     let status = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "addr-node"},
                         "status": {"addresses": [{"type": "InternalIP", "address": "10.136.0.7"}]}});
-    nodes.patch_status("addr-node", &PatchParams::apply("sinew-e2e"), &Patch::Apply(&status)).await?;
+    nodes
+        .patch_status(
+            "addr-node",
+            &PatchParams::apply("sinew-e2e"),
+            &Patch::Apply(&status),
+        )
+        .await?;
     apply_pool(&ctx, "node-clash", json!({"cidr": "10.136.0.0/24"})).await?;
     let pools: Api<IPPool> = Api::all(ctx.client.clone());
     let (_, reason, message) = wait("Service CIDR conflict", Duration::from_secs(20), || async {
-        Ok(ready_condition(&pools.get("svc-clash").await?).filter(|(_, r, _)| r == "OverlapsServiceCIDR"))
+        Ok(ready_condition(&pools.get("svc-clash").await?)
+            .filter(|(_, r, _)| r == "OverlapsServiceCIDR"))
     })
     .await?;
     assert!(message.contains("10.96.0.0/16"), "{reason}: {message}");
     let (_, _, message) = wait("node address conflict", Duration::from_secs(20), || async {
-        Ok(ready_condition(&pools.get("node-clash").await?).filter(|(_, r, _)| r == "OverlapsNodeAddresses"))
+        Ok(ready_condition(&pools.get("node-clash").await?)
+            .filter(|(_, r, _)| r == "OverlapsNodeAddresses"))
     })
     .await?;
     assert!(message.contains("addr-node (10.136.0.7)"), "{message}");
