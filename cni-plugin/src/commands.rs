@@ -22,6 +22,7 @@ use crate::datapath::{self, Datapath};
 use crate::error::{CniError, CniResult, Code};
 use crate::invocation::{Command, Invocation};
 use crate::ipam::{AllocError, Attachment, AttachmentKey, IpamState, Store};
+use crate::logging;
 use crate::netns::NetNs;
 use crate::node_state::{self, NodeState, POOL_ANNOTATION, PoolState};
 use crate::result::CniOutput;
@@ -36,6 +37,7 @@ pub fn run(inv: &Invocation, stdin: &[u8], dp: &dyn Datapath) -> CniResult<Outpu
         return Ok(Some(version_output(stdin)));
     }
     let (conf, version) = config::parse(stdin)?;
+    logging::init(conf.log_file.as_deref(), conf.log_level);
     let state_dir = conf.state_dir();
     match inv.command {
         Command::Add => add(inv, &conf, version, dp).map(Some),

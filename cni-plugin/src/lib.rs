@@ -48,12 +48,7 @@ pub fn execute(
         Ok(b) => b,
         Err(e) => return failure(&e, "1.1.0"),
     };
-    let outcome = Invocation::from_env(env).and_then(|inv| {
-        if let Ok((conf, _)) = config::parse(&bytes) {
-            logging::init(conf.log_file.as_deref(), conf.log_level);
-        }
-        commands::run(&inv, &bytes, dp)
-    });
+    let outcome = Invocation::from_env(env).and_then(|inv| commands::run(&inv, &bytes, dp));
     match outcome {
         Ok(Some(v)) => Outcome {
             stdout: v.to_string(),

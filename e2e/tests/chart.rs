@@ -46,19 +46,17 @@ async fn the_chart_lints_and_its_manifests_are_accepted_by_the_api_server(ctx: C
     let chart = chart.to_str().ok_or("chart path")?;
     let lint = helm(&ctx, &["lint", "--strict", chart])?;
     assert!(lint.contains("0 chart(s) failed"), "{lint}");
-    let rendered = helm(
-        &ctx,
-        &[
-            "template",
-            "sinew",
-            chart,
-            "--namespace",
-            "sinew-system",
-            "--include-crds",
-            "--kube-version",
-            "1.37.2",
-        ],
-    )?;
+    let template = [
+        "template",
+        "sinew",
+        chart,
+        "--namespace",
+        "sinew-system",
+        "--include-crds",
+        "--kube-version",
+        "1.37.2",
+    ];
+    let rendered = helm(&ctx, &template)?;
     // CRDs first (for real), then everything else as a server-side dry run.
     let (crds, rest): (Vec<&str>, Vec<&str>) = rendered
         .split("\n---")
@@ -79,19 +77,7 @@ async fn the_chart_lints_and_its_manifests_are_accepted_by_the_api_server(ctx: C
         );
     }
     // A re-render is byte-identical: GitOps tools see no drift.
-    let again = helm(
-        &ctx,
-        &[
-            "template",
-            "sinew",
-            chart,
-            "--namespace",
-            "sinew-system",
-            "--include-crds",
-            "--kube-version",
-            "1.37.2",
-        ],
-    )?;
+    let again = helm(&ctx, &template)?;
     assert_eq!(rendered, again);
     Ok(())
 }

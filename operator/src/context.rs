@@ -75,26 +75,40 @@ where
     Ok(())
 }
 
-/// Sets the object's finalizers to `remaining`; an object already gone is fine.
-pub async fn remove_finalizer<K>(
-    api: &kube::Api<K>,
-    name: &str,
-    remaining: Vec<String>,
-) -> Result<(), Error>
+/// Removes sinew's finalizer from `obj`; an object already gone is fine.
+pub async fn remove_finalizer<K>(api: &kube::Api<K>, obj: &K) -> Result<(), Error>
 where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
+    use kube::ResourceExt;
+    let remaining: Vec<&String> = obj
+        .finalizers()
+        .iter()
+        .filter(|f| *f != FINALIZER)
+        .collect();
     let patch = serde_json::json!({"metadata": {"finalizers": remaining}});
-    match api
+    let result = api
         .patch(
-            name,
+            &obj.name_any(),
             &kube::api::PatchParams::default(),
             &kube::api::Patch::Merge(&patch),
         )
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        .await;
+    ignore_missing(result).map(|_| ())
+}
+
+/// Deletes `name`; `Ok(false)` when it was already gone.
+pub async fn delete_if_present<K>(api: &kube::Api<K>, name: &str) -> Result<bool, Error>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    ignore_missing(api.delete(name, &kube::api::DeleteParams::default()).await).map(|r| r.is_some())
+}
+
+fn ignore_missing<T>(result: Result<T, kube::Error>) -> Result<Option<T>, Error> {
+    match result {
+        Ok(v) => Ok(Some(v)),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(None),
         Err(e) => Err(e.into()),
     }
 }

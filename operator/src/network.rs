@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::Node;
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 use sinew_crds::cluster_network::{NodeCounts, NodeProblem};
@@ -15,7 +15,8 @@ use sinew_crds::{ClusterNetwork, ClusterNetworkStatus};
 use tracing::info;
 
 use crate::context::{
-    Context, Error, FIELD_MANAGER, FINALIZER, apply_status, ensure_finalizer, remove_finalizer,
+    Context, Error, FIELD_MANAGER, apply_status, delete_if_present, ensure_finalizer,
+    remove_finalizer,
 };
 use crate::{conditions, daemonset, nodes};
 
@@ -154,7 +155,6 @@ async fn write_status(
 /// Reconciles the `ClusterNetwork`.
 pub async fn reconcile(network: Arc<ClusterNetwork>, ctx: Arc<Context>) -> Result<Action, Error> {
     let api: Api<ClusterNetwork> = Api::all(ctx.client.clone());
-    let name = network.name_any();
     let nodes = ctx.nodes.state();
     let daemonsets: Api<DaemonSet> = Api::namespaced(ctx.client.clone(), &ctx.settings.namespace);
     if network.meta().deletion_timestamp.is_some() {
@@ -181,21 +181,10 @@ pub async fn reconcile(network: Arc<ClusterNetwork>, ctx: Arc<Context>) -> Resul
             write_status(&network, &ctx, &st).await?;
             return Ok(Action::requeue(Duration::from_secs(2)));
         }
-        match daemonsets
-            .delete(daemonset::NAME, &DeleteParams::default())
-            .await
-        {
-            Ok(_) => info!("node agent DaemonSet deleted"),
-            Err(kube::Error::Api(e)) if e.code == 404 => {}
-            Err(e) => return Err(e.into()),
+        if delete_if_present(&daemonsets, daemonset::NAME).await? {
+            info!("node agent DaemonSet deleted");
         }
-        let finalizers: Vec<String> = network
-            .finalizers()
-            .iter()
-            .filter(|f| *f != FINALIZER)
-            .cloned()
-            .collect();
-        remove_finalizer(&api, &name, finalizers).await?;
+        remove_finalizer(&api, network.as_ref()).await?;
         info!("every node cleaned; ClusterNetwork released");
         return Ok(Action::await_change());
     }

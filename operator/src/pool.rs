@@ -6,13 +6,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Node;
-use kube::api::{Api, DeleteParams};
+use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
 use sinew_crds::{Cidr, Family, IPBlock, IPPool, IPPoolStatus};
 
-use crate::context::{Context, Error, FINALIZER, apply_status, ensure_finalizer, remove_finalizer};
+use crate::context::{
+    Context, Error, apply_status, delete_if_present, ensure_finalizer, remove_finalizer,
+};
 use crate::{conditions, nodes};
 
 /// Share of the capacity in use from which `Exhausted` is raised, before allocations fail.
@@ -289,22 +291,9 @@ pub async fn reconcile(pool: Arc<IPPool>, ctx: Arc<Context>) -> Result<Action, E
         }
         let block_api: Api<IPBlock> = Api::all(ctx.client.clone());
         for b in blocks.iter().filter(|b| b.spec.pool == name) {
-            match block_api
-                .delete(&b.name_any(), &DeleteParams::default())
-                .await
-            {
-                Ok(_) => {}
-                Err(kube::Error::Api(e)) if e.code == 404 => {}
-                Err(e) => return Err(e.into()),
-            }
+            delete_if_present(&block_api, &b.name_any()).await?;
         }
-        let finalizers: Vec<String> = pool
-            .finalizers()
-            .iter()
-            .filter(|f| *f != FINALIZER)
-            .cloned()
-            .collect();
-        remove_finalizer(&api, &name, finalizers).await?;
+        remove_finalizer(&api, pool.as_ref()).await?;
         return Ok(Action::await_change());
     }
     ensure_finalizer(&api, pool.as_ref()).await?;
@@ -394,13 +383,8 @@ async fn release_blocks_of_departed_nodes(pool: &IPPool, ctx: &Context) -> Resul
             waiting = true;
             continue;
         }
-        match api
-            .delete(&block.name_any(), &DeleteParams::default())
-            .await
-        {
-            Ok(_) => {}
-            Err(kube::Error::Api(e)) if e.code == 404 => continue,
-            Err(e) => return Err(e.into()),
+        if !delete_if_present(&api, &block.name_any()).await? {
+            continue;
         }
         tracing::info!(pool = %name, block = %block.spec.cidr, node = %block.spec.node, "released the block of a departed node");
         let event = Event {
