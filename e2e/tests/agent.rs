@@ -298,12 +298,16 @@ async fn allocations_show_up_in_ipblock_status(ctx: Ctx) -> TestResult {
     let node = &cluster.nodes[0];
     let (status, _) = sinew_e2e::cluster::agent_http(node, "/readyz")?;
     assert!(status.contains("200"), "{status}");
-    let (_, metrics) = sinew_e2e::cluster::agent_http(node, "/metrics")?;
+    // Metrics are updated right after the status write the loop above observed.
     let line = format!(
         "sinew_node_pool_allocated{{node=\"{}\",pool=\"st-pool\"}} 1",
         node.name
     );
-    assert!(metrics.contains(&line), "{metrics}");
+    eventually("the allocation in /metrics", Duration::from_secs(2), || {
+        let (_, metrics) = sinew_e2e::cluster::agent_http(node, "/metrics")?;
+        metrics.contains(&line).then_some(()).ok_or(metrics)
+    })
+    .await?;
     assert!(
         sinew_e2e::cluster::agent_http(node, "/healthz")?
             .0
