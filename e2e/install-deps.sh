@@ -3,7 +3,9 @@
 # Idempotent: installs only what is missing, so a warm run takes a second.
 set -euo pipefail
 
-debian_packages=(make iproute2 nftables iptables ca-certificates containernetworking-plugins)
+# lua5.4 + lua-cjson: the Argo CD health check's tests; musl-tools: static release binaries.
+debian_packages=(make iproute2 nftables iptables ca-certificates containernetworking-plugins
+  lua5.4 lua-cjson musl-tools)
 
 missing=()
 for p in "${debian_packages[@]}"; do
@@ -21,6 +23,9 @@ done
 for component in rustfmt clippy; do
   rustup component list --installed 2>/dev/null | grep -q "^$component" || rustup component add "$component"
 done
+# Static (musl) binaries for the container images.
+rustup target list --installed 2>/dev/null | grep -q '^x86_64-unknown-linux-musl$' ||
+  rustup target add x86_64-unknown-linux-musl
 
 # cargo-fuzz, for the bounded fuzz run of the plugin's input parser (stable toolchain, no sanitizer).
 cargo_fuzz_version=0.13.2
@@ -28,6 +33,6 @@ if ! cargo fuzz --version 2>/dev/null | grep -q "$cargo_fuzz_version"; then
   cargo install cargo-fuzz --version "$cargo_fuzz_version" --locked
 fi
 
-# The upstream Go tools (kube-apiserver, etcd, kubectl) into ~/.cache/sinew.
+# The upstream Go tools (kube-apiserver, etcd, kubectl, cnitool, helm, kstatus) into ~/.cache/sinew.
 "$(dirname "$0")/tools/build.sh" >/dev/null
 echo "[deps] ready"

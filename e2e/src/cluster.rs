@@ -235,6 +235,8 @@ pub struct LocalCluster {
     pub client: kube::Client,
     api_port: u16,
     kubeconfig: PathBuf,
+    /// Set when the agents run with the chart's identity (a node-bound `sinew-node` token).
+    agent_identity: Option<crate::helm::Endpoint>,
     node_binary: PathBuf,
     plugin_binary: PathBuf,
     dir: tempfile::TempDir,
@@ -271,6 +273,18 @@ impl LocalCluster {
     /// Builds the fabric and `subnets[i]`-placed nodes (`<prefix>-0`, `<prefix>-1`, …), creates their
     /// Node objects and starts one agent per node.
     pub async fn start(cp: &ControlPlane, prefix: &str, subnets: &[u8]) -> LocalCluster {
+        LocalCluster::start_with(cp, prefix, subnets, false).await
+    }
+
+    /// [`LocalCluster::start`]; with `chart_identity` each agent runs with the identity the
+    /// chart gives it (installed beforehand with `helm install`): a `sinew-node` token bound
+    /// to an agent Pod object on its node, instead of the admin kubeconfig.
+    pub async fn start_with(
+        cp: &ControlPlane,
+        prefix: &str,
+        subnets: &[u8],
+        chart_identity: bool,
+    ) -> LocalCluster {
         let client = cp.client().await.expect("admin client");
         let dir = tempfile::Builder::new()
             .prefix("sinew-cluster-")
@@ -303,11 +317,15 @@ impl LocalCluster {
             client,
             api_port,
             kubeconfig: cp.kubeconfig_path().to_path_buf(),
+            agent_identity: None,
             node_binary,
             plugin_binary,
             dir,
             prefix: prefix.to_string(),
         };
+        if chart_identity {
+            cluster.agent_identity = Some(crate::helm::Endpoint::of(cp));
+        }
         for (i, subnet) in subnets.iter().enumerate() {
             cluster.add_node(i as u8, *subnet).await;
         }
@@ -377,6 +395,11 @@ impl LocalCluster {
 
         let dir = self.dir.path().join(&name);
         std::fs::create_dir_all(&dir).expect("node directory");
+        if let Some(api) = &self.agent_identity {
+            crate::helm::agent_kubeconfig(api, &self.client, &name, &dir.join("agent.kubeconfig"))
+                .await
+                .expect("the agent's service-account identity");
+        }
         let mut node = SimNode {
             name,
             ip,
@@ -393,7 +416,14 @@ impl LocalCluster {
         let mut cmd = Command::new(&self.node_binary);
         cmd.arg("run")
             .env("NODE_NAME", &node.name)
-            .env("KUBECONFIG", &self.kubeconfig)
+            .env(
+                "KUBECONFIG",
+                if self.agent_identity.is_some() {
+                    node.dir.join("agent.kubeconfig")
+                } else {
+                    self.kubeconfig.clone()
+                },
+            )
             .env("SINEW_CNI_CONF_DIR", node.conf_dir())
             .env("SINEW_CNI_BIN_DIR", node.bin_dir())
             .env("SINEW_STATE_DIR", node.state_dir())
@@ -522,6 +552,48 @@ impl LocalCluster {
         );
     }
 
+    /// What sinew left on node `name`: its conflist, plugin binary, peer routes, VXLAN device
+    /// or nftables table. Empty when the node is clean.
+    pub fn leftovers(&self, name: &str) -> Vec<String> {
+        let node = self.node(name);
+        let mut left = Vec::new();
+        let conflists: Vec<String> = std::fs::read_dir(node.conf_dir())
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|f| f.contains("sinew"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        left.extend(conflists.into_iter().map(|f| format!("conflist {f}")));
+        if node.bin_dir().join("sinew").exists() {
+            left.push("plugin binary".into());
+        }
+        left.extend(
+            self.peer_routes(name)
+                .into_iter()
+                .map(|(dst, via)| format!("route {dst} {via}")),
+        );
+        if node
+            .netlink()
+            .link_by_name("sinew.vxlan")
+            .ok()
+            .flatten()
+            .is_some()
+        {
+            left.push("device sinew.vxlan".into());
+        }
+        let mut cmd = Command::new("nft");
+        cmd.args(["list", "tables"]);
+        in_netns(&mut cmd, &node.ns);
+        if let Ok(out) = cmd.output()
+            && String::from_utf8_lossy(&out.stdout).contains("inet sinew")
+        {
+            left.push("nftables table inet sinew".into());
+        }
+        left
+    }
+
     /// Peer routes (protocol 116) on a node, as `dst/prefix via gw dev <index>` strings.
     pub fn peer_routes(&self, node: &str) -> BTreeMap<String, String> {
         let mut nl = self.node(node).netlink();
@@ -550,5 +622,78 @@ impl LocalCluster {
                 )
             })
             .collect()
+    }
+}
+
+/// Reads a node's conflist in a tight loop while something rewrites it: every read must be
+/// a whole JSON document (the old one or the new one), never missing or half-written.
+pub struct ConflistWatch {
+    stop: Arc<AtomicBool>,
+    seen: Arc<std::sync::Mutex<(String, Vec<String>)>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// What a [`ConflistWatch`] saw.
+#[derive(Debug)]
+pub struct ConflistSeen {
+    /// The awaited content appeared.
+    pub rewritten: bool,
+    /// Reads that were not a whole document (or found no file).
+    pub torn: Vec<String>,
+}
+
+impl ConflistWatch {
+    pub fn start(path: PathBuf) -> ConflistWatch {
+        let stop = Arc::new(AtomicBool::new(false));
+        let seen = Arc::new(std::sync::Mutex::new((String::new(), Vec::new())));
+        let (s, out) = (stop.clone(), seen.clone());
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                let read = std::fs::read_to_string(&path);
+                let Ok(mut seen) = out.lock() else { return };
+                match read {
+                    Ok(text) if serde_json::from_str::<serde_json::Value>(&text).is_ok() => {
+                        seen.0 = text;
+                    }
+                    Ok(text) => seen.1.push(format!("partial: {text:?}")),
+                    Err(e) => seen.1.push(format!("unreadable: {e}")),
+                }
+                drop(seen);
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        });
+        ConflistWatch {
+            stop,
+            seen,
+            thread: Some(thread),
+        }
+    }
+
+    /// Waits up to `within` for the conflist to contain `needle`, then stops watching.
+    pub fn until_contains(mut self, needle: &str, within: Duration) -> ConflistSeen {
+        let deadline = std::time::Instant::now() + within;
+        let rewritten = loop {
+            let found = self
+                .seen
+                .lock()
+                .map(|s| s.0.contains(needle))
+                .unwrap_or(false);
+            if found || std::time::Instant::now() > deadline {
+                break found;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let torn = self.seen.lock().map(|s| s.1.clone()).unwrap_or_default();
+        ConflistSeen { rewritten, torn }
+    }
+}
+
+impl Drop for ConflistWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
     }
 }

@@ -107,3 +107,32 @@ fn exit(conclusion: libtest_mimic::Conclusion) -> ExitCode {
         ExitCode::SUCCESS
     }
 }
+
+/// Polls `probe` every 100 ms until it yields a value; after `within`, fails naming `what`,
+/// the last probe error and `context()` (e.g. a log tail).
+pub async fn wait_for<T, F, Fut>(
+    what: &str,
+    within: std::time::Duration,
+    context: impl Fn() -> String,
+    mut probe: F,
+) -> Result<T, TestError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Option<T>, TestError>>,
+{
+    let deadline = std::time::Instant::now() + within;
+    let mut last = String::new();
+    loop {
+        match probe().await {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => {}
+            Err(e) => last = e.to_string(),
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(
+                format!("{what} not reached within {within:?} {last}\n{}", context()).into(),
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}

@@ -5,6 +5,7 @@ pub mod certs;
 pub mod cluster;
 pub mod control_plane;
 pub mod harness;
+pub mod helm;
 pub mod install;
 pub mod netsim;
 pub mod plugin;

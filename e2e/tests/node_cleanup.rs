@@ -84,35 +84,8 @@ async fn deleting_the_cluster_network_leaves_every_node_clean(ctx: Ctx) -> TestR
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        assert!(
-            !node.conf_dir().join("10-sinew.conflist").exists(),
-            "conflist left on {}",
-            node.name
-        );
-        assert!(
-            !node.bin_dir().join("sinew").exists(),
-            "plugin left on {}",
-            node.name
-        );
-        assert!(
-            cluster.peer_routes(&node.name).is_empty(),
-            "routes left on {}",
-            node.name
-        );
-        assert!(
-            node.netlink().link_by_name("sinew.vxlan")?.is_none(),
-            "VXLAN device left on {}",
-            node.name
-        );
-        let mut cmd = std::process::Command::new("nft");
-        cmd.args(["list", "tables"]);
-        sinew_e2e::netsim::in_netns(&mut cmd, &node.ns);
-        let tables = String::from_utf8_lossy(&cmd.output()?.stdout).into_owned();
-        assert!(
-            !tables.contains("inet sinew"),
-            "nftables table left on {}: {tables}",
-            node.name
-        );
+        let left = cluster.leftovers(&node.name);
+        assert!(left.is_empty(), "{} is not clean: {left:?}", node.name);
     }
     let release = json!({"metadata": {"finalizers": null}});
     networks

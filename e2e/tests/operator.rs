@@ -5,7 +5,7 @@
 
 use std::process::{Command, ExitCode};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::Node;
@@ -36,7 +36,7 @@ fn main() -> ExitCode {
             overlapping_pools_are_refused_naming_the_other,
             pool_status_sums_the_blocks_of_the_pool,
             a_pool_in_use_is_not_deleted_until_drained,
-            a_standby_replica_takes_over_when_the_leader_dies,
+            a_standby_takes_over_when_the_leader_dies_or_steps_down,
             blocks_of_a_departed_node_are_released_once_its_pods_are_gone,
             a_routed_pool_across_subnets_says_so_naming_the_nodes,
             pools_overlapping_service_or_node_addresses_are_refused,
@@ -46,6 +46,30 @@ fn main() -> ExitCode {
         m.lock().map(|mut p| p.take()).ok();
     }
     code
+}
+
+/// Port of each replica's `/healthz` and `/metrics`.
+fn metrics_port(identity: &str) -> u16 {
+    match identity {
+        "primary" => 19466,
+        "standby" => 19467,
+        _ => 19468,
+    }
+}
+
+/// `GET path` from a replica's metrics listener: (status line, body).
+fn http_get(identity: &str, path: &str) -> Result<(String, String), TestError> {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", metrics_port(identity)))?;
+    conn.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(conn, "GET {path} HTTP/1.1\r\nhost: x\r\n\r\n")?;
+    let mut response = String::new();
+    conn.read_to_string(&mut response)?;
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    Ok((
+        head.lines().next().unwrap_or_default().to_string(),
+        body.to_string(),
+    ))
 }
 
 /// Starts an operator replica with a short lease (3 s, renewed every second).
@@ -58,6 +82,10 @@ fn operator(ctx: &Ctx, identity: &str) -> Result<Supervised, sinew_e2e::Error> {
         .env("SINEW_LEASE_SECONDS", "3")
         .env("SINEW_RENEW_SECONDS", "1")
         .env("SINEW_NODE_IMAGE", "sinew-node:test")
+        .env(
+            "SINEW_METRICS_ADDR",
+            format!("127.0.0.1:{}", metrics_port(identity)),
+        )
         .env("SINEW_LOG", "info");
     Supervised::spawn(
         &format!("sinew-operator {identity}"),
@@ -66,35 +94,23 @@ fn operator(ctx: &Ctx, identity: &str) -> Result<Supervised, sinew_e2e::Error> {
     )
 }
 
-async fn wait<T, F, Fut>(what: &str, within: Duration, mut probe: F) -> Result<T, TestError>
+async fn wait<T, F, Fut>(what: &str, within: Duration, probe: F) -> Result<T, TestError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<Option<T>, TestError>>,
 {
-    let deadline = Instant::now() + within;
-    let mut last = String::new();
-    loop {
-        match probe().await {
-            Ok(Some(v)) => return Ok(v),
-            Ok(None) => {}
-            Err(e) => last = e.to_string(),
-        }
-        if Instant::now() > deadline {
-            let log = OPERATOR
-                .get()
-                .and_then(|m| {
-                    m.lock()
-                        .ok()
-                        .and_then(|p| p.as_ref().map(|p| p.log_tail(15)))
-                })
-                .unwrap_or_default();
-            return Err(format!(
-                "{what} not reached within {within:?} {last}\n--- operator ---\n{log}"
-            )
-            .into());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let log = || {
+        let tail = OPERATOR
+            .get()
+            .and_then(|m| {
+                m.lock()
+                    .ok()
+                    .and_then(|p| p.as_ref().map(|p| p.log_tail(15)))
+            })
+            .unwrap_or_default();
+        format!("--- operator ---\n{tail}")
+    };
+    sinew_e2e::harness::wait_for(what, within, log, probe).await
 }
 
 async fn report(ctx: &Ctx, node: &str, state: serde_json::Value) -> TestResult {
@@ -441,7 +457,7 @@ async fn holder(ctx: &Ctx) -> Result<Option<String>, TestError> {
         .and_then(|l| l.spec?.holder_identity))
 }
 
-async fn a_standby_replica_takes_over_when_the_leader_dies(ctx: Ctx) -> TestResult {
+async fn a_standby_takes_over_when_the_leader_dies_or_steps_down(ctx: Ctx) -> TestResult {
     wait("the primary leads", Duration::from_secs(20), || async {
         Ok((holder(&ctx).await?.as_deref() == Some("primary")).then_some(()))
     })
@@ -479,6 +495,73 @@ async fn a_standby_replica_takes_over_when_the_leader_dies(ctx: Ctx) -> TestResu
         },
     )
     .await?;
+
+    // Every replica serves health; the leader's metrics show its reconciles and the pools.
+    let (status, _) = http_get("standby", "/healthz")?;
+    assert!(status.contains("200"), "{status}");
+    let metrics = wait(
+        "the leader's metrics show the pool",
+        Duration::from_secs(10),
+        || async {
+            let (_, body) = http_get("standby", "/metrics")?;
+            Ok(body
+                .contains("sinew_operator_pool_capacity{pool=\"after-handover\"} 254")
+                .then_some(body))
+        },
+    )
+    .await?;
+    assert!(metrics.contains("sinew_operator_leader 1"), "{metrics}");
+    assert!(
+        metrics.contains("sinew_operator_reconciles_total{controller=\"ippool\"}"),
+        "{metrics}"
+    );
+
+    // A leader asked to stop (SIGTERM, as on a rolling update) hands the Lease over at once
+    // instead of letting it expire (3 s here): the next replica leads within a retry (1 s).
+    let third = operator(&ctx, "third")?;
+    wait(
+        "the third replica serves",
+        Duration::from_secs(10),
+        || async {
+            Ok(http_get("third", "/readyz")
+                .ok()
+                .filter(|(s, _)| s.contains("200")))
+        },
+    )
+    .await?;
+    let (_, standby_metrics) = http_get("third", "/metrics")?;
+    assert!(
+        standby_metrics.contains("sinew_operator_leader 0"),
+        "{standby_metrics}"
+    );
+    let leader = OPERATOR
+        .get()
+        .and_then(|m| m.lock().ok().and_then(|mut p| p.replace(third)))
+        .ok_or("no leader process")?;
+    let asked = std::time::Instant::now();
+    leader.signal(libc::SIGTERM);
+    wait(
+        "the third replica leads",
+        Duration::from_secs(10),
+        || async { Ok((holder(&ctx).await?.as_deref() == Some("third")).then_some(())) },
+    )
+    .await?;
+    let took = asked.elapsed();
+    eprintln!("graceful hand-over after {took:?}");
+    let exited = wait("the old leader exits", Duration::from_secs(10), || async {
+        Ok(leader.try_exit())
+    })
+    .await?;
+    assert!(exited.success(), "the old leader exited with {exited}");
+    assert!(
+        leader.log_tail(50).contains("lease released"),
+        "{}",
+        leader.log_tail(50)
+    );
+    assert!(
+        took < Duration::from_millis(2500),
+        "hand-over took {took:?}: the Lease was not released"
+    );
     Ok(())
 }
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds the upstream tools the tests run (kube-apiserver, kubectl, etcd, cnitool, helm) from the Go
+# Builds the upstream tools the tests run (kube-apiserver, kubectl, etcd, cnitool, helm, and kstatus,
+# a small wrapper of the cli-utils kstatus library used by gitops/check.sh) from the Go
 # modules pinned in e2e/tools/<module>/go.{mod,sum}, into a cache outside the clone:
 #
 #   ${SINEW_CACHE:-~/.cache/sinew}/tools/<module>-<hash of go.mod, go.sum and Go version>/
@@ -23,6 +24,7 @@ tools=(
   "etcd|go.etcd.io/etcd/server/v3|etcd|"
   "cni|github.com/containernetworking/cni/cnitool|cnitool|"
   "helm|helm.sh/helm/v3/cmd/helm|helm|HELM"
+  "kstatus|sinew.dev/e2e-tools/kstatus|kstatus|"
 )
 
 log() { echo "[tools] $*" >&2; }

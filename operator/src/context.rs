@@ -33,6 +33,7 @@ pub struct Context {
     /// Service CIDRs of the cluster (pools must not overlap them).
     pub service_cidrs: Store<ServiceCIDR>,
     pub recorder: Recorder,
+    pub metrics: std::sync::Arc<crate::http::Metrics>,
 }
 
 /// Reconcile failures, one variant per step, so a failure says where it happened.

@@ -111,9 +111,15 @@ pub async fn try_acquire(
     }
 }
 
-/// Waits until this replica holds the Lease, then keeps renewing it in the background. If
-/// renewal fails for longer than the Lease duration, the process exits.
-pub async fn lead(api: Api<Lease>, name: String, identity: String, timing: Timing) {
+/// Waits until this replica holds the Lease, then keeps renewing it in the background (the
+/// returned task; abort it before [`release`]). If renewal fails for longer than the Lease
+/// duration, the process exits.
+pub async fn lead(
+    api: Api<Lease>,
+    name: String,
+    identity: String,
+    timing: Timing,
+) -> tokio::task::JoinHandle<()> {
     loop {
         match try_acquire(&api, &name, &identity, timing).await {
             Ok(true) => break,
@@ -142,7 +148,28 @@ pub async fn lead(api: Api<Lease>, name: String, identity: String, timing: Timin
                 }
             }
         }
-    });
+    })
+}
+
+/// Graceful hand-over: gives the Lease up (no holder) if this replica holds it, so a standby
+/// takes over at its next attempt instead of waiting for the Lease to expire.
+pub async fn release(api: &Api<Lease>, name: &str, identity: &str) -> Result<bool, kube::Error> {
+    let Some(mut lease) = api.get_opt(name).await? else {
+        return Ok(false);
+    };
+    let Some(spec) = lease.spec.as_mut() else {
+        return Ok(false);
+    };
+    if spec.holder_identity.as_deref() != Some(identity) {
+        return Ok(false);
+    }
+    spec.holder_identity = None;
+    spec.renew_time = None;
+    spec.acquire_time = None;
+    spec.lease_duration_seconds = Some(1);
+    api.replace(name, &PostParams::default(), &lease).await?;
+    info!(lease = %name, identity = %identity, "lease released");
+    Ok(true)
 }
 
 #[cfg(test)]

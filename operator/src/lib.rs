@@ -4,8 +4,10 @@
 pub mod conditions;
 pub mod context;
 pub mod daemonset;
+pub mod http;
 pub mod leader;
 pub mod network;
 pub mod nodes;
 pub mod pool;
 pub mod run;
+pub mod uninstall;

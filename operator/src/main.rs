@@ -3,14 +3,29 @@
 //! Settings: `--namespace`/`POD_NAMESPACE` (where the node agent DaemonSet lives, default
 //! `sinew-system`), `--node-image`/`SINEW_NODE_IMAGE` (agent image when the `ClusterNetwork`
 //! names none), `--identity`/`POD_NAME` (leader election identity),
-//! `--lease-seconds`/`SINEW_LEASE_SECONDS` (15) and `--renew-seconds`/`SINEW_RENEW_SECONDS` (5).
+//! `--lease-seconds`/`SINEW_LEASE_SECONDS` (15) and `--renew-seconds`/`SINEW_RENEW_SECONDS` (5),
+//! `--metrics-addr`/`SINEW_METRICS_ADDR` (`0.0.0.0:9466`: `/healthz`, `/readyz`, `/metrics`).
 //! Replicas elect a leader on the Lease `sinew-operator` in that namespace; only it reconciles.
+//! On SIGTERM the leader finishes its running reconciles and gives the Lease up, so a standby
+//! takes over at once.
+//!
+//! `sinew-operator uninstall [--timeout-seconds N]`: deletes every `IPPool` and the
+//! `ClusterNetwork` and waits until their finalizers ran (Helm's pre-delete hook).
 
 use std::process::ExitCode;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use sinew_operator::context::Settings;
 use sinew_operator::daemonset;
+use sinew_operator::http::Metrics;
+
+/// The Lease the replicas elect a leader on.
+const LEASE: &str = "sinew-operator";
 
 fn flag(args: &[String], name: &str, env: &str) -> Option<String> {
     args.windows(2)
@@ -19,35 +34,74 @@ fn flag(args: &[String], name: &str, env: &str) -> Option<String> {
         .or_else(|| std::env::var(env).ok().filter(|v| !v.is_empty()))
 }
 
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = term => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
 async fn run(args: Vec<String>) -> anyhow::Result<()> {
-    let namespace =
-        flag(&args, "namespace", "POD_NAMESPACE").unwrap_or_else(|| "sinew-system".into());
-    let image = flag(&args, "node-image", "SINEW_NODE_IMAGE")
-        .unwrap_or_else(|| format!("ghcr.io/sinew-dev/sinew-node:{}", env!("CARGO_PKG_VERSION")));
     let client = kube::Client::try_default()
         .await
         .context("connecting to the API server (in-cluster config or KUBECONFIG)")?;
-    let identity = flag(&args, "identity", "POD_NAME")
-        .unwrap_or_else(|| format!("sinew-operator-{}", std::process::id()));
-    let seconds = |name: &str, env: &str, default: u64| -> anyhow::Result<std::time::Duration> {
+    let seconds = |name: &str, env: &str, default: u64| -> anyhow::Result<Duration> {
         let v = flag(&args, name, env).map_or(Ok(default), |v| {
             v.parse()
                 .with_context(|| format!("--{name} must be a number of seconds"))
         })?;
-        Ok(std::time::Duration::from_secs(v))
+        Ok(Duration::from_secs(v))
     };
+    if args.first().map(String::as_str) == Some("uninstall") {
+        let timeout = seconds("timeout-seconds", "SINEW_UNINSTALL_TIMEOUT", 600)?;
+        return sinew_operator::uninstall::uninstall(client, timeout)
+            .await
+            .context("uninstalling sinew");
+    }
+    let namespace =
+        flag(&args, "namespace", "POD_NAMESPACE").unwrap_or_else(|| "sinew-system".into());
+    let image = flag(&args, "node-image", "SINEW_NODE_IMAGE")
+        .unwrap_or_else(|| format!("ghcr.io/sinew-dev/sinew-node:{}", env!("CARGO_PKG_VERSION")));
+    let identity = flag(&args, "identity", "POD_NAME")
+        .unwrap_or_else(|| format!("sinew-operator-{}", std::process::id()));
     let timing = sinew_operator::leader::Timing {
         duration: seconds("lease-seconds", "SINEW_LEASE_SECONDS", 15)?,
         renew: seconds("renew-seconds", "SINEW_RENEW_SECONDS", 5)?,
     };
+    let metrics_addr: SocketAddr = flag(&args, "metrics-addr", "SINEW_METRICS_ADDR")
+        .unwrap_or_else(|| "0.0.0.0:9466".into())
+        .parse()
+        .context("--metrics-addr must be an address:port")?;
+    let metrics = Arc::new(Metrics::default());
+    let listener = sinew_operator::http::bind(metrics_addr)
+        .await
+        .with_context(|| format!("serving /healthz and /metrics on {metrics_addr}"))?;
+    tracing::info!(addr = %listener.local_addr()?, "serving /healthz, /readyz and /metrics");
+    tokio::spawn(sinew_operator::http::serve(listener, metrics.clone()));
+    // A standby is healthy and ready: it is doing its job, waiting.
+    metrics.ready.store(true, Ordering::Relaxed);
+
+    let leases: kube::Api<k8s_openapi::api::coordination::v1::Lease> =
+        kube::Api::namespaced(client.clone(), &namespace);
     tracing::info!(%identity, "waiting to become the leader");
-    sinew_operator::leader::lead(
-        kube::Api::namespaced(client.clone(), &namespace),
-        "sinew-operator".to_string(),
-        identity,
-        timing,
-    )
-    .await;
+    let renewing = tokio::select! {
+        handle = sinew_operator::leader::lead(leases.clone(), LEASE.to_string(), identity.clone(), timing) => handle,
+        _ = shutdown_signal() => {
+            tracing::info!("stopping (standby)");
+            return Ok(());
+        }
+    };
+    metrics.leader.store(true, Ordering::Relaxed);
+    metrics.ready.store(false, Ordering::Relaxed);
     let settings = Settings {
         namespace: namespace.clone(),
         daemonset: daemonset::Settings {
@@ -55,7 +109,14 @@ async fn run(args: Vec<String>) -> anyhow::Result<()> {
             default_image: image,
         },
     };
-    sinew_operator::run::run(client, settings).await
+    // The controllers stop on SIGTERM/SIGINT once their running reconciles finish.
+    let result = sinew_operator::run::run(client, settings, metrics.clone()).await;
+    renewing.abort();
+    metrics.leader.store(false, Ordering::Relaxed);
+    if let Err(e) = sinew_operator::leader::release(&leases, LEASE, &identity).await {
+        tracing::warn!(error = %e, "could not release the lease; a standby takes over when it expires");
+    }
+    result
 }
 
 fn main() -> ExitCode {

@@ -84,11 +84,18 @@ pub fn status(
     let mut conds = previous.conditions.clone();
     let converged = counts.ready == counts.desired && counts.up_to_date == counts.desired;
     let shadowed = problems.iter().any(|p| p.reason == "ForeignConflistWins");
+    // kstatus: Stalled and Reconciling are never both True (a stall is not progress).
     conditions::set(
         &mut conds,
         "Reconciling",
-        !converged,
-        if converged { "Converged" } else { "RollingOut" },
+        !converged && !shadowed,
+        if shadowed {
+            "Stalled"
+        } else if converged {
+            "Converged"
+        } else {
+            "RollingOut"
+        },
         format!(
             "{} of {} nodes ready, {} running configuration {hash}",
             counts.ready, counts.desired, counts.up_to_date

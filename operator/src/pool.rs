@@ -182,21 +182,6 @@ pub fn status(
         generation,
     );
     let all_converged = converged == selected.len();
-    conditions::set(
-        &mut conds,
-        "Reconciling",
-        !all_converged,
-        if all_converged {
-            "Converged"
-        } else {
-            "ModeRollingOut"
-        },
-        format!(
-            "{converged} of {} nodes programmed for mode {mode}",
-            selected.len()
-        ),
-        generation,
-    );
     // Routed forwarding needs every node of the pool on one L2 segment: name the groups.
     let mut subnets: std::collections::BTreeMap<String, Vec<String>> =
         std::collections::BTreeMap::new();
@@ -209,6 +194,25 @@ pub fn status(
     }
     subnets.values_mut().for_each(|names| names.sort());
     let split = subnets.len() > 1;
+    let stalled = conflict.is_some() || split;
+    // kstatus: Stalled and Reconciling are never both True (a stall is not progress).
+    conditions::set(
+        &mut conds,
+        "Reconciling",
+        !all_converged && !stalled,
+        if stalled {
+            "Stalled"
+        } else if all_converged {
+            "Converged"
+        } else {
+            "ModeRollingOut"
+        },
+        format!(
+            "{converged} of {} nodes programmed for mode {mode}",
+            selected.len()
+        ),
+        generation,
+    );
     let (ready, reason, message) = match conflict {
         Some(c) => (false, c.reason, c.message.clone()),
         None if split => (
@@ -240,12 +244,8 @@ pub fn status(
     conditions::set(
         &mut conds,
         "Stalled",
-        conflict.is_some() || split,
-        if conflict.is_some() || split {
-            reason
-        } else {
-            "Progressing"
-        },
+        stalled,
+        if stalled { reason } else { "Progressing" },
         message.clone(),
         generation,
     );
@@ -294,6 +294,7 @@ pub async fn reconcile(pool: Arc<IPPool>, ctx: Arc<Context>) -> Result<Action, E
             delete_if_present(&block_api, &b.name_any()).await?;
         }
         remove_finalizer(&api, pool.as_ref()).await?;
+        ctx.metrics.pool(&name, None);
         return Ok(Action::await_change());
     }
     ensure_finalizer(&api, pool.as_ref()).await?;
@@ -329,6 +330,14 @@ pub async fn reconcile(pool: Arc<IPPool>, ctx: Arc<Context>) -> Result<Action, E
     let found = conflict(&pool, &pools, &services, &addresses);
     let st = status(&pool, &blocks, &nodes, found.as_ref());
     write_status(&pool, &ctx, &st).await?;
+    ctx.metrics.pool(
+        &name,
+        Some(crate::http::PoolUsage {
+            capacity: st.capacity.unwrap_or(0),
+            allocated: st.allocated.unwrap_or(0),
+            blocks: st.blocks.unwrap_or(0),
+        }),
+    );
     Ok(Action::requeue(Duration::from_secs(if waiting {
         3
     } else {
@@ -386,6 +395,9 @@ async fn release_blocks_of_departed_nodes(pool: &IPPool, ctx: &Context) -> Resul
         if !delete_if_present(&api, &block.name_any()).await? {
             continue;
         }
+        ctx.metrics
+            .block_releases
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tracing::info!(pool = %name, block = %block.spec.cidr, node = %block.spec.node, "released the block of a departed node");
         let event = Event {
             type_: EventType::Normal,

@@ -24,6 +24,27 @@ fn error_policy<K>(_: Arc<K>, error: &Error, _: Arc<Context>) -> Action {
     Action::requeue(Duration::from_secs(5))
 }
 
+/// Wraps a reconcile function so every run is counted and timed in the metrics.
+fn timed<K, F, Fut>(
+    controller: &'static str,
+    reconcile: F,
+) -> impl FnMut(Arc<K>, Arc<Context>) -> futures::future::BoxFuture<'static, Result<Action, Error>>
+where
+    K: Send + Sync + 'static,
+    F: Fn(Arc<K>, Arc<Context>) -> Fut + Copy + Send + 'static,
+    Fut: std::future::Future<Output = Result<Action, Error>> + Send + 'static,
+{
+    move |obj, ctx| {
+        Box::pin(async move {
+            let start = std::time::Instant::now();
+            let result = reconcile(obj, ctx.clone()).await;
+            ctx.metrics
+                .reconciled(controller, start.elapsed(), result.is_err());
+            result
+        })
+    }
+}
+
 /// Keeps a reflector's store filled for as long as the process runs.
 fn reflect<K>(api: Api<K>) -> reflector::Store<K>
 where
@@ -53,7 +74,11 @@ where
 }
 
 /// Runs both controllers until the process ends.
-pub async fn run(client: kube::Client, settings: Settings) -> anyhow::Result<()> {
+pub async fn run(
+    client: kube::Client,
+    settings: Settings,
+    metrics: Arc<crate::http::Metrics>,
+) -> anyhow::Result<()> {
     let ctx = Arc::new(Context {
         client: client.clone(),
         settings: settings.clone(),
@@ -69,6 +94,7 @@ pub async fn run(client: kube::Client, settings: Settings) -> anyhow::Result<()>
                 instance: std::env::var("POD_NAME").ok(),
             },
         ),
+        metrics,
     });
     for (what, ready) in [
         ("nodes", ctx.nodes.wait_until_ready().await),
@@ -95,7 +121,11 @@ pub async fn run(client: kube::Client, settings: Settings) -> anyhow::Result<()>
         |_| Some(ObjectRef::<ClusterNetwork>::new(CLUSTER_NETWORK_NAME)),
     )
     .shutdown_on_signal()
-    .run(network::reconcile, error_policy, ctx.clone())
+    .run(
+        timed("clusternetwork", network::reconcile),
+        error_policy,
+        ctx.clone(),
+    )
     .for_each(|_| async {});
 
     // A block changes its pool's usage; a node report changes every pool's convergence; a
@@ -128,8 +158,11 @@ pub async fn run(client: kube::Client, settings: Settings) -> anyhow::Result<()>
         move |_: IPPool| refs(&on_pool),
     )
     .shutdown_on_signal()
-    .run(pool::reconcile, error_policy, ctx.clone())
+    .run(timed("ippool", pool::reconcile), error_policy, ctx.clone())
     .for_each(|_| async {});
+    ctx.metrics
+        .ready
+        .store(true, std::sync::atomic::Ordering::Relaxed);
     info!(namespace = %settings.namespace, "controllers running");
     futures::join!(networks, pools);
     Ok(())
