@@ -1,7 +1,8 @@
 //! `demo` (`make demo`): sinew's main job on this machine. Builds what is needed, starts a real
-//! control plane and a 3-node local cluster (nodes as network namespaces, two of them on one
-//! subnet and one behind a router), runs the operator and one agent per node, applies a pool,
-//! starts pods on every node, prints a connectivity matrix and the pool status, switches the
+//! control plane, installs sinew with `helm install` of charts/sinew (CRDs, RBAC, the default
+//! ClusterNetwork and pool), runs the operator and a 3-node local cluster (nodes as network
+//! namespaces, two of them on one subnet and one behind a router) with one agent per node,
+//! each under the identity the chart gives it, starts pods on every node, prints a connectivity matrix and the pool status, switches the
 //! pool's mode live and shows the matrix again. Then it leaves everything up until Ctrl-C
 //! (`--no-wait` tears down at once). Needs root.
 
@@ -14,8 +15,8 @@ use serde_json::json;
 use sinew_crds::IPPool;
 use sinew_e2e::ControlPlane;
 use sinew_e2e::cluster::{LocalCluster, Pod};
+use sinew_e2e::helm::Helm;
 use sinew_e2e::netsim::{EchoServer, tcp_exchange};
-use sinew_e2e::process::Supervised;
 
 fn step(msg: &str) {
     eprintln!("\n\x1b[1m==> {msg}\x1b[0m");
@@ -104,29 +105,26 @@ async fn demo(wait: bool) -> Result<usize, Box<dyn std::error::Error>> {
     step(
         "building sinew (plugin, agent, operator) and the upstream control plane (cached after the first run)",
     );
-    let operator_bin = sinew_e2e::plugin::workspace_binary("sinew-operator", "sinew-operator");
+    sinew_e2e::plugin::workspace_binary("sinew-operator", "sinew-operator");
     sinew_e2e::plugin::workspace_binary("sinew-node-installer", "sinew-node");
     sinew_e2e::plugin::sinew_binary();
     step("starting etcd and kube-apiserver on 127.0.0.1");
     let cp = ControlPlane::start().await?;
     let client = cp.client().await?;
-    sinew_e2e::install::install_crds(&client).await?;
-    let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "sinew-system"}});
-    sinew_e2e::install::apply_manifest(&client, &ns.to_string()).await?;
-    let mut cmd = Command::new(operator_bin);
-    cmd.env("KUBECONFIG", cp.kubeconfig_path())
-        .env("POD_NAMESPACE", "sinew-system");
-    let _operator = Supervised::spawn("sinew-operator", cmd, &cp.dir().join("operator.log"))?;
-    let cn = json!({"apiVersion": "sinew.dev/v1alpha1", "kind": "ClusterNetwork", "metadata": {"name": "default"}, "spec": {}});
-    sinew_e2e::install::apply_manifest(&client, &cn.to_string()).await?;
+    step("helm install sinew charts/sinew --namespace sinew-system --create-namespace");
+    let helm = Helm::new(&cp)?;
+    println!("{}", helm.install(&[])?);
+    step(
+        "running the operator as the chart's Deployment would (its service account, its settings; no kubelet here)",
+    );
+    let _operator = sinew_e2e::helm::start_operator(&cp, &client, "sinew-operator-0")
+        .await
+        .map_err(|e| e.to_string())?;
 
     step(
-        "bringing up 3 nodes (demo-0, demo-1 on 10.99.0.0/24; demo-2 on 10.99.1.0/24 behind a router), one sinew-node agent each",
+        "bringing up 3 nodes (demo-0, demo-1 on 10.99.0.0/24; demo-2 on 10.99.1.0/24 behind a router), one sinew-node agent each with its node-bound service-account token",
     );
-    let cluster = LocalCluster::start(&cp, "demo", &[0, 0, 1]).await;
-    let pool = json!({"apiVersion": "sinew.dev/v1alpha1", "kind": "IPPool", "metadata": {"name": "demo-pool"},
-                      "spec": {"cidr": "10.244.0.0/16", "mode": "Auto"}});
-    sinew_e2e::install::apply_manifest(&client, &pool.to_string()).await?;
+    let cluster = LocalCluster::start_with(&cp, "demo", &[0, 0, 1], true).await;
     cluster.wait_ready(Duration::from_secs(60)).await?;
     converge(&cluster, false).await;
 
@@ -145,11 +143,13 @@ async fn demo(wait: bool) -> Result<usize, Box<dyn std::error::Error>> {
     println!("{m}");
     println!("{}", kubectl(&cp, &["get", "ippools,ipblocks"]));
 
-    step("switching demo-pool to VXLAN, live");
+    step(
+        r#"switching the chart's pool default-ipv4 to VXLAN, live (kubectl patch ippool default-ipv4 --type merge -p '{"spec":{"mode":"VXLAN"}}')"#,
+    );
     let pools: Api<IPPool> = Api::all(client.clone());
     pools
         .patch(
-            "demo-pool",
+            "default-ipv4",
             &PatchParams::default(),
             &Patch::Merge(&json!({"spec": {"mode": "VXLAN"}})),
         )
