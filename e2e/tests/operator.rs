@@ -497,8 +497,10 @@ async fn a_standby_takes_over_when_the_leader_dies_or_steps_down(ctx: Ctx) -> Te
     .await?;
 
     // Every replica serves health; the leader's metrics show its reconciles and the pools.
-    let (status, _) = http_get("standby", "/healthz")?;
-    assert!(status.contains("200"), "{status}");
+    for path in ["/healthz", "/readyz"] {
+        let (status, _) = http_get("standby", path)?;
+        assert!(status.contains("200"), "{path}: {status}");
+    }
     let metrics = wait(
         "the leader's metrics show the pool",
         Duration::from_secs(10),

@@ -26,6 +26,8 @@ pub struct Context {
     pub client: kube::Client,
     pub settings: Settings,
     pub nodes: Store<Node>,
+    /// The `ClusterNetwork` (fixed MTU for mode plans).
+    pub networks: Store<sinew_crds::ClusterNetwork>,
     pub pools: Store<IPPool>,
     pub blocks: Store<IPBlock>,
     /// Pods, metadata only: whether an allocation's pod (by UID) still exists.

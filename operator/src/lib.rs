@@ -4,6 +4,7 @@
 pub mod conditions;
 pub mod context;
 pub mod daemonset;
+pub mod gc;
 pub mod http;
 pub mod leader;
 pub mod network;

@@ -83,6 +83,7 @@ pub async fn run(
         client: client.clone(),
         settings: settings.clone(),
         nodes: reflect(Api::<Node>::all(client.clone())),
+        networks: reflect(Api::<ClusterNetwork>::all(client.clone())),
         pools: reflect(Api::<IPPool>::all(client.clone())),
         blocks: reflect(Api::<IPBlock>::all(client.clone())),
         pods: reflect(Api::<PartialObjectMeta<Pod>>::all(client.clone())),
@@ -160,6 +161,7 @@ pub async fn run(
     .shutdown_on_signal()
     .run(timed("ippool", pool::reconcile), error_policy, ctx.clone())
     .for_each(|_| async {});
+    tokio::spawn(crate::gc::run(ctx.clone()));
     ctx.metrics
         .ready
         .store(true, std::sync::atomic::Ordering::Relaxed);
