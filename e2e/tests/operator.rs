@@ -57,8 +57,21 @@ fn metrics_port(identity: &str) -> u16 {
     }
 }
 
-/// `GET path` from a replica's metrics listener: (status line, body).
+/// `GET path` from a replica's metrics listener: (status line, body). Retries a few times:
+/// a replica that just started may not listen yet.
 fn http_get(identity: &str, path: &str) -> Result<(String, String), TestError> {
+    let mut last = None;
+    for _ in 0..10 {
+        match http_get_once(identity, path) {
+            Ok(r) => return Ok(r),
+            Err(e) => last = Some(e),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Err(last.unwrap_or_else(|| "no attempt".into()))
+}
+
+fn http_get_once(identity: &str, path: &str) -> Result<(String, String), TestError> {
     use std::io::{Read, Write};
     let mut conn = std::net::TcpStream::connect(("127.0.0.1", metrics_port(identity)))?;
     conn.set_read_timeout(Some(Duration::from_secs(5)))?;
