@@ -99,7 +99,10 @@ fn operator(ctx: &Ctx, identity: &str) -> Result<Supervised, sinew_e2e::Error> {
             "SINEW_METRICS_ADDR",
             format!("127.0.0.1:{}", metrics_port(identity)),
         )
-        .env("SINEW_LOG", "info");
+        .env(
+            "SINEW_LOG",
+            std::env::var("SINEW_E2E_OPERATOR_LOG").unwrap_or_else(|_| "info".into()),
+        );
     Supervised::spawn(
         &format!("sinew-operator {identity}"),
         cmd,
@@ -511,8 +514,11 @@ async fn a_standby_takes_over_when_the_leader_dies_or_steps_down(ctx: Ctx) -> Te
 
     // Every replica serves health; the leader's metrics show its reconciles and the pools.
     for path in ["/healthz", "/readyz"] {
-        let (status, _) = http_get("standby", path)?;
-        assert!(status.contains("200"), "{path}: {status}");
+        wait(path, Duration::from_secs(5), || async {
+            let (status, _) = http_get("standby", path)?;
+            Ok(status.contains("200").then_some(()))
+        })
+        .await?;
     }
     let metrics = wait(
         "the leader's metrics show the pool",

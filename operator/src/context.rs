@@ -38,6 +38,18 @@ pub struct Context {
     pub metrics: std::sync::Arc<crate::http::Metrics>,
 }
 
+impl Context {
+    /// Waits until every cache has had its initial list; false if a watch ended for good.
+    pub async fn caches_ready(&self) -> bool {
+        self.nodes.wait_until_ready().await.is_ok()
+            && self.networks.wait_until_ready().await.is_ok()
+            && self.pools.wait_until_ready().await.is_ok()
+            && self.blocks.wait_until_ready().await.is_ok()
+            && self.pods.wait_until_ready().await.is_ok()
+            && self.service_cidrs.wait_until_ready().await.is_ok()
+    }
+}
+
 /// Reconcile failures, one variant per step, so a failure says where it happened.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -9,6 +9,7 @@ use k8s_openapi::api::core::v1::Node;
 use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
+use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use std::collections::BTreeMap;
 
@@ -128,6 +129,58 @@ pub fn capacity(pool: &IPPool) -> (u64, u64) {
         u64::try_from(usable).unwrap_or(u64::MAX),
         u64::try_from(reserved).unwrap_or(u64::MAX),
     )
+}
+
+/// Pools whose status a change of `node` can change: those selecting it (convergence, mode
+/// plans, subnets), those containing one of its addresses (conflicts) and those with blocks
+/// on it (released when the node goes).
+pub fn affected_by_node(
+    node: &Node,
+    pools: &[Arc<IPPool>],
+    blocks: &[Arc<IPBlock>],
+) -> Vec<ObjectRef<IPPool>> {
+    let name = node.name_any();
+    let holding: std::collections::BTreeSet<&str> = blocks
+        .iter()
+        .filter(|b| b.spec.node == name)
+        .map(|b| b.spec.pool.as_str())
+        .collect();
+    let addresses: Vec<std::net::IpAddr> = node
+        .status
+        .as_ref()
+        .and_then(|s| s.addresses.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a.address.parse().ok())
+        .collect();
+    pools
+        .iter()
+        .filter(|p| {
+            holding.contains(p.name_any().as_str())
+                || sinew_crds::selector::matches(p.spec.node_selector.as_ref(), node.labels())
+                || p.spec
+                    .parsed_cidr()
+                    .is_ok_and(|c| addresses.iter().any(|a| c.contains(*a)))
+        })
+        .map(|p| ObjectRef::from(p.as_ref()))
+        .collect()
+}
+
+/// Pools whose verdict a change of `changed` can change: those it overlaps now, and those
+/// currently stalled on a conflict (it may have been the pool they overlapped).
+pub fn affected_by_pool(changed: &IPPool, pools: &[Arc<IPPool>]) -> Vec<ObjectRef<IPPool>> {
+    let cidr = changed.spec.parsed_cidr().ok();
+    pools
+        .iter()
+        .filter(|p| p.name_any() != changed.name_any())
+        .filter(|p| {
+            p.is_conflicted()
+                || cidr
+                    .as_ref()
+                    .is_some_and(|c| p.spec.parsed_cidr().is_ok_and(|o| o.overlaps(c)))
+        })
+        .map(|p| ObjectRef::from(p.as_ref()))
+        .collect()
 }
 
 /// Pure: the plan of a mode switch of `pool` across `selected` nodes (None when every node

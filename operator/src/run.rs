@@ -45,8 +45,25 @@ where
     }
 }
 
-/// Keeps a reflector's store filled for as long as the process runs.
-fn reflect<K>(api: Api<K>) -> reflector::Store<K>
+/// Drives a watch stream for as long as the process runs.
+fn drive<S, T>(stream: S)
+where
+    S: futures::Stream<Item = Result<T, watcher::Error>> + Send + 'static,
+    T: Send,
+{
+    tokio::spawn(async move {
+        futures::pin_mut!(stream);
+        while let Some(event) = stream.next().await {
+            if let Err(e) = event {
+                warn!(error = %e, "watch error; retrying");
+            }
+        }
+    });
+}
+
+/// Keeps a store of `K` filled from one watch, with `prune` dropping what the operator never
+/// reads (the store is most of the operator's memory).
+fn reflect<K>(api: Api<K>, prune: fn(&mut K)) -> reflector::Store<K>
 where
     K: kube::Resource<DynamicType = ()>
         + Clone
@@ -57,20 +74,47 @@ where
         + 'static,
 {
     let (store, writer) = reflector::store::<K>();
-    let stream = reflector::reflector(
-        writer,
-        watcher(api, watcher::Config::default()).default_backoff(),
-    )
-    .touched_objects();
-    tokio::spawn(async move {
-        futures::pin_mut!(stream);
-        while let Some(event) = stream.next().await {
-            if let Err(e) = event {
-                warn!(error = %e, "watch error; retrying");
-            }
-        }
-    });
+    drive(
+        watcher(api, watcher::Config::default())
+            .default_backoff()
+            .modify(prune)
+            .reflect(writer)
+            .touched_objects(),
+    );
     store
+}
+
+fn prune_meta<K: kube::Resource>(obj: &mut K) {
+    obj.meta_mut().managed_fields = None;
+}
+
+/// Nodes: labels (pool selectors), sinew's annotations (agent reports) and addresses.
+fn prune_node(node: &mut Node) {
+    let meta = &mut node.metadata;
+    meta.managed_fields = None;
+    if let Some(a) = meta.annotations.as_mut() {
+        a.retain(|k, _| k.starts_with("sinew.dev/"));
+    }
+    node.spec = None;
+    node.status = node
+        .status
+        .take()
+        .map(|s| k8s_openapi::api::core::v1::NodeStatus {
+            addresses: s.addresses,
+            ..Default::default()
+        });
+}
+
+/// Pods: only their identity (does the allocation's pod still exist?).
+fn prune_pod(pod: &mut PartialObjectMeta<Pod>) {
+    let meta = &mut pod.metadata;
+    *meta = kube::api::ObjectMeta {
+        name: meta.name.take(),
+        namespace: meta.namespace.take(),
+        uid: meta.uid.take(),
+        resource_version: meta.resource_version.take(),
+        ..Default::default()
+    };
 }
 
 /// Runs both controllers until the process ends.
@@ -82,12 +126,15 @@ pub async fn run(
     let ctx = Arc::new(Context {
         client: client.clone(),
         settings: settings.clone(),
-        nodes: reflect(Api::<Node>::all(client.clone())),
-        networks: reflect(Api::<ClusterNetwork>::all(client.clone())),
-        pools: reflect(Api::<IPPool>::all(client.clone())),
-        blocks: reflect(Api::<IPBlock>::all(client.clone())),
-        pods: reflect(Api::<PartialObjectMeta<Pod>>::all(client.clone())),
-        service_cidrs: reflect(Api::<ServiceCIDR>::all(client.clone())),
+        nodes: reflect(Api::<Node>::all(client.clone()), prune_node),
+        networks: reflect(Api::<ClusterNetwork>::all(client.clone()), prune_meta),
+        pools: reflect(Api::<IPPool>::all(client.clone()), prune_meta),
+        blocks: reflect(Api::<IPBlock>::all(client.clone()), prune_meta),
+        pods: reflect(
+            Api::<PartialObjectMeta<Pod>>::all(client.clone()),
+            prune_pod,
+        ),
+        service_cidrs: reflect(Api::<ServiceCIDR>::all(client.clone()), prune_meta),
         recorder: Recorder::new(
             client.clone(),
             Reporter {
@@ -97,18 +144,14 @@ pub async fn run(
         ),
         metrics,
     });
-    for (what, ready) in [
-        ("nodes", ctx.nodes.wait_until_ready().await),
-        ("pools", ctx.pools.wait_until_ready().await),
-        ("blocks", ctx.blocks.wait_until_ready().await),
-        ("pods", ctx.pods.wait_until_ready().await),
-        ("servicecidrs", ctx.service_cidrs.wait_until_ready().await),
-    ] {
-        ready.map_err(|e| anyhow::anyhow!("watch of {what} ended: {e}"))?;
+    // Decisions need every cache filled (a pool checked against half the nodes would miss
+    // conflicts).
+    if !ctx.caches_ready().await {
+        anyhow::bail!("a watch ended before its initial list");
     }
 
     // Every Node report matters to the (single) ClusterNetwork.
-    let networks = Controller::new(
+    let network_controller = Controller::new(
         Api::<ClusterNetwork>::all(client.clone()),
         watcher::Config::default(),
     )
@@ -129,17 +172,11 @@ pub async fn run(
     )
     .for_each(|_| async {});
 
-    // A block changes its pool's usage; a node report changes every pool's convergence; a
-    // pool changes every other pool's overlap verdict.
-    let refs = |store: &reflector::Store<IPPool>| {
-        store
-            .state()
-            .iter()
-            .map(|p| ObjectRef::from(p.as_ref()))
-            .collect::<Vec<_>>()
-    };
-    let (on_node, on_pool) = (ctx.pools.clone(), ctx.pools.clone());
-    let pools = Controller::new(
+    // A block changes its pool's usage; a node changes the pools that select it (convergence,
+    // plans), contain its address (conflicts) or hold blocks on it; a pool changes the
+    // verdict of the pools it overlaps and of those stalled on a conflict.
+    let (by_node, by_pool) = (ctx.clone(), ctx.clone());
+    let pool_controller = Controller::new(
         Api::<IPPool>::all(client.clone()),
         watcher::Config::default(),
     )
@@ -151,12 +188,12 @@ pub async fn run(
     .watches(
         Api::<Node>::all(client.clone()),
         watcher::Config::default(),
-        move |_: Node| refs(&on_node),
+        move |n: Node| pool::affected_by_node(&n, &by_node.pools.state(), &by_node.blocks.state()),
     )
     .watches(
         Api::<IPPool>::all(client.clone()),
         watcher::Config::default(),
-        move |_: IPPool| refs(&on_pool),
+        move |p: IPPool| pool::affected_by_pool(&p, &by_pool.pools.state()),
     )
     .shutdown_on_signal()
     .run(timed("ippool", pool::reconcile), error_policy, ctx.clone())
@@ -166,6 +203,6 @@ pub async fn run(
         .ready
         .store(true, std::sync::atomic::Ordering::Relaxed);
     info!(namespace = %settings.namespace, "controllers running");
-    futures::join!(networks, pools);
+    futures::join!(network_controller, pool_controller);
     Ok(())
 }

@@ -2,6 +2,7 @@
 //! the same run on the same machine.
 //!
 //! `cargo run -p sinew-e2e --release --bin bench -- cni [--iterations N] [--parallel N]`
+//! `cargo run -p sinew-e2e --release --bin bench -- scale` (see `sinew_e2e::scale`)
 //!
 //! `cni`: ADD and DEL latency (p50/p99, sequential) and the wall time of N parallel ADDs then
 //! DELs, for sinew and for the reference `ptp` + `host-local` pair, both driven through upstream
@@ -55,7 +56,8 @@ fn main() -> ExitCode {
     };
     let result = match what.as_str() {
         "cni" => cni(&args),
-        other => Err(format!("unknown benchmark {other:?} (known: cni)")),
+        "scale" => scale(),
+        other => Err(format!("unknown benchmark {other:?} (known: cni, scale)")),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -274,6 +276,52 @@ fn cni(args: &Args) -> Result<(), String> {
     println!("|---|---:|---:|---:|");
     for (name, a, b) in rows {
         println!("| {name} | {a:.2} | {b:.2} | {:.2} |", a / b);
+    }
+    Ok(())
+}
+
+/// `bench scale`: the operator against 1,000 nodes, 50 pools and 10,000 allocations.
+fn scale() -> Result<(), String> {
+    let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+    let scale = sinew_e2e::scale::Scale::default();
+    let m = runtime
+        .block_on(sinew_e2e::scale::run(scale))
+        .map_err(|e| e.to_string())?;
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    println!(
+        "\noperator at scale: {} nodes, {} pools, {} allocations (and as many Pod objects)",
+        scale.nodes,
+        scale.pools,
+        scale.nodes * scale.allocations_per_node
+    );
+    println!("machine: {}\n", machine());
+    println!("| metric | value | target |");
+    println!("|---|---:|---:|");
+    println!(
+        "| objects loaded into the API server (s) | {:.1} | |",
+        m.load.as_secs_f64()
+    );
+    println!(
+        "| operator start to every pool's usage in status (s) | {:.2} | |",
+        m.initial_convergence.as_secs_f64()
+    );
+    println!(
+        "| operator RSS, steady (MiB) | {:.1} | < 32 |",
+        mib(m.rss_kib_steady)
+    );
+    println!(
+        "| operator RSS, peak (MiB) | {:.1} | |",
+        mib(m.rss_kib_peak)
+    );
+    for (label, samples) in [
+        ("IPPool spec edit to status", &m.spec_edit),
+        ("IPBlock report to IPPool status", &m.block_report),
+    ] {
+        println!(
+            "| {label}, p50 / max (ms) | {:.0} / {:.0} | < 1000 |",
+            ms(percentile(samples, 0.5)),
+            ms(percentile(samples, 1.0))
+        );
     }
     Ok(())
 }
