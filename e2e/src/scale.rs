@@ -149,7 +149,9 @@ async fn load(client: &kube::Client, scale: &Scale) -> Result<(), BoxError> {
                         "podNamespace": "default", "podName": name, "podUid": created.metadata.uid, "generation": 1}));
                 }
                 let name = cidr.replace(['.', '/'], "-");
-                let block = json!({"apiVersion": "sinew.dev/v1alpha1", "kind": "IPBlock", "metadata": {"name": name},
+                // Labelled like an agent's claim.
+                let block = json!({"apiVersion": "sinew.dev/v1alpha1", "kind": "IPBlock",
+                                   "metadata": {"name": name, "labels": {"sinew.dev/node": node, "sinew.dev/pool": format!("pool-{pool}")}},
                                    "spec": {"pool": format!("pool-{pool}"), "cidr": cidr, "node": node}});
                 blocks.patch(&name, &params, &Patch::Apply(&block)).await?;
                 let status = json!({"apiVersion": "sinew.dev/v1alpha1", "kind": "IPBlock", "metadata": {"name": name},
@@ -179,7 +181,11 @@ async fn pools_converged(client: &kube::Client, scale: &Scale) -> Result<bool, B
 }
 
 /// Polls `probe` every 5 ms until true; the elapsed time.
-async fn time_until<F, Fut>(within: Duration, mut probe: F) -> Result<Duration, BoxError>
+async fn time_until<F, Fut>(
+    what: &str,
+    within: Duration,
+    mut probe: F,
+) -> Result<Duration, BoxError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<bool, BoxError>>,
@@ -190,7 +196,7 @@ where
             return Ok(start.elapsed());
         }
         if start.elapsed() > within {
-            return Err(format!("not reached within {within:?}").into());
+            return Err(format!("not reached within {within:?} ({what})").into());
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -199,6 +205,17 @@ where
 /// Runs the benchmark against a fresh control plane.
 pub async fn run(scale: Scale) -> Result<Measured, BoxError> {
     let cp = ControlPlane::start().await?;
+    let log = cp.dir().join("operator.log");
+    let result = measure(&cp, scale).await;
+    result.map_err(|e| {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(20).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        format!("{e}\n--- operator ---\n{}", tail.join("\n")).into()
+    })
+}
+
+async fn measure(cp: &ControlPlane, scale: Scale) -> Result<Measured, BoxError> {
     let client = cp.client().await?;
     crate::install::install_crds(&client).await?;
     let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "sinew-system"}});
@@ -216,15 +233,18 @@ pub async fn run(scale: Scale) -> Result<Measured, BoxError> {
     load(&client, &scale).await?;
     m.load = start.elapsed();
 
-    eprintln!("[scale] starting the operator (release build)");
-    let bin = crate::plugin::workspace_binary("sinew-operator", "sinew-operator");
+    // SINEW_OPERATOR_BIN measures another build (e.g. the static musl binary the image ships).
+    let bin = std::env::var_os("SINEW_OPERATOR_BIN")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| crate::plugin::workspace_binary("sinew-operator", "sinew-operator"));
+    eprintln!("[scale] starting the operator: {}", bin.display());
     let mut cmd = std::process::Command::new(bin);
     cmd.env("KUBECONFIG", cp.kubeconfig_path())
         .env("POD_NAMESPACE", "sinew-system")
         .env("SINEW_METRICS_ADDR", "127.0.0.1:0")
-        .env("SINEW_LOG", "warn");
+        .env("SINEW_LOG", "info");
     let operator = Supervised::spawn("sinew-operator", cmd, &cp.dir().join("operator.log"))?;
-    m.initial_convergence = time_until(Duration::from_secs(300), || {
+    m.initial_convergence = time_until("every pool's usage", Duration::from_secs(300), || {
         pools_converged(&client, &scale)
     })
     .await?;
@@ -254,13 +274,17 @@ pub async fn run(scale: Scale) -> Result<Measured, BoxError> {
         let pools = pools.clone();
         let name2 = name.clone();
         m.spec_edit.push(
-            time_until(Duration::from_secs(30), move || {
-                let (pools, name) = (pools.clone(), name2.clone());
-                async move {
-                    let p = pools.get(&name).await?;
-                    Ok(p.status.and_then(|s| s.capacity) != before)
-                }
-            })
+            time_until(
+                "a spec edit in status",
+                Duration::from_secs(30),
+                move || {
+                    let (pools, name) = (pools.clone(), name2.clone());
+                    async move {
+                        let p = pools.get(&name).await?;
+                        Ok(p.status.and_then(|s| s.capacity) != before)
+                    }
+                },
+            )
             .await?,
         );
     }
@@ -288,13 +312,17 @@ pub async fn run(scale: Scale) -> Result<Measured, BoxError> {
             .await?;
         let pools = pools.clone();
         m.block_report.push(
-            time_until(Duration::from_secs(30), move || {
-                let (pools, pool) = (pools.clone(), pool.clone());
-                async move {
-                    let p = pools.get(&pool).await?;
-                    Ok(p.status.and_then(|s| s.allocated) != before)
-                }
-            })
+            time_until(
+                "a block report in status",
+                Duration::from_secs(30),
+                move || {
+                    let (pools, pool) = (pools.clone(), pool.clone());
+                    async move {
+                        let p = pools.get(&pool).await?;
+                        Ok(p.status.and_then(|s| s.allocated) != before)
+                    }
+                },
+            )
             .await?,
         );
     }

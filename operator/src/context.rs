@@ -1,8 +1,7 @@
 //! What the reconcilers share, and their error type.
 
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::api::networking::v1::ServiceCIDR;
-use kube::core::PartialObjectMeta;
 use kube::runtime::events::Recorder;
 use kube::runtime::reflector::Store;
 use sinew_crds::{IPBlock, IPPool};
@@ -31,7 +30,7 @@ pub struct Context {
     pub pools: Store<IPPool>,
     pub blocks: Store<IPBlock>,
     /// Pods, metadata only: whether an allocation's pod (by UID) still exists.
-    pub pods: Store<PartialObjectMeta<Pod>>,
+    pub pods: crate::pod_uids::PodUids,
     /// Service CIDRs of the cluster (pools must not overlap them).
     pub service_cidrs: Store<ServiceCIDR>,
     pub recorder: Recorder,
@@ -45,7 +44,7 @@ impl Context {
             && self.networks.wait_until_ready().await.is_ok()
             && self.pools.wait_until_ready().await.is_ok()
             && self.blocks.wait_until_ready().await.is_ok()
-            && self.pods.wait_until_ready().await.is_ok()
+            && self.pods.wait_until_ready().await
             && self.service_cidrs.wait_until_ready().await.is_ok()
     }
 }

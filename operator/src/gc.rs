@@ -179,19 +179,13 @@ pub async fn pass(ctx: &Context, suspects: &mut Suspects, grace: Duration) -> Re
         .gc_releases
         .fetch_add(released, Ordering::Relaxed);
     let nodes: BTreeSet<String> = ctx.nodes.state().iter().map(|n| n.name_any()).collect();
-    let pods: BTreeSet<String> = ctx
-        .pods
-        .state()
-        .iter()
-        .filter_map(|p| p.metadata.uid.clone())
-        .collect();
     // Blocks of departed nodes are released whole by the pool reconciler.
     let live: Vec<Arc<IPBlock>> = blocks
         .iter()
         .filter(|b| nodes.contains(&b.spec.node))
         .cloned()
         .collect();
-    let candidates = suspects.pass(Timestamp::now(), grace, &live, |uid| pods.contains(uid));
+    let candidates = suspects.pass(Timestamp::now(), grace, &live, |uid| ctx.pods.contains(uid));
     debug!(
         suspects = suspects.since.len(),
         candidates = candidates.len(),

@@ -9,6 +9,7 @@ pub mod http;
 pub mod leader;
 pub mod network;
 pub mod nodes;
+pub mod pod_uids;
 pub mod pool;
 pub mod run;
 pub mod uninstall;

@@ -131,38 +131,42 @@ pub fn capacity(pool: &IPPool) -> (u64, u64) {
     )
 }
 
-/// Pools whose status a change of `node` can change: those selecting it (convergence, mode
-/// plans, subnets), those containing one of its addresses (conflicts) and those with blocks
-/// on it (released when the node goes).
+/// Pools whose status a change of node `name` can change: those selecting it (convergence,
+/// mode plans, subnets), those containing one of its `addresses` (conflicts) and those with
+/// blocks on it (released when the node goes).
 pub fn affected_by_node(
-    node: &Node,
+    name: &str,
+    labels: &BTreeMap<String, String>,
+    addresses: &[std::net::IpAddr],
     pools: &[Arc<IPPool>],
     blocks: &[Arc<IPBlock>],
 ) -> Vec<ObjectRef<IPPool>> {
-    let name = node.name_any();
     let holding: std::collections::BTreeSet<&str> = blocks
         .iter()
         .filter(|b| b.spec.node == name)
         .map(|b| b.spec.pool.as_str())
         .collect();
-    let addresses: Vec<std::net::IpAddr> = node
-        .status
-        .as_ref()
-        .and_then(|s| s.addresses.as_ref())
-        .into_iter()
-        .flatten()
-        .filter_map(|a| a.address.parse().ok())
-        .collect();
     pools
         .iter()
         .filter(|p| {
             holding.contains(p.name_any().as_str())
-                || sinew_crds::selector::matches(p.spec.node_selector.as_ref(), node.labels())
+                || sinew_crds::selector::matches(p.spec.node_selector.as_ref(), labels)
                 || p.spec
                     .parsed_cidr()
                     .is_ok_and(|c| addresses.iter().any(|a| c.contains(*a)))
         })
         .map(|p| ObjectRef::from(p.as_ref()))
+        .collect()
+}
+
+/// The addresses of `node`.
+pub fn node_addresses(node: &Node) -> Vec<std::net::IpAddr> {
+    node.status
+        .as_ref()
+        .and_then(|s| s.addresses.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a.address.parse().ok())
         .collect()
 }
 
@@ -536,12 +540,6 @@ async fn release_blocks_of_departed_nodes(pool: &IPPool, ctx: &Context) -> Resul
     let name = pool.name_any();
     let nodes: std::collections::BTreeSet<String> =
         ctx.nodes.state().iter().map(|n| n.name_any()).collect();
-    let pods: std::collections::BTreeSet<String> = ctx
-        .pods
-        .state()
-        .iter()
-        .filter_map(|p| p.metadata.uid.clone())
-        .collect();
     let api: Api<IPBlock> = Api::all(ctx.client.clone());
     let mut waiting = false;
     for block in ctx.blocks.state().iter().filter(|b| b.spec.pool == name) {
@@ -549,7 +547,7 @@ async fn release_blocks_of_departed_nodes(pool: &IPPool, ctx: &Context) -> Resul
         if node_exists {
             continue;
         }
-        if !releasable(block, node_exists, |uid| pods.contains(uid)) {
+        if !releasable(block, node_exists, |uid| ctx.pods.contains(uid)) {
             waiting = true;
             continue;
         }

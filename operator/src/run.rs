@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::api::networking::v1::ServiceCIDR;
+use kube::ResourceExt;
 use kube::api::Api;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
@@ -43,6 +44,28 @@ where
             result
         })
     }
+}
+
+/// Label agents put on their blocks: the pool.
+const POOL_LABEL: &str = "sinew.dev/pool";
+
+/// A metadata-only watch of `K`, as a trigger stream (nothing of it is kept).
+fn metadata<K>(
+    api: Api<PartialObjectMeta<K>>,
+) -> impl futures::Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send + 'static
+where
+    K: kube::Resource<DynamicType = ()> + Clone + Send + Sync + std::fmt::Debug + 'static,
+    PartialObjectMeta<K>: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    watcher(api, watcher::Config::default())
+        .default_backoff()
+        .touched_objects()
 }
 
 /// Drives a watch stream for as long as the process runs.
@@ -105,18 +128,6 @@ fn prune_node(node: &mut Node) {
         });
 }
 
-/// Pods: only their identity (does the allocation's pod still exist?).
-fn prune_pod(pod: &mut PartialObjectMeta<Pod>) {
-    let meta = &mut pod.metadata;
-    *meta = kube::api::ObjectMeta {
-        name: meta.name.take(),
-        namespace: meta.namespace.take(),
-        uid: meta.uid.take(),
-        resource_version: meta.resource_version.take(),
-        ..Default::default()
-    };
-}
-
 /// Runs both controllers until the process ends.
 pub async fn run(
     client: kube::Client,
@@ -130,10 +141,7 @@ pub async fn run(
         networks: reflect(Api::<ClusterNetwork>::all(client.clone()), prune_meta),
         pools: reflect(Api::<IPPool>::all(client.clone()), prune_meta),
         blocks: reflect(Api::<IPBlock>::all(client.clone()), prune_meta),
-        pods: reflect(
-            Api::<PartialObjectMeta<Pod>>::all(client.clone()),
-            prune_pod,
-        ),
+        pods: crate::pod_uids::PodUids::watch(Api::all(client.clone())),
         service_cidrs: reflect(Api::<ServiceCIDR>::all(client.clone()), prune_meta),
         recorder: Recorder::new(
             client.clone(),
@@ -159,9 +167,8 @@ pub async fn run(
         Api::<DaemonSet>::namespaced(client.clone(), &settings.namespace),
         watcher::Config::default(),
     )
-    .watches(
-        Api::<Node>::all(client.clone()),
-        watcher::Config::default(),
+    .watches_stream(
+        metadata(Api::<PartialObjectMeta<Node>>::all(client.clone())),
         |_| Some(ObjectRef::<ClusterNetwork>::new(CLUSTER_NETWORK_NAME)),
     )
     .shutdown_on_signal()
@@ -175,20 +182,41 @@ pub async fn run(
     // A block changes its pool's usage; a node changes the pools that select it (convergence,
     // plans), contain its address (conflicts) or hold blocks on it; a pool changes the
     // verdict of the pools it overlaps and of those stalled on a conflict.
-    let (by_node, by_pool) = (ctx.clone(), ctx.clone());
+    let (by_node, by_pool, by_block) = (ctx.clone(), ctx.clone(), ctx.clone());
     let pool_controller = Controller::new(
         Api::<IPPool>::all(client.clone()),
         watcher::Config::default(),
     )
-    .watches(
-        Api::<IPBlock>::all(client.clone()),
-        watcher::Config::default(),
-        |b: IPBlock| Some(ObjectRef::<IPPool>::new(&b.spec.pool)),
+    .watches_stream(
+        metadata(Api::<PartialObjectMeta<IPBlock>>::all(client.clone())),
+        move |b| {
+            // Agents label their blocks with the pool; otherwise the cache knows.
+            let pool = b.labels().get(POOL_LABEL).cloned().or_else(|| {
+                by_block
+                    .blocks
+                    .get(&ObjectRef::new(&b.name_any()))
+                    .map(|full| full.spec.pool.clone())
+            });
+            pool.map(|p| ObjectRef::<IPPool>::new(&p))
+        },
     )
-    .watches(
-        Api::<Node>::all(client.clone()),
-        watcher::Config::default(),
-        move |n: Node| pool::affected_by_node(&n, &by_node.pools.state(), &by_node.blocks.state()),
+    .watches_stream(
+        metadata(Api::<PartialObjectMeta<Node>>::all(client.clone())),
+        move |n| {
+            let name = n.name_any();
+            let addresses = by_node
+                .nodes
+                .get(&ObjectRef::new(&name))
+                .map(|full| pool::node_addresses(&full))
+                .unwrap_or_default();
+            pool::affected_by_node(
+                &name,
+                n.labels(),
+                &addresses,
+                &by_node.pools.state(),
+                &by_node.blocks.state(),
+            )
+        },
     )
     .watches(
         Api::<IPPool>::all(client.clone()),
