@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 export CARGO_TERM_COLOR ?= auto
 
-.PHONY: demo test tools crds crds-check fuzz bench
+.PHONY: demo test tools crds crds-check fuzz bench bench-scale
 
 ## demo: the main job, locally (root): control plane, 3 nodes as namespaces, sinew, pods, pool status, a live mode switch
 demo: tools
@@ -32,3 +32,7 @@ fuzz:
 ## bench: the CNI benchmark (root): sinew vs ptp+host-local through cnitool
 bench: tools
 	SINEW_TOOLS_BIN=$$(e2e/tools/build.sh) cargo run -q -p sinew-e2e --release --bin bench -- cni
+
+## bench-scale: the operator against 1,000 nodes, 50 pools, 10,000 allocations in the real API server
+bench-scale: tools
+	SINEW_TOOLS_BIN=$$(e2e/tools/build.sh) cargo run -q -p sinew-e2e --release --bin bench -- scale
