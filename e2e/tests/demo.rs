@@ -38,7 +38,9 @@ fn the_demo_runs_and_every_pod_reaches_every_other() {
         "two 6x6 matrices without the diagonal:\n{stdout}"
     );
     assert!(
-        stdout.contains("ippool.sinew.dev/default-ipv4") && stdout.contains("VXLAN") && stdout.contains("STATUS: deployed"),
+        stdout.contains("ippool.sinew.dev/default-ipv4")
+            && stdout.contains("VXLAN")
+            && stdout.contains("STATUS: deployed"),
         "{stdout}"
     );
 }
