@@ -355,6 +355,11 @@ fn local_cluster(args: &Args) -> Result<(), String> {
         samples: args.samples,
         mib: args.mib,
     };
+    // Other work on the machine shows in every number: say how busy it was.
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "?".into());
     let runtime = tokio::runtime::Runtime::new().map_err(|e| format!("tokio runtime: {e}"))?;
     let rows = runtime.block_on(e2e::run(&settings));
     drop(runtime);
@@ -364,7 +369,7 @@ fn local_cluster(args: &Args) -> Result<(), String> {
         return Err(format!("network namespaces left behind: {leaked:?}"));
     }
     let title = format!(
-        "End-to-end benchmark on a 3-node local cluster: {} pods, {} concurrent CNI calls",
+        "End-to-end benchmark on a 3-node local cluster: {} pods, {} concurrent CNI calls (load average before the run: {load})",
         settings.pods, settings.parallel
     );
     let table = e2e::table(&rows);
