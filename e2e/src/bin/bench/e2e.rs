@@ -529,10 +529,9 @@ fn pod_rates(cluster: &LocalCluster, settings: &Settings) -> Result<Vec<Row>> {
     }
     let rate = |wall: Duration| n as f64 / wall.as_secs_f64();
     let how = |verb: &str, walls: &[Duration], lat: &[Duration]| {
-        let mut rates: Vec<f64> = walls.iter().map(|w| rate(*w)).collect();
-        rates.sort_by(f64::total_cmp);
+        let rates: Vec<f64> = walls.iter().map(|w| rate(*w)).collect();
         format!(
-            "{n} pods round-robin on 3 nodes, {} cnitool {verb}s at a time, first {verb} to last returned; median of {RATE_ROUNDS} rounds ({}); each {verb} p50 {}, p99 {}",
+            "{n} pods round-robin on 3 nodes, {} cnitool {verb}s at a time, first {verb} to last returned; median of {RATE_ROUNDS} rounds (in order: {} /s); each {verb} p50 {}, p99 {}",
             settings.parallel,
             rates
                 .iter()
