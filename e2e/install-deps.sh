@@ -5,7 +5,7 @@ set -euo pipefail
 
 # lua5.4 + lua-cjson: the Argo CD health check's tests; musl-tools: static release binaries.
 debian_packages=(make iproute2 nftables iptables ca-certificates containernetworking-plugins
-  lua5.4 lua-cjson musl-tools)
+  lua5.4 lua-cjson musl-tools file binutils)
 
 missing=()
 for p in "${debian_packages[@]}"; do

@@ -189,12 +189,20 @@ fn add(inv: &Invocation, conf: &NetConf, version: Version, dp: &dyn Datapath) ->
             if let Err(e) = node_state::request_block(&state_dir, &pool) {
                 warn!(pool = %pool, error = %e, "could not signal the node agent for a block");
             }
+            let exhausted = node.pools.iter().any(|p| p.name == pool && p.exhausted);
             return Err(CniError::new(
                 Code::TryAgainLater,
-                format!(
-                    "pool {pool} has no free address on node {}; a new block has been requested from the node agent",
-                    node.node
-                ),
+                if exhausted {
+                    format!(
+                        "pool {pool} is exhausted: no free address on node {} and no unclaimed block left in the pool (see `kubectl get ippool {pool}`; free addresses or add a pool)",
+                        node.node
+                    )
+                } else {
+                    format!(
+                        "pool {pool} has no free address on node {}; a new block has been requested from the node agent",
+                        node.node
+                    )
+                },
             ));
         }
         Err(e @ AllocError::BadPool { .. }) => {

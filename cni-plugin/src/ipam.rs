@@ -327,6 +327,7 @@ mod tests {
             disabled: false,
             reserved: reserved.iter().map(|s| s.to_string()).collect(),
             blocks: blocks.iter().map(|s| s.to_string()).collect(),
+            exhausted: false,
         }
     }
 

@@ -38,6 +38,9 @@ pub struct PoolState {
     /// Blocks of this pool owned by this node, in claim order.
     #[serde(default)]
     pub blocks: Vec<String>,
+    /// The pool had no unclaimed block left when this node last needed one.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub exhausted: bool,
 }
 
 impl PoolState {
@@ -141,6 +144,7 @@ mod tests {
                 disabled: false,
                 reserved: vec![],
                 blocks: vec!["10.244.1.0/26".into()],
+                exhausted: false,
             }],
         };
         s.store(dir.path()).unwrap();

@@ -285,6 +285,47 @@ fn default_leak_grace_period() -> String {
     "10m".to_string()
 }
 
+/// Parses a duration the way the schema allows it (`1h30m`, `90s`, `1.5m`, `250ms`).
+pub fn parse_duration(text: &str) -> Option<std::time::Duration> {
+    let mut total = 0f64;
+    let mut rest = text;
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let number_end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .filter(|&i| i > 0)?;
+        let value: f64 = rest[..number_end].parse().ok()?;
+        rest = &rest[number_end..];
+        let (unit, seconds) = if rest.starts_with("ms") {
+            ("ms", 0.001)
+        } else if rest.starts_with('s') {
+            ("s", 1.0)
+        } else if rest.starts_with('m') {
+            ("m", 60.0)
+        } else if rest.starts_with('h') {
+            ("h", 3600.0)
+        } else {
+            return None;
+        };
+        total += value * seconds;
+        rest = &rest[unit.len()..];
+    }
+    std::time::Duration::try_from_secs_f64(total).ok()
+}
+
+impl IpamSettings {
+    /// The GC interval and the leak grace period, as durations (defaults where unparsable,
+    /// which the schema already prevents).
+    pub fn durations(&self) -> (std::time::Duration, std::time::Duration) {
+        (
+            parse_duration(&self.gc_interval).unwrap_or(std::time::Duration::from_secs(300)),
+            parse_duration(&self.leak_grace_period).unwrap_or(std::time::Duration::from_secs(600)),
+        )
+    }
+}
+
 impl Default for IpamSettings {
     fn default() -> Self {
         Self {
@@ -370,4 +411,22 @@ pub struct NodeProblem {
     /// CamelCase reason, e.g. `ForeignConflistWins`.
     pub reason: String,
     pub message: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn durations_parse_as_the_schema_writes_them() {
+        assert_eq!(parse_duration("5m"), Some(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1h30m"), Some(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration(""), None);
+        assert_eq!(parse_duration("5"), None);
+        assert_eq!(parse_duration("m"), None);
+        assert_eq!(parse_duration("5d"), None);
+    }
 }

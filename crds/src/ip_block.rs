@@ -52,7 +52,45 @@ pub struct IPBlockSpec {
     pub node: String,
 }
 
+/// Annotation on an `IPBlock` by which the operator asks the block's agent to release
+/// leaked allocations: a JSON list of [`ReleaseRequest`]. Only the agent frees addresses
+/// (it alone writes its node's store), and only an allocation that still matches the request
+/// exactly (same address, slot generation and pod UID).
+pub const RELEASE_ANNOTATION: &str = "sinew.dev/release";
+
+/// One allocation the operator found leaked, with the evidence it acted on.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "camelCase")]
+pub struct ReleaseRequest {
+    pub ip: String,
+    pub generation: u64,
+    pub pod_uid: String,
+    /// `namespace/name` of the pod the allocation was made for.
+    pub pod: String,
+    /// When the pod was first seen missing from the API server (RFC 3339).
+    pub missing_since: String,
+}
+
+impl ReleaseRequest {
+    /// Whether `allocation` is exactly the one this request is about.
+    pub fn matches(&self, allocation: &Allocation) -> bool {
+        allocation.ip == self.ip
+            && allocation.generation == self.generation
+            && allocation.pod_uid.as_deref() == Some(self.pod_uid.as_str())
+    }
+}
+
 impl IPBlock {
+    /// The release requests the operator left on this block.
+    pub fn release_requests(&self) -> Vec<ReleaseRequest> {
+        self.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(RELEASE_ANNOTATION))
+            .and_then(|v| serde_json::from_str(v).ok())
+            .unwrap_or_default()
+    }
+
     /// The object name a block of `cidr` must have.
     pub fn name_for(cidr: &Cidr) -> String {
         cidr.object_name()

@@ -9,7 +9,18 @@ use crate::cidr::{Cidr, Family};
 
 /// How pod traffic crosses between nodes.
 #[derive(
-    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, schemars::JsonSchema,
+    Serialize,
+    Deserialize,
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    schemars::JsonSchema,
 )]
 pub enum PoolMode {
     /// Encapsulate in VXLAN towards every peer (works across any underlay).
@@ -20,6 +31,46 @@ pub enum PoolMode {
     /// Routed towards peers on the same subnet, VXLAN towards the others.
     #[default]
     Auto,
+}
+
+/// Bytes VXLAN adds to every packet: outer IP + UDP + VXLAN headers + inner Ethernet.
+pub fn vxlan_overhead(underlay: Family) -> u32 {
+    match underlay {
+        Family::V4 => 50,
+        Family::V6 => 70,
+    }
+}
+
+/// How traffic between two nodes of a pool travels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forwarding {
+    Routed,
+    Vxlan,
+    /// `Routed` between nodes on different subnets: nothing is programmed.
+    Unreachable,
+}
+
+impl PoolMode {
+    /// The MTU new pod interfaces of a pool in this mode get on a node whose underlay has
+    /// `underlay_mtu` (unless the `ClusterNetwork` fixes one): `Auto` may encapsulate, so it
+    /// leaves room for VXLAN like `VXLAN` does.
+    pub fn pod_mtu(self, underlay_mtu: u32, underlay: Family, fixed: Option<u32>) -> u32 {
+        fixed.unwrap_or(match self {
+            PoolMode::Routed => underlay_mtu,
+            PoolMode::Vxlan | PoolMode::Auto => {
+                underlay_mtu.saturating_sub(vxlan_overhead(underlay))
+            }
+        })
+    }
+
+    /// How this mode forwards between nodes on underlay subnets `a` and `b`.
+    pub fn forwarding(self, same_subnet: bool) -> Forwarding {
+        match (self, same_subnet) {
+            (PoolMode::Vxlan, _) | (PoolMode::Auto, false) => Forwarding::Vxlan,
+            (PoolMode::Routed, true) | (PoolMode::Auto, true) => Forwarding::Routed,
+            (PoolMode::Routed, false) => Forwarding::Unreachable,
+        }
+    }
 }
 
 impl std::fmt::Display for PoolMode {
@@ -195,6 +246,40 @@ pub struct IPPoolStatus {
     /// `converged/total` nodes programmed for the current mode, for `kubectl get`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode_convergence: Option<String>,
+
+    /// While a mode switch rolls out: what it changes, and which nodes are still to switch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode_plan: Option<ModePlan>,
+}
+
+/// The plan of a mode switch, shown from the moment `spec.mode` changes until every node of
+/// the pool runs the new mode.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ModePlan {
+    /// Mode the nodes ran before the switch.
+    pub from: String,
+    /// Mode they switch to (`spec.mode`).
+    pub to: String,
+    /// Nodes that have to reprogram their routes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<String>,
+    /// Of those, the ones that have not switched yet.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending: Vec<String>,
+    /// Node pairs whose traffic moves from VXLAN to direct routes.
+    #[serde(default)]
+    pub peers_to_routed: u32,
+    /// Node pairs whose traffic moves from direct routes to VXLAN.
+    #[serde(default)]
+    pub peers_to_vxlan: u32,
+    /// Node pairs left without a path (`Routed` across subnets).
+    #[serde(default)]
+    pub peers_unreachable: u32,
+    /// MTU of new pod interfaces per node, where it changes (`node: old -> new`). Running
+    /// pods keep the MTU they were created with until they restart.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mtu_changes: Vec<String>,
 }
 
 impl IPPoolSpec {

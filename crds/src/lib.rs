@@ -12,8 +12,12 @@ pub use cidr::{Cidr, CidrError, Family};
 pub use cluster_network::{
     CLUSTER_NETWORK_NAME, ClusterNetwork, ClusterNetworkSpec, ClusterNetworkStatus,
 };
-pub use ip_block::{Allocation, IPBlock, IPBlockSpec, IPBlockStatus};
-pub use ip_pool::{IPPool, IPPoolSpec, IPPoolStatus, PoolMode};
+pub use ip_block::{
+    Allocation, IPBlock, IPBlockSpec, IPBlockStatus, RELEASE_ANNOTATION, ReleaseRequest,
+};
+pub use ip_pool::{
+    Forwarding, IPPool, IPPoolSpec, IPPoolStatus, ModePlan, PoolMode, vxlan_overhead,
+};
 
 /// API group of every sinew resource.
 pub const GROUP: &str = "sinew.dev";

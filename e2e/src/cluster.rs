@@ -150,6 +150,8 @@ impl SimNode {
 pub struct Pod {
     pub namespace: String,
     pub name: String,
+    /// UID of its `Pod` object (what the runtime passes the plugin).
+    pub uid: String,
     pub node: String,
     pub ns: NetNs,
     pub result: Value,
@@ -186,6 +188,7 @@ pub trait PodNetworker {
 pub struct PodRef {
     pub namespace: String,
     pub name: String,
+    pub uid: String,
 }
 
 /// Attaches pods through upstream `cnitool` with the conflist and plugin the node's agent
@@ -212,7 +215,7 @@ impl PodNetworker for CnitoolNetworker {
             "sinew",
             pod_netns,
             None,
-            (&pod.namespace, &pod.name),
+            (&pod.namespace, &pod.name, &pod.uid),
         )
     }
     fn del(&self, node: &SimNode, pod: &PodRef, pod_netns: &Path) -> Run {
@@ -222,7 +225,7 @@ impl PodNetworker for CnitoolNetworker {
             "sinew",
             pod_netns,
             None,
-            (&pod.namespace, &pod.name),
+            (&pod.namespace, &pod.name, &pod.uid),
         )
     }
 }
@@ -509,17 +512,46 @@ impl LocalCluster {
     }
 
     /// Starts pod `default/<name>` on `node`; panics with the plugin's words if it fails.
-    pub fn start_pod(&self, node: &str, name: &str) -> Pod {
-        self.start_pod_in(node, "default", name)
+    /// Creates the `Pod` object (scheduled to `node`, as the scheduler would) and returns its UID.
+    pub async fn create_pod_object(&self, node: &str, namespace: &str, name: &str) -> String {
+        let pods: Api<k8s_openapi::api::core::v1::Pod> =
+            Api::namespaced(self.client.clone(), namespace);
+        let object = json!({"apiVersion": "v1", "kind": "Pod",
+                            "metadata": {"name": name, "namespace": namespace},
+                            "spec": {"nodeName": node, "containers": [{"name": "app", "image": "registry.k8s.io/pause:3.10"}]}});
+        let pod = pods
+            .patch(
+                name,
+                &PatchParams::apply("sinew-e2e").force(),
+                &Patch::Apply(&object),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("creating Pod {namespace}/{name}: {e}"));
+        pod.metadata.uid.expect("a Pod's UID")
+    }
+
+    /// Deletes the `Pod` object only (the runtime never runs DEL: a leak, as after a crash).
+    pub async fn delete_pod_object(&self, namespace: &str, name: &str) {
+        let pods: Api<k8s_openapi::api::core::v1::Pod> =
+            Api::namespaced(self.client.clone(), namespace);
+        let _ = pods
+            .delete(name, &kube::api::DeleteParams::default().grace_period(0))
+            .await;
+    }
+
+    pub async fn start_pod(&self, node: &str, name: &str) -> Pod {
+        self.start_pod_in(node, "default", name).await
     }
 
     /// Starts pod `<namespace>/<name>` on `node` through the networker.
-    pub fn start_pod_in(&self, node: &str, namespace: &str, name: &str) -> Pod {
+    pub async fn start_pod_in(&self, node: &str, namespace: &str, name: &str) -> Pod {
+        let uid = self.create_pod_object(node, namespace, name).await;
         let ns = netsim::netns("pod");
         let n = self.node(node);
         let pod = PodRef {
             namespace: namespace.into(),
             name: name.into(),
+            uid: uid.clone(),
         };
         let run = self.networker.add(n, &pod, ns.path());
         assert!(
@@ -532,6 +564,7 @@ impl LocalCluster {
         Pod {
             namespace: namespace.into(),
             name: name.into(),
+            uid,
             node: node.into(),
             result: serde_json::from_str(&run.stdout).expect("CNI result"),
             ns,
@@ -539,10 +572,11 @@ impl LocalCluster {
     }
 
     /// Removes a pod's network.
-    pub fn stop_pod(&self, pod: Pod) {
+    pub async fn stop_pod(&self, pod: Pod) {
         let r = PodRef {
             namespace: pod.namespace.clone(),
             name: pod.name.clone(),
+            uid: pod.uid.clone(),
         };
         let run = self.networker.del(self.node(&pod.node), &r, pod.ns.path());
         assert!(
@@ -550,6 +584,7 @@ impl LocalCluster {
             "DEL of {}: {} {}",
             pod.name, run.stdout, run.stderr
         );
+        self.delete_pod_object(&pod.namespace, &pod.name).await;
     }
 
     /// What sinew left on node `name`: its conflist, plugin binary, peer routes, VXLAN device

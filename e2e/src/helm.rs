@@ -211,6 +211,10 @@ pub async fn start_operator(
         .env("POD_NAMESPACE", NAMESPACE)
         .env("POD_NAME", identity)
         .env("SINEW_METRICS_ADDR", "127.0.0.1:0");
+    // SINEW_E2E_OPERATOR_LOG overrides the chart's log level when debugging a test.
+    if let Ok(level) = std::env::var("SINEW_E2E_OPERATOR_LOG") {
+        cmd.env("SINEW_LOG", level);
+    }
     Ok(Supervised::spawn(
         &format!("sinew-operator {identity}"),
         cmd,

@@ -11,6 +11,7 @@ pub mod netsim;
 pub mod plugin;
 pub mod process;
 pub mod require;
+pub mod scale;
 pub mod tools;
 
 pub use control_plane::ControlPlane;

@@ -178,11 +178,12 @@ impl Cnitool {
             network,
             pod_netns,
             cap_args,
-            ("default", "cnitool-pod"),
+            ("default", "cnitool-pod", "uid-cnitool-pod"),
         )
     }
 
-    /// [`Cnitool::run`] for a given pod `(namespace, name)` (passed in `CNI_ARGS`).
+    /// [`Cnitool::run`] for a given pod `(namespace, name, uid)` (passed in `CNI_ARGS`, as the
+    /// kubelet's runtime does).
     pub fn run_for_pod(
         &self,
         node: &NetNs,
@@ -190,7 +191,7 @@ impl Cnitool {
         network: &str,
         pod_netns: &Path,
         cap_args: Option<&str>,
-        (namespace, pod): (&str, &str),
+        (namespace, pod, uid): (&str, &str, &str),
     ) -> Run {
         let cni_path = self
             .plugin_dirs
@@ -207,7 +208,7 @@ impl Cnitool {
             .env("CNI_IFNAME", "eth0")
             .env(
                 "CNI_ARGS",
-                format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={pod};K8S_POD_UID=uid-{pod}"),
+                format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={pod};K8S_POD_UID={uid}"),
             );
         if let Some(caps) = cap_args {
             cmd.env("CAP_ARGS", caps);
@@ -287,5 +288,6 @@ pub fn pool(name: &str, cidr: &str, blocks: &[&str]) -> PoolState {
         disabled: false,
         reserved: Vec::new(),
         blocks: blocks.iter().map(|b| b.to_string()).collect(),
+        exhausted: false,
     }
 }

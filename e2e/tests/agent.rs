@@ -127,9 +127,10 @@ async fn agents_claim_distinct_blocks_and_pods_talk_across_nodes(ctx: Ctx) -> Te
     let owners: BTreeSet<String> = blocks.iter().map(|b| b.spec.node.clone()).collect();
     assert_eq!(owners.len(), 3, "every node owns a block: {owners:?}");
 
-    let pods: Vec<Pod> = (0..3)
-        .map(|i| cluster.start_pod(&cluster.name(i), &format!("p{i}")))
-        .collect();
+    let mut pods: Vec<Pod> = Vec::new();
+    for i in 0..3 {
+        pods.push(cluster.start_pod(&cluster.name(i), &format!("p{i}")).await);
+    }
     // Every agent must have learnt every peer's blocks and VTEP before traffic flows.
     for node in 0..3 {
         let name = cluster.name(node);
@@ -174,7 +175,7 @@ async fn agents_claim_distinct_blocks_and_pods_talk_across_nodes(ctx: Ctx) -> Te
         "{fdb_dsts:?}"
     );
     for p in pods {
-        cluster.stop_pod(p);
+        cluster.stop_pod(p).await;
     }
     Ok(())
 }
@@ -191,8 +192,8 @@ async fn live_mode_switch_keeps_connections_and_large_transfers(ctx: Ctx) -> Tes
     let cluster = LocalCluster::start(&ctx.cp, "sw", &[0, 0]).await;
     pool(&ctx, "sw-pool", "sw", "10.101.0.0/24", 28, "VXLAN").await?;
     cluster.wait_ready(Duration::from_secs(30)).await?;
-    let a = cluster.start_pod(&cluster.name(0), "a");
-    let b = cluster.start_pod(&cluster.name(1), "b");
+    let a = cluster.start_pod(&cluster.name(0), "a").await;
+    let b = cluster.start_pod(&cluster.name(1), "b").await;
     let node0 = cluster.name(0);
     eventually("VXLAN routes", Duration::from_secs(15), || {
         let devs = route_devices(&cluster, &node0);
@@ -236,7 +237,7 @@ async fn live_mode_switch_keeps_connections_and_large_transfers(ctx: Ctx) -> Tes
             .map_err(|e| format!("a large transfer after switching to {mode} failed: {e}"))?;
         assert_eq!(n, 8 << 20);
         if mode == "Routed" {
-            created_under_routed = Some(cluster.start_pod(&cluster.name(1), "c"));
+            created_under_routed = Some(cluster.start_pod(&cluster.name(1), "c").await);
         }
     }
     assert_eq!(stream.failure(), None);
@@ -244,7 +245,7 @@ async fn live_mode_switch_keeps_connections_and_large_transfers(ctx: Ctx) -> Tes
     // A pod created under the old mode is removed completely under the new one.
     let c = created_under_routed.ok_or("pod c was not created")?;
     let c_ip = c.ipv4();
-    cluster.stop_pod(c);
+    cluster.stop_pod(c).await;
     let mut nl = cluster.nodes[1].netlink();
     let left: Vec<String> = nl
         .links()?
@@ -257,8 +258,8 @@ async fn live_mode_switch_keeps_connections_and_large_transfers(ctx: Ctx) -> Tes
         nl.routes(false, 254)?.iter().all(|r| r.dst != c_ip),
         "pod c's host route remains"
     );
-    cluster.stop_pod(a);
-    cluster.stop_pod(b);
+    cluster.stop_pod(a).await;
+    cluster.stop_pod(b).await;
     Ok(())
 }
 
@@ -267,7 +268,7 @@ async fn allocations_show_up_in_ipblock_status(ctx: Ctx) -> TestResult {
     pool(&ctx, "st-pool", "st", "10.102.0.0/24", 27, "Auto").await?;
     cluster.wait_ready(Duration::from_secs(30)).await?;
     let added = Instant::now();
-    let pod = cluster.start_pod(&cluster.name(0), "status-pod");
+    let pod = cluster.start_pod(&cluster.name(0), "status-pod").await;
     let ip = pod.ipv4().to_string();
     let api: Api<IPBlock> = Api::all(ctx.client.clone());
     let deadline = Instant::now() + Duration::from_secs(2);
@@ -313,7 +314,7 @@ async fn allocations_show_up_in_ipblock_status(ctx: Ctx) -> TestResult {
             .0
             .contains("200")
     );
-    cluster.stop_pod(pod);
+    cluster.stop_pod(pod).await;
     let deadline = Instant::now() + Duration::from_secs(2);
     loop {
         let blocks = api
@@ -387,8 +388,8 @@ async fn nat_outgoing_masquerades_only_traffic_leaving_the_pools(ctx: Ctx) -> Te
         .await?;
     cluster.wait_ready(Duration::from_secs(30)).await?;
     let (outside, outside_ip) = cluster.outside_host(0);
-    let a = cluster.start_pod(&cluster.name(0), "a");
-    let b = cluster.start_pod(&cluster.name(1), "b");
+    let a = cluster.start_pod(&cluster.name(0), "a").await;
+    let b = cluster.start_pod(&cluster.name(1), "b").await;
 
     let server = EchoServer::start(&outside, SocketAddr::new(outside_ip, 0));
     let node_ip = cluster.nodes[0].ip.to_string();
@@ -432,8 +433,8 @@ async fn nat_outgoing_masquerades_only_traffic_leaving_the_pools(ctx: Ctx) -> Te
         "{table}"
     );
     assert!(pods4.contains("10.105.0.0/24"), "{table}");
-    cluster.stop_pod(a);
-    cluster.stop_pod(b);
+    cluster.stop_pod(a).await;
+    cluster.stop_pod(b).await;
     Ok(())
 }
 
@@ -505,9 +506,10 @@ async fn blocks_are_claimed_ahead_of_need_and_given_back_when_empty(ctx: Ctx) ->
     cluster.wait_ready(Duration::from_secs(30)).await?;
     let count = || async { blocks_of(&ctx, "rb-pool").await.map(|b| b.len()) };
     assert_eq!(count().await?, 1);
-    let pods: Vec<Pod> = (0..5)
-        .map(|i| cluster.start_pod(&cluster.name(0), &format!("p{i}")))
-        .collect();
+    let mut pods: Vec<Pod> = Vec::new();
+    for i in 0..5 {
+        pods.push(cluster.start_pod(&cluster.name(0), &format!("p{i}")).await);
+    }
     let deadline = Instant::now() + Duration::from_secs(10);
     while count().await? < 2 {
         assert!(
@@ -519,7 +521,7 @@ async fn blocks_are_claimed_ahead_of_need_and_given_back_when_empty(ctx: Ctx) ->
     let ips: BTreeSet<_> = pods.iter().map(Pod::ipv4).collect();
     assert_eq!(ips.len(), 5);
     for p in pods {
-        cluster.stop_pod(p);
+        cluster.stop_pod(p).await;
     }
     let deadline = Instant::now() + Duration::from_secs(15);
     while count().await? > 1 {
@@ -530,8 +532,8 @@ async fn blocks_are_claimed_ahead_of_need_and_given_back_when_empty(ctx: Ctx) ->
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // The node keeps serving pods from the block it kept.
-    let again = cluster.start_pod(&cluster.name(0), "again");
-    cluster.stop_pod(again);
+    let again = cluster.start_pod(&cluster.name(0), "again").await;
+    cluster.stop_pod(again).await;
     Ok(())
 }
 
@@ -570,20 +572,20 @@ async fn a_namespace_annotation_chooses_the_pool(ctx: Ctx) -> TestResult {
     }
     let b_range: sinew_crds::Cidr = "10.109.1.0/24".parse()?;
     let a_range: sinew_crds::Cidr = "10.109.0.0/24".parse()?;
-    let in_b = cluster.start_pod_in(&node.name, "team-b", "web");
+    let in_b = cluster.start_pod_in(&node.name, "team-b", "web").await;
     assert!(
         b_range.contains(in_b.ipv4()),
         "team-b pod got {} instead of an na-b address",
         in_b.ipv4()
     );
-    let default = cluster.start_pod(&node.name, "plain");
+    let default = cluster.start_pod(&node.name, "plain").await;
     assert!(
         a_range.contains(default.ipv4()),
         "the default pool is the first by name: got {}",
         default.ipv4()
     );
-    cluster.stop_pod(in_b);
-    cluster.stop_pod(default);
+    cluster.stop_pod(in_b).await;
+    cluster.stop_pod(default).await;
     Ok(())
 }
 
@@ -602,8 +604,8 @@ async fn dual_stack_pods_talk_over_both_families_across_nodes(ctx: Ctx) -> TestR
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let a = cluster.start_pod(&cluster.name(0), "a");
-    let b = cluster.start_pod(&cluster.name(1), "b");
+    let a = cluster.start_pod(&cluster.name(0), "a").await;
+    let b = cluster.start_pod(&cluster.name(1), "b").await;
     let (a6, b6) = (
         a.ips()
             .into_iter()
@@ -643,7 +645,7 @@ async fn dual_stack_pods_talk_over_both_families_across_nodes(ctx: Ctx) -> TestR
         reply.starts_with(&format!("[{a6}]")),
         "no NAT over IPv6 either: the server saw {reply:?}"
     );
-    cluster.stop_pod(a);
-    cluster.stop_pod(b);
+    cluster.stop_pod(a).await;
+    cluster.stop_pod(b).await;
     Ok(())
 }

@@ -255,8 +255,8 @@ async fn install_upgrade_and_uninstall_a_working_network(ctx: Ctx) -> TestResult
     .await?;
 
     // Pods across the two nodes talk.
-    let a = cluster.start_pod(&cluster.name(0), "a");
-    let b = cluster.start_pod(&cluster.name(1), "b");
+    let a = cluster.start_pod(&cluster.name(0), "a").await;
+    let b = cluster.start_pod(&cluster.name(1), "b").await;
     let server =
         sinew_e2e::netsim::EchoServer::start(&b.ns, std::net::SocketAddr::new(b.ipv4(), 0));
     let reply = sinew_e2e::netsim::tcp_exchange(&a.ns, server.addr)?;
@@ -279,7 +279,9 @@ async fn install_upgrade_and_uninstall_a_working_network(ctx: Ctx) -> TestResult
         ),
         ("patch", "apps", "daemonsets", Some("kube-system"), false),
         ("get", "", "secrets", Some(NAMESPACE), false),
-        ("get", "", "pods", Some(NAMESPACE), false),
+        ("get", "", "pods", Some(NAMESPACE), true),
+        ("create", "", "pods", Some(NAMESPACE), false),
+        ("delete", "", "pods", None, false),
         ("delete", "", "nodes", None, false),
         ("patch", "", "nodes", None, false),
         ("update", "sinew.dev", "ippools", None, false),
@@ -402,8 +404,8 @@ async fn install_upgrade_and_uninstall_a_working_network(ctx: Ctx) -> TestResult
 
     // uninstall: Helm's pre-delete hook runs first (here as a process with the hook's own
     // service account, since no Job controller runs), then Helm deletes the rest.
-    cluster.stop_pod(a);
-    cluster.stop_pod(b);
+    cluster.stop_pod(a).await;
+    cluster.stop_pod(b).await;
     let hooks = helm.run(&["get", "hooks", "sinew", "--namespace", NAMESPACE])?;
     assert!(hooks.contains("sinew-operator\", \"uninstall\""), "{hooks}");
     sinew_e2e::install::apply_manifest(&ctx.client, &hooks).await?;

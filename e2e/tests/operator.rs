@@ -57,8 +57,21 @@ fn metrics_port(identity: &str) -> u16 {
     }
 }
 
-/// `GET path` from a replica's metrics listener: (status line, body).
+/// `GET path` from a replica's metrics listener: (status line, body). Retries a few times:
+/// a replica that just started may not listen yet.
 fn http_get(identity: &str, path: &str) -> Result<(String, String), TestError> {
+    let mut last = None;
+    for _ in 0..10 {
+        match http_get_once(identity, path) {
+            Ok(r) => return Ok(r),
+            Err(e) => last = Some(e),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Err(last.unwrap_or_else(|| "no attempt".into()))
+}
+
+fn http_get_once(identity: &str, path: &str) -> Result<(String, String), TestError> {
     use std::io::{Read, Write};
     let mut conn = std::net::TcpStream::connect(("127.0.0.1", metrics_port(identity)))?;
     conn.set_read_timeout(Some(Duration::from_secs(5)))?;
@@ -86,7 +99,10 @@ fn operator(ctx: &Ctx, identity: &str) -> Result<Supervised, sinew_e2e::Error> {
             "SINEW_METRICS_ADDR",
             format!("127.0.0.1:{}", metrics_port(identity)),
         )
-        .env("SINEW_LOG", "info");
+        .env(
+            "SINEW_LOG",
+            std::env::var("SINEW_E2E_OPERATOR_LOG").unwrap_or_else(|_| "info".into()),
+        );
     Supervised::spawn(
         &format!("sinew-operator {identity}"),
         cmd,
@@ -497,8 +513,13 @@ async fn a_standby_takes_over_when_the_leader_dies_or_steps_down(ctx: Ctx) -> Te
     .await?;
 
     // Every replica serves health; the leader's metrics show its reconciles and the pools.
-    let (status, _) = http_get("standby", "/healthz")?;
-    assert!(status.contains("200"), "{status}");
+    for path in ["/healthz", "/readyz"] {
+        wait(path, Duration::from_secs(5), || async {
+            let (status, _) = http_get("standby", path)?;
+            Ok(status.contains("200").then_some(()))
+        })
+        .await?;
+    }
     let metrics = wait(
         "the leader's metrics show the pool",
         Duration::from_secs(10),

@@ -28,11 +28,20 @@ fn main() -> ExitCode {
                 &serde_yaml::to_string(&ns).map_err(|e| e.to_string())?,
             )
             .await?;
-            let path =
-                sinew_e2e::tools::repo_root().join("charts/sinew/templates/node-agent-rbac.yaml");
-            let template =
-                std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-            let manifest = template.replace("{{ .Release.Namespace }}", NAMESPACE);
+            // The agent's part of the chart, rendered by the real helm.
+            let helm = sinew_e2e::helm::Helm::new(&ctx.cp).map_err(|e| e.to_string())?;
+            let chart = sinew_e2e::helm::Helm::chart();
+            let manifest = helm.run(&[
+                "template",
+                "sinew",
+                &chart,
+                "--namespace",
+                NAMESPACE,
+                "--kube-version",
+                "1.37.2",
+                "--show-only",
+                "templates/node-agent-rbac.yaml",
+            ])?;
             let applied = sinew_e2e::install::apply_manifest(&ctx.client, &manifest).await?;
             eprintln!("applied {applied:?}");
             Ok(())

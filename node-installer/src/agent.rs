@@ -34,7 +34,7 @@ use sinew_cni::netlink::Netlink;
 use sinew_cni::node_state::{self, NodeState, PoolState};
 use sinew_crds::{
     Allocation, CLUSTER_NETWORK_NAME, Cidr, ClusterNetwork, IPBlock, IPBlockSpec, IPBlockStatus,
-    IPPool, PoolMode,
+    IPPool, PoolMode, ReleaseRequest,
 };
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
@@ -130,6 +130,8 @@ struct Memory {
     /// Last conflist situation an Event was recorded for.
     evented: Option<String>,
     cleaned: bool,
+    /// Pools that had no unclaimed block left when this node needed one.
+    exhausted: BTreeSet<String>,
 }
 
 pub struct Agent {
@@ -348,6 +350,7 @@ impl Agent {
 
         self.apply_nat()?;
         self.mirror_namespace_pools()?;
+        self.release_leaks(&mut nl)?;
 
         let ready = state
             .pools
@@ -513,15 +516,19 @@ impl Agent {
                 && free >= u128::from(self.settings.min_free)
                 && !requested.contains(&name)
             {
+                self.memory.exhausted.remove(&name);
                 continue;
             }
             let size = pool.spec.effective_block_size(cidr.family());
             match self.claim_one(&name, &cidr, size).await? {
                 Some(block) => {
+                    self.memory.exhausted.remove(&name);
                     info!(node = %self.settings.node_name, pool = %name, block = %block, free = free as u64, "claimed block")
                 }
                 None => {
-                    warn!(node = %self.settings.node_name, pool = %name, "pool has no unclaimed block left")
+                    if self.memory.exhausted.insert(name.clone()) {
+                        warn!(node = %self.settings.node_name, pool = %name, free = free as u64, "pool has no unclaimed block left");
+                    }
                 }
             }
         }
@@ -673,7 +680,7 @@ impl Agent {
         pools: &[Arc<IPPool>],
     ) -> NodeState {
         let underlay_mtu = local.underlay.mtu;
-        let overhead = program::vxlan_overhead(sinew_crds::Family::of(local.underlay.ip));
+        let family = sinew_crds::Family::of(local.underlay.ip);
         let fixed_mtu = match &network.spec.mtu {
             k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(n) => {
                 u32::try_from(*n).ok()
@@ -688,16 +695,12 @@ impl Agent {
                     let name = p.name_any();
                     PoolState {
                         mode: p.spec.mode,
-                        mtu: fixed_mtu.unwrap_or(match p.spec.mode {
-                            PoolMode::Routed => underlay_mtu,
-                            PoolMode::Vxlan | PoolMode::Auto => {
-                                underlay_mtu.saturating_sub(overhead)
-                            }
-                        }),
+                        mtu: p.spec.mode.pod_mtu(underlay_mtu, family, fixed_mtu),
                         // Conflicted pools hand out no new addresses either.
                         disabled: p.spec.disabled || p.is_conflicted(),
                         reserved: p.spec.reserved.clone(),
                         blocks: self.my_blocks(&name).iter().map(Cidr::to_string).collect(),
+                        exhausted: self.memory.exhausted.contains(&name),
                         cidr: p.spec.cidr.clone(),
                         name,
                     }
@@ -784,6 +787,7 @@ impl Agent {
             "ready": ready,
             "specHash": spec_hash,
             "underlay": local.underlay.subnet.to_string(),
+            "underlayMtu": local.underlay.mtu,
             "install": install,
             "modes": modes.iter().map(|(k, v)| (k.clone(), v.to_string())).collect::<BTreeMap<_, _>>(),
             "problems": problems,
@@ -871,6 +875,52 @@ impl Agent {
                 warn!(node = %self.settings.node_name, error = %e, "recording an Event failed")
             }
         }
+    }
+
+    /// Carries out the operator's release requests on this node's blocks: under the store
+    /// lock, frees an allocation only if it still matches the request exactly (address, slot
+    /// generation, pod UID), then removes its host-side veth if one is left.
+    fn release_leaks(&mut self, nl: &mut Netlink) -> anyhow::Result<()> {
+        let requests: Vec<(String, ReleaseRequest)> = self
+            .cluster
+            .blocks
+            .state()
+            .iter()
+            .filter(|b| b.spec.node == self.settings.node_name)
+            .flat_map(|b| {
+                let name = b.name_any();
+                b.release_requests()
+                    .into_iter()
+                    .map(move |r| (name.clone(), r))
+            })
+            .collect();
+        if requests.is_empty() {
+            return Ok(());
+        }
+        let freed = ipam::Store::new(&self.settings.state_dir).update(|st| {
+            let mut freed = Vec::new();
+            for (block, r) in &requests {
+                let key = st
+                    .attachments
+                    .values()
+                    .find(|a| {
+                        a.pod_uid.as_deref() == Some(r.pod_uid.as_str())
+                            && a.addresses
+                                .iter()
+                                .any(|h| h.ip.to_string() == r.ip && h.generation == r.generation)
+                    })
+                    .map(|a| a.key());
+                if let Some(attachment) = key.and_then(|k| st.remove_attachment(&k)) {
+                    freed.push((block.clone(), r.clone(), attachment.host_veth));
+                }
+            }
+            freed
+        })?;
+        for (block, r, veth) in freed {
+            let veth_removed = nl.delete_link_by_name(&veth).unwrap_or(false);
+            info!(node = %self.settings.node_name, block = %block, ip = %r.ip, generation = r.generation, pod = %r.pod, pod_uid = %r.pod_uid, veth_removed, "leaked allocation released");
+        }
+        Ok(())
     }
 
     /// Writes each owned block's allocations into its `IPBlock` status when they changed.

@@ -19,15 +19,6 @@ pub const PEER_ROUTE_PROTOCOL: u8 = 116;
 const MAIN_TABLE: u32 = 254;
 const NUD_PERMANENT: u16 = 0x80;
 
-/// VXLAN encapsulation overhead for an underlay of `family` (outer IP + UDP + VXLAN + inner
-/// Ethernet).
-pub fn vxlan_overhead(family: Family) -> u32 {
-    match family {
-        Family::V4 => 50,
-        Family::V6 => 70,
-    }
-}
-
 /// The interface carrying the node's address.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Underlay {
@@ -76,7 +67,7 @@ pub fn ensure_vxlan(
 ) -> Result<Link, NetlinkError> {
     let mtu = underlay
         .mtu
-        .saturating_sub(vxlan_overhead(Family::of(underlay.ip)));
+        .saturating_sub(sinew_crds::vxlan_overhead(Family::of(underlay.ip)));
     let existing = nl.link_by_name(VXLAN_DEVICE)?;
     let stale = existing.is_some() && previous.is_some_and(|p| p != params);
     if stale {

@@ -1,8 +1,7 @@
 //! What the reconcilers share, and their error type.
 
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::api::networking::v1::ServiceCIDR;
-use kube::core::PartialObjectMeta;
 use kube::runtime::events::Recorder;
 use kube::runtime::reflector::Store;
 use sinew_crds::{IPBlock, IPPool};
@@ -26,14 +25,28 @@ pub struct Context {
     pub client: kube::Client,
     pub settings: Settings,
     pub nodes: Store<Node>,
+    /// The `ClusterNetwork` (fixed MTU for mode plans).
+    pub networks: Store<sinew_crds::ClusterNetwork>,
     pub pools: Store<IPPool>,
     pub blocks: Store<IPBlock>,
     /// Pods, metadata only: whether an allocation's pod (by UID) still exists.
-    pub pods: Store<PartialObjectMeta<Pod>>,
+    pub pods: crate::pod_uids::PodUids,
     /// Service CIDRs of the cluster (pools must not overlap them).
     pub service_cidrs: Store<ServiceCIDR>,
     pub recorder: Recorder,
     pub metrics: std::sync::Arc<crate::http::Metrics>,
+}
+
+impl Context {
+    /// Waits until every cache has had its initial list; false if a watch ended for good.
+    pub async fn caches_ready(&self) -> bool {
+        self.nodes.wait_until_ready().await.is_ok()
+            && self.networks.wait_until_ready().await.is_ok()
+            && self.pools.wait_until_ready().await.is_ok()
+            && self.blocks.wait_until_ready().await.is_ok()
+            && self.pods.wait_until_ready().await
+            && self.service_cidrs.wait_until_ready().await.is_ok()
+    }
 }
 
 /// Reconcile failures, one variant per step, so a failure says where it happened.

@@ -4,10 +4,12 @@
 pub mod conditions;
 pub mod context;
 pub mod daemonset;
+pub mod gc;
 pub mod http;
 pub mod leader;
 pub mod network;
 pub mod nodes;
+pub mod pod_uids;
 pub mod pool;
 pub mod run;
 pub mod uninstall;

@@ -38,6 +38,9 @@ pub struct NodeReport {
     pub problems: Vec<String>,
     #[serde(default)]
     pub cleaned_up: bool,
+    /// MTU of the node's underlay interface.
+    #[serde(default)]
+    pub underlay_mtu: Option<u32>,
     /// The node's underlay subnet (CIDR of the interface holding its address).
     #[serde(default)]
     pub underlay: Option<String>,

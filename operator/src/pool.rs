@@ -9,8 +9,11 @@ use k8s_openapi::api::core::v1::Node;
 use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
+use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
-use sinew_crds::{Cidr, Family, IPBlock, IPPool, IPPoolStatus};
+use std::collections::BTreeMap;
+
+use sinew_crds::{Cidr, Family, Forwarding, IPBlock, IPPool, IPPoolStatus, ModePlan, PoolMode};
 
 use crate::context::{
     Context, Error, apply_status, delete_if_present, ensure_finalizer, remove_finalizer,
@@ -128,12 +131,157 @@ pub fn capacity(pool: &IPPool) -> (u64, u64) {
     )
 }
 
+/// Pools whose status a change of node `name` can change: those selecting it (convergence,
+/// mode plans, subnets), those containing one of its `addresses` (conflicts) and those with
+/// blocks on it (released when the node goes).
+pub fn affected_by_node(
+    name: &str,
+    labels: &BTreeMap<String, String>,
+    addresses: &[std::net::IpAddr],
+    pools: &[Arc<IPPool>],
+    blocks: &[Arc<IPBlock>],
+) -> Vec<ObjectRef<IPPool>> {
+    let holding: std::collections::BTreeSet<&str> = blocks
+        .iter()
+        .filter(|b| b.spec.node == name)
+        .map(|b| b.spec.pool.as_str())
+        .collect();
+    pools
+        .iter()
+        .filter(|p| {
+            holding.contains(p.name_any().as_str())
+                || sinew_crds::selector::matches(p.spec.node_selector.as_ref(), labels)
+                || p.spec
+                    .parsed_cidr()
+                    .is_ok_and(|c| addresses.iter().any(|a| c.contains(*a)))
+        })
+        .map(|p| ObjectRef::from(p.as_ref()))
+        .collect()
+}
+
+/// The addresses of `node`.
+pub fn node_addresses(node: &Node) -> Vec<std::net::IpAddr> {
+    node.status
+        .as_ref()
+        .and_then(|s| s.addresses.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a.address.parse().ok())
+        .collect()
+}
+
+/// Pools whose verdict a change of `changed` can change: those it overlaps now, and those
+/// currently stalled on a conflict (it may have been the pool they overlapped).
+pub fn affected_by_pool(changed: &IPPool, pools: &[Arc<IPPool>]) -> Vec<ObjectRef<IPPool>> {
+    let cidr = changed.spec.parsed_cidr().ok();
+    pools
+        .iter()
+        .filter(|p| p.name_any() != changed.name_any())
+        .filter(|p| {
+            p.is_conflicted()
+                || cidr
+                    .as_ref()
+                    .is_some_and(|c| p.spec.parsed_cidr().is_ok_and(|o| o.overlaps(c)))
+        })
+        .map(|p| ObjectRef::from(p.as_ref()))
+        .collect()
+}
+
+/// Pure: the plan of a mode switch of `pool` across `selected` nodes (None when every node
+/// runs `spec.mode`, or when no node ran another mode: nodes still joining are not a switch).
+/// A plan already in `previous` for the same target keeps its `from` and its node list, so
+/// the status shows the whole switch while `pending` shrinks.
+pub fn mode_plan(
+    pool: &IPPool,
+    selected: &[&Arc<Node>],
+    previous: Option<&ModePlan>,
+    fixed_mtu: Option<u32>,
+) -> Option<ModePlan> {
+    let name = pool.name_any();
+    let to = pool.spec.mode;
+    let mut reports: Vec<(String, nodes::NodeReport)> = selected
+        .iter()
+        .filter_map(|n| Some((n.name_any(), nodes::report(n)?)))
+        .collect();
+    let running = |r: &nodes::NodeReport| -> Option<PoolMode> {
+        serde_json::from_value(serde_json::Value::String(r.modes.get(&name)?.clone())).ok()
+    };
+    reports.sort_by(|a, b| a.0.cmp(&b.0));
+    let pending: Vec<String> = reports
+        .iter()
+        .filter(|(_, r)| running(r).is_some_and(|m| m != to))
+        .map(|(n, _)| n.clone())
+        .collect();
+    if pending.is_empty() {
+        return None;
+    }
+    let previous = previous.filter(|p| p.to == to.to_string());
+    let from = match previous {
+        Some(p) => serde_json::from_value(serde_json::Value::String(p.from.clone())).ok()?,
+        None => {
+            let mut counts: BTreeMap<PoolMode, usize> = BTreeMap::new();
+            for (_, r) in &reports {
+                if let Some(m) = running(r).filter(|m| *m != to) {
+                    *counts.entry(m).or_default() += 1;
+                }
+            }
+            counts.into_iter().max_by_key(|(_, c)| *c)?.0
+        }
+    };
+    let mut affected: std::collections::BTreeSet<String> = pending.iter().cloned().collect();
+    if let Some(p) = previous {
+        affected.extend(p.nodes.iter().cloned());
+    }
+    let (mut to_routed, mut to_vxlan, mut unreachable) = (0, 0, 0);
+    for (i, (_, a)) in reports.iter().enumerate() {
+        for (_, b) in &reports[i + 1..] {
+            let (Some(sa), Some(sb)) = (&a.underlay, &b.underlay) else {
+                continue;
+            };
+            let same = sa == sb;
+            let (before, after) = (from.forwarding(same), to.forwarding(same));
+            if before == after {
+                continue;
+            }
+            match after {
+                Forwarding::Routed => to_routed += 1,
+                Forwarding::Vxlan => to_vxlan += 1,
+                Forwarding::Unreachable => unreachable += 1,
+            }
+        }
+    }
+    let mtu_changes = reports
+        .iter()
+        .filter(|(n, _)| affected.contains(n))
+        .filter_map(|(n, r)| {
+            let family = r.underlay.as_ref()?.parse::<Cidr>().ok()?.family();
+            let mtu = r.underlay_mtu?;
+            let (old, new) = (
+                from.pod_mtu(mtu, family, fixed_mtu),
+                to.pod_mtu(mtu, family, fixed_mtu),
+            );
+            (old != new).then(|| format!("{n}: {old} -> {new}"))
+        })
+        .collect();
+    Some(ModePlan {
+        from: from.to_string(),
+        to: to.to_string(),
+        nodes: affected.into_iter().collect(),
+        pending,
+        peers_to_routed: to_routed,
+        peers_to_vxlan: to_vxlan,
+        peers_unreachable: unreachable,
+        mtu_changes,
+    })
+}
+
 /// Pure: the status of `pool` from its blocks, the nodes and the conflict check.
 pub fn status(
     pool: &IPPool,
     blocks: &[Arc<IPBlock>],
     nodes: &[Arc<Node>],
     conflict: Option<&Conflict>,
+    fixed_mtu: Option<u32>,
 ) -> IPPoolStatus {
     let name = pool.name_any();
     let generation = pool.metadata.generation;
@@ -260,6 +408,12 @@ pub fn status(
         block_size: Some(pool.spec.effective_block_size(family)),
         usage: Some(format!("{allocated}/{capacity}")),
         mode_convergence: Some(format!("{converged}/{}", selected.len())),
+        mode_plan: mode_plan(
+            pool,
+            &selected,
+            pool.status.as_ref().and_then(|s| s.mode_plan.as_ref()),
+            fixed_mtu,
+        ),
     }
 }
 
@@ -328,7 +482,18 @@ pub async fn reconcile(pool: Arc<IPPool>, ctx: Arc<Context>) -> Result<Action, E
         })
         .collect();
     let found = conflict(&pool, &pools, &services, &addresses);
-    let st = status(&pool, &blocks, &nodes, found.as_ref());
+    let fixed_mtu = ctx
+        .networks
+        .get(&kube::runtime::reflector::ObjectRef::new(
+            sinew_crds::CLUSTER_NETWORK_NAME,
+        ))
+        .and_then(|n| match &n.spec.mtu {
+            k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(m) => {
+                u32::try_from(*m).ok()
+            }
+            k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(_) => None,
+        });
+    let st = status(&pool, &blocks, &nodes, found.as_ref(), fixed_mtu);
     write_status(&pool, &ctx, &st).await?;
     ctx.metrics.pool(
         &name,
@@ -375,12 +540,6 @@ async fn release_blocks_of_departed_nodes(pool: &IPPool, ctx: &Context) -> Resul
     let name = pool.name_any();
     let nodes: std::collections::BTreeSet<String> =
         ctx.nodes.state().iter().map(|n| n.name_any()).collect();
-    let pods: std::collections::BTreeSet<String> = ctx
-        .pods
-        .state()
-        .iter()
-        .filter_map(|p| p.metadata.uid.clone())
-        .collect();
     let api: Api<IPBlock> = Api::all(ctx.client.clone());
     let mut waiting = false;
     for block in ctx.blocks.state().iter().filter(|b| b.spec.pool == name) {
@@ -388,7 +547,7 @@ async fn release_blocks_of_departed_nodes(pool: &IPPool, ctx: &Context) -> Resul
         if node_exists {
             continue;
         }
-        if !releasable(block, node_exists, |uid| pods.contains(uid)) {
+        if !releasable(block, node_exists, |uid| ctx.pods.contains(uid)) {
             waiting = true;
             continue;
         }
@@ -440,6 +599,72 @@ mod tests {
         );
         p.metadata.generation = Some(1);
         p
+    }
+
+    /// A node whose agent reports running `mode` for pool `p` on `subnet` (MTU 1500).
+    fn reporting(name: &str, subnet: &str, mode: &str) -> Arc<Node> {
+        let report = serde_json::json!({"ready": true, "underlay": subnet, "underlayMtu": 1500,
+                                        "modes": {"p": mode}});
+        Arc::new(
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "v1", "kind": "Node",
+                "metadata": {"name": name, "annotations": {"sinew.dev/node-state": report.to_string()}},
+            }))
+            .unwrap(),
+        )
+    }
+
+    #[test]
+    fn a_mode_switch_plan_names_nodes_pairs_and_mtus_and_shrinks_as_nodes_switch() {
+        let mut p = pool("p", "10.0.0.0/16", &[]);
+        p.spec.mode = PoolMode::Routed;
+        // a and b share a subnet, c is behind a router; all still run VXLAN.
+        let nodes = [
+            reporting("a", "10.99.0.0/24", "VXLAN"),
+            reporting("b", "10.99.0.0/24", "VXLAN"),
+            reporting("c", "10.99.1.0/24", "VXLAN"),
+        ];
+        let selected: Vec<&Arc<Node>> = nodes.iter().collect();
+        let plan = mode_plan(&p, &selected, None, None).unwrap();
+        assert_eq!((plan.from.as_str(), plan.to.as_str()), ("VXLAN", "Routed"));
+        assert_eq!(plan.nodes, ["a", "b", "c"]);
+        assert_eq!(plan.pending, ["a", "b", "c"]);
+        assert_eq!(plan.peers_to_routed, 1, "a-b");
+        assert_eq!(plan.peers_unreachable, 2, "a-c and b-c");
+        assert_eq!(
+            plan.mtu_changes,
+            ["a: 1450 -> 1500", "b: 1450 -> 1500", "c: 1450 -> 1500"]
+        );
+        // A fixed MTU does not change.
+        assert!(
+            mode_plan(&p, &selected, None, Some(1400))
+                .unwrap()
+                .mtu_changes
+                .is_empty()
+        );
+        // a has switched: the plan still lists it, pending shrinks.
+        let nodes2 = [
+            reporting("a", "10.99.0.0/24", "Routed"),
+            nodes[1].clone(),
+            nodes[2].clone(),
+        ];
+        let selected2: Vec<&Arc<Node>> = nodes2.iter().collect();
+        let later = mode_plan(&p, &selected2, Some(&plan), None).unwrap();
+        assert_eq!(later.nodes, ["a", "b", "c"]);
+        assert_eq!(later.pending, ["b", "c"]);
+        assert_eq!(later.from, "VXLAN");
+        // Everyone switched: no plan.
+        let done: Vec<Arc<Node>> = ["a", "b", "c"]
+            .iter()
+            .map(|n| reporting(n, "10.99.0.0/24", "Routed"))
+            .collect();
+        let selected3: Vec<&Arc<Node>> = done.iter().collect();
+        assert_eq!(mode_plan(&p, &selected3, Some(&later), None), None);
+        // Auto from VXLAN: same-subnet pairs go direct, no MTU change.
+        p.spec.mode = PoolMode::Auto;
+        let auto = mode_plan(&p, &selected, None, None).unwrap();
+        assert_eq!((auto.peers_to_routed, auto.peers_to_vxlan), (1, 0));
+        assert!(auto.mtu_changes.is_empty());
     }
 
     fn block(allocations: serde_json::Value) -> IPBlock {
@@ -497,7 +722,7 @@ mod tests {
         );
         assert!(overlapping(&c, &all).is_none());
         let c = conflict(&b, &all, &[], &[]).expect("a conflict");
-        let st = status(&b, &[], &[], Some(&c));
+        let st = status(&b, &[], &[], Some(&c), None);
         assert!(!conditions::is_true(&st.conditions, "Ready"));
         let ready = st.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
         assert_eq!(ready.reason, "OverlappingPools");

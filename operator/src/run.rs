@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::api::networking::v1::ServiceCIDR;
+use kube::ResourceExt;
 use kube::api::Api;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
@@ -45,8 +46,47 @@ where
     }
 }
 
-/// Keeps a reflector's store filled for as long as the process runs.
-fn reflect<K>(api: Api<K>) -> reflector::Store<K>
+/// Label agents put on their blocks: the pool.
+const POOL_LABEL: &str = "sinew.dev/pool";
+
+/// A metadata-only watch of `K`, as a trigger stream (nothing of it is kept).
+fn metadata<K>(
+    api: Api<PartialObjectMeta<K>>,
+) -> impl futures::Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send + 'static
+where
+    K: kube::Resource<DynamicType = ()> + Clone + Send + Sync + std::fmt::Debug + 'static,
+    PartialObjectMeta<K>: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    watcher(api, watcher::Config::default())
+        .default_backoff()
+        .touched_objects()
+}
+
+/// Drives a watch stream for as long as the process runs.
+fn drive<S, T>(stream: S)
+where
+    S: futures::Stream<Item = Result<T, watcher::Error>> + Send + 'static,
+    T: Send,
+{
+    tokio::spawn(async move {
+        futures::pin_mut!(stream);
+        while let Some(event) = stream.next().await {
+            if let Err(e) = event {
+                warn!(error = %e, "watch error; retrying");
+            }
+        }
+    });
+}
+
+/// Keeps a store of `K` filled from one watch, with `prune` dropping what the operator never
+/// reads (the store is most of the operator's memory).
+fn reflect<K>(api: Api<K>, prune: fn(&mut K)) -> reflector::Store<K>
 where
     K: kube::Resource<DynamicType = ()>
         + Clone
@@ -57,20 +97,35 @@ where
         + 'static,
 {
     let (store, writer) = reflector::store::<K>();
-    let stream = reflector::reflector(
-        writer,
-        watcher(api, watcher::Config::default()).default_backoff(),
-    )
-    .touched_objects();
-    tokio::spawn(async move {
-        futures::pin_mut!(stream);
-        while let Some(event) = stream.next().await {
-            if let Err(e) = event {
-                warn!(error = %e, "watch error; retrying");
-            }
-        }
-    });
+    drive(
+        watcher(api, watcher::Config::default())
+            .default_backoff()
+            .modify(prune)
+            .reflect(writer)
+            .touched_objects(),
+    );
     store
+}
+
+fn prune_meta<K: kube::Resource>(obj: &mut K) {
+    obj.meta_mut().managed_fields = None;
+}
+
+/// Nodes: labels (pool selectors), sinew's annotations (agent reports) and addresses.
+fn prune_node(node: &mut Node) {
+    let meta = &mut node.metadata;
+    meta.managed_fields = None;
+    if let Some(a) = meta.annotations.as_mut() {
+        a.retain(|k, _| k.starts_with("sinew.dev/"));
+    }
+    node.spec = None;
+    node.status = node
+        .status
+        .take()
+        .map(|s| k8s_openapi::api::core::v1::NodeStatus {
+            addresses: s.addresses,
+            ..Default::default()
+        });
 }
 
 /// Runs both controllers until the process ends.
@@ -82,11 +137,12 @@ pub async fn run(
     let ctx = Arc::new(Context {
         client: client.clone(),
         settings: settings.clone(),
-        nodes: reflect(Api::<Node>::all(client.clone())),
-        pools: reflect(Api::<IPPool>::all(client.clone())),
-        blocks: reflect(Api::<IPBlock>::all(client.clone())),
-        pods: reflect(Api::<PartialObjectMeta<Pod>>::all(client.clone())),
-        service_cidrs: reflect(Api::<ServiceCIDR>::all(client.clone())),
+        nodes: reflect(Api::<Node>::all(client.clone()), prune_node),
+        networks: reflect(Api::<ClusterNetwork>::all(client.clone()), prune_meta),
+        pools: reflect(Api::<IPPool>::all(client.clone()), prune_meta),
+        blocks: reflect(Api::<IPBlock>::all(client.clone()), prune_meta),
+        pods: crate::pod_uids::PodUids::watch(Api::all(client.clone())),
+        service_cidrs: reflect(Api::<ServiceCIDR>::all(client.clone()), prune_meta),
         recorder: Recorder::new(
             client.clone(),
             Reporter {
@@ -96,18 +152,14 @@ pub async fn run(
         ),
         metrics,
     });
-    for (what, ready) in [
-        ("nodes", ctx.nodes.wait_until_ready().await),
-        ("pools", ctx.pools.wait_until_ready().await),
-        ("blocks", ctx.blocks.wait_until_ready().await),
-        ("pods", ctx.pods.wait_until_ready().await),
-        ("servicecidrs", ctx.service_cidrs.wait_until_ready().await),
-    ] {
-        ready.map_err(|e| anyhow::anyhow!("watch of {what} ended: {e}"))?;
+    // Decisions need every cache filled (a pool checked against half the nodes would miss
+    // conflicts).
+    if !ctx.caches_ready().await {
+        anyhow::bail!("a watch ended before its initial list");
     }
 
     // Every Node report matters to the (single) ClusterNetwork.
-    let networks = Controller::new(
+    let network_controller = Controller::new(
         Api::<ClusterNetwork>::all(client.clone()),
         watcher::Config::default(),
     )
@@ -115,9 +167,8 @@ pub async fn run(
         Api::<DaemonSet>::namespaced(client.clone(), &settings.namespace),
         watcher::Config::default(),
     )
-    .watches(
-        Api::<Node>::all(client.clone()),
-        watcher::Config::default(),
+    .watches_stream(
+        metadata(Api::<PartialObjectMeta<Node>>::all(client.clone())),
         |_| Some(ObjectRef::<ClusterNetwork>::new(CLUSTER_NETWORK_NAME)),
     )
     .shutdown_on_signal()
@@ -128,42 +179,58 @@ pub async fn run(
     )
     .for_each(|_| async {});
 
-    // A block changes its pool's usage; a node report changes every pool's convergence; a
-    // pool changes every other pool's overlap verdict.
-    let refs = |store: &reflector::Store<IPPool>| {
-        store
-            .state()
-            .iter()
-            .map(|p| ObjectRef::from(p.as_ref()))
-            .collect::<Vec<_>>()
-    };
-    let (on_node, on_pool) = (ctx.pools.clone(), ctx.pools.clone());
-    let pools = Controller::new(
+    // A block changes its pool's usage; a node changes the pools that select it (convergence,
+    // plans), contain its address (conflicts) or hold blocks on it; a pool changes the
+    // verdict of the pools it overlaps and of those stalled on a conflict.
+    let (by_node, by_pool, by_block) = (ctx.clone(), ctx.clone(), ctx.clone());
+    let pool_controller = Controller::new(
         Api::<IPPool>::all(client.clone()),
         watcher::Config::default(),
     )
-    .watches(
-        Api::<IPBlock>::all(client.clone()),
-        watcher::Config::default(),
-        |b: IPBlock| Some(ObjectRef::<IPPool>::new(&b.spec.pool)),
+    .watches_stream(
+        metadata(Api::<PartialObjectMeta<IPBlock>>::all(client.clone())),
+        move |b| {
+            // Agents label their blocks with the pool; otherwise the cache knows.
+            let pool = b.labels().get(POOL_LABEL).cloned().or_else(|| {
+                by_block
+                    .blocks
+                    .get(&ObjectRef::new(&b.name_any()))
+                    .map(|full| full.spec.pool.clone())
+            });
+            pool.map(|p| ObjectRef::<IPPool>::new(&p))
+        },
     )
-    .watches(
-        Api::<Node>::all(client.clone()),
-        watcher::Config::default(),
-        move |_: Node| refs(&on_node),
+    .watches_stream(
+        metadata(Api::<PartialObjectMeta<Node>>::all(client.clone())),
+        move |n| {
+            let name = n.name_any();
+            let addresses = by_node
+                .nodes
+                .get(&ObjectRef::new(&name))
+                .map(|full| pool::node_addresses(&full))
+                .unwrap_or_default();
+            pool::affected_by_node(
+                &name,
+                n.labels(),
+                &addresses,
+                &by_node.pools.state(),
+                &by_node.blocks.state(),
+            )
+        },
     )
     .watches(
         Api::<IPPool>::all(client.clone()),
         watcher::Config::default(),
-        move |_: IPPool| refs(&on_pool),
+        move |p: IPPool| pool::affected_by_pool(&p, &by_pool.pools.state()),
     )
     .shutdown_on_signal()
     .run(timed("ippool", pool::reconcile), error_policy, ctx.clone())
     .for_each(|_| async {});
+    tokio::spawn(crate::gc::run(ctx.clone()));
     ctx.metrics
         .ready
         .store(true, std::sync::atomic::Ordering::Relaxed);
     info!(namespace = %settings.namespace, "controllers running");
-    futures::join!(networks, pools);
+    futures::join!(network_controller, pool_controller);
     Ok(())
 }

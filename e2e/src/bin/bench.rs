@@ -3,6 +3,7 @@
 //!
 //! `cargo run -p sinew-e2e --release --bin bench -- cni [--iterations N] [--parallel N]`
 //! `cargo run -p sinew-e2e --release --bin bench -- e2e [--pods N] [--parallel N] [--samples N] [--mib N] [--write-docs]`
+//! `cargo run -p sinew-e2e --release --bin bench -- scale` (see `sinew_e2e::scale`)
 //!
 //! `cni`: ADD and DEL latency (p50/p99, sequential) and the wall time of N parallel ADDs then
 //! DELs, for sinew and for the reference `ptp` + `host-local` pair, both driven through upstream
@@ -25,7 +26,7 @@ use sinew_e2e::tools::Tools;
 #[path = "bench/e2e.rs"]
 mod e2e;
 
-const USAGE: &str = "usage: bench cni [--iterations N] [--parallel N]\n       bench e2e [--pods N] [--parallel N] [--samples N] [--mib N] [--write-docs]";
+const USAGE: &str = "usage: bench cni [--iterations N] [--parallel N]\n       bench e2e [--pods N] [--parallel N] [--samples N] [--mib N] [--write-docs]\n       bench scale";
 
 struct Args {
     iterations: usize,
@@ -87,7 +88,10 @@ fn main() -> ExitCode {
     let result = match what.as_str() {
         "cni" => cni(&args),
         "e2e" => local_cluster(&args),
-        other => Err(format!("unknown benchmark {other:?} (known: cni, e2e)")),
+        "scale" => scale(),
+        other => Err(format!(
+            "unknown benchmark {other:?} (known: cni, e2e, scale)"
+        )),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -380,6 +384,52 @@ fn local_cluster(args: &Args) -> Result<(), String> {
     if args.write_docs {
         let path = e2e::write_docs(&title, &machine(), &table, &settings)?;
         eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// `bench scale`: the operator against 1,000 nodes, 50 pools and 10,000 allocations.
+fn scale() -> Result<(), String> {
+    let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+    let scale = sinew_e2e::scale::Scale::default();
+    let m = runtime
+        .block_on(sinew_e2e::scale::run(scale))
+        .map_err(|e| e.to_string())?;
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    println!(
+        "\noperator at scale: {} nodes, {} pools, {} allocations (and as many Pod objects)",
+        scale.nodes,
+        scale.pools,
+        scale.nodes * scale.allocations_per_node
+    );
+    println!("machine: {}\n", machine());
+    println!("| metric | value | target |");
+    println!("|---|---:|---:|");
+    println!(
+        "| objects loaded into the API server (s) | {:.1} | |",
+        m.load.as_secs_f64()
+    );
+    println!(
+        "| operator start to every pool's usage in status (s) | {:.2} | |",
+        m.initial_convergence.as_secs_f64()
+    );
+    println!(
+        "| operator RSS, steady (MiB) | {:.1} | < 32 |",
+        mib(m.rss_kib_steady)
+    );
+    println!(
+        "| operator RSS, peak (MiB) | {:.1} | |",
+        mib(m.rss_kib_peak)
+    );
+    for (label, samples) in [
+        ("IPPool spec edit to status", &m.spec_edit),
+        ("IPBlock report to IPPool status", &m.block_report),
+    ] {
+        println!(
+            "| {label}, p50 / max (ms) | {:.0} / {:.0} | < 1000 |",
+            ms(percentile(samples, 0.5)),
+            ms(percentile(samples, 1.0))
+        );
     }
     Ok(())
 }

@@ -132,7 +132,11 @@ async fn demo(wait: bool) -> Result<usize, Box<dyn std::error::Error>> {
     let mut pods = Vec::new();
     for n in 0..3 {
         for p in 0..2 {
-            pods.push(cluster.start_pod(&cluster.name(n), &format!("pod{}{}", n, p)));
+            pods.push(
+                cluster
+                    .start_pod(&cluster.name(n), &format!("pod{}{}", n, p))
+                    .await,
+            );
         }
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -186,7 +190,7 @@ async fn demo(wait: bool) -> Result<usize, Box<dyn std::error::Error>> {
     }
     step("tearing down");
     for p in pods {
-        cluster.stop_pod(p);
+        cluster.stop_pod(p).await;
     }
     Ok(failures)
 }

@@ -119,7 +119,7 @@ pub async fn run(settings: &Settings) -> Result<Vec<Row>> {
         "starting {} pods ({} at a time), then deleting them...",
         settings.pods, settings.parallel
     );
-    rows.extend(pod_rates(&cluster, settings)?);
+    rows.extend(pod_rates(&cluster, settings).await?);
     wait_allocated(&pools, 0, Duration::from_secs(30)).await?;
 
     eprintln!(
@@ -129,10 +129,10 @@ pub async fn run(settings: &Settings) -> Result<Vec<Row>> {
     rows.extend(status_latency(&cluster, &pools, settings.samples).await?);
 
     eprintln!("starting the throughput pods...");
-    let a = add_pod(&cluster, 0, "tput-a")?;
-    let b = add_pod(&cluster, 0, "tput-b")?;
-    let c = add_pod(&cluster, 1, "tput-c")?;
-    let d = add_pod(&cluster, 2, "tput-d")?;
+    let a = add_pod(&cluster, 0, "tput-a").await?;
+    let b = add_pod(&cluster, 0, "tput-b").await?;
+    let c = add_pod(&cluster, 1, "tput-c").await?;
+    let d = add_pod(&cluster, 2, "tput-d").await?;
     let owners = block_owners(&blocks).await?;
     wait_converged(
         &pools,
@@ -233,7 +233,7 @@ pub async fn run(settings: &Settings) -> Result<Vec<Row>> {
     ));
 
     for p in [a, b, c, d] {
-        del_pod(&cluster, &p)?;
+        remove_pod(&cluster, p).await?;
     }
     Ok(rows)
 }
@@ -390,19 +390,33 @@ async fn wait_allocated(pools: &Api<IPPool>, want: u64, timeout: Duration) -> Re
     }
 }
 
-/// Attaches pod `default/<name>` (a fresh namespace) on node `node` through the cluster's
-/// networker (upstream cnitool, as the runtime would).
-fn add_pod(cluster: &LocalCluster, node: usize, name: &str) -> Result<Pod> {
-    let ns = NetNs::create(&netsim::unique_name("pod"))
-        .map_err(|e| format!("creating a pod namespace: {e}"))?;
-    attach(cluster, node, name, ns)
+/// Creates the Pod object `default/<name>` scheduled to node `node` (as the API server holds
+/// it before the kubelet starts the sandbox); returns its UID.
+async fn pod_object(cluster: &LocalCluster, node: usize, name: &str) -> String {
+    cluster
+        .create_pod_object(&cluster.nodes[node].name, "default", name)
+        .await
 }
 
-fn attach(cluster: &LocalCluster, node: usize, name: &str, ns: NetNs) -> Result<Pod> {
+/// A pod namespace, as the runtime creates it for the sandbox before CNI ADD.
+fn sandbox() -> Result<NetNs> {
+    NetNs::create(&netsim::unique_name("pod")).map_err(|e| format!("creating a pod namespace: {e}"))
+}
+
+/// Creates pod `default/<name>` on node `node` and attaches it through the cluster's
+/// networker (upstream cnitool, as the runtime would).
+async fn add_pod(cluster: &LocalCluster, node: usize, name: &str) -> Result<Pod> {
+    let uid = pod_object(cluster, node, name).await;
+    attach(cluster, node, name, &uid, sandbox()?)
+}
+
+/// CNI ADD of pod `default/<name>` (Pod object `uid`) on node `node` into namespace `ns`.
+fn attach(cluster: &LocalCluster, node: usize, name: &str, uid: &str, ns: NetNs) -> Result<Pod> {
     let sim = &cluster.nodes[node];
     let pod = PodRef {
         namespace: "default".into(),
         name: name.into(),
+        uid: uid.into(),
     };
     let run = cluster.networker.add(sim, &pod, ns.path());
     if !run.success {
@@ -416,6 +430,7 @@ fn attach(cluster: &LocalCluster, node: usize, name: &str, ns: NetNs) -> Result<
     let pod = Pod {
         namespace: pod.namespace,
         name: pod.name,
+        uid: pod.uid,
         node: sim.name.clone(),
         ns,
         result,
@@ -426,10 +441,12 @@ fn attach(cluster: &LocalCluster, node: usize, name: &str, ns: NetNs) -> Result<
     Ok(pod)
 }
 
+/// CNI DEL of a pod (its Pod object stays; see [`remove_pod`]).
 fn del_pod(cluster: &LocalCluster, pod: &Pod) -> Result<()> {
     let r = PodRef {
         namespace: pod.namespace.clone(),
         name: pod.name.clone(),
+        uid: pod.uid.clone(),
     };
     let run = cluster
         .networker
@@ -495,21 +512,27 @@ fn in_parallel<T: Send>(
     Ok((done, latencies, wall))
 }
 
+/// CNI DEL of a pod, then deletion of its Pod object.
+async fn remove_pod(cluster: &LocalCluster, pod: Pod) -> Result<()> {
+    del_pod(cluster, &pod)?;
+    cluster.delete_pod_object(&pod.namespace, &pod.name).await;
+    Ok(())
+}
+
 /// Pods network-ready per second, then deleted per second: [`RATE_ROUNDS`] rounds of
-/// `settings.pods` ADDs then as many DELs; the median round counts.
-fn pod_rates(cluster: &LocalCluster, settings: &Settings) -> Result<Vec<Row>> {
+/// `settings.pods` ADDs then as many DELs; the median round counts. The Pod objects and
+/// sandboxes are created before the ADDs and the objects deleted after the DELs, untimed.
+async fn pod_rates(cluster: &LocalCluster, settings: &Settings) -> Result<Vec<Row>> {
     let n = settings.pods;
     let nodes = cluster.nodes.len();
     let (mut add_walls, mut del_walls) = (Vec::new(), Vec::new());
     let (mut add_lat, mut del_lat) = (Vec::new(), Vec::new());
     for round in 0..RATE_ROUNDS {
-        // The sandbox (network namespace) exists before the runtime calls CNI ADD.
-        let mut namespaces = Vec::with_capacity(n);
-        for _ in 0..n {
-            namespaces.push(Mutex::new(Some(
-                NetNs::create(&netsim::unique_name("pod"))
-                    .map_err(|e| format!("creating a pod namespace: {e}"))?,
-            )));
+        let name = |i: usize| format!("rate-{round}-{i}");
+        let (mut namespaces, mut uids) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        for i in 0..n {
+            uids.push(pod_object(cluster, i % nodes, &name(i)).await);
+            namespaces.push(Mutex::new(Some(sandbox()?)));
         }
         let (pods, lat, wall) = in_parallel(n, settings.parallel, |i| {
             let ns = namespaces[i]
@@ -517,15 +540,17 @@ fn pod_rates(cluster: &LocalCluster, settings: &Settings) -> Result<Vec<Row>> {
                 .ok()
                 .and_then(|mut s| s.take())
                 .ok_or("pod namespace taken twice")?;
-            attach(cluster, i % nodes, &format!("rate-{round}-{i}"), ns)
+            attach(cluster, i % nodes, &name(i), &uids[i], ns)
         })?;
         add_walls.push(wall);
         add_lat.extend(lat);
         let (_, lat, wall) = in_parallel(n, settings.parallel, |i| del_pod(cluster, &pods[i]))?;
         del_walls.push(wall);
         del_lat.extend(lat);
-        drop(pods);
-        std::thread::sleep(Duration::from_secs(1));
+        for pod in pods {
+            cluster.delete_pod_object(&pod.namespace, &pod.name).await;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
     let rate = |wall: Duration| n as f64 / wall.as_secs_f64();
     let how = |verb: &str, walls: &[Duration], lat: &[Duration]| {
@@ -577,10 +602,11 @@ async fn status_latency(
     let (mut add, mut del) = (Vec::new(), Vec::new());
     let base = allocated(pools).await?;
     for i in 0..samples {
-        let ns = NetNs::create(&netsim::unique_name("pod"))
-            .map_err(|e| format!("creating a pod namespace: {e}"))?;
+        let (node, name) = (i % cluster.nodes.len(), format!("status-{i}"));
+        let uid = pod_object(cluster, node, &name).await;
+        let ns = sandbox()?;
         let start = Instant::now();
-        let pod = attach(cluster, i % cluster.nodes.len(), &format!("status-{i}"), ns)?;
+        let pod = attach(cluster, node, &name, &uid, ns)?;
         let seen = wait_allocated(pools, base + 1, Duration::from_secs(10)).await?;
         add.push(seen - start);
         tokio::time::sleep(jitter()).await;
@@ -588,6 +614,7 @@ async fn status_latency(
         del_pod(cluster, &pod)?;
         let seen = wait_allocated(pools, base, Duration::from_secs(10)).await?;
         del.push(seen - start);
+        cluster.delete_pod_object(&pod.namespace, &pod.name).await;
         drop(pod);
         tokio::time::sleep(jitter()).await;
     }
@@ -663,9 +690,10 @@ const METHOD: &str = "\
 The cluster is the demo's, on this one machine: a real etcd and kube-apiserver, `helm install`
 of charts/sinew, the operator and one `sinew-node` agent per node running as processes under
 the chart's service-account identities. Nodes are network namespaces: `bench-0` and `bench-1`
-on 10.99.0.0/24, `bench-2` on 10.99.1.0/24 behind a router namespace. Pods are network
-namespaces attached through upstream `cnitool` (libcni) with the conflist and plugin each agent
-installed. The pool is the chart's `default-ipv4` (10.244.0.0/16, /26 blocks, mode `Auto`).
+on 10.99.0.0/24, `bench-2` on 10.99.1.0/24 behind a router namespace. Each pod is a Pod
+object scheduled to its node (created before its ADD, deleted after its DEL, untimed) and a
+network namespace attached through upstream `cnitool` (libcni) with the conflist and plugin
+each agent installed. The pool is the chart's `default-ipv4` (10.244.0.0/16, /26 blocks, mode `Auto`).
 The control plane, the agents, the operator and all traffic share the machine's cores.
 
 - **Pods per second**: the pod namespaces (the runtime's sandboxes) are created first; then one

@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# Builds sinew-operator, sinew-node and sinew (the CNI plugin) as static musl release binaries
+# into images/out/ (the Docker build context of images/*.Dockerfile), then checks that each one
+# is static and runs.
+#
+# Needs: rustup, and musl-gcc (Debian: musl-tools) because ring compiles C.
+# Respects CARGO_TARGET_DIR and CARGO_BUILD_JOBS; extra arguments go to `cargo build`, e.g.
+#   nice -n 19 images/build-binaries.sh -j 1
+set -euo pipefail
+
+target=x86_64-unknown-linux-musl
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+out="$repo/images/out"
+target_dir="${CARGO_TARGET_DIR:-$repo/target}"
+binaries=(sinew-operator sinew-node sinew)
+
+die() { echo "[build-binaries] FAILED: $*" >&2; exit 1; }
+log() { echo "[build-binaries] $*"; }
+
+[[ $(uname -m) == x86_64 ]] || die "this script builds and runs $target binaries; the host is $(uname -m)"
+for tool in cargo rustup file readelf; do
+  command -v "$tool" >/dev/null || die "$tool is required"
+done
+command -v musl-gcc >/dev/null || die "musl-gcc is required (Debian/Ubuntu: apt-get install -y musl-tools)"
+
+if ! rustup target list --installed | grep -qx "$target"; then
+  log "rustup target add $target"
+  rustup target add "$target"
+fi
+# ring (rustls) compiles C for the target: use the musl wrapper unless the caller chose a compiler.
+export CC_x86_64_unknown_linux_musl="${CC_x86_64_unknown_linux_musl:-musl-gcc}"
+
+log "cargo build --release --target $target (target dir: $target_dir)"
+start=$SECONDS
+(cd "$repo" && cargo build --locked --release --target "$target" \
+  -p sinew-operator -p sinew-node-installer -p sinew-cni "$@") || die "cargo build"
+log "built in $((SECONDS - start))s"
+
+mkdir -p "$out"
+printf '# build output of images/build-binaries.sh\n*\n' >"$out/.gitignore"
+for bin in "${binaries[@]}"; do
+  src="$target_dir/$target/release/$bin"
+  [[ -f $src ]] || die "$src was not produced"
+  install -m 0755 "$src" "$out/$bin"
+done
+
+# Static: no program interpreter, no shared-library dependencies.
+for bin in "${binaries[@]}"; do
+  path="$out/$bin"
+  desc=$(file -b "$path")
+  [[ $desc == *ELF*x86-64* ]] || die "$bin is not an x86-64 ELF: $desc"
+  [[ $desc == *"statically linked"* || $desc == *"static-pie linked"* ]] \
+    || die "$bin is not statically linked: $desc"
+  if readelf -lW "$path" | grep -q 'INTERP'; then
+    die "$bin has a PT_INTERP program header (dynamic loader): $(readelf -lW "$path" | grep -A1 INTERP)"
+  fi
+  if readelf -dW "$path" | grep -q '(NEEDED)'; then
+    die "$bin needs shared libraries: $(readelf -dW "$path" | grep '(NEEDED)')"
+  fi
+  if command -v ldd >/dev/null; then
+    ldd_out=$(ldd "$path" 2>&1 || true)
+    [[ $ldd_out == *"not a dynamic executable"* || $ldd_out == *"statically linked"* ]] \
+      || die "ldd reports dependencies for $bin: $ldd_out"
+  fi
+done
+log "all three are static"
+
+# They run.
+run_check() { # name, expected substring, command...
+  local name=$1 want=$2 got
+  shift 2
+  got=$("$@" 2>&1) || die "$name exited non-zero: $got"
+  [[ $got == *"$want"* ]] || die "$name printed ${got@Q}, expected it to contain ${want@Q}"
+  log "$name: $got"
+}
+run_check "sinew-operator --version" "sinew-operator " "$out/sinew-operator" --version
+run_check "sinew-node --version" "sinew-node " "$out/sinew-node" --version
+run_check "CNI_COMMAND=VERSION sinew" '"supportedVersions"' \
+  env -i CNI_COMMAND=VERSION "$out/sinew" </dev/null
+
+log "sizes:"
+for bin in "${binaries[@]}"; do
+  printf '  %-16s %10s bytes  (%s)\n' "$bin" "$(stat -c %s "$out/$bin")" "$(du -h "$out/$bin" | cut -f1)"
+done
+log "ok: $out"

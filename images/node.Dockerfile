@@ -1,0 +1,29 @@
+# sinew-node: the node agent (`sinew-node install` / `sinew-node run`, the DaemonSet rendered
+# by operator/src/daemonset.rs passes only args) and the CNI plugin it installs from
+# SINEW_PLUGIN=/usr/local/bin/sinew.
+# Not FROM scratch: the agent runs `nft -f -` (node-installer/src/nat.rs) to keep the
+# `inet sinew` table, so the image carries the nftables CLI. Alpine keeps that small; the two
+# sinew binaries are static and do not depend on the base.
+# Build context: images/out (filled by images/build-binaries.sh), e.g.
+#   docker build -f images/node.Dockerfile --build-arg VERSION=0.1.0 images/out
+FROM alpine:3.22
+
+ARG VERSION=dev
+ARG REVISION=unknown
+LABEL org.opencontainers.image.title="sinew-node" \
+      org.opencontainers.image.description="sinew node agent and CNI plugin (installed into the node's CNI bin dir)" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.source="https://github.com/sinew-dev/sinew" \
+      org.opencontainers.image.url="https://github.com/sinew-dev/sinew" \
+      org.opencontainers.image.vendor="sinew" \
+      org.opencontainers.image.licenses="Apache-2.0"
+
+RUN apk add --no-cache nftables
+
+COPY sinew-node sinew /usr/local/bin/
+
+# Root with NET_ADMIN/NET_RAW (set by the DaemonSet): netlink, nftables, host paths.
+USER 0:0
+ENTRYPOINT ["/usr/local/bin/sinew-node"]
+CMD ["run"]
