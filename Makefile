@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 export CARGO_TERM_COLOR ?= auto
 
-.PHONY: demo test tools crds crds-check fuzz bench bench-scale
+.PHONY: demo test tools crds crds-check fuzz bench bench-e2e bench-scale
 
 ## demo: the main job, locally (root): control plane, 3 nodes as namespaces, sinew, pods, pool status, a live mode switch
 demo: tools
@@ -32,6 +32,10 @@ fuzz:
 ## bench: the CNI benchmark (root): sinew vs ptp+host-local through cnitool
 bench: tools
 	SINEW_TOOLS_BIN=$$(e2e/tools/build.sh) cargo run -q -p sinew-e2e --release --bin bench -- cni
+
+## bench-e2e: the end-to-end benchmark (root): a 3-node local cluster, pods/s, pool status and mode-switch latency, pod-to-pod TCP vs a bare veth; writes docs/benchmarks.md
+bench-e2e: tools
+	SINEW_TOOLS_BIN=$$(e2e/tools/build.sh) cargo run -q -p sinew-e2e --release --bin bench -- e2e --write-docs
 
 ## bench-scale: the operator against 1,000 nodes, 50 pools, 10,000 allocations in the real API server
 bench-scale: tools

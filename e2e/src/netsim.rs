@@ -299,3 +299,29 @@ pub fn bulk_transfer(
     sink.join()
         .map_err(|_| "sink thread panicked".to_string())?
 }
+
+/// Joins `a` and `b` with a plain veth pair (`veth0` on each side), addressed `a_ip` and
+/// `b_ip` with `prefix` and brought up: the shortest path two namespaces can have, as a
+/// baseline for what a CNI adds on top.
+pub fn veth_pair(
+    a: &NetNs,
+    b: &NetNs,
+    (a_ip, b_ip): (IpAddr, IpAddr),
+    prefix: u8,
+) -> Result<(), String> {
+    let mut nl_a = Netlink::in_netns(a).map_err(|e| format!("netlink in {:?}: {e}", a.path()))?;
+    nl_a.create_veth("veth0", "veth0", b, 0)
+        .map_err(|e| format!("creating the veth pair: {e}"))?;
+    let mut nl_b = Netlink::in_netns(b).map_err(|e| format!("netlink in {:?}: {e}", b.path()))?;
+    for (nl, ip) in [(&mut nl_a, a_ip), (&mut nl_b, b_ip)] {
+        let link = nl
+            .link_by_name("veth0")
+            .map_err(|e| format!("looking up veth0: {e}"))?
+            .ok_or("veth0 vanished after creation")?;
+        nl.add_address(link.index, ip, prefix, true)
+            .map_err(|e| format!("adding {ip}/{prefix} to veth0: {e}"))?;
+        nl.set_link_up(link.index)
+            .map_err(|e| format!("bringing veth0 up: {e}"))?;
+    }
+    Ok(())
+}

@@ -2,11 +2,16 @@
 //! the same run on the same machine.
 //!
 //! `cargo run -p sinew-e2e --release --bin bench -- cni [--iterations N] [--parallel N]`
+//! `cargo run -p sinew-e2e --release --bin bench -- e2e [--pods N] [--parallel N] [--samples N] [--mib N] [--write-docs]`
 //! `cargo run -p sinew-e2e --release --bin bench -- scale` (see `sinew_e2e::scale`)
 //!
 //! `cni`: ADD and DEL latency (p50/p99, sequential) and the wall time of N parallel ADDs then
 //! DELs, for sinew and for the reference `ptp` + `host-local` pair, both driven through upstream
 //! `cnitool` (libcni) inside a node namespace the benchmark creates. Needs root.
+//!
+//! `e2e`: a 3-node local cluster (see [`e2e`]): pods network-ready per second, ADD/DEL to
+//! pool status, live mode-switch convergence and pod-to-pod TCP throughput against a bare
+//! veth pair. `--write-docs` also writes the table into docs/benchmarks.md. Needs root.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -18,29 +23,55 @@ use sinew_e2e::netsim;
 use sinew_e2e::plugin::{Cnitool, PluginNode, REFERENCE_PLUGIN_DIR, pool, sinew_bin_dir};
 use sinew_e2e::tools::Tools;
 
+#[path = "bench/e2e.rs"]
+mod e2e;
+
+const USAGE: &str = "usage: bench cni [--iterations N] [--parallel N]\n       bench e2e [--pods N] [--parallel N] [--samples N] [--mib N] [--write-docs]\n       bench scale";
+
 struct Args {
     iterations: usize,
-    parallel: usize,
+    /// Concurrent ADDs/DELs; the default depends on the benchmark.
+    parallel: Option<usize>,
+    pods: usize,
+    samples: usize,
+    mib: usize,
+    write_docs: bool,
+}
+
+impl Args {
+    fn parallel_or(&self, default: usize) -> usize {
+        self.parallel.unwrap_or(default)
+    }
 }
 
 fn parse_args() -> Result<(String, Args), String> {
     let mut args = std::env::args().skip(1);
-    let what = args
-        .next()
-        .ok_or("usage: bench cni [--iterations N] [--parallel N]")?;
+    let what = args.next().ok_or(USAGE)?;
     let mut parsed = Args {
         iterations: 200,
-        parallel: 100,
+        parallel: None,
+        pods: 60,
+        samples: 10,
+        mib: 256,
+        write_docs: false,
     };
     while let Some(flag) = args.next() {
-        let value = args
+        if flag == "--write-docs" {
+            parsed.write_docs = true;
+            continue;
+        }
+        let value: usize = args
             .next()
             .and_then(|v| v.parse().ok())
-            .ok_or(format!("{flag} needs a number"))?;
+            .filter(|v| *v > 0)
+            .ok_or(format!("{flag} needs a positive number\n{USAGE}"))?;
         match flag.as_str() {
             "--iterations" => parsed.iterations = value,
-            "--parallel" => parsed.parallel = value,
-            other => return Err(format!("unknown flag {other}")),
+            "--parallel" => parsed.parallel = Some(value),
+            "--pods" => parsed.pods = value,
+            "--samples" => parsed.samples = value,
+            "--mib" => parsed.mib = value,
+            other => return Err(format!("unknown flag {other}\n{USAGE}")),
         }
     }
     Ok((what, parsed))
@@ -56,8 +87,11 @@ fn main() -> ExitCode {
     };
     let result = match what.as_str() {
         "cni" => cni(&args),
+        "e2e" => local_cluster(&args),
         "scale" => scale(),
-        other => Err(format!("unknown benchmark {other:?} (known: cni, scale)")),
+        other => Err(format!(
+            "unknown benchmark {other:?} (known: cni, e2e, scale)"
+        )),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -141,7 +175,9 @@ fn measure(
             pod.path(),
         )?);
     }
-    let pods: Vec<NetNs> = (0..args.parallel).map(|_| netsim::netns("bench")).collect();
+    let pods: Vec<NetNs> = (0..args.parallel_or(100))
+        .map(|_| netsim::netns("bench"))
+        .collect();
     for (verb, slot) in [("add", &mut m.parallel_add), ("del", &mut m.parallel_del)] {
         let start = Instant::now();
         let failures: Vec<String> = std::thread::scope(|s| {
@@ -178,7 +214,20 @@ fn machine() -> String {
         .unwrap_or_else(|| "unknown CPU".into());
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    format!("{cores} cores, {cpu}, Linux {}", kernel.trim())
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            let kib: f64 = m
+                .lines()
+                .find(|l| l.starts_with("MemTotal:"))?
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            Some(format!(", {:.0} GiB RAM", kib / (1024.0 * 1024.0)))
+        })
+        .unwrap_or_default();
+    format!("{cores} cores, {cpu}, Linux {}{memory}", kernel.trim())
 }
 
 fn cni(args: &Args) -> Result<(), String> {
@@ -229,7 +278,9 @@ fn cni(args: &Args) -> Result<(), String> {
     for s in &subjects {
         eprintln!(
             "measuring {} ({} sequential ADD/DEL, {} parallel)...",
-            s.label, args.iterations, args.parallel
+            s.label,
+            args.iterations,
+            args.parallel_or(100)
         );
         results.push(measure(&cnitool, &node.ns, s, args)?);
     }
@@ -268,7 +319,8 @@ fn cni(args: &Args) -> Result<(), String> {
     ];
     println!(
         "CNI benchmark via cnitool (libcni): {} sequential ADD+DEL, {} parallel",
-        args.iterations, args.parallel
+        args.iterations,
+        args.parallel_or(100)
     );
     println!("machine: {}", machine());
     println!();
@@ -276,6 +328,62 @@ fn cni(args: &Args) -> Result<(), String> {
     println!("|---|---:|---:|---:|");
     for (name, a, b) in rows {
         println!("| {name} | {a:.2} | {b:.2} | {:.2} |", a / b);
+    }
+    Ok(())
+}
+
+/// Network namespaces of this process still listed by `ip netns list`.
+fn own_namespaces() -> Vec<String> {
+    let prefix = format!("snt{}-", std::process::id());
+    std::process::Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .filter_map(|l| l.split_whitespace().next())
+                .filter(|n| n.starts_with(&prefix))
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn local_cluster(args: &Args) -> Result<(), String> {
+    if !sinew_e2e::require::is_root() {
+        return Err("the e2e benchmark creates network namespaces: run it as root".into());
+    }
+    let settings = e2e::Settings {
+        pods: args.pods,
+        parallel: args.parallel_or(8),
+        samples: args.samples,
+        mib: args.mib,
+    };
+    // Other work on the machine shows in every number: say how busy it was.
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "?".into());
+    let runtime = tokio::runtime::Runtime::new().map_err(|e| format!("tokio runtime: {e}"))?;
+    let rows = runtime.block_on(e2e::run(&settings));
+    drop(runtime);
+    let leaked = own_namespaces();
+    let rows = rows?;
+    if !leaked.is_empty() {
+        return Err(format!("network namespaces left behind: {leaked:?}"));
+    }
+    let title = format!(
+        "End-to-end benchmark on a 3-node local cluster: {} pods, {} concurrent CNI calls (load average before the run: {load})",
+        settings.pods, settings.parallel
+    );
+    let table = e2e::table(&rows);
+    println!("{title}");
+    println!("machine: {}", machine());
+    println!();
+    print!("{table}");
+    if args.write_docs {
+        let path = e2e::write_docs(&title, &machine(), &table, &settings)?;
+        eprintln!("wrote {}", path.display());
     }
     Ok(())
 }
