@@ -342,6 +342,24 @@ fn status(state_dir: &Path) -> CniResult<()> {
             node.node
         ));
     }
+    // Every usable pool exhausted (no unclaimed block left, as the agent found, and no free
+    // address in this node's blocks): no new pod can get an address here.
+    if usable.iter().all(|p| p.exhausted)
+        && let Ok(state) = Store::new(state_dir).snapshot()
+    {
+        let probe = AttachmentKey::new("sinew-status-probe", "eth0");
+        if usable
+            .iter()
+            .all(|p| state.clone().allocate(p, &probe).is_err())
+        {
+            let names: Vec<&str> = usable.iter().map(|p| p.name.as_str()).collect();
+            return unavailable(format!(
+                "every pool of node {} is exhausted ({}): no address left for a new pod",
+                node.node,
+                names.join(", ")
+            ));
+        }
+    }
     Ok(())
 }
 

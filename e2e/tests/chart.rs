@@ -7,12 +7,8 @@ use std::process::{Command, ExitCode};
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
-use k8s_openapi::api::authorization::v1::{
-    ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
-};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ListParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use serde_json::json;
 use sinew_crds::{ClusterNetwork, IPBlock, IPPool};
 use sinew_e2e::cluster::LocalCluster;
@@ -142,39 +138,6 @@ async fn bad_values_are_rejected_naming_the_value(ctx: Ctx) -> TestResult {
     Ok(())
 }
 
-/// A client with the identity in kubeconfig `path`.
-async fn client_from(path: &std::path::Path) -> Result<kube::Client, TestError> {
-    let kubeconfig = Kubeconfig::read_from(path)?;
-    let config =
-        kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
-    Ok(kube::Client::try_from(config)?)
-}
-
-async fn can_i(
-    client: &kube::Client,
-    verb: &str,
-    group: &str,
-    resource: &str,
-    namespace: Option<&str>,
-) -> Result<bool, TestError> {
-    let review = SelfSubjectAccessReview {
-        spec: SelfSubjectAccessReviewSpec {
-            resource_attributes: Some(ResourceAttributes {
-                verb: Some(verb.into()),
-                group: Some(group.into()),
-                resource: Some(resource.into()),
-                namespace: namespace.map(Into::into),
-                ..ResourceAttributes::default()
-            }),
-            ..SelfSubjectAccessReviewSpec::default()
-        },
-        ..SelfSubjectAccessReview::default()
-    };
-    let api: Api<SelfSubjectAccessReview> = Api::all(client.clone());
-    let answer = api.create(&PostParams::default(), &review).await?;
-    Ok(answer.status.is_some_and(|s| s.allowed))
-}
-
 fn ready(conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition]) -> bool {
     conditions
         .iter()
@@ -264,7 +227,8 @@ async fn install_upgrade_and_uninstall_a_working_network(ctx: Ctx) -> TestResult
 
     // The identities can do their jobs and nothing else.
     let operator_client =
-        client_from(&ctx.cp.dir().join("operator-sinew-operator-0.kubeconfig")).await?;
+        sinew_e2e::helm::client_from(&ctx.cp.dir().join("operator-sinew-operator-0.kubeconfig"))
+            .await?;
     for (verb, group, resource, ns, allowed) in [
         ("patch", "sinew.dev", "ippools/status", None, true),
         ("delete", "sinew.dev", "ipblocks", None, true),
@@ -289,13 +253,13 @@ async fn install_upgrade_and_uninstall_a_working_network(ctx: Ctx) -> TestResult
         ("create", "sinew.dev", "ipblocks", None, false),
     ] {
         assert_eq!(
-            can_i(&operator_client, verb, group, resource, ns).await?,
+            sinew_e2e::helm::can_i(&operator_client, verb, group, resource, ns).await?,
             allowed,
             "operator: {verb} {group}/{resource} in {ns:?}"
         );
     }
     let node0 = cluster.node(&cluster.name(0));
-    let agent_client = client_from(&node0.dir.join("agent.kubeconfig")).await?;
+    let agent_client = sinew_e2e::helm::client_from(&node0.dir.join("agent.kubeconfig")).await?;
     for (verb, group, resource, allowed) in [
         ("create", "sinew.dev", "ipblocks", true),
         ("patch", "sinew.dev", "ipblocks/status", true),
@@ -304,7 +268,7 @@ async fn install_upgrade_and_uninstall_a_working_network(ctx: Ctx) -> TestResult
         ("list", "", "secrets", false),
     ] {
         assert_eq!(
-            can_i(&agent_client, verb, group, resource, None).await?,
+            sinew_e2e::helm::can_i(&agent_client, verb, group, resource, None).await?,
             allowed,
             "agent: {verb} {group}/{resource}"
         );

@@ -6,10 +6,7 @@
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use serde_json::json;
 use sinew_crds::IPBlock;
 use sinew_e2e::harness::{Ctx, TestResult};
@@ -64,48 +61,10 @@ async fn agent_client(
     nodes
         .patch(node, &PatchParams::apply("sinew-e2e"), &Patch::Apply(&n))
         .await?;
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), NAMESPACE);
-    let pod_name = format!("sinew-node-{node}");
-    let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": pod_name, "namespace": NAMESPACE},
-                     "spec": {"nodeName": node, "serviceAccountName": "sinew-node",
-                              "containers": [{"name": "agent", "image": "sinew-node"}]}});
-    let pod = pods
-        .patch(
-            &pod_name,
-            &PatchParams::apply("sinew-e2e"),
-            &Patch::Apply(&pod),
-        )
-        .await?;
-    let request = TokenRequest {
-        spec: Some(TokenRequestSpec {
-            audiences: Some(vec!["https://kubernetes.default.svc".into()]),
-            bound_object_ref: Some(BoundObjectReference {
-                api_version: Some("v1".into()),
-                kind: Some("Pod".into()),
-                name: pod.metadata.name.clone(),
-                uid: pod.metadata.uid.clone(),
-            }),
-            expiration_seconds: Some(3600),
-            ..TokenRequestSpec::default()
-        }),
-        ..TokenRequest::default()
-    };
-    let sas: Api<ServiceAccount> = Api::namespaced(ctx.client.clone(), NAMESPACE);
-    let token = sas
-        .create_token_request("sinew-node", &PostParams::default(), &request)
-        .await?
-        .status
-        .and_then(|s| s.token)
-        .ok_or("no token in the TokenRequest status")?;
-    let ca = ctx.cp.dir().join("ca.crt");
-    let kubeconfig = Kubeconfig::from_yaml(&format!(
-        "apiVersion: v1\nkind: Config\nclusters: [{{name: c, cluster: {{server: '{}', certificate-authority: '{}'}}}}]\nusers: [{{name: u, user: {{token: '{token}'}}}}]\ncontexts: [{{name: x, context: {{cluster: c, user: u}}}}]\ncurrent-context: x\n",
-        ctx.cp.url(),
-        ca.display()
-    ))?;
-    let config =
-        kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
-    Ok(kube::Client::try_from(config)?)
+    let path = ctx.cp.dir().join(format!("agent-{node}.kubeconfig"));
+    let api = sinew_e2e::helm::Endpoint::of(&ctx.cp);
+    sinew_e2e::helm::agent_kubeconfig(&api, &ctx.client, node, &path).await?;
+    sinew_e2e::helm::client_from(&path).await
 }
 
 async fn can_i(
@@ -113,25 +72,8 @@ async fn can_i(
     verb: &str,
     group: &str,
     resource: &str,
-) -> Result<bool, kube::Error> {
-    use k8s_openapi::api::authorization::v1::{
-        ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
-    };
-    let review = SelfSubjectAccessReview {
-        spec: SelfSubjectAccessReviewSpec {
-            resource_attributes: Some(ResourceAttributes {
-                verb: Some(verb.into()),
-                group: Some(group.into()),
-                resource: Some(resource.into()),
-                ..ResourceAttributes::default()
-            }),
-            ..SelfSubjectAccessReviewSpec::default()
-        },
-        ..SelfSubjectAccessReview::default()
-    };
-    let api: Api<SelfSubjectAccessReview> = Api::all(client.clone());
-    let answer = api.create(&PostParams::default(), &review).await?;
-    Ok(answer.status.is_some_and(|s| s.allowed))
+) -> Result<bool, Box<dyn std::error::Error + Send + Sync>> {
+    sinew_e2e::helm::can_i(client, verb, group, resource, None).await
 }
 
 async fn the_agent_role_allows_what_the_agent_uses_and_nothing_else(ctx: Ctx) -> TestResult {

@@ -239,6 +239,11 @@ async fn an_exhausted_pool_fails_add_clearly_and_says_so(ctx: Ctx) -> TestResult
     let direct = sinew_e2e::plugin::Exec::new("ADD", "direct-too-many", Some(extra.path()))
         .run(&cluster.node(&node).ns, &config.to_string());
     assert_eq!(direct.error_code(), Some(11), "{}", direct.stdout);
+    // CNI STATUS tells the runtime the node cannot network a new pod (code 50).
+    let status = sinew_e2e::plugin::Exec::new("STATUS", "status", None)
+        .run(&cluster.node(&node).ns, &config.to_string());
+    assert_eq!(status.error_code(), Some(50), "{}", status.stdout);
+    assert!(status.stdout.contains("exhausted"), "{}", status.stdout);
     assert!(
         direct.json()["msg"]
             .as_str()
@@ -275,6 +280,9 @@ async fn an_exhausted_pool_fails_add_clearly_and_says_so(ctx: Ctx) -> TestResult
     // Freeing one address makes room: the retried ADD succeeds.
     let first = pods.remove(0);
     cluster.stop_pod(first).await;
+    let status = sinew_e2e::plugin::Exec::new("STATUS", "status", None)
+        .run(&cluster.node(&node).ns, &config.to_string());
+    assert!(status.success, "STATUS after a pod left: {}", status.stdout);
     let run = cluster
         .networker
         .add(cluster.node(&node), &pod, extra.path());
