@@ -693,8 +693,8 @@ the chart's service-account identities. Nodes are network namespaces: `bench-0` 
 on 10.99.0.0/24, `bench-2` on 10.99.1.0/24 behind a router namespace. Each pod is a Pod
 object scheduled to its node (created before its ADD, deleted after its DEL, untimed) and a
 network namespace attached through upstream `cnitool` (libcni) with the conflist and plugin
-each agent installed. The pool is the chart's `default-ipv4` (10.244.0.0/16, /26 blocks, mode `Auto`).
-The control plane, the agents, the operator and all traffic share the machine's cores.
+each agent installed. The pool is the chart's `default-ipv4` (10.244.0.0/16, /26 blocks, mode
+`Auto`). The control plane, the agents, the operator and all traffic share the machine's cores.
 
 - **Pods per second**: the pod namespaces (the runtime's sandboxes) are created first; then one
   cnitool ADD per pod, round-robin over the 3 nodes, `--parallel` at a time (kubelet runs CNI
