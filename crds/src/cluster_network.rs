@@ -69,6 +69,14 @@ fn default_mtu() -> IntOrString {
 }
 
 impl ClusterNetworkSpec {
+    /// The pod MTU the spec fixes, or `None` for `auto` (derived per node and pool mode).
+    pub fn fixed_mtu(&self) -> Option<u32> {
+        match &self.mtu {
+            IntOrString::Int(n) => u32::try_from(*n).ok(),
+            IntOrString::String(_) => None,
+        }
+    }
+
     /// Hash of the whole spec: what every node should have applied. Agents report the hash
     /// they run with; the operator compares (and rolls the DaemonSet when it changes).
     pub fn config_hash(&self) -> String {

@@ -52,6 +52,11 @@ pub struct IPBlockSpec {
     pub node: String,
 }
 
+/// Label agents put on their `IPBlock`s naming the node (for selection).
+pub const NODE_LABEL: &str = "sinew.dev/node";
+/// Label agents put on their `IPBlock`s naming the pool (the operator's trigger reads it).
+pub const POOL_LABEL: &str = "sinew.dev/pool";
+
 /// Annotation on an `IPBlock` by which the operator asks the block's agent to release
 /// leaked allocations: a JSON list of [`ReleaseRequest`]. Only the agent frees addresses
 /// (it alone writes its node's store), and only an allocation that still matches the request

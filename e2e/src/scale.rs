@@ -10,7 +10,7 @@ use futures::{StreamExt, TryStreamExt, stream};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
-use sinew_crds::{IPBlock, IPPool};
+use sinew_crds::{IPBlock, IPPool, IPPoolStatus};
 
 use crate::ControlPlane;
 use crate::process::Supervised;
@@ -202,6 +202,25 @@ where
     }
 }
 
+/// How long until `field` of pool `name`'s status moves away from `before`.
+async fn status_change(
+    pools: &Api<IPPool>,
+    name: &str,
+    what: &str,
+    field: fn(&IPPoolStatus) -> Option<u64>,
+    before: Option<u64>,
+) -> Result<Duration, BoxError> {
+    time_until(
+        &format!("{what} in status"),
+        Duration::from_secs(30),
+        || async {
+            let p = pools.get(name).await?;
+            Ok(p.status.as_ref().and_then(field) != before)
+        },
+    )
+    .await
+}
+
 /// Runs the benchmark against a fresh control plane.
 pub async fn run(scale: Scale) -> Result<Measured, BoxError> {
     let cp = ControlPlane::start().await?;
@@ -271,22 +290,8 @@ async fn measure(cp: &ControlPlane, scale: Scale) -> Result<Measured, BoxError> 
                 &Patch::Merge(&json!({"spec": {"reserved": reserved}})),
             )
             .await?;
-        let pools = pools.clone();
-        let name2 = name.clone();
-        m.spec_edit.push(
-            time_until(
-                "a spec edit in status",
-                Duration::from_secs(30),
-                move || {
-                    let (pools, name) = (pools.clone(), name2.clone());
-                    async move {
-                        let p = pools.get(&name).await?;
-                        Ok(p.status.and_then(|s| s.capacity) != before)
-                    }
-                },
-            )
-            .await?,
-        );
+        m.spec_edit
+            .push(status_change(&pools, &name, "a spec edit", |s| s.capacity, before).await?);
     }
     let blocks: Api<IPBlock> = Api::all(client.clone());
     let params = PatchParams::apply("sinew-bench").force();
@@ -310,21 +315,8 @@ async fn measure(cp: &ControlPlane, scale: Scale) -> Result<Measured, BoxError> 
         blocks
             .patch_status(&name, &params, &Patch::Apply(&patch))
             .await?;
-        let pools = pools.clone();
-        m.block_report.push(
-            time_until(
-                "a block report in status",
-                Duration::from_secs(30),
-                move || {
-                    let (pools, pool) = (pools.clone(), pool.clone());
-                    async move {
-                        let p = pools.get(&pool).await?;
-                        Ok(p.status.and_then(|s| s.allocated) != before)
-                    }
-                },
-            )
-            .await?,
-        );
+        m.block_report
+            .push(status_change(&pools, &pool, "a block report", |s| s.allocated, before).await?);
     }
     let (_, peak) = rss_kib(operator.pid());
     m.rss_kib_peak = peak;

@@ -50,10 +50,7 @@ use crate::program::{self, Underlay, VxlanParams};
 pub const VTEP_MAC_ANNOTATION: &str = "sinew.dev/vtep-mac";
 /// Annotation with the node's install and convergence state (JSON), for the operator.
 pub const NODE_STATE_ANNOTATION: &str = "sinew.dev/node-state";
-/// Label on `IPBlock`s naming their node (for selection).
-pub const NODE_LABEL: &str = "sinew.dev/node";
-/// Label on `IPBlock`s naming their pool.
-pub const POOL_LABEL: &str = "sinew.dev/pool";
+use sinew_crds::ip_block::{NODE_LABEL, POOL_LABEL};
 
 /// Where the agent works and how.
 #[derive(Debug, Clone)]
@@ -681,12 +678,7 @@ impl Agent {
     ) -> NodeState {
         let underlay_mtu = local.underlay.mtu;
         let family = sinew_crds::Family::of(local.underlay.ip);
-        let fixed_mtu = match &network.spec.mtu {
-            k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(n) => {
-                u32::try_from(*n).ok()
-            }
-            k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(_) => None,
-        };
+        let fixed_mtu = network.spec.fixed_mtu();
         NodeState {
             node: self.settings.node_name.clone(),
             pools: pools

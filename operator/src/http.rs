@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -163,7 +162,7 @@ impl Metrics {
     }
 }
 
-/// Serves the three endpoints on `addr` until the process ends.
+/// Serves the three endpoints on `listener` until the process ends.
 pub async fn serve(listener: TcpListener, metrics: std::sync::Arc<Metrics>) {
     loop {
         let (mut conn, _) = match listener.accept().await {
@@ -195,11 +194,6 @@ pub async fn serve(listener: TcpListener, metrics: std::sync::Arc<Metrics>) {
             let _ = conn.write_all(response.as_bytes()).await;
         });
     }
-}
-
-/// Binds `addr` (so a taken port fails at start, not later).
-pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await
 }
 
 #[cfg(test)]

@@ -82,7 +82,7 @@ async fn run(args: Vec<String>) -> anyhow::Result<()> {
         .parse()
         .context("--metrics-addr must be an address:port")?;
     let metrics = Arc::new(Metrics::default());
-    let listener = sinew_operator::http::bind(metrics_addr)
+    let listener = tokio::net::TcpListener::bind(metrics_addr)
         .await
         .with_context(|| format!("serving /healthz and /metrics on {metrics_addr}"))?;
     tracing::info!(addr = %listener.local_addr()?, "serving /healthz, /readyz and /metrics");

@@ -487,12 +487,7 @@ pub async fn reconcile(pool: Arc<IPPool>, ctx: Arc<Context>) -> Result<Action, E
         .get(&kube::runtime::reflector::ObjectRef::new(
             sinew_crds::CLUSTER_NETWORK_NAME,
         ))
-        .and_then(|n| match &n.spec.mtu {
-            k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(m) => {
-                u32::try_from(*m).ok()
-            }
-            k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(_) => None,
-        });
+        .and_then(|n| n.spec.fixed_mtu());
     let st = status(&pool, &blocks, &nodes, found.as_ref(), fixed_mtu);
     write_status(&pool, &ctx, &st).await?;
     ctx.metrics.pool(

@@ -14,6 +14,7 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{WatchStreamExt, watcher};
+use sinew_crds::ip_block::POOL_LABEL;
 use sinew_crds::{CLUSTER_NETWORK_NAME, ClusterNetwork, IPBlock, IPPool};
 use tracing::{info, warn};
 
@@ -45,9 +46,6 @@ where
         })
     }
 }
-
-/// Label agents put on their blocks: the pool.
-const POOL_LABEL: &str = "sinew.dev/pool";
 
 /// A metadata-only watch of `K`, as a trigger stream (nothing of it is kept).
 fn metadata<K>(
