@@ -2,15 +2,19 @@
 SHELL := /bin/bash
 export CARGO_TERM_COLOR ?= auto
 
-.PHONY: demo test tools crds crds-check fuzz bench bench-e2e bench-scale
+.PHONY: demo test deps tools crds crds-check fuzz bench bench-e2e bench-scale
 
 ## demo: the main job, locally (root): control plane, 3 nodes as namespaces, sinew, pods, pool status, a live mode switch
-demo: tools
+demo: deps
 	SINEW_TOOLS_BIN=$$(e2e/tools/build.sh) cargo run -q -p sinew-e2e --bin demo
 
 ## test: every test tier; needs Go (builds the upstream control plane once) and root for network tests
-test: tools
+test: deps
 	SINEW_TOOLS_BIN=$$(e2e/tools/build.sh) cargo test --workspace --locked
+
+## deps: install what is missing on this machine (Debian packages such as nftables, Rust components, the pinned Go tools); a second run takes a second
+deps:
+	@e2e/install-deps.sh
 
 ## tools: build (or reuse from ~/.cache/sinew) the pinned upstream tools
 tools:

@@ -137,6 +137,12 @@ fn select_pools<'a>(
             }
             chosen.push(pool);
         }
+        if chosen.is_empty() {
+            return Err(CniError::new(
+                Code::InvalidNetworkConfig,
+                format!("{source} {POOL_ANNOTATION}={names:?} names no pool"),
+            ));
+        }
         return Ok(chosen);
     }
     let mut families = BTreeSet::new();
@@ -155,8 +161,10 @@ fn select_pools<'a>(
     Ok(chosen)
 }
 
+/// The node state for ADD: present, and written by an agent that completed a pass in this
+/// boot (else "try again later": the runtime retries the sandbox).
 fn load_node_state(state_dir: &Path) -> CniResult<NodeState> {
-    NodeState::load(state_dir)
+    let node = NodeState::load(state_dir)
         .map_err(io_error(format!(
             "reading {}",
             node_state::node_state_path(state_dir).display()
@@ -169,7 +177,11 @@ fn load_node_state(state_dir: &Path) -> CniResult<NodeState> {
                     node_state::node_state_path(state_dir).display()
                 ),
             )
-        })
+        })?;
+    match node.not_ready_since_boot() {
+        Some(why) => Err(CniError::new(Code::TryAgainLater, why)),
+        None => Ok(node),
+    }
 }
 
 fn add(inv: &Invocation, conf: &NetConf, version: Version, dp: &dyn Datapath) -> CniResult<Value> {
@@ -331,6 +343,9 @@ fn status(state_dir: &Path) -> CniResult<()> {
         }
         Err(e) => return unavailable(format!("node state unreadable: {e}")),
     };
+    if let Some(why) = node.not_ready_since_boot() {
+        return unavailable(why);
+    }
     let usable: Vec<&PoolState> = node
         .pools
         .iter()

@@ -172,6 +172,18 @@ pub struct Link {
     pub up: bool,
     /// Device kind from `IFLA_LINKINFO` ("veth", "vxlan", ...); `None` for plain devices.
     pub kind: Option<String>,
+    /// The kernel's VXLAN parameters, for a VXLAN device.
+    pub vxlan: Option<VxlanInfo>,
+}
+
+/// What the kernel says a VXLAN device was created with.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VxlanInfo {
+    pub vni: Option<u32>,
+    pub port: Option<u16>,
+    pub local: Option<IpAddr>,
+    /// Index of the underlay device.
+    pub link: Option<u32>,
 }
 
 /// A unicast route. Build one with [`Route::new`] and struct update syntax.
@@ -840,24 +852,43 @@ fn link_from_message(msg: LinkMessage) -> Link {
         mtu: 0,
         up: msg.header.flags.contains(LinkFlags::Up),
         kind: None,
+        vxlan: None,
     };
     for attribute in msg.attributes {
         match attribute {
             LinkAttribute::IfName(name) => link.name = name,
             LinkAttribute::Address(mac) => link.mac = mac.as_slice().try_into().ok(),
             LinkAttribute::Mtu(mtu) => link.mtu = mtu,
-            LinkAttribute::LinkInfo(infos) => link.kind = kind_of(infos),
+            LinkAttribute::LinkInfo(infos) => {
+                for info in infos {
+                    match info {
+                        LinkInfo::Kind(kind) => link.kind = Some(kind.to_string()),
+                        LinkInfo::Data(InfoData::Vxlan(data)) => {
+                            link.vxlan = Some(vxlan_info(data))
+                        }
+                        _ => {}
+                    }
+                }
+            }
             _ => {}
         }
     }
     link
 }
 
-fn kind_of(infos: Vec<LinkInfo>) -> Option<String> {
-    infos.into_iter().find_map(|info| match info {
-        LinkInfo::Kind(kind) => Some(kind.to_string()),
-        _ => None,
-    })
+fn vxlan_info(data: Vec<InfoVxlan>) -> VxlanInfo {
+    let mut info = VxlanInfo::default();
+    for d in data {
+        match d {
+            InfoVxlan::Id(vni) => info.vni = Some(vni),
+            InfoVxlan::Port(port) => info.port = Some(port),
+            InfoVxlan::Local(a) => info.local = Some(IpAddr::V4(a)),
+            InfoVxlan::Local6(a) => info.local = Some(IpAddr::V6(a)),
+            InfoVxlan::Link(index) => info.link = Some(index),
+            _ => {}
+        }
+    }
+    info
 }
 
 /// The default scope `ip addr add` uses: host for 127/8, global otherwise.

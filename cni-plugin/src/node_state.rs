@@ -56,6 +56,23 @@ pub struct NodeState {
     pub node: String,
     /// Pools whose node selector matches this node, in preference order.
     pub pools: Vec<PoolState>,
+    /// The kernel boot (`/proc/sys/kernel/random/boot_id`) in which the agent last completed
+    /// a whole pass (blocks, peer routes, VXLAN, NAT, forwarding). After a reboot the file is
+    /// still there but the kernel state is not: until the agent's first complete pass of the
+    /// new boot, ADD answers "try again" and STATUS "not available". `None` only in files
+    /// written without an agent (tests and tools), which are not gated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_boot: Option<String>,
+}
+
+/// Where the kernel publishes the current boot's random id.
+pub const BOOT_ID_PATH: &str = "/proc/sys/kernel/random/boot_id";
+
+/// The current boot's id (empty if the kernel does not say, which then matches nothing).
+pub fn current_boot_id() -> String {
+    fs::read_to_string(BOOT_ID_PATH)
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
 }
 
 pub fn node_state_path(state_dir: &Path) -> PathBuf {
@@ -87,6 +104,18 @@ impl NodeState {
 
     pub fn pool(&self, name: &str) -> Option<&PoolState> {
         self.pools.iter().find(|p| p.name == name)
+    }
+
+    /// Why the node cannot serve pods yet in this boot, if it cannot (see `ready_boot`).
+    pub fn not_ready_since_boot(&self) -> Option<String> {
+        let ready = self.ready_boot.as_deref()?;
+        let now = current_boot_id();
+        (ready.is_empty() || ready != now).then(|| {
+            format!(
+                "the sinew node agent has not completed a pass since this node booted (routes, VXLAN and NAT of node {} are not programmed yet)",
+                self.node
+            )
+        })
     }
 }
 
@@ -146,9 +175,30 @@ mod tests {
                 blocks: vec!["10.244.1.0/26".into()],
                 exhausted: false,
             }],
+            ready_boot: None,
         };
         s.store(dir.path()).unwrap();
         assert_eq!(NodeState::load(dir.path()).unwrap(), Some(s));
+    }
+
+    #[test]
+    fn readiness_is_per_boot() {
+        let mut s = NodeState {
+            node: "n1".into(),
+            pools: vec![],
+            ready_boot: None,
+        };
+        assert_eq!(s.not_ready_since_boot(), None, "ungated without an agent");
+        s.ready_boot = Some(String::new());
+        assert!(s.not_ready_since_boot().is_some(), "no pass completed yet");
+        s.ready_boot = Some("an-earlier-boot".into());
+        assert!(
+            s.not_ready_since_boot()
+                .unwrap()
+                .contains("since this node booted")
+        );
+        s.ready_boot = Some(current_boot_id());
+        assert_eq!(s.not_ready_since_boot(), None);
     }
 
     #[test]

@@ -190,22 +190,55 @@ impl Cidr {
         self.contains_cidr(other) || other.contains_cidr(self)
     }
 
+    /// Number of `block_prefix`-long blocks tiling this prefix: 0 when `block_prefix` is
+    /// shorter than this prefix or longer than the family allows; saturates at `u128::MAX`
+    /// (only `::/0` cut into /128s has more).
+    pub fn block_count(&self, block_prefix: u8) -> u128 {
+        if block_prefix < self.prefix || block_prefix > self.family.bits() {
+            return 0;
+        }
+        1u128
+            .checked_shl(u32::from(block_prefix - self.prefix))
+            .unwrap_or(u128::MAX)
+    }
+
+    /// The `index`-th `block_prefix`-long block of this prefix in address order, computed
+    /// directly (constant time at any size, so a /48 cut into /122s costs what a /16 does).
+    pub fn block(&self, block_prefix: u8, index: u128) -> Option<Cidr> {
+        if index >= self.block_count(block_prefix) {
+            return None;
+        }
+        let host_bits = u32::from(self.family.bits() - block_prefix);
+        // index < 2^(block_prefix - prefix), so the shifted offset stays inside this prefix.
+        let offset = index.checked_shl(host_bits).unwrap_or(0);
+        Some(Cidr {
+            family: self.family,
+            network: self.network | offset,
+            prefix: block_prefix,
+        })
+    }
+
+    /// The index of `block` among this prefix's blocks of its length, if it is one of them.
+    pub fn block_index(&self, block: &Cidr) -> Option<u128> {
+        if !self.contains_cidr(block) {
+            return None;
+        }
+        let host_bits = u32::from(self.family.bits() - block.prefix);
+        Some(
+            (block.network - self.network)
+                .checked_shr(host_bits)
+                .unwrap_or(0),
+        )
+    }
+
     /// The sub-prefixes of length `block_prefix` that tile this prefix, in address order.
     /// Empty when `block_prefix` is shorter than this prefix or longer than the family allows.
     pub fn blocks(&self, block_prefix: u8) -> Blocks {
-        let valid = block_prefix >= self.prefix && block_prefix <= self.family.bits();
-        let count = if valid {
-            1u128
-                .checked_shl(u32::from(block_prefix - self.prefix))
-                .unwrap_or(u128::MAX)
-        } else {
-            0
-        };
         Blocks {
             parent: *self,
             block_prefix,
             next: 0,
-            count,
+            count: self.block_count(block_prefix),
         }
     }
 
@@ -278,13 +311,6 @@ pub struct Blocks {
     count: u128,
 }
 
-impl Blocks {
-    /// Total number of blocks, whether or not already iterated.
-    pub fn total(&self) -> u128 {
-        self.count
-    }
-}
-
 impl Iterator for Blocks {
     type Item = Cidr;
 
@@ -292,16 +318,15 @@ impl Iterator for Blocks {
         if self.next >= self.count {
             return None;
         }
-        let step = 1u128
-            .checked_shl(u32::from(self.parent.family.bits() - self.block_prefix))
-            .unwrap_or(0);
-        let block = Cidr {
-            family: self.parent.family,
-            network: self.parent.network + self.next * step,
-            prefix: self.block_prefix,
-        };
+        let block = self.parent.block(self.block_prefix, self.next);
         self.next += 1;
-        Some(block)
+        block
+    }
+
+    /// Skips by arithmetic, not by stepping: `nth` on a /48 of /122 blocks is constant time.
+    fn nth(&mut self, n: usize) -> Option<Cidr> {
+        self.next = self.next.saturating_add(n as u128);
+        self.next()
     }
 }
 
@@ -396,6 +421,29 @@ mod tests {
     }
 
     #[test]
+    fn realistic_ipv6_pools_index_blocks_in_constant_time() {
+        // A /48 cut into /122s has 2^74 blocks: stepping to a hashed index would never end.
+        let pool = c("fd00:10:20::/48");
+        assert_eq!(pool.block_count(122), 1u128 << 74);
+        let last = pool.block(122, (1u128 << 74) - 1).unwrap();
+        assert_eq!(last.to_string(), "fd00:10:20:ffff:ffff:ffff:ffff:ffc0/122");
+        assert_eq!(
+            pool.blocks(122).nth(usize::MAX).unwrap().to_string(),
+            pool.block(122, usize::MAX as u128).unwrap().to_string()
+        );
+        let pool = c("fd00:10:20::/56");
+        assert_eq!(
+            pool.block(122, 0x1_0000_0001).unwrap().to_string(),
+            "fd00:10:20::40:0:40/122"
+        );
+        assert_eq!(
+            c("10.0.0.0/8").block(26, 1).unwrap().to_string(),
+            "10.0.0.64/26"
+        );
+        assert_eq!(c("10.0.0.0/8").block(26, 1 << 18), None);
+    }
+
+    #[test]
     fn object_names_are_valid_and_distinct() {
         assert_eq!(c("10.244.1.64/26").object_name(), "10-244-1-64-26");
         assert_eq!(
@@ -474,6 +522,44 @@ mod tests {
                 prop_assert!(pool.contains_cidr(&b));
                 prop_assert!(!b.overlaps(&Cidr::new_truncating(pool.last(), 128).unwrap()) || b.contains(pool.last()));
             }
+        }
+
+        /// Every prefix length of both families, cut into every legal block length: the
+        /// directly computed block is the one stepping would reach, lies inside the pool,
+        /// follows its predecessor without a gap and maps back to its index.
+        #[test]
+        fn block_indexing_is_arithmetic_for_every_prefix(
+            addr in any::<u128>(),
+            v6 in any::<bool>(),
+            prefix in 0u8..=128,
+            extra in 0u8..=128,
+            pick in any::<u128>(),
+        ) {
+            let (ip, bits) = if v6 {
+                (IpAddr::V6(addr.into()), 128u8)
+            } else {
+                (IpAddr::V4((addr as u32).into()), 32u8)
+            };
+            let prefix = prefix % (bits + 1);
+            let block_prefix = prefix + extra % (bits - prefix + 1);
+            let pool = Cidr::new_truncating(ip, prefix).unwrap();
+            let count = pool.block_count(block_prefix);
+            let expected = 1u128.checked_shl(u32::from(block_prefix - prefix)).unwrap_or(u128::MAX);
+            prop_assert_eq!(count, expected);
+            let index = pick % count;
+            let block = pool.block(block_prefix, index).unwrap();
+            prop_assert_eq!(block.prefix_len(), block_prefix);
+            prop_assert!(pool.contains_cidr(&block));
+            prop_assert_eq!(pool.block_index(&block), Some(index));
+            prop_assert_eq!(pool.blocks(block_prefix).nth(usize::try_from(index).unwrap_or(usize::MAX)).is_some(), true);
+            if index > 0 {
+                let before = pool.block(block_prefix, index - 1).unwrap();
+                prop_assert_eq!(addr_to_u128(before.last()) + 1, block.network);
+            }
+            if index == count - 1 && count != u128::MAX {
+                prop_assert_eq!(block.last(), pool.last());
+            }
+            prop_assert_eq!(pool.block(block_prefix, count), None::<Cidr>);
         }
 
         #[test]

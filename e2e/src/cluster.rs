@@ -514,10 +514,29 @@ impl LocalCluster {
     /// Starts pod `default/<name>` on `node`; panics with the plugin's words if it fails.
     /// Creates the `Pod` object (scheduled to `node`, as the scheduler would) and returns its UID.
     pub async fn create_pod_object(&self, node: &str, namespace: &str, name: &str) -> String {
+        self.create_pod_object_as(node, namespace, name, None).await
+    }
+
+    /// [`LocalCluster::create_pod_object`]; with `static_uid`, the object is the mirror pod of
+    /// a static pod that kubelet runs under that UID (its config hash), as kubelet writes it,
+    /// and the static pod's UID is returned: the one the runtime passes to the plugin.
+    async fn create_pod_object_as(
+        &self,
+        node: &str,
+        namespace: &str,
+        name: &str,
+        static_uid: Option<&str>,
+    ) -> String {
         let pods: Api<k8s_openapi::api::core::v1::Pod> =
             Api::namespaced(self.client.clone(), namespace);
+        let annotations = match static_uid {
+            Some(hash) => {
+                json!({"kubernetes.io/config.mirror": hash, "kubernetes.io/config.hash": hash, "kubernetes.io/config.source": "file"})
+            }
+            None => json!({}),
+        };
         let object = json!({"apiVersion": "v1", "kind": "Pod",
-                            "metadata": {"name": name, "namespace": namespace},
+                            "metadata": {"name": name, "namespace": namespace, "annotations": annotations},
                             "spec": {"nodeName": node, "containers": [{"name": "app", "image": "registry.k8s.io/pause:3.10"}]}});
         let pod = pods
             .patch(
@@ -527,7 +546,10 @@ impl LocalCluster {
             )
             .await
             .unwrap_or_else(|e| panic!("creating Pod {namespace}/{name}: {e}"));
-        pod.metadata.uid.expect("a Pod's UID")
+        match static_uid {
+            Some(hash) => hash.to_string(),
+            None => pod.metadata.uid.expect("a Pod's UID"),
+        }
     }
 
     /// Deletes the `Pod` object only (the runtime never runs DEL: a leak, as after a crash).
@@ -545,7 +567,30 @@ impl LocalCluster {
 
     /// Starts pod `<namespace>/<name>` on `node` through the networker.
     pub async fn start_pod_in(&self, node: &str, namespace: &str, name: &str) -> Pod {
-        let uid = self.create_pod_object(node, namespace, name).await;
+        self.start_pod_as(node, namespace, name, None).await
+    }
+
+    /// Starts static pod `default/<name>` on `node`: the runtime passes kubelet's UID for it
+    /// (a config hash), and the API server has only its mirror pod, with another UID.
+    pub async fn start_static_pod(&self, node: &str, name: &str) -> Pod {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        let hash = format!("{nanos:032x}");
+        self.start_pod_as(node, "default", name, Some(&hash)).await
+    }
+
+    async fn start_pod_as(
+        &self,
+        node: &str,
+        namespace: &str,
+        name: &str,
+        static_uid: Option<&str>,
+    ) -> Pod {
+        let uid = self
+            .create_pod_object_as(node, namespace, name, static_uid)
+            .await;
         let ns = netsim::netns("pod");
         let n = self.node(node);
         let pod = PodRef {

@@ -8,6 +8,7 @@ pub mod harness;
 pub mod helm;
 pub mod install;
 pub mod netsim;
+pub mod operator;
 pub mod plugin;
 pub mod process;
 pub mod require;
@@ -52,6 +53,8 @@ pub enum Error {
     Certificates(String),
     #[error("kubeconfig for the test control plane: {0}")]
     Kubeconfig(String),
+    #[error("setting up the test cluster: {0}")]
+    Setup(String),
 }
 
 pub(crate) fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {

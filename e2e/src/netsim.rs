@@ -37,12 +37,24 @@ pub fn sysctl(ns: &NetNs, key: &str, value: &str) {
         .unwrap_or_else(|e| panic!("writing {path}: {e}"));
 }
 
-/// A namespace playing a node: forwarding on for both families.
+/// A namespace playing a freshly booted node: forwarding off for both families, as the
+/// kernel starts (a new namespace would otherwise inherit the host's IPv4 settings). Whatever
+/// a node needs beyond that, sinew must do or report.
 pub fn node_netns(tag: &str) -> NetNs {
     let ns = netns(tag);
-    sysctl(&ns, "net.ipv4.ip_forward", "1");
-    sysctl(&ns, "net.ipv6.conf.all.forwarding", "1");
+    sysctl(&ns, "net.ipv4.ip_forward", "0");
+    sysctl(&ns, "net.ipv6.conf.all.forwarding", "0");
     ns
+}
+
+/// Reads a sysctl inside `ns`.
+pub fn read_sysctl(ns: &NetNs, key: &str) -> String {
+    let path = format!("/proc/sys/{}", key.replace('.', "/"));
+    ns.run_in(|| std::fs::read_to_string(&path))
+        .expect("entering the namespace")
+        .unwrap_or_else(|e| panic!("reading {path}: {e}"))
+        .trim()
+        .to_string()
 }
 
 /// Makes `cmd` run inside `ns`: the child joins the namespace between fork and exec.

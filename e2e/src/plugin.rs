@@ -236,7 +236,11 @@ impl PluginNode {
     /// A node namespace (forwarding on, [`NODE_IP`] on its loopback, as a node has an
     /// address of its own) and an empty state directory.
     pub fn new(tag: &str) -> PluginNode {
+        // This harness plays the node agent for plugin-only tests: it writes node.json, and
+        // it turns forwarding on as the agent does on every node it serves.
         let ns = crate::netsim::node_netns(tag);
+        crate::netsim::sysctl(&ns, "net.ipv4.ip_forward", "1");
+        crate::netsim::sysctl(&ns, "net.ipv6.conf.all.forwarding", "1");
         crate::netsim::add_loopback_address(&ns, NODE_IP);
         PluginNode {
             ns,
@@ -252,6 +256,7 @@ impl PluginNode {
         NodeState {
             node: "test-node".into(),
             pools,
+            ready_boot: None,
         }
         .store(self.state.path())
         .expect("writing node state");

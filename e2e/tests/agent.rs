@@ -22,7 +22,7 @@ fn main() -> ExitCode {
         require::missing("agent", "nodes are network namespaces, which needs root");
         return ExitCode::SUCCESS;
     }
-    sinew_e2e::harness::run(
+    let code = sinew_e2e::harness::run(
         |ctx| async move {
             sinew_e2e::install::install_crds(&ctx.client).await?;
             let cn = json!({"apiVersion": "sinew.dev/v1alpha1", "kind": "ClusterNetwork", "metadata": {"name": "default"}, "spec": {}});
@@ -34,6 +34,11 @@ fn main() -> ExitCode {
                 )
                 .await
                 .map_err(|e| e.to_string())?;
+            // Agents use a pool only once the operator has judged it: run the real one.
+            let operator = sinew_e2e::operator::start(&ctx.cp, "op", &[])
+                .await
+                .map_err(|e| e.to_string())?;
+            sinew_e2e::operator::keep(operator);
             Ok(())
         },
         tests![
@@ -46,8 +51,12 @@ fn main() -> ExitCode {
             blocks_are_claimed_ahead_of_need_and_given_back_when_empty,
             a_namespace_annotation_chooses_the_pool,
             dual_stack_pods_talk_over_both_families_across_nodes,
+            realistic_ipv6_pools_get_blocks_and_pods_at_once,
+            a_fresh_node_gets_forwarding_turned_on,
         ],
-    )
+    );
+    sinew_e2e::operator::stop_kept();
+    code
 }
 
 /// A pool serving only the nodes of `cluster`.
@@ -645,6 +654,103 @@ async fn dual_stack_pods_talk_over_both_families_across_nodes(ctx: Ctx) -> TestR
         reply.starts_with(&format!("[{a6}]")),
         "no NAT over IPv6 either: the server saw {reply:?}"
     );
+    cluster.stop_pod(a).await;
+    cluster.stop_pod(b).await;
+    Ok(())
+}
+
+/// `examples/ippool-ipv6.yaml`-sized pools: a /48 and a /56 cut into /122 blocks (2^74 and
+/// 2^66 blocks). The block search used to step to a hashed index and never returned, so the
+/// node got no block, no routes and no conflist while `/healthz` said ok.
+async fn realistic_ipv6_pools_get_blocks_and_pods_at_once(ctx: Ctx) -> TestResult {
+    let cluster = LocalCluster::start(&ctx.cp, "v6", &[0, 1]).await;
+    pool(&ctx, "v6-48", "v6", "fd00:48::/48", 122, "Auto").await?;
+    pool(&ctx, "v6-56", "v6", "fd00:56:0:ff00::/56", 122, "VXLAN").await?;
+    pool(&ctx, "v6-v4", "v6", "10.112.0.0/16", 26, "Auto").await?;
+    cluster.wait_ready(Duration::from_secs(30)).await?;
+    let started = Instant::now();
+    for p in ["v6-48", "v6-56"] {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let blocks = blocks_of(&ctx, p).await?;
+            let nodes: BTreeSet<String> = blocks.iter().map(|b| b.spec.node.clone()).collect();
+            if nodes.len() == 2 {
+                for b in &blocks {
+                    assert!(b.spec.cidr.ends_with("/122"), "{}", b.spec.cidr);
+                }
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "pool {p}: blocks on {nodes:?} after 15 s\n{}",
+                cluster.nodes[0].agent_log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    eprintln!(
+        "both nodes hold /122 blocks of a /48 and a /56 after {:?}",
+        started.elapsed()
+    );
+    for node in &cluster.nodes {
+        let (status, body) = sinew_e2e::cluster::agent_http(node, "/healthz")?;
+        assert!(status.contains("200"), "{}: {status} {body}", node.name);
+    }
+    // A pod with an address from the /48 (the first IPv6 pool) reaches one on the other node.
+    let a = cluster.start_pod(&cluster.name(0), "a").await;
+    let b = cluster.start_pod(&cluster.name(1), "b").await;
+    let b6 = b
+        .ips()
+        .into_iter()
+        .find(std::net::IpAddr::is_ipv6)
+        .ok_or("pod b has no IPv6 address")?;
+    let pool48: sinew_crds::Cidr = "fd00:48::/48".parse()?;
+    assert!(pool48.contains(b6), "{b6} is not from the /48");
+    let server = EchoServer::start(&b.ns, SocketAddr::new(b6, 0));
+    eventually(
+        "IPv6 pod to pod across nodes",
+        Duration::from_secs(10),
+        || tcp_exchange(&a.ns, server.addr).map(|_| ()),
+    )
+    .await?;
+    cluster.stop_pod(a).await;
+    cluster.stop_pod(b).await;
+    Ok(())
+}
+
+/// Nodes start as a kernel boots them: forwarding off. The agent turns it on for the families
+/// its pools use (the harness no longer does), and keeps it on.
+async fn a_fresh_node_gets_forwarding_turned_on(ctx: Ctx) -> TestResult {
+    let cluster = LocalCluster::start(&ctx.cp, "fw", &[0, 1]).await;
+    let node = &cluster.nodes[0];
+    assert_eq!(
+        sinew_e2e::netsim::read_sysctl(&node.ns, "net.ipv4.ip_forward"),
+        "0"
+    );
+    pool(&ctx, "fw-v4", "fw", "10.113.0.0/24", 28, "Auto").await?;
+    pool(&ctx, "fw-v6", "fw", "fd00:113::/64", 122, "Auto").await?;
+    cluster.wait_ready(Duration::from_secs(30)).await?;
+    for key in ["net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding"] {
+        eventually(key, Duration::from_secs(10), || {
+            let v = sinew_e2e::netsim::read_sysctl(&node.ns, key);
+            (v == "1").then_some(()).ok_or(v)
+        })
+        .await?;
+    }
+    // Someone turns it off again: the next pass turns it back on (resync is 2 s here).
+    sinew_e2e::netsim::sysctl(&node.ns, "net.ipv4.ip_forward", "0");
+    eventually("forwarding restored", Duration::from_secs(10), || {
+        let v = sinew_e2e::netsim::read_sysctl(&node.ns, "net.ipv4.ip_forward");
+        (v == "1").then_some(()).ok_or(v)
+    })
+    .await?;
+    // And pods on different nodes talk, which needs it.
+    let a = cluster.start_pod(&cluster.name(0), "a").await;
+    let b = cluster.start_pod(&cluster.name(1), "b").await;
+    eventually("pod to pod across nodes", Duration::from_secs(10), || {
+        reach(&a, &b)
+    })
+    .await?;
     cluster.stop_pod(a).await;
     cluster.stop_pod(b).await;
     Ok(())

@@ -19,14 +19,20 @@ fn main() -> ExitCode {
         require::missing("conflist", "nodes are network namespaces, which needs root");
         return ExitCode::SUCCESS;
     }
-    sinew_e2e::harness::run(
+    let code = sinew_e2e::harness::run(
         |ctx| async move {
-            sinew_e2e::install::install_crds(&ctx.client)
+            sinew_e2e::install::install_crds(&ctx.client).await?;
+            // Agents use a pool only once the operator has judged it: run the real one.
+            let operator = sinew_e2e::operator::start(&ctx.cp, "op", &[])
                 .await
-                .map(|_| ())
+                .map_err(|e| e.to_string())?;
+            sinew_e2e::operator::keep(operator);
+            Ok(())
         },
         tests![killed_agents_never_leave_a_partial_conflist],
-    )
+    );
+    sinew_e2e::operator::stop_kept();
+    code
 }
 
 async fn killed_agents_never_leave_a_partial_conflist(ctx: Ctx) -> TestResult {

@@ -3,7 +3,7 @@
 //! overlap refusal, usage aggregation and drain-guarded deletion. Agents are simulated by
 //! writing what they report (Node annotations, `IPBlock` status). Needs the Go-built tools.
 
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -27,7 +27,7 @@ fn main() -> ExitCode {
             let ns =
                 json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}});
             sinew_e2e::install::apply_manifest(&ctx.client, &ns.to_string()).await?;
-            let p = operator(&ctx, "primary").map_err(|e| e.to_string())?;
+            let p = operator(&ctx, "primary").await.map_err(|e| e.to_string())?;
             OPERATOR.get_or_init(|| std::sync::Mutex::new(Some(p)));
             Ok(())
         },
@@ -86,28 +86,20 @@ fn http_get_once(identity: &str, path: &str) -> Result<(String, String), TestErr
 }
 
 /// Starts an operator replica with a short lease (3 s, renewed every second).
-fn operator(ctx: &Ctx, identity: &str) -> Result<Supervised, sinew_e2e::Error> {
-    let bin = sinew_e2e::plugin::workspace_binary("sinew-operator", "sinew-operator");
-    let mut cmd = Command::new(bin);
-    cmd.env("KUBECONFIG", ctx.cp.kubeconfig_path())
-        .env("POD_NAMESPACE", NAMESPACE)
-        .env("POD_NAME", identity)
-        .env("SINEW_LEASE_SECONDS", "3")
-        .env("SINEW_RENEW_SECONDS", "1")
-        .env("SINEW_NODE_IMAGE", "sinew-node:test")
-        .env(
-            "SINEW_METRICS_ADDR",
-            format!("127.0.0.1:{}", metrics_port(identity)),
-        )
-        .env(
-            "SINEW_LOG",
-            std::env::var("SINEW_E2E_OPERATOR_LOG").unwrap_or_else(|_| "info".into()),
-        );
-    Supervised::spawn(
-        &format!("sinew-operator {identity}"),
-        cmd,
-        &ctx.cp.dir().join(format!("operator-{identity}.log")),
+async fn operator(ctx: &Ctx, identity: &str) -> Result<Supervised, sinew_e2e::Error> {
+    sinew_e2e::operator::start(
+        &ctx.cp,
+        identity,
+        &[
+            ("SINEW_LEASE_SECONDS", "3".into()),
+            ("SINEW_RENEW_SECONDS", "1".into()),
+            (
+                "SINEW_METRICS_ADDR",
+                format!("127.0.0.1:{}", metrics_port(identity)),
+            ),
+        ],
     )
+    .await
 }
 
 async fn wait<T, F, Fut>(what: &str, within: Duration, probe: F) -> Result<T, TestError>
@@ -478,7 +470,7 @@ async fn a_standby_takes_over_when_the_leader_dies_or_steps_down(ctx: Ctx) -> Te
         Ok((holder(&ctx).await?.as_deref() == Some("primary")).then_some(()))
     })
     .await?;
-    let standby = operator(&ctx, "standby")?;
+    let standby = operator(&ctx, "standby").await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(
         holder(&ctx).await?.as_deref(),
@@ -539,7 +531,7 @@ async fn a_standby_takes_over_when_the_leader_dies_or_steps_down(ctx: Ctx) -> Te
 
     // A leader asked to stop (SIGTERM, as on a rolling update) hands the Lease over at once
     // instead of letting it expire (3 s here): the next replica leads within a retry (1 s).
-    let third = operator(&ctx, "third")?;
+    let third = operator(&ctx, "third").await?;
     wait(
         "the third replica serves",
         Duration::from_secs(10),

@@ -116,6 +116,9 @@ async fn a_leaked_allocation_is_collected_and_a_live_one_never(ctx: Ctx) -> Test
     cluster.wait_ready(Duration::from_secs(30)).await?;
     let node = cluster.name(0);
     let live = cluster.start_pod(&node, "live").await;
+    // A static pod: its allocation carries kubelet's UID, its mirror pod has another.
+    let static_pod = cluster.start_static_pod(&node, "static").await;
+    let static_ip = static_pod.ipv4().to_string();
     let leaked = cluster.start_pod(&node, "leaked").await;
     let (live_ip, leaked_ip) = (live.ipv4().to_string(), leaked.ipv4().to_string());
     wait_for(
@@ -184,10 +187,15 @@ async fn a_leaked_allocation_is_collected_and_a_live_one_never(ctx: Ctx) -> Test
         ips.contains(&live_ip),
         "the live pod's address was released: {ips:?}"
     );
+    assert!(
+        ips.contains(&static_ip),
+        "the running static pod's address was released (its mirror pod's UID differs): {ips:?}"
+    );
     // And the released address can be handed out again.
     let next = cluster.start_pod(&node, "next").await;
     cluster.stop_pod(next).await;
     cluster.stop_pod(live).await;
+    cluster.stop_pod(static_pod).await;
     drop(leaked);
     Ok(())
 }

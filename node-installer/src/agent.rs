@@ -40,11 +40,13 @@ use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
 use crate::conflist;
+use crate::forwarding;
 use crate::http;
 use crate::install::{self, Outcome};
 use crate::nat;
 use crate::plan::{self, BlockInfo, NodeInfo};
 use crate::program::{self, Underlay, VxlanParams};
+use crate::trust::{self, PoolFacts};
 
 /// Annotation with the MAC of the node's VXLAN device.
 pub const VTEP_MAC_ANNOTATION: &str = "sinew.dev/vtep-mac";
@@ -67,8 +69,24 @@ pub struct Settings {
     /// How long a block must stay empty before it is given back.
     pub block_release_grace: Duration,
     pub resync: Duration,
-    /// Where `/healthz`, `/readyz` and `/metrics` are served (`None`: not served).
-    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Where `/healthz`, `/readyz` and `/metrics` are served.
+    pub metrics_addr: ListenAddr,
+    /// Where the node's sysctls are written (`/proc/sys`, or the host's mounted into a
+    /// container).
+    pub sysctl_dir: PathBuf,
+    /// `/healthz` fails when the agent's loop has not come round for this long (a stalled
+    /// agent is restarted by its liveness probe).
+    pub stall_after: Duration,
+}
+
+/// Where the agent's HTTP endpoints listen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenAddr {
+    Off,
+    At(std::net::SocketAddr),
+    /// The node's own address (its InternalIP), where kubelet's probes of a host-network pod
+    /// go, and not every address of the host.
+    NodeIp(u16),
 }
 
 fn field_manager(node: &str) -> String {
@@ -114,7 +132,9 @@ struct Cluster {
 #[derive(Default)]
 struct Memory {
     node_state: Option<NodeState>,
-    vxlan: Option<VxlanParams>,
+    /// A pass completed (forwarding, peers, VXLAN) in this process; the node is then ready
+    /// for pods in this boot.
+    pass_completed: bool,
     plugin_sha256: Option<String>,
     conflist_hash: Option<String>,
     reported_blocks: BTreeMap<String, IPBlockStatus>,
@@ -236,18 +256,15 @@ impl Agent {
         ] {
             ready.map_err(|e| anyhow::anyhow!("watch of {what} ended: {e}"))?;
         }
-        if let Some(addr) = self.settings.metrics_addr {
-            let (node, metrics) = (self.settings.node_name.clone(), self.metrics.clone());
-            tokio::spawn(async move {
-                if let Err(e) = http::serve(addr, node, metrics).await {
-                    warn!(%addr, error = %e, "cannot serve /metrics, /healthz, /readyz");
-                }
-            });
-        }
         info!(node = %self.settings.node_name, "caches synced; agent running");
+        self.metrics.beat();
         let notify = self.notify.clone();
         let mut last_full = tokio::time::Instant::now();
+        let mut serving = self.settings.metrics_addr == ListenAddr::Off;
         loop {
+            if !serving {
+                serving = self.serve_http();
+            }
             let woke = tokio::time::timeout(Duration::from_millis(500), notify.notified()).await;
             let requested = !node_state::pending_block_requests(&self.settings.state_dir)
                 .unwrap_or_default()
@@ -264,7 +281,35 @@ impl Agent {
             if let Err(e) = self.sync_block_status().await {
                 warn!(node = %self.settings.node_name, error = %format!("{e:#}"), "status sync failed");
             }
+            self.metrics.beat();
         }
+    }
+
+    /// Starts the HTTP endpoints once their address is known; `false` while it is not.
+    fn serve_http(&self) -> bool {
+        let addr = match self.settings.metrics_addr {
+            ListenAddr::Off => return true,
+            ListenAddr::At(addr) => addr,
+            ListenAddr::NodeIp(port) => {
+                let node = self
+                    .cluster
+                    .nodes
+                    .get(&ObjectRef::new(&self.settings.node_name));
+                match node.as_deref().and_then(node_ip) {
+                    Some(ip) => std::net::SocketAddr::new(ip, port),
+                    None => return false,
+                }
+            }
+        };
+        let (node, metrics) = (self.settings.node_name.clone(), self.metrics.clone());
+        let stall_after = self.settings.stall_after;
+        tokio::spawn(async move {
+            if let Err(e) = http::serve(addr, node, metrics, stall_after).await {
+                warn!(%addr, error = %e, "cannot serve /metrics, /healthz, /readyz");
+            }
+        });
+        info!(%addr, "serving /healthz, /readyz and /metrics");
+        true
     }
 
     fn local(&self) -> anyhow::Result<Option<Local>> {
@@ -289,7 +334,9 @@ impl Agent {
         }))
     }
 
-    /// One reconcile pass.
+    /// One reconcile pass. Each step's failure is contained: peers are programmed before
+    /// any block is claimed, one pool's claim trouble leaves the others alone, and a NAT or
+    /// forwarding failure is reported without holding back routes, blocks or node state.
     pub async fn pass(&mut self) -> anyhow::Result<()> {
         let network = self
             .cluster
@@ -307,18 +354,31 @@ impl Agent {
             debug!(node = %self.settings.node_name, "Node object or its address not known yet");
             return Ok(());
         };
+        let facts = trust::pools(&self.cluster.pools.state());
+        let (blocks, mut problems) = trust::blocks(&self.cluster.blocks.state(), &facts);
         let pools = self.selected_pools(&local);
-        self.claim_blocks(&pools).await?;
-        self.release_blocks(&pools).await?;
-        let state = self.node_state(&network, &local, &pools);
-        if self.memory.node_state.as_ref() != Some(&state) {
-            state.store(&self.settings.state_dir)?;
-            for p in &state.pools {
-                if !p.blocks.is_empty() {
-                    node_state::clear_block_request(&self.settings.state_dir, &p.name)?;
+        // What this node's datapath needs before it can serve a pod: forwarding, peers, VXLAN.
+        let mut datapath_complete = true;
+
+        let families: BTreeSet<sinew_crds::Family> = pools
+            .iter()
+            .filter_map(|p| facts.get(&p.name_any()))
+            .map(|f| f.cidr.family())
+            .collect();
+        let families: Vec<_> = families.into_iter().collect();
+        for (key, value) in
+            forwarding::wanted(&self.settings.sysctl_dir, &families, &local.underlay.name)
+        {
+            match forwarding::ensure(&self.settings.sysctl_dir, &key, value) {
+                Ok(true) => {
+                    info!(node = %self.settings.node_name, setting = %key, value, "node setting applied")
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    datapath_complete = false;
+                    problems.push(format!("ForwardingOff: {e}"));
                 }
             }
-            self.memory.node_state = Some(state.clone());
         }
 
         let mut nl = Netlink::new()?;
@@ -326,15 +386,14 @@ impl Agent {
             vni: network.spec.vxlan.vni,
             port: network.spec.vxlan.port,
         };
-        let vxlan = program::ensure_vxlan(&mut nl, params, self.memory.vxlan, &local.underlay)?;
-        self.memory.vxlan = Some(params);
+        let vxlan = program::ensure_vxlan(&mut nl, params, &local.underlay)?;
         let modes: BTreeMap<String, PoolMode> =
             pools.iter().map(|p| (p.name_any(), p.spec.mode)).collect();
         let plan = plan::plan(
             &self.settings.node_name,
             &local.underlay.subnet,
             &self.peers(),
-            &self.blocks(),
+            &blocks,
             &modes,
         );
         let changes = program::apply(&mut nl, &plan, &local.underlay, Some(&vxlan))?;
@@ -344,34 +403,99 @@ impl Agent {
         if changes.added + changes.removed > 0 {
             info!(node = %self.settings.node_name, added = changes.added, removed = changes.removed, routes = plan.routes.len(), "peers programmed");
         }
+        problems.extend(plan.problems.iter().cloned());
 
-        self.apply_nat()?;
+        problems.extend(self.claim_blocks(&pools, &facts, &blocks).await?);
+        if let Err(e) = self.release_blocks(&pools, &facts, &blocks).await {
+            problems.push(format!("BlockReleaseFailed: {e:#}"));
+        }
+        if datapath_complete && !self.memory.pass_completed {
+            info!(node = %self.settings.node_name, "first complete pass in this boot: the node serves pods");
+            self.memory.pass_completed = true;
+        }
+        let state = self.node_state(&network, &local, &pools, &facts, &blocks);
+        self.store_node_state(state)?;
+
+        if let Err(e) = self.apply_nft(params.port) {
+            problems.push(format!(
+                "NftablesFailed: natOutgoing and the VXLAN source filter are not applied: {e}"
+            ));
+        }
         self.mirror_namespace_pools()?;
         self.release_leaks(&mut nl)?;
 
-        let ready = state
-            .pools
-            .iter()
-            .any(|p| !p.disabled && !p.blocks.is_empty());
+        let ready = self.memory.pass_completed
+            && self
+                .memory
+                .node_state
+                .as_ref()
+                .is_some_and(|st| st.pools.iter().any(|p| !p.disabled && !p.blocks.is_empty()));
         self.metrics.ready.store(ready, Ordering::Relaxed);
         let report = if ready {
             Some(self.install(&network)?)
         } else {
             None
         };
+        problems.sort();
+        problems.dedup();
         self.publish(
             &local,
             vxlan.mac,
             &modes,
             report,
-            &plan.problems,
+            &problems,
             &network.spec.config_hash(),
         )
         .await
     }
 
-    /// Keeps the `inet sinew` nftables table in line with every pool of the cluster.
-    fn apply_nat(&mut self) -> anyhow::Result<()> {
+    /// Writes `node.json` when it changed. The plugin reads it on every ADD, so the order of
+    /// effects matters: a block's retired mark is dropped only after a durable `node.json`
+    /// stops listing it (a crash in between must not let an ADD allocate from a block another
+    /// node may own by now), and block requests are cleared only once their pool has blocks.
+    fn store_node_state(&mut self, mut state: NodeState) -> anyhow::Result<()> {
+        let boot = node_state::current_boot_id();
+        state.ready_boot = Some(if self.memory.pass_completed {
+            boot
+        } else {
+            // Not yet: keep what the file says (the same boot after an agent restart stays
+            // ready; a file from before a reboot stays stale until this boot's first pass).
+            NodeState::load(&self.settings.state_dir)
+                .ok()
+                .flatten()
+                .and_then(|s| s.ready_boot)
+                .unwrap_or_default()
+        });
+        if self.memory.node_state.as_ref() == Some(&state) {
+            return Ok(());
+        }
+        state.store(&self.settings.state_dir)?;
+        for p in &state.pools {
+            if !p.blocks.is_empty() {
+                node_state::clear_block_request(&self.settings.state_dir, &p.name)?;
+            }
+        }
+        let listed: BTreeSet<String> = state
+            .pools
+            .iter()
+            .flat_map(|p| p.blocks.iter().cloned())
+            .collect();
+        let store = ipam::Store::new(&self.settings.state_dir);
+        if store
+            .snapshot()?
+            .retired
+            .iter()
+            .any(|r| !listed.contains(r))
+        {
+            store.update(|s| s.retired.retain(|r| listed.contains(r)))?;
+        }
+        self.memory.node_state = Some(state);
+        Ok(())
+    }
+
+    /// Keeps the `inet sinew` nftables table in line with every pool of the cluster (NAT) and
+    /// every node's address (who may send VXLAN here); rewritten only when it changes.
+    fn apply_nft(&mut self, vxlan_port: u16) -> Result<(), nat::NatError> {
         let pools: Vec<nat::NatPool> = self
             .cluster
             .pools
@@ -384,10 +508,20 @@ impl Agent {
                 })
             })
             .collect();
-        let script = nat::render(&pools);
+        let peers = nat::VxlanPeers {
+            port: vxlan_port,
+            nodes: self
+                .cluster
+                .nodes
+                .state()
+                .iter()
+                .filter_map(|n| node_ip(n))
+                .collect(),
+        };
+        let script = nat::render(&pools, &peers);
         if self.memory.nat.as_deref() != Some(script.as_str()) {
             nat::apply(&script)?;
-            info!(node = %self.settings.node_name, pools = pools.len(), "natOutgoing rules applied");
+            info!(node = %self.settings.node_name, pools = pools.len(), nodes = peers.nodes.len(), "nftables table applied (natOutgoing, VXLAN sources)");
             self.memory.nat = Some(script);
         }
         Ok(())
@@ -439,25 +573,9 @@ impl Agent {
         pools
     }
 
-    fn blocks(&self) -> Vec<BlockInfo> {
-        self.cluster
-            .blocks
-            .state()
+    fn my_blocks(&self, blocks: &[BlockInfo], pool: &str) -> Vec<Cidr> {
+        let mut mine: Vec<Cidr> = blocks
             .iter()
-            .filter_map(|b| {
-                Some(BlockInfo {
-                    cidr: b.spec.cidr.parse().ok()?,
-                    node: b.spec.node.clone(),
-                    pool: b.spec.pool.clone(),
-                })
-            })
-            .collect()
-    }
-
-    fn my_blocks(&self, pool: &str) -> Vec<Cidr> {
-        let mut mine: Vec<Cidr> = self
-            .blocks()
-            .into_iter()
             .filter(|b| b.node == self.settings.node_name && b.pool == pool)
             .map(|b| b.cidr)
             .collect();
@@ -483,25 +601,37 @@ impl Agent {
             .collect()
     }
 
-    /// Claims a block for every selected, enabled pool that has none here, has fewer than
-    /// `min_free` free addresses here, or that the plugin asked a block for.
-    async fn claim_blocks(&mut self, pools: &[Arc<IPPool>]) -> anyhow::Result<()> {
+    /// Claims a block for every selected, usable pool that has none here, has fewer than
+    /// `min_free` free addresses here, or that the plugin asked a block for. Each pool on its
+    /// own: an API error for one pool becomes a problem line and the others go on.
+    async fn claim_blocks(
+        &mut self,
+        pools: &[Arc<IPPool>],
+        facts: &BTreeMap<String, PoolFacts>,
+        blocks: &[BlockInfo],
+    ) -> anyhow::Result<Vec<String>> {
         let held = ipam::Store::new(&self.settings.state_dir).snapshot()?;
         let requested: BTreeSet<String> =
             node_state::pending_block_requests(&self.settings.state_dir)?
                 .into_iter()
                 .collect();
-        // A pool the operator stalled for a conflict (another pool, a Service CIDR, a node
-        // address) gets no new blocks; its existing pods keep their addresses and routes.
-        for pool in pools
-            .iter()
-            .filter(|p| !p.spec.disabled && !p.is_conflicted())
-        {
+        let mut problems = Vec::new();
+        for pool in pools {
             let name = pool.name_any();
-            let Ok(cidr) = pool.spec.parsed_cidr() else {
+            let Some(fact) = facts.get(&name) else {
                 continue;
             };
-            let mine = self.my_blocks(&name);
+            // A pool not judged yet, stalled for a conflict (another pool, a Service CIDR, a
+            // node address) or disabled gets no new blocks; existing pods keep theirs.
+            if let Some(why) = &fact.unusable {
+                if requested.contains(&name) {
+                    problems.push(format!(
+                        "PoolUnusable: a pod asked for pool {name}, which hands out no addresses: {why}"
+                    ));
+                }
+                continue;
+            }
+            let mine = self.my_blocks(blocks, &name);
             let capacity: u128 = mine.iter().map(Cidr::size).sum();
             let used = held
                 .slots
@@ -516,37 +646,48 @@ impl Agent {
                 self.memory.exhausted.remove(&name);
                 continue;
             }
-            let size = pool.spec.effective_block_size(cidr.family());
-            match self.claim_one(&name, &cidr, size).await? {
-                Some(block) => {
+            match self
+                .claim_one(&name, &fact.cidr, fact.block_size, blocks)
+                .await
+            {
+                Ok(Some(block)) => {
                     self.memory.exhausted.remove(&name);
+                    self.metrics.blocks_claimed.fetch_add(1, Ordering::Relaxed);
                     info!(node = %self.settings.node_name, pool = %name, block = %block, free = free as u64, "claimed block")
                 }
-                None => {
+                Ok(None) => {
                     if self.memory.exhausted.insert(name.clone()) {
                         warn!(node = %self.settings.node_name, pool = %name, free = free as u64, "pool has no unclaimed block left");
                     }
                 }
+                Err(e) => {
+                    warn!(node = %self.settings.node_name, pool = %name, error = %format!("{e:#}"), "claiming a block failed");
+                    problems.push(format!("BlockClaimFailed: pool {name}: {e:#}"));
+                }
             }
         }
-        Ok(())
+        Ok(problems)
     }
 
     /// Gives back blocks that stayed empty for the grace period and are not needed: blocks of
     /// pools that no longer select this node (or are gone), and surplus blocks whose pool keeps
     /// at least `min_free` free addresses here without them. The block is first retired in the
     /// IPAM store under its lock (so no ADD can allocate from it any more), then deleted.
-    async fn release_blocks(&mut self, pools: &[Arc<IPPool>]) -> anyhow::Result<()> {
+    async fn release_blocks(
+        &mut self,
+        pools: &[Arc<IPPool>],
+        facts: &BTreeMap<String, PoolFacts>,
+        blocks: &[BlockInfo],
+    ) -> anyhow::Result<()> {
         let store = ipam::Store::new(&self.settings.state_dir);
         let snapshot = store.snapshot()?;
         let selected: BTreeSet<String> = pools
             .iter()
-            .filter(|p| !p.spec.disabled)
             .map(|p| p.name_any())
+            .filter(|name| facts.get(name).is_some_and(|f| f.unusable.is_none()))
             .collect();
-        let mine: Vec<BlockInfo> = self
-            .blocks()
-            .into_iter()
+        let mine: Vec<&BlockInfo> = blocks
+            .iter()
             .filter(|b| b.node == self.settings.node_name)
             .collect();
         let held_in = |block: &Cidr| {
@@ -601,18 +742,21 @@ impl Agent {
             }
             self.memory.empty_since.remove(&block.to_string());
         }
-        // Forget retirements of blocks this node no longer owns.
-        let owned: BTreeSet<String> = mine.iter().map(|b| b.cidr.to_string()).collect();
-        if snapshot.retired.iter().any(|r| !owned.contains(r)) {
-            store.update(|s| s.retired.retain(|r| owned.contains(r)))?;
-        }
         Ok(())
     }
 
     /// Creates the `IPBlock` of the first unclaimed block, starting at an offset derived from
     /// the node name so that nodes racing for blocks mostly try different ones. A 409 means
     /// another node won that block: try the next.
-    async fn claim_one(&self, pool: &str, cidr: &Cidr, size: u8) -> anyhow::Result<Option<Cidr>> {
+    async fn claim_one(
+        &self,
+        pool: &str,
+        cidr: &Cidr,
+        size: u8,
+        blocks: &[BlockInfo],
+    ) -> anyhow::Result<Option<Cidr>> {
+        // Every object name counts as taken (even one this agent distrusts), and so does
+        // every address range a trusted block covers.
         let taken: BTreeSet<String> = self
             .cluster
             .blocks
@@ -620,7 +764,7 @@ impl Agent {
             .iter()
             .map(|b| b.name_any())
             .collect();
-        let total = cidr.blocks(size).total();
+        let total = cidr.block_count(size);
         if total == 0 {
             return Ok(None);
         }
@@ -629,11 +773,11 @@ impl Agent {
         let limit = total.min(4096);
         for i in 0..limit {
             let index = (start + i) % total;
-            let Some(block) = cidr.blocks(size).nth(index as usize) else {
+            let Some(block) = cidr.block(size, index) else {
                 continue;
             };
             let name = IPBlock::name_for(&block);
-            if taken.contains(&name) {
+            if taken.contains(&name) || blocks.iter().any(|b| b.cidr.overlaps(&block)) {
                 continue;
             }
             let object = IPBlock {
@@ -663,7 +807,16 @@ impl Agent {
                         .update(|s| s.retired.remove(&block.to_string()))?;
                     return Ok(Some(block));
                 }
-                Err(kube::Error::Api(e)) if e.code == 409 => continue,
+                Err(kube::Error::Api(e)) if e.code == 409 => {
+                    // Ours already (the watch lags behind an earlier claim)? Then it is claimed.
+                    if let Ok(existing) = api.get(&IPBlock::name_for(&block)).await
+                        && existing.spec.node == self.settings.node_name
+                        && existing.spec.cidr == block.to_string()
+                    {
+                        return Ok(Some(block));
+                    }
+                    continue;
+                }
                 Err(e) => return Err(e.into()),
             }
         }
@@ -675,6 +828,8 @@ impl Agent {
         network: &ClusterNetwork,
         local: &Local,
         pools: &[Arc<IPPool>],
+        facts: &BTreeMap<String, PoolFacts>,
+        blocks: &[BlockInfo],
     ) -> NodeState {
         let underlay_mtu = local.underlay.mtu;
         let family = sinew_crds::Family::of(local.underlay.ip);
@@ -688,16 +843,21 @@ impl Agent {
                     PoolState {
                         mode: p.spec.mode,
                         mtu: p.spec.mode.pod_mtu(underlay_mtu, family, fixed_mtu),
-                        // Conflicted pools hand out no new addresses either.
-                        disabled: p.spec.disabled || p.is_conflicted(),
+                        // Unjudged, conflicted and disabled pools hand out no new addresses.
+                        disabled: facts.get(&name).is_none_or(|f| f.unusable.is_some()),
                         reserved: p.spec.reserved.clone(),
-                        blocks: self.my_blocks(&name).iter().map(Cidr::to_string).collect(),
+                        blocks: self
+                            .my_blocks(blocks, &name)
+                            .iter()
+                            .map(Cidr::to_string)
+                            .collect(),
                         exhausted: self.memory.exhausted.contains(&name),
                         cidr: p.spec.cidr.clone(),
                         name,
                     }
                 })
                 .collect(),
+            ready_boot: None,
         }
     }
 
@@ -983,21 +1143,60 @@ impl Agent {
         Ok(())
     }
 
-    /// Removes everything sinew put on this node, conflist first, then the binary, then the
-    /// routes, the VXLAN device and the nftables table, and says so on the Node.
+    /// Removes everything sinew put on this node once the `ClusterNetwork` is being deleted,
+    /// without stranding a running pod: first no pool hands out new addresses here any more
+    /// (`node.json`), then, once no pod on this node holds a sinew address (or no pool is
+    /// left), the conflist, the plugin binary, the routes, the VXLAN device and the nftables
+    /// table go, in that order. Until then the runtime still finds the conflist and the
+    /// plugin, so every pod's DEL runs and its traffic flows until it is torn down (a runtime
+    /// cannot tear down a pod whose network configuration is gone). Says which on the Node.
     async fn clean_up(&mut self, network: &ClusterNetwork) -> anyhow::Result<()> {
         if self.memory.cleaned {
             return Ok(());
         }
+        if let Some(mut state) = NodeState::load(&self.settings.state_dir)?
+            && state.pools.iter().any(|p| !p.disabled)
+        {
+            for pool in &mut state.pools {
+                pool.disabled = true;
+            }
+            state.store(&self.settings.state_dir)?;
+            self.memory.node_state = None;
+        }
         let conf = self
             .conf_dir(network)
             .join(conflist::file_name(&network.spec.cni));
+        let attached = ipam::Store::new(&self.settings.state_dir)
+            .snapshot()?
+            .attachments
+            .len();
+        let pools_left = !self.cluster.pools.state().is_empty();
+        let nodes: Api<Node> = Api::all(self.client.clone());
+        let params = PatchParams::apply(&field_manager(&self.settings.node_name));
+        if attached > 0 && pools_left {
+            let waiting = format!(
+                "{attached} pod interfaces still hold sinew addresses on this node: the conflist, plugin, routes and VXLAN stay until they are deleted (no new pod gets a sinew address)"
+            );
+            if self.memory.published.as_deref() != Some(waiting.as_str()) {
+                info!(node = %self.settings.node_name, attached, "waiting for pods to go before cleaning the node");
+                let patch = json!({
+                    "apiVersion": "v1", "kind": "Node",
+                    "metadata": {"name": self.settings.node_name, "annotations": {
+                        NODE_STATE_ANNOTATION: json!({"ready": false, "cleanedUp": false, "problems": [format!("CleanUpWaiting: {waiting}")]}).to_string(),
+                    }},
+                });
+                nodes
+                    .patch(&self.settings.node_name, &params, &Patch::Apply(&patch))
+                    .await?;
+                self.memory.published = Some(waiting);
+            }
+            return Ok(());
+        }
         install::remove_file(&conf)?;
         install::remove_file(&self.bin_dir(network).join("sinew"))?;
         program::remove_all(&mut Netlink::new()?)?;
         nat::remove()?;
         info!(node = %self.settings.node_name, "node cleaned up: conflist, plugin, routes, VXLAN device and nftables table removed");
-        let nodes: Api<Node> = Api::all(self.client.clone());
         let patch = json!({
             "apiVersion": "v1", "kind": "Node",
             "metadata": {"name": self.settings.node_name, "annotations": {
@@ -1005,11 +1204,7 @@ impl Agent {
             }},
         });
         nodes
-            .patch(
-                &self.settings.node_name,
-                &PatchParams::apply(&field_manager(&self.settings.node_name)),
-                &Patch::Apply(&patch),
-            )
+            .patch(&self.settings.node_name, &params, &Patch::Apply(&patch))
             .await?;
         self.memory = Memory {
             cleaned: true,

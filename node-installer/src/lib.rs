@@ -3,8 +3,10 @@
 
 pub mod agent;
 pub mod conflist;
+pub mod forwarding;
 pub mod http;
 pub mod install;
 pub mod nat;
 pub mod plan;
 pub mod program;
+pub mod trust;

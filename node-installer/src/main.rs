@@ -11,17 +11,20 @@
 //! `--log-file`/`SINEW_CNI_LOG_FILE` (`/var/log/sinew/cni.log`), `--min-free`/`SINEW_MIN_FREE`
 //! (16), `--block-release-seconds`/`SINEW_BLOCK_RELEASE_SECONDS` (300),
 //! `--resync-seconds`/`SINEW_RESYNC_SECONDS` (10), `--metrics-addr`/`SINEW_METRICS_ADDR`
-//! (`0.0.0.0:9465`, or `off`) for `/healthz`, `/readyz` and `/metrics`.
+//! (`node:9465`: the Node's InternalIP; or `host:port`, or `off`) for `/healthz`, `/readyz` and
+//! `/metrics`, `--stall-seconds`/`SINEW_STALL_SECONDS` (120: `/healthz` fails when the loop
+//! has not come round for that long), `--sysctl-dir`/`SINEW_SYSCTL_DIR` (`/proc/sys`; the
+//! host's `/proc/sys/net` mounted in a container, under `<dir>/net`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use sinew_node_installer::agent::{Agent, Settings};
+use sinew_node_installer::agent::{Agent, ListenAddr, Settings};
 use sinew_node_installer::install;
 
-const USAGE: &str = "usage: sinew-node (install|run) [--node-name N] [--conf-dir D] [--bin-dir D] [--state-dir D] [--plugin P] [--log-file F] [--min-free N] [--block-release-seconds N] [--resync-seconds N] [--metrics-addr A|off]";
+const USAGE: &str = "usage: sinew-node (install|run) [--node-name N] [--conf-dir D] [--bin-dir D] [--state-dir D] [--plugin P] [--log-file F] [--min-free N] [--block-release-seconds N] [--resync-seconds N] [--metrics-addr node:PORT|A|off] [--stall-seconds N] [--sysctl-dir D]";
 
 struct Flags(Vec<(String, String)>);
 
@@ -97,14 +100,29 @@ fn settings(flags: &Flags, need_node: bool) -> anyhow::Result<Settings> {
         resync: Duration::from_secs(flags.number("resync-seconds", "SINEW_RESYNC_SECONDS", 10)?),
         metrics_addr: match flags
             .get("metrics-addr", "SINEW_METRICS_ADDR")
-            .unwrap_or_else(|| "0.0.0.0:9465".into())
+            .unwrap_or_else(|| "node:9465".into())
             .as_str()
         {
-            "off" => None,
-            addr => Some(addr.parse().with_context(|| {
-                format!("--metrics-addr must be host:port or off, got {addr:?}")
-            })?),
+            "off" => ListenAddr::Off,
+            addr => match addr.strip_prefix("node:") {
+                Some(port) => ListenAddr::NodeIp(port.parse().with_context(|| {
+                    format!("--metrics-addr node:PORT needs a port number, got {addr:?}")
+                })?),
+                None => ListenAddr::At(addr.parse().with_context(|| {
+                    format!("--metrics-addr must be node:PORT, host:port or off, got {addr:?}")
+                })?),
+            },
         },
+        sysctl_dir: PathBuf::from(
+            flags
+                .get("sysctl-dir", "SINEW_SYSCTL_DIR")
+                .unwrap_or_else(|| "/proc/sys".into()),
+        ),
+        stall_after: Duration::from_secs(flags.number(
+            "stall-seconds",
+            "SINEW_STALL_SECONDS",
+            120,
+        )?),
     })
 }
 

@@ -1,6 +1,10 @@
-//! `natOutgoing` through one nftables table owned by sinew (`inet sinew`): traffic from a
-//! pool with `natOutgoing` to a destination outside every pool is masqueraded; traffic between
-//! pods never is. The table is replaced as a whole in one transaction (`nft -f`), only when
+//! sinew's one nftables table (`inet sinew`):
+//! - `natOutgoing`: traffic from a pool with `natOutgoing` to a destination outside every pool
+//!   is masqueraded; traffic between pods never is;
+//! - the VXLAN port accepts encapsulated packets only from the cluster's node addresses, so no
+//!   other host can inject traffic that appears to come from a pod.
+//!
+//! The table is replaced as a whole in one transaction (`nft -f`), only when
 //! its content changes, and removed on node clean-up; no other table is touched.
 
 use std::io::Write;
@@ -32,9 +36,26 @@ fn set(name: &str, family: Family, members: &[Cidr]) -> String {
     format!("    set {name} {{ type {ty}; flags interval;{elements} }}\n")
 }
 
+/// Who may send to this node's VXLAN port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VxlanPeers {
+    pub port: u16,
+    /// Every node's underlay address (this node's included).
+    pub nodes: Vec<std::net::IpAddr>,
+}
+
+fn addresses(name: &str, family: Family, nodes: &[std::net::IpAddr]) -> String {
+    let members: Vec<Cidr> = nodes
+        .iter()
+        .filter(|a| Family::of(**a) == family)
+        .map(|a| Cidr::host(*a))
+        .collect();
+    set(name, family, &members)
+}
+
 /// The table's full definition for these pools (every pool in the cluster, so that traffic
-/// to any pod is recognised as in-cluster).
-pub fn render(pools: &[NatPool]) -> String {
+/// to any pod is recognised as in-cluster) and VXLAN peers.
+pub fn render(pools: &[NatPool], vxlan: &VxlanPeers) -> String {
     let of = |family: Family, only_nat: bool| -> Vec<Cidr> {
         let mut v: Vec<Cidr> = pools
             .iter()
@@ -57,9 +78,16 @@ pub fn render(pools: &[NatPool]) -> String {
     s += &set("pods6", Family::V6, &of(Family::V6, false));
     s += &set("nat4", Family::V4, &of(Family::V4, true));
     s += &set("nat6", Family::V6, &of(Family::V6, true));
+    s += &addresses("nodes4", Family::V4, &vxlan.nodes);
+    s += &addresses("nodes6", Family::V6, &vxlan.nodes);
     s += "    chain postrouting {\n        type nat hook postrouting priority srcnat; policy accept;\n";
     s += "        ip saddr @nat4 ip daddr != @pods4 masquerade\n";
     s += "        ip6 saddr @nat6 ip6 daddr != @pods6 masquerade\n";
+    s += "    }\n";
+    let port = vxlan.port;
+    s += "    chain vxlan-from-nodes-only {\n        type filter hook input priority filter - 10; policy accept;\n";
+    s += &format!("        ip saddr != @nodes4 udp dport {port} counter drop\n");
+    s += &format!("        ip6 saddr != @nodes6 udp dport {port} counter drop\n");
     s += "    }\n}\n";
     s
 }
@@ -98,11 +126,15 @@ pub fn apply(script: &str) -> Result<(), NatError> {
     nft(script)
 }
 
-/// Removes the table if it exists.
+/// Removes the table if it exists. Without the `nft` program there is nothing this agent
+/// could have created, so that is not an error.
 pub fn remove() -> Result<(), NatError> {
-    nft(&format!(
+    match nft(&format!(
         "table inet {TABLE} {{}}\ndelete table inet {TABLE}\n"
-    ))
+    )) {
+        Err(NatError::Spawn(e)) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
 }
 
 #[cfg(test)]
@@ -125,7 +157,7 @@ mod tests {
                 nat_outgoing: true,
             },
         ];
-        let s = render(&pools);
+        let s = render(&pools, &peers());
         assert!(s.contains("set pods4 { type ipv4_addr; flags interval; elements = { 10.244.0.0/16, 10.245.0.0/16 }; }"), "{s}");
         assert!(
             s.contains(
@@ -144,18 +176,49 @@ mod tests {
         );
     }
 
+    fn peers() -> VxlanPeers {
+        VxlanPeers {
+            port: 4789,
+            nodes: vec!["10.99.0.10".parse().unwrap(), "10.99.1.11".parse().unwrap()],
+        }
+    }
+
+    #[test]
+    fn vxlan_is_accepted_only_from_node_addresses() {
+        let s = render(&[], &peers());
+        assert!(
+            s.contains("set nodes4 { type ipv4_addr; flags interval; elements = { 10.99.0.10/32, 10.99.1.11/32 }; }"),
+            "{s}"
+        );
+        assert!(
+            s.contains("set nodes6 { type ipv6_addr; flags interval; }"),
+            "{s}"
+        );
+        assert!(
+            s.contains("ip saddr != @nodes4 udp dport 4789 counter drop"),
+            "{s}"
+        );
+        assert!(
+            s.contains("ip6 saddr != @nodes6 udp dport 4789 counter drop"),
+            "{s}"
+        );
+    }
+
     #[test]
     fn empty_and_nested_sets_are_valid() {
-        let s = render(&[
-            NatPool {
-                cidr: "10.0.0.0/8".parse().unwrap(),
-                nat_outgoing: false,
-            },
-            NatPool {
-                cidr: "10.1.0.0/16".parse().unwrap(),
-                nat_outgoing: false,
-            },
-        ]);
+        let s = render(
+            &[
+                NatPool {
+                    cidr: "10.0.0.0/8".parse().unwrap(),
+                    nat_outgoing: false,
+                },
+                NatPool {
+                    cidr: "10.1.0.0/16".parse().unwrap(),
+                    nat_outgoing: false,
+                },
+            ],
+            &peers(),
+        );
         assert!(
             s.contains("set nat4 { type ipv4_addr; flags interval; }"),
             "{s}"

@@ -56,24 +56,47 @@ pub struct VxlanParams {
     pub port: u16,
 }
 
-/// Makes sure the VXLAN device exists with these parameters, is up and has the right MTU.
-/// `previous` is what the device was last created with (`None` if unknown): a change
-/// recreates it.
+/// Why the existing device does not match what this node needs, if it does not: the kernel's
+/// own view (VNI, port, local address, underlay device) is compared, never the agent's memory,
+/// so a change made while the agent was down (a new VNI, a new node address) is still applied.
+fn vxlan_mismatch(link: &Link, params: VxlanParams, underlay: &Underlay) -> Option<String> {
+    let Some(info) = link.vxlan else {
+        return Some(format!("{VXLAN_DEVICE} is not a VXLAN device"));
+    };
+    let wanted = (
+        Some(params.vni),
+        Some(params.port),
+        Some(underlay.ip),
+        Some(underlay.index),
+    );
+    let actual = (info.vni, info.port, info.local, info.link);
+    (wanted != actual).then(|| {
+        format!(
+            "{VXLAN_DEVICE} has (vni, port, local, link) {actual:?}, this node needs {wanted:?}"
+        )
+    })
+}
+
+/// Makes sure the VXLAN device exists with these parameters on this underlay, is up and has
+/// the right MTU; a device that differs (as the kernel reports it) is recreated.
 pub fn ensure_vxlan(
     nl: &mut Netlink,
     params: VxlanParams,
-    previous: Option<VxlanParams>,
     underlay: &Underlay,
 ) -> Result<Link, NetlinkError> {
     let mtu = underlay
         .mtu
         .saturating_sub(sinew_crds::vxlan_overhead(Family::of(underlay.ip)));
-    let existing = nl.link_by_name(VXLAN_DEVICE)?;
-    let stale = existing.is_some() && previous.is_some_and(|p| p != params);
-    if stale {
+    let mut existing = nl.link_by_name(VXLAN_DEVICE)?;
+    if let Some(why) = existing
+        .as_ref()
+        .and_then(|link| vxlan_mismatch(link, params, underlay))
+    {
+        tracing::info!(reason = %why, "recreating the VXLAN device");
         nl.delete_link_by_name(VXLAN_DEVICE)?;
+        existing = None;
     }
-    if existing.is_none() || stale {
+    if existing.is_none() {
         nl.create_vxlan(
             VXLAN_DEVICE,
             params.vni,

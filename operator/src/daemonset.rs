@@ -56,12 +56,17 @@ pub fn render(
         {"name": "cni-bin", "mountPath": spec.cni.bin_dir},
         {"name": "state", "mountPath": STATE_DIR},
         {"name": "log", "mountPath": LOG_DIR},
+        // The runtime mounts the container's own /proc/sys read-only; the host's net sysctls
+        // (forwarding) are written here instead. `net` entries resolve against the writer's
+        // network namespace, which for this host-network pod is the node's.
+        {"name": "proc-sys-net", "mountPath": "/host/proc/sys/net"},
     ]);
     let env = json!([
         {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
         {"name": "SINEW_STATE_DIR", "value": STATE_DIR},
         {"name": "SINEW_CNI_LOG_FILE", "value": format!("{LOG_DIR}/cni.log")},
         {"name": "SINEW_PLUGIN", "value": "/usr/local/bin/sinew"},
+        {"name": "SINEW_SYSCTL_DIR", "value": "/host/proc/sys"},
     ]);
     let security = json!({
         "runAsUser": 0,
@@ -115,6 +120,7 @@ pub fn render(
                         host_path("cni-bin", &spec.cni.bin_dir),
                         host_path("state", STATE_DIR),
                         host_path("log", LOG_DIR),
+                        {"name": "proc-sys-net", "hostPath": {"path": "/proc/sys/net", "type": "Directory"}},
                     ],
                 },
             },

@@ -104,7 +104,9 @@ impl Suspects {
 /// never releases on doubt.
 async fn pod_exists_live(pods: &Api<Pod>, name: &str, uid: &str) -> bool {
     match pods.get_opt(name).await {
-        Ok(Some(p)) => p.metadata.uid.as_deref() == Some(uid),
+        Ok(Some(p)) => crate::pod_uids::identities(&p.metadata)
+            .iter()
+            .any(|id| id == uid),
         Ok(None) => false,
         Err(e) => {
             warn!(error = %e, pod = %name, "live pod check failed; keeping the allocation");
