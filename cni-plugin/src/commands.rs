@@ -185,6 +185,12 @@ fn load_node_state(state_dir: &Path) -> CniResult<NodeState> {
 }
 
 fn add(inv: &Invocation, conf: &NetConf, version: Version, dp: &dyn Datapath) -> CniResult<Value> {
+    // A malformed prevResult is refused before anything is allocated or programmed.
+    let prev = conf
+        .prev_result
+        .as_ref()
+        .map(CniOutput::from_prev_result)
+        .transpose()?;
     let state_dir = conf.state_dir();
     let netns = open_netns(inv)?;
     let node = load_node_state(&state_dir)?;
@@ -193,7 +199,7 @@ fn add(inv: &Invocation, conf: &NetConf, version: Version, dp: &dyn Datapath) ->
     let store = Store::new(&state_dir);
 
     let recorded = store
-        .update(|state| allocate(state, &key, inv, &pools))
+        .update(|state| allocate(state, &key, inv, &conf.name, &pools))
         .map_err(io_error("updating the IPAM store"))?;
     let (attachment, existed) = match recorded {
         Ok(r) => r,
@@ -225,9 +231,18 @@ fn add(inv: &Invocation, conf: &NetConf, version: Version, dp: &dyn Datapath) ->
     let setup = match dp.setup(&attachment, &netns) {
         Ok(s) => s,
         Err(e) => {
+            // Roll back a new attachment, but drop its record only once its datapath is gone:
+            // a record without a datapath is harmless, a datapath without a record is a leak
+            // nothing would find again.
             if !existed {
-                let _ = dp.teardown(&attachment);
-                let _ = store.update(|s| s.remove_attachment(&key));
+                match dp.teardown(&attachment) {
+                    Ok(()) => {
+                        let _ = store.update(|s| s.remove_attachment(&key));
+                    }
+                    Err(t) => {
+                        warn!(container = %inv.container_id, error = %t, "rollback could not remove the datapath; the record stays for DEL or GC")
+                    }
+                }
             }
             return Err(CniError::new(
                 Code::Datapath,
@@ -243,8 +258,8 @@ fn add(inv: &Invocation, conf: &NetConf, version: Version, dp: &dyn Datapath) ->
         "ADD"
     );
     let ours = datapath::result_for(&attachment, &setup);
-    let out = match &conf.prev_result {
-        Some(prev) => CniOutput::from_prev_result(prev)?.merge(ours),
+    let out = match prev {
+        Some(prev) => prev.merge(ours),
         None => ours,
     };
     Ok(out.render(version))
@@ -256,6 +271,7 @@ fn allocate(
     state: &mut IpamState,
     key: &AttachmentKey,
     inv: &Invocation,
+    network: &str,
     pools: &[&PoolState],
 ) -> Result<(Attachment, bool), AllocError> {
     if let Some(existing) = state.attachment(key) {
@@ -276,6 +292,7 @@ fn allocate(
         pod_namespace: inv.pod.namespace.clone(),
         pod_name: inv.pod.name.clone(),
         pod_uid: inv.pod.uid.clone(),
+        network: Some(network.to_string()),
     };
     draft.insert_attachment(attachment.clone());
     *state = draft;
@@ -285,9 +302,27 @@ fn allocate(
 fn del(inv: &Invocation, state_dir: &Path, dp: &dyn Datapath) -> CniResult<()> {
     let key = AttachmentKey::new(&inv.container_id, &inv.ifname);
     let store = Store::new(state_dir);
-    let snapshot = store
-        .snapshot()
-        .map_err(io_error("reading the IPAM store"))?;
+    let snapshot = match store.snapshot() {
+        Ok(s) => s,
+        Err(e) => {
+            // The store cannot be read (corrupt, a disk error): the pod's interface still
+            // goes (its name derives from the container), and the error says why its address
+            // cannot be released yet.
+            let name = datapath::host_veth_name(&inv.container_id, &inv.ifname);
+            let removed = dp.remove_host_veth(&name);
+            return Err(CniError::new(
+                Code::Io,
+                format!(
+                    "reading the IPAM store: {e}; the host interface {name} was {}, but the address stays recorded until the store is repaired",
+                    if removed.is_ok() {
+                        "removed"
+                    } else {
+                        "not removed either"
+                    }
+                ),
+            ));
+        }
+    };
     match snapshot.attachment(&key) {
         Some(attachment) => {
             dp.teardown(attachment).map_err(|e| {
@@ -379,17 +414,22 @@ fn status(state_dir: &Path) -> CniResult<()> {
 }
 
 fn gc(conf: &NetConf, state_dir: &Path, dp: &dyn Datapath) -> CniResult<()> {
-    let valid: BTreeSet<AttachmentKey> = conf
-        .valid_attachments
+    // Without the list nothing proves an attachment stale: refuse rather than wipe the node.
+    let listed = conf.valid_attachments.as_ref().ok_or_else(|| {
+        CniError::new(
+            Code::InvalidNetworkConfig,
+            "GC needs cni.dev/valid-attachments (the attachments still in use); without it nothing is released",
+        )
+    })?;
+    let valid: BTreeSet<AttachmentKey> = listed
         .iter()
-        .flatten()
         .map(|a| AttachmentKey::new(&a.container_id, &a.ifname))
         .collect();
     let store = Store::new(state_dir);
     let snapshot = store
         .snapshot()
         .map_err(io_error("reading the IPAM store"))?;
-    for key in snapshot.stale_attachments(&valid) {
+    for key in snapshot.stale_attachments(&conf.name, &valid) {
         if let Some(attachment) = snapshot.attachment(&key)
             && let Err(e) = dp.teardown(attachment)
         {

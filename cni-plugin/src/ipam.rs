@@ -87,6 +87,11 @@ pub struct Attachment {
     pub pod_name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_uid: Option<String>,
+    /// The CNI network (`name` of the configuration) that made it: GC of one network never
+    /// touches another's attachments (Multus can attach a pod to two sinew networks).
+    /// `None` in records written before it was kept: those count for every network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
 }
 
 impl Attachment {
@@ -235,12 +240,33 @@ impl IpamState {
     }
 
     /// Attachments whose key is not in `valid` (for GC).
-    pub fn stale_attachments(&self, valid: &BTreeSet<AttachmentKey>) -> Vec<AttachmentKey> {
+    pub fn stale_attachments(
+        &self,
+        network: &str,
+        valid: &BTreeSet<AttachmentKey>,
+    ) -> Vec<AttachmentKey> {
         self.attachments
-            .keys()
-            .filter_map(|k| AttachmentKey::decode(k))
+            .iter()
+            .filter(|(_, a)| a.network.as_deref().is_none_or(|n| n == network))
+            .filter_map(|(k, _)| AttachmentKey::decode(k))
             .filter(|k| !valid.contains(k))
             .collect()
+    }
+
+    /// Forgets retired blocks that `node.json` no longer lists (`keep` holds those it does), and
+    /// the free slots inside them: the block belongs to this node no more, so neither its
+    /// retirement nor its slots' generations can matter here again (a block claimed anew
+    /// starts with no release request on it). Keeps the store as small as the blocks owned.
+    pub fn forget_retired_except(&mut self, keep: &BTreeSet<String>) {
+        let gone: Vec<Cidr> = self
+            .retired
+            .iter()
+            .filter(|r| !keep.contains(*r))
+            .filter_map(|r| r.parse().ok())
+            .collect();
+        self.retired.retain(|r| keep.contains(r));
+        self.slots
+            .retain(|ip, slot| slot.holder.is_some() || !gone.iter().any(|b| b.contains(*ip)));
     }
 
     /// Marks `block` retired if no address in it is held; returns whether it did. After this,
@@ -401,6 +427,57 @@ mod tests {
             assert_eq!(got.block, "10.0.6.0/30", "allocated from a retired block");
         }
         assert!(s.allocate(&p, &key(9)).is_err());
+    }
+
+    #[test]
+    fn forgetting_a_given_back_block_drops_its_slots_too() {
+        let p = pool(&["10.0.8.0/29", "10.0.9.0/29"], &[]);
+        let mut s = IpamState::default();
+        let a = s.allocate(&p, &key(1)).unwrap();
+        let b = s.allocate(&p, &key(2)).unwrap();
+        assert!(s.release_ip(b.ip, b.generation, &key(2)));
+        assert_eq!(a.block, b.block);
+        // Retire the other, empty block and forget it.
+        let other = if a.block == "10.0.8.0/29" {
+            "10.0.9.0/29"
+        } else {
+            "10.0.8.0/29"
+        };
+        assert!(s.retire_if_empty(&other.parse().unwrap()));
+        s.forget_retired_except(&BTreeSet::from([a.block.clone()]));
+        assert!(s.retired.is_empty());
+        assert!(s.slots.contains_key(&a.ip), "a held slot stays");
+        // A retired block still listed in node.json keeps its mark.
+        assert!(s.retire_if_empty(&other.parse().unwrap()));
+        s.forget_retired_except(&BTreeSet::from([other.to_string()]));
+        assert!(s.retired.contains(other));
+    }
+
+    #[test]
+    fn gc_of_one_network_never_sees_another_networks_attachments() {
+        let p = pool(&["10.0.10.0/28"], &[]);
+        let mut s = IpamState::default();
+        for (i, network) in [(1, Some("net-a")), (2, Some("net-b")), (3, None)] {
+            let held = s.allocate(&p, &key(i)).unwrap();
+            s.insert_attachment(Attachment {
+                container_id: format!("c{i}"),
+                ifname: "eth0".into(),
+                netns: None,
+                host_veth: format!("v{i}"),
+                mtu: 1450,
+                addresses: vec![held],
+                pod_namespace: None,
+                pod_name: None,
+                pod_uid: None,
+                network: network.map(String::from),
+            });
+        }
+        let stale = s.stale_attachments("net-a", &BTreeSet::new());
+        assert_eq!(
+            stale,
+            vec![key(1), key(3)],
+            "net-b's attachment is not net-a's to collect"
+        );
     }
 
     #[test]

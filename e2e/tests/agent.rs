@@ -53,6 +53,7 @@ fn main() -> ExitCode {
             dual_stack_pods_talk_over_both_families_across_nodes,
             realistic_ipv6_pools_get_blocks_and_pods_at_once,
             a_fresh_node_gets_forwarding_turned_on,
+            vxlan_is_accepted_only_from_node_addresses,
         ],
     );
     sinew_e2e::operator::stop_kept();
@@ -323,6 +324,31 @@ async fn allocations_show_up_in_ipblock_status(ctx: Ctx) -> TestResult {
             .0
             .contains("200")
     );
+    // Someone deletes the IPBlock whose address the pod holds: the agent claims it again
+    // (same name, same node), so no other node can hand the address out twice.
+    let held: sinew_crds::Cidr = pod
+        .ipv4()
+        .to_string()
+        .parse::<std::net::IpAddr>()
+        .map(|ip| sinew_crds::Cidr::new_truncating(ip, 27).expect("a /27"))?;
+    let name = held.object_name();
+    api.delete(&name, &DeleteParams::default()).await?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match api.get_opt(&name).await? {
+            Some(b) if b.spec.node == node.name && b.metadata.deletion_timestamp.is_none() => break,
+            other => {
+                if Instant::now() > deadline {
+                    return Err(format!(
+                        "IPBlock {name} not re-claimed within 10 s: {other:?}\n{}",
+                        node.agent_log()
+                    )
+                    .into());
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     cluster.stop_pod(pod).await;
     let deadline = Instant::now() + Duration::from_secs(2);
     loop {
@@ -751,6 +777,78 @@ async fn a_fresh_node_gets_forwarding_turned_on(ctx: Ctx) -> TestResult {
         reach(&a, &b)
     })
     .await?;
+    cluster.stop_pod(a).await;
+    cluster.stop_pod(b).await;
+    Ok(())
+}
+
+/// Anyone who can reach a node's VXLAN port could otherwise inject packets that look like
+/// they come from a pod. A datagram built by hand reaches a pod when a peer node sends it,
+/// and is dropped when another host on the same underlay does.
+async fn vxlan_is_accepted_only_from_node_addresses(ctx: Ctx) -> TestResult {
+    let cluster = LocalCluster::start(&ctx.cp, "vs", &[0, 1]).await;
+    pool(&ctx, "vs-pool", "vs", "10.114.0.0/24", 28, "VXLAN").await?;
+    cluster.wait_ready(Duration::from_secs(30)).await?;
+    let a = cluster.start_pod(&cluster.name(0), "a").await;
+    let b = cluster.start_pod(&cluster.name(1), "b").await;
+    eventually(
+        "pods reach each other over VXLAN",
+        Duration::from_secs(15),
+        || reach(&a, &b),
+    )
+    .await?;
+    let target = &cluster.nodes[1];
+    let vtep = Api::<Node>::all(ctx.client.clone())
+        .get(&target.name)
+        .await?
+        .metadata
+        .annotations
+        .and_then(|a| a.get("sinew.dev/vtep-mac").cloned())
+        .ok_or("no VTEP MAC published")?;
+    let mac: Vec<u8> = vtep
+        .split(':')
+        .map(|h| u8::from_str_radix(h, 16))
+        .collect::<Result<_, _>>()?;
+    let mac: [u8; 6] = mac.try_into().map_err(|_| "a 6-byte MAC")?;
+    let (std::net::IpAddr::V4(a_ip), std::net::IpAddr::V4(b_ip)) = (a.ipv4(), b.ipv4()) else {
+        return Err("IPv4 pods".into());
+    };
+    let receiver = b.ns.run_in(|| std::net::UdpSocket::bind((b_ip, 7777)))??;
+    receiver.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let vxlan_to = SocketAddr::new(std::net::IpAddr::V4(target.ip), 4789);
+    let send_from = |ns: &sinew_cni::netns::NetNs, payload: &[u8]| -> TestResult {
+        let frame = sinew_e2e::netsim::vxlan_udp_frame(4096, mac, a_ip, b_ip, 7777, payload);
+        ns.run_in(|| {
+            let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
+            for _ in 0..3 {
+                s.send_to(&frame, vxlan_to)?;
+            }
+            Ok::<(), std::io::Error>(())
+        })??;
+        Ok(())
+    };
+    let received = |want: &[u8]| {
+        let mut buf = [0u8; 64];
+        while let Ok(n) = receiver.recv(&mut buf) {
+            if &buf[..n] == want {
+                return true;
+            }
+        }
+        false
+    };
+    // The control: from the peer node's own address, the datagram is delivered.
+    send_from(&cluster.nodes[0].ns, b"from-peer")?;
+    assert!(
+        received(b"from-peer"),
+        "a peer node's VXLAN datagram was not delivered (the test's frame is wrong)"
+    );
+    // From another host on the target's own subnet: dropped by sinew's table.
+    let (outside, _) = cluster.outside_host(1);
+    send_from(&outside, b"spoofed")?;
+    assert!(
+        !received(b"spoofed"),
+        "a host that is no node injected a packet into a pod over VXLAN"
+    );
     cluster.stop_pod(a).await;
     cluster.stop_pod(b).await;
     Ok(())

@@ -573,5 +573,114 @@ fn a_pod_annotation_from_the_runtime_chooses_the_pool() {
         "{}",
         run.stdout
     );
+    // An annotation that names no pool at all is refused, not a pod without an address.
+    conf["runtimeConfig"] =
+        serde_json::json!({"io.kubernetes.cri.pod-annotations": {"sinew.dev/ippool": " , "}});
+    let run =
+        Exec::new("ADD", "empty-annotation", Some(other.path())).run(&node.ns, &conf.to_string());
+    assert_eq!(run.error_code(), Some(7), "{}", run.stdout);
+    assert!(
+        run.json()["msg"]
+            .as_str()
+            .unwrap()
+            .contains("names no pool"),
+        "{}",
+        run.stdout
+    );
     del(&node, "annotated", Some(&pod));
+}
+
+/// After a reboot `node.json` and the conflist survive, routes and VXLAN do not: until the
+/// agent completes a pass in this boot, ADD says "try again" and STATUS "not available".
+#[test]
+fn a_node_state_from_before_a_reboot_serves_no_pod() {
+    if !root() {
+        return;
+    }
+    let node = single_stack();
+    let path = node.state.path().join("node.json");
+    let mut state: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    state["readyBoot"] = serde_json::json!("a-boot-before-this-one");
+    std::fs::write(&path, state.to_string()).unwrap();
+    let pod = netsim::netns("pod");
+    let run =
+        Exec::new("ADD", "after-reboot", Some(pod.path())).run(&node.ns, &node.config("1.1.0"));
+    assert_eq!(run.error_code(), Some(11), "{}", run.stdout);
+    assert!(
+        run.json()["msg"]
+            .as_str()
+            .unwrap()
+            .contains("since this node booted"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(node.ipam().held(), 0, "nothing allocated");
+    let status = Exec::new("STATUS", "", None).run(&node.ns, &node.config("1.1.0"));
+    assert_eq!(status.error_code(), Some(50), "{}", status.stdout);
+
+    // The agent's first complete pass of this boot writes the current boot: pods start.
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    state["readyBoot"] = serde_json::json!(boot.trim());
+    std::fs::write(&path, state.to_string()).unwrap();
+    Exec::new("STATUS", "", None)
+        .run(&node.ns, &node.config("1.1.0"))
+        .ok();
+    add(&node, "after-pass", &pod);
+    del(&node, "after-pass", Some(&pod));
+}
+
+/// Input or state that cannot be trusted never wipes the node or strands a pod: GC without
+/// the list of live attachments releases nothing, a malformed `prevResult` is refused before
+/// anything is allocated, and a corrupt store still lets DEL remove the pod's interface.
+#[test]
+fn bad_input_and_bad_state_never_wipe_or_strand() {
+    if !root() {
+        return;
+    }
+    let node = single_stack();
+    let pod = netsim::netns("pod");
+    add(&node, "keep", &pod);
+
+    let gc = Exec::new("GC", "", None).run(&node.ns, &node.config("1.1.0"));
+    assert_eq!(gc.error_code(), Some(7), "{}", gc.stdout);
+    assert!(
+        gc.json()["msg"]
+            .as_str()
+            .unwrap()
+            .contains("valid-attachments")
+    );
+    assert_eq!(
+        node.ipam().held(),
+        1,
+        "GC without a list released something"
+    );
+
+    let mut conf: Value = serde_json::from_str(&node.config("1.1.0")).unwrap();
+    conf["prevResult"] = serde_json::json!({"ips": "not a list"});
+    let other = netsim::netns("pod");
+    let run = Exec::new("ADD", "bad-prev", Some(other.path())).run(&node.ns, &conf.to_string());
+    assert!(run.error_code().is_some(), "{}", run.stdout);
+    assert_eq!(node.ipam().held(), 1, "a refused ADD allocated");
+    assert_eq!(
+        host_veths(&node).len(),
+        1,
+        "a refused ADD programmed a veth"
+    );
+
+    // The store is damaged (a disk error, a hand edit): DEL cannot release the address, but
+    // the pod's interface still goes, and the error says why.
+    let store = node.state.path().join("ipam/store.json");
+    let saved = std::fs::read(&store).unwrap();
+    std::fs::write(&store, b"{not json").unwrap();
+    let run = Exec::new("DEL", "keep", Some(pod.path())).run(&node.ns, &node.config("1.1.0"));
+    assert_eq!(run.error_code(), Some(5), "{}", run.stdout);
+    assert!(
+        run.json()["msg"].as_str().unwrap().contains("was removed"),
+        "{}",
+        run.stdout
+    );
+    assert!(host_veths(&node).is_empty(), "the pod's veth survived DEL");
+    std::fs::write(&store, saved).unwrap();
+    del(&node, "keep", Some(&pod));
+    assert_eq!(node.ipam().held(), 0);
 }

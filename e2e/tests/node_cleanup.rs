@@ -67,8 +67,54 @@ async fn deleting_the_cluster_network_leaves_every_node_clean(ctx: Ctx) -> TestR
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
+    // A pod still runs on the first node when sinew is uninstalled.
+    let pod = cluster.start_pod(&cluster.name(0), "survivor").await;
+
     networks.delete("default", &DeleteParams::default()).await?;
     let nodes: Api<Node> = Api::all(ctx.client.clone());
+    let node_state = |n: &Node| {
+        n.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("sinew.dev/node-state"))
+            .cloned()
+            .unwrap_or_default()
+    };
+    // Its node keeps what the pod's DEL needs (conflist, plugin, routes) and says why.
+    let first = &cluster.nodes[0];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let state = node_state(&nodes.get(&first.name).await?);
+        if state.contains("CleanUpWaiting") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} never said it waits for its pod: {state}\n{}",
+            first.name,
+            first.agent_log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(first.conf_dir().join("10-sinew.conflist").exists());
+    assert!(first.bin_dir().join("sinew").exists());
+    // No new pod gets an address there meanwhile.
+    let refused = cluster.networker.add(
+        first,
+        &sinew_e2e::cluster::PodRef {
+            namespace: "default".into(),
+            name: "latecomer".into(),
+            uid: "latecomer-uid".into(),
+        },
+        sinew_e2e::netsim::netns("pod").path(),
+    );
+    assert!(
+        !refused.success,
+        "a new pod got an address during uninstall: {}",
+        refused.stdout
+    );
+    // The runtime tears the pod down: DEL works, and then the node is cleaned.
+    cluster.stop_pod(pod).await;
     let deadline = Instant::now() + Duration::from_secs(20);
     for node in &cluster.nodes {
         loop {

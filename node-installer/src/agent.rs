@@ -140,8 +140,9 @@ struct Memory {
     reported_blocks: BTreeMap<String, IPBlockStatus>,
     published: Option<String>,
     nat: Option<String>,
-    /// Namespace -> pools, as last mirrored to disk.
-    namespace_pools: BTreeMap<String, String>,
+    /// Namespace -> pools, as last mirrored to disk (`None` until the first pass of this
+    /// process, which reconciles the directory whatever it holds).
+    namespace_pools: Option<BTreeMap<String, String>>,
     /// When each owned block was first seen empty.
     empty_since: BTreeMap<String, tokio::time::Instant>,
     /// Last conflist situation an Event was recorded for.
@@ -519,7 +520,7 @@ impl Agent {
                 .collect(),
         };
         let script = nat::render(&pools, &peers);
-        if self.memory.nat.as_deref() != Some(script.as_str()) {
+        if self.memory.nat.as_deref() != Some(script.as_str()) || !nat::table_exists() {
             nat::apply(&script)?;
             info!(node = %self.settings.node_name, pools = pools.len(), nodes = peers.nodes.len(), "nftables table applied (natOutgoing, VXLAN sources)");
             self.memory.nat = Some(script);
@@ -541,12 +542,13 @@ impl Agent {
                 Some((ns.name_any(), pools.clone()))
             })
             .collect();
-        if wanted == self.memory.namespace_pools {
+        if self.memory.namespace_pools.as_ref() == Some(&wanted) {
             return Ok(());
         }
         std::fs::create_dir_all(&dir)?;
         for (ns, pools) in &wanted {
-            if self.memory.namespace_pools.get(ns) != Some(pools) {
+            let mirrored = self.memory.namespace_pools.as_ref().and_then(|m| m.get(ns));
+            if mirrored != Some(pools) {
                 sinew_cni::fsutil::atomic_write(&dir.join(ns), pools.as_bytes())?;
             }
         }
@@ -556,7 +558,7 @@ impl Agent {
                 std::fs::remove_file(entry.path())?;
             }
         }
-        self.memory.namespace_pools = wanted;
+        self.memory.namespace_pools = Some(wanted);
         Ok(())
     }
 
@@ -615,7 +617,7 @@ impl Agent {
             node_state::pending_block_requests(&self.settings.state_dir)?
                 .into_iter()
                 .collect();
-        let mut problems = Vec::new();
+        let mut problems = self.reassert_blocks(&held, facts, blocks).await;
         for pool in pools {
             let name = pool.name_any();
             let Some(fact) = facts.get(&name) else {
@@ -667,6 +669,79 @@ impl Agent {
             }
         }
         Ok(problems)
+    }
+
+    /// Claims again, under the same name, every block whose addresses pods on this node still
+    /// hold but whose `IPBlock` is gone (deleted by hand or by a tool): otherwise another node
+    /// could claim the range and hand out the same addresses. A block another node owns by
+    /// now is reported (`BlockLost`), with the pods' addresses at stake.
+    async fn reassert_blocks(
+        &self,
+        held: &ipam::IpamState,
+        facts: &BTreeMap<String, PoolFacts>,
+        blocks: &[BlockInfo],
+    ) -> Vec<String> {
+        let mut in_use: BTreeMap<String, (String, usize)> = BTreeMap::new();
+        for a in held.attachments.values() {
+            for h in &a.addresses {
+                in_use
+                    .entry(h.block.clone())
+                    .or_insert_with(|| (h.pool.clone(), 0))
+                    .1 += 1;
+            }
+        }
+        let api: Api<IPBlock> = Api::all(self.client.clone());
+        let mut problems = Vec::new();
+        for (block, (pool, count)) in in_use {
+            let Ok(cidr) = block.parse::<Cidr>() else {
+                continue;
+            };
+            if blocks.iter().any(|b| b.cidr == cidr) || !facts.contains_key(&pool) {
+                continue;
+            }
+            let name = IPBlock::name_for(&cidr);
+            let object = self.block_object(&pool, &cidr);
+            let params = PostParams {
+                field_manager: Some(field_manager(&self.settings.node_name)),
+                ..PostParams::default()
+            };
+            match api.create(&params, &object).await {
+                Ok(_) => {
+                    warn!(node = %self.settings.node_name, pool = %pool, block = %cidr, addresses = count, "IPBlock was deleted while pods here hold its addresses: claimed it again")
+                }
+                Err(kube::Error::Api(e)) if e.code == 409 => match api.get(&name).await {
+                    Ok(other) if other.spec.node != self.settings.node_name => problems.push(format!(
+                        "BlockLost: {count} addresses of {cidr} are held by pods on this node, but IPBlock {name} now belongs to node {}: delete and recreate those pods",
+                        other.spec.node
+                    )),
+                    _ => {}
+                },
+                Err(e) => problems.push(format!(
+                    "BlockClaimFailed: re-claiming {cidr} (pool {pool}, {count} addresses in use here): {e}"
+                )),
+            }
+        }
+        problems
+    }
+
+    /// The `IPBlock` this node creates to claim `block` of `pool`.
+    fn block_object(&self, pool: &str, block: &Cidr) -> IPBlock {
+        IPBlock {
+            metadata: ObjectMeta {
+                name: Some(IPBlock::name_for(block)),
+                labels: Some(BTreeMap::from([
+                    (NODE_LABEL.to_string(), self.settings.node_name.clone()),
+                    (POOL_LABEL.to_string(), pool.to_string()),
+                ])),
+                ..ObjectMeta::default()
+            },
+            spec: IPBlockSpec {
+                pool: pool.to_string(),
+                cidr: block.to_string(),
+                node: self.settings.node_name.clone(),
+            },
+            status: None,
+        }
     }
 
     /// Gives back blocks that stayed empty for the grace period and are not needed: blocks of
@@ -780,22 +855,7 @@ impl Agent {
             if taken.contains(&name) || blocks.iter().any(|b| b.cidr.overlaps(&block)) {
                 continue;
             }
-            let object = IPBlock {
-                metadata: ObjectMeta {
-                    name: Some(name),
-                    labels: Some(BTreeMap::from([
-                        (NODE_LABEL.to_string(), self.settings.node_name.clone()),
-                        (POOL_LABEL.to_string(), pool.to_string()),
-                    ])),
-                    ..ObjectMeta::default()
-                },
-                spec: IPBlockSpec {
-                    pool: pool.to_string(),
-                    cidr: block.to_string(),
-                    node: self.settings.node_name.clone(),
-                },
-                status: None,
-            };
+            let object = self.block_object(pool, &block);
             let params = PostParams {
                 field_manager: Some(field_manager(&self.settings.node_name)),
                 ..PostParams::default()

@@ -108,17 +108,30 @@ fn nft(script: &str) -> Result<(), NatError> {
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(script.as_bytes())?;
-    }
+    // Whatever happens while writing, the child is always waited for (no zombie).
+    let written = match child.stdin.take() {
+        Some(mut stdin) => stdin.write_all(script.as_bytes()),
+        None => Ok(()),
+    };
     let out = child.wait_with_output()?;
     if out.status.success() {
-        Ok(())
+        written.map_err(NatError::from)
     } else {
         Err(NatError::Refused(
             String::from_utf8_lossy(&out.stderr).trim().to_string(),
         ))
     }
+}
+
+/// Whether the table is in the kernel (someone may have flushed the ruleset since it was
+/// applied: then it is applied again).
+pub fn table_exists() -> bool {
+    Command::new("nft")
+        .args(["list", "table", "inet", TABLE])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// Replaces the table atomically.

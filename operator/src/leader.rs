@@ -1,9 +1,11 @@
 //! Leader election on a `coordination.k8s.io/v1` Lease: of the operator's replicas, only the
 //! holder of the Lease reconciles. The holder renews it every `renew`; a replica takes over
-//! once the Lease has not been renewed for `duration`. Writes use the Lease's
-//! `resourceVersion`, so two replicas can never both win the same round. A leader that fails
-//! to renew stops (the process exits and restarts as a follower) rather than risk two active
-//! reconcilers.
+//! once the Lease record has not changed for `duration`, timed on the replica's own monotonic
+//! clock since it *observed* the last change (never by comparing the holder's `renewTime` with
+//! the local wall clock, which clock skew between nodes would turn into two leaders or none).
+//! Writes use the Lease's `resourceVersion`, so two replicas can never both win the same round.
+//! A leader that cannot renew within the renew deadline (two thirds of `duration`) stops (the
+//! process exits and restarts as a follower) before any follower may take over.
 
 use std::time::Duration;
 
@@ -31,8 +33,41 @@ impl Default for Timing {
     }
 }
 
-/// Whether `lease` may be taken by `identity` at `now`.
-pub fn can_take(lease: &LeaseSpec, identity: &str, now: Timestamp, timing: Timing) -> bool {
+impl Timing {
+    /// How long a leader keeps leading without a successful renewal: well inside `duration`,
+    /// so it has stopped before any follower can see the Lease expire.
+    pub fn renew_deadline(&self) -> Duration {
+        self.duration * 2 / 3
+    }
+}
+
+/// What a replica last saw of the Lease, and when (on its own monotonic clock).
+#[derive(Debug, Default)]
+pub struct Observed {
+    record: Option<(Option<String>, Option<String>, Option<String>)>,
+    since: Option<std::time::Instant>,
+}
+
+impl Observed {
+    /// Records what `lease` says at `now`; returns for how long it has said the same.
+    fn observe(&mut self, lease: &Lease, now: std::time::Instant) -> Duration {
+        let spec = lease.spec.clone().unwrap_or_default();
+        let record = Some((
+            spec.holder_identity,
+            spec.renew_time.map(|t| t.0.to_string()),
+            lease.metadata.resource_version.clone(),
+        ));
+        if self.record != record || self.since.is_none() {
+            self.record = record;
+            self.since = Some(now);
+        }
+        self.since.map_or(Duration::ZERO, |s| now.duration_since(s))
+    }
+}
+
+/// Whether `lease` may be taken by `identity` when its record has stood unchanged for
+/// `unchanged` (as this replica observed it).
+pub fn can_take(lease: &LeaseSpec, identity: &str, unchanged: Duration, timing: Timing) -> bool {
     if lease
         .holder_identity
         .as_deref()
@@ -43,14 +78,7 @@ pub fn can_take(lease: &LeaseSpec, identity: &str, now: Timestamp, timing: Timin
     let duration = lease.lease_duration_seconds.map_or(timing.duration, |s| {
         Duration::from_secs(u64::try_from(s).unwrap_or(0))
     });
-    let renewed = lease.renew_time.as_ref().map(|t| t.0);
-    match renewed {
-        None => true,
-        Some(t) => t
-            .checked_add(duration)
-            .map(|expiry| expiry < now)
-            .unwrap_or(true),
-    }
+    unchanged > duration
 }
 
 fn spec(
@@ -76,6 +104,7 @@ pub async fn try_acquire(
     name: &str,
     identity: &str,
     timing: Timing,
+    observed: &mut Observed,
 ) -> Result<bool, kube::Error> {
     let Some(mut lease) = api.get_opt(name).await? else {
         let lease = Lease {
@@ -91,8 +120,9 @@ pub async fn try_acquire(
             Err(e) => Err(e),
         };
     };
+    let unchanged = observed.observe(&lease, std::time::Instant::now());
     let current = lease.spec.clone().unwrap_or_default();
-    if !can_take(&current, identity, Timestamp::now(), timing) {
+    if !can_take(&current, identity, unchanged, timing) {
         return Ok(false);
     }
     let ours = current.holder_identity.as_deref() == Some(identity);
@@ -112,16 +142,17 @@ pub async fn try_acquire(
 }
 
 /// Waits until this replica holds the Lease, then keeps renewing it in the background (the
-/// returned task; abort it before [`release`]). If renewal fails for longer than the Lease
-/// duration, the process exits.
+/// returned task; abort it before [`release`]). If renewal fails for longer than the renew
+/// deadline, the process exits.
 pub async fn lead(
     api: Api<Lease>,
     name: String,
     identity: String,
     timing: Timing,
 ) -> tokio::task::JoinHandle<()> {
+    let mut observed = Observed::default();
     loop {
-        match try_acquire(&api, &name, &identity, timing).await {
+        match try_acquire(&api, &name, &identity, timing, &mut observed).await {
             Ok(true) => break,
             Ok(false) => {}
             Err(e) => warn!(error = %e, "leader election attempt failed"),
@@ -133,7 +164,7 @@ pub async fn lead(
         let mut last_ok = tokio::time::Instant::now();
         loop {
             tokio::time::sleep(timing.renew).await;
-            match try_acquire(&api, &name, &identity, timing).await {
+            match try_acquire(&api, &name, &identity, timing, &mut observed).await {
                 Ok(true) => last_ok = tokio::time::Instant::now(),
                 Ok(false) => {
                     warn!(lease = %name, "another replica took the lease; stopping");
@@ -141,8 +172,10 @@ pub async fn lead(
                 }
                 Err(e) => {
                     warn!(error = %e, "renewing the lease failed");
-                    if last_ok.elapsed() > timing.duration {
-                        warn!("lease expired without renewal; stopping");
+                    if last_ok.elapsed() > timing.renew_deadline() {
+                        warn!(
+                            "no renewal within the renew deadline; stopping before the lease can expire"
+                        );
                         std::process::exit(1);
                     }
                 }
@@ -176,26 +209,63 @@ pub async fn release(api: &Api<Lease>, name: &str, identity: &str) -> Result<boo
 mod tests {
     use super::*;
 
-    fn held_by(who: &str, renewed_secs_ago: i64) -> LeaseSpec {
-        LeaseSpec {
-            holder_identity: Some(who.into()),
-            lease_duration_seconds: Some(15),
-            renew_time: Some(MicroTime(
-                Timestamp::now() - k8s_openapi::jiff::SignedDuration::from_secs(renewed_secs_ago),
-            )),
-            ..LeaseSpec::default()
+    fn held_by(who: &str, renew_time: Timestamp) -> Lease {
+        Lease {
+            metadata: ObjectMeta {
+                resource_version: Some(renew_time.to_string()),
+                ..ObjectMeta::default()
+            },
+            spec: Some(LeaseSpec {
+                holder_identity: Some(who.into()),
+                lease_duration_seconds: Some(15),
+                renew_time: Some(MicroTime(renew_time)),
+                ..LeaseSpec::default()
+            }),
         }
     }
 
     #[test]
     fn a_live_lease_is_not_taken_an_expired_one_is() {
         let t = Timing::default();
-        assert!(!can_take(&held_by("a", 5), "b", Timestamp::now(), t));
-        assert!(can_take(&held_by("a", 20), "b", Timestamp::now(), t));
-        assert!(
-            can_take(&held_by("b", 5), "b", Timestamp::now(), t),
-            "the holder renews"
+        let spec = |l: &Lease| l.spec.clone().unwrap();
+        let a = held_by("a", Timestamp::now());
+        let secs = Duration::from_secs;
+        assert!(!can_take(&spec(&a), "b", secs(5), t));
+        assert!(can_take(&spec(&a), "b", secs(20), t));
+        assert!(can_take(&spec(&a), "a", secs(5), t), "the holder renews");
+        assert!(can_take(&LeaseSpec::default(), "b", secs(0), t));
+        assert!(t.renew_deadline() < t.duration);
+    }
+
+    #[test]
+    fn expiry_is_timed_from_the_observed_change_not_the_holders_clock() {
+        let t = Timing::default();
+        let mut seen = Observed::default();
+        let start = std::time::Instant::now();
+        let at = |s: u64| start + Duration::from_secs(s);
+        // The holder's clock runs an hour behind ours: its renewTime looks long expired, yet
+        // it renews (the record changes), so the lease is live.
+        let skewed = Timestamp::now() - k8s_openapi::jiff::SignedDuration::from_secs(3600);
+        let first = held_by("a", skewed);
+        assert_eq!(seen.observe(&first, at(0)), Duration::ZERO);
+        assert!(!can_take(
+            &first.spec.clone().unwrap(),
+            "b",
+            seen.observe(&first, at(1)),
+            t
+        ));
+        let renewed = held_by(
+            "a",
+            skewed + k8s_openapi::jiff::SignedDuration::from_secs(10),
         );
-        assert!(can_take(&LeaseSpec::default(), "b", Timestamp::now(), t));
+        assert_eq!(
+            seen.observe(&renewed, at(10)),
+            Duration::ZERO,
+            "a renewal restarts the clock"
+        );
+        // And a holder whose clock runs ahead cannot keep a dead lease alive: no change for
+        // longer than the duration is expiry.
+        let unchanged = seen.observe(&renewed, at(26));
+        assert!(can_take(&renewed.spec.clone().unwrap(), "b", unchanged, t));
     }
 }

@@ -71,8 +71,20 @@ async fn run(args: Vec<String>) -> anyhow::Result<()> {
         flag(&args, "namespace", "POD_NAMESPACE").unwrap_or_else(|| "sinew-system".into());
     let image = flag(&args, "node-image", "SINEW_NODE_IMAGE")
         .unwrap_or_else(|| format!("ghcr.io/sinew-dev/sinew-node:{}", env!("CARGO_PKG_VERSION")));
-    let identity = flag(&args, "identity", "POD_NAME")
-        .unwrap_or_else(|| format!("sinew-operator-{}", std::process::id()));
+    // Without POD_NAME: the host name plus the process and a time stamp, since a PID alone is
+    // the same (1) in every container.
+    let identity = flag(&args, "identity", "POD_NAME").unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or_default();
+        format!(
+            "sinew-operator-{}-{}-{nanos:08x}",
+            host.trim(),
+            std::process::id()
+        )
+    });
     let timing = sinew_operator::leader::Timing {
         duration: seconds("lease-seconds", "SINEW_LEASE_SECONDS", 15)?,
         renew: seconds("renew-seconds", "SINEW_RENEW_SECONDS", 5)?,

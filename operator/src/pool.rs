@@ -106,8 +106,9 @@ pub fn conflict(
 }
 
 /// Addresses the pool can hand out: its size, minus reserved addresses, minus (IPv4) its
-/// network and broadcast addresses, which the plugin never hands out.
-pub fn capacity(pool: &IPPool) -> (u64, u64) {
+/// network and broadcast addresses, which the plugin never hands out. Exact (a /48 IPv6 pool
+/// holds 2^80); see [`api_integer`] for the status fields.
+pub fn capacity(pool: &IPPool) -> (u128, u128) {
     let Ok(cidr) = pool.spec.cidr.parse::<Cidr>() else {
         return (0, 0);
     };
@@ -124,11 +125,17 @@ pub fn capacity(pool: &IPPool) -> (u64, u64) {
     } else {
         0
     };
-    let usable = size.saturating_sub(reserved).saturating_sub(edges);
     (
-        u64::try_from(usable).unwrap_or(u64::MAX),
-        u64::try_from(reserved).unwrap_or(u64::MAX),
+        size.saturating_sub(reserved).saturating_sub(edges),
+        reserved,
     )
+}
+
+/// A count as a status integer: the API server stores int64, so larger counts (IPv6 pools of
+/// /64 and wider) saturate at `i64::MAX`; the exact figure is in `usage`. Anything above would
+/// be refused and leave the pool without status, and agents use no pool without status.
+pub fn api_integer(n: u128) -> u64 {
+    u64::try_from(n.min(i64::MAX as u128)).unwrap_or(i64::MAX as u64)
 }
 
 /// Pools whose status a change of node `name` can change: those selecting it (convergence,
@@ -312,11 +319,12 @@ pub fn status(
     } else {
         allocated as f64 / capacity as f64
     };
+    let allocated_wide = u128::from(allocated);
     conditions::set(
         &mut conds,
         "Exhausted",
         usage >= EXHAUSTION_THRESHOLD,
-        if allocated >= capacity && capacity > 0 {
+        if allocated_wide >= capacity && capacity > 0 {
             "Exhausted"
         } else if usage >= EXHAUSTION_THRESHOLD {
             "NearlyExhausted"
@@ -401,9 +409,9 @@ pub fn status(
     IPPoolStatus {
         observed_generation: generation,
         conditions: conds,
-        capacity: Some(capacity),
+        capacity: Some(api_integer(capacity)),
         allocated: Some(allocated),
-        reserved: Some(reserved),
+        reserved: Some(api_integer(reserved)),
         blocks: Some(mine.len() as u64),
         block_size: Some(pool.spec.effective_block_size(family)),
         usage: Some(format!("{allocated}/{capacity}")),
@@ -699,6 +707,13 @@ mod tests {
             (237, 17)
         );
         assert_eq!(capacity(&pool("a", "fd00::/120", &[])), (256, 0));
+        assert_eq!(capacity(&pool("a", "fd00:48::/48", &[])), (1 << 80, 0));
+        assert_eq!(
+            api_integer(1 << 80),
+            i64::MAX as u64,
+            "an int64 the API server stores"
+        );
+        assert_eq!(api_integer(254), 254);
     }
 
     #[test]
