@@ -26,8 +26,11 @@ const START_TIMEOUT: Duration = Duration::from_secs(90);
 /// A running etcd + kube-apiserver pair. Dropping it stops both and deletes their data.
 pub struct ControlPlane {
     // Field order is drop order: the API server goes before etcd, both before the directory.
-    apiserver: Supervised,
+    // (A mutex, so that a test can restart the API server of a shared control plane.)
+    apiserver: std::sync::Mutex<Option<Supervised>>,
     etcd: Supervised,
+    /// The API server's command line, to restart it the same way.
+    apiserver_cmd: (PathBuf, Vec<String>),
     url: String,
     kubeconfig_path: PathBuf,
     kubeconfig: Kubeconfig,
@@ -94,8 +97,9 @@ impl ControlPlane {
         wait_for_port(&etcd, etcd_port).await?;
 
         let url = format!("https://127.0.0.1:{api_port}");
+        let api_args = apiserver_args(&pki, &etcd_url, api_port, dir.path());
         let mut api_cmd = Command::new(&apiserver_bin);
-        api_cmd.args(apiserver_args(&pki, &etcd_url, api_port, dir.path()));
+        api_cmd.args(&api_args);
         let apiserver = Supervised::spawn(
             "kube-apiserver",
             api_cmd,
@@ -110,8 +114,9 @@ impl ControlPlane {
             .map_err(io_err(format!("writing {}", kubeconfig_path.display())))?;
 
         let cp = ControlPlane {
-            apiserver,
+            apiserver: std::sync::Mutex::new(Some(apiserver)),
             etcd,
+            apiserver_cmd: (apiserver_bin, api_args),
             url,
             kubeconfig_path,
             kubeconfig,
@@ -127,10 +132,14 @@ impl ControlPlane {
         let client = self.client().await?;
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
-            for p in [&self.etcd, &self.apiserver] {
-                if let Some(status) = p.try_exit() {
-                    return Err(p.exited_error(status));
-                }
+            if let Some(status) = self.etcd.try_exit() {
+                return Err(self.etcd.exited_error(status));
+            }
+            if let Ok(guard) = self.apiserver.lock()
+                && let Some(api) = guard.as_ref()
+                && let Some(status) = api.try_exit()
+            {
+                return Err(api.exited_error(status));
             }
             let req = http::Request::get("/readyz").body(Vec::new());
             if let Ok(req) = req
@@ -143,11 +152,35 @@ impl ControlPlane {
                 return Err(Error::Timeout {
                     what: format!("kube-apiserver at {}", self.url),
                     secs: START_TIMEOUT.as_secs(),
-                    log_tail: self.apiserver.log_tail(20),
+                    log_tail: self
+                        .apiserver
+                        .lock()
+                        .ok()
+                        .and_then(|a| a.as_ref().map(|a| a.log_tail(20)))
+                        .unwrap_or_default(),
                 });
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+
+    /// Stops the API server (every watch and request of every client breaks) and starts it
+    /// again on the same port with the same data, then waits until it is ready.
+    pub async fn restart_apiserver(&self) -> Result<(), Error> {
+        {
+            let mut api = self
+                .apiserver
+                .lock()
+                .map_err(|_| Error::Setup("the API server's supervisor lock is poisoned".into()))?;
+            let (bin, args) = &self.apiserver_cmd;
+            let mut cmd = Command::new(bin);
+            cmd.args(args);
+            // The old process is stopped (dropped) before the new one binds its port.
+            drop(api.take());
+            let log = self.dir.path().join("kube-apiserver-restarted.log");
+            *api = Some(Supervised::spawn("kube-apiserver", cmd, &log)?);
+        }
+        self.wait_ready().await
     }
 
     /// A client with cluster-admin rights.

@@ -1,8 +1,7 @@
 //! `/healthz`, `/readyz` and `/metrics` (Prometheus text format) of the agent, on a plain
-//! HTTP/1.1 listener: three fixed documents need no web framework. The listener sits in the
-//! node's network namespace, reachable by every pod: it binds the node's own address by
-//! default, reads at most one small request per connection within a deadline, and serves a
-//! bounded number of connections at once, so no peer can hold it or its memory.
+//! HTTP/1.1 listener (`sinew_runtime::admin`, bounded in time, size and connections). It binds
+//! the node's own address by default: it sits in the node's network namespace, where every pod
+//! can reach it.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -13,17 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
-use tracing::warn;
-
-/// Connections served at once; more wait in the kernel's backlog.
-const MAX_CONNECTIONS: usize = 32;
-/// Time a client has to send its request line and to take the response.
-const IO_DEADLINE: Duration = Duration::from_secs(5);
-/// Bytes read of a request: the request line is all that matters.
-const MAX_REQUEST: usize = 1024;
 
 /// Counters and gauges the agent updates and `/metrics` renders.
 #[derive(Debug, Default)]
@@ -135,47 +124,18 @@ pub async fn serve(
     stall_after: Duration,
 ) -> std::io::Result<()> {
     let listener = TcpListener::bind(addr).await?;
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            return Ok(());
-        };
-        let (mut conn, _) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                warn!(error = %e, "metrics listener accept failed");
-                continue;
-            }
-        };
-        let (node, metrics) = (node.clone(), metrics.clone());
-        tokio::spawn(async move {
-            let _permit = permit;
-            let mut buf = [0u8; MAX_REQUEST];
-            let n = match tokio::time::timeout(IO_DEADLINE, conn.read(&mut buf)).await {
-                Ok(Ok(n)) => n,
-                _ => return,
-            };
-            let request = String::from_utf8_lossy(&buf[..n]);
-            let path = request.split_whitespace().nth(1).unwrap_or("/");
-            let (status, body) = match path {
-                "/healthz" => match metrics.health(stall_after) {
-                    Ok(()) => ("200 OK", "ok\n".to_string()),
-                    Err(why) => ("503 Service Unavailable", format!("{why}\n")),
-                },
-                "/readyz" if metrics.ready.load(Ordering::Relaxed) => {
-                    ("200 OK", "ok\n".to_string())
-                }
-                "/readyz" => ("503 Service Unavailable", "node not ready\n".to_string()),
-                "/metrics" => ("200 OK", metrics.render(&node)),
-                _ => ("404 Not Found", "not found\n".to_string()),
-            };
-            let response = format!(
-                "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = tokio::time::timeout(IO_DEADLINE, conn.write_all(response.as_bytes())).await;
-        });
-    }
+    sinew_runtime::admin::serve(listener, move |path| match path {
+        "/healthz" => match metrics.health(stall_after) {
+            Ok(()) => ("200 OK", "ok\n".to_string()),
+            Err(why) => ("503 Service Unavailable", format!("{why}\n")),
+        },
+        "/readyz" if metrics.ready.load(Ordering::Relaxed) => ("200 OK", "ok\n".to_string()),
+        "/readyz" => ("503 Service Unavailable", "node not ready\n".to_string()),
+        "/metrics" => ("200 OK", metrics.render(&node)),
+        _ => ("404 Not Found", "not found\n".to_string()),
+    })
+    .await;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -205,37 +165,5 @@ mod tests {
         m.heartbeat_ms.fetch_sub(61_000, Ordering::Relaxed);
         let why = m.health(Duration::from_secs(60)).unwrap_err();
         assert!(why.contains("has not completed for 61 s"), "{why}");
-    }
-
-    #[tokio::test]
-    async fn silent_clients_cannot_hold_the_listener() {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = probe.local_addr().unwrap();
-        drop(probe);
-        let m = Arc::new(Metrics::default());
-        m.beat();
-        tokio::spawn(serve(addr, "n".into(), m, Duration::from_secs(60)));
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        // More idle connections than the cap: they tie up every slot until their deadline.
-        let mut idle = Vec::new();
-        for _ in 0..MAX_CONNECTIONS + 8 {
-            idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
-        }
-        let started = std::time::Instant::now();
-        let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
-        conn.write_all(b"GET /healthz HTTP/1.1\r\n\r\n")
-            .await
-            .unwrap();
-        let mut response = String::new();
-        tokio::time::timeout(Duration::from_secs(15), conn.read_to_string(&mut response))
-            .await
-            .expect("answered once the idle connections timed out")
-            .unwrap();
-        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-        assert!(
-            started.elapsed() < IO_DEADLINE * 3,
-            "{:?}",
-            started.elapsed()
-        );
     }
 }

@@ -228,3 +228,62 @@ pub fn remove_all(nl: &mut Netlink) -> Result<(), NetlinkError> {
     nl.delete_link_by_name(VXLAN_DEVICE)?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sinew_cni::netlink::VxlanInfo;
+
+    fn underlay() -> Underlay {
+        Underlay {
+            index: 2,
+            name: "eth0".into(),
+            ip: "10.99.0.10".parse().unwrap(),
+            subnet: "10.99.0.0/24".parse().unwrap(),
+            mtu: 1500,
+        }
+    }
+
+    fn device(vni: u32, port: u16, local: &str, link: u32) -> Link {
+        Link {
+            index: 7,
+            name: VXLAN_DEVICE.into(),
+            mac: None,
+            mtu: 1450,
+            up: true,
+            kind: Some("vxlan".into()),
+            vxlan: Some(VxlanInfo {
+                vni: Some(vni),
+                port: Some(port),
+                local: local.parse().ok(),
+                link: Some(link),
+            }),
+        }
+    }
+
+    /// What the kernel says decides, so a change made while the agent was down (a new VNI in
+    /// the ClusterNetwork, a new node address) is applied after a restart.
+    #[test]
+    fn the_kernels_device_is_compared_not_the_agents_memory() {
+        let params = VxlanParams {
+            vni: 4096,
+            port: 4789,
+        };
+        let u = underlay();
+        assert_eq!(
+            vxlan_mismatch(&device(4096, 4789, "10.99.0.10", 2), params, &u),
+            None
+        );
+        for stale in [
+            device(7, 4789, "10.99.0.10", 2),
+            device(4096, 8472, "10.99.0.10", 2),
+            device(4096, 4789, "10.99.0.99", 2),
+            device(4096, 4789, "10.99.0.10", 3),
+        ] {
+            assert!(vxlan_mismatch(&stale, params, &u).is_some(), "{stale:?}");
+        }
+        let mut not_vxlan = device(4096, 4789, "10.99.0.10", 2);
+        not_vxlan.vxlan = None;
+        assert!(vxlan_mismatch(&not_vxlan, params, &u).is_some());
+    }
+}

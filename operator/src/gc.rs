@@ -102,7 +102,7 @@ impl Suspects {
 
 /// Whether the live API still has the pod (same UID). Errors count as "exists": the GC
 /// never releases on doubt.
-async fn pod_exists_live(pods: &Api<Pod>, name: &str, uid: &str) -> bool {
+pub(crate) async fn pod_exists_live(pods: &Api<Pod>, name: &str, uid: &str) -> bool {
     match pods.get_opt(name).await {
         Ok(Some(p)) => crate::pod_uids::identities(&p.metadata)
             .iter()

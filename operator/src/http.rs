@@ -1,5 +1,6 @@
 //! `/healthz`, `/readyz` and `/metrics` (Prometheus text format) of the operator, on a plain
-//! HTTP/1.1 listener. Every replica serves them; only the leader's reconcile metrics move.
+//! HTTP/1.1 listener (`sinew_runtime::admin`, bounded in time, size and connections). Every
+//! replica serves them; only the leader's reconcile metrics move.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -7,9 +8,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-use tracing::warn;
 
 /// Reconcile counters of one controller.
 #[derive(Debug, Default, Clone, Copy)]
@@ -164,36 +163,14 @@ impl Metrics {
 
 /// Serves the three endpoints on `listener` until the process ends.
 pub async fn serve(listener: TcpListener, metrics: std::sync::Arc<Metrics>) {
-    loop {
-        let (mut conn, _) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                warn!(error = %e, "metrics listener accept failed");
-                continue;
-            }
-        };
-        let metrics = metrics.clone();
-        tokio::spawn(async move {
-            let mut buf = [0u8; 1024];
-            let n = conn.read(&mut buf).await.unwrap_or(0);
-            let request = String::from_utf8_lossy(&buf[..n]);
-            let path = request.split_whitespace().nth(1).unwrap_or("/");
-            let (status, body) = match path {
-                "/healthz" => ("200 OK", "ok\n".to_string()),
-                "/readyz" if metrics.ready.load(Ordering::Relaxed) => {
-                    ("200 OK", "ok\n".to_string())
-                }
-                "/readyz" => ("503 Service Unavailable", "starting\n".to_string()),
-                "/metrics" => ("200 OK", metrics.render()),
-                _ => ("404 Not Found", "not found\n".to_string()),
-            };
-            let response = format!(
-                "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = conn.write_all(response.as_bytes()).await;
-        });
-    }
+    sinew_runtime::admin::serve(listener, move |path| match path {
+        "/healthz" => ("200 OK", "ok\n".to_string()),
+        "/readyz" if metrics.ready.load(Ordering::Relaxed) => ("200 OK", "ok\n".to_string()),
+        "/readyz" => ("503 Service Unavailable", "starting\n".to_string()),
+        "/metrics" => ("200 OK", metrics.render()),
+        _ => ("404 Not Found", "not found\n".to_string()),
+    })
+    .await
 }
 
 #[cfg(test)]

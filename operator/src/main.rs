@@ -4,7 +4,8 @@
 //! `sinew-system`), `--node-image`/`SINEW_NODE_IMAGE` (agent image when the `ClusterNetwork`
 //! names none), `--identity`/`POD_NAME` (leader election identity),
 //! `--lease-seconds`/`SINEW_LEASE_SECONDS` (15) and `--renew-seconds`/`SINEW_RENEW_SECONDS` (5),
-//! `--metrics-addr`/`SINEW_METRICS_ADDR` (`0.0.0.0:9466`: `/healthz`, `/readyz`, `/metrics`).
+//! `--metrics-addr`/`SINEW_METRICS_ADDR` (`pod:9466`: `POD_IP`, else every address; or
+//! `address:port`) for `/healthz`, `/readyz`, `/metrics`.
 //! Replicas elect a leader on the Lease `sinew-operator` in that namespace; only it reconciles.
 //! On SIGTERM the leader finishes its running reconciles and gives the Lease up, so a standby
 //! takes over at once.
@@ -89,10 +90,10 @@ async fn run(args: Vec<String>) -> anyhow::Result<()> {
         duration: seconds("lease-seconds", "SINEW_LEASE_SECONDS", 15)?,
         renew: seconds("renew-seconds", "SINEW_RENEW_SECONDS", 5)?,
     };
-    let metrics_addr: SocketAddr = flag(&args, "metrics-addr", "SINEW_METRICS_ADDR")
-        .unwrap_or_else(|| "0.0.0.0:9466".into())
-        .parse()
-        .context("--metrics-addr must be an address:port")?;
+    let metrics_addr = listen_addr(
+        &flag(&args, "metrics-addr", "SINEW_METRICS_ADDR").unwrap_or_else(|| "pod:9466".into()),
+        std::env::var("POD_IP").ok().as_deref(),
+    )?;
     let metrics = Arc::new(Metrics::default());
     let listener = tokio::net::TcpListener::bind(metrics_addr)
         .await
@@ -161,5 +162,55 @@ fn main() -> ExitCode {
             eprintln!("sinew-operator: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `pod:PORT` is the pod's own address (`POD_IP`, from the downward API; for this host-network
+/// pod, the node's address) rather than every address of the host; without `POD_IP` it falls
+/// back to all addresses. Anything else is `address:port`.
+fn listen_addr(spec: &str, pod_ip: Option<&str>) -> anyhow::Result<SocketAddr> {
+    if let Some(port) = spec.strip_prefix("pod:") {
+        let port: u16 = port.parse().with_context(|| {
+            format!("--metrics-addr pod:PORT needs a port number, got {spec:?}")
+        })?;
+        let ip = match pod_ip.filter(|ip| !ip.is_empty()) {
+            Some(ip) => ip
+                .parse()
+                .with_context(|| format!("POD_IP {ip:?} is not an IP address"))?,
+            None => std::net::IpAddr::from([0, 0, 0, 0]),
+        };
+        return Ok(SocketAddr::new(ip, port));
+    }
+    spec.parse()
+        .with_context(|| format!("--metrics-addr must be pod:PORT or address:port, got {spec:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::listen_addr;
+
+    #[test]
+    fn the_admin_listener_binds_the_pods_address() {
+        assert_eq!(
+            listen_addr("pod:9466", Some("10.0.0.7"))
+                .unwrap()
+                .to_string(),
+            "10.0.0.7:9466"
+        );
+        assert_eq!(
+            listen_addr("pod:9466", Some("fd00::7"))
+                .unwrap()
+                .to_string(),
+            "[fd00::7]:9466"
+        );
+        assert_eq!(
+            listen_addr("pod:9466", None).unwrap().to_string(),
+            "0.0.0.0:9466"
+        );
+        assert_eq!(
+            listen_addr("127.0.0.1:0", None).unwrap().to_string(),
+            "127.0.0.1:0"
+        );
+        assert!(listen_addr("pod:x", None).is_err());
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Node;
-use kube::api::Api;
+use kube::api::{Api, ListParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::ObjectRef;
@@ -430,12 +430,22 @@ pub async fn reconcile(pool: Arc<IPPool>, ctx: Arc<Context>) -> Result<Action, E
     let api: Api<IPPool> = Api::all(ctx.client.clone());
     let name = pool.name_any();
     let blocks = ctx.blocks.state();
-    if pool.meta().deletion_timestamp.is_some() {
-        let in_use: u64 = blocks
+    if let Some(deleted) = pool.meta().deletion_timestamp.as_ref() {
+        // Read live, not from the cache: a stale cache must not free blocks still in use.
+        let block_api: Api<IPBlock> = Api::all(ctx.client.clone());
+        let live = block_api
+            .list(&ListParams::default().fields(&format!("spec.pool={name}")))
+            .await?
+            .items;
+        let in_use: u64 = live
             .iter()
-            .filter(|b| b.spec.pool == name)
             .map(|b| u64::from(b.status.as_ref().map_or(0, |s| s.allocated)))
             .sum();
+        let settled = k8s_openapi::jiff::Timestamp::now().duration_since(deleted.0)
+            >= k8s_openapi::jiff::SignedDuration::try_from(DRAIN_SETTLE).unwrap_or_default();
+        if !settled && in_use == 0 {
+            return Ok(Action::requeue(DRAIN_SETTLE));
+        }
         if in_use > 0 {
             let mut st = pool.status.clone().unwrap_or_default();
             conditions::set(
@@ -451,8 +461,7 @@ pub async fn reconcile(pool: Arc<IPPool>, ctx: Arc<Context>) -> Result<Action, E
             write_status(&pool, &ctx, &st).await?;
             return Ok(Action::requeue(Duration::from_secs(5)));
         }
-        let block_api: Api<IPBlock> = Api::all(ctx.client.clone());
-        for b in blocks.iter().filter(|b| b.spec.pool == name) {
+        for b in &live {
             delete_if_present(&block_api, &b.name_any()).await?;
         }
         remove_finalizer(&api, pool.as_ref()).await?;
@@ -537,6 +546,36 @@ pub fn releasable(block: &IPBlock, node_exists: bool, pod_exists: impl Fn(&str) 
             .all(|a| a.pod_uid.as_deref().is_some_and(|uid| !pod_exists(uid)))
 }
 
+/// Live re-check of what the caches said about a departed node's block: the Node is gone and
+/// none of the block's pods exists (by UID, a mirror pod counting for its static pod). Any
+/// doubt (an API error) keeps the block.
+async fn departed_live(ctx: &Context, block: &IPBlock) -> bool {
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(ctx.client.clone());
+    match nodes.get_opt(&block.spec.node).await {
+        Ok(None) => {}
+        Ok(Some(_)) => return false,
+        Err(e) => {
+            tracing::warn!(error = %e, node = %block.spec.node, "live node check failed; keeping the block");
+            return false;
+        }
+    }
+    for a in block.status.iter().flat_map(|s| s.allocations.iter()) {
+        let (Some(ns), Some(name), Some(uid)) = (&a.pod_namespace, &a.pod_name, &a.pod_uid) else {
+            continue;
+        };
+        let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(ctx.client.clone(), ns);
+        if crate::gc::pod_exists_live(&pods, name, uid).await {
+            return false;
+        }
+    }
+    true
+}
+
+/// How long a deleted pool waits before its blocks go: agents stop allocating from a pool
+/// being deleted and report every allocation within about a second, so after this the
+/// blocks' status (read live) can be trusted to show every address still in use.
+const DRAIN_SETTLE: Duration = Duration::from_secs(5);
+
 /// Deletes this pool's blocks whose node is gone and none of whose pods exists; returns
 /// whether some are still waiting for their pods.
 async fn release_blocks_of_departed_nodes(pool: &IPPool, ctx: &Context) -> Result<bool, Error> {
@@ -551,6 +590,11 @@ async fn release_blocks_of_departed_nodes(pool: &IPPool, ctx: &Context) -> Resul
             continue;
         }
         if !releasable(block, node_exists, |uid| ctx.pods.contains(uid)) {
+            waiting = true;
+            continue;
+        }
+        // The caches said so; the API server must say so too, right before the release.
+        if !departed_live(ctx, block).await {
             waiting = true;
             continue;
         }
