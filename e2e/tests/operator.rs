@@ -145,7 +145,7 @@ async fn cluster_network_rollout_status_and_clean_up_order(ctx: Ctx) -> TestResu
         )
         .await?;
     let daemonsets: Api<DaemonSet> = Api::namespaced(ctx.client.clone(), NAMESPACE);
-    let ds = wait("DaemonSet rendered", Duration::from_secs(20), || async {
+    let ds = wait("DaemonSet rendered", Duration::from_secs(60), || async {
         Ok(daemonsets.get_opt("sinew-node").await?)
     })
     .await?;
@@ -170,7 +170,7 @@ async fn cluster_network_rollout_status_and_clean_up_order(ctx: Ctx) -> TestResu
     let current = networks.get("default").await?.spec.config_hash();
     report(&ctx, "op-node-a", json!({"ready": true, "specHash": current, "install": {"conflist": "10-sinew.conflist", "chosen": "10-sinew.conflist"}, "modes": {}})).await?;
     report(&ctx, "op-node-b", json!({"ready": false, "modes": {}})).await?;
-    let status = wait("status counts 1/2", Duration::from_secs(20), || async {
+    let status = wait("status counts 1/2", Duration::from_secs(60), || async {
         let cn = networks.get("default").await?;
         Ok(cn.status.filter(|s| {
             s.nodes
@@ -201,7 +201,7 @@ async fn cluster_network_rollout_status_and_clean_up_order(ctx: Ctx) -> TestResu
     report(&ctx, "op-node-b", json!({"ready": true, "specHash": current, "install": {"conflist": "10-sinew.conflist", "chosen": "05-other.conflist", "shadowing": ["05-other.conflist"]}, "modes": {}})).await?;
     let status = wait(
         "Stalled on a foreign conflist",
-        Duration::from_secs(20),
+        Duration::from_secs(60),
         || async {
             let cn = networks.get("default").await?;
             Ok(cn.status.filter(|s| {
@@ -223,7 +223,7 @@ async fn cluster_network_rollout_status_and_clean_up_order(ctx: Ctx) -> TestResu
     report(&ctx, "op-node-b", json!({"ready": true, "specHash": current, "install": {"conflist": "10-sinew.conflist", "chosen": "10-sinew.conflist"}, "modes": {}})).await?;
     wait(
         "Ready with every node on the configuration",
-        Duration::from_secs(20),
+        Duration::from_secs(60),
         || async {
             let cn = networks.get("default").await?;
             Ok(cn.status.filter(|s| {
@@ -239,14 +239,14 @@ async fn cluster_network_rollout_status_and_clean_up_order(ctx: Ctx) -> TestResu
     networks
         .patch("default", &PatchParams::apply("sinew-e2e"), &Patch::Apply(&json!({"apiVersion": "sinew.dev/v1alpha1", "kind": "ClusterNetwork", "metadata": {"name": "default"}, "spec": {"vxlan": {"port": 8472}}})))
         .await?;
-    wait("DaemonSet rolled", Duration::from_secs(20), || async {
+    wait("DaemonSet rolled", Duration::from_secs(60), || async {
         let ds = daemonsets.get("sinew-node").await?;
         Ok((hash_of(&ds).as_deref() != Some(first_hash.as_str())).then_some(()))
     })
     .await?;
     wait(
         "nodes out of date after the change",
-        Duration::from_secs(20),
+        Duration::from_secs(60),
         || async {
             let cn = networks.get("default").await?;
             Ok(cn
@@ -279,7 +279,7 @@ async fn cluster_network_rollout_status_and_clean_up_order(ctx: Ctx) -> TestResu
         json!({"ready": false, "cleanedUp": true}),
     )
     .await?;
-    wait("ClusterNetwork gone", Duration::from_secs(20), || async {
+    wait("ClusterNetwork gone", Duration::from_secs(60), || async {
         Ok(networks.get_opt("default").await?.is_none().then_some(()))
     })
     .await?;

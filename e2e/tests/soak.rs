@@ -3,7 +3,7 @@
 //! invariants a user relies on: no address held twice, no leaked veth, every `IPBlock` status
 //! equal to its node's store, every pod reachable from every other. Prints what it did.
 //! The sequence is fixed by a seed (`SINEW_SOAK_SEED`, default 1) and the run by a step count
-//! (`SINEW_SOAK_STEPS`, default 60), so a failure can be replayed.
+//! (`SINEW_SOAK_STEPS`, default 150), so a failure can be replayed.
 //! Needs root and the Go-built control plane.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -79,7 +79,7 @@ async fn set_mode(ctx: &Ctx, mode: &str) -> TestResult {
 
 async fn churn_kills_restarts_and_mode_switches_break_no_invariant(ctx: Ctx) -> TestResult {
     let mut rng = Rng(env_number("SINEW_SOAK_SEED", 1).max(1));
-    let steps = env_number("SINEW_SOAK_STEPS", 60);
+    let steps = env_number("SINEW_SOAK_STEPS", 150);
     let mut cluster = LocalCluster::start(&ctx.cp, "sk", &[0, 0, 1]).await;
     // Small blocks (/28, 14 usable) so that churn claims and releases blocks too.
     let pool = json!({
