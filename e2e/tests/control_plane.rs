@@ -51,6 +51,8 @@ fn main() -> ExitCode {
             ippool_rejects_ipv4_block_size_out_of_bounds,
             ippool_rejects_ipv6_block_size_out_of_bounds,
             ippool_rejects_reserved_outside_pool,
+            ippool_rejects_pools_that_can_never_be_right,
+            ippool_accepts_ordinary_pools,
             ippool_rejects_wrong_type,
             ippool_rejects_cidr_update,
             ippool_rejects_block_size_update,
@@ -63,6 +65,8 @@ fn main() -> ExitCode {
             clusternetwork_rejects_bad_duration,
             clusternetwork_rejects_bad_chained_plugin_type,
             ipblock_rejects_spec_change,
+            ipblock_rejects_non_canonical_names,
+            ipblock_accepts_canonical_names,
             status_is_written_only_through_the_status_subresource,
             kubectl_get_ippools_shows_the_columns,
         ],
@@ -351,6 +355,63 @@ async fn ippool_rejects_reserved_outside_pool(ctx: Ctx) -> TestResult {
     .await
 }
 
+async fn ippool_rejects_pools_that_can_never_be_right(ctx: Ctx) -> TestResult {
+    let api = dynamic::<IPPool>(&ctx);
+    for (cidr, why) in [
+        ("0.0.0.0/0", "prefix length must be at least 8 for IPv4"),
+        ("::/0", "at least 32 for IPv6"),
+        ("8.0.0.0/7", "prefix length must be at least 8 for IPv4"),
+        ("fd00::/16", "at least 32 for IPv6"),
+        ("127.0.0.0/8", "loopback"),
+        ("127.1.0.0/16", "loopback"),
+        ("::1/128", "loopback"),
+        ("::/96", "loopback"),
+        ("169.254.0.0/16", "link-local"),
+        ("169.0.0.0/8", "link-local"),
+        ("169.254.1.0/24", "link-local"),
+        ("fe80::/64", "link-local"),
+        ("febf:ffff::/32", "link-local"),
+        ("224.0.0.0/8", "multicast"),
+        ("239.255.0.0/16", "multicast"),
+        ("ff02::/64", "multicast"),
+        ("0.0.0.0/8", "unspecified"),
+        ("::/128", "unspecified"),
+        ("255.255.255.0/24", "broadcast"),
+    ] {
+        assert_rejected(
+            &api,
+            pool("never-right", json!({"cidr": cidr})),
+            "spec.cidr",
+            why,
+        )
+        .await
+        .map_err(|e| format!("{cidr}: {e}"))?;
+    }
+    Ok(())
+}
+
+async fn ippool_accepts_ordinary_pools(ctx: Ctx) -> TestResult {
+    let api = dynamic::<IPPool>(&ctx);
+    for cidr in [
+        "10.0.0.0/8",
+        "172.16.0.0/12",
+        "100.64.0.0/10",
+        "192.168.0.0/16",
+        "240.0.0.0/8",
+        "169.253.0.0/16",
+        "fd00:10:244::/56",
+        "fd00::/32",
+        "2001:db8::/48",
+        "fd00:1::/64",
+    ] {
+        if let Some(refusal) = dry_run_create(&api, &pool("ordinary", json!({"cidr": cidr}))).await
+        {
+            return Err(format!("{cidr} was refused: {refusal}").into());
+        }
+    }
+    Ok(())
+}
+
 async fn ippool_rejects_wrong_type(ctx: Ctx) -> TestResult {
     let api = dynamic::<IPPool>(&ctx);
     assert_rejected(
@@ -603,6 +664,72 @@ async fn ipblock_rejects_spec_change(ctx: Ctx) -> TestResult {
         "network address",
     )
     .await
+}
+
+fn block(name: &str, cidr: &str) -> DynamicObject {
+    object(
+        "IPBlock",
+        name,
+        json!({"pool": "p", "cidr": cidr, "node": "node-a"}),
+    )
+}
+
+async fn ipblock_rejects_non_canonical_names(ctx: Ctx) -> TestResult {
+    let api = dynamic::<IPBlock>(&ctx);
+    for (name, cidr) in [
+        ("my-block", "10.12.1.0/26"),
+        // The name of another block (same address, other prefix; another address).
+        ("10-12-1-0-24", "10.12.1.0/26"),
+        ("10-12-1-64-26", "10.12.1.0/26"),
+        // Leading zeros, a trailing dot-like suffix.
+        ("10-12-1-064-26", "10.12.1.64/26"),
+        ("10-12-1-64-026", "10.12.1.64/26"),
+        ("10-12-1-64-26-x", "10.12.1.64/26"),
+        // IPv6: compressed, short groups, the prefix missing or padded.
+        ("fd00--40-122", "fd00::40/122"),
+        ("fd00-0-0-0-0-0-0-40-122", "fd00::40/122"),
+        ("fd00-0000-0000-0000-0000-0000-0000-0040", "fd00::40/122"),
+        (
+            "fd00-0000-0000-0000-0000-0000-0000-0040-0122",
+            "fd00::40/122",
+        ),
+        (
+            "fd00-0000-0000-0000-0000-0000-0000-0080-122",
+            "fd00::40/122",
+        ),
+        (
+            "fd00-0000-0000-0000-0000-0000-0000-0040-120",
+            "fd00::40/122",
+        ),
+    ] {
+        assert_rejected(&api, block(name, cidr), "metadata.name", "canonical name")
+            .await
+            .map_err(|e| format!("{name} for {cidr}: {e}"))?;
+    }
+    // The message says which name the block must have.
+    let refusal = dry_run_create(&api, &block("my-block", "10.12.1.0/26"))
+        .await
+        .ok_or("a non-canonical name was accepted")?;
+    assert!(refusal.contains("10-12-1-0-26"), "{refusal}");
+    Ok(())
+}
+
+async fn ipblock_accepts_canonical_names(ctx: Ctx) -> TestResult {
+    let api = dynamic::<IPBlock>(&ctx);
+    for cidr in [
+        "10.12.1.64/26",
+        "0.0.0.0/32",
+        "255.255.255.255/32",
+        "fd00::40/122",
+        "fd00:10:244:1::/120",
+        "2001:db8:ffff:ffff:ffff:ffff:ffff:ff00/120",
+    ] {
+        let name = cidr.parse::<sinew_crds::Cidr>()?.object_name();
+        if let Some(refusal) = dry_run_create(&api, &block(&name, cidr)).await {
+            return Err(format!("{name} for {cidr} was refused: {refusal}").into());
+        }
+    }
+    Ok(())
 }
 
 async fn status_is_written_only_through_the_status_subresource(ctx: Ctx) -> TestResult {
