@@ -4,7 +4,9 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+    CustomResourceDefinition, JSONSchemaProps, JSONSchemaPropsOrArray, JSONSchemaPropsOrBool,
+};
 use kube::CustomResourceExt;
 
 use crate::{ClusterNetwork, IPBlock, IPPool};
@@ -32,9 +34,82 @@ pub enum GenerateError {
     },
 }
 
-/// Every CRD sinew defines.
+/// Every CRD sinew defines, with only the schema formats Kubernetes knows
+/// (see [`kubernetes_formats`]).
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    vec![ClusterNetwork::crd(), IPPool::crd(), IPBlock::crd()]
+    let mut crds = vec![ClusterNetwork::crd(), IPPool::crd(), IPBlock::crd()];
+    for crd in &mut crds {
+        for version in &mut crd.spec.versions {
+            if let Some(schema) = version
+                .schema
+                .as_mut()
+                .and_then(|s| s.open_api_v3_schema.as_mut())
+            {
+                kubernetes_formats(schema);
+            }
+        }
+    }
+    crds
+}
+
+/// Rewrites the integer formats schemars derives from Rust types (`uint8`, `uint16`, `uint32`,
+/// `uint64`, `int8`, `int16`) into the two the API server knows, `int32` and `int64`: it warns
+/// `unrecognized format` about every other one on each install. The range the Rust type implies
+/// is kept as `minimum`/`maximum` where the schema does not bound it more tightly already
+/// (`uint64` keeps only its minimum: Kubernetes integers are 64-bit signed anyway).
+pub fn kubernetes_formats(schema: &mut JSONSchemaProps) {
+    if schema.type_.as_deref() == Some("integer") {
+        let implied: Option<(f64, Option<f64>)> = match schema.format.as_deref() {
+            Some("int8") => Some((f64::from(i8::MIN), Some(f64::from(i8::MAX)))),
+            Some("int16") => Some((f64::from(i16::MIN), Some(f64::from(i16::MAX)))),
+            Some("uint8") => Some((0.0, Some(f64::from(u8::MAX)))),
+            Some("uint16") => Some((0.0, Some(f64::from(u16::MAX)))),
+            Some("uint32") => Some((0.0, Some(f64::from(u32::MAX)))),
+            Some("uint64") => Some((0.0, None)),
+            Some("int32") | Some("int64") | None => None,
+            // Anything else says nothing Kubernetes understands: drop it.
+            Some(_) => {
+                schema.format = None;
+                None
+            }
+        };
+        if let Some((min, max)) = implied {
+            let min = schema.minimum.map_or(min, |m| m.max(min));
+            let max = match (schema.maximum, max) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            schema.minimum = Some(min);
+            schema.maximum = max;
+            // int32 when the bounds fit in it, which tells clients the value's real size.
+            let fits = |v: f64| (f64::from(i32::MIN)..=f64::from(i32::MAX)).contains(&v);
+            let format = if fits(min) && max.is_some_and(fits) {
+                "int32"
+            } else {
+                "int64"
+            };
+            schema.format = Some(format.to_string());
+        }
+    }
+    for property in schema.properties.iter_mut().flat_map(|p| p.values_mut()) {
+        kubernetes_formats(property);
+    }
+    match &mut schema.items {
+        Some(JSONSchemaPropsOrArray::Schema(items)) => kubernetes_formats(items),
+        Some(JSONSchemaPropsOrArray::Schemas(items)) => {
+            items.iter_mut().for_each(kubernetes_formats)
+        }
+        None => {}
+    }
+    if let Some(JSONSchemaPropsOrBool::Schema(values)) = &mut schema.additional_properties {
+        kubernetes_formats(values);
+    }
+    for list in [&mut schema.all_of, &mut schema.any_of, &mut schema.one_of] {
+        list.iter_mut().flatten().for_each(kubernetes_formats);
+    }
+    if let Some(not) = &mut schema.not {
+        kubernetes_formats(not);
+    }
 }
 
 /// One rendered manifest: its file name and full contents.
@@ -111,6 +186,96 @@ mod tests {
         assert!(
             stale.is_empty(),
             "{stale:?} in {CHART_CRD_DIR} are stale: run `cargo run -p sinew-crds --bin crdgen`"
+        );
+    }
+
+    /// Every `format` in the schemas with the type it is on, and its path.
+    fn formats(schema: &JSONSchemaProps, path: &str, out: &mut Vec<(String, String, String)>) {
+        if let Some(format) = &schema.format {
+            out.push((
+                path.to_string(),
+                schema.type_.clone().unwrap_or_default(),
+                format.clone(),
+            ));
+        }
+        for (name, property) in schema.properties.iter().flatten() {
+            formats(property, &format!("{path}.{name}"), out);
+        }
+        if let Some(JSONSchemaPropsOrArray::Schema(items)) = &schema.items {
+            formats(items, &format!("{path}[]"), out);
+        }
+        if let Some(JSONSchemaPropsOrBool::Schema(values)) = &schema.additional_properties {
+            formats(values, &format!("{path}{{}}"), out);
+        }
+        for (i, s) in [&schema.all_of, &schema.any_of, &schema.one_of]
+            .into_iter()
+            .flatten()
+            .flatten()
+            .enumerate()
+        {
+            formats(s, &format!("{path}<{i}>"), out);
+        }
+    }
+
+    #[test]
+    fn schemas_use_only_formats_kubernetes_knows() {
+        // The API server warns on every install about others (`unrecognized format "uint8"`):
+        // integers may only say int32 or int64, strings only the formats it validates.
+        let mut found = Vec::new();
+        for crd in crds() {
+            for version in &crd.spec.versions {
+                if let Some(schema) = version
+                    .schema
+                    .as_ref()
+                    .and_then(|s| s.open_api_v3_schema.as_ref())
+                {
+                    let name = crd.metadata.name.clone().unwrap_or_default();
+                    formats(schema, &name, &mut found);
+                }
+            }
+        }
+        let unknown: Vec<_> = found
+            .iter()
+            .filter(|(_, type_, format)| match type_.as_str() {
+                "integer" => !matches!(format.as_str(), "int32" | "int64"),
+                "string" => !matches!(format.as_str(), "date-time" | "date" | "byte"),
+                _ => true,
+            })
+            .collect();
+        assert!(
+            unknown.is_empty(),
+            "formats the API server does not know: {unknown:#?}"
+        );
+    }
+
+    #[test]
+    fn integer_bounds_survive_the_format_change() {
+        let schema = |crd: &CustomResourceDefinition| {
+            crd.spec.versions[0]
+                .schema
+                .as_ref()
+                .and_then(|s| s.open_api_v3_schema.clone())
+                .unwrap()
+        };
+        let crds = crds();
+        let network = schema(&crds[0]);
+        let spec = &network.properties.as_ref().unwrap()["spec"];
+        let vxlan = &spec.properties.as_ref().unwrap()["vxlan"];
+        let port = &vxlan.properties.as_ref().unwrap()["port"];
+        assert_eq!(
+            (port.format.as_deref(), port.minimum, port.maximum),
+            (Some("int32"), Some(1.0), Some(65535.0))
+        );
+        let block = schema(&crds[2]);
+        let status = &block.properties.as_ref().unwrap()["status"];
+        let allocated = &status.properties.as_ref().unwrap()["allocated"];
+        assert_eq!(
+            (
+                allocated.format.as_deref(),
+                allocated.minimum,
+                allocated.maximum
+            ),
+            (Some("int64"), Some(0.0), Some(f64::from(u32::MAX)))
         );
     }
 

@@ -1,7 +1,10 @@
 //! `IPBlock`: internal record of one block of a pool claimed by one node.
 //!
 //! Its name is derived from its CIDR alone ([`crate::cidr::Cidr::object_name`]), so the API
-//! server arbitrates claims: two nodes racing for the same block cannot both create it.
+//! server arbitrates claims: two nodes racing for the same block cannot both create it. The
+//! CRD refuses any other name ([`IPBlockSpec::CANONICAL_NAME_RULE`]); that a block lies inside
+//! its pool and has the pool's block size is checked by the chart's admission policy
+//! (`charts/sinew/templates/ipblock-policy.yaml`), which can see the pool.
 
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
@@ -25,6 +28,11 @@ use crate::cidr::Cidr;
     doc = "A block of a pool claimed by one node (managed by sinew, named after its CIDR).",
     selectable = ".spec.node",
     selectable = ".spec.pool",
+    // Peers turn every block into a route, and the name is what makes a claim unique: a name
+    // that is not the one derived from spec.cidr would let two blocks cover the same
+    // addresses, or squat the name of another block. See `Cidr::object_name`.
+    validation = Rule::new(IPBlockSpec::CANONICAL_NAME_RULE)
+        .message(Message::Expression(IPBlockSpec::CANONICAL_NAME_MESSAGE.into())),
     printcolumn(name = "Pool", type_ = "string", json_path = ".spec.pool"),
     printcolumn(name = "CIDR", type_ = "string", json_path = ".spec.cidr"),
     printcolumn(name = "Node", type_ = "string", json_path = ".spec.node"),
@@ -50,6 +58,32 @@ pub struct IPBlockSpec {
     /// Node that owns the block; only this node allocates from it.
     #[schemars(length(min = 1, max = 253))]
     pub node: String,
+}
+
+impl IPBlockSpec {
+    /// CEL (on the object): `metadata.name` is [`Cidr::object_name`] of `spec.cidr`.
+    ///
+    /// Written so that CEL's cost estimate stays bounded (the CRD is refused otherwise): only
+    /// strings of known maximum length are transformed. An IPv4 `spec.cidr` is already in
+    /// canonical form (the CIDR library refuses leading zeros, and another rule refuses host
+    /// bits), so its name is the text with `.` and `/` turned into `-`; the prefix is compared
+    /// with the parsed one as well, so that no spelling of it other than the plain number
+    /// passes. IPv6, whose zero-padded groups CEL cannot print, is checked the other way
+    /// round: the name must have the canonical shape (eight groups of four lower-case hex
+    /// digits, then the prefix), and its groups read back as an address, and its prefix, must
+    /// be `spec.cidr`'s.
+    pub const CANONICAL_NAME_RULE: &'static str = "!isCIDR(self.spec.cidr) || (cidr(self.spec.cidr).ip().family() == 4 \
+        ? (self.metadata.name == self.spec.cidr.replace('.', '-').replace('/', '-') \
+           && self.metadata.name.substring(self.metadata.name.lastIndexOf('-') + 1) == string(cidr(self.spec.cidr).prefixLength())) \
+        : (self.metadata.name.matches('^([0-9a-f]{4}-){8}[0-9]{1,3}$') \
+           && isIP(self.metadata.name.substring(0, 39).replace('-', ':')) \
+           && ip(self.metadata.name.substring(0, 39).replace('-', ':')) == cidr(self.spec.cidr).masked().ip() \
+           && self.metadata.name.substring(40) == string(cidr(self.spec.cidr).prefixLength())))";
+
+    /// The refusal of [`Self::CANONICAL_NAME_RULE`], with the expected name for IPv4.
+    pub const CANONICAL_NAME_MESSAGE: &'static str = "'metadata.name must be the canonical name of spec.cidr ' + self.spec.cidr + ': ' + (cidr(self.spec.cidr).ip().family() == 4 \
+        ? self.spec.cidr.replace('.', '-').replace('/', '-') \
+        : 'the eight groups of its address written out in four lower-case hex digits each, then the prefix length, joined by dashes (fd00-0000-0000-0000-0000-0000-0000-0040-122)')";
 }
 
 /// Label agents put on their `IPBlock`s naming the node (for selection).

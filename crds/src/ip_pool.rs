@@ -141,11 +141,22 @@ impl std::fmt::Display for PoolMode {
 )]
 pub struct IPPoolSpec {
     /// The pool's address range, as a network address with prefix (e.g. `10.244.0.0/16` or
-    /// `fd00:10:244::/56`). Immutable.
+    /// `fd00:10:244::/56`). At least /8 for IPv4 and /32 for IPv6, and clear of loopback,
+    /// link-local, multicast, unspecified and broadcast addresses. Immutable.
     #[x_kube(
         validation = Rule::new("isCIDR(self)").message("must be a CIDR such as 10.244.0.0/16 or fd00:10:244::/56"),
         validation = Rule::new("!isCIDR(self) || cidr(self) == cidr(self).masked()").message("must be a network address: host bits must be zero"),
-        validation = Rule::new("self == oldSelf").message("cidr is immutable")
+        validation = Rule::new("self == oldSelf").message("cidr is immutable"),
+        validation = Rule::new("!isCIDR(self) || cidr(self).prefixLength() >= (cidr(self).ip().family() == 4 ? 8 : 32)")
+            .message("the prefix length must be at least 8 for IPv4 and at least 32 for IPv6: a shorter pool (such as 0.0.0.0/0 or ::/0) would claim addresses of the rest of the network"),
+        validation = Rule::new(special_range_rule(&["127.0.0.0/8", "::1/128"]))
+            .message("must not overlap the loopback addresses 127.0.0.0/8 and ::1/128"),
+        validation = Rule::new(special_range_rule(&["169.254.0.0/16", "fe80::/10"]))
+            .message("must not overlap the link-local ranges 169.254.0.0/16 and fe80::/10 (pods use 169.254.1.1 and fe80::1 as their gateway)"),
+        validation = Rule::new(special_range_rule(&["224.0.0.0/4", "ff00::/8"]))
+            .message("must not overlap the multicast ranges 224.0.0.0/4 and ff00::/8"),
+        validation = Rule::new(special_range_rule(&["0.0.0.0/8", "::/128", "255.255.255.255/32"]))
+            .message("must not contain the unspecified addresses 0.0.0.0/8 and ::, or the broadcast address 255.255.255.255")
     )]
     #[schemars(length(min = 3, max = 43))]
     pub cidr: String,
@@ -180,6 +191,20 @@ pub struct IPPoolSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64), inner(length(min = 2, max = 43)))]
     pub reserved: Vec<String>,
+}
+
+/// CEL on `spec.cidr`: the pool shares no address with any of `ranges` (two prefixes overlap
+/// exactly when one contains the other's network address; prefixes of the other family never
+/// do).
+fn special_range_rule(ranges: &[&str]) -> String {
+    let list = ranges
+        .iter()
+        .map(|r| format!("'{r}'"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "!isCIDR(self) || ![{list}].exists(r, cidr(r).containsIP(cidr(self).masked().ip()) || cidr(self).masked().containsIP(cidr(r).ip()))"
+    )
 }
 
 fn default_true() -> bool {

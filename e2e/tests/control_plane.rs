@@ -1,7 +1,9 @@
-//! The sinew.dev API against a real kube-apiserver: the generated CRDs install, the examples
-//! are accepted, and every invalid input is refused at apply time with the field named.
+//! The sinew.dev API against a real kube-apiserver: the generated CRDs install (the documented
+//! `kubectl apply --server-side` step, without warnings), the examples are accepted, and every
+//! invalid input is refused at apply time with the field named.
 
-use std::process::ExitCode;
+use std::process::{Command, ExitCode};
+use std::sync::OnceLock;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
@@ -11,15 +13,36 @@ use sinew_crds::{ClusterNetwork, IPBlock, IPPool};
 use sinew_e2e::harness::{Ctx, TestResult};
 use sinew_e2e::tests;
 
+/// What `kubectl apply --server-side -f charts/sinew/crds/` printed on stderr in the setup.
+static CRD_APPLY_STDERR: OnceLock<String> = OnceLock::new();
+
 fn main() -> ExitCode {
     sinew_e2e::harness::run(
         |ctx| async move {
+            // The CRDs go in the way the README tells users to upgrade them, from the
+            // checked-in chart files; then the typed install waits until they are Established.
+            let kubectl = ctx.cp.tools().path("kubectl").map_err(|e| e.to_string())?;
+            let out = Command::new(kubectl)
+                .arg(format!(
+                    "--kubeconfig={}",
+                    ctx.cp.kubeconfig_path().display()
+                ))
+                .args(["apply", "--server-side", "-f"])
+                .arg(sinew_e2e::tools::repo_root().join("charts/sinew/crds"))
+                .output()
+                .map_err(|e| format!("running kubectl: {e}"))?;
+            let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+            if !out.status.success() {
+                return Err(format!("kubectl apply of the CRDs failed: {stderr}"));
+            }
+            CRD_APPLY_STDERR.get_or_init(|| stderr);
             let names = sinew_e2e::install::install_crds(&ctx.client).await?;
             eprintln!("installed and Established: {names:?}");
             Ok(())
         },
         tests![
             generated_crds_are_established_with_status_and_columns,
+            applying_the_crds_prints_no_warnings,
             examples_are_accepted_and_defaulted,
             ippool_rejects_malformed_cidr,
             ippool_rejects_cidr_with_host_bits,
@@ -28,6 +51,8 @@ fn main() -> ExitCode {
             ippool_rejects_ipv4_block_size_out_of_bounds,
             ippool_rejects_ipv6_block_size_out_of_bounds,
             ippool_rejects_reserved_outside_pool,
+            ippool_rejects_pools_that_can_never_be_right,
+            ippool_accepts_ordinary_pools,
             ippool_rejects_wrong_type,
             ippool_rejects_cidr_update,
             ippool_rejects_block_size_update,
@@ -40,6 +65,8 @@ fn main() -> ExitCode {
             clusternetwork_rejects_bad_duration,
             clusternetwork_rejects_bad_chained_plugin_type,
             ipblock_rejects_spec_change,
+            ipblock_rejects_non_canonical_names,
+            ipblock_accepts_canonical_names,
             status_is_written_only_through_the_status_subresource,
             kubectl_get_ippools_shows_the_columns,
         ],
@@ -143,6 +170,19 @@ async fn generated_crds_are_established_with_status_and_columns(ctx: Ctx) -> Tes
             "{name} has no short name"
         );
     }
+    Ok(())
+}
+
+async fn applying_the_crds_prints_no_warnings(_ctx: Ctx) -> TestResult {
+    let stderr = CRD_APPLY_STDERR
+        .get()
+        .ok_or("the setup did not apply the CRDs with kubectl")?;
+    // kubectl prints each warning the API server sends as `Warning: <text>`, e.g.
+    // `Warning: unrecognized format "uint8"` for a format Kubernetes does not know.
+    assert!(
+        !stderr.contains("Warning") && !stderr.contains("unrecognized format"),
+        "applying charts/sinew/crds printed warnings:\n{stderr}"
+    );
     Ok(())
 }
 
@@ -313,6 +353,63 @@ async fn ippool_rejects_reserved_outside_pool(ctx: Ctx) -> TestResult {
         "inside cidr",
     )
     .await
+}
+
+async fn ippool_rejects_pools_that_can_never_be_right(ctx: Ctx) -> TestResult {
+    let api = dynamic::<IPPool>(&ctx);
+    for (cidr, why) in [
+        ("0.0.0.0/0", "prefix length must be at least 8 for IPv4"),
+        ("::/0", "at least 32 for IPv6"),
+        ("8.0.0.0/7", "prefix length must be at least 8 for IPv4"),
+        ("fd00::/16", "at least 32 for IPv6"),
+        ("127.0.0.0/8", "loopback"),
+        ("127.1.0.0/16", "loopback"),
+        ("::1/128", "loopback"),
+        ("::/96", "loopback"),
+        ("169.254.0.0/16", "link-local"),
+        ("169.0.0.0/8", "link-local"),
+        ("169.254.1.0/24", "link-local"),
+        ("fe80::/64", "link-local"),
+        ("febf:ffff::/32", "link-local"),
+        ("224.0.0.0/8", "multicast"),
+        ("239.255.0.0/16", "multicast"),
+        ("ff02::/64", "multicast"),
+        ("0.0.0.0/8", "unspecified"),
+        ("::/128", "unspecified"),
+        ("255.255.255.0/24", "broadcast"),
+    ] {
+        assert_rejected(
+            &api,
+            pool("never-right", json!({"cidr": cidr})),
+            "spec.cidr",
+            why,
+        )
+        .await
+        .map_err(|e| format!("{cidr}: {e}"))?;
+    }
+    Ok(())
+}
+
+async fn ippool_accepts_ordinary_pools(ctx: Ctx) -> TestResult {
+    let api = dynamic::<IPPool>(&ctx);
+    for cidr in [
+        "10.0.0.0/8",
+        "172.16.0.0/12",
+        "100.64.0.0/10",
+        "192.168.0.0/16",
+        "240.0.0.0/8",
+        "169.253.0.0/16",
+        "fd00:10:244::/56",
+        "fd00::/32",
+        "2001:db8::/48",
+        "fd00:1::/64",
+    ] {
+        if let Some(refusal) = dry_run_create(&api, &pool("ordinary", json!({"cidr": cidr}))).await
+        {
+            return Err(format!("{cidr} was refused: {refusal}").into());
+        }
+    }
+    Ok(())
 }
 
 async fn ippool_rejects_wrong_type(ctx: Ctx) -> TestResult {
@@ -567,6 +664,72 @@ async fn ipblock_rejects_spec_change(ctx: Ctx) -> TestResult {
         "network address",
     )
     .await
+}
+
+fn block(name: &str, cidr: &str) -> DynamicObject {
+    object(
+        "IPBlock",
+        name,
+        json!({"pool": "p", "cidr": cidr, "node": "node-a"}),
+    )
+}
+
+async fn ipblock_rejects_non_canonical_names(ctx: Ctx) -> TestResult {
+    let api = dynamic::<IPBlock>(&ctx);
+    for (name, cidr) in [
+        ("my-block", "10.12.1.0/26"),
+        // The name of another block (same address, other prefix; another address).
+        ("10-12-1-0-24", "10.12.1.0/26"),
+        ("10-12-1-64-26", "10.12.1.0/26"),
+        // Leading zeros, a trailing dot-like suffix.
+        ("10-12-1-064-26", "10.12.1.64/26"),
+        ("10-12-1-64-026", "10.12.1.64/26"),
+        ("10-12-1-64-26-x", "10.12.1.64/26"),
+        // IPv6: compressed, short groups, the prefix missing or padded.
+        ("fd00--40-122", "fd00::40/122"),
+        ("fd00-0-0-0-0-0-0-40-122", "fd00::40/122"),
+        ("fd00-0000-0000-0000-0000-0000-0000-0040", "fd00::40/122"),
+        (
+            "fd00-0000-0000-0000-0000-0000-0000-0040-0122",
+            "fd00::40/122",
+        ),
+        (
+            "fd00-0000-0000-0000-0000-0000-0000-0080-122",
+            "fd00::40/122",
+        ),
+        (
+            "fd00-0000-0000-0000-0000-0000-0000-0040-120",
+            "fd00::40/122",
+        ),
+    ] {
+        assert_rejected(&api, block(name, cidr), "metadata.name", "canonical name")
+            .await
+            .map_err(|e| format!("{name} for {cidr}: {e}"))?;
+    }
+    // The message says which name the block must have.
+    let refusal = dry_run_create(&api, &block("my-block", "10.12.1.0/26"))
+        .await
+        .ok_or("a non-canonical name was accepted")?;
+    assert!(refusal.contains("10-12-1-0-26"), "{refusal}");
+    Ok(())
+}
+
+async fn ipblock_accepts_canonical_names(ctx: Ctx) -> TestResult {
+    let api = dynamic::<IPBlock>(&ctx);
+    for cidr in [
+        "10.12.1.64/26",
+        "0.0.0.0/32",
+        "255.255.255.255/32",
+        "fd00::40/122",
+        "fd00:10:244:1::/120",
+        "2001:db8:ffff:ffff:ffff:ffff:ffff:ff00/120",
+    ] {
+        let name = cidr.parse::<sinew_crds::Cidr>()?.object_name();
+        if let Some(refusal) = dry_run_create(&api, &block(&name, cidr)).await {
+            return Err(format!("{name} for {cidr} was refused: {refusal}").into());
+        }
+    }
+    Ok(())
 }
 
 async fn status_is_written_only_through_the_status_subresource(ctx: Ctx) -> TestResult {
