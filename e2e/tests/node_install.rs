@@ -83,9 +83,8 @@ fn killed_installs_never_expose_a_partial_binary_and_exec_never_fails() {
         // machine runs fewer reads and execs per install), bounded in time.
         let started = std::time::Instant::now();
         for i in 0.. {
-            let enough = i >= 150
-                && reads.load(Ordering::SeqCst) > 100
-                && execs.load(Ordering::SeqCst) > 10;
+            let enough =
+                i >= 150 && reads.load(Ordering::SeqCst) > 100 && execs.load(Ordering::SeqCst) > 10;
             if enough || started.elapsed() > Duration::from_secs(60) {
                 break;
             }
