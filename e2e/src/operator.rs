@@ -66,3 +66,25 @@ pub fn stop_kept() {
         kept.clear();
     }
 }
+
+/// Set-up of the tiers that run agents: the CRDs, the `ClusterNetwork` (`spec: {}`) when
+/// `network` is set, and a real operator kept running (agents use a pool only once the
+/// operator has judged it). Call [`stop_kept`] when the tests are done.
+pub async fn agents_setup(ctx: &crate::harness::Ctx, network: bool) -> Result<(), String> {
+    crate::install::install_crds(&ctx.client).await?;
+    if network {
+        let cn = json!({"apiVersion": "sinew.dev/v1alpha1", "kind": "ClusterNetwork",
+                        "metadata": {"name": "default"}, "spec": {}});
+        Api::<sinew_crds::ClusterNetwork>::all(ctx.client.clone())
+            .patch(
+                "default",
+                &PatchParams::apply("sinew-e2e"),
+                &Patch::Apply(&cn),
+            )
+            .await
+            .map_err(|e| format!("the ClusterNetwork: {e}"))?;
+    }
+    let operator = start(&ctx.cp, "op", &[]).await.map_err(|e| e.to_string())?;
+    keep(operator);
+    Ok(())
+}

@@ -23,24 +23,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let code = sinew_e2e::harness::run(
-        |ctx| async move {
-            sinew_e2e::install::install_crds(&ctx.client).await?;
-            let cn = json!({"apiVersion": "sinew.dev/v1alpha1", "kind": "ClusterNetwork", "metadata": {"name": "default"}, "spec": {}});
-            Api::<sinew_crds::ClusterNetwork>::all(ctx.client.clone())
-                .patch(
-                    "default",
-                    &PatchParams::apply("sinew-e2e"),
-                    &Patch::Apply(&cn),
-                )
-                .await
-                .map_err(|e| e.to_string())?;
-            // Agents use a pool only once the operator has judged it: run the real one.
-            let operator = sinew_e2e::operator::start(&ctx.cp, "op", &[])
-                .await
-                .map_err(|e| e.to_string())?;
-            sinew_e2e::operator::keep(operator);
-            Ok(())
-        },
+        |ctx| async move { sinew_e2e::operator::agents_setup(&ctx, true).await },
         tests![
             agents_claim_distinct_blocks_and_pods_talk_across_nodes,
             live_mode_switch_keeps_connections_and_large_transfers,

@@ -20,15 +20,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let code = sinew_e2e::harness::run(
-        |ctx| async move {
-            sinew_e2e::install::install_crds(&ctx.client).await?;
-            // Agents use a pool only once the operator has judged it: run the real one.
-            let operator = sinew_e2e::operator::start(&ctx.cp, "op", &[])
-                .await
-                .map_err(|e| e.to_string())?;
-            sinew_e2e::operator::keep(operator);
-            Ok(())
-        },
+        |ctx| async move { sinew_e2e::operator::agents_setup(&ctx, false).await },
         tests![killed_agents_never_leave_a_partial_conflist],
     );
     sinew_e2e::operator::stop_kept();
