@@ -14,7 +14,7 @@ use std::net::IpAddr;
 use std::path::Path;
 
 use serde_json::{Value, json};
-use sinew_crds::Family;
+use sinew_core::Family;
 use tracing::{info, warn};
 
 use crate::config::{self, NetConf};

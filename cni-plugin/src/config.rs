@@ -18,7 +18,7 @@ pub const MAX_STDIN_BYTES: u64 = 1 << 20;
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/sinew";
 
 /// Log verbosity of the plugin (the same levels as `ClusterNetwork.spec.logLevel`).
-pub use sinew_crds::cluster_network::LogLevel;
+pub use sinew_core::LogLevel;
 
 /// One entry of `cni.dev/valid-attachments` (GC).
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq, PartialOrd, Ord)]

@@ -10,7 +10,7 @@
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use sinew_crds::Family;
+use sinew_core::Family;
 
 use crate::ipam::Attachment;
 use crate::netlink::{Netlink, NetlinkError, Route};

@@ -18,7 +18,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use sinew_crds::{Cidr, Family, PoolMode};
+use sinew_core::{Cidr, Family, PoolMode};
 
 use crate::fsutil::{FileLock, atomic_write};
 use crate::node_state::PoolState;
@@ -157,7 +157,7 @@ impl IpamState {
         let reserved: Vec<Cidr> = pool
             .reserved
             .iter()
-            .map(|r| sinew_crds::cidr::parse_ip_or_cidr(r).map_err(|_| bad(r)))
+            .map(|r| sinew_core::cidr::parse_ip_or_cidr(r).map_err(|_| bad(r)))
             .collect::<Result<_, _>>()?;
         let mut candidates: Vec<(Cidr, IpAddr)> = Vec::new();
         for block in pool.blocks.iter().filter(|b| !self.retired.contains(*b)) {

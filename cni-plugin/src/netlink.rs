@@ -35,7 +35,7 @@ use netlink_packet_route::route::{
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
-use sinew_crds::Family;
+use sinew_core::Family;
 
 use crate::netns::{NetNs, NetnsError};
 

@@ -14,7 +14,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use sinew_crds::{Cidr, Family, PoolMode};
+use sinew_core::{Cidr, Family, PoolMode};
 
 use crate::fsutil::atomic_write;
 

@@ -902,7 +902,12 @@ impl Agent {
                     let name = p.name_any();
                     PoolState {
                         mode: p.spec.mode,
-                        mtu: p.spec.mode.pod_mtu(underlay_mtu, family, fixed_mtu),
+                        mtu: p.spec.mode.pod_mtu(
+                            underlay_mtu,
+                            family,
+                            facts.get(&name).map_or(family, |f| f.cidr.family()),
+                            fixed_mtu,
+                        ),
                         // Unjudged, conflicted and disabled pools hand out no new addresses.
                         disabled: facts.get(&name).is_none_or(|f| f.unusable.is_some()),
                         reserved: p.spec.reserved.clone(),

@@ -15,7 +15,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv6Addr};
 
-use sinew_crds::{Cidr, Family, PoolMode};
+use sinew_crds::{Cidr, Family, Forwarding, PoolMode};
 
 /// What the agent knows about one node (itself or a peer).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,16 +93,6 @@ pub fn link_local_from_mac(mac: [u8; 6]) -> IpAddr {
     ))
 }
 
-/// Resolves a pool's mode for one peer.
-pub fn path_for(mode: PoolMode, underlay: &Cidr, peer_ip: IpAddr) -> Path {
-    match mode {
-        PoolMode::Routed => Path::Routed,
-        PoolMode::Vxlan => Path::Vxlan,
-        PoolMode::Auto if underlay.contains(peer_ip) => Path::Routed,
-        PoolMode::Auto => Path::Vxlan,
-    }
-}
-
 /// Computes the plan for node `me` whose underlay subnet is `underlay`.
 pub fn plan(
     me: &str,
@@ -126,19 +116,19 @@ pub fn plan(
             continue;
         };
         let family = block.cidr.family();
-        if *mode == PoolMode::Routed && !underlay.contains(peer.ip) {
-            // A route via an off-link gateway would be refused (or black-hole): say so.
-            problems.insert(format!(
-                "pool {} is Routed but node {} ({}) is not on this node's subnet {underlay}: Routed needs a shared L2 segment (use Auto or VXLAN)",
-                block.pool, peer.name, peer.ip
-            ));
-            continue;
-        }
-        let mut path = path_for(*mode, underlay, peer.ip);
-        if path == Path::Routed && Family::of(peer.ip) != family {
-            // A route needs a gateway of the block's own family.
-            path = Path::Vxlan;
-        }
+        // The one decision the operator's mode plan makes too (`PoolMode::forwarding`).
+        let path = match mode.forwarding(underlay.contains(peer.ip), family, Family::of(peer.ip)) {
+            Forwarding::Routed => Path::Routed,
+            Forwarding::Vxlan => Path::Vxlan,
+            Forwarding::Unreachable => {
+                // A route via an off-link gateway would be refused (or black-hole): say so.
+                problems.insert(format!(
+                    "pool {} is Routed but node {} ({}) is not on this node's subnet {underlay}: Routed needs a shared L2 segment (use Auto or VXLAN)",
+                    block.pool, peer.name, peer.ip
+                ));
+                continue;
+            }
+        };
         let via = match path {
             Path::Routed => peer.ip,
             Path::Vxlan => {

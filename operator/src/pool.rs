@@ -206,6 +206,7 @@ pub fn mode_plan(
 ) -> Option<ModePlan> {
     let name = pool.name_any();
     let to = pool.spec.mode;
+    let block_family = pool.spec.parsed_cidr().ok()?.family();
     let mut reports: Vec<(String, nodes::NodeReport)> = selected
         .iter()
         .filter_map(|n| Some((n.name_any(), nodes::report(n)?)))
@@ -246,7 +247,13 @@ pub fn mode_plan(
                 continue;
             };
             let same = sa == sb;
-            let (before, after) = (from.forwarding(same), to.forwarding(same));
+            let Ok(underlay) = sa.parse::<Cidr>().map(|c| c.family()) else {
+                continue;
+            };
+            let (before, after) = (
+                from.forwarding(same, block_family, underlay),
+                to.forwarding(same, block_family, underlay),
+            );
             if before == after {
                 continue;
             }
@@ -264,8 +271,8 @@ pub fn mode_plan(
             let family = r.underlay.as_ref()?.parse::<Cidr>().ok()?.family();
             let mtu = r.underlay_mtu?;
             let (old, new) = (
-                from.pod_mtu(mtu, family, fixed_mtu),
-                to.pod_mtu(mtu, family, fixed_mtu),
+                from.pod_mtu(mtu, family, block_family, fixed_mtu),
+                to.pod_mtu(mtu, family, block_family, fixed_mtu),
             );
             (old != new).then(|| format!("{n}: {old} -> {new}"))
         })

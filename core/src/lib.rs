@@ -1,0 +1,11 @@
+//! sinew's core, free of Kubernetes: what the API crate, the operator, the node agent and the
+//! per-pod plugin all need to agree on. Only `serde` (and `schemars` for the API crate's
+//! schemas) — the plugin, exec'd once per pod, links this and no Kubernetes client.
+
+pub mod cidr;
+pub mod log;
+pub mod mode;
+
+pub use cidr::{Cidr, CidrError, Family};
+pub use log::LogLevel;
+pub use mode::{Forwarding, PoolMode, vxlan_overhead};
