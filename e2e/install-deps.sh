@@ -33,6 +33,13 @@ if ! cargo fuzz --version 2>/dev/null | grep -q "$cargo_fuzz_version"; then
   cargo install cargo-fuzz --version "$cargo_fuzz_version" --locked
 fi
 
+# cargo-deny: every dependency's licence is checked in CI (deny.toml), so nothing copyleft
+# reaches sinew's binaries.
+cargo_deny_version=0.20.2
+if ! cargo deny --version 2>/dev/null | grep -q "$cargo_deny_version"; then
+  cargo install cargo-deny --version "$cargo_deny_version" --locked
+fi
+
 # The upstream Go tools (kube-apiserver, etcd, kubectl, cnitool, helm, kstatus) into ~/.cache/sinew.
 "$(dirname "$0")/tools/build.sh" >/dev/null
 echo "[deps] ready"
