@@ -169,6 +169,7 @@ prepare_node_rootfs() {
   fi
   echo "$k8s_version" >"$dir/kind/version"
   install -m 0644 "$here/node/default-storage.yaml" "$dir/kind/manifests/default-storage.yaml"
+  install -m 0644 "$here/node/99-kubeadm-prerequisites.conf" "$dir/etc/sysctl.d/"
 }
 
 # pause, from the pinned Kubernetes module's C source, as its Makefile builds it.
@@ -274,8 +275,8 @@ ENTRYPOINT [\"/usr/local/bin/entrypoint\", \"/sbin/init\"]"
     <"$out/images.tar" >"$out/ctr-import.log" 2>&1 \
     || { tail "$out/ctr-import.log" >&2; die "ctr images import"; }
   # The archive's own index is imported under a generated import-<date> name: drop it.
-  docker exec "$ctr_id" sh -c 'ctr --namespace=k8s.io images list -q | grep "^import-" | xargs -r ctr --namespace=k8s.io images rm' >/dev/null
-  log "images in the node: $(docker exec "$ctr_id" ctr --namespace=k8s.io images list -q | grep -v '^sha256:' | tr '\n' ' ')"
+  docker exec "$ctr_id" sh -c 'ctr --namespace=k8s.io images list -q | grep "^import-" | xargs -r ctr --namespace=k8s.io images rm' >/dev/null 2>&1
+  log "images in the node: $(docker exec "$ctr_id" ctr --namespace=k8s.io images list -q 2>/dev/null | grep -v '^sha256:' | tr '\n' ' ')"
   docker exec "$ctr_id" pkill containerd
   for _ in $(seq 30); do
     docker exec "$ctr_id" pgrep containerd >/dev/null 2>&1 || break

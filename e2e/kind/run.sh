@@ -97,16 +97,20 @@ on_node() { local n=$1; shift; docker exec "$n" "$@"; }
 log "sinew images ($registry/sinew-{operator,node}:$tag, node base $SINEW_KIND_SLIM_IMAGE)"
 start=$SECONDS
 CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/sinew/target} "$repo/images/build-binaries.sh" >/dev/null
-REGISTRY=$registry TAG=$tag NODE_BASE_IMAGE=$SINEW_KIND_SLIM_IMAGE "$repo/images/build.sh" --skip-binaries >/dev/null
+REGISTRY=$registry TAG=$tag NODE_BASE_IMAGE=$SINEW_KIND_SLIM_IMAGE "$repo/images/build.sh" --skip-binaries >/dev/null 2>&1
 log "step sinew images: $((SECONDS - start))s"
 
 kind delete cluster --name "$cluster" >/dev/null 2>&1 || true
 log "kind create cluster $cluster ($SINEW_KIND_NODE_IMAGE)"
 start=$SECONDS
 kind create cluster --name "$cluster" --image "$SINEW_KIND_NODE_IMAGE" \
-  --config "$here/kind-config.yaml" --kubeconfig "$kubeconfig" --retain
+  --config "$here/kind-config.yaml" --kubeconfig "$kubeconfig" --retain 2>&1 | grep -E '✓|ERROR|[Ff]ail' || true
+nodes | grep -q . || die "kind create cluster made no nodes"
 log "step kind create cluster: $((SECONDS - start))s"
 mapfile -t node_names < <(nodes)
+start=$SECONDS
+kind load docker-image --name "$cluster" "$registry/sinew-operator:$tag" "$registry/sinew-node:$tag" >/dev/null 2>&1
+log "step kind load docker-image: $((SECONDS - start))s"
 
 # --- checks --------------------------------------------------------------------------------
 
@@ -118,6 +122,8 @@ has_conflist() { on_node "$1" sh -c 'ls /etc/cni/net.d/*sinew*.conflist' >/dev/n
 c_not_ready_before() {
   local n
   for n in "${node_names[@]}"; do
+    # kubeadm's prerequisite, which sinew relies on without checking (README: product defects).
+    [[ $(on_node "$n" cat /proc/sys/net/ipv4/ip_forward) == 1 ]] || { echo "$n has net.ipv4.ip_forward=0"; return 1; }
     [[ $(ready_of "$n") != True ]] || { echo "$n is Ready before any CNI"; return 1; }
     ! has_conflist "$n" || { echo "$n has a sinew conflist before install"; return 1; }
     echo "$n NotReady: $(k get node "$n" -o jsonpath='{.status.conditions[?(@.type=="Ready")].message}' | cut -c1-120)"
@@ -192,7 +198,7 @@ spec:
         - name: netexec
           image: $SINEW_KIND_AGNHOST_IMAGE
           imagePullPolicy: Never
-          args: ["netexec", "--http-port=8080", "--udp-port=-1"]
+          args: ["netexec", "--http-port=8080"]
           readinessProbe: {httpGet: {path: /healthz, port: 8080}, periodSeconds: 2}
 EOF
   done
@@ -271,7 +277,7 @@ c_pod_to_dns() {
 c_nat_outgoing() {
   docker rm -f "$outside" >/dev/null 2>&1 || true
   docker run -d --name "$outside" --network kind "$SINEW_KIND_AGNHOST_IMAGE" \
-    netexec --http-port=8080 --udp-port=-1 >/dev/null
+    netexec --http-port=8080 >/dev/null
   local ip p pn pnode got node_ip
   ip=$(docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' "$outside")
   for _ in $(seq 20); do
