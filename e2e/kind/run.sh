@@ -104,8 +104,8 @@ kind delete cluster --name "$cluster" >/dev/null 2>&1 || true
 log "kind create cluster $cluster ($SINEW_KIND_NODE_IMAGE)"
 start=$SECONDS
 kind create cluster --name "$cluster" --image "$SINEW_KIND_NODE_IMAGE" \
-  --config "$here/kind-config.yaml" --kubeconfig "$kubeconfig" --retain 2>&1 | grep -E '✓|ERROR|[Ff]ail' || true
-nodes | grep -q . || die "kind create cluster made no nodes"
+  --config "$here/kind-config.yaml" --kubeconfig "$kubeconfig" --retain >"$logs/kind-create.log" 2>&1 \
+  || { cat "$logs/kind-create.log"; die "kind create cluster"; }
 log "step kind create cluster: $((SECONDS - start))s"
 mapfile -t node_names < <(nodes)
 start=$SECONDS
@@ -366,7 +366,7 @@ route_to_peer() { # node, peer node
   on_node "$1" ip route show "$cidr"
 }
 
-switch_to() { # mode, expected device of cross-node routes
+switch_to() { # mode, expected route (device, or "via <peer address>")
   local mode=$1 want=$2 before after restarts0 route
   restarts0=$(client_restarts)
   before=$(stream_lines)
@@ -386,8 +386,10 @@ c_mode_switch() {
   local start_mode
   start_mode=$(k get ippool "$pool" -o jsonpath='{.spec.mode}')
   echo "pool $pool starts in $start_mode"
-  switch_to VXLAN sinew.vxlan
-  switch_to Routed eth0
+  local peer_ip
+  peer_ip=$(k get node "${node_names[2]}" -o jsonpath='{.status.addresses[?(@.type=="InternalIP")].address}')
+  switch_to VXLAN "dev sinew.vxlan"
+  switch_to Routed "via $peer_ip dev eth0"
 }
 
 # --- helm upgrade and uninstall ------------------------------------------------------------
@@ -425,10 +427,23 @@ c_helm_upgrade() {
   echo "every sinew-node pod replaced; every conflist chains portmap"
 }
 
+allocated_total() {
+  k get ipblocks -o jsonpath='{range .items[*]}{.status.allocated}{"\n"}{end}' | awk '{s += $1} END {print s + 0}'
+}
+
 c_uninstall_clean() {
-  # Pools holding pod addresses keep the uninstall waiting: remove the workloads first.
+  # The chart's documented order: pools holding pod addresses keep the uninstall waiting, so
+  # every pod on the pod network goes first: the test namespace and CoreDNS's pods.
+  # (Uninstalling with pods still running deadlocks: README, product defects.)
   k delete namespace "$ns" --wait=true --timeout=180s
-  h uninstall sinew --namespace "$sys" --wait --timeout 10m
+  k -n kube-system scale deploy coredns --replicas=0
+  k -n kube-system wait --for=delete pod -l k8s-app=kube-dns --timeout=120s
+  local deadline=$((SECONDS + 120))
+  until [[ $(allocated_total) == 0 ]]; do
+    ((SECONDS < deadline)) || { k get ipblocks -o yaml; echo "addresses still allocated"; return 1; }
+    sleep 2
+  done
+  h uninstall sinew --namespace "$sys" --wait --timeout 5m
   local n left
   for n in "${node_names[@]}"; do
     left=$(on_node "$n" sh -c '
