@@ -9,8 +9,9 @@
 # A cached build is reused as long as its pins do not change, so a warm run takes no time.
 #
 # usage: e2e/tools/build.sh [--check] [SET]
-#        SET is `test` (default: what `make test` runs) or `kind` (what e2e/kind/build.sh puts
-#        into a kind node image and its container images, plus kind and helm)
+#        SET is `test` (default: what `make test` runs), `kind` (what e2e/kind/build.sh puts
+#        into a kind node image and its container images, plus kind and helm) or `conformance`
+#        (the upstream end-to-end suite, e2e.test, run against the kind cluster)
 #        --check: exit 1 (printing what is missing) unless all are cached
 set -euo pipefail
 
@@ -21,8 +22,8 @@ set_name="test"
 for arg in "$@"; do
   case $arg in
     --check) check_only=true ;;
-    test | kind) set_name=$arg ;;
-    *) echo "[tools] unknown argument $arg (expected --check, test, kind)" >&2; exit 2 ;;
+    test | kind | conformance) set_name=$arg ;;
+    *) echo "[tools] unknown argument $arg (expected --check, test, kind, conformance)" >&2; exit 2 ;;
   esac
 done
 
@@ -63,8 +64,15 @@ kind_tools=(
   "cni-plugins|github.com/containernetworking/plugins/plugins/meta/portmap|portmap||"
   "helm|helm.sh/helm/v3/cmd/helm|helm|HELM|"
 )
+# The upstream e2e suite is a test binary (`go test -c`), from its own module directory: its
+# test-only sums would otherwise change e2e/tools/kubernetes's key (and so the node image's).
+conformance_tools=(
+  "kubernetes-e2e|k8s.io/kubernetes/test/e2e|e2e.test|K8S|gotest"
+)
 if [[ $set_name == kind ]]; then
   tools=("${kind_tools[@]}")
+elif [[ $set_name == conformance ]]; then
+  tools=("${conformance_tools[@]}")
 else
   tools=("${test_tools[@]}")
 fi
@@ -121,9 +129,14 @@ for entry in "${tools[@]}"; do
   # libseccomp dynamically: the kind node image has libseccomp2 from the same Debian release.
   cgo=0
   tags=""
+  gocmd=(build)
   IFS=, read -ra build_words <<<"$build"
   for w in "${build_words[@]}"; do
-    if [[ $w == cgo ]]; then cgo=1; else tags+="${tags:+,}$w"; fi
+    case $w in
+      cgo) cgo=1 ;;
+      gotest) gocmd=(test -c) ;;
+      *) tags+="${tags:+,}$w" ;;
+    esac
   done
   log "building $name from $pkg (pinned in e2e/tools/$dir/go.mod); a cold build takes minutes"
   mkdir -p "$cache/$key"
@@ -131,7 +144,7 @@ for entry in "${tools[@]}"; do
   (
     cd "$here/$dir"
     CGO_ENABLED=$cgo GOTOOLCHAIN=local GOFLAGS=-mod=readonly \
-      go build -trimpath -tags "$tags" -ldflags "$ldflags" -o "$out.tmp" "$pkg"
+      go "${gocmd[@]}" -trimpath -tags "$tags" -ldflags "$ldflags" -o "$out.tmp" "$pkg"
   )
   mv "$out.tmp" "$out"
   log "built $name in $((SECONDS - start))s -> $out"
@@ -145,7 +158,7 @@ if $check_only; then
   exit 0
 fi
 
-[[ $set_name == kind ]] && set_key+="kind;"
+[[ $set_name != test ]] && set_key+="$set_name;"
 bin="$cache/bin-$(echo "$set_key" | sha256sum | cut -c1-12)"
 mkdir -p "$bin"
 for target in "${links[@]}"; do
