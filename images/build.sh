@@ -2,6 +2,7 @@
 # Builds the static binaries (images/build-binaries.sh), then the two images:
 #   ${REGISTRY}/sinew-operator:${TAG}   and   ${REGISTRY}/sinew-node:${TAG}
 # REGISTRY defaults to ghcr.io/sinew-dev, TAG to the chart's appVersion (charts/sinew/Chart.yaml).
+# NODE_BASE_IMAGE replaces sinew-node's base (alpine:3.22), e.g. with a local image that has nft.
 # Usage: images/build.sh [--push] [--skip-binaries]
 # Needs Docker (with BuildKit or the classic builder) plus what build-binaries.sh needs.
 set -euo pipefail
@@ -34,8 +35,11 @@ images=()
 for name in operator node; do
   image="$registry/sinew-$name:$tag"
   echo "[build] docker build $image"
+  base_arg=()
+  [[ $name == node && -n ${NODE_BASE_IMAGE:-} ]] && base_arg=(--build-arg "BASE_IMAGE=$NODE_BASE_IMAGE")
   docker build \
     --platform linux/amd64 \
+    "${base_arg[@]}" \
     --file "$repo/images/$name.Dockerfile" \
     --build-arg "VERSION=$tag" \
     --build-arg "REVISION=$revision" \

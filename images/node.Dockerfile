@@ -4,9 +4,13 @@
 # Not FROM scratch: the agent runs `nft -f -` (node-installer/src/nat.rs) to keep the
 # `inet sinew` table, so the image carries the nftables CLI. Alpine keeps that small; the two
 # sinew binaries are static and do not depend on the base.
+# BASE_IMAGE picks another base; one that already has `nft` (e.g. the Debian slim image
+# e2e/kind/build.sh makes offline: BASE_IMAGE=sinew.local/debian-slim:bookworm-<key>) needs no
+# package manager or network at build time.
 # Build context: images/out (filled by images/build-binaries.sh), e.g.
 #   docker build -f images/node.Dockerfile --build-arg VERSION=0.1.0 images/out
-FROM alpine:3.22
+ARG BASE_IMAGE=alpine:3.22
+FROM ${BASE_IMAGE}
 
 ARG VERSION=dev
 ARG REVISION=unknown
@@ -19,7 +23,7 @@ LABEL org.opencontainers.image.title="sinew-node" \
       org.opencontainers.image.vendor="sinew" \
       org.opencontainers.image.licenses="Apache-2.0"
 
-RUN apk add --no-cache nftables
+RUN command -v nft >/dev/null || apk add --no-cache nftables
 
 COPY sinew-node sinew /usr/local/bin/
 

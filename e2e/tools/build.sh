@@ -8,24 +8,74 @@
 # and links them all into one directory, whose path is the only thing printed on stdout.
 # A cached build is reused as long as its pins do not change, so a warm run takes no time.
 #
-# usage: e2e/tools/build.sh            build what is missing, print the bin directory
-#        e2e/tools/build.sh --check    exit 1 (printing what is missing) unless all are cached
+# usage: e2e/tools/build.sh [--check] [SET]
+#        SET is `test` (default: what `make test` runs), `kind` (what e2e/kind/build.sh puts
+#        into a kind node image and its container images, plus kind and helm) or `conformance`
+#        (the upstream end-to-end suite, e2e.test, run against the kind cluster)
+#        --check: exit 1 (printing what is missing) unless all are cached
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 cache=${SINEW_CACHE:-$HOME/.cache/sinew}/tools
 check_only=false
-[[ ${1:-} == --check ]] && check_only=true
+set_name="test"
+for arg in "$@"; do
+  case $arg in
+    --check) check_only=true ;;
+    test | kind | conformance) set_name=$arg ;;
+    *) echo "[tools] unknown argument $arg (expected --check, test, kind, conformance)" >&2; exit 2 ;;
+  esac
+done
 
-# module directory | Go package | binary name | extra -ldflags
-tools=(
-  "kubernetes|k8s.io/kubernetes/cmd/kube-apiserver|kube-apiserver|K8S"
-  "kubernetes|k8s.io/kubernetes/cmd/kubectl|kubectl|K8S"
-  "etcd|go.etcd.io/etcd/server/v3|etcd|"
-  "cni|github.com/containernetworking/cni/cnitool|cnitool|"
-  "helm|helm.sh/helm/v3/cmd/helm|helm|HELM"
-  "kstatus|sinew.dev/e2e-tools/kstatus|kstatus|"
+# module directory | Go package | binary name | extra -ldflags | cgo (CGO_ENABLED=1) and build tags
+test_tools=(
+  "kubernetes|k8s.io/kubernetes/cmd/kube-apiserver|kube-apiserver|K8S|"
+  "kubernetes|k8s.io/kubernetes/cmd/kubectl|kubectl|K8S|"
+  "etcd|go.etcd.io/etcd/server/v3|etcd||"
+  "cni|github.com/containernetworking/cni/cnitool|cnitool||"
+  "helm|helm.sh/helm/v3/cmd/helm|helm|HELM|"
+  "kstatus|sinew.dev/e2e-tools/kstatus|kstatus||"
 )
+# The kind node image (kubelet, kubeadm, containerd, runc, crictl, CNI plugins), the images
+# kubeadm v1.37 deploys (control plane, kube-proxy, etcd, CoreDNS; pause is C, built by
+# e2e/kind/build.sh), agnhost for the connectivity checks, kind itself, kubectl and helm.
+# Versions of containerd, runc, crictl and the CNI plugins are the ones kind v0.33.0 ships.
+kind_tools=(
+  "kind|sigs.k8s.io/kind|kind||"
+  "kubernetes|k8s.io/kubernetes/cmd/kubelet|kubelet|K8S|"
+  "kubernetes|k8s.io/kubernetes/cmd/kubeadm|kubeadm|K8S|"
+  "kubernetes|k8s.io/kubernetes/cmd/kubectl|kubectl|K8S|"
+  "kubernetes|k8s.io/kubernetes/cmd/kube-apiserver|kube-apiserver|K8S|"
+  "kubernetes|k8s.io/kubernetes/cmd/kube-controller-manager|kube-controller-manager|K8S|"
+  "kubernetes|k8s.io/kubernetes/cmd/kube-scheduler|kube-scheduler|K8S|"
+  "kubernetes|k8s.io/kubernetes/cmd/kube-proxy|kube-proxy|K8S|"
+  "kubernetes|k8s.io/kubernetes/test/images/agnhost|agnhost|AGNHOST|"
+  "etcd|go.etcd.io/etcd/server/v3|etcd||"
+  "coredns|github.com/coredns/coredns|coredns||"
+  "containerd|github.com/containerd/containerd/v2/cmd/containerd|containerd|CONTAINERD|no_aufs,no_zfs,no_btrfs,no_devmapper"
+  "containerd|github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2|containerd-shim-runc-v2|CONTAINERD|no_aufs,no_zfs,no_btrfs,no_devmapper"
+  "containerd|github.com/containerd/containerd/v2/cmd/ctr|ctr|CONTAINERD|no_aufs,no_zfs,no_btrfs,no_devmapper"
+  "runc|github.com/opencontainers/runc|runc|RUNC|cgo,seccomp,urfave_cli_no_docs"
+  "cri-tools|sigs.k8s.io/cri-tools/cmd/crictl|crictl|CRICTL|"
+  "cni-plugins|github.com/containernetworking/plugins/plugins/main/loopback|loopback||"
+  "cni-plugins|github.com/containernetworking/plugins/plugins/main/ptp|ptp||"
+  "cni-plugins|github.com/containernetworking/plugins/plugins/main/bridge|bridge||"
+  "cni-plugins|github.com/containernetworking/plugins/plugins/ipam/host-local|host-local||"
+  "cni-plugins|github.com/containernetworking/plugins/plugins/meta/portmap|portmap||"
+  "helm|helm.sh/helm/v3/cmd/helm|helm|HELM|"
+)
+# The upstream e2e suite is a test binary (`go test -c`), from its own module directory: its
+# test-only sums would otherwise change e2e/tools/kubernetes's key (and so the node image's).
+conformance_tools=(
+  "kubernetes-e2e|k8s.io/kubernetes/test/e2e|e2e.test|K8S|gotest"
+)
+if [[ $set_name == kind ]]; then
+  tools=("${kind_tools[@]}")
+elif [[ $set_name == conformance ]]; then
+  tools=("${conformance_tools[@]}")
+else
+  tools=("${test_tools[@]}")
+fi
 
 log() { echo "[tools] $*" >&2; }
 
@@ -40,9 +90,13 @@ module_key() {
   { cat "$here/$dir/go.mod" "$here/$dir/go.sum"; echo "$go_version"; } | sha256sum | cut -c1-12
 }
 
+pin() { # module directory, module path: the version go.mod requires
+  awk -v m="$2" '($1 == "require" && $2 == m) {print $3} ($1 == m && $2 ~ /^v/) {print $2}' "$here/$1/go.mod" | head -1
+}
+
 k8s_ldflags() {
   local v
-  v=$(awk '$1 == "require" && $2 == "k8s.io/kubernetes" {print $3}' "$here/kubernetes/go.mod")
+  v=$(pin kubernetes k8s.io/kubernetes)
   local minor=${v#v1.}
   minor=${minor%%.*}
   echo "-X k8s.io/component-base/version.gitVersion=$v -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor -X k8s.io/component-base/version.gitTreeState=clean"
@@ -52,7 +106,7 @@ set_key=""
 declare -a links=()
 missing=()
 for entry in "${tools[@]}"; do
-  IFS='|' read -r dir pkg name flags <<<"$entry"
+  IFS='|' read -r dir pkg name flags build <<<"$entry"
   key="$dir-$(module_key "$dir")"
   out="$cache/$key/$name"
   set_key+="$key/$name;"
@@ -64,14 +118,33 @@ for entry in "${tools[@]}"; do
   fi
   ldflags="-s -w"
   [[ $flags == K8S ]] && ldflags+=" $(k8s_ldflags)"
-  [[ $flags == HELM ]] && ldflags+=" -X helm.sh/helm/v3/internal/version.version=$(awk '$1 == "require" && $2 == "helm.sh/helm/v3" {print $3}' "$here/helm/go.mod")"
+  case $flags in
+    HELM) ldflags+=" -X helm.sh/helm/v3/internal/version.version=$(pin helm helm.sh/helm/v3)" ;;
+    AGNHOST) ldflags+=" -X main.Version=$(cat "$(go env GOMODCACHE)/k8s.io/kubernetes@$(pin kubernetes k8s.io/kubernetes)/test/images/agnhost/VERSION" 2>/dev/null || echo unknown)" ;;
+    CONTAINERD) ldflags+=" -X github.com/containerd/containerd/v2/version.Version=$(pin containerd github.com/containerd/containerd/v2)" ;;
+    RUNC) v=$(pin runc github.com/opencontainers/runc) && ldflags+=" -X main.version=${v#v}" ;;
+    CRICTL) v=$(pin cri-tools sigs.k8s.io/cri-tools) && ldflags+=" -X sigs.k8s.io/cri-tools/pkg/version.Version=${v#v}" ;;
+  esac
+  # runc needs cgo (its nsexec is C; seccomp is libseccomp, Debian: libseccomp-dev) and links
+  # libseccomp dynamically: the kind node image has libseccomp2 from the same Debian release.
+  cgo=0
+  tags=""
+  gocmd=(build)
+  IFS=, read -ra build_words <<<"$build"
+  for w in "${build_words[@]}"; do
+    case $w in
+      cgo) cgo=1 ;;
+      gotest) gocmd=(test -c) ;;
+      *) tags+="${tags:+,}$w" ;;
+    esac
+  done
   log "building $name from $pkg (pinned in e2e/tools/$dir/go.mod); a cold build takes minutes"
   mkdir -p "$cache/$key"
   start=$SECONDS
   (
     cd "$here/$dir"
-    CGO_ENABLED=0 GOTOOLCHAIN=local GOFLAGS=-mod=readonly \
-      go build -trimpath -ldflags "$ldflags" -o "$out.tmp" "$pkg"
+    CGO_ENABLED=$cgo GOTOOLCHAIN=local GOFLAGS=-mod=readonly \
+      go "${gocmd[@]}" -trimpath -tags "$tags" -ldflags "$ldflags" -o "$out.tmp" "$pkg"
   )
   mv "$out.tmp" "$out"
   log "built $name in $((SECONDS - start))s -> $out"
@@ -85,6 +158,7 @@ if $check_only; then
   exit 0
 fi
 
+[[ $set_name != test ]] && set_key+="$set_name;"
 bin="$cache/bin-$(echo "$set_key" | sha256sum | cut -c1-12)"
 mkdir -p "$bin"
 for target in "${links[@]}"; do
