@@ -122,7 +122,11 @@ async fn agents_claim_distinct_blocks_and_pods_talk_across_nodes(ctx: Ctx) -> Te
 
     let mut pods: Vec<Pod> = Vec::new();
     for i in 0..3 {
-        pods.push(cluster.start_pod(&cluster.name(i), &format!("p{i}")).await);
+        pods.push(
+            cluster
+                .start_pod(&cluster.name(i), &format!("vx-p{i}"))
+                .await,
+        );
     }
     // Every agent must have learnt every peer's blocks and VTEP before traffic flows.
     for node in 0..3 {
@@ -185,8 +189,8 @@ async fn live_mode_switch_keeps_connections_and_large_transfers(ctx: Ctx) -> Tes
     let cluster = LocalCluster::start(&ctx.cp, "sw", &[0, 0]).await;
     pool(&ctx, "sw-pool", "sw", "10.101.0.0/24", 28, "VXLAN").await?;
     cluster.wait_ready(Duration::from_secs(30)).await?;
-    let a = cluster.start_pod(&cluster.name(0), "a").await;
-    let b = cluster.start_pod(&cluster.name(1), "b").await;
+    let a = cluster.start_pod(&cluster.name(0), "sw-a").await;
+    let b = cluster.start_pod(&cluster.name(1), "sw-b").await;
     let node0 = cluster.name(0);
     eventually("VXLAN routes", Duration::from_secs(15), || {
         let devs = route_devices(&cluster, &node0);
@@ -230,7 +234,7 @@ async fn live_mode_switch_keeps_connections_and_large_transfers(ctx: Ctx) -> Tes
             .map_err(|e| format!("a large transfer after switching to {mode} failed: {e}"))?;
         assert_eq!(n, 8 << 20);
         if mode == "Routed" {
-            created_under_routed = Some(cluster.start_pod(&cluster.name(1), "c").await);
+            created_under_routed = Some(cluster.start_pod(&cluster.name(1), "sw-c").await);
         }
     }
     assert_eq!(stream.failure(), None);
@@ -413,8 +417,8 @@ async fn nat_outgoing_masquerades_only_traffic_leaving_the_pools(ctx: Ctx) -> Te
         .await?;
     cluster.wait_ready(Duration::from_secs(30)).await?;
     let (outside, outside_ip) = cluster.outside_host(0);
-    let a = cluster.start_pod(&cluster.name(0), "a").await;
-    let b = cluster.start_pod(&cluster.name(1), "b").await;
+    let a = cluster.start_pod(&cluster.name(0), "nat-a").await;
+    let b = cluster.start_pod(&cluster.name(1), "nat-b").await;
 
     let server = EchoServer::start(&outside, SocketAddr::new(outside_ip, 0));
     let node_ip = cluster.nodes[0].ip.to_string();
@@ -533,7 +537,11 @@ async fn blocks_are_claimed_ahead_of_need_and_given_back_when_empty(ctx: Ctx) ->
     assert_eq!(count().await?, 1);
     let mut pods: Vec<Pod> = Vec::new();
     for i in 0..5 {
-        pods.push(cluster.start_pod(&cluster.name(0), &format!("p{i}")).await);
+        pods.push(
+            cluster
+                .start_pod(&cluster.name(0), &format!("rb-p{i}"))
+                .await,
+        );
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     while count().await? < 2 {
@@ -629,8 +637,8 @@ async fn dual_stack_pods_talk_over_both_families_across_nodes(ctx: Ctx) -> TestR
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let a = cluster.start_pod(&cluster.name(0), "a").await;
-    let b = cluster.start_pod(&cluster.name(1), "b").await;
+    let a = cluster.start_pod(&cluster.name(0), "ds-a").await;
+    let b = cluster.start_pod(&cluster.name(1), "ds-b").await;
     let (a6, b6) = (
         a.ips()
             .into_iter()
@@ -713,8 +721,8 @@ async fn realistic_ipv6_pools_get_blocks_and_pods_at_once(ctx: Ctx) -> TestResul
         assert!(status.contains("200"), "{}: {status} {body}", node.name);
     }
     // A pod with an address from the /48 (the first IPv6 pool) reaches one on the other node.
-    let a = cluster.start_pod(&cluster.name(0), "a").await;
-    let b = cluster.start_pod(&cluster.name(1), "b").await;
+    let a = cluster.start_pod(&cluster.name(0), "v6-a").await;
+    let b = cluster.start_pod(&cluster.name(1), "v6-b").await;
     let b6 = b
         .ips()
         .into_iter()
@@ -761,8 +769,8 @@ async fn a_fresh_node_gets_forwarding_turned_on(ctx: Ctx) -> TestResult {
     })
     .await?;
     // And pods on different nodes talk, which needs it.
-    let a = cluster.start_pod(&cluster.name(0), "a").await;
-    let b = cluster.start_pod(&cluster.name(1), "b").await;
+    let a = cluster.start_pod(&cluster.name(0), "fw-a").await;
+    let b = cluster.start_pod(&cluster.name(1), "fw-b").await;
     eventually("pod to pod across nodes", Duration::from_secs(10), || {
         reach(&a, &b)
     })
@@ -779,8 +787,8 @@ async fn vxlan_is_accepted_only_from_node_addresses(ctx: Ctx) -> TestResult {
     let cluster = LocalCluster::start(&ctx.cp, "vs", &[0, 1]).await;
     pool(&ctx, "vs-pool", "vs", "10.114.0.0/24", 28, "VXLAN").await?;
     cluster.wait_ready(Duration::from_secs(30)).await?;
-    let a = cluster.start_pod(&cluster.name(0), "a").await;
-    let b = cluster.start_pod(&cluster.name(1), "b").await;
+    let a = cluster.start_pod(&cluster.name(0), "vs-a").await;
+    let b = cluster.start_pod(&cluster.name(1), "vs-b").await;
     eventually(
         "pods reach each other over VXLAN",
         Duration::from_secs(15),
