@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 export CARGO_TERM_COLOR ?= auto
 
-.PHONY: demo test deps tools crds crds-check fuzz bench bench-e2e bench-scale kind kind-build
+.PHONY: demo test deps tools crds crds-check fuzz bench bench-e2e bench-scale kind kind-build kind-conformance
 
 ## demo: the main job, locally (root): control plane, 3 nodes as namespaces, sinew, pods, pool status, a live mode switch
 demo: deps
@@ -52,3 +52,7 @@ kind:
 ## kind-build: only build (or reuse from ~/.cache/sinew/kind) the kind node image and its images
 kind-build:
 	e2e/kind/build.sh
+
+## kind-conformance: make kind plus upstream [sig-network] Networking Granular Checks: Pods (e2e.test, built once)
+kind-conformance:
+	SINEW_KIND_CONFORMANCE=1 e2e/kind/run.sh

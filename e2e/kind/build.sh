@@ -33,8 +33,11 @@ k8s_version=v1.37.2
 # The node: what kind's base image installs (images/base/Dockerfile of kind v0.33.0), minus the
 # storage extras (NFS, iSCSI) and fuse-overlayfs, which this cluster does not use.
 node_packages=systemd,conntrack,iptables,nftables,iproute2,ethtool,util-linux,mount,kmod,libseccomp2,pigz,bash,ca-certificates,curl,jq,procps,e2fsprogs,iputils-ping
-# Images that need a userland: kube-proxy (iptables, nft, conntrack), sinew-node (nft), agnhost.
+# Images that need a userland: kube-proxy (iptables, nft, conntrack), sinew-node (nft).
 slim_packages=iptables,nftables,conntrack,iproute2,ca-certificates,netcat-openbsd,iputils-ping
+# agnhost: the Debian counterparts of what its upstream (alpine) image adds, which the upstream
+# e2e tests exec in it (curl, nc, dig, ...).
+agnhost_packages=bind9-dnsutils,curl,netcat-openbsd,iproute2,iperf,bash,util-linux,socat,ca-certificates,passwd
 host_packages=(docker.io debootstrap jq gcc libc6-dev libseccomp-dev pkg-config iproute2 util-linux)
 # Debian's docker.io has no buildx: the classic builder (a newer docker CLI would ask for buildx).
 export DOCKER_BUILDKIT=0
@@ -71,13 +74,14 @@ build_tools() {
 # pin and the Go version), the package lists, and the files the images are made of.
 compute_key() {
   key=$({
-    echo "$bin" "$suite" "$mirror" "$node_packages" "$slim_packages" "$k8s_version"
+    echo "$bin" "$suite" "$mirror" "$node_packages" "$slim_packages" "$agnhost_packages" "$k8s_version"
     cat "${BASH_SOURCE[0]}" "$here"/node/*
   } | sha256sum | cut -c1-12)
   out=$cache_root/$key
   mkdir -p "$out"
   node_image=sinew.local/kind-node:$k8s_version-$key
   slim_image=sinew.local/debian-slim:$suite-$key
+  agnhost_base=sinew.local/agnhost-base:$suite-$key
 }
 
 # debootstrap (minbase), as a tarball keyed by its package list only (debs are cached too), so
@@ -183,17 +187,21 @@ build_pause() {
 }
 
 has_image() { docker image inspect "$1" >/dev/null 2>&1; }
+# The images under upstream names carry no key in their tag: a label says which build made them.
+has_current_image() {
+  [[ $(docker image inspect -f '{{index .Config.Labels "dev.sinew.kind-key"}}' "$1" 2>/dev/null) == "$key" ]]
+}
 
 # docker build of a generated Dockerfile; the context holds only the files it copies.
 image() { # tag, Dockerfile text, files to copy into the context...
   local tag=$1 dockerfile=$2 ctx
   shift 2
-  has_image "$tag" && return 0
+  has_current_image "$tag" && return 0
   ctx=$(mktemp -d "$out/ctx.XXXXXX")
   (($#)) && cp "$@" "$ctx/"
   printf '%s\n' "$dockerfile" >"$ctx/Dockerfile"
   log "docker build $tag"
-  docker build -q -t "$tag" "$ctx" >/dev/null 2>"$out/docker-build.log" \
+  docker build -q --label "dev.sinew.kind-key=$key" -t "$tag" "$ctx" >/dev/null 2>"$out/docker-build.log" \
     || { cat "$out/docker-build.log" >&2; die "docker build $tag"; }
   rm -rf "$ctx"
 }
@@ -226,9 +234,22 @@ ENTRYPOINT [\"/usr/local/bin/etcd\"]" "$bin/etcd"
 COPY coredns /coredns
 EXPOSE 53 53/udp
 ENTRYPOINT [\"/coredns\"]" "$bin/coredns"
-  image "$agnhost_image" "FROM $slim_image
+  # As upstream's test/images/agnhost/Dockerfile lays it out (minus its fake registry content).
+  if ! has_image "$agnhost_base"; then
+    docker import "$out/agnhost.tar" "$agnhost_base" >&2
+  fi
+  local porter
+  porter=$(go env GOMODCACHE)/k8s.io/kubernetes@$k8s_version/test/images/agnhost/porter
+  image "$agnhost_image" "FROM $agnhost_base
+EXPOSE 80 8080 8081 9376 5000
+RUN mkdir /uploads && ln -s /usr/bin/iperf /usr/local/bin/iperf 2>/dev/null; \
+    useradd -u 1000 user-defined-in-image && groupadd -g 50000 group-defined-in-image && \
+    usermod -aG group-defined-in-image user-defined-in-image
+COPY localhost.crt localhost.key /
 COPY agnhost /agnhost
-ENTRYPOINT [\"/agnhost\"]" "$bin/agnhost"
+RUN ln -s agnhost /agnhost-2
+ENTRYPOINT [\"/agnhost\"]
+CMD [\"pause\"]" "$bin/agnhost" "$porter/localhost.crt" "$porter/localhost.key"
 }
 
 # The images kubeadm deploys must be exactly the names it asks for.
@@ -299,6 +320,21 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# Images and cache directories of older keys: each node image is about 1 GB.
+prune_old_keys() {
+  local ref dir
+  while read -r ref; do
+    [[ $ref == *"$key"* ]] || docker rmi "$ref" >/dev/null 2>&1 || true
+  done < <(docker images --format '{{.Repository}}:{{.Tag}}' | grep '^sinew.local/\(kind-node\|kind-node-base\|debian-slim\|agnhost-base\):')
+  for dir in "$cache_root"/*/; do
+    dir=${dir%/}
+    if [[ $(basename "$dir") =~ ^[0-9a-f]{12}$ && $(basename "$dir") != "$key" ]]; then
+      rm -rf "$dir"
+    fi
+  done
+  docker image prune -f >/dev/null 2>&1 || true
+}
+
 main() {
   local start=$SECONDS
   timed "apt packages" install_host_packages
@@ -317,10 +353,12 @@ main() {
   log "key $key (cache $out)"
   timed "node rootfs (debootstrap)" rootfs node "$node_packages"
   timed "slim rootfs (debootstrap)" rootfs slim "$slim_packages"
+  timed "agnhost rootfs (debootstrap)" rootfs agnhost "$agnhost_packages"
   timed "pause (gcc -static)" build_pause
   timed "images" build_images
   check_kubeadm_images
   timed "node image" build_node_image
+  prune_old_keys
   # What e2e/kind/run.sh (and a user) needs from this build.
   {
     echo "SINEW_KIND_NODE_IMAGE=$node_image"

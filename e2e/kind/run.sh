@@ -9,6 +9,10 @@
 #   allocations; a live mode switch Auto->VXLAN->Routed keeping a TCP connection; `helm upgrade`
 #   rolling the DaemonSet and rewriting the conflist; `helm uninstall` leaving every node clean.
 #
+# SINEW_KIND_CONFORMANCE=1 adds the upstream conformance tests
+# `[sig-network] Networking Granular Checks: Pods` (e2e.test from the pinned Kubernetes module,
+# built by `e2e/tools/build.sh conformance`; a cold build takes long), run before the uninstall.
+#
 # Everything it creates (cluster, outside host, Docker network, the Docker engine and its network
 # namespace) is removed on exit, whatever happens; SINEW_KIND_KEEP=1 keeps the cluster and the
 # engine for debugging (then: e2e/kind/down.sh).
@@ -67,6 +71,10 @@ summary() {
 # shellcheck source=/dev/null
 source "$cache/current.env"
 bin=$SINEW_KIND_TOOLS_BIN
+conformance=${SINEW_KIND_CONFORMANCE:-0}
+if [[ $conformance == 1 ]]; then
+  e2e_bin=$("$repo/e2e/tools/build.sh" conformance)
+fi
 eval "$("$here/dockerd.sh" start)"
 export DOCKER_HOST SINEW_KIND_NETNS
 kubeconfig=$(mktemp /tmp/sinew-kind-kubeconfig.XXXXXX)
@@ -431,6 +439,29 @@ allocated_total() {
   k get ipblocks -o jsonpath='{range .items[*]}{.status.allocated}{"\n"}{end}' | awk '{s += $1} END {print s + 0}'
 }
 
+# Upstream conformance: the pod networking checks of the Kubernetes e2e suite (intra-pod and
+# node-pod, HTTP and UDP), with the agnhost image kubeadm's release expects, already in the nodes.
+c_conformance() {
+  local focus='\[sig-network\] Networking Granular Checks: Pods'
+  nsenter --net="$SINEW_KIND_NETNS" "$e2e_bin/e2e.test" \
+    --kubeconfig="$kubeconfig" --provider=skeleton \
+    --ginkgo.focus="$focus" --ginkgo.skip='SCTPConnectivity|sctp' \
+    --ginkgo.no-color --ginkgo.timeout=20m --report-dir="$logs/conformance" 2>&1 \
+    | grep -E '^(•|Ran |PASS|FAIL|SUCCESS|  \[FAIL\])|Summarizing|\[It\]|seconds' || true
+  # The JUnit report says what ran and what failed.
+  local junit
+  junit=$(find "$logs/conformance" -name 'junit*.xml' 2>/dev/null | head -1)
+  [[ -n $junit ]] || { echo "no JUnit report in $logs/conformance"; return 1; }
+  local tests failures
+  tests=$(grep -o '<testsuite [^>]*' "$junit" | grep -o ' tests="[0-9]*"' | grep -o '[0-9]*')
+  failures=$(grep -o '<testsuite [^>]*' "$junit" | grep -o ' failures="[0-9]*"' | grep -o '[0-9]*')
+  grep -o '<testcase name="[^"]*Granular[^"]*"' "$junit" | sed 's/<testcase name=/  /'
+  local ran
+  ran=$(grep -c '<testcase name="[^"]*Granular[^"]*" [^>]*status="passed"' "$junit" || true)
+  ((failures == 0 && ran >= 4)) || { echo "$ran Granular Checks passed, $failures failures (of $tests specs)"; return 1; }
+  echo "$ran [sig-network] Networking Granular Checks: Pods passed (e2e.test v1.37.2)"
+}
+
 c_uninstall_clean() {
   # The chart's documented order: pools holding pod addresses keep the uninstall waiting, so
   # every pod on the pod network goes first: the test namespace and CoreDNS's pods.
@@ -476,6 +507,9 @@ if check "helm install charts/sinew" h_install; then
     check "live mode switch Auto -> VXLAN -> Routed keeps a TCP connection" c_mode_switch || true
   fi
   check "helm upgrade rolls the DaemonSet and rewrites the conflist" c_helm_upgrade || true
+  if [[ $conformance == 1 ]]; then
+    check "conformance: [sig-network] Networking Granular Checks: Pods" c_conformance || true
+  fi
   check "helm uninstall leaves every node clean" c_uninstall_clean || true
 fi
 summary
