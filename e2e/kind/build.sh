@@ -337,6 +337,11 @@ prune_old_keys() {
 
 main() {
   local start=$SECONDS
+  # One build or run at a time (e2e/kind/run.sh holds the lock and says so).
+  if [[ ${SINEW_KIND_LOCKED:-} != 1 ]]; then
+    exec 9>/run/lock/sinew-kind.lock
+    flock -w 1800 9 || die "another kind build or run holds /run/lock/sinew-kind.lock"
+  fi
   timed "apt packages" install_host_packages
   timed "Go tools (e2e/tools/build.sh kind)" build_tools
   eval "$("$here/dockerd.sh" start)"

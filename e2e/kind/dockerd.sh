@@ -12,6 +12,9 @@
 # Env: SINEW_KIND_NETNS_NAME (sinew-kind), SINEW_CACHE (~/.cache/sinew).
 set -euo pipefail
 
+# fd 9 is the kind scripts' lock (run.sh, build.sh): dockerd outlives them and must not hold it.
+exec 9>&-
+
 name=${SINEW_KIND_NETNS_NAME:-sinew-kind}
 cache=${SINEW_CACHE:-$HOME/.cache/sinew}/kind
 netns=/run/netns/$name

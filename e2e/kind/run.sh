@@ -67,6 +67,14 @@ summary() {
 
 # --- engine, build, tear-down --------------------------------------------------------------
 
+# One run at a time on a machine: runs share the engine, its namespace and the cluster name.
+exec 9>/run/lock/sinew-kind.lock
+if ! flock -n 9; then
+  log "another kind run holds /run/lock/sinew-kind.lock; waiting (up to 30 minutes)"
+  flock -w 1800 9 || die "the other kind run did not finish within 30 minutes"
+fi
+export SINEW_KIND_LOCKED=1
+
 "$here/build.sh" >/dev/null
 # shellcheck source=/dev/null
 source "$cache/current.env"
