@@ -443,6 +443,103 @@ c_helm_upgrade() {
   echo "every sinew-node pod replaced; every conflist chains portmap"
 }
 
+# --- a worker restarted mid-run ------------------------------------------------------------
+
+# Pods on the pod network (not hostNetwork, not finished): "namespace/name ip node uid", one a line.
+network_pods() {
+  k get pods -A -o json | jq -r '.items[]
+    | select(.spec.hostNetwork != true and .status.podIP != null
+             and .status.phase != "Succeeded" and .status.phase != "Failed")
+    | "\(.metadata.namespace)/\(.metadata.name) \(.status.podIP) \(.spec.nodeName) \(.metadata.uid)"'
+}
+# Every IPBlock allocation: "ip node containerID podUID", one a line.
+block_allocations() {
+  k get ipblocks -o json | jq -r '.items[] | .spec.node as $n
+    | (.status.allocations // [])[] | "\(.ip) \($n) \(.containerId) \(.podUid // "-")"'
+}
+# Seconds since the epoch of a pod's first container start (0 if not running).
+started_at() { # namespace, pod
+  local t
+  t=$(k -n "$1" get pod "$2" -o jsonpath='{.status.containerStatuses[0].state.running.startedAt}')
+  [[ -n $t ]] && date -d "$t" +%s || echo 0
+}
+pod_ready() { # namespace, pod
+  [[ $(k -n "$1" get pod "$2" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}') == True ]]
+}
+
+# IPs and allocations agree: no pod address twice, every pod address allocated once to that
+# pod on its node, no allocation without a pod (the dead sandboxes' addresses released), and on
+# $1 every allocation belongs to a sandbox that is ready there now.
+ipam_agrees() { # node
+  local pods allocs dup p ip node uid sandboxes
+  pods=$(network_pods)
+  allocs=$(block_allocations)
+  dup=$(awk '{print $2}' <<<"$pods" | sort | uniq -d)
+  [[ -z $dup ]] || { echo "pod addresses handed out twice: $dup"; grep -wF "$dup" <<<"$pods"; return 1; }
+  dup=$(awk '{print $1}' <<<"$allocs" | sort | uniq -d)
+  [[ -z $dup ]] || { echo "addresses allocated twice: $dup"; return 1; }
+  while read -r p ip node uid; do
+    awk -v ip="$ip" -v n="$node" -v u="$uid" '$1 == ip && $2 == n && $4 == u {f = 1} END {exit !f}' <<<"$allocs" \
+      || { echo "$p ($ip on $node, uid $uid) has no matching allocation"; return 1; }
+  done <<<"$pods"
+  [[ $(wc -l <<<"$allocs") == "$(wc -l <<<"$pods")" ]] \
+    || { echo "$(wc -l <<<"$allocs") allocations for $(wc -l <<<"$pods") pods"; diff <(awk '{print $1}' <<<"$allocs" | sort) <(awk '{print $2}' <<<"$pods" | sort); return 1; }
+  sandboxes=$(on_node "$1" crictl pods -q --state ready --no-trunc)
+  while read -r ip node cid uid; do
+    [[ $node == "$1" ]] || continue
+    grep -qx "$cid" <<<"$sandboxes" || { echo "$1: allocation $ip is held by sandbox $cid, which is not ready there"; return 1; }
+  done <<<"$allocs"
+  echo "$(wc -l <<<"$pods") pods on the pod network, as many allocations, no address twice"
+}
+
+# `docker restart` of a worker: its network namespace, /run and every process are new, its disk
+# (/var/lib/sinew, /etc/cni, /opt/cni/bin, containerd's state) is kept. The agent must come
+# back, the node's pods (restarted in new sandboxes, and a new one) must reach and be reached
+# across nodes, and no address may be handed out twice or stay held by a dead sandbox.
+c_node_restart() {
+  local node=${node_names[2]} t0 deadline p pn agent victim all_ok ready_pods
+  ipam_agrees "$node"
+  echo "before: $(network_pods | awk -v n="$node" '$3 == n' | wc -l) pod-network pods on $node"
+  t0=$(date +%s)
+  docker restart "$node" >/dev/null
+  echo "docker restart $node: $(($(date +%s) - t0))s"
+  agent=$(k -n "$sys" get pods -l app.kubernetes.io/name=sinew-node --field-selector "spec.nodeName=$node" -o jsonpath='{.items[0].metadata.name}')
+  # Every pod of the node (the agent, kube-proxy, the test pods) runs again, started after the
+  # restart, and is Ready.
+  deadline=$((SECONDS + 300))
+  while :; do
+    all_ok=true
+    while read -r p; do
+      [[ -n $p ]] || continue
+      if (($(started_at "${p%/*}" "${p#*/}") < t0)) || ! pod_ready "${p%/*}" "${p#*/}"; then
+        all_ok=false
+        break
+      fi
+    done < <(k get pods -A --field-selector "spec.nodeName=$node" -o jsonpath='{range .items[*]}{.metadata.namespace}/{.metadata.name}{"\n"}{end}')
+    $all_ok && break
+    ((SECONDS < deadline)) || { echo "pods of $node not all running again after 300s (waiting for $p)"; k get pods -A -o wide --field-selector "spec.nodeName=$node"; return 1; }
+    sleep 2
+  done
+  echo "agent $agent Ready again; every pod on $node restarted and Ready $(($(date +%s) - t0))s after the restart"
+  [[ $(ready_of "$node") == True ]] || { echo "$node is not Ready"; return 1; }
+  # A new pod on the restarted node: the DaemonSet replaces a deleted one.
+  victim=$(k -n "$ns" get pods -l app=netexec,set=a --field-selector "spec.nodeName=$node" -o jsonpath='{.items[0].metadata.name}')
+  k -n "$ns" delete pod "$victim" --wait=true
+  k -n "$ns" rollout status ds/netexec-a --timeout=180s
+  k -n "$ns" rollout status ds/netexec-b --timeout=180s
+  load_pods
+  c_pod_to_pod
+  ready_pods=$(k -n "$ns" get pods -l app=netexec --field-selector "spec.nodeName=$node" -o name | wc -l)
+  echo "$ready_pods netexec pods on $node (one new) reach and are reached by every other"
+  # The agent's status sync runs every few seconds: give the blocks time to agree.
+  deadline=$((SECONDS + 120))
+  until ipam_agrees "$node" >"$logs/ipam-after-restart.txt" 2>&1; do
+    ((SECONDS < deadline)) || { cat "$logs/ipam-after-restart.txt"; block_allocations; network_pods; return 1; }
+    sleep 3
+  done
+  cat "$logs/ipam-after-restart.txt"
+}
+
 allocated_total() {
   k get ipblocks -o jsonpath='{range .items[*]}{.status.allocated}{"\n"}{end}' | awk '{s += $1} END {print s + 0}'
 }
@@ -504,7 +601,9 @@ if check "helm install charts/sinew" h_install; then
   check "ClusterNetwork default Ready" c_clusternetwork_ready || true
   check "sinew-node DaemonSet and operator Deployment ready (probes, leader)" c_agents_and_operator || true
   check "CoreDNS Running and Ready" c_coredns || true
+  have_workloads=false
   if check "test workloads (agnhost netexec, 2 per node, Service)" workloads; then
+    have_workloads=true
     load_pods
     check "pod -> pod, all pairs" c_pod_to_pod || true
     check "node -> pod" c_node_to_pod || true
@@ -515,6 +614,9 @@ if check "helm install charts/sinew" h_install; then
     check "live mode switch Auto -> VXLAN -> Routed keeps a TCP connection" c_mode_switch || true
   fi
   check "helm upgrade rolls the DaemonSet and rewrites the conflist" c_helm_upgrade || true
+  if $have_workloads; then
+    check "worker restarted (docker restart): agent back, its pods reachable, no address twice" c_node_restart || true
+  fi
   if [[ $conformance == 1 ]]; then
     check "conformance: [sig-network] Networking Granular Checks: Pods" c_conformance || true
   fi

@@ -11,7 +11,8 @@
 # usage: e2e/tools/build.sh [--check] [SET]
 #        SET is `test` (default: what `make test` runs), `kind` (what e2e/kind/build.sh puts
 #        into a kind node image and its container images, plus kind and helm) or `conformance`
-#        (the upstream end-to-end suite, e2e.test, run against the kind cluster)
+#        (the upstream end-to-end suite, e2e.test, run against the kind cluster) or `flannel`
+#        (flanneld, the peer `make bench-kind` measures sinew beside)
 #        --check: exit 1 (printing what is missing) unless all are cached
 set -euo pipefail
 
@@ -22,8 +23,8 @@ set_name="test"
 for arg in "$@"; do
   case $arg in
     --check) check_only=true ;;
-    test | kind | conformance) set_name=$arg ;;
-    *) echo "[tools] unknown argument $arg (expected --check, test, kind, conformance)" >&2; exit 2 ;;
+    test | kind | conformance | flannel) set_name=$arg ;;
+    *) echo "[tools] unknown argument $arg (expected --check, test, kind, conformance, flannel)" >&2; exit 2 ;;
   esac
 done
 
@@ -69,10 +70,18 @@ kind_tools=(
 conformance_tools=(
   "kubernetes-e2e|k8s.io/kubernetes/test/e2e|e2e.test|K8S|gotest"
 )
+# Flannel (VXLAN backend) for the side-by-side benchmark on kind (e2e/kind/bench.sh); its CNI
+# plugin module is not served, so its pods use the reference bridge + host-local of the kind set.
+# cgo: its udp backend is C (linked against the glibc of the Debian image it runs in).
+flannel_tools=(
+  "flannel|github.com/flannel-io/flannel|flanneld|FLANNEL|cgo"
+)
 if [[ $set_name == kind ]]; then
   tools=("${kind_tools[@]}")
 elif [[ $set_name == conformance ]]; then
   tools=("${conformance_tools[@]}")
+elif [[ $set_name == flannel ]]; then
+  tools=("${flannel_tools[@]}")
 else
   tools=("${test_tools[@]}")
 fi
@@ -123,6 +132,7 @@ for entry in "${tools[@]}"; do
     AGNHOST) ldflags+=" -X main.Version=$(cat "$(go env GOMODCACHE)/k8s.io/kubernetes@$(pin kubernetes k8s.io/kubernetes)/test/images/agnhost/VERSION" 2>/dev/null || echo unknown)" ;;
     CONTAINERD) ldflags+=" -X github.com/containerd/containerd/v2/version.Version=$(pin containerd github.com/containerd/containerd/v2)" ;;
     RUNC) v=$(pin runc github.com/opencontainers/runc) && ldflags+=" -X main.version=${v#v}" ;;
+    FLANNEL) ldflags+=" -X github.com/flannel-io/flannel/pkg/version.Version=$(pin flannel github.com/flannel-io/flannel)" ;;
     CRICTL) v=$(pin cri-tools sigs.k8s.io/cri-tools) && ldflags+=" -X sigs.k8s.io/cri-tools/pkg/version.Version=${v#v}" ;;
   esac
   # runc needs cgo (its nsexec is C; seccomp is libseccomp, Debian: libseccomp-dev) and links
