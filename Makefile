@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 export CARGO_TERM_COLOR ?= auto
 
-.PHONY: demo test deps tools crds crds-check fuzz bench bench-e2e bench-scale kind kind-build kind-conformance
+.PHONY: demo test deps tools crds crds-check fuzz bench bench-e2e bench-scale bench-kind kind kind-build kind-conformance
 
 ## demo: the main job, locally (root): control plane, 3 nodes as namespaces, sinew, pods, pool status, a live mode switch
 demo: deps
@@ -44,6 +44,10 @@ bench-e2e: tools
 ## bench-scale: the operator against 1,000 nodes, 50 pools, 10,000 allocations in the real API server
 bench-scale: tools
 	SINEW_TOOLS_BIN=$$(e2e/tools/build.sh) cargo run -q -p sinew-e2e --release --bin bench -- scale
+
+## bench-kind: sinew beside Flannel on two fresh kind clusters built offline here (root): pods Ready/s, creation-to-Ready p50/p99, cross-node TCP; writes docs/benchmarks.md
+bench-kind:
+	e2e/kind/bench.sh --write-docs
 
 ## kind: sinew on a real kind cluster (1 control plane + 2 workers) built offline here (root): every check of issue #11, then tear-down
 kind:

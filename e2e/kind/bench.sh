@@ -1,0 +1,391 @@
+#!/usr/bin/env bash
+# `make bench-kind`: sinew beside Flannel on real kind clusters built offline (e2e/kind/build.sh).
+# A benchmark, not a test: it prints a table and, with --write-docs, writes it into
+# docs/benchmarks.md ("Real nodes: kind, sinew beside Flannel").
+#
+# In one run, two fresh clusters made the same way (1 control plane + 2 workers,
+# disableDefaultCNI, podSubnet 10.244.0.0/16), one after the other on the same engine:
+#   sinew    the chart, installed as e2e/kind/run.sh installs it (pool default-ipv4, mode Auto);
+#   flannel  flanneld v0.27.4 (e2e/tools/flannel, VXLAN backend) as a DaemonSet with the
+#            reference bridge + host-local (e2e/kind/flannel/flannel.yaml).
+# On each:
+#   - a Deployment of pause containers (the node image's registry.k8s.io/pause) spread over the
+#     two workers, scaled 0 -> $PODS, until every pod is Ready; $ROUNDS rounds (scaled back to 0
+#     and every pod gone in between). Pods Ready per second: $PODS / (last pod Ready - the scale
+#     request), median of the rounds. Pod creation -> Ready: p50 and p99 over every pod of every
+#     round, timed on the client side: a `kubectl get -w` started before the scale request
+#     stamps each line with the machine's clock when it arrives ($EPOCHREALTIME, microseconds);
+#     a pod is created when it is first seen and Ready when first seen with Ready=True. The API's
+#     own timestamps (creationTimestamp, the Ready condition's lastTransitionTime; whole seconds)
+#     are reported beside them.
+#   - pod -> pod TCP across the workers: iperf 2 (Debian's, in the agnhost image) from a pod on
+#     one worker to a pod on the other, one connection, $IPERF_SECONDS s, median of 3. For sinew
+#     twice: in the pool's default mode (Auto: both workers are on one subnet, so routed, no
+#     encapsulation) and in VXLAN, which is what Flannel's VXLAN backend does.
+#
+# usage: e2e/kind/bench.sh [--write-docs]
+# Env: SINEW_BENCH_PODS (60), SINEW_BENCH_ROUNDS (3), SINEW_BENCH_IPERF_SECONDS (10),
+#      SINEW_BENCH_ONLY (sinew|flannel: one side only, no docs), KIND_CLUSTER (sinew),
+#      SINEW_CACHE (~/.cache/sinew), CARGO_TARGET_DIR (sinew's build), SINEW_KIND_KEEP=1 (keep
+#      the last cluster and the engine; e2e/kind/down.sh removes them).
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+cluster=${KIND_CLUSTER:-sinew}
+cache=${SINEW_CACHE:-$HOME/.cache/sinew}/kind
+registry=sinew.local
+tag=kind
+pods_wanted=${SINEW_BENCH_PODS:-60}
+rounds=${SINEW_BENCH_ROUNDS:-3}
+iperf_seconds=${SINEW_BENCH_IPERF_SECONDS:-10}
+only=${SINEW_BENCH_ONLY:-}
+pod_cidr=10.244.0.0/16
+bns=bench
+write_docs=false
+for arg in "$@"; do
+  case $arg in
+    --write-docs) write_docs=true ;;
+    *) echo "usage: $0 [--write-docs]" >&2; exit 2 ;;
+  esac
+done
+export DOCKER_BUILDKIT=0
+
+log() { echo "[bench-kind] $*" >&2; }
+die() { echo "[bench-kind] FAILED: $*" >&2; exit 1; }
+
+# One kind build or run at a time on a machine (the same lock as run.sh and build.sh).
+exec 9>/run/lock/sinew-kind.lock
+if ! flock -n 9; then
+  log "another kind run holds /run/lock/sinew-kind.lock; waiting (up to 30 minutes)"
+  flock -w 1800 9 || die "the other kind run did not finish within 30 minutes"
+fi
+export SINEW_KIND_LOCKED=1
+
+"$here/build.sh" >/dev/null
+# shellcheck source=/dev/null
+source "$cache/current.env"
+bin=$SINEW_KIND_TOOLS_BIN
+flannel_bin=$("$repo/e2e/tools/build.sh" flannel)
+flannel_version=$(awk '$1 == "require" && $2 == "github.com/flannel-io/flannel" {print $3}' "$repo/e2e/tools/flannel/go.mod")
+eval "$("$here/dockerd.sh" start)"
+export DOCKER_HOST SINEW_KIND_NETNS
+kubeconfig=$(mktemp /tmp/sinew-bench-kind-kubeconfig.XXXXXX)
+out=$(mktemp -d /tmp/sinew-bench-kind.XXXXXX)
+export PATH="$bin:$PATH"
+watch_pid=""
+
+teardown() {
+  local rc=$?
+  if [[ -n $watch_pid ]]; then kill "$watch_pid" 2>/dev/null || true; fi
+  if [[ ${SINEW_KIND_KEEP:-} == 1 ]]; then
+    log "SINEW_KIND_KEEP=1: cluster $cluster and the engine are left running (e2e/kind/down.sh removes them)"
+    log "kubectl: nsenter --net=$SINEW_KIND_NETNS $bin/kubectl --kubeconfig $kubeconfig"
+    return
+  fi
+  log "tear-down"
+  kind delete cluster --name "$cluster" >/dev/null 2>&1 || true
+  docker network rm kind >/dev/null 2>&1 || true
+  "$here/dockerd.sh" stop || true
+  rm -f "$kubeconfig"
+  return "$rc"
+}
+trap teardown EXIT
+
+k() { nsenter --net="$SINEW_KIND_NETNS" kubectl --kubeconfig "$kubeconfig" "$@"; }
+h() { nsenter --net="$SINEW_KIND_NETNS" helm --kubeconfig "$kubeconfig" "$@"; }
+
+# --- images ---------------------------------------------------------------------------------
+
+log "sinew images ($registry/sinew-{operator,node}:$tag)"
+CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/sinew/target} "$repo/images/build-binaries.sh" >/dev/null
+REGISTRY=$registry TAG=$tag NODE_BASE_IMAGE=$SINEW_KIND_SLIM_IMAGE "$repo/images/build.sh" --skip-binaries >/dev/null 2>&1
+flannel_image=$registry/flannel:$flannel_version
+log "flannel image $flannel_image (flanneld from $flannel_bin, on $SINEW_KIND_SLIM_IMAGE)"
+ctx=$(mktemp -d "$out/flannel-image.XXXXXX")
+cp "$flannel_bin/flanneld" "$ctx/"
+printf '%s\n' "FROM $SINEW_KIND_SLIM_IMAGE" "COPY flanneld /usr/local/bin/flanneld" \
+  'ENTRYPOINT ["/usr/local/bin/flanneld"]' >"$ctx/Dockerfile"
+docker build -q -t "$flannel_image" "$ctx" >/dev/null
+rm -rf "$ctx"
+
+# --- a cluster ------------------------------------------------------------------------------
+
+create_cluster() { # images to load...
+  kind delete cluster --name "$cluster" >/dev/null 2>&1 || true
+  local start=$SECONDS
+  kind create cluster --name "$cluster" --image "$SINEW_KIND_NODE_IMAGE" \
+    --config "$here/kind-config.yaml" --kubeconfig "$kubeconfig" >"$out/kind-create.log" 2>&1 \
+    || { cat "$out/kind-create.log" >&2; die "kind create cluster"; }
+  kind load docker-image --name "$cluster" "$@" >/dev/null 2>&1
+  log "cluster up and images loaded in $((SECONDS - start))s"
+  mapfile -t workers < <(kind get nodes --name "$cluster" | grep -v control-plane | sort)
+  ((${#workers[@]} == 2)) || die "expected 2 workers, got: ${workers[*]}"
+}
+
+wait_network() {
+  k wait --for=condition=Ready nodes --all --timeout=300s >/dev/null
+  k -n kube-system rollout status deploy/coredns --timeout=300s >/dev/null
+}
+
+install_sinew() {
+  h upgrade --install sinew "$repo/charts/sinew" --namespace sinew-system --create-namespace \
+    --set image.registry="$registry" --set image.tag="$tag" --set image.pullPolicy=Never >/dev/null
+  k wait --for=condition=Ready clusternetwork/default --timeout=300s >/dev/null
+  k -n sinew-system rollout status ds/sinew-node --timeout=300s >/dev/null
+  wait_network
+}
+
+install_flannel() {
+  sed -e "s|__IMAGE__|$flannel_image|g" -e "s|__NETWORK__|$pod_cidr|g" "$here/flannel/flannel.yaml" | k apply -f - >/dev/null
+  k -n kube-flannel rollout status ds/flannel --timeout=300s >/dev/null
+  wait_network
+}
+
+# --- pods Ready per second, creation -> Ready ------------------------------------------------
+
+deployment() {
+  k create namespace "$bns" --dry-run=client -o yaml | k apply -f - >/dev/null
+  k -n "$bns" apply -f - >/dev/null <<EOF
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: bench}
+spec:
+  replicas: 0
+  selector: {matchLabels: {app: bench}}
+  template:
+    metadata: {labels: {app: bench}}
+    spec:
+      terminationGracePeriodSeconds: 0
+      # Only the workers; as many on each as the scheduler can balance.
+      topologySpreadConstraints:
+        - {maxSkew: 1, topologyKey: kubernetes.io/hostname, whenUnsatisfiable: DoNotSchedule,
+           nodeTaintsPolicy: Honor, labelSelector: {matchLabels: {app: bench}}}
+      containers:
+        - name: pause
+          image: $pause_image
+          imagePullPolicy: Never
+EOF
+}
+
+# Lines "<client time> <pod> <Ready status>" for every update the watch sees.
+start_watch() { # file
+  local file=$1
+  nsenter --net="$SINEW_KIND_NETNS" kubectl --kubeconfig "$kubeconfig" -n "$bns" get pods -l app=bench -w \
+    -o jsonpath='{.metadata.name} {.status.conditions[?(@.type=="Ready")].status}{"\n"}' \
+    > >(while IFS= read -r line; do printf '%s %s\n' "$EPOCHREALTIME" "$line"; done >"$file") 2>/dev/null &
+  watch_pid=$!
+}
+
+ready_count() { # watch file
+  awk '$3 == "True" {r[$2] = 1} END {print length(r)}' "$1" 2>/dev/null || echo 0
+}
+
+scale_round() { # side, round
+  local side=$1 round=$2 file t0 deadline
+  file=$out/$side-watch-$round.txt
+  start_watch "$file"
+  sleep 2
+  t0=$EPOCHREALTIME
+  k -n "$bns" scale deploy/bench --replicas="$pods_wanted" >/dev/null
+  deadline=$((SECONDS + 600))
+  until (($(ready_count "$file") >= pods_wanted)); do
+    ((SECONDS < deadline)) || { k -n "$bns" get pods -o wide >&2; die "$side round $round: not every pod Ready within 600s"; }
+    sleep 0.2
+  done
+  kill "$watch_pid" 2>/dev/null || true
+  wait "$watch_pid" 2>/dev/null || true
+  watch_pid=""
+  sleep 0.5
+  # Client-side: per pod, first seen (created) and first seen Ready.
+  awk -v t0="$t0" -v side="$side" -v round="$round" '
+    !($2 in first) {first[$2] = $1}
+    $3 == "True" && !($2 in ready) {ready[$2] = $1}
+    END {
+      last = 0
+      for (p in ready) { print "lat", side, round, ready[p] - first[p]; if (ready[p] > last) last = ready[p] }
+      printf "rate %s %s %.3f %d\n", side, round, length(ready) / (last - t0), length(ready)
+    }' "$file" >>"$out/samples.txt"
+  # The API's timestamps (whole seconds), for comparison.
+  k -n "$bns" get pods -l app=bench -o json | jq -r --arg side "$side" --arg round "$round" '.items[]
+    | (.metadata.creationTimestamp | fromdate) as $c
+    | ((.status.conditions // [])[] | select(.type == "Ready" and .status == "True") | .lastTransitionTime | fromdate) as $r
+    | "apilat \($side) \($round) \($r - $c)"' >>"$out/samples.txt"
+  local per_node
+  per_node=$(k -n "$bns" get pods -l app=bench -o jsonpath='{range .items[*]}{.spec.nodeName}{"\n"}{end}' | sort | uniq -c | awk '{printf "%s %s  ", $2, $1}')
+  log "$side round $round: $(awk -v s="$side" -v r="$round" '$1 == "rate" && $2 == s && $3 == r {print $4}' "$out/samples.txt") pods Ready/s ($per_node)"
+  k -n "$bns" scale deploy/bench --replicas=0 >/dev/null
+  k -n "$bns" wait --for=delete pod -l app=bench --timeout=300s >/dev/null 2>&1 || true
+  # Let the DELs and the agents settle before the next round.
+  sleep 10
+}
+
+# --- pod -> pod TCP across the workers ----------------------------------------------------------
+
+iperf_pods() {
+  local w
+  for w in 0 1; do
+    k -n "$bns" apply -f - >/dev/null <<EOF
+apiVersion: v1
+kind: Pod
+metadata: {name: iperf-$w}
+spec:
+  nodeName: ${workers[$w]}
+  terminationGracePeriodSeconds: 0
+  containers:
+    - name: iperf
+      image: $SINEW_KIND_AGNHOST_IMAGE
+      imagePullPolicy: Never
+      command: ["iperf", "-s"]
+EOF
+  done
+  k -n "$bns" wait --for=condition=Ready pod/iperf-0 pod/iperf-1 --timeout=120s >/dev/null
+}
+
+# Median Mbit/s of 3 iperf runs iperf-1 -> iperf-0.
+iperf_median() { # label
+  local sip run mbits all=()
+  sip=$(k -n "$bns" get pod iperf-0 -o jsonpath='{.status.podIP}')
+  for run in 1 2 3; do
+    mbits=$(k -n "$bns" exec iperf-1 -- iperf -c "$sip" -t "$iperf_seconds" -f m 2>&1 \
+      | tee -a "$out/iperf-$1.txt" | awk '/Mbits\/sec/ {v = $(NF - 1)} END {print v}')
+    [[ -n $mbits ]] || die "iperf $1 run $run: no result (output in $out/iperf-$1.txt)"
+    all+=("$mbits")
+  done
+  printf '%s\n' "${all[@]}" | sort -n | sed -n 2p
+}
+
+sinew_mode() { # mode: patch the pool and wait for every node to converge on it
+  local deadline=$((SECONDS + 180)) gen obs conv plan
+  k patch ippool default-ipv4 --type merge -p "{\"spec\":{\"mode\":\"$1\"}}" >/dev/null
+  while ((SECONDS < deadline)); do
+    gen=$(k get ippool default-ipv4 -o jsonpath='{.metadata.generation}')
+    obs=$(k get ippool default-ipv4 -o jsonpath='{.status.observedGeneration}')
+    conv=$(k get ippool default-ipv4 -o jsonpath='{.status.modeConvergence}')
+    plan=$(k get ippool default-ipv4 -o jsonpath='{.status.modePlan}')
+    [[ $gen == "$obs" && -z $plan && $conv == 3/3 ]] && return 0
+    sleep 1
+  done
+  die "pool default-ipv4 did not converge on $1"
+}
+
+# The route worker 1 has to worker 0's pods (evidence of the datapath measured).
+route_between_workers() {
+  local ip
+  ip=$(k -n "$bns" get pod iperf-0 -o jsonpath='{.status.podIP}')
+  docker exec "${workers[1]}" ip route get "$ip" | head -1
+}
+
+measure() { # side
+  local side=$1 round
+  deployment
+  for round in $(seq "$rounds"); do
+    scale_round "$side" "$round"
+  done
+  iperf_pods
+  log "$side: route ${workers[1]} -> iperf-0: $(route_between_workers)"
+  echo "tcp $side $(iperf_median "$side")" >>"$out/samples.txt"
+  if [[ $side == sinew ]]; then
+    sinew_mode VXLAN
+    log "sinew VXLAN: route ${workers[1]} -> iperf-0: $(route_between_workers)"
+    echo "tcp sinew-vxlan $(iperf_median sinew-vxlan)" >>"$out/samples.txt"
+  fi
+  log "$side: $(grep -E "^tcp $side" "$out/samples.txt" | tr '\n' ' ')"
+}
+
+pause_image=$(docker run --rm --entrypoint cat "$SINEW_KIND_NODE_IMAGE" /etc/containerd/config.toml \
+  | sed -n 's/.*sandbox_image = "\(.*\)"/\1/p')
+[[ -n $pause_image ]] || die "no sandbox_image in the node image's containerd config"
+: >"$out/samples.txt"
+
+sides=(sinew flannel)
+[[ -n $only ]] && sides=("$only")
+for side in "${sides[@]}"; do
+  start=$SECONDS
+  case $side in
+    sinew)
+      create_cluster "$registry/sinew-operator:$tag" "$registry/sinew-node:$tag"
+      install_sinew
+      ;;
+    flannel)
+      create_cluster "$flannel_image"
+      install_flannel
+      ;;
+    *) die "unknown side $side" ;;
+  esac
+  log "$side installed, nodes and CoreDNS Ready ($((SECONDS - start))s)"
+  measure "$side"
+  log "$side done in $((SECONDS - start))s"
+done
+
+# --- the table ------------------------------------------------------------------------------
+
+# stat KIND SIDE p50|p99|median: over the samples of that kind and side.
+stat() {
+  local kind=$1 side=$2 what=$3 col=4
+  [[ $kind == tcp ]] && col=3
+  awk -v k="$kind" -v s="$side" -v c="$col" '$1 == k && $2 == s {print $c}' "$out/samples.txt" | sort -g | awk -v w="$what" '
+    {v[NR] = $1}
+    END {
+      if (NR == 0) { print "-"; exit }
+      if (w == "p50" || w == "median") i = int((NR + 1) / 2)
+      else { i = int(NR * 0.99 + 0.999999); if (i < 1) i = 1; if (i > NR) i = NR }
+      print v[i]
+    }'
+}
+ms() { awk -v v="$1" 'BEGIN { if (v == "-") print "-"; else printf "%.0f", v * 1000 }'; }
+num() { awk -v v="$1" 'BEGIN { if (v == "-") print "-"; else printf "%.1f", v }'; }
+
+row() { # label, sinew value, flannel value
+  printf '| %s | %s | %s |\n' "$1" "$2" "$3"
+}
+table() {
+  echo "| metric | sinew | flannel |"
+  echo "|---|---:|---:|"
+  row "pods Ready per second (0 -> $pods_wanted, median of $rounds)" "$(num "$(stat rate sinew median)")" "$(num "$(stat rate flannel median)")"
+  row "creation -> Ready p50 (ms, client watch)" "$(ms "$(stat lat sinew p50)")" "$(ms "$(stat lat flannel p50)")"
+  row "creation -> Ready p99 (ms, client watch)" "$(ms "$(stat lat sinew p99)")" "$(ms "$(stat lat flannel p99)")"
+  row "creation -> Ready p50 / p99 (s, API timestamps)" "$(stat apilat sinew p50) / $(stat apilat sinew p99)" "$(stat apilat flannel p50) / $(stat apilat flannel p99)"
+  row "pod -> pod TCP across workers (Mbit/s, default mode)" "$(num "$(stat tcp sinew median)") (Auto: routed)" "$(num "$(stat tcp flannel median)") (VXLAN)"
+  row "pod -> pod TCP across workers (Mbit/s, both VXLAN)" "$(num "$(stat tcp sinew-vxlan median)")" "$(num "$(stat tcp flannel median)")"
+}
+
+machine="$(nproc) cores, $(awk '/^model name/ {sub(/^[^:]*: /, ""); print; exit}' /proc/cpuinfo), $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo), Linux $(uname -r), $(sed -n 's/^PRETTY_NAME="\(.*\)"/\1/p' /etc/os-release)"
+echo
+echo "kind: sinew beside Flannel $flannel_version ($pods_wanted pods, $rounds rounds; samples in $out/samples.txt)"
+echo "machine: $machine"
+echo
+table | tee "$out/table.md"
+
+if $write_docs; then
+  [[ -z $only ]] || die "--write-docs needs both sides (SINEW_BENCH_ONLY is set)"
+  docs=$repo/docs/benchmarks.md
+  # shellcheck disable=SC2016 # backquotes are Markdown here
+  begin='<!-- begin: written by `make bench-kind` (e2e/kind/bench.sh --write-docs); notes after the end marker are kept -->'
+  # shellcheck disable=SC2016
+  end='<!-- end: written by `make bench-kind` -->'
+  section=$out/section.md
+  {
+    echo "$begin"
+    echo "Command (root): \`make bench-kind\`, i.e. \`e2e/kind/bench.sh --write-docs\`"
+    echo "(\`SINEW_BENCH_PODS\`, \`SINEW_BENCH_ROUNDS\`, \`SINEW_BENCH_IPERF_SECONDS\`)."
+    echo
+    echo "Run on $(date -u +%Y-%m-%d), commit $(git -C "$repo" rev-parse --short HEAD), kind v0.33.0 nodes with Kubernetes v1.37.2 built"
+    echo "offline (e2e/kind/README.md); machine: $machine. Both clusters share those cores with"
+    echo "their control plane and the measuring client."
+    echo
+    table
+    echo
+    echo "$end"
+  } >"$section"
+  if grep -qF "$begin" "$docs"; then
+    awk -v b="$begin" -v e="$end" -v f="$section" '
+      $0 == b {while ((getline l < f) > 0) print l; skip = 1; next}
+      skip && $0 == e {skip = 0; next}
+      !skip {print}' "$docs" >"$docs.tmp"
+  else
+    { cat "$docs"; echo; echo "## Real nodes: kind, sinew beside Flannel"; echo; cat "$section"; } >"$docs.tmp"
+  fi
+  mv "$docs.tmp" "$docs"
+  log "wrote the section of $docs"
+fi
