@@ -492,13 +492,23 @@ ipam_agrees() { # node
   echo "$(wc -l <<<"$pods") pods on the pod network, as many allocations, no address twice"
 }
 
+# The agents sync their blocks' status every few seconds: give them time to agree.
+wait_ipam_agrees() { # node, label
+  local deadline=$((SECONDS + 120)) file=$logs/ipam-$2-restart.txt
+  until ipam_agrees "$1" >"$file" 2>&1; do
+    ((SECONDS < deadline)) || { cat "$file"; block_allocations; network_pods; return 1; }
+    sleep 3
+  done
+  echo "$2: $(tail -1 "$file")"
+}
+
 # `docker restart` of a worker: its network namespace, /run and every process are new, its disk
 # (/var/lib/sinew, /etc/cni, /opt/cni/bin, containerd's state) is kept. The agent must come
 # back, the node's pods (restarted in new sandboxes, and a new one) must reach and be reached
 # across nodes, and no address may be handed out twice or stay held by a dead sandbox.
 c_node_restart() {
-  local node=${node_names[2]} t0 deadline p pn agent victim all_ok ready_pods
-  ipam_agrees "$node"
+  local node=${node_names[2]} t0 deadline p agent victim all_ok ready_pods
+  wait_ipam_agrees "$node" before
   echo "before: $(network_pods | awk -v n="$node" '$3 == n' | wc -l) pod-network pods on $node"
   t0=$(date +%s)
   docker restart "$node" >/dev/null
@@ -531,13 +541,7 @@ c_node_restart() {
   c_pod_to_pod
   ready_pods=$(k -n "$ns" get pods -l app=netexec --field-selector "spec.nodeName=$node" -o name | wc -l)
   echo "$ready_pods netexec pods on $node (one new) reach and are reached by every other"
-  # The agent's status sync runs every few seconds: give the blocks time to agree.
-  deadline=$((SECONDS + 120))
-  until ipam_agrees "$node" >"$logs/ipam-after-restart.txt" 2>&1; do
-    ((SECONDS < deadline)) || { cat "$logs/ipam-after-restart.txt"; block_allocations; network_pods; return 1; }
-    sleep 3
-  done
-  cat "$logs/ipam-after-restart.txt"
+  wait_ipam_agrees "$node" after
 }
 
 allocated_total() {
