@@ -97,16 +97,18 @@ h() { nsenter --net="$SINEW_KIND_NETNS" helm --kubeconfig "$kubeconfig" "$@"; }
 
 # --- images ---------------------------------------------------------------------------------
 
-log "sinew images ($registry/sinew-{operator,node}:$tag)"
-CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/sinew/target} "$repo/images/build-binaries.sh" >/dev/null
-REGISTRY=$registry TAG=$tag NODE_BASE_IMAGE=$SINEW_KIND_SLIM_IMAGE "$repo/images/build.sh" --skip-binaries >/dev/null 2>&1
+if [[ $only != flannel ]]; then
+  log "sinew images ($registry/sinew-{operator,node}:$tag)"
+  CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/sinew/target} "$repo/images/build-binaries.sh" >/dev/null
+  REGISTRY=$registry TAG=$tag NODE_BASE_IMAGE=$SINEW_KIND_SLIM_IMAGE "$repo/images/build.sh" --skip-binaries >/dev/null 2>&1
+fi
 flannel_image=$registry/flannel:$flannel_version
 log "flannel image $flannel_image (flanneld from $flannel_bin, on $SINEW_KIND_SLIM_IMAGE)"
 ctx=$(mktemp -d "$out/flannel-image.XXXXXX")
 cp "$flannel_bin/flanneld" "$ctx/"
 printf '%s\n' "FROM $SINEW_KIND_SLIM_IMAGE" "COPY flanneld /usr/local/bin/flanneld" \
   'ENTRYPOINT ["/usr/local/bin/flanneld"]' >"$ctx/Dockerfile"
-docker build -q -t "$flannel_image" "$ctx" >/dev/null
+docker build -q -t "$flannel_image" "$ctx" >/dev/null 2>"$out/flannel-image.log" || { cat "$out/flannel-image.log" >&2; die "docker build $flannel_image"; }
 rm -rf "$ctx"
 
 # --- a cluster ------------------------------------------------------------------------------
