@@ -215,7 +215,8 @@ scale_round() { # side, round
     | "apilat \($side) \($round) \($r - $c)"' >>"$out/samples.txt"
   local per_node
   per_node=$(k -n "$bns" get pods -l app=bench -o jsonpath='{range .items[*]}{.spec.nodeName}{"\n"}{end}' | sort | uniq -c | awk '{printf "%s %s  ", $2, $1}')
-  log "$side round $round: $(awk -v s="$side" -v r="$round" '$1 == "rate" && $2 == s && $3 == r {print $4}' "$out/samples.txt") pods Ready/s ($per_node)"
+  echo "load $side $round $(cut -d' ' -f1 /proc/loadavg)" >>"$out/samples.txt"
+  log "$side round $round (load average $(cut -d' ' -f1 /proc/loadavg)): $(awk -v s="$side" -v r="$round" '$1 == "rate" && $2 == s && $3 == r {print $4}' "$out/samples.txt") pods Ready/s ($per_node)"
   k -n "$bns" scale deploy/bench --replicas=0 >/dev/null
   k -n "$bns" wait --for=delete pod -l app=bench --timeout=300s >/dev/null 2>&1 || true
   # Let the DELs and the agents settle before the next round.
@@ -350,6 +351,7 @@ table() {
   row "creation -> Ready p50 / p99 (s, API timestamps)" "$(stat apilat sinew p50) / $(stat apilat sinew p99)" "$(stat apilat flannel p50) / $(stat apilat flannel p99)"
   row "pod -> pod TCP across workers (Mbit/s, default mode)" "$(num "$(stat tcp sinew median)") (Auto: routed)" "$(num "$(stat tcp flannel median)") (VXLAN)"
   row "pod -> pod TCP across workers (Mbit/s, both VXLAN)" "$(num "$(stat tcp sinew-vxlan median)")" "$(num "$(stat tcp flannel median)")"
+  row "machine load average (1 min) at the end of the rounds, median" "$(stat load sinew median)" "$(stat load flannel median)"
 }
 
 machine="$(nproc) cores, $(awk '/^model name/ {sub(/^[^:]*: /, ""); print; exit}' /proc/cpuinfo), $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo), Linux $(uname -r), $(sed -n 's/^PRETTY_NAME="\(.*\)"/\1/p' /etc/os-release)"
