@@ -532,6 +532,18 @@ c_node_restart() {
   done
   echo "agent $agent Ready again; every pod on $node restarted and Ready $(($(date +%s) - t0))s after the restart"
   [[ $(ready_of "$node") == True ]] || { echo "$node is not Ready"; return 1; }
+  # The node's disk kept node.json, which said "ready" for this kernel boot; the routes, VXLAN
+  # and NAT it stood for went with the old network namespace. No pod may get its network there
+  # before the agent's first complete pass since the restart (the plugin answers "try again").
+  local first_pass since adds early gated
+  first_pass=$(k -n "$sys" logs "$agent" --timestamps | grep -m1 'first complete pass' | cut -d' ' -f1)
+  [[ -n $first_pass ]] || { echo "agent $agent logged no complete pass since the restart"; return 1; }
+  since=$(date -u -d "@$t0" +%Y-%m-%dT%H:%M:%S)
+  adds=$(on_node "$node" cat /var/log/sinew/cni.log | awk -v s="$since" '$1 >= s && / ADD /')
+  early=$(awk -v p="$first_pass" '$1 < p' <<<"$adds")
+  gated=$(k get events -A --field-selector reason=FailedCreatePodSandBox -o jsonpath='{range .items[*]}{.message}{"\n"}{end}' | grep -c 'has not completed a pass' || true)
+  echo "agent's first complete pass after the restart: $first_pass; $(grep -c . <<<"$adds") pod ADDs since, first at $(head -1 <<<"$adds" | cut -d' ' -f1); $gated sandboxes told to try again before"
+  [[ -z $early ]] || { echo "pods got their network before the agent had programmed the node:"; echo "$early"; return 1; }
   # A new pod on the restarted node: the DaemonSet replaces a deleted one.
   victim=$(k -n "$ns" get pods -l app=netexec,set=a --field-selector "spec.nodeName=$node" -o jsonpath='{.items[0].metadata.name}')
   k -n "$ns" delete pod "$victim" --wait=true
