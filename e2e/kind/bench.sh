@@ -4,35 +4,36 @@
 # docs/benchmarks.md ("Real nodes: kind, sinew beside Flannel").
 #
 # In one run, two fresh clusters made the same way (1 control plane + 2 workers,
-# disableDefaultCNI, podSubnet 10.244.0.0/16), one after the other on the same engine:
-#   sinew    the chart, installed as e2e/kind/run.sh installs it (pool default-ipv4, mode Auto);
-#   flannel  flanneld v0.27.4 (e2e/tools/flannel, VXLAN backend) as a DaemonSet with the
-#            reference bridge + host-local (e2e/kind/flannel/flannel.yaml).
-# On each:
+# disableDefaultCNI, podSubnet 10.244.0.0/16) on the same engine, up at the same time:
+#   bench-sinew    the chart, installed as e2e/kind/run.sh installs it (pool default-ipv4, mode
+#                  Auto);
+#   bench-flannel  flanneld v0.27.4 (e2e/tools/flannel, VXLAN backend) as a DaemonSet with the
+#                  reference bridge + host-local (e2e/kind/flannel/flannel.yaml).
+# The measurements alternate between them (sinew, flannel, sinew, ...), so that whatever else
+# the machine runs weighs on both alike; each cluster idles while the other is measured.
 #   - a Deployment of pause containers (the node image's registry.k8s.io/pause) spread over the
-#     two workers, scaled 0 -> $PODS, until every pod is Ready; $ROUNDS rounds (scaled back to 0
-#     and every pod gone in between). Pods Ready per second: $PODS / (last pod Ready - the scale
-#     request), median of the rounds. Pod creation -> Ready: p50 and p99 over every pod of every
-#     round, timed on the client side: a `kubectl get -w` started before the scale request
+#     two workers, scaled 0 -> $PODS, until every pod is Ready; $ROUNDS rounds each (scaled back
+#     to 0 and every pod gone in between). Pods Ready per second: $PODS / (last pod Ready - the
+#     scale request), median of the rounds. Pod creation -> Ready: p50 and p99 over every pod of
+#     every round, timed on the client side: a `kubectl get -w` started before the scale request
 #     stamps each line with the machine's clock when it arrives ($EPOCHREALTIME, microseconds);
-#     a pod is created when it is first seen and Ready when first seen with Ready=True. The API's
-#     own timestamps (creationTimestamp, the Ready condition's lastTransitionTime; whole seconds)
-#     are reported beside them.
+#     a pod is created when it is first seen and Ready when first seen with Ready=True. The
+#     API's own timestamps (creationTimestamp, the Ready condition's lastTransitionTime; whole
+#     seconds) are reported beside them.
 #   - pod -> pod TCP across the workers: iperf 2 (Debian's, in the agnhost image) from a pod on
-#     one worker to a pod on the other, one connection, $IPERF_SECONDS s, median of 3. For sinew
-#     twice: in the pool's default mode (Auto: both workers are on one subnet, so routed, no
-#     encapsulation) and in VXLAN, which is what Flannel's VXLAN backend does.
+#     one worker to a pod on the other, one connection, $IPERF_SECONDS s, 3 runs each, median.
+#     For sinew twice: in the pool's default mode (Auto: both workers are on one subnet, so
+#     routed, no encapsulation) and in VXLAN, which is what Flannel's VXLAN backend does.
 #
 # usage: e2e/kind/bench.sh [--write-docs]
 # Env: SINEW_BENCH_PODS (60), SINEW_BENCH_ROUNDS (3), SINEW_BENCH_IPERF_SECONDS (10),
-#      SINEW_BENCH_ONLY (sinew|flannel: one side only, no docs), KIND_CLUSTER (sinew),
-#      SINEW_CACHE (~/.cache/sinew), CARGO_TARGET_DIR (sinew's build), SINEW_KIND_KEEP=1 (keep
-#      the last cluster and the engine; e2e/kind/down.sh removes them).
+#      SINEW_BENCH_ONLY (sinew|flannel: one side only, no docs), SINEW_CACHE (~/.cache/sinew), CARGO_TARGET_DIR (sinew's build), SINEW_KIND_KEEP=1 (keep
+#      both clusters and the engine; KIND_CLUSTER=bench-sinew e2e/kind/down.sh, then
+#      KIND_CLUSTER=bench-flannel, remove them).
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../.." && pwd)
-cluster=${KIND_CLUSTER:-sinew}
 cache=${SINEW_CACHE:-$HOME/.cache/sinew}/kind
 registry=sinew.local
 tag=kind
@@ -70,30 +71,35 @@ flannel_bin=$("$repo/e2e/tools/build.sh" flannel)
 flannel_version=$(awk '$1 == "require" && $2 == "github.com/flannel-io/flannel" {print $3}' "$repo/e2e/tools/flannel/go.mod")
 eval "$("$here/dockerd.sh" start)"
 export DOCKER_HOST SINEW_KIND_NETNS
-kubeconfig=$(mktemp /tmp/sinew-bench-kind-kubeconfig.XXXXXX)
 out=$(mktemp -d /tmp/sinew-bench-kind.XXXXXX)
 export PATH="$bin:$PATH"
 watch_pid=""
 
+sides=(sinew flannel)
+[[ -n $only ]] && sides=("$only")
+
 teardown() {
-  local rc=$?
+  local rc=$? side
   if [[ -n $watch_pid ]]; then kill "$watch_pid" 2>/dev/null || true; fi
   if [[ ${SINEW_KIND_KEEP:-} == 1 ]]; then
-    log "SINEW_KIND_KEEP=1: cluster $cluster and the engine are left running (e2e/kind/down.sh removes them)"
-    log "kubectl: nsenter --net=$SINEW_KIND_NETNS $bin/kubectl --kubeconfig $kubeconfig"
+    log "SINEW_KIND_KEEP=1: clusters bench-{sinew,flannel} and the engine are left running; kubeconfigs in $out"
     return
   fi
   log "tear-down"
-  kind delete cluster --name "$cluster" >/dev/null 2>&1 || true
+  for side in "${sides[@]}"; do
+    kind delete cluster --name "bench-$side" >/dev/null 2>&1 || true
+  done
   docker network rm kind >/dev/null 2>&1 || true
   "$here/dockerd.sh" stop || true
-  rm -f "$kubeconfig"
   return "$rc"
 }
 trap teardown EXIT
 
-k() { nsenter --net="$SINEW_KIND_NETNS" kubectl --kubeconfig "$kubeconfig" "$@"; }
-h() { nsenter --net="$SINEW_KIND_NETNS" helm --kubeconfig "$kubeconfig" "$@"; }
+# Every kubectl and helm call names its side's cluster: $side is set by the caller.
+kc() { echo "$out/kubeconfig-$side"; }
+k() { nsenter --net="$SINEW_KIND_NETNS" kubectl --kubeconfig "$(kc)" "$@"; }
+h() { nsenter --net="$SINEW_KIND_NETNS" helm --kubeconfig "$(kc)" "$@"; }
+declare -A worker0 worker1
 
 # --- images ---------------------------------------------------------------------------------
 
@@ -113,16 +119,18 @@ rm -rf "$ctx"
 
 # --- a cluster ------------------------------------------------------------------------------
 
-create_cluster() { # images to load...
-  kind delete cluster --name "$cluster" >/dev/null 2>&1 || true
-  local start=$SECONDS
-  kind create cluster --name "$cluster" --image "$SINEW_KIND_NODE_IMAGE" \
-    --config "$here/kind-config.yaml" --kubeconfig "$kubeconfig" >"$out/kind-create.log" 2>&1 \
-    || { cat "$out/kind-create.log" >&2; die "kind create cluster"; }
-  kind load docker-image --name "$cluster" "$@" >/dev/null 2>&1
-  log "cluster up and images loaded in $((SECONDS - start))s"
-  mapfile -t workers < <(kind get nodes --name "$cluster" | grep -v control-plane | sort)
-  ((${#workers[@]} == 2)) || die "expected 2 workers, got: ${workers[*]}"
+create_cluster() { # images to load... (for $side)
+  local name=bench-$side start=$SECONDS workers
+  kind delete cluster --name "$name" >/dev/null 2>&1 || true
+  kind create cluster --name "$name" --image "$SINEW_KIND_NODE_IMAGE" \
+    --config "$here/kind-config.yaml" --kubeconfig "$(kc)" >"$out/kind-create-$side.log" 2>&1 \
+    || { cat "$out/kind-create-$side.log" >&2; die "kind create cluster $name"; }
+  kind load docker-image --name "$name" "$@" >/dev/null 2>&1
+  log "cluster $name up and images loaded in $((SECONDS - start))s"
+  mapfile -t workers < <(kind get nodes --name "$name" | grep -v control-plane | sort)
+  ((${#workers[@]} == 2)) || die "$name: expected 2 workers, got: ${workers[*]}"
+  worker0[$side]=${workers[0]}
+  worker1[$side]=${workers[1]}
 }
 
 wait_network() {
@@ -173,7 +181,7 @@ EOF
 # Lines "<client time> <pod> <Ready status>" for every update the watch sees.
 start_watch() { # file
   local file=$1
-  nsenter --net="$SINEW_KIND_NETNS" kubectl --kubeconfig "$kubeconfig" -n "$bns" get pods -l app=bench -w \
+  nsenter --net="$SINEW_KIND_NETNS" kubectl --kubeconfig "$(kc)" -n "$bns" get pods -l app=bench -w \
     -o jsonpath='{.metadata.name} {.status.conditions[?(@.type=="Ready")].status}{"\n"}' \
     > >(while IFS= read -r line; do printf '%s %s\n' "$EPOCHREALTIME" "$line"; done >"$file") 2>/dev/null &
   watch_pid=$!
@@ -183,8 +191,8 @@ ready_count() { # watch file
   awk '$3 == "True" {r[$2] = 1} END {print length(r)}' "$1" 2>/dev/null || echo 0
 }
 
-scale_round() { # side, round
-  local side=$1 round=$2 file t0 deadline
+scale_round() { # round (for $side)
+  local round=$1 file t0 deadline
   file=$out/$side-watch-$round.txt
   start_watch "$file"
   sleep 2
@@ -226,14 +234,16 @@ scale_round() { # side, round
 # --- pod -> pod TCP across the workers ----------------------------------------------------------
 
 iperf_pods() {
-  local w
+  local w node
   for w in 0 1; do
+    node=${worker0[$side]}
+    ((w == 1)) && node=${worker1[$side]}
     k -n "$bns" apply -f - >/dev/null <<EOF
 apiVersion: v1
 kind: Pod
 metadata: {name: iperf-$w}
 spec:
-  nodeName: ${workers[$w]}
+  nodeName: $node
   terminationGracePeriodSeconds: 0
   containers:
     - name: iperf
@@ -245,17 +255,15 @@ EOF
   k -n "$bns" wait --for=condition=Ready pod/iperf-0 pod/iperf-1 --timeout=120s >/dev/null
 }
 
-# Median Mbit/s of 3 iperf runs iperf-1 -> iperf-0.
-iperf_median() { # label
-  local sip run mbits all=()
+# One iperf run iperf-1 -> iperf-0 (for $side): "tcp <label> <Mbit/s>" into the samples.
+iperf_run() { # label
+  local sip mbits
   sip=$(k -n "$bns" get pod iperf-0 -o jsonpath='{.status.podIP}')
-  for run in 1 2 3; do
-    mbits=$(k -n "$bns" exec iperf-1 -- iperf -c "$sip" -t "$iperf_seconds" -f m 2>&1 \
-      | tee -a "$out/iperf-$1.txt" | awk '/Mbits\/sec/ {v = $(NF - 1)} END {print v}')
-    [[ -n $mbits ]] || die "iperf $1 run $run: no result (output in $out/iperf-$1.txt)"
-    all+=("$mbits")
-  done
-  printf '%s\n' "${all[@]}" | sort -n | sed -n 2p
+  mbits=$(k -n "$bns" exec iperf-1 -- iperf -c "$sip" -t "$iperf_seconds" -f m 2>&1 \
+    | tee -a "$out/iperf-$1.txt" | awk '/Mbits\/sec/ {v = $(NF - 1)} END {print v}')
+  [[ -n $mbits ]] || die "iperf $1: no result (output in $out/iperf-$1.txt)"
+  echo "tcp $1 $mbits" >>"$out/samples.txt"
+  log "iperf $1: $mbits Mbit/s"
 }
 
 sinew_mode() { # mode: patch the pool and wait for every node to converge on it
@@ -266,7 +274,7 @@ sinew_mode() { # mode: patch the pool and wait for every node to converge on it
     obs=$(k get ippool default-ipv4 -o jsonpath='{.status.observedGeneration}')
     conv=$(k get ippool default-ipv4 -o jsonpath='{.status.modeConvergence}')
     plan=$(k get ippool default-ipv4 -o jsonpath='{.status.modePlan}')
-    [[ $gen == "$obs" && -z $plan && $conv == 3/3 ]] && return 0
+    [[ $gen == "$obs" && -z $plan && $conv == 3/3 ]] && { sleep 2; return 0; }
     sleep 1
   done
   die "pool default-ipv4 did not converge on $1"
@@ -276,24 +284,7 @@ sinew_mode() { # mode: patch the pool and wait for every node to converge on it
 route_between_workers() {
   local ip
   ip=$(k -n "$bns" get pod iperf-0 -o jsonpath='{.status.podIP}')
-  docker exec "${workers[1]}" ip route get "$ip" | head -1
-}
-
-measure() { # side
-  local side=$1 round
-  deployment
-  for round in $(seq "$rounds"); do
-    scale_round "$side" "$round"
-  done
-  iperf_pods
-  log "$side: route ${workers[1]} -> iperf-0: $(route_between_workers)"
-  echo "tcp $side $(iperf_median "$side")" >>"$out/samples.txt"
-  if [[ $side == sinew ]]; then
-    sinew_mode VXLAN
-    log "sinew VXLAN: route ${workers[1]} -> iperf-0: $(route_between_workers)"
-    echo "tcp sinew-vxlan $(iperf_median sinew-vxlan)" >>"$out/samples.txt"
-  fi
-  log "$side: $(grep -E "^tcp $side" "$out/samples.txt" | tr '\n' ' ')"
+  docker exec "${worker1[$side]}" ip route get "$ip" | head -1
 }
 
 pause_image=$(docker run --rm --entrypoint cat "$SINEW_KIND_NODE_IMAGE" /etc/containerd/config.toml \
@@ -301,8 +292,6 @@ pause_image=$(docker run --rm --entrypoint cat "$SINEW_KIND_NODE_IMAGE" /etc/con
 [[ -n $pause_image ]] || die "no sandbox_image in the node image's containerd config"
 : >"$out/samples.txt"
 
-sides=(sinew flannel)
-[[ -n $only ]] && sides=("$only")
 for side in "${sides[@]}"; do
   start=$SECONDS
   case $side in
@@ -316,10 +305,33 @@ for side in "${sides[@]}"; do
       ;;
     *) die "unknown side $side" ;;
   esac
-  log "$side installed, nodes and CoreDNS Ready ($((SECONDS - start))s)"
-  measure "$side"
-  log "$side done in $((SECONDS - start))s"
+  deployment
+  iperf_pods
+  log "$side installed, nodes and CoreDNS Ready ($((SECONDS - start))s); route ${worker1[$side]} -> iperf-0: $(route_between_workers)"
 done
+
+for round in $(seq "$rounds"); do
+  for side in "${sides[@]}"; do
+    scale_round "$round"
+  done
+done
+for _ in 1 2 3; do
+  for side in "${sides[@]}"; do
+    iperf_run "$side"
+  done
+done
+if [[ " ${sides[*]} " == *" sinew "* ]]; then
+  side=sinew
+  sinew_mode VXLAN
+  log "sinew VXLAN: route ${worker1[sinew]} -> iperf-0: $(route_between_workers)"
+  for _ in 1 2 3; do
+    for side in "${sides[@]}"; do
+      label=$side
+      [[ $side == sinew ]] && label=sinew-vxlan
+      iperf_run "$label"
+    done
+  done
+fi
 
 # --- the table ------------------------------------------------------------------------------
 
@@ -349,7 +361,7 @@ table() {
   row "creation -> Ready p50 (ms, client watch)" "$(ms "$(stat lat sinew p50)")" "$(ms "$(stat lat flannel p50)")"
   row "creation -> Ready p99 (ms, client watch)" "$(ms "$(stat lat sinew p99)")" "$(ms "$(stat lat flannel p99)")"
   row "creation -> Ready p50 / p99 (s, API timestamps)" "$(stat apilat sinew p50) / $(stat apilat sinew p99)" "$(stat apilat flannel p50) / $(stat apilat flannel p99)"
-  row "pod -> pod TCP across workers (Mbit/s, default mode)" "$(num "$(stat tcp sinew median)") (Auto: routed)" "$(num "$(stat tcp flannel median)") (VXLAN)"
+  row "pod -> pod TCP across workers (Mbit/s, default mode; median of 3, flannel of 6)" "$(num "$(stat tcp sinew median)") (Auto: routed)" "$(num "$(stat tcp flannel median)") (VXLAN)"
   row "pod -> pod TCP across workers (Mbit/s, both VXLAN)" "$(num "$(stat tcp sinew-vxlan median)")" "$(num "$(stat tcp flannel median)")"
   row "machine load average (1 min) at the end of the rounds, median" "$(stat load sinew median)" "$(stat load flannel median)"
 }
