@@ -56,11 +56,12 @@ pub struct NodeState {
     pub node: String,
     /// Pools whose node selector matches this node, in preference order.
     pub pools: Vec<PoolState>,
-    /// The kernel boot (`/proc/sys/kernel/random/boot_id`) in which the agent last completed
-    /// a whole pass (blocks, peer routes, VXLAN, NAT, forwarding). After a reboot the file is
-    /// still there but the kernel state is not: until the agent's first complete pass of the
-    /// new boot, ADD answers "try again" and STATUS "not available". `None` only in files
-    /// written without an agent (tests and tools), which are not gated.
+    /// The kernel boot and network namespace ([`current_boot_id`]) in which the agent last
+    /// completed a whole pass (blocks, peer routes, VXLAN, NAT, forwarding). After a reboot,
+    /// or a restart of a node that is a container (its network namespace is new, its disk
+    /// kept), the file is still there but the kernel state is not: until the agent's first
+    /// complete pass there, ADD answers "try again" and STATUS "not available". `None` only in
+    /// files written without an agent (tests and tools), which are not gated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ready_boot: Option<String>,
 }
@@ -68,11 +69,50 @@ pub struct NodeState {
 /// Where the kernel publishes the current boot's random id.
 pub const BOOT_ID_PATH: &str = "/proc/sys/kernel/random/boot_id";
 
-/// The current boot's id (empty if the kernel does not say, which then matches nothing).
+/// Which kernel network state this process sees: the boot's id and, where the kernel has it
+/// (Linux >= 5.14), the cookie of the process's network namespace, as `<boot id>/netns-<cookie>`.
+/// A node that is a container (kind) gets a new network namespace when it restarts, within
+/// the same boot: no route, VXLAN device or nftables table of the old one is left. A cookie is
+/// never reused within a boot. The agent runs in the node's namespace (hostNetwork), and so
+/// does the plugin when the runtime calls it. Empty if the kernel does not say, which then
+/// matches nothing.
 pub fn current_boot_id() -> String {
-    fs::read_to_string(BOOT_ID_PATH)
+    let boot = fs::read_to_string(BOOT_ID_PATH)
         .map(|s| s.trim().to_string())
-        .unwrap_or_default()
+        .unwrap_or_default();
+    match netns_cookie() {
+        Some(cookie) if !boot.is_empty() => format!("{boot}/netns-{cookie}"),
+        _ => boot,
+    }
+}
+
+/// Whether `ready` (a `ready_boot`) names the kernel network state of now. A value without a
+/// namespace part was written by an agent that did not record it (or a kernel without
+/// cookies): it is compared with the boot alone, as that agent meant.
+fn is_current(ready: &str, now: &str) -> bool {
+    !ready.is_empty()
+        && (ready == now
+            || (!ready.contains('/') && now.split_once('/').is_some_and(|(boot, _)| boot == ready)))
+}
+
+/// The cookie of the calling thread's network namespace (`SO_NETNS_COOKIE`).
+fn netns_cookie() -> Option<u64> {
+    use std::os::fd::AsRawFd;
+    let socket = std::os::unix::net::UnixDatagram::unbound().ok()?;
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: the descriptor is open for the call (owned by `socket`); the kernel writes at
+    // most `len` bytes (exactly 8 for this option) into `cookie`, which outlives the call.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_NETNS_COOKIE,
+            (&raw mut cookie).cast(),
+            &mut len,
+        )
+    };
+    (rc == 0 && len as usize == std::mem::size_of::<u64>()).then_some(cookie)
 }
 
 pub fn node_state_path(state_dir: &Path) -> PathBuf {
@@ -109,8 +149,7 @@ impl NodeState {
     /// Why the node cannot serve pods yet in this boot, if it cannot (see `ready_boot`).
     pub fn not_ready_since_boot(&self) -> Option<String> {
         let ready = self.ready_boot.as_deref()?;
-        let now = current_boot_id();
-        (ready.is_empty() || ready != now).then(|| {
+        (!is_current(ready, &current_boot_id())).then(|| {
             format!(
                 "the sinew node agent has not completed a pass since this node booted (routes, VXLAN and NAT of node {} are not programmed yet)",
                 self.node
@@ -199,6 +238,30 @@ mod tests {
         );
         s.ready_boot = Some(current_boot_id());
         assert_eq!(s.not_ready_since_boot(), None);
+    }
+
+    /// A restarted container node: same boot, new network namespace (kind's `docker restart`).
+    #[test]
+    fn readiness_is_per_network_namespace() {
+        let now = current_boot_id();
+        let Some((boot, netns)) = now.split_once('/') else {
+            return; // a kernel without namespace cookies: per boot only
+        };
+        assert!(netns.starts_with("netns-"), "{now}");
+        assert!(is_current(&now, &now));
+        assert!(
+            !is_current(&format!("{boot}/netns-0"), &now),
+            "another namespace of this boot"
+        );
+        assert!(
+            !is_current(&format!("an-earlier-boot/{netns}"), &now),
+            "another boot"
+        );
+        assert!(is_current(boot, &now), "written by an agent without cookies");
+        assert!(!is_current("an-earlier-boot", &now));
+        assert!(!is_current("", &now));
+        // Stable within one namespace (the agent writes it, the plugin compares).
+        assert_eq!(current_boot_id(), now);
     }
 
     #[test]
