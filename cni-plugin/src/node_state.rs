@@ -257,7 +257,10 @@ mod tests {
             !is_current(&format!("an-earlier-boot/{netns}"), &now),
             "another boot"
         );
-        assert!(is_current(boot, &now), "written by an agent without cookies");
+        assert!(
+            is_current(boot, &now),
+            "written by an agent without cookies"
+        );
         assert!(!is_current("an-earlier-boot", &now));
         assert!(!is_current("", &now));
         // Stable within one namespace (the agent writes it, the plugin compares).
