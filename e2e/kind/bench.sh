@@ -80,7 +80,7 @@ sides=(sinew flannel)
 
 teardown() {
   local rc=$? side
-  if [[ -n $watch_pid ]]; then kill "$watch_pid" 2>/dev/null || true; fi
+  if [[ -n $watch_pid ]]; then stop_watch; fi
   if [[ ${SINEW_KIND_KEEP:-} == 1 ]]; then
     log "SINEW_KIND_KEEP=1: clusters bench-{sinew,flannel} and the engine are left running; kubeconfigs in $out"
     return
@@ -178,22 +178,57 @@ spec:
 EOF
 }
 
-# Lines "<client time> <pod> <Ready status>" for every update the watch sees.
+# Lines "<client time> <pod> <Ready status>" for every update the watch sees. Under heavy load
+# the API server may end a watch: it is started again at once (its first lines then list the
+# pods as they are), and a "<time> #restart" line says so.
 start_watch() { # file
   local file=$1
-  nsenter --net="$SINEW_KIND_NETNS" kubectl --kubeconfig "$(kc)" -n "$bns" get pods -l app=bench -w \
-    -o jsonpath='{.metadata.name} {.status.conditions[?(@.type=="Ready")].status}{"\n"}' \
-    > >(while IFS= read -r line; do printf '%s %s\n' "$EPOCHREALTIME" "$line"; done >"$file") 2>/dev/null &
+  watch_stop=$out/watch.stop
+  rm -f "$watch_stop"
+  (
+    while [[ ! -e $watch_stop ]]; do
+      nsenter --net="$SINEW_KIND_NETNS" kubectl --kubeconfig "$(kc)" -n "$bns" get pods -l app=bench -w \
+        -o jsonpath='{.metadata.name} {.status.conditions[?(@.type=="Ready")].status}{"\n"}' \
+        2>>"$file.err" &
+      echo $! >"$out/watch.pid"
+      wait $! || true
+      [[ -e $watch_stop ]] || echo "#restart"
+    done
+  ) > >(while IFS= read -r line; do printf '%s %s\n' "$EPOCHREALTIME" "$line"; done >"$file") &
   watch_pid=$!
 }
 
-ready_count() { # watch file
-  awk '$3 == "True" {r[$2] = 1} END {print length(r)}' "$1" 2>/dev/null || echo 0
+stop_watch() {
+  touch "$watch_stop"
+  kill "$(cat "$out/watch.pid")" 2>/dev/null || true
+  wait "$watch_pid" 2>/dev/null || true
+  watch_pid=""
 }
 
+ready_count() { # watch file
+  awk '$2 !~ /^#/ && $3 == "True" {r[$2] = 1} END {print length(r)}' "$1" 2>/dev/null || echo 0
+}
+
+# CPU seconds used so far by the containers of a namespace on every node of the cluster
+# (crictl stats: the containers running now). For $side.
+cpu_seconds() { # namespace...
+  local node filter
+  filter=$(printf '"%s",' "$@")
+  for node in $(kind get nodes --name "bench-$side"); do
+    docker exec "$node" crictl stats -o json 2>/dev/null \
+      | jq --argjson ns "[${filter%,}]" '[.stats[] | select(.attributes.labels["io.kubernetes.pod.namespace"] as $n | $ns | index($n))
+          | .cpu.usageCoreNanoSeconds.value | tonumber] | add // 0'
+  done | awk '{s += $1} END {printf "%.3f\n", s / 1e9}'
+}
+provider_namespace() { [[ $side == sinew ]] && echo sinew-system || echo kube-flannel; }
+
+# shellcheck disable=SC2129 # several writers append to the samples
 scale_round() { # round (for $side)
   local round=$1 file t0 deadline
   file=$out/$side-watch-$round.txt
+  local cpu0 api0
+  cpu0=$(cpu_seconds "$(provider_namespace)")
+  api0=$(cpu_seconds kube-system)
   start_watch "$file"
   sleep 2
   t0=$EPOCHREALTIME
@@ -203,12 +238,16 @@ scale_round() { # round (for $side)
     ((SECONDS < deadline)) || { k -n "$bns" get pods -o wide >&2; die "$side round $round: not every pod Ready within 600s"; }
     sleep 0.2
   done
-  kill "$watch_pid" 2>/dev/null || true
-  wait "$watch_pid" 2>/dev/null || true
-  watch_pid=""
+  stop_watch
   sleep 0.5
+  {
+    echo "restarts $side $round $(grep -c ' #restart' "$file")"
+    echo "cpu $side $round $(awk -v a="$cpu0" -v b="$(cpu_seconds "$(provider_namespace)")" 'BEGIN {printf "%.3f", b - a}')"
+    echo "cpusys $side $round $(awk -v a="$api0" -v b="$(cpu_seconds kube-system)" 'BEGIN {printf "%.3f", b - a}')"
+  } >>"$out/samples.txt"
   # Client-side: per pod, first seen (created) and first seen Ready.
   awk -v t0="$t0" -v side="$side" -v round="$round" '
+    $2 ~ /^#/ {next}
     !($2 in first) {first[$2] = $1}
     $3 == "True" && !($2 in ready) {ready[$2] = $1}
     END {
@@ -224,7 +263,7 @@ scale_round() { # round (for $side)
   local per_node
   per_node=$(k -n "$bns" get pods -l app=bench -o jsonpath='{range .items[*]}{.spec.nodeName}{"\n"}{end}' | sort | uniq -c | awk '{printf "%s %s  ", $2, $1}')
   echo "load $side $round $(cut -d' ' -f1 /proc/loadavg)" >>"$out/samples.txt"
-  log "$side round $round (load average $(cut -d' ' -f1 /proc/loadavg)): $(awk -v s="$side" -v r="$round" '$1 == "rate" && $2 == s && $3 == r {print $4}' "$out/samples.txt") pods Ready/s ($per_node)"
+  log "$side round $round (load average $(cut -d' ' -f1 /proc/loadavg)): $(awk -v s="$side" -v r="$round" '$1 ~ /^(rate|cpu|cpusys|restarts)$/ && $2 == s && $3 == r {printf "%s %s  ", $1, $4}' "$out/samples.txt")($per_node)"
   k -n "$bns" scale deploy/bench --replicas=0 >/dev/null
   k -n "$bns" wait --for=delete pod -l app=bench --timeout=300s >/dev/null 2>&1 || true
   # Let the DELs and the agents settle before the next round.
@@ -363,6 +402,9 @@ table() {
   row "creation -> Ready p50 / p99 (s, API timestamps)" "$(stat apilat sinew p50) / $(stat apilat sinew p99)" "$(stat apilat flannel p50) / $(stat apilat flannel p99)"
   row "pod -> pod TCP across workers (Mbit/s, default mode; median of 3, flannel of 6)" "$(num "$(stat tcp sinew median)") (Auto: routed)" "$(num "$(stat tcp flannel median)") (VXLAN)"
   row "pod -> pod TCP across workers (Mbit/s, both VXLAN)" "$(num "$(stat tcp sinew-vxlan median)")" "$(num "$(stat tcp flannel median)")"
+  row "CPU s of the network provider's pods per round (sinew-system / kube-flannel), median" "$(stat cpu sinew median)" "$(stat cpu flannel median)"
+  row "CPU s of kube-system's pods per round (API server, etcd, ...), median" "$(stat cpusys sinew median)" "$(stat cpusys flannel median)"
+  row "watches the API server ended during the rounds (restarted at once)" "$(awk '$1 == "restarts" && $2 == "sinew" {s += $4} END {print s + 0}' "$out/samples.txt")" "$(awk '$1 == "restarts" && $2 == "flannel" {s += $4} END {print s + 0}' "$out/samples.txt")"
   row "machine load average (1 min) at the end of the rounds, median" "$(stat load sinew median)" "$(stat load flannel median)"
 }
 
@@ -387,8 +429,9 @@ if $write_docs; then
     echo "(\`SINEW_BENCH_PODS\`, \`SINEW_BENCH_ROUNDS\`, \`SINEW_BENCH_IPERF_SECONDS\`)."
     echo
     echo "Run on $(date -u +%Y-%m-%d), commit $(git -C "$repo" rev-parse --short HEAD), kind v0.33.0 nodes with Kubernetes v1.37.2 built"
-    echo "offline (e2e/kind/README.md); machine: $machine. Both clusters share those cores with"
-    echo "their control plane and the measuring client."
+    echo "offline (e2e/kind/README.md); machine: $machine. Both clusters are up at once and the"
+    echo "rounds alternate between them; they share those cores with each other, the measuring client"
+    echo "and whatever else the machine runs (see the load row)."
     echo
     table
     echo
