@@ -217,7 +217,7 @@ cpu_seconds() { # namespace...
   for node in $(kind get nodes --name "bench-$side"); do
     docker exec "$node" crictl stats -o json 2>/dev/null \
       | jq --argjson ns "[${filter%,}]" '[.stats[] | select(.attributes.labels["io.kubernetes.pod.namespace"] as $n | $ns | index($n))
-          | .cpu.usageCoreNanoSeconds.value | tonumber] | add // 0'
+          | (.cpu.usageCoreNanoSeconds.value // "0") | tonumber] | add // 0' || echo 0
   done | awk '{s += $1} END {printf "%.3f\n", s / 1e9}'
 }
 provider_namespace() { [[ $side == sinew ]] && echo sinew-system || echo kube-flannel; }
