@@ -29,13 +29,13 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use serde_json::json;
-use sinew_cni::ipam;
-use sinew_cni::netlink::Netlink;
-use sinew_cni::node_state::{self, NodeState, PoolState};
 use sinew_crds::{
     Allocation, CLUSTER_NETWORK_NAME, Cidr, ClusterNetwork, IPBlock, IPBlockSpec, IPBlockStatus,
     IPPool, PoolMode, ReleaseRequest,
 };
+use sinew_node_lib::ipam;
+use sinew_node_lib::netlink::Netlink;
+use sinew_node_lib::node_state::{self, NodeState, PoolState};
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
@@ -461,7 +461,7 @@ impl Agent {
         } else {
             // Not yet: keep what the file says (the same boot after an agent restart stays
             // ready; a file from before a reboot stays stale until this boot's first pass).
-            NodeState::load(&self.settings.state_dir)
+            node_state::load(&self.settings.state_dir)
                 .ok()
                 .flatten()
                 .and_then(|s| s.ready_boot)
@@ -470,7 +470,7 @@ impl Agent {
         if self.memory.node_state.as_ref() == Some(&state) {
             return Ok(());
         }
-        state.store(&self.settings.state_dir)?;
+        node_state::store(&state, &self.settings.state_dir)?;
         for p in &state.pools {
             if !p.blocks.is_empty() {
                 node_state::clear_block_request(&self.settings.state_dir, &p.name)?;
@@ -549,7 +549,7 @@ impl Agent {
         for (ns, pools) in &wanted {
             let mirrored = self.memory.namespace_pools.as_ref().and_then(|m| m.get(ns));
             if mirrored != Some(pools) {
-                sinew_cni::fsutil::atomic_write(&dir.join(ns), pools.as_bytes())?;
+                sinew_node_lib::fsutil::atomic_write(&dir.join(ns), pools.as_bytes())?;
             }
         }
         for entry in std::fs::read_dir(&dir)?.filter_map(Result::ok) {
@@ -1219,13 +1219,13 @@ impl Agent {
         if self.memory.cleaned {
             return Ok(());
         }
-        if let Some(mut state) = NodeState::load(&self.settings.state_dir)?
+        if let Some(mut state) = node_state::load(&self.settings.state_dir)?
             && state.pools.iter().any(|p| !p.disabled)
         {
             for pool in &mut state.pools {
                 pool.disabled = true;
             }
-            state.store(&self.settings.state_dir)?;
+            node_state::store(&state, &self.settings.state_dir)?;
             self.memory.node_state = None;
         }
         let conf = self

@@ -83,7 +83,7 @@ fn settings(flags: &Flags, need_node: bool) -> anyhow::Result<Settings> {
         state_dir: PathBuf::from(
             flags
                 .get("state-dir", "SINEW_STATE_DIR")
-                .unwrap_or_else(|| sinew_cni::config::DEFAULT_STATE_DIR.to_string()),
+                .unwrap_or_else(|| sinew_node_lib::consts::DEFAULT_STATE_DIR.to_string()),
         ),
         log_file: PathBuf::from(
             flags

@@ -12,13 +12,13 @@ use std::time::{Duration, Instant};
 
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use serde_json::json;
-use sinew_cni::netlink::Netlink;
-use sinew_cni::netns::NetNs;
 use sinew_crds::{IPBlock, IPPool, PoolMode};
 use sinew_e2e::ControlPlane;
 use sinew_e2e::cluster::{LocalCluster, Pod, PodRef};
 use sinew_e2e::helm::Helm;
 use sinew_e2e::netsim;
+use sinew_node_lib::netlink::Netlink;
+use sinew_node_lib::netns::NetNs;
 
 /// The pool the chart creates (mode `Auto`, 10.244.0.0/16).
 const POOL: &str = "default-ipv4";
