@@ -48,11 +48,10 @@ use crate::plan::{self, BlockInfo, NodeInfo};
 use crate::program::{self, Underlay, VxlanParams};
 use crate::trust::{self, PoolFacts};
 
-/// Annotation with the MAC of the node's VXLAN device.
-pub const VTEP_MAC_ANNOTATION: &str = "sinew.dev/vtep-mac";
-/// Annotation with the node's install and convergence state (JSON), for the operator.
-pub const NODE_STATE_ANNOTATION: &str = "sinew.dev/node-state";
 use sinew_crds::ip_block::{NODE_LABEL, POOL_LABEL};
+use sinew_crds::node::{InstallReport, NodeReport, Problem, ProblemKind};
+pub use sinew_crds::node::{NODE_STATE_ANNOTATION, VTEP_MAC_ANNOTATION};
+use sinew_node_lib::consts::PLUGIN_BINARY;
 
 /// Where the agent works and how.
 #[derive(Debug, Clone)]
@@ -377,7 +376,7 @@ impl Agent {
                 Ok(false) => {}
                 Err(e) => {
                     datapath_complete = false;
-                    problems.push(format!("ForwardingOff: {e}"));
+                    problems.push(Problem::new(ProblemKind::ForwardingOff, e.to_string()));
                 }
             }
         }
@@ -404,11 +403,18 @@ impl Agent {
         if changes.added + changes.removed > 0 {
             info!(node = %self.settings.node_name, added = changes.added, removed = changes.removed, routes = plan.routes.len(), "peers programmed");
         }
-        problems.extend(plan.problems.iter().cloned());
+        problems.extend(
+            plan.problems
+                .iter()
+                .map(|p| Problem::new(ProblemKind::PeersIncomplete, p.clone())),
+        );
 
         problems.extend(self.claim_blocks(&pools, &facts, &blocks).await?);
         if let Err(e) = self.release_blocks(&pools, &facts, &blocks).await {
-            problems.push(format!("BlockReleaseFailed: {e:#}"));
+            problems.push(Problem::new(
+                ProblemKind::BlockReleaseFailed,
+                format!("{e:#}"),
+            ));
         }
         if datapath_complete && !self.memory.pass_completed {
             info!(node = %self.settings.node_name, "first complete pass in this boot: the node serves pods");
@@ -418,8 +424,9 @@ impl Agent {
         self.store_node_state(state)?;
 
         if let Err(e) = self.apply_nft(params.port) {
-            problems.push(format!(
-                "NftablesFailed: natOutgoing and the VXLAN source filter are not applied: {e}"
+            problems.push(Problem::new(
+                ProblemKind::NftablesFailed,
+                format!("natOutgoing and the VXLAN source filter are not applied: {e}"),
             ));
         }
         self.mirror_namespace_pools()?;
@@ -444,7 +451,7 @@ impl Agent {
             vxlan.mac,
             &modes,
             report,
-            &problems,
+            problems,
             &network.spec.config_hash(),
         )
         .await
@@ -611,7 +618,7 @@ impl Agent {
         pools: &[Arc<IPPool>],
         facts: &BTreeMap<String, PoolFacts>,
         blocks: &[BlockInfo],
-    ) -> anyhow::Result<Vec<String>> {
+    ) -> anyhow::Result<Vec<Problem>> {
         let held = ipam::Store::new(&self.settings.state_dir).snapshot()?;
         let requested: BTreeSet<String> =
             node_state::pending_block_requests(&self.settings.state_dir)?
@@ -627,8 +634,9 @@ impl Agent {
             // node address) or disabled gets no new blocks; existing pods keep theirs.
             if let Some(why) = &fact.unusable {
                 if requested.contains(&name) {
-                    problems.push(format!(
-                        "PoolUnusable: a pod asked for pool {name}, which hands out no addresses: {why}"
+                    problems.push(Problem::new(
+                        ProblemKind::PoolUnusable,
+                        format!("a pod asked for pool {name}, which hands out no addresses: {why}"),
                     ));
                 }
                 continue;
@@ -664,7 +672,10 @@ impl Agent {
                 }
                 Err(e) => {
                     warn!(node = %self.settings.node_name, pool = %name, error = %format!("{e:#}"), "claiming a block failed");
-                    problems.push(format!("BlockClaimFailed: pool {name}: {e:#}"));
+                    problems.push(Problem::new(
+                        ProblemKind::BlockClaimFailed,
+                        format!("pool {name}: {e:#}"),
+                    ));
                 }
             }
         }
@@ -680,7 +691,7 @@ impl Agent {
         held: &ipam::IpamState,
         facts: &BTreeMap<String, PoolFacts>,
         blocks: &[BlockInfo],
-    ) -> Vec<String> {
+    ) -> Vec<Problem> {
         let mut in_use: BTreeMap<String, (String, usize)> = BTreeMap::new();
         for a in held.attachments.values() {
             for h in &a.addresses {
@@ -710,14 +721,15 @@ impl Agent {
                     warn!(node = %self.settings.node_name, pool = %pool, block = %cidr, addresses = count, "IPBlock was deleted while pods here hold its addresses: claimed it again")
                 }
                 Err(kube::Error::Api(e)) if e.code == 409 => match api.get(&name).await {
-                    Ok(other) if other.spec.node != self.settings.node_name => problems.push(format!(
-                        "BlockLost: {count} addresses of {cidr} are held by pods on this node, but IPBlock {name} now belongs to node {}: delete and recreate those pods",
-                        other.spec.node
+                    Ok(other) if other.spec.node != self.settings.node_name => problems.push(Problem::new(
+                        ProblemKind::BlockLost,
+                        format!("{count} addresses of {cidr} are held by pods on this node, but IPBlock {name} now belongs to node {}: delete and recreate those pods", other.spec.node),
                     )),
                     _ => {}
                 },
-                Err(e) => problems.push(format!(
-                    "BlockClaimFailed: re-claiming {cidr} (pool {pool}, {count} addresses in use here): {e}"
+                Err(e) => problems.push(Problem::new(
+                    ProblemKind::BlockClaimFailed,
+                    format!("re-claiming {cidr} (pool {pool}, {count} addresses in use here): {e}"),
                 )),
             }
         }
@@ -942,8 +954,8 @@ impl Agent {
 
     /// Installs the plugin binary (once per agent start, or again if it disappeared) and then
     /// the conflist; returns the install report.
-    fn install(&mut self, network: &ClusterNetwork) -> anyhow::Result<serde_json::Value> {
-        let bin = self.bin_dir(network).join("sinew");
+    fn install(&mut self, network: &ClusterNetwork) -> anyhow::Result<InstallReport> {
+        let bin = self.bin_dir(network).join(PLUGIN_BINARY);
         if self.memory.plugin_sha256.is_none() || !bin.exists() {
             let plugin = std::fs::read(&self.settings.plugin_source).map_err(|e| {
                 anyhow::anyhow!(
@@ -976,14 +988,14 @@ impl Agent {
         let report = install::conf_report(&conf_dir, &file)?;
         let hash = install::sha256_hex(&bytes);
         self.memory.conflist_hash = Some(hash.clone());
-        Ok(json!({
-            "conflist": file,
-            "conflistHash": hash,
-            "pluginSha256": self.memory.plugin_sha256,
-            "chosen": report.chosen,
-            "shadowing": report.shadowing,
-            "others": report.others,
-        }))
+        Ok(InstallReport {
+            conflist: Some(file),
+            conflist_hash: Some(hash),
+            plugin_sha256: self.memory.plugin_sha256.clone(),
+            chosen: report.chosen,
+            shadowing: report.shadowing,
+            others: report.others,
+        })
     }
 
     /// Publishes the VTEP MAC, the install/convergence state and the Node condition.
@@ -992,25 +1004,26 @@ impl Agent {
         local: &Local,
         vtep: Option<[u8; 6]>,
         modes: &BTreeMap<String, PoolMode>,
-        install: Option<serde_json::Value>,
-        problems: &[String],
+        install: Option<InstallReport>,
+        problems: Vec<Problem>,
         spec_hash: &str,
     ) -> anyhow::Result<()> {
         let ready = install.is_some();
         if let Some(report) = &install {
             self.record_conflist_event(local, report).await;
         }
-        let state = json!({
-            "ready": ready,
-            "specHash": spec_hash,
-            "underlay": local.underlay.subnet.to_string(),
-            "underlayMtu": local.underlay.mtu,
-            "install": install,
-            "modes": modes.iter().map(|(k, v)| (k.clone(), v.to_string())).collect::<BTreeMap<_, _>>(),
-            "problems": problems,
-        });
+        let report = NodeReport {
+            ready,
+            spec_hash: Some(spec_hash.to_string()),
+            underlay: Some(local.underlay.subnet.to_string()),
+            underlay_mtu: Some(local.underlay.mtu),
+            install,
+            modes: modes.clone(),
+            problems,
+            cleaned_up: false,
+        };
         let mut annotations =
-            BTreeMap::from([(NODE_STATE_ANNOTATION.to_string(), state.to_string())]);
+            BTreeMap::from([(NODE_STATE_ANNOTATION.to_string(), report.to_annotation())]);
         if let Some(mac) = vtep {
             annotations.insert(VTEP_MAC_ANNOTATION.to_string(), mac_string(mac));
         }
@@ -1055,10 +1068,10 @@ impl Agent {
 
     /// Records an Event on the Node when the runtime's choice of conflist changes: a Warning
     /// when another file wins over ours (sinew never renames or deletes it), Normal otherwise.
-    async fn record_conflist_event(&mut self, local: &Local, report: &serde_json::Value) {
-        let ours = report["conflist"].as_str().unwrap_or_default();
-        let chosen = report["chosen"].as_str().unwrap_or_default();
-        let situation = format!("{chosen}|{}", report["shadowing"]);
+    async fn record_conflist_event(&mut self, local: &Local, report: &InstallReport) {
+        let ours = report.conflist.as_deref().unwrap_or_default();
+        let chosen = report.chosen.as_deref().unwrap_or_default();
+        let situation = format!("{chosen}|{:?}", report.shadowing);
         if self.memory.evented.as_deref() == Some(situation.as_str()) {
             return;
         }
@@ -1076,7 +1089,7 @@ impl Agent {
                 reason: "ForeignConflistWins".into(),
                 note: Some(format!(
                     "the container runtime loads {chosen}, not {ours}: files sorting before it ({}) shadow sinew; sinew never renames or deletes other vendors' files, lower cni.confPriority or remove them",
-                    report["shadowing"]
+                    report.shadowing.join(", ")
                 )),
                 action: "Install".into(),
                 secondary: None,
@@ -1247,7 +1260,10 @@ impl Agent {
                 let patch = json!({
                     "apiVersion": "v1", "kind": "Node",
                     "metadata": {"name": self.settings.node_name, "annotations": {
-                        NODE_STATE_ANNOTATION: json!({"ready": false, "cleanedUp": false, "problems": [format!("CleanUpWaiting: {waiting}")]}).to_string(),
+                        NODE_STATE_ANNOTATION: NodeReport {
+                            problems: vec![Problem::new(ProblemKind::CleanUpWaiting, waiting.clone())],
+                            ..NodeReport::default()
+                        }.to_annotation(),
                     }},
                 });
                 nodes
@@ -1258,14 +1274,14 @@ impl Agent {
             return Ok(());
         }
         install::remove_file(&conf)?;
-        install::remove_file(&self.bin_dir(network).join("sinew"))?;
+        install::remove_file(&self.bin_dir(network).join(PLUGIN_BINARY))?;
         program::remove_all(&mut Netlink::new()?)?;
         nat::remove()?;
         info!(node = %self.settings.node_name, "node cleaned up: conflist, plugin, routes, VXLAN device and nftables table removed");
         let patch = json!({
             "apiVersion": "v1", "kind": "Node",
             "metadata": {"name": self.settings.node_name, "annotations": {
-                NODE_STATE_ANNOTATION: json!({"ready": false, "cleanedUp": true}).to_string(),
+                NODE_STATE_ANNOTATION: NodeReport { cleaned_up: true, ..NodeReport::default() }.to_annotation(),
             }},
         });
         nodes

@@ -49,7 +49,7 @@ pub fn status(
         };
         if let Some(install) = &report.install {
             counts.installed += 1;
-            if install.chosen.is_some() && install.chosen != install.conflist {
+            if install.shadowed() {
                 problems.push(NodeProblem {
                     node: node.name_any(),
                     reason: "ForeignConflistWins".into(),
@@ -69,11 +69,10 @@ pub fn status(
             counts.up_to_date += 1;
         }
         for p in &report.problems {
-            let (reason, message) = problem_reason(p);
             problems.push(NodeProblem {
                 node: node.name_any(),
-                reason: reason.into(),
-                message: message.into(),
+                reason: p.kind.to_string(),
+                message: p.message.clone(),
             });
         }
     }
@@ -212,40 +211,4 @@ pub async fn reconcile(network: Arc<ClusterNetwork>, ctx: Arc<Context>) -> Resul
     );
     write_status(&network, &ctx, &st).await?;
     Ok(Action::requeue(Duration::from_secs(30)))
-}
-
-/// An agent's problem line is `Reason: message` when the agent names the kind of problem
-/// (`ForwardingOff: …`), else a peer that could not be programmed (`PeersIncomplete`).
-fn problem_reason(line: &str) -> (&str, &str) {
-    match line.split_once(": ") {
-        Some((reason, message))
-            if !reason.is_empty()
-                && reason.starts_with(|c: char| c.is_ascii_uppercase())
-                && reason.chars().all(|c| c.is_ascii_alphanumeric()) =>
-        {
-            (reason, message)
-        }
-        _ => ("PeersIncomplete", line),
-    }
-}
-
-#[cfg(test)]
-mod problem_tests {
-    use super::problem_reason;
-
-    #[test]
-    fn agents_name_the_kind_of_problem() {
-        assert_eq!(
-            problem_reason("ForwardingOff: net.ipv4.ip_forward must be 1"),
-            ("ForwardingOff", "net.ipv4.ip_forward must be 1")
-        );
-        assert_eq!(
-            problem_reason("node b has not published its VTEP yet"),
-            ("PeersIncomplete", "node b has not published its VTEP yet")
-        );
-        assert_eq!(
-            problem_reason("ignoring IPBlock x (node n): bad"),
-            ("PeersIncomplete", "ignoring IPBlock x (node n): bad")
-        );
-    }
 }

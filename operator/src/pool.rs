@@ -211,9 +211,7 @@ pub fn mode_plan(
         .iter()
         .filter_map(|n| Some((n.name_any(), nodes::report(n)?)))
         .collect();
-    let running = |r: &nodes::NodeReport| -> Option<PoolMode> {
-        serde_json::from_value(serde_json::Value::String(r.modes.get(&name)?.clone())).ok()
-    };
+    let running = |r: &nodes::NodeReport| -> Option<PoolMode> { r.modes.get(&name).copied() };
     reports.sort_by(|a, b| a.0.cmp(&b.0));
     let pending: Vec<String> = reports
         .iter()
@@ -315,7 +313,7 @@ pub fn status(
         .filter(|n| sinew_crds::selector::matches(pool.spec.node_selector.as_ref(), n.labels()))
         .filter(|n| nodes::report(n).is_some())
         .collect();
-    let mode = pool.spec.mode.to_string();
+    let mode = pool.spec.mode;
     let converged = selected
         .iter()
         .filter(|n| nodes::report(n).is_some_and(|r| r.modes.get(&name) == Some(&mode)))
