@@ -19,7 +19,8 @@ use tokio::net::TcpListener;
 pub struct Metrics {
     pub ready: AtomicBool,
     pub passes: AtomicU64,
-    pub pass_errors: AtomicU64,
+    /// Failed passes by error kind (`agent::error::Error::label`).
+    pub pass_errors: Mutex<BTreeMap<&'static str, u64>>,
     pub blocks_claimed: AtomicU64,
     pub peer_routes: AtomicU64,
     /// Per pool: (blocks owned here, addresses allocated here).
@@ -80,12 +81,6 @@ impl Metrics {
             self.passes.load(Ordering::Relaxed),
         );
         gauge(
-            "sinew_node_pass_errors_total",
-            "Reconcile passes that failed.",
-            "counter",
-            self.pass_errors.load(Ordering::Relaxed),
-        );
-        gauge(
             "sinew_node_blocks_claimed_total",
             "IPBlocks claimed by this node.",
             "counter",
@@ -97,6 +92,18 @@ impl Metrics {
             "gauge",
             self.peer_routes.load(Ordering::Relaxed),
         );
+        let errors = self
+            .pass_errors
+            .lock()
+            .map(|e| e.clone())
+            .unwrap_or_default();
+        s.push_str("# HELP sinew_node_pass_errors_total Reconcile passes that failed, by kind of error.\n# TYPE sinew_node_pass_errors_total counter\n");
+        for (kind, count) in &errors {
+            let _ = writeln!(
+                s,
+                "sinew_node_pass_errors_total{{node=\"{node}\",kind=\"{kind}\"}} {count}"
+            );
+        }
         let pools = self.pools.lock().map(|p| p.clone()).unwrap_or_default();
         s.push_str("# HELP sinew_node_pool_blocks Blocks of the pool owned by this node.\n# TYPE sinew_node_pool_blocks gauge\n");
         for (pool, (blocks, _)) in &pools {
@@ -147,10 +154,12 @@ mod tests {
         let m = Metrics::default();
         m.ready.store(true, Ordering::Relaxed);
         m.pools.lock().unwrap().insert("p".into(), (2, 5));
+        m.pass_errors.lock().unwrap().insert("api", 3);
         let text = m.render("node-a");
         assert!(text.contains("sinew_node_ready{node=\"node-a\"} 1"));
         assert!(text.contains("sinew_node_pool_allocated{node=\"node-a\",pool=\"p\"} 5"));
         assert!(text.contains("# TYPE sinew_node_passes_total counter"));
+        assert!(text.contains("sinew_node_pass_errors_total{node=\"node-a\",kind=\"api\"} 3"));
     }
 
     #[test]

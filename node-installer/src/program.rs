@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use sinew_crds::{Cidr, Family};
 use sinew_node_lib::netlink::{Link, Netlink, NetlinkError, Route};
 
-use crate::plan::{Path, Plan};
+use crate::peers::{Path, Plan};
 
 use sinew_node_lib::consts::MAIN_TABLE;
 /// Route protocol of the routes towards peers (`ip route show proto 116`); pod routes made

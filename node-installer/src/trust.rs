@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use sinew_crds::node::{Problem, ProblemKind};
 use sinew_crds::{Cidr, IPBlock, IPPool};
 
-use crate::plan::BlockInfo;
+use crate::peers::BlockInfo;
 
 /// The facts of one pool the agent acts on.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -15,11 +15,16 @@ use std::io;
 use std::marker::PhantomData;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
+#[cfg(any(test, feature = "testutils"))]
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+#[cfg(any(test, feature = "testutils"))]
 use std::sync::Mutex;
 
-use crate::netlink::{Netlink, NetlinkError};
+#[cfg(any(test, feature = "testutils"))]
+use crate::netlink::Netlink;
+use crate::netlink::NetlinkError;
 
 /// Where named network namespaces are bind-mounted (the `ip netns` convention).
 pub const NETNS_RUN_DIR: &str = "/run/netns";
