@@ -606,9 +606,7 @@ async fn release_blocks_of_departed_nodes(pool: &IPPool, ctx: &Context) -> Resul
         if !delete_if_present(&api, &block.name_any()).await? {
             continue;
         }
-        ctx.metrics
-            .block_releases
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        ctx.metrics.block_releases.inc();
         tracing::info!(pool = %name, block = %block.spec.cidr, node = %block.spec.node, "released the block of a departed node");
         let event = Event {
             type_: EventType::Normal,

@@ -1,51 +1,24 @@
 //! The agent's index: the watched objects (reflector stores) and the pruned views one pass
 //! works from. Every conversion from a Kubernetes object into what the planners take happens
-//! here, once per pass.
+//! here, once per pass. Nodes are kept pruned (labels, sinew's annotations, addresses).
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Node};
 use kube::api::Api;
 use kube::core::PartialObjectMeta;
-use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use sinew_crds::node::{POOL_ANNOTATION, VTEP_MAC_ANNOTATION};
 use sinew_crds::{CLUSTER_NETWORK_NAME, ClusterNetwork, IPBlock, IPPool, ReleaseRequest};
+use sinew_runtime::watch::{prune_meta, prune_node, reflect};
 use tokio::sync::Notify;
-use tracing::warn;
 
 use crate::nat;
 use crate::peers::NodeInfo;
-
-/// Spawns a reflector for `api`, waking `notify` on every change.
-fn watch<K>(api: Api<K>, notify: Arc<Notify>, config: watcher::Config) -> Store<K>
-where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
-{
-    let (store, writer) = reflector::store();
-    let stream =
-        reflector::reflector(writer, watcher(api, config).default_backoff()).touched_objects();
-    tokio::spawn(async move {
-        futures::pin_mut!(stream);
-        while let Some(event) = stream.next().await {
-            if let Err(e) = event {
-                warn!(error = %e, "watch error; retrying");
-            }
-            notify.notify_one();
-        }
-    });
-    store
-}
 
 /// The pieces of cluster state the agent watches.
 pub struct Cluster {
@@ -60,20 +33,23 @@ impl Cluster {
     /// Starts the watches; each change wakes `notify`.
     pub fn watch(client: &Client, notify: &Arc<Notify>) -> Cluster {
         let all = watcher::Config::default;
+        let wake = || Some(notify.clone());
         Cluster {
-            nodes: watch(Api::all(client.clone()), notify.clone(), all()),
-            pools: watch(Api::all(client.clone()), notify.clone(), all()),
-            blocks: watch(Api::all(client.clone()), notify.clone(), all()),
-            networks: watch(
+            nodes: reflect(Api::all(client.clone()), all(), prune_node, wake()),
+            pools: reflect(Api::all(client.clone()), all(), prune_meta, wake()),
+            blocks: reflect(Api::all(client.clone()), all(), prune_meta, wake()),
+            networks: reflect(
                 Api::all(client.clone()),
-                notify.clone(),
                 all().fields(&format!("metadata.name={CLUSTER_NETWORK_NAME}")),
+                prune_meta,
+                wake(),
             ),
             // Metadata only (names and annotations): `Api<PartialObjectMeta<_>>` asks for no more.
-            namespaces: watch(
+            namespaces: reflect(
                 Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
-                notify.clone(),
                 all(),
+                prune_meta,
+                wake(),
             ),
         }
     }

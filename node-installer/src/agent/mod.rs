@@ -27,7 +27,6 @@ mod settings;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Node;
@@ -107,11 +106,11 @@ impl Agent {
         let cluster = Cluster::watch(&client, &notify);
         Agent {
             api: ApiWriter::new(client, &settings.node_name),
+            metrics: Arc::new(http::Metrics::new(&settings.node_name)),
             settings,
             cluster,
             memory: Memory::default(),
             notify,
-            metrics: Arc::new(http::Metrics::default()),
         }
     }
 
@@ -138,11 +137,9 @@ impl Agent {
                 .is_empty();
             let due = last_full.elapsed() >= self.settings.resync;
             if woke.is_ok() || requested || due {
-                self.metrics.passes.fetch_add(1, Ordering::Relaxed);
+                self.metrics.passes.inc();
                 if let Err(e) = self.pass().await {
-                    if let Ok(mut errors) = self.metrics.pass_errors.lock() {
-                        *errors.entry(e.label()).or_default() += 1;
-                    }
+                    self.metrics.pass_failed(e.label());
                     warn!(node = %self.node(), kind = e.label(), error = %e, "pass failed; retrying");
                 }
                 last_full = tokio::time::Instant::now();
@@ -166,10 +163,10 @@ impl Agent {
                 }
             }
         };
-        let (node, metrics) = (self.settings.node_name.clone(), self.metrics.clone());
+        let metrics = self.metrics.clone();
         let stall_after = self.settings.stall_after;
         tokio::spawn(async move {
-            if let Err(e) = http::serve(addr, node, metrics, stall_after).await {
+            if let Err(e) = http::serve(addr, metrics, stall_after).await {
                 warn!(%addr, error = %e, "cannot serve /metrics, /healthz, /readyz");
             }
         });
@@ -242,9 +239,7 @@ impl Agent {
             &modes,
         );
         let changes = program::apply(&mut nl, &plan, &local.underlay, Some(&vxlan))?;
-        self.metrics
-            .peer_routes
-            .store(plan.routes.len() as u64, Ordering::Relaxed);
+        self.metrics.peer_routes.set(plan.routes.len() as i64);
         if changes.added + changes.removed > 0 {
             info!(node = %self.node(), added = changes.added, removed = changes.removed, routes = plan.routes.len(), "peers programmed");
         }
@@ -287,7 +282,7 @@ impl Agent {
                 .node_state
                 .as_ref()
                 .is_some_and(|st| st.pools.iter().any(|p| !p.disabled && !p.blocks.is_empty()));
-        self.metrics.ready.store(ready, Ordering::Relaxed);
+        self.metrics.set_ready(ready);
         let install = if ready {
             Some(self.install(&network)?)
         } else {
@@ -393,7 +388,7 @@ impl Agent {
                         .update(|s| s.retired.remove(&block.to_string()))
                         .map_err(Error::files("updating the IPAM store"))?;
                     self.memory.exhausted.remove(&name);
-                    self.metrics.blocks_claimed.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.blocks_claimed.inc();
                     info!(node = %self.node(), pool = %name, block = %block, free, "claimed block")
                 }
                 Ok(None) => {
@@ -670,9 +665,7 @@ impl Agent {
             }
             self.memory.reported_blocks.insert(name, status);
         }
-        if let Ok(mut pools) = self.metrics.pools.lock() {
-            *pools = per_pool;
-        }
+        self.metrics.set_pools(&per_pool);
         Ok(())
     }
 }
