@@ -7,6 +7,7 @@
 //! - [`ipam`]: the node-local address store, crash-safe and locked;
 //! - [`node_state`]: the agent → plugin state file and the plugin → agent block requests;
 //! - [`fsutil`]: atomic file replacement and file locks;
+//! - [`state_watch`]: inotify wake-ups when the plugin changes node-local state;
 //! - [`consts`]: names and numbers the plugin, the agent and the tests must agree on.
 //!
 //! No Kubernetes, no async runtime: the plugin is exec'd once per pod.
@@ -17,3 +18,4 @@ pub mod ipam;
 pub mod netlink;
 pub mod netns;
 pub mod node_state;
+pub mod state_watch;
