@@ -162,7 +162,7 @@ fn add_records_before_programming_and_del_tears_down_before_forgetting() {
     let dp = Fake::new(dir.path());
     let (ok, result) = run("ADD", "c1", conf(dir.path()), &dp);
     assert!(ok, "{result}");
-    assert_eq!(result["ips"][0]["address"], "10.244.1.1/32");
+    assert_eq!(result["ips"][0]["address"], "10.244.1.0/32");
     // The address is recorded before the datapath exists: a crash in between leaves a record
     // DEL or GC can find, never a datapath nothing knows of.
     assert_eq!(dp.effects(), vec![Effect::Setup { recorded: true }]);
@@ -203,7 +203,10 @@ fn a_failed_add_is_rolled_back_and_keeps_its_record_when_the_rollback_fails() {
             }
         ]
     );
-    assert!(!dp.recorded(&veth("c1")), "rolled back: the address is free");
+    assert!(
+        !dp.recorded(&veth("c1")),
+        "rolled back: the address is free"
+    );
 
     // The rollback itself fails: the record stays, for DEL or GC to finish.
     dp.fail_teardown = true;
@@ -233,7 +236,10 @@ fn a_failed_del_keeps_the_address() {
     let (ok, err) = run("DEL", "c1", conf(dir.path()), &dp);
     assert!(!ok);
     assert_eq!(err["code"], 101, "{err}");
-    assert!(dp.recorded(&veth("c1")), "the address is not freed under a live datapath");
+    assert!(
+        dp.recorded(&veth("c1")),
+        "the address is not freed under a live datapath"
+    );
 }
 
 #[test]
@@ -249,7 +255,13 @@ fn check_reports_the_kernels_differences() {
     let (ok, err) = run("CHECK", "c1", conf(dir.path()), &dp);
     assert!(!ok);
     assert_eq!(err["code"], 100);
-    assert!(err["msg"].as_str().unwrap().contains("route 10.244.1.1/32 missing"));
+    assert!(
+        err["msg"]
+            .as_str()
+            .unwrap()
+            .contains("route 10.244.1.1/32 missing")
+    );
+    assert_eq!(dp.effects(), vec![Effect::Check]);
     // CHECK of an unknown attachment: no datapath call.
     let (ok, err) = run("CHECK", "c9", conf(dir.path()), &dp);
     assert!(!ok && err["code"] == 3, "{err}");
@@ -299,5 +311,7 @@ fn gc_tears_down_stale_attachments_then_strays_keeping_the_live() {
     dp.fail_teardown = true;
     assert!(run("GC", "", gc_conf, &dp).0);
     assert!(dp.recorded(&veth("stale2")));
-    assert!(matches!(dp.effects().last(), Some(Effect::RemoveStray(live)) if live.contains(&veth("stale2"))));
+    assert!(
+        matches!(dp.effects().last(), Some(Effect::RemoveStray(live)) if live.contains(&veth("stale2")))
+    );
 }

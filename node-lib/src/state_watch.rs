@@ -44,13 +44,7 @@ impl StateWatch {
         let mut buf = [0u8; 4096];
         loop {
             // SAFETY: `buf` is valid for writes of its length; the descriptor is open.
-            let n = unsafe {
-                libc::read(
-                    self.fd.as_raw_fd(),
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                )
-            };
+            let n = unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
             if n > 0 {
                 return Ok(());
             }

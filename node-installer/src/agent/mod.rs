@@ -118,25 +118,31 @@ impl Agent {
         &self.settings.node_name
     }
 
-    /// Runs passes forever: on every watched change, on a block request from the plugin
-    /// (polled twice a second) and at least every `resync`.
+    /// Runs passes forever: on every watched change, on a block request from the plugin and
+    /// at least every `resync`; syncs `IPBlock` status whenever the plugin changed the store
+    /// (inotify; polled twice a second where inotify is unavailable).
     pub async fn run(mut self) -> anyhow::Result<()> {
         self.cluster.synced().await.map_err(anyhow::Error::msg)?;
         info!(node = %self.node(), "caches synced; agent running");
         self.metrics.beat();
         let notify = self.notify.clone();
+        let local = watch_local_state(&self.settings.state_dir);
         let mut last_full = tokio::time::Instant::now();
         let mut serving = self.settings.metrics_addr == ListenAddr::Off;
         loop {
             if !serving {
                 serving = self.serve_http();
             }
-            let woke = tokio::time::timeout(Duration::from_millis(500), notify.notified()).await;
+            let woke = tokio::select! {
+                _ = notify.notified() => true,
+                _ = local.notified() => false,
+                _ = tokio::time::sleep(Duration::from_millis(500)) => false,
+            };
             let requested = !node_state::pending_block_requests(&self.settings.state_dir)
                 .unwrap_or_default()
                 .is_empty();
             let due = last_full.elapsed() >= self.settings.resync;
-            if woke.is_ok() || requested || due {
+            if woke || requested || due {
                 self.metrics.passes.inc();
                 if let Err(e) = self.pass().await {
                     self.metrics.pass_failed(e.label());
@@ -668,6 +674,28 @@ impl Agent {
         self.metrics.set_pools(&per_pool);
         Ok(())
     }
+}
+
+/// Wakes the returned `Notify` whenever the plugin changes the IPAM store or asks for a
+/// block (an inotify watch on a blocking thread); without inotify it never wakes and the loop
+/// polls.
+fn watch_local_state(state_dir: &std::path::Path) -> Arc<Notify> {
+    let wake = Arc::new(Notify::new());
+    match sinew_node_lib::state_watch::StateWatch::new(state_dir) {
+        Ok(watch) => {
+            let notify = wake.clone();
+            std::thread::spawn(move || {
+                while watch.wait().is_ok() {
+                    notify.notify_one();
+                }
+                warn!("the node state watch ended; polling the IPAM store instead");
+            });
+        }
+        Err(e) => {
+            warn!(error = %e, "cannot watch the node state directory; polling the IPAM store instead")
+        }
+    }
+    wake
 }
 
 /// The allocations of `block` in the store, as its `IPBlock` status shows them.
