@@ -114,29 +114,49 @@ impl InstallReport {
     }
 }
 
-/// The kinds of problem a node agent reports. The name is the `reason` users see in
-/// `ClusterNetwork.status.problems`.
+/// The kinds of problem sinew diagnoses. The name is the `reason` users see in
+/// `ClusterNetwork.status.problems`, in Events and in `sinew_node_problem{kind}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum ProblemKind {
     /// Another vendor's conflist wins the runtime's choice.
     ConflistShadowed,
     /// IP forwarding is off and the agent could not turn it on.
     ForwardingOff,
-    /// An IPBlock names this node but fails the trust checks.
-    UntrustedBlock,
-    BlockClaimFailed,
-    BlockReleaseFailed,
+    /// A route or policy rule sinew does not own captures pod traffic.
+    RouteConflict,
     /// A block this node held now belongs to another node (or is gone).
     BlockLost,
-    NftablesFailed,
-    /// The node waits for pods to go before cleaning up.
-    CleanUpWaiting,
+    /// A pool a pod asked for hands out no addresses.
     PoolUnusable,
     /// Some peers cannot be programmed yet (no VTEP, no address, unreachable in `Routed`).
     PeersIncomplete,
+    BlockClaimFailed,
+    BlockReleaseFailed,
+    NftablesFailed,
+    /// An IPBlock names this node but fails the trust checks.
+    UntrustedBlock,
+    /// A pool has few addresses left.
+    PoolNearlyExhausted,
+    /// Leftovers of another CNI: its bridges, tunnels and veths.
+    ForeignInterfaces,
+    /// Host-side veths of pods that no longer exist.
+    DanglingVeth,
+    /// The node waits for pods to go before cleaning up.
+    CleanUpWaiting,
     /// A kind this build does not know (a newer agent).
     #[serde(other)]
     Other,
+}
+
+/// How bad a problem is, worst first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Severity {
+    /// Pods on the node (or of the pool) lose networking or cannot start.
+    Critical,
+    /// Something degrades or will break.
+    Warning,
+    /// Worth knowing; nothing breaks.
+    Info,
 }
 
 impl ProblemKind {
@@ -144,17 +164,58 @@ impl ProblemKind {
         match self {
             ProblemKind::ConflistShadowed => "ConflistShadowed",
             ProblemKind::ForwardingOff => "ForwardingOff",
-            ProblemKind::UntrustedBlock => "UntrustedBlock",
-            ProblemKind::BlockClaimFailed => "BlockClaimFailed",
-            ProblemKind::BlockReleaseFailed => "BlockReleaseFailed",
+            ProblemKind::RouteConflict => "RouteConflict",
             ProblemKind::BlockLost => "BlockLost",
-            ProblemKind::NftablesFailed => "NftablesFailed",
-            ProblemKind::CleanUpWaiting => "CleanUpWaiting",
             ProblemKind::PoolUnusable => "PoolUnusable",
             ProblemKind::PeersIncomplete => "PeersIncomplete",
+            ProblemKind::BlockClaimFailed => "BlockClaimFailed",
+            ProblemKind::BlockReleaseFailed => "BlockReleaseFailed",
+            ProblemKind::NftablesFailed => "NftablesFailed",
+            ProblemKind::UntrustedBlock => "UntrustedBlock",
+            ProblemKind::PoolNearlyExhausted => "PoolNearlyExhausted",
+            ProblemKind::ForeignInterfaces => "ForeignInterfaces",
+            ProblemKind::DanglingVeth => "DanglingVeth",
+            ProblemKind::CleanUpWaiting => "CleanUpWaiting",
             ProblemKind::Other => "Other",
         }
     }
+
+    pub fn severity(self) -> Severity {
+        match self {
+            ProblemKind::ConflistShadowed
+            | ProblemKind::ForwardingOff
+            | ProblemKind::RouteConflict
+            | ProblemKind::BlockLost
+            | ProblemKind::PoolUnusable => Severity::Critical,
+            ProblemKind::PeersIncomplete
+            | ProblemKind::BlockClaimFailed
+            | ProblemKind::BlockReleaseFailed
+            | ProblemKind::NftablesFailed
+            | ProblemKind::UntrustedBlock
+            | ProblemKind::PoolNearlyExhausted
+            | ProblemKind::ForeignInterfaces
+            | ProblemKind::Other => Severity::Warning,
+            ProblemKind::DanglingVeth | ProblemKind::CleanUpWaiting => Severity::Info,
+        }
+    }
+
+    /// Every kind, for metrics that report zero for the absent ones.
+    pub const ALL: [ProblemKind; 14] = [
+        ProblemKind::ConflistShadowed,
+        ProblemKind::ForwardingOff,
+        ProblemKind::RouteConflict,
+        ProblemKind::BlockLost,
+        ProblemKind::PoolUnusable,
+        ProblemKind::PeersIncomplete,
+        ProblemKind::BlockClaimFailed,
+        ProblemKind::BlockReleaseFailed,
+        ProblemKind::NftablesFailed,
+        ProblemKind::UntrustedBlock,
+        ProblemKind::PoolNearlyExhausted,
+        ProblemKind::ForeignInterfaces,
+        ProblemKind::DanglingVeth,
+        ProblemKind::CleanUpWaiting,
+    ];
 }
 
 impl std::fmt::Display for ProblemKind {
@@ -163,11 +224,16 @@ impl std::fmt::Display for ProblemKind {
     }
 }
 
-/// One problem a node reports: its kind and what exactly is wrong.
+/// One problem: its kind, what is wrong (the cause), what shows it, and how to fix it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Problem {
     pub kind: ProblemKind,
     pub message: String,
+    /// What sinew saw: routes, rules, interfaces, files, numbers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub evidence: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fix: Option<String>,
 }
 
 impl Problem {
@@ -175,7 +241,19 @@ impl Problem {
         Problem {
             kind,
             message: message.into(),
+            evidence: Vec::new(),
+            fix: None,
         }
+    }
+
+    pub fn with_evidence(mut self, evidence: Vec<String>) -> Problem {
+        self.evidence = evidence;
+        self
+    }
+
+    pub fn with_fix(mut self, fix: impl Into<String>) -> Problem {
+        self.fix = Some(fix.into());
+        self
     }
 }
 

@@ -242,7 +242,7 @@ async fn cluster_network_rollout_status_and_clean_up_order(ctx: Ctx) -> TestResu
         status
             .problems
             .iter()
-            .any(|p| p.node == "op-node-b" && p.reason == "ForeignConflistWins"),
+            .any(|p| p.node == "op-node-b" && p.reason == "ConflistShadowed"),
         "{:?}",
         status.problems
     );

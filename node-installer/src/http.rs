@@ -17,6 +17,11 @@ pub struct KindLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProblemLabels {
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PoolLabels {
     pub pool: String,
 }
@@ -36,6 +41,7 @@ pub struct Metrics {
     pub peer_routes: Gauge,
     pool_blocks: Family<PoolLabels, Gauge>,
     pool_allocated: Family<PoolLabels, Gauge>,
+    problems: Family<ProblemLabels, Gauge>,
     /// When the agent's loop last came round (milliseconds since the epoch).
     heartbeat_ms: AtomicU64,
 }
@@ -63,6 +69,7 @@ impl Metrics {
             peer_routes: Gauge::default(),
             pool_blocks: Family::default(),
             pool_allocated: Family::default(),
+            problems: Family::default(),
             heartbeat_ms: AtomicU64::new(0),
         };
         registry.register(
@@ -96,6 +103,11 @@ impl Metrics {
             "Addresses of the pool held by pods on this node",
             m.pool_allocated.clone(),
         );
+        registry.register(
+            "problem",
+            "Problems of this node now, by kind (0 for every kind not present)",
+            m.problems.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -120,6 +132,18 @@ impl Metrics {
             self.pool_allocated
                 .get_or_create(&labels)
                 .set(*allocated as i64);
+        }
+    }
+
+    /// The node's current problems, counted by kind (every kind reported, 0 when absent).
+    pub fn set_problems(&self, problems: &[sinew_crds::node::Problem]) {
+        for kind in sinew_crds::node::ProblemKind::ALL {
+            let count = problems.iter().filter(|p| p.kind == kind).count();
+            self.problems
+                .get_or_create(&ProblemLabels {
+                    kind: kind.to_string(),
+                })
+                .set(count as i64);
         }
     }
 

@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod blocks;
 pub mod conflist;
+pub mod diagnose;
 pub mod forwarding;
 pub mod http;
 pub mod install;

@@ -105,6 +105,14 @@ struct Flags {
         default_value_t = 120
     )]
     stall_seconds: u64,
+    /// sinew's dangling host veths (no pod recorded) are removed after this long.
+    #[arg(
+        long,
+        global = true,
+        env = "SINEW_DANGLING_SECONDS",
+        default_value_t = 60
+    )]
+    dangling_seconds: u64,
     /// Where the node's sysctls are (the host's /proc/sys/net mounted under <dir>/net in a
     /// container).
     #[arg(
@@ -156,6 +164,7 @@ fn settings(flags: Flags, need_node: bool) -> anyhow::Result<Settings> {
         metrics_addr: listen_addr(&flags.metrics_addr)?,
         sysctl_dir: flags.sysctl_dir,
         stall_after: Duration::from_secs(flags.stall_seconds),
+        dangling_grace: Duration::from_secs(flags.dangling_seconds),
     })
 }
 

@@ -11,6 +11,7 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 use sinew_crds::cluster_network::{NodeCounts, NodeProblem};
+use sinew_crds::node::ProblemKind;
 use sinew_crds::{ClusterNetwork, ClusterNetworkStatus};
 use tracing::info;
 
@@ -49,10 +50,16 @@ pub fn status(
         };
         if let Some(install) = &report.install {
             counts.installed += 1;
-            if install.shadowed() {
+            // Agents report it themselves (with evidence and fix); derived here for agents
+            // that do not.
+            let reported = report
+                .problems
+                .iter()
+                .any(|p| p.kind == ProblemKind::ConflistShadowed);
+            if install.shadowed() && !reported {
                 problems.push(NodeProblem {
                     node: node.name_any(),
-                    reason: "ForeignConflistWins".into(),
+                    reason: ProblemKind::ConflistShadowed.to_string(),
                     message: format!(
                         "the runtime loads {} instead of {} (shadowed by {:?})",
                         install.chosen.clone().unwrap_or_default(),
@@ -83,7 +90,9 @@ pub fn status(
     let generation = network.metadata.generation;
     let mut conds = previous.conditions.clone();
     let converged = counts.ready == counts.desired && counts.up_to_date == counts.desired;
-    let shadowed = problems.iter().any(|p| p.reason == "ForeignConflistWins");
+    let shadowed = problems
+        .iter()
+        .any(|p| p.reason == ProblemKind::ConflistShadowed.as_str());
     // kstatus: Stalled and Reconciling are never both True (a stall is not progress).
     conditions::set(
         &mut conds,
@@ -116,7 +125,7 @@ pub fn status(
                 "another CNI configuration wins on: {}",
                 problems
                     .iter()
-                    .filter(|p| p.reason == "ForeignConflistWins")
+                    .filter(|p| p.reason == ProblemKind::ConflistShadowed.as_str())
                     .map(|p| p.node.as_str())
                     .collect::<Vec<_>>()
                     .join(", ")

@@ -22,6 +22,7 @@ mod cleanup;
 pub mod error;
 mod files;
 mod index;
+mod observe;
 mod settings;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -42,6 +43,7 @@ use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
 use crate::blocks::{self, Holdings, Need};
+use crate::diagnose;
 use crate::forwarding;
 use crate::http;
 use crate::nat;
@@ -75,6 +77,10 @@ struct Memory {
     cleaned: bool,
     /// Pools that had no unclaimed block left when this node needed one.
     exhausted: BTreeSet<String>,
+    /// Dangling host veths of sinew, and when each was first seen.
+    dangling_since: BTreeMap<String, Instant>,
+    /// The problems of the last report, by kind (for Events when they appear and clear).
+    problem_kinds: BTreeMap<ProblemKind, String>,
 }
 
 pub struct Agent {
@@ -294,8 +300,11 @@ impl Agent {
         } else {
             None
         };
+        problems.extend(self.diagnose(&mut nl, install.as_ref(), &pools));
         problems.sort();
         problems.dedup();
+        self.metrics.set_problems(&problems);
+        self.record_problem_events(&local, &problems).await;
         let report = NodeReport {
             ready,
             spec_hash: Some(network.spec.config_hash()),
@@ -591,6 +600,108 @@ impl Agent {
         }
         self.memory.published = Some(fingerprint);
         Ok(())
+    }
+
+    /// The node checks (see `diagnose`); sinew's own dangling veths are removed once they
+    /// dangled for the grace period. A node that cannot be observed is logged, not failed.
+    fn diagnose(
+        &mut self,
+        nl: &mut Netlink,
+        install: Option<&InstallReport>,
+        pools: &Pools,
+    ) -> Vec<Problem> {
+        let mut problems: Vec<Problem> = install
+            .and_then(diagnose::conflist_shadowed)
+            .into_iter()
+            .collect();
+        let seen = match observe::observe(nl, &self.store()) {
+            Ok(seen) => seen,
+            Err(e) => {
+                warn!(node = %self.node(), error = %e, "cannot observe the node for its checks");
+                return problems;
+            }
+        };
+        problems.extend(diagnose::foreign_interfaces(&seen));
+        let ranges = diagnose::PodRanges {
+            pools: pools
+                .facts
+                .values()
+                .map(|f| (f.name.clone(), f.cidr))
+                .collect(),
+        };
+        problems.extend(diagnose::route_conflicts(&seen, &ranges));
+        // A veth listed before the store was read and still there after it, with no record,
+        // dangles: ADD records before it creates a veth, DEL removes the veth first.
+        let dangling: Vec<String> = diagnose::dangling_veths(&seen)
+            .into_iter()
+            .filter(|name| nl.link_by_name(name).is_ok_and(|l| l.is_some()))
+            .collect();
+        let now = Instant::now();
+        self.memory
+            .dangling_since
+            .retain(|name, _| dangling.contains(name));
+        let mut reported = Vec::new();
+        for name in dangling {
+            let since = *self
+                .memory
+                .dangling_since
+                .entry(name.clone())
+                .or_insert(now);
+            if now.duration_since(since) < self.settings.dangling_grace {
+                reported.push(name);
+                continue;
+            }
+            match nl.delete_link_by_name(&name) {
+                Ok(_) => info!(node = %self.node(), veth = %name, "removed a dangling host veth"),
+                Err(e) => {
+                    warn!(node = %self.node(), veth = %name, error = %e, "cannot remove a dangling host veth")
+                }
+            }
+            self.memory.dangling_since.remove(&name);
+        }
+        problems.extend(diagnose::dangling_problem(
+            &reported,
+            self.settings.dangling_grace.as_secs(),
+        ));
+        problems
+    }
+
+    /// A Warning Event on the Node when a kind of problem appears (or its message changes),
+    /// a Normal one when it clears.
+    async fn record_problem_events(&mut self, local: &Local, problems: &[Problem]) {
+        let now: BTreeMap<ProblemKind, String> = problems
+            .iter()
+            .map(|p| (p.kind, p.message.clone()))
+            .collect();
+        let mut events = Vec::new();
+        for (kind, message) in &now {
+            if self.memory.problem_kinds.get(kind) != Some(message) {
+                events.push(kube::runtime::events::Event {
+                    type_: kube::runtime::events::EventType::Warning,
+                    reason: kind.to_string(),
+                    note: Some(message.chars().take(1000).collect()),
+                    action: "Diagnose".into(),
+                    secondary: None,
+                });
+            }
+        }
+        for kind in self.memory.problem_kinds.keys() {
+            if !now.contains_key(kind) {
+                events.push(kube::runtime::events::Event {
+                    type_: kube::runtime::events::EventType::Normal,
+                    reason: format!("{kind}Resolved"),
+                    note: Some(format!("{kind} no longer holds on this node")),
+                    action: "Diagnose".into(),
+                    secondary: None,
+                });
+            }
+        }
+        for event in &events {
+            if let Err(e) = self.api.event(&local.node, event).await {
+                warn!(node = %self.node(), error = %e, "recording an Event failed");
+            }
+        }
+        self.memory.problem_kinds = now;
     }
 
     /// Records an Event on the Node when the runtime's choice of conflist changes.

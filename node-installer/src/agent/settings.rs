@@ -26,6 +26,8 @@ pub struct Settings {
     /// `/healthz` fails when the agent's loop has not come round for this long (a stalled
     /// agent is restarted by its liveness probe).
     pub stall_after: Duration,
+    /// sinew's dangling host veths are removed after this long.
+    pub dangling_grace: Duration,
 }
 
 /// Where the agent's HTTP endpoints listen.
