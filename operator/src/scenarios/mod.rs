@@ -110,6 +110,16 @@ pub struct Seen {
     pub body: Value,
 }
 
+impl Seen {
+    /// `METHOD path?query body`, the body cut short: for failure messages.
+    fn summary(&self) -> String {
+        let body = self.body.to_string();
+        let cut: String = body.chars().take(300).collect();
+        let more = if cut.len() < body.len() { "…" } else { "" };
+        format!("{} {} {:?} {cut}{more}", self.method, self.path, self.query)
+    }
+}
+
 /// The API server's side of a scenario.
 pub struct ApiServer {
     handle: Handle,
@@ -153,7 +163,8 @@ impl ApiServer {
         assert_eq!(
             (&seen.method, seen.path.as_str()),
             (&method, path),
-            "expected {method} {path}, got {seen:?}"
+            "expected {method} {path}, got {}",
+            seen.summary()
         );
         respond.send_response(answer(code, &reply(&seen)));
         seen
@@ -173,7 +184,7 @@ impl ApiServer {
                 while let Some((request, respond)) = server.handle.next_request().await {
                     server.received.fetch_add(1, Ordering::SeqCst);
                     let seen = read(request).await;
-                    extra.push(format!("{} {} {}", seen.method, seen.path, seen.body));
+                    extra.push(seen.summary());
                     respond.send_response(answer(500, &status(500, "InternalError")));
                 }
                 extra
