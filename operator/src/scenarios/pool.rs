@@ -344,3 +344,30 @@ async fn a_departed_nodes_block_is_kept_when_the_node_is_back_live() {
         "a block still waiting is looked at again soon"
     );
 }
+
+#[tokio::test]
+async fn a_deleted_pool_whose_blocks_cannot_be_listed_keeps_its_finalizer_and_is_an_error() {
+    let p = deleted_pool(DRAIN_SETTLE * 2, &[]);
+    // The cache (which could be stale) says there is nothing left; only the live list counts.
+    let (ctx, api) = World {
+        pools: vec![p.clone()],
+        ..World::default()
+    }
+    .build();
+    let scenario = api.play(|mut api| async move {
+        api.expect(
+            Method::GET,
+            BLOCKS,
+            503,
+            super::status(503, "ServiceUnavailable"),
+        )
+        .await;
+        api
+    });
+    let result = within(reconcile(Arc::new(p), ctx.clone())).await;
+    scenario.finish(ctx).await;
+    assert!(
+        matches!(result, Err(crate::context::Error::Kube(kube::Error::Api(ref e))) if e.code == 503),
+        "{result:?}"
+    );
+}
