@@ -579,7 +579,7 @@ async fn departed_live(ctx: &Context, block: &IPBlock) -> bool {
 /// How long a deleted pool waits before its blocks go: agents stop allocating from a pool
 /// being deleted and report every allocation within about a second, so after this the
 /// blocks' status (read live) can be trusted to show every address still in use.
-const DRAIN_SETTLE: Duration = Duration::from_secs(5);
+pub(crate) const DRAIN_SETTLE: Duration = Duration::from_secs(5);
 
 /// Deletes this pool's blocks whose node is gone and none of whose pods exists; returns
 /// whether some are still waiting for their pods.
