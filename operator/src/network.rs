@@ -175,11 +175,13 @@ pub async fn reconcile(network: Arc<ClusterNetwork>, ctx: Arc<Context>) -> Resul
     let daemonsets: Api<DaemonSet> = Api::namespaced(ctx.client.clone(), &ctx.settings.namespace);
     if network.meta().deletion_timestamp.is_some() {
         // Agents clean their nodes when they see the deletion; wait for all of them.
-        let pending: Vec<String> = nodes
+        let mut pending: Vec<String> = nodes
             .iter()
             .filter(|n| nodes::report(n).is_some_and(|r| !r.cleaned_up))
             .map(|n| n.name_any())
             .collect();
+        // Store order is arbitrary: sorted, so an unchanged wait never rewrites status.
+        pending.sort();
         if !pending.is_empty() {
             let mut st = network.status.clone().unwrap_or_default();
             conditions::set(
