@@ -245,6 +245,7 @@ async fn each_injected_failure_is_named_within_10s_and_cleared_when_undone(ctx: 
 
     // Every channel says it: doctor (text and JSON, exit 1), the metric, Events.
     let (code, text) = doctor(&ctx, &node.name, false)?;
+    eprintln!("$ kubectl sinew doctor {}\n{text}", node.name);
     assert_eq!(code, 1, "{text}");
     for kind in [
         "ForeignInterfaces",
