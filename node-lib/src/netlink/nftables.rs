@@ -59,8 +59,6 @@ const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
 const NFNL_MSG_BATCH_END: u16 = 0x11;
 const NFNETLINK_V0: u8 = 0;
-/// `struct nfgenmsg`: family, version, resource id (big endian).
-const NFGENMSG_LEN: usize = 4;
 
 // ----- netfilter (linux/netfilter.h) -----
 const NFPROTO_INET: u8 = 1;
@@ -1183,9 +1181,9 @@ mod tests {
         #[rustfmt::skip]
         let want: Vec<u8> = vec![
             14, 0, 1, 0, b'i', b'm', b'm', b'e', b'd', b'i', b'a', b't', b'e', 0, 0, 0,
-            32, 0, 2, 0x80,
+            28, 0, 2, 0x80,
             8, 0, 1, 0, 0, 0, 0, 0,                 // NFTA_IMMEDIATE_DREG verdict
-            20, 0, 2, 0x80,                         // NFTA_IMMEDIATE_DATA
+            16, 0, 2, 0x80,                         // NFTA_IMMEDIATE_DATA
             12, 0, 2, 0x80,                         //   NFTA_DATA_VERDICT
             8, 0, 1, 0, 0, 0, 0, 0,                 //     NFTA_VERDICT_CODE NF_DROP
         ];
@@ -1196,7 +1194,7 @@ mod tests {
         #[rustfmt::skip]
         let want: Vec<u8> = vec![
             11, 0, 1, 0, b'l', b'o', b'o', b'k', b'u', b'p', 0, 0,
-            48, 0, 2, 0x80,
+            40, 0, 2, 0x80,
             11, 0, 1, 0, b'n', b'o', b'd', b'e', b's', b'4', 0, 0,
             8, 0, 4, 0, 0, 0, 0, 5,                 // NFTA_LOOKUP_SET_ID
             8, 0, 2, 0, 0, 0, 0, 1,                 // NFTA_LOOKUP_SREG
@@ -1340,7 +1338,11 @@ mod tests {
     fn a_batch_is_framed_and_every_message_asks_for_an_ack() {
         let mut batch = Batch::new(100);
         batch.delete_table("sinew");
-        build_table(&mut batch, "sinew", &realistic(4789));
+        let no_nat6 = SinewTable {
+            nat: vec![cidr("10.244.0.0/16")],
+            ..realistic(4789)
+        };
+        build_table(&mut batch, "sinew", &no_nat6);
         let (bytes, ops, begin, end) = batch.finish();
         assert_eq!(begin, 100);
         assert_eq!(end, 101 + ops.len() as u32);
