@@ -443,6 +443,24 @@ async fn pool_status_sums_the_blocks_of_the_pool(ctx: Ctx) -> TestResult {
         .find(|c| c.type_ == "Exhausted")
         .ok_or("no Exhausted")?;
     assert_eq!(ex.reason, "NearlyExhausted", "{}", ex.message);
+    // With the allocation rate (not measurable yet: the first samples are seconds apart) and
+    // a PoolNearlyExhausted Event on the pool.
+    assert!(
+        ex.message.contains("238 of 253 addresses in use (94%)")
+            && ex.message.contains("allocation rate not known yet"),
+        "{}",
+        ex.message
+    );
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(ctx.client.clone(), "default");
+    wait("PoolNearlyExhausted Event", Duration::from_secs(10), || async {
+        let list = events.list(&Default::default()).await?;
+        Ok(list.items.into_iter().find(|e| {
+            e.reason.as_deref() == Some("PoolNearlyExhausted")
+                && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("use-pool")
+        }))
+    })
+    .await?;
     Ok(())
 }
 

@@ -14,4 +14,5 @@ pub mod pool;
 pub mod run;
 #[cfg(test)]
 mod scenarios;
+pub mod trend;
 pub mod uninstall;

@@ -13,6 +13,8 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use std::collections::BTreeMap;
 
+use sinew_crds::node::ProblemKind;
+
 use sinew_crds::{Cidr, Family, Forwarding, IPBlock, IPPool, IPPoolStatus, ModePlan, PoolMode};
 
 use crate::context::{
@@ -471,6 +473,7 @@ pub async fn reconcile(pool: Arc<IPPool>, ctx: Arc<Context>) -> Result<Action, E
         }
         remove_finalizer(&api, pool.as_ref()).await?;
         ctx.metrics.pool(&name, None);
+        ctx.usage.forget(&name);
         return Ok(Action::await_change());
     }
     ensure_finalizer(&api, pool.as_ref()).await?;
@@ -510,7 +513,31 @@ pub async fn reconcile(pool: Arc<IPPool>, ctx: Arc<Context>) -> Result<Action, E
             sinew_crds::CLUSTER_NETWORK_NAME,
         ))
         .and_then(|n| n.spec.fixed_mtu());
-    let st = status(&pool, &blocks, &nodes, found.as_ref(), fixed_mtu);
+    let mut st = status(&pool, &blocks, &nodes, found.as_ref(), fixed_mtu);
+    let rate = ctx
+        .usage
+        .record(&name, std::time::Instant::now(), st.allocated.unwrap_or(0));
+    let was_nearly_exhausted = pool.status.as_ref().is_some_and(nearly_exhausted);
+    if nearly_exhausted(&st) {
+        let free = u128::from(st.capacity.unwrap_or(0))
+            .saturating_sub(u128::from(st.allocated.unwrap_or(0)));
+        let trend = crate::trend::forecast(free, rate);
+        if let Some(c) = st.conditions.iter_mut().find(|c| c.type_ == "Exhausted") {
+            c.message = format!("{}; {trend}", c.message);
+        }
+        if !was_nearly_exhausted {
+            let event = Event {
+                type_: EventType::Warning,
+                reason: ProblemKind::PoolNearlyExhausted.to_string(),
+                note: Some(format!("{name}: {free} addresses left; {trend}")),
+                action: "Allocate".into(),
+                secondary: None,
+            };
+            if let Err(e) = ctx.recorder.publish(&event, &pool.object_ref(&())).await {
+                tracing::warn!(pool = %name, error = %e, "recording an Event failed");
+            }
+        }
+    }
     write_status(&pool, &ctx, &st).await?;
     ctx.metrics.pool(
         &name,
@@ -525,6 +552,14 @@ pub async fn reconcile(pool: Arc<IPPool>, ctx: Arc<Context>) -> Result<Action, E
     } else {
         30
     })))
+}
+
+/// The pool is at or above [`EXHAUSTION_THRESHOLD`] (its `Exhausted` condition is True).
+pub fn nearly_exhausted(status: &IPPoolStatus) -> bool {
+    status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == "Exhausted" && c.status == "True")
 }
 
 /// Pure: whether a block of a node that no longer exists can be released. Only when no pod of

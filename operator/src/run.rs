@@ -119,6 +119,7 @@ pub async fn run(
             },
         ),
         metrics,
+        usage: Default::default(),
     });
     // Decisions need every cache filled (a pool checked against half the nodes would miss
     // conflicts).

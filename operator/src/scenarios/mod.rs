@@ -87,6 +87,7 @@ impl World {
                 },
             ),
             metrics: Arc::new(crate::http::Metrics::default()),
+            usage: Default::default(),
         };
         (
             Arc::new(ctx),
