@@ -11,7 +11,6 @@
 //! [`render`] still gives the table in `nft` syntax: the agent compares it to decide when
 //! to re-apply, it is what `nft list table inet sinew` shows, and `nft -f` accepts it.
 
-use std::net::IpAddr;
 
 use sinew_crds::{Cidr, Family};
 use sinew_node_lib::netlink::nftables::{self, NftError, Nftables, SinewTable};
@@ -107,86 +106,12 @@ pub fn render(pools: &[NatPool], vxlan: &VxlanPeers) -> String {
     render_table(&table(pools, vxlan))
 }
 
-/// Reads back what [`render`] wrote (only that form; anything else is refused).
-pub fn parse(script: &str) -> Result<SinewTable, NatError> {
-    let bad = |what: String| NatError::Script(what);
-    let mut sets: [Option<Vec<Cidr>>; 6] = Default::default();
-    const NAMES: [&str; 6] = ["pods4", "pods6", "nat4", "nat6", "nodes4", "nodes6"];
-    let mut port = None;
-    for line in script.lines().map(str::trim) {
-        if let Some(rest) = line.strip_prefix("set ") {
-            let name = rest.split(' ').next().unwrap_or_default();
-            let index = NAMES
-                .iter()
-                .position(|n| *n == name)
-                .ok_or_else(|| bad(format!("unknown set {name:?}")))?;
-            let members = match rest.split_once("elements = { ") {
-                None => Vec::new(),
-                Some((_, list)) => {
-                    let (list, _) = list
-                        .split_once(" }")
-                        .ok_or_else(|| bad(format!("unterminated elements of set {name}")))?;
-                    list.split(", ")
-                        .map(|e| {
-                            e.parse::<Cidr>()
-                                .map_err(|err| bad(format!("set {name}: element {e:?}: {err}")))
-                        })
-                        .collect::<Result<Vec<_>, _>>()?
-                }
-            };
-            let family = if name.ends_with('4') {
-                Family::V4
-            } else {
-                Family::V6
-            };
-            if let Some(c) = members.iter().find(|c| c.family() != family) {
-                return Err(bad(format!("set {name}: {c} is of the other family")));
-            }
-            sets[index] = Some(members);
-        } else if let Some((_, rest)) = line.split_once("udp dport ") {
-            let n = rest.split(' ').next().unwrap_or_default();
-            let p: u16 = n
-                .parse()
-                .map_err(|_| bad(format!("VXLAN port {n:?} is not a port")))?;
-            if port.is_some_and(|q| q != p) {
-                return Err(bad("the two VXLAN rules name different ports".to_string()));
-            }
-            port = Some(p);
-        }
-    }
-    let [pods4, pods6, nat4, nat6, nodes4, nodes6] = sets;
-    let take = |s: Option<Vec<Cidr>>, name: &str| s.ok_or_else(|| bad(format!("no set {name}")));
-    let mut pods = take(pods4, "pods4")?;
-    pods.extend(take(pods6, "pods6")?);
-    let mut nat = take(nat4, "nat4")?;
-    nat.extend(take(nat6, "nat6")?);
-    let mut hosts = take(nodes4, "nodes4")?;
-    hosts.extend(take(nodes6, "nodes6")?);
-    let nodes = hosts
-        .iter()
-        .map(|c| {
-            (c.prefix_len() == c.family().bits())
-                .then(|| c.network())
-                .ok_or_else(|| bad(format!("node address {c} is not a host")))
-        })
-        .collect::<Result<Vec<IpAddr>, _>>()?;
-    Ok(SinewTable {
-        pods,
-        nat,
-        nodes,
-        vxlan_port: port.ok_or_else(|| bad("no VXLAN rule".to_string()))?,
-    })
-}
-
 /// Errors of programming the table.
 #[derive(Debug, thiserror::Error)]
 pub enum NatError {
     /// The kernel (or the netlink socket) refused; nothing was changed.
     #[error(transparent)]
     Nftables(#[from] NftError),
-    /// [`apply`] was given a script [`render`] did not write.
-    #[error("not a table rendered by sinew: {0}")]
-    Script(String),
 }
 
 /// Whether the table is in the kernel (someone may have flushed the ruleset since it was
@@ -205,11 +130,6 @@ pub fn table_exists() -> bool {
 pub fn apply_table(t: &SinewTable) -> Result<(), NatError> {
     Nftables::new()?.replace_sinew_table(t)?;
     Ok(())
-}
-
-/// Replaces the table atomically with what `script` ([`render`]'s output) describes.
-pub fn apply(script: &str) -> Result<(), NatError> {
-    apply_table(&parse(script)?)
 }
 
 /// Removes the table if it exists. A kernel without nf_tables cannot hold anything this
@@ -353,36 +273,5 @@ mod tests {
             "sorted, without duplicates"
         );
         assert_eq!(t.nat.len(), 2, "10.244.8.0/24 is inside 10.244.0.0/16");
-        assert_eq!(parse(&render(&pools, &peers)).unwrap(), t);
-        let empty = table(
-            &[],
-            &VxlanPeers {
-                port: 4789,
-                nodes: vec![],
-            },
-        );
-        assert_eq!(parse(&render_table(&empty)).unwrap(), empty);
-    }
-
-    #[test]
-    fn scripts_sinew_did_not_write_are_refused() {
-        let good = render(&[], &peers());
-        for bad in [
-            String::new(),
-            good.replace("set nat6", "set nat7"),
-            good.replace(
-                "udp dport 4789 counter drop\n        ip6",
-                "udp dport 1 counter drop\n        ip6",
-            ),
-            good.replace("10.99.0.10/32", "10.99.0.0/24"),
-            good.replace("10.99.0.10/32", "fd00::1/128"),
-            good.replace("10.99.0.10/32", "10.99.0.300/32"),
-            good.replace("dport 4789", "dport 70000"),
-        ] {
-            assert!(
-                matches!(parse(&bad), Err(NatError::Script(_))),
-                "accepted: {bad}"
-            );
-        }
     }
 }
