@@ -4,13 +4,16 @@
 //! - the VXLAN port accepts encapsulated packets only from the cluster's node addresses, so no
 //!   other host can inject traffic that appears to come from a pod.
 //!
-//! The table is replaced as a whole in one transaction (`nft -f`), only when
-//! its content changes, and removed on node clean-up; no other table is touched.
+//! The table is programmed over netlink ([`sinew_node_lib::netlink::nftables`]), with no
+//! `nft` program: it is replaced as a whole in one nf_tables transaction, only when its
+//! content changes, and removed on node clean-up; no other table is touched.
+//!
+//! [`render`] still gives the table in `nft` syntax: the agent compares it to decide when
+//! to re-apply, it is what `nft list table inet sinew` shows, and `nft -f` accepts it.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
 
 use sinew_crds::{Cidr, Family};
+use sinew_node_lib::netlink::nftables::{self, NftError, Nftables, SinewTable};
 
 /// Name of the owned table (family `inet`).
 pub use sinew_node_lib::consts::NFT_TABLE as TABLE;
@@ -22,20 +25,6 @@ pub struct NatPool {
     pub nat_outgoing: bool,
 }
 
-fn set(name: &str, family: Family, members: &[Cidr]) -> String {
-    let ty = match family {
-        Family::V4 => "ipv4_addr",
-        Family::V6 => "ipv6_addr",
-    };
-    let elements = if members.is_empty() {
-        String::new()
-    } else {
-        let list: Vec<String> = members.iter().map(Cidr::to_string).collect();
-        format!(" elements = {{ {} }};", list.join(", "))
-    };
-    format!("    set {name} {{ type {ty}; flags interval;{elements} }}\n")
-}
-
 /// Who may send to this node's VXLAN port.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VxlanPeers {
@@ -44,47 +33,66 @@ pub struct VxlanPeers {
     pub nodes: Vec<std::net::IpAddr>,
 }
 
-fn addresses(name: &str, family: Family, nodes: &[std::net::IpAddr]) -> String {
-    let members: Vec<Cidr> = nodes
-        .iter()
-        .filter(|a| Family::of(**a) == family)
-        .map(|a| Cidr::host(*a))
-        .collect();
-    set(name, family, &members)
+/// Both families' outermost prefixes (nft and the kernel refuse overlapping intervals).
+fn outermost(cidrs: &[Cidr]) -> Vec<Cidr> {
+    let mut v = nftables::outermost(cidrs, Family::V4);
+    v.extend(nftables::outermost(cidrs, Family::V6));
+    v
 }
 
-/// The table's full definition for these pools (every pool in the cluster, so that traffic
-/// to any pod is recognised as in-cluster) and VXLAN peers.
-pub fn render(pools: &[NatPool], vxlan: &VxlanPeers) -> String {
-    let of = |family: Family, only_nat: bool| -> Vec<Cidr> {
-        let mut v: Vec<Cidr> = pools
-            .iter()
-            .filter(|p| p.cidr.family() == family && (!only_nat || p.nat_outgoing))
-            .map(|p| p.cidr)
-            .collect();
-        v.sort();
-        v.dedup();
-        // nft refuses overlapping interval elements; keep only outermost prefixes.
-        let outer: Vec<Cidr> = v
-            .iter()
-            .filter(|c| !v.iter().any(|o| o != *c && o.contains_cidr(c)))
-            .copied()
-            .collect();
-        outer
+/// The table's content for these pools (every pool in the cluster, so that traffic to any
+/// pod is recognised as in-cluster) and VXLAN peers, normalised: each set sorted, without
+/// duplicates or nested prefixes.
+pub fn table(pools: &[NatPool], vxlan: &VxlanPeers) -> SinewTable {
+    let all: Vec<Cidr> = pools.iter().map(|p| p.cidr).collect();
+    let nat: Vec<Cidr> = pools
+        .iter()
+        .filter(|p| p.nat_outgoing)
+        .map(|p| p.cidr)
+        .collect();
+    let hosts: Vec<Cidr> = vxlan.nodes.iter().map(|a| Cidr::host(*a)).collect();
+    SinewTable {
+        pods: outermost(&all),
+        nat: outermost(&nat),
+        nodes: outermost(&hosts).iter().map(Cidr::network).collect(),
+        vxlan_port: vxlan.port,
+    }
+}
+
+fn set(name: &str, family: Family, members: &[Cidr]) -> String {
+    let ty = match family {
+        Family::V4 => "ipv4_addr",
+        Family::V6 => "ipv6_addr",
     };
+    let list: Vec<String> = members
+        .iter()
+        .filter(|c| c.family() == family)
+        .map(Cidr::to_string)
+        .collect();
+    let elements = if list.is_empty() {
+        String::new()
+    } else {
+        format!(" elements = {{ {} }};", list.join(", "))
+    };
+    format!("    set {name} {{ type {ty}; flags interval;{elements} }}\n")
+}
+
+/// The table in `nft -f` syntax, as one transaction that replaces it.
+pub fn render_table(t: &SinewTable) -> String {
+    let nodes: Vec<Cidr> = t.nodes.iter().map(|a| Cidr::host(*a)).collect();
     let mut s =
         format!("table inet {TABLE} {{}}\ndelete table inet {TABLE}\ntable inet {TABLE} {{\n");
-    s += &set("pods4", Family::V4, &of(Family::V4, false));
-    s += &set("pods6", Family::V6, &of(Family::V6, false));
-    s += &set("nat4", Family::V4, &of(Family::V4, true));
-    s += &set("nat6", Family::V6, &of(Family::V6, true));
-    s += &addresses("nodes4", Family::V4, &vxlan.nodes);
-    s += &addresses("nodes6", Family::V6, &vxlan.nodes);
+    s += &set("pods4", Family::V4, &t.pods);
+    s += &set("pods6", Family::V6, &t.pods);
+    s += &set("nat4", Family::V4, &t.nat);
+    s += &set("nat6", Family::V6, &t.nat);
+    s += &set("nodes4", Family::V4, &nodes);
+    s += &set("nodes6", Family::V6, &nodes);
     s += "    chain postrouting {\n        type nat hook postrouting priority srcnat; policy accept;\n";
     s += "        ip saddr @nat4 ip daddr != @pods4 masquerade\n";
     s += "        ip6 saddr @nat6 ip6 daddr != @pods6 masquerade\n";
     s += "    }\n";
-    let port = vxlan.port;
+    let port = t.vxlan_port;
     s += "    chain vxlan-from-nodes-only {\n        type filter hook input priority filter - 10; policy accept;\n";
     s += &format!("        ip saddr != @nodes4 udp dport {port} counter drop\n");
     s += &format!("        ip6 saddr != @nodes6 udp dport {port} counter drop\n");
@@ -92,61 +100,44 @@ pub fn render(pools: &[NatPool], vxlan: &VxlanPeers) -> String {
     s
 }
 
-/// Errors of running `nft`.
-#[derive(Debug, thiserror::Error)]
-pub enum NatError {
-    #[error("running nft: {0}")]
-    Spawn(#[from] std::io::Error),
-    #[error("nft refused the ruleset: {0}")]
-    Refused(String),
+/// The table's full definition for these pools and VXLAN peers, in `nft` syntax
+/// ([`render_table`] of [`table`]).
+pub fn render(pools: &[NatPool], vxlan: &VxlanPeers) -> String {
+    render_table(&table(pools, vxlan))
 }
 
-fn nft(script: &str) -> Result<(), NatError> {
-    let mut child = Command::new("nft")
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    // Whatever happens while writing, the child is always waited for (no zombie).
-    let written = match child.stdin.take() {
-        Some(mut stdin) => stdin.write_all(script.as_bytes()),
-        None => Ok(()),
-    };
-    let out = child.wait_with_output()?;
-    if out.status.success() {
-        written.map_err(NatError::from)
-    } else {
-        Err(NatError::Refused(
-            String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        ))
-    }
+/// Errors of programming the table.
+#[derive(Debug, thiserror::Error)]
+pub enum NatError {
+    /// The kernel (or the netlink socket) refused; nothing was changed.
+    #[error(transparent)]
+    Nftables(#[from] NftError),
 }
 
 /// Whether the table is in the kernel (someone may have flushed the ruleset since it was
-/// applied: then it is applied again).
+/// applied: then it is applied again). An error counts as "no": applying then reports it.
 pub fn table_exists() -> bool {
-    Command::new("nft")
-        .args(["list", "table", "inet", TABLE])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
+    match Nftables::new().and_then(|mut nft| nft.table_exists(TABLE)) {
+        Ok(exists) => exists,
+        Err(error) => {
+            tracing::debug!(%error, "cannot tell whether the nftables table exists");
+            false
+        }
+    }
 }
 
-/// Replaces the table atomically.
-pub fn apply(script: &str) -> Result<(), NatError> {
-    nft(script)
+/// Replaces the table atomically with this content.
+pub fn apply_table(t: &SinewTable) -> Result<(), NatError> {
+    Nftables::new()?.replace_sinew_table(t)?;
+    Ok(())
 }
 
-/// Removes the table if it exists. Without the `nft` program there is nothing this agent
-/// could have created, so that is not an error.
+/// Removes the table if it exists. A kernel without nf_tables cannot hold anything this
+/// agent created, so that is not an error.
 pub fn remove() -> Result<(), NatError> {
-    match nft(&format!(
-        "table inet {TABLE} {{}}\ndelete table inet {TABLE}\n"
-    )) {
-        Err(NatError::Spawn(e)) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        other => other,
+    match Nftables::new().and_then(|mut nft| nft.delete_table(TABLE)) {
+        Err(e) if e.is_unsupported() => Ok(()),
+        other => Ok(other?),
     }
 }
 
@@ -240,5 +231,47 @@ mod tests {
             s.contains("elements = { 10.0.0.0/8 }"),
             "nested prefixes collapse: {s}"
         );
+    }
+
+    #[test]
+    fn the_rendered_script_reads_back_as_the_table() {
+        let pools = [
+            NatPool {
+                cidr: "10.244.0.0/16".parse().unwrap(),
+                nat_outgoing: true,
+            },
+            NatPool {
+                cidr: "10.244.8.0/24".parse().unwrap(),
+                nat_outgoing: true,
+            },
+            NatPool {
+                cidr: "10.245.0.0/16".parse().unwrap(),
+                nat_outgoing: false,
+            },
+            NatPool {
+                cidr: "fd00::/56".parse().unwrap(),
+                nat_outgoing: true,
+            },
+        ];
+        let peers = VxlanPeers {
+            port: 8472,
+            nodes: vec![
+                "10.99.1.11".parse().unwrap(),
+                "fd99::1".parse().unwrap(),
+                "10.99.0.10".parse().unwrap(),
+                "10.99.1.11".parse().unwrap(),
+            ],
+        };
+        let t = table(&pools, &peers);
+        assert_eq!(
+            t.nodes,
+            vec![
+                "10.99.0.10".parse::<std::net::IpAddr>().unwrap(),
+                "10.99.1.11".parse().unwrap(),
+                "fd99::1".parse().unwrap()
+            ],
+            "sorted, without duplicates"
+        );
+        assert_eq!(t.nat.len(), 2, "10.244.8.0/24 is inside 10.244.0.0/16");
     }
 }

@@ -522,16 +522,18 @@ impl Agent {
     }
 
     /// Keeps the `inet sinew` nftables table in line with every pool of the cluster (NAT) and
-    /// every node's address (who may send VXLAN here); rewritten only when it changes.
+    /// every node's address (who may send VXLAN here), over netlink in one batch; rewritten
+    /// only when its rendering (also the log's form) changes.
     fn apply_nft(&mut self, vxlan_port: u16) -> std::result::Result<(), nat::NatError> {
         let (pools, nodes) = self.cluster.nat_inputs();
         let peers = nat::VxlanPeers {
             port: vxlan_port,
             nodes,
         };
-        let script = nat::render(&pools, &peers);
+        let table = nat::table(&pools, &peers);
+        let script = nat::render_table(&table);
         if self.memory.nat.as_deref() != Some(script.as_str()) || !nat::table_exists() {
-            nat::apply(&script)?;
+            nat::apply_table(&table)?;
             info!(node = %self.node(), pools = pools.len(), nodes = peers.nodes.len(), "nftables table applied (natOutgoing, VXLAN sources)");
             self.memory.nat = Some(script);
         }

@@ -40,6 +40,7 @@ use sinew_core::Family;
 use crate::netns::{NetNs, NetnsError};
 
 mod inspect;
+pub mod nftables;
 pub use inspect::{RouteEntry, RouteKind, Rule, RuleKind};
 
 /// The main routing table.
