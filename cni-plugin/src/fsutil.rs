@@ -6,12 +6,20 @@ use std::os::fd::AsRawFd;
 use std::path::Path;
 
 /// Replaces `path` with `contents` so that a reader (or a crash at any instant) sees either
-/// the old file or the new one, never a mix: write a temporary file in the same directory,
-/// fsync it, rename it over `path`, fsync the directory.
+/// the old file or the new one, never a mix: [`atomic_replace`], then fsync the directory so
+/// the new file also survives a power loss.
 pub fn atomic_write(path: &Path, contents: &[u8]) -> io::Result<()> {
-    let dir = path
-        .parent()
-        .ok_or_else(|| io::Error::other(format!("{} has no parent directory", path.display())))?;
+    atomic_replace(path, contents)?;
+    File::open(parent(path)?)?.sync_all()
+}
+
+/// Replaces `path` with `contents` atomically: write a temporary file in the same directory,
+/// fsync its data, rename it over `path`. A reader, a kill -9 or a power loss at any instant
+/// leaves either the old file or the new one, never a mix. Unlike [`atomic_write`] the
+/// directory is not fsynced: after a power loss the old file may come back, until the file
+/// system commits the rename on its own (seconds later).
+pub fn atomic_replace(path: &Path, contents: &[u8]) -> io::Result<()> {
+    let dir = parent(path)?;
     let file_name = path
         .file_name()
         .ok_or_else(|| io::Error::other(format!("{} has no file name", path.display())))?;
@@ -23,14 +31,18 @@ pub fn atomic_write(path: &Path, contents: &[u8]) -> io::Result<()> {
     let result = (|| {
         let mut f = File::create(&tmp)?;
         f.write_all(contents)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)?;
-        File::open(dir)?.sync_all()
+        f.sync_data()?;
+        fs::rename(&tmp, path)
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }
     result
+}
+
+fn parent(path: &Path) -> io::Result<&Path> {
+    path.parent()
+        .ok_or_else(|| io::Error::other(format!("{} has no parent directory", path.display())))
 }
 
 /// An exclusive `flock` on a lock file, released on drop (and by the kernel if the process
@@ -73,6 +85,8 @@ mod tests {
         atomic_write(&p, b"one").unwrap();
         atomic_write(&p, b"two").unwrap();
         assert_eq!(fs::read(&p).unwrap(), b"two");
+        atomic_replace(&p, b"three").unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"three");
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 

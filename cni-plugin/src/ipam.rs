@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sinew_core::{Cidr, Family, PoolMode};
 
-use crate::fsutil::{FileLock, atomic_write};
+use crate::fsutil::{FileLock, atomic_replace, atomic_write};
 use crate::node_state::PoolState;
 
 const STORE_VERSION: u32 = 1;
@@ -292,13 +292,26 @@ impl IpamState {
 #[derive(Debug, Clone)]
 pub struct Store {
     dir: PathBuf,
+    durable: bool,
 }
 
 impl Store {
+    /// The store of `state_dir`; every change is durable when [`Store::update`] returns.
     pub fn new(state_dir: &Path) -> Store {
         Store {
             dir: state_dir.join("ipam"),
+            durable: true,
         }
+    }
+
+    /// The same store, with changes atomic but not fsynced into the directory (see
+    /// [`atomic_replace`]): a crash still leaves the state before or after a change, never a
+    /// mix, but a power loss may bring back the state of a few seconds earlier. For the
+    /// plugin: pods do not outlive a power loss, and ADD waits for the agent's first pass
+    /// after a boot. The agent's own changes (block retirement) stay durable.
+    pub fn unsynced_dir(mut self) -> Store {
+        self.durable = false;
+        self
     }
 
     fn path(&self) -> PathBuf {
@@ -333,7 +346,11 @@ impl Store {
         if state != before {
             state.version = STORE_VERSION;
             let bytes = serde_json::to_vec(&state).map_err(io::Error::other)?;
-            atomic_write(&self.path(), &bytes)?;
+            if self.durable {
+                atomic_write(&self.path(), &bytes)?;
+            } else {
+                atomic_replace(&self.path(), &bytes)?;
+            }
         }
         Ok(r)
     }
