@@ -377,16 +377,40 @@ fn del(
     match snapshot.attachment(&key) {
         Some(attachment) => {
             timeline.mark("read_store");
-            dp.teardown(attachment).map_err(|e| {
+            // The record goes only once the datapath is gone, but the store without it is
+            // written and flushed meanwhile, on a helper thread: deleting a veth waits for an
+            // RCU grace period in the kernel, which hides the disk flush.
+            let (torn_down, staged) = std::thread::scope(|scope| {
+                let staging = std::thread::Builder::new()
+                    .stack_size(256 << 10)
+                    .spawn_scoped(scope, || {
+                        store.stage_update(|s| {
+                            s.remove_attachment(&key);
+                        })
+                    });
+                let torn_down = dp.teardown(attachment);
+                let staged = staging
+                    .ok()
+                    .and_then(|handle| handle.join().ok())
+                    .and_then(Result::ok);
+                (torn_down, staged)
+            });
+            torn_down.map_err(|e| {
                 CniError::new(
                     Code::Datapath,
                     format!("removing {}: {e}", attachment.host_veth),
                 )
             })?;
             timeline.mark("datapath");
-            store
-                .update(|s| s.remove_attachment(&key))
-                .map_err(io_error("updating the IPAM store"))?;
+            let remove = |s: &mut IpamState| {
+                s.remove_attachment(&key);
+            };
+            match staged {
+                Some(staged) => store.commit_staged(staged, remove),
+                // Staging failed (it is retried here, with the error reported this time).
+                None => store.update(remove),
+            }
+            .map_err(io_error("updating the IPAM store"))?;
             timeline.mark("ipam");
             debug!(%timeline, "DEL timing");
             info!(container = %inv.container_id, pod = ?inv.pod.name, "DEL");

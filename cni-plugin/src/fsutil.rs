@@ -3,7 +3,8 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
 
 /// Replaces `path` with `contents` so that a reader (or a crash at any instant) sees either
 /// the old file or the new one, never a mix: [`atomic_replace`], then fsync the directory so
@@ -19,25 +20,56 @@ pub fn atomic_write(path: &Path, contents: &[u8]) -> io::Result<()> {
 /// directory is not fsynced: after a power loss the old file may come back, until the file
 /// system commits the rename on its own (seconds later).
 pub fn atomic_replace(path: &Path, contents: &[u8]) -> io::Result<()> {
-    let dir = parent(path)?;
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| io::Error::other(format!("{} has no file name", path.display())))?;
-    let tmp = dir.join(format!(
-        ".{}.{}.tmp",
-        file_name.to_string_lossy(),
-        std::process::id()
-    ));
-    let result = (|| {
-        let mut f = File::create(&tmp)?;
+    Staged::write(path, contents)?.commit()
+}
+
+/// New contents for a file, written and flushed to disk under a temporary name beside it:
+/// [`Staged::commit`] renames it into place (the step [`atomic_replace`] ends with); dropped
+/// without that, the temporary file is removed. Lets the slow flush happen before the moment
+/// the replacement may become visible.
+#[derive(Debug)]
+pub struct Staged {
+    tmp: PathBuf,
+    path: PathBuf,
+    committed: bool,
+}
+
+impl Staged {
+    pub fn write(path: &Path, contents: &[u8]) -> io::Result<Staged> {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let file_name = path
+            .file_name()
+            .ok_or_else(|| io::Error::other(format!("{} has no file name", path.display())))?;
+        let staged = Staged {
+            tmp: parent(path)?.join(format!(
+                ".{}.{}.{}.tmp",
+                file_name.to_string_lossy(),
+                std::process::id(),
+                NEXT.fetch_add(1, Ordering::Relaxed)
+            )),
+            path: path.to_path_buf(),
+            committed: false,
+        };
+        let mut f = File::create(&staged.tmp)?;
         f.write_all(contents)?;
         f.sync_data()?;
-        fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
+        Ok(staged)
     }
-    result
+
+    /// Renames the flushed file over the target.
+    pub fn commit(mut self) -> io::Result<()> {
+        fs::rename(&self.tmp, &self.path)?;
+        self.committed = true;
+        Ok(())
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
 }
 
 fn parent(path: &Path) -> io::Result<&Path> {
@@ -87,6 +119,25 @@ mod tests {
         assert_eq!(fs::read(&p).unwrap(), b"two");
         atomic_replace(&p, b"three").unwrap();
         assert_eq!(fs::read(&p).unwrap(), b"three");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn staged_contents_appear_only_on_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("state.json");
+        atomic_write(&p, b"old").unwrap();
+        let staged = Staged::write(&p, b"new").unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"old");
+        staged.commit().unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"new");
+        drop(Staged::write(&p, b"dropped").unwrap());
+        assert_eq!(fs::read(&p).unwrap(), b"new");
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no temporary left"
+        );
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 
