@@ -283,20 +283,23 @@ pub fn run(settings: &Settings) -> Result<Measured> {
         .map_err(|e| format!("entering the node namespace: {e}"))?
 }
 
+/// Metric name, sinew / reference / null samples, kernel samples (DEL only), percentile.
+type TableRow<'a> = (
+    &'a str,
+    &'a [Duration],
+    &'a [Duration],
+    &'a [Duration],
+    Option<&'a [Duration]>,
+    f64,
+);
+
 /// The result table (markdown) and a few lines about the binary.
 pub fn table(m: &Measured) -> String {
     let p = |s: &[Duration], q: f64| ms(percentile(s, q));
     let mut out = String::new();
     out.push_str("| metric | sinew | ptp+host-local | null (`/bin/true`) | kernel veth delete | sinew - null | ptp+host-local - null | (sinew - null) / (ptp - null) |\n");
     out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|\n");
-    let rows: [(
-        &str,
-        &[Duration],
-        &[Duration],
-        &[Duration],
-        Option<&[Duration]>,
-        f64,
-    ); 4] = [
+    let rows: [TableRow<'_>; 4] = [
         (
             "ADD p50 (ms)",
             &m.sinew.add,
