@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds sinew-operator, sinew-node and sinew (the CNI plugin) as static musl release binaries
+# Builds sinew-operator, sinew-node, sinew (the CNI plugin) and kubectl-sinew (the kubectl
+# plugin users download) as static musl release binaries
 # into images/out/ (the Docker build context of images/*.Dockerfile), then checks that each one
 # is static and runs.
 #
@@ -12,7 +13,7 @@ target=x86_64-unknown-linux-musl
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 out="$repo/images/out"
 target_dir="${CARGO_TARGET_DIR:-$repo/target}"
-binaries=(sinew-operator sinew-node sinew)
+binaries=(sinew-operator sinew-node sinew kubectl-sinew)
 
 die() { echo "[build-binaries] FAILED: $*" >&2; exit 1; }
 log() { echo "[build-binaries] $*"; }
@@ -33,7 +34,7 @@ export CC_x86_64_unknown_linux_musl="${CC_x86_64_unknown_linux_musl:-musl-gcc}"
 log "cargo build --release --target $target (target dir: $target_dir)"
 start=$SECONDS
 (cd "$repo" && cargo build --locked --release --target "$target" \
-  -p sinew-operator -p sinew-node-installer -p sinew-cni "$@") || die "cargo build"
+  -p sinew-operator -p sinew-node-installer -p sinew-cni -p kubectl-sinew "$@") || die "cargo build"
 log "built in $((SECONDS - start))s"
 
 mkdir -p "$out"
@@ -63,7 +64,7 @@ for bin in "${binaries[@]}"; do
       || die "ldd reports dependencies for $bin: $ldd_out"
   fi
 done
-log "all three are static"
+log "all are static"
 
 # They run.
 run_check() { # name, expected substring, command...
@@ -75,6 +76,7 @@ run_check() { # name, expected substring, command...
 }
 run_check "sinew-operator --version" "sinew-operator " "$out/sinew-operator" --version
 run_check "sinew-node --version" "sinew-node " "$out/sinew-node" --version
+run_check "kubectl-sinew --version" "kubectl-sinew " "$out/kubectl-sinew" --version
 run_check "CNI_COMMAND=VERSION sinew" '"supportedVersions"' \
   env -i CNI_COMMAND=VERSION "$out/sinew" </dev/null
 

@@ -22,12 +22,12 @@ use crate::config::{self, NetConf};
 use crate::datapath::{self, Datapath};
 use crate::error::{CniError, CniResult, Code};
 use crate::invocation::{Command, Invocation};
-use crate::ipam::{AllocError, Attachment, AttachmentKey, IpamState, Store};
 use crate::logging;
-use crate::netns::NetNs;
-use crate::node_state::{self, NodeState, POOL_ANNOTATION, PoolState};
 use crate::result::CniOutput;
 use crate::version::{self, Version};
+use sinew_node_lib::ipam::{AllocError, Attachment, AttachmentKey, IpamState, Store};
+use sinew_node_lib::netns::NetNs;
+use sinew_node_lib::node_state::{self, NodeState, POOL_ANNOTATION, PoolState};
 
 /// What the plugin prints on success (DEL, GC and CHECK print nothing).
 pub type Output = Option<Value>;
@@ -199,7 +199,7 @@ fn select_pools<'a>(
 /// The node state for ADD: present, and written by an agent that completed a pass in this
 /// boot (else "try again later": the runtime retries the sandbox).
 fn load_node_state(state_dir: &Path) -> CniResult<NodeState> {
-    let node = NodeState::load(state_dir)
+    let node = node_state::load(state_dir)
         .map_err(io_error(format!(
             "reading {}",
             node_state::node_state_path(state_dir).display()
@@ -213,7 +213,7 @@ fn load_node_state(state_dir: &Path) -> CniResult<NodeState> {
                 ),
             )
         })?;
-    match node.not_ready_since_boot() {
+    match node_state::not_ready_since_boot(&node) {
         Some(why) => Err(CniError::new(Code::TryAgainLater, why)),
         None => Ok(node),
     }
@@ -450,14 +450,14 @@ fn check(inv: &Invocation, state_dir: &Path, dp: &dyn Datapath) -> CniResult<()>
 
 fn status(state_dir: &Path) -> CniResult<()> {
     let unavailable = |msg: String| Err(CniError::new(Code::PluginNotAvailable, msg));
-    let node = match NodeState::load(state_dir) {
+    let node = match node_state::load(state_dir) {
         Ok(Some(n)) => n,
         Ok(None) => {
             return unavailable("the sinew node agent has not written node state yet".into());
         }
         Err(e) => return unavailable(format!("node state unreadable: {e}")),
     };
-    if let Some(why) = node.not_ready_since_boot() {
+    if let Some(why) = node_state::not_ready_since_boot(&node) {
         return unavailable(why);
     }
     let usable: Vec<&PoolState> = node

@@ -15,7 +15,7 @@ use crate::version::Version;
 pub const MAX_STDIN_BYTES: u64 = 1 << 20;
 
 /// Where sinew keeps node-local state unless the configuration says otherwise.
-pub const DEFAULT_STATE_DIR: &str = "/var/lib/sinew";
+pub use sinew_node_lib::consts::DEFAULT_STATE_DIR;
 
 /// Log verbosity of the plugin (the same levels as `ClusterNetwork.spec.logLevel`).
 pub use sinew_core::LogLevel;

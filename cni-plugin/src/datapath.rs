@@ -12,20 +12,20 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use sinew_core::Family;
 
-use crate::ipam::Attachment;
-use crate::netlink::{Netlink, NetlinkError, Route};
-use crate::netns::{NetNs, NetnsError};
 use crate::result::{CniOutput, Interface, IpConfig, RouteConfig};
+use sinew_node_lib::ipam::Attachment;
+use sinew_node_lib::netlink::{Netlink, NetlinkError, Route};
+use sinew_node_lib::netns::{NetNs, NetnsError};
 
 /// The pod's IPv4 default gateway: link-local, never on the wire, pinned to the host veth.
 pub const GATEWAY_V4: IpAddr = IpAddr::V4(Ipv4Addr::new(169, 254, 1, 1));
 /// The pod's IPv6 default gateway, also configured on the host end of the veth.
 pub const GATEWAY_V6: IpAddr = IpAddr::V6(Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1));
-/// Route protocol id marking routes sinew owns (`ip route show proto 115`).
-pub const ROUTE_PROTOCOL: u8 = 115;
 /// Prefix of every host-side veth sinew creates.
-pub const HOST_VETH_PREFIX: &str = "snw";
-const MAIN_TABLE: u32 = 254;
+pub use sinew_node_lib::consts::HOST_VETH_PREFIX;
+use sinew_node_lib::consts::MAIN_TABLE;
+/// Route protocol id marking routes sinew owns (`ip route show proto 115`).
+pub use sinew_node_lib::consts::POD_ROUTE_PROTOCOL as ROUTE_PROTOCOL;
 
 /// Failure while programming the kernel.
 #[derive(Debug, thiserror::Error)]

@@ -1,18 +1,13 @@
 //! The sinew CNI plugin as a library: the CNI protocol, node-local IPAM and the datapath.
-//! The `sinew` binary is a thin shell around [`execute`]; the node agent reuses the
-//! datapath, the node-state format and the IPAM store.
+//! The `sinew` binary is a thin shell around [`execute`]; kernel objects, the IPAM
+//! store and the node state come from `sinew-node-lib`, shared with the node agent.
 
 pub mod commands;
 pub mod config;
 pub mod datapath;
 pub mod error;
-pub mod fsutil;
 pub mod invocation;
-pub mod ipam;
 pub mod logging;
-pub mod netlink;
-pub mod netns;
-pub mod node_state;
 pub mod result;
 pub mod version;
 

@@ -5,6 +5,7 @@
 pub mod cidr;
 pub mod log;
 pub mod mode;
+pub mod node;
 
 pub use cidr::{Cidr, CidrError, Family};
 pub use log::LogLevel;

@@ -15,8 +15,8 @@ pub use ip_block::{
     Allocation, IPBlock, IPBlockSpec, IPBlockStatus, RELEASE_ANNOTATION, ReleaseRequest,
 };
 pub use ip_pool::{IPPool, IPPoolSpec, IPPoolStatus, ModePlan};
-pub use sinew_core::cidr;
 pub use sinew_core::{Cidr, CidrError, Family, Forwarding, LogLevel, PoolMode, vxlan_overhead};
+pub use sinew_core::{cidr, node};
 
 /// API group of every sinew resource.
 pub const GROUP: &str = "sinew.dev";

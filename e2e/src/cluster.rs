@@ -24,8 +24,8 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::{Value, json};
-use sinew_cni::netlink::Netlink;
-use sinew_cni::netns::NetNs;
+use sinew_node_lib::netlink::Netlink;
+use sinew_node_lib::netns::NetNs;
 
 use crate::ControlPlane;
 use crate::netsim::{self, in_netns};

@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use sinew_cni::netlink::Netlink;
-use sinew_cni::netns::NetNs;
+use sinew_node_lib::netlink::Netlink;
+use sinew_node_lib::netns::NetNs;
 
 /// A unique, short namespace name for this test process: `snt-<pid>-<tag>-<n>`.
 pub fn unique_name(tag: &str) -> String {

@@ -8,10 +8,10 @@ use std::process::{Command, Stdio};
 use std::sync::Mutex;
 
 use serde_json::Value;
-use sinew_cni::ipam::{IpamState, Store};
-use sinew_cni::netns::NetNs;
-use sinew_cni::node_state::{NodeState, PoolState};
 use sinew_crds::PoolMode;
+use sinew_node_lib::ipam::{IpamState, Store};
+use sinew_node_lib::netns::NetNs;
+use sinew_node_lib::node_state::{self, NodeState, PoolState};
 
 use crate::netsim::in_netns;
 use crate::tools::repo_root;
@@ -253,13 +253,12 @@ impl PluginNode {
 
     /// Writes the node state the agent would: these pools, owning these blocks.
     pub fn set_pools(&self, pools: Vec<PoolState>) {
-        NodeState {
+        let state = NodeState {
             node: "test-node".into(),
             pools,
             ready_boot: None,
-        }
-        .store(self.state.path())
-        .expect("writing node state");
+        };
+        node_state::store(&state, self.state.path()).expect("writing node state");
     }
 
     /// The plugin's network configuration (one plugin, not a list) for `version`.

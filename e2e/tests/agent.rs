@@ -814,7 +814,7 @@ async fn vxlan_is_accepted_only_from_node_addresses(ctx: Ctx) -> TestResult {
     let receiver = b.ns.run_in(|| std::net::UdpSocket::bind((b_ip, 7777)))??;
     receiver.set_read_timeout(Some(Duration::from_secs(2)))?;
     let vxlan_to = SocketAddr::new(std::net::IpAddr::V4(target.ip), 4789);
-    let send_from = |ns: &sinew_cni::netns::NetNs, payload: &[u8]| -> TestResult {
+    let send_from = |ns: &sinew_node_lib::netns::NetNs, payload: &[u8]| -> TestResult {
         let frame = sinew_e2e::netsim::vxlan_udp_frame(4096, mac, a_ip, b_ip, 7777, payload);
         ns.run_in(|| {
             let s = std::net::UdpSocket::bind("0.0.0.0:0")?;

@@ -7,12 +7,12 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use serde_json::Value;
-use sinew_cni::datapath::{HOST_VETH_PREFIX, ROUTE_PROTOCOL};
-use sinew_cni::netlink::Netlink;
-use sinew_cni::netns::NetNs;
 use sinew_e2e::netsim::{self, EchoServer, tcp_exchange};
 use sinew_e2e::plugin::{Exec, PluginNode, pool};
 use sinew_e2e::require;
+use sinew_node_lib::consts::{HOST_VETH_PREFIX, POD_ROUTE_PROTOCOL as ROUTE_PROTOCOL};
+use sinew_node_lib::netlink::Netlink;
+use sinew_node_lib::netns::NetNs;
 
 fn root() -> bool {
     if require::is_root() {

@@ -7,11 +7,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_json::{Value, json};
-use sinew_cni::netlink::Netlink;
 use sinew_e2e::netsim::{self, EchoServer, in_netns, tcp_exchange};
 use sinew_e2e::plugin::{Cnitool, NODE_IP, PluginNode, REFERENCE_PLUGIN_DIR, pool, sinew_bin_dir};
 use sinew_e2e::require;
 use sinew_e2e::tools::Tools;
+use sinew_node_lib::netlink::Netlink;
 
 /// The tools this test needs, or `None` after saying loudly why it skips.
 fn requirements() -> Option<PathBuf> {

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use serde_json::json;
+use sinew_crds::node::NodeReport;
 use sinew_crds::{ClusterNetwork, IPPool};
 use sinew_e2e::cluster::{CLUSTER_LABEL, LocalCluster};
 use sinew_e2e::harness::{Ctx, TestResult};
@@ -116,7 +117,8 @@ async fn deleting_the_cluster_network_leaves_every_node_clean(ctx: Ctx) -> TestR
                 .annotations
                 .as_ref()
                 .and_then(|a| a.get("sinew.dev/node-state"))
-                .is_some_and(|s| s.contains("\"cleanedUp\":true"));
+                .and_then(|s| NodeReport::parse(s))
+                .is_some_and(|r| r.cleaned_up);
             if cleaned {
                 break;
             }

@@ -11,7 +11,8 @@ use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
-use sinew_crds::{ClusterNetwork, IPBlock, IPPool};
+use sinew_crds::node::{InstallReport, NODE_STATE_ANNOTATION, NodeReport};
+use sinew_crds::{ClusterNetwork, IPBlock, IPPool, PoolMode};
 use sinew_e2e::harness::{Ctx, TestError, TestResult};
 use sinew_e2e::process::Supervised;
 use sinew_e2e::tests;
@@ -121,9 +122,24 @@ where
     sinew_e2e::harness::wait_for(what, within, log, probe).await
 }
 
-async fn report(ctx: &Ctx, node: &str, state: serde_json::Value) -> TestResult {
+/// A report of a node whose agent runs configuration `hash` and whose runtime loads `chosen`.
+fn installed(hash: &str, chosen: &str, shadowing: &[&str]) -> NodeReport {
+    NodeReport {
+        ready: true,
+        spec_hash: Some(hash.to_string()),
+        install: Some(InstallReport {
+            conflist: Some("10-sinew.conflist".into()),
+            chosen: Some(chosen.into()),
+            shadowing: shadowing.iter().map(|s| s.to_string()).collect(),
+            ..InstallReport::default()
+        }),
+        ..NodeReport::default()
+    }
+}
+
+async fn report(ctx: &Ctx, node: &str, report: NodeReport) -> TestResult {
     let n = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": node,
-                   "annotations": {"sinew.dev/node-state": state.to_string()}}});
+                   "annotations": {NODE_STATE_ANNOTATION: report.to_annotation()}}});
     Api::<Node>::all(ctx.client.clone())
         .patch(
             node,
@@ -168,8 +184,13 @@ async fn cluster_network_rollout_status_and_clean_up_order(ctx: Ctx) -> TestResu
 
     // Two nodes: one ready on the current configuration, one still installing.
     let current = networks.get("default").await?.spec.config_hash();
-    report(&ctx, "op-node-a", json!({"ready": true, "specHash": current, "install": {"conflist": "10-sinew.conflist", "chosen": "10-sinew.conflist"}, "modes": {}})).await?;
-    report(&ctx, "op-node-b", json!({"ready": false, "modes": {}})).await?;
+    report(
+        &ctx,
+        "op-node-a",
+        installed(&current, "10-sinew.conflist", &[]),
+    )
+    .await?;
+    report(&ctx, "op-node-b", NodeReport::default()).await?;
     let status = wait("status counts 1/2", Duration::from_secs(60), || async {
         let cn = networks.get("default").await?;
         Ok(cn.status.filter(|s| {
@@ -198,7 +219,12 @@ async fn cluster_network_rollout_status_and_clean_up_order(ctx: Ctx) -> TestResu
     );
 
     // Node b finishes, but another vendor's conflist wins there: Stalled, named.
-    report(&ctx, "op-node-b", json!({"ready": true, "specHash": current, "install": {"conflist": "10-sinew.conflist", "chosen": "05-other.conflist", "shadowing": ["05-other.conflist"]}, "modes": {}})).await?;
+    report(
+        &ctx,
+        "op-node-b",
+        installed(&current, "05-other.conflist", &["05-other.conflist"]),
+    )
+    .await?;
     let status = wait(
         "Stalled on a foreign conflist",
         Duration::from_secs(60),
@@ -216,11 +242,16 @@ async fn cluster_network_rollout_status_and_clean_up_order(ctx: Ctx) -> TestResu
         status
             .problems
             .iter()
-            .any(|p| p.node == "op-node-b" && p.reason == "ForeignConflistWins"),
+            .any(|p| p.node == "op-node-b" && p.reason == "ConflistShadowed"),
         "{:?}",
         status.problems
     );
-    report(&ctx, "op-node-b", json!({"ready": true, "specHash": current, "install": {"conflist": "10-sinew.conflist", "chosen": "10-sinew.conflist"}, "modes": {}})).await?;
+    report(
+        &ctx,
+        "op-node-b",
+        installed(&current, "10-sinew.conflist", &[]),
+    )
+    .await?;
     wait(
         "Ready with every node on the configuration",
         Duration::from_secs(60),
@@ -270,13 +301,19 @@ async fn cluster_network_rollout_status_and_clean_up_order(ctx: Ctx) -> TestResu
     report(
         &ctx,
         "op-node-a",
-        json!({"ready": false, "cleanedUp": true}),
+        NodeReport {
+            cleaned_up: true,
+            ..NodeReport::default()
+        },
     )
     .await?;
     report(
         &ctx,
         "op-node-b",
-        json!({"ready": false, "cleanedUp": true}),
+        NodeReport {
+            cleaned_up: true,
+            ..NodeReport::default()
+        },
     )
     .await?;
     wait("ClusterNetwork gone", Duration::from_secs(60), || async {
@@ -406,6 +443,24 @@ async fn pool_status_sums_the_blocks_of_the_pool(ctx: Ctx) -> TestResult {
         .find(|c| c.type_ == "Exhausted")
         .ok_or("no Exhausted")?;
     assert_eq!(ex.reason, "NearlyExhausted", "{}", ex.message);
+    // With the allocation rate (not measurable yet: the first samples are seconds apart) and
+    // a PoolNearlyExhausted Event on the pool.
+    assert!(
+        ex.message.contains("238 of 253 addresses in use (94%)")
+            && ex.message.contains("allocation rate not known yet"),
+        "{}",
+        ex.message
+    );
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(ctx.client.clone(), "default");
+    wait("PoolNearlyExhausted Event", Duration::from_secs(10), || async {
+        let list = events.list(&Default::default()).await?;
+        Ok(list.items.into_iter().find(|e| {
+            e.reason.as_deref() == Some("PoolNearlyExhausted")
+                && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("use-pool")
+        }))
+    })
+    .await?;
     Ok(())
 }
 
@@ -661,7 +716,12 @@ async fn a_routed_pool_across_subnets_says_so_naming_the_nodes(ctx: Ctx) -> Test
         ("rt-c", "10.99.1.0/24"),
     ] {
         let n = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": node, "labels": {"rt-test": "yes"},
-                       "annotations": {"sinew.dev/node-state": json!({"ready": true, "underlay": underlay, "modes": {"rt-pool": "Routed"}}).to_string()}}});
+                       "annotations": {NODE_STATE_ANNOTATION: NodeReport {
+                           ready: true,
+                           underlay: Some(underlay.to_string()),
+                           modes: [("rt-pool".to_string(), PoolMode::Routed)].into(),
+                           ..NodeReport::default()
+                       }.to_annotation()}}});
         Api::<Node>::all(ctx.client.clone())
             .patch(
                 node,

@@ -392,7 +392,7 @@ async fn a_mode_switch_shows_its_plan_then_its_progress(ctx: Ctx) -> TestResult 
     );
     // New pods get the new MTU; the route to the peer is direct.
     let pod = cluster.start_pod(&cluster.name(0), "after").await;
-    let eth0 = sinew_cni::netlink::Netlink::in_netns(&pod.ns)?
+    let eth0 = sinew_node_lib::netlink::Netlink::in_netns(&pod.ns)?
         .link_by_name("eth0")?
         .ok_or("no eth0 in the pod")?;
     assert_eq!(eth0.mtu, 1500);

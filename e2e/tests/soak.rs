@@ -13,13 +13,13 @@ use std::time::{Duration, Instant};
 
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use serde_json::json;
-use sinew_cni::datapath::HOST_VETH_PREFIX;
-use sinew_cni::ipam::Store;
 use sinew_crds::{Cidr, IPBlock, IPPool};
 use sinew_e2e::cluster::{CLUSTER_LABEL, LocalCluster, Pod};
 use sinew_e2e::harness::{Ctx, TestResult};
 use sinew_e2e::netsim::{EchoServer, tcp_exchange};
 use sinew_e2e::{require, tests};
+use sinew_node_lib::consts::HOST_VETH_PREFIX;
+use sinew_node_lib::ipam::Store;
 
 fn main() -> ExitCode {
     if !require::is_root() {

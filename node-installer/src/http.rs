@@ -1,31 +1,49 @@
-//! `/healthz`, `/readyz` and `/metrics` (Prometheus text format) of the agent, on a plain
-//! HTTP/1.1 listener (`sinew_runtime::admin`, bounded in time, size and connections). It binds
-//! the node's own address by default: it sits in the node's network namespace, where every pod
-//! can reach it.
+//! `/healthz`, `/readyz` and `/metrics` of the agent, on the bounded admin listener
+//! (`sinew_runtime::admin`). It binds the node's own address by default: it sits in the node's
+//! network namespace, where every pod can reach it.
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use sinew_runtime::admin;
+use sinew_runtime::metrics::{self, Counter, EncodeLabelSet, Family, Gauge, Registry};
 use tokio::net::TcpListener;
 
-/// Counters and gauges the agent updates and `/metrics` renders.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProblemLabels {
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolLabels {
+    pub pool: String,
+}
+
+/// Counters and gauges the agent updates and `/metrics` renders (every series carries the
+/// `node` label).
+#[derive(Debug)]
 pub struct Metrics {
+    registry: Registry,
+    /// The node serves pods (also what `/readyz` answers).
     pub ready: AtomicBool,
-    pub passes: AtomicU64,
-    pub pass_errors: AtomicU64,
-    pub blocks_claimed: AtomicU64,
-    pub peer_routes: AtomicU64,
-    /// Per pool: (blocks owned here, addresses allocated here).
-    pub pools: Mutex<BTreeMap<String, (u64, u64)>>,
+    ready_gauge: Gauge,
+    pub passes: Counter,
+    /// Failed passes by error kind (`agent::error::Error::label`).
+    pub pass_errors: Family<KindLabels, Counter>,
+    pub blocks_claimed: Counter,
+    pub peer_routes: Gauge,
+    pool_blocks: Family<PoolLabels, Gauge>,
+    pool_allocated: Family<PoolLabels, Gauge>,
+    problems: Family<ProblemLabels, Gauge>,
     /// When the agent's loop last came round (milliseconds since the epoch).
-    pub heartbeat_ms: AtomicU64,
+    heartbeat_ms: AtomicU64,
 }
 
 fn now_ms() -> u64 {
@@ -36,6 +54,99 @@ fn now_ms() -> u64 {
 }
 
 impl Metrics {
+    pub fn new(node: &str) -> Metrics {
+        let mut registry = Registry::with_prefix_and_labels(
+            "sinew_node",
+            [("node".into(), node.to_string().into())].into_iter(),
+        );
+        let m = Metrics {
+            registry: Registry::default(),
+            ready: AtomicBool::new(false),
+            ready_gauge: Gauge::default(),
+            passes: Counter::default(),
+            pass_errors: Family::default(),
+            blocks_claimed: Counter::default(),
+            peer_routes: Gauge::default(),
+            pool_blocks: Family::default(),
+            pool_allocated: Family::default(),
+            problems: Family::default(),
+            heartbeat_ms: AtomicU64::new(0),
+        };
+        registry.register(
+            "ready",
+            "1 when the node serves pods (conflist installed)",
+            m.ready_gauge.clone(),
+        );
+        registry.register("passes", "Reconcile passes run", m.passes.clone());
+        registry.register(
+            "pass_errors",
+            "Reconcile passes that failed, by kind of error",
+            m.pass_errors.clone(),
+        );
+        registry.register(
+            "blocks_claimed",
+            "IPBlocks claimed by this node",
+            m.blocks_claimed.clone(),
+        );
+        registry.register(
+            "peer_routes",
+            "Routes towards peer blocks programmed",
+            m.peer_routes.clone(),
+        );
+        registry.register(
+            "pool_blocks",
+            "Blocks of the pool owned by this node",
+            m.pool_blocks.clone(),
+        );
+        registry.register(
+            "pool_allocated",
+            "Addresses of the pool held by pods on this node",
+            m.pool_allocated.clone(),
+        );
+        registry.register(
+            "problem",
+            "Problems of this node now, by kind (0 for every kind not present)",
+            m.problems.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+        self.ready_gauge.set(i64::from(ready));
+    }
+
+    pub fn pass_failed(&self, kind: &str) {
+        self.pass_errors
+            .get_or_create(&KindLabels { kind: kind.into() })
+            .inc();
+    }
+
+    /// Per pool: (blocks owned here, addresses allocated here); pools not listed are dropped.
+    pub fn set_pools(&self, pools: &std::collections::BTreeMap<String, (u64, u64)>) {
+        self.pool_blocks.clear();
+        self.pool_allocated.clear();
+        for (pool, (blocks, allocated)) in pools {
+            let labels = PoolLabels { pool: pool.clone() };
+            self.pool_blocks.get_or_create(&labels).set(*blocks as i64);
+            self.pool_allocated
+                .get_or_create(&labels)
+                .set(*allocated as i64);
+        }
+    }
+
+    /// The node's current problems, counted by kind (every kind reported, 0 when absent).
+    pub fn set_problems(&self, problems: &[sinew_crds::node::Problem]) {
+        for kind in sinew_crds::node::ProblemKind::ALL {
+            let count = problems.iter().filter(|p| p.kind == kind).count();
+            self.problems
+                .get_or_create(&ProblemLabels {
+                    kind: kind.to_string(),
+                })
+                .set(count as i64);
+        }
+    }
+
     /// The agent's loop came round (a pass, successful or not, and a status sync ended).
     pub fn beat(&self) {
         self.heartbeat_ms.store(now_ms(), Ordering::Relaxed);
@@ -57,82 +168,28 @@ impl Metrics {
         }
     }
 
-    /// The Prometheus exposition of the current values.
-    pub fn render(&self, node: &str) -> String {
-        let mut s = String::new();
-        let node = node.replace(['"', '\\', '\n'], "_");
-        let mut gauge = |name: &str, help: &str, kind: &str, value: u64| {
-            let _ = writeln!(
-                s,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{{node=\"{node}\"}} {value}"
-            );
-        };
-        gauge(
-            "sinew_node_ready",
-            "1 when the node serves pods (conflist installed).",
-            "gauge",
-            u64::from(self.ready.load(Ordering::Relaxed)),
-        );
-        gauge(
-            "sinew_node_passes_total",
-            "Reconcile passes run.",
-            "counter",
-            self.passes.load(Ordering::Relaxed),
-        );
-        gauge(
-            "sinew_node_pass_errors_total",
-            "Reconcile passes that failed.",
-            "counter",
-            self.pass_errors.load(Ordering::Relaxed),
-        );
-        gauge(
-            "sinew_node_blocks_claimed_total",
-            "IPBlocks claimed by this node.",
-            "counter",
-            self.blocks_claimed.load(Ordering::Relaxed),
-        );
-        gauge(
-            "sinew_node_peer_routes",
-            "Routes towards peer blocks programmed.",
-            "gauge",
-            self.peer_routes.load(Ordering::Relaxed),
-        );
-        let pools = self.pools.lock().map(|p| p.clone()).unwrap_or_default();
-        s.push_str("# HELP sinew_node_pool_blocks Blocks of the pool owned by this node.\n# TYPE sinew_node_pool_blocks gauge\n");
-        for (pool, (blocks, _)) in &pools {
-            let _ = writeln!(
-                s,
-                "sinew_node_pool_blocks{{node=\"{node}\",pool=\"{pool}\"}} {blocks}"
-            );
-        }
-        s.push_str("# HELP sinew_node_pool_allocated Addresses of the pool held by pods on this node.\n# TYPE sinew_node_pool_allocated gauge\n");
-        for (pool, (_, allocated)) in &pools {
-            let _ = writeln!(
-                s,
-                "sinew_node_pool_allocated{{node=\"{node}\",pool=\"{pool}\"}} {allocated}"
-            );
-        }
-        s
+    /// The OpenMetrics text of the current values.
+    pub fn render(&self) -> String {
+        metrics::encode(&self.registry)
     }
 }
 
 /// Serves the three endpoints on `addr` until the process ends.
 pub async fn serve(
     addr: SocketAddr,
-    node: String,
     metrics: Arc<Metrics>,
     stall_after: Duration,
 ) -> std::io::Result<()> {
     let listener = TcpListener::bind(addr).await?;
-    sinew_runtime::admin::serve(listener, move |path| match path {
+    admin::serve(listener, move |path| match path {
         "/healthz" => match metrics.health(stall_after) {
-            Ok(()) => ("200 OK", "ok\n".to_string()),
-            Err(why) => ("503 Service Unavailable", format!("{why}\n")),
+            Ok(()) => admin::text("200 OK", "ok\n"),
+            Err(why) => admin::text("503 Service Unavailable", format!("{why}\n")),
         },
-        "/readyz" if metrics.ready.load(Ordering::Relaxed) => ("200 OK", "ok\n".to_string()),
-        "/readyz" => ("503 Service Unavailable", "node not ready\n".to_string()),
-        "/metrics" => ("200 OK", metrics.render(&node)),
-        _ => ("404 Not Found", "not found\n".to_string()),
+        "/readyz" if metrics.ready.load(Ordering::Relaxed) => admin::text("200 OK", "ok\n"),
+        "/readyz" => admin::text("503 Service Unavailable", "node not ready\n"),
+        "/metrics" => ("200 OK", metrics::CONTENT_TYPE, metrics.render()),
+        _ => admin::text("404 Not Found", "not found\n"),
     })
     .await;
     Ok(())
@@ -143,19 +200,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn renders_prometheus_text() {
-        let m = Metrics::default();
-        m.ready.store(true, Ordering::Relaxed);
-        m.pools.lock().unwrap().insert("p".into(), (2, 5));
-        let text = m.render("node-a");
-        assert!(text.contains("sinew_node_ready{node=\"node-a\"} 1"));
-        assert!(text.contains("sinew_node_pool_allocated{node=\"node-a\",pool=\"p\"} 5"));
-        assert!(text.contains("# TYPE sinew_node_passes_total counter"));
+    fn renders_every_series_with_the_node_label() {
+        let m = Metrics::new("node-a");
+        m.set_ready(true);
+        m.set_pools(&[("p".to_string(), (2, 5))].into());
+        m.pass_failed("api");
+        m.pass_failed("api");
+        let text = m.render();
+        assert!(
+            text.contains("sinew_node_ready{node=\"node-a\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("sinew_node_pool_allocated{node=\"node-a\",pool=\"p\"} 5"),
+            "{text}"
+        );
+        assert!(text.contains("# TYPE sinew_node_passes counter"), "{text}");
+        assert!(
+            text.contains("sinew_node_pass_errors_total{node=\"node-a\",kind=\"api\"} 2"),
+            "{text}"
+        );
+        m.set_pools(&Default::default());
+        assert!(!m.render().contains("pool=\"p\""));
     }
 
     #[test]
     fn health_fails_once_the_loop_stalls() {
-        let m = Metrics::default();
+        let m = Metrics::new("n");
         assert!(
             m.health(Duration::from_secs(60)).is_err(),
             "never came round"

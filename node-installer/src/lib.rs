@@ -2,11 +2,13 @@
 //! claims blocks, programs peers and reports status. See `docs/architecture.md`.
 
 pub mod agent;
+pub mod blocks;
 pub mod conflist;
+pub mod diagnose;
 pub mod forwarding;
 pub mod http;
 pub mod install;
 pub mod nat;
-pub mod plan;
+pub mod peers;
 pub mod program;
 pub mod trust;

@@ -23,106 +23,148 @@ use std::time::Duration;
 use anyhow::Context;
 use sinew_node_installer::agent::{Agent, ListenAddr, Settings};
 use sinew_node_installer::install;
+use sinew_node_lib::consts::{DEFAULT_STATE_DIR, PLUGIN_BINARY};
+use sinew_runtime::clap::{self, Parser, Subcommand};
 
-const USAGE: &str = "usage: sinew-node (install|run) [--node-name N] [--conf-dir D] [--bin-dir D] [--state-dir D] [--plugin P] [--log-file F] [--min-free N] [--block-release-seconds N] [--resync-seconds N] [--metrics-addr node:PORT|A|off] [--stall-seconds N] [--sysctl-dir D]";
-
-struct Flags(Vec<(String, String)>);
-
-impl Flags {
-    fn parse(args: &[String]) -> anyhow::Result<Flags> {
-        let mut pairs = Vec::new();
-        let mut it = args.iter();
-        while let Some(flag) = it.next() {
-            let name = flag
-                .strip_prefix("--")
-                .with_context(|| format!("unexpected argument {flag:?}\n{USAGE}"))?;
-            let value = it
-                .next()
-                .with_context(|| format!("--{name} needs a value"))?;
-            pairs.push((name.to_string(), value.clone()));
-        }
-        Ok(Flags(pairs))
-    }
-
-    fn get(&self, flag: &str, env: &str) -> Option<String> {
-        self.0
-            .iter()
-            .rev()
-            .find(|(k, _)| k == flag)
-            .map(|(_, v)| v.clone())
-            .or_else(|| std::env::var(env).ok().filter(|v| !v.is_empty()))
-    }
-
-    fn number(&self, flag: &str, env: &str, default: u64) -> anyhow::Result<u64> {
-        self.get(flag, env).map_or(Ok(default), |v| {
-            v.parse()
-                .with_context(|| format!("--{flag}/{env} must be a number, got {v:?}"))
-        })
-    }
+/// sinew's node installer and agent.
+#[derive(Debug, Parser)]
+#[command(name = "sinew-node", version)]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+    #[command(flatten)]
+    flags: Flags,
 }
 
-fn settings(flags: &Flags, need_node: bool) -> anyhow::Result<Settings> {
-    let node_name = flags.get("node-name", "NODE_NAME").unwrap_or_default();
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Copy the plugin binary into the CNI bin dir (init container).
+    Install,
+    /// Run the node agent (DaemonSet, hostNetwork).
+    Run,
+}
+
+#[derive(Debug, clap::Args)]
+struct Flags {
+    /// This node's name (the downward API's spec.nodeName); required for `run`.
+    #[arg(long, global = true, env = "NODE_NAME")]
+    node_name: Option<String>,
+    /// CNI configuration directory (default: the ClusterNetwork's).
+    #[arg(long, global = true, env = "SINEW_CNI_CONF_DIR")]
+    conf_dir: Option<PathBuf>,
+    /// CNI binary directory (default: the ClusterNetwork's, /opt/cni/bin for `install`).
+    #[arg(long, global = true, env = "SINEW_CNI_BIN_DIR")]
+    bin_dir: Option<PathBuf>,
+    /// Node-local state (IPAM store, node.json).
+    #[arg(long, global = true, env = "SINEW_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
+    /// The plugin binary to install (default: `sinew` next to this executable).
+    #[arg(long, global = true, env = "SINEW_PLUGIN")]
+    plugin: Option<PathBuf>,
+    /// The plugin's log file (written into the conflist).
+    #[arg(
+        long,
+        global = true,
+        env = "SINEW_CNI_LOG_FILE",
+        default_value = "/var/log/sinew/cni.log"
+    )]
+    log_file: PathBuf,
+    /// Free addresses to keep per pool before claiming another block.
+    #[arg(long, global = true, env = "SINEW_MIN_FREE", default_value_t = 16)]
+    min_free: u64,
+    /// How long a block stays empty before it is given back.
+    #[arg(
+        long,
+        global = true,
+        env = "SINEW_BLOCK_RELEASE_SECONDS",
+        default_value_t = 300
+    )]
+    block_release_seconds: u64,
+    /// Longest time between two passes.
+    #[arg(
+        long,
+        global = true,
+        env = "SINEW_RESYNC_SECONDS",
+        default_value_t = 10
+    )]
+    resync_seconds: u64,
+    /// Where /healthz, /readyz and /metrics listen: node:PORT (the Node's InternalIP),
+    /// host:port, or off.
+    #[arg(
+        long,
+        global = true,
+        env = "SINEW_METRICS_ADDR",
+        default_value = "node:9465"
+    )]
+    metrics_addr: String,
+    /// /healthz fails when the loop has not come round for this long.
+    #[arg(
+        long,
+        global = true,
+        env = "SINEW_STALL_SECONDS",
+        default_value_t = 120
+    )]
+    stall_seconds: u64,
+    /// sinew's dangling host veths (no pod recorded) are removed after this long.
+    #[arg(
+        long,
+        global = true,
+        env = "SINEW_DANGLING_SECONDS",
+        default_value_t = 60
+    )]
+    dangling_seconds: u64,
+    /// Where the node's sysctls are (the host's /proc/sys/net mounted under <dir>/net in a
+    /// container).
+    #[arg(
+        long,
+        global = true,
+        env = "SINEW_SYSCTL_DIR",
+        default_value = "/proc/sys"
+    )]
+    sysctl_dir: PathBuf,
+}
+
+fn listen_addr(spec: &str) -> anyhow::Result<ListenAddr> {
+    Ok(match spec {
+        "off" => ListenAddr::Off,
+        addr => match addr.strip_prefix("node:") {
+            Some(port) => ListenAddr::NodeIp(port.parse().with_context(|| {
+                format!("--metrics-addr node:PORT needs a port number, got {addr:?}")
+            })?),
+            None => ListenAddr::At(addr.parse().with_context(|| {
+                format!("--metrics-addr must be node:PORT, host:port or off, got {addr:?}")
+            })?),
+        },
+    })
+}
+
+fn settings(flags: Flags, need_node: bool) -> anyhow::Result<Settings> {
+    let node_name = flags.node_name.unwrap_or_default();
     if need_node && node_name.is_empty() {
         anyhow::bail!(
             "the node name is required: --node-name or NODE_NAME (the downward API's spec.nodeName)"
         );
     }
-    let plugin_source = match flags.get("plugin", "SINEW_PLUGIN") {
-        Some(p) => PathBuf::from(p),
+    let plugin_source = match flags.plugin {
+        Some(p) => p,
         None => std::env::current_exe()
             .context("locating this executable")?
-            .with_file_name("sinew"),
+            .with_file_name(PLUGIN_BINARY),
     };
     Ok(Settings {
         node_name,
-        conf_dir_override: flags
-            .get("conf-dir", "SINEW_CNI_CONF_DIR")
-            .map(PathBuf::from),
-        bin_dir_override: flags.get("bin-dir", "SINEW_CNI_BIN_DIR").map(PathBuf::from),
-        state_dir: PathBuf::from(
-            flags
-                .get("state-dir", "SINEW_STATE_DIR")
-                .unwrap_or_else(|| sinew_cni::config::DEFAULT_STATE_DIR.to_string()),
-        ),
-        log_file: PathBuf::from(
-            flags
-                .get("log-file", "SINEW_CNI_LOG_FILE")
-                .unwrap_or_else(|| "/var/log/sinew/cni.log".into()),
-        ),
+        conf_dir_override: flags.conf_dir,
+        bin_dir_override: flags.bin_dir,
+        state_dir: flags.state_dir,
+        log_file: flags.log_file,
         plugin_source,
-        min_free: flags.number("min-free", "SINEW_MIN_FREE", 16)?,
-        block_release_grace: Duration::from_secs(flags.number(
-            "block-release-seconds",
-            "SINEW_BLOCK_RELEASE_SECONDS",
-            300,
-        )?),
-        resync: Duration::from_secs(flags.number("resync-seconds", "SINEW_RESYNC_SECONDS", 10)?),
-        metrics_addr: match flags
-            .get("metrics-addr", "SINEW_METRICS_ADDR")
-            .unwrap_or_else(|| "node:9465".into())
-            .as_str()
-        {
-            "off" => ListenAddr::Off,
-            addr => match addr.strip_prefix("node:") {
-                Some(port) => ListenAddr::NodeIp(port.parse().with_context(|| {
-                    format!("--metrics-addr node:PORT needs a port number, got {addr:?}")
-                })?),
-                None => ListenAddr::At(addr.parse().with_context(|| {
-                    format!("--metrics-addr must be node:PORT, host:port or off, got {addr:?}")
-                })?),
-            },
-        },
-        sysctl_dir: PathBuf::from(
-            flags
-                .get("sysctl-dir", "SINEW_SYSCTL_DIR")
-                .unwrap_or_else(|| "/proc/sys".into()),
-        ),
-        stall_after: Duration::from_secs(flags.number(
-            "stall-seconds",
-            "SINEW_STALL_SECONDS",
-            120,
-        )?),
+        min_free: flags.min_free,
+        block_release_grace: Duration::from_secs(flags.block_release_seconds),
+        resync: Duration::from_secs(flags.resync_seconds),
+        metrics_addr: listen_addr(&flags.metrics_addr)?,
+        sysctl_dir: flags.sysctl_dir,
+        stall_after: Duration::from_secs(flags.stall_seconds),
+        dangling_grace: Duration::from_secs(flags.dangling_seconds),
     })
 }
 
@@ -133,7 +175,7 @@ fn install_binary(s: &Settings) -> anyhow::Result<()> {
         .unwrap_or_else(|| PathBuf::from("/opt/cni/bin"));
     let plugin = std::fs::read(&s.plugin_source)
         .with_context(|| format!("reading the plugin binary {}", s.plugin_source.display()))?;
-    let target = bin_dir.join("sinew");
+    let target = bin_dir.join(PLUGIN_BINARY);
     let outcome = install::install_file(&target, &plugin, 0o755)
         .with_context(|| format!("installing {}", target.display()))?;
     tracing::info!(path = %target.display(), sha256 = %install::sha256_hex(&plugin), ?outcome, "plugin binary");
@@ -148,21 +190,14 @@ async fn run(s: Settings) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SINEW_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    // Unknown flags, bad numbers and --help/--version end here, with clap's message.
+    let args = Args::parse();
+    sinew_runtime::logging::init();
     let result = (|| -> anyhow::Result<()> {
-        let (command, rest) = args.split_first().context(USAGE)?;
-        let flags = Flags::parse(rest)?;
-        match command.as_str() {
-            "install" => install_binary(&settings(&flags, false)?),
-            "run" => {
-                let s = settings(&flags, true)?;
+        match args.command {
+            Command::Install => install_binary(&settings(args.flags, false)?),
+            Command::Run => {
+                let s = settings(args.flags, true)?;
                 tokio::runtime::Builder::new_multi_thread()
                     .worker_threads(2)
                     .enable_all()
@@ -170,11 +205,6 @@ fn main() -> ExitCode {
                     .context("starting the async runtime")?
                     .block_on(run(s))
             }
-            "--version" => {
-                println!("sinew-node {}", env!("CARGO_PKG_VERSION"));
-                Ok(())
-            }
-            other => anyhow::bail!("unknown command {other:?}\n{USAGE}"),
         }
     })();
     match result {
@@ -183,5 +213,25 @@ fn main() -> ExitCode {
             eprintln!("sinew-node: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_have_env_fallbacks_and_unknown_ones_are_refused() {
+        let a = Args::try_parse_from(["sinew-node", "run", "--node-name", "n1", "--min-free", "4"])
+            .unwrap();
+        assert!(matches!(a.command, Command::Run));
+        let s = settings(a.flags, true).unwrap();
+        assert_eq!((s.node_name.as_str(), s.min_free), ("n1", 4));
+        assert_eq!(s.metrics_addr, ListenAddr::NodeIp(9465));
+        let e = Args::try_parse_from(["sinew-node", "run", "--min-fre", "4"]).unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::UnknownArgument);
+        assert!(Args::try_parse_from(["sinew-node", "run", "--resync-seconds", "x"]).is_err());
+        assert!(listen_addr("node:x").is_err());
+        assert_eq!(listen_addr("off").unwrap(), ListenAddr::Off);
     }
 }

@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use sinew_crds::{Cidr, Family};
 
 /// Name of the owned table (family `inet`).
-pub const TABLE: &str = "sinew";
+pub use sinew_node_lib::consts::NFT_TABLE as TABLE;
 
 /// One pool as NAT sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -6,18 +6,18 @@
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
-use sinew_cni::netlink::{Link, Netlink, NetlinkError, Route};
 use sinew_crds::{Cidr, Family};
+use sinew_node_lib::netlink::{Link, Netlink, NetlinkError, Route};
 
-use crate::plan::{Path, Plan};
+use crate::peers::{Path, Plan};
 
-/// The node's VXLAN device.
-pub const VXLAN_DEVICE: &str = "sinew.vxlan";
+use sinew_node_lib::consts::MAIN_TABLE;
 /// Route protocol of the routes towards peers (`ip route show proto 116`); pod routes made
 /// by the plugin use 115.
-pub const PEER_ROUTE_PROTOCOL: u8 = 116;
-const MAIN_TABLE: u32 = 254;
-const NUD_PERMANENT: u16 = 0x80;
+pub use sinew_node_lib::consts::PEER_ROUTE_PROTOCOL;
+/// The node's VXLAN device.
+pub use sinew_node_lib::consts::VXLAN_DEVICE;
+use sinew_node_lib::netlink::NUD_PERMANENT;
 
 /// The interface carrying the node's address.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -232,7 +232,7 @@ pub fn remove_all(nl: &mut Netlink) -> Result<(), NetlinkError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sinew_cni::netlink::VxlanInfo;
+    use sinew_node_lib::netlink::VxlanInfo;
 
     fn underlay() -> Underlay {
         Underlay {

@@ -14,9 +14,10 @@
 use std::borrow::Borrow;
 use std::collections::BTreeMap;
 
+use sinew_crds::node::{Problem, ProblemKind};
 use sinew_crds::{Cidr, IPBlock, IPPool};
 
-use crate::plan::BlockInfo;
+use crate::peers::BlockInfo;
 
 /// The facts of one pool the agent acts on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -124,7 +125,7 @@ fn distrust(block: &IPBlock, cidr: &Cidr, pools: &BTreeMap<String, PoolFacts>) -
 pub fn blocks(
     blocks: &[impl Borrow<IPBlock>],
     pools: &BTreeMap<String, PoolFacts>,
-) -> (Vec<BlockInfo>, Vec<String>) {
+) -> (Vec<BlockInfo>, Vec<Problem>) {
     let mut candidates: Vec<(Age, &IPBlock)> = blocks
         .iter()
         .map(Borrow::borrow)
@@ -136,9 +137,12 @@ pub fn blocks(
     for (_, block) in candidates {
         let name = block.metadata.name.as_deref().unwrap_or_default();
         let Ok(cidr) = block.spec.cidr.parse::<Cidr>() else {
-            problems.push(format!(
-                "UntrustedBlock: ignoring IPBlock {name} (node {}): its CIDR {:?} does not parse",
-                block.spec.node, block.spec.cidr
+            problems.push(Problem::new(
+                ProblemKind::UntrustedBlock,
+                format!(
+                    "ignoring IPBlock {name} (node {}): its CIDR {:?} does not parse",
+                    block.spec.node, block.spec.cidr
+                ),
             ));
             continue;
         };
@@ -149,9 +153,9 @@ pub fn blocks(
                 .map(|t| format!("it overlaps the older block {} of node {}", t.cidr, t.node))
         });
         match why {
-            Some(why) => problems.push(format!(
-                "UntrustedBlock: ignoring IPBlock {name} (node {}): {why}",
-                block.spec.node
+            Some(why) => problems.push(Problem::new(
+                ProblemKind::UntrustedBlock,
+                format!("ignoring IPBlock {name} (node {}): {why}", block.spec.node),
             )),
             None => trusted.push(BlockInfo {
                 cidr,
@@ -257,22 +261,24 @@ mod tests {
         );
         assert_eq!(problems.len(), 4, "{problems:#?}");
         assert!(
-            problems[0].contains("not the canonical 10-244-2-0-26"),
+            problems[0]
+                .message
+                .contains("not the canonical 10-244-2-0-26"),
             "{}",
             problems[0]
         );
         assert!(
-            problems[1].contains("outside its pool p"),
+            problems[1].message.contains("outside its pool p"),
             "{}",
             problems[1]
         );
         assert!(
-            problems[2].contains("not a /26 block of pool p"),
+            problems[2].message.contains("not a /26 block of pool p"),
             "{}",
             problems[2]
         );
         assert!(
-            problems[3].contains("pool nope does not exist"),
+            problems[3].message.contains("pool nope does not exist"),
             "{}",
             problems[3]
         );
@@ -297,7 +303,11 @@ mod tests {
             let (trusted, problems) = blocks(&input, &facts);
             assert_eq!(trusted.len(), 1);
             assert_eq!(trusted[0].node, "n1");
-            assert!(problems[0].contains("overlaps the older block 10.244.0.0/26 of node n1"));
+            assert!(
+                problems[0]
+                    .message
+                    .contains("overlaps the older block 10.244.0.0/26 of node n1")
+            );
         }
         // Same CIDR, same canonical name: the API server holds only one of them anyway.
         assert_eq!(older.metadata.name, newer.metadata.name);

@@ -35,6 +35,8 @@ pub struct Context {
     pub service_cidrs: Store<ServiceCIDR>,
     pub recorder: Recorder,
     pub metrics: std::sync::Arc<crate::http::Metrics>,
+    /// Allocation samples per pool (the forecast of nearly exhausted pools).
+    pub usage: crate::trend::UsageHistory,
 }
 
 impl Context {

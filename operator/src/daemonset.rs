@@ -9,7 +9,7 @@ pub const NAME: &str = "sinew-node";
 /// Pod template annotation carrying the configuration hash: a spec change rolls the agents.
 pub const CONFIG_HASH_ANNOTATION: &str = "sinew.dev/config-hash";
 /// Where the agent keeps node-local state, on the host.
-pub const STATE_DIR: &str = "/var/lib/sinew";
+pub use sinew_crds::node::DEFAULT_STATE_DIR as STATE_DIR;
 /// Where the plugin logs, on the host.
 pub const LOG_DIR: &str = "/var/log/sinew";
 

@@ -7,7 +7,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
@@ -177,9 +176,7 @@ async fn settle(ctx: &Context, blocks: &[Arc<IPBlock>]) -> Result<u64, Error> {
 pub async fn pass(ctx: &Context, suspects: &mut Suspects, grace: Duration) -> Result<(), Error> {
     let blocks = ctx.blocks.state();
     let released = settle(ctx, &blocks).await?;
-    ctx.metrics
-        .gc_releases
-        .fetch_add(released, Ordering::Relaxed);
+    ctx.metrics.gc_releases.inc_by(released);
     let nodes: BTreeSet<String> = ctx.nodes.state().iter().map(|n| n.name_any()).collect();
     // Blocks of departed nodes are released whole by the pool reconciler.
     let live: Vec<Arc<IPBlock>> = blocks

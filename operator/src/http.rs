@@ -1,21 +1,30 @@
-//! `/healthz`, `/readyz` and `/metrics` (Prometheus text format) of the operator, on a plain
-//! HTTP/1.1 listener (`sinew_runtime::admin`, bounded in time, size and connections). Every
-//! replica serves them; only the leader's reconcile metrics move.
+//! `/healthz`, `/readyz` and `/metrics` of the operator, on the bounded admin listener
+//! (`sinew_runtime::admin`). Every replica serves them; only the leader's reconcile metrics
+//! move.
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use sinew_runtime::admin;
+use sinew_runtime::metrics::{
+    self, Counter, EncodeLabelSet, Family, Gauge, Histogram, Registry, exponential_buckets,
+};
 use tokio::net::TcpListener;
 
-/// Reconcile counters of one controller.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct ReconcileStats {
-    pub total: u64,
-    pub errors: u64,
-    pub seconds_sum: f64,
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ControllerLabels {
+    pub controller: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub controller: String,
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolLabels {
+    pub pool: String,
 }
 
 /// Utilisation of one pool, as last written to its status.
@@ -27,148 +36,152 @@ pub struct PoolUsage {
 }
 
 /// What `/metrics` renders.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Metrics {
-    /// This replica holds the Lease.
-    pub leader: AtomicBool,
+    registry: Registry,
+    leader: Gauge,
     /// Caches are filled and the controllers run (leader), or waiting to lead (standby).
     pub ready: AtomicBool,
-    pub reconciles: Mutex<BTreeMap<&'static str, ReconcileStats>>,
-    pub pools: Mutex<BTreeMap<String, PoolUsage>>,
+    reconciles: Family<ControllerLabels, Counter>,
+    reconcile_errors: Family<ErrorLabels, Counter>,
+    reconcile_seconds: Family<ControllerLabels, Histogram>,
+    pool_capacity: Family<PoolLabels, Gauge>,
+    pool_allocated: Family<PoolLabels, Gauge>,
+    pool_blocks: Family<PoolLabels, Gauge>,
     /// Blocks of departed nodes released.
-    pub block_releases: AtomicU64,
+    pub block_releases: Counter,
     /// Leaked allocations released by the garbage collector.
-    pub gc_releases: AtomicU64,
+    pub gc_releases: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        let m = Metrics {
+            registry: Registry::default(),
+            leader: Gauge::default(),
+            ready: AtomicBool::new(false),
+            reconciles: Family::default(),
+            reconcile_errors: Family::default(),
+            // 1 ms to ~16 s.
+            reconcile_seconds: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.001, 2.0, 15))
+            }),
+            pool_capacity: Family::default(),
+            pool_allocated: Family::default(),
+            pool_blocks: Family::default(),
+            block_releases: Counter::default(),
+            gc_releases: Counter::default(),
+        };
+        let mut r = Registry::with_prefix("sinew_operator");
+        r.register(
+            "leader",
+            "1 when this replica holds the Lease and reconciles",
+            m.leader.clone(),
+        );
+        r.register(
+            "reconciles",
+            "Reconciles run, per controller",
+            m.reconciles.clone(),
+        );
+        r.register(
+            "reconcile_errors",
+            "Reconciles that failed, per controller and kind of error",
+            m.reconcile_errors.clone(),
+        );
+        r.register(
+            "reconcile_duration_seconds",
+            "Time spent per reconcile, per controller",
+            m.reconcile_seconds.clone(),
+        );
+        r.register(
+            "pool_capacity",
+            "Addresses the pool can hand out",
+            m.pool_capacity.clone(),
+        );
+        r.register(
+            "pool_allocated",
+            "Addresses of the pool held by pods",
+            m.pool_allocated.clone(),
+        );
+        r.register(
+            "pool_blocks",
+            "Blocks of the pool claimed by nodes",
+            m.pool_blocks.clone(),
+        );
+        r.register(
+            "block_releases",
+            "Blocks of departed nodes released",
+            m.block_releases.clone(),
+        );
+        r.register(
+            "gc_releases",
+            "Leaked allocations released by the garbage collector",
+            m.gc_releases.clone(),
+        );
+        Metrics { registry: r, ..m }
+    }
 }
 
 impl Metrics {
-    /// Records one reconcile of `controller`.
-    pub fn reconciled(&self, controller: &'static str, took: Duration, failed: bool) {
-        if let Ok(mut r) = self.reconciles.lock() {
-            let s = r.entry(controller).or_default();
-            s.total += 1;
-            s.errors += u64::from(failed);
-            s.seconds_sum += took.as_secs_f64();
+    pub fn set_leader(&self, leader: bool) {
+        self.leader.set(i64::from(leader));
+    }
+
+    /// Records one reconcile of `controller`; `error` is the failed run's kind.
+    pub fn reconciled(&self, controller: &'static str, took: Duration, error: Option<&str>) {
+        let labels = ControllerLabels {
+            controller: controller.into(),
+        };
+        self.reconciles.get_or_create(&labels).inc();
+        self.reconcile_seconds
+            .get_or_create(&labels)
+            .observe(took.as_secs_f64());
+        if let Some(kind) = error {
+            self.reconcile_errors
+                .get_or_create(&ErrorLabels {
+                    controller: controller.into(),
+                    kind: kind.into(),
+                })
+                .inc();
         }
     }
 
     /// Records a pool's utilisation; `None` forgets a deleted pool.
     pub fn pool(&self, name: &str, usage: Option<PoolUsage>) {
-        if let Ok(mut p) = self.pools.lock() {
-            match usage {
-                Some(u) => p.insert(name.to_string(), u),
-                None => p.remove(name),
-            };
+        let labels = PoolLabels { pool: name.into() };
+        let families = [
+            (&self.pool_capacity, usage.map(|u| u.capacity)),
+            (&self.pool_allocated, usage.map(|u| u.allocated)),
+            (&self.pool_blocks, usage.map(|u| u.blocks)),
+        ];
+        for (family, value) in families {
+            match value {
+                Some(v) => {
+                    family
+                        .get_or_create(&labels)
+                        .set(i64::try_from(v).unwrap_or(i64::MAX));
+                }
+                None => {
+                    family.remove(&labels);
+                }
+            }
         }
     }
 
-    /// The Prometheus exposition of the current values.
+    /// The OpenMetrics text of the current values.
     pub fn render(&self) -> String {
-        let mut s = String::new();
-        let reconciles = self
-            .reconciles
-            .lock()
-            .map(|r| r.clone())
-            .unwrap_or_default();
-        let pools = self.pools.lock().map(|p| p.clone()).unwrap_or_default();
-        let mut section = |name: &str, help: &str, kind: &str, rows: Vec<(String, String)>| {
-            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for (labels, value) in rows {
-                let _ = writeln!(s, "{name}{labels} {value}");
-            }
-        };
-        let per = |f: &dyn Fn(&ReconcileStats) -> String| {
-            reconciles
-                .iter()
-                .map(|(c, st)| (format!("{{controller=\"{c}\"}}"), f(st)))
-                .collect::<Vec<_>>()
-        };
-        section(
-            "sinew_operator_leader",
-            "1 when this replica holds the Lease and reconciles.",
-            "gauge",
-            vec![(
-                String::new(),
-                u8::from(self.leader.load(Ordering::Relaxed)).to_string(),
-            )],
-        );
-        section(
-            "sinew_operator_reconciles_total",
-            "Reconciles run, per controller.",
-            "counter",
-            per(&|st| st.total.to_string()),
-        );
-        section(
-            "sinew_operator_reconcile_errors_total",
-            "Reconciles that failed, per controller.",
-            "counter",
-            per(&|st| st.errors.to_string()),
-        );
-        section(
-            "sinew_operator_reconcile_duration_seconds_sum",
-            "Time spent reconciling, per controller.",
-            "counter",
-            per(&|st| format!("{:.6}", st.seconds_sum)),
-        );
-        let per_pool = |f: &dyn Fn(&PoolUsage) -> u64| {
-            pools
-                .iter()
-                .map(|(p, u)| {
-                    (
-                        format!("{{pool=\"{}\"}}", p.replace(['"', '\\', '\n'], "_")),
-                        f(u).to_string(),
-                    )
-                })
-                .collect::<Vec<_>>()
-        };
-        section(
-            "sinew_operator_pool_capacity",
-            "Addresses the pool can hand out.",
-            "gauge",
-            per_pool(&|u| u.capacity),
-        );
-        section(
-            "sinew_operator_pool_allocated",
-            "Addresses of the pool held by pods.",
-            "gauge",
-            per_pool(&|u| u.allocated),
-        );
-        section(
-            "sinew_operator_pool_blocks",
-            "Blocks of the pool claimed by nodes.",
-            "gauge",
-            per_pool(&|u| u.blocks),
-        );
-        section(
-            "sinew_operator_block_releases_total",
-            "Blocks of departed nodes released.",
-            "counter",
-            vec![(
-                String::new(),
-                self.block_releases.load(Ordering::Relaxed).to_string(),
-            )],
-        );
-        section(
-            "sinew_operator_gc_releases_total",
-            "Leaked allocations released by the garbage collector.",
-            "counter",
-            vec![(
-                String::new(),
-                self.gc_releases.load(Ordering::Relaxed).to_string(),
-            )],
-        );
-        s
+        metrics::encode(&self.registry)
     }
 }
 
 /// Serves the three endpoints on `listener` until the process ends.
 pub async fn serve(listener: TcpListener, metrics: std::sync::Arc<Metrics>) {
-    sinew_runtime::admin::serve(listener, move |path| match path {
-        "/healthz" => ("200 OK", "ok\n".to_string()),
-        "/readyz" if metrics.ready.load(Ordering::Relaxed) => ("200 OK", "ok\n".to_string()),
-        "/readyz" => ("503 Service Unavailable", "starting\n".to_string()),
-        "/metrics" => ("200 OK", metrics.render()),
-        _ => ("404 Not Found", "not found\n".to_string()),
+    admin::serve(listener, move |path| match path {
+        "/healthz" => admin::text("200 OK", "ok\n"),
+        "/readyz" if metrics.ready.load(Ordering::Relaxed) => admin::text("200 OK", "ok\n"),
+        "/readyz" => admin::text("503 Service Unavailable", "starting\n"),
+        "/metrics" => ("200 OK", metrics::CONTENT_TYPE, metrics.render()),
+        _ => admin::text("404 Not Found", "not found\n"),
     })
     .await
 }
@@ -180,8 +193,8 @@ mod tests {
     #[test]
     fn renders_reconciles_and_pools() {
         let m = Metrics::default();
-        m.reconciled("ippool", Duration::from_millis(20), false);
-        m.reconciled("ippool", Duration::from_millis(30), true);
+        m.reconciled("ippool", Duration::from_millis(20), None);
+        m.reconciled("ippool", Duration::from_millis(30), Some("kube"));
         m.pool(
             "p",
             Some(PoolUsage {
@@ -195,7 +208,18 @@ mod tests {
             text.contains("sinew_operator_reconciles_total{controller=\"ippool\"} 2"),
             "{text}"
         );
-        assert!(text.contains("sinew_operator_reconcile_errors_total{controller=\"ippool\"} 1"));
+        assert!(
+            text.contains(
+                "sinew_operator_reconcile_errors_total{controller=\"ippool\",kind=\"kube\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "sinew_operator_reconcile_duration_seconds_count{controller=\"ippool\"} 2"
+            ),
+            "{text}"
+        );
         assert!(text.contains("sinew_operator_pool_allocated{pool=\"p\"} 7"));
         assert!(text.contains("sinew_operator_leader 0"));
         m.pool("p", None);

@@ -12,4 +12,7 @@ pub mod nodes;
 pub mod pod_uids;
 pub mod pool;
 pub mod run;
+#[cfg(test)]
+mod scenarios;
+pub mod trend;
 pub mod uninstall;

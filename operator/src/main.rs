@@ -13,9 +13,8 @@
 //! `sinew-operator uninstall [--timeout-seconds N]`: deletes every `IPPool` and the
 //! `ClusterNetwork` and waits until their finalizers ran (Helm's pre-delete hook).
 
-use std::process::ExitCode;
-
 use std::net::SocketAddr;
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -24,15 +23,46 @@ use anyhow::Context as _;
 use sinew_operator::context::Settings;
 use sinew_operator::daemonset;
 use sinew_operator::http::Metrics;
+use sinew_runtime::clap::{self, Parser, Subcommand};
 
 /// The Lease the replicas elect a leader on.
 const LEASE: &str = "sinew-operator";
 
-fn flag(args: &[String], name: &str, env: &str) -> Option<String> {
-    args.windows(2)
-        .find(|w| w[0] == format!("--{name}"))
-        .map(|w| w[1].clone())
-        .or_else(|| std::env::var(env).ok().filter(|v| !v.is_empty()))
+/// sinew's operator: reconciles ClusterNetwork and IPPool.
+#[derive(Debug, Parser)]
+#[command(name = "sinew-operator", version)]
+struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Namespace of the node agent DaemonSet and of the leader Lease.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "sinew-system")]
+    namespace: String,
+    /// Node agent image when the ClusterNetwork names none.
+    #[arg(long, env = "SINEW_NODE_IMAGE")]
+    node_image: Option<String>,
+    /// Leader election identity (default: host name, process and a time stamp).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// Lease duration.
+    #[arg(long, env = "SINEW_LEASE_SECONDS", default_value_t = 15)]
+    lease_seconds: u64,
+    /// How often the leader renews the Lease.
+    #[arg(long, env = "SINEW_RENEW_SECONDS", default_value_t = 5)]
+    renew_seconds: u64,
+    /// Where /healthz, /readyz and /metrics listen: pod:PORT (POD_IP, else every address) or
+    /// address:port.
+    #[arg(long, env = "SINEW_METRICS_ADDR", default_value = "pod:9466")]
+    metrics_addr: String,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Deletes every IPPool and the ClusterNetwork and waits until their finalizers ran
+    /// (Helm's pre-delete hook).
+    Uninstall {
+        #[arg(long, env = "SINEW_UNINSTALL_TIMEOUT", default_value_t = 600)]
+        timeout_seconds: u64,
+    },
 }
 
 /// Resolves on SIGTERM or SIGINT.
@@ -51,30 +81,22 @@ async fn shutdown_signal() {
     }
 }
 
-async fn run(args: Vec<String>) -> anyhow::Result<()> {
+async fn run(args: Args) -> anyhow::Result<()> {
     let client = kube::Client::try_default()
         .await
         .context("connecting to the API server (in-cluster config or KUBECONFIG)")?;
-    let seconds = |name: &str, env: &str, default: u64| -> anyhow::Result<Duration> {
-        let v = flag(&args, name, env).map_or(Ok(default), |v| {
-            v.parse()
-                .with_context(|| format!("--{name} must be a number of seconds"))
-        })?;
-        Ok(Duration::from_secs(v))
-    };
-    if args.first().map(String::as_str) == Some("uninstall") {
-        let timeout = seconds("timeout-seconds", "SINEW_UNINSTALL_TIMEOUT", 600)?;
-        return sinew_operator::uninstall::uninstall(client, timeout)
+    if let Some(Command::Uninstall { timeout_seconds }) = args.command {
+        return sinew_operator::uninstall::uninstall(client, Duration::from_secs(timeout_seconds))
             .await
             .context("uninstalling sinew");
     }
-    let namespace =
-        flag(&args, "namespace", "POD_NAMESPACE").unwrap_or_else(|| "sinew-system".into());
-    let image = flag(&args, "node-image", "SINEW_NODE_IMAGE")
+    let namespace = args.namespace;
+    let image = args
+        .node_image
         .unwrap_or_else(|| format!("ghcr.io/sinew-dev/sinew-node:{}", env!("CARGO_PKG_VERSION")));
     // Without POD_NAME: the host name plus the process and a time stamp, since a PID alone is
     // the same (1) in every container.
-    let identity = flag(&args, "identity", "POD_NAME").unwrap_or_else(|| {
+    let identity = args.identity.unwrap_or_else(|| {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -87,13 +109,10 @@ async fn run(args: Vec<String>) -> anyhow::Result<()> {
         )
     });
     let timing = sinew_operator::leader::Timing {
-        duration: seconds("lease-seconds", "SINEW_LEASE_SECONDS", 15)?,
-        renew: seconds("renew-seconds", "SINEW_RENEW_SECONDS", 5)?,
+        duration: Duration::from_secs(args.lease_seconds),
+        renew: Duration::from_secs(args.renew_seconds),
     };
-    let metrics_addr = listen_addr(
-        &flag(&args, "metrics-addr", "SINEW_METRICS_ADDR").unwrap_or_else(|| "pod:9466".into()),
-        std::env::var("POD_IP").ok().as_deref(),
-    )?;
+    let metrics_addr = listen_addr(&args.metrics_addr, std::env::var("POD_IP").ok().as_deref())?;
     let metrics = Arc::new(Metrics::default());
     let listener = tokio::net::TcpListener::bind(metrics_addr)
         .await
@@ -113,7 +132,7 @@ async fn run(args: Vec<String>) -> anyhow::Result<()> {
             return Ok(());
         }
     };
-    metrics.leader.store(true, Ordering::Relaxed);
+    metrics.set_leader(true);
     metrics.ready.store(false, Ordering::Relaxed);
     let settings = Settings {
         namespace: namespace.clone(),
@@ -125,7 +144,7 @@ async fn run(args: Vec<String>) -> anyhow::Result<()> {
     // The controllers stop on SIGTERM/SIGINT once their running reconciles finish.
     let result = sinew_operator::run::run(client, settings, metrics.clone()).await;
     renewing.abort();
-    metrics.leader.store(false, Ordering::Relaxed);
+    metrics.set_leader(false);
     if let Err(e) = sinew_operator::leader::release(&leases, LEASE, &identity).await {
         tracing::warn!(error = %e, "could not release the lease; a standby takes over when it expires");
     }
@@ -133,18 +152,9 @@ async fn run(args: Vec<String>) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SINEW_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) == Some("--version") {
-        println!("sinew-operator {}", env!("CARGO_PKG_VERSION"));
-        return ExitCode::SUCCESS;
-    }
+    // Unknown flags, bad numbers and --help/--version end here, with clap's message.
+    let args = Args::parse();
+    sinew_runtime::logging::init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -187,7 +197,23 @@ fn listen_addr(spec: &str, pod_ip: Option<&str>) -> anyhow::Result<SocketAddr> {
 
 #[cfg(test)]
 mod tests {
-    use super::listen_addr;
+    use super::*;
+
+    #[test]
+    fn flags_have_env_fallbacks_and_unknown_ones_are_refused() {
+        let a = Args::try_parse_from(["sinew-operator", "--lease-seconds", "9"]).unwrap();
+        assert_eq!(a.lease_seconds, 9);
+        assert!(a.command.is_none());
+        let e = Args::try_parse_from(["sinew-operator", "--lease-secs", "9"]).unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::UnknownArgument);
+        let a = Args::try_parse_from(["sinew-operator", "uninstall", "--timeout-seconds", "5"])
+            .unwrap();
+        assert!(matches!(
+            a.command,
+            Some(Command::Uninstall { timeout_seconds: 5 })
+        ));
+        assert!(Args::try_parse_from(["sinew-operator", "--renew-seconds", "x"]).is_err());
+    }
 
     #[test]
     fn the_admin_listener_binds_the_pods_address() {

@@ -11,6 +11,7 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 use sinew_crds::cluster_network::{NodeCounts, NodeProblem};
+use sinew_crds::node::ProblemKind;
 use sinew_crds::{ClusterNetwork, ClusterNetworkStatus};
 use tracing::info;
 
@@ -49,10 +50,16 @@ pub fn status(
         };
         if let Some(install) = &report.install {
             counts.installed += 1;
-            if install.chosen.is_some() && install.chosen != install.conflist {
+            // Agents report it themselves (with evidence and fix); derived here for agents
+            // that do not.
+            let reported = report
+                .problems
+                .iter()
+                .any(|p| p.kind == ProblemKind::ConflistShadowed);
+            if install.shadowed() && !reported {
                 problems.push(NodeProblem {
                     node: node.name_any(),
-                    reason: "ForeignConflistWins".into(),
+                    reason: ProblemKind::ConflistShadowed.to_string(),
                     message: format!(
                         "the runtime loads {} instead of {} (shadowed by {:?})",
                         install.chosen.clone().unwrap_or_default(),
@@ -69,11 +76,10 @@ pub fn status(
             counts.up_to_date += 1;
         }
         for p in &report.problems {
-            let (reason, message) = problem_reason(p);
             problems.push(NodeProblem {
                 node: node.name_any(),
-                reason: reason.into(),
-                message: message.into(),
+                reason: p.kind.to_string(),
+                message: p.message.clone(),
             });
         }
     }
@@ -84,7 +90,9 @@ pub fn status(
     let generation = network.metadata.generation;
     let mut conds = previous.conditions.clone();
     let converged = counts.ready == counts.desired && counts.up_to_date == counts.desired;
-    let shadowed = problems.iter().any(|p| p.reason == "ForeignConflistWins");
+    let shadowed = problems
+        .iter()
+        .any(|p| p.reason == ProblemKind::ConflistShadowed.as_str());
     // kstatus: Stalled and Reconciling are never both True (a stall is not progress).
     conditions::set(
         &mut conds,
@@ -117,7 +125,7 @@ pub fn status(
                 "another CNI configuration wins on: {}",
                 problems
                     .iter()
-                    .filter(|p| p.reason == "ForeignConflistWins")
+                    .filter(|p| p.reason == ProblemKind::ConflistShadowed.as_str())
                     .map(|p| p.node.as_str())
                     .collect::<Vec<_>>()
                     .join(", ")
@@ -167,11 +175,13 @@ pub async fn reconcile(network: Arc<ClusterNetwork>, ctx: Arc<Context>) -> Resul
     let daemonsets: Api<DaemonSet> = Api::namespaced(ctx.client.clone(), &ctx.settings.namespace);
     if network.meta().deletion_timestamp.is_some() {
         // Agents clean their nodes when they see the deletion; wait for all of them.
-        let pending: Vec<String> = nodes
+        let mut pending: Vec<String> = nodes
             .iter()
             .filter(|n| nodes::report(n).is_some_and(|r| !r.cleaned_up))
             .map(|n| n.name_any())
             .collect();
+        // Store order is arbitrary: sorted, so an unchanged wait never rewrites status.
+        pending.sort();
         if !pending.is_empty() {
             let mut st = network.status.clone().unwrap_or_default();
             conditions::set(
@@ -212,40 +222,4 @@ pub async fn reconcile(network: Arc<ClusterNetwork>, ctx: Arc<Context>) -> Resul
     );
     write_status(&network, &ctx, &st).await?;
     Ok(Action::requeue(Duration::from_secs(30)))
-}
-
-/// An agent's problem line is `Reason: message` when the agent names the kind of problem
-/// (`ForwardingOff: …`), else a peer that could not be programmed (`PeersIncomplete`).
-fn problem_reason(line: &str) -> (&str, &str) {
-    match line.split_once(": ") {
-        Some((reason, message))
-            if !reason.is_empty()
-                && reason.starts_with(|c: char| c.is_ascii_uppercase())
-                && reason.chars().all(|c| c.is_ascii_alphanumeric()) =>
-        {
-            (reason, message)
-        }
-        _ => ("PeersIncomplete", line),
-    }
-}
-
-#[cfg(test)]
-mod problem_tests {
-    use super::problem_reason;
-
-    #[test]
-    fn agents_name_the_kind_of_problem() {
-        assert_eq!(
-            problem_reason("ForwardingOff: net.ipv4.ip_forward must be 1"),
-            ("ForwardingOff", "net.ipv4.ip_forward must be 1")
-        );
-        assert_eq!(
-            problem_reason("node b has not published its VTEP yet"),
-            ("PeersIncomplete", "node b has not published its VTEP yet")
-        );
-        assert_eq!(
-            problem_reason("ignoring IPBlock x (node n): bad"),
-            ("PeersIncomplete", "ignoring IPBlock x (node n): bad")
-        );
-    }
 }

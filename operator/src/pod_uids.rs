@@ -84,6 +84,18 @@ impl PodUids {
         PodUids { uids, ready }
     }
 
+    /// Test seam: a fixed set of UIDs, ready at once, with no watch behind it (the mock-API
+    /// scenario tests build a [`Context`](crate::context::Context) without a pod list).
+    #[cfg(test)]
+    pub(crate) fn fixed<'a>(uids: impl IntoIterator<Item = &'a str>) -> PodUids {
+        let (_, ready) = tokio::sync::watch::channel(true);
+        let set = uids.into_iter().map(String::from).collect();
+        PodUids {
+            uids: Arc::new(RwLock::new(set)),
+            ready,
+        }
+    }
+
     /// Whether a pod with this UID exists (as of the watch).
     pub fn contains(&self, uid: &str) -> bool {
         self.uids.read().map(|s| s.contains(uid)).unwrap_or(true)

@@ -13,6 +13,8 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use std::collections::BTreeMap;
 
+use sinew_crds::node::ProblemKind;
+
 use sinew_crds::{Cidr, Family, Forwarding, IPBlock, IPPool, IPPoolStatus, ModePlan, PoolMode};
 
 use crate::context::{
@@ -211,9 +213,7 @@ pub fn mode_plan(
         .iter()
         .filter_map(|n| Some((n.name_any(), nodes::report(n)?)))
         .collect();
-    let running = |r: &nodes::NodeReport| -> Option<PoolMode> {
-        serde_json::from_value(serde_json::Value::String(r.modes.get(&name)?.clone())).ok()
-    };
+    let running = |r: &nodes::NodeReport| -> Option<PoolMode> { r.modes.get(&name).copied() };
     reports.sort_by(|a, b| a.0.cmp(&b.0));
     let pending: Vec<String> = reports
         .iter()
@@ -315,7 +315,7 @@ pub fn status(
         .filter(|n| sinew_crds::selector::matches(pool.spec.node_selector.as_ref(), n.labels()))
         .filter(|n| nodes::report(n).is_some())
         .collect();
-    let mode = pool.spec.mode.to_string();
+    let mode = pool.spec.mode;
     let converged = selected
         .iter()
         .filter(|n| nodes::report(n).is_some_and(|r| r.modes.get(&name) == Some(&mode)))
@@ -473,6 +473,7 @@ pub async fn reconcile(pool: Arc<IPPool>, ctx: Arc<Context>) -> Result<Action, E
         }
         remove_finalizer(&api, pool.as_ref()).await?;
         ctx.metrics.pool(&name, None);
+        ctx.usage.forget(&name);
         return Ok(Action::await_change());
     }
     ensure_finalizer(&api, pool.as_ref()).await?;
@@ -512,7 +513,31 @@ pub async fn reconcile(pool: Arc<IPPool>, ctx: Arc<Context>) -> Result<Action, E
             sinew_crds::CLUSTER_NETWORK_NAME,
         ))
         .and_then(|n| n.spec.fixed_mtu());
-    let st = status(&pool, &blocks, &nodes, found.as_ref(), fixed_mtu);
+    let mut st = status(&pool, &blocks, &nodes, found.as_ref(), fixed_mtu);
+    let rate = ctx
+        .usage
+        .record(&name, std::time::Instant::now(), st.allocated.unwrap_or(0));
+    let was_nearly_exhausted = pool.status.as_ref().is_some_and(nearly_exhausted);
+    if nearly_exhausted(&st) {
+        let free = u128::from(st.capacity.unwrap_or(0))
+            .saturating_sub(u128::from(st.allocated.unwrap_or(0)));
+        let trend = crate::trend::forecast(free, rate);
+        if let Some(c) = st.conditions.iter_mut().find(|c| c.type_ == "Exhausted") {
+            c.message = format!("{}; {trend}", c.message);
+        }
+        if !was_nearly_exhausted {
+            let event = Event {
+                type_: EventType::Warning,
+                reason: ProblemKind::PoolNearlyExhausted.to_string(),
+                note: Some(format!("{name}: {free} addresses left; {trend}")),
+                action: "Allocate".into(),
+                secondary: None,
+            };
+            if let Err(e) = ctx.recorder.publish(&event, &pool.object_ref(&())).await {
+                tracing::warn!(pool = %name, error = %e, "recording an Event failed");
+            }
+        }
+    }
     write_status(&pool, &ctx, &st).await?;
     ctx.metrics.pool(
         &name,
@@ -527,6 +552,14 @@ pub async fn reconcile(pool: Arc<IPPool>, ctx: Arc<Context>) -> Result<Action, E
     } else {
         30
     })))
+}
+
+/// The pool is at or above [`EXHAUSTION_THRESHOLD`] (its `Exhausted` condition is True).
+pub fn nearly_exhausted(status: &IPPoolStatus) -> bool {
+    status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == "Exhausted" && c.status == "True")
 }
 
 /// Pure: whether a block of a node that no longer exists can be released. Only when no pod of
@@ -581,7 +614,7 @@ async fn departed_live(ctx: &Context, block: &IPBlock) -> bool {
 /// How long a deleted pool waits before its blocks go: agents stop allocating from a pool
 /// being deleted and report every allocation within about a second, so after this the
 /// blocks' status (read live) can be trusted to show every address still in use.
-const DRAIN_SETTLE: Duration = Duration::from_secs(5);
+pub(crate) const DRAIN_SETTLE: Duration = Duration::from_secs(5);
 
 /// Deletes this pool's blocks whose node is gone and none of whose pods exists; returns
 /// whether some are still waiting for their pods.
@@ -608,9 +641,7 @@ async fn release_blocks_of_departed_nodes(pool: &IPPool, ctx: &Context) -> Resul
         if !delete_if_present(&api, &block.name_any()).await? {
             continue;
         }
-        ctx.metrics
-            .block_releases
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        ctx.metrics.block_releases.inc();
         tracing::info!(pool = %name, block = %block.spec.cidr, node = %block.spec.node, "released the block of a departed node");
         let event = Event {
             type_: EventType::Normal,

@@ -40,8 +40,8 @@ where
         Box::pin(async move {
             let start = std::time::Instant::now();
             let result = reconcile(obj, ctx.clone()).await;
-            ctx.metrics
-                .reconciled(controller, start.elapsed(), result.is_err());
+            let kind = result.as_ref().err().map(Error::label);
+            ctx.metrics.reconciled(controller, start.elapsed(), kind);
             result
         })
     }
@@ -66,22 +66,6 @@ where
         .touched_objects()
 }
 
-/// Drives a watch stream for as long as the process runs.
-fn drive<S, T>(stream: S)
-where
-    S: futures::Stream<Item = Result<T, watcher::Error>> + Send + 'static,
-    T: Send,
-{
-    tokio::spawn(async move {
-        futures::pin_mut!(stream);
-        while let Some(event) = stream.next().await {
-            if let Err(e) = event {
-                warn!(error = %e, "watch error; retrying");
-            }
-        }
-    });
-}
-
 /// Keeps a store of `K` filled from one watch, with `prune` dropping what the operator never
 /// reads (the store is most of the operator's memory).
 fn reflect<K>(api: Api<K>, prune: fn(&mut K)) -> reflector::Store<K>
@@ -94,36 +78,7 @@ where
         + Sync
         + 'static,
 {
-    let (store, writer) = reflector::store::<K>();
-    drive(
-        watcher(api, watcher::Config::default())
-            .default_backoff()
-            .modify(prune)
-            .reflect(writer)
-            .touched_objects(),
-    );
-    store
-}
-
-fn prune_meta<K: kube::Resource>(obj: &mut K) {
-    obj.meta_mut().managed_fields = None;
-}
-
-/// Nodes: labels (pool selectors), sinew's annotations (agent reports) and addresses.
-fn prune_node(node: &mut Node) {
-    let meta = &mut node.metadata;
-    meta.managed_fields = None;
-    if let Some(a) = meta.annotations.as_mut() {
-        a.retain(|k, _| k.starts_with("sinew.dev/"));
-    }
-    node.spec = None;
-    node.status = node
-        .status
-        .take()
-        .map(|s| k8s_openapi::api::core::v1::NodeStatus {
-            addresses: s.addresses,
-            ..Default::default()
-        });
+    sinew_runtime::watch::reflect(api, watcher::Config::default(), prune, None)
 }
 
 /// Runs both controllers until the process ends.
@@ -135,12 +90,27 @@ pub async fn run(
     let ctx = Arc::new(Context {
         client: client.clone(),
         settings: settings.clone(),
-        nodes: reflect(Api::<Node>::all(client.clone()), prune_node),
-        networks: reflect(Api::<ClusterNetwork>::all(client.clone()), prune_meta),
-        pools: reflect(Api::<IPPool>::all(client.clone()), prune_meta),
-        blocks: reflect(Api::<IPBlock>::all(client.clone()), prune_meta),
+        nodes: reflect(
+            Api::<Node>::all(client.clone()),
+            sinew_runtime::watch::prune_node,
+        ),
+        networks: reflect(
+            Api::<ClusterNetwork>::all(client.clone()),
+            sinew_runtime::watch::prune_meta,
+        ),
+        pools: reflect(
+            Api::<IPPool>::all(client.clone()),
+            sinew_runtime::watch::prune_meta,
+        ),
+        blocks: reflect(
+            Api::<IPBlock>::all(client.clone()),
+            sinew_runtime::watch::prune_meta,
+        ),
         pods: crate::pod_uids::PodUids::watch(Api::all(client.clone())),
-        service_cidrs: reflect(Api::<ServiceCIDR>::all(client.clone()), prune_meta),
+        service_cidrs: reflect(
+            Api::<ServiceCIDR>::all(client.clone()),
+            sinew_runtime::watch::prune_meta,
+        ),
         recorder: Recorder::new(
             client.clone(),
             Reporter {
@@ -149,6 +119,7 @@ pub async fn run(
             },
         ),
         metrics,
+        usage: Default::default(),
     });
     // Decisions need every cache filled (a pool checked against half the nodes would miss
     // conflicts).

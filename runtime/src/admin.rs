@@ -20,8 +20,16 @@ pub const IO_DEADLINE: Duration = Duration::from_secs(5);
 /// Bytes read of a request: the request line is all that matters.
 pub const MAX_REQUEST: usize = 1024;
 
-/// A response: status line (`200 OK`) and a plain-text body.
-pub type Response = (&'static str, String);
+/// A response: status line (`200 OK`), content type and body.
+pub type Response = (&'static str, &'static str, String);
+
+/// The content type of plain-text answers.
+pub const TEXT: &str = "text/plain; charset=utf-8";
+
+/// A plain-text response.
+pub fn text(status: &'static str, body: impl Into<String>) -> Response {
+    (status, TEXT, body.into())
+}
 
 /// Serves `answer(path)` for every request on `listener` until the process ends.
 pub async fn serve<F>(listener: TcpListener, answer: F)
@@ -51,9 +59,9 @@ where
             };
             let request = String::from_utf8_lossy(&buf[..n]);
             let path = request.split_whitespace().nth(1).unwrap_or("/");
-            let (status, body) = answer(path);
+            let (status, content_type, body) = answer(path);
             let response = format!(
-                "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
                 body.len()
             );
             let _ = tokio::time::timeout(IO_DEADLINE, conn.write_all(response.as_bytes())).await;
@@ -69,7 +77,7 @@ mod tests {
     async fn silent_clients_cannot_hold_the_listener() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(serve(listener, |path| ("200 OK", format!("{path}\n"))));
+        tokio::spawn(serve(listener, |path| text("200 OK", format!("{path}\n"))));
         // More idle connections than the cap: they tie up every slot until their deadline.
         let mut idle = Vec::new();
         for _ in 0..MAX_CONNECTIONS + 8 {

@@ -23,10 +23,10 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use sinew_cni::netns::NetNs;
 use sinew_e2e::netsim;
 use sinew_e2e::plugin::{Cnitool, PluginNode, REFERENCE_PLUGIN_DIR, pool, sinew_bin_dir};
 use sinew_e2e::tools::Tools;
+use sinew_node_lib::netns::NetNs;
 
 #[path = "bench/e2e.rs"]
 mod e2e;

@@ -12,13 +12,13 @@ use std::time::{Duration, Instant};
 
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use serde_json::json;
-use sinew_cni::netlink::Netlink;
-use sinew_cni::netns::NetNs;
 use sinew_crds::{IPBlock, IPPool, PoolMode};
 use sinew_e2e::ControlPlane;
 use sinew_e2e::cluster::{LocalCluster, Pod, PodRef};
 use sinew_e2e::helm::Helm;
 use sinew_e2e::netsim;
+use sinew_node_lib::netlink::Netlink;
+use sinew_node_lib::netns::NetNs;
 
 /// The pool the chart creates (mode `Auto`, 10.244.0.0/16).
 const POOL: &str = "default-ipv4";
@@ -126,7 +126,7 @@ pub async fn run(settings: &Settings) -> Result<Vec<Row>> {
         "timing ADD/DEL -> IPPool status.allocated ({} samples)...",
         settings.samples
     );
-    rows.extend(status_latency(&cluster, &pools, settings.samples).await?);
+    rows.extend(status_latency(&cluster, &pools, &blocks, settings.samples).await?);
 
     eprintln!("starting the throughput pods...");
     let a = add_pod(&cluster, 0, "tput-a").await?;
@@ -592,14 +592,49 @@ fn jitter() -> Duration {
     Duration::from_millis(200 + u64::from(nanos % 500))
 }
 
-/// Time from a pod's ADD (request start) to the pool status counting its address, and from
-/// its DEL to the count dropping again.
+/// Polls until an `IPBlock`'s status lists `ip` (or, with `held` false, none does); returns
+/// when that was first seen.
+async fn wait_block_status(
+    blocks: &Api<IPBlock>,
+    ip: IpAddr,
+    held: bool,
+    timeout: Duration,
+) -> Result<Instant> {
+    let deadline = Instant::now() + timeout;
+    let ip = ip.to_string();
+    loop {
+        let list = blocks
+            .list(&Default::default())
+            .await
+            .map_err(|e| format!("listing IPBlocks: {e}"))?;
+        let listed = list.items.iter().any(|b| {
+            b.status
+                .as_ref()
+                .is_some_and(|s| s.allocations.iter().any(|a| a.ip == ip))
+        });
+        if listed == held {
+            return Ok(Instant::now());
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "{ip} {} IPBlock status within {timeout:?}",
+                if held { "not in" } else { "still in" }
+            ));
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Time from a pod's ADD (request start) to its address in its `IPBlock`'s status and to the
+/// pool status counting it, and from its DEL to both dropping it again.
 async fn status_latency(
     cluster: &LocalCluster,
     pools: &Api<IPPool>,
+    blocks: &Api<IPBlock>,
     samples: usize,
 ) -> Result<Vec<Row>> {
     let (mut add, mut del) = (Vec::new(), Vec::new());
+    let (mut add_block, mut del_block) = (Vec::new(), Vec::new());
     let base = allocated(pools).await?;
     for i in 0..samples {
         let (node, name) = (i % cluster.nodes.len(), format!("status-{i}"));
@@ -607,11 +642,16 @@ async fn status_latency(
         let ns = sandbox()?;
         let start = Instant::now();
         let pod = attach(cluster, node, &name, &uid, ns)?;
+        let ip = *pod.ips().first().ok_or("the pod got no address")?;
+        let seen = wait_block_status(blocks, ip, true, Duration::from_secs(10)).await?;
+        add_block.push(seen - start);
         let seen = wait_allocated(pools, base + 1, Duration::from_secs(10)).await?;
         add.push(seen - start);
         tokio::time::sleep(jitter()).await;
         let start = Instant::now();
         del_pod(cluster, &pod)?;
+        let seen = wait_block_status(blocks, ip, false, Duration::from_secs(10)).await?;
+        del_block.push(seen - start);
         let seen = wait_allocated(pools, base, Duration::from_secs(10)).await?;
         del.push(seen - start);
         cluster.delete_pod_object(&pod.namespace, &pod.name).await;
@@ -625,7 +665,26 @@ async fn status_latency(
             spread(lat)
         )
     };
+    let how_block = |verb: &str, lat: &[Duration]| {
+        format!(
+            "{} pods, one at a time; from the {verb} request to the first LIST (every 10 ms) whose IPBlock status shows the change; {}",
+            lat.len(),
+            spread(lat)
+        )
+    };
     Ok(vec![
+        Row::new(
+            "ADD -> IPBlock status (median)",
+            ms(median(&add_block)),
+            "< 100 ms (issue #13)",
+            how_block("ADD", &add_block),
+        ),
+        Row::new(
+            "DEL -> IPBlock status (median)",
+            ms(median(&del_block)),
+            "< 100 ms (issue #13)",
+            how_block("DEL", &del_block),
+        ),
         Row::new(
             "ADD -> IPPool status.allocated (median)",
             ms(median(&add)),

@@ -15,11 +15,16 @@ use std::io;
 use std::marker::PhantomData;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
+#[cfg(any(test, feature = "testutils"))]
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+#[cfg(any(test, feature = "testutils"))]
 use std::sync::Mutex;
 
-use crate::netlink::{Netlink, NetlinkError};
+#[cfg(any(test, feature = "testutils"))]
+use crate::netlink::Netlink;
+use crate::netlink::NetlinkError;
 
 /// Where named network namespaces are bind-mounted (the `ip netns` convention).
 pub const NETNS_RUN_DIR: &str = "/run/netns";
@@ -29,6 +34,7 @@ const NSFS_MAGIC: u64 = 0x6e73_6673;
 /// `statfs.f_type` of procfs (namespace files on kernels < 3.19).
 const PROC_SUPER_MAGIC: u64 = 0x9fa0;
 
+#[cfg(any(test, feature = "testutils"))]
 /// Serialises the "make /run/netns a shared mount point" step inside this process, so
 /// that concurrent [`NetNs::create`] calls do not stack several bind mounts on it.
 static RUN_DIR_LOCK: Mutex<()> = Mutex::new(());
@@ -153,6 +159,7 @@ impl NetNs {
         }
     }
 
+    #[cfg(any(test, feature = "testutils"))]
     /// Creates a persistent named namespace the way `ip netns add NAME` does.
     ///
     /// `/run/netns` is created if needed and made a shared mount point, an empty file
@@ -179,6 +186,7 @@ impl NetNs {
         }
     }
 
+    #[cfg(any(test, feature = "testutils"))]
     /// Removes a named namespace left behind (e.g. by a crashed process): unmounts and
     /// unlinks `/run/netns/NAME`. Returns `false` when there was nothing to remove.
     pub fn delete_named(name: &str) -> Result<bool> {
@@ -330,6 +338,7 @@ fn namespace_type(file: &File) -> Option<libc::c_int> {
     (rc >= 0).then_some(rc)
 }
 
+#[cfg(any(test, feature = "testutils"))]
 fn named_path(name: &str) -> Result<PathBuf> {
     let invalid = |reason| NetnsError::InvalidName {
         name: name.to_string(),
@@ -347,6 +356,7 @@ fn named_path(name: &str) -> Result<PathBuf> {
     Ok(Path::new(NETNS_RUN_DIR).join(name))
 }
 
+#[cfg(any(test, feature = "testutils"))]
 /// `mkdir -p /run/netns` and make it a shared mount point, as iproute2 does: try to mark
 /// it shared (recursively); if it is not a mount point yet (EINVAL), bind-mount it onto
 /// itself once and try again.
@@ -372,6 +382,7 @@ fn ensure_run_dir() -> Result<()> {
     }
 }
 
+#[cfg(any(test, feature = "testutils"))]
 /// Creates the empty file a namespace is bind-mounted on (fails if it exists).
 fn create_mount_target(path: &Path) -> Result<()> {
     std::fs::OpenOptions::new()
@@ -389,6 +400,7 @@ fn create_mount_target(path: &Path) -> Result<()> {
         })
 }
 
+#[cfg(any(test, feature = "testutils"))]
 /// Runs on a throw-away thread: unshare a new netns, pin it on `path`, bring `lo` up.
 fn populate_new_netns(path: &Path) -> Result<()> {
     // SAFETY: unshare(CLONE_NEWNET) only changes this (dedicated) thread's namespace.
@@ -404,6 +416,7 @@ fn populate_new_netns(path: &Path) -> Result<()> {
     })
 }
 
+#[cfg(any(test, feature = "testutils"))]
 fn bring_loopback_up() -> std::result::Result<(), NetlinkError> {
     let mut nl = Netlink::new()?;
     let lo = nl.link_by_name("lo")?.ok_or(NetlinkError::Kernel {
@@ -432,6 +445,7 @@ fn remove_named(path: &Path) -> Result<bool> {
     }
 }
 
+#[cfg(any(test, feature = "testutils"))]
 /// mount(2) with file system type "none" and no data.
 fn mount(source: Option<&Path>, target: &Path, flags: libc::c_ulong) -> io::Result<()> {
     let to_c = |p: &Path| {

@@ -39,6 +39,9 @@ use sinew_core::Family;
 
 use crate::netns::{NetNs, NetnsError};
 
+mod inspect;
+pub use inspect::{RouteEntry, RouteKind, Rule, RuleKind};
+
 /// The main routing table.
 pub const RT_TABLE_MAIN: u32 = 254;
 /// Route installed by the kernel (e.g. prefix routes of addresses).

@@ -1,0 +1,352 @@
+//! The two node contracts, typed once and used by both of their sides:
+//!
+//! - [`NodeState`]: what the node agent tells the per-pod plugin, in `node.json` under the
+//!   node's state directory (read and written by `sinew_node_lib::node_state`);
+//! - [`NodeReport`]: what the node agent tells the operator, in the Node annotation
+//!   [`NODE_STATE_ANNOTATION`].
+//!
+//! Modes travel as [`PoolMode`] on both, never as free strings.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Cidr, Family, PoolMode};
+
+/// Default node-local state directory (IPAM store, node state, block requests).
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/sinew";
+/// File name of the plugin binary in the CNI bin directory, and its `type` in the conflist.
+pub const PLUGIN_BINARY: &str = "sinew";
+/// Node annotation holding the agent's [`NodeReport`] (JSON).
+pub const NODE_STATE_ANNOTATION: &str = "sinew.dev/node-state";
+/// Node annotation holding the MAC address of the node's VXLAN device.
+pub const VTEP_MAC_ANNOTATION: &str = "sinew.dev/vtep-mac";
+/// Annotation (on a pod or its namespace) naming the pools to take addresses from.
+pub const POOL_ANNOTATION: &str = "sinew.dev/ippool";
+
+/// What the agent tells the plugin about one pool.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolState {
+    pub name: String,
+    pub cidr: String,
+    pub mode: PoolMode,
+    /// MTU for new pod interfaces of this pool.
+    pub mtu: u32,
+    #[serde(default)]
+    pub disabled: bool,
+    /// Addresses or CIDRs never handed out.
+    #[serde(default)]
+    pub reserved: Vec<String>,
+    /// Blocks of this pool owned by this node, in claim order.
+    #[serde(default)]
+    pub blocks: Vec<String>,
+    /// The pool had no unclaimed block left when this node last needed one.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub exhausted: bool,
+}
+
+impl PoolState {
+    pub fn family(&self) -> Option<Family> {
+        self.cidr.parse::<Cidr>().ok().map(|c| c.family())
+    }
+}
+
+/// The whole node state file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeState {
+    pub node: String,
+    /// Pools whose node selector matches this node, in preference order.
+    pub pools: Vec<PoolState>,
+    /// The kernel boot (`/proc/sys/kernel/random/boot_id`) in which the agent last completed
+    /// a whole pass (blocks, peer routes, VXLAN, NAT, forwarding). After a reboot the file is
+    /// still there but the kernel state is not: until the agent's first complete pass of the
+    /// new boot, ADD answers "try again" and STATUS "not available". `None` only in files
+    /// written without an agent (tests and tools), which are not gated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_boot: Option<String>,
+}
+
+impl NodeState {
+    pub fn pool(&self, name: &str) -> Option<&PoolState> {
+        self.pools.iter().find(|p| p.name == name)
+    }
+
+    /// Why the node cannot serve pods yet in boot `boot_id`, if it cannot (see `ready_boot`).
+    pub fn not_ready_in_boot(&self, boot_id: &str) -> Option<String> {
+        let ready = self.ready_boot.as_deref()?;
+        (ready.is_empty() || ready != boot_id).then(|| {
+            format!(
+                "the sinew node agent has not completed a pass since this node booted (routes, VXLAN and NAT of node {} are not programmed yet)",
+                self.node
+            )
+        })
+    }
+}
+
+/// Where the runtime's choice of CNI configuration stands on a node.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct InstallReport {
+    /// sinew's conflist file name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conflist: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conflist_hash: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plugin_sha256: Option<String>,
+    /// The file the runtime loads (the first in lexical order).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chosen: Option<String>,
+    /// Other files sorting before sinew's: they win.
+    #[serde(default)]
+    pub shadowing: Vec<String>,
+    /// Other files sorting after sinew's.
+    #[serde(default)]
+    pub others: Vec<String>,
+}
+
+impl InstallReport {
+    /// Another vendor's configuration is the one the runtime loads.
+    pub fn shadowed(&self) -> bool {
+        self.chosen.is_some() && self.chosen != self.conflist
+    }
+}
+
+/// The kinds of problem sinew diagnoses. The name is the `reason` users see in
+/// `ClusterNetwork.status.problems`, in Events and in `sinew_node_problem{kind}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum ProblemKind {
+    /// Another vendor's conflist wins the runtime's choice.
+    ConflistShadowed,
+    /// IP forwarding is off and the agent could not turn it on.
+    ForwardingOff,
+    /// A route or policy rule sinew does not own captures pod traffic.
+    RouteConflict,
+    /// A block this node held now belongs to another node (or is gone).
+    BlockLost,
+    /// A pool a pod asked for hands out no addresses.
+    PoolUnusable,
+    /// Some peers cannot be programmed yet (no VTEP, no address, unreachable in `Routed`).
+    PeersIncomplete,
+    BlockClaimFailed,
+    BlockReleaseFailed,
+    NftablesFailed,
+    /// An IPBlock names this node but fails the trust checks.
+    UntrustedBlock,
+    /// A pool has few addresses left.
+    PoolNearlyExhausted,
+    /// Leftovers of another CNI: its bridges, tunnels and veths.
+    ForeignInterfaces,
+    /// Host-side veths of pods that no longer exist.
+    DanglingVeth,
+    /// The node waits for pods to go before cleaning up.
+    CleanUpWaiting,
+    /// A kind this build does not know (a newer agent).
+    #[serde(other)]
+    Other,
+}
+
+/// How bad a problem is, worst first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Severity {
+    /// Pods on the node (or of the pool) lose networking or cannot start.
+    Critical,
+    /// Something degrades or will break.
+    Warning,
+    /// Worth knowing; nothing breaks.
+    Info,
+}
+
+impl ProblemKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProblemKind::ConflistShadowed => "ConflistShadowed",
+            ProblemKind::ForwardingOff => "ForwardingOff",
+            ProblemKind::RouteConflict => "RouteConflict",
+            ProblemKind::BlockLost => "BlockLost",
+            ProblemKind::PoolUnusable => "PoolUnusable",
+            ProblemKind::PeersIncomplete => "PeersIncomplete",
+            ProblemKind::BlockClaimFailed => "BlockClaimFailed",
+            ProblemKind::BlockReleaseFailed => "BlockReleaseFailed",
+            ProblemKind::NftablesFailed => "NftablesFailed",
+            ProblemKind::UntrustedBlock => "UntrustedBlock",
+            ProblemKind::PoolNearlyExhausted => "PoolNearlyExhausted",
+            ProblemKind::ForeignInterfaces => "ForeignInterfaces",
+            ProblemKind::DanglingVeth => "DanglingVeth",
+            ProblemKind::CleanUpWaiting => "CleanUpWaiting",
+            ProblemKind::Other => "Other",
+        }
+    }
+
+    pub fn severity(self) -> Severity {
+        match self {
+            ProblemKind::ConflistShadowed
+            | ProblemKind::ForwardingOff
+            | ProblemKind::RouteConflict
+            | ProblemKind::BlockLost
+            | ProblemKind::PoolUnusable => Severity::Critical,
+            ProblemKind::PeersIncomplete
+            | ProblemKind::BlockClaimFailed
+            | ProblemKind::BlockReleaseFailed
+            | ProblemKind::NftablesFailed
+            | ProblemKind::UntrustedBlock
+            | ProblemKind::PoolNearlyExhausted
+            | ProblemKind::ForeignInterfaces
+            | ProblemKind::Other => Severity::Warning,
+            ProblemKind::DanglingVeth | ProblemKind::CleanUpWaiting => Severity::Info,
+        }
+    }
+
+    /// Every kind, for metrics that report zero for the absent ones.
+    pub const ALL: [ProblemKind; 14] = [
+        ProblemKind::ConflistShadowed,
+        ProblemKind::ForwardingOff,
+        ProblemKind::RouteConflict,
+        ProblemKind::BlockLost,
+        ProblemKind::PoolUnusable,
+        ProblemKind::PeersIncomplete,
+        ProblemKind::BlockClaimFailed,
+        ProblemKind::BlockReleaseFailed,
+        ProblemKind::NftablesFailed,
+        ProblemKind::UntrustedBlock,
+        ProblemKind::PoolNearlyExhausted,
+        ProblemKind::ForeignInterfaces,
+        ProblemKind::DanglingVeth,
+        ProblemKind::CleanUpWaiting,
+    ];
+}
+
+impl std::fmt::Display for ProblemKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One problem: its kind, what is wrong (the cause), what shows it, and how to fix it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Problem {
+    pub kind: ProblemKind,
+    pub message: String,
+    /// What sinew saw: routes, rules, interfaces, files, numbers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub evidence: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fix: Option<String>,
+}
+
+impl Problem {
+    pub fn new(kind: ProblemKind, message: impl Into<String>) -> Problem {
+        Problem {
+            kind,
+            message: message.into(),
+            evidence: Vec::new(),
+            fix: None,
+        }
+    }
+
+    pub fn with_evidence(mut self, evidence: Vec<String>) -> Problem {
+        self.evidence = evidence;
+        self
+    }
+
+    pub fn with_fix(mut self, fix: impl Into<String>) -> Problem {
+        self.fix = Some(fix.into());
+        self
+    }
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.kind, self.message)
+    }
+}
+
+/// One node agent's report to the operator.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeReport {
+    /// The node serves pods: its conflist is installed and its routes are programmed.
+    #[serde(default)]
+    pub ready: bool,
+    /// Hash of the `ClusterNetwork` spec the agent runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec_hash: Option<String>,
+    /// The node's underlay subnet (CIDR of the interface holding its address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub underlay: Option<String>,
+    /// MTU of the node's underlay interface.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub underlay_mtu: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub install: Option<InstallReport>,
+    /// Pool -> mode the node has programmed.
+    #[serde(default)]
+    pub modes: BTreeMap<String, PoolMode>,
+    #[serde(default)]
+    pub problems: Vec<Problem>,
+    /// The node has removed everything sinew put on it (the network is being deleted).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cleaned_up: bool,
+}
+
+impl NodeReport {
+    /// Parses the annotation's value; `None` when it is not a report this build can read.
+    pub fn parse(annotation: &str) -> Option<NodeReport> {
+        serde_json::from_str(annotation).ok()
+    }
+
+    /// The annotation's value.
+    pub fn to_annotation(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn report_roundtrips_with_typed_modes_and_problems() {
+        let report = NodeReport {
+            ready: true,
+            modes: BTreeMap::from([("p".to_string(), PoolMode::Vxlan)]),
+            problems: vec![Problem::new(
+                ProblemKind::ForwardingOff,
+                "net.ipv4.ip_forward=0",
+            )],
+            ..NodeReport::default()
+        };
+        let text = report.to_annotation();
+        assert!(text.contains(r#""modes":{"p":"VXLAN"}"#), "{text}");
+        assert!(text.contains(r#""kind":"ForwardingOff""#), "{text}");
+        assert_eq!(NodeReport::parse(&text), Some(report));
+        // A newer agent's kind is read, not dropped.
+        let newer = r#"{"problems":[{"kind":"SomethingNew","message":"m"}]}"#;
+        assert_eq!(
+            NodeReport::parse(newer).unwrap().problems[0].kind,
+            ProblemKind::Other
+        );
+        assert_eq!(NodeReport::parse("not json"), None);
+    }
+
+    #[test]
+    fn readiness_is_per_boot() {
+        let mut s = NodeState {
+            node: "n1".into(),
+            pools: vec![],
+            ready_boot: None,
+        };
+        assert_eq!(s.not_ready_in_boot("b1"), None, "ungated without an agent");
+        s.ready_boot = Some(String::new());
+        assert!(s.not_ready_in_boot("b1").is_some(), "no pass completed yet");
+        s.ready_boot = Some("b0".into());
+        assert!(
+            s.not_ready_in_boot("b1")
+                .unwrap()
+                .contains("since this node booted")
+        );
+        assert_eq!(s.not_ready_in_boot("b0"), None);
+    }
+}

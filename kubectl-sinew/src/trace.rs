@@ -1,0 +1,186 @@
+//! `kubectl sinew trace POD POD`: the path between two pods as sinew programmed it: the pool
+//! and mode of the destination's block, the path that mode gives between the two nodes
+//! (`PoolMode::forwarding`, the same function the agent programs from), the route, device and
+//! MTU at each hop.
+
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::ResourceExt;
+use serde::Serialize;
+use sinew_crds::node::{NODE_STATE_ANNOTATION, NodeReport};
+use sinew_crds::{Cidr, ClusterNetwork, Family, Forwarding, IPBlock, IPPool};
+
+/// One end of the trace.
+#[derive(Debug, Clone, Serialize)]
+pub struct End {
+    pub pod: String,
+    pub ip: String,
+    pub node: String,
+    pub block: Option<String>,
+    pub pool: Option<String>,
+    pub host_veth: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Trace {
+    pub from: End,
+    pub to: End,
+    pub mode: Option<String>,
+    pub path: String,
+    pub mtu: Option<u32>,
+    pub hops: Vec<String>,
+    pub probe: String,
+}
+
+fn end(pod: &Pod, blocks: &[IPBlock]) -> Result<End, String> {
+    let name = format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any());
+    let status = pod.status.clone().unwrap_or_default();
+    let ip = status
+        .pod_ip
+        .clone()
+        .ok_or_else(|| format!("pod {name} has no IP yet"))?;
+    let node = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.node_name.clone())
+        .ok_or_else(|| format!("pod {name} is not scheduled"))?;
+    let holder = blocks.iter().find_map(|b| {
+        let a = b
+            .status
+            .as_ref()?
+            .allocations
+            .iter()
+            .find(|a| a.ip == ip)?
+            .clone();
+        Some((b, a))
+    });
+    Ok(End {
+        pod: name,
+        ip,
+        node,
+        block: holder.as_ref().map(|(b, _)| b.spec.cidr.clone()),
+        pool: holder.as_ref().map(|(b, _)| b.spec.pool.clone()),
+        host_veth: holder
+            .map(|(_, a)| sinew_cni::datapath::host_veth_name(&a.container_id, &a.interface)),
+    })
+}
+
+fn report(nodes: &[Node], name: &str) -> Option<NodeReport> {
+    nodes
+        .iter()
+        .find(|n| n.name_any() == name)?
+        .annotations()
+        .get(NODE_STATE_ANNOTATION)
+        .and_then(|a| NodeReport::parse(a))
+}
+
+/// The trace from `a` to `b`.
+pub fn trace(
+    a: &Pod,
+    b: &Pod,
+    blocks: &[IPBlock],
+    pools: &[IPPool],
+    nodes: &[Node],
+    network: Option<&ClusterNetwork>,
+) -> Result<Trace, String> {
+    let (from, to) = (end(a, blocks)?, end(b, blocks)?);
+    let pool = to
+        .pool
+        .as_ref()
+        .and_then(|p| pools.iter().find(|x| x.name_any() == *p));
+    let Some(pool) = pool else {
+        return Err(format!(
+            "{} ({}) is in no sinew IPBlock: not a sinew address, or its node has not reported it yet",
+            to.pod, to.ip
+        ));
+    };
+    let mode = pool.spec.mode;
+    let block_family = to
+        .ip
+        .parse()
+        .map(Family::of)
+        .map_err(|e| format!("{}: {e}", to.ip))?;
+    let veth = |e: &End| e.host_veth.clone().unwrap_or_else(|| "?".into());
+    let mut hops = vec![format!(
+        "{} eth0 ({}) -> default route via the node's gateway -> {} on node {}",
+        from.pod,
+        from.ip,
+        veth(&from),
+        from.node
+    )];
+    let (path, mtu) = if from.node == to.node {
+        hops.push(format!(
+            "node {}: route {}/{} dev {} proto 115 (pod route)",
+            to.node,
+            to.ip,
+            block_family.bits(),
+            veth(&to)
+        ));
+        ("same node: no underlay".to_string(), None)
+    } else {
+        let (ra, rb) = (report(nodes, &from.node), report(nodes, &to.node));
+        let under = |r: &Option<NodeReport>| -> Option<Cidr> {
+            r.as_ref()?.underlay.as_ref()?.parse().ok()
+        };
+        let (ua, ub) = (under(&ra), under(&rb));
+        let Some(ua) = ua else {
+            return Err(format!("node {} has not reported its underlay", from.node));
+        };
+        let same_subnet = ub.is_some_and(|ub| ub == ua);
+        let forwarding = mode.forwarding(same_subnet, block_family, ua.family());
+        let underlay_mtu = ra.as_ref().and_then(|r| r.underlay_mtu).unwrap_or(1500);
+        let fixed = network.and_then(|n| n.spec.fixed_mtu());
+        let mtu = mode.pod_mtu(underlay_mtu, ua.family(), block_family, fixed);
+        let block = to.block.clone().unwrap_or_default();
+        match forwarding {
+            Forwarding::Routed => hops.push(format!(
+                "node {}: route {block} via {}'s node address on the underlay (proto 116, routed: same subnet {ua})",
+                from.node, to.node
+            )),
+            Forwarding::Vxlan => hops.push(format!(
+                "node {}: route {block} dev sinew.vxlan onlink (proto 116) -> VXLAN to node {} ({})",
+                from.node,
+                to.node,
+                if same_subnet { "mode VXLAN" } else { "different subnets" }
+            )),
+            Forwarding::Unreachable => hops.push(format!(
+                "node {}: NO route to {block}: pool {} is Routed and nodes {} and {} are on different subnets",
+                from.node, pool.name_any(), from.node, to.node
+            )),
+        }
+        hops.push(format!(
+            "node {}: route {}/{} dev {} proto 115 (pod route)",
+            to.node,
+            to.ip,
+            block_family.bits(),
+            veth(&to)
+        ));
+        (format!("{forwarding:?}"), Some(mtu))
+    };
+    hops.push(format!("{} eth0 ({})", to.pod, to.ip));
+    Ok(Trace {
+        from,
+        to,
+        mode: Some(mode.to_string()),
+        path,
+        mtu,
+        hops,
+        probe: "no probe result: active per-pair probing is not built yet".into(),
+    })
+}
+
+pub fn render(t: &Trace) -> String {
+    let mut s = format!(
+        "{} -> {}\npool {} mode {}: {}{}\n",
+        t.from.pod,
+        t.to.pod,
+        t.to.pool.clone().unwrap_or_default(),
+        t.mode.clone().unwrap_or_default(),
+        t.path,
+        t.mtu.map(|m| format!(", pod MTU {m}")).unwrap_or_default()
+    );
+    for (i, h) in t.hops.iter().enumerate() {
+        s += &format!("  {}. {h}\n", i + 1);
+    }
+    s += &format!("probe: {}\n", t.probe);
+    s
+}

@@ -1,0 +1,296 @@
+//! The agent's writes to the API server: block claims and releases, the Node report and
+//! condition, Events and `IPBlock` status. No decisions here: the planners made them.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::{Client, Resource};
+use serde_json::json;
+use sinew_crds::ip_block::{NODE_LABEL, POOL_LABEL};
+use sinew_crds::node::{NODE_STATE_ANNOTATION, NodeReport, Problem, ProblemKind};
+use sinew_crds::{Cidr, IPBlock, IPBlockSpec, IPBlockStatus};
+
+use super::error::Result;
+use super::settings::field_manager;
+use crate::blocks::Orphan;
+use crate::peers::BlockInfo;
+
+/// The API effector of one node's agent.
+pub struct ApiWriter {
+    client: Client,
+    node: String,
+    recorder: Recorder,
+}
+
+/// How many blocks a claim tries before it reports the pool exhausted.
+const CLAIM_ATTEMPTS: u128 = 4096;
+
+impl ApiWriter {
+    pub fn new(client: Client, node: &str) -> ApiWriter {
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "sinew-node".into(),
+                instance: Some(node.to_string()),
+            },
+        );
+        ApiWriter {
+            client,
+            node: node.to_string(),
+            recorder,
+        }
+    }
+
+    fn apply_params(&self) -> PatchParams {
+        PatchParams::apply(&field_manager(&self.node))
+    }
+
+    fn post_params(&self) -> PostParams {
+        PostParams {
+            field_manager: Some(field_manager(&self.node)),
+            ..PostParams::default()
+        }
+    }
+
+    /// The `IPBlock` this node creates to claim `block` of `pool`.
+    fn block_object(&self, pool: &str, block: &Cidr) -> IPBlock {
+        IPBlock {
+            metadata: ObjectMeta {
+                name: Some(IPBlock::name_for(block)),
+                labels: Some(BTreeMap::from([
+                    (NODE_LABEL.to_string(), self.node.clone()),
+                    (POOL_LABEL.to_string(), pool.to_string()),
+                ])),
+                ..ObjectMeta::default()
+            },
+            spec: IPBlockSpec {
+                pool: pool.to_string(),
+                cidr: block.to_string(),
+                node: self.node.clone(),
+            },
+            status: None,
+        }
+    }
+
+    /// Creates the `IPBlock` of the first unclaimed block of `cidr`, starting at an offset
+    /// derived from the node name so that nodes racing for blocks mostly try different ones.
+    /// A 409 means another node won that block: try the next. `None`: nothing left.
+    pub async fn claim(
+        &self,
+        pool: &str,
+        cidr: &Cidr,
+        size: u8,
+        blocks: &[BlockInfo],
+        taken: &BTreeSet<String>,
+    ) -> Result<Option<Cidr>> {
+        let total = cidr.block_count(size);
+        if total == 0 {
+            return Ok(None);
+        }
+        let start = u128::from(name_hash(&self.node)) % total;
+        let api: Api<IPBlock> = Api::all(self.client.clone());
+        for i in 0..total.min(CLAIM_ATTEMPTS) {
+            let Some(block) = cidr.block(size, (start + i) % total) else {
+                continue;
+            };
+            let name = IPBlock::name_for(&block);
+            if taken.contains(&name) || blocks.iter().any(|b| b.cidr.overlaps(&block)) {
+                continue;
+            }
+            match api
+                .create(&self.post_params(), &self.block_object(pool, &block))
+                .await
+            {
+                Ok(_) => return Ok(Some(block)),
+                Err(kube::Error::Api(e)) if e.code == 409 => {
+                    // Ours already (the watch lags behind an earlier claim)? Then it is claimed.
+                    if let Ok(existing) = api.get(&name).await
+                        && existing.spec.node == self.node
+                        && existing.spec.cidr == block.to_string()
+                    {
+                        return Ok(Some(block));
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(None)
+    }
+
+    /// Claims an orphaned block again under its own name; a problem when another node owns
+    /// it by now (`BlockLost`) or the claim fails.
+    pub async fn reassert(&self, orphan: &Orphan) -> Option<Problem> {
+        let Orphan {
+            block,
+            pool,
+            addresses,
+        } = orphan;
+        let api: Api<IPBlock> = Api::all(self.client.clone());
+        let name = IPBlock::name_for(block);
+        match api
+            .create(&self.post_params(), &self.block_object(pool, block))
+            .await
+        {
+            Ok(_) => {
+                tracing::warn!(node = %self.node, pool = %pool, block = %block, addresses, "IPBlock was deleted while pods here hold its addresses: claimed it again");
+                None
+            }
+            Err(kube::Error::Api(e)) if e.code == 409 => match api.get(&name).await {
+                Ok(other) if other.spec.node != self.node => Some(Problem::new(
+                    ProblemKind::BlockLost,
+                    format!(
+                        "{addresses} addresses of {block} are held by pods on this node, but IPBlock {name} now belongs to node {}: delete and recreate those pods",
+                        other.spec.node
+                    ),
+                )),
+                _ => None,
+            },
+            Err(e) => Some(Problem::new(
+                ProblemKind::BlockClaimFailed,
+                format!(
+                    "re-claiming {block} (pool {pool}, {addresses} addresses in use here): {e}"
+                ),
+            )),
+        }
+    }
+
+    /// Deletes the `IPBlock` of a block given back (gone already is fine).
+    pub async fn release(&self, block: &Cidr) -> Result<()> {
+        let api: Api<IPBlock> = Api::all(self.client.clone());
+        match api
+            .delete(&IPBlock::name_for(block), &Default::default())
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Applies this agent's annotations on its Node.
+    pub async fn annotate(&self, annotations: &BTreeMap<String, String>) -> Result<()> {
+        let nodes: Api<Node> = Api::all(self.client.clone());
+        let patch = json!({
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": self.node, "annotations": annotations},
+        });
+        nodes
+            .patch(&self.node, &self.apply_params(), &Patch::Apply(&patch))
+            .await?;
+        Ok(())
+    }
+
+    /// Publishes only the report (clean-up states).
+    pub async fn report(&self, report: &NodeReport) -> Result<()> {
+        self.annotate(&BTreeMap::from([(
+            NODE_STATE_ANNOTATION.to_string(),
+            report.to_annotation(),
+        )]))
+        .await
+    }
+
+    /// Sets the Node's `NetworkUnavailable` condition to False (the node serves pods).
+    pub async fn network_available(&self) -> Result<()> {
+        let nodes: Api<Node> = Api::all(self.client.clone());
+        let now = k8s_openapi::jiff::Timestamp::now();
+        let condition = json!({
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": self.node},
+            "status": {"conditions": [{
+                "type": "NetworkUnavailable", "status": "False", "reason": "SinewIsUp",
+                "message": "sinew installed the CNI configuration and programmed the routes of this node",
+                "lastTransitionTime": now.to_string(), "lastHeartbeatTime": now.to_string(),
+            }]},
+        });
+        nodes
+            .patch_status(
+                &self.node,
+                &self.apply_params(),
+                &Patch::Strategic(&condition),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Records an Event on the Node.
+    pub async fn event(&self, node: &Node, event: &Event) -> Result<()> {
+        self.recorder
+            .publish(event, &node.object_ref(&()))
+            .await
+            .map_err(Into::into)
+    }
+
+    /// Writes one block's allocations into its status.
+    pub async fn block_status(&self, name: &str, status: &IPBlockStatus) -> Result<()> {
+        let api: Api<IPBlock> = Api::all(self.client.clone());
+        let patch = json!({
+            "apiVersion": "sinew.dev/v1alpha1", "kind": "IPBlock",
+            "metadata": {"name": name},
+            "status": status,
+        });
+        api.patch_status(name, &self.apply_params(), &Patch::Apply(&patch))
+            .await?;
+        Ok(())
+    }
+}
+
+/// The Event for where the runtime's choice of conflist stands: a Warning when another file
+/// wins over ours (sinew never renames or deletes it), Normal otherwise.
+pub fn conflist_event(ours: &str, chosen: &str, shadowing: &[String]) -> Event {
+    if chosen == ours {
+        Event {
+            type_: EventType::Normal,
+            reason: "ConflistInstalled".into(),
+            note: Some(format!("{ours} installed; the runtime loads it")),
+            action: "Install".into(),
+            secondary: None,
+        }
+    } else {
+        Event {
+            type_: EventType::Warning,
+            reason: "ForeignConflistWins".into(),
+            note: Some(format!(
+                "the container runtime loads {chosen}, not {ours}: files sorting before it ({}) shadow sinew; sinew never renames or deletes other vendors' files, lower cni.confPriority or remove them",
+                shadowing.join(", ")
+            )),
+            action: "Install".into(),
+            secondary: None,
+        }
+    }
+}
+
+/// FNV-1a of a node name: where its block search starts.
+fn name_hash(name: &str) -> u64 {
+    name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn block_search_starts_differ_between_nodes() {
+        assert_ne!(name_hash("node-a") % 64, name_hash("node-b") % 64);
+    }
+
+    #[test]
+    fn a_shadowed_conflist_is_a_warning_naming_the_winner() {
+        let e = conflist_event(
+            "10-sinew.conflist",
+            "05-x.conflist",
+            &["05-x.conflist".into()],
+        );
+        assert_eq!(e.type_, EventType::Warning);
+        assert!(
+            e.note
+                .unwrap()
+                .contains("loads 05-x.conflist, not 10-sinew.conflist")
+        );
+        let e = conflist_event("10-sinew.conflist", "10-sinew.conflist", &[]);
+        assert_eq!(e.type_, EventType::Normal);
+    }
+}

@@ -1,0 +1,224 @@
+//! The agent's index: the watched objects (reflector stores) and the pruned views one pass
+//! works from. Every conversion from a Kubernetes object into what the planners take happens
+//! here, once per pass. Nodes are kept pruned (labels, sinew's annotations, addresses).
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{Namespace, Node};
+use kube::api::Api;
+use kube::core::PartialObjectMeta;
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
+use kube::{Client, ResourceExt};
+use sinew_crds::node::{POOL_ANNOTATION, VTEP_MAC_ANNOTATION};
+use sinew_crds::{CLUSTER_NETWORK_NAME, ClusterNetwork, IPBlock, IPPool, ReleaseRequest};
+use sinew_runtime::watch::{prune_meta, prune_node, reflect};
+use tokio::sync::Notify;
+
+use crate::nat;
+use crate::peers::NodeInfo;
+
+/// The pieces of cluster state the agent watches.
+pub struct Cluster {
+    pub nodes: Store<Node>,
+    pub pools: Store<IPPool>,
+    pub blocks: Store<IPBlock>,
+    pub networks: Store<ClusterNetwork>,
+    pub namespaces: Store<PartialObjectMeta<Namespace>>,
+}
+
+impl Cluster {
+    /// Starts the watches; each change wakes `notify`.
+    pub fn watch(client: &Client, notify: &Arc<Notify>) -> Cluster {
+        let all = watcher::Config::default;
+        let wake = || Some(notify.clone());
+        Cluster {
+            nodes: reflect(Api::all(client.clone()), all(), prune_node, wake()),
+            pools: reflect(Api::all(client.clone()), all(), prune_meta, wake()),
+            blocks: reflect(Api::all(client.clone()), all(), prune_meta, wake()),
+            networks: reflect(
+                Api::all(client.clone()),
+                all().fields(&format!("metadata.name={CLUSTER_NETWORK_NAME}")),
+                prune_meta,
+                wake(),
+            ),
+            // Metadata only (names and annotations): `Api<PartialObjectMeta<_>>` asks for no more.
+            namespaces: reflect(
+                Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
+                all(),
+                prune_meta,
+                wake(),
+            ),
+        }
+    }
+
+    /// Waits until every store has its initial list.
+    pub async fn synced(&self) -> Result<(), String> {
+        for (what, ready) in [
+            ("nodes", self.nodes.wait_until_ready().await),
+            ("pools", self.pools.wait_until_ready().await),
+            ("blocks", self.blocks.wait_until_ready().await),
+            ("clusternetworks", self.networks.wait_until_ready().await),
+        ] {
+            ready.map_err(|e| format!("watch of {what} ended: {e}"))?;
+        }
+        Ok(())
+    }
+
+    pub fn network(&self) -> Option<Arc<ClusterNetwork>> {
+        self.networks.get(&ObjectRef::new(CLUSTER_NETWORK_NAME))
+    }
+
+    pub fn node(&self, name: &str) -> Option<Arc<Node>> {
+        self.nodes.get(&ObjectRef::new(name))
+    }
+
+    /// Pools (not being deleted) whose node selector matches `labels`, by name.
+    pub fn selected_pools(&self, labels: &BTreeMap<String, String>) -> Vec<Arc<IPPool>> {
+        let mut pools: Vec<Arc<IPPool>> = self
+            .pools
+            .state()
+            .into_iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .filter(|p| sinew_crds::selector::matches(p.spec.node_selector.as_ref(), labels))
+            .collect();
+        pools.sort_by_key(|p| p.name_any());
+        pools
+    }
+
+    /// Every node with an address, and its VTEP MAC once published.
+    pub fn peers(&self) -> Vec<NodeInfo> {
+        self.nodes
+            .state()
+            .iter()
+            .filter_map(|n| {
+                Some(NodeInfo {
+                    name: n.name_any(),
+                    ip: node_ip(n)?,
+                    vtep_mac: n
+                        .annotations()
+                        .get(VTEP_MAC_ANNOTATION)
+                        .and_then(|m| parse_mac(m)),
+                })
+            })
+            .collect()
+    }
+
+    /// What the NAT table is made of: every pool's CIDR and `natOutgoing`, and every node
+    /// address (who may send VXLAN here).
+    pub fn nat_inputs(&self) -> (Vec<nat::NatPool>, Vec<IpAddr>) {
+        let pools = self
+            .pools
+            .state()
+            .iter()
+            .filter_map(|p| {
+                Some(nat::NatPool {
+                    cidr: p.spec.parsed_cidr().ok()?,
+                    nat_outgoing: p.spec.nat_outgoing,
+                })
+            })
+            .collect();
+        let nodes = self
+            .nodes
+            .state()
+            .iter()
+            .filter_map(|n| node_ip(n))
+            .collect();
+        (pools, nodes)
+    }
+
+    /// Namespace -> the pools its `sinew.dev/ippool` annotation asks for.
+    pub fn namespace_pools(&self) -> BTreeMap<String, String> {
+        self.namespaces
+            .state()
+            .iter()
+            .filter_map(|ns| {
+                let pools = ns.annotations().get(POOL_ANNOTATION)?;
+                Some((ns.name_any(), pools.clone()))
+            })
+            .collect()
+    }
+
+    /// The operator's release requests on the blocks of node `me`: (block, request).
+    pub fn release_requests(&self, me: &str) -> Vec<(String, ReleaseRequest)> {
+        self.blocks
+            .state()
+            .iter()
+            .filter(|b| b.spec.node == me)
+            .flat_map(|b| {
+                let name = b.name_any();
+                b.release_requests()
+                    .into_iter()
+                    .map(move |r| (name.clone(), r))
+            })
+            .collect()
+    }
+
+    /// The `IPBlock` objects of node `me`.
+    pub fn blocks_of(&self, me: &str) -> Vec<Arc<IPBlock>> {
+        self.blocks
+            .state()
+            .into_iter()
+            .filter(|b| b.spec.node == me)
+            .collect()
+    }
+
+    /// Every `IPBlock` name in the cluster (taken, even when this agent distrusts it).
+    pub fn block_names(&self) -> std::collections::BTreeSet<String> {
+        self.blocks.state().iter().map(|b| b.name_any()).collect()
+    }
+}
+
+/// A Node's address: its InternalIP, else its first address.
+pub fn node_ip(node: &Node) -> Option<IpAddr> {
+    let addresses = node.status.as_ref()?.addresses.as_ref()?;
+    addresses
+        .iter()
+        .find(|a| a.type_ == "InternalIP")
+        .or_else(|| addresses.first())
+        .and_then(|a| a.address.parse().ok())
+}
+
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let parts: Vec<u8> = s
+        .split(':')
+        .map(|p| u8::from_str_radix(p, 16))
+        .collect::<Result<_, _>>()
+        .ok()?;
+    parts.try_into().ok()
+}
+
+pub fn mac_string(mac: [u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn macs_roundtrip_and_reject_garbage() {
+        let mac = [0x02, 0x42, 0xac, 0x11, 0x00, 0x02];
+        assert_eq!(parse_mac(&mac_string(mac)), Some(mac));
+        assert_eq!(parse_mac("02:42"), None);
+        assert_eq!(parse_mac("zz:42:ac:11:00:02"), None);
+    }
+
+    #[test]
+    fn the_node_address_is_its_internal_ip() {
+        let node: Node = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "n"},
+            "status": {"addresses": [
+                {"type": "Hostname", "address": "n"},
+                {"type": "InternalIP", "address": "192.0.2.7"},
+            ]},
+        }))
+        .unwrap();
+        assert_eq!(node_ip(&node), Some("192.0.2.7".parse().unwrap()));
+    }
+}

@@ -1,0 +1,837 @@
+//! The node agent (`sinew-node run`): watches the cluster, claims blocks, writes the node
+//! state the plugin reads, programs peers, installs the conflist once the node can serve pods,
+//! and reports allocations and install state back to the API server.
+//!
+//! State machine of one node:
+//!
+//! ```text
+//! Waiting ──ClusterNetwork + Node address known──▶ Claiming ──a block per selected pool──▶
+//! Programming ──peer routes applied──▶ Ready (conflist written, NetworkUnavailable=False)
+//!      ▲                                                                     │
+//!      └────────────── every change and every resync re-runs the pass ◀──────┘
+//! ClusterNetwork deleting ──▶ CleaningUp (conflist, binary, routes, VXLAN) ──▶ CleanedUp
+//! ```
+//!
+//! Shape: the [`index`] turns watched objects into pruned views; pure planners decide
+//! (`trust`, `blocks`, `peers`, `nat::render`, `forwarding::wanted`, `conflist::render`);
+//! effectors carry the decisions out ([`api`] for the API server, `program` for netlink,
+//! `nat` for nftables, [`files`] for node-local files). This module only orchestrates.
+
+mod api;
+mod cleanup;
+pub mod error;
+mod files;
+mod index;
+mod observe;
+mod settings;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Node;
+use kube::{Client, ResourceExt};
+use sinew_crds::node::{
+    InstallReport, NODE_STATE_ANNOTATION, NodeReport, Problem, ProblemKind, VTEP_MAC_ANNOTATION,
+};
+use sinew_crds::{Allocation, Cidr, ClusterNetwork, Family, IPBlockStatus, IPPool, PoolMode};
+use sinew_node_lib::ipam;
+use sinew_node_lib::netlink::Netlink;
+use sinew_node_lib::node_state::{self, NodeState, PoolState};
+use tokio::sync::Notify;
+use tracing::{debug, info, warn};
+
+use crate::blocks::{self, Holdings, Need};
+use crate::diagnose;
+use crate::forwarding;
+use crate::http;
+use crate::nat;
+use crate::peers::{self, BlockInfo};
+use crate::program::{self, Underlay, VxlanParams};
+use crate::trust::{self, PoolFacts};
+
+use api::ApiWriter;
+use error::{Error, Result};
+use index::{Cluster, mac_string, node_ip};
+pub use settings::{ListenAddr, Settings};
+
+/// What the agent remembers between passes.
+#[derive(Default)]
+struct Memory {
+    node_state: Option<NodeState>,
+    /// A pass completed (forwarding, peers, VXLAN) in this process; the node is then ready
+    /// for pods in this boot.
+    pass_completed: bool,
+    plugin_sha256: Option<String>,
+    reported_blocks: BTreeMap<String, IPBlockStatus>,
+    published: Option<String>,
+    nat: Option<String>,
+    /// Namespace -> pools, as last mirrored to disk (`None` until the first pass of this
+    /// process, which reconciles the directory whatever it holds).
+    namespace_pools: Option<BTreeMap<String, String>>,
+    /// When each owned block was first seen empty.
+    empty_since: blocks::EmptySince,
+    /// Last conflist situation an Event was recorded for.
+    evented: Option<String>,
+    cleaned: bool,
+    /// Pools that had no unclaimed block left when this node needed one.
+    exhausted: BTreeSet<String>,
+    /// Dangling host veths of sinew, and when each was first seen.
+    dangling_since: BTreeMap<String, Instant>,
+    /// The problems of the last report, by kind (for Events when they appear and clear).
+    problem_kinds: BTreeMap<ProblemKind, String>,
+}
+
+pub struct Agent {
+    settings: Settings,
+    cluster: Cluster,
+    api: ApiWriter,
+    memory: Memory,
+    notify: Arc<Notify>,
+    metrics: Arc<http::Metrics>,
+}
+
+/// One pass's view of the local node.
+struct Local {
+    underlay: Underlay,
+    labels: BTreeMap<String, String>,
+    node: Arc<Node>,
+}
+
+/// One pass's view of pools and blocks, after the trust checks.
+struct Pools {
+    selected: Vec<Arc<IPPool>>,
+    facts: BTreeMap<String, PoolFacts>,
+    blocks: Vec<BlockInfo>,
+}
+
+impl Agent {
+    pub async fn start(settings: Settings, client: Client) -> Agent {
+        let notify = Arc::new(Notify::new());
+        let cluster = Cluster::watch(&client, &notify);
+        Agent {
+            api: ApiWriter::new(client, &settings.node_name),
+            metrics: Arc::new(http::Metrics::new(&settings.node_name)),
+            settings,
+            cluster,
+            memory: Memory::default(),
+            notify,
+        }
+    }
+
+    fn node(&self) -> &str {
+        &self.settings.node_name
+    }
+
+    /// Runs passes forever: on every watched change, on a block request from the plugin and
+    /// at least every `resync`; syncs `IPBlock` status whenever the plugin changed the store
+    /// (inotify; polled twice a second where inotify is unavailable).
+    pub async fn run(mut self) -> anyhow::Result<()> {
+        self.cluster.synced().await.map_err(anyhow::Error::msg)?;
+        info!(node = %self.node(), "caches synced; agent running");
+        self.metrics.beat();
+        let notify = self.notify.clone();
+        let local = watch_local_state(&self.settings.state_dir);
+        let mut last_full = tokio::time::Instant::now();
+        let mut serving = self.settings.metrics_addr == ListenAddr::Off;
+        loop {
+            if !serving {
+                serving = self.serve_http();
+            }
+            let woke = tokio::select! {
+                _ = notify.notified() => true,
+                _ = local.notified() => false,
+                _ = tokio::time::sleep(Duration::from_millis(500)) => false,
+            };
+            let requested = !node_state::pending_block_requests(&self.settings.state_dir)
+                .unwrap_or_default()
+                .is_empty();
+            let due = last_full.elapsed() >= self.settings.resync;
+            if woke || requested || due {
+                self.metrics.passes.inc();
+                if let Err(e) = self.pass().await {
+                    self.metrics.pass_failed(e.label());
+                    warn!(node = %self.node(), kind = e.label(), error = %e, "pass failed; retrying");
+                }
+                last_full = tokio::time::Instant::now();
+            }
+            if let Err(e) = self.sync_block_status().await {
+                warn!(node = %self.node(), kind = e.label(), error = %e, "status sync failed");
+            }
+            self.metrics.beat();
+        }
+    }
+
+    /// Starts the HTTP endpoints once their address is known; `false` while it is not.
+    fn serve_http(&self) -> bool {
+        let addr = match self.settings.metrics_addr {
+            ListenAddr::Off => return true,
+            ListenAddr::At(addr) => addr,
+            ListenAddr::NodeIp(port) => {
+                match self.cluster.node(self.node()).as_deref().and_then(node_ip) {
+                    Some(ip) => std::net::SocketAddr::new(ip, port),
+                    None => return false,
+                }
+            }
+        };
+        let metrics = self.metrics.clone();
+        let stall_after = self.settings.stall_after;
+        tokio::spawn(async move {
+            if let Err(e) = http::serve(addr, metrics, stall_after).await {
+                warn!(%addr, error = %e, "cannot serve /metrics, /healthz, /readyz");
+            }
+        });
+        info!(%addr, "serving /healthz, /readyz and /metrics");
+        true
+    }
+
+    fn local(&self) -> Result<Option<Local>> {
+        let Some(node) = self.cluster.node(self.node()) else {
+            return Ok(None);
+        };
+        let Some(ip) = node_ip(&node) else {
+            return Ok(None);
+        };
+        let mut nl = Netlink::new()?;
+        let underlay = program::find_underlay(&mut nl, ip)?.ok_or_else(|| {
+            Error::Node(format!(
+                "no interface on this node holds the Node's address {ip}"
+            ))
+        })?;
+        Ok(Some(Local {
+            underlay,
+            labels: node.labels().clone(),
+            node,
+        }))
+    }
+
+    /// One reconcile pass. Each step's failure is contained: peers are programmed before
+    /// any block is claimed, one pool's claim trouble leaves the others alone, and a NAT or
+    /// forwarding failure is reported without holding back routes, blocks or node state.
+    pub async fn pass(&mut self) -> Result<()> {
+        let Some(network) = self.cluster.network() else {
+            debug!("no ClusterNetwork yet");
+            return Ok(());
+        };
+        if network.metadata.deletion_timestamp.is_some() {
+            return self.clean_up(&network).await;
+        }
+        self.memory.cleaned = false;
+        let Some(local) = self.local()? else {
+            debug!(node = %self.node(), "Node object or its address not known yet");
+            return Ok(());
+        };
+        let facts = trust::pools(&self.cluster.pools.state());
+        let (blocks, mut problems) = trust::blocks(&self.cluster.blocks.state(), &facts);
+        let pools = Pools {
+            selected: self.cluster.selected_pools(&local.labels),
+            facts,
+            blocks,
+        };
+
+        let forwarding_on = self.ensure_forwarding(&pools, &local, &mut problems);
+
+        let mut nl = Netlink::new()?;
+        let params = VxlanParams {
+            vni: network.spec.vxlan.vni,
+            port: network.spec.vxlan.port,
+        };
+        let vxlan = program::ensure_vxlan(&mut nl, params, &local.underlay)?;
+        let modes: BTreeMap<String, PoolMode> = pools
+            .selected
+            .iter()
+            .map(|p| (p.name_any(), p.spec.mode))
+            .collect();
+        let plan = peers::plan(
+            self.node(),
+            &local.underlay.subnet,
+            &self.cluster.peers(),
+            &pools.blocks,
+            &modes,
+        );
+        let changes = program::apply(&mut nl, &plan, &local.underlay, Some(&vxlan))?;
+        self.metrics.peer_routes.set(plan.routes.len() as i64);
+        if changes.added + changes.removed > 0 {
+            info!(node = %self.node(), added = changes.added, removed = changes.removed, routes = plan.routes.len(), "peers programmed");
+        }
+        problems.extend(
+            plan.problems
+                .iter()
+                .map(|p| Problem::new(ProblemKind::PeersIncomplete, p.clone())),
+        );
+
+        problems.extend(self.claim_blocks(&pools).await?);
+        if let Err(e) = self.release_blocks(&pools).await {
+            problems.push(Problem::new(ProblemKind::BlockReleaseFailed, e.to_string()));
+        }
+        if forwarding_on && !self.memory.pass_completed {
+            info!(node = %self.node(), "first complete pass in this boot: the node serves pods");
+            self.memory.pass_completed = true;
+        }
+        self.store_node_state(&network, &local, &pools)?;
+
+        if let Err(e) = self.apply_nft(params.port) {
+            problems.push(Problem::new(
+                ProblemKind::NftablesFailed,
+                format!("natOutgoing and the VXLAN source filter are not applied: {e}"),
+            ));
+        }
+        let wanted = self.cluster.namespace_pools();
+        if self.memory.namespace_pools.as_ref() != Some(&wanted) {
+            files::mirror_namespace_pools(
+                &self.settings.state_dir,
+                &wanted,
+                self.memory.namespace_pools.as_ref(),
+            )?;
+            self.memory.namespace_pools = Some(wanted);
+        }
+        self.release_leaks(&mut nl)?;
+
+        let ready = self.memory.pass_completed
+            && self
+                .memory
+                .node_state
+                .as_ref()
+                .is_some_and(|st| st.pools.iter().any(|p| !p.disabled && !p.blocks.is_empty()));
+        self.metrics.set_ready(ready);
+        let install = if ready {
+            Some(self.install(&network)?)
+        } else {
+            None
+        };
+        problems.extend(self.diagnose(&mut nl, install.as_ref(), &pools));
+        problems.sort();
+        problems.dedup();
+        self.metrics.set_problems(&problems);
+        self.record_problem_events(&local, &problems).await;
+        let report = NodeReport {
+            ready,
+            spec_hash: Some(network.spec.config_hash()),
+            underlay: Some(local.underlay.subnet.to_string()),
+            underlay_mtu: Some(local.underlay.mtu),
+            install,
+            modes,
+            problems,
+            cleaned_up: false,
+        };
+        self.publish(&local, vxlan.mac, report).await
+    }
+
+    /// Turns on the forwarding the node's pools need; `false` (with a problem) where it
+    /// cannot.
+    fn ensure_forwarding(&self, pools: &Pools, local: &Local, problems: &mut Vec<Problem>) -> bool {
+        let families: BTreeSet<Family> = pools
+            .selected
+            .iter()
+            .filter_map(|p| pools.facts.get(&p.name_any()))
+            .map(|f| f.cidr.family())
+            .collect();
+        let families: Vec<_> = families.into_iter().collect();
+        let mut complete = true;
+        for (key, value) in
+            forwarding::wanted(&self.settings.sysctl_dir, &families, &local.underlay.name)
+        {
+            match forwarding::ensure(&self.settings.sysctl_dir, &key, value) {
+                Ok(true) => {
+                    info!(node = %self.node(), setting = %key, value, "node setting applied")
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    complete = false;
+                    problems.push(Problem::new(ProblemKind::ForwardingOff, e.to_string()));
+                }
+            }
+        }
+        complete
+    }
+
+    fn store(&self) -> ipam::Store {
+        ipam::Store::new(&self.settings.state_dir)
+    }
+
+    fn holdings(&self) -> Result<Holdings> {
+        let snapshot = self
+            .store()
+            .snapshot()
+            .map_err(Error::files("reading the IPAM store"))?;
+        Ok(Holdings::of(&snapshot))
+    }
+
+    /// Claims what [`blocks::claims`] says, and claims orphaned blocks again. Each pool on
+    /// its own: an API error for one pool becomes a problem and the others go on.
+    async fn claim_blocks(&mut self, pools: &Pools) -> Result<Vec<Problem>> {
+        let holdings = self.holdings()?;
+        let requested: BTreeSet<String> =
+            node_state::pending_block_requests(&self.settings.state_dir)
+                .map_err(Error::files("reading block requests"))?
+                .into_iter()
+                .collect();
+        let mut problems = Vec::new();
+        for orphan in blocks::orphans(&holdings, &pools.facts, &pools.blocks) {
+            problems.extend(self.api.reassert(&orphan).await);
+        }
+        let selected: Vec<String> = pools.selected.iter().map(|p| p.name_any()).collect();
+        let plan = blocks::claims(
+            self.node(),
+            &selected,
+            &pools.facts,
+            &pools.blocks,
+            &holdings,
+            &requested,
+            self.settings.min_free,
+        );
+        problems.extend(plan.problems);
+        let taken = self.cluster.block_names();
+        for (name, need) in plan.needs {
+            let Need::Block { free } = need else {
+                self.memory.exhausted.remove(&name);
+                continue;
+            };
+            let Some(fact) = pools.facts.get(&name) else {
+                continue;
+            };
+            let free = free as u64;
+            match self
+                .api
+                .claim(&name, &fact.cidr, fact.block_size, &pools.blocks, &taken)
+                .await
+            {
+                Ok(Some(block)) => {
+                    // A block this node gave back earlier may come back to it.
+                    self.store()
+                        .update(|s| s.retired.remove(&block.to_string()))
+                        .map_err(Error::files("updating the IPAM store"))?;
+                    self.memory.exhausted.remove(&name);
+                    self.metrics.blocks_claimed.inc();
+                    info!(node = %self.node(), pool = %name, block = %block, free, "claimed block")
+                }
+                Ok(None) => {
+                    if self.memory.exhausted.insert(name.clone()) {
+                        warn!(node = %self.node(), pool = %name, free, "pool has no unclaimed block left");
+                    }
+                }
+                Err(e) => {
+                    warn!(node = %self.node(), pool = %name, error = %e, "claiming a block failed");
+                    problems.push(Problem::new(
+                        ProblemKind::BlockClaimFailed,
+                        format!("pool {name}: {e}"),
+                    ));
+                }
+            }
+        }
+        Ok(problems)
+    }
+
+    /// Gives back what [`blocks::releases`] says: each block is first retired in the IPAM
+    /// store under its lock (so no ADD can allocate from it any more), then deleted.
+    async fn release_blocks(&mut self, pools: &Pools) -> Result<()> {
+        let holdings = self.holdings()?;
+        let usable: BTreeSet<String> = pools
+            .selected
+            .iter()
+            .map(|p| p.name_any())
+            .filter(|name| pools.facts.get(name).is_some_and(|f| f.unusable.is_none()))
+            .collect();
+        let releasable = blocks::releases(
+            &self.settings.node_name,
+            &usable,
+            &pools.blocks,
+            &holdings,
+            &mut self.memory.empty_since,
+            Instant::now(),
+            self.settings.block_release_grace,
+            self.settings.min_free,
+        );
+        for block in releasable {
+            let retired = self
+                .store()
+                .update(|s| s.retire_if_empty(&block))
+                .map_err(Error::files("updating the IPAM store"))?;
+            if !retired {
+                continue;
+            }
+            self.api.release(&block).await?;
+            info!(node = %self.node(), block = %block, "released empty block");
+            self.memory.empty_since.remove(&block.to_string());
+        }
+        Ok(())
+    }
+
+    /// The node state the plugin reads, from this pass's pools and blocks.
+    fn node_state(&self, network: &ClusterNetwork, local: &Local, pools: &Pools) -> NodeState {
+        let underlay_mtu = local.underlay.mtu;
+        let family = Family::of(local.underlay.ip);
+        let fixed_mtu = network.spec.fixed_mtu();
+        NodeState {
+            node: self.settings.node_name.clone(),
+            pools: pools
+                .selected
+                .iter()
+                .map(|p| {
+                    let name = p.name_any();
+                    let fact = pools.facts.get(&name);
+                    PoolState {
+                        mode: p.spec.mode,
+                        mtu: p.spec.mode.pod_mtu(
+                            underlay_mtu,
+                            family,
+                            fact.map_or(family, |f| f.cidr.family()),
+                            fixed_mtu,
+                        ),
+                        // Unjudged, conflicted and disabled pools hand out no new addresses.
+                        disabled: fact.is_none_or(|f| f.unusable.is_some()),
+                        reserved: p.spec.reserved.clone(),
+                        blocks: blocks::mine(&pools.blocks, self.node(), &name)
+                            .into_iter()
+                            .map(Cidr::to_string)
+                            .collect(),
+                        exhausted: self.memory.exhausted.contains(&name),
+                        cidr: p.spec.cidr.clone(),
+                        name,
+                    }
+                })
+                .collect(),
+            ready_boot: None,
+        }
+    }
+
+    /// Writes `node.json` when it changed, stamped with the boot the node is ready in.
+    fn store_node_state(
+        &mut self,
+        network: &ClusterNetwork,
+        local: &Local,
+        pools: &Pools,
+    ) -> Result<()> {
+        let mut state = self.node_state(network, local, pools);
+        state.ready_boot = Some(if self.memory.pass_completed {
+            node_state::current_boot_id()
+        } else {
+            // Not yet: keep what the file says (the same boot after an agent restart stays
+            // ready; a file from before a reboot stays stale until this boot's first pass).
+            files::ready_boot_on_disk(&self.settings.state_dir)
+        });
+        if files::write_node_state(
+            &self.settings.state_dir,
+            &state,
+            self.memory.node_state.as_ref(),
+        )? {
+            self.memory.node_state = Some(state);
+        }
+        Ok(())
+    }
+
+    /// Keeps the `inet sinew` nftables table in line with every pool of the cluster (NAT) and
+    /// every node's address (who may send VXLAN here); rewritten only when it changes.
+    fn apply_nft(&mut self, vxlan_port: u16) -> std::result::Result<(), nat::NatError> {
+        let (pools, nodes) = self.cluster.nat_inputs();
+        let peers = nat::VxlanPeers {
+            port: vxlan_port,
+            nodes,
+        };
+        let script = nat::render(&pools, &peers);
+        if self.memory.nat.as_deref() != Some(script.as_str()) || !nat::table_exists() {
+            nat::apply(&script)?;
+            info!(node = %self.node(), pools = pools.len(), nodes = peers.nodes.len(), "nftables table applied (natOutgoing, VXLAN sources)");
+            self.memory.nat = Some(script);
+        }
+        Ok(())
+    }
+
+    fn conf_dir(&self, network: &ClusterNetwork) -> PathBuf {
+        self.settings
+            .conf_dir_override
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(&network.spec.cni.conf_dir))
+    }
+
+    fn bin_dir(&self, network: &ClusterNetwork) -> PathBuf {
+        self.settings
+            .bin_dir_override
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(&network.spec.cni.bin_dir))
+    }
+
+    /// Installs the plugin binary and the conflist; returns the install report.
+    fn install(&mut self, network: &ClusterNetwork) -> Result<InstallReport> {
+        let (conf_dir, bin_dir) = (self.conf_dir(network), self.bin_dir(network));
+        let dirs = files::InstallDirs {
+            conf_dir: &conf_dir,
+            bin_dir: &bin_dir,
+            state_dir: &self.settings.state_dir,
+            log_file: &self.settings.log_file,
+        };
+        files::install(
+            network,
+            &dirs,
+            &self.settings.plugin_source,
+            &mut self.memory.plugin_sha256,
+            &self.settings.node_name,
+        )
+    }
+
+    /// Publishes the VTEP MAC and the report, the Node condition, and an Event when the
+    /// runtime's choice of conflist changed.
+    async fn publish(
+        &mut self,
+        local: &Local,
+        vtep: Option<[u8; 6]>,
+        report: NodeReport,
+    ) -> Result<()> {
+        if let Some(install) = &report.install {
+            self.record_conflist_event(local, install).await;
+        }
+        let ready = report.ready;
+        let mut annotations =
+            BTreeMap::from([(NODE_STATE_ANNOTATION.to_string(), report.to_annotation())]);
+        if let Some(mac) = vtep {
+            annotations.insert(VTEP_MAC_ANNOTATION.to_string(), mac_string(mac));
+        }
+        let fingerprint = format!("{annotations:?}");
+        let current_matches = annotations
+            .iter()
+            .all(|(k, v)| local.node.annotations().get(k) == Some(v));
+        if self.memory.published.as_deref() == Some(fingerprint.as_str()) && current_matches {
+            return Ok(());
+        }
+        self.api.annotate(&annotations).await?;
+        if ready {
+            self.api.network_available().await?;
+        }
+        self.memory.published = Some(fingerprint);
+        Ok(())
+    }
+
+    /// The node checks (see `diagnose`); sinew's own dangling veths are removed once they
+    /// dangled for the grace period. A node that cannot be observed is logged, not failed.
+    fn diagnose(
+        &mut self,
+        nl: &mut Netlink,
+        install: Option<&InstallReport>,
+        pools: &Pools,
+    ) -> Vec<Problem> {
+        let mut problems: Vec<Problem> = install
+            .and_then(diagnose::conflist_shadowed)
+            .into_iter()
+            .collect();
+        let seen = match observe::observe(nl, &self.store()) {
+            Ok(seen) => seen,
+            Err(e) => {
+                warn!(node = %self.node(), error = %e, "cannot observe the node for its checks");
+                return problems;
+            }
+        };
+        problems.extend(diagnose::foreign_interfaces(&seen));
+        let ranges = diagnose::PodRanges {
+            pools: pools
+                .facts
+                .values()
+                .map(|f| (f.name.clone(), f.cidr))
+                .collect(),
+        };
+        problems.extend(diagnose::route_conflicts(&seen, &ranges));
+        // A veth listed before the store was read and still there after it, with no record,
+        // dangles: ADD records before it creates a veth, DEL removes the veth first.
+        let dangling: Vec<String> = diagnose::dangling_veths(&seen)
+            .into_iter()
+            .filter(|name| nl.link_by_name(name).is_ok_and(|l| l.is_some()))
+            .collect();
+        let now = Instant::now();
+        self.memory
+            .dangling_since
+            .retain(|name, _| dangling.contains(name));
+        let mut reported = Vec::new();
+        for name in dangling {
+            let since = *self
+                .memory
+                .dangling_since
+                .entry(name.clone())
+                .or_insert(now);
+            if now.duration_since(since) < self.settings.dangling_grace {
+                reported.push(name);
+                continue;
+            }
+            match nl.delete_link_by_name(&name) {
+                Ok(_) => info!(node = %self.node(), veth = %name, "removed a dangling host veth"),
+                Err(e) => {
+                    warn!(node = %self.node(), veth = %name, error = %e, "cannot remove a dangling host veth")
+                }
+            }
+            self.memory.dangling_since.remove(&name);
+        }
+        problems.extend(diagnose::dangling_problem(
+            &reported,
+            self.settings.dangling_grace.as_secs(),
+        ));
+        problems
+    }
+
+    /// A Warning Event on the Node when a kind of problem appears (or its message changes),
+    /// a Normal one when it clears.
+    async fn record_problem_events(&mut self, local: &Local, problems: &[Problem]) {
+        let now: BTreeMap<ProblemKind, String> = problems
+            .iter()
+            .map(|p| (p.kind, p.message.clone()))
+            .collect();
+        let mut events = Vec::new();
+        for (kind, message) in &now {
+            if self.memory.problem_kinds.get(kind) != Some(message) {
+                events.push(kube::runtime::events::Event {
+                    type_: kube::runtime::events::EventType::Warning,
+                    reason: kind.to_string(),
+                    note: Some(message.chars().take(1000).collect()),
+                    action: "Diagnose".into(),
+                    secondary: None,
+                });
+            }
+        }
+        for kind in self.memory.problem_kinds.keys() {
+            if !now.contains_key(kind) {
+                events.push(kube::runtime::events::Event {
+                    type_: kube::runtime::events::EventType::Normal,
+                    reason: format!("{kind}Resolved"),
+                    note: Some(format!("{kind} no longer holds on this node")),
+                    action: "Diagnose".into(),
+                    secondary: None,
+                });
+            }
+        }
+        for event in &events {
+            if let Err(e) = self.api.event(&local.node, event).await {
+                warn!(node = %self.node(), error = %e, "recording an Event failed");
+            }
+        }
+        self.memory.problem_kinds = now;
+    }
+
+    /// Records an Event on the Node when the runtime's choice of conflist changes.
+    async fn record_conflist_event(&mut self, local: &Local, report: &InstallReport) {
+        let ours = report.conflist.as_deref().unwrap_or_default();
+        let chosen = report.chosen.as_deref().unwrap_or_default();
+        let situation = format!("{chosen}|{:?}", report.shadowing);
+        if self.memory.evented.as_deref() == Some(situation.as_str()) {
+            return;
+        }
+        let event = api::conflist_event(ours, chosen, &report.shadowing);
+        match self.api.event(&local.node, &event).await {
+            Ok(()) => self.memory.evented = Some(situation),
+            Err(e) => warn!(node = %self.node(), error = %e, "recording an Event failed"),
+        }
+    }
+
+    /// Carries out the operator's release requests on this node's blocks: under the store
+    /// lock, frees an allocation only if it still matches the request exactly (address, slot
+    /// generation, pod UID), then removes its host-side veth if one is left.
+    fn release_leaks(&mut self, nl: &mut Netlink) -> Result<()> {
+        let requests = self.cluster.release_requests(self.node());
+        if requests.is_empty() {
+            return Ok(());
+        }
+        let freed = self
+            .store()
+            .update(|st| {
+                let mut freed = Vec::new();
+                for (block, r) in &requests {
+                    let key = st
+                        .attachments
+                        .values()
+                        .find(|a| {
+                            a.pod_uid.as_deref() == Some(r.pod_uid.as_str())
+                                && a.addresses.iter().any(|h| {
+                                    h.ip.to_string() == r.ip && h.generation == r.generation
+                                })
+                        })
+                        .map(|a| a.key());
+                    if let Some(attachment) = key.and_then(|k| st.remove_attachment(&k)) {
+                        freed.push((block.clone(), r.clone(), attachment.host_veth));
+                    }
+                }
+                freed
+            })
+            .map_err(Error::files("updating the IPAM store"))?;
+        for (block, r, veth) in freed {
+            let veth_removed = nl.delete_link_by_name(&veth).unwrap_or(false);
+            info!(node = %self.node(), block = %block, ip = %r.ip, generation = r.generation, pod = %r.pod, pod_uid = %r.pod_uid, veth_removed, "leaked allocation released");
+        }
+        Ok(())
+    }
+
+    /// Writes each owned block's allocations into its `IPBlock` status when they changed.
+    pub async fn sync_block_status(&mut self) -> Result<()> {
+        let snapshot = self
+            .store()
+            .snapshot()
+            .map_err(Error::files("reading the IPAM store"))?;
+        let mut per_pool: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+        for block in self.cluster.blocks_of(self.node()) {
+            let Ok(cidr) = block.spec.cidr.parse::<Cidr>() else {
+                continue;
+            };
+            let status = block_status(&snapshot, &cidr);
+            let entry = per_pool.entry(block.spec.pool.clone()).or_default();
+            entry.0 += 1;
+            entry.1 += u64::from(status.allocated);
+            let name = block.name_any();
+            let already = match self.memory.reported_blocks.get(&name) {
+                Some(reported) => reported == &status,
+                None => block.status.as_ref() == Some(&status),
+            };
+            if !already {
+                self.api.block_status(&name, &status).await?;
+                debug!(block = %name, allocated = status.allocated, "block status synced");
+            }
+            self.memory.reported_blocks.insert(name, status);
+        }
+        self.metrics.set_pools(&per_pool);
+        Ok(())
+    }
+}
+
+/// Wakes the returned `Notify` whenever the plugin changes the IPAM store or asks for a
+/// block (an inotify watch on a blocking thread); without inotify it never wakes and the loop
+/// polls.
+fn watch_local_state(state_dir: &std::path::Path) -> Arc<Notify> {
+    let wake = Arc::new(Notify::new());
+    match sinew_node_lib::state_watch::StateWatch::new(state_dir) {
+        Ok(watch) => {
+            let notify = wake.clone();
+            std::thread::spawn(move || {
+                while watch.wait().is_ok() {
+                    notify.notify_one();
+                }
+                warn!("the node state watch ended; polling the IPAM store instead");
+            });
+        }
+        Err(e) => {
+            warn!(error = %e, "cannot watch the node state directory; polling the IPAM store instead")
+        }
+    }
+    wake
+}
+
+/// The allocations of `block` in the store, as its `IPBlock` status shows them.
+fn block_status(store: &ipam::IpamState, block: &Cidr) -> IPBlockStatus {
+    let mut allocations: Vec<Allocation> = store
+        .attachments
+        .values()
+        .flat_map(|a| {
+            a.addresses
+                .iter()
+                .filter(|h| block.contains(h.ip))
+                .map(move |h| Allocation {
+                    ip: h.ip.to_string(),
+                    container_id: a.container_id.clone(),
+                    interface: a.ifname.clone(),
+                    pod_namespace: a.pod_namespace.clone(),
+                    pod_name: a.pod_name.clone(),
+                    pod_uid: a.pod_uid.clone(),
+                    generation: h.generation,
+                })
+        })
+        .collect();
+    allocations.sort_by(|a, b| a.ip.cmp(&b.ip));
+    IPBlockStatus {
+        allocated: u32::try_from(allocations.len()).unwrap_or(u32::MAX),
+        allocations,
+    }
+}

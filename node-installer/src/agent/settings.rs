@@ -1,0 +1,46 @@
+//! Where the agent works and how (from flags and environment, see `main.rs`).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Where the agent works and how.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub node_name: String,
+    pub conf_dir_override: Option<PathBuf>,
+    pub bin_dir_override: Option<PathBuf>,
+    pub state_dir: PathBuf,
+    pub log_file: PathBuf,
+    /// The `sinew` plugin binary to install.
+    pub plugin_source: PathBuf,
+    /// Free addresses to keep available per pool before claiming another block.
+    pub min_free: u64,
+    /// How long a block must stay empty before it is given back.
+    pub block_release_grace: Duration,
+    pub resync: Duration,
+    /// Where `/healthz`, `/readyz` and `/metrics` are served.
+    pub metrics_addr: ListenAddr,
+    /// Where the node's sysctls are written (`/proc/sys`, or the host's mounted into a
+    /// container).
+    pub sysctl_dir: PathBuf,
+    /// `/healthz` fails when the agent's loop has not come round for this long (a stalled
+    /// agent is restarted by its liveness probe).
+    pub stall_after: Duration,
+    /// sinew's dangling host veths are removed after this long.
+    pub dangling_grace: Duration,
+}
+
+/// Where the agent's HTTP endpoints listen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenAddr {
+    Off,
+    At(std::net::SocketAddr),
+    /// The node's own address (its InternalIP), where kubelet's probes of a host-network pod
+    /// go, and not every address of the host.
+    NodeIp(u16),
+}
+
+/// The server-side-apply field manager of this node's agent.
+pub fn field_manager(node: &str) -> String {
+    format!("sinew-node/{node}")
+}

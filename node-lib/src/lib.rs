@@ -1,0 +1,21 @@
+//! sinew's node library: what the per-pod plugin and the node agent both do to a node.
+//!
+//! - [`netlink`]: a small synchronous rtnetlink client (links, addresses, routes,
+//!   neighbours, VXLAN forwarding entries);
+//! - [`netns`]: network namespaces (open, enter, run code inside); creating named ones is
+//!   test-only (feature `testutils`);
+//! - [`ipam`]: the node-local address store, crash-safe and locked;
+//! - [`node_state`]: the agent → plugin state file and the plugin → agent block requests;
+//! - [`fsutil`]: atomic file replacement and file locks;
+//! - [`state_watch`]: inotify wake-ups when the plugin changes node-local state;
+//! - [`consts`]: names and numbers the plugin, the agent and the tests must agree on.
+//!
+//! No Kubernetes, no async runtime: the plugin is exec'd once per pod.
+
+pub mod consts;
+pub mod fsutil;
+pub mod ipam;
+pub mod netlink;
+pub mod netns;
+pub mod node_state;
+pub mod state_watch;

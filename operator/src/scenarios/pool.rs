@@ -1,0 +1,373 @@
+//! `IPPool` reconcile against a mocked API server: the finalizer, the drain of a deleted pool
+//! and the release of a departed node's block.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Method;
+use kube::runtime::controller::Action;
+use serde_json::{Value, json};
+use sinew_crds::{Allocation, IPBlock, IPBlockSpec, IPBlockStatus, IPPool, IPPoolSpec};
+
+use super::{World, deleted, node, not_found, ready_condition, to_json, within};
+use crate::context::FINALIZER;
+use crate::pool::{DRAIN_SETTLE, reconcile};
+
+const POOL: &str = "/apis/sinew.dev/v1alpha1/ippools/p";
+const POOL_STATUS: &str = "/apis/sinew.dev/v1alpha1/ippools/p/status";
+const BLOCKS: &str = "/apis/sinew.dev/v1alpha1/ipblocks";
+
+fn pool(finalizers: &[&str]) -> IPPool {
+    let mut p = IPPool::new(
+        "p",
+        IPPoolSpec {
+            cidr: "10.0.0.0/24".into(),
+            block_size: None,
+            mode: Default::default(),
+            nat_outgoing: true,
+            node_selector: None,
+            disabled: false,
+            reserved: Vec::new(),
+        },
+    );
+    p.metadata.generation = Some(1);
+    p.metadata.uid = Some("pool-uid".into());
+    if !finalizers.is_empty() {
+        p.metadata.finalizers = Some(finalizers.iter().map(|f| f.to_string()).collect());
+    }
+    p
+}
+
+/// A pool deleted `ago`, still held by sinew's finalizer (and `others`).
+fn deleted_pool(ago: Duration, others: &[&str]) -> IPPool {
+    let mut finalizers = others.to_vec();
+    finalizers.push(FINALIZER);
+    let mut p = pool(&finalizers);
+    p.metadata.deletion_timestamp = Some(deleted(ago));
+    p
+}
+
+/// An allocation for pod `default/<pod>` with UID `uid`.
+fn allocation(ip: &str, pod: &str, uid: &str) -> Allocation {
+    Allocation {
+        ip: ip.into(),
+        container_id: format!("ctr-{pod}"),
+        interface: "eth0".into(),
+        pod_namespace: Some("default".into()),
+        pod_name: Some(pod.into()),
+        pod_uid: Some(uid.into()),
+        generation: 1,
+    }
+}
+
+/// Block `index` (a /26) of pool `p`, on `node`, holding `allocations`.
+fn block(index: u8, node: &str, allocations: Vec<Allocation>) -> IPBlock {
+    let mut b = IPBlock::new(
+        &format!("10-0-0-{}-26", index * 64),
+        IPBlockSpec {
+            pool: "p".into(),
+            cidr: format!("10.0.0.{}/26", index * 64),
+            node: node.into(),
+        },
+    );
+    b.status = Some(IPBlockStatus {
+        allocated: allocations.len() as u32,
+        allocations,
+    });
+    b
+}
+
+fn block_list(blocks: &[IPBlock]) -> Value {
+    json!({"apiVersion": "sinew.dev/v1alpha1", "kind": "IPBlockList",
+           "metadata": {"resourceVersion": "7"}, "items": blocks})
+}
+
+#[tokio::test]
+async fn a_new_pool_gets_the_finalizer_before_anything_else_is_written() {
+    let p = pool(&[]);
+    let (ctx, api) = World {
+        pools: vec![p.clone()],
+        ..World::default()
+    }
+    .build();
+    let written = pool(&[FINALIZER]);
+    let scenario = api.play(|mut api| async move {
+        let first = api
+            .expect(Method::PATCH, POOL, 200, to_json(&written))
+            .await;
+        assert_eq!(
+            first.content_type.as_deref(),
+            Some("application/merge-patch+json")
+        );
+        assert_eq!(
+            first.body,
+            json!({"metadata": {"finalizers": ["sinew.dev/cleanup"]}})
+        );
+        let status = api
+            .expect(Method::PATCH, POOL_STATUS, 200, to_json(&written))
+            .await;
+        assert_eq!(
+            status.query.get("fieldManager").map(String::as_str),
+            Some("sinew-operator")
+        );
+        assert_eq!(status.body["status"]["capacity"], 254);
+        api
+    });
+    let result = within(reconcile(Arc::new(p), ctx.clone())).await;
+    scenario.finish(ctx).await;
+    assert_eq!(
+        result.expect("reconciled"),
+        Action::requeue(Duration::from_secs(30))
+    );
+}
+
+#[tokio::test]
+async fn a_pool_whose_finalizer_and_status_are_current_is_not_written() {
+    // First pass: the status the operator computes for the pool.
+    let p = pool(&[FINALIZER]);
+    let (ctx, api) = World {
+        pools: vec![p.clone()],
+        ..World::default()
+    }
+    .build();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let reply = to_json(&p);
+    let scenario = api.play(|mut api| async move {
+        let status = api.expect(Method::PATCH, POOL_STATUS, 200, reply).await;
+        tx.send(status.body["status"].clone()).unwrap();
+        api
+    });
+    within(reconcile(Arc::new(p.clone()), ctx.clone()))
+        .await
+        .expect("reconciled");
+    scenario.finish(ctx).await;
+    // Second pass, over the pool as the API server now has it: nothing to write.
+    let mut current = p;
+    current.status = Some(serde_json::from_value(rx.await.unwrap()).unwrap());
+    let (ctx, api) = World {
+        pools: vec![current.clone()],
+        ..World::default()
+    }
+    .build();
+    let scenario = api.play(|api| async move { api });
+    let result = within(reconcile(Arc::new(current), ctx.clone())).await;
+    scenario.finish(ctx).await;
+    assert_eq!(
+        result.expect("reconciled"),
+        Action::requeue(Duration::from_secs(30))
+    );
+}
+
+#[tokio::test]
+async fn a_deleted_pool_with_addresses_in_use_is_draining_and_keeps_its_finalizer() {
+    let p = deleted_pool(Duration::from_secs(60), &[]);
+    // The cache has no blocks (it is behind): the live list is what counts.
+    let (ctx, api) = World {
+        pools: vec![p.clone()],
+        ..World::default()
+    }
+    .build();
+    let live = [
+        block(
+            0,
+            "a",
+            vec![
+                allocation("10.0.0.1", "web-1", "u1"),
+                allocation("10.0.0.2", "web-2", "u2"),
+            ],
+        ),
+        block(1, "b", vec![allocation("10.0.0.65", "web-3", "u3")]),
+        block(2, "c", Vec::new()),
+    ];
+    let reply = to_json(&p);
+    let scenario = api.play(|mut api| async move {
+        let list = api
+            .expect(Method::GET, BLOCKS, 200, block_list(&live))
+            .await;
+        assert_eq!(
+            list.query.get("fieldSelector").map(String::as_str),
+            Some("spec.pool=p")
+        );
+        let status = api.expect(Method::PATCH, POOL_STATUS, 200, reply).await;
+        let ready = ready_condition(&status.body);
+        assert_eq!(ready["status"], "False");
+        assert_eq!(ready["reason"], "Draining");
+        let message = ready["message"].as_str().unwrap();
+        assert!(
+            message.starts_with("3 addresses of this pool are still in use"),
+            "{message}"
+        );
+        api
+    });
+    let result = within(reconcile(Arc::new(p), ctx.clone())).await;
+    scenario.finish(ctx).await;
+    assert_eq!(
+        result.expect("reconciled"),
+        Action::requeue(Duration::from_secs(5))
+    );
+}
+
+#[tokio::test]
+async fn a_drained_pool_past_the_settle_time_deletes_its_blocks_then_drops_only_its_finalizer() {
+    let p = deleted_pool(DRAIN_SETTLE + Duration::from_secs(1), &["example.com/keep"]);
+    let (ctx, api) = World {
+        pools: vec![p.clone()],
+        ..World::default()
+    }
+    .build();
+    let live = [block(0, "a", Vec::new()), block(1, "b", Vec::new())];
+    let first = to_json(&live[0]);
+    let reply = to_json(&p);
+    let scenario = api.play(|mut api| async move {
+        api.expect(Method::GET, BLOCKS, 200, block_list(&live))
+            .await;
+        api.expect(Method::DELETE, &format!("{BLOCKS}/10-0-0-0-26"), 200, first)
+            .await;
+        // Already gone (deleted by someone else meanwhile): not an error.
+        api.expect(
+            Method::DELETE,
+            &format!("{BLOCKS}/10-0-0-64-26"),
+            404,
+            not_found(),
+        )
+        .await;
+        let release = api.expect(Method::PATCH, POOL, 200, reply).await;
+        assert_eq!(
+            release.body,
+            json!({"metadata": {"finalizers": ["example.com/keep"]}}),
+            "only sinew's finalizer goes"
+        );
+        api
+    });
+    let result = within(reconcile(Arc::new(p), ctx.clone())).await;
+    scenario.finish(ctx).await;
+    assert_eq!(result.expect("reconciled"), Action::await_change());
+}
+
+#[tokio::test]
+async fn a_drained_pool_not_yet_settled_writes_nothing_and_waits_for_the_settle_time() {
+    let p = deleted_pool(Duration::ZERO, &[]);
+    let (ctx, api) = World {
+        pools: vec![p.clone()],
+        ..World::default()
+    }
+    .build();
+    let live = [block(0, "a", Vec::new())];
+    let scenario = api.play(|mut api| async move {
+        api.expect(Method::GET, BLOCKS, 200, block_list(&live))
+            .await;
+        api
+    });
+    let result = within(reconcile(Arc::new(p), ctx.clone())).await;
+    scenario.finish(ctx).await;
+    assert_eq!(result.expect("reconciled"), Action::requeue(DRAIN_SETTLE));
+}
+
+#[tokio::test]
+async fn a_departed_nodes_block_is_released_after_the_live_checks_with_an_event() {
+    let p = pool(&[FINALIZER]);
+    let departed = block(1, "gone", vec![allocation("10.0.0.65", "web-1", "dead")]);
+    let (ctx, api) = World {
+        nodes: vec![node("a", None)],
+        pools: vec![p.clone()],
+        blocks: vec![block(0, "a", Vec::new()), departed.clone()],
+        ..World::default()
+    }
+    .build();
+    let metrics = ctx.metrics.clone();
+    let reply = to_json(&p);
+    let scenario = api.play(|mut api| async move {
+        // The caches say the node and the pod are gone; the API server must say so too.
+        api.expect(Method::GET, "/api/v1/nodes/gone", 404, not_found())
+            .await;
+        api.expect(
+            Method::GET,
+            "/api/v1/namespaces/default/pods/web-1",
+            404,
+            not_found(),
+        )
+        .await;
+        api.expect(
+            Method::DELETE,
+            &format!("{BLOCKS}/10-0-0-64-26"),
+            200,
+            to_json(&departed),
+        )
+        .await;
+        let event = api.expect_event().await;
+        assert_eq!(event.body["reason"], "BlockReleased");
+        assert_eq!(event.body["type"], "Normal");
+        assert_eq!(event.body["regarding"]["name"], "p");
+        api.expect(Method::PATCH, POOL_STATUS, 200, reply).await;
+        api
+    });
+    let result = within(reconcile(Arc::new(p), ctx.clone())).await;
+    scenario.finish(ctx).await;
+    assert_eq!(
+        result.expect("reconciled"),
+        Action::requeue(Duration::from_secs(30))
+    );
+    assert_eq!(metrics.block_releases.get(), 1);
+}
+
+#[tokio::test]
+async fn a_departed_nodes_block_is_kept_when_the_node_is_back_live() {
+    let p = pool(&[FINALIZER]);
+    let (ctx, api) = World {
+        pools: vec![p.clone()],
+        blocks: vec![block(
+            0,
+            "gone",
+            vec![allocation("10.0.0.1", "web-1", "dead")],
+        )],
+        ..World::default()
+    }
+    .build();
+    let reply = to_json(&p);
+    let scenario = api.play(|mut api| async move {
+        // The node cache is behind: the node is back.
+        api.expect(
+            Method::GET,
+            "/api/v1/nodes/gone",
+            200,
+            to_json(&node("gone", None)),
+        )
+        .await;
+        api.expect(Method::PATCH, POOL_STATUS, 200, reply).await;
+        api
+    });
+    let result = within(reconcile(Arc::new(p), ctx.clone())).await;
+    scenario.finish(ctx).await;
+    assert_eq!(
+        result.expect("reconciled"),
+        Action::requeue(Duration::from_secs(3)),
+        "a block still waiting is looked at again soon"
+    );
+}
+
+#[tokio::test]
+async fn a_deleted_pool_whose_blocks_cannot_be_listed_keeps_its_finalizer_and_is_an_error() {
+    let p = deleted_pool(DRAIN_SETTLE * 2, &[]);
+    // The cache (which could be stale) says there is nothing left; only the live list counts.
+    let (ctx, api) = World {
+        pools: vec![p.clone()],
+        ..World::default()
+    }
+    .build();
+    let scenario = api.play(|mut api| async move {
+        api.expect(
+            Method::GET,
+            BLOCKS,
+            503,
+            super::status(503, "ServiceUnavailable"),
+        )
+        .await;
+        api
+    });
+    let result = within(reconcile(Arc::new(p), ctx.clone())).await;
+    scenario.finish(ctx).await;
+    assert!(
+        matches!(result, Err(crate::context::Error::Kube(kube::Error::Api(ref e))) if e.code == 503),
+        "{result:?}"
+    );
+}
