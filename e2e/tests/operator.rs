@@ -453,13 +453,17 @@ async fn pool_status_sums_the_blocks_of_the_pool(ctx: Ctx) -> TestResult {
     );
     let events: Api<k8s_openapi::api::events::v1::Event> =
         Api::namespaced(ctx.client.clone(), "default");
-    wait("PoolNearlyExhausted Event", Duration::from_secs(10), || async {
-        let list = events.list(&Default::default()).await?;
-        Ok(list.items.into_iter().find(|e| {
-            e.reason.as_deref() == Some("PoolNearlyExhausted")
-                && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("use-pool")
-        }))
-    })
+    wait(
+        "PoolNearlyExhausted Event",
+        Duration::from_secs(10),
+        || async {
+            let list = events.list(&Default::default()).await?;
+            Ok(list.items.into_iter().find(|e| {
+                e.reason.as_deref() == Some("PoolNearlyExhausted")
+                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("use-pool")
+            }))
+        },
+    )
     .await?;
     Ok(())
 }

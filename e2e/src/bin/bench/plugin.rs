@@ -25,10 +25,10 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use sinew_cni::netlink::Netlink;
-use sinew_cni::netns::NetNs;
 use sinew_e2e::netsim;
 use sinew_e2e::plugin::{PluginNode, REFERENCE_PLUGIN_DIR, pool};
+use sinew_node_lib::netlink::Netlink;
+use sinew_node_lib::netns::NetNs;
 
 type Result<T> = std::result::Result<T, String>;
 
@@ -135,7 +135,7 @@ fn kernel_veth_delete(node_nl: &mut Netlink, pod: &NetNs) -> Result<Duration> {
     const HOST: &str = "snwbenchkernel";
     let err = |what: &str| {
         let what = what.to_string();
-        move |e: sinew_cni::netlink::NetlinkError| format!("kernel veth: {what}: {e}")
+        move |e: sinew_node_lib::netlink::NetlinkError| format!("kernel veth: {what}: {e}")
     };
     node_nl
         .create_veth(HOST, "eth0", pod, 1450)
