@@ -33,8 +33,9 @@ FUZZ_TARGET_DIR ?= $(HOME)/.cache/sinew/fuzz-target
 fuzz:
 	cd cni-plugin && cargo fuzz run --target-dir $(FUZZ_TARGET_DIR) -s none netconf -- -seed=1 -max_total_time=$(FUZZ_SECONDS)
 
-## bench: the CNI benchmark (root): sinew vs ptp+host-local through cnitool
+## bench: the CNI benchmarks (root): the plugins exec'd directly (sinew, ptp+host-local, /bin/true, the kernel's veth deletion), then sinew vs ptp+host-local through cnitool
 bench: tools
+	SINEW_TOOLS_BIN=$$(e2e/tools/build.sh) cargo run -q -p sinew-e2e --release --bin bench -- plugin
 	SINEW_TOOLS_BIN=$$(e2e/tools/build.sh) cargo run -q -p sinew-e2e --release --bin bench -- cni
 
 ## bench-e2e: the end-to-end benchmark (root): a 3-node local cluster, pods/s, pool status and mode-switch latency, pod-to-pod TCP vs a bare veth; writes docs/benchmarks.md

@@ -12,10 +12,11 @@
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use sinew_core::Family;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::config::{self, NetConf};
 use crate::datapath::{self, Datapath};
@@ -31,17 +32,51 @@ use sinew_node_lib::node_state::{self, NodeState, POOL_ANNOTATION, PoolState};
 /// What the plugin prints on success (DEL, GC and CHECK print nothing).
 pub type Output = Option<Value>;
 
+/// Where the time of one invocation went: elapsed time at each step, logged at debug level
+/// (`"logLevel": "debug"`), so a slow ADD or DEL can be explained without a profiler.
+struct Timeline {
+    start: Instant,
+    marks: Vec<(&'static str, Duration)>,
+}
+
+impl Timeline {
+    fn new() -> Timeline {
+        Timeline {
+            start: Instant::now(),
+            marks: Vec::with_capacity(8),
+        }
+    }
+
+    fn mark(&mut self, step: &'static str) {
+        self.marks.push((step, self.start.elapsed()));
+    }
+}
+
+impl std::fmt::Display for Timeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut previous = Duration::ZERO;
+        for (step, at) in &self.marks {
+            write!(f, "{step}={}us ", at.saturating_sub(previous).as_micros())?;
+            previous = *at;
+        }
+        write!(f, "total={}us", previous.as_micros())
+    }
+}
+
 /// Runs one invocation against `datapath`.
 pub fn run(inv: &Invocation, stdin: &[u8], dp: &dyn Datapath) -> CniResult<Output> {
     if inv.command == Command::Version {
         return Ok(Some(version_output(stdin)));
     }
+    let mut timeline = Timeline::new();
     let (conf, version) = config::parse(stdin)?;
+    timeline.mark("parse");
     logging::init(conf.log_file.as_deref(), conf.log_level);
+    timeline.mark("log_init");
     let state_dir = conf.state_dir();
     match inv.command {
-        Command::Add => add(inv, &conf, version, dp).map(Some),
-        Command::Del => del(inv, &state_dir, dp).map(|()| None),
+        Command::Add => add(inv, &conf, version, dp, &mut timeline).map(Some),
+        Command::Del => del(inv, &state_dir, dp, &mut timeline).map(|()| None),
         Command::Check => {
             require(version, Version::V0_4_0, "CHECK")?;
             check(inv, &state_dir, dp).map(|()| None)
@@ -184,7 +219,13 @@ fn load_node_state(state_dir: &Path) -> CniResult<NodeState> {
     }
 }
 
-fn add(inv: &Invocation, conf: &NetConf, version: Version, dp: &dyn Datapath) -> CniResult<Value> {
+fn add(
+    inv: &Invocation,
+    conf: &NetConf,
+    version: Version,
+    dp: &dyn Datapath,
+    timeline: &mut Timeline,
+) -> CniResult<Value> {
     // A malformed prevResult is refused before anything is allocated or programmed.
     let prev = conf
         .prev_result
@@ -195,8 +236,10 @@ fn add(inv: &Invocation, conf: &NetConf, version: Version, dp: &dyn Datapath) ->
     let netns = open_netns(inv)?;
     let node = load_node_state(&state_dir)?;
     let pools = select_pools(inv, conf, &node, &state_dir)?;
+    timeline.mark("node_state");
     let key = AttachmentKey::new(&inv.container_id, &inv.ifname);
-    let store = Store::new(&state_dir);
+    // Atomic but without the directory fsync: see `Store::unsynced_dir`.
+    let store = Store::new(&state_dir).unsynced_dir();
 
     let recorded = store
         .update(|state| allocate(state, &key, inv, &conf.name, &pools))
@@ -228,6 +271,7 @@ fn add(inv: &Invocation, conf: &NetConf, version: Version, dp: &dyn Datapath) ->
         }
     };
 
+    timeline.mark("ipam");
     let setup = match dp.setup(&attachment, &netns) {
         Ok(s) => s,
         Err(e) => {
@@ -250,6 +294,8 @@ fn add(inv: &Invocation, conf: &NetConf, version: Version, dp: &dyn Datapath) ->
             ));
         }
     };
+    timeline.mark("datapath");
+    debug!(%timeline, "ADD timing");
     info!(
         container = %inv.container_id,
         pod = ?inv.pod.name, namespace = ?inv.pod.namespace,
@@ -299,9 +345,14 @@ fn allocate(
     Ok((attachment, false))
 }
 
-fn del(inv: &Invocation, state_dir: &Path, dp: &dyn Datapath) -> CniResult<()> {
+fn del(
+    inv: &Invocation,
+    state_dir: &Path,
+    dp: &dyn Datapath,
+    timeline: &mut Timeline,
+) -> CniResult<()> {
     let key = AttachmentKey::new(&inv.container_id, &inv.ifname);
-    let store = Store::new(state_dir);
+    let store = Store::new(state_dir).unsynced_dir();
     let snapshot = match store.snapshot() {
         Ok(s) => s,
         Err(e) => {
@@ -325,15 +376,43 @@ fn del(inv: &Invocation, state_dir: &Path, dp: &dyn Datapath) -> CniResult<()> {
     };
     match snapshot.attachment(&key) {
         Some(attachment) => {
-            dp.teardown(attachment).map_err(|e| {
+            timeline.mark("read_store");
+            // The record goes only once the datapath is gone, but the store without it is
+            // written and flushed meanwhile, on a helper thread: deleting a veth waits for an
+            // RCU grace period in the kernel, which hides the disk flush.
+            let (torn_down, staged) = std::thread::scope(|scope| {
+                let staging = std::thread::Builder::new()
+                    .stack_size(256 << 10)
+                    .spawn_scoped(scope, || {
+                        store.stage_update(|s| {
+                            s.remove_attachment(&key);
+                        })
+                    });
+                let torn_down = dp.teardown(attachment);
+                let staged = staging
+                    .ok()
+                    .and_then(|handle| handle.join().ok())
+                    .and_then(Result::ok);
+                (torn_down, staged)
+            });
+            torn_down.map_err(|e| {
                 CniError::new(
                     Code::Datapath,
                     format!("removing {}: {e}", attachment.host_veth),
                 )
             })?;
-            store
-                .update(|s| s.remove_attachment(&key))
-                .map_err(io_error("updating the IPAM store"))?;
+            timeline.mark("datapath");
+            let remove = |s: &mut IpamState| {
+                s.remove_attachment(&key);
+            };
+            match staged {
+                Some(staged) => store.commit_staged(staged, remove),
+                // Staging failed (it is retried here, with the error reported this time).
+                None => store.update(remove),
+            }
+            .map_err(io_error("updating the IPAM store"))?;
+            timeline.mark("ipam");
+            debug!(%timeline, "DEL timing");
             info!(container = %inv.container_id, pod = ?inv.pod.name, "DEL");
         }
         None => {

@@ -184,24 +184,21 @@ fn families(attachment: &Attachment) -> BTreeSet<Family> {
 impl Datapath for KernelDatapath {
     fn setup(&self, attachment: &Attachment, netns: &NetNs) -> Result<SetupInfo, DatapathError> {
         let mut host = Netlink::new()?;
-        let mut pod = Netlink::in_netns(netns)?;
-        let existing_host = host.link_by_name(&attachment.host_veth)?;
-        let existing_pod = pod.link_by_name(&attachment.ifname)?;
-        if existing_host.is_none() || existing_pod.is_none() {
-            // A half-made pair from an interrupted ADD is replaced whole.
-            host.delete_link_by_name(&attachment.host_veth)?;
-            if existing_pod.is_some() {
-                return Err(DatapathError::Missing(format!(
-                    "interface {} already exists in the pod and is not sinew's",
-                    attachment.ifname
-                )));
+        let mut pod = netlink_in(netns)?;
+        // A first ADD creates the pair at once; the kernel refuses a name already taken (a
+        // repeated ADD, a half-made pair, a foreign interface in the pod), and only then do
+        // we look at what is there.
+        match host.create_veth(
+            &attachment.host_veth,
+            &attachment.ifname,
+            netns,
+            attachment.mtu,
+        ) {
+            Ok(()) => {}
+            Err(e) if e.is_exists() => {
+                reuse_or_replace_pair(&mut host, &mut pod, attachment, netns)?
             }
-            host.create_veth(
-                &attachment.host_veth,
-                &attachment.ifname,
-                netns,
-                attachment.mtu,
-            )?;
+            Err(e) => return Err(e.into()),
         }
         let host_link = host.link_by_name(&attachment.host_veth)?.ok_or_else(|| {
             DatapathError::Missing(format!("host veth {} vanished", attachment.host_veth))
@@ -261,10 +258,49 @@ impl Datapath for KernelDatapath {
     }
 }
 
+/// A netlink socket inside `netns`, opened by this thread entering the namespace and coming
+/// back (two `setns`), which costs far less than a helper thread. The socket keeps talking to
+/// `netns` afterwards.
+fn netlink_in(netns: &NetNs) -> Result<Netlink, DatapathError> {
+    let guard = netns.enter()?;
+    let opened = Netlink::new();
+    guard.restore()?;
+    Ok(opened?)
+}
+
+/// The slow path of setup, when the host veth or the pod interface name is taken: keeps a
+/// complete pair (a repeated ADD), replaces a half-made one from an interrupted ADD, and
+/// refuses an interface in the pod that is not sinew's.
+fn reuse_or_replace_pair(
+    host: &mut Netlink,
+    pod: &mut Netlink,
+    attachment: &Attachment,
+    netns: &NetNs,
+) -> Result<(), DatapathError> {
+    let existing_host = host.link_by_name(&attachment.host_veth)?;
+    let existing_pod = pod.link_by_name(&attachment.ifname)?;
+    if existing_host.is_none() || existing_pod.is_none() {
+        host.delete_link_by_name(&attachment.host_veth)?;
+        if existing_pod.is_some() {
+            return Err(DatapathError::Missing(format!(
+                "interface {} already exists in the pod and is not sinew's",
+                attachment.ifname
+            )));
+        }
+        host.create_veth(
+            &attachment.host_veth,
+            &attachment.ifname,
+            netns,
+            attachment.mtu,
+        )?;
+    }
+    Ok(())
+}
+
 fn check_kernel(attachment: &Attachment, netns: &NetNs) -> Result<Vec<String>, DatapathError> {
     let mut problems = Vec::new();
     let mut host = Netlink::new()?;
-    let mut pod = Netlink::in_netns(netns)?;
+    let mut pod = netlink_in(netns)?;
     let Some(host_link) = host.link_by_name(&attachment.host_veth)? else {
         return Ok(vec![format!(
             "host veth {} is missing",

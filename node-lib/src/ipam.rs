@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sinew_core::{Cidr, Family, PoolMode};
 
-use crate::fsutil::{FileLock, atomic_write};
+use crate::fsutil::{FileLock, Staged, atomic_replace, atomic_write};
 use crate::node_state::PoolState;
 
 const STORE_VERSION: u32 = 1;
@@ -292,13 +292,26 @@ impl IpamState {
 #[derive(Debug, Clone)]
 pub struct Store {
     dir: PathBuf,
+    durable: bool,
 }
 
 impl Store {
+    /// The store of `state_dir`; every change is durable when [`Store::update`] returns.
     pub fn new(state_dir: &Path) -> Store {
         Store {
             dir: state_dir.join("ipam"),
+            durable: true,
         }
+    }
+
+    /// The same store, with changes atomic but not fsynced into the directory (see
+    /// [`atomic_replace`]): a crash still leaves the state before or after a change, never a
+    /// mix, but a power loss may bring back the state of a few seconds earlier. For the
+    /// plugin: pods do not outlive a power loss, and ADD waits for the agent's first pass
+    /// after a boot. The agent's own changes (block retirement) stay durable.
+    pub fn unsynced_dir(mut self) -> Store {
+        self.durable = false;
+        self
     }
 
     fn path(&self) -> PathBuf {
@@ -308,18 +321,30 @@ impl Store {
     /// Reads the current state without locking (a consistent snapshot: the file is only ever
     /// replaced whole).
     pub fn snapshot(&self) -> io::Result<IpamState> {
+        self.parse(self.read()?.as_deref())
+    }
+
+    /// The store file's bytes; `None` if there is none yet.
+    fn read(&self) -> io::Result<Option<Vec<u8>>> {
         match fs::read(self.path()) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn parse(&self, bytes: Option<&[u8]>) -> io::Result<IpamState> {
+        match bytes {
+            Some(bytes) => serde_json::from_slice(bytes).map_err(|e| {
                 io::Error::new(
                     io::ErrorKind::InvalidData,
                     format!("{} is corrupt: {e}", self.path().display()),
                 )
             }),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(IpamState {
+            None => Ok(IpamState {
                 version: STORE_VERSION,
                 ..IpamState::default()
             }),
-            Err(e) => Err(e),
         }
     }
 
@@ -327,16 +352,73 @@ impl Store {
     pub fn update<R>(&self, f: impl FnOnce(&mut IpamState) -> R) -> io::Result<R> {
         fs::create_dir_all(&self.dir)?;
         let _lock = FileLock::acquire(&self.dir.join("lock"))?;
+        self.update_locked(f)
+    }
+
+    /// Computes `f` on the current state and writes the result to disk, flushed, without
+    /// putting it in place: [`Store::commit_staged`] does that later if the store has not
+    /// changed in between. For a change that may only be recorded after other slow work (DEL
+    /// drops its record once the veth is gone): the flush overlaps that work. Takes no lock.
+    pub fn stage_update(&self, f: impl FnOnce(&mut IpamState)) -> io::Result<StagedUpdate> {
+        let base = self.read()?;
+        let before = self.parse(base.as_deref())?;
+        let mut state = before.clone();
+        f(&mut state);
+        let staged = if state != before {
+            state.version = STORE_VERSION;
+            let bytes = serde_json::to_vec(&state).map_err(io::Error::other)?;
+            Some(Staged::write(&self.path(), &bytes)?)
+        } else {
+            None
+        };
+        Ok(StagedUpdate { base, staged })
+    }
+
+    /// Under the store lock: puts a staged change in place if the store is still the one it
+    /// was computed from; otherwise (another invocation changed it meanwhile) drops it and
+    /// applies `f` to the current state as [`Store::update`] does.
+    pub fn commit_staged(
+        &self,
+        staged: StagedUpdate,
+        f: impl FnOnce(&mut IpamState),
+    ) -> io::Result<()> {
+        fs::create_dir_all(&self.dir)?;
+        let _lock = FileLock::acquire(&self.dir.join("lock"))?;
+        if self.read()? != staged.base {
+            drop(staged);
+            return self.update_locked(f);
+        }
+        if let Some(file) = staged.staged {
+            file.commit()?;
+            if self.durable {
+                fs::File::open(&self.dir)?.sync_all()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn update_locked<R>(&self, f: impl FnOnce(&mut IpamState) -> R) -> io::Result<R> {
         let before = self.snapshot()?;
         let mut state = before.clone();
         let r = f(&mut state);
         if state != before {
             state.version = STORE_VERSION;
             let bytes = serde_json::to_vec(&state).map_err(io::Error::other)?;
-            atomic_write(&self.path(), &bytes)?;
+            if self.durable {
+                atomic_write(&self.path(), &bytes)?;
+            } else {
+                atomic_replace(&self.path(), &bytes)?;
+            }
         }
         Ok(r)
     }
+}
+
+/// A change written ahead by [`Store::stage_update`], with the store it was computed from.
+#[derive(Debug)]
+pub struct StagedUpdate {
+    base: Option<Vec<u8>>,
+    staged: Option<Staged>,
 }
 
 #[cfg(test)]
@@ -354,6 +436,20 @@ mod tests {
             reserved: reserved.iter().map(|s| s.to_string()).collect(),
             blocks: blocks.iter().map(|s| s.to_string()).collect(),
             exhausted: false,
+        }
+    }
+
+    impl IpamState {
+        fn release_all_of(&mut self, k: &AttachmentKey) {
+            let held: Vec<(IpAddr, u64)> = self
+                .slots
+                .iter()
+                .filter(|(_, s)| s.holder.as_deref() == Some(k.encoded().as_str()))
+                .map(|(ip, s)| (*ip, s.generation))
+                .collect();
+            for (ip, generation) in held {
+                self.release_ip(ip, generation, k);
+            }
         }
     }
 
@@ -506,6 +602,52 @@ mod tests {
         assert!(
             err.to_string().contains("corrupt"),
             "a corrupt store must not be silently reset"
+        );
+    }
+
+    #[test]
+    fn a_staged_update_lands_only_if_the_store_did_not_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path()).unsynced_dir();
+        let p = pool(&["10.0.6.0/28"], &[]);
+        for i in 1..=3 {
+            store
+                .update(|s| s.allocate(&p, &key(i)).map(drop))
+                .unwrap()
+                .unwrap();
+        }
+        let held = |store: &Store| store.snapshot().unwrap().held();
+        // Unchanged meanwhile: the staged file goes in place, nothing else is left behind.
+        let staged = store.stage_update(|s| s.release_all_of(&key(1))).unwrap();
+        assert_eq!(held(&store), 3, "staging changes nothing visible");
+        store
+            .commit_staged(staged, |s| s.release_all_of(&key(1)))
+            .unwrap();
+        assert_eq!(held(&store), 2);
+        // Changed meanwhile: the staged file is dropped and the change applied anew.
+        let staged = store.stage_update(|s| s.release_all_of(&key(2))).unwrap();
+        store
+            .update(|s| s.allocate(&p, &key(4)).map(drop))
+            .unwrap()
+            .unwrap();
+        store
+            .commit_staged(staged, |s| s.release_all_of(&key(2)))
+            .unwrap();
+        let state = store.snapshot().unwrap();
+        assert_eq!(state.held(), 2, "key 2 released, key 4 kept");
+        assert!(
+            state
+                .slots
+                .values()
+                .any(|s| s.holder.as_deref() == Some("c4/eth0"))
+        );
+        let files: Vec<_> = fs::read_dir(dir.path().join("ipam"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            files.iter().all(|f| !f.ends_with(".tmp")),
+            "no temporary file left: {files:?}"
         );
     }
 

@@ -1,9 +1,14 @@
 //! `bench`: sinew's benchmarks, printed as a table against the reference plugins measured in
 //! the same run on the same machine.
 //!
+//! `cargo run -p sinew-e2e --release --bin bench -- plugin [--iterations N]`
 //! `cargo run -p sinew-e2e --release --bin bench -- cni [--iterations N] [--parallel N]`
 //! `cargo run -p sinew-e2e --release --bin bench -- e2e [--pods N] [--parallel N] [--samples N] [--mib N] [--write-docs]`
 //! `cargo run -p sinew-e2e --release --bin bench -- scale` (see `sinew_e2e::scale`)
+//!
+//! `plugin`: the plugin binaries exec'd directly as a runtime does (see [`plugin`]): sinew,
+//! ptp + host-local, a null plugin and the kernel's own veth deletion in one run. Needs root;
+//! `SINEW_PLUGIN_BIN=<path>` measures another build of `sinew` (e.g. the static musl one).
 //!
 //! `cni`: ADD and DEL latency (p50/p99, sequential) and the wall time of N parallel ADDs then
 //! DELs, for sinew and for the reference `ptp` + `host-local` pair, both driven through upstream
@@ -25,8 +30,10 @@ use sinew_node_lib::netns::NetNs;
 
 #[path = "bench/e2e.rs"]
 mod e2e;
+#[path = "bench/plugin.rs"]
+mod plugin;
 
-const USAGE: &str = "usage: bench cni [--iterations N] [--parallel N]\n       bench e2e [--pods N] [--parallel N] [--samples N] [--mib N] [--write-docs]\n       bench scale";
+const USAGE: &str = "usage: bench plugin [--iterations N]\n       bench cni [--iterations N] [--parallel N]\n       bench e2e [--pods N] [--parallel N] [--samples N] [--mib N] [--write-docs]\n       bench scale";
 
 struct Args {
     iterations: usize,
@@ -86,11 +93,12 @@ fn main() -> ExitCode {
         }
     };
     let result = match what.as_str() {
+        "plugin" => plugin_floor(&args),
         "cni" => cni(&args),
         "e2e" => local_cluster(&args),
         "scale" => scale(),
         other => Err(format!(
-            "unknown benchmark {other:?} (known: cni, e2e, scale)"
+            "unknown benchmark {other:?} (known: plugin, cni, e2e, scale)"
         )),
     };
     match result {
@@ -329,6 +337,42 @@ fn cni(args: &Args) -> Result<(), String> {
     for (name, a, b) in rows {
         println!("| {name} | {a:.2} | {b:.2} | {:.2} |", a / b);
     }
+    Ok(())
+}
+
+/// `bench plugin`: the plugin binaries exec'd directly (see [`plugin`]).
+fn plugin_floor(args: &Args) -> Result<(), String> {
+    if !sinew_e2e::require::is_root() {
+        return Err("the plugin benchmark creates network namespaces: run it as root".into());
+    }
+    let sinew = std::env::var_os("SINEW_PLUGIN_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(sinew_e2e::plugin::sinew_binary);
+    let settings = plugin::Settings {
+        iterations: args.iterations,
+        sinew,
+    };
+    eprintln!(
+        "measuring sinew, ptp+host-local, /bin/true and the kernel's veth deletion, interleaved ({} rounds)...",
+        settings.iterations
+    );
+    let measured = plugin::run(&settings);
+    let leaked = own_namespaces();
+    let measured = measured?;
+    if !leaked.is_empty() {
+        return Err(format!("network namespaces left behind: {leaked:?}"));
+    }
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "?".into());
+    println!(
+        "CNI plugins exec'd directly (posix_spawn, CNI env, config on stdin): {} rounds of ADD+DEL each, interleaved (load average after the run: {load})",
+        settings.iterations
+    );
+    println!("machine: {}", machine());
+    println!();
+    print!("{}", plugin::table(&measured));
     Ok(())
 }
 

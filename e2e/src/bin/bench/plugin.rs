@@ -1,0 +1,393 @@
+//! `bench plugin`: the plugin binaries exec'd directly, as containerd and CRI-O do (libcni
+//! runs the binary with the `CNI_*` environment and the network configuration on stdin), so
+//! every sample is one process: spawned, fed, waited for. No `cnitool` in between.
+//!
+//! Subjects, interleaved in every round so that a burst of other work on the machine hits all
+//! of them alike:
+//! - `sinew` (its IPAM store on disk, logging to a file, as the chart configures it);
+//! - the reference `ptp` with `host-local` IPAM (ptp execs host-local itself, as the
+//!   conflist chain does under libcni);
+//! - a null plugin, `/bin/true`: the cost of spawning any process at all;
+//! - the kernel alone: one veth pair (one end in the pod namespace, both ends up) deleted with
+//!   one `RTM_DELLINK` from this process, the floor under any plugin's DEL;
+//! - the disk alone: the crash-safe replacement of a small file in sinew's state directory
+//!   (write a temporary file, `fdatasync`, rename), the floor under any store that survives a
+//!   power loss without ever being torn.
+//!
+//! The spawner runs on a thread that has joined the node namespace, so the children start
+//! there without a `pre_exec` hook: `std::process::Command` then uses `posix_spawn`
+//! (`clone(CLONE_VM|CLONE_VFORK)`), the cheapest way a runtime can start a plugin. The pod
+//! namespaces are made before the timed region, as a runtime makes the sandbox first.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use sinew_e2e::netsim;
+use sinew_e2e::plugin::{PluginNode, REFERENCE_PLUGIN_DIR, pool};
+use sinew_node_lib::netlink::Netlink;
+use sinew_node_lib::netns::NetNs;
+
+type Result<T> = std::result::Result<T, String>;
+
+/// What to measure, from the command line.
+pub struct Settings {
+    pub iterations: usize,
+    /// `sinew` binary to measure (default: the release build of this workspace).
+    pub sinew: PathBuf,
+}
+
+/// Warm-up rounds (page cache, first-use allocations in the kernel), not counted.
+const WARMUP: usize = 10;
+
+/// One plugin under test: its binary, configuration and search path.
+struct Subject {
+    label: &'static str,
+    bin: PathBuf,
+    config: String,
+    cni_path: String,
+}
+
+impl Subject {
+    /// The process a runtime would start: a fresh environment with the CNI variables only.
+    fn command(&self, verb: &str, container_id: &str, pod: &Path) -> Command {
+        let mut cmd = Command::new(&self.bin);
+        cmd.env_clear()
+            .env("CNI_COMMAND", verb)
+            .env("CNI_CONTAINERID", container_id)
+            .env("CNI_NETNS", pod)
+            .env("CNI_IFNAME", "eth0")
+            .env(
+                "CNI_ARGS",
+                format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={container_id};K8S_POD_UID=uid-{container_id}"),
+            )
+            .env("CNI_PATH", &self.cni_path)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        cmd
+    }
+
+    /// Spawns, writes the configuration, waits; the wall time of all of it.
+    fn run(&self, verb: &str, container_id: &str, pod: &Path) -> Result<Duration> {
+        let mut cmd = self.command(verb, container_id, pod);
+        let start = Instant::now();
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| format!("spawning {}: {e}", self.bin.display()))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            // A plugin may exit without reading (the null plugin does): EPIPE is fine.
+            let _ = stdin.write_all(self.config.as_bytes());
+        }
+        let out = child
+            .wait_with_output()
+            .map_err(|e| format!("waiting for {}: {e}", self.bin.display()))?;
+        let took = start.elapsed();
+        if !out.status.success() {
+            return Err(format!(
+                "{} {verb} failed ({}): {} {}",
+                self.label,
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        Ok(took)
+    }
+}
+
+/// Samples of one subject.
+#[derive(Default)]
+struct Samples {
+    add: Vec<Duration>,
+    del: Vec<Duration>,
+}
+
+/// Everything one run measured.
+pub struct Measured {
+    sinew: Samples,
+    reference: Samples,
+    null: Samples,
+    kernel_del: Vec<Duration>,
+    disk_sync: Vec<Duration>,
+    startup: Vec<Duration>,
+    null_startup: Vec<Duration>,
+    binary: PathBuf,
+    binary_size: u64,
+}
+
+fn percentile(samples: &[Duration], p: f64) -> Duration {
+    let mut sorted = samples.to_vec();
+    sorted.sort();
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted.get(idx).copied().unwrap_or_default()
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Creates a veth pair like the one a pod has (host end here, `eth0` in `pod`, both up) and
+/// returns the time of the one netlink request that deletes it.
+fn kernel_veth_delete(node_nl: &mut Netlink, pod: &NetNs) -> Result<Duration> {
+    const HOST: &str = "snwbenchkernel";
+    let err = |what: &str| {
+        let what = what.to_string();
+        move |e: sinew_node_lib::netlink::NetlinkError| format!("kernel veth: {what}: {e}")
+    };
+    node_nl
+        .create_veth(HOST, "eth0", pod, 1450)
+        .map_err(err("create"))?;
+    let host = node_nl
+        .link_by_name(HOST)
+        .map_err(err("look up host end"))?
+        .ok_or("kernel veth: host end missing")?;
+    node_nl.set_link_up(host.index).map_err(err("host up"))?;
+    let mut pod_nl = Netlink::in_netns(pod).map_err(err("netlink in pod"))?;
+    let peer = pod_nl
+        .link_by_name("eth0")
+        .map_err(err("look up pod end"))?
+        .ok_or("kernel veth: pod end missing")?;
+    pod_nl.set_link_up(peer.index).map_err(err("pod end up"))?;
+    let start = Instant::now();
+    node_nl.delete_link(host.index).map_err(err("delete"))?;
+    Ok(start.elapsed())
+}
+
+/// One crash-safe replacement of a small file in `dir`: write a temporary file, flush its data
+/// to the disk, rename it over the old one. Returns its duration.
+fn disk_sync(dir: &Path) -> Result<Duration> {
+    let tmp = dir.join(".bench-sync.tmp");
+    let start = Instant::now();
+    let mut f = std::fs::File::create(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
+    f.write_all(&[b'x'; 600])
+        .and_then(|()| f.sync_data())
+        .and_then(|()| std::fs::rename(&tmp, dir.join("bench-sync")))
+        .map_err(|e| format!("{}: {e}", tmp.display()))?;
+    Ok(start.elapsed())
+}
+
+/// The whole measurement; runs on a thread inside the node namespace.
+fn measure_in_node(
+    settings: &Settings,
+    subjects: &[Subject; 3],
+    pods: &[NetNs; 4],
+    state_dir: &Path,
+) -> Result<Measured> {
+    let mut node_nl = Netlink::new().map_err(|e| format!("netlink in the node: {e}"))?;
+    let mut samples: [Samples; 3] = Default::default();
+    let mut kernel_del = Vec::new();
+    let mut disk = Vec::new();
+    let mut startup = Vec::new();
+    let mut null_startup = Vec::new();
+    let version_of = |s: &Subject| Subject {
+        label: s.label,
+        bin: s.bin.clone(),
+        config: json!({"cniVersion": "1.1.0"}).to_string(),
+        cni_path: s.cni_path.clone(),
+    };
+    let sinew_version = version_of(&subjects[0]);
+    let null_version = version_of(&subjects[2]);
+    for round in 0..WARMUP + settings.iterations {
+        let counted = round >= WARMUP;
+        for (i, s) in subjects.iter().enumerate() {
+            let id = format!("bench-{}-{round}", s.label.replace('+', "-"));
+            let add = s.run("ADD", &id, pods[i].path())?;
+            let del = s.run("DEL", &id, pods[i].path())?;
+            if counted {
+                samples[i].add.push(add);
+                samples[i].del.push(del);
+            }
+        }
+        let k = kernel_veth_delete(&mut node_nl, &pods[3])?;
+        let d = disk_sync(state_dir)?;
+        let v = sinew_version.run("VERSION", "version", pods[3].path())?;
+        let n = null_version.run("VERSION", "version", pods[3].path())?;
+        if counted {
+            kernel_del.push(k);
+            disk.push(d);
+            startup.push(v);
+            null_startup.push(n);
+        }
+    }
+    let [sinew, reference, null] = samples;
+    let binary_size = std::fs::metadata(&settings.sinew)
+        .map_err(|e| format!("{}: {e}", settings.sinew.display()))?
+        .len();
+    Ok(Measured {
+        sinew,
+        reference,
+        null,
+        kernel_del,
+        disk_sync: disk,
+        startup,
+        null_startup,
+        binary: settings.sinew.clone(),
+        binary_size,
+    })
+}
+
+/// Runs the benchmark: a node namespace with sinew's node state, one pod namespace per
+/// subject (all removed on return, failure included).
+pub fn run(settings: &Settings) -> Result<Measured> {
+    let node = PluginNode::new("bench-node");
+    let blocks: Vec<String> = (0..8).map(|i| format!("10.90.{i}.0/24")).collect();
+    let block_refs: Vec<&str> = blocks.iter().map(String::as_str).collect();
+    node.set_pools(vec![pool("bench", "10.90.0.0/16", &block_refs)]);
+    let host_local_dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let sinew_dir = settings
+        .sinew
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let subjects = [
+        Subject {
+            label: "sinew",
+            bin: settings.sinew.clone(),
+            config: json!({
+                "cniVersion": "1.0.0", "name": "sinew", "type": "sinew",
+                "stateDir": node.state.path(), "logFile": node.state.path().join("cni.log"),
+            })
+            .to_string(),
+            cni_path: sinew_dir.display().to_string(),
+        },
+        Subject {
+            label: "ptp+host-local",
+            bin: Path::new(REFERENCE_PLUGIN_DIR).join("ptp"),
+            config: json!({
+                "cniVersion": "1.0.0", "name": "ptp-host-local", "type": "ptp",
+                "ipMasq": false, "mtu": 1450,
+                "ipam": {"type": "host-local", "dataDir": host_local_dir.path(),
+                         "ranges": [[{"subnet": "10.91.0.0/16"}]], "routes": [{"dst": "0.0.0.0/0"}]},
+            })
+            .to_string(),
+            cni_path: REFERENCE_PLUGIN_DIR.to_string(),
+        },
+        Subject {
+            label: "null",
+            bin: PathBuf::from("/bin/true"),
+            config: json!({"cniVersion": "1.0.0", "name": "null", "type": "true"}).to_string(),
+            cni_path: "/bin".to_string(),
+        },
+    ];
+    let pods = [
+        netsim::netns("bench"),
+        netsim::netns("bench"),
+        netsim::netns("bench"),
+        netsim::netns("bench"),
+    ];
+    node.ns
+        .run_in(|| measure_in_node(settings, &subjects, &pods, node.state.path()))
+        .map_err(|e| format!("entering the node namespace: {e}"))?
+}
+
+/// Metric name, sinew / reference / null samples, kernel samples (DEL only), percentile.
+type TableRow<'a> = (
+    &'a str,
+    &'a [Duration],
+    &'a [Duration],
+    &'a [Duration],
+    Option<&'a [Duration]>,
+    f64,
+);
+
+/// The result table (markdown) and a few lines about the binary.
+pub fn table(m: &Measured) -> String {
+    let p = |s: &[Duration], q: f64| ms(percentile(s, q));
+    let mut out = String::new();
+    out.push_str("| metric | sinew | ptp+host-local | null (`/bin/true`) | kernel veth delete | sinew - null | ptp+host-local - null | (sinew - null) / (ptp - null) |\n");
+    out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|\n");
+    let rows: [TableRow<'_>; 4] = [
+        (
+            "ADD p50 (ms)",
+            &m.sinew.add,
+            &m.reference.add,
+            &m.null.add,
+            None,
+            0.5,
+        ),
+        (
+            "ADD p99 (ms)",
+            &m.sinew.add,
+            &m.reference.add,
+            &m.null.add,
+            None,
+            0.99,
+        ),
+        (
+            "DEL p50 (ms)",
+            &m.sinew.del,
+            &m.reference.del,
+            &m.null.del,
+            Some(&m.kernel_del),
+            0.5,
+        ),
+        (
+            "DEL p99 (ms)",
+            &m.sinew.del,
+            &m.reference.del,
+            &m.null.del,
+            Some(&m.kernel_del),
+            0.99,
+        ),
+    ];
+    for (name, ours, reference, null, kernel, q) in rows {
+        let (a, b, n) = (p(ours, q), p(reference, q), p(null, q));
+        let kernel = kernel.map_or("-".to_string(), |k| format!("{:.2}", p(k, q)));
+        out.push_str(&format!(
+            "| {name} | {a:.2} | {b:.2} | {n:.2} | {kernel} | {:.2} | {:.2} | {:.2} |\n",
+            a - n,
+            b - n,
+            (a - n) / (b - n)
+        ));
+    }
+    out.push('\n');
+    let del_vs_kernel = |q: f64| p(&m.sinew.del, q) / p(&m.kernel_del, q);
+    out.push_str(&format!(
+        "- sinew DEL / kernel veth deletion: p50 {:.2}, p99 {:.2}\n",
+        del_vs_kernel(0.5),
+        del_vs_kernel(0.99)
+    ));
+    out.push_str(&format!(
+        "- disk floor (600 B to a temporary file, `fdatasync`, rename, in sinew's state directory): p50 {:.2} ms, p99 {:.2} ms\n",
+        p(&m.disk_sync, 0.5),
+        p(&m.disk_sync, 0.99)
+    ));
+    out.push_str(&format!(
+        "- `sinew` binary: {} bytes ({:.2} MiB), {}\n",
+        m.binary_size,
+        m.binary_size as f64 / (1024.0 * 1024.0),
+        describe_binary(&m.binary)
+    ));
+    out.push_str(&format!(
+        "- startup (`CNI_COMMAND=VERSION`, spawn to exit): sinew p50 {:.2} ms, p99 {:.2} ms; `/bin/true` p50 {:.2} ms, p99 {:.2} ms\n",
+        p(&m.startup, 0.5),
+        p(&m.startup, 0.99),
+        p(&m.null_startup, 0.5),
+        p(&m.null_startup, 0.99)
+    ));
+    out
+}
+
+/// `file`'s description of the binary (static or dynamic, stripped or not), or its path.
+fn describe_binary(path: &Path) -> String {
+    Command::new("file")
+        .arg("-b")
+        .arg(path)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| {
+            let text = String::from_utf8_lossy(&o.stdout).trim().to_string();
+            text.split(", ")
+                .filter(|part| {
+                    part.contains("linked") || part.contains("stripped") || part.contains("ELF")
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| path.display().to_string())
+}
