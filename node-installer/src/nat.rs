@@ -11,7 +11,6 @@
 //! [`render`] still gives the table in `nft` syntax: the agent compares it to decide when
 //! to re-apply, it is what `nft list table inet sinew` shows, and `nft -f` accepts it.
 
-
 use sinew_crds::{Cidr, Family};
 use sinew_node_lib::netlink::nftables::{self, NftError, Nftables, SinewTable};
 
