@@ -1,9 +1,10 @@
 # sinew-node: the node agent (`sinew-node install` / `sinew-node run`, the DaemonSet rendered
 # by operator/src/daemonset.rs passes only args) and the CNI plugin it installs from
 # SINEW_PLUGIN=/usr/local/bin/sinew.
-# Not FROM scratch: the agent runs `nft -f -` (node-installer/src/nat.rs) to keep the
-# `inet sinew` table, so the image carries the nftables CLI. Alpine keeps that small; the two
-# sinew binaries are static and do not depend on the base.
+# The agent no longer runs `nft` (it programs the `inet sinew` table over netlink, see
+# docs/architecture.md decision 56); the image keeps its base (and the CLI, for people who
+# debug from inside the pod) until the kind tier has run with FROM scratch. The two sinew
+# binaries are static and do not depend on the base.
 # BASE_IMAGE picks another base; one that already has `nft` (e.g. the Debian slim image
 # e2e/kind/build.sh makes offline: BASE_IMAGE=sinew.local/debian-slim:bookworm-<key>) needs no
 # package manager or network at build time.
