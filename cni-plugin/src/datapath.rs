@@ -61,17 +61,7 @@ pub trait Datapath {
     fn remove_stray_host_veths(&self, live: &BTreeSet<String>) -> Result<(), DatapathError>;
 }
 
-/// Host-side veth name: `snw` + 12 hex digits of a hash of container ID and interface, so the
-/// same attachment always maps to the same name (DEL works even without a record).
-pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
-    // FNV-1a, 64 bit: stable across releases and platforms.
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in container_id.bytes().chain([b'/']).chain(ifname.bytes()) {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("{HOST_VETH_PREFIX}{:012x}", h >> 16)
-}
+pub use sinew_node_lib::consts::host_veth_name;
 
 fn gateway(family: Family) -> IpAddr {
     match family {

@@ -37,7 +37,7 @@ fn main() -> ExitCode {
 async fn pool(ctx: &Ctx, name: &str, cluster: &str, cidr: &str) -> TestResult {
     let pool = json!({
         "apiVersion": "sinew.dev/v1alpha1", "kind": "IPPool", "metadata": {"name": name},
-        "spec": {"cidr": cidr, "blockSize": 28, "mode": "Auto",
+        "spec": {"cidr": cidr, "blockSize": 26, "mode": "Auto",
                  "nodeSelector": {"matchLabels": {CLUSTER_LABEL: cluster}}},
     });
     Api::<IPPool>::all(ctx.client.clone())
@@ -119,7 +119,7 @@ fn doctor(ctx: &Ctx, node: &str, json: bool) -> Result<(i32, String), String> {
 
 async fn a_healthy_cluster_reports_no_problem(ctx: Ctx) -> TestResult {
     let cluster = LocalCluster::start(&ctx.cp, "dh", &[0, 1]).await;
-    pool(&ctx, "dh-pool", "dh", "10.120.0.0/24").await?;
+    pool(&ctx, "dh-pool", "dh", "10.120.0.0/16").await?;
     cluster.wait_ready(Duration::from_secs(30)).await?;
     let a = cluster.start_pod(&cluster.name(0), "dh-a").await;
     let b = cluster.start_pod(&cluster.name(1), "dh-b").await;
@@ -164,7 +164,7 @@ async fn a_healthy_cluster_reports_no_problem(ctx: Ctx) -> TestResult {
 
 async fn each_injected_failure_is_named_within_10s_and_cleared_when_undone(ctx: Ctx) -> TestResult {
     let cluster = LocalCluster::start(&ctx.cp, "di", &[0, 1]).await;
-    pool(&ctx, "di-pool", "di", "10.121.0.0/24").await?;
+    pool(&ctx, "di-pool", "di", "10.121.0.0/16").await?;
     cluster.wait_ready(Duration::from_secs(30)).await?;
     let node = &cluster.nodes[0];
     let within = Duration::from_secs(10);
@@ -199,7 +199,7 @@ async fn each_injected_failure_is_named_within_10s_and_cleared_when_undone(ctx: 
     ));
     // A policy rule sending the pool's traffic to another table.
     ip(node, "route add blackhole default table 100")?;
-    ip(node, "rule add from 10.121.0.0/24 lookup 100 priority 100")?;
+    ip(node, "rule add from 10.121.0.0/16 lookup 100 priority 100")?;
     took.push((
         "RouteConflict (rule)",
         until(&ctx, node, "the rule named", within, |r| {

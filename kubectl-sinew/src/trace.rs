@@ -60,7 +60,7 @@ fn end(pod: &Pod, blocks: &[IPBlock]) -> Result<End, String> {
         block: holder.as_ref().map(|(b, _)| b.spec.cidr.clone()),
         pool: holder.as_ref().map(|(b, _)| b.spec.pool.clone()),
         host_veth: holder
-            .map(|(_, a)| sinew_cni::datapath::host_veth_name(&a.container_id, &a.interface)),
+            .map(|(_, a)| sinew_node_lib::consts::host_veth_name(&a.container_id, &a.interface)),
     })
 }
 

@@ -9,6 +9,22 @@ pub const POD_ROUTE_PROTOCOL: u8 = 115;
 pub const PEER_ROUTE_PROTOCOL: u8 = 116;
 /// Prefix of the host end of every pod veth (`snw` + a hash of container id and ifname).
 pub const HOST_VETH_PREFIX: &str = "snw";
+
+/// FNV-1a, 64 bit: a hash that is stable across releases and platforms (names derived from
+/// it must not change when sinew is upgraded).
+pub fn fnv1a(bytes: impl IntoIterator<Item = u8>) -> u64 {
+    bytes.into_iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// Host-side veth name: [`HOST_VETH_PREFIX`] + 12 hex digits of a hash of container ID and
+/// interface, so the same attachment always maps to the same name (DEL works even without a
+/// record, and `kubectl sinew trace` can name it).
+pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
+    let h = fnv1a(container_id.bytes().chain([b'/']).chain(ifname.bytes()));
+    format!("{HOST_VETH_PREFIX}{:012x}", h >> 16)
+}
 /// The node's VXLAN device.
 pub const VXLAN_DEVICE: &str = "sinew.vxlan";
 /// The nftables table the agent owns (family `inet`).

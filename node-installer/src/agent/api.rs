@@ -263,9 +263,7 @@ pub fn conflist_event(ours: &str, chosen: &str, shadowing: &[String]) -> Event {
 
 /// FNV-1a of a node name: where its block search starts.
 fn name_hash(name: &str) -> u64 {
-    name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
+    sinew_node_lib::consts::fnv1a(name.bytes())
 }
 
 #[cfg(test)]
