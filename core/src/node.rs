@@ -155,6 +155,15 @@ pub enum ProblemKind {
     DanglingVeth,
     /// The node waits for pods to go before cleaning up.
     CleanUpWaiting,
+    /// Packets of the pod MTU do not reach a peer over the path its pool uses, or the
+    /// underlay MTUs of the two nodes leave pods here with a larger MTU than the path carries.
+    #[serde(rename = "MTUMismatch")]
+    MtuMismatch,
+    /// A peer does not answer probes over the path its pool uses.
+    PeerUnreachable,
+    /// Strict reverse-path filtering drops traffic sinew forwards on an interface it uses.
+    #[serde(rename = "RPFilterStrict")]
+    RpFilterStrict,
     /// A kind this build does not know (a newer agent).
     #[serde(other)]
     Other,
@@ -188,6 +197,9 @@ impl ProblemKind {
             ProblemKind::ForeignInterfaces => "ForeignInterfaces",
             ProblemKind::DanglingVeth => "DanglingVeth",
             ProblemKind::CleanUpWaiting => "CleanUpWaiting",
+            ProblemKind::MtuMismatch => "MTUMismatch",
+            ProblemKind::PeerUnreachable => "PeerUnreachable",
+            ProblemKind::RpFilterStrict => "RPFilterStrict",
             ProblemKind::Other => "Other",
         }
     }
@@ -198,7 +210,10 @@ impl ProblemKind {
             | ProblemKind::ForwardingOff
             | ProblemKind::RouteConflict
             | ProblemKind::BlockLost
-            | ProblemKind::PoolUnusable => Severity::Critical,
+            | ProblemKind::PoolUnusable
+            | ProblemKind::MtuMismatch
+            | ProblemKind::PeerUnreachable
+            | ProblemKind::RpFilterStrict => Severity::Critical,
             ProblemKind::PeersIncomplete
             | ProblemKind::BlockClaimFailed
             | ProblemKind::BlockReleaseFailed
@@ -212,7 +227,7 @@ impl ProblemKind {
     }
 
     /// Every kind, for metrics that report zero for the absent ones.
-    pub const ALL: [ProblemKind; 14] = [
+    pub const ALL: [ProblemKind; 17] = [
         ProblemKind::ConflistShadowed,
         ProblemKind::ForwardingOff,
         ProblemKind::RouteConflict,
@@ -227,6 +242,9 @@ impl ProblemKind {
         ProblemKind::ForeignInterfaces,
         ProblemKind::DanglingVeth,
         ProblemKind::CleanUpWaiting,
+        ProblemKind::MtuMismatch,
+        ProblemKind::PeerUnreachable,
+        ProblemKind::RpFilterStrict,
     ];
 }
 

@@ -1,12 +1,12 @@
 //! `kubectl sinew trace POD POD`: the path between two pods as sinew programmed it: the pool
 //! and mode of the destination's block, the path that mode gives between the two nodes
 //! (`PoolMode::forwarding`, the same function the agent programs from), the route, device and
-//! MTU at each hop.
+//! MTU at each hop, and what the source node's probe mesh reports for the destination node.
 
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::ResourceExt;
 use serde::Serialize;
-use sinew_crds::node::{NODE_STATE_ANNOTATION, NodeReport};
+use sinew_crds::node::{NODE_STATE_ANNOTATION, NodeReport, ProblemKind};
 use sinew_crds::{Cidr, ClusterNetwork, Family, Forwarding, IPBlock, IPPool};
 
 /// One end of the trace.
@@ -71,6 +71,37 @@ fn report(nodes: &[Node], name: &str) -> Option<NodeReport> {
         .annotations()
         .get(NODE_STATE_ANNOTATION)
         .and_then(|a| NodeReport::parse(a))
+}
+
+/// What node `from`'s probes of node `to` found: its PeerUnreachable and MTUMismatch
+/// problems that name `to`.
+fn probe_result(report: Option<&NodeReport>, from: &str, to: &str) -> String {
+    if from == to {
+        return "same node: nothing crosses the underlay".into();
+    }
+    let Some(report) = report else {
+        return format!("node {from} has not reported yet");
+    };
+    let named = format!("node {to}'s");
+    let found: Vec<String> = report
+        .problems
+        .iter()
+        .filter(|p| {
+            matches!(
+                p.kind,
+                ProblemKind::PeerUnreachable | ProblemKind::MtuMismatch
+            )
+        })
+        .filter(|p| p.message.contains(&named))
+        .map(|p| format!("{}: {} ({})", p.kind, p.message, p.evidence.join("; ")))
+        .collect();
+    if found.is_empty() {
+        format!(
+            "ok: node {from} probes node {to} every 2 s over this path, small and at the pod MTU, and reports no problem"
+        )
+    } else {
+        found.join("\n       ")
+    }
 }
 
 /// The trace from `a` to `b`.
@@ -158,13 +189,13 @@ pub fn trace(
     };
     hops.push(format!("{} eth0 ({})", to.pod, to.ip));
     Ok(Trace {
+        probe: probe_result(report(nodes, &from.node).as_ref(), &from.node, &to.node),
         from,
         to,
         mode: Some(mode.to_string()),
         path,
         mtu,
         hops,
-        probe: "no probe result: active per-pair probing is not built yet".into(),
     })
 }
 
@@ -183,4 +214,96 @@ pub fn render(t: &Trace) -> String {
     }
     s += &format!("probe: {}\n", t.probe);
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use sinew_crds::node::Problem;
+
+    fn pod(name: &str, ip: &str, node: &str) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"nodeName": node, "containers": []},
+            "status": {"podIP": ip},
+        }))
+        .unwrap()
+    }
+
+    fn block(cidr: &str, node: &str, ip: &str, id: &str) -> IPBlock {
+        serde_json::from_value(json!({
+            "apiVersion": "sinew.dev/v1alpha1", "kind": "IPBlock",
+            "metadata": {"name": cidr.replace(['.', '/'], "-")},
+            "spec": {"pool": "p", "cidr": cidr, "node": node},
+            "status": {"allocated": 1, "allocations": [
+                {"ip": ip, "containerId": id, "interface": "eth0", "generation": 1}]},
+        }))
+        .unwrap()
+    }
+
+    fn node(name: &str, report: &NodeReport) -> Node {
+        serde_json::from_value(json!({
+            "metadata": {"name": name,
+                         "annotations": {NODE_STATE_ANNOTATION: report.to_annotation()}},
+        }))
+        .unwrap()
+    }
+
+    fn report(underlay: &str, problems: Vec<Problem>) -> NodeReport {
+        NodeReport {
+            ready: true,
+            underlay: Some(underlay.into()),
+            underlay_mtu: Some(1500),
+            problems,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_trace_across_subnets_goes_through_vxlan_and_carries_the_probe_verdict() {
+        let pool: IPPool = serde_json::from_value(json!({
+            "apiVersion": "sinew.dev/v1alpha1", "kind": "IPPool", "metadata": {"name": "p"},
+            "spec": {"cidr": "10.244.0.0/16", "blockSize": 26, "mode": "Auto"},
+        }))
+        .unwrap();
+        let (a, b) = (pod("a", "10.244.0.2", "n0"), pod("b", "10.244.0.66", "n1"));
+        let blocks = [
+            block("10.244.0.0/26", "n0", "10.244.0.2", "c1"),
+            block("10.244.0.64/26", "n1", "10.244.0.66", "c2"),
+        ];
+        let unreachable = Problem::new(
+            ProblemKind::PeerUnreachable,
+            "pods here cannot reach node n1's pods: it does not answer over VXLAN (dev sinew.vxlan)",
+        )
+        .with_evidence(vec!["the node does not answer over the underlay either".into()]);
+        let healthy = [
+            node("n0", &report("10.99.0.0/24", vec![])),
+            node("n1", &report("10.99.1.0/24", vec![])),
+        ];
+        let t = trace(&a, &b, &blocks, std::slice::from_ref(&pool), &healthy, None).unwrap();
+        assert_eq!((t.path.as_str(), t.mtu), ("Vxlan", Some(1450)));
+        assert!(
+            t.hops.iter().any(|h| h.contains("dev sinew.vxlan")),
+            "{t:?}"
+        );
+        assert!(
+            t.probe.starts_with("ok: node n0 probes node n1"),
+            "{}",
+            t.probe
+        );
+
+        let broken = [
+            node("n0", &report("10.99.0.0/24", vec![unreachable])),
+            node("n1", &report("10.99.1.0/24", vec![])),
+        ];
+        let t = trace(&a, &b, &blocks, &[pool], &broken, None).unwrap();
+        assert!(
+            t.probe
+                .starts_with("PeerUnreachable: pods here cannot reach node n1's"),
+            "{}",
+            t.probe
+        );
+        assert!(render(&t).contains("does not answer over the underlay either"));
+    }
 }

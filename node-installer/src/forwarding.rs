@@ -74,9 +74,55 @@ pub fn wanted(dir: &Path, families: &[Family], underlay: &str) -> Vec<(String, &
     out
 }
 
+/// Reverse-path filtering on `device`: the kernel applies the larger of `conf/all` and
+/// `conf/<device>` (0 off, 1 strict, 2 loose). Strict drops what arrives on `device` from a
+/// source routed out of another interface, which is what the probe mesh's VXLAN echoes are
+/// (their source is the peer's node address); loose keeps the anti-spoofing check (the source
+/// must be routable) without that. Returns the setting to write when the effective mode is
+/// strict.
+pub fn rp_filter_loosened(dir: &Path, device: &str) -> Option<(String, &'static str)> {
+    let read = |key: &str| -> u8 {
+        std::fs::read_to_string(dir.join(key))
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let key = format!("net/ipv4/conf/{device}/rp_filter");
+    (read("net/ipv4/conf/all/rp_filter").max(read(&key)) == 1).then_some((key, "2"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn strict_reverse_path_filtering_is_loosened_on_the_device_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("net/ipv4/conf");
+        for d in ["all", "sinew.vxlan"] {
+            std::fs::create_dir_all(conf.join(d)).unwrap();
+        }
+        let set = |d: &str, v: &str| std::fs::write(conf.join(d).join("rp_filter"), v).unwrap();
+        set("all", "0");
+        set("sinew.vxlan", "0");
+        assert_eq!(
+            rp_filter_loosened(dir.path(), "sinew.vxlan"),
+            None,
+            "off stays off"
+        );
+        set("all", "1");
+        assert_eq!(
+            rp_filter_loosened(dir.path(), "sinew.vxlan"),
+            Some(("net/ipv4/conf/sinew.vxlan/rp_filter".into(), "2")),
+            "strict via conf/all (RHEL's default)"
+        );
+        set("sinew.vxlan", "2");
+        assert_eq!(
+            rp_filter_loosened(dir.path(), "sinew.vxlan"),
+            None,
+            "max(1, 2) is loose"
+        );
+    }
 
     fn tree(entries: &[(&str, &str)]) -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();

@@ -10,5 +10,6 @@ pub mod http;
 pub mod install;
 pub mod nat;
 pub mod peers;
+pub mod probe;
 pub mod program;
 pub mod trust;

@@ -148,6 +148,9 @@ pub fn plan(
                     Family::V6 => link_local_from_mac(mac),
                 };
                 plan.neighbors.insert(gateway, mac);
+                // The peer's own address too, whatever the block's family: the probe mesh
+                // sends to it into the VXLAN device (`probe`).
+                plan.neighbors.insert(peer.ip, mac);
                 plan.fdb.insert(mac, peer.ip);
                 gateway
             }

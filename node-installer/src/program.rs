@@ -11,12 +11,12 @@ use sinew_node_lib::netlink::{Link, Netlink, NetlinkError, Route};
 
 use crate::peers::{Path, Plan};
 
-use sinew_node_lib::consts::MAIN_TABLE;
 /// Route protocol of the routes towards peers (`ip route show proto 116`); pod routes made
 /// by the plugin use 115.
 pub use sinew_node_lib::consts::PEER_ROUTE_PROTOCOL;
 /// The node's VXLAN device.
 pub use sinew_node_lib::consts::VXLAN_DEVICE;
+use sinew_node_lib::consts::{MAIN_TABLE, VXLAN_ANCHOR_V4};
 use sinew_node_lib::netlink::NUD_PERMANENT;
 
 /// The interface carrying the node's address.
@@ -117,6 +117,13 @@ pub fn ensure_vxlan(
     }
     if !link.up {
         nl.set_link_up(link.index)?;
+    }
+    if underlay.ip.is_ipv4()
+        && !nl
+            .addresses(link.index)?
+            .contains(&(IpAddr::V4(VXLAN_ANCHOR_V4), 32))
+    {
+        nl.add_host_scope_address(link.index, VXLAN_ANCHOR_V4)?;
     }
     Ok(link)
 }

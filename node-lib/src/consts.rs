@@ -27,6 +27,12 @@ pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
 }
 /// The node's VXLAN device.
 pub const VXLAN_DEVICE: &str = "sinew.vxlan";
+
+/// A `scope host` address on the VXLAN device (IPv4 underlays), the same on every node and
+/// never a source: without any IPv4 address on a device the kernel's reverse-path filter,
+/// even loose, drops whatever arrives on it from a source routed elsewhere, which is what
+/// the probe mesh's echoes into the tunnel are (their source is the peer's node address).
+pub const VXLAN_ANCHOR_V4: std::net::Ipv4Addr = std::net::Ipv4Addr::new(169, 254, 42, 1);
 /// The nftables table the agent owns (family `inet`).
 pub const NFT_TABLE: &str = "sinew";
 pub use sinew_core::node::{DEFAULT_STATE_DIR, PLUGIN_BINARY};

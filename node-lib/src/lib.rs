@@ -6,6 +6,7 @@
 //!   test-only (feature `testutils`);
 //! - [`ipam`]: the node-local address store, crash-safe and locked;
 //! - [`node_state`]: the agent → plugin state file and the plugin → agent block requests;
+//! - [`icmp`]: DF-marked ICMP echo probes (the agent's peer and path-MTU checks);
 //! - [`fsutil`]: atomic file replacement and file locks;
 //! - [`state_watch`]: inotify wake-ups when the plugin changes node-local state;
 //! - [`consts`]: names and numbers the plugin, the agent and the tests must agree on.
@@ -14,6 +15,7 @@
 
 pub mod consts;
 pub mod fsutil;
+pub mod icmp;
 pub mod ipam;
 pub mod netlink;
 pub mod netns;

@@ -12,7 +12,7 @@ use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
-use sinew_crds::node::{POOL_ANNOTATION, VTEP_MAC_ANNOTATION};
+use sinew_crds::node::{NODE_STATE_ANNOTATION, NodeReport, POOL_ANNOTATION, VTEP_MAC_ANNOTATION};
 use sinew_crds::{CLUSTER_NETWORK_NAME, ClusterNetwork, IPBlock, IPPool, ReleaseRequest};
 use sinew_runtime::watch::{prune_meta, prune_node, reflect};
 use tokio::sync::Notify;
@@ -102,6 +102,18 @@ impl Cluster {
                         .get(VTEP_MAC_ANNOTATION)
                         .and_then(|m| parse_mac(m)),
                 })
+            })
+            .collect()
+    }
+
+    /// The underlay MTU each node reports (its `NodeReport`).
+    pub fn peer_underlay_mtus(&self) -> BTreeMap<String, u32> {
+        self.nodes
+            .state()
+            .iter()
+            .filter_map(|n| {
+                let report = NodeReport::parse(n.annotations().get(NODE_STATE_ANNOTATION)?)?;
+                Some((n.name_any(), report.underlay_mtu?))
             })
             .collect()
     }

@@ -36,6 +36,7 @@ use sinew_crds::node::{
     InstallReport, NODE_STATE_ANNOTATION, NodeReport, Problem, ProblemKind, VTEP_MAC_ANNOTATION,
 };
 use sinew_crds::{Allocation, Cidr, ClusterNetwork, Family, IPBlockStatus, IPPool, PoolMode};
+use sinew_node_lib::consts::VXLAN_DEVICE;
 use sinew_node_lib::ipam;
 use sinew_node_lib::netlink::Netlink;
 use sinew_node_lib::node_state::{self, NodeState, PoolState};
@@ -48,6 +49,7 @@ use crate::forwarding;
 use crate::http;
 use crate::nat;
 use crate::peers::{self, BlockInfo};
+use crate::probe;
 use crate::program::{self, Underlay, VxlanParams};
 use crate::trust::{self, PoolFacts};
 
@@ -90,6 +92,8 @@ pub struct Agent {
     memory: Memory,
     notify: Arc<Notify>,
     metrics: Arc<http::Metrics>,
+    /// The probe mesh (`None` where its thread could not start).
+    mesh: Option<probe::Mesh>,
 }
 
 /// One pass's view of the local node.
@@ -110,7 +114,11 @@ impl Agent {
     pub async fn start(settings: Settings, client: Client) -> Agent {
         let notify = Arc::new(Notify::new());
         let cluster = Cluster::watch(&client, &notify);
+        let mesh = probe::Mesh::start(notify.clone())
+            .map_err(|e| warn!(error = %e, "cannot start the probe mesh; peers are not probed"))
+            .ok();
         Agent {
+            mesh,
             api: ApiWriter::new(client, &settings.node_name),
             metrics: Arc::new(http::Metrics::new(&settings.node_name)),
             settings,
@@ -238,6 +246,22 @@ impl Agent {
             port: network.spec.vxlan.port,
         };
         let vxlan = program::ensure_vxlan(&mut nl, params, &local.underlay)?;
+        if local.underlay.ip.is_ipv4() {
+            let dir = &self.settings.sysctl_dir;
+            if let Some((key, value)) = forwarding::rp_filter_loosened(dir, VXLAN_DEVICE) {
+                match forwarding::ensure(dir, &key, value) {
+                    Ok(_) => info!(node = %self.node(), setting = %key, value, "node setting applied"),
+                    Err(e) => problems.push(
+                        Problem::new(
+                            ProblemKind::RpFilterStrict,
+                            format!("strict reverse-path filtering on {VXLAN_DEVICE} drops the probes of peers (and traffic from hosts routed elsewhere)"),
+                        )
+                        .with_evidence(vec![e.to_string()])
+                        .with_fix(format!("set net.ipv4.conf.{VXLAN_DEVICE}.rp_filter=2 (loose) on the node, or let sinew's agent write the host's /proc/sys/net")),
+                    ),
+                }
+            }
+        }
         let modes: BTreeMap<String, PoolMode> = pools
             .selected
             .iter()
@@ -260,6 +284,22 @@ impl Agent {
                 .iter()
                 .map(|p| Problem::new(ProblemKind::PeersIncomplete, p.clone())),
         );
+        if let Some(mesh) = &self.mesh {
+            let pod_mtus = self
+                .node_state(&network, &local, &pools)
+                .pools
+                .into_iter()
+                .map(|p| (p.name, p.mtu))
+                .collect();
+            mesh.set_targets(probe::targets(
+                local.underlay.ip,
+                &plan,
+                &pools.blocks,
+                &pod_mtus,
+                &self.cluster.peers(),
+                &self.cluster.peer_underlay_mtus(),
+            ));
+        }
 
         problems.extend(self.claim_blocks(&pools).await?);
         if let Err(e) = self.release_blocks(&pools).await {
@@ -301,6 +341,9 @@ impl Agent {
             None
         };
         problems.extend(self.diagnose(&mut nl, install.as_ref(), &pools));
+        if let Some(mesh) = &self.mesh {
+            problems.extend(mesh.problems(std::time::SystemTime::now()));
+        }
         problems.sort();
         problems.dedup();
         self.metrics.set_problems(&problems);
@@ -334,7 +377,17 @@ impl Agent {
         {
             match forwarding::ensure(&self.settings.sysctl_dir, &key, value) {
                 Ok(true) => {
-                    info!(node = %self.node(), setting = %key, value, "node setting applied")
+                    info!(node = %self.node(), setting = %key, value, "node setting applied");
+                    if self.memory.pass_completed {
+                        // It was right before: something on the node turned it off.
+                        problems.push(
+                            Problem::new(
+                                ProblemKind::ForwardingOff,
+                                format!("{} was turned off while sinew ran: pods lost traffic between nodes until sinew turned it on again", key.replace('/', ".")),
+                            )
+                            .with_fix("find what turns it off (a sysctl.d file, a hardening baseline, another agent) and stop it"),
+                        );
+                    }
                 }
                 Ok(false) => {}
                 Err(e) => {

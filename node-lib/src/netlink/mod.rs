@@ -432,6 +432,19 @@ impl Netlink {
         )
     }
 
+    /// Assigns `addr/32` with `scope host` to the interface (assigning it again is not an
+    /// error): a local address the kernel never picks as the source of outgoing traffic.
+    pub fn add_host_scope_address(&mut self, index: u32, addr: std::net::Ipv4Addr) -> Result<()> {
+        let op = "add host-scope address";
+        let mut msg = address_message(op, index, IpAddr::V4(addr), 32)?;
+        msg.header.scope = AddressScope::Host;
+        self.ack(
+            op,
+            RouteNetlinkMessage::NewAddress(msg),
+            NLM_F_CREATE | NLM_F_REPLACE,
+        )
+    }
+
     /// Removes `addr/prefix` from the interface; `Ok(false)` if it was not there.
     pub fn del_address(&mut self, index: u32, addr: IpAddr, prefix: u8) -> Result<bool> {
         let op = "delete address";

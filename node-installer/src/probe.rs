@@ -1,0 +1,553 @@
+//! The probe mesh: every two seconds the agent sends DF-marked ICMP echoes to each peer that
+//! holds blocks, over the path the peer's pools use (into `sinew.vxlan` for VXLAN, over the
+//! underlay for routed pools), once small and once at the pod MTU of that path. A peer that
+//! stops answering is [`ProblemKind::PeerUnreachable`] (with the last answer and, for VXLAN,
+//! whether the node still answers on the underlay: the failing hop); a peer that answers
+//! small packets but drops those of the pod MTU is [`ProblemKind::MtuMismatch`], with the
+//! largest size that passes (found in a few more batches). Peers' reported underlay MTUs are
+//! compared too: a peer whose links carry less than this node's pods send is a mismatch
+//! before a single packet is lost.
+//!
+//! The probing runs on its own thread; passes read the verdicts ([`Mesh::problems`]) and the
+//! thread wakes a pass whenever a verdict changes.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use sinew_crds::node::{Problem, ProblemKind};
+use sinew_crds::{Family, vxlan_overhead};
+use sinew_node_lib::consts::VXLAN_DEVICE;
+use sinew_node_lib::icmp::{self, Outcome, Probe};
+use tokio::sync::Notify;
+
+use crate::peers::{BlockInfo, NodeInfo, Path, Plan};
+
+/// How often every target is probed.
+const ROUND_EVERY: Duration = Duration::from_secs(2);
+/// How long one batch waits for answers.
+const ANSWER_WITHIN: Duration = Duration::from_millis(400);
+/// Rounds in a row a probe must fail before it is reported (one lost packet is not a problem).
+const FAILED_ROUNDS: u32 = 2;
+/// Size of the small probe (well under any MTU).
+const SMALL: usize = 96;
+
+/// One peer over one path, with the size pods send on it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Target {
+    pub peer: String,
+    pub ip: IpAddr,
+    /// This node's underlay address: the source of every probe (the peer answers to it).
+    pub src: IpAddr,
+    pub path: Path,
+    /// The largest pod MTU of the pools using this path to this peer.
+    pub mtu: usize,
+    /// The MTU of the peer's underlay, as it reports it.
+    pub peer_underlay_mtu: Option<u32>,
+}
+
+impl Target {
+    fn device(&self) -> Option<String> {
+        (self.path == Path::Vxlan).then(|| VXLAN_DEVICE.to_string())
+    }
+
+    fn key(&self) -> (String, Path) {
+        (self.peer.clone(), self.path)
+    }
+
+    fn path_name(&self) -> String {
+        match self.path {
+            Path::Vxlan => format!("VXLAN (dev {VXLAN_DEVICE})"),
+            Path::Routed => "a plain route over the underlay".to_string(),
+        }
+    }
+
+    /// The most the peer's underlay carries of a pod's packet on this path.
+    fn peer_carries(&self) -> Option<usize> {
+        let m = self.peer_underlay_mtu? as usize;
+        Some(match self.path {
+            Path::Routed => m,
+            Path::Vxlan => m.saturating_sub(vxlan_overhead(Family::of(self.ip)) as usize),
+        })
+    }
+}
+
+/// The targets of a peer plan: one per peer and path its routes use, probed at the largest
+/// pod MTU of the pools whose blocks take that path (pure).
+pub fn targets(
+    src: IpAddr,
+    plan: &Plan,
+    blocks: &[BlockInfo],
+    pod_mtus: &BTreeMap<String, u32>,
+    peers: &[NodeInfo],
+    peer_underlay_mtus: &BTreeMap<String, u32>,
+) -> Vec<Target> {
+    let mut out: BTreeMap<(String, Path), Target> = BTreeMap::new();
+    for route in &plan.routes {
+        let Some(peer) = peers.iter().find(|p| p.name == route.peer) else {
+            continue;
+        };
+        let Some(mtu) = blocks
+            .iter()
+            .find(|b| b.cidr == route.dst)
+            .and_then(|b| pod_mtus.get(&b.pool))
+        else {
+            continue;
+        };
+        let t = out
+            .entry((peer.name.clone(), route.path))
+            .or_insert_with(|| Target {
+                peer: peer.name.clone(),
+                ip: peer.ip,
+                src,
+                path: route.path,
+                mtu: 0,
+                peer_underlay_mtu: peer_underlay_mtus.get(&peer.name).copied(),
+            });
+        t.mtu = t.mtu.max(*mtu as usize);
+    }
+    out.into_values().collect()
+}
+
+/// What the probes of one target found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Health {
+    /// Rounds in a row without an answer to the small probe.
+    pub lost_rounds: u32,
+    /// Rounds in a row where the small probe passed and the pod-MTU one did not.
+    pub oversize_rounds: u32,
+    pub last_answer: Option<SystemTime>,
+    /// Why the last small probe failed (`sendto`'s error, or no answer).
+    pub failure: Option<String>,
+    /// For a VXLAN target that does not answer: whether the node answers on the underlay.
+    pub underlay_answers: Option<bool>,
+    /// The largest size that passed when the pod MTU did not.
+    pub largest: Option<usize>,
+}
+
+/// The verdict a pass reports; a change wakes a pass.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Verdict {
+    Fine,
+    Unreachable,
+    Oversize(Option<usize>),
+}
+
+impl Health {
+    fn verdict(&self) -> Verdict {
+        if self.lost_rounds >= FAILED_ROUNDS {
+            Verdict::Unreachable
+        } else if self.oversize_rounds >= FAILED_ROUNDS {
+            Verdict::Oversize(self.largest)
+        } else {
+            Verdict::Fine
+        }
+    }
+}
+
+#[derive(Default)]
+struct State {
+    targets: Vec<Target>,
+    health: BTreeMap<(String, Path), Health>,
+    /// Why the last round could not probe at all (no raw socket).
+    error: Option<String>,
+}
+
+/// The mesh shared by the probing thread and the passes.
+#[derive(Clone)]
+pub struct Mesh {
+    state: Arc<Mutex<State>>,
+}
+
+impl Mesh {
+    /// Starts the probing thread; it wakes `wake` when a verdict changes.
+    pub fn start(wake: Arc<Notify>) -> std::io::Result<Mesh> {
+        let mesh = Mesh {
+            state: Arc::new(Mutex::new(State::default())),
+        };
+        let worker = mesh.clone();
+        std::thread::Builder::new()
+            .name("sinew-probe".into())
+            .spawn(move || {
+                loop {
+                    let started = std::time::Instant::now();
+                    if worker.round() {
+                        wake.notify_one();
+                    }
+                    std::thread::sleep(ROUND_EVERY.saturating_sub(started.elapsed()));
+                }
+            })?;
+        Ok(mesh)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Replaces the targets (each pass); health of targets that stay is kept.
+    pub fn set_targets(&self, targets: Vec<Target>) {
+        let mut state = self.lock();
+        let keys: Vec<_> = targets.iter().map(Target::key).collect();
+        state.health.retain(|k, _| keys.contains(k));
+        state.targets = targets;
+    }
+
+    /// The problems the probes and the peers' underlay MTUs show now.
+    pub fn problems(&self, now: SystemTime) -> Vec<Problem> {
+        let state = self.lock();
+        state
+            .targets
+            .iter()
+            .filter_map(|t| problem(t, state.health.get(&t.key()), now))
+            .collect()
+    }
+
+    /// One round over every target; whether any verdict changed.
+    fn round(&self) -> bool {
+        let targets = self.lock().targets.clone();
+        if targets.is_empty() {
+            return false;
+        }
+        let results = match probe_round(&targets) {
+            Ok(results) => results,
+            Err(e) => {
+                let e = e.to_string();
+                let mut state = self.lock();
+                if state.error.as_ref() != Some(&e) {
+                    tracing::warn!(error = %e, "cannot probe peers; PeerUnreachable and MTUMismatch are not checked");
+                    state.error = Some(e);
+                }
+                return false;
+            }
+        };
+        let mut state = self.lock();
+        state.error = None;
+        let mut changed = false;
+        for (target, found) in targets.iter().zip(results) {
+            // Targets replaced while the round ran are not updated.
+            if !state.targets.contains(target) {
+                continue;
+            }
+            let health = state.health.entry(target.key()).or_default();
+            let before = health.verdict();
+            health.update(found);
+            changed |= health.verdict() != before;
+        }
+        changed
+    }
+}
+
+/// What one round found for one target.
+#[derive(Debug, Clone, Default)]
+struct Found {
+    small: Option<Outcome>,
+    full: Option<Outcome>,
+    underlay_answers: Option<bool>,
+    largest: Option<usize>,
+}
+
+impl Health {
+    fn update(&mut self, found: Found) {
+        let small_ok = found.small.as_ref().is_some_and(Outcome::answered);
+        if small_ok {
+            self.lost_rounds = 0;
+            self.last_answer = Some(SystemTime::now());
+            self.failure = None;
+            self.underlay_answers = None;
+        } else {
+            self.lost_rounds += 1;
+            self.failure = Some(match &found.small {
+                Some(Outcome::NotSent(e)) => format!("not sent: {e}"),
+                _ => format!("no answer within {} ms", ANSWER_WITHIN.as_millis()),
+            });
+            self.underlay_answers = found.underlay_answers;
+        }
+        if small_ok && !found.full.as_ref().is_some_and(Outcome::answered) {
+            self.oversize_rounds += 1;
+            self.largest = found.largest;
+        } else if small_ok {
+            self.oversize_rounds = 0;
+            self.largest = None;
+        }
+    }
+}
+
+fn probe(target: &Target, size: usize, device: Option<String>) -> Probe {
+    Probe {
+        dst: target.ip,
+        device,
+        src: Some(target.src),
+        size,
+    }
+}
+
+/// Sends the round's batches: small + pod-MTU probes to every target; for targets that
+/// answer small but not full, sizes in between (three batches narrow it down to the byte);
+/// for VXLAN targets that do not answer, a small probe over the underlay.
+fn probe_round(targets: &[Target]) -> std::io::Result<Vec<Found>> {
+    let mut found = vec![Found::default(); targets.len()];
+    let batch: Vec<Probe> = targets
+        .iter()
+        .flat_map(|t| [probe(t, SMALL, t.device()), probe(t, t.mtu, t.device())])
+        .collect();
+    let out = icmp::echo(&batch, ANSWER_WITHIN)?;
+    for (i, f) in found.iter_mut().enumerate() {
+        f.small = Some(out[2 * i].clone());
+        f.full = Some(out[2 * i + 1].clone());
+    }
+    // Largest passing size: [lo passes, hi fails], narrowed 16-fold per batch.
+    let mut ranges: Vec<(usize, usize, usize)> = found
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| {
+            f.small.as_ref().is_some_and(Outcome::answered)
+                && !f.full.as_ref().is_some_and(Outcome::answered)
+        })
+        .map(|(i, _)| (i, SMALL, targets[i].mtu))
+        .collect();
+    for _ in 0..3 {
+        ranges.retain(|(_, lo, hi)| hi - lo > 1);
+        if ranges.is_empty() {
+            break;
+        }
+        let sizes: Vec<Vec<usize>> = ranges
+            .iter()
+            .map(|&(_, lo, hi)| {
+                let step = (hi - lo).div_ceil(16).max(1);
+                (1..16).map(|k| lo + k * step).filter(|&s| s < hi).collect()
+            })
+            .collect();
+        let batch: Vec<Probe> = ranges
+            .iter()
+            .zip(&sizes)
+            .flat_map(|(&(i, _, _), s)| {
+                s.iter()
+                    .map(move |&n| probe(&targets[i], n, targets[i].device()))
+            })
+            .collect();
+        let Ok(out) = icmp::echo(&batch, ANSWER_WITHIN) else {
+            break;
+        };
+        let mut k = 0;
+        for ((_, lo, hi), s) in ranges.iter_mut().zip(&sizes) {
+            for &n in s {
+                if out[k].answered() {
+                    *lo = (*lo).max(n);
+                } else {
+                    *hi = (*hi).min(n);
+                }
+                k += 1;
+            }
+            if *lo >= *hi {
+                *hi = *lo + 1;
+            }
+        }
+    }
+    for (i, lo, _) in ranges {
+        found[i].largest = Some(lo);
+    }
+    // The failing hop of a VXLAN path: does the node answer without the tunnel?
+    let lost: Vec<usize> = (0..targets.len())
+        .filter(|&i| {
+            targets[i].path == Path::Vxlan
+                && !found[i].small.as_ref().is_some_and(Outcome::answered)
+        })
+        .collect();
+    if !lost.is_empty() {
+        let batch: Vec<Probe> = lost
+            .iter()
+            .map(|&i| probe(&targets[i], SMALL, None))
+            .collect();
+        if let Ok(out) = icmp::echo(&batch, ANSWER_WITHIN) {
+            for (&i, o) in lost.iter().zip(out) {
+                found[i].underlay_answers = Some(o.answered());
+            }
+        }
+    }
+    Ok(found)
+}
+
+fn ago(now: SystemTime, then: Option<SystemTime>) -> String {
+    match then.map(|t| now.duration_since(t).unwrap_or_default().as_secs()) {
+        Some(s) => format!("last answer {s} s ago"),
+        None => "never answered since the agent started".to_string(),
+    }
+}
+
+/// The problem one target shows, if any (pure).
+fn problem(target: &Target, health: Option<&Health>, now: SystemTime) -> Option<Problem> {
+    let peer = &target.peer;
+    let path = target.path_name();
+    if let Some(h) = health.filter(|h| h.verdict() == Verdict::Unreachable) {
+        let mut evidence = vec![
+            format!(
+                "{SMALL}-byte echo to {} over {path}: {}",
+                target.ip,
+                h.failure.as_deref().unwrap_or("no answer")
+            ),
+            format!(
+                "{} probes in a row failed; {}",
+                h.lost_rounds,
+                ago(now, h.last_answer)
+            ),
+        ];
+        let fix = match h.underlay_answers {
+            Some(true) => {
+                evidence.push(format!(
+                    "the node answers over the underlay ({} without the tunnel): the VXLAN packets are what is dropped",
+                    target.ip
+                ));
+                format!(
+                    "allow sinew's VXLAN port (UDP, ClusterNetwork spec.vxlan.port) between the nodes in every firewall and security group, and check that sinew's agent runs on {peer}"
+                )
+            }
+            Some(false) => {
+                evidence.push(format!(
+                    "the node does not answer over the underlay either ({})",
+                    target.ip
+                ));
+                format!(
+                    "check that {peer} is up and that this node's route to {} works (a blackhole, a firewall or a down link on the way)",
+                    target.ip
+                )
+            }
+            None => format!(
+                "check that {peer} is up, that nothing on the way drops traffic to {} and that the nodes allow ICMP between them",
+                target.ip
+            ),
+        };
+        return Some(
+            Problem::new(
+                ProblemKind::PeerUnreachable,
+                format!(
+                    "pods here cannot reach node {peer}'s pods: it does not answer over {path}"
+                ),
+            )
+            .with_evidence(evidence)
+            .with_fix(fix),
+        );
+    }
+    let mut evidence = Vec::new();
+    let mut carried = None;
+    if let Some(h) = health.filter(|h| matches!(h.verdict(), Verdict::Oversize(_))) {
+        evidence.push(format!(
+            "{}-byte echoes (the pod MTU) to {} over {path} with Don't Fragment are lost; {SMALL}-byte ones pass ({} rounds in a row)",
+            target.mtu, target.ip, h.oversize_rounds
+        ));
+        if let Some(largest) = h.largest {
+            evidence.push(format!("the largest packet that passes is {largest} bytes"));
+            carried = Some(largest);
+        }
+    }
+    if let Some(peer_max) = target.peer_carries().filter(|&m| m < target.mtu) {
+        evidence.push(format!(
+            "{peer} reports an underlay MTU of {}: it carries pods' packets of at most {peer_max} bytes over {path}, this node's pods send up to {}",
+            target.peer_underlay_mtu.unwrap_or_default(),
+            target.mtu
+        ));
+        carried = Some(carried.map_or(peer_max, |c: usize| c.min(peer_max)));
+    }
+    if evidence.is_empty() {
+        return None;
+    }
+    let fit = carried
+        .map(|c| format!("set the ClusterNetwork's spec.mtu to {c} or less, or "))
+        .unwrap_or_default();
+    Some(
+        Problem::new(
+            ProblemKind::MtuMismatch,
+            format!(
+                "packets of the pod MTU ({} bytes) from this node to node {peer}'s pods over {path} are dropped: large transfers stall",
+                target.mtu
+            ),
+        )
+        .with_evidence(evidence)
+        .with_fix(format!(
+            "{fit}give every node's underlay the same MTU (links, switches and tunnels on the way included)"
+        )),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(path: Path, peer_mtu: Option<u32>) -> Target {
+        Target {
+            peer: "b".into(),
+            ip: "10.99.1.11".parse().unwrap(),
+            src: "10.99.0.10".parse().unwrap(),
+            path,
+            mtu: 1450,
+            peer_underlay_mtu: peer_mtu,
+        }
+    }
+
+    fn found(small: bool, full: bool) -> Found {
+        let o = |ok| {
+            if ok {
+                Outcome::Answered(Duration::ZERO)
+            } else {
+                Outcome::Lost
+            }
+        };
+        Found {
+            small: Some(o(small)),
+            full: Some(o(full)),
+            underlay_answers: (!small).then_some(true),
+            largest: (small && !full).then_some(1350),
+        }
+    }
+
+    #[test]
+    fn one_lost_round_is_not_a_problem_two_are() {
+        let t = target(Path::Vxlan, Some(1500));
+        let mut h = Health::default();
+        h.update(found(true, true));
+        let now = SystemTime::now();
+        assert!(problem(&t, Some(&h), now).is_none());
+        h.update(found(false, false));
+        assert!(problem(&t, Some(&h), now).is_none(), "one lost round");
+        h.update(found(false, false));
+        let p = problem(&t, Some(&h), now).unwrap();
+        assert_eq!(p.kind, ProblemKind::PeerUnreachable);
+        assert!(
+            p.evidence
+                .iter()
+                .any(|e| e.contains("answers over the underlay")),
+            "{p:?}"
+        );
+        assert!(p.fix.unwrap().contains("UDP"));
+        h.update(found(true, true));
+        assert!(problem(&t, Some(&h), now).is_none(), "cleared by an answer");
+    }
+
+    #[test]
+    fn dropped_pod_mtu_names_the_largest_size_that_passes() {
+        let t = target(Path::Vxlan, Some(1500));
+        let mut h = Health::default();
+        h.update(found(true, false));
+        h.update(found(true, false));
+        let p = problem(&t, Some(&h), SystemTime::now()).unwrap();
+        assert_eq!(p.kind, ProblemKind::MtuMismatch);
+        assert!(
+            p.evidence
+                .iter()
+                .any(|e| e.contains("largest packet that passes is 1350")),
+            "{p:?}"
+        );
+        assert!(p.fix.unwrap().contains("spec.mtu to 1350"));
+    }
+
+    #[test]
+    fn a_peer_underlay_smaller_than_the_pod_mtu_is_a_mismatch_before_any_loss() {
+        // VXLAN over IPv4: a 1400-byte underlay carries 1350-byte pod packets.
+        let p = problem(&target(Path::Vxlan, Some(1400)), None, SystemTime::now()).unwrap();
+        assert_eq!(p.kind, ProblemKind::MtuMismatch);
+        assert!(p.evidence[0].contains("at most 1350 bytes"), "{p:?}");
+        assert!(problem(&target(Path::Vxlan, Some(1500)), None, SystemTime::now()).is_none());
+        assert!(problem(&target(Path::Routed, Some(1450)), None, SystemTime::now()).is_none());
+        assert!(problem(&target(Path::Routed, Some(1449)), None, SystemTime::now()).is_some());
+    }
+}
