@@ -126,6 +126,10 @@ pub struct SimNode {
 }
 
 impl SimNode {
+    /// The agent's process id, while it runs.
+    pub fn agent_pid(&self) -> Option<i32> {
+        self.agent.as_ref().map(|a| a.pid())
+    }
     pub fn conf_dir(&self) -> PathBuf {
         self.dir.join("net.d")
     }

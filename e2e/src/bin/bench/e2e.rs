@@ -14,7 +14,7 @@ use kube::api::{Api, ListParams, Patch, PatchParams};
 use serde_json::json;
 use sinew_crds::{IPBlock, IPPool, PoolMode};
 use sinew_e2e::ControlPlane;
-use sinew_e2e::cluster::{LocalCluster, Pod, PodRef};
+use sinew_e2e::cluster::{LocalCluster, Pod, PodRef, SimNode};
 use sinew_e2e::helm::Helm;
 use sinew_e2e::netsim;
 use sinew_node_lib::netlink::Netlink;
@@ -232,10 +232,83 @@ pub async fn run(settings: &Settings) -> Result<Vec<Row>> {
         format!("{bulk}; two namespaces, one veth pair, MTU 1500"),
     ));
 
+    eprintln!("measuring the agents' cost at rest ({IDLE_WINDOW:?}, 4 pods, probes running)...");
+    rows.extend(agent_cost(&cluster).await?);
+
     for p in [a, b, c, d] {
         remove_pod(&cluster, p).await?;
     }
     Ok(rows)
+}
+
+/// How long the agents' CPU is measured at rest.
+const IDLE_WINDOW: Duration = Duration::from_secs(30);
+
+/// CPU time (user + system) of a process so far.
+fn cpu_time(pid: i32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start at state: utime and stime
+    // are the 12th and 13th of them.
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // SAFETY: sysconf has no preconditions.
+    let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    (f.len() == 2).then(|| Duration::from_millis((f[0] + f[1]) * 1000 / tick))
+}
+
+fn passes(node: &SimNode) -> Option<u64> {
+    let (_, metrics) = sinew_e2e::cluster::agent_http(node, "/metrics").ok()?;
+    metrics
+        .lines()
+        .find(|l| l.starts_with("sinew_node_passes_total"))?
+        .rsplit(' ')
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Each agent's CPU per pass (a pass runs the node checks: link, route and rule dumps) and
+/// per second (passes plus the probe mesh's thread), over [`IDLE_WINDOW`] with no change in
+/// the cluster but the resync.
+async fn agent_cost(cluster: &LocalCluster) -> Result<Vec<Row>> {
+    let sample = |n: &SimNode| Some((cpu_time(n.agent_pid()?)?, passes(n)?));
+    let before: Vec<_> = cluster.nodes.iter().map(sample).collect();
+    tokio::time::sleep(IDLE_WINDOW).await;
+    let after: Vec<_> = cluster.nodes.iter().map(sample).collect();
+    let (mut cpu, mut runs) = (Duration::ZERO, 0u64);
+    for (b, a) in before.iter().zip(&after) {
+        let (Some((c0, p0)), Some((c1, p1))) = (b, a) else {
+            return Err("an agent's CPU time or pass count could not be read".into());
+        };
+        cpu += c1.saturating_sub(*c0);
+        runs += p1.saturating_sub(*p0);
+    }
+    let agents = cluster.nodes.len() as u32;
+    Ok(vec![
+        Row::new(
+            "agent CPU per pass",
+            format!("{:.1} ms", cpu.as_secs_f64() * 1000.0 / runs.max(1) as f64),
+            "-",
+            format!(
+                "{runs} passes of {agents} agents in {IDLE_WINDOW:?} (resync 2 s): node checks (links, routes and rules of both families), peers, NAT, status; probe thread included"
+            ),
+        ),
+        Row::new(
+            "agent CPU at rest",
+            format!(
+                "{:.2} %",
+                cpu.as_secs_f64() * 100.0 / (IDLE_WINDOW.as_secs_f64() * f64::from(agents))
+            ),
+            "-",
+            "of one core, per agent: passes plus the probe mesh (2 peers, a round every 2 s)"
+                .into(),
+        ),
+    ])
 }
 
 /// Block CIDR -> owning node, for the pool's blocks.
