@@ -323,11 +323,13 @@ async fn each_injected_failure_is_named_within_10s_and_cleared_when_undone(ctx: 
 /// MTU on one, a blackholed peer, forwarding turned off. Pods on both nodes give each a block,
 /// so each probes the other.
 async fn path_failures_between_nodes_are_named_within_10s_and_cleared(ctx: Ctx) -> TestResult {
-    let cluster = LocalCluster::start(&ctx.cp, "dp", &[0, 1]).await;
+    // dp-0 and dp-2 share a subnet (routed), dp-1 is behind the router (VXLAN).
+    let cluster = LocalCluster::start(&ctx.cp, "dp", &[0, 1, 0]).await;
     pool(&ctx, "dp-pool", "dp", "10.122.0.0/16").await?;
     cluster.wait_ready(Duration::from_secs(30)).await?;
     let a = cluster.start_pod(&cluster.name(0), "dp-a").await;
     let b = cluster.start_pod(&cluster.name(1), "dp-b").await;
+    let c = cluster.start_pod(&cluster.name(2), "dp-c").await;
     let (node, peer) = (&cluster.nodes[0], &cluster.nodes[1]);
     let within = Duration::from_secs(10);
     let mut took = Vec::new();
@@ -416,6 +418,51 @@ async fn path_failures_between_nodes_are_named_within_10s_and_cleared(ctx: Ctx) 
     )
     .await?;
 
+    // Strict reverse-path filtering with an asymmetric route: dp-2's pods arrive on eth0 but
+    // this node routes part of dp-2's block out of another interface.
+    let routed_peer = &cluster.nodes[2];
+    let block = Api::<sinew_crds::IPBlock>::all(ctx.client.clone())
+        .list(&Default::default())
+        .await?
+        .items
+        .into_iter()
+        .find(|b| b.spec.node == routed_peer.name)
+        .ok_or("dp-2 holds no block")?;
+    let base = block
+        .spec
+        .cidr
+        .split('/')
+        .next()
+        .ok_or("block")?
+        .to_string();
+    sinew_e2e::netsim::sysctl(&node.ns, "net.ipv4.conf.all.rp_filter", "1");
+    ip(node, "link add asym0 type veth peer name asym1")?;
+    ip(node, "link set asym1 up")?;
+    ip(node, "link set asym0 up")?;
+    ip(node, &format!("route add {base}/27 dev asym0"))?;
+    took.push((
+        "RPFilterStrict",
+        until(&ctx, node, "the dropped block named", within, |r| {
+            r.problems.iter().any(|p| {
+                p.kind == ProblemKind::RpFilterStrict
+                    && p.evidence
+                        .iter()
+                        .any(|e| e.contains(&block.spec.cidr) && e.contains("on eth0"))
+            })
+        })
+        .await?,
+    ));
+    ip(node, "link delete asym0")?;
+    until(
+        &ctx,
+        node,
+        "RPFilterStrict cleared",
+        within,
+        lacks(ProblemKind::RpFilterStrict),
+    )
+    .await?;
+    sinew_e2e::netsim::sysctl(&node.ns, "net.ipv4.conf.all.rp_filter", "0");
+
     // Forwarding turned off behind the agent's back: turned on again, and said.
     sinew_e2e::netsim::sysctl(&node.ns, "net.ipv4.ip_forward", "0");
     let start = Instant::now();
@@ -449,5 +496,6 @@ async fn path_failures_between_nodes_are_named_within_10s_and_cleared(ctx: Ctx) 
     eprintln!("detection times: {took:?}");
     cluster.stop_pod(a).await;
     cluster.stop_pod(b).await;
+    cluster.stop_pod(c).await;
     Ok(())
 }

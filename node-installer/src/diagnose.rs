@@ -315,6 +315,58 @@ pub fn dangling_problem(names: &[String], removed_after_secs: u64) -> Option<Pro
     })
 }
 
+/// Traffic from a peer's pods that the kernel's reverse-path filter drops on arrival.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReverseDrop {
+    pub peer: String,
+    pub block: Cidr,
+    /// The interface it arrives on (the underlay or the VXLAN device).
+    pub device: String,
+    /// `rp_filter` of `conf/all` and of the device, as read.
+    pub all: Option<u8>,
+    pub own: Option<u8>,
+}
+
+/// Strict reverse-path filtering on an interface sinew receives pod traffic on, where this
+/// node routes the senders' block out of another interface (an asymmetric route): the kernel
+/// itself was asked (`input_accepted`) and refused the source.
+pub fn reverse_path_dropped(drops: &[ReverseDrop]) -> Option<Problem> {
+    let first = drops.first()?;
+    let show = |v: Option<u8>| v.map_or("?".to_string(), |v| v.to_string());
+    Some(
+        Problem::new(
+            ProblemKind::RpFilterStrict,
+            format!(
+                "reverse-path filtering drops traffic of {} peer block(s) arriving on {}: this node routes their addresses out of another interface",
+                drops.len(),
+                first.device
+            ),
+        )
+        .with_evidence(
+            drops
+                .iter()
+                .map(|d| {
+                    format!(
+                        "from node {}'s block {} on {}: the kernel refuses `ip route get <this node> from {} iif {}` (rp_filter: all {}, {} {})",
+                        d.peer,
+                        d.block,
+                        d.device,
+                        d.block.nth(1).map_or_else(|| d.block.to_string(), |a| a.to_string()),
+                        d.device,
+                        show(d.all),
+                        d.device,
+                        show(d.own)
+                    )
+                })
+                .collect(),
+        )
+        .with_fix(format!(
+            "remove the route that sends these blocks elsewhere (see RouteConflict), or set net.ipv4.conf.{}.rp_filter=2 and net.ipv4.conf.all.rp_filter to 0 or 2 (loose keeps the anti-spoofing check)",
+            first.device
+        )),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

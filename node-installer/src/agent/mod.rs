@@ -26,6 +26,7 @@ mod observe;
 mod settings;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -81,6 +82,8 @@ struct Memory {
     exhausted: BTreeSet<String>,
     /// Dangling host veths of sinew, and when each was first seen.
     dangling_since: BTreeMap<String, Instant>,
+    /// Peer blocks whose traffic the reverse-path filter drops, as of this pass.
+    reverse_drops: Vec<diagnose::ReverseDrop>,
     /// The problems of the last report, by kind (for Events when they appear and clear).
     problem_kinds: BTreeMap<ProblemKind, String>,
 }
@@ -284,6 +287,7 @@ impl Agent {
                 .iter()
                 .map(|p| Problem::new(ProblemKind::PeersIncomplete, p.clone())),
         );
+        self.memory.reverse_drops = self.reverse_drops(&mut nl, &plan, &local, &vxlan);
         if let Some(mesh) = &self.mesh {
             let pod_mtus = self
                 .node_state(&network, &local, &pools)
@@ -344,6 +348,7 @@ impl Agent {
         if let Some(mesh) = &self.mesh {
             problems.extend(mesh.problems(std::time::SystemTime::now()));
         }
+        problems.extend(diagnose::reverse_path_dropped(&self.memory.reverse_drops));
         problems.sort();
         problems.dedup();
         self.metrics.set_problems(&problems);
@@ -359,6 +364,54 @@ impl Agent {
             cleaned_up: false,
         };
         self.publish(&local, vxlan.mac, report).await
+    }
+
+    /// Asks the kernel, for one block of each peer and path, whether traffic from its pods
+    /// arriving where sinew's routes send it back passes reverse-path filtering (IPv4 only:
+    /// IPv6 has no `rp_filter`).
+    fn reverse_drops(
+        &self,
+        nl: &mut Netlink,
+        plan: &peers::Plan,
+        local: &Local,
+        vxlan: &sinew_node_lib::netlink::Link,
+    ) -> Vec<diagnose::ReverseDrop> {
+        let IpAddr::V4(_) = local.underlay.ip else {
+            return Vec::new();
+        };
+        let read = |dev: &str| -> Option<u8> {
+            let path = self
+                .settings
+                .sysctl_dir
+                .join(format!("net/ipv4/conf/{dev}/rp_filter"));
+            std::fs::read_to_string(path).ok()?.trim().parse().ok()
+        };
+        let mut seen = BTreeSet::new();
+        let mut drops = Vec::new();
+        for route in &plan.routes {
+            if route.dst.family() != Family::V4 || !seen.insert((route.peer.clone(), route.path)) {
+                continue;
+            }
+            let (iif, device) = match route.path {
+                peers::Path::Routed => (local.underlay.index, local.underlay.name.clone()),
+                peers::Path::Vxlan => (vxlan.index, vxlan.name.clone()),
+            };
+            let Some(src) = route.dst.nth(1) else {
+                continue;
+            };
+            match nl.input_accepted(src, local.underlay.ip, iif) {
+                Ok(true) => {}
+                Ok(false) => drops.push(diagnose::ReverseDrop {
+                    peer: route.peer.clone(),
+                    block: route.dst,
+                    all: read("all"),
+                    own: read(&device),
+                    device,
+                }),
+                Err(e) => debug!(node = %self.node(), error = %e, "input route lookup failed"),
+            }
+        }
+        drops
     }
 
     /// Turns on the forwarding the node's pools need; `false` (with a problem) where it

@@ -8,7 +8,14 @@ use netlink_packet_route::route::{RouteAttribute, RouteFlags, RouteMessage, Rout
 use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
 use sinew_core::Family;
 
-use super::{Netlink, Result, address_family, route_ip};
+use super::{NLM_F_ACK, Netlink, Result, address_family, route_ip};
+
+fn route_address(ip: IpAddr) -> netlink_packet_route::route::RouteAddress {
+    match ip {
+        IpAddr::V4(a) => netlink_packet_route::route::RouteAddress::Inet(a),
+        IpAddr::V6(a) => netlink_packet_route::route::RouteAddress::Inet6(a),
+    }
+}
 
 /// What a route does with matching packets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,6 +93,33 @@ impl Netlink {
                 _ => None,
             })
             .collect())
+    }
+
+    /// The kernel's input route lookup for a packet from `src` to `dst` arriving on interface
+    /// `iif` (`ip route get DST from SRC iif DEV`): `Ok(true)` when it is accepted, `Ok(false)`
+    /// when the kernel refuses its source: reverse-path filtering (the kernel routes `src` out
+    /// of another interface and the filter is strict, or nowhere and it is loose) answers
+    /// `EXDEV` for a forwarded packet and `EINVAL` ("martian source") for a local one. Callers
+    /// pass ordinary unicast addresses, so no other martian rule applies.
+    pub fn input_accepted(&mut self, src: IpAddr, dst: IpAddr, iif: u32) -> Result<bool> {
+        let op = "input route lookup";
+        let mut request = RouteMessage::default();
+        request.header.address_family = address_family(Family::of(dst));
+        let bits = if dst.is_ipv4() { 32 } else { 128 };
+        request.header.destination_prefix_length = bits;
+        request.header.source_prefix_length = bits;
+        request
+            .attributes
+            .push(RouteAttribute::Destination(route_address(dst)));
+        request
+            .attributes
+            .push(RouteAttribute::Source(route_address(src)));
+        request.attributes.push(RouteAttribute::Iif(iif));
+        match self.request(op, RouteNetlinkMessage::GetRoute(request), NLM_F_ACK) {
+            Ok(_) => Ok(true),
+            Err(e) if matches!(e.errno(), Some(libc::EXDEV | libc::EINVAL)) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     /// The policy rules of the family, in priority order.
@@ -173,4 +207,54 @@ fn rule(msg: RuleMessage) -> Rule {
         }
     }
     rule
+}
+
+#[cfg(test)]
+mod kernel_tests {
+    use super::*;
+    use crate::netlink::Route;
+    use crate::netns::test_support::{have_root, new_netns};
+
+    /// Strict reverse-path filtering, asked of the kernel: a source routed back through the
+    /// interface it arrives on passes, one routed out of another interface does not.
+    #[test]
+    fn the_kernel_says_which_sources_reverse_path_filtering_drops() {
+        let test = "the_kernel_says_which_sources_reverse_path_filtering_drops";
+        if !have_root(test) {
+            return;
+        }
+        let ip = |s: &str| -> IpAddr { s.parse().unwrap() };
+        let (node, peer, other) = (new_netns(), new_netns(), new_netns());
+        let mut nl = Netlink::in_netns(&node).unwrap();
+        nl.create_veth("eth0", "eth0", &peer, 1500).unwrap();
+        nl.create_veth("eth1", "eth0", &other, 1500).unwrap();
+        for (dev, addr) in [("eth0", "192.0.2.1"), ("eth1", "203.0.113.1")] {
+            let link = nl.link_by_name(dev).unwrap().unwrap();
+            nl.add_address(link.index, ip(addr), 24, false).unwrap();
+            nl.set_link_up(link.index).unwrap();
+        }
+        let eth0 = nl.link_by_name("eth0").unwrap().unwrap().index;
+        // The peer's pods (198.51.100.0/24) are routed out of eth1: asymmetric.
+        nl.add_route(&Route {
+            gateway: Some(ip("203.0.113.2")),
+            ..Route::new(ip("198.51.100.0"), 24)
+        })
+        .unwrap();
+        node.run_in(|| std::fs::write("/proc/sys/net/ipv4/conf/all/rp_filter", "1"))
+            .unwrap()
+            .unwrap();
+        let local = ip("192.0.2.1");
+        assert!(nl.input_accepted(ip("192.0.2.2"), local, eth0).unwrap());
+        assert!(
+            !nl.input_accepted(ip("198.51.100.5"), local, eth0).unwrap(),
+            "strict"
+        );
+        node.run_in(|| std::fs::write("/proc/sys/net/ipv4/conf/all/rp_filter", "2"))
+            .unwrap()
+            .unwrap();
+        assert!(
+            nl.input_accepted(ip("198.51.100.5"), local, eth0).unwrap(),
+            "loose"
+        );
+    }
 }
