@@ -226,6 +226,9 @@ impl Agent {
             return Ok(());
         };
         if network.metadata.deletion_timestamp.is_some() {
+            if let Some(mesh) = &self.mesh {
+                mesh.set_targets(Vec::new());
+            }
             return self.clean_up(&network).await;
         }
         self.memory.cleaned = false;
