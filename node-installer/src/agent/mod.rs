@@ -230,7 +230,13 @@ impl Agent {
             blocks,
         };
 
-        let forwarding_on = self.ensure_forwarding(&pools, &local, &mut problems);
+        let (forwarding_on, repaired) = self.ensure_forwarding(&pools, &local, &mut problems);
+        if self.memory.pass_completed {
+            // On since this boot's first complete pass: something on the node turned it off.
+            for (key, value) in &repaired {
+                self.record_forwarding_repair(&local, key, value).await;
+            }
+        }
 
         let mut nl = Netlink::new()?;
         let params = VxlanParams {
@@ -319,8 +325,13 @@ impl Agent {
     }
 
     /// Turns on the forwarding the node's pools need; `false` (with a problem) where it
-    /// cannot.
-    fn ensure_forwarding(&self, pools: &Pools, local: &Local, problems: &mut Vec<Problem>) -> bool {
+    /// cannot. Also returns the settings it had to change, with the value written.
+    fn ensure_forwarding(
+        &self,
+        pools: &Pools,
+        local: &Local,
+        problems: &mut Vec<Problem>,
+    ) -> (bool, Vec<(String, &'static str)>) {
         let families: BTreeSet<Family> = pools
             .selected
             .iter()
@@ -329,12 +340,14 @@ impl Agent {
             .collect();
         let families: Vec<_> = families.into_iter().collect();
         let mut complete = true;
+        let mut changed = Vec::new();
         for (key, value) in
             forwarding::wanted(&self.settings.sysctl_dir, &families, &local.underlay.name)
         {
             match forwarding::ensure(&self.settings.sysctl_dir, &key, value) {
                 Ok(true) => {
-                    info!(node = %self.node(), setting = %key, value, "node setting applied")
+                    info!(node = %self.node(), setting = %key, value, "node setting applied");
+                    changed.push((key, value));
                 }
                 Ok(false) => {}
                 Err(e) => {
@@ -343,7 +356,27 @@ impl Agent {
                 }
             }
         }
-        complete
+        (complete, changed)
+    }
+
+    /// A Warning Event `ForwardingOff` on the Node: a forwarding setting the node served pods
+    /// with was found off and set back (the pass repairs it at once, so it never stays long
+    /// enough to show among the report's problems).
+    async fn record_forwarding_repair(&self, local: &Local, key: &str, value: &str) {
+        let setting = key.replace('/', ".");
+        warn!(node = %self.node(), %setting, value, "a forwarding setting was turned off on this node; set back");
+        let event = kube::runtime::events::Event {
+            type_: kube::runtime::events::EventType::Warning,
+            reason: ProblemKind::ForwardingOff.to_string(),
+            note: Some(format!(
+                "{setting} was turned off on this node after it served pods (pod traffic to other nodes and beyond was dropped meanwhile); the agent set it back to {value}. Find what changes it (a sysctl reload, another agent) and keep it on in the node's configuration."
+            )),
+            action: "Repair".into(),
+            secondary: None,
+        };
+        if let Err(e) = self.api.event(&local.node, &event).await {
+            warn!(node = %self.node(), error = %e, "recording an Event failed");
+        }
     }
 
     fn store(&self) -> ipam::Store {
