@@ -74,11 +74,7 @@ impl fmt::Display for Holders {
         if self.0.is_empty() {
             return Ok(());
         }
-        writeln!(
-            f,
-            "{} pods still hold pod-network addresses:",
-            self.0.len()
-        )?;
+        writeln!(f, "{} pods still hold pod-network addresses:", self.0.len())?;
         for h in &self.0 {
             writeln!(f, "  {} on node {} ({})", h.pod, h.node, h.ip)?;
         }
@@ -347,13 +343,34 @@ mod tests {
         });
         let pods = [
             // Listed by its allocation already: once.
-            pod("kube-system", "coredns-1", "n1", "10.0.0.5", false, "Running"),
+            pod(
+                "kube-system",
+                "coredns-1",
+                "n1",
+                "10.0.0.5",
+                false,
+                "Running",
+            ),
             // Not mirrored into the block's status yet.
             pod("default", "web", "n2", "10.0.0.70", false, "Running"),
             // Host network, finished, outside every pool: none of them.
-            pod("kube-system", "kube-proxy", "n2", "172.18.0.3", true, "Running"),
+            pod(
+                "kube-system",
+                "kube-proxy",
+                "n2",
+                "172.18.0.3",
+                true,
+                "Running",
+            ),
             pod("default", "done", "n2", "10.0.0.71", false, "Succeeded"),
-            pod("default", "elsewhere", "n2", "192.168.0.9", false, "Running"),
+            pod(
+                "default",
+                "elsewhere",
+                "n2",
+                "192.168.0.9",
+                false,
+                "Running",
+            ),
         ];
         let found = holders(&[pool("10.0.0.0/16")], &[block], &pods);
         let lines: Vec<String> = found
@@ -372,8 +389,14 @@ mod tests {
             holders: Holders(found),
         }
         .to_string();
-        assert!(text.starts_with("3 pods still hold pod-network addresses:\n"), "{text}");
-        assert!(text.contains("  kube-system/coredns-1 on node n1 (10.0.0.5)\n"), "{text}");
+        assert!(
+            text.starts_with("3 pods still hold pod-network addresses:\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("  kube-system/coredns-1 on node n1 (10.0.0.5)\n"),
+            "{text}"
+        );
         assert!(text.contains("Nothing was deleted"), "{text}");
         assert!(text.contains("CoreDNS too"), "{text}");
         assert!(text.contains("helm uninstall --no-hooks"), "{text}");
@@ -381,7 +404,14 @@ mod tests {
 
     #[test]
     fn nothing_holds_an_address_without_allocations_or_pods_in_a_pool() {
-        let pods = [pod("kube-system", "kube-proxy", "n1", "172.18.0.3", true, "Running")];
+        let pods = [pod(
+            "kube-system",
+            "kube-proxy",
+            "n1",
+            "172.18.0.3",
+            true,
+            "Running",
+        )];
         assert!(holders(&[pool("10.0.0.0/16")], &[], &pods).is_empty());
         assert_eq!(Holders::default().to_string(), "");
     }

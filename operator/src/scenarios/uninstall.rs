@@ -91,7 +91,8 @@ fn web_pod() -> Value {
 async fn uninstall_refuses_and_deletes_nothing_while_pods_hold_addresses() {
     let (ctx, api) = World::default().build();
     let scenario = api.play(|mut api| async move {
-        api.expect(Method::GET, POOLS, 200, pools(json!([pool()]))).await;
+        api.expect(Method::GET, POOLS, 200, pools(json!([pool()])))
+            .await;
         api.expect(Method::GET, BLOCKS, 200, blocks(json!([coredns_block()])))
             .await;
         api.expect(Method::GET, PODS, 200, list("Pod", json!([web_pod()])))
@@ -125,7 +126,8 @@ async fn uninstall_refuses_and_deletes_nothing_while_pods_hold_addresses() {
 async fn uninstall_deletes_the_cluster_network_only_once_the_pools_are_gone() {
     let (ctx, api) = World::default().build();
     let mut draining = serde_json::to_value(pool()).expect("JSON");
-    draining["metadata"]["deletionTimestamp"] = serde_json::to_value(deleted(Duration::ZERO)).expect("JSON");
+    draining["metadata"]["deletionTimestamp"] =
+        serde_json::to_value(deleted(Duration::ZERO)).expect("JSON");
     draining["metadata"]["finalizers"] = json!(["sinew.dev/cleanup"]);
     draining["status"] = json!({"conditions": [{"type": "Ready", "status": "False",
         "reason": "Draining", "message": "settling", "lastTransitionTime": "2026-11-30T00:00:00Z"}]});
@@ -175,16 +177,21 @@ async fn uninstall_deletes_the_cluster_network_only_once_the_pools_are_gone() {
 async fn a_pool_that_never_drains_times_out_before_the_cluster_network_is_touched() {
     let (ctx, api) = World::default().build();
     let mut draining = serde_json::to_value(pool()).expect("JSON");
-    draining["metadata"]["deletionTimestamp"] = serde_json::to_value(deleted(Duration::ZERO)).expect("JSON");
+    draining["metadata"]["deletionTimestamp"] =
+        serde_json::to_value(deleted(Duration::ZERO)).expect("JSON");
     draining["metadata"]["finalizers"] = json!(["sinew.dev/cleanup"]);
     draining["status"] = json!({"conditions": [{"type": "Ready", "status": "False",
         "reason": "Draining", "lastTransitionTime": "2026-11-30T00:00:00Z",
         "message": "1 addresses of this pool are still in use; the pool is removed once its pods are gone"}]});
     let scenario = api.play(move |mut api| async move {
-        api.expect(Method::GET, POOLS, 200, pools(json!([pool()]))).await;
-        api.expect(Method::GET, BLOCKS, 200, blocks(json!([]))).await;
-        api.expect(Method::GET, PODS, 200, list("Pod", json!([]))).await;
-        api.expect(Method::GET, POOLS, 200, pools(json!([pool()]))).await;
+        api.expect(Method::GET, POOLS, 200, pools(json!([pool()])))
+            .await;
+        api.expect(Method::GET, BLOCKS, 200, blocks(json!([])))
+            .await;
+        api.expect(Method::GET, PODS, 200, list("Pod", json!([])))
+            .await;
+        api.expect(Method::GET, POOLS, 200, pools(json!([pool()])))
+            .await;
         api.expect(Method::DELETE, &format!("{POOLS}/p"), 200, draining.clone())
             .await;
         // A pod got an address between the check and the deletion: the pool stays draining
@@ -192,10 +199,12 @@ async fn a_pool_that_never_drains_times_out_before_the_cluster_network_is_touche
         // deleted.
         api.expect(Method::GET, POOLS, 200, pools(json!([draining.clone()])))
             .await;
-        api.expect(Method::GET, POOLS, 200, pools(json!([draining]))).await;
+        api.expect(Method::GET, POOLS, 200, pools(json!([draining])))
+            .await;
         api.expect(Method::GET, BLOCKS, 200, blocks(json!([coredns_block()])))
             .await;
-        api.expect(Method::GET, PODS, 200, list("Pod", json!([]))).await;
+        api.expect(Method::GET, PODS, 200, list("Pod", json!([])))
+            .await;
         api
     });
     let result = within(uninstall_polling(
@@ -208,7 +217,10 @@ async fn a_pool_that_never_drains_times_out_before_the_cluster_network_is_touche
     let err = result.expect_err("timed out");
     let text = err.to_string();
     assert!(matches!(err, Error::Timeout { .. }), "{text}");
-    assert!(text.contains("IPPool p: 1 addresses of this pool are still in use"), "{text}");
+    assert!(
+        text.contains("IPPool p: 1 addresses of this pool are still in use"),
+        "{text}"
+    );
     assert!(
         text.contains("kube-system/coredns-7d4f-abcde on node sinew-worker (10.244.1.2)"),
         "{text}"
