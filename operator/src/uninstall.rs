@@ -183,19 +183,30 @@ async fn find_holders(client: &kube::Client) -> Result<Holders, kube::Error> {
     Ok(Holders(holders(&pools, &blocks, &pods)))
 }
 
+/// How long the check lets addresses that are being given back go: a pod deleted just before
+/// `helm uninstall` has had its DEL run, but its agent mirrors the release into `IPBlock` status
+/// within about a second.
+pub const SETTLE: Duration = Duration::from_secs(10);
+
 /// Checks that no pod holds an address, then deletes every pool, waits until they are gone,
 /// deletes the `ClusterNetwork` and waits until it is gone (each wait up to `timeout`).
 pub async fn uninstall(client: kube::Client, timeout: Duration) -> Result<(), Error> {
-    uninstall_polling(client, timeout, Duration::from_secs(1)).await
+    uninstall_polling(client, timeout, SETTLE, Duration::from_secs(1)).await
 }
 
-/// [`uninstall`], polling every `poll`.
+/// [`uninstall`], refusing only once addresses stay held for `settle`, polling every `poll`.
 pub async fn uninstall_polling(
     client: kube::Client,
     timeout: Duration,
+    settle: Duration,
     poll: Duration,
 ) -> Result<(), Error> {
-    let held = find_holders(&client).await?;
+    let start = Instant::now();
+    let mut held = find_holders(&client).await?;
+    while !held.0.is_empty() && start.elapsed() < settle {
+        tokio::time::sleep(poll).await;
+        held = find_holders(&client).await?;
+    }
     if !held.0.is_empty() {
         for h in &held.0 {
             error!(pod = %h.pod, node = %h.node, ip = %h.ip, "still holds a pod-network address");

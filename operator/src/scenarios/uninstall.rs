@@ -103,6 +103,7 @@ async fn uninstall_refuses_and_deletes_nothing_while_pods_hold_addresses() {
     let result = within(uninstall_polling(
         ctx.client.clone(),
         Duration::from_secs(5),
+        Duration::ZERO,
         Duration::from_millis(1),
     ))
     .await;
@@ -166,6 +167,7 @@ async fn uninstall_deletes_the_cluster_network_only_once_the_pools_are_gone() {
     let result = within(uninstall_polling(
         ctx.client.clone(),
         Duration::from_secs(5),
+        Duration::ZERO,
         Duration::from_millis(1),
     ))
     .await;
@@ -210,6 +212,7 @@ async fn a_pool_that_never_drains_times_out_before_the_cluster_network_is_touche
     let result = within(uninstall_polling(
         ctx.client.clone(),
         Duration::ZERO,
+        Duration::ZERO,
         Duration::from_millis(1),
     ))
     .await;
@@ -225,4 +228,41 @@ async fn a_pool_that_never_drains_times_out_before_the_cluster_network_is_touche
         text.contains("kube-system/coredns-7d4f-abcde on node sinew-worker (10.244.1.2)"),
         "{text}"
     );
+}
+
+#[tokio::test]
+async fn addresses_given_back_while_the_check_settles_do_not_refuse() {
+    let (ctx, api) = World::default().build();
+    let scenario = api.play(|mut api| async move {
+        // A pod deleted just before: its block's status still lists it, then no longer.
+        api.expect(Method::GET, POOLS, 200, pools(json!([pool()])))
+            .await;
+        api.expect(Method::GET, BLOCKS, 200, blocks(json!([coredns_block()])))
+            .await;
+        api.expect(Method::GET, PODS, 200, list("Pod", json!([])))
+            .await;
+        api.expect(Method::GET, POOLS, 200, pools(json!([pool()])))
+            .await;
+        api.expect(Method::GET, BLOCKS, 200, blocks(json!([])))
+            .await;
+        api.expect(Method::GET, PODS, 200, list("Pod", json!([])))
+            .await;
+        // Then the uninstall proceeds: the pools first.
+        api.expect(Method::GET, POOLS, 200, pools(json!([]))).await;
+        api.expect(Method::GET, POOLS, 200, pools(json!([]))).await;
+        api.expect(Method::GET, NETWORKS, 200, networks(json!([])))
+            .await;
+        api.expect(Method::GET, NETWORKS, 200, networks(json!([])))
+            .await;
+        api
+    });
+    let result = within(uninstall_polling(
+        ctx.client.clone(),
+        Duration::from_secs(5),
+        Duration::from_secs(5),
+        Duration::from_millis(1),
+    ))
+    .await;
+    scenario.finish(ctx).await;
+    result.expect("uninstalled");
 }
