@@ -2,7 +2,8 @@
 # Builds the static binaries (images/build-binaries.sh), then the two images:
 #   ${REGISTRY}/sinew-operator:${TAG}   and   ${REGISTRY}/sinew-node:${TAG}
 # REGISTRY defaults to ghcr.io/sinew-dev, TAG to the chart's appVersion (charts/sinew/Chart.yaml).
-# NODE_BASE_IMAGE replaces sinew-node's base (alpine:3.22), e.g. with a local image that has nft.
+# NODE_BASE_IMAGE gives sinew-node a base image (default: none, FROM scratch), e.g. one with a
+# shell for debugging.
 # Usage: images/build.sh [--push] [--skip-binaries]
 # Needs Docker (with BuildKit or the classic builder) plus what build-binaries.sh needs.
 set -euo pipefail

@@ -1,16 +1,14 @@
 # sinew-node: the node agent (`sinew-node install` / `sinew-node run`, the DaemonSet rendered
 # by operator/src/daemonset.rs passes only args) and the CNI plugin it installs from
-# SINEW_PLUGIN=/usr/local/bin/sinew.
-# The agent no longer runs `nft` (it programs the `inet sinew` table over netlink, see
-# docs/architecture.md decision 56); the image keeps its base (and the CLI, for people who
-# debug from inside the pod) until the kind tier has run with FROM scratch. The two sinew
-# binaries are static and do not depend on the base.
-# BASE_IMAGE picks another base; one that already has `nft` (e.g. the Debian slim image
-# e2e/kind/build.sh makes offline: BASE_IMAGE=sinew.local/debian-slim:bookworm-<key>) needs no
-# package manager or network at build time.
+# SINEW_PLUGIN=/usr/local/bin/sinew. Two static musl binaries, nothing else: the agent programs
+# routes, the VXLAN device and the `inet sinew` nftables table over netlink (no `nft`, see
+# docs/architecture.md decisions 56 and 58), and the DaemonSet runs no shell (its init
+# container and agent take args only; the probes are HTTP).
+# BASE_IMAGE picks a base to build on instead (e.g. one with a shell and `nft` for people who
+# debug from inside the pod); the binaries do not depend on it.
 # Build context: images/out (filled by images/build-binaries.sh), e.g.
 #   docker build -f images/node.Dockerfile --build-arg VERSION=0.1.0 images/out
-ARG BASE_IMAGE=alpine:3.22
+ARG BASE_IMAGE=scratch
 FROM ${BASE_IMAGE}
 
 ARG VERSION=dev
@@ -23,8 +21,6 @@ LABEL org.opencontainers.image.title="sinew-node" \
       org.opencontainers.image.url="https://github.com/sinew-dev/sinew" \
       org.opencontainers.image.vendor="sinew" \
       org.opencontainers.image.licenses="Apache-2.0"
-
-RUN command -v nft >/dev/null || apk add --no-cache nftables
 
 COPY sinew-node sinew /usr/local/bin/
 

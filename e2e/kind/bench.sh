@@ -106,7 +106,7 @@ declare -A worker0 worker1
 if [[ $only != flannel ]]; then
   log "sinew images ($registry/sinew-{operator,node}:$tag)"
   CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/sinew/target} "$repo/images/build-binaries.sh" >/dev/null
-  REGISTRY=$registry TAG=$tag NODE_BASE_IMAGE=$SINEW_KIND_SLIM_IMAGE "$repo/images/build.sh" --skip-binaries >/dev/null 2>&1
+  REGISTRY=$registry TAG=$tag "$repo/images/build.sh" --skip-binaries >/dev/null 2>&1
 fi
 flannel_image=$registry/flannel:$flannel_version
 log "flannel image $flannel_image (flanneld from $flannel_bin, on $SINEW_KIND_SLIM_IMAGE)"

@@ -8,8 +8,8 @@
 #     runc, crictl, the reference CNI plugins, agnhost and helm from their pinned Go modules
 #     (e2e/tools/build.sh kind), and pause from the C source in the pinned Kubernetes module;
 #   - two Debian bookworm root filesystems made with debootstrap: the node's (systemd, iptables,
-#     nftables, ...) and a slim one for the images that need a userland (kube-proxy, agnhost,
-#     sinew-node);
+#     nftables, ...) and a slim one for the images that need a userland (kube-proxy, agnhost;
+#     sinew-node is FROM scratch);
 #   - the images kubeadm v1.37 deploys, under the exact names it asks for, plus agnhost;
 #   - the node image, assembled by hand the way `kind build node-image` does it (which would
 #     pull): the node rootfs with kind's base files, the binaries, and the images imported into
@@ -33,7 +33,7 @@ k8s_version=v1.37.2
 # The node: what kind's base image installs (images/base/Dockerfile of kind v0.33.0), minus the
 # storage extras (NFS, iSCSI) and fuse-overlayfs, which this cluster does not use.
 node_packages=systemd,conntrack,iptables,nftables,iproute2,ethtool,util-linux,mount,kmod,libseccomp2,pigz,bash,ca-certificates,curl,jq,procps,e2fsprogs,iputils-ping
-# Images that need a userland: kube-proxy (iptables, nft, conntrack), sinew-node (nft).
+# Images that need a userland: kube-proxy (iptables, nft, conntrack), flannel in bench.sh.
 slim_packages=iptables,nftables,conntrack,iproute2,ca-certificates,netcat-openbsd,iputils-ping
 # agnhost: the Debian counterparts of what its upstream (alpine) image adds, which the upstream
 # e2e tests exec in it (curl, nc, dig, ...).

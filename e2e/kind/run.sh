@@ -7,7 +7,10 @@
 #   CoreDNS Ready; all-pairs pod->pod (same node and across nodes), node->pod, pod->Service
 #   ClusterIP, pod->DNS name, pod->a host outside the cluster (natOutgoing); IPPool/IPBlock
 #   allocations; a live mode switch Auto->VXLAN->Routed keeping a TCP connection; `helm upgrade`
-#   rolling the DaemonSet and rewriting the conflist; `helm uninstall` leaving every node clean.
+#   rolling the DaemonSet and rewriting the conflist; a worker restarted; failures injected in
+#   a node (forwarding off, a foreign conflist, a dangling cni0 bridge) named by the agent and
+#   `kubectl sinew doctor` and cleared; `helm uninstall` refused at once while pods hold
+#   addresses, nothing deleted; then `helm uninstall` leaving every node clean.
 #
 # SINEW_KIND_CONFORMANCE=1 adds the upstream conformance tests
 # `[sig-network] Networking Granular Checks: Pods` (e2e.test from the pinned Kubernetes module,
@@ -110,10 +113,10 @@ h() { nsenter --net="$SINEW_KIND_NETNS" helm --kubeconfig "$kubeconfig" "$@"; }
 nodes() { kind get nodes --name "$cluster" | sort; }
 on_node() { local n=$1; shift; docker exec "$n" "$@"; }
 
-log "sinew images ($registry/sinew-{operator,node}:$tag, node base $SINEW_KIND_SLIM_IMAGE)"
+log "sinew images ($registry/sinew-{operator,node}:$tag, both FROM scratch)"
 start=$SECONDS
 CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/sinew/target} "$repo/images/build-binaries.sh" >/dev/null
-REGISTRY=$registry TAG=$tag NODE_BASE_IMAGE=$SINEW_KIND_SLIM_IMAGE "$repo/images/build.sh" --skip-binaries >/dev/null 2>&1
+REGISTRY=$registry TAG=$tag "$repo/images/build.sh" --skip-binaries >/dev/null 2>&1
 log "step sinew images: $((SECONDS - start))s"
 
 kind delete cluster --name "$cluster" >/dev/null 2>&1 || true
@@ -583,10 +586,138 @@ c_conformance() {
   echo "$ran [sig-network] Networking Granular Checks: Pods passed (e2e.test v1.37.2)"
 }
 
+# `helm uninstall` while pods still hold pod-network addresses (CoreDNS always does; the test
+# pods too): the hook refuses at once, naming them, and deletes nothing; sinew keeps serving.
+c_uninstall_refused() {
+  local t0=$SECONDS out rc took logs_out p name node ip
+  set +e
+  out=$(h uninstall sinew --namespace "$sys" --wait --timeout 5m 2>&1)
+  rc=$?
+  set -e
+  took=$((SECONDS - t0))
+  echo "helm uninstall (exit $rc, ${took}s): $out"
+  ((rc != 0)) || { echo "helm uninstall succeeded while CoreDNS held addresses"; return 1; }
+  ((took < 60)) || { echo "the refusal took ${took}s"; return 1; }
+  [[ $out == *"job sinew-uninstall failed"* ]] || { echo "helm did not report the hook's failure"; return 1; }
+  logs_out=$(k -n "$sys" logs job/sinew-uninstall)
+  echo "$logs_out" | tail -12
+  grep -q 'Nothing was deleted' <<<"$logs_out" || { echo "the hook's log does not say nothing was deleted"; return 1; }
+  grep -q 'CoreDNS too' <<<"$logs_out" || { echo "the hook's log does not say what to do"; return 1; }
+  # Every pod on the pod network is named, with its node and address.
+  while read -r p ip node _; do
+    grep -qF "$p on node $node ($ip)" <<<"$logs_out" || { echo "the hook did not name $p on $node ($ip)"; return 1; }
+  done < <(network_pods)
+  [[ $(k -n "$sys" get job sinew-uninstall -o jsonpath='{.status.conditions[?(@.type=="Failed")].reason}') == PodFailurePolicy ]] \
+    || { echo "the Job was not failed by its podFailurePolicy (retried?)"; k -n "$sys" get job sinew-uninstall -o yaml | tail -30; return 1; }
+  # Nothing deleted: no pool or ClusterNetwork being deleted, the release's objects all there
+  # (Helm marks the release `uninstalling`; the next `helm uninstall` runs the hook again).
+  [[ -z $(k get ippools,clusternetworks -o jsonpath='{range .items[*]}{.metadata.deletionTimestamp}{end}') ]] \
+    || { echo "something is being deleted:"; k get ippools,clusternetworks -o yaml | grep -B3 deletionTimestamp; return 1; }
+  k -n "$sys" get deploy/sinew-operator ds/sinew-node >/dev/null
+  echo "helm status: $(h status sinew --namespace "$sys" | grep '^STATUS:')"
+  k wait --for=condition=Ready clusternetwork/default --timeout=60s
+  # And the network still works: a pod reaches a pod on another node and a DNS name.
+  local a b
+  a=$(k -n "$ns" get pods -l app=netexec --field-selector "spec.nodeName=${node_names[1]}" -o jsonpath='{.items[0].metadata.name}')
+  b=$(k -n "$ns" get pods -l app=netexec --field-selector "spec.nodeName=${node_names[2]}" -o jsonpath='{.items[0].status.podIP}')
+  k -n "$ns" exec "$a" -- /agnhost connect "$b:8080" --timeout=5s
+  k -n "$ns" exec "$a" -- /agnhost connect "netexec.$ns.svc.cluster.local:8080" --timeout=5s
+  echo "refused in ${took}s naming $(network_pods | wc -l) pods (CoreDNS among them); nothing deleted, ClusterNetwork Ready, pod -> pod and DNS still work"
+}
+
+# --- failure injection on a real node (diagnosis, issue #14) -------------------------------
+
+diag_node() { echo "${node_names[1]}"; }
+doctor() { # node -> doctor's text; its exit code is 1 while the node has a problem
+  nsenter --net="$SINEW_KIND_NETNS" env KUBECONFIG="$kubeconfig" "$repo/images/out/kubectl-sinew" doctor "$1"
+}
+now() { date +%s.%N; }
+since() { awk -v a="$1" -v b="$(now)" 'BEGIN {printf "%.1f", b - a}'; }
+# How long a node problem may take to show: the agent checks on every pass, and the DaemonSet's
+# agents make one at least every 10 s (SINEW_RESYNC_SECONDS; the loop ticks every 0.5 s); a
+# pass and the report take well under a second. The times are printed.
+diag_limit=12
+# Polls `doctor NODE` until its text matches (or, with !, stops matching) REGEX; fails after
+# $diag_limit s.
+doctor_until() { # node, [!]regex, what
+  local node=$1 want=$2 what=$3 t0 text neg=false
+  [[ $want == '!'* ]] && { neg=true; want=${want#!}; }
+  t0=$(now)
+  while :; do
+    text=$(doctor "$node" 2>&1 || true)
+    if $neg; then ! grep -qE "$want" <<<"$text" && break; else grep -qE "$want" <<<"$text" && break; fi
+    if (($(awk -v s="$(since "$t0")" -v l=$diag_limit 'BEGIN {print (s > l)}'))); then
+      echo "$what: not within $diag_limit s; kubectl sinew doctor $node says:"; echo "$text"; return 1
+    fi
+    sleep 0.3
+  done
+  echo "$what: $(since "$t0") s"
+}
+agent_on() { k -n "$sys" get pods -l app.kubernetes.io/name=sinew-node --field-selector "spec.nodeName=$1" -o jsonpath='{.items[0].metadata.name}'; }
+
+# (a) forwarding turned off on the node: the agent turns it back on and says so.
+c_diag_forwarding() {
+  local node t0 since_ts agent
+  node=$(diag_node)
+  agent=$(agent_on "$node")
+  since_ts=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+  t0=$(now)
+  on_node "$node" sysctl -w net.ipv4.ip_forward=0
+  until [[ $(on_node "$node" cat /proc/sys/net/ipv4/ip_forward) == 1 ]]; do
+    (($(awk -v s="$(since "$t0")" -v l=$diag_limit 'BEGIN {print (s > l)}'))) && { echo "$node: net.ipv4.ip_forward still 0 after $diag_limit s"; return 1; }
+    sleep 0.2
+  done
+  local back; back=$(since "$t0")
+  echo "$node: net.ipv4.ip_forward back to 1 after $back s"
+  k -n "$sys" logs "$agent" --since-time="$since_ts" | grep 'node setting applied' | grep 'net/ipv4/ip_forward' \
+    || { echo "the agent logged no repair"; return 1; }
+  local ev
+  for _ in $(seq 10); do
+    ev=$(k get events -A --field-selector "involvedObject.name=$node,reason=ForwardingOff" -o jsonpath='{range .items[*]}{.type} {.message}{"\n"}{end}' | tail -1)
+    [[ -n $ev ]] && break
+    sleep 1
+  done
+  [[ -n $ev ]] || { echo "no ForwardingOff Event on Node $node"; return 1; }
+  echo "Event: $ev"
+  echo "forwarding off on $node: back on after $back s, Event ForwardingOff and the agent's log say so"
+}
+
+# (b) another vendor's conflist that sorts before sinew's.
+c_diag_conflist() {
+  local node
+  node=$(diag_node)
+  on_node "$node" sh -c 'echo "{\"cniVersion\":\"1.0.0\",\"name\":\"cbr0\",\"plugins\":[{\"type\":\"flannel\",\"delegate\":{\"hairpinMode\":true,\"isDefaultGateway\":true}},{\"type\":\"portmap\",\"capabilities\":{\"portMappings\":true}}]}" > /etc/cni/net.d/00-flannel.conflist'
+  doctor_until "$node" 'ConflistShadowed' "ConflistShadowed named by kubectl sinew doctor"
+  doctor "$node" | grep -A4 ConflistShadowed || true
+  on_node "$node" rm -f /etc/cni/net.d/00-flannel.conflist
+  doctor_until "$node" '!ConflistShadowed' "ConflistShadowed cleared"
+}
+
+# (c) a dangling cni0 bridge of another CNI with an address (and its route) in the pool.
+c_diag_bridge() {
+  local node
+  node=$(diag_node)
+  on_node "$node" ip link add cni0 type bridge
+  on_node "$node" ip addr add 10.244.255.129/25 dev cni0
+  on_node "$node" ip link set cni0 up
+  doctor_until "$node" 'ForeignInterfaces' "ForeignInterfaces named"
+  doctor_until "$node" 'RouteConflict' "RouteConflict named"
+  doctor "$node" | grep -E -A3 'ForeignInterfaces|RouteConflict' || true
+  on_node "$node" ip link delete cni0
+  doctor_until "$node" '!ForeignInterfaces|RouteConflict' "both cleared"
+  doctor "$node" | tail -3
+}
+
+# Whatever a failed injection check left behind.
+diag_undo() {
+  local node
+  node=$(diag_node)
+  on_node "$node" sh -c 'rm -f /etc/cni/net.d/00-flannel.conflist; ip link delete cni0 2>/dev/null; sysctl -qw net.ipv4.ip_forward=1' || true
+}
+
 c_uninstall_clean() {
-  # The chart's documented order: pools holding pod addresses keep the uninstall waiting, so
-  # every pod on the pod network goes first: the test namespace and CoreDNS's pods.
-  # (Uninstalling with pods still running deadlocks: README, product defects.)
+  # The chart's documented order (the hook refuses otherwise, see c_uninstall_refused): every
+  # pod on the pod network goes first: the test namespace and CoreDNS's pods.
   k delete namespace "$ns" --wait=true --timeout=180s
   k -n kube-system scale deploy coredns --replicas=0
   k -n kube-system wait --for=delete pod -l k8s-app=kube-dns --timeout=120s
@@ -633,8 +764,17 @@ if check "helm install charts/sinew" h_install; then
   if $have_workloads; then
     check "worker restarted (docker restart): agent back, its pods reachable, no address twice" c_node_restart || true
   fi
+  check "diagnosis: ip_forward=0 on a node is turned back on, Event ForwardingOff" c_diag_forwarding || true
+  diag_undo
+  check "diagnosis: a foreign 00-flannel.conflist is named ConflistShadowed, cleared when removed" c_diag_conflist || true
+  diag_undo
+  check "diagnosis: a dangling cni0 bridge in the pool is named ForeignInterfaces and RouteConflict, cleared when removed" c_diag_bridge || true
+  diag_undo
   if [[ $conformance == 1 ]]; then
     check "conformance: [sig-network] Networking Granular Checks: Pods" c_conformance || true
+  fi
+  if $have_workloads; then
+    check "helm uninstall with pods holding addresses (CoreDNS) is refused at once, nothing deleted" c_uninstall_refused || true
   fi
   check "helm uninstall leaves every node clean" c_uninstall_clean || true
 fi

@@ -10,8 +10,10 @@
 //! On SIGTERM the leader finishes its running reconciles and gives the Lease up, so a standby
 //! takes over at once.
 //!
-//! `sinew-operator uninstall [--timeout-seconds N]`: deletes every `IPPool` and the
-//! `ClusterNetwork` and waits until their finalizers ran (Helm's pre-delete hook).
+//! `sinew-operator uninstall [--timeout-seconds N]` (Helm's pre-delete hook): refuses, changing
+//! nothing and exiting with code 3, while pods still hold pod-network addresses (it names
+//! them); otherwise deletes every `IPPool`, waits until they are gone, then deletes the
+//! `ClusterNetwork` and waits until its finalizer ran.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -57,8 +59,9 @@ struct Args {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Deletes every IPPool and the ClusterNetwork and waits until their finalizers ran
-    /// (Helm's pre-delete hook).
+    /// Helm's pre-delete hook: refuses (exit code 3, nothing deleted) while pods hold
+    /// pod-network addresses; else deletes every IPPool, waits until they are gone, then the
+    /// ClusterNetwork, and waits until its finalizer ran.
     Uninstall {
         #[arg(long, env = "SINEW_UNINSTALL_TIMEOUT", default_value_t = 600)]
         timeout_seconds: u64,
@@ -170,7 +173,12 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("sinew-operator: {e:#}");
-            ExitCode::FAILURE
+            match e.downcast_ref::<sinew_operator::uninstall::Error>() {
+                Some(sinew_operator::uninstall::Error::PodsHoldAddresses { .. }) => {
+                    ExitCode::from(sinew_operator::uninstall::EXIT_PODS_HOLD_ADDRESSES)
+                }
+                _ => ExitCode::FAILURE,
+            }
         }
     }
 }

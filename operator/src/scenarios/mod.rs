@@ -9,6 +9,7 @@
 mod gc;
 mod network;
 mod pool;
+mod uninstall;
 
 use std::collections::BTreeMap;
 use std::future::Future;
