@@ -248,6 +248,8 @@ pub struct LocalCluster {
     plugin_binary: PathBuf,
     dir: tempfile::TempDir,
     prefix: String,
+    /// The agents' `SINEW_RESYNC_SECONDS`.
+    resync_seconds: u64,
 }
 
 /// Label on every Node of one local cluster (`sinew.test/cluster=<prefix>`), for pools that
@@ -292,6 +294,26 @@ impl LocalCluster {
         subnets: &[u8],
         chart_identity: bool,
     ) -> LocalCluster {
+        LocalCluster::start_inner(cp, prefix, subnets, chart_identity, 2).await
+    }
+
+    /// [`LocalCluster::start`] with agents at the product's default resync (10 s) instead of
+    /// the tests' 2 s: whatever must happen sooner has to wake the agent itself.
+    pub async fn start_default_resync(
+        cp: &ControlPlane,
+        prefix: &str,
+        subnets: &[u8],
+    ) -> LocalCluster {
+        LocalCluster::start_inner(cp, prefix, subnets, false, 10).await
+    }
+
+    async fn start_inner(
+        cp: &ControlPlane,
+        prefix: &str,
+        subnets: &[u8],
+        chart_identity: bool,
+        resync_seconds: u64,
+    ) -> LocalCluster {
         let client = cp.client().await.expect("admin client");
         let dir = tempfile::Builder::new()
             .prefix("sinew-cluster-")
@@ -329,6 +351,7 @@ impl LocalCluster {
             plugin_binary,
             dir,
             prefix: prefix.to_string(),
+            resync_seconds,
         };
         if chart_identity {
             cluster.agent_identity = Some(crate::helm::Endpoint::of(cp));
@@ -438,7 +461,7 @@ impl LocalCluster {
             .env("SINEW_PLUGIN", &self.plugin_binary)
             .env("SINEW_MIN_FREE", "4")
             .env("SINEW_BLOCK_RELEASE_SECONDS", "2")
-            .env("SINEW_RESYNC_SECONDS", "2")
+            .env("SINEW_RESYNC_SECONDS", self.resync_seconds.to_string())
             .env(
                 "SINEW_METRICS_ADDR",
                 format!("127.0.0.1:{AGENT_METRICS_PORT}"),

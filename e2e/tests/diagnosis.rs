@@ -1,5 +1,5 @@
 //! Diagnosis: classic CNI failures injected on nodes simulated as network namespaces, each
-//! named by its agent within 10 s (Node report, `sinew_node_problem{kind}`, Events, `kubectl
+//! named by its agent (at the product's default 10 s resync) within 10 s (Node report, `sinew_node_problem{kind}`, Events, `kubectl
 //! sinew doctor`), cleared when undone; a healthy cluster reports nothing over a bounded soak.
 //! Needs root and the Go-built control plane.
 
@@ -119,7 +119,7 @@ fn doctor(ctx: &Ctx, node: &str, json: bool) -> Result<(i32, String), String> {
 }
 
 async fn a_healthy_cluster_reports_no_problem(ctx: Ctx) -> TestResult {
-    let cluster = LocalCluster::start(&ctx.cp, "dh", &[0, 1]).await;
+    let cluster = LocalCluster::start_default_resync(&ctx.cp, "dh", &[0, 1]).await;
     // Node 1 filters reverse paths strictly, as RHEL's defaults do.
     sinew_e2e::netsim::sysctl(&cluster.nodes[1].ns, "net.ipv4.conf.all.rp_filter", "1");
     pool(&ctx, "dh-pool", "dh", "10.120.0.0/16").await?;
@@ -174,7 +174,7 @@ async fn a_healthy_cluster_reports_no_problem(ctx: Ctx) -> TestResult {
 }
 
 async fn each_injected_failure_is_named_within_10s_and_cleared_when_undone(ctx: Ctx) -> TestResult {
-    let cluster = LocalCluster::start(&ctx.cp, "di", &[0, 1]).await;
+    let cluster = LocalCluster::start_default_resync(&ctx.cp, "di", &[0, 1]).await;
     pool(&ctx, "di-pool", "di", "10.121.0.0/16").await?;
     cluster.wait_ready(Duration::from_secs(30)).await?;
     let node = &cluster.nodes[0];
@@ -324,7 +324,7 @@ async fn each_injected_failure_is_named_within_10s_and_cleared_when_undone(ctx: 
 /// so each probes the other.
 async fn path_failures_between_nodes_are_named_within_10s_and_cleared(ctx: Ctx) -> TestResult {
     // dp-0 and dp-2 share a subnet (routed), dp-1 is behind the router (VXLAN).
-    let cluster = LocalCluster::start(&ctx.cp, "dp", &[0, 1, 0]).await;
+    let cluster = LocalCluster::start_default_resync(&ctx.cp, "dp", &[0, 1, 0]).await;
     pool(&ctx, "dp-pool", "dp", "10.122.0.0/16").await?;
     cluster.wait_ready(Duration::from_secs(30)).await?;
     let a = cluster.start_pod(&cluster.name(0), "dp-a").await;

@@ -12,4 +12,5 @@ pub mod nat;
 pub mod peers;
 pub mod probe;
 pub mod program;
+pub mod sentinel;
 pub mod trust;

@@ -4,6 +4,7 @@
 //!   neighbours, VXLAN forwarding entries);
 //! - [`netns`]: network namespaces (open, enter, run code inside); creating named ones is
 //!   test-only (feature `testutils`);
+//! - [`kernel_watch`]: whether links, addresses, routes or rules changed (rtnetlink groups);
 //! - [`ipam`]: the node-local address store, crash-safe and locked;
 //! - [`node_state`]: the agent → plugin state file and the plugin → agent block requests;
 //! - [`icmp`]: DF-marked ICMP echo probes (the agent's peer and path-MTU checks);
@@ -17,6 +18,7 @@ pub mod consts;
 pub mod fsutil;
 pub mod icmp;
 pub mod ipam;
+pub mod kernel_watch;
 pub mod netlink;
 pub mod netns;
 pub mod node_state;

@@ -52,6 +52,7 @@ use crate::nat;
 use crate::peers::{self, BlockInfo};
 use crate::probe;
 use crate::program::{self, Underlay, VxlanParams};
+use crate::sentinel::{Sentinel, Watched};
 use crate::trust::{self, PoolFacts};
 
 use api::ApiWriter;
@@ -97,6 +98,8 @@ pub struct Agent {
     metrics: Arc<http::Metrics>,
     /// The probe mesh (`None` where its thread could not start).
     mesh: Option<probe::Mesh>,
+    /// Wakes a pass when the node changes under the agent (`None` where it could not start).
+    sentinel: Option<Sentinel>,
 }
 
 /// One pass's view of the local node.
@@ -120,7 +123,11 @@ impl Agent {
         let mesh = probe::Mesh::start(notify.clone())
             .map_err(|e| warn!(error = %e, "cannot start the probe mesh; peers are not probed"))
             .ok();
+        let sentinel = Sentinel::start(notify.clone())
+            .map_err(|e| warn!(error = %e, "cannot watch the node's network configuration; node checks run at each resync only"))
+            .ok();
         Agent {
+            sentinel,
             mesh,
             api: ApiWriter::new(client, &settings.node_name),
             metrics: Arc::new(http::Metrics::new(&settings.node_name)),
@@ -428,9 +435,17 @@ impl Agent {
             .collect();
         let families: Vec<_> = families.into_iter().collect();
         let mut complete = true;
-        for (key, value) in
-            forwarding::wanted(&self.settings.sysctl_dir, &families, &local.underlay.name)
-        {
+        let wanted = forwarding::wanted(&self.settings.sysctl_dir, &families, &local.underlay.name);
+        if let Some(sentinel) = &self.sentinel {
+            sentinel.watch(Watched {
+                conf_dir: self.cluster.network().map(|n| self.conf_dir(&n)),
+                settings: wanted
+                    .iter()
+                    .map(|(k, v)| (self.settings.sysctl_dir.join(k), v.to_string()))
+                    .collect(),
+            });
+        }
+        for (key, value) in wanted {
             match forwarding::ensure(&self.settings.sysctl_dir, &key, value) {
                 Ok(true) => {
                     info!(node = %self.node(), setting = %key, value, "node setting applied");
