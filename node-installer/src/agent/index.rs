@@ -14,7 +14,7 @@ use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use sinew_crds::node::{POOL_ANNOTATION, VTEP_MAC_ANNOTATION};
 use sinew_crds::{CLUSTER_NETWORK_NAME, ClusterNetwork, IPBlock, IPPool, ReleaseRequest};
-use sinew_runtime::watch::{prune_meta, prune_node, reflect};
+use sinew_runtime::watch::{Fingerprint, Wake, fingerprint, node_fingerprint, prune_meta, prune_node, reflect};
 use tokio::sync::Notify;
 
 use crate::nat;
@@ -30,26 +30,49 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Starts the watches; each change wakes `notify`.
+    /// Starts the watches; each change to what a pass reads wakes `notify` (see the
+    /// fingerprints below): a status write it does not read, or a Node heartbeat, does not.
     pub fn watch(client: &Client, notify: &Arc<Notify>) -> Cluster {
         let all = watcher::Config::default;
-        let wake = || Some(notify.clone());
+        fn wake<K>(notify: &Arc<Notify>, fingerprint: Fingerprint<K>) -> Option<Wake<K>> {
+            Some(Wake {
+                notify: notify.clone(),
+                fingerprint,
+            })
+        }
         Cluster {
-            nodes: reflect(Api::all(client.clone()), all(), prune_node, wake()),
-            pools: reflect(Api::all(client.clone()), all(), prune_meta, wake()),
-            blocks: reflect(Api::all(client.clone()), all(), prune_meta, wake()),
+            nodes: reflect(
+                Api::all(client.clone()),
+                all(),
+                prune_node,
+                wake(notify, node_fingerprint),
+            ),
+            pools: reflect(
+                Api::all(client.clone()),
+                all(),
+                prune_meta,
+                wake(notify, pool_fingerprint),
+            ),
+            blocks: reflect(
+                Api::all(client.clone()),
+                all(),
+                prune_meta,
+                wake(notify, block_fingerprint),
+            ),
             networks: reflect(
                 Api::all(client.clone()),
                 all().fields(&format!("metadata.name={CLUSTER_NETWORK_NAME}")),
                 prune_meta,
-                wake(),
+                wake(notify, network_fingerprint),
             ),
             // Metadata only (names and annotations): `Api<PartialObjectMeta<_>>` asks for no more.
             namespaces: reflect(
                 Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
                 all(),
                 prune_meta,
-                wake(),
+                wake(notify, |ns: &PartialObjectMeta<Namespace>| {
+                    fingerprint(&ns.metadata, &())
+                }),
             ),
         }
     }
@@ -169,6 +192,27 @@ impl Cluster {
     pub fn block_names(&self) -> std::collections::BTreeSet<String> {
         self.blocks.state().iter().map(|b| b.name_any()).collect()
     }
+}
+
+/// What a pass reads of a pool: metadata, spec, and of the status only whether the operator
+/// judged it and whether it stalled it for a conflict (`trust::pools`); not the counts the
+/// operator rewrites after every allocation.
+pub fn pool_fingerprint(pool: &IPPool) -> Option<u64> {
+    let status = pool.status.as_ref().map(|s| s.observed_generation);
+    fingerprint(&pool.metadata, &(&pool.spec, status, pool.is_conflicted()))
+}
+
+/// What a pass reads of a block: metadata (release requests are annotations) and spec. The
+/// status is the owning agent's own report, written after every pod ADD and DEL; only that
+/// agent reads it back, when it starts, without waiting for a change.
+pub fn block_fingerprint(block: &IPBlock) -> Option<u64> {
+    fingerprint(&block.metadata, &block.spec)
+}
+
+/// What a pass reads of the `ClusterNetwork`: metadata (its deletion) and spec, not the
+/// status the operator aggregates from every node's report.
+pub fn network_fingerprint(network: &ClusterNetwork) -> Option<u64> {
+    fingerprint(&network.metadata, &network.spec)
 }
 
 /// A Node's address: its InternalIP, else its first address.
