@@ -81,11 +81,10 @@ where
     }
     let mut finalizers = obj.finalizers().to_vec();
     finalizers.push(FINALIZER.to_string());
-    let patch = serde_json::json!({"metadata": {"finalizers": finalizers}});
     api.patch(
         &obj.name_any(),
         &kube::api::PatchParams::default(),
-        &kube::api::Patch::Merge(&patch),
+        &kube::api::Patch::Merge(&finalizers_patch(obj, &finalizers)),
     )
     .await?;
     Ok(())
@@ -97,20 +96,32 @@ where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
     use kube::ResourceExt;
-    let remaining: Vec<&String> = obj
+    let remaining: Vec<String> = obj
         .finalizers()
         .iter()
         .filter(|f| *f != FINALIZER)
+        .cloned()
         .collect();
-    let patch = serde_json::json!({"metadata": {"finalizers": remaining}});
     let result = api
         .patch(
             &obj.name_any(),
             &kube::api::PatchParams::default(),
-            &kube::api::Patch::Merge(&patch),
+            &kube::api::Patch::Merge(&finalizers_patch(obj, &remaining)),
         )
         .await;
     ignore_missing(result).map(|_| ())
+}
+
+/// A merge patch setting the finalizer list of `obj` to `finalizers`, made from the list of
+/// `obj` at its `resourceVersion`: a merge patch replaces the whole list, so the API server
+/// must refuse it (409 Conflict, and the reconcile runs again on a fresh object) when the
+/// object changed since, or it would drop a finalizer another controller just added.
+pub fn finalizers_patch<K: kube::Resource>(obj: &K, finalizers: &[String]) -> serde_json::Value {
+    let mut metadata = serde_json::json!({"finalizers": finalizers});
+    if let Some(rv) = &obj.meta().resource_version {
+        metadata["resourceVersion"] = serde_json::Value::String(rv.clone());
+    }
+    serde_json::json!({"metadata": metadata})
 }
 
 /// Deletes `name`; `Ok(false)` when it was already gone.
