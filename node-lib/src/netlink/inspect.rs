@@ -8,7 +8,8 @@ use netlink_packet_route::route::{RouteAttribute, RouteFlags, RouteMessage, Rout
 use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
 use sinew_core::Family;
 
-use super::{Netlink, Result, address_family, route_ip};
+use super::route::route_ip;
+use super::{Netlink, Result, address_family};
 
 /// What a route does with matching packets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
