@@ -21,13 +21,15 @@ pub enum Reported {
     /// A report this build cannot read (garbled, or written by an incompatible agent): the
     /// node's state is unknown, which is not the same as clean.
     Unreadable,
-    Report(NodeReport),
+    Report(Box<NodeReport>),
 }
 
 /// What the node's agent has said (see [`Reported`]).
 pub fn reported(node: &Node) -> Reported {
     match node.annotations().get(NODE_STATE_ANNOTATION) {
         None => Reported::Nothing,
-        Some(s) => NodeReport::parse(s).map_or(Reported::Unreadable, Reported::Report),
+        Some(s) => {
+            NodeReport::parse(s).map_or(Reported::Unreadable, |r| Reported::Report(Box::new(r)))
+        }
     }
 }

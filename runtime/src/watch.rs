@@ -149,10 +149,7 @@ impl std::io::Write for HashWriter {
 /// What sinew reads of a pruned Node (see [`prune_node`]): labels, sinew's annotations and
 /// addresses; kubelet's status updates leave it alone.
 pub fn node_fingerprint(node: &Node) -> Option<u64> {
-    fingerprint(
-        &node.metadata,
-        &node.status.as_ref().map(|s| &s.addresses),
-    )
+    fingerprint(&node.metadata, &node.status.as_ref().map(|s| &s.addresses))
 }
 
 /// Drops managed fields (kept by no reconciler).
@@ -209,8 +206,14 @@ mod tests {
             "a new resourceVersion and an unread part changed"
         );
         assert!(!f.wakes(&Event::Apply(unchanged.clone())), "the same again");
-        assert!(f.wakes(&Event::Apply(config_map("a", "3", "y", "Ag=="))), "read part");
-        assert!(f.wakes(&Event::Apply(config_map("b", "4", "y", "Ag=="))), "new object");
+        assert!(
+            f.wakes(&Event::Apply(config_map("a", "3", "y", "Ag=="))),
+            "read part"
+        );
+        assert!(
+            f.wakes(&Event::Apply(config_map("b", "4", "y", "Ag=="))),
+            "new object"
+        );
         let mut annotated = config_map("a", "5", "y", "Ag==");
         annotated
             .metadata
@@ -218,7 +221,10 @@ mod tests {
             .get_or_insert_default()
             .insert("k".into(), "v".into());
         assert!(f.wakes(&Event::Apply(annotated)), "metadata is read");
-        assert!(f.wakes(&Event::Delete(config_map("b", "6", "y", "Ag=="))), "deleted");
+        assert!(
+            f.wakes(&Event::Delete(config_map("b", "6", "y", "Ag=="))),
+            "deleted"
+        );
         assert!(
             f.wakes(&Event::Apply(config_map("b", "7", "y", "Ag=="))),
             "created again after its deletion"
@@ -265,19 +271,39 @@ mod tests {
             prune_node(&mut node);
             node_fingerprint(&node)
         };
-        let before = node("1", "2026-01-01T00:00:00Z", "02:00:00:00:00:01", "192.0.2.1");
+        let before = node(
+            "1",
+            "2026-01-01T00:00:00Z",
+            "02:00:00:00:00:01",
+            "192.0.2.1",
+        );
         assert!(before.is_some());
         assert_eq!(
             before,
-            node("2", "2026-01-01T00:01:00Z", "02:00:00:00:00:01", "192.0.2.1")
+            node(
+                "2",
+                "2026-01-01T00:01:00Z",
+                "02:00:00:00:00:01",
+                "192.0.2.1"
+            )
         );
         assert_ne!(
             before,
-            node("3", "2026-01-01T00:01:00Z", "02:00:00:00:00:02", "192.0.2.1")
+            node(
+                "3",
+                "2026-01-01T00:01:00Z",
+                "02:00:00:00:00:02",
+                "192.0.2.1"
+            )
         );
         assert_ne!(
             before,
-            node("4", "2026-01-01T00:01:00Z", "02:00:00:00:00:01", "192.0.2.2")
+            node(
+                "4",
+                "2026-01-01T00:01:00Z",
+                "02:00:00:00:00:01",
+                "192.0.2.2"
+            )
         );
     }
 

@@ -14,7 +14,9 @@ use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use sinew_crds::node::{POOL_ANNOTATION, VTEP_MAC_ANNOTATION};
 use sinew_crds::{CLUSTER_NETWORK_NAME, ClusterNetwork, IPBlock, IPPool, ReleaseRequest};
-use sinew_runtime::watch::{Fingerprint, Wake, fingerprint, node_fingerprint, prune_meta, prune_node, reflect};
+use sinew_runtime::watch::{
+    Fingerprint, Wake, fingerprint, node_fingerprint, prune_meta, prune_node, reflect,
+};
 use tokio::sync::Notify;
 
 use crate::nat;
