@@ -17,7 +17,7 @@ use tokio::sync::Notify;
 /// A hash of what a reconciler reads of an object: two versions with the same fingerprint
 /// look the same to it, so a change between them is not worth a wake-up. `None` (the object
 /// could not be hashed) always wakes.
-pub type Fingerprint<K> = fn(&K) -> Option<u64>;
+pub type Fingerprint<K> = Arc<dyn Fn(&K) -> Option<u64> + Send + Sync>;
 
 /// Whom a reflector wakes, and on which changes.
 pub struct Wake<K> {
@@ -53,7 +53,9 @@ where
         .reflect(writer);
     tokio::spawn(async move {
         futures::pin_mut!(stream);
-        let mut filter = wake.as_ref().map(|w| WakeFilter::new(w.fingerprint));
+        let mut filter = wake
+            .as_ref()
+            .map(|w| WakeFilter::new(w.fingerprint.clone()));
         while let Some(event) = stream.next().await {
             let wakes = match &event {
                 Err(e) => {
@@ -196,7 +198,7 @@ mod tests {
 
     #[test]
     fn only_changes_a_reconciler_reads_wake_it() {
-        let mut f = WakeFilter::new(data_only);
+        let mut f = WakeFilter::new(Arc::new(data_only));
         assert!(!f.wakes(&Event::Init));
         assert!(!f.wakes(&Event::InitApply(config_map("a", "1", "x", "AQ=="))));
         assert!(f.wakes(&Event::InitDone), "the list is complete");
@@ -233,7 +235,7 @@ mod tests {
 
     #[test]
     fn a_relist_wakes_once_at_its_end_and_replaces_the_fingerprints() {
-        let mut f = WakeFilter::new(data_only);
+        let mut f = WakeFilter::new(Arc::new(data_only));
         assert!(!f.wakes(&Event::Init));
         assert!(!f.wakes(&Event::InitApply(config_map("a", "1", "x", ""))));
         assert!(!f.wakes(&Event::InitApply(config_map("b", "1", "x", ""))));
@@ -251,7 +253,7 @@ mod tests {
 
     #[test]
     fn an_unhashable_object_always_wakes() {
-        let mut f = WakeFilter::new(|_: &ConfigMap| None);
+        let mut f = WakeFilter::new(Arc::new(|_: &ConfigMap| None));
         let cm = config_map("a", "1", "x", "");
         assert!(f.wakes(&Event::Apply(cm.clone())));
         assert!(f.wakes(&Event::Apply(cm)));

@@ -109,7 +109,7 @@ struct Pools {
 impl Agent {
     pub async fn start(settings: Settings, client: Client) -> Agent {
         let notify = Arc::new(Notify::new());
-        let cluster = Cluster::watch(&client, &notify);
+        let cluster = Cluster::watch(&client, &notify, &settings.node_name);
         Agent {
             api: ApiWriter::new(client, &settings.node_name),
             metrics: Arc::new(http::Metrics::new(&settings.node_name)),
@@ -135,9 +135,6 @@ impl Agent {
         let local = watch_local_state(&self.settings.state_dir);
         let mut last_full = tokio::time::Instant::now();
         let mut serving = self.settings.metrics_addr == ListenAddr::Off;
-        // This node's allocations changed: a pass reads them (claims ahead of need, empty
-        // blocks, the clean-up's wait for pods), so this agent (and no other) runs one.
-        let mut allocations_changed = false;
         loop {
             if !serving {
                 serving = self.serve_http();
@@ -146,7 +143,7 @@ impl Agent {
                 _ = notify.notified() => true,
                 _ = local.notified() => false,
                 _ = tokio::time::sleep(Duration::from_millis(500)) => false,
-            } || std::mem::take(&mut allocations_changed);
+            };
             let requested = !node_state::pending_block_requests(&self.settings.state_dir)
                 .unwrap_or_default()
                 .is_empty();
@@ -159,11 +156,8 @@ impl Agent {
                 }
                 last_full = tokio::time::Instant::now();
             }
-            match self.sync_block_status().await {
-                Ok(changed) => allocations_changed = changed,
-                Err(e) => {
-                    warn!(node = %self.node(), kind = e.label(), error = %e, "status sync failed")
-                }
+            if let Err(e) = self.sync_block_status().await {
+                warn!(node = %self.node(), kind = e.label(), error = %e, "status sync failed");
             }
             self.metrics.beat();
         }
@@ -764,15 +758,13 @@ impl Agent {
         Ok(())
     }
 
-    /// Writes each owned block's allocations into its `IPBlock` status when they changed;
-    /// `true` when it wrote any.
-    pub async fn sync_block_status(&mut self) -> Result<bool> {
+    /// Writes each owned block's allocations into its `IPBlock` status when they changed.
+    pub async fn sync_block_status(&mut self) -> Result<()> {
         let snapshot = self
             .store()
             .snapshot()
             .map_err(Error::files("reading the IPAM store"))?;
         let mut per_pool: BTreeMap<String, (u64, u64)> = BTreeMap::new();
-        let mut wrote = false;
         for block in self.cluster.blocks_of(self.node()) {
             let Ok(cidr) = block.spec.cidr.parse::<Cidr>() else {
                 continue;
@@ -788,13 +780,12 @@ impl Agent {
             };
             if !already {
                 self.api.block_status(&name, &status).await?;
-                wrote = true;
                 debug!(block = %name, allocated = status.allocated, "block status synced");
             }
             self.memory.reported_blocks.insert(name, status);
         }
         self.metrics.set_pools(&per_pool);
-        Ok(wrote)
+        Ok(())
     }
 }
 
