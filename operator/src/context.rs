@@ -75,19 +75,14 @@ pub async fn ensure_finalizer<K>(api: &kube::Api<K>, obj: &K) -> Result<(), Erro
 where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
-    use kube::ResourceExt;
-    if obj.finalizers().iter().any(|f| f == FINALIZER) {
-        return Ok(());
-    }
-    let mut finalizers = obj.finalizers().to_vec();
-    finalizers.push(FINALIZER.to_string());
-    api.patch(
-        &obj.name_any(),
-        &kube::api::PatchParams::default(),
-        &kube::api::Patch::Merge(&finalizers_patch(obj, &finalizers)),
-    )
-    .await?;
-    Ok(())
+    edit_finalizers(api, obj, |current| {
+        (!current.iter().any(|f| f == FINALIZER)).then(|| {
+            let mut finalizers = current.to_vec();
+            finalizers.push(FINALIZER.to_string());
+            finalizers
+        })
+    })
+    .await
 }
 
 /// Removes sinew's finalizer from `obj`; an object already gone is fine.
@@ -95,21 +90,56 @@ pub async fn remove_finalizer<K>(api: &kube::Api<K>, obj: &K) -> Result<(), Erro
 where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
-    use kube::ResourceExt;
-    let remaining: Vec<String> = obj
-        .finalizers()
-        .iter()
-        .filter(|f| *f != FINALIZER)
-        .cloned()
-        .collect();
-    let result = api
-        .patch(
-            &obj.name_any(),
-            &kube::api::PatchParams::default(),
-            &kube::api::Patch::Merge(&finalizers_patch(obj, &remaining)),
+    edit_finalizers(api, obj, |current| {
+        Some(
+            current
+                .iter()
+                .filter(|f| *f != FINALIZER)
+                .cloned()
+                .collect(),
         )
-        .await;
-    ignore_missing(result).map(|_| ())
+    })
+    .await
+}
+
+/// Sets the finalizers of `obj` to what `edit` makes of its current list (`None`: nothing
+/// to do), guarded by the object's `resourceVersion` (see [`finalizers_patch`]). On a
+/// conflict the object is read again and `edit` applied to the fresh list, once; an object
+/// already gone is fine.
+async fn edit_finalizers<K>(
+    api: &kube::Api<K>,
+    obj: &K,
+    edit: impl Fn(&[String]) -> Option<Vec<String>>,
+) -> Result<(), Error>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    use kube::ResourceExt;
+    let name = obj.name_any();
+    let mut current = obj.clone();
+    for retry in [true, false] {
+        let Some(finalizers) = edit(current.finalizers()) else {
+            return Ok(());
+        };
+        let result = api
+            .patch(
+                &name,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(&finalizers_patch(&current, &finalizers)),
+            )
+            .await;
+        match result {
+            Err(kube::Error::Api(e)) if e.code == 409 && retry => {
+                tracing::debug!(object = %name, "finalizers changed meanwhile; reading the object again");
+                match ignore_missing(api.get(&name).await)? {
+                    Some(fresh) => current = fresh,
+                    None => return Ok(()),
+                }
+            }
+            other => return ignore_missing(other).map(|_| ()),
+        }
+    }
+    Ok(())
 }
 
 /// A merge patch setting the finalizer list of `obj` to `finalizers`, made from the list of

@@ -124,20 +124,60 @@ async fn a_new_pool_gets_the_finalizer_before_anything_else_is_written() {
 }
 
 #[tokio::test]
-async fn a_finalizer_patch_refused_for_a_concurrent_change_is_an_error_and_writes_nothing_else() {
+async fn a_finalizer_patch_refused_for_a_concurrent_change_is_made_again_from_the_fresh_pool() {
     // Another controller added its finalizer after the cache was filled: the API server
-    // refuses the patch made from the stale list instead of letting it drop that finalizer.
+    // refuses the patch made from the stale list instead of letting it drop that finalizer;
+    // the operator reads the pool again and keeps the other finalizer.
     let p = pool(&[]);
     let (ctx, api) = World {
         pools: vec![p.clone()],
         ..World::default()
     }
     .build();
+    let mut fresh = pool(&["example.com/other"]);
+    fresh.metadata.resource_version = Some("42".into());
+    let written = pool(&["example.com/other", FINALIZER]);
     let scenario = api.play(|mut api| async move {
-        let patch = api
+        let stale = api
             .expect(Method::PATCH, POOL, 409, super::status(409, "Conflict"))
             .await;
-        assert_eq!(patch.body["metadata"]["resourceVersion"], "41");
+        assert_eq!(stale.body["metadata"]["resourceVersion"], "41");
+        api.expect(Method::GET, POOL, 200, to_json(&fresh)).await;
+        let again = api
+            .expect(Method::PATCH, POOL, 200, to_json(&written))
+            .await;
+        assert_eq!(
+            again.body,
+            json!({"metadata": {"finalizers": ["example.com/other", "sinew.dev/cleanup"],
+                                "resourceVersion": "42"}})
+        );
+        api.expect(Method::PATCH, POOL_STATUS, 200, to_json(&written))
+            .await;
+        api
+    });
+    let result = within(reconcile(Arc::new(p), ctx.clone())).await;
+    scenario.finish(ctx).await;
+    assert_eq!(
+        result.expect("reconciled"),
+        Action::requeue(Duration::from_secs(30))
+    );
+}
+
+#[tokio::test]
+async fn a_second_conflict_on_the_finalizer_is_an_error() {
+    let p = pool(&[]);
+    let (ctx, api) = World {
+        pools: vec![p.clone()],
+        ..World::default()
+    }
+    .build();
+    let fresh = to_json(&p);
+    let scenario = api.play(|mut api| async move {
+        api.expect(Method::PATCH, POOL, 409, super::status(409, "Conflict"))
+            .await;
+        api.expect(Method::GET, POOL, 200, fresh).await;
+        api.expect(Method::PATCH, POOL, 409, super::status(409, "Conflict"))
+            .await;
         api
     });
     let result = within(reconcile(Arc::new(p), ctx.clone())).await;
