@@ -194,12 +194,12 @@ impl Mesh {
     }
 
     /// The problems the probes and the peers' underlay MTUs show now.
-    pub fn problems(&self, now: SystemTime) -> Vec<Problem> {
+    pub fn problems(&self) -> Vec<Problem> {
         let state = self.lock();
         state
             .targets
             .iter()
-            .filter_map(|t| problem(t, state.health.get(&t.key()), now))
+            .filter_map(|t| problem(t, state.health.get(&t.key())))
             .collect()
     }
 
@@ -368,15 +368,20 @@ fn probe_round(targets: &[Target]) -> std::io::Result<Vec<Found>> {
     Ok(found)
 }
 
-fn ago(now: SystemTime, then: Option<SystemTime>) -> String {
-    match then.map(|t| now.duration_since(t).unwrap_or_default().as_secs()) {
-        Some(s) => format!("last answer {s} s ago"),
-        None => "never answered since the agent started".to_string(),
+/// When the peer last answered, as a time that stays the same while it does not (the report,
+/// and so the Node, is written only when a problem changes).
+fn last_answer(then: Option<SystemTime>) -> String {
+    match then.and_then(|t| k8s_openapi::jiff::Timestamp::try_from(t).ok()) {
+        Some(t) => format!(
+            "last answer at {}",
+            t.round(k8s_openapi::jiff::Unit::Second).unwrap_or(t)
+        ),
+        None => "no answer since the agent started".to_string(),
     }
 }
 
 /// The problem one target shows, if any (pure).
-fn problem(target: &Target, health: Option<&Health>, now: SystemTime) -> Option<Problem> {
+fn problem(target: &Target, health: Option<&Health>) -> Option<Problem> {
     let peer = &target.peer;
     let path = target.path_name();
     if let Some(h) = health.filter(|h| h.verdict() == Verdict::Unreachable) {
@@ -387,9 +392,8 @@ fn problem(target: &Target, health: Option<&Health>, now: SystemTime) -> Option<
                 h.failure.as_deref().unwrap_or("no answer")
             ),
             format!(
-                "{} probes in a row failed; {}",
-                h.lost_rounds,
-                ago(now, h.last_answer)
+                "{FAILED_ROUNDS} or more rounds in a row without an answer; {}",
+                last_answer(h.last_answer)
             ),
         ];
         let fix = match h.underlay_answers {
@@ -432,8 +436,8 @@ fn problem(target: &Target, health: Option<&Health>, now: SystemTime) -> Option<
     let mut carried = None;
     if let Some(h) = health.filter(|h| matches!(h.verdict(), Verdict::Oversize(_))) {
         evidence.push(format!(
-            "{}-byte echoes (the pod MTU) to {} over {path} with Don't Fragment are lost; {SMALL}-byte ones pass ({} rounds in a row)",
-            target.mtu, target.ip, h.oversize_rounds
+            "{}-byte echoes (the pod MTU) to {} over {path} with Don't Fragment are lost; {SMALL}-byte ones pass",
+            target.mtu, target.ip
         ));
         if let Some(largest) = h.largest {
             evidence.push(format!("the largest packet that passes is {largest} bytes"));
@@ -505,12 +509,11 @@ mod tests {
         let t = target(Path::Vxlan, Some(1500));
         let mut h = Health::default();
         h.update(found(true, true));
-        let now = SystemTime::now();
-        assert!(problem(&t, Some(&h), now).is_none());
+        assert!(problem(&t, Some(&h)).is_none());
         h.update(found(false, false));
-        assert!(problem(&t, Some(&h), now).is_none(), "one lost round");
+        assert!(problem(&t, Some(&h)).is_none(), "one lost round");
         h.update(found(false, false));
-        let p = problem(&t, Some(&h), now).unwrap();
+        let p = problem(&t, Some(&h)).unwrap();
         assert_eq!(p.kind, ProblemKind::PeerUnreachable);
         assert!(
             p.evidence
@@ -520,7 +523,7 @@ mod tests {
         );
         assert!(p.fix.unwrap().contains("UDP"));
         h.update(found(true, true));
-        assert!(problem(&t, Some(&h), now).is_none(), "cleared by an answer");
+        assert!(problem(&t, Some(&h)).is_none(), "cleared by an answer");
     }
 
     #[test]
@@ -529,7 +532,7 @@ mod tests {
         let mut h = Health::default();
         h.update(found(true, false));
         h.update(found(true, false));
-        let p = problem(&t, Some(&h), SystemTime::now()).unwrap();
+        let p = problem(&t, Some(&h)).unwrap();
         assert_eq!(p.kind, ProblemKind::MtuMismatch);
         assert!(
             p.evidence
@@ -543,11 +546,11 @@ mod tests {
     #[test]
     fn a_peer_underlay_smaller_than_the_pod_mtu_is_a_mismatch_before_any_loss() {
         // VXLAN over IPv4: a 1400-byte underlay carries 1350-byte pod packets.
-        let p = problem(&target(Path::Vxlan, Some(1400)), None, SystemTime::now()).unwrap();
+        let p = problem(&target(Path::Vxlan, Some(1400)), None).unwrap();
         assert_eq!(p.kind, ProblemKind::MtuMismatch);
         assert!(p.evidence[0].contains("at most 1350 bytes"), "{p:?}");
-        assert!(problem(&target(Path::Vxlan, Some(1500)), None, SystemTime::now()).is_none());
-        assert!(problem(&target(Path::Routed, Some(1450)), None, SystemTime::now()).is_none());
-        assert!(problem(&target(Path::Routed, Some(1449)), None, SystemTime::now()).is_some());
+        assert!(problem(&target(Path::Vxlan, Some(1500)), None).is_none());
+        assert!(problem(&target(Path::Routed, Some(1450)), None).is_none());
+        assert!(problem(&target(Path::Routed, Some(1449)), None).is_some());
     }
 }

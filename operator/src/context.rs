@@ -75,20 +75,14 @@ pub async fn ensure_finalizer<K>(api: &kube::Api<K>, obj: &K) -> Result<(), Erro
 where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
-    use kube::ResourceExt;
-    if obj.finalizers().iter().any(|f| f == FINALIZER) {
-        return Ok(());
-    }
-    let mut finalizers = obj.finalizers().to_vec();
-    finalizers.push(FINALIZER.to_string());
-    let patch = serde_json::json!({"metadata": {"finalizers": finalizers}});
-    api.patch(
-        &obj.name_any(),
-        &kube::api::PatchParams::default(),
-        &kube::api::Patch::Merge(&patch),
-    )
-    .await?;
-    Ok(())
+    edit_finalizers(api, obj, |current| {
+        (!current.iter().any(|f| f == FINALIZER)).then(|| {
+            let mut finalizers = current.to_vec();
+            finalizers.push(FINALIZER.to_string());
+            finalizers
+        })
+    })
+    .await
 }
 
 /// Removes sinew's finalizer from `obj`; an object already gone is fine.
@@ -96,21 +90,68 @@ pub async fn remove_finalizer<K>(api: &kube::Api<K>, obj: &K) -> Result<(), Erro
 where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
-    use kube::ResourceExt;
-    let remaining: Vec<&String> = obj
-        .finalizers()
-        .iter()
-        .filter(|f| *f != FINALIZER)
-        .collect();
-    let patch = serde_json::json!({"metadata": {"finalizers": remaining}});
-    let result = api
-        .patch(
-            &obj.name_any(),
-            &kube::api::PatchParams::default(),
-            &kube::api::Patch::Merge(&patch),
+    edit_finalizers(api, obj, |current| {
+        Some(
+            current
+                .iter()
+                .filter(|f| *f != FINALIZER)
+                .cloned()
+                .collect(),
         )
-        .await;
-    ignore_missing(result).map(|_| ())
+    })
+    .await
+}
+
+/// Sets the finalizers of `obj` to what `edit` makes of its current list (`None`: nothing
+/// to do), guarded by the object's `resourceVersion` (see [`finalizers_patch`]). On a
+/// conflict the object is read again and `edit` applied to the fresh list, once; an object
+/// already gone is fine.
+async fn edit_finalizers<K>(
+    api: &kube::Api<K>,
+    obj: &K,
+    edit: impl Fn(&[String]) -> Option<Vec<String>>,
+) -> Result<(), Error>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    use kube::ResourceExt;
+    let name = obj.name_any();
+    let mut current = obj.clone();
+    for retry in [true, false] {
+        let Some(finalizers) = edit(current.finalizers()) else {
+            return Ok(());
+        };
+        let result = api
+            .patch(
+                &name,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(&finalizers_patch(&current, &finalizers)),
+            )
+            .await;
+        match result {
+            Err(kube::Error::Api(e)) if e.code == 409 && retry => {
+                tracing::debug!(object = %name, "finalizers changed meanwhile; reading the object again");
+                match ignore_missing(api.get(&name).await)? {
+                    Some(fresh) => current = fresh,
+                    None => return Ok(()),
+                }
+            }
+            other => return ignore_missing(other).map(|_| ()),
+        }
+    }
+    Ok(())
+}
+
+/// A merge patch setting the finalizer list of `obj` to `finalizers`, made from the list of
+/// `obj` at its `resourceVersion`: a merge patch replaces the whole list, so the API server
+/// must refuse it (409 Conflict, and the reconcile runs again on a fresh object) when the
+/// object changed since, or it would drop a finalizer another controller just added.
+pub fn finalizers_patch<K: kube::Resource>(obj: &K, finalizers: &[String]) -> serde_json::Value {
+    let mut metadata = serde_json::json!({"finalizers": finalizers});
+    if let Some(rv) = &obj.meta().resource_version {
+        metadata["resourceVersion"] = serde_json::Value::String(rv.clone());
+    }
+    serde_json::json!({"metadata": metadata})
 }
 
 /// Deletes `name`; `Ok(false)` when it was already gone.

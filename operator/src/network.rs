@@ -174,11 +174,18 @@ pub async fn reconcile(network: Arc<ClusterNetwork>, ctx: Arc<Context>) -> Resul
     let nodes = ctx.nodes.state();
     let daemonsets: Api<DaemonSet> = Api::namespaced(ctx.client.clone(), &ctx.settings.namespace);
     if network.meta().deletion_timestamp.is_some() {
-        // Agents clean their nodes when they see the deletion; wait for all of them.
+        // Agents clean their nodes when they see the deletion; wait for all of them. A report
+        // that cannot be read does not say the node is clean: wait for that node too.
         let mut pending: Vec<String> = nodes
             .iter()
-            .filter(|n| nodes::report(n).is_some_and(|r| !r.cleaned_up))
-            .map(|n| n.name_any())
+            .filter_map(|n| match nodes::reported(n) {
+                nodes::Reported::Nothing => None,
+                nodes::Reported::Report(r) if r.cleaned_up => None,
+                nodes::Reported::Report(_) => Some(n.name_any()),
+                nodes::Reported::Unreadable => {
+                    Some(format!("{} (unreadable report)", n.name_any()))
+                }
+            })
             .collect();
         // Store order is arbitrary: sorted, so an unchanged wait never rewrites status.
         pending.sort();

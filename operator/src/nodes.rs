@@ -12,3 +12,24 @@ pub fn report(node: &Node) -> Option<NodeReport> {
         .get(NODE_STATE_ANNOTATION)
         .and_then(|s| NodeReport::parse(s))
 }
+
+/// What a node's agent has said, as far as the operator can tell.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reported {
+    /// No report: no agent has run on the node.
+    Nothing,
+    /// A report this build cannot read (garbled, or written by an incompatible agent): the
+    /// node's state is unknown, which is not the same as clean.
+    Unreadable,
+    Report(Box<NodeReport>),
+}
+
+/// What the node's agent has said (see [`Reported`]).
+pub fn reported(node: &Node) -> Reported {
+    match node.annotations().get(NODE_STATE_ANNOTATION) {
+        None => Reported::Nothing,
+        Some(s) => {
+            NodeReport::parse(s).map_or(Reported::Unreadable, |r| Reported::Report(Box::new(r)))
+        }
+    }
+}

@@ -440,14 +440,22 @@ pub async fn reconcile(pool: Arc<IPPool>, ctx: Arc<Context>) -> Result<Action, E
     if let Some(deleted) = pool.meta().deletion_timestamp.as_ref() {
         // Read live, not from the cache: a stale cache must not free blocks still in use.
         let block_api: Api<IPBlock> = Api::all(ctx.client.clone());
-        let live = block_api
+        let mut live = block_api
             .list(&ListParams::default().fields(&format!("spec.pool={name}")))
             .await?
             .items;
-        let in_use: u64 = live
-            .iter()
-            .map(|b| u64::from(b.status.as_ref().map_or(0, |s| s.allocated)))
-            .sum();
+        // No agent drains the addresses of a node that is gone: release its blocks once none
+        // of their pods exists (as for a pool that stays), or they would hold the pool forever.
+        let nodes: std::collections::BTreeSet<String> =
+            ctx.nodes.state().iter().map(|n| n.name_any()).collect();
+        let mut released = Vec::new();
+        for b in live.iter().filter(|b| allocated(b) > 0) {
+            if release_if_departed(&pool, &ctx, b, &nodes).await? == Departed::Released {
+                released.push(b.name_any());
+            }
+        }
+        live.retain(|b| !released.contains(&b.name_any()));
+        let in_use: u64 = live.iter().map(allocated).sum();
         let settled = k8s_openapi::jiff::Timestamp::now().duration_since(deleted.0)
             >= k8s_openapi::jiff::SignedDuration::try_from(DRAIN_SETTLE).unwrap_or_default();
         if !settled && in_use == 0 {
@@ -616,48 +624,75 @@ async fn departed_live(ctx: &Context, block: &IPBlock) -> bool {
 /// blocks' status (read live) can be trusted to show every address still in use.
 pub(crate) const DRAIN_SETTLE: Duration = Duration::from_secs(5);
 
+/// Addresses of `block` in use, as its status says.
+fn allocated(block: &IPBlock) -> u64 {
+    u64::from(block.status.as_ref().map_or(0, |s| s.allocated))
+}
+
 /// Deletes this pool's blocks whose node is gone and none of whose pods exists; returns
 /// whether some are still waiting for their pods.
 async fn release_blocks_of_departed_nodes(pool: &IPPool, ctx: &Context) -> Result<bool, Error> {
     let name = pool.name_any();
     let nodes: std::collections::BTreeSet<String> =
         ctx.nodes.state().iter().map(|n| n.name_any()).collect();
-    let api: Api<IPBlock> = Api::all(ctx.client.clone());
     let mut waiting = false;
     for block in ctx.blocks.state().iter().filter(|b| b.spec.pool == name) {
-        let node_exists = nodes.contains(&block.spec.node);
-        if node_exists {
-            continue;
-        }
-        if !releasable(block, node_exists, |uid| ctx.pods.contains(uid)) {
-            waiting = true;
-            continue;
-        }
-        // The caches said so; the API server must say so too, right before the release.
-        if !departed_live(ctx, block).await {
-            waiting = true;
-            continue;
-        }
-        if !delete_if_present(&api, &block.name_any()).await? {
-            continue;
-        }
-        ctx.metrics.block_releases.inc();
-        tracing::info!(pool = %name, block = %block.spec.cidr, node = %block.spec.node, "released the block of a departed node");
-        let event = Event {
-            type_: EventType::Normal,
-            reason: "BlockReleased".into(),
-            note: Some(format!(
-                "block {} of node {} released: the node is gone and no pod of the block exists",
-                block.spec.cidr, block.spec.node
-            )),
-            action: "Release".into(),
-            secondary: None,
-        };
-        if let Err(e) = ctx.recorder.publish(&event, &pool.object_ref(&())).await {
-            tracing::warn!(error = %e, "recording an Event failed");
-        }
+        waiting |= release_if_departed(pool, ctx, block, &nodes).await? == Departed::Waiting;
     }
     Ok(waiting)
+}
+
+/// What became of a block in [`release_if_departed`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Departed {
+    /// Its node exists.
+    NodeExists,
+    /// Its node is gone but a pod of it may still exist (or the live check said otherwise).
+    Waiting,
+    /// Its node and pods are gone: the block is released.
+    Released,
+}
+
+/// Releases `block` of `pool` if its node (not in `nodes`, the cached node names) is gone and
+/// none of its pods exists, by the caches and then live, with an Event.
+async fn release_if_departed(
+    pool: &IPPool,
+    ctx: &Context,
+    block: &IPBlock,
+    nodes: &std::collections::BTreeSet<String>,
+) -> Result<Departed, Error> {
+    let node_exists = nodes.contains(&block.spec.node);
+    if node_exists {
+        return Ok(Departed::NodeExists);
+    }
+    if !releasable(block, node_exists, |uid| ctx.pods.contains(uid)) {
+        return Ok(Departed::Waiting);
+    }
+    // The caches said so; the API server must say so too, right before the release.
+    if !departed_live(ctx, block).await {
+        return Ok(Departed::Waiting);
+    }
+    let api: Api<IPBlock> = Api::all(ctx.client.clone());
+    if !delete_if_present(&api, &block.name_any()).await? {
+        return Ok(Departed::Released);
+    }
+    ctx.metrics.block_releases.inc();
+    let name = pool.name_any();
+    tracing::info!(pool = %name, block = %block.spec.cidr, node = %block.spec.node, "released the block of a departed node");
+    let event = Event {
+        type_: EventType::Normal,
+        reason: "BlockReleased".into(),
+        note: Some(format!(
+            "block {} of node {} released: the node is gone and no pod of the block exists",
+            block.spec.cidr, block.spec.node
+        )),
+        action: "Release".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &pool.object_ref(&())).await {
+        tracing::warn!(error = %e, "recording an Event failed");
+    }
+    Ok(Departed::Released)
 }
 
 async fn write_status(pool: &IPPool, ctx: &Context, status: &IPPoolStatus) -> Result<(), Error> {

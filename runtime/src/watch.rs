@@ -2,22 +2,40 @@
 //! object, pruned of what sinew never reads (stores are most of a daemon's memory), with an
 //! optional wake-up for whoever reconciles from it.
 
+use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hasher};
 use std::sync::Arc;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, NodeStatus};
 use kube::Api;
-use kube::runtime::reflector::{self, Store};
+use kube::api::ObjectMeta;
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use tokio::sync::Notify;
 
+/// A hash of what a reconciler reads of an object: two versions with the same fingerprint
+/// look the same to it, so a change between them is not worth a wake-up. `None` (the object
+/// could not be hashed) always wakes.
+pub type Fingerprint<K> = Arc<dyn Fn(&K) -> Option<u64> + Send + Sync>;
+
+/// Whom a reflector wakes, and on which changes.
+pub struct Wake<K> {
+    pub notify: Arc<Notify>,
+    /// What the reconciler reads of each object (see [`fingerprint`]).
+    pub fingerprint: Fingerprint<K>,
+}
+
 /// Spawns a reflector for `api` (default back-off) whose objects go through `prune` before
-/// they are stored; `notify` (if any) is woken on every change and every watch error.
+/// they are stored. `wake` (if any) is woken, once the store holds the change, when an
+/// object appears, is deleted or changes its fingerprint, when a (re-)list completes, and on
+/// every watch error; not when only what its reconciler ignores changed (a status it does
+/// not read, a Node heartbeat, `resourceVersion`).
 pub fn reflect<K>(
     api: Api<K>,
     config: watcher::Config,
     prune: fn(&mut K),
-    notify: Option<Arc<Notify>>,
+    wake: Option<Wake<K>>,
 ) -> Store<K>
 where
     K: kube::Resource<DynamicType = ()>
@@ -32,20 +50,108 @@ where
     let stream = watcher(api, config)
         .default_backoff()
         .modify(prune)
-        .reflect(writer)
-        .touched_objects();
+        .reflect(writer);
     tokio::spawn(async move {
         futures::pin_mut!(stream);
+        let mut filter = wake
+            .as_ref()
+            .map(|w| WakeFilter::new(w.fingerprint.clone()));
         while let Some(event) = stream.next().await {
-            if let Err(e) = event {
-                tracing::warn!(error = %e, "watch error; retrying");
-            }
-            if let Some(n) = &notify {
-                n.notify_one();
+            let wakes = match &event {
+                Err(e) => {
+                    tracing::warn!(error = %e, "watch error; retrying");
+                    true
+                }
+                Ok(event) => filter.as_mut().is_some_and(|f| f.wakes(event)),
+            };
+            if wakes && let Some(w) = &wake {
+                w.notify.notify_one();
             }
         }
     });
     store
+}
+
+/// The last fingerprint of every object a reflector holds, and the wake-up decision for
+/// each watch event (pure: no I/O, no clock).
+pub struct WakeFilter<K: kube::Resource<DynamicType = ()>> {
+    fingerprint: Fingerprint<K>,
+    last: HashMap<ObjectRef<K>, Option<u64>>,
+    /// Fingerprints of a re-list under way (between `Init` and `InitDone`).
+    relist: HashMap<ObjectRef<K>, Option<u64>>,
+}
+
+impl<K: kube::Resource<DynamicType = ()>> WakeFilter<K> {
+    pub fn new(fingerprint: Fingerprint<K>) -> WakeFilter<K> {
+        WakeFilter {
+            fingerprint,
+            last: HashMap::new(),
+            relist: HashMap::new(),
+        }
+    }
+
+    /// Whether `event` is worth a wake-up: a new object, a changed (or unhashable)
+    /// fingerprint, a deletion, or the end of a (re-)list. Objects of a re-list wake once,
+    /// at its end, when the store holds them all.
+    pub fn wakes(&mut self, event: &watcher::Event<K>) -> bool {
+        match event {
+            watcher::Event::Apply(obj) => {
+                let fp = (self.fingerprint)(obj);
+                let previous = self.last.insert(ObjectRef::from_obj(obj), fp);
+                fp.is_none() || previous != Some(fp)
+            }
+            watcher::Event::Delete(obj) => {
+                self.last.remove(&ObjectRef::from_obj(obj));
+                true
+            }
+            watcher::Event::Init => {
+                self.relist.clear();
+                false
+            }
+            watcher::Event::InitApply(obj) => {
+                self.relist
+                    .insert(ObjectRef::from_obj(obj), (self.fingerprint)(obj));
+                false
+            }
+            watcher::Event::InitDone => {
+                self.last = std::mem::take(&mut self.relist);
+                true
+            }
+        }
+    }
+}
+
+/// The fingerprint of an object's metadata (without `resourceVersion` and `managedFields`,
+/// which every write changes) and of `rest`, the parts of it a reconciler reads.
+pub fn fingerprint<T: serde::Serialize + ?Sized>(meta: &ObjectMeta, rest: &T) -> Option<u64> {
+    let meta = ObjectMeta {
+        resource_version: None,
+        managed_fields: None,
+        ..meta.clone()
+    };
+    let mut out = HashWriter(DefaultHasher::new());
+    serde_json::to_writer(&mut out, &(&meta, rest)).ok()?;
+    Some(out.0.finish())
+}
+
+/// Feeds what is written into a hasher.
+struct HashWriter(DefaultHasher);
+
+impl std::io::Write for HashWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// What sinew reads of a pruned Node (see [`prune_node`]): labels, sinew's annotations and
+/// addresses; kubelet's status updates leave it alone.
+pub fn node_fingerprint(node: &Node) -> Option<u64> {
+    fingerprint(&node.metadata, &node.status.as_ref().map(|s| &s.addresses))
 }
 
 /// Drops managed fields (kept by no reconciler).
@@ -71,6 +177,137 @@ pub fn prune_node(node: &mut Node) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use watcher::Event;
+
+    fn config_map(name: &str, rv: &str, data: &str, status_like: &str) -> ConfigMap {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "namespace": "ns", "resourceVersion": rv},
+            "data": {"read": data},
+            // Stands for a status the reconciler does not read.
+            "binaryData": {"ignored": status_like},
+        }))
+        .unwrap()
+    }
+
+    /// Reads `data` only, as a reconciler that ignores a status would.
+    fn data_only(cm: &ConfigMap) -> Option<u64> {
+        fingerprint(&cm.metadata, &cm.data)
+    }
+
+    #[test]
+    fn only_changes_a_reconciler_reads_wake_it() {
+        let mut f = WakeFilter::new(Arc::new(data_only));
+        assert!(!f.wakes(&Event::Init));
+        assert!(!f.wakes(&Event::InitApply(config_map("a", "1", "x", "AQ=="))));
+        assert!(f.wakes(&Event::InitDone), "the list is complete");
+        let unchanged = config_map("a", "2", "x", "Ag==");
+        assert!(
+            !f.wakes(&Event::Apply(unchanged.clone())),
+            "a new resourceVersion and an unread part changed"
+        );
+        assert!(!f.wakes(&Event::Apply(unchanged.clone())), "the same again");
+        assert!(
+            f.wakes(&Event::Apply(config_map("a", "3", "y", "Ag=="))),
+            "read part"
+        );
+        assert!(
+            f.wakes(&Event::Apply(config_map("b", "4", "y", "Ag=="))),
+            "new object"
+        );
+        let mut annotated = config_map("a", "5", "y", "Ag==");
+        annotated
+            .metadata
+            .annotations
+            .get_or_insert_default()
+            .insert("k".into(), "v".into());
+        assert!(f.wakes(&Event::Apply(annotated)), "metadata is read");
+        assert!(
+            f.wakes(&Event::Delete(config_map("b", "6", "y", "Ag=="))),
+            "deleted"
+        );
+        assert!(
+            f.wakes(&Event::Apply(config_map("b", "7", "y", "Ag=="))),
+            "created again after its deletion"
+        );
+    }
+
+    #[test]
+    fn a_relist_wakes_once_at_its_end_and_replaces_the_fingerprints() {
+        let mut f = WakeFilter::new(Arc::new(data_only));
+        assert!(!f.wakes(&Event::Init));
+        assert!(!f.wakes(&Event::InitApply(config_map("a", "1", "x", ""))));
+        assert!(!f.wakes(&Event::InitApply(config_map("b", "1", "x", ""))));
+        assert!(f.wakes(&Event::InitDone));
+        // The watch broke; "b" was deleted meanwhile and is not listed again.
+        assert!(!f.wakes(&Event::Init));
+        assert!(!f.wakes(&Event::InitApply(config_map("a", "9", "x", ""))));
+        assert!(f.wakes(&Event::InitDone));
+        assert!(
+            f.wakes(&Event::Apply(config_map("b", "10", "x", ""))),
+            "b was forgotten with the re-list: it is new again"
+        );
+        assert!(!f.wakes(&Event::Apply(config_map("a", "11", "x", ""))));
+    }
+
+    #[test]
+    fn an_unhashable_object_always_wakes() {
+        let mut f = WakeFilter::new(Arc::new(|_: &ConfigMap| None));
+        let cm = config_map("a", "1", "x", "");
+        assert!(f.wakes(&Event::Apply(cm.clone())));
+        assert!(f.wakes(&Event::Apply(cm)));
+    }
+
+    #[test]
+    fn node_heartbeats_do_not_change_its_fingerprint() {
+        let node = |rv: &str, heartbeat: &str, mac: &str, ip: &str| {
+            let mut node: Node = serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "n", "resourceVersion": rv,
+                             "annotations": {"sinew.dev/vtep-mac": mac}},
+                "status": {"addresses": [{"type": "InternalIP", "address": ip}],
+                           "conditions": [{"type": "Ready", "status": "True",
+                                           "lastHeartbeatTime": heartbeat}]},
+            }))
+            .unwrap();
+            prune_node(&mut node);
+            node_fingerprint(&node)
+        };
+        let before = node(
+            "1",
+            "2026-01-01T00:00:00Z",
+            "02:00:00:00:00:01",
+            "192.0.2.1",
+        );
+        assert!(before.is_some());
+        assert_eq!(
+            before,
+            node(
+                "2",
+                "2026-01-01T00:01:00Z",
+                "02:00:00:00:00:01",
+                "192.0.2.1"
+            )
+        );
+        assert_ne!(
+            before,
+            node(
+                "3",
+                "2026-01-01T00:01:00Z",
+                "02:00:00:00:00:02",
+                "192.0.2.1"
+            )
+        );
+        assert_ne!(
+            before,
+            node(
+                "4",
+                "2026-01-01T00:01:00Z",
+                "02:00:00:00:00:01",
+                "192.0.2.2"
+            )
+        );
+    }
 
     #[test]
     fn a_pruned_node_keeps_labels_sinew_annotations_and_addresses() {

@@ -14,7 +14,9 @@ use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use sinew_crds::node::{NODE_STATE_ANNOTATION, NodeReport, POOL_ANNOTATION, VTEP_MAC_ANNOTATION};
 use sinew_crds::{CLUSTER_NETWORK_NAME, ClusterNetwork, IPBlock, IPPool, ReleaseRequest};
-use sinew_runtime::watch::{prune_meta, prune_node, reflect};
+use sinew_runtime::watch::{
+    Fingerprint, Wake, fingerprint, node_fingerprint, prune_meta, prune_node, reflect,
+};
 use tokio::sync::Notify;
 
 use crate::nat;
@@ -30,26 +32,54 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Starts the watches; each change wakes `notify`.
-    pub fn watch(client: &Client, notify: &Arc<Notify>) -> Cluster {
+    /// Starts the watches; each change to what a pass reads wakes `notify` (see the
+    /// fingerprints below): a status write it does not read, or a Node heartbeat, does not.
+    pub fn watch(client: &Client, notify: &Arc<Notify>, me: &str) -> Cluster {
         let all = watcher::Config::default;
-        let wake = || Some(notify.clone());
+        fn wake<K>(
+            notify: &Arc<Notify>,
+            fingerprint: impl Fn(&K) -> Option<u64> + Send + Sync + 'static,
+        ) -> Option<Wake<K>> {
+            let fingerprint: Fingerprint<K> = Arc::new(fingerprint);
+            Some(Wake {
+                notify: notify.clone(),
+                fingerprint,
+            })
+        }
+        let me = me.to_string();
         Cluster {
-            nodes: reflect(Api::all(client.clone()), all(), prune_node, wake()),
-            pools: reflect(Api::all(client.clone()), all(), prune_meta, wake()),
-            blocks: reflect(Api::all(client.clone()), all(), prune_meta, wake()),
+            nodes: reflect(
+                Api::all(client.clone()),
+                all(),
+                prune_node,
+                wake(notify, node_fingerprint),
+            ),
+            pools: reflect(
+                Api::all(client.clone()),
+                all(),
+                prune_meta,
+                wake(notify, pool_fingerprint),
+            ),
+            blocks: reflect(
+                Api::all(client.clone()),
+                all(),
+                prune_meta,
+                wake(notify, move |b: &IPBlock| block_fingerprint(b, &me)),
+            ),
             networks: reflect(
                 Api::all(client.clone()),
                 all().fields(&format!("metadata.name={CLUSTER_NETWORK_NAME}")),
                 prune_meta,
-                wake(),
+                wake(notify, network_fingerprint),
             ),
             // Metadata only (names and annotations): `Api<PartialObjectMeta<_>>` asks for no more.
             namespaces: reflect(
                 Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
                 all(),
                 prune_meta,
-                wake(),
+                wake(notify, |ns: &PartialObjectMeta<Namespace>| {
+                    fingerprint(&ns.metadata, &())
+                }),
             ),
         }
     }
@@ -183,6 +213,32 @@ impl Cluster {
     }
 }
 
+/// What a pass reads of a pool: metadata, spec, and of the status only whether the operator
+/// judged it and whether it stalled it for a conflict (`trust::pools`); not the counts the
+/// operator rewrites after every allocation.
+pub fn pool_fingerprint(pool: &IPPool) -> Option<u64> {
+    let status = pool.status.as_ref().map(|s| s.observed_generation);
+    fingerprint(&pool.metadata, &(&pool.spec, status, pool.is_conflicted()))
+}
+
+/// What a pass of agent `me` reads of a block: metadata (release requests are annotations)
+/// and spec; and of its own blocks, the status too. The status is the owning agent's report
+/// of its allocations, written after every pod ADD and DEL: other agents never read it. Its
+/// owner does not read it either, but the echo of its own write is what wakes its pass after
+/// its allocations changed (claims ahead of need, empty blocks, the clean-up's wait for
+/// pods), and that echo comes in the watch's order, after the echoes of the agent's earlier
+/// writes (a block it just released is gone from the store by then).
+pub fn block_fingerprint(block: &IPBlock, me: &str) -> Option<u64> {
+    let status = (block.spec.node == me).then_some(&block.status);
+    fingerprint(&block.metadata, &(&block.spec, status))
+}
+
+/// What a pass reads of the `ClusterNetwork`: metadata (its deletion) and spec, not the
+/// status the operator aggregates from every node's report.
+pub fn network_fingerprint(network: &ClusterNetwork) -> Option<u64> {
+    fingerprint(&network.metadata, &network.spec)
+}
+
 /// A Node's address: its InternalIP, else its first address.
 pub fn node_ip(node: &Node) -> Option<IpAddr> {
     let addresses = node.status.as_ref()?.addresses.as_ref()?;
@@ -212,6 +268,65 @@ pub fn mac_string(mac: [u8; 6]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_its_own_blocks_status_wakes_an_agent() {
+        let block = |node: &str, rv: &str, allocated: u32| -> IPBlock {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "sinew.dev/v1alpha1", "kind": "IPBlock",
+                "metadata": {"name": "10-0-0-0-26", "resourceVersion": rv},
+                "spec": {"pool": "p", "cidr": "10.0.0.0/26", "node": node},
+                "status": {"allocated": allocated, "allocations": []},
+            }))
+            .unwrap()
+        };
+        // Another node's allocations: not read here.
+        assert_eq!(
+            block_fingerprint(&block("other", "1", 1), "me"),
+            block_fingerprint(&block("other", "2", 2), "me")
+        );
+        // This node's: its pass follows its own allocations.
+        assert_ne!(
+            block_fingerprint(&block("me", "1", 1), "me"),
+            block_fingerprint(&block("me", "2", 2), "me")
+        );
+        assert_eq!(
+            block_fingerprint(&block("me", "1", 1), "me"),
+            block_fingerprint(&block("me", "3", 1), "me"),
+            "a new resourceVersion alone"
+        );
+    }
+
+    #[test]
+    fn pool_counts_do_not_wake_an_agent_but_its_judgement_does() {
+        let pool = |rv: &str, status: serde_json::Value| -> IPPool {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "sinew.dev/v1alpha1", "kind": "IPPool",
+                "metadata": {"name": "p", "resourceVersion": rv},
+                "spec": {"cidr": "10.0.0.0/24"},
+                "status": status,
+            }))
+            .unwrap()
+        };
+        let unjudged = pool_fingerprint(&pool("1", serde_json::json!({})));
+        let judged = pool_fingerprint(&pool(
+            "2",
+            serde_json::json!({"observedGeneration": 1, "allocated": 1}),
+        ));
+        let counted = pool_fingerprint(&pool(
+            "3",
+            serde_json::json!({"observedGeneration": 1, "allocated": 7, "usage": "7/254"}),
+        ));
+        let stalled = pool_fingerprint(&pool(
+            "4",
+            serde_json::json!({"observedGeneration": 1, "conditions": [{
+            "type": "Stalled", "status": "True", "reason": "OverlappingPools", "message": "m",
+            "lastTransitionTime": "2026-01-01T00:00:00Z"}]}),
+        ));
+        assert_ne!(unjudged, judged);
+        assert_eq!(judged, counted);
+        assert_ne!(judged, stalled);
+    }
 
     #[test]
     fn macs_roundtrip_and_reject_garbage() {

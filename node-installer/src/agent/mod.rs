@@ -119,7 +119,7 @@ struct Pools {
 impl Agent {
     pub async fn start(settings: Settings, client: Client) -> Agent {
         let notify = Arc::new(Notify::new());
-        let cluster = Cluster::watch(&client, &notify);
+        let cluster = Cluster::watch(&client, &notify, &settings.node_name);
         let mesh = probe::Mesh::start(notify.clone())
             .map_err(|e| warn!(error = %e, "cannot start the probe mesh; peers are not probed"))
             .ok();
@@ -356,7 +356,7 @@ impl Agent {
         };
         problems.extend(self.diagnose(&mut nl, install.as_ref(), &pools));
         if let Some(mesh) = &self.mesh {
-            problems.extend(mesh.problems(std::time::SystemTime::now()));
+            problems.extend(mesh.problems());
         }
         problems.extend(diagnose::reverse_path_dropped(&self.memory.reverse_drops));
         problems.sort();

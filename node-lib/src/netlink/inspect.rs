@@ -8,7 +8,8 @@ use netlink_packet_route::route::{RouteAttribute, RouteFlags, RouteMessage, Rout
 use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
 use sinew_core::Family;
 
-use super::{NLM_F_ACK, Netlink, Result, address_family, route_ip};
+use super::route::route_ip;
+use super::{NLM_F_ACK, Netlink, Result, address_family};
 
 fn route_address(ip: IpAddr) -> netlink_packet_route::route::RouteAddress {
     match ip {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use http::Method;
 use kube::runtime::controller::Action;
 use serde_json::json;
-use sinew_crds::node::NodeReport;
+use sinew_crds::node::{NODE_STATE_ANNOTATION, NodeReport};
 use sinew_crds::{ClusterNetwork, ClusterNetworkSpec};
 
 use super::{NAMESPACE, World, deleted, node, not_found, ready_condition, to_json, within};
@@ -28,6 +28,7 @@ fn network(finalizers: &[&str]) -> ClusterNetwork {
     let mut n = ClusterNetwork::new("default", ClusterNetworkSpec::default());
     n.metadata.generation = Some(1);
     n.metadata.uid = Some("network-uid".into());
+    n.metadata.resource_version = Some("12".into());
     if !finalizers.is_empty() {
         n.metadata.finalizers = Some(finalizers.iter().map(|f| f.to_string()).collect());
     }
@@ -63,7 +64,7 @@ async fn a_new_network_gets_the_finalizer_before_the_daemonset_and_status() {
             .await;
         assert_eq!(
             first.body,
-            json!({"metadata": {"finalizers": ["sinew.dev/cleanup"]}})
+            json!({"metadata": {"finalizers": ["sinew.dev/cleanup"], "resourceVersion": "12"}})
         );
         let ds = api
             .expect_with(Method::PATCH, &daemonset_path(), 200, |seen| {
@@ -120,6 +121,44 @@ async fn a_deleted_network_waits_for_nodes_not_cleaned_up_and_keeps_the_daemonse
 }
 
 #[tokio::test]
+async fn a_deleted_network_waits_for_a_node_whose_report_it_cannot_read() {
+    let n = deleted_network();
+    let mut garbled = node("b", None);
+    garbled.metadata.annotations = Some(
+        [(
+            NODE_STATE_ANNOTATION.to_string(),
+            "{not a report".to_string(),
+        )]
+        .into_iter()
+        .collect(),
+    );
+    let (ctx, api) = World {
+        networks: vec![n.clone()],
+        nodes: vec![node("a", report(true)), garbled],
+        ..World::default()
+    }
+    .build();
+    let reply = to_json(&n);
+    let scenario = api.play(|mut api| async move {
+        // Not the DaemonSet's deletion: the node's state is unknown, not clean.
+        let status = api.expect(Method::PATCH, NETWORK_STATUS, 200, reply).await;
+        let ready = ready_condition(&status.body);
+        assert_eq!(ready["reason"], "CleaningUp");
+        assert_eq!(
+            ready["message"],
+            "waiting for 1 node(s) to clean up: b (unreadable report)"
+        );
+        api
+    });
+    let result = within(reconcile(Arc::new(n), ctx.clone())).await;
+    scenario.finish(ctx).await;
+    assert_eq!(
+        result.expect("reconciled"),
+        Action::requeue(Duration::from_secs(2))
+    );
+}
+
+#[tokio::test]
 async fn a_deleted_network_with_every_node_cleaned_deletes_the_daemonset_then_the_finalizer() {
     let n = deleted_network();
     let (ctx, api) = World {
@@ -135,7 +174,10 @@ async fn a_deleted_network_with_every_node_cleaned_deletes_the_daemonset_then_th
         api.expect(Method::DELETE, &daemonset_path(), 200, success)
             .await;
         let release = api.expect(Method::PATCH, NETWORK, 200, reply).await;
-        assert_eq!(release.body, json!({"metadata": {"finalizers": []}}));
+        assert_eq!(
+            release.body,
+            json!({"metadata": {"finalizers": [], "resourceVersion": "12"}})
+        );
         api
     });
     let result = within(reconcile(Arc::new(n), ctx.clone())).await;

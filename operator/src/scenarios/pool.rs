@@ -32,6 +32,7 @@ fn pool(finalizers: &[&str]) -> IPPool {
     );
     p.metadata.generation = Some(1);
     p.metadata.uid = Some("pool-uid".into());
+    p.metadata.resource_version = Some("41".into());
     if !finalizers.is_empty() {
         p.metadata.finalizers = Some(finalizers.iter().map(|f| f.to_string()).collect());
     }
@@ -101,7 +102,8 @@ async fn a_new_pool_gets_the_finalizer_before_anything_else_is_written() {
         );
         assert_eq!(
             first.body,
-            json!({"metadata": {"finalizers": ["sinew.dev/cleanup"]}})
+            json!({"metadata": {"finalizers": ["sinew.dev/cleanup"], "resourceVersion": "41"}}),
+            "the list is replaced only if the pool did not change since it was read"
         );
         let status = api
             .expect(Method::PATCH, POOL_STATUS, 200, to_json(&written))
@@ -118,6 +120,71 @@ async fn a_new_pool_gets_the_finalizer_before_anything_else_is_written() {
     assert_eq!(
         result.expect("reconciled"),
         Action::requeue(Duration::from_secs(30))
+    );
+}
+
+#[tokio::test]
+async fn a_finalizer_patch_refused_for_a_concurrent_change_is_made_again_from_the_fresh_pool() {
+    // Another controller added its finalizer after the cache was filled: the API server
+    // refuses the patch made from the stale list instead of letting it drop that finalizer;
+    // the operator reads the pool again and keeps the other finalizer.
+    let p = pool(&[]);
+    let (ctx, api) = World {
+        pools: vec![p.clone()],
+        ..World::default()
+    }
+    .build();
+    let mut fresh = pool(&["example.com/other"]);
+    fresh.metadata.resource_version = Some("42".into());
+    let written = pool(&["example.com/other", FINALIZER]);
+    let scenario = api.play(|mut api| async move {
+        let stale = api
+            .expect(Method::PATCH, POOL, 409, super::status(409, "Conflict"))
+            .await;
+        assert_eq!(stale.body["metadata"]["resourceVersion"], "41");
+        api.expect(Method::GET, POOL, 200, to_json(&fresh)).await;
+        let again = api
+            .expect(Method::PATCH, POOL, 200, to_json(&written))
+            .await;
+        assert_eq!(
+            again.body,
+            json!({"metadata": {"finalizers": ["example.com/other", "sinew.dev/cleanup"],
+                                "resourceVersion": "42"}})
+        );
+        api.expect(Method::PATCH, POOL_STATUS, 200, to_json(&written))
+            .await;
+        api
+    });
+    let result = within(reconcile(Arc::new(p), ctx.clone())).await;
+    scenario.finish(ctx).await;
+    assert_eq!(
+        result.expect("reconciled"),
+        Action::requeue(Duration::from_secs(30))
+    );
+}
+
+#[tokio::test]
+async fn a_second_conflict_on_the_finalizer_is_an_error() {
+    let p = pool(&[]);
+    let (ctx, api) = World {
+        pools: vec![p.clone()],
+        ..World::default()
+    }
+    .build();
+    let fresh = to_json(&p);
+    let scenario = api.play(|mut api| async move {
+        api.expect(Method::PATCH, POOL, 409, super::status(409, "Conflict"))
+            .await;
+        api.expect(Method::GET, POOL, 200, fresh).await;
+        api.expect(Method::PATCH, POOL, 409, super::status(409, "Conflict"))
+            .await;
+        api
+    });
+    let result = within(reconcile(Arc::new(p), ctx.clone())).await;
+    scenario.finish(ctx).await;
+    assert!(
+        matches!(result, Err(crate::context::Error::Kube(kube::Error::Api(ref e))) if e.code == 409),
+        "{result:?}"
     );
 }
 
@@ -163,6 +230,7 @@ async fn a_deleted_pool_with_addresses_in_use_is_draining_and_keeps_its_finalize
     let p = deleted_pool(Duration::from_secs(60), &[]);
     // The cache has no blocks (it is behind): the live list is what counts.
     let (ctx, api) = World {
+        nodes: vec![node("a", None), node("b", None), node("c", None)],
         pools: vec![p.clone()],
         ..World::default()
     }
@@ -234,14 +302,90 @@ async fn a_drained_pool_past_the_settle_time_deletes_its_blocks_then_drops_only_
         let release = api.expect(Method::PATCH, POOL, 200, reply).await;
         assert_eq!(
             release.body,
-            json!({"metadata": {"finalizers": ["example.com/keep"]}}),
-            "only sinew's finalizer goes"
+            json!({"metadata": {"finalizers": ["example.com/keep"], "resourceVersion": "41"}}),
+            "only sinew's finalizer goes, and only from the pool as it was read"
         );
         api
     });
     let result = within(reconcile(Arc::new(p), ctx.clone())).await;
     scenario.finish(ctx).await;
     assert_eq!(result.expect("reconciled"), Action::await_change());
+}
+
+#[tokio::test]
+async fn a_deleted_pool_releases_the_blocks_of_departed_nodes_instead_of_draining_forever() {
+    let p = deleted_pool(DRAIN_SETTLE + Duration::from_secs(1), &[]);
+    // Node "gone" left the cluster with an address of the pool: no agent will ever drain it.
+    let departed = block(1, "gone", vec![allocation("10.0.0.65", "web-1", "dead")]);
+    let (ctx, api) = World {
+        nodes: vec![node("a", None)],
+        pools: vec![p.clone()],
+        ..World::default()
+    }
+    .build();
+    let metrics = ctx.metrics.clone();
+    let live = [block(0, "a", Vec::new()), departed.clone()];
+    let (kept, reply) = (to_json(&live[0]), to_json(&p));
+    let scenario = api.play(|mut api| async move {
+        api.expect(Method::GET, BLOCKS, 200, block_list(&live))
+            .await;
+        // The caches say the node and the pod are gone; the API server must say so too.
+        api.expect(Method::GET, "/api/v1/nodes/gone", 404, not_found())
+            .await;
+        api.expect(
+            Method::GET,
+            "/api/v1/namespaces/default/pods/web-1",
+            404,
+            not_found(),
+        )
+        .await;
+        api.expect(
+            Method::DELETE,
+            &format!("{BLOCKS}/10-0-0-64-26"),
+            200,
+            to_json(&departed),
+        )
+        .await;
+        let event = api.expect_event().await;
+        assert_eq!(event.body["reason"], "BlockReleased");
+        // Nothing else in use: drained.
+        api.expect(Method::DELETE, &format!("{BLOCKS}/10-0-0-0-26"), 200, kept)
+            .await;
+        let release = api.expect(Method::PATCH, POOL, 200, reply).await;
+        assert_eq!(release.body["metadata"]["finalizers"], json!([]));
+        api
+    });
+    let result = within(reconcile(Arc::new(p), ctx.clone())).await;
+    scenario.finish(ctx).await;
+    assert_eq!(result.expect("reconciled"), Action::await_change());
+    assert_eq!(metrics.block_releases.get(), 1);
+}
+
+#[tokio::test]
+async fn a_deleted_pool_keeps_draining_while_a_pod_of_a_departed_node_exists() {
+    let p = deleted_pool(DRAIN_SETTLE + Duration::from_secs(1), &[]);
+    let departed = block(1, "gone", vec![allocation("10.0.0.65", "web-1", "alive")]);
+    let (ctx, api) = World {
+        pools: vec![p.clone()],
+        pods: vec!["alive"],
+        ..World::default()
+    }
+    .build();
+    let live = [departed];
+    let reply = to_json(&p);
+    let scenario = api.play(|mut api| async move {
+        api.expect(Method::GET, BLOCKS, 200, block_list(&live))
+            .await;
+        let status = api.expect(Method::PATCH, POOL_STATUS, 200, reply).await;
+        assert_eq!(ready_condition(&status.body)["reason"], "Draining");
+        api
+    });
+    let result = within(reconcile(Arc::new(p), ctx.clone())).await;
+    scenario.finish(ctx).await;
+    assert_eq!(
+        result.expect("reconciled"),
+        Action::requeue(Duration::from_secs(5))
+    );
 }
 
 #[tokio::test]
