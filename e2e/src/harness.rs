@@ -30,6 +30,8 @@ pub struct Ctx {
 pub struct Test {
     pub name: &'static str,
     pub run: fn(Ctx) -> BoxFuture,
+    /// Runs alone (it disturbs what other tests rely on, such as the operator's leadership).
+    pub exclusive: bool,
 }
 
 /// Builds the list of [`Test`]s from async functions `async fn name(ctx: Ctx) -> TestResult`.
@@ -39,6 +41,7 @@ macro_rules! tests {
         vec![$($crate::harness::Test {
             name: stringify!($name),
             run: |ctx| Box::pin($name(ctx)),
+            exclusive: false,
         }),*]
     };
 }
@@ -83,15 +86,27 @@ where
             return exit(libtest_mimic::run(&args, trials.collect()));
         }
     };
+    // Tests run in parallel; an exclusive one waits for the others and holds them off.
+    let gate = Arc::new(std::sync::RwLock::new(()));
     let trials = tests
         .into_iter()
         .map(|t| {
             let ctx = ctx.clone();
             let runtime = runtime.clone();
+            let gate = gate.clone();
             Trial::test(t.name, move || {
-                runtime
-                    .block_on((t.run)(ctx))
-                    .map_err(|e| Failed::from(e.to_string()))
+                let run = || {
+                    runtime
+                        .block_on((t.run)(ctx))
+                        .map_err(|e| Failed::from(e.to_string()))
+                };
+                if t.exclusive {
+                    let _alone = gate.write().unwrap_or_else(|e| e.into_inner());
+                    run()
+                } else {
+                    let _shared = gate.read().unwrap_or_else(|e| e.into_inner());
+                    run()
+                }
             })
         })
         .collect();

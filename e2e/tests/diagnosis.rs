@@ -102,6 +102,44 @@ fn ip(node: &SimNode, args: &str) -> TestResult {
     Ok(())
 }
 
+/// `kind` is named on every channel: `kubectl sinew doctor` (exit 1), the agent's
+/// `sinew_node_problem` metric and an Event on the Node.
+async fn named_everywhere(ctx: &Ctx, node: &SimNode, kind: &str) -> TestResult {
+    let (code, text) = doctor(ctx, &node.name, false)?;
+    assert!(
+        code == 1 && text.contains(kind),
+        "doctor on {}: {text}",
+        node.name
+    );
+    let (_, metrics) = sinew_e2e::cluster::agent_http(node, "/metrics")?;
+    let series = format!(
+        "sinew_node_problem{{node=\"{}\",kind=\"{kind}\"}} ",
+        node.name
+    );
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with(&series) && !l.ends_with(" 0")),
+        "{series}missing or 0:\n{metrics}"
+    );
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(ctx.client.clone(), "default");
+    let start = Instant::now();
+    loop {
+        let list = events.list(&Default::default()).await?;
+        if list.items.iter().any(|e| {
+            e.reason.as_deref() == Some(kind)
+                && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(node.name.as_str())
+        }) {
+            return Ok(());
+        }
+        if start.elapsed() > Duration::from_secs(10) {
+            return Err(format!("no {kind} Event on Node {}", node.name).into());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// `kubectl sinew doctor NODE -o json|text`: (exit code, stdout).
 fn doctor(ctx: &Ctx, node: &str, json: bool) -> Result<(i32, String), String> {
     let bin = sinew_e2e::plugin::workspace_binary("kubectl-sinew", "kubectl-sinew");
@@ -375,6 +413,7 @@ async fn path_failures_between_nodes_are_named_within_10s_and_cleared(ctx: Ctx) 
         .find(|p| p.kind == ProblemKind::MtuMismatch)
         .ok_or("gone")?;
     eprintln!("MTUMismatch: {mtu:?}");
+    named_everywhere(&ctx, node, "MTUMismatch").await?;
     // 1350 bytes of pod packet fill a 1400-byte link (a veth passes 4 bytes more).
     assert!(
         mtu.evidence
@@ -408,6 +447,7 @@ async fn path_failures_between_nodes_are_named_within_10s_and_cleared(ctx: Ctx) 
         )
         .await?,
     ));
+    named_everywhere(&ctx, node, "PeerUnreachable").await?;
     ip(node, &format!("route del blackhole {}/32", peer.ip))?;
     until(
         &ctx,
@@ -452,6 +492,7 @@ async fn path_failures_between_nodes_are_named_within_10s_and_cleared(ctx: Ctx) 
         })
         .await?,
     ));
+    named_everywhere(&ctx, node, "RPFilterStrict").await?;
     ip(node, "link delete asym0")?;
     until(
         &ctx,
