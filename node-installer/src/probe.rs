@@ -307,37 +307,41 @@ fn probe_round(targets: &[Target]) -> std::io::Result<Vec<Found>> {
         .map(|(i, _)| (i, SMALL, targets[i].mtu))
         .collect();
     for _ in 0..3 {
-        ranges.retain(|(_, lo, hi)| hi - lo > 1);
-        if ranges.is_empty() {
+        // Ranges narrowed to one byte are done; the others get 15 sizes each.
+        let open: Vec<usize> = (0..ranges.len())
+            .filter(|&k| ranges[k].2.saturating_sub(ranges[k].1) > 1)
+            .collect();
+        if open.is_empty() {
             break;
         }
-        let sizes: Vec<Vec<usize>> = ranges
+        let sizes: Vec<Vec<usize>> = open
             .iter()
-            .map(|&(_, lo, hi)| {
+            .map(|&k| {
+                let (_, lo, hi) = ranges[k];
                 let step = (hi - lo).div_ceil(16).max(1);
-                (1..16).map(|k| lo + k * step).filter(|&s| s < hi).collect()
+                (1..16).map(|j| lo + j * step).filter(|&s| s < hi).collect()
             })
             .collect();
-        let batch: Vec<Probe> = ranges
+        let batch: Vec<Probe> = open
             .iter()
             .zip(&sizes)
-            .flat_map(|(&(i, _, _), s)| {
-                s.iter()
-                    .map(move |&n| probe(&targets[i], n, targets[i].device()))
+            .flat_map(|(&k, s)| {
+                let t = &targets[ranges[k].0];
+                s.iter().map(move |&n| probe(t, n, t.device()))
             })
             .collect();
         let Ok(out) = icmp::echo(&batch, ANSWER_WITHIN) else {
             break;
         };
-        let mut k = 0;
-        for ((_, lo, hi), s) in ranges.iter_mut().zip(&sizes) {
+        let mut answers = out.iter();
+        for (&k, s) in open.iter().zip(&sizes) {
+            let (_, lo, hi) = &mut ranges[k];
             for &n in s {
-                if out[k].answered() {
+                if answers.next().is_some_and(Outcome::answered) {
                     *lo = (*lo).max(n);
                 } else {
                     *hi = (*hi).min(n);
                 }
-                k += 1;
             }
             if *lo >= *hi {
                 *hi = *lo + 1;

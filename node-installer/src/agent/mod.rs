@@ -83,8 +83,6 @@ struct Memory {
     exhausted: BTreeSet<String>,
     /// Dangling host veths of sinew, and when each was first seen.
     dangling_since: BTreeMap<String, Instant>,
-    /// Peer blocks whose traffic the reverse-path filter drops, as of this pass.
-    reverse_drops: Vec<diagnose::ReverseDrop>,
     /// The problems of the last report, by kind (for Events when they appear and clear).
     problem_kinds: BTreeMap<ProblemKind, String>,
 }
@@ -280,10 +278,11 @@ impl Agent {
             .iter()
             .map(|p| (p.name_any(), p.spec.mode))
             .collect();
+        let peers = self.cluster.peers();
         let plan = peers::plan(
             self.node(),
             &local.underlay.subnet,
-            &self.cluster.peers(),
+            &peers,
             &pools.blocks,
             &modes,
         );
@@ -297,23 +296,8 @@ impl Agent {
                 .iter()
                 .map(|p| Problem::new(ProblemKind::PeersIncomplete, p.clone())),
         );
-        self.memory.reverse_drops = self.reverse_drops(&mut nl, &plan, &local, &vxlan);
-        if let Some(mesh) = &self.mesh {
-            let pod_mtus = self
-                .node_state(&network, &local, &pools)
-                .pools
-                .into_iter()
-                .map(|p| (p.name, p.mtu))
-                .collect();
-            mesh.set_targets(probe::targets(
-                local.underlay.ip,
-                &plan,
-                &pools.blocks,
-                &pod_mtus,
-                &self.cluster.peers(),
-                &self.cluster.peer_underlay_mtus(),
-            ));
-        }
+        let drops = self.reverse_drops(&mut nl, &plan, &local, &vxlan);
+        problems.extend(diagnose::reverse_path_dropped(&drops));
 
         problems.extend(self.claim_blocks(&pools).await?);
         if let Err(e) = self.release_blocks(&pools).await {
@@ -324,6 +308,22 @@ impl Agent {
             self.memory.pass_completed = true;
         }
         self.store_node_state(&network, &local, &pools)?;
+        if let (Some(mesh), Some(state)) = (&self.mesh, &self.memory.node_state) {
+            // Probed at the pod MTU the plugin hands out (the node state just stored).
+            let pod_mtus = state
+                .pools
+                .iter()
+                .map(|p| (p.name.clone(), p.mtu))
+                .collect();
+            mesh.set_targets(probe::targets(
+                local.underlay.ip,
+                &plan,
+                &pools.blocks,
+                &pod_mtus,
+                &peers,
+                &self.cluster.peer_underlay_mtus(),
+            ));
+        }
 
         if let Err(e) = self.apply_nft(params.port) {
             problems.push(Problem::new(
@@ -358,7 +358,6 @@ impl Agent {
         if let Some(mesh) = &self.mesh {
             problems.extend(mesh.problems());
         }
-        problems.extend(diagnose::reverse_path_dropped(&self.memory.reverse_drops));
         problems.sort();
         problems.dedup();
         self.metrics.set_problems(&problems);
