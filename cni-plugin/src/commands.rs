@@ -8,6 +8,8 @@
 //! A crash after 1 leaves a recorded attachment that the runtime's DEL (it always sends one
 //! for a failed ADD) or GC removes; nothing is ever programmed without a record, so nothing can
 //! leak unseen. DEL undoes the datapath first and drops the record last, for the same reason.
+//! The store is replaced atomically but never flushed to the disk here: what it records dies
+//! with the boot, and the agent repairs it in the next one (`Store::unflushed`).
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -238,8 +240,8 @@ fn add(
     let pools = select_pools(inv, conf, &node, &state_dir)?;
     timeline.mark("node_state");
     let key = AttachmentKey::new(&inv.container_id, &inv.ifname);
-    // Atomic but without the directory fsync: see `Store::unsynced_dir`.
-    let store = Store::new(&state_dir).unsynced_dir();
+    // Atomic for every process, not flushed to the disk: see `Store::unflushed`.
+    let store = Store::new(&state_dir).unflushed();
 
     let recorded = store
         .update(|state| allocate(state, &key, inv, &conf.name, &pools))
@@ -352,7 +354,7 @@ fn del(
     timeline: &mut Timeline,
 ) -> CniResult<()> {
     let key = AttachmentKey::new(&inv.container_id, &inv.ifname);
-    let store = Store::new(state_dir).unsynced_dir();
+    let store = Store::new(state_dir).unflushed();
     let snapshot = match store.snapshot() {
         Ok(s) => s,
         Err(e) => {
@@ -377,40 +379,19 @@ fn del(
     match snapshot.attachment(&key) {
         Some(attachment) => {
             timeline.mark("read_store");
-            // The record goes only once the datapath is gone, but the store without it is
-            // written and flushed meanwhile, on a helper thread: deleting a veth waits for an
-            // RCU grace period in the kernel, which hides the disk flush.
-            let (torn_down, staged) = std::thread::scope(|scope| {
-                let staging = std::thread::Builder::new()
-                    .stack_size(256 << 10)
-                    .spawn_scoped(scope, || {
-                        store.stage_update(|s| {
-                            s.remove_attachment(&key);
-                        })
-                    });
-                let torn_down = dp.teardown(attachment);
-                let staged = staging
-                    .ok()
-                    .and_then(|handle| handle.join().ok())
-                    .and_then(Result::ok);
-                (torn_down, staged)
-            });
-            torn_down.map_err(|e| {
+            // The record goes only once the datapath is gone.
+            dp.teardown(attachment).map_err(|e| {
                 CniError::new(
                     Code::Datapath,
                     format!("removing {}: {e}", attachment.host_veth),
                 )
             })?;
             timeline.mark("datapath");
-            let remove = |s: &mut IpamState| {
-                s.remove_attachment(&key);
-            };
-            match staged {
-                Some(staged) => store.commit_staged(staged, remove),
-                // Staging failed (it is retried here, with the error reported this time).
-                None => store.update(remove),
-            }
-            .map_err(io_error("updating the IPAM store"))?;
+            store
+                .update(|s| {
+                    s.remove_attachment(&key);
+                })
+                .map_err(io_error("updating the IPAM store"))?;
             timeline.mark("ipam");
             debug!(%timeline, "DEL timing");
             info!(container = %inv.container_id, pod = ?inv.pod.name, "DEL");

@@ -3,73 +3,48 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-/// Replaces `path` with `contents` so that a reader (or a crash at any instant) sees either
-/// the old file or the new one, never a mix: [`atomic_replace`], then fsync the directory so
-/// the new file also survives a power loss.
+/// Replaces `path` with `contents` durably: a reader, a kill -9 or a power loss at any instant
+/// leaves either the old file or the new one, never a mix, and once this returns the new one
+/// survives a power loss (data flushed before the rename, the directory flushed after it).
 pub fn atomic_write(path: &Path, contents: &[u8]) -> io::Result<()> {
-    atomic_replace(path, contents)?;
+    replace(path, contents, true)?;
     File::open(parent(path)?)?.sync_all()
 }
 
-/// Replaces `path` with `contents` atomically: write a temporary file in the same directory,
-/// fsync its data, rename it over `path`. A reader, a kill -9 or a power loss at any instant
-/// leaves either the old file or the new one, never a mix. Unlike [`atomic_write`] the
-/// directory is not fsynced: after a power loss the old file may come back, until the file
-/// system commits the rename on its own (seconds later).
+/// Replaces `path` with `contents` atomically for every process of this boot (write a
+/// temporary file beside it, rename it over `path`), without flushing anything to the disk:
+/// a reader or a kill -9 at any instant sees the old file or the new one, never a mix. A power
+/// loss (or a kernel crash) may bring back an older file, or an empty or torn one on a file
+/// system that does not order a rename after the renamed file's data (ext4 by default does).
+/// Only for state that dies with the boot anyway, and whose reader repairs it in a new boot
+/// (the plugin's IPAM records: see `ipam::Store::unflushed`).
 pub fn atomic_replace(path: &Path, contents: &[u8]) -> io::Result<()> {
-    Staged::write(path, contents)?.commit()
+    replace(path, contents, false)
 }
 
-/// New contents for a file, written and flushed to disk under a temporary name beside it:
-/// [`Staged::commit`] renames it into place (the step [`atomic_replace`] ends with); dropped
-/// without that, the temporary file is removed. Lets the slow flush happen before the moment
-/// the replacement may become visible.
-#[derive(Debug)]
-pub struct Staged {
-    tmp: PathBuf,
-    path: PathBuf,
-    committed: bool,
-}
-
-impl Staged {
-    pub fn write(path: &Path, contents: &[u8]) -> io::Result<Staged> {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let file_name = path
-            .file_name()
-            .ok_or_else(|| io::Error::other(format!("{} has no file name", path.display())))?;
-        let staged = Staged {
-            tmp: parent(path)?.join(format!(
-                ".{}.{}.{}.tmp",
-                file_name.to_string_lossy(),
-                std::process::id(),
-                NEXT.fetch_add(1, Ordering::Relaxed)
-            )),
-            path: path.to_path_buf(),
-            committed: false,
-        };
-        let mut f = File::create(&staged.tmp)?;
+fn replace(path: &Path, contents: &[u8], flush: bool) -> io::Result<()> {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| io::Error::other(format!("{} has no file name", path.display())))?;
+    let tmp = parent(path)?.join(format!(
+        ".{}.{}.{}.tmp",
+        file_name.to_string_lossy(),
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let written = File::create(&tmp).and_then(|mut f| {
         f.write_all(contents)?;
-        f.sync_data()?;
-        Ok(staged)
+        if flush { f.sync_data() } else { Ok(()) }
+    });
+    let renamed = written.and_then(|()| fs::rename(&tmp, path));
+    if renamed.is_err() {
+        let _ = fs::remove_file(&tmp);
     }
-
-    /// Renames the flushed file over the target.
-    pub fn commit(mut self) -> io::Result<()> {
-        fs::rename(&self.tmp, &self.path)?;
-        self.committed = true;
-        Ok(())
-    }
-}
-
-impl Drop for Staged {
-    fn drop(&mut self) {
-        if !self.committed {
-            let _ = fs::remove_file(&self.tmp);
-        }
-    }
+    renamed
 }
 
 fn parent(path: &Path) -> io::Result<&Path> {
@@ -119,25 +94,6 @@ mod tests {
         assert_eq!(fs::read(&p).unwrap(), b"two");
         atomic_replace(&p, b"three").unwrap();
         assert_eq!(fs::read(&p).unwrap(), b"three");
-        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
-    }
-
-    #[test]
-    fn staged_contents_appear_only_on_commit() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("state.json");
-        atomic_write(&p, b"old").unwrap();
-        let staged = Staged::write(&p, b"new").unwrap();
-        assert_eq!(fs::read(&p).unwrap(), b"old");
-        staged.commit().unwrap();
-        assert_eq!(fs::read(&p).unwrap(), b"new");
-        drop(Staged::write(&p, b"dropped").unwrap());
-        assert_eq!(fs::read(&p).unwrap(), b"new");
-        assert_eq!(
-            fs::read_dir(dir.path()).unwrap().count(),
-            1,
-            "no temporary left"
-        );
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 

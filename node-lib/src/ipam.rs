@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sinew_core::{Cidr, Family, PoolMode};
 
-use crate::fsutil::{FileLock, Staged, atomic_replace, atomic_write};
+use crate::fsutil::{FileLock, atomic_replace, atomic_write};
 use crate::node_state::PoolState;
 
 const STORE_VERSION: u32 = 1;
@@ -304,14 +304,37 @@ impl Store {
         }
     }
 
-    /// The same store, with changes atomic but not fsynced into the directory (see
-    /// [`atomic_replace`]): a crash still leaves the state before or after a change, never a
-    /// mix, but a power loss may bring back the state of a few seconds earlier. For the
-    /// plugin: pods do not outlive a power loss, and ADD waits for the agent's first pass
-    /// after a boot. The agent's own changes (block retirement) stay durable.
-    pub fn unsynced_dir(mut self) -> Store {
+    /// The same store with changes atomic for every process of this boot but not flushed to
+    /// the disk (see [`atomic_replace`]): what the plugin uses, so that no ADD or DEL waits for
+    /// the disk. A kill -9 at any instant still leaves the state before or after a change. A
+    /// power loss may bring back an older store, or a torn one on some file systems; neither
+    /// matters to the pods it recorded, which died with the boot. ADD waits for the agent's
+    /// first pass in a new boot, and that pass repairs a torn store first
+    /// ([`Store::set_aside_if_torn`]). The agent's own changes (block retirement) stay durable.
+    pub fn unflushed(mut self) -> Store {
         self.durable = false;
         self
+    }
+
+    /// Moves an unreadable store file aside (`store.json.torn-<unix seconds>`) so that the
+    /// node starts from an empty store; returns where it went, or `None` when the store reads
+    /// fine or does not exist. Only for a node that has not served pods in this boot: the
+    /// records of a previous boot name pods that are gone (see [`Store::unflushed`]).
+    pub fn set_aside_if_torn(&self) -> io::Result<Option<PathBuf>> {
+        fs::create_dir_all(&self.dir)?;
+        let _lock = FileLock::acquire(&self.dir.join("lock"))?;
+        match self.snapshot() {
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                let secs = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                let aside = self.dir.join(format!("store.json.torn-{secs}"));
+                fs::rename(self.path(), &aside)?;
+                Ok(Some(aside))
+            }
+            Err(e) => Err(e),
+            Ok(_) => Ok(None),
+        }
     }
 
     fn path(&self) -> PathBuf {
@@ -355,48 +378,6 @@ impl Store {
         self.update_locked(f)
     }
 
-    /// Computes `f` on the current state and writes the result to disk, flushed, without
-    /// putting it in place: [`Store::commit_staged`] does that later if the store has not
-    /// changed in between. For a change that may only be recorded after other slow work (DEL
-    /// drops its record once the veth is gone): the flush overlaps that work. Takes no lock.
-    pub fn stage_update(&self, f: impl FnOnce(&mut IpamState)) -> io::Result<StagedUpdate> {
-        let base = self.read()?;
-        let before = self.parse(base.as_deref())?;
-        let mut state = before.clone();
-        f(&mut state);
-        let staged = if state != before {
-            state.version = STORE_VERSION;
-            let bytes = serde_json::to_vec(&state).map_err(io::Error::other)?;
-            Some(Staged::write(&self.path(), &bytes)?)
-        } else {
-            None
-        };
-        Ok(StagedUpdate { base, staged })
-    }
-
-    /// Under the store lock: puts a staged change in place if the store is still the one it
-    /// was computed from; otherwise (another invocation changed it meanwhile) drops it and
-    /// applies `f` to the current state as [`Store::update`] does.
-    pub fn commit_staged(
-        &self,
-        staged: StagedUpdate,
-        f: impl FnOnce(&mut IpamState),
-    ) -> io::Result<()> {
-        fs::create_dir_all(&self.dir)?;
-        let _lock = FileLock::acquire(&self.dir.join("lock"))?;
-        if self.read()? != staged.base {
-            drop(staged);
-            return self.update_locked(f);
-        }
-        if let Some(file) = staged.staged {
-            file.commit()?;
-            if self.durable {
-                fs::File::open(&self.dir)?.sync_all()?;
-            }
-        }
-        Ok(())
-    }
-
     fn update_locked<R>(&self, f: impl FnOnce(&mut IpamState) -> R) -> io::Result<R> {
         let before = self.snapshot()?;
         let mut state = before.clone();
@@ -414,13 +395,6 @@ impl Store {
     }
 }
 
-/// A change written ahead by [`Store::stage_update`], with the store it was computed from.
-#[derive(Debug)]
-pub struct StagedUpdate {
-    base: Option<Vec<u8>>,
-    staged: Option<Staged>,
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -436,20 +410,6 @@ mod tests {
             reserved: reserved.iter().map(|s| s.to_string()).collect(),
             blocks: blocks.iter().map(|s| s.to_string()).collect(),
             exhausted: false,
-        }
-    }
-
-    impl IpamState {
-        fn release_all_of(&mut self, k: &AttachmentKey) {
-            let held: Vec<(IpAddr, u64)> = self
-                .slots
-                .iter()
-                .filter(|(_, s)| s.holder.as_deref() == Some(k.encoded().as_str()))
-                .map(|(ip, s)| (*ip, s.generation))
-                .collect();
-            for (ip, generation) in held {
-                self.release_ip(ip, generation, k);
-            }
         }
     }
 
@@ -606,41 +566,35 @@ mod tests {
     }
 
     #[test]
-    fn a_staged_update_lands_only_if_the_store_did_not_change() {
+    fn a_torn_store_is_set_aside_and_a_sound_one_kept() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::new(dir.path()).unsynced_dir();
+        let store = Store::new(dir.path()).unflushed();
+        assert_eq!(store.set_aside_if_torn().unwrap(), None, "no store yet");
         let p = pool(&["10.0.6.0/28"], &[]);
-        for i in 1..=3 {
-            store
-                .update(|s| s.allocate(&p, &key(i)).map(drop))
-                .unwrap()
-                .unwrap();
-        }
-        let held = |store: &Store| store.snapshot().unwrap().held();
-        // Unchanged meanwhile: the staged file goes in place, nothing else is left behind.
-        let staged = store.stage_update(|s| s.release_all_of(&key(1))).unwrap();
-        assert_eq!(held(&store), 3, "staging changes nothing visible");
         store
-            .commit_staged(staged, |s| s.release_all_of(&key(1)))
-            .unwrap();
-        assert_eq!(held(&store), 2);
-        // Changed meanwhile: the staged file is dropped and the change applied anew.
-        let staged = store.stage_update(|s| s.release_all_of(&key(2))).unwrap();
-        store
-            .update(|s| s.allocate(&p, &key(4)).map(drop))
+            .update(|s| s.allocate(&p, &key(1)).map(drop))
             .unwrap()
             .unwrap();
-        store
-            .commit_staged(staged, |s| s.release_all_of(&key(2)))
-            .unwrap();
-        let state = store.snapshot().unwrap();
-        assert_eq!(state.held(), 2, "key 2 released, key 4 kept");
-        assert!(
-            state
-                .slots
-                .values()
-                .any(|s| s.holder.as_deref() == Some("c4/eth0"))
+        assert_eq!(
+            store.set_aside_if_torn().unwrap(),
+            None,
+            "a sound store stays"
         );
+        assert_eq!(store.snapshot().unwrap().held(), 1);
+        // What a power loss can leave of an unflushed replacement: an empty or cut file.
+        for torn in [&b""[..], &b"{\"version\":1,\"slo"[..]] {
+            fs::write(dir.path().join("ipam/store.json"), torn).unwrap();
+            assert!(store.snapshot().is_err(), "the plugin refuses a torn store");
+            let aside = store.set_aside_if_torn().unwrap().expect("set aside");
+            assert_eq!(fs::read(&aside).unwrap(), torn, "kept for a post-mortem");
+            assert_eq!(store.snapshot().unwrap().held(), 0, "an empty store");
+            fs::remove_file(aside).unwrap();
+        }
+        // The plugin's writes leave no temporary file behind.
+        store
+            .update(|s| s.allocate(&p, &key(2)).map(drop))
+            .unwrap()
+            .unwrap();
         let files: Vec<_> = fs::read_dir(dir.path().join("ipam"))
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

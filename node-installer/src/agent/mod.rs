@@ -241,6 +241,9 @@ impl Agent {
             debug!(node = %self.node(), "Node object or its address not known yet");
             return Ok(());
         };
+        if !self.memory.pass_completed {
+            self.repair_store_of_a_past_boot(&local).await?;
+        }
         let facts = trust::pools(&self.cluster.pools.state());
         let (blocks, mut problems) = trust::blocks(&self.cluster.blocks.state(), &facts);
         let pools = Pools {
@@ -467,6 +470,38 @@ impl Agent {
             }
         }
         complete
+    }
+
+    /// In a new boot, before the node serves pods: a store a power loss tore (the plugin does
+    /// not flush it, see `ipam::Store::unflushed`) is set aside, so that the node starts from
+    /// an empty store instead of refusing every pod. Its records named pods of a past boot.
+    /// Within one boot (an agent restart) a torn store is a fault: it is left to be reported.
+    async fn repair_store_of_a_past_boot(&mut self, local: &Local) -> Result<()> {
+        if files::ready_boot_on_disk(&self.settings.state_dir) == node_state::current_boot_id() {
+            return Ok(());
+        }
+        let Some(aside) = self
+            .store()
+            .set_aside_if_torn()
+            .map_err(Error::files("checking the IPAM store"))?
+        else {
+            return Ok(());
+        };
+        warn!(node = %self.node(), set_aside = %aside.display(), "the IPAM store was torn by a crash in an earlier boot: set aside, starting from an empty store");
+        let event = kube::runtime::events::Event {
+            type_: kube::runtime::events::EventType::Warning,
+            reason: "IPAMStoreTorn".into(),
+            note: Some(format!(
+                "the node's IPAM store was torn by a crash in an earlier boot (its pods are gone with that boot); moved to {} and started empty",
+                aside.display()
+            )),
+            action: "Repair".into(),
+            secondary: None,
+        };
+        if let Err(e) = self.api.event(&local.node, &event).await {
+            warn!(node = %self.node(), error = %e, "recording an Event failed");
+        }
+        Ok(())
     }
 
     fn store(&self) -> ipam::Store {

@@ -171,7 +171,7 @@ const SET_ELEM_F_INTERVAL_OPEN: u32 = 0x1;
 const ELEMENTS_PER_MESSAGE: usize = 1000;
 /// How long to wait for the kernel's acknowledgements (it answers while handling the send,
 /// so this only guards against a kernel that never answers).
-const RECV_TIMEOUT_SECS: libc::time_t = 10;
+const RECV_TIMEOUT_SECS: u8 = 10;
 const RECV_BUFFER_LEN: usize = 64 * 1024;
 
 /// Name of the NAT chain and of the VXLAN filter chain.
@@ -825,7 +825,7 @@ impl Nftables {
         let _ = socket.set_ext_ack(true);
         let _ = socket.set_cap_ack(true);
         let timeout = libc::timeval {
-            tv_sec: RECV_TIMEOUT_SECS,
+            tv_sec: RECV_TIMEOUT_SECS.into(),
             tv_usec: 0,
         };
         setsockopt(&socket, libc::SO_RCVTIMEO, &timeout).map_err(io_err("setsockopt"))?;

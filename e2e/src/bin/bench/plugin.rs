@@ -8,8 +8,9 @@
 //! - the reference `ptp` with `host-local` IPAM (ptp execs host-local itself, as the
 //!   conflist chain does under libcni);
 //! - a null plugin, `/bin/true`: the cost of spawning any process at all;
-//! - the kernel alone: one veth pair (one end in the pod namespace, both ends up) deleted with
-//!   one `RTM_DELLINK` from this process, the floor under any plugin's DEL;
+//! - the kernel alone: a pod's veth, address, neighbour and routes programmed from this
+//!   process with sinew's own datapath code, the kernel's part of an ADD, then torn down as a
+//!   DEL does (one `RTM_DELLINK`), the floor under any plugin's DEL;
 //! - the disk alone: the crash-safe replacement of a small file in sinew's state directory
 //!   (write a temporary file, `fdatasync`, rename), the floor under any store that survives a
 //!   power loss without ever being torn.
@@ -25,9 +26,11 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
+use sinew_cni::datapath::{Datapath, KernelDatapath, host_veth_name};
+use sinew_crds::PoolMode;
 use sinew_e2e::netsim;
 use sinew_e2e::plugin::{PluginNode, REFERENCE_PLUGIN_DIR, pool};
-use sinew_node_lib::netlink::Netlink;
+use sinew_node_lib::ipam::{Attachment, HeldAddress};
 use sinew_node_lib::netns::NetNs;
 
 type Result<T> = std::result::Result<T, String>;
@@ -110,6 +113,7 @@ pub struct Measured {
     sinew: Samples,
     reference: Samples,
     null: Samples,
+    kernel_add: Vec<Duration>,
     kernel_del: Vec<Duration>,
     disk_sync: Vec<Duration>,
     startup: Vec<Duration>,
@@ -129,31 +133,39 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-/// Creates a veth pair like the one a pod has (host end here, `eth0` in `pod`, both up) and
-/// returns the time of the one netlink request that deletes it.
-fn kernel_veth_delete(node_nl: &mut Netlink, pod: &NetNs) -> Result<Duration> {
-    const HOST: &str = "snwbenchkernel";
-    let err = |what: &str| {
-        let what = what.to_string();
-        move |e: sinew_node_lib::netlink::NetlinkError| format!("kernel veth: {what}: {e}")
+/// Times the kernel's own part of a pod's interface, requested from this process with sinew's
+/// datapath code (no plugin process, no store): the pod's veth pair with its address, pinned
+/// gateway neighbour, default route and host route, exactly as an ADD programs them; then the
+/// teardown a DEL does (one `RTM_DELLINK` of the host end). Returns (setup, teardown).
+fn kernel_datapath(pod: &NetNs, round: usize) -> Result<(Duration, Duration)> {
+    let attachment = Attachment {
+        container_id: format!("bench-kernel-{round}"),
+        ifname: "eth0".into(),
+        netns: None,
+        host_veth: host_veth_name(&format!("bench-kernel-{round}"), "eth0"),
+        mtu: 1450,
+        addresses: vec![HeldAddress {
+            ip: "10.92.0.2".parse().map_err(|e| format!("{e}"))?,
+            pool: "bench".into(),
+            block: "10.92.0.0/24".into(),
+            generation: 0,
+            mode: PoolMode::Vxlan,
+        }],
+        pod_namespace: None,
+        pod_name: None,
+        pod_uid: None,
+        network: None,
     };
-    node_nl
-        .create_veth(HOST, "eth0", pod, 1450)
-        .map_err(err("create"))?;
-    let host = node_nl
-        .link_by_name(HOST)
-        .map_err(err("look up host end"))?
-        .ok_or("kernel veth: host end missing")?;
-    node_nl.set_link_up(host.index).map_err(err("host up"))?;
-    let mut pod_nl = Netlink::in_netns(pod).map_err(err("netlink in pod"))?;
-    let peer = pod_nl
-        .link_by_name("eth0")
-        .map_err(err("look up pod end"))?
-        .ok_or("kernel veth: pod end missing")?;
-    pod_nl.set_link_up(peer.index).map_err(err("pod end up"))?;
     let start = Instant::now();
-    node_nl.delete_link(host.index).map_err(err("delete"))?;
-    Ok(start.elapsed())
+    KernelDatapath
+        .setup(&attachment, pod)
+        .map_err(|e| format!("kernel datapath: setup: {e}"))?;
+    let set_up = start.elapsed();
+    let start = Instant::now();
+    KernelDatapath
+        .teardown(&attachment)
+        .map_err(|e| format!("kernel datapath: teardown: {e}"))?;
+    Ok((set_up, start.elapsed()))
 }
 
 /// One crash-safe replacement of a small file in `dir`: write a temporary file, flush its data
@@ -176,8 +188,8 @@ fn measure_in_node(
     pods: &[NetNs; 4],
     state_dir: &Path,
 ) -> Result<Measured> {
-    let mut node_nl = Netlink::new().map_err(|e| format!("netlink in the node: {e}"))?;
     let mut samples: [Samples; 3] = Default::default();
+    let mut kernel_add = Vec::new();
     let mut kernel_del = Vec::new();
     let mut disk = Vec::new();
     let mut startup = Vec::new();
@@ -201,12 +213,13 @@ fn measure_in_node(
                 samples[i].del.push(del);
             }
         }
-        let k = kernel_veth_delete(&mut node_nl, &pods[3])?;
+        let (ka, kd) = kernel_datapath(&pods[3], round)?;
         let d = disk_sync(state_dir)?;
         let v = sinew_version.run("VERSION", "version", pods[3].path())?;
         let n = null_version.run("VERSION", "version", pods[3].path())?;
         if counted {
-            kernel_del.push(k);
+            kernel_add.push(ka);
+            kernel_del.push(kd);
             disk.push(d);
             startup.push(v);
             null_startup.push(n);
@@ -220,6 +233,7 @@ fn measure_in_node(
         sinew,
         reference,
         null,
+        kernel_add,
         kernel_del,
         disk_sync: disk,
         startup,
@@ -297,7 +311,7 @@ type TableRow<'a> = (
 pub fn table(m: &Measured) -> String {
     let p = |s: &[Duration], q: f64| ms(percentile(s, q));
     let mut out = String::new();
-    out.push_str("| metric | sinew | ptp+host-local | null (`/bin/true`) | kernel veth delete | sinew - null | ptp+host-local - null | (sinew - null) / (ptp - null) |\n");
+    out.push_str("| metric | sinew | ptp+host-local | null (`/bin/true`) | kernel datapath teardown | sinew - null | ptp+host-local - null | (sinew - null) / (ptp - null) |\n");
     out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|\n");
     let rows: [TableRow<'_>; 4] = [
         (
@@ -346,9 +360,23 @@ pub fn table(m: &Measured) -> String {
     out.push('\n');
     let del_vs_kernel = |q: f64| p(&m.sinew.del, q) / p(&m.kernel_del, q);
     out.push_str(&format!(
-        "- sinew DEL / kernel veth deletion: p50 {:.2}, p99 {:.2}\n",
+        "- sinew DEL / kernel teardown: p50 {:.2}, p99 {:.2}\n",
         del_vs_kernel(0.5),
         del_vs_kernel(0.99)
+    ));
+    // What no plugin can go below: starting a process, the kernel's veth, one flushed write.
+    let floor = |q: f64| p(&m.null.add, q) + p(&m.kernel_add, q) + p(&m.disk_sync, q);
+    out.push_str(&format!(
+        "- kernel datapath of a pod (veth pair, address, neighbour, routes; in-process): p50 {:.2} ms, p99 {:.2} ms\n",
+        p(&m.kernel_add, 0.5),
+        p(&m.kernel_add, 0.99)
+    ));
+    out.push_str(&format!(
+        "- ADD floor (null + kernel datapath + disk floor, each at its own percentile): p50 {:.2} ms, p99 {:.2} ms; sinew ADD / floor: p50 {:.2}, p99 {:.2}\n",
+        floor(0.5),
+        floor(0.99),
+        p(&m.sinew.add, 0.5) / floor(0.5),
+        p(&m.sinew.add, 0.99) / floor(0.99)
     ));
     out.push_str(&format!(
         "- disk floor (600 B to a temporary file, `fdatasync`, rename, in sinew's state directory): p50 {:.2} ms, p99 {:.2} ms\n",
