@@ -33,7 +33,7 @@ FUZZ_TARGET_DIR ?= $(HOME)/.cache/sinew/fuzz-target
 fuzz:
 	cd cni-plugin && cargo fuzz run --target-dir $(FUZZ_TARGET_DIR) -s none netconf -- -seed=1 -max_total_time=$(FUZZ_SECONDS)
 
-## bench: the CNI benchmarks (root): the plugins exec'd directly (sinew, ptp+host-local, /bin/true, the kernel's veth deletion), then sinew vs ptp+host-local through cnitool
+## bench: the CNI benchmarks (root): the plugins exec'd directly (sinew, ptp+host-local, /bin/true, the kernel's own datapath work for a pod), then sinew vs ptp+host-local through cnitool
 bench: tools
 	SINEW_TOOLS_BIN=$$(e2e/tools/build.sh) cargo run -q -p sinew-e2e --release --bin bench -- plugin
 	SINEW_TOOLS_BIN=$$(e2e/tools/build.sh) cargo run -q -p sinew-e2e --release --bin bench -- cni

@@ -21,13 +21,14 @@
 #     API's own timestamps (creationTimestamp, the Ready condition's lastTransitionTime; whole
 #     seconds) are reported beside them.
 #   - pod -> pod TCP across the workers: iperf 2 (Debian's, in the agnhost image) from a pod on
-#     one worker to a pod on the other, one connection, $IPERF_SECONDS s, 3 runs each, median.
+#     one worker to a pod on the other, one connection, $SINEW_BENCH_IPERF_SECONDS s,
+#     $SINEW_BENCH_IPERF_RUNS runs each side, interleaved, median.
 #     For sinew twice: in the pool's default mode (Auto: both workers are on one subnet, so
 #     routed, no encapsulation) and in VXLAN, which is what Flannel's VXLAN backend does.
 #
 # usage: e2e/kind/bench.sh [--write-docs]
 # Env: SINEW_BENCH_PODS (60), SINEW_BENCH_ROUNDS (3), SINEW_BENCH_IPERF_SECONDS (10),
-#      SINEW_BENCH_ONLY (sinew|flannel: one side only, no docs), SINEW_CACHE (~/.cache/sinew), CARGO_TARGET_DIR (sinew's build), SINEW_KIND_KEEP=1 (keep
+#      SINEW_BENCH_IPERF_RUNS (5), SINEW_BENCH_ONLY (sinew|flannel: one side only, no docs), SINEW_CACHE (~/.cache/sinew), CARGO_TARGET_DIR (sinew's build), SINEW_KIND_KEEP=1 (keep
 #      both clusters and the engine; KIND_CLUSTER=bench-sinew e2e/kind/down.sh, then
 #      KIND_CLUSTER=bench-flannel, remove them).
 set -euo pipefail
@@ -40,6 +41,7 @@ tag=kind
 pods_wanted=${SINEW_BENCH_PODS:-60}
 rounds=${SINEW_BENCH_ROUNDS:-3}
 iperf_seconds=${SINEW_BENCH_IPERF_SECONDS:-10}
+iperf_runs=${SINEW_BENCH_IPERF_RUNS:-5}
 only=${SINEW_BENCH_ONLY:-}
 pod_cidr=10.244.0.0/16
 bns=bench
@@ -354,7 +356,7 @@ for round in $(seq "$rounds"); do
     scale_round "$round"
   done
 done
-for _ in 1 2 3; do
+for _ in $(seq "$iperf_runs"); do
   for side in "${sides[@]}"; do
     iperf_run "$side"
   done
@@ -363,7 +365,7 @@ if [[ " ${sides[*]} " == *" sinew "* ]]; then
   side=sinew
   sinew_mode VXLAN
   log "sinew VXLAN: route ${worker1[sinew]} -> iperf-0: $(route_between_workers)"
-  for _ in 1 2 3; do
+  for _ in $(seq "$iperf_runs"); do
     for side in "${sides[@]}"; do
       label=$side-2
       [[ $side == sinew ]] && label=sinew-vxlan
@@ -401,8 +403,8 @@ table() {
   row "creation -> Ready p50 (ms, client watch)" "$(ms "$(stat lat sinew p50)")" "$(ms "$(stat lat flannel p50)")"
   row "creation -> Ready p99 (ms, client watch)" "$(ms "$(stat lat sinew p99)")" "$(ms "$(stat lat flannel p99)")"
   row "creation -> Ready p50 / p99 (s, API timestamps)" "$(stat apilat sinew p50) / $(stat apilat sinew p99)" "$(stat apilat flannel p50) / $(stat apilat flannel p99)"
-  row "pod -> pod TCP across workers (Mbit/s, default modes, median of 3)" "$(num "$(stat tcp sinew median)") (Auto: routed)" "$(num "$(stat tcp flannel median)") (VXLAN)"
-  row "pod -> pod TCP across workers (Mbit/s, both VXLAN, the next 3 runs)" "$(num "$(stat tcp sinew-vxlan median)")" "$(num "$(stat tcp flannel-2 median)")"
+  row "pod -> pod TCP across workers (Mbit/s, default modes, median of $iperf_runs)" "$(num "$(stat tcp sinew median)") (Auto: routed)" "$(num "$(stat tcp flannel median)") (VXLAN)"
+  row "pod -> pod TCP across workers (Mbit/s, both VXLAN, median of the next $iperf_runs)" "$(num "$(stat tcp sinew-vxlan median)")" "$(num "$(stat tcp flannel-2 median)")"
   row "CPU s of the network provider's pods per round (sinew-system / kube-flannel), median" "$(stat cpu sinew median)" "$(stat cpu flannel median)"
   row "CPU s of kube-system's pods per round (API server, etcd, ...), median" "$(stat cpusys sinew median)" "$(stat cpusys flannel median)"
   row "watches the API server ended during the rounds (restarted at once)" "$(awk '$1 == "restarts" && $2 == "sinew" {s += $4} END {print s + 0}' "$out/samples.txt")" "$(awk '$1 == "restarts" && $2 == "flannel" {s += $4} END {print s + 0}' "$out/samples.txt")"
@@ -427,7 +429,7 @@ if $write_docs; then
   {
     echo "$begin"
     echo "Command (root): \`make bench-kind\`, i.e. \`e2e/kind/bench.sh --write-docs\`"
-    echo "(\`SINEW_BENCH_PODS\`, \`SINEW_BENCH_ROUNDS\`, \`SINEW_BENCH_IPERF_SECONDS\`)."
+    echo "(\`SINEW_BENCH_PODS\`, \`SINEW_BENCH_ROUNDS\`, \`SINEW_BENCH_IPERF_SECONDS\`, \`SINEW_BENCH_IPERF_RUNS\`)."
     echo
     echo "Run on $(date -u +%Y-%m-%d), commit $(git -C "$repo" rev-parse --short HEAD), kind v0.33.0 nodes with Kubernetes v1.37.2 built"
     echo "offline (e2e/kind/README.md); machine: $machine. Both clusters are up at once and the"

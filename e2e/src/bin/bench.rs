@@ -353,7 +353,7 @@ fn plugin_floor(args: &Args) -> Result<(), String> {
         sinew,
     };
     eprintln!(
-        "measuring sinew, ptp+host-local, /bin/true and the kernel's veth deletion, interleaved ({} rounds)...",
+        "measuring sinew, ptp+host-local, /bin/true and the kernel's datapath for a pod, interleaved ({} rounds)...",
         settings.iterations
     );
     let measured = plugin::run(&settings);
