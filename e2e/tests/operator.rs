@@ -459,6 +459,11 @@ async fn pool_status_sums_the_blocks_of_the_pool(ctx: Ctx) -> TestResult {
         "{}",
         ex.message
     );
+    nearly_exhausted_event(&ctx, "use-pool").await
+}
+
+/// Waits for the `PoolNearlyExhausted` Event on `pool`.
+async fn nearly_exhausted_event(ctx: &Ctx, pool: &str) -> TestResult {
     let events: Api<k8s_openapi::api::events::v1::Event> =
         Api::namespaced(ctx.client.clone(), "default");
     wait(
@@ -468,7 +473,7 @@ async fn pool_status_sums_the_blocks_of_the_pool(ctx: Ctx) -> TestResult {
             let list = events.list(&Default::default()).await?;
             Ok(list.items.into_iter().find(|e| {
                 e.reason.as_deref() == Some("PoolNearlyExhausted")
-                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("use-pool")
+                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(pool)
             }))
         },
     )
@@ -506,21 +511,7 @@ async fn a_16_pool_filled_to_95_percent_is_named_nearly_exhausted(ctx: Ctx) -> T
         .ok_or("no Exhausted")?;
     assert_eq!(ex.reason, "NearlyExhausted", "{}", ex.message);
     assert!(ex.message.contains("(95%)"), "{}", ex.message);
-    let events: Api<k8s_openapi::api::events::v1::Event> =
-        Api::namespaced(ctx.client.clone(), "default");
-    wait(
-        "PoolNearlyExhausted Event",
-        Duration::from_secs(10),
-        || async {
-            let list = events.list(&Default::default()).await?;
-            Ok(list.items.into_iter().find(|e| {
-                e.reason.as_deref() == Some("PoolNearlyExhausted")
-                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("full-pool")
-            }))
-        },
-    )
-    .await?;
-    Ok(())
+    nearly_exhausted_event(&ctx, "full-pool").await
 }
 
 async fn a_pool_in_use_is_not_deleted_until_drained(ctx: Ctx) -> TestResult {

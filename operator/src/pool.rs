@@ -708,13 +708,8 @@ mod tests {
         let mut p = IPPool::new(
             name,
             IPPoolSpec {
-                cidr: cidr.into(),
-                block_size: None,
-                mode: Default::default(),
-                nat_outgoing: true,
-                node_selector: None,
-                disabled: false,
                 reserved: reserved.iter().map(|r| r.to_string()).collect(),
+                ..crate::scenarios::pool_spec(cidr)
             },
         );
         p.metadata.generation = Some(1);

@@ -284,21 +284,10 @@ where
 mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::{PodIP, PodSpec, PodStatus};
-    use sinew_crds::{Allocation, IPBlockSpec, IPBlockStatus, IPPoolSpec};
+    use sinew_crds::{Allocation, IPBlockSpec, IPBlockStatus};
 
     fn pool(cidr: &str) -> IPPool {
-        IPPool::new(
-            "p",
-            IPPoolSpec {
-                cidr: cidr.into(),
-                block_size: None,
-                mode: Default::default(),
-                nat_outgoing: true,
-                node_selector: None,
-                disabled: false,
-                reserved: Vec::new(),
-            },
-        )
+        IPPool::new("p", crate::scenarios::pool_spec(cidr))
     }
 
     fn pod(ns: &str, name: &str, node: &str, ip: &str, host: bool, phase: &str) -> Pod {

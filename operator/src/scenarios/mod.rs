@@ -321,6 +321,19 @@ pub fn node(name: &str, report: Option<NodeReport>) -> Node {
 }
 
 /// The `deletionTimestamp` of an object deleted `ago`.
+/// A pool's spec as `kubectl apply` leaves it with only `cidr` set (the CRD's defaults).
+pub fn pool_spec(cidr: &str) -> sinew_crds::IPPoolSpec {
+    sinew_crds::IPPoolSpec {
+        cidr: cidr.into(),
+        block_size: None,
+        mode: Default::default(),
+        nat_outgoing: true,
+        node_selector: None,
+        disabled: false,
+        reserved: Vec::new(),
+    }
+}
+
 pub fn deleted(ago: Duration) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Time {
     let now = k8s_openapi::jiff::Timestamp::now();
     let ago = k8s_openapi::jiff::SignedDuration::try_from(ago).expect("a duration");

@@ -7,9 +7,9 @@ use std::time::Duration;
 use http::Method;
 use kube::runtime::controller::Action;
 use serde_json::{Value, json};
-use sinew_crds::{Allocation, IPBlock, IPBlockSpec, IPBlockStatus, IPPool, IPPoolSpec};
+use sinew_crds::{Allocation, IPBlock, IPBlockSpec, IPBlockStatus, IPPool};
 
-use super::{World, deleted, node, not_found, ready_condition, to_json, within};
+use super::{World, deleted, node, not_found, pool_spec, ready_condition, to_json, within};
 use crate::context::FINALIZER;
 use crate::pool::{DRAIN_SETTLE, reconcile};
 
@@ -18,18 +18,7 @@ const POOL_STATUS: &str = "/apis/sinew.dev/v1alpha1/ippools/p/status";
 const BLOCKS: &str = "/apis/sinew.dev/v1alpha1/ipblocks";
 
 fn pool(finalizers: &[&str]) -> IPPool {
-    let mut p = IPPool::new(
-        "p",
-        IPPoolSpec {
-            cidr: "10.0.0.0/24".into(),
-            block_size: None,
-            mode: Default::default(),
-            nat_outgoing: true,
-            node_selector: None,
-            disabled: false,
-            reserved: Vec::new(),
-        },
-    );
+    let mut p = IPPool::new("p", pool_spec("10.0.0.0/24"));
     p.metadata.generation = Some(1);
     p.metadata.uid = Some("pool-uid".into());
     p.metadata.resource_version = Some("41".into());

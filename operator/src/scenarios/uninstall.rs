@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use http::Method;
 use serde_json::{Value, json};
-use sinew_crds::{Allocation, IPBlock, IPBlockSpec, IPBlockStatus, IPPool, IPPoolSpec};
+use sinew_crds::{Allocation, IPBlock, IPBlockSpec, IPBlockStatus, IPPool};
 
-use super::{World, deleted, within};
+use super::{World, deleted, pool_spec, within};
 use crate::uninstall::{Error, uninstall_polling};
 
 const POOLS: &str = "/apis/sinew.dev/v1alpha1/ippools";
@@ -17,18 +17,19 @@ const NETWORKS: &str = "/apis/sinew.dev/v1alpha1/clusternetworks";
 const PODS: &str = "/api/v1/pods";
 
 fn pool() -> IPPool {
-    IPPool::new(
-        "p",
-        IPPoolSpec {
-            cidr: "10.244.0.0/16".into(),
-            block_size: None,
-            mode: Default::default(),
-            nat_outgoing: true,
-            node_selector: None,
-            disabled: false,
-            reserved: Vec::new(),
-        },
-    )
+    IPPool::new("p", pool_spec("10.244.0.0/16"))
+}
+
+/// Pool `p` as the API server returns it after a DELETE: deletion stamped, held by the
+/// operator's finalizer, `Ready=False/Draining` with `message`.
+fn draining(message: &str) -> Value {
+    let mut draining = serde_json::to_value(pool()).expect("JSON");
+    draining["metadata"]["deletionTimestamp"] =
+        serde_json::to_value(deleted(Duration::ZERO)).expect("JSON");
+    draining["metadata"]["finalizers"] = json!(["sinew.dev/cleanup"]);
+    draining["status"] = json!({"conditions": [{"type": "Ready", "status": "False",
+        "reason": "Draining", "message": message, "lastTransitionTime": "2026-11-30T00:00:00Z"}]});
+    draining
 }
 
 fn list(kind: &str, items: Value) -> Value {
@@ -126,12 +127,7 @@ async fn uninstall_refuses_and_deletes_nothing_while_pods_hold_addresses() {
 #[tokio::test]
 async fn uninstall_deletes_the_cluster_network_only_once_the_pools_are_gone() {
     let (ctx, api) = World::default().build();
-    let mut draining = serde_json::to_value(pool()).expect("JSON");
-    draining["metadata"]["deletionTimestamp"] =
-        serde_json::to_value(deleted(Duration::ZERO)).expect("JSON");
-    draining["metadata"]["finalizers"] = json!(["sinew.dev/cleanup"]);
-    draining["status"] = json!({"conditions": [{"type": "Ready", "status": "False",
-        "reason": "Draining", "message": "settling", "lastTransitionTime": "2026-11-30T00:00:00Z"}]});
+    let draining = draining("settling");
     let network = json!({"apiVersion": "sinew.dev/v1alpha1", "kind": "ClusterNetwork",
                          "metadata": {"name": "default"}, "spec": {}});
     let scenario = api.play(move |mut api| async move {
@@ -178,13 +174,9 @@ async fn uninstall_deletes_the_cluster_network_only_once_the_pools_are_gone() {
 #[tokio::test]
 async fn a_pool_that_never_drains_times_out_before_the_cluster_network_is_touched() {
     let (ctx, api) = World::default().build();
-    let mut draining = serde_json::to_value(pool()).expect("JSON");
-    draining["metadata"]["deletionTimestamp"] =
-        serde_json::to_value(deleted(Duration::ZERO)).expect("JSON");
-    draining["metadata"]["finalizers"] = json!(["sinew.dev/cleanup"]);
-    draining["status"] = json!({"conditions": [{"type": "Ready", "status": "False",
-        "reason": "Draining", "lastTransitionTime": "2026-11-30T00:00:00Z",
-        "message": "1 addresses of this pool are still in use; the pool is removed once its pods are gone"}]});
+    let draining = draining(
+        "1 addresses of this pool are still in use; the pool is removed once its pods are gone",
+    );
     let scenario = api.play(move |mut api| async move {
         api.expect(Method::GET, POOLS, 200, pools(json!([pool()])))
             .await;
