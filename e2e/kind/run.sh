@@ -2,19 +2,24 @@
 # `make kind`: sinew on a real kind cluster built offline (e2e/kind/build.sh), checked the way a
 # user would see it, each check printed with its result:
 #
-#   nodes NotReady before sinew, Ready only once sinew's conflist is in place; ClusterNetwork
-#   Ready; the DaemonSet and the operator Deployment as real pods (probes pass, leader elected);
-#   CoreDNS Ready; all-pairs pod->pod (same node and across nodes), node->pod, pod->Service
-#   ClusterIP, pod->DNS name, pod->a host outside the cluster (natOutgoing); IPPool/IPBlock
-#   allocations; a live mode switch Auto->VXLAN->Routed keeping a TCP connection; `helm upgrade`
-#   rolling the DaemonSet and rewriting the conflist; a worker restarted; failures injected in
-#   a node (forwarding off, a foreign conflist, a dangling cni0 bridge) named by the agent and
-#   `kubectl sinew doctor` and cleared; `helm uninstall` refused at once while pods hold
-#   addresses, nothing deleted; then `helm uninstall` leaving every node clean.
+#   nodes NotReady before sinew, with strict reverse-path filtering (rp_filter=1, RHEL's and
+#   kind's default), Ready only once sinew's conflist is in place; ClusterNetwork Ready; the
+#   DaemonSet and the operator Deployment as real pods (probes pass, leader elected); CoreDNS
+#   Ready; all-pairs pod->pod (same node and across nodes), node->pod, pod->Service ClusterIP,
+#   pod->DNS name, pod->a host outside the cluster (natOutgoing); IPPool/IPBlock allocations; a
+#   live mode switch Auto->VXLAN->Routed keeping a TCP connection; two zoned pools (one per
+#   worker, chosen by a namespace annotation) in every mode; a cloud-VPC underlay (pod addresses
+#   dropped between the nodes): VXLAN carries every path, Routed is named by `kubectl sinew
+#   doctor`; `helm upgrade` rolling the DaemonSet and rewriting the conflist; a worker
+#   restarted; failures injected in a node (forwarding off, a foreign conflist, a dangling cni0
+#   bridge) named by the agent and `kubectl sinew doctor` and cleared; `helm uninstall` refused
+#   at once while pods hold addresses, nothing deleted; then `helm uninstall` leaving every node
+#   clean.
 #
-# SINEW_KIND_CONFORMANCE=1 adds the upstream conformance tests
-# `[sig-network] Networking Granular Checks: Pods` (e2e.test from the pinned Kubernetes module,
-# built by `e2e/tools/build.sh conformance`; a cold build takes long), run before the uninstall.
+# SINEW_KIND_CONFORMANCE=1 adds the upstream sig-network specs of e2e.test v1.37.2 (every
+# [Conformance] one, Granular Checks: Services, Conntrack; built by `e2e/tools/build.sh
+# conformance`, a cold build takes long), run in parallel by the ginkgo CLI on the chart's
+# defaults, right after the connectivity checks (SINEW_KIND_CONFORMANCE_PROCS, 3).
 #
 # Everything it creates (cluster, outside host, Docker network, the Docker engine and its network
 # namespace) is removed on exit, whatever happens; SINEW_KIND_KEEP=1 keeps the cluster and the
