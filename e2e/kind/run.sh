@@ -45,9 +45,10 @@ passed=0 failed=0
 results=()
 logs=$(mktemp -d /tmp/sinew-kind-logs.XXXXXX)
 # check NAME FUNCTION...: runs it in a subshell with errexit (any failing command fails the
-# check), prints PASS with its last output line, or FAIL with its last 25; full output in $logs.
+# check), prints PASS with its duration and last output line, or FAIL with its duration and last
+# 25; full output in $logs.
 check() {
-  local name=$1 rc file
+  local name=$1 rc file t0=$SECONDS
   shift
   file=$logs/$(printf '%02d' $((passed + failed + 1)))-${1}.log
   set +e
@@ -56,12 +57,12 @@ check() {
   set -e
   if ((rc == 0)); then
     passed=$((passed + 1))
-    results+=("PASS  $name")
-    echo "[kind] PASS  $name  ($(tail -1 "$file"))"
+    results+=("PASS  $name  [$((SECONDS - t0))s]")
+    echo "[kind] PASS  $name  [$((SECONDS - t0))s]  ($(tail -1 "$file"))"
   else
     failed=$((failed + 1))
-    results+=("FAIL  $name")
-    echo "[kind] FAIL  $name"
+    results+=("FAIL  $name  [$((SECONDS - t0))s]")
+    echo "[kind] FAIL  $name  [$((SECONDS - t0))s]"
     tail -25 "$file" | sed 's/^/      /'
   fi
   return "$rc"
@@ -464,11 +465,12 @@ node_ip() { k get node "$1" -o jsonpath='{.status.addresses[?(@.type=="InternalI
 # "node<TAB>route" for every node and every block of POOL held by another node: how the node
 # reaches that block.
 pool_routes() { # pool
-  local n cidr owner
+  local n cidr owner r
   while read -r cidr owner; do
     for n in "${node_names[@]}"; do
       [[ $n == "$owner" ]] && continue
-      printf '%s\t%s\n' "$n" "$(on_node "$n" ip route show "$cidr" | head -1) [block of $owner]"
+      r=$(on_node "$n" ip route show "$cidr" | head -1)
+      printf '%s\t%s\n' "$n" "${r:-no route} to $cidr [block of $owner]"
     done
   done < <(k get ipblocks -o json | jq -r --arg p "$1" '.items[] | select(.spec.pool == $p) | "\(.spec.cidr) \(.spec.node)"')
 }
@@ -648,15 +650,26 @@ c_zoned_pools() {
   stray=$(k get ipblocks -o json | jq -r --arg a "${zone_names[0]}" --arg na "${node_names[1]}" --arg b "${zone_names[1]}" --arg nb "${node_names[2]}" \
     '.items[] | select((.spec.pool == $a and .spec.node != $na) or (.spec.pool == $b and .spec.node != $nb)) | "\(.spec.pool) \(.spec.cidr) on \(.spec.node)"')
   [[ -z $stray ]] || { echo "zone blocks on nodes their pool does not select: $stray"; return 1; }
+  local verdicts=() out
   for mode in Routed VXLAN Auto; do
+    out=""
     for z in "${zone_names[@]}"; do
       [[ $(k get ippool "$z" -o jsonpath='{.spec.mode}') == "$mode" ]] || echo "switching $z to $mode (live)"
       set_pool_mode "$z" "$mode"
       # Auto: the nodes share the kind network's subnet, so the pools are routed.
-      check_pool_routes "$z" "$([[ $mode == Auto ]] && echo Routed || echo "$mode")" || fails=$((fails + 1))
+      check_pool_routes "$z" "$([[ $mode == Auto ]] && echo Routed || echo "$mode")" \
+        || { fails=$((fails + 1)); out+="$z's routes wrong; "; }
     done
-    zones_connectivity "$mode" || fails=$((fails + 1))
+    if zones_connectivity "$mode" >"$logs/zones-$mode.txt"; then
+      cat "$logs/zones-$mode.txt"
+      verdicts+=("$mode: ${out}$(tail -1 "$logs/zones-$mode.txt" | sed "s/^[A-Za-z]*: //")")
+    else
+      cat "$logs/zones-$mode.txt"
+      fails=$((fails + 1))
+      verdicts+=("$mode: ${out}$(grep -E '^[A-Za-z]+: [0-9]+ of [0-9]+ paths failed' "$logs/zones-$mode.txt" | cut -d';' -f1 | sed 's/^[A-Za-z]*: //')")
+    fi
   done
+  printf '%s\n' "${verdicts[@]}"
   ((fails == 0)) || return 1
   zones_delete
   echo "two zoned pools (${zone_names[0]} on ${node_names[1]}, ${zone_names[1]} on ${node_names[2]}): every path in Routed, VXLAN and Auto; removed"
@@ -705,8 +718,11 @@ vpc_undo() { nsenter --net="$SINEW_KIND_NETNS" nft delete table bridge "$vpc_tab
 
 # Every path the VXLAN half needs; prints each failure with its path.
 vpc_paths() {
-  local src dst sp si sn dp di dn fails=0 tries=0 got svc dns_name n t targets out coredns
-  local -A what=()
+  local src dst sp si sn dp di dn fails=0 tries=0 got svc dns_name n t targets out coredns kind
+  local -A what=() ok=() bad=()
+  tally() { # kind, passed?
+    if (($2)); then ok[$1]=$((${ok[$1]:-0} + 1)); else bad[$1]=$((${bad[$1]:-0} + 1)); fi
+  }
   svc=$(k -n "$ns" get svc netexec -o jsonpath='{.spec.clusterIP}')
   dns_name=netexec.$ns.svc.cluster.local
   coredns=$(k -n kube-system get pods -l k8s-app=kube-dns -o jsonpath='{.items[*].spec.nodeName}')
@@ -724,15 +740,24 @@ vpc_paths() {
       [[ $sn == "$dn" ]] || targets+=("$di:8080")
     done
     tries=$((tries + ${#targets[@]}))
-    while read -r t; do
-      [[ -n $t ]] || continue
-      echo "FAIL pod $sp ($si, $sn) -> ${what[$t]:-$t}"
-      fails=$((fails + 1))
-    done < <(pod_connect_each "$ns" "$sp" "${targets[@]}")
+    out=$(pod_connect_each "$ns" "$sp" "${targets[@]}")
+    for t in "${targets[@]}"; do
+      kind="pod -> pod"
+      [[ $t == "$dns_name:8080" ]] && kind="pod -> DNS name"
+      if grep -qxF "$t" <<<"$out"; then
+        echo "FAIL pod $sp ($si, $sn) -> ${what[$t]:-$t}"
+        fails=$((fails + 1))
+        tally "$kind" 0
+      else
+        tally "$kind" 1
+      fi
+    done
     # pod -> Service ClusterIP: six requests (kube-proxy picks among the backends on every node).
     tries=$((tries + 6))
     out=$(k -n "$ns" exec "$sp" -- sh -c 'for i in 1 2 3 4 5 6; do curl -s --max-time 5 "http://$1/hostname" || printf FAIL; echo; done' sh "$svc:8080" 2>&1) || true
     n=$(grep -c '^netexec-' <<<"$out" || true)
+    ok["pod -> Service"]=$((${ok["pod -> Service"]:-0} + n))
+    bad["pod -> Service"]=$((${bad["pod -> Service"]:-0} + 6 - n))
     if ((n != 6)); then
       echo "FAIL pod $sp ($si, $sn) -> Service $svc:8080: $((6 - n)) of 6 requests failed; answers: $(tr '\n' ' ' <<<"$out")"
       fails=$((fails + 6 - n))
@@ -745,7 +770,8 @@ vpc_paths() {
       [[ $n == "$dn" ]] && continue
       tries=$((tries + 1))
       got=$(node_get "$n" "http://$di:8080/hostname")
-      [[ $got == "$dp" ]] || { echo "FAIL node $n ($(node_ip "$n")) -> pod $dp ($di, $dn): '$got'"; fails=$((fails + 1)); }
+      [[ $got == "$dp" ]] && tally "node -> pod" 1 \
+        || { echo "FAIL node $n ($(node_ip "$n")) -> pod $dp ($di, $dn): '$got'"; fails=$((fails + 1)); tally "node -> pod" 0; }
     done
   done
   # The API server, in the control plane's host network, to the pods on the workers: the path of
@@ -755,9 +781,14 @@ vpc_paths() {
     [[ $dn == "${node_names[0]}" ]] && continue
     tries=$((tries + 1))
     got=$(k get --raw "/api/v1/namespaces/$ns/pods/$dp:8080/proxy/hostname" 2>&1) || true
-    [[ $got == "$dp" ]] || { echo "FAIL API server (${node_names[0]}) -> pod $dp ($di, $dn), kubectl get --raw .../pods/$dp:8080/proxy/hostname: '$(head -c 200 <<<"$got")'"; fails=$((fails + 1)); }
+    [[ $got == "$dp" ]] && tally "API server -> pod" 1 \
+      || { echo "FAIL API server (${node_names[0]}) -> pod $dp ($di, $dn), kubectl get --raw .../pods/$dp:8080/proxy/hostname: '$(head -c 200 <<<"$got")'"; fails=$((fails + 1)); tally "API server -> pod" 0; }
   done
-  echo "$tries requests (pod -> pod across nodes, pod -> DNS name, pod -> Service, node -> pod across nodes, API server -> pod), $fails failed"
+  local summary=""
+  for kind in "pod -> pod" "pod -> DNS name" "pod -> Service" "node -> pod" "API server -> pod"; do
+    summary+="$kind $((${ok[$kind]:-0}))/$((${ok[$kind]:-0} + ${bad[$kind]:-0})), "
+  done
+  echo "${summary%, } passed ($fails of $tries failed)"
   ((fails == 0))
 }
 
@@ -777,8 +808,10 @@ c_cloud_vpc() {
   set_pool_mode "$pool" VXLAN
   vpc_drop "${cidrs[@]}"
   load_pods >/dev/null
-  local vx_ok=true
-  vpc_paths || vx_ok=false
+  local vx_ok=true vx_summary
+  vpc_paths >"$logs/vpc-vxlan.txt" || vx_ok=false
+  cat "$logs/vpc-vxlan.txt"
+  vx_summary=$(tail -1 "$logs/vpc-vxlan.txt")
   echo "frames the underlay dropped so far: $(vpc_dropped)"
   echo "kubectl sinew doctor (VXLAN): $(doctor_all 2>&1 | tail -1)"
   echo "--- Routed: the same underlay"
@@ -816,12 +849,17 @@ c_cloud_vpc() {
     if doctor_all >/dev/null 2>&1; then cleared=true; break; fi
     sleep 1
   done
-  $cleared && echo "doctor clean again $(since "$t0") s after the underlay stopped dropping" \
+  $cleared && echo "doctor reports nothing $(since "$t0") s after the underlay stopped dropping" \
     || { echo "FAIL: doctor still reports problems 30 s after the underlay stopped dropping:"; doctor_all 2>&1 | head -20; }
-  pod_connect "$ns" "$a" "$b:8080" || { echo "FAIL: pod $a -> $b:8080 in Routed mode without the drop"; return 1; }
+  local back=true
+  pod_connect "$ns" "$a" "$b:8080" || { back=false; echo "FAIL: pod $a -> $b:8080 in Routed mode without the drop"; }
   [[ $mode0 == Routed ]] || set_pool_mode "$pool" "$mode0"
-  $vx_ok || echo "FAIL: VXLAN over the dropping underlay (paths above)"
-  $vx_ok && $named && [[ -n $probs ]] && $cleared || return 1
+  echo "--- verdict"
+  echo "VXLAN over the dropping underlay: $($vx_ok && echo ok || echo FAIL): $vx_summary"
+  echo "Routed over it: $($named && echo ok || echo FAIL): kubectl sinew doctor exit $rc$($named && echo ", names $(grep -oE "$vpc_problem_re" <<<"$text" | sort -u | tr '\n' ' ')")"
+  echo "Routed over it: $([[ -n $probs ]] && echo ok || echo FAIL): ClusterNetwork status.problems: $(grep -c . <<<"$probs") entries"
+  echo "underlay restored: $($cleared && $back && echo ok || echo FAIL): doctor $($cleared && echo clean || echo 'still reporting'), pod -> pod across nodes $($back && echo works || echo fails)"
+  $vx_ok && $named && [[ -n $probs ]] && $cleared && $back || return 1
   echo "cloud VPC underlay + rp_filter=1: VXLAN carries every path; Routed is named by doctor and the ClusterNetwork status; clears after"
 }
 
