@@ -1080,7 +1080,7 @@ c_conformance() {
   for e in "${conformance_excluded[@]}"; do echo "  ${e%%|*}: ${e#*|}"; done
   echo "running $selected specs: ginkgo -p --procs=$conformance_procs, e2e.test --num-nodes=$nodes_n"
   set +e
-  nsenter --net="$SINEW_KIND_NETNS" "$e2e_bin/ginkgo" run -p --procs="$conformance_procs" --no-color \
+  nsenter --net="$SINEW_KIND_NETNS" "$e2e_bin/ginkgo" run -p --procs="$conformance_procs" --no-color --silence-skips \
     --timeout=60m "${focus[@]}" "${skip[@]}" --json-report=report.json --output-dir="$dir" \
     "$e2e_bin/e2e.test" -- "${suite_flags[@]}" >"$dir/ginkgo.log" 2>&1
   rc=$?
