@@ -236,16 +236,23 @@ fn add(
         .transpose()?;
     let state_dir = conf.state_dir();
     let netns = open_netns(inv)?;
-    let node = load_node_state(&state_dir)?;
-    let pools = select_pools(inv, conf, &node, &state_dir)?;
-    timeline.mark("node_state");
     let key = AttachmentKey::new(&inv.container_id, &inv.ifname);
     // Atomic for every process, not flushed to the disk: see `Store::unflushed`.
     let store = Store::new(&state_dir).unflushed();
 
-    let recorded = store
-        .update(|state| allocate(state, &key, inv, &conf.name, &pools))
-        .map_err(io_error("updating the IPAM store"))?;
+    // `node.json` is read under the store's lock: the agent gives a block back by retiring it
+    // in the store, deleting its IPBlock, writing `node.json` without it and only then
+    // forgetting the retirement, each store step under the lock. Read outside it, a block
+    // list from before the release could meet a store from after it, and hand out an address
+    // of a block another node may own by then.
+    let (recorded, node) = store
+        .update(|state| -> CniResult<_> {
+            let node = load_node_state(&state_dir)?;
+            let pools = select_pools(inv, conf, &node, &state_dir)?;
+            Ok((allocate(state, &key, inv, &conf.name, &pools), node))
+        })
+        .map_err(io_error("updating the IPAM store"))??;
+    timeline.mark("ipam");
     let (attachment, existed) = match recorded {
         Ok(r) => r,
         Err(AllocError::Exhausted { pool }) => {
@@ -273,7 +280,6 @@ fn add(
         }
     };
 
-    timeline.mark("ipam");
     let setup = match dp.setup(&attachment, &netns) {
         Ok(s) => s,
         Err(e) => {

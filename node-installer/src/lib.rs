@@ -14,3 +14,4 @@ pub mod probe;
 pub mod program;
 pub mod sentinel;
 pub mod trust;
+pub mod tunnel;

@@ -196,7 +196,7 @@ pub fn affected_by_pool(changed: &IPPool, pools: &[Arc<IPPool>]) -> Vec<ObjectRe
         .collect()
 }
 
-/// Pure: the plan of a mode switch of `pool` across `selected` nodes (None when every node
+/// Pure: the plan of a mode switch of `pool` across `selected` nodes (every reporting node) (None when every node
 /// runs `spec.mode`, or when no node ran another mode: nodes still joining are not a switch).
 /// A plan already in `previous` for the same target keeps its `from` and its node list, so
 /// the status shows the whole switch while `pending` shrinks.
@@ -310,9 +310,10 @@ pub fn status(
         .parsed_cidr()
         .map(|c| c.family())
         .unwrap_or(Family::V4);
+    // Every node routes every pool's blocks in the pool's mode, whichever nodes the pool
+    // selects for its pods: convergence and the shared-segment check count all of them.
     let selected: Vec<&Arc<Node>> = nodes
         .iter()
-        .filter(|n| sinew_crds::selector::matches(pool.spec.node_selector.as_ref(), n.labels()))
         .filter(|n| nodes::report(n).is_some())
         .collect();
     let mode = pool.spec.mode;

@@ -54,6 +54,7 @@ use crate::probe;
 use crate::program::{self, Underlay, VxlanParams};
 use crate::sentinel::{Sentinel, Watched};
 use crate::trust::{self, PoolFacts};
+use crate::tunnel;
 
 use api::ApiWriter;
 use error::{Error, Result};
@@ -259,7 +260,12 @@ impl Agent {
             vni: network.spec.vxlan.vni,
             port: network.spec.vxlan.port,
         };
-        let vxlan = program::ensure_vxlan(&mut nl, params, &local.underlay)?;
+        let vxlan = program::ensure_vxlan(
+            &mut nl,
+            params,
+            &local.underlay,
+            sinew_node_lib::consts::vtep_mac(self.node()),
+        )?;
         if local.underlay.ip.is_ipv4() {
             let dir = &self.settings.sysctl_dir;
             if let Some((key, value)) = forwarding::rp_filter_loosened(dir, VXLAN_DEVICE) {
@@ -276,8 +282,12 @@ impl Agent {
                 }
             }
         }
-        let modes: BTreeMap<String, PoolMode> = pools
-            .selected
+        // Every pool's blocks are routed on every node, whichever nodes the pool selects: a
+        // pod of one zone's pool is reachable from everywhere.
+        let modes: BTreeMap<String, PoolMode> = self
+            .cluster
+            .pools
+            .state()
             .iter()
             .map(|p| (p.name_any(), p.spec.mode))
             .collect();
@@ -291,18 +301,30 @@ impl Agent {
         );
         let changes = program::apply(&mut nl, &plan, &local.underlay, Some(&vxlan))?;
         self.metrics.peer_routes.set(plan.routes.len() as i64);
-        if changes.added + changes.removed > 0 {
-            info!(node = %self.node(), added = changes.added, removed = changes.removed, routes = plan.routes.len(), "peers programmed");
+        if changes.added + changes.removed + changes.skipped > 0 {
+            info!(node = %self.node(), added = changes.added, removed = changes.removed, skipped = changes.skipped, routes = plan.routes.len(), "peers programmed");
         }
         problems.extend(
             plan.problems
                 .iter()
                 .map(|p| Problem::new(ProblemKind::PeersIncomplete, p.clone())),
         );
+        problems.extend(plan.vtep_conflicts.iter().map(|c| {
+            Problem::new(ProblemKind::VtepConflict, c.clone()).with_fix(
+                "give each node a unique name and run sinew-node of this version on it (its VTEP MAC is derived from the node's name); find who wrote the annotation sinew.dev/vtep-mac on the named nodes",
+            )
+        }));
         let drops = self.reverse_drops(&mut nl, &plan, &local, &vxlan);
         problems.extend(diagnose::reverse_path_dropped(&drops));
 
         problems.extend(self.claim_blocks(&pools).await?);
+        if let Err(e) = self.ensure_tunnel_addresses(&mut nl, &vxlan, &pools) {
+            warn!(node = %self.node(), error = %e, "cannot give the VXLAN device its pod-network address");
+            problems.push(Problem::new(
+                ProblemKind::PeersIncomplete,
+                format!("{VXLAN_DEVICE} has no address of this node's blocks ({e}): traffic from this node to remote pods over VXLAN leaves with the node's address, and replies that a cloud underlay or strict reverse-path filtering drops never come back"),
+            ));
+        }
         if let Err(e) = self.release_blocks(&pools).await {
             problems.push(Problem::new(ProblemKind::BlockReleaseFailed, e.to_string()));
         }
@@ -579,6 +601,61 @@ impl Agent {
             }
         }
         Ok(problems)
+    }
+
+    /// Gives the VXLAN device its address from this node's blocks (see [`tunnel`]): chosen in
+    /// the IPAM store under its lock, then put on the device; any other address sinew put
+    /// there before (a moved or dropped choice) is removed.
+    fn ensure_tunnel_addresses(
+        &mut self,
+        nl: &mut Netlink,
+        vxlan: &sinew_node_lib::netlink::Link,
+        pools: &Pools,
+    ) -> Result<()> {
+        let all = self.cluster.pools.state();
+        let candidates: Vec<tunnel::Candidate> = pools
+            .blocks
+            .iter()
+            .filter(|b| b.node == self.node())
+            .filter_map(|b| {
+                let fact = pools.facts.get(&b.pool)?;
+                let pool = all.iter().find(|p| p.name_any() == b.pool)?;
+                (fact.unusable.is_none() && !pool.spec.disabled).then(|| tunnel::Candidate {
+                    block: b.cidr,
+                    pool_cidr: fact.cidr,
+                    mode: pool.spec.mode,
+                    reserved: pool
+                        .spec
+                        .reserved
+                        .iter()
+                        .filter_map(|r| sinew_crds::cidr::parse_ip_or_cidr(r).ok())
+                        .collect(),
+                })
+            })
+            .collect();
+        let wanted = self
+            .store()
+            .update(|s| tunnel::update(s, &candidates))
+            .map_err(Error::files("updating the IPAM store"))?;
+        let have = nl.addresses(vxlan.index)?;
+        for (ip, prefix) in &have {
+            let own = match ip {
+                IpAddr::V4(a) => *a == sinew_node_lib::consts::VXLAN_ANCHOR_V4,
+                IpAddr::V6(a) => a.is_unicast_link_local(),
+            };
+            if !own && !wanted.contains(ip) {
+                nl.del_address(vxlan.index, *ip, *prefix)?;
+                info!(node = %self.node(), address = %ip, device = VXLAN_DEVICE, "tunnel address removed");
+            }
+        }
+        for ip in &wanted {
+            let prefix = if ip.is_ipv4() { 32 } else { 128 };
+            if !have.contains(&(*ip, prefix)) {
+                nl.add_address(vxlan.index, *ip, prefix, true)?;
+                info!(node = %self.node(), address = %ip, device = VXLAN_DEVICE, "tunnel address set");
+            }
+        }
+        Ok(())
     }
 
     /// Gives back what [`blocks::releases`] says: each block is first retired in the IPAM
