@@ -321,6 +321,11 @@ pub struct NodeReport {
     /// Pool -> mode the node has programmed.
     #[serde(default)]
     pub modes: BTreeMap<String, PoolMode>,
+    /// The node's own addresses on its VXLAN device, from its blocks: the source of its
+    /// traffic into the tunnel; peers probe routed paths with them, so that an underlay that
+    /// drops pod-addressed packets shows.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tunnel: Vec<std::net::IpAddr>,
     #[serde(default)]
     pub problems: Vec<Problem>,
     /// The node has removed everything sinew put on it (the network is being deleted).

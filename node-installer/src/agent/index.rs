@@ -148,6 +148,18 @@ impl Cluster {
             .collect()
     }
 
+    /// The tunnel addresses each node reports (its `NodeReport`).
+    pub fn peer_tunnel_addresses(&self) -> BTreeMap<String, Vec<IpAddr>> {
+        self.nodes
+            .state()
+            .iter()
+            .filter_map(|n| {
+                let report = NodeReport::parse(n.annotations().get(NODE_STATE_ANNOTATION)?)?;
+                Some((n.name_any(), report.tunnel))
+            })
+            .collect()
+    }
+
     /// What the NAT table is made of: every pool's CIDR and `natOutgoing`, and every node
     /// address (who may send VXLAN here).
     pub fn nat_inputs(&self) -> (Vec<nat::NatPool>, Vec<IpAddr>) {

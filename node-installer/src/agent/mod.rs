@@ -318,13 +318,17 @@ impl Agent {
         problems.extend(diagnose::reverse_path_dropped(&drops));
 
         problems.extend(self.claim_blocks(&pools).await?);
-        if let Err(e) = self.ensure_tunnel_addresses(&mut nl, &vxlan, &pools) {
-            warn!(node = %self.node(), error = %e, "cannot give the VXLAN device its pod-network address");
-            problems.push(Problem::new(
+        let tunnel = match self.ensure_tunnel_addresses(&mut nl, &vxlan, &pools) {
+            Ok(addresses) => addresses,
+            Err(e) => {
+                warn!(node = %self.node(), error = %e, "cannot give the VXLAN device its pod-network address");
+                problems.push(Problem::new(
                 ProblemKind::PeersIncomplete,
                 format!("{VXLAN_DEVICE} has no address of this node's blocks ({e}): traffic from this node to remote pods over VXLAN leaves with the node's address, and replies that a cloud underlay or strict reverse-path filtering drops never come back"),
             ));
-        }
+                BTreeSet::new()
+            }
+        };
         if let Err(e) = self.release_blocks(&pools).await {
             problems.push(Problem::new(ProblemKind::BlockReleaseFailed, e.to_string()));
         }
@@ -347,6 +351,10 @@ impl Agent {
                 &pod_mtus,
                 &peers,
                 &self.cluster.peer_underlay_mtus(),
+                &probe::PodAddresses {
+                    own: tunnel.iter().copied().collect(),
+                    peers: self.cluster.peer_tunnel_addresses(),
+                },
             ));
         }
 
@@ -394,6 +402,7 @@ impl Agent {
             underlay_mtu: Some(local.underlay.mtu),
             install,
             modes,
+            tunnel: tunnel.into_iter().collect(),
             problems,
             cleaned_up: false,
         };
@@ -611,7 +620,7 @@ impl Agent {
         nl: &mut Netlink,
         vxlan: &sinew_node_lib::netlink::Link,
         pools: &Pools,
-    ) -> Result<()> {
+    ) -> Result<BTreeSet<IpAddr>> {
         let all = self.cluster.pools.state();
         let candidates: Vec<tunnel::Candidate> = pools
             .blocks
@@ -655,7 +664,7 @@ impl Agent {
                 info!(node = %self.node(), address = %ip, device = VXLAN_DEVICE, "tunnel address set");
             }
         }
-        Ok(())
+        Ok(wanted)
     }
 
     /// Gives back what [`blocks::releases`] says: each block is first retired in the IPAM
