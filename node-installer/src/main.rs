@@ -72,6 +72,11 @@ struct Flags {
     /// Free addresses to keep per pool before claiming another block.
     #[arg(long, global = true, env = "SINEW_MIN_FREE", default_value_t = 16)]
     min_free: u64,
+    /// A label selector of the Nodes that are this node's peers (default: every Node). For
+    /// several sinew networks sharing one API server (the test harness's simulated
+    /// clusters), or nodes sinew does not run on.
+    #[arg(long, global = true, env = "SINEW_PEER_SELECTOR")]
+    peer_selector: Option<String>,
     /// How long a block stays empty before it is given back.
     #[arg(
         long,
@@ -159,6 +164,7 @@ fn settings(flags: Flags, need_node: bool) -> anyhow::Result<Settings> {
         log_file: flags.log_file,
         plugin_source,
         min_free: flags.min_free,
+        peer_selector: flags.peer_selector.filter(|s| !s.is_empty()),
         block_release_grace: Duration::from_secs(flags.block_release_seconds),
         resync: Duration::from_secs(flags.resync_seconds),
         metrics_addr: listen_addr(&flags.metrics_addr)?,

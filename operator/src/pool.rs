@@ -311,10 +311,11 @@ pub fn status(
         .map(|c| c.family())
         .unwrap_or(Family::V4);
     // Every node routes every pool's blocks in the pool's mode, whichever nodes the pool
-    // selects for its pods: convergence and the shared-segment check count all of them.
+    // selects for its pods: convergence and the shared-segment check count every node whose
+    // agent programs the pool (all of sinew's nodes; its report lists the pool).
     let selected: Vec<&Arc<Node>> = nodes
         .iter()
-        .filter(|n| nodes::report(n).is_some())
+        .filter(|n| nodes::report(n).is_some_and(|r| r.modes.contains_key(&name)))
         .collect();
     let mode = pool.spec.mode;
     let converged = selected

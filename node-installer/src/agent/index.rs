@@ -34,7 +34,12 @@ pub struct Cluster {
 impl Cluster {
     /// Starts the watches; each change to what a pass reads wakes `notify` (see the
     /// fingerprints below): a status write it does not read, or a Node heartbeat, does not.
-    pub fn watch(client: &Client, notify: &Arc<Notify>, me: &str) -> Cluster {
+    pub fn watch(
+        client: &Client,
+        notify: &Arc<Notify>,
+        me: &str,
+        peer_selector: Option<&str>,
+    ) -> Cluster {
         let all = watcher::Config::default;
         fn wake<K>(
             notify: &Arc<Notify>,
@@ -50,7 +55,10 @@ impl Cluster {
         Cluster {
             nodes: reflect(
                 Api::all(client.clone()),
-                all(),
+                match peer_selector {
+                    Some(selector) => all().labels(selector),
+                    None => all(),
+                },
                 prune_node,
                 wake(notify, node_fingerprint),
             ),
@@ -116,6 +124,15 @@ impl Cluster {
             .collect();
         pools.sort_by_key(|p| p.name_any());
         pools
+    }
+
+    /// The labels of every peer Node (this one included).
+    pub fn peer_labels(&self) -> Vec<BTreeMap<String, String>> {
+        self.nodes
+            .state()
+            .iter()
+            .map(|n| n.labels().clone())
+            .collect()
     }
 
     /// Every node with an address, and its VTEP MAC once published.

@@ -118,7 +118,12 @@ struct Pools {
 impl Agent {
     pub async fn start(settings: Settings, client: Client) -> Agent {
         let notify = Arc::new(Notify::new());
-        let cluster = Cluster::watch(&client, &notify, &settings.node_name);
+        let cluster = Cluster::watch(
+            &client,
+            &notify,
+            &settings.node_name,
+            settings.peer_selector.as_deref(),
+        );
         let mesh = probe::Mesh::start(notify.clone())
             .map_err(|e| warn!(error = %e, "cannot start the probe mesh; peers are not probed"))
             .ok();
@@ -283,22 +288,33 @@ impl Agent {
             }
         }
         // Every pool's blocks are routed on every node, whichever nodes the pool selects: a
-        // pod of one zone's pool is reachable from everywhere.
+        // pod of one zone's pool is reachable from everywhere. The pools are those that
+        // select any peer (every Node, unless a peer selector narrows them).
+        let peer_labels = self.cluster.peer_labels();
         let modes: BTreeMap<String, PoolMode> = self
             .cluster
             .pools
             .state()
             .iter()
+            .filter(|p| {
+                peer_labels.iter().any(|labels| {
+                    sinew_crds::selector::matches(p.spec.node_selector.as_ref(), labels)
+                })
+            })
             .map(|p| (p.name_any(), p.spec.mode))
             .collect();
         let peers = self.cluster.peers();
-        let plan = peers::plan(
-            self.node(),
-            &local.underlay.subnet,
-            &peers,
-            &pools.blocks,
-            &modes,
-        );
+        // Blocks of Nodes outside the peer selector are another network's.
+        let routed: Vec<BlockInfo> = match &self.settings.peer_selector {
+            Some(_) => pools
+                .blocks
+                .iter()
+                .filter(|b| peers.iter().any(|p| p.name == b.node))
+                .cloned()
+                .collect(),
+            None => pools.blocks.clone(),
+        };
+        let plan = peers::plan(self.node(), &local.underlay.subnet, &peers, &routed, &modes);
         let changes = program::apply(&mut nl, &plan, &local.underlay, Some(&vxlan))?;
         self.metrics.peer_routes.set(plan.routes.len() as i64);
         if changes.added + changes.removed + changes.skipped > 0 {

@@ -15,6 +15,8 @@ pub struct Settings {
     pub plugin_source: PathBuf,
     /// Free addresses to keep available per pool before claiming another block.
     pub min_free: u64,
+    /// Label selector of the Nodes that are peers (`None`: every Node).
+    pub peer_selector: Option<String>,
     /// How long a block must stay empty before it is given back.
     pub block_release_grace: Duration,
     pub resync: Duration,
