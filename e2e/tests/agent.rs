@@ -598,9 +598,21 @@ async fn a_namespace_annotation_chooses_the_pool(ctx: Ctx) -> TestResult {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // Both pools need a block on the node before either can be chosen.
+    // Both pools need a block on the node before either can be chosen: claimed, and in the
+    // node state the plugin reads.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while blocks_of(&ctx, "na-b").await?.is_empty() || blocks_of(&ctx, "na-a").await?.is_empty() {
+    let listed = |pool: &str| {
+        sinew_node_lib::node_state::load(&node.state_dir())
+            .ok()
+            .flatten()
+            .and_then(|s| s.pool(pool).map(|p| !p.blocks.is_empty()))
+            .unwrap_or(false)
+    };
+    while blocks_of(&ctx, "na-b").await?.is_empty()
+        || blocks_of(&ctx, "na-a").await?.is_empty()
+        || !listed("na-a")
+        || !listed("na-b")
+    {
         assert!(Instant::now() < deadline, "blocks not claimed");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

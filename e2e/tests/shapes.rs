@@ -5,7 +5,7 @@
 //! source/destination check), where VXLAN must carry everything, node -> pod included, and
 //! Routed must be named as the cause. Needs root and the Go-built control plane.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -29,6 +29,7 @@ fn main() -> ExitCode {
         tests![
             a_zones_pool_is_reached_from_every_node_and_pool,
             strict_nodes_on_a_cloud_underlay_work_in_vxlan_and_routed_is_named,
+            a_pod_cannot_send_as_another_pod_or_as_its_node,
         ],
     );
     sinew_e2e::operator::stop_kept();
@@ -328,6 +329,78 @@ async fn strict_nodes_on_a_cloud_underlay_work_in_vxlan_and_routed_is_named(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     for p in pods {
+        cluster.stop_pod(p).await;
+    }
+    Ok(())
+}
+
+/// Whether UDP datagrams sent from `from`'s namespace with source `src` reach `to`.
+fn udp_arrives(from: &Pod, src: IpAddr, to: &Pod) -> Result<bool, String> {
+    let rx = to
+        .ns
+        .run_in(|| UdpSocket::bind(SocketAddr::new(to.ipv4(), 0)))
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    rx.set_read_timeout(Some(Duration::from_millis(700)))
+        .map_err(|e| e.to_string())?;
+    let dst = rx.local_addr().map_err(|e| e.to_string())?;
+    from.ns
+        .run_in(|| -> std::io::Result<()> {
+            let tx = UdpSocket::bind(SocketAddr::new(src, 0))?;
+            for _ in 0..3 {
+                tx.send_to(b"who am i", dst)?;
+            }
+            Ok(())
+        })
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("sending from {src}: {e}"))?;
+    let mut buf = [0u8; 32];
+    Ok(rx.recv_from(&mut buf).is_ok())
+}
+
+/// Anti-spoofing: a pod's datagrams from its own address arrive; from another pod's address
+/// or its node's address (put on its interface by the pod itself) they are dropped at its
+/// node, whether the destination is on the same node or across the tunnel.
+async fn a_pod_cannot_send_as_another_pod_or_as_its_node(ctx: Ctx) -> TestResult {
+    let cluster = LocalCluster::start(&ctx.cp, "sp", &[0, 1]).await;
+    pool(
+        &ctx,
+        "sp-pool",
+        json!({CLUSTER_LABEL: "sp"}),
+        "10.118.0.0/24",
+        "VXLAN",
+    )
+    .await?;
+    cluster.wait_ready(Duration::from_secs(30)).await?;
+    let a = cluster.start_pod(&cluster.name(0), "sp-a").await;
+    let b = cluster.start_pod(&cluster.name(1), "sp-b").await;
+    let c = cluster.start_pod(&cluster.name(0), "sp-c").await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !udp_arrives(&a, a.ipv4(), &b)? {
+        assert!(
+            Instant::now() < deadline,
+            "a pod's own datagrams do not arrive"
+        );
+    }
+    assert!(udp_arrives(&a, a.ipv4(), &c)?, "same node, own address");
+    let node_ip = IpAddr::V4(cluster.nodes[0].ip);
+    for forged in [c.ipv4(), node_ip, b.ipv4()] {
+        let mut cmd = std::process::Command::new("ip");
+        cmd.args(["addr", "add", &format!("{forged}/32"), "dev", "eth0"]);
+        sinew_e2e::netsim::in_netns(&mut cmd, &a.ns);
+        assert!(cmd.status()?.success(), "adding {forged} in the pod");
+        for to in [&b, &c] {
+            if to.ipv4() == forged {
+                continue;
+            }
+            assert!(
+                !udp_arrives(&a, forged, to)?,
+                "pod sp-a sent as {forged} and reached {}",
+                to.name
+            );
+        }
+    }
+    for p in [a, b, c] {
         cluster.stop_pod(p).await;
     }
     Ok(())

@@ -3,6 +3,10 @@
 //!   is masqueraded; traffic between pods never is;
 //! - the VXLAN port accepts encapsulated packets only from the cluster's node addresses, so no
 //!   other host can inject traffic that appears to come from a pod.
+//! - a pod sends only from its own addresses: a packet arriving on a pod's veth whose source
+//!   is not routed back to that veth is dropped before connection tracking (anti-spoofing:
+//!   no pod can send as another pod or as a node; IPv6 link-local sources, used by neighbour
+//!   discovery, excepted).
 //!
 //! The table is programmed over netlink ([`sinew_node_lib::netlink::nftables`]), with no
 //! `nft` program: it is replaced as a whole in one nf_tables transaction, only when its
@@ -87,6 +91,7 @@ pub fn render_table(t: &SinewTable) -> String {
     s += &set("nat6", Family::V6, &t.nat);
     s += &set("nodes4", Family::V4, &nodes);
     s += &set("nodes6", Family::V6, &nodes);
+    s += "    set linklocal6 { type ipv6_addr; flags interval; elements = { fe80::/10 }; }\n";
     s += "    chain postrouting {\n        type nat hook postrouting priority srcnat; policy accept;\n";
     s += "        ip saddr @nat4 ip daddr != @pods4 masquerade\n";
     s += "        ip6 saddr @nat6 ip6 daddr != @pods6 masquerade\n";
@@ -95,6 +100,10 @@ pub fn render_table(t: &SinewTable) -> String {
     s += "    chain vxlan-from-nodes-only {\n        type filter hook input priority filter - 10; policy accept;\n";
     s += &format!("        ip saddr != @nodes4 udp dport {port} counter drop\n");
     s += &format!("        ip6 saddr != @nodes6 udp dport {port} counter drop\n");
+    s += "    }\n";
+    s += "    chain pod-sources-only {\n        type filter hook prerouting priority raw; policy accept;\n";
+    s += "        meta nfproto ipv4 iifname \"snw*\" fib saddr . iif oif missing counter drop\n";
+    s += "        meta nfproto ipv6 iifname \"snw*\" ip6 saddr != @linklocal6 fib saddr . iif oif missing counter drop\n";
     s += "    }\n}\n";
     s
 }

@@ -345,7 +345,7 @@ impl Agent {
                 BTreeSet::new()
             }
         };
-        if let Err(e) = self.release_blocks(&pools).await {
+        if let Err(e) = self.release_blocks(&pools, &mut nl, &vxlan).await {
             problems.push(Problem::new(ProblemKind::BlockReleaseFailed, e.to_string()));
         }
         if forwarding_on && !self.memory.pass_completed {
@@ -685,7 +685,14 @@ impl Agent {
 
     /// Gives back what [`blocks::releases`] says: each block is first retired in the IPAM
     /// store under its lock (so no ADD can allocate from it any more), then deleted.
-    async fn release_blocks(&mut self, pools: &Pools) -> Result<()> {
+    /// The tunnel address leaves a block that is given back: the block is retired with it
+    /// (under the store's lock), and the device takes a new address before the `IPBlock` goes.
+    async fn release_blocks(
+        &mut self,
+        pools: &Pools,
+        nl: &mut Netlink,
+        vxlan: &sinew_node_lib::netlink::Link,
+    ) -> Result<()> {
         let holdings = self.holdings()?;
         let usable: BTreeSet<String> = pools
             .selected
@@ -704,12 +711,25 @@ impl Agent {
             self.settings.min_free,
         );
         for block in releasable {
-            let retired = self
+            let (retired, moved) = self
                 .store()
-                .update(|s| s.retire_if_empty(&block))
+                .update(|s| {
+                    let before = s.tunnel.clone();
+                    s.tunnel.retain(|ip| !block.contains(*ip));
+                    let retired = s.retire_if_empty(&block);
+                    let moved = retired && s.tunnel != before;
+                    if !retired {
+                        s.tunnel = before;
+                    }
+                    (retired, moved)
+                })
                 .map_err(Error::files("updating the IPAM store"))?;
             if !retired {
                 continue;
+            }
+            if moved {
+                // Another of this node's blocks (retired ones are never chosen) gives it.
+                self.ensure_tunnel_addresses(nl, vxlan, pools)?;
             }
             self.api.release(&block).await?;
             info!(node = %self.node(), block = %block, "released empty block");

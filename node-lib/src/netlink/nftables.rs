@@ -66,12 +66,15 @@ const NFPROTO_IPV4: u8 = 2;
 const NFPROTO_IPV6: u8 = 10;
 const NF_DROP: u32 = 0;
 const NF_ACCEPT: u32 = 1;
+const NF_INET_PRE_ROUTING: u32 = 0;
 const NF_INET_LOCAL_IN: u32 = 1;
 const NF_INET_POST_ROUTING: u32 = 4;
 /// `srcnat` (`NF_IP_PRI_NAT_SRC`).
 const PRIORITY_SRCNAT: i32 = 100;
 /// `filter - 10` (`NF_IP_PRI_FILTER` is 0).
 const PRIORITY_FILTER_MINUS_10: i32 = -10;
+/// `priority raw`: before connection tracking, so a forged packet makes no conntrack entry.
+const PRIORITY_RAW: i32 = -300;
 const IPPROTO_UDP: u8 = 17;
 
 // ----- nf_tables messages (enum nf_tables_msg_types) -----
@@ -132,6 +135,15 @@ const NFTA_META_DREG: u16 = 1;
 const NFTA_META_KEY: u16 = 2;
 const NFT_META_NFPROTO: u32 = 15;
 const NFT_META_L4PROTO: u32 = 16;
+const NFT_META_IIFNAME: u32 = 6;
+
+const NFTA_FIB_DREG: u16 = 1;
+const NFTA_FIB_RESULT: u16 = 2;
+const NFTA_FIB_FLAGS: u16 = 3;
+const NFT_FIB_RESULT_OIF: u32 = 1;
+const NFTA_FIB_F_SADDR: u32 = 1 << 0;
+const NFTA_FIB_F_IIF: u32 = 1 << 3;
+const NFTA_FIB_F_PRESENT: u32 = 1 << 5;
 
 const NFTA_CMP_SREG: u16 = 1;
 const NFTA_CMP_OP: u16 = 2;
@@ -178,6 +190,9 @@ const RECV_BUFFER_LEN: usize = 64 * 1024;
 pub const CHAIN_POSTROUTING: &str = "postrouting";
 /// Name of the VXLAN filter chain.
 pub const CHAIN_VXLAN: &str = "vxlan-from-nodes-only";
+/// The chain that drops what a pod sends from an address that is not routed to its own
+/// interface (anti-spoofing).
+pub const CHAIN_POD_SOURCES: &str = "pod-sources-only";
 
 /// Errors of nftables operations.
 #[derive(Debug, thiserror::Error)]
@@ -371,6 +386,9 @@ pub enum Expr {
     Drop,
     /// `masq`.
     Masq,
+    /// `fib saddr . iif oif missing`: loads 1 into reg 1 when the route back to the packet's
+    /// source leaves by the interface it came in on, else 0 (the reverse-path check).
+    FibSourceViaInputPresent,
 }
 
 /// Writes netlink attributes into a buffer.
@@ -482,6 +500,14 @@ fn encode_expr(a: &mut Attrs<'_>, expr: &Expr) {
         }),
         // No data: plain `masquerade`, no port range, no flags.
         Expr::Masq => a.str(NFTA_EXPR_NAME, "masq"),
+        Expr::FibSourceViaInputPresent => data(a, "fib", &|d| {
+            d.be32(NFTA_FIB_DREG, NFT_REG_1);
+            d.be32(NFTA_FIB_RESULT, NFT_FIB_RESULT_OIF);
+            d.be32(
+                NFTA_FIB_FLAGS,
+                NFTA_FIB_F_SADDR | NFTA_FIB_F_IIF | NFTA_FIB_F_PRESENT,
+            );
+        }),
     }
 }
 
@@ -744,18 +770,53 @@ fn vxlan_rule(family: Family, nodes: (&str, u32), port: u16) -> Vec<Expr> {
     v
 }
 
+/// `meta nfproto FAMILY iifname "snw*" [ip6 saddr != @linklocal6] fib saddr . iif oif
+/// missing counter drop`: a packet from a pod's veth whose source is not routed back to that
+/// veth (not the pod's own address) is dropped. IPv6 link-local sources (neighbour
+/// discovery) are left alone: they are never routed off the link.
+fn pod_source_rule(family: Family, link_local: (&str, u32)) -> Vec<Expr> {
+    let mut v = match_family(family).to_vec();
+    v.push(Expr::Meta {
+        key: NFT_META_IIFNAME,
+    });
+    v.push(Expr::CmpEq {
+        data: crate::consts::HOST_VETH_PREFIX.as_bytes().to_vec(),
+    });
+    if family == Family::V6 {
+        v.push(load_address(family, true));
+        v.push(lookup(link_local.0, link_local.1, true));
+    }
+    v.push(Expr::FibSourceViaInputPresent);
+    // As `nft` encodes `missing`: a 32-bit register compared with zero.
+    v.push(Expr::CmpEq { data: vec![0; 4] });
+    v.push(Expr::Counter);
+    v.push(Expr::Drop);
+    v
+}
+
+/// The link-local range IPv6 neighbour discovery uses.
+fn link_local_v6() -> Cidr {
+    Cidr::new_truncating(
+        IpAddr::V6(std::net::Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0)),
+        10,
+    )
+    .unwrap_or_else(|_| Cidr::host(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)))
+}
+
 /// Appends to `batch` the creation of the whole table (which must not exist at that point
 /// of the transaction).
 fn build_table(batch: &mut Batch, table: &str, t: &SinewTable) {
     let nodes: Vec<Cidr> = t.nodes.iter().map(|a| Cidr::host(*a)).collect();
     // (name, id, family, members)
-    let sets: [(&str, u32, Family, &[Cidr]); 6] = [
+    let link_local = [link_local_v6()];
+    let sets: [(&str, u32, Family, &[Cidr]); 7] = [
         ("pods4", 1, Family::V4, &t.pods),
         ("pods6", 2, Family::V6, &t.pods),
         ("nat4", 3, Family::V4, &t.nat),
         ("nat6", 4, Family::V6, &t.nat),
         ("nodes4", 5, Family::V4, &nodes),
         ("nodes6", 6, Family::V6, &nodes),
+        ("linklocal6", 7, Family::V6, &link_local),
     ];
     batch.add_table(table);
     for (name, id, family, members) in sets {
@@ -799,6 +860,25 @@ fn build_table(batch: &mut Batch, table: &str, t: &SinewTable) {
         CHAIN_VXLAN,
         &format!("ip6 saddr != @nodes6 udp dport {port} counter drop"),
         &vxlan_rule(Family::V6, ("nodes6", 6), port),
+    );
+    batch.add_base_chain(
+        table,
+        CHAIN_POD_SOURCES,
+        "filter",
+        NF_INET_PRE_ROUTING,
+        PRIORITY_RAW,
+    );
+    batch.add_rule(
+        table,
+        CHAIN_POD_SOURCES,
+        "meta nfproto ipv4 iifname \"snw*\" fib saddr . iif oif missing counter drop",
+        &pod_source_rule(Family::V4, ("linklocal6", 7)),
+    );
+    batch.add_rule(
+        table,
+        CHAIN_POD_SOURCES,
+        "meta nfproto ipv6 iifname \"snw*\" ip6 saddr != @linklocal6 fib saddr . iif oif missing counter drop",
+        &pod_source_rule(Family::V6, ("linklocal6", 7)),
     );
 }
 
@@ -1468,6 +1548,7 @@ mod tests {
     set nat6 {{ type ipv6_addr; flags interval; elements = {{ fd00:10:244::/56 }}; }}
     set nodes4 {{ type ipv4_addr; flags interval; elements = {{ 192.168.10.11/32, 192.168.10.12/32 }}; }}
     set nodes6 {{ type ipv6_addr; flags interval; elements = {{ fd00:99::13/128 }}; }}
+    set linklocal6 {{ type ipv6_addr; flags interval; elements = {{ fe80::/10 }}; }}
     chain postrouting {{
         type nat hook postrouting priority srcnat; policy accept;
         ip saddr @nat4 ip daddr != @pods4 masquerade
@@ -1477,6 +1558,11 @@ mod tests {
         type filter hook input priority filter - 10; policy accept;
         ip saddr != @nodes4 udp dport {port} counter drop
         ip6 saddr != @nodes6 udp dport {port} counter drop
+    }}
+    chain pod-sources-only {{
+        type filter hook prerouting priority raw; policy accept;
+        meta nfproto ipv4 iifname \"snw*\" fib saddr . iif oif missing counter drop
+        meta nfproto ipv6 iifname \"snw*\" ip6 saddr != @linklocal6 fib saddr . iif oif missing counter drop
     }}
 }}
 "
