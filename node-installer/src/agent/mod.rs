@@ -334,7 +334,9 @@ impl Agent {
         problems.extend(diagnose::reverse_path_dropped(&drops));
 
         problems.extend(self.claim_blocks(&pools).await?);
-        let tunnel = match self.ensure_tunnel_addresses(&mut nl, &vxlan, &pools) {
+        // Without a peer route the node sends nothing to remote pods: no address is spent.
+        let peered = !plan.routes.is_empty();
+        let tunnel = match self.ensure_tunnel_addresses(&mut nl, &vxlan, &pools, peered) {
             Ok(addresses) => addresses,
             Err(e) => {
                 warn!(node = %self.node(), error = %e, "cannot give the VXLAN device its pod-network address");
@@ -630,18 +632,20 @@ impl Agent {
 
     /// Gives the VXLAN device its address from this node's blocks (see [`tunnel`]): chosen in
     /// the IPAM store under its lock, then put on the device; any other address sinew put
-    /// there before (a moved or dropped choice) is removed.
+    /// there before (a moved or dropped choice) is removed. A node without peers (`peered`
+    /// false) holds none.
     fn ensure_tunnel_addresses(
         &mut self,
         nl: &mut Netlink,
         vxlan: &sinew_node_lib::netlink::Link,
         pools: &Pools,
+        peered: bool,
     ) -> Result<BTreeSet<IpAddr>> {
         let all = self.cluster.pools.state();
         let candidates: Vec<tunnel::Candidate> = pools
             .blocks
             .iter()
-            .filter(|b| b.node == self.node())
+            .filter(|b| peered && b.node == self.node())
             .filter_map(|b| {
                 let fact = pools.facts.get(&b.pool)?;
                 let pool = all.iter().find(|p| p.name_any() == b.pool)?;
@@ -729,7 +733,7 @@ impl Agent {
             }
             if moved {
                 // Another of this node's blocks (retired ones are never chosen) gives it.
-                self.ensure_tunnel_addresses(nl, vxlan, pools)?;
+                self.ensure_tunnel_addresses(nl, vxlan, pools, true)?;
             }
             self.api.release(&block).await?;
             info!(node = %self.node(), block = %block, "released empty block");
