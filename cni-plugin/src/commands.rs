@@ -341,6 +341,7 @@ fn allocate(
         pod_name: inv.pod.name.clone(),
         pod_uid: inv.pod.uid.clone(),
         network: Some(network.to_string()),
+        port_mappings: Vec::new(),
     };
     draft.insert_attachment(attachment.clone());
     *state = draft;

@@ -55,6 +55,7 @@ pub fn table(pools: &[NatPool], vxlan: &VxlanPeers) -> SinewTable {
         nat: outermost(&nat),
         nodes: outermost(&hosts).iter().map(Cidr::network).collect(),
         vxlan_port: vxlan.port,
+        host_ports: Vec::new(),
     }
 }
 
