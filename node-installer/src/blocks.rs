@@ -256,6 +256,7 @@ mod tests {
                 pod_name: None,
                 pod_uid: None,
                 network: None,
+                port_mappings: Vec::new(),
             };
             st.attachments.insert(format!("c{i}/eth0"), a);
         }

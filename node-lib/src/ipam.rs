@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use sinew_core::{Cidr, Family, PoolMode};
 
 use crate::fsutil::{FileLock, atomic_replace, atomic_write};
+use crate::hostport::PortMapping;
 use crate::node_state::PoolState;
 
 const STORE_VERSION: u32 = 1;
@@ -92,6 +93,10 @@ pub struct Attachment {
     /// `None` in records written before it was kept: those count for every network.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<String>,
+    /// The pod's host ports (`runtimeConfig.portMappings` at ADD), so DEL and CHECK remove
+    /// and verify what ADD mapped, and the agent declares them with its table.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub port_mappings: Vec<PortMapping>,
 }
 
 impl Attachment {
@@ -392,6 +397,15 @@ impl Store {
         self.update_locked(f)
     }
 
+    /// Runs `f` on the state while holding the store lock, changing nothing: no ADD or DEL
+    /// can record or drop an attachment until `f` returns. The agent replaces its nftables
+    /// table this way, so the host ports it declares are exactly the recorded ones.
+    pub fn read_locked<R>(&self, f: impl FnOnce(&IpamState) -> R) -> io::Result<R> {
+        fs::create_dir_all(&self.dir)?;
+        let _lock = FileLock::acquire(&self.dir.join("lock"))?;
+        Ok(f(&self.snapshot()?))
+    }
+
     fn update_locked<R>(&self, f: impl FnOnce(&mut IpamState) -> R) -> io::Result<R> {
         let before = self.snapshot()?;
         let mut state = before.clone();
@@ -559,6 +573,7 @@ mod tests {
                 pod_name: None,
                 pod_uid: None,
                 network: network.map(String::from),
+                port_mappings: Vec::new(),
             });
         }
         let stale = s.stale_attachments("net-a", &BTreeSet::new());

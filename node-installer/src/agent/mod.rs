@@ -379,7 +379,7 @@ impl Agent {
         if let Err(e) = self.apply_nft(params.port) {
             problems.push(Problem::new(
                 ProblemKind::NftablesFailed,
-                format!("natOutgoing and the VXLAN source filter are not applied: {e}"),
+                format!("natOutgoing, the VXLAN source filter and host ports are not applied: {e}"),
             ));
         }
         let wanted = self.cluster.namespace_pools();
@@ -806,8 +806,9 @@ impl Agent {
     }
 
     /// Keeps the `inet sinew` nftables table in line with every pool of the cluster (NAT) and
-    /// every node's address (who may send VXLAN here), over netlink in one batch; rewritten
-    /// only when its rendering (also the log's form) changes.
+    /// every node's address (who may send VXLAN here), with every pod's host ports from the
+    /// IPAM store (read under its lock), over netlink in one batch; rewritten only when its
+    /// rendering (also the log's form) changes.
     fn apply_nft(&mut self, vxlan_port: u16) -> std::result::Result<(), nat::NatError> {
         let (pools, nodes) = self.cluster.nat_inputs();
         let peers = nat::VxlanPeers {
@@ -815,10 +816,12 @@ impl Agent {
             nodes,
         };
         let table = nat::table(&pools, &peers);
-        let script = nat::render_table(&table);
-        if self.memory.nat.as_deref() != Some(script.as_str()) || !nat::table_exists() {
-            nat::apply_table(&table)?;
-            info!(node = %self.node(), pools = pools.len(), nodes = peers.nodes.len(), "nftables table applied (natOutgoing, VXLAN sources)");
+        let last = self.memory.nat.as_deref();
+        let applied = nat::apply_with_store(&self.store(), table, |script| {
+            last != Some(script) || !nat::table_exists()
+        })?;
+        if let Some((script, host_ports)) = applied {
+            info!(node = %self.node(), pools = pools.len(), nodes = peers.nodes.len(), host_ports, "nftables table applied (natOutgoing, VXLAN sources, host ports)");
             self.memory.nat = Some(script);
         }
         Ok(())
