@@ -876,3 +876,17 @@ impl Drop for ConflistWatch {
         self.stop.store(true, Ordering::Relaxed);
     }
 }
+
+/// The node report (`sinew.dev/node-state`) of Node `node`; an empty one while there is none.
+pub async fn node_report(
+    client: &kube::Client,
+    node: &str,
+) -> Result<sinew_crds::node::NodeReport, kube::Error> {
+    let n = Api::<Node>::all(client.clone()).get(node).await?;
+    Ok(n.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(sinew_crds::node::NODE_STATE_ANNOTATION))
+        .and_then(|s| sinew_crds::node::NodeReport::parse(s))
+        .unwrap_or_default())
+}

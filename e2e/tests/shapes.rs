@@ -9,11 +9,11 @@ use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Namespace, Node};
+use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 use sinew_crds::IPPool;
-use sinew_crds::node::{NODE_STATE_ANNOTATION, NodeReport, ProblemKind};
+use sinew_crds::node::{NodeReport, ProblemKind};
 use sinew_e2e::cluster::{CLUSTER_LABEL, LocalCluster, Pod, Shape};
 use sinew_e2e::harness::{Ctx, TestResult};
 use sinew_e2e::netsim::{EchoServer, tcp_exchange};
@@ -218,13 +218,7 @@ async fn a_zones_pool_is_reached_from_every_node_and_pool(ctx: Ctx) -> TestResul
 }
 
 async fn report(ctx: &Ctx, node: &str) -> Result<NodeReport, kube::Error> {
-    let n = Api::<Node>::all(ctx.client.clone()).get(node).await?;
-    Ok(n.metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(NODE_STATE_ANNOTATION))
-        .and_then(|s| NodeReport::parse(s))
-        .unwrap_or_default())
+    sinew_e2e::cluster::node_report(&ctx.client, node).await
 }
 
 /// RHEL-like nodes (`rp_filter=1` from boot) on an underlay that drops pod-addressed packets

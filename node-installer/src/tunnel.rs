@@ -142,7 +142,10 @@ mod tests {
         let mut s = IpamState::default();
         let routed = cand("10.1.0.0/26", "10.1.0.0/16", PoolMode::Routed);
         let vxlan = cand("10.2.0.64/26", "10.2.0.0/16", PoolMode::Vxlan);
-        assert_eq!(ips(&update(&mut s, &[routed.clone()])), ["10.1.0.1"]);
+        assert_eq!(
+            ips(&update(&mut s, std::slice::from_ref(&routed))),
+            ["10.1.0.1"]
+        );
         assert_eq!(
             ips(&update(&mut s, &[routed.clone(), vxlan.clone()])),
             ["10.2.0.64"],

@@ -1776,30 +1776,8 @@ impl Nftables {
             });
         });
         end_message(&mut bytes, 0);
-        self.send(&bytes)?;
-        let mut found = None;
-        loop {
-            let len = self.recv(&op)?;
-            for m in Messages::new(&self.buf[..len]) {
-                if m.seq != seq {
-                    continue;
-                }
-                match m.ty {
-                    NLMSG_ERROR => {
-                        return match m.error(&op) {
-                            None => Ok(found),
-                            Some(e) if e.is_not_found() => Ok(None),
-                            Some(e) => Err(e),
-                        };
-                    }
-                    NLMSG_DONE => return Ok(found),
-                    t if t == nft_type(NFT_MSG_NEWSETELEM) => {
-                        found = Some(element_data(m.payload).unwrap_or_default());
-                    }
-                    _ => {}
-                }
-            }
-        }
+        self.get_object(&op, &bytes, seq, NFT_MSG_NEWSETELEM)
+            .map(|found| found.map(|payload| element_data(&payload).unwrap_or_default()))
     }
 }
 
@@ -1863,24 +1841,38 @@ impl Nftables {
         );
         Attrs { buf: &mut bytes }.str(NFTA_TABLE_NAME, table);
         end_message(&mut bytes, 0);
-        self.send(&bytes)?;
-        let mut found = false;
+        Ok(self
+            .get_object(&op, &bytes, seq, NFT_MSG_NEWTABLE)?
+            .is_some())
+    }
+
+    /// Sends one `GET` request (`seq`) and returns the payload of the object the kernel
+    /// answers with (a message of type `reply`); `None` when it says there is none (`ENOENT`).
+    fn get_object(
+        &mut self,
+        op: &str,
+        request: &[u8],
+        seq: u32,
+        reply: u16,
+    ) -> Result<Option<Vec<u8>>> {
+        self.send(request)?;
+        let mut found = None;
         loop {
-            let len = self.recv(&op)?;
+            let len = self.recv(op)?;
             for m in Messages::new(&self.buf[..len]) {
                 if m.seq != seq {
                     continue;
                 }
                 match m.ty {
                     NLMSG_ERROR => {
-                        return match m.error(&op) {
-                            None => Ok(true),
-                            Some(e) if e.is_not_found() => Ok(false),
+                        return match m.error(op) {
+                            None => Ok(found),
+                            Some(e) if e.is_not_found() => Ok(None),
                             Some(e) => Err(e),
                         };
                     }
                     NLMSG_DONE => return Ok(found),
-                    t if t == nft_type(NFT_MSG_NEWTABLE) => found = true,
+                    t if t == nft_type(reply) => found = Some(m.payload.to_vec()),
                     _ => {}
                 }
             }
