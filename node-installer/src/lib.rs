@@ -1,6 +1,8 @@
 //! `sinew-node`: the atomic installer of the plugin and its conflist, and the node agent that
 //! claims blocks, programs peers and reports status. See `docs/architecture.md`.
 
+#![forbid(unsafe_code)]
+
 pub mod agent;
 pub mod blocks;
 pub mod conflist;

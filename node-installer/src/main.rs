@@ -16,6 +16,8 @@
 //! has not come round for that long), `--sysctl-dir`/`SINEW_SYSCTL_DIR` (`/proc/sys`; the
 //! host's `/proc/sys/net` mounted in a container, under `<dir>/net`).
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;

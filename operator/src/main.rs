@@ -15,6 +15,8 @@
 //! them); otherwise deletes every `IPPool`, waits until they are gone, then deletes the
 //! `ClusterNetwork` and waits until its finalizer ran.
 
+#![forbid(unsafe_code)]
+
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
