@@ -312,6 +312,35 @@ async fn allocations_show_up_in_ipblock_status(ctx: Ctx) -> TestResult {
             .0
             .contains("200")
     );
+    // Any pod can reach the metrics port (host network): a flood of idle connections there
+    // holds its slots, while the kubelet's probes, on their own loopback listener, are
+    // answered within their 1 s timeout.
+    let idle = node
+        .ns
+        .run_in(|| {
+            let addr = SocketAddr::from(([127, 0, 0, 1], sinew_e2e::cluster::AGENT_METRICS_PORT));
+            (0..64)
+                .map(|_| std::net::TcpStream::connect(addr))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .map_err(|e| e.to_string())??;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for path in ["/healthz", "/readyz"] {
+        let asked = Instant::now();
+        let (status, _) = sinew_e2e::cluster::agent_http_at(
+            node,
+            sinew_e2e::cluster::AGENT_PROBE_PORT,
+            path,
+            Duration::from_secs(1),
+        )?;
+        assert!(status.contains("200"), "{path}: {status}");
+        assert!(
+            asked.elapsed() < Duration::from_secs(1),
+            "{path}: {:?}",
+            asked.elapsed()
+        );
+    }
+    drop(idle);
     // Someone deletes the IPBlock whose address the pod holds: the agent claims it again
     // (same name, same node), so no other node can hand the address out twice.
     let held: sinew_crds::Cidr = pod

@@ -144,9 +144,22 @@ impl Agent {
     /// at least every `resync`; syncs `IPBlock` status whenever the plugin changed the store
     /// (inotify; polled twice a second where inotify is unavailable).
     pub async fn run(mut self) -> anyhow::Result<()> {
+        // The probes first: the kubelet must get answers while the caches sync, which takes
+        // as long as the API server does (a slow one must not crash-loop every agent).
+        if let Some(addr) = self.settings.probe_addr {
+            let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                anyhow::anyhow!("cannot serve the probes /healthz and /readyz on {addr}: {e}")
+            })?;
+            info!(node = %self.node(), %addr, "serving the probes /healthz and /readyz");
+            tokio::spawn(http::serve_probes(
+                listener,
+                self.metrics.clone(),
+                self.settings.stall_after,
+            ));
+        }
         self.cluster.synced().await.map_err(anyhow::Error::msg)?;
         info!(node = %self.node(), "caches synced; agent running");
-        self.metrics.beat();
+        self.metrics.synced();
         let notify = self.notify.clone();
         let local = watch_local_state(&self.settings.state_dir);
         let mut last_full = tokio::time::Instant::now();
@@ -179,7 +192,7 @@ impl Agent {
         }
     }
 
-    /// Starts the HTTP endpoints once their address is known; `false` while it is not.
+    /// Starts the metrics listener once its address is known; `false` while it is not.
     fn serve_http(&self) -> bool {
         let addr = match self.settings.metrics_addr {
             ListenAddr::Off => return true,
@@ -194,11 +207,11 @@ impl Agent {
         let metrics = self.metrics.clone();
         let stall_after = self.settings.stall_after;
         tokio::spawn(async move {
-            if let Err(e) = http::serve(addr, metrics, stall_after).await {
-                warn!(%addr, error = %e, "cannot serve /metrics, /healthz, /readyz");
+            if let Err(e) = http::serve_metrics(addr, metrics, stall_after).await {
+                warn!(%addr, error = %e, "cannot serve /metrics");
             }
         });
-        info!(%addr, "serving /healthz, /readyz and /metrics");
+        info!(%addr, "serving /metrics");
         true
     }
 
@@ -993,5 +1006,74 @@ fn block_status(store: &ipam::IpamState, block: &Cidr) -> IPBlockStatus {
     IPBlockStatus {
         allocated: u32::try_from(allocations.len()).unwrap_or(u32::MAX),
         allocations,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap()
+    }
+
+    async fn get(addr: std::net::SocketAddr, path: &str) -> Option<String> {
+        let mut conn = tokio::net::TcpStream::connect(addr).await.ok()?;
+        conn.write_all(format!("GET {path} HTTP/1.1\r\n\r\n").as_bytes())
+            .await
+            .ok()?;
+        let mut response = String::new();
+        conn.read_to_string(&mut response).await.ok()?;
+        Some(response)
+    }
+
+    #[tokio::test]
+    async fn probes_are_answered_while_the_api_server_does_not_answer() {
+        let dir = tempfile::tempdir().unwrap();
+        // An API server that accepts every request and never answers.
+        let (service, _api) = tower_test::mock::pair::<
+            ::http::Request<kube::client::Body>,
+            ::http::Response<kube::client::Body>,
+        >();
+        let client = kube::Client::new(service, "default");
+        let addr: std::net::SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let metrics_addr: std::net::SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let settings = Settings {
+            node_name: "n1".into(),
+            conf_dir_override: None,
+            bin_dir_override: None,
+            state_dir: dir.path().to_path_buf(),
+            log_file: dir.path().join("cni.log"),
+            plugin_source: dir.path().join("sinew"),
+            min_free: 4,
+            block_release_grace: Duration::from_secs(300),
+            resync: Duration::from_secs(10),
+            metrics_addr: ListenAddr::At(metrics_addr),
+            probe_addr: Some(addr),
+            sysctl_dir: dir.path().to_path_buf(),
+            stall_after: Duration::from_secs(120),
+            dangling_grace: Duration::from_secs(60),
+        };
+        let agent = Agent::start(settings, client).await;
+        tokio::spawn(agent.run());
+        let mut health = None;
+        for _ in 0..40 {
+            health = get(addr, "/healthz").await;
+            if health.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let health = health.expect("/healthz answered while the caches cannot sync");
+        assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+        // Not ready, and saying why.
+        let ready = get(addr, "/readyz").await.expect("/readyz answered");
+        assert!(ready.starts_with("HTTP/1.1 503"), "{ready}");
+        assert!(ready.contains("waiting for the API server"), "{ready}");
     }
 }
