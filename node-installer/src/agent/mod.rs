@@ -85,6 +85,9 @@ struct Memory {
     dangling_since: BTreeMap<String, Instant>,
     /// The problems of the last report, by kind (for Events when they appear and clear).
     problem_kinds: BTreeMap<ProblemKind, String>,
+    /// The plugin's block requests the last pass read, and when each was made: only a new
+    /// one (or one made again) wakes a pass.
+    requests_read: BTreeMap<String, std::time::SystemTime>,
 }
 
 pub struct Agent {
@@ -173,9 +176,12 @@ impl Agent {
                 _ = local.notified() => false,
                 _ = tokio::time::sleep(Duration::from_millis(500)) => false,
             };
-            let requested = !node_state::pending_block_requests(&self.settings.state_dir)
-                .unwrap_or_default()
-                .is_empty();
+            // A request the last pass read and could not serve is not asked again until the
+            // plugin makes it again (another ADD): no pass every 500 ms for a full pool.
+            let requested = blocks::fresh_requests(
+                &node_state::block_requests(&self.settings.state_dir).unwrap_or_default(),
+                &self.memory.requests_read,
+            );
             let due = last_full.elapsed() >= self.settings.resync;
             if woke || requested || due {
                 self.metrics.passes.inc();
@@ -324,6 +330,7 @@ impl Agent {
             self.memory.pass_completed = true;
         }
         self.store_node_state(&network, &local, &pools)?;
+        self.answer_requests();
         if let (Some(mesh), Some(state)) = (&self.mesh, &self.memory.node_state) {
             // Probed at the pod MTU the plugin hands out (the node state just stored).
             let pod_mtus = state
@@ -533,14 +540,22 @@ impl Agent {
     /// its own: an API error for one pool becomes a problem and the others go on.
     async fn claim_blocks(&mut self, pools: &Pools) -> Result<Vec<Problem>> {
         let holdings = self.holdings()?;
-        let requested: BTreeSet<String> =
-            node_state::pending_block_requests(&self.settings.state_dir)
-                .map_err(Error::files("reading block requests"))?
-                .into_iter()
-                .collect();
+        self.memory.requests_read = node_state::block_requests(&self.settings.state_dir)
+            .map_err(Error::files("reading block requests"))?
+            .into_iter()
+            .collect();
+        let requested: BTreeSet<String> = self.memory.requests_read.keys().cloned().collect();
         let mut problems = Vec::new();
-        for orphan in blocks::orphans(&holdings, &pools.facts, &pools.blocks) {
-            problems.extend(self.api.reassert(&orphan).await);
+        for orphan in blocks::orphans(self.node(), &holdings, &pools.facts, &pools.blocks) {
+            match &orphan.owner {
+                // Another node's trusted block covers addresses pods here hold: nothing to
+                // claim, but both nodes hand them out.
+                Some(owner) => {
+                    warn!(node = %self.node(), block = %orphan.block, pool = %orphan.pool, owner = %owner, addresses = orphan.addresses, "block lost: another node owns addresses pods here hold");
+                    problems.push(blocks::lost_problem(&orphan, owner));
+                }
+                None => problems.extend(self.api.reassert(&orphan).await),
+            }
         }
         let selected: Vec<String> = pools.selected.iter().map(|p| p.name_any()).collect();
         let plan = blocks::claims(
@@ -592,6 +607,21 @@ impl Agent {
             }
         }
         Ok(problems)
+    }
+
+    /// Removes the block requests this pass read, now that `node.json` answers them: with a
+    /// new block, or with the pool's state (exhausted, disabled) and a problem in the report.
+    /// A request the plugin made again meanwhile stays for the next pass.
+    fn answer_requests(&mut self) {
+        for (pool, made) in std::mem::take(&mut self.memory.requests_read) {
+            match node_state::clear_block_request_made(&self.settings.state_dir, &pool, made) {
+                Ok(true) => debug!(node = %self.node(), pool = %pool, "block request answered"),
+                Ok(false) => {}
+                Err(e) => {
+                    warn!(node = %self.node(), pool = %pool, error = %e, "cannot remove a block request")
+                }
+            }
+        }
     }
 
     /// Gives back what [`blocks::releases`] says: each block is first retired in the IPAM
