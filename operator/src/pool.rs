@@ -18,7 +18,7 @@ use sinew_crds::node::ProblemKind;
 use sinew_crds::{Cidr, Family, Forwarding, IPBlock, IPPool, IPPoolStatus, ModePlan, PoolMode};
 
 use crate::context::{
-    Context, Error, apply_status, delete_if_present, ensure_finalizer, remove_finalizer,
+    Context, Error, apply_status, delete_block, ensure_finalizer, remove_finalizer,
 };
 use crate::{conditions, nodes};
 
@@ -477,7 +477,7 @@ pub async fn reconcile(pool: Arc<IPPool>, ctx: Arc<Context>) -> Result<Action, E
             return Ok(Action::requeue(Duration::from_secs(5)));
         }
         for b in &live {
-            delete_if_present(&block_api, &b.name_any()).await?;
+            delete_block(&block_api, b).await?;
         }
         remove_finalizer(&api, pool.as_ref()).await?;
         ctx.metrics.pool(&name, None);
@@ -673,7 +673,7 @@ async fn release_if_departed(
         return Ok(Departed::Waiting);
     }
     let api: Api<IPBlock> = Api::all(ctx.client.clone());
-    if !delete_if_present(&api, &block.name_any()).await? {
+    if !delete_block(&api, block).await? {
         return Ok(Departed::Released);
     }
     ctx.metrics.block_releases.inc();

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::Node;
-use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Client, Resource};
 use serde_json::json;
@@ -161,15 +161,21 @@ impl ApiWriter {
         }
     }
 
-    /// Deletes the `IPBlock` of a block given back (gone already is fine).
-    pub async fn release(&self, block: &Cidr) -> Result<()> {
+    /// Deletes the `IPBlock` of a block given back (gone already is fine). With `uid` (the
+    /// object the agent read) as a precondition: a block deleted and claimed again meanwhile
+    /// is another object, and stays.
+    pub async fn release(&self, block: &Cidr, uid: Option<String>) -> Result<()> {
         let api: Api<IPBlock> = Api::all(self.client.clone());
-        match api
-            .delete(&IPBlock::name_for(block), &Default::default())
-            .await
-        {
+        let params = DeleteParams {
+            preconditions: uid.map(|uid| Preconditions {
+                uid: Some(uid),
+                resource_version: None,
+            }),
+            ..DeleteParams::default()
+        };
+        match api.delete(&IPBlock::name_for(block), &params).await {
             Ok(_) => Ok(()),
-            Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(()),
             Err(e) => Err(e.into()),
         }
     }

@@ -652,7 +652,14 @@ impl Agent {
             if !retired {
                 continue;
             }
-            self.api.release(&block).await?;
+            let name = sinew_crds::IPBlock::name_for(&block);
+            let uid = self
+                .cluster
+                .blocks_of(self.node())
+                .iter()
+                .find(|b| b.name_any() == name)
+                .and_then(|b| b.metadata.uid.clone());
+            self.api.release(&block, uid).await?;
             info!(node = %self.node(), block = %block, "released empty block");
             self.memory.empty_since.remove(&block.to_string());
         }

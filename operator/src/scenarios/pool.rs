@@ -60,11 +60,23 @@ fn block(index: u8, node: &str, allocations: Vec<Allocation>) -> IPBlock {
             node: node.into(),
         },
     );
+    b.metadata.uid = Some(format!("block-uid-{index}"));
     b.status = Some(IPBlockStatus {
         allocated: allocations.len() as u32,
         allocations,
     });
     b
+}
+
+/// Asserts that a DELETE of a block carried its UID as a precondition (a block deleted and
+/// claimed again meanwhile, by another node, must not be deleted in its place).
+fn assert_uid_precondition(seen: &super::Seen, index: u8) {
+    assert_eq!(
+        seen.body["preconditions"]["uid"],
+        json!(format!("block-uid-{index}")),
+        "{}",
+        seen.body
+    );
 }
 
 fn block_list(blocks: &[IPBlock]) -> Value {
@@ -278,16 +290,20 @@ async fn a_drained_pool_past_the_settle_time_deletes_its_blocks_then_drops_only_
     let scenario = api.play(|mut api| async move {
         api.expect(Method::GET, BLOCKS, 200, block_list(&live))
             .await;
-        api.expect(Method::DELETE, &format!("{BLOCKS}/10-0-0-0-26"), 200, first)
+        let seen = api
+            .expect(Method::DELETE, &format!("{BLOCKS}/10-0-0-0-26"), 200, first)
             .await;
+        assert_uid_precondition(&seen, 0);
         // Already gone (deleted by someone else meanwhile): not an error.
-        api.expect(
-            Method::DELETE,
-            &format!("{BLOCKS}/10-0-0-64-26"),
-            404,
-            not_found(),
-        )
-        .await;
+        let seen = api
+            .expect(
+                Method::DELETE,
+                &format!("{BLOCKS}/10-0-0-64-26"),
+                404,
+                not_found(),
+            )
+            .await;
+        assert_uid_precondition(&seen, 1);
         let release = api.expect(Method::PATCH, POOL, 200, reply).await;
         assert_eq!(
             release.body,
@@ -420,13 +436,15 @@ async fn a_departed_nodes_block_is_released_after_the_live_checks_with_an_event(
             not_found(),
         )
         .await;
-        api.expect(
-            Method::DELETE,
-            &format!("{BLOCKS}/10-0-0-64-26"),
-            200,
-            to_json(&departed),
-        )
-        .await;
+        let seen = api
+            .expect(
+                Method::DELETE,
+                &format!("{BLOCKS}/10-0-0-64-26"),
+                200,
+                to_json(&departed),
+            )
+            .await;
+        assert_uid_precondition(&seen, 1);
         let event = api.expect_event().await;
         assert_eq!(event.body["reason"], "BlockReleased");
         assert_eq!(event.body["type"], "Normal");
