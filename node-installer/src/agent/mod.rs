@@ -22,6 +22,7 @@ mod cleanup;
 pub mod error;
 mod files;
 mod index;
+mod leaks;
 mod observe;
 mod settings;
 
@@ -88,6 +89,9 @@ struct Memory {
     /// The plugin's block requests the last pass read, and when each was made: only a new
     /// one (or one made again) wakes a pass.
     requests_read: BTreeMap<String, std::time::SystemTime>,
+    /// Release requests refused because the pod's sandbox runs here (address, generation):
+    /// said once, not every pass.
+    leaks_kept: BTreeSet<(String, u64)>,
 }
 
 pub struct Agent {
@@ -363,7 +367,7 @@ impl Agent {
             )?;
             self.memory.namespace_pools = Some(wanted);
         }
-        self.release_leaks(&mut nl)?;
+        self.release_leaks(&mut nl, &local).await?;
 
         let ready = self.memory.pass_completed
             && self
@@ -929,40 +933,44 @@ impl Agent {
         }
     }
 
-    /// Carries out the operator's release requests on this node's blocks: under the store
-    /// lock, frees an allocation only if it still matches the request exactly (address, slot
-    /// generation, pod UID), then removes its host-side veth if one is left.
-    fn release_leaks(&mut self, nl: &mut Netlink) -> Result<()> {
+    /// Carries out the operator's release requests on this node's blocks (see [`leaks`]):
+    /// an allocation is freed only if it still matches the request exactly and its pod's
+    /// sandbox is gone from this node (its host veth with it); one whose sandbox still runs is
+    /// kept and said so once, in an Event on the Node.
+    async fn release_leaks(&mut self, nl: &mut Netlink, local: &Local) -> Result<()> {
         let requests = self.cluster.release_requests(self.node());
         if requests.is_empty() {
+            self.memory.leaks_kept.clear();
             return Ok(());
         }
-        let freed = self
-            .store()
-            .update(|st| {
-                let mut freed = Vec::new();
-                for (block, r) in &requests {
-                    let key = st
-                        .attachments
-                        .values()
-                        .find(|a| {
-                            a.pod_uid.as_deref() == Some(r.pod_uid.as_str())
-                                && a.addresses.iter().any(|h| {
-                                    h.ip.to_string() == r.ip && h.generation == r.generation
-                                })
-                        })
-                        .map(|a| a.key());
-                    if let Some(attachment) = key.and_then(|k| st.remove_attachment(&k)) {
-                        freed.push((block.clone(), r.clone(), attachment.host_veth));
-                    }
-                }
-                freed
-            })
+        let outcome = leaks::release(&self.store(), nl, &requests)
             .map_err(Error::files("updating the IPAM store"))?;
-        for (block, r, veth) in freed {
-            let veth_removed = nl.delete_link_by_name(&veth).unwrap_or(false);
-            info!(node = %self.node(), block = %block, ip = %r.ip, generation = r.generation, pod = %r.pod, pod_uid = %r.pod_uid, veth_removed, "leaked allocation released");
+        for (block, r) in &outcome.freed {
+            info!(node = %self.node(), block = %block, ip = %r.ip, generation = r.generation, pod = %r.pod, pod_uid = %r.pod_uid, "leaked allocation released");
         }
+        let mut kept = BTreeSet::new();
+        for (block, r, veth) in outcome.kept {
+            let key = (r.ip.clone(), r.generation);
+            kept.insert(key.clone());
+            if self.memory.leaks_kept.contains(&key) {
+                continue;
+            }
+            warn!(node = %self.node(), block = %block, ip = %r.ip, generation = r.generation, pod = %r.pod, pod_uid = %r.pod_uid, veth = %veth, "release request refused: the pod's sandbox still runs on this node");
+            let event = kube::runtime::events::Event {
+                type_: kube::runtime::events::EventType::Warning,
+                reason: "LeakedAddressKept".into(),
+                note: Some(format!(
+                    "{} of pod {} (uid {}) is not released: the API server has no such pod, but its sandbox still runs on this node (host veth {veth} exists), e.g. a static pod whose mirror pod is missing. It is released once the sandbox is gone; if nothing runs there, delete the pod's network namespace",
+                    r.ip, r.pod, r.pod_uid
+                )),
+                action: "Release".into(),
+                secondary: None,
+            };
+            if let Err(e) = self.api.event(&local.node, &event).await {
+                warn!(node = %self.node(), error = %e, "recording an Event failed");
+            }
+        }
+        self.memory.leaks_kept = kept;
         Ok(())
     }
 
