@@ -539,13 +539,42 @@ async fn a_pool_in_use_is_not_deleted_until_drained(ctx: Ctx) -> TestResult {
     })
     .await?;
     assert_eq!(reason, "Draining");
-    // The last pod goes away: the agent reports an empty block; the pool and its blocks go.
+    // The last pod goes away: the agent reports an empty block. The pool still waits for the
+    // node to say it hands out nothing more from it (an empty status alone may lag).
     let status = json!({"apiVersion": "sinew.dev/v1alpha1", "kind": "IPBlock", "metadata": {"name": "10-132-0-0-26"}, "status": {"allocated": 0}});
     Api::<IPBlock>::all(ctx.client.clone())
         .patch_status(
             "10-132-0-0-26",
             &PatchParams::apply("simulated-agent"),
             &Patch::Apply(&status),
+        )
+        .await?;
+    wait(
+        "Draining, waiting for the node",
+        Duration::from_secs(20),
+        || async {
+            Ok(ready_condition(&pools.get("drain-pool").await?)
+                .filter(|(_, _, m)| m.starts_with("waiting for node drain-a to confirm")))
+        },
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        pools.get_opt("drain-pool").await?.is_some(),
+        "the pool went before its node confirmed"
+    );
+    // The agent confirms (its report lists the pool as drained): the pool and its blocks go.
+    let report = NodeReport {
+        drained: vec!["drain-pool".into()],
+        ..NodeReport::default()
+    };
+    let n = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "drain-a",
+        "annotations": {NODE_STATE_ANNOTATION: report.to_annotation()}}});
+    Api::<Node>::all(ctx.client.clone())
+        .patch(
+            "drain-a",
+            &PatchParams::apply("simulated-agent"),
+            &Patch::Apply(&n),
         )
         .await?;
     wait("pool removed", Duration::from_secs(20), || async {

@@ -335,6 +335,7 @@ impl Agent {
         }
         self.store_node_state(&network, &local, &pools)?;
         self.answer_requests();
+        let drained = self.drain_deleted_pools().await;
         if let (Some(mesh), Some(state)) = (&self.mesh, &self.memory.node_state) {
             // Probed at the pod MTU the plugin hands out (the node state just stored).
             let pod_mtus = state
@@ -398,6 +399,7 @@ impl Agent {
             modes,
             problems,
             cleaned_up: false,
+            drained,
         };
         self.publish(&local, vxlan.mac, report).await
     }
@@ -613,6 +615,63 @@ impl Agent {
         Ok(problems)
     }
 
+    /// This node's blocks of pools being deleted (CIDRs as the store writes them).
+    fn draining_blocks(&self) -> BTreeSet<String> {
+        let deleting: BTreeSet<String> = self
+            .cluster
+            .pools
+            .state()
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_some())
+            .map(|p| p.name_any())
+            .collect();
+        self.cluster
+            .blocks_of(self.node())
+            .iter()
+            .filter(|b| deleting.contains(&b.spec.pool))
+            .filter_map(|b| b.spec.cidr.parse::<Cidr>().ok())
+            .map(|c| c.to_string())
+            .collect()
+    }
+
+    /// The pools being deleted from which this node provably hands out no more addresses:
+    /// `node.json` no longer offers them (just written), their blocks here are retired in the
+    /// store, under its lock (an ADD that read an older `node.json` cannot allocate from them
+    /// any more, and one that did has committed), and the blocks' status was written after
+    /// that, so it shows every address still held. The operator deletes a deleted pool's
+    /// blocks only once every node holding one reports it here, not after a fixed delay.
+    async fn drain_deleted_pools(&mut self) -> Vec<String> {
+        let deleting: Vec<String> = self
+            .cluster
+            .pools
+            .state()
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_some())
+            .map(|p| p.name_any())
+            .collect();
+        if deleting.is_empty() {
+            return Vec::new();
+        }
+        let blocks = self.draining_blocks();
+        let store = self.store();
+        let missing = match store.snapshot() {
+            Ok(st) => blocks.iter().any(|b| !st.retired.contains(b)),
+            Err(e) => {
+                warn!(node = %self.node(), error = %e, "reading the IPAM store failed; the pools being deleted are not reported drained");
+                return Vec::new();
+            }
+        };
+        if missing && let Err(e) = store.update(|st| st.retired.extend(blocks.iter().cloned())) {
+            warn!(node = %self.node(), error = %e, "retiring the blocks of pools being deleted failed");
+            return Vec::new();
+        }
+        if let Err(e) = self.sync_block_status().await {
+            warn!(node = %self.node(), kind = e.label(), error = %e, "status sync failed; the pools being deleted are not reported drained");
+            return Vec::new();
+        }
+        deleting
+    }
+
     /// Removes the block requests this pass read, now that `node.json` answers them: with a
     /// new block, or with the pool's state (exhausted, disabled) and a problem in the report.
     /// A request the plugin made again meanwhile stays for the next pass.
@@ -727,6 +786,7 @@ impl Agent {
             &self.settings.state_dir,
             &state,
             self.memory.node_state.as_ref(),
+            &self.draining_blocks(),
         )? {
             self.memory.node_state = Some(state);
         }
