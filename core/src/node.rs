@@ -331,6 +331,12 @@ pub struct NodeReport {
     /// The node has removed everything sinew put on it (the network is being deleted).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cleaned_up: bool,
+    /// Pools being deleted from which this node hands out no more addresses: disabled in its
+    /// node state, their blocks retired in its IPAM store (no ADD in flight can allocate from
+    /// them), and their `IPBlock` status written after that. The operator deletes a deleted
+    /// pool's blocks only once every node holding one says so.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drained: Vec<String>,
 }
 
 impl NodeReport {

@@ -94,13 +94,28 @@ impl Drop for LoopbackForwarder {
 /// Port of each agent's `/metrics`, `/healthz`, `/readyz` inside its node namespace.
 pub const AGENT_METRICS_PORT: u16 = 9465;
 
+/// Port of each agent's probe listener (`/healthz`, `/readyz`; its default) inside its node
+/// namespace.
+pub const AGENT_PROBE_PORT: u16 = 9464;
+
 /// `GET path` on the agent of `node` (from inside its namespace); (status line, body).
 pub fn agent_http(node: &SimNode, path: &str) -> Result<(String, String), String> {
+    agent_http_at(node, AGENT_METRICS_PORT, path, Duration::from_secs(2))
+}
+
+/// `GET path` on `port` of the agent of `node`, answered within `within`; (status line, body).
+pub fn agent_http_at(
+    node: &SimNode,
+    port: u16,
+    path: &str,
+    within: Duration,
+) -> Result<(String, String), String> {
     use std::io::{Read, Write};
     node.ns
         .run_in(|| -> Result<(String, String), String> {
-            let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), AGENT_METRICS_PORT);
-            let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+            let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port);
+            let mut s = TcpStream::connect_timeout(&addr, within).map_err(|e| e.to_string())?;
+            s.set_read_timeout(Some(within))
                 .map_err(|e| e.to_string())?;
             s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
                 .map_err(|e| e.to_string())?;

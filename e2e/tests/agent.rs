@@ -39,6 +39,7 @@ fn main() -> ExitCode {
             vxlan_is_accepted_only_from_node_addresses,
             a_store_torn_by_a_power_loss_is_set_aside_in_the_next_boot,
             host_ports_work_with_the_agents_conflist_and_table,
+            a_block_request_that_cannot_be_served_is_answered_once,
         ],
     );
     sinew_e2e::operator::stop_kept();
@@ -313,6 +314,35 @@ async fn allocations_show_up_in_ipblock_status(ctx: Ctx) -> TestResult {
             .0
             .contains("200")
     );
+    // Any pod can reach the metrics port (host network): a flood of idle connections there
+    // holds its slots, while the kubelet's probes, on their own loopback listener, are
+    // answered within their 1 s timeout.
+    let idle = node
+        .ns
+        .run_in(|| {
+            let addr = SocketAddr::from(([127, 0, 0, 1], sinew_e2e::cluster::AGENT_METRICS_PORT));
+            (0..64)
+                .map(|_| std::net::TcpStream::connect(addr))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .map_err(|e| e.to_string())??;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for path in ["/healthz", "/readyz"] {
+        let asked = Instant::now();
+        let (status, _) = sinew_e2e::cluster::agent_http_at(
+            node,
+            sinew_e2e::cluster::AGENT_PROBE_PORT,
+            path,
+            Duration::from_secs(1),
+        )?;
+        assert!(status.contains("200"), "{path}: {status}");
+        assert!(
+            asked.elapsed() < Duration::from_secs(1),
+            "{path}: {:?}",
+            asked.elapsed()
+        );
+    }
+    drop(idle);
     // Someone deletes the IPBlock whose address the pod holds: the agent claims it again
     // (same name, same node), so no other node can hand the address out twice.
     let held: sinew_crds::Cidr = pod
@@ -1028,5 +1058,55 @@ async fn host_ports_work_with_the_agents_conflist_and_table(ctx: Ctx) -> TestRes
     let gone = tcp_exchange(&peer.ns, node_port).unwrap_err();
     assert!(gone.contains("refused"), "{gone}");
     cluster.delete_pod_object("default", "hp-web").await;
+    Ok(())
+}
+
+/// The agent's pass counter, from its `/metrics`.
+fn passes(node: &sinew_e2e::cluster::SimNode) -> Result<u64, String> {
+    let (_, metrics) = sinew_e2e::cluster::agent_http(node, "/metrics")?;
+    let prefix = format!("sinew_node_passes_total{{node=\"{}\"}} ", node.name);
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| format!("no pass counter in {metrics}"))
+}
+
+async fn a_block_request_that_cannot_be_served_is_answered_once(ctx: Ctx) -> TestResult {
+    // The product's resync (10 s): a pass every 500 ms would stand out.
+    let cluster = LocalCluster::start_default_resync(&ctx.cp, "rq", &[0]).await;
+    pool(&ctx, "rq-pool", "rq", "10.116.0.0/24", 28, "Auto").await?;
+    // A pool that selects the node but hands out nothing.
+    pool(&ctx, "rq-off", "rq", "10.117.0.0/24", 28, "Auto").await?;
+    let off = json!({"spec": {"disabled": true}});
+    Api::<IPPool>::all(ctx.client.clone())
+        .patch("rq-off", &PatchParams::default(), &Patch::Merge(&off))
+        .await?;
+    cluster.wait_ready(Duration::from_secs(30)).await?;
+    let node = &cluster.nodes[0];
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // An ADD asked for a block of the disabled pool (as the plugin does when a pod names it).
+    let request = node.state_dir().join("requests/rq-off");
+    std::fs::create_dir_all(node.state_dir().join("requests"))?;
+    let before = passes(node)?;
+    std::fs::write(&request, b"")?;
+    eventually(
+        "the request answered (removed)",
+        Duration::from_secs(3),
+        || {
+            (!request.exists())
+                .then_some(())
+                .ok_or_else(|| "still there".to_string())
+        },
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let ran = passes(node)? - before;
+    // One pass answers it; the report it changes echoes back once or twice. Not one pass
+    // every 500 ms (8 and more here).
+    assert!(
+        ran <= 4,
+        "{ran} passes in about 5 s for one unservable request"
+    );
     Ok(())
 }

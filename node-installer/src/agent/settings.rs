@@ -20,8 +20,11 @@ pub struct Settings {
     /// How long a block must stay empty before it is given back.
     pub block_release_grace: Duration,
     pub resync: Duration,
-    /// Where `/healthz`, `/readyz` and `/metrics` are served.
+    /// Where `/metrics` (and the probe paths) are served.
     pub metrics_addr: ListenAddr,
+    /// Where the kubelet's probes (`/healthz`, `/readyz`) are served, from the start (before
+    /// the caches sync): loopback, which pods cannot reach (`None`: nowhere).
+    pub probe_addr: Option<std::net::SocketAddr>,
     /// Where the node's sysctls are written (`/proc/sys`, or the host's mounted into a
     /// container).
     pub sysctl_dir: PathBuf,
