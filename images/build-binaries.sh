@@ -31,10 +31,23 @@ fi
 # ring (rustls) compiles C for the target: use the musl wrapper unless the caller chose a compiler.
 export CC_x86_64_unknown_linux_musl="${CC_x86_64_unknown_linux_musl:-musl-gcc}"
 
+# The plugin, exec'd once per pod, must stay free of a Kubernetes client, an async runtime, a
+# TLS stack and a regex engine: its normal dependency tree is checked, then it is built on its
+# own, so that no feature the daemons turn on in a shared dependency reaches it.
+forbidden='^(kube|kube-client|kube-runtime|k8s-openapi|tokio|hyper|hyper-util|rustls|regex|regex-automata|regex-lite) '
+plugin_tree=$(cd "$repo" && cargo tree --locked -p sinew-cni -e normal --target "$target" --prefix none --no-dedupe) \
+  || die "cargo tree -p sinew-cni"
+if bad=$(grep -E "$forbidden" <<<"$plugin_tree" | sort -u) && [[ -n $bad ]]; then
+  die "the plugin's dependency tree gained what it must not link: $(tr '\n' ' ' <<<"$bad")"
+fi
+log "the plugin links $(sort -u <<<"$plugin_tree" | wc -l) crates, none of kube, tokio, hyper, rustls or a regex engine"
+
 log "cargo build --release --target $target (target dir: $target_dir)"
 start=$SECONDS
 (cd "$repo" && cargo build --locked --release --target "$target" \
-  -p sinew-operator -p sinew-node-installer -p sinew-cni -p kubectl-sinew "$@") || die "cargo build"
+  -p sinew-operator -p sinew-node-installer -p kubectl-sinew "$@") || die "cargo build (daemons, kubectl-sinew)"
+(cd "$repo" && cargo build --locked --release --target "$target" -p sinew-cni "$@") \
+  || die "cargo build (the plugin, alone)"
 log "built in $((SECONDS - start))s"
 
 mkdir -p "$out"

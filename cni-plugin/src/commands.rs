@@ -1,8 +1,9 @@
 //! The CNI operations: ADD, DEL, CHECK, STATUS, GC, VERSION.
 //!
 //! Order of effects in ADD, chosen so that a kill -9 at any instant is recoverable:
-//! 1. allocate the addresses and record the attachment in the IPAM store (one atomic write);
-//! 2. program the datapath (veth, addresses, routes);
+//! 1. allocate the addresses and record the attachment, host ports included, in the IPAM store
+//!    (one atomic write; a host port another pod holds refuses the ADD here);
+//! 2. program the datapath (veth, addresses, routes, then the host ports' nftables elements);
 //! 3. print the result.
 //!
 //! A crash after 1 leaves a recorded attachment that the runtime's DEL (it always sends one
@@ -27,6 +28,7 @@ use crate::invocation::{Command, Invocation};
 use crate::logging;
 use crate::result::CniOutput;
 use crate::version::{self, Version};
+use sinew_node_lib::hostport::{self, HostPort, PortMapping};
 use sinew_node_lib::ipam::{AllocError, Attachment, AttachmentKey, IpamState, Store};
 use sinew_node_lib::netns::NetNs;
 use sinew_node_lib::node_state::{self, NodeState, POOL_ANNOTATION, PoolState};
@@ -234,21 +236,45 @@ fn add(
         .as_ref()
         .map(CniOutput::from_prev_result)
         .transpose()?;
+    let mappings = config::port_mappings(conf.runtime_config.port_mappings.as_ref())?;
     let state_dir = conf.state_dir();
     let netns = open_netns(inv)?;
-    let node = load_node_state(&state_dir)?;
-    let pools = select_pools(inv, conf, &node, &state_dir)?;
-    timeline.mark("node_state");
     let key = AttachmentKey::new(&inv.container_id, &inv.ifname);
     // Atomic for every process, not flushed to the disk: see `Store::unflushed`.
     let store = Store::new(&state_dir).unflushed();
 
-    let recorded = store
-        .update(|state| allocate(state, &key, inv, &conf.name, &pools))
-        .map_err(io_error("updating the IPAM store"))?;
+    // `node.json` is read under the store's lock: the agent gives a block back by retiring it
+    // in the store, deleting its IPBlock, writing `node.json` without it and only then
+    // forgetting the retirement, each store step under the lock. Read outside it, a block
+    // list from before the release could meet a store from after it, and hand out an address
+    // of a block another node may own by then.
+    let (recorded, node) = store
+        .update(|state| -> CniResult<_> {
+            let node = load_node_state(&state_dir)?;
+            let pools = select_pools(inv, conf, &node, &state_dir)?;
+            Ok((
+                allocate(state, &key, inv, &conf.name, &pools, &mappings),
+                node,
+            ))
+        })
+        .map_err(io_error("updating the IPAM store"))??;
+    timeline.mark("ipam");
     let (attachment, existed) = match recorded {
         Ok(r) => r,
-        Err(AllocError::Exhausted { pool }) => {
+        Err(Refused::HostPortTaken { port, holder }) => {
+            return Err(CniError::new(
+                Code::TryAgainLater,
+                format!(
+                    "host port {} {} on {} is held by {holder} on node {}; it is free once that pod is gone",
+                    port.protocol,
+                    port.host_port,
+                    port.host_ip
+                        .map_or_else(|| "every local address".to_string(), |ip| ip.to_string()),
+                    node.node
+                ),
+            ));
+        }
+        Err(Refused::Alloc(AllocError::Exhausted { pool })) => {
             if let Err(e) = node_state::request_block(&state_dir, &pool) {
                 warn!(pool = %pool, error = %e, "could not signal the node agent for a block");
             }
@@ -268,12 +294,11 @@ fn add(
                 },
             ));
         }
-        Err(e @ AllocError::BadPool { .. }) => {
+        Err(Refused::Alloc(e @ AllocError::BadPool { .. })) => {
             return Err(CniError::new(Code::InvalidNetworkConfig, e.to_string()));
         }
     };
 
-    timeline.mark("ipam");
     let setup = match dp.setup(&attachment, &netns) {
         Ok(s) => s,
         Err(e) => {
@@ -313,22 +338,42 @@ fn add(
     Ok(out.render(version))
 }
 
+/// Why ADD could not record an attachment.
+enum Refused {
+    Alloc(AllocError),
+    /// Another pod's record holds this host port (same protocol, address and port).
+    HostPortTaken {
+        port: HostPort,
+        holder: String,
+    },
+}
+
 /// Allocates (or finds, for a repeated ADD) the attachment of `key`. Nothing is changed
-/// unless every pool yields an address.
+/// unless every pool yields an address and no other pod holds one of its host ports. A
+/// repeated ADD keeps what its record says, host ports included.
 fn allocate(
     state: &mut IpamState,
     key: &AttachmentKey,
     inv: &Invocation,
     network: &str,
     pools: &[&PoolState],
-) -> Result<(Attachment, bool), AllocError> {
+    mappings: &[PortMapping],
+) -> Result<(Attachment, bool), Refused> {
     if let Some(existing) = state.attachment(key) {
         return Ok((existing.clone(), true));
     }
     let mut draft = state.clone();
     let mut addresses = Vec::with_capacity(pools.len());
     for pool in pools {
-        addresses.push(draft.allocate(pool, key)?);
+        addresses.push(draft.allocate(pool, key).map_err(Refused::Alloc)?);
+    }
+    let wanted = hostport::host_ports(mappings, addresses.iter().map(|a| a.ip));
+    if let Some((port, holder)) = hostport::conflict(state, key, &wanted) {
+        let holder = match (&holder.pod_namespace, &holder.pod_name) {
+            (Some(ns), Some(name)) => format!("pod {ns}/{name}"),
+            _ => format!("container {}", holder.container_id),
+        };
+        return Err(Refused::HostPortTaken { port, holder });
     }
     let attachment = Attachment {
         container_id: inv.container_id.clone(),
@@ -341,6 +386,7 @@ fn allocate(
         pod_name: inv.pod.name.clone(),
         pod_uid: inv.pod.uid.clone(),
         network: Some(network.to_string()),
+        port_mappings: mappings.to_vec(),
     };
     draft.insert_attachment(attachment.clone());
     *state = draft;

@@ -6,6 +6,7 @@ use std::io::Read;
 use std::path::PathBuf;
 
 use serde::Deserialize;
+use sinew_node_lib::hostport::{PortMapping, Protocol};
 
 use crate::error::{CniError, CniResult, Code};
 use crate::invocation::is_valid_identifier;
@@ -35,6 +36,83 @@ pub struct RuntimeConfig {
     /// `io.kubernetes.cri.pod-annotations` capability. Race-free pool choice per pod.
     #[serde(rename = "io.kubernetes.cri.pod-annotations", default)]
     pub pod_annotations: Option<BTreeMap<String, String>>,
+    /// The pod's host ports, passed when the conflist declares the `portMappings`
+    /// capability. Kept undecoded here: only ADD reads them ([`port_mappings`]), so DEL, CHECK
+    /// and GC work from the record even if a runtime sent something unreadable.
+    #[serde(rename = "portMappings", default)]
+    pub port_mappings: Option<serde_json::Value>,
+}
+
+/// One `runtimeConfig.portMappings` entry as runtimes send it (containerd, CRI-O, libcni).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WirePortMapping {
+    host_port: i64,
+    container_port: i64,
+    #[serde(default)]
+    protocol: Option<String>,
+    #[serde(rename = "hostIP", default)]
+    host_ip: Option<String>,
+}
+
+/// Decodes and validates `runtimeConfig.portMappings` (for ADD). A wrong type is code 6, a
+/// value out of range code 7, each naming the field (`runtimeConfig.portMappings[1].hostPort`)
+/// without echoing the value. A missing protocol is TCP, as in Kubernetes; an empty or missing
+/// `hostIP` means every local address.
+pub fn port_mappings(value: Option<&serde_json::Value>) -> CniResult<Vec<PortMapping>> {
+    const FIELD: &str = "runtimeConfig.portMappings";
+    let Some(value) = value.filter(|v| !v.is_null()) else {
+        return Ok(Vec::new());
+    };
+    let wire: Vec<WirePortMapping> =
+        serde_path_to_error::deserialize(value.clone()).map_err(|e| {
+            let path = e.path().to_string();
+            let field = if path == "." {
+                FIELD.to_string()
+            } else {
+                format!("{FIELD}{path}")
+            };
+            let inner = redact(&e.into_inner().to_string());
+            CniError::new(
+                Code::Decode,
+                format!("field {field:?} of the network configuration is invalid: {inner}"),
+            )
+        })?;
+    let invalid = |i: usize, name: &str, what: &str| {
+        CniError::new(
+            Code::InvalidNetworkConfig,
+            format!("field \"{FIELD}[{i}].{name}\" {what}"),
+        )
+    };
+    let port = |i: usize, name: &str, value: i64| {
+        u16::try_from(value)
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| invalid(i, name, "must be a port number from 1 to 65535"))
+    };
+    wire.iter()
+        .enumerate()
+        .map(|(i, w)| {
+            let protocol = match w.protocol.as_deref() {
+                None | Some("") => Protocol::Tcp,
+                Some(p) => Protocol::parse(p)
+                    .ok_or_else(|| invalid(i, "protocol", "must be tcp, udp or sctp"))?,
+            };
+            let host_ip = match w.host_ip.as_deref() {
+                None | Some("") => None,
+                Some(ip) => Some(
+                    ip.parse()
+                        .map_err(|_| invalid(i, "hostIP", "must be an IP address or empty"))?,
+                ),
+            };
+            Ok(PortMapping {
+                host_port: port(i, "hostPort", w.host_port)?,
+                container_port: port(i, "containerPort", w.container_port)?,
+                protocol,
+                host_ip,
+            })
+        })
+        .collect()
 }
 
 /// sinew's plugin configuration, as libcni hands it to one plugin of a conflist.
@@ -244,6 +322,98 @@ mod tests {
         let e = parse(br#"{"cniVersion":"1.0.0","name":"x","type":"sinew","stateDir":"rel"}"#)
             .unwrap_err();
         assert_eq!(e.code, 7);
+    }
+
+    fn mappings(json: &str) -> CniResult<Vec<PortMapping>> {
+        let conf = format!(
+            r#"{{"cniVersion":"1.1.0","name":"n","type":"sinew","runtimeConfig":{{"portMappings":{json}}}}}"#
+        );
+        // Any command parses the configuration whatever the mappings hold; ADD decodes them.
+        let (conf, _) = parse(conf.as_bytes()).unwrap();
+        port_mappings(conf.runtime_config.port_mappings.as_ref())
+    }
+
+    #[test]
+    fn port_mappings_are_read_as_runtimes_send_them() {
+        let m = mappings(
+            r#"[{"hostPort":54323,"containerPort":8080,"protocol":"TCP","hostIP":"127.0.0.1"},
+                {"hostPort":54323,"containerPort":8080,"protocol":"udp","hostIP":""},
+                {"hostPort":80,"containerPort":80,"protocol":"sctp","hostIP":"fd00::1"},
+                {"hostPort":8080,"containerPort":80}]"#,
+        )
+        .unwrap();
+        assert_eq!(m.len(), 4);
+        assert_eq!(
+            (m[0].host_port, m[0].container_port, m[0].protocol),
+            (54323, 8080, Protocol::Tcp)
+        );
+        assert_eq!(m[0].host_ip, Some("127.0.0.1".parse().unwrap()));
+        assert_eq!((m[1].protocol, m[1].host_ip), (Protocol::Udp, None));
+        assert_eq!(m[2].protocol, Protocol::Sctp);
+        assert_eq!(m[3].protocol, Protocol::Tcp, "Kubernetes' default");
+        assert_eq!(mappings("null").unwrap(), vec![]);
+        assert_eq!(mappings("[]").unwrap(), vec![]);
+        let (conf, _) = parse(GOOD.as_bytes()).unwrap();
+        assert_eq!(
+            port_mappings(conf.runtime_config.port_mappings.as_ref()).unwrap(),
+            vec![]
+        );
+    }
+
+    #[test]
+    fn bad_port_mappings_name_the_field() {
+        for (json, code, field) in [
+            (r#"{"hostPort":1}"#, 6, "\"runtimeConfig.portMappings\""),
+            (
+                r#"[{"hostPort":"80","containerPort":80}]"#,
+                6,
+                "\"runtimeConfig.portMappings[0].hostPort\"",
+            ),
+            (
+                r#"[{"hostPort":80}]"#,
+                6,
+                "\"runtimeConfig.portMappings[0]\"",
+            ),
+            (
+                r#"[{"hostPort":80,"containerPort":80},{"hostPort":0,"containerPort":80}]"#,
+                7,
+                "\"runtimeConfig.portMappings[1].hostPort\"",
+            ),
+            (
+                r#"[{"hostPort":80,"containerPort":65536}]"#,
+                7,
+                "\"runtimeConfig.portMappings[0].containerPort\"",
+            ),
+            (
+                r#"[{"hostPort":-1,"containerPort":80}]"#,
+                7,
+                "\"runtimeConfig.portMappings[0].hostPort\"",
+            ),
+            (
+                r#"[{"hostPort":80,"containerPort":80,"protocol":"icmp"}]"#,
+                7,
+                "\"runtimeConfig.portMappings[0].protocol\"",
+            ),
+            (
+                r#"[{"hostPort":80,"containerPort":80,"hostIP":"10.0.0.300"}]"#,
+                7,
+                "\"runtimeConfig.portMappings[0].hostIP\"",
+            ),
+            (
+                r#"[{"hostPort":80,"containerPort":80,"hostIP":7}]"#,
+                6,
+                "\"runtimeConfig.portMappings[0].hostIP\"",
+            ),
+        ] {
+            let e = mappings(json).unwrap_err();
+            assert_eq!(e.code, code, "{json}: {}", e.msg);
+            assert!(e.msg.contains(field), "{json}: {}", e.msg);
+            assert!(
+                !e.msg.contains("300") && !e.msg.contains("icmp"),
+                "values are not echoed: {}",
+                e.msg
+            );
+        }
     }
 
     #[test]

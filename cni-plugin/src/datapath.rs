@@ -6,6 +6,11 @@
 //! needed; on the host, a /32 (/128) route to each address through the host end. IPv6 addresses
 //! are added with `IFA_F_NODAD`: duplicate address detection would otherwise hold them
 //! "tentative" for seconds. Everything sinew adds carries route protocol [`ROUTE_PROTOCOL`].
+//!
+//! A pod's host ports are elements of the agent's `inet sinew` nftables table, added last in
+//! setup and removed first in teardown ([`sinew_node_lib::hostport`]); one on `127.0.0.1`
+//! (a `hostIP` of loopback, or none) also needs `route_localnet` on the pod's host veth, or the
+//! kernel drops the node's DNATed loopback packets as martians.
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -13,7 +18,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use sinew_core::Family;
 
 use crate::result::{CniOutput, Interface, IpConfig, RouteConfig};
+use sinew_node_lib::hostport::{self, HostPort};
 use sinew_node_lib::ipam::Attachment;
+use sinew_node_lib::netlink::nftables::{NftError, Nftables};
 use sinew_node_lib::netlink::{Netlink, NetlinkError, Route};
 use sinew_node_lib::netns::{NetNs, NetnsError};
 
@@ -36,6 +43,14 @@ pub enum DatapathError {
     Netns(#[from] NetnsError),
     #[error("{0}")]
     Missing(String),
+    #[error("host ports: {0}")]
+    HostPorts(#[from] NftError),
+    #[error("host ports: {path}: {source}")]
+    Sysctl {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// What setup learnt, for the CNI result.
@@ -216,10 +231,23 @@ impl Datapath for KernelDatapath {
         for a in &attachment.addresses {
             host.add_route(&host_route(a.ip, host_link.index))?;
         }
+        map_host_ports(attachment)?;
         Ok(SetupInfo {
             host_mac,
             pod_mac: pod_link.mac.unwrap_or_default(),
         })
+    }
+
+    fn teardown(&self, attachment: &Attachment) -> Result<(), DatapathError> {
+        let ports = hostport::of_attachment(attachment);
+        if !ports.is_empty() {
+            match Nftables::new() {
+                // No nf_tables in this kernel: nothing can be mapped.
+                Err(e) if e.is_unsupported() => {}
+                nft => nft?.remove_host_ports(&ports)?,
+            }
+        }
+        self.remove_host_veth(&attachment.host_veth)
     }
 
     fn remove_host_veth(&self, name: &str) -> Result<(), DatapathError> {
@@ -246,6 +274,51 @@ impl Datapath for KernelDatapath {
         }
         Ok(())
     }
+}
+
+/// `/proc/sys/net/ipv4/conf/<veth>/route_localnet` (of the node: the plugin runs there).
+fn route_localnet_path(host_veth: &str) -> String {
+    format!("/proc/sys/net/ipv4/conf/{host_veth}/route_localnet")
+}
+
+/// Adds the attachment's host ports to the agent's table, after `route_localnet` on its host
+/// veth when one answers on `127.0.0.1`.
+fn map_host_ports(attachment: &Attachment) -> Result<(), DatapathError> {
+    let ports = hostport::of_attachment(attachment);
+    if ports.is_empty() {
+        return Ok(());
+    }
+    if hostport::needs_route_localnet(&ports) {
+        let path = route_localnet_path(&attachment.host_veth);
+        std::fs::write(&path, "1").map_err(|source| DatapathError::Sysctl { path, source })?;
+    }
+    match Nftables::new().and_then(|mut nft| nft.add_host_ports(&ports)) {
+        Err(e) if e.is_not_found() || e.is_unsupported() => Err(DatapathError::Missing(format!(
+            "host ports cannot be mapped: the nftables table inet {} has no host-port maps yet (the sinew node agent declares them): {e}",
+            sinew_node_lib::consts::NFT_TABLE
+        ))),
+        other => Ok(other?),
+    }
+}
+
+/// Differences between the attachment's host ports and the kernel.
+fn check_host_ports(attachment: &Attachment, ports: &[HostPort]) -> Vec<String> {
+    let mut problems = match Nftables::new().and_then(|mut nft| nft.host_port_differences(ports)) {
+        Ok(p) => p,
+        Err(e) => vec![format!("host ports cannot be read: {e}")],
+    };
+    if hostport::needs_route_localnet(ports) {
+        let path = route_localnet_path(&attachment.host_veth);
+        match std::fs::read_to_string(&path) {
+            Ok(v) if v.trim() == "1" => {}
+            Ok(_) => problems.push(format!(
+                "route_localnet is off on {} (host ports on 127.0.0.1 need it)",
+                attachment.host_veth
+            )),
+            Err(e) => problems.push(format!("{path}: {e}")),
+        }
+    }
+    problems
 }
 
 /// A netlink socket inside `netns`, opened by this thread entering the namespace and coming
@@ -353,6 +426,10 @@ fn check_kernel(attachment: &Attachment, netns: &NetNs) -> Result<Vec<String>, D
                 ));
             }
         }
+    }
+    let ports = hostport::of_attachment(attachment);
+    if !ports.is_empty() {
+        problems.extend(check_host_ports(attachment, &ports));
     }
     Ok(problems)
 }

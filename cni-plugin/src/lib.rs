@@ -2,6 +2,8 @@
 //! The `sinew` binary is a thin shell around [`execute`]; kernel objects, the IPAM
 //! store and the node state come from `sinew-node-lib`, shared with the node agent.
 
+#![forbid(unsafe_code)]
+
 pub mod commands;
 pub mod config;
 pub mod datapath;

@@ -1,5 +1,7 @@
 //! `sinew`: the CNI plugin binary executed by the container runtime.
 
+#![forbid(unsafe_code)]
+
 use std::io::Write;
 use std::process::ExitCode;
 

@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use sinew_cni::datapath::{Datapath, DatapathError, SetupInfo};
 use sinew_core::PoolMode;
 use sinew_core::node::{NodeState, PoolState};
+use sinew_node_lib::hostport::{PortMapping, Protocol};
 use sinew_node_lib::ipam::{Attachment, Store};
 use sinew_node_lib::netns::NetNs;
 use sinew_node_lib::node_state;
@@ -31,6 +32,8 @@ struct Fake<'a> {
     fail_setup: bool,
     fail_teardown: bool,
     check_problems: Vec<String>,
+    /// The host ports of each attachment set up or torn down, in order.
+    host_ports: RefCell<Vec<(&'static str, Vec<PortMapping>)>>,
     _dir: &'a Path,
 }
 
@@ -42,6 +45,7 @@ impl<'a> Fake<'a> {
             fail_setup: false,
             fail_teardown: false,
             check_problems: Vec::new(),
+            host_ports: RefCell::new(Vec::new()),
             _dir: dir,
         }
     }
@@ -65,6 +69,9 @@ impl Datapath for Fake<'_> {
         self.effects.borrow_mut().push(Effect::Setup {
             recorded: self.recorded(&a.host_veth),
         });
+        self.host_ports
+            .borrow_mut()
+            .push(("setup", a.port_mappings.clone()));
         if self.fail_setup {
             return Err(DatapathError::Missing("injected setup failure".into()));
         }
@@ -79,6 +86,9 @@ impl Datapath for Fake<'_> {
             veth: a.host_veth.clone(),
             recorded: self.recorded(&a.host_veth),
         });
+        self.host_ports
+            .borrow_mut()
+            .push(("teardown", a.port_mappings.clone()));
         if self.fail_teardown {
             return Err(DatapathError::Missing("injected teardown failure".into()));
         }
@@ -314,4 +324,108 @@ fn gc_tears_down_stale_attachments_then_strays_keeping_the_live() {
     assert!(
         matches!(dp.effects().last(), Some(Effect::RemoveStray(live)) if live.contains(&veth("stale2")))
     );
+}
+
+fn with_ports(dir: &Path, ports: Value) -> Value {
+    let mut c = conf(dir);
+    c["runtimeConfig"] = json!({ "portMappings": ports });
+    c
+}
+
+fn tcp(host_port: u16, host_ip: Option<&str>) -> PortMapping {
+    PortMapping {
+        host_port,
+        container_port: 80,
+        protocol: Protocol::Tcp,
+        host_ip: host_ip.map(|ip| ip.parse().unwrap()),
+    }
+}
+
+#[test]
+fn host_ports_are_recorded_at_add_and_del_uses_the_record() {
+    let dir = tempfile::tempdir().unwrap();
+    node(dir.path());
+    let dp = Fake::new(dir.path());
+    let ports = json!([
+        {"hostPort": 54323, "containerPort": 80, "protocol": "tcp", "hostIP": "127.0.0.1"},
+        {"hostPort": 8080, "containerPort": 80, "protocol": "tcp"},
+    ]);
+    let (ok, result) = run("ADD", "c1", with_ports(dir.path(), ports.clone()), &dp);
+    assert!(ok, "{result}");
+    let want = vec![tcp(54323, Some("127.0.0.1")), tcp(8080, None)];
+    let recorded = |c: &str| {
+        Store::new(dir.path()).snapshot().unwrap().attachments[&format!("{c}/eth0")]
+            .port_mappings
+            .clone()
+    };
+    assert_eq!(recorded("c1"), want);
+    assert_eq!(dp.host_ports.take(), vec![("setup", want.clone())]);
+
+    // A repeated ADD keeps what the record says, whatever today's configuration says.
+    let (ok, _) = run("ADD", "c1", conf(dir.path()), &dp);
+    assert!(ok);
+    assert_eq!(dp.host_ports.take(), vec![("setup", want.clone())]);
+
+    // DEL without any runtimeConfig (or with a garbled one) removes what ADD mapped.
+    let mut garbled = conf(dir.path());
+    garbled["runtimeConfig"] = json!({"portMappings": "garbled"});
+    let (ok, err) = run("DEL", "c1", garbled, &dp);
+    assert!(ok, "{err}");
+    assert_eq!(dp.host_ports.take(), vec![("teardown", want)]);
+}
+
+#[test]
+fn a_host_port_another_pod_holds_is_refused_before_anything_is_set_up() {
+    let dir = tempfile::tempdir().unwrap();
+    node(dir.path());
+    let dp = Fake::new(dir.path());
+    let on_node = |protocol: &str| json!([{"hostPort": 54323, "containerPort": 80, "protocol": protocol, "hostIP": "10.78.0.1"}]);
+    assert!(run("ADD", "c1", with_ports(dir.path(), on_node("tcp")), &dp).0);
+    // Same port, other protocol or address: no conflict (the conformance spec's pods).
+    assert!(run("ADD", "c2", with_ports(dir.path(), on_node("udp")), &dp).0);
+    let loopback = json!([{"hostPort": 54323, "containerPort": 80, "hostIP": "127.0.0.1"}]);
+    assert!(run("ADD", "c3", with_ports(dir.path(), loopback), &dp).0);
+    dp.effects();
+
+    let (ok, err) = run("ADD", "c4", with_ports(dir.path(), on_node("TCP")), &dp);
+    assert!(!ok);
+    assert_eq!(err["code"], 11, "{err}");
+    let msg = err["msg"].as_str().unwrap();
+    assert!(
+        msg.contains("host port tcp 54323 on 10.78.0.1 is held by pod default/c1"),
+        "{msg}"
+    );
+    assert!(dp.effects().is_empty(), "nothing set up");
+    assert!(
+        !dp.recorded(&veth("c4")),
+        "nothing recorded, no address held"
+    );
+    assert_eq!(Store::new(dir.path()).snapshot().unwrap().held(), 3);
+
+    // Once the holder is gone, the port is free.
+    assert!(run("DEL", "c1", conf(dir.path()), &dp).0);
+    assert!(run("ADD", "c4", with_ports(dir.path(), on_node("tcp")), &dp).0);
+}
+
+#[test]
+fn bad_port_mappings_fail_add_before_any_allocation() {
+    let dir = tempfile::tempdir().unwrap();
+    node(dir.path());
+    let dp = Fake::new(dir.path());
+    let bad = json!([{"hostPort": 70000, "containerPort": 80}]);
+    let (ok, err) = run("ADD", "c1", with_ports(dir.path(), bad), &dp);
+    assert!(!ok);
+    assert_eq!(err["code"], 7, "{err}");
+    assert!(
+        err["msg"]
+            .as_str()
+            .unwrap()
+            .contains("\"runtimeConfig.portMappings[0].hostPort\""),
+        "{err}"
+    );
+    let (ok, err) = run("ADD", "c1", with_ports(dir.path(), json!({"x": 1})), &dp);
+    assert!(!ok);
+    assert_eq!(err["code"], 6, "{err}");
+    assert!(dp.effects().is_empty());
+    assert_eq!(Store::new(dir.path()).snapshot().unwrap().held(), 0);
 }

@@ -2,6 +2,8 @@
 //! per-pod plugin all need to agree on. Only `serde` (and `schemars` for the API crate's
 //! schemas) — the plugin, exec'd once per pod, links this and no Kubernetes client.
 
+#![forbid(unsafe_code)]
+
 pub mod cidr;
 pub mod log;
 pub mod mode;

@@ -164,6 +164,10 @@ pub enum ProblemKind {
     /// Strict reverse-path filtering drops traffic sinew forwards on an interface it uses.
     #[serde(rename = "RPFilterStrict")]
     RpFilterStrict,
+    /// Two nodes publish the same VTEP MAC, or one publishes the MAC another node's name
+    /// derives: neither is given VXLAN traffic until it is resolved.
+    #[serde(rename = "VTEPConflict")]
+    VtepConflict,
     /// A kind this build does not know (a newer agent).
     #[serde(other)]
     Other,
@@ -200,6 +204,7 @@ impl ProblemKind {
             ProblemKind::MtuMismatch => "MTUMismatch",
             ProblemKind::PeerUnreachable => "PeerUnreachable",
             ProblemKind::RpFilterStrict => "RPFilterStrict",
+            ProblemKind::VtepConflict => "VTEPConflict",
             ProblemKind::Other => "Other",
         }
     }
@@ -213,7 +218,8 @@ impl ProblemKind {
             | ProblemKind::PoolUnusable
             | ProblemKind::MtuMismatch
             | ProblemKind::PeerUnreachable
-            | ProblemKind::RpFilterStrict => Severity::Critical,
+            | ProblemKind::RpFilterStrict
+            | ProblemKind::VtepConflict => Severity::Critical,
             ProblemKind::PeersIncomplete
             | ProblemKind::BlockClaimFailed
             | ProblemKind::BlockReleaseFailed
@@ -227,7 +233,7 @@ impl ProblemKind {
     }
 
     /// Every kind, for metrics that report zero for the absent ones.
-    pub const ALL: [ProblemKind; 17] = [
+    pub const ALL: [ProblemKind; 18] = [
         ProblemKind::ConflistShadowed,
         ProblemKind::ForwardingOff,
         ProblemKind::RouteConflict,
@@ -245,6 +251,7 @@ impl ProblemKind {
         ProblemKind::MtuMismatch,
         ProblemKind::PeerUnreachable,
         ProblemKind::RpFilterStrict,
+        ProblemKind::VtepConflict,
     ];
 }
 
@@ -314,11 +321,22 @@ pub struct NodeReport {
     /// Pool -> mode the node has programmed.
     #[serde(default)]
     pub modes: BTreeMap<String, PoolMode>,
+    /// The node's own addresses on its VXLAN device, from its blocks: the source of its
+    /// traffic into the tunnel; peers probe routed paths with them, so that an underlay that
+    /// drops pod-addressed packets shows.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tunnel: Vec<std::net::IpAddr>,
     #[serde(default)]
     pub problems: Vec<Problem>,
     /// The node has removed everything sinew put on it (the network is being deleted).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cleaned_up: bool,
+    /// Pools being deleted from which this node hands out no more addresses: disabled in its
+    /// node state, their blocks retired in its IPAM store (no ADD in flight can allocate from
+    /// them), and their `IPBlock` status written after that. The operator deletes a deleted
+    /// pool's blocks only once every node holding one says so.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drained: Vec<String>,
 }
 
 impl NodeReport {

@@ -1,6 +1,8 @@
 //! The `sinew.dev/v1alpha1` API: [`ClusterNetwork`], [`IPPool`] and the internal [`IPBlock`],
 //! the CIDR arithmetic they rely on, and the generator of their CRD manifests.
 
+#![forbid(unsafe_code)]
+
 pub mod cluster_network;
 pub mod generate;
 pub mod ip_block;

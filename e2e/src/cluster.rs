@@ -94,13 +94,28 @@ impl Drop for LoopbackForwarder {
 /// Port of each agent's `/metrics`, `/healthz`, `/readyz` inside its node namespace.
 pub const AGENT_METRICS_PORT: u16 = 9465;
 
+/// Port of each agent's probe listener (`/healthz`, `/readyz`; its default) inside its node
+/// namespace.
+pub const AGENT_PROBE_PORT: u16 = 9464;
+
 /// `GET path` on the agent of `node` (from inside its namespace); (status line, body).
 pub fn agent_http(node: &SimNode, path: &str) -> Result<(String, String), String> {
+    agent_http_at(node, AGENT_METRICS_PORT, path, Duration::from_secs(2))
+}
+
+/// `GET path` on `port` of the agent of `node`, answered within `within`; (status line, body).
+pub fn agent_http_at(
+    node: &SimNode,
+    port: u16,
+    path: &str,
+    within: Duration,
+) -> Result<(String, String), String> {
     use std::io::{Read, Write};
     node.ns
         .run_in(|| -> Result<(String, String), String> {
-            let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), AGENT_METRICS_PORT);
-            let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+            let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port);
+            let mut s = TcpStream::connect_timeout(&addr, within).map_err(|e| e.to_string())?;
+            s.set_read_timeout(Some(within))
                 .map_err(|e| e.to_string())?;
             s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
                 .map_err(|e| e.to_string())?;
@@ -250,7 +265,37 @@ pub struct LocalCluster {
     prefix: String,
     /// The agents' `SINEW_RESYNC_SECONDS`.
     resync_seconds: u64,
+    /// Nodes boot with strict reverse-path filtering (RHEL's default).
+    strict_nodes: bool,
 }
+
+/// How the simulated nodes and their underlay are set up.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Shape {
+    /// Every node starts with `rp_filter=1` (`all` and `default`), as RHEL boots them.
+    pub strict_nodes: bool,
+    /// The fabric drops every IPv4 packet whose source or destination is not a node address
+    /// (10.99.0.0/16), bridged or routed, as a cloud VPC's source/destination check does.
+    pub cloud_underlay: bool,
+}
+
+/// The cloud underlay's filter in the fabric namespace (test setup: the `nft` program).
+const CLOUD_UNDERLAY: &str = "
+table bridge sinew_test_vpc {
+  chain forward {
+    type filter hook forward priority 0; policy accept;
+    ether type ip ip saddr != 10.99.0.0/16 counter drop
+    ether type ip ip daddr != 10.99.0.0/16 counter drop
+  }
+}
+table ip sinew_test_vpc {
+  chain forward {
+    type filter hook forward priority 0; policy accept;
+    ip saddr != 10.99.0.0/16 counter drop
+    ip daddr != 10.99.0.0/16 counter drop
+  }
+}
+";
 
 /// Label on every Node of one local cluster (`sinew.test/cluster=<prefix>`), for pools that
 /// should serve only that cluster.
@@ -294,7 +339,18 @@ impl LocalCluster {
         subnets: &[u8],
         chart_identity: bool,
     ) -> LocalCluster {
-        LocalCluster::start_inner(cp, prefix, subnets, chart_identity, 2).await
+        LocalCluster::start_inner(cp, prefix, subnets, chart_identity, 2, Shape::default()).await
+    }
+
+    /// [`LocalCluster::start`] with nodes and an underlay shaped as `shape` says, from the
+    /// moment each node boots (before its agent starts).
+    pub async fn start_shaped(
+        cp: &ControlPlane,
+        prefix: &str,
+        subnets: &[u8],
+        shape: Shape,
+    ) -> LocalCluster {
+        LocalCluster::start_inner(cp, prefix, subnets, false, 2, shape).await
     }
 
     /// [`LocalCluster::start`] with agents at the product's default resync (10 s) instead of
@@ -304,7 +360,7 @@ impl LocalCluster {
         prefix: &str,
         subnets: &[u8],
     ) -> LocalCluster {
-        LocalCluster::start_inner(cp, prefix, subnets, false, 10).await
+        LocalCluster::start_inner(cp, prefix, subnets, false, 10, Shape::default()).await
     }
 
     async fn start_inner(
@@ -313,6 +369,7 @@ impl LocalCluster {
         subnets: &[u8],
         chart_identity: bool,
         resync_seconds: u64,
+        shape: Shape,
     ) -> LocalCluster {
         let client = cp.client().await.expect("admin client");
         let dir = tempfile::Builder::new()
@@ -328,6 +385,22 @@ impl LocalCluster {
                 &["addr", "add", &format!("10.99.{subnet}.254/24"), "dev", br],
             );
             ip_in(&fabric, &["link", "set", br, "up"]);
+        }
+        if shape.cloud_underlay {
+            let mut nft = Command::new("nft");
+            nft.args(["-f", "-"]).stdin(std::process::Stdio::piped());
+            in_netns(&mut nft, &fabric);
+            let mut child = nft.spawn().expect("running nft");
+            if let Some(mut stdin) = child.stdin.take() {
+                use std::io::Write as _;
+                stdin
+                    .write_all(CLOUD_UNDERLAY.as_bytes())
+                    .expect("writing the cloud underlay's rules");
+            }
+            assert!(
+                child.wait().expect("nft").success(),
+                "the cloud underlay's rules were refused"
+            );
         }
         let api_port = cp
             .url()
@@ -352,6 +425,7 @@ impl LocalCluster {
             dir,
             prefix: prefix.to_string(),
             resync_seconds,
+            strict_nodes: shape.strict_nodes,
         };
         if chart_identity {
             cluster.agent_identity = Some(crate::helm::Endpoint::of(cp));
@@ -398,6 +472,14 @@ impl LocalCluster {
                 &format!("10.99.{subnet}.254"),
             ],
         );
+        if self.strict_nodes {
+            for key in [
+                "net.ipv4.conf.all.rp_filter",
+                "net.ipv4.conf.default.rp_filter",
+            ] {
+                netsim::sysctl(&ns, key, "1");
+            }
+        }
         let forwarder = LoopbackForwarder::start(&ns, self.api_port).expect("API forwarder");
 
         let nodes: Api<Node> = Api::all(self.client.clone());
@@ -460,6 +542,11 @@ impl LocalCluster {
             .env("SINEW_CNI_LOG_FILE", node.dir.join("cni.log"))
             .env("SINEW_PLUGIN", &self.plugin_binary)
             .env("SINEW_MIN_FREE", "4")
+            // Several simulated clusters share the API server: each is its own network.
+            .env(
+                "SINEW_PEER_SELECTOR",
+                format!("{CLUSTER_LABEL}={}", self.prefix),
+            )
             .env("SINEW_BLOCK_RELEASE_SECONDS", "2")
             .env("SINEW_RESYNC_SECONDS", self.resync_seconds.to_string())
             .env(
@@ -803,4 +890,18 @@ impl Drop for ConflistWatch {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
     }
+}
+
+/// The node report (`sinew.dev/node-state`) of Node `node`; an empty one while there is none.
+pub async fn node_report(
+    client: &kube::Client,
+    node: &str,
+) -> Result<sinew_crds::node::NodeReport, kube::Error> {
+    let n = Api::<Node>::all(client.clone()).get(node).await?;
+    Ok(n.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(sinew_crds::node::NODE_STATE_ANNOTATION))
+        .and_then(|s| sinew_crds::node::NodeReport::parse(s))
+        .unwrap_or_default())
 }

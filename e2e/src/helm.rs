@@ -210,7 +210,9 @@ pub async fn start_operator(
         .env("KUBECONFIG", &kubeconfig)
         .env("POD_NAMESPACE", NAMESPACE)
         .env("POD_NAME", identity)
-        .env("SINEW_METRICS_ADDR", "127.0.0.1:0");
+        .env("SINEW_METRICS_ADDR", "127.0.0.1:0")
+        // Replicas share the host's loopback here: any free port for the probes.
+        .env("SINEW_PROBE_ADDR", "127.0.0.1:0");
     // SINEW_E2E_OPERATOR_LOG overrides the chart's log level when debugging a test.
     if let Ok(level) = std::env::var("SINEW_E2E_OPERATOR_LOG") {
         cmd.env("SINEW_LOG", level);

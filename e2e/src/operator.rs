@@ -36,6 +36,8 @@ pub async fn start(
         .env("POD_NAME", identity)
         .env("SINEW_NODE_IMAGE", "sinew-node:test")
         .env("SINEW_METRICS_ADDR", "127.0.0.1:0")
+        // Replicas share the host's loopback here: any free port for the probes.
+        .env("SINEW_PROBE_ADDR", "127.0.0.1:0")
         .env(
             "SINEW_LOG",
             std::env::var("SINEW_E2E_OPERATOR_LOG").unwrap_or_else(|_| "info".into()),

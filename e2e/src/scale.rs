@@ -261,6 +261,7 @@ async fn measure(cp: &ControlPlane, scale: Scale) -> Result<Measured, BoxError> 
     cmd.env("KUBECONFIG", cp.kubeconfig_path())
         .env("POD_NAMESPACE", "sinew-system")
         .env("SINEW_METRICS_ADDR", "127.0.0.1:0")
+        .env("SINEW_PROBE_ADDR", "127.0.0.1:0")
         .env("SINEW_LOG", "info");
     let operator = Supervised::spawn("sinew-operator", cmd, &cp.dir().join("operator.log"))?;
     m.initial_convergence = time_until("every pool's usage", Duration::from_secs(300), || {

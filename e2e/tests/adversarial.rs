@@ -32,10 +32,12 @@ const POOLS: [(&str, &str, Option<u8>); 3] = [
 ];
 
 /// Kinds of the chart that make up the agent's identity and the admission policies.
-const POLICY_KINDS: [&str; 5] = [
+const POLICY_KINDS: [&str; 7] = [
     "ServiceAccount",
     "ClusterRole",
     "ClusterRoleBinding",
+    "Role",
+    "RoleBinding",
     "ValidatingAdmissionPolicy",
     "ValidatingAdmissionPolicyBinding",
 ];
@@ -57,6 +59,7 @@ fn main() -> ExitCode {
             objects_in_namespaces_are_out_of_reach,
             pools_networks_and_block_specs_cannot_be_written,
             the_agents_own_writes_still_succeed,
+            events_about_anything_but_its_own_node_are_refused,
         ],
     )
 }
@@ -879,6 +882,84 @@ async fn the_agents_own_writes_still_succeed(ctx: Ctx) -> TestResult {
     v.allowed(
         "record an install event",
         events.create(&PostParams::default(), &event).await,
+    );
+    v.finish()
+}
+
+/// An Event of the agent `me` about `kind`/`name`, in `namespace`.
+fn agent_event(
+    namespace: &str,
+    name: &str,
+    kind: &str,
+    about: &str,
+) -> k8s_openapi::api::events::v1::Event {
+    serde_json::from_value(json!({
+        "apiVersion": "events.k8s.io/v1", "kind": "Event",
+        "metadata": {"name": name, "namespace": namespace},
+        "eventTime": "2026-01-01T00:00:00.000000Z", "reportingController": "sinew.dev/sinew-node",
+        "reportingInstance": ME, "action": "Diagnose", "reason": "RouteConflict", "type": "Warning",
+        "note": "forged", "regarding": {"kind": kind, "name": about, "apiVersion": "v1",
+                                        "namespace": if kind == "Node" { "" } else { namespace }}}))
+    .expect("a static Event")
+}
+
+async fn events_about_anything_but_its_own_node_are_refused(ctx: Ctx) -> TestResult {
+    let agent = agent_client(&ctx, ME).await?;
+    let mut v = Verdicts::default();
+    let in_ns =
+        |ns: &str| Api::<k8s_openapi::api::events::v1::Event>::namespaced(agent.clone(), ns);
+    // The policy takes effect once the API server has loaded it: wait for the first refusal.
+    wait_refused("an Event about another node", || {
+        let events = in_ns("default");
+        async move {
+            events
+                .create(
+                    &dry_run(),
+                    &agent_event("default", "adv-ev-other", "Node", OTHER),
+                )
+                .await
+                .map(|_| ())
+        }
+    })
+    .await?;
+    v.refused(
+        "an Event about another node",
+        in_ns("default")
+            .create(
+                &PostParams::default(),
+                &agent_event("default", "adv-ev-other-2", "Node", OTHER),
+            )
+            .await,
+        "sinew-node may record Events only about its own Node",
+    );
+    v.refused(
+        "an Event about a pod",
+        in_ns("default")
+            .create(
+                &PostParams::default(),
+                &agent_event("default", "adv-ev-pod", "Pod", "web"),
+            )
+            .await,
+        "sinew-node may record Events only about its own Node",
+    );
+    v.refused(
+        "an Event in another namespace",
+        in_ns("kube-system")
+            .create(
+                &PostParams::default(),
+                &agent_event("kube-system", "adv-ev-ns", "Node", ME),
+            )
+            .await,
+        "forbidden",
+    );
+    v.allowed(
+        "an Event about its own Node",
+        in_ns("default")
+            .create(
+                &PostParams::default(),
+                &agent_event("default", "adv-ev-own", "Node", ME),
+            )
+            .await,
     );
     v.finish()
 }

@@ -38,6 +38,8 @@ fn main() -> ExitCode {
             a_fresh_node_gets_forwarding_turned_on,
             vxlan_is_accepted_only_from_node_addresses,
             a_store_torn_by_a_power_loss_is_set_aside_in_the_next_boot,
+            host_ports_work_with_the_agents_conflist_and_table,
+            a_block_request_that_cannot_be_served_is_answered_once,
         ],
     );
     sinew_e2e::operator::stop_kept();
@@ -312,6 +314,35 @@ async fn allocations_show_up_in_ipblock_status(ctx: Ctx) -> TestResult {
             .0
             .contains("200")
     );
+    // Any pod can reach the metrics port (host network): a flood of idle connections there
+    // holds its slots, while the kubelet's probes, on their own loopback listener, are
+    // answered within their 1 s timeout.
+    let idle = node
+        .ns
+        .run_in(|| {
+            let addr = SocketAddr::from(([127, 0, 0, 1], sinew_e2e::cluster::AGENT_METRICS_PORT));
+            (0..64)
+                .map(|_| std::net::TcpStream::connect(addr))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .map_err(|e| e.to_string())??;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for path in ["/healthz", "/readyz"] {
+        let asked = Instant::now();
+        let (status, _) = sinew_e2e::cluster::agent_http_at(
+            node,
+            sinew_e2e::cluster::AGENT_PROBE_PORT,
+            path,
+            Duration::from_secs(1),
+        )?;
+        assert!(status.contains("200"), "{path}: {status}");
+        assert!(
+            asked.elapsed() < Duration::from_secs(1),
+            "{path}: {:?}",
+            asked.elapsed()
+        );
+    }
+    drop(idle);
     // Someone deletes the IPBlock whose address the pod holds: the agent claims it again
     // (same name, same node), so no other node can hand the address out twice.
     let held: sinew_crds::Cidr = pod
@@ -598,9 +629,21 @@ async fn a_namespace_annotation_chooses_the_pool(ctx: Ctx) -> TestResult {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // Both pools need a block on the node before either can be chosen.
+    // Both pools need a block on the node before either can be chosen: claimed, and in the
+    // node state the plugin reads.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while blocks_of(&ctx, "na-b").await?.is_empty() || blocks_of(&ctx, "na-a").await?.is_empty() {
+    let listed = |pool: &str| {
+        sinew_node_lib::node_state::load(&node.state_dir())
+            .ok()
+            .flatten()
+            .and_then(|s| s.pool(pool).map(|p| !p.blocks.is_empty()))
+            .unwrap_or(false)
+    };
+    while blocks_of(&ctx, "na-b").await?.is_empty()
+        || blocks_of(&ctx, "na-a").await?.is_empty()
+        || !listed("na-a")
+        || !listed("na-b")
+    {
         assert!(Instant::now() < deadline, "blocks not claimed");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -924,5 +967,146 @@ async fn a_store_torn_by_a_power_loss_is_set_aside_in_the_next_boot(ctx: Ctx) ->
     assert_eq!(after.ips().len(), 1, "{:?}", after.result);
     cluster.stop_pod(after).await;
     cluster.stop_pod(before).await;
+    Ok(())
+}
+
+/// A pod's hostPort on a default install: the agent's conflist asks the runtime (libcni, via
+/// `cnitool` and `CAP_ARGS`) for `portMappings`, the plugin maps them into the agent's table,
+/// another node reaches the pod at the node's address and the node itself at 127.0.0.1. The
+/// agent's own replace of the table (after the store changed) and a table deleted behind its
+/// back keep or bring back the port; DEL removes it.
+async fn host_ports_work_with_the_agents_conflist_and_table(ctx: Ctx) -> TestResult {
+    use sinew_e2e::plugin::Cnitool;
+    let cluster = LocalCluster::start(&ctx.cp, "hp", &[0, 0]).await;
+    pool(&ctx, "hp-pool", "hp", "10.116.0.0/24", 28, "Auto").await?;
+    cluster.wait_ready(Duration::from_secs(30)).await?;
+    let (node, peer) = (&cluster.nodes[0], &cluster.nodes[1]);
+    let conflist = std::fs::read_to_string(node.conf_dir().join("10-sinew.conflist"))?;
+    assert!(conflist.contains("\"portMappings\": true"), "{conflist}");
+
+    let uid = cluster
+        .create_pod_object(&node.name, "default", "hp-web")
+        .await;
+    let cnitool = Cnitool {
+        bin: sinew_e2e::tools::Tools::locate()?.path("cnitool")?,
+        conf_dir: node.conf_dir(),
+        plugin_dirs: vec![node.bin_dir()],
+    };
+    let pod_ns = sinew_e2e::netsim::netns("pod");
+    let caps = json!({"portMappings": [
+        {"hostPort": 30080, "containerPort": 80, "protocol": "tcp"},
+    ]})
+    .to_string();
+    let who = ("default", "hp-web", uid.as_str());
+    let add = cnitool.run_for_pod(&node.ns, "add", "sinew", pod_ns.path(), Some(&caps), who);
+    assert!(add.success, "{} {}", add.stdout, add.stderr);
+    let result: serde_json::Value = serde_json::from_str(&add.stdout)?;
+    let pod_ip: std::net::IpAddr = result["ips"][0]["address"]
+        .as_str()
+        .and_then(|a| a.split('/').next())
+        .ok_or("an address")?
+        .parse()?;
+    let _server = EchoServer::start(&pod_ns, SocketAddr::new(pod_ip, 80));
+    let node_port = SocketAddr::new(std::net::IpAddr::V4(node.ip), 30080);
+    let loopback = SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), 30080);
+    let works = |label: &str| -> Result<(), String> {
+        let seen = tcp_exchange(&peer.ns, node_port)
+            .map_err(|e| format!("{label}: from the peer: {e}"))?;
+        if !seen.starts_with(&format!("{}:", peer.ip)) {
+            return Err(format!(
+                "{label}: the pod saw {seen:?}, not the peer's address"
+            ));
+        }
+        tcp_exchange(&node.ns, loopback).map_err(|e| format!("{label}: 127.0.0.1: {e}"))?;
+        Ok(())
+    };
+    works("when ADD returned")?;
+    // The store changed: the agent's next pass replaces the whole table, declaring the port.
+    eventually(
+        "the agent declares the host port",
+        Duration::from_secs(15),
+        || {
+            // The agent's log has ANSI colours; its fields read plainly without them.
+            let mut log = String::new();
+            let mut escape = false;
+            for c in node.agent_log().chars() {
+                match (escape, c) {
+                    (false, '\u{1b}') => escape = true,
+                    (true, 'm') => escape = false,
+                    (false, c) => log.push(c),
+                    (true, _) => {}
+                }
+            }
+            log.contains("host_ports=1")
+                .then_some(())
+                .ok_or(format!("not yet:\n{log}"))
+        },
+    )
+    .await?;
+    works("after the agent's replace")?;
+    // Deleted behind the agent's back: its next pass brings the table back with the port.
+    sinew_node_lib::netlink::nftables::Nftables::in_netns(&node.ns)?.delete_table("sinew")?;
+    eventually(
+        "the table comes back with the port",
+        Duration::from_secs(15),
+        || works("after the table came back"),
+    )
+    .await?;
+
+    let del = cnitool.run_for_pod(&node.ns, "del", "sinew", pod_ns.path(), Some(&caps), who);
+    assert!(del.success, "{} {}", del.stdout, del.stderr);
+    let gone = tcp_exchange(&peer.ns, node_port).unwrap_err();
+    assert!(gone.contains("refused"), "{gone}");
+    cluster.delete_pod_object("default", "hp-web").await;
+    Ok(())
+}
+
+/// The agent's pass counter, from its `/metrics`.
+fn passes(node: &sinew_e2e::cluster::SimNode) -> Result<u64, String> {
+    let (_, metrics) = sinew_e2e::cluster::agent_http(node, "/metrics")?;
+    let prefix = format!("sinew_node_passes_total{{node=\"{}\"}} ", node.name);
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| format!("no pass counter in {metrics}"))
+}
+
+async fn a_block_request_that_cannot_be_served_is_answered_once(ctx: Ctx) -> TestResult {
+    // The product's resync (10 s): a pass every 500 ms would stand out.
+    let cluster = LocalCluster::start_default_resync(&ctx.cp, "rq", &[0]).await;
+    pool(&ctx, "rq-pool", "rq", "10.116.0.0/24", 28, "Auto").await?;
+    // A pool that selects the node but hands out nothing.
+    pool(&ctx, "rq-off", "rq", "10.117.0.0/24", 28, "Auto").await?;
+    let off = json!({"spec": {"disabled": true}});
+    Api::<IPPool>::all(ctx.client.clone())
+        .patch("rq-off", &PatchParams::default(), &Patch::Merge(&off))
+        .await?;
+    cluster.wait_ready(Duration::from_secs(30)).await?;
+    let node = &cluster.nodes[0];
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // An ADD asked for a block of the disabled pool (as the plugin does when a pod names it).
+    let request = node.state_dir().join("requests/rq-off");
+    std::fs::create_dir_all(node.state_dir().join("requests"))?;
+    let before = passes(node)?;
+    std::fs::write(&request, b"")?;
+    eventually(
+        "the request answered (removed)",
+        Duration::from_secs(3),
+        || {
+            (!request.exists())
+                .then_some(())
+                .ok_or_else(|| "still there".to_string())
+        },
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let ran = passes(node)? - before;
+    // One pass answers it; the report it changes echoes back once or twice. Not one pass
+    // every 500 ms (8 and more here).
+    assert!(
+        ran <= 4,
+        "{ran} passes in about 5 s for one unservable request"
+    );
     Ok(())
 }

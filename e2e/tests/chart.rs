@@ -23,6 +23,8 @@ fn main() -> ExitCode {
         tests![
             the_chart_lints_renders_identically_and_is_accepted_by_the_api_server,
             bad_values_are_rejected_naming_the_value,
+            probes_pull_secrets_and_hooks_render_as_documented,
+            a_failed_uninstall_hook_leaves_no_uninstall_rbac_behind,
             install_upgrade_and_uninstall_a_working_network,
         ],
     )
@@ -77,6 +79,10 @@ async fn the_chart_lints_renders_identically_and_is_accepted_by_the_api_server(
         "ClusterRoleBinding/sinew-node",
         "ValidatingAdmissionPolicy/sinew-node-own-objects-only",
         "ValidatingAdmissionPolicyBinding/sinew-node-own-objects-only",
+        "ValidatingAdmissionPolicy/sinew-node-own-events-only",
+        "ValidatingAdmissionPolicyBinding/sinew-node-own-events-only",
+        "Role/sinew-node-events",
+        "RoleBinding/sinew-node-events",
         "ValidatingAdmissionPolicy/sinew-ipblock-in-its-pool",
         "ValidatingAdmissionPolicyBinding/sinew-ipblock-in-its-pool",
         "ServiceAccount/sinew-operator",
@@ -138,6 +144,116 @@ async fn bad_values_are_rejected_naming_the_value(ctx: Ctx) -> TestResult {
     )
     .expect_err("bad pool name");
     assert!(err.contains("ipPools") && err.contains("name"), "{err}");
+    Ok(())
+}
+
+/// The documents of `rendered` of `kind`, parsed.
+fn docs_of(rendered: &str, kind: &str) -> Vec<serde_json::Value> {
+    serde_yaml::Deserializer::from_str(rendered)
+        .filter_map(|d| serde::Deserialize::deserialize(d).ok())
+        .filter(|v: &serde_json::Value| v["kind"] == kind)
+        .collect()
+}
+
+async fn probes_pull_secrets_and_hooks_render_as_documented(ctx: Ctx) -> TestResult {
+    let helm = helm(&ctx)?;
+    let rendered = template(&helm, &["--set", "image.pullSecrets={regcred,mirror}"])?;
+    let deployment = docs_of(&rendered, "Deployment")
+        .pop()
+        .ok_or("no Deployment")?;
+    let pod = &deployment["spec"]["template"]["spec"];
+    assert_eq!(
+        pod["imagePullSecrets"],
+        json!([{"name": "regcred"}, {"name": "mirror"}])
+    );
+    let operator = &pod["containers"][0];
+    let env = |name: &str| {
+        operator["env"]
+            .as_array()
+            .and_then(|e| e.iter().find(|v| v["name"] == name))
+            .map(|v| v["value"].clone())
+    };
+    // Passed on to the agent DaemonSet by the operator.
+    assert_eq!(
+        env("SINEW_IMAGE_PULL_SECRETS"),
+        Some(json!("regcred,mirror"))
+    );
+    // The kubelet's probes on the loopback probe listener, a startup probe first.
+    assert_eq!(env("SINEW_PROBE_ADDR"), Some(json!("127.0.0.1:9467")));
+    for probe in ["startupProbe", "livenessProbe", "readinessProbe"] {
+        let get = &operator[probe]["httpGet"];
+        assert_eq!(
+            (get["host"].clone(), get["port"].clone()),
+            (json!("127.0.0.1"), json!(9467)),
+            "{probe}: {get}"
+        );
+    }
+    let job = docs_of(&rendered, "Job").pop().ok_or("no Job")?;
+    assert_eq!(
+        job["spec"]["template"]["spec"]["imagePullSecrets"],
+        json!([{"name": "regcred"}, {"name": "mirror"}])
+    );
+    // Without pull secrets, none.
+    let plain = template(&helm, &[])?;
+    assert!(!plain.contains("imagePullSecrets"), "{plain}");
+    assert!(!plain.contains("SINEW_IMAGE_PULL_SECRETS"));
+    Ok(())
+}
+
+/// `helm uninstall` whose pre-delete hook fails (here: its Job never completes, as no Job
+/// controller runs, so Helm's timeout fails it; a refusal, exit code 3, fails it the same
+/// way) keeps the release and every sinew object, and takes the hook's RBAC away: Helm deletes
+/// the hooks that had succeeded (the ServiceAccount, ClusterRole and binding, `hook-succeeded`)
+/// when a later one fails. Only the Job stays, for its log. Its own control plane: the other
+/// tests of this binary install the chart too.
+async fn a_failed_uninstall_hook_leaves_no_uninstall_rbac_behind(_ctx: Ctx) -> TestResult {
+    let cp = sinew_e2e::ControlPlane::start().await?;
+    let client = cp.client().await?;
+    let helm = Helm::new(&cp)?;
+    helm.install(&[])?;
+    let err = helm
+        .run(&[
+            "uninstall",
+            "sinew",
+            "--namespace",
+            NAMESPACE,
+            "--timeout",
+            "5s",
+        ])
+        .expect_err("the hook cannot complete here");
+    assert!(err.contains("timed out"), "{err}");
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), NAMESPACE);
+    let roles: Api<ClusterRole> = Api::all(client.clone());
+    let bindings: Api<ClusterRoleBinding> = Api::all(client.clone());
+    wait_for(
+        "the uninstall hook's RBAC gone",
+        Duration::from_secs(30),
+        String::new,
+        || async {
+            let left = [
+                sas.get_opt("sinew-uninstall")
+                    .await?
+                    .map(|_| "ServiceAccount"),
+                roles
+                    .get_opt("sinew-uninstall")
+                    .await?
+                    .map(|_| "ClusterRole"),
+                bindings
+                    .get_opt("sinew-uninstall")
+                    .await?
+                    .map(|_| "ClusterRoleBinding"),
+            ];
+            Ok(left.iter().all(Option::is_none).then_some(()))
+        },
+    )
+    .await?;
+    // Nothing of the release was deleted.
+    let networks: Api<ClusterNetwork> = Api::all(client.clone());
+    assert!(networks.get_opt("default").await?.is_some());
+    let roles_left = roles.get_opt("sinew-node").await?;
+    assert!(roles_left.is_some(), "the agent's ClusterRole went too");
     Ok(())
 }
 

@@ -6,11 +6,10 @@
 use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 use sinew_crds::IPPool;
-use sinew_crds::node::{NODE_STATE_ANNOTATION, NodeReport, ProblemKind};
+use sinew_crds::node::{NodeReport, ProblemKind};
 use sinew_e2e::cluster::{CLUSTER_LABEL, LocalCluster, SimNode};
 use sinew_e2e::harness::{Ctx, TestResult};
 use sinew_e2e::{require, tests};
@@ -48,13 +47,7 @@ async fn pool(ctx: &Ctx, name: &str, cluster: &str, cidr: &str) -> TestResult {
 }
 
 async fn report(ctx: &Ctx, node: &str) -> Result<NodeReport, kube::Error> {
-    let n = Api::<Node>::all(ctx.client.clone()).get(node).await?;
-    Ok(n.metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(NODE_STATE_ANNOTATION))
-        .and_then(|s| NodeReport::parse(s))
-        .unwrap_or_default())
+    sinew_e2e::cluster::node_report(&ctx.client, node).await
 }
 
 /// Polls the node's report until `want` holds; returns the time it took.

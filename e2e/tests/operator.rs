@@ -43,6 +43,7 @@ fn main() -> ExitCode {
                 blocks_of_a_departed_node_are_released_once_its_pods_are_gone,
                 a_routed_pool_across_subnets_says_so_naming_the_nodes,
                 pools_overlapping_service_or_node_addresses_are_refused,
+                the_uninstall_check_refuses_naming_pods_on_the_pod_network,
             ];
             // Leadership moves between replicas: the other tests' waits would straddle it.
             for t in &mut tests {
@@ -538,13 +539,42 @@ async fn a_pool_in_use_is_not_deleted_until_drained(ctx: Ctx) -> TestResult {
     })
     .await?;
     assert_eq!(reason, "Draining");
-    // The last pod goes away: the agent reports an empty block; the pool and its blocks go.
+    // The last pod goes away: the agent reports an empty block. The pool still waits for the
+    // node to say it hands out nothing more from it (an empty status alone may lag).
     let status = json!({"apiVersion": "sinew.dev/v1alpha1", "kind": "IPBlock", "metadata": {"name": "10-132-0-0-26"}, "status": {"allocated": 0}});
     Api::<IPBlock>::all(ctx.client.clone())
         .patch_status(
             "10-132-0-0-26",
             &PatchParams::apply("simulated-agent"),
             &Patch::Apply(&status),
+        )
+        .await?;
+    wait(
+        "Draining, waiting for the node",
+        Duration::from_secs(20),
+        || async {
+            Ok(ready_condition(&pools.get("drain-pool").await?)
+                .filter(|(_, _, m)| m.starts_with("waiting for node drain-a to confirm")))
+        },
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        pools.get_opt("drain-pool").await?.is_some(),
+        "the pool went before its node confirmed"
+    );
+    // The agent confirms (its report lists the pool as drained): the pool and its blocks go.
+    let report = NodeReport {
+        drained: vec!["drain-pool".into()],
+        ..NodeReport::default()
+    };
+    let n = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "drain-a",
+        "annotations": {NODE_STATE_ANNOTATION: report.to_annotation()}}});
+    Api::<Node>::all(ctx.client.clone())
+        .patch(
+            "drain-a",
+            &PatchParams::apply("simulated-agent"),
+            &Patch::Apply(&n),
         )
         .await?;
     wait("pool removed", Duration::from_secs(20), || async {
@@ -837,5 +867,61 @@ async fn pools_overlapping_service_or_node_addresses_are_refused(ctx: Ctx) -> Te
     })
     .await?;
     assert!(message.contains("addr-node (10.136.0.7)"), "{message}");
+    Ok(())
+}
+
+/// `sinew-operator uninstall` against its own control plane (if the check ever passed here it
+/// would delete every pool, so not the one the other tests share): its paginated, field-selected
+/// pod list names the pod on the pod network, not the host-network or finished ones, and it
+/// refuses with exit code 3, deleting nothing.
+async fn the_uninstall_check_refuses_naming_pods_on_the_pod_network(_ctx: Ctx) -> TestResult {
+    let cp = sinew_e2e::ControlPlane::start().await?;
+    let client = cp.client().await?;
+    sinew_e2e::install::install_crds(&client).await?;
+    let pools: Api<IPPool> = Api::all(client.clone());
+    let pool: IPPool = serde_json::from_value(json!({
+        "apiVersion": "sinew.dev/v1alpha1", "kind": "IPPool",
+        "metadata": {"name": "un-pool"}, "spec": {"cidr": "10.160.0.0/16"},
+    }))?;
+    pools.create(&PostParams::default(), &pool).await?;
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), "default");
+    for (name, host_network, phase, ip) in [
+        ("web", false, "Running", "10.160.1.5"),
+        ("kube-proxy", true, "Running", "10.160.9.9"),
+        ("done", false, "Succeeded", "10.160.1.6"),
+        ("elsewhere", false, "Running", "192.168.7.7"),
+    ] {
+        let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"nodeName": "un-node", "hostNetwork": host_network,
+                     "containers": [{"name": "c", "image": "i"}]},
+        }))?;
+        pods.create(&PostParams::default(), &pod).await?;
+        let status = json!({"status": {"phase": phase, "podIP": ip, "podIPs": [{"ip": ip}]}});
+        pods.patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+            .await?;
+    }
+    let out = std::process::Command::new(sinew_e2e::plugin::workspace_binary(
+        "sinew-operator",
+        "sinew-operator",
+    ))
+    .args(["uninstall", "--timeout-seconds", "5"])
+    .env("KUBECONFIG", cp.kubeconfig_path())
+    .output()?;
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{text}");
+    assert!(
+        text.contains("1 pods still hold pod-network addresses:")
+            && text.contains("default/web on node un-node (10.160.1.5)"),
+        "{text}"
+    );
+    for other in ["kube-proxy", "done", "elsewhere"] {
+        assert!(!text.contains(&format!("default/{other}")), "{text}");
+    }
+    assert!(
+        pools.get_opt("un-pool").await?.is_some(),
+        "a pool was deleted"
+    );
     Ok(())
 }

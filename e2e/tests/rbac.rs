@@ -87,7 +87,6 @@ async fn the_agent_role_allows_what_the_agent_uses_and_nothing_else(ctx: Ctx) ->
         ("watch", "sinew.dev", "ippools"),
         ("watch", "sinew.dev", "clusternetworks"),
         ("watch", "", "namespaces"),
-        ("create", "events.k8s.io", "events"),
     ] {
         assert!(
             can_i(&agent, verb, group, resource).await?,
@@ -110,6 +109,27 @@ async fn the_agent_role_allows_what_the_agent_uses_and_nothing_else(ctx: Ctx) ->
             "the agent must not {verb} {resource}"
         );
     }
+    // Events: about its Node, so in `default` (where a cluster-scoped object's Events go),
+    // and nowhere else.
+    let events_in = |ns: &'static str, group: &'static str| {
+        let agent = agent.clone();
+        async move { sinew_e2e::helm::can_i(&agent, "create", group, "events", Some(ns)).await }
+    };
+    assert!(events_in("default", "events.k8s.io").await?);
+    for (ns, group) in [
+        ("kube-system", "events.k8s.io"),
+        (NAMESPACE, "events.k8s.io"),
+        ("default", ""),
+    ] {
+        assert!(
+            !events_in(ns, group).await?,
+            "the agent must not create events (group {group:?}) in {ns}"
+        );
+    }
+    assert!(
+        !can_i(&agent, "create", "events.k8s.io", "events").await?,
+        "the agent must not create events in every namespace"
+    );
     Ok(())
 }
 

@@ -132,13 +132,15 @@ async fn a_leaked_allocation_is_collected_and_a_live_one_never(ctx: Ctx) -> Test
     )
     .await?;
 
-    // The pod object goes away but the runtime never calls DEL (a crashed kubelet, a lost
-    // sandbox): the address leaks.
+    // The pod object goes away and its sandbox with it (its network namespace, and the veth
+    // pair with it), but the runtime never calls DEL (a crashed kubelet, a lost sandbox): the
+    // address leaks.
     let host_veth = leaked.result["interfaces"][0]["name"]
         .as_str()
         .ok_or("no host interface in the CNI result")?
         .to_string();
     cluster.delete_pod_object("default", "leaked").await;
+    drop(leaked);
     let deleted = Instant::now();
     wait_for(
         "the leaked address released",
@@ -191,12 +193,38 @@ async fn a_leaked_allocation_is_collected_and_a_live_one_never(ctx: Ctx) -> Test
         ips.contains(&static_ip),
         "the running static pod's address was released (its mirror pod's UID differs): {ips:?}"
     );
+    // The static pod's mirror pod goes (the API server then knows nothing of it), but its
+    // sandbox runs on: the operator asks for its address, the node refuses (the pod's veth
+    // lives) and says so.
+    cluster.delete_pod_object("default", "static").await;
+    wait_for(
+        "a LeakedAddressKept Event for the static pod",
+        Duration::from_secs(30),
+        operator_log,
+        || async {
+            let events: Api<Event> = Api::namespaced(ctx.client.clone(), "default");
+            Ok(events
+                .list(&ListParams::default())
+                .await?
+                .items
+                .into_iter()
+                .filter(|e| e.reason.as_deref() == Some("LeakedAddressKept"))
+                .filter_map(|e| e.note)
+                .find(|n| n.contains(&static_ip)))
+        },
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_secs(GRACE + 3)).await;
+    let ips = allocated_ips(&ctx, "gc-pool").await?;
+    assert!(
+        ips.contains(&static_ip),
+        "the running static pod's address was released without its mirror pod: {ips:?}"
+    );
     // And the released address can be handed out again.
     let next = cluster.start_pod(&node, "next").await;
     cluster.stop_pod(next).await;
     cluster.stop_pod(live).await;
     cluster.stop_pod(static_pod).await;
-    drop(leaked);
     Ok(())
 }
 

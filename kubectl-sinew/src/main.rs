@@ -9,6 +9,8 @@
 //! Exit status: 0 when nothing is wrong, 1 when something is, 2 when the API server cannot be
 //! asked.
 
+#![forbid(unsafe_code)]
+
 mod doctor;
 mod finding;
 mod ipam;

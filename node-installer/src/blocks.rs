@@ -28,6 +28,9 @@ pub struct Holdings {
     held: BTreeSet<IpAddr>,
     /// Blocks named by held addresses: block -> (pool, addresses).
     in_use: BTreeMap<String, (String, usize)>,
+    /// Blocks retired in the store (being given back): the plugin allocates nothing from
+    /// them, whatever the cache still says about their `IPBlock`.
+    retired: BTreeSet<String>,
 }
 
 impl Holdings {
@@ -47,12 +50,25 @@ impl Holdings {
                     .1 += 1;
             }
         }
-        Holdings { held, in_use }
+        Holdings {
+            held,
+            in_use,
+            retired: store.retired.clone(),
+        }
     }
 
     /// Addresses of `block` held by pods here.
     pub fn used(&self, block: &Cidr) -> u128 {
         self.held.iter().filter(|ip| block.contains(**ip)).count() as u128
+    }
+
+    /// Addresses of `block` the plugin can still hand out here: none in a retired block.
+    pub fn free(&self, block: &Cidr) -> u128 {
+        if self.retired.contains(&block.to_string()) {
+            0
+        } else {
+            block.size().saturating_sub(self.used(block))
+        }
     }
 }
 
@@ -83,6 +99,73 @@ pub fn mine<'a>(blocks: &'a [BlockInfo], node: &str, pool: &str) -> Vec<&'a Cidr
     mine
 }
 
+/// The blocks of `pool` (of prefix `size`) no block in `blocks` (any node, any pool) covers, in
+/// search order: from index `start` on, wrapping around, each once. Computed from the covered
+/// index ranges, never by testing every block against every other, so the search skips a
+/// stretch of claimed blocks in one step and finds the last free block of a large, nearly
+/// full pool as surely as the first one of an empty pool.
+pub fn free_blocks(
+    pool: &Cidr,
+    size: u8,
+    start: u128,
+    blocks: &[BlockInfo],
+) -> impl Iterator<Item = Cidr> + use<> {
+    let pool = *pool;
+    let total = pool.block_count(size);
+    let host_bits = u32::from(pool.family().bits().saturating_sub(size));
+    let index = move |addr: IpAddr| -> Option<u128> {
+        pool.offset_of(addr)
+            .map(|o| o.checked_shr(host_bits).unwrap_or(0))
+    };
+    let mut covered: Vec<(u128, u128)> = blocks
+        .iter()
+        .filter(|b| b.cidr.overlaps(&pool))
+        .filter_map(|b| {
+            let first = if pool.contains(b.cidr.network()) {
+                b.cidr.network()
+            } else {
+                pool.network()
+            };
+            let last = if pool.contains(b.cidr.last()) {
+                b.cidr.last()
+            } else {
+                pool.last()
+            };
+            Some((index(first)?, index(last)?))
+        })
+        .collect();
+    covered.sort_unstable();
+    let mut merged: Vec<(u128, u128)> = Vec::with_capacity(covered.len());
+    for (a, b) in covered {
+        match merged.last_mut() {
+            Some(last) if a <= last.1.saturating_add(1) => last.1 = last.1.max(b),
+            _ => merged.push((a, b)),
+        }
+    }
+    let mut pos = if total == 0 { 0 } else { start % total };
+    // Indices not passed yet: the search ends after one full turn.
+    let mut remaining = total;
+    std::iter::from_fn(move || {
+        while remaining > 0 {
+            let i = merged.partition_point(|r| r.0 <= pos);
+            if let Some(&(_, end)) = i.checked_sub(1).and_then(|i| merged.get(i))
+                && end >= pos
+            {
+                // Skip the covered stretch (it never crosses the end of the pool).
+                let skipped = (end - pos + 1).min(remaining);
+                remaining -= skipped;
+                pos = if end + 1 >= total { 0 } else { end + 1 };
+                continue;
+            }
+            let found = pool.block(size, pos);
+            remaining -= 1;
+            pos = if pos + 1 >= total { 0 } else { pos + 1 };
+            return found;
+        }
+        None
+    })
+}
+
 /// Decides, for each selected pool (`selected`, by name), whether this node claims a block.
 pub fn claims(
     node: &str,
@@ -110,11 +193,14 @@ pub fn claims(
             continue;
         }
         let mine = mine(blocks, node, name);
-        let capacity: u128 = mine.iter().map(|b| b.size()).sum();
-        let used: u128 = mine.iter().map(|b| holdings.used(b)).sum();
-        let free = capacity.saturating_sub(used);
-        let need = if !mine.is_empty() && free >= u128::from(min_free) && !requested.contains(name)
-        {
+        // A block being given back (retired, its IPBlock not yet gone from the cache) is
+        // neither room nor a block of the pool any more.
+        let serving = mine
+            .iter()
+            .filter(|b| !holdings.retired.contains(&b.to_string()))
+            .count();
+        let free: u128 = mine.iter().map(|b| holdings.free(b)).sum();
+        let need = if serving > 0 && free >= u128::from(min_free) && !requested.contains(name) {
             Need::Enough
         } else {
             Need::Block { free }
@@ -126,6 +212,18 @@ pub fn claims(
 
 /// Empty-block timers carried from pass to pass: block -> first seen empty.
 pub type EmptySince = BTreeMap<String, Instant>;
+
+/// Whether `pending` (the plugin's block requests, with when each was made) holds one the
+/// last pass did not read (`read`): a new pool, or a request made again since. A request a
+/// pass read and could not serve (the pool is full or unusable) does not run pass after pass.
+pub fn fresh_requests(
+    pending: &[(String, std::time::SystemTime)],
+    read: &BTreeMap<String, std::time::SystemTime>,
+) -> bool {
+    pending
+        .iter()
+        .any(|(pool, made)| read.get(pool) != Some(made))
+}
 
 /// The blocks of this node to give back now, in order; updates the timers.
 #[allow(clippy::too_many_arguments)]
@@ -154,10 +252,11 @@ pub fn releases(
             continue;
         }
         let surplus = !usable_selected.contains(&b.pool) || {
+            // Retired blocks count for nothing: they are already on their way out.
             let others_free: u128 = mine
                 .iter()
                 .filter(|o| o.pool == b.pool && o.cidr != b.cidr && !releasable.contains(&o.cidr))
-                .map(|o| o.cidr.size() - holdings.used(&o.cidr))
+                .map(|o| holdings.free(&o.cidr))
                 .sum();
             others_free >= u128::from(min_free)
         };
@@ -168,17 +267,22 @@ pub fn releases(
     releasable
 }
 
-/// A block pods here hold addresses of, whose `IPBlock` is gone.
+/// A block pods here hold addresses of, whose `IPBlock` is not this node's.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Orphan {
     pub block: Cidr,
     pub pool: String,
     pub addresses: usize,
+    /// The node whose trusted `IPBlock` covers these addresses now (the block is lost: two
+    /// nodes can hand out the same addresses); `None`: no `IPBlock` at all, claim it again.
+    pub owner: Option<String>,
 }
 
-/// The blocks to claim again: held here, of a pool that still exists, with no trusted
-/// `IPBlock` left.
+/// The blocks held here that are not this node's (`node`) by any trusted `IPBlock`: gone
+/// (of a pool that still exists: claim it again), or covered by another node's block (lost:
+/// report it, whatever its pool).
 pub fn orphans(
+    node: &str,
     holdings: &Holdings,
     facts: &BTreeMap<String, PoolFacts>,
     blocks: &[BlockInfo],
@@ -188,14 +292,34 @@ pub fn orphans(
         .iter()
         .filter_map(|(block, (pool, count))| {
             let cidr = block.parse::<Cidr>().ok()?;
-            let known = blocks.iter().any(|b| b.cidr == cidr);
-            (!known && facts.contains_key(pool)).then(|| Orphan {
+            if blocks.iter().any(|b| b.cidr == cidr && b.node == node) {
+                return None;
+            }
+            let owner = blocks
+                .iter()
+                .find(|b| b.node != node && b.cidr.overlaps(&cidr))
+                .map(|b| b.node.clone());
+            (owner.is_some() || facts.contains_key(pool)).then(|| Orphan {
                 block: cidr,
                 pool: pool.clone(),
                 addresses: *count,
+                owner,
             })
         })
         .collect()
+}
+
+/// The `BlockLost` problem of `orphan`, whose addresses `owner`'s block covers now.
+pub fn lost_problem(orphan: &Orphan, owner: &str) -> Problem {
+    Problem::new(
+        ProblemKind::BlockLost,
+        format!(
+            "{} addresses of {} are held by pods on this node, but IPBlock {} now belongs to node {owner}: delete and recreate those pods",
+            orphan.addresses,
+            orphan.block,
+            orphan.block.object_name()
+        ),
+    )
 }
 
 #[cfg(test)]
@@ -256,6 +380,7 @@ mod tests {
                 pod_name: None,
                 pod_uid: None,
                 network: None,
+                port_mappings: Vec::new(),
             };
             st.attachments.insert(format!("c{i}/eth0"), a);
         }
@@ -343,6 +468,119 @@ mod tests {
     }
 
     #[test]
+    fn the_block_search_finds_the_last_free_block_of_a_large_nearly_full_pool() {
+        // A /12 in /28s: 65,536 blocks, all claimed but one far from where the search starts.
+        let pool = cidr("10.0.0.0/12");
+        let free = 40_000u128;
+        let claimed: Vec<BlockInfo> = pool
+            .blocks(28)
+            .enumerate()
+            .filter(|(i, _)| *i as u128 != free)
+            .map(|(_, b)| BlockInfo {
+                cidr: b,
+                node: "other".into(),
+                pool: "p".into(),
+            })
+            .collect();
+        let started = Instant::now();
+        let found: Vec<Cidr> = free_blocks(&pool, 28, 100, &claimed).collect();
+        assert_eq!(found, vec![pool.block(28, free).unwrap()]);
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+        // Nothing claimed: from the start, wrapping around, every block once.
+        let small = cidr("10.1.0.0/26");
+        let order: Vec<String> = free_blocks(&small, 28, 2, &[])
+            .map(|c| c.to_string())
+            .collect();
+        assert_eq!(
+            order,
+            [
+                "10.1.0.32/28",
+                "10.1.0.48/28",
+                "10.1.0.0/28",
+                "10.1.0.16/28"
+            ]
+        );
+        // A wider block (another pool overlapping) covers several; a block wider than the
+        // pool covers it all.
+        let wide = |c: &str| BlockInfo {
+            cidr: cidr(c),
+            node: "n".into(),
+            pool: "q".into(),
+        };
+        let left: Vec<String> = free_blocks(&small, 28, 0, &[wide("10.1.0.0/27")])
+            .map(|c| c.to_string())
+            .collect();
+        assert_eq!(left, ["10.1.0.32/28", "10.1.0.48/28"]);
+        assert_eq!(free_blocks(&small, 28, 0, &[wide("10.0.0.0/8")]).count(), 0);
+        assert_eq!(
+            free_blocks(&small, 24, 0, &[]).count(),
+            0,
+            "no /24 in a /26"
+        );
+    }
+
+    #[test]
+    fn only_a_new_or_renewed_block_request_wakes_a_pass() {
+        let t0 = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
+        let read = BTreeMap::from([("p".to_string(), t0)]);
+        assert!(!fresh_requests(&[("p".into(), t0)], &read), "read already");
+        assert!(!fresh_requests(&[], &read));
+        assert!(fresh_requests(
+            &[("p".into(), t0 + Duration::from_millis(1))],
+            &read
+        ));
+        assert!(fresh_requests(&[("p".into(), t0), ("q".into(), t0)], &read));
+        assert!(fresh_requests(&[("p".into(), t0)], &BTreeMap::new()));
+    }
+
+    #[test]
+    fn a_retired_block_still_in_the_cache_is_no_room() {
+        let t0 = Instant::now();
+        let grace = Duration::from_secs(1);
+        let usable = BTreeSet::from(["p".to_string()]);
+        // A (1 of 4 held), B empty, C empty and already retired (its deletion not yet seen).
+        let blocks = [
+            block("10.244.0.0/30", "n1"),
+            block("10.244.0.4/30", "n1"),
+            block("10.244.0.8/30", "n1"),
+        ];
+        let mut h = holding(&[("10.244.0.1", "10.244.0.0/30")]);
+        h.retired.insert("10.244.0.8/30".into());
+        let mut timers = EmptySince::new();
+        releases("n1", &usable, &blocks, &h, &mut timers, t0, grace, 4);
+        let out = releases(
+            "n1",
+            &usable,
+            &blocks,
+            &h,
+            &mut timers,
+            t0 + grace,
+            grace,
+            4,
+        );
+        // B is what keeps 4 free (A has 3, C none): only C goes (its deletion again).
+        assert_eq!(out, vec![cidr("10.244.0.8/30")]);
+        // Nor is it room for claims: A full and C retired means another block.
+        let full = {
+            let mut h = holding(&[
+                ("10.244.0.0", "10.244.0.0/30"),
+                ("10.244.0.1", "10.244.0.0/30"),
+                ("10.244.0.2", "10.244.0.0/30"),
+                ("10.244.0.3", "10.244.0.0/30"),
+            ]);
+            h.retired.insert("10.244.0.8/30".into());
+            h
+        };
+        let two = [block("10.244.0.0/30", "n1"), block("10.244.0.8/30", "n1")];
+        let plan = claims("n1", &sel(), &facts(None), &two, &full, &BTreeSet::new(), 2);
+        assert_eq!(plan.needs, vec![("p".into(), Need::Block { free: 0 })]);
+    }
+
+    #[test]
     fn blocks_of_a_pool_that_no_longer_selects_the_node_all_go_back() {
         let t0 = Instant::now();
         let grace = Duration::from_secs(1);
@@ -361,17 +599,38 @@ mod tests {
             ("10.244.0.1", "10.244.0.0/30"),
             ("10.244.0.2", "10.244.0.0/30"),
         ]);
-        let out = orphans(&h, &facts(None), &[]);
+        let out = orphans("n1", &h, &facts(None), &[]);
         assert_eq!(
             out,
             vec![Orphan {
                 block: cidr("10.244.0.0/30"),
                 pool: "p".into(),
-                addresses: 2
+                addresses: 2,
+                owner: None,
             }]
         );
-        // Known block, or pool gone: nothing to do.
-        assert!(orphans(&h, &facts(None), &[block("10.244.0.0/30", "n1")]).is_empty());
-        assert!(orphans(&h, &BTreeMap::new(), &[]).is_empty());
+        // Our block, or pool gone: nothing to do.
+        assert!(orphans("n1", &h, &facts(None), &[block("10.244.0.0/30", "n1")]).is_empty());
+        assert!(orphans("n1", &h, &BTreeMap::new(), &[]).is_empty());
+    }
+
+    #[test]
+    fn a_held_block_another_node_owns_now_is_lost() {
+        let h = holding(&[("10.244.0.1", "10.244.0.0/30")]);
+        let lost = Orphan {
+            block: cidr("10.244.0.0/30"),
+            pool: "p".into(),
+            addresses: 1,
+            owner: Some("n2".into()),
+        };
+        // Its IPBlock was deleted and node n2 claimed the range: both hand out its addresses.
+        let taken = [block("10.244.0.0/30", "n2")];
+        assert_eq!(orphans("n1", &h, &facts(None), &taken), vec![lost.clone()]);
+        // Whatever the pool (gone, or another one overlapping) and the size of n2's block.
+        let wider = [block("10.244.0.0/29", "n2")];
+        assert_eq!(
+            orphans("n1", &h, &BTreeMap::new(), &wider),
+            vec![lost.clone()]
+        );
     }
 }

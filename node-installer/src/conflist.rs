@@ -13,15 +13,15 @@ pub fn file_name(cni: &CniSettings) -> String {
     format!("{:02}-sinew.conflist", cni.conf_priority)
 }
 
-/// The conflist: `sinew` first (asking the runtime for the pod's annotations), then the
-/// chained plugins in order, each with its extra configuration keys.
+/// The conflist: `sinew` first (asking the runtime for the pod's annotations and host ports),
+/// then the chained plugins in order, each with its extra configuration keys.
 pub fn render(cni: &CniSettings, level: LogLevel, state_dir: &Path, log_file: &Path) -> Vec<u8> {
     let mut plugins = vec![json!({
         "type": "sinew",
         "stateDir": state_dir,
         "logFile": log_file,
         "logLevel": level.as_str(),
-        "capabilities": {"io.kubernetes.cri.pod-annotations": true},
+        "capabilities": {"io.kubernetes.cri.pod-annotations": true, "portMappings": true},
     })];
     for chained in &cni.chain {
         let mut plugin = Value::Object(chained.config.clone().unwrap_or_default());
@@ -64,6 +64,10 @@ mod tests {
         assert_eq!(v["cniVersion"], "1.0.0");
         assert_eq!(v["plugins"][0]["type"], "sinew");
         assert_eq!(v["plugins"][0]["stateDir"], "/var/lib/sinew");
+        assert_eq!(
+            v["plugins"][0]["capabilities"]["portMappings"], true,
+            "sinew maps hostPorts itself"
+        );
         assert_eq!(
             v["plugins"][1]["type"], "portmap",
             "config cannot override the type"

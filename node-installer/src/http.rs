@@ -1,6 +1,8 @@
-//! `/healthz`, `/readyz` and `/metrics` of the agent, on the bounded admin listener
-//! (`sinew_runtime::admin`). It binds the node's own address by default: it sits in the node's
-//! network namespace, where every pod can reach it.
+//! `/healthz`, `/readyz` and `/metrics` of the agent, on the bounded admin listeners
+//! (`sinew_runtime::admin`): the probe listener on loopback (`127.0.0.1:9464`, the kubelet's
+//! probes; started before the caches sync, so a slow API server never fails a probe), and the
+//! metrics listener on the node's own address (it sits in the node's network namespace, where
+//! every pod can reach it; its slots are not the probes').
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -33,6 +35,9 @@ pub struct Metrics {
     registry: Registry,
     /// The node serves pods (also what `/readyz` answers).
     pub ready: AtomicBool,
+    /// The watches have had their initial lists: the loop runs (before, `/healthz` says the
+    /// agent is starting and `/readyz` that it waits for the API server).
+    synced: AtomicBool,
     ready_gauge: Gauge,
     pub passes: Counter,
     /// Failed passes by error kind (`agent::error::Error::label`).
@@ -62,6 +67,7 @@ impl Metrics {
         let m = Metrics {
             registry: Registry::default(),
             ready: AtomicBool::new(false),
+            synced: AtomicBool::new(false),
             ready_gauge: Gauge::default(),
             passes: Counter::default(),
             pass_errors: Family::default(),
@@ -152,10 +158,21 @@ impl Metrics {
         self.heartbeat_ms.store(now_ms(), Ordering::Relaxed);
     }
 
+    /// The caches synced: from now on the loop's heartbeat is what `/healthz` answers.
+    pub fn synced(&self) {
+        self.beat();
+        self.synced.store(true, Ordering::Relaxed);
+    }
+
     /// `Err` with the reason when the loop has not come round within `stall_after`: a pass
     /// that hangs (as one did on a /48 pool) must get the agent restarted by its liveness
-    /// probe, not hide behind a listener that still answers.
+    /// probe, not hide behind a listener that still answers. Before the caches have synced
+    /// the agent is healthy: it waits for the API server, and a restart would only make it
+    /// list everything again (the DaemonSet's startup probe bounds the start itself).
     pub fn health(&self, stall_after: Duration) -> Result<(), String> {
+        if !self.synced.load(Ordering::Relaxed) {
+            return Ok(());
+        }
         let idle = now_ms().saturating_sub(self.heartbeat_ms.load(Ordering::Relaxed));
         if idle > stall_after.as_millis() as u64 {
             Err(format!(
@@ -168,28 +185,56 @@ impl Metrics {
         }
     }
 
+    /// `Err` with the reason while the node does not serve pods.
+    pub fn readiness(&self) -> Result<(), &'static str> {
+        if !self.synced.load(Ordering::Relaxed) {
+            Err("waiting for the API server: the agent's caches have not synced yet")
+        } else if !self.ready.load(Ordering::Relaxed) {
+            Err("node not ready")
+        } else {
+            Ok(())
+        }
+    }
+
     /// The OpenMetrics text of the current values.
     pub fn render(&self) -> String {
         metrics::encode(&self.registry)
     }
 }
 
-/// Serves the three endpoints on `addr` until the process ends.
-pub async fn serve(
+/// The answer of a probe path (`/healthz`, `/readyz`); `None` for any other path.
+fn probe(path: &str, metrics: &Metrics, stall_after: Duration) -> Option<admin::Response> {
+    let verdict = match path {
+        "/healthz" => metrics.health(stall_after),
+        "/readyz" => metrics.readiness().map_err(String::from),
+        _ => return None,
+    };
+    Some(match verdict {
+        Ok(()) => admin::text("200 OK", "ok\n"),
+        Err(why) => admin::text("503 Service Unavailable", format!("{why}\n")),
+    })
+}
+
+/// Serves `/healthz` and `/readyz` on `listener` (loopback: the kubelet's probes) until the
+/// process ends.
+pub async fn serve_probes(listener: TcpListener, metrics: Arc<Metrics>, stall_after: Duration) {
+    admin::serve(listener, admin::PROBES, move |path| {
+        probe(path, &metrics, stall_after).unwrap_or_else(admin::not_found)
+    })
+    .await
+}
+
+/// Serves `/metrics` (and the probe paths, for people who look there) on `addr` until the
+/// process ends.
+pub async fn serve_metrics(
     addr: SocketAddr,
     metrics: Arc<Metrics>,
     stall_after: Duration,
 ) -> std::io::Result<()> {
     let listener = TcpListener::bind(addr).await?;
-    admin::serve(listener, move |path| match path {
-        "/healthz" => match metrics.health(stall_after) {
-            Ok(()) => admin::text("200 OK", "ok\n"),
-            Err(why) => admin::text("503 Service Unavailable", format!("{why}\n")),
-        },
-        "/readyz" if metrics.ready.load(Ordering::Relaxed) => admin::text("200 OK", "ok\n"),
-        "/readyz" => admin::text("503 Service Unavailable", "node not ready\n"),
+    admin::serve(listener, admin::METRICS, move |path| match path {
         "/metrics" => ("200 OK", metrics::CONTENT_TYPE, metrics.render()),
-        _ => admin::text("404 Not Found", "not found\n"),
+        _ => probe(path, &metrics, stall_after).unwrap_or_else(admin::not_found),
     })
     .await;
     Ok(())
@@ -227,11 +272,20 @@ mod tests {
     #[test]
     fn health_fails_once_the_loop_stalls() {
         let m = Metrics::new("n");
-        assert!(
-            m.health(Duration::from_secs(60)).is_err(),
-            "never came round"
+        assert_eq!(
+            m.health(Duration::from_secs(60)),
+            Ok(()),
+            "waiting for the caches is not a stall"
         );
-        m.beat();
+        assert!(
+            m.readiness()
+                .unwrap_err()
+                .contains("caches have not synced")
+        );
+        m.synced();
+        assert_eq!(m.readiness(), Err("node not ready"));
+        m.set_ready(true);
+        assert_eq!(m.readiness(), Ok(()));
         assert_eq!(m.health(Duration::from_secs(60)), Ok(()));
         m.heartbeat_ms.fetch_sub(61_000, Ordering::Relaxed);
         let why = m.health(Duration::from_secs(60)).unwrap_err();

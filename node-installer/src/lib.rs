@@ -1,6 +1,8 @@
 //! `sinew-node`: the atomic installer of the plugin and its conflist, and the node agent that
 //! claims blocks, programs peers and reports status. See `docs/architecture.md`.
 
+#![forbid(unsafe_code)]
+
 pub mod agent;
 pub mod blocks;
 pub mod conflist;
@@ -14,3 +16,4 @@ pub mod probe;
 pub mod program;
 pub mod sentinel;
 pub mod trust;
+pub mod tunnel;

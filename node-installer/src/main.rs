@@ -11,10 +11,13 @@
 //! `--log-file`/`SINEW_CNI_LOG_FILE` (`/var/log/sinew/cni.log`), `--min-free`/`SINEW_MIN_FREE`
 //! (16), `--block-release-seconds`/`SINEW_BLOCK_RELEASE_SECONDS` (300),
 //! `--resync-seconds`/`SINEW_RESYNC_SECONDS` (10), `--metrics-addr`/`SINEW_METRICS_ADDR`
-//! (`node:9465`: the Node's InternalIP; or `host:port`, or `off`) for `/healthz`, `/readyz` and
-//! `/metrics`, `--stall-seconds`/`SINEW_STALL_SECONDS` (120: `/healthz` fails when the loop
+//! (`node:9465`: the Node's InternalIP; or `host:port`, or `off`) for `/metrics`,
+//! `--probe-addr`/`SINEW_PROBE_ADDR` (`127.0.0.1:9464`, or `off`) for the kubelet's probes
+//! `/healthz` and `/readyz` (served from the start, before the caches sync), `--stall-seconds`/`SINEW_STALL_SECONDS` (120: `/healthz` fails when the loop
 //! has not come round for that long), `--sysctl-dir`/`SINEW_SYSCTL_DIR` (`/proc/sys`; the
 //! host's `/proc/sys/net` mounted in a container, under `<dir>/net`).
+
+#![forbid(unsafe_code)]
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -72,6 +75,11 @@ struct Flags {
     /// Free addresses to keep per pool before claiming another block.
     #[arg(long, global = true, env = "SINEW_MIN_FREE", default_value_t = 16)]
     min_free: u64,
+    /// A label selector of the Nodes that are this node's peers (default: every Node). For
+    /// several sinew networks sharing one API server (the test harness's simulated
+    /// clusters), or nodes sinew does not run on.
+    #[arg(long, global = true, env = "SINEW_PEER_SELECTOR")]
+    peer_selector: Option<String>,
     /// How long a block stays empty before it is given back.
     #[arg(
         long,
@@ -97,6 +105,15 @@ struct Flags {
         default_value = "node:9465"
     )]
     metrics_addr: String,
+    /// Where the kubelet's probes (/healthz, /readyz) listen: host:port (loopback: pods cannot
+    /// reach it) or off.
+    #[arg(
+        long,
+        global = true,
+        env = "SINEW_PROBE_ADDR",
+        default_value = "127.0.0.1:9464"
+    )]
+    probe_addr: String,
     /// /healthz fails when the loop has not come round for this long.
     #[arg(
         long,
@@ -138,6 +155,15 @@ fn listen_addr(spec: &str) -> anyhow::Result<ListenAddr> {
     })
 }
 
+fn probe_addr(spec: &str) -> anyhow::Result<Option<std::net::SocketAddr>> {
+    if spec == "off" {
+        return Ok(None);
+    }
+    spec.parse()
+        .map(Some)
+        .with_context(|| format!("--probe-addr must be host:port or off, got {spec:?}"))
+}
+
 fn settings(flags: Flags, need_node: bool) -> anyhow::Result<Settings> {
     let node_name = flags.node_name.unwrap_or_default();
     if need_node && node_name.is_empty() {
@@ -159,9 +185,11 @@ fn settings(flags: Flags, need_node: bool) -> anyhow::Result<Settings> {
         log_file: flags.log_file,
         plugin_source,
         min_free: flags.min_free,
+        peer_selector: flags.peer_selector.filter(|s| !s.is_empty()),
         block_release_grace: Duration::from_secs(flags.block_release_seconds),
         resync: Duration::from_secs(flags.resync_seconds),
         metrics_addr: listen_addr(&flags.metrics_addr)?,
+        probe_addr: probe_addr(&flags.probe_addr)?,
         sysctl_dir: flags.sysctl_dir,
         stall_after: Duration::from_secs(flags.stall_seconds),
         dangling_grace: Duration::from_secs(flags.dangling_seconds),
@@ -228,6 +256,9 @@ mod tests {
         let s = settings(a.flags, true).unwrap();
         assert_eq!((s.node_name.as_str(), s.min_free), ("n1", 4));
         assert_eq!(s.metrics_addr, ListenAddr::NodeIp(9465));
+        assert_eq!(s.probe_addr, Some(([127, 0, 0, 1], 9464).into()));
+        assert_eq!(probe_addr("off").unwrap(), None);
+        assert!(probe_addr("9464").is_err());
         let e = Args::try_parse_from(["sinew-node", "run", "--min-fre", "4"]).unwrap_err();
         assert_eq!(e.kind(), clap::error::ErrorKind::UnknownArgument);
         assert!(Args::try_parse_from(["sinew-node", "run", "--resync-seconds", "x"]).is_err());

@@ -2,7 +2,14 @@
 //! - `natOutgoing`: traffic from a pool with `natOutgoing` to a destination outside every pool
 //!   is masqueraded; traffic between pods never is;
 //! - the VXLAN port accepts encapsulated packets only from the cluster's node addresses, so no
-//!   other host can inject traffic that appears to come from a pod.
+//!   other host can inject traffic that appears to come from a pod;
+//! - a pod sends only from its own addresses: a packet arriving on a pod's veth whose source
+//!   is not routed back to that veth is dropped before connection tracking (anti-spoofing:
+//!   no pod can send as another pod or as a node; IPv6 link-local sources, used by neighbour
+//!   discovery, excepted);
+//! - pods' host ports ([`sinew_node_lib::hostport`]): the maps are declared here with every
+//!   host port the IPAM store records ([`apply_with_store`]); the plugin adds and removes a
+//!   pod's elements itself at ADD and DEL.
 //!
 //! The table is programmed over netlink ([`sinew_node_lib::netlink::nftables`]), with no
 //! `nft` program: it is replaced as a whole in one nf_tables transaction, only when its
@@ -12,6 +19,8 @@
 //! to re-apply, it is what `nft list table inet sinew` shows, and `nft -f` accepts it.
 
 use sinew_crds::{Cidr, Family};
+use sinew_node_lib::hostport;
+use sinew_node_lib::ipam::Store;
 use sinew_node_lib::netlink::nftables::{self, NftError, Nftables, SinewTable};
 
 /// Name of the owned table (family `inet`).
@@ -55,6 +64,7 @@ pub fn table(pools: &[NatPool], vxlan: &VxlanPeers) -> SinewTable {
         nat: outermost(&nat),
         nodes: outermost(&hosts).iter().map(Cidr::network).collect(),
         vxlan_port: vxlan.port,
+        host_ports: Vec::new(),
     }
 }
 
@@ -87,6 +97,7 @@ pub fn render_table(t: &SinewTable) -> String {
     s += &set("nat6", Family::V6, &t.nat);
     s += &set("nodes4", Family::V4, &nodes);
     s += &set("nodes6", Family::V6, &nodes);
+    s += "    set linklocal6 { type ipv6_addr; flags interval; elements = { fe80::/10 }; }\n";
     s += "    chain postrouting {\n        type nat hook postrouting priority srcnat; policy accept;\n";
     s += "        ip saddr @nat4 ip daddr != @pods4 masquerade\n";
     s += "        ip6 saddr @nat6 ip6 daddr != @pods6 masquerade\n";
@@ -95,7 +106,13 @@ pub fn render_table(t: &SinewTable) -> String {
     s += "    chain vxlan-from-nodes-only {\n        type filter hook input priority filter - 10; policy accept;\n";
     s += &format!("        ip saddr != @nodes4 udp dport {port} counter drop\n");
     s += &format!("        ip6 saddr != @nodes6 udp dport {port} counter drop\n");
-    s += "    }\n}\n";
+    s += "    }\n";
+    s += "    chain pod-sources-only {\n        type filter hook prerouting priority raw; policy accept;\n";
+    s += "        meta nfproto ipv4 iifname \"snw*\" fib saddr . iif oif missing counter drop\n";
+    s += "        meta nfproto ipv6 iifname \"snw*\" ip6 saddr != @linklocal6 fib saddr . iif oif missing counter drop\n";
+    s += "    }\n";
+    s += &nftables::render_host_ports(&t.host_ports);
+    s += "}\n";
     s
 }
 
@@ -111,6 +128,9 @@ pub enum NatError {
     /// The kernel (or the netlink socket) refused; nothing was changed.
     #[error(transparent)]
     Nftables(#[from] NftError),
+    /// The IPAM store (the host ports to declare) could not be read; nothing was changed.
+    #[error("reading the IPAM store for the host ports: {0}")]
+    Store(std::io::Error),
 }
 
 /// Whether the table is in the kernel (someone may have flushed the ruleset since it was
@@ -129,6 +149,28 @@ pub fn table_exists() -> bool {
 pub fn apply_table(t: &SinewTable) -> Result<(), NatError> {
     Nftables::new()?.replace_sinew_table(t)?;
     Ok(())
+}
+
+/// Declares `t` with every host port the IPAM store records, when `needed` says so for its
+/// rendering (which it returns then). The store lock is held from reading the store until the
+/// kernel has the table: an ADD records its host ports before adding them, so no host port can
+/// be recorded after the read and added before the replace, which would drop it.
+pub fn apply_with_store(
+    store: &Store,
+    mut t: SinewTable,
+    needed: impl FnOnce(&str) -> bool,
+) -> Result<Option<(String, usize)>, NatError> {
+    store
+        .read_locked(|state| {
+            t.host_ports = hostport::of_store(state);
+            let script = render_table(&t);
+            if !needed(&script) {
+                return Ok(None);
+            }
+            apply_table(&t)?;
+            Ok(Some((script, t.host_ports.len())))
+        })
+        .map_err(NatError::Store)?
 }
 
 /// Removes the table if it exists. A kernel without nf_tables cannot hold anything this
@@ -230,6 +272,41 @@ mod tests {
             s.contains("elements = { 10.0.0.0/8 }"),
             "nested prefixes collapse: {s}"
         );
+    }
+
+    #[test]
+    fn host_ports_are_declared_with_the_table() {
+        use sinew_node_lib::hostport::{PortMapping, Protocol, host_ports};
+        let mut t = table(&[], &peers());
+        let empty = render_table(&t);
+        assert!(
+            empty.contains("    map hostports4 { type inet_proto . ipv4_addr . inet_service : ipv4_addr . inet_service; }"),
+            "{empty}"
+        );
+        assert!(
+            empty.contains("        fib daddr type local jump hostports\n"),
+            "{empty}"
+        );
+        t.host_ports = host_ports(
+            &[PortMapping {
+                host_port: 54323,
+                container_port: 8080,
+                protocol: Protocol::Udp,
+                host_ip: Some("10.99.0.10".parse().unwrap()),
+            }],
+            ["10.244.1.5".parse().unwrap()],
+        );
+        let s = render_table(&t);
+        assert!(
+            s.contains("elements = { udp . 10.99.0.10 . 54323 : 10.244.1.5 . 8080 }"),
+            "{s}"
+        );
+        assert!(s.contains("elements = { 10.244.1.5 . 10.244.1.5 }"), "{s}");
+        assert_ne!(
+            s, empty,
+            "a new host port changes the rendering: the agent re-applies"
+        );
+        assert!(s.ends_with("    }\n}\n"), "{s}");
     }
 
     #[test]

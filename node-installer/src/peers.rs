@@ -8,6 +8,13 @@
 //! - `Auto`: `Routed` when the peer's address is inside this node's underlay subnet, `VXLAN`
 //!   otherwise.
 //!
+//! A peer's VTEP MAC is the one its Node publishes, taken only when it is a unicast address
+//! that no other node publishes and that no other node's name derives
+//! ([`vtep_mac`](sinew_node_lib::consts::vtep_mac), what every agent of this version
+//! publishes): a node cannot draw another node's tunnel traffic by publishing its MAC, and
+//! two nodes cloned from one image (one machine-id, one udev MAC) are reported, not
+//! programmed half-way.
+//!
 //! The gateway of an IPv4 block over VXLAN is the peer's node address itself (it only has to
 //! be unique per peer on the VXLAN device); for an IPv6 block it is the link-local address
 //! derived from the peer's VTEP MAC (EUI-64), so IPv6 pools work over an IPv4 underlay.
@@ -61,6 +68,8 @@ pub struct Plan {
     pub fdb: BTreeMap<[u8; 6], IpAddr>,
     /// Peers whose blocks cannot be programmed yet or at all, with the reason.
     pub problems: Vec<String>,
+    /// VTEP MACs refused because two nodes claim them (one line per clash).
+    pub vtep_conflicts: Vec<String>,
 }
 
 impl Plan {
@@ -93,6 +102,59 @@ pub fn link_local_from_mac(mac: [u8; 6]) -> IpAddr {
     ))
 }
 
+/// The VTEP MAC of each node that may have one: published, unicast, not all zeros, claimed by
+/// no other node and derived from no other node's name. The refused claims, one line each.
+pub fn trusted_vtep_macs(nodes: &[NodeInfo]) -> (BTreeMap<String, [u8; 6]>, Vec<String>) {
+    let mut claims: BTreeMap<[u8; 6], Vec<&str>> = BTreeMap::new();
+    for n in nodes {
+        if let Some(mac) = n.vtep_mac {
+            claims.entry(mac).or_default().push(&n.name);
+        }
+    }
+    let derived: BTreeMap<[u8; 6], &str> = nodes
+        .iter()
+        .map(|n| (sinew_node_lib::consts::vtep_mac(&n.name), n.name.as_str()))
+        .collect();
+    let mut trusted = BTreeMap::new();
+    let mut conflicts = Vec::new();
+    for (mac, claimants) in claims {
+        let shown = mac
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":");
+        if mac == [0; 6] || mac[0] & 0x01 != 0 {
+            for n in claimants {
+                conflicts.push(format!(
+                    "node {n} publishes {shown}, which is not a unicast MAC: not programmed"
+                ));
+            }
+            continue;
+        }
+        match derived.get(&mac) {
+            // The node whose name derives the MAC keeps it; whoever else claims it does not.
+            Some(owner) => {
+                for n in claimants.iter().filter(|n| *n != owner) {
+                    conflicts.push(format!(
+                        "node {n} publishes VTEP MAC {shown}, which belongs to node {owner}: not programmed (a node impersonating another)"
+                    ));
+                }
+                if claimants.contains(owner) {
+                    trusted.insert(owner.to_string(), mac);
+                }
+            }
+            None if claimants.len() > 1 => conflicts.push(format!(
+                "nodes {} all publish VTEP MAC {shown}: none of them is given VXLAN traffic (nodes cloned from one image, or a node impersonating another)",
+                claimants.join(", ")
+            )),
+            None => {
+                trusted.insert(claimants[0].to_string(), mac);
+            }
+        }
+    }
+    (trusted, conflicts)
+}
+
 /// Computes the plan for node `me` whose underlay subnet is `underlay`.
 pub fn plan(
     me: &str,
@@ -102,7 +164,11 @@ pub fn plan(
     modes: &BTreeMap<String, PoolMode>,
 ) -> Plan {
     let by_name: BTreeMap<&str, &NodeInfo> = nodes.iter().map(|n| (n.name.as_str(), n)).collect();
-    let mut plan = Plan::default();
+    let (macs, vtep_conflicts) = trusted_vtep_macs(nodes);
+    let mut plan = Plan {
+        vtep_conflicts,
+        ..Plan::default()
+    };
     let mut problems = BTreeSet::new();
     for block in blocks.iter().filter(|b| b.node != me) {
         let Some(mode) = modes.get(&block.pool) else {
@@ -132,8 +198,11 @@ pub fn plan(
         let via = match path {
             Path::Routed => peer.ip,
             Path::Vxlan => {
-                let Some(mac) = peer.vtep_mac else {
-                    problems.insert(format!("node {} has not published its VTEP yet", peer.name));
+                let Some(&mac) = macs.get(&peer.name) else {
+                    if peer.vtep_mac.is_none() {
+                        problems
+                            .insert(format!("node {} has not published its VTEP yet", peer.name));
+                    }
                     continue;
                 };
                 let gateway = match family {
@@ -262,6 +331,48 @@ mod tests {
             p.problems,
             vec!["node c has not published its VTEP yet".to_string()]
         );
+    }
+
+    /// A node publishing a peer's MAC (derived from the peer's name) or the same MAC as
+    /// another (cloned images) gets no FDB entry; neither does an all-zero or multicast MAC
+    /// (an all-zero FDB entry is the device's default destination).
+    #[test]
+    fn hijacked_cloned_and_invalid_vtep_macs_are_refused_and_reported() {
+        let (u, mut n, b) = setup();
+        // Every node of this version publishes its derived MAC.
+        for node in &mut n {
+            node.vtep_mac = Some(sinew_node_lib::consts::vtep_mac(&node.name));
+        }
+        let honest = plan("a", &u, &n, &b, &modes(PoolMode::Vxlan));
+        assert!(honest.vtep_conflicts.is_empty());
+        assert_eq!(honest.fdb.len(), 2);
+
+        // c claims b's MAC: b keeps it, c gets nothing.
+        let mut hijack = n.clone();
+        hijack[2].vtep_mac = hijack[1].vtep_mac;
+        let p = plan("a", &u, &hijack, &b, &modes(PoolMode::Vxlan));
+        assert!(p.routes.iter().all(|r| r.peer != "c"), "{:?}", p.routes);
+        assert_eq!(p.fdb.values().collect::<Vec<_>>(), vec![&hijack[1].ip]);
+        assert_eq!(p.vtep_conflicts.len(), 1, "{:?}", p.vtep_conflicts);
+
+        // Two older agents with one cloned MAC: neither is programmed.
+        let mut cloned = n.clone();
+        cloned[1].vtep_mac = Some([0x02, 0x42, 0, 0, 0, 9]);
+        cloned[2].vtep_mac = Some([0x02, 0x42, 0, 0, 0, 9]);
+        let p = plan("a", &u, &cloned, &b, &modes(PoolMode::Vxlan));
+        assert!(p.fdb.is_empty(), "{:?}", p.fdb);
+        assert!(
+            p.vtep_conflicts[0].contains("b, c"),
+            "{:?}",
+            p.vtep_conflicts
+        );
+
+        let mut zero = n.clone();
+        zero[2].vtep_mac = Some([0; 6]);
+        zero[1].vtep_mac = Some([0x03, 0, 0, 0, 0, 1]);
+        let p = plan("a", &u, &zero, &b, &modes(PoolMode::Vxlan));
+        assert!(p.fdb.is_empty(), "{:?}", p.fdb);
+        assert_eq!(p.vtep_conflicts.len(), 2);
     }
 
     #[test]

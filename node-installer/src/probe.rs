@@ -45,6 +45,19 @@ pub struct Target {
     pub mtu: usize,
     /// The MTU of the peer's underlay, as it reports it.
     pub peer_underlay_mtu: Option<u32>,
+    /// For a routed path: this node's and the peer's tunnel addresses (pod-network addresses
+    /// from their blocks), the probes' source and destination, so that they are addressed as
+    /// pods' packets are and an underlay that drops those (a cloud VPC) shows. `None` until
+    /// both are known: the nodes' own addresses are probed then.
+    pub pod_addresses: Option<(IpAddr, IpAddr)>,
+}
+
+/// Pod-network addresses the probes of routed paths use: this node's and each peer's tunnel
+/// addresses.
+#[derive(Debug, Clone, Default)]
+pub struct PodAddresses {
+    pub own: Vec<IpAddr>,
+    pub peers: BTreeMap<String, Vec<IpAddr>>,
 }
 
 impl Target {
@@ -54,6 +67,11 @@ impl Target {
 
     fn key(&self) -> (String, Path) {
         (self.peer.clone(), self.path)
+    }
+
+    /// Where the probes go.
+    fn dst(&self) -> IpAddr {
+        self.pod_addresses.map_or(self.ip, |(_, dst)| dst)
     }
 
     fn path_name(&self) -> String {
@@ -82,7 +100,9 @@ pub fn targets(
     pod_mtus: &BTreeMap<String, u32>,
     peers: &[NodeInfo],
     peer_underlay_mtus: &BTreeMap<String, u32>,
+    pod_addresses: &PodAddresses,
 ) -> Vec<Target> {
+    let family = |ip: &&IpAddr| Family::of(**ip) == Family::of(src);
     let mut out: BTreeMap<(String, Path), Target> = BTreeMap::new();
     for route in &plan.routes {
         let Some(peer) = peers.iter().find(|p| p.name == route.peer) else {
@@ -104,6 +124,16 @@ pub fn targets(
                 path: route.path,
                 mtu: 0,
                 peer_underlay_mtu: peer_underlay_mtus.get(&peer.name).copied(),
+                pod_addresses: match route.path {
+                    Path::Vxlan => None,
+                    Path::Routed => pod_addresses.own.iter().find(family).zip(
+                        pod_addresses
+                            .peers
+                            .get(&peer.name)
+                            .and_then(|a| a.iter().find(family)),
+                    ),
+                }
+                .map(|(own, theirs)| (*own, *theirs)),
             });
         t.mtu = t.mtu.max(*mtu as usize);
     }
@@ -274,11 +304,22 @@ impl Health {
 }
 
 fn probe(target: &Target, size: usize, device: Option<String>) -> Probe {
+    let (src, dst) = target.pod_addresses.unwrap_or((target.src, target.ip));
+    Probe {
+        dst,
+        device,
+        src: Some(src),
+        size,
+    }
+}
+
+/// A small probe between the two nodes' own addresses over the underlay.
+fn underlay_probe(target: &Target) -> Probe {
     Probe {
         dst: target.ip,
-        device,
+        device: None,
         src: Some(target.src),
-        size,
+        size: SMALL,
     }
 }
 
@@ -351,18 +392,16 @@ fn probe_round(targets: &[Target]) -> std::io::Result<Vec<Found>> {
     for (i, lo, _) in ranges {
         found[i].largest = Some(lo);
     }
-    // The failing hop of a VXLAN path: does the node answer without the tunnel?
+    // The failing hop of a VXLAN path (does the node answer without the tunnel?) or of a
+    // routed one probed with pod addresses (does it answer to its own address?).
     let lost: Vec<usize> = (0..targets.len())
         .filter(|&i| {
-            targets[i].path == Path::Vxlan
+            (targets[i].path == Path::Vxlan || targets[i].pod_addresses.is_some())
                 && !found[i].small.as_ref().is_some_and(Outcome::answered)
         })
         .collect();
     if !lost.is_empty() {
-        let batch: Vec<Probe> = lost
-            .iter()
-            .map(|&i| probe(&targets[i], SMALL, None))
-            .collect();
+        let batch: Vec<Probe> = lost.iter().map(|&i| underlay_probe(&targets[i])).collect();
         if let Ok(out) = icmp::echo(&batch, ANSWER_WITHIN) {
             for (&i, o) in lost.iter().zip(out) {
                 found[i].underlay_answers = Some(o.answered());
@@ -392,7 +431,7 @@ fn problem(target: &Target, health: Option<&Health>) -> Option<Problem> {
         let mut evidence = vec![
             format!(
                 "{SMALL}-byte echo to {} over {path}: {}",
-                target.ip,
+                target.dst(),
                 h.failure.as_deref().unwrap_or("no answer")
             ),
             format!(
@@ -401,6 +440,13 @@ fn problem(target: &Target, health: Option<&Health>) -> Option<Problem> {
             ),
         ];
         let fix = match h.underlay_answers {
+            Some(true) if target.path == Path::Routed => {
+                evidence.push(format!(
+                    "the node answers to its own address {} over the same underlay: packets addressed to pods are what is dropped (a cloud VPC's source/destination check, or a firewall that knows only node addresses)",
+                    target.ip
+                ));
+                "this underlay does not carry pod-addressed packets: set the pools' spec.mode to VXLAN (Auto routes peers on one subnet directly), or turn the source/destination check off for the nodes and route the pools' CIDRs to them in the VPC".to_string()
+            }
             Some(true) => {
                 evidence.push(format!(
                     "the node answers over the underlay ({} without the tunnel): the VXLAN packets are what is dropped",
@@ -489,6 +535,7 @@ mod tests {
             path,
             mtu: 1450,
             peer_underlay_mtu: peer_mtu,
+            pod_addresses: None,
         }
     }
 
@@ -528,6 +575,64 @@ mod tests {
         assert!(p.fix.unwrap().contains("UDP"));
         h.update(found(true, true));
         assert!(problem(&t, Some(&h)).is_none(), "cleared by an answer");
+    }
+
+    /// A routed path probed with pod addresses that fail while the node answers to its own:
+    /// the underlay drops pod-addressed packets (a cloud VPC), and the fix says VXLAN.
+    #[test]
+    fn an_underlay_dropping_pod_addresses_is_named_with_vxlan_as_the_fix() {
+        let mut t = target(Path::Routed, Some(1500));
+        t.pod_addresses = Some(("10.244.0.1".parse().unwrap(), "10.244.1.1".parse().unwrap()));
+        let mut h = Health::default();
+        h.update(found(false, false));
+        h.update(found(false, false));
+        let p = problem(&t, Some(&h)).unwrap();
+        assert_eq!(p.kind, ProblemKind::PeerUnreachable);
+        assert!(p.evidence[0].contains("to 10.244.1.1"), "{p:?}");
+        assert!(
+            p.evidence.iter().any(|e| e.contains("addressed to pods")),
+            "{p:?}"
+        );
+        assert!(p.fix.unwrap().contains("VXLAN"));
+    }
+
+    #[test]
+    fn routed_targets_take_both_nodes_tunnel_addresses_once_known() {
+        let plan = Plan {
+            routes: vec![crate::peers::PeerRoute {
+                dst: "10.244.1.0/26".parse().unwrap(),
+                via: "10.99.0.11".parse().unwrap(),
+                path: Path::Routed,
+                peer: "b".into(),
+            }],
+            ..Plan::default()
+        };
+        let blocks = [BlockInfo {
+            cidr: "10.244.1.0/26".parse().unwrap(),
+            node: "b".into(),
+            pool: "p".into(),
+        }];
+        let mtus = BTreeMap::from([("p".to_string(), 1500)]);
+        let peers = [NodeInfo {
+            name: "b".into(),
+            ip: "10.99.0.11".parse().unwrap(),
+            vtep_mac: None,
+        }];
+        let src = "10.99.0.10".parse().unwrap();
+        let mut pods = PodAddresses {
+            own: vec!["fd00::1".parse().unwrap(), "10.244.0.1".parse().unwrap()],
+            ..PodAddresses::default()
+        };
+        let t = targets(src, &plan, &blocks, &mtus, &peers, &BTreeMap::new(), &pods);
+        assert_eq!(t[0].pod_addresses, None, "the peer's is not known yet");
+        pods.peers
+            .insert("b".into(), vec!["10.244.1.1".parse().unwrap()]);
+        let t = targets(src, &plan, &blocks, &mtus, &peers, &BTreeMap::new(), &pods);
+        assert_eq!(
+            t[0].pod_addresses,
+            Some(("10.244.0.1".parse().unwrap(), "10.244.1.1".parse().unwrap()))
+        );
+        assert_eq!(probe(&t[0], SMALL, None).dst, t[0].pod_addresses.unwrap().1);
     }
 
     #[test]

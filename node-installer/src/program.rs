@@ -59,10 +59,23 @@ pub struct VxlanParams {
 /// Why the existing device does not match what this node needs, if it does not: the kernel's
 /// own view (VNI, port, local address, underlay device) is compared, never the agent's memory,
 /// so a change made while the agent was down (a new VNI, a new node address) is still applied.
-fn vxlan_mismatch(link: &Link, params: VxlanParams, underlay: &Underlay) -> Option<String> {
+fn vxlan_mismatch(
+    link: &Link,
+    params: VxlanParams,
+    underlay: &Underlay,
+    mac: [u8; 6],
+) -> Option<String> {
     let Some(info) = link.vxlan else {
         return Some(format!("{VXLAN_DEVICE} is not a VXLAN device"));
     };
+    if link.mac != Some(mac) {
+        // Peers derive this node's VTEP MAC from its name (`vtep_mac`): a device made by an
+        // older agent, or changed by hand, is made again with it.
+        return Some(format!(
+            "{VXLAN_DEVICE} has MAC {:?}, this node's VTEP MAC is {mac:02x?}",
+            link.mac
+        ));
+    }
     let wanted = (
         Some(params.vni),
         Some(params.port),
@@ -77,12 +90,13 @@ fn vxlan_mismatch(link: &Link, params: VxlanParams, underlay: &Underlay) -> Opti
     })
 }
 
-/// Makes sure the VXLAN device exists with these parameters on this underlay, is up and has
-/// the right MTU; a device that differs (as the kernel reports it) is recreated.
+/// Makes sure the VXLAN device exists with these parameters and MAC on this underlay, is up
+/// and has the right MTU; a device that differs (as the kernel reports it) is recreated.
 pub fn ensure_vxlan(
     nl: &mut Netlink,
     params: VxlanParams,
     underlay: &Underlay,
+    mac: [u8; 6],
 ) -> Result<Link, NetlinkError> {
     let mtu = underlay
         .mtu
@@ -90,7 +104,7 @@ pub fn ensure_vxlan(
     let mut existing = nl.link_by_name(VXLAN_DEVICE)?;
     if let Some(why) = existing
         .as_ref()
-        .and_then(|link| vxlan_mismatch(link, params, underlay))
+        .and_then(|link| vxlan_mismatch(link, params, underlay, mac))
     {
         tracing::info!(reason = %why, "recreating the VXLAN device");
         nl.delete_link_by_name(VXLAN_DEVICE)?;
@@ -104,6 +118,7 @@ pub fn ensure_vxlan(
             Some(underlay.ip),
             Some(underlay.index),
             Some(mtu),
+            Some(mac),
         )?;
     }
     let link = nl
@@ -137,6 +152,8 @@ fn route_key(r: &Route) -> (IpAddr, u8, Option<IpAddr>, Option<u32>, bool) {
 pub struct Changes {
     pub added: usize,
     pub removed: usize,
+    /// Routes not added because a route sinew does not own has the same prefix.
+    pub skipped: usize,
 }
 
 /// Programs the plan: peer routes, then the VXLAN neighbour and FDB entries.
@@ -183,7 +200,9 @@ pub fn apply(
             nl.add_neighbor(vx.index, *ip, *mac)?;
         }
         for (mac, dst) in nl.fdb(vx.index)? {
-            if plan.fdb.get(&mac) != Some(&dst) && mac != [0; 6] {
+            // sinew owns the whole device: an entry for no peer, the all-zero default entry
+            // included (it would flood unknown MACs to one node), is removed.
+            if plan.fdb.get(&mac) != Some(&dst) {
                 nl.del_fdb(vx.index, mac)?;
                 changes.removed += 1;
             }
@@ -194,15 +213,24 @@ pub fn apply(
     }
 
     let mut existing = Vec::new();
+    let mut foreign = BTreeSet::new();
     for v6 in [false, true] {
-        existing.extend(
-            nl.routes(v6, MAIN_TABLE)?
-                .into_iter()
-                .filter(|r| r.protocol == PEER_ROUTE_PROTOCOL),
-        );
+        for r in nl.routes(v6, MAIN_TABLE)? {
+            if r.protocol == PEER_ROUTE_PROTOCOL {
+                existing.push(r);
+            } else {
+                foreign.insert((r.dst, r.prefix));
+            }
+        }
     }
     let have: BTreeSet<_> = existing.iter().map(route_key).collect();
     for r in &desired {
+        // Adding replaces a route to the same prefix: never one sinew does not own (the
+        // node checks report it as a RouteConflict, naming it).
+        if foreign.contains(&(r.dst, r.prefix)) {
+            changes.skipped += 1;
+            continue;
+        }
         if !have.contains(&route_key(r)) {
             nl.add_route(r)?;
             changes.added += 1;
@@ -251,11 +279,13 @@ mod tests {
         }
     }
 
+    const MAC: [u8; 6] = [0x0a, 1, 2, 3, 4, 5];
+
     fn device(vni: u32, port: u16, local: &str, link: u32) -> Link {
         Link {
             index: 7,
             name: VXLAN_DEVICE.into(),
-            mac: None,
+            mac: Some(MAC),
             mtu: 1450,
             up: true,
             kind: Some("vxlan".into()),
@@ -278,19 +308,25 @@ mod tests {
         };
         let u = underlay();
         assert_eq!(
-            vxlan_mismatch(&device(4096, 4789, "10.99.0.10", 2), params, &u),
+            vxlan_mismatch(&device(4096, 4789, "10.99.0.10", 2), params, &u, MAC),
             None
         );
+        let mut other_mac = device(4096, 4789, "10.99.0.10", 2);
+        other_mac.mac = Some([0x0a, 9, 9, 9, 9, 9]);
+        assert!(vxlan_mismatch(&other_mac, params, &u, MAC).is_some());
         for stale in [
             device(7, 4789, "10.99.0.10", 2),
             device(4096, 8472, "10.99.0.10", 2),
             device(4096, 4789, "10.99.0.99", 2),
             device(4096, 4789, "10.99.0.10", 3),
         ] {
-            assert!(vxlan_mismatch(&stale, params, &u).is_some(), "{stale:?}");
+            assert!(
+                vxlan_mismatch(&stale, params, &u, MAC).is_some(),
+                "{stale:?}"
+            );
         }
         let mut not_vxlan = device(4096, 4789, "10.99.0.10", 2);
         not_vxlan.vxlan = None;
-        assert!(vxlan_mismatch(&not_vxlan, params, &u).is_some());
+        assert!(vxlan_mismatch(&not_vxlan, params, &u, MAC).is_some());
     }
 }

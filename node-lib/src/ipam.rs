@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use sinew_core::{Cidr, Family, PoolMode};
 
 use crate::fsutil::{FileLock, atomic_replace, atomic_write};
+use crate::hostport::PortMapping;
 use crate::node_state::PoolState;
 
 const STORE_VERSION: u32 = 1;
@@ -92,6 +93,10 @@ pub struct Attachment {
     /// `None` in records written before it was kept: those count for every network.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<String>,
+    /// The pod's host ports (`runtimeConfig.portMappings` at ADD), so DEL and CHECK remove
+    /// and verify what ADD mapped, and the agent declares them with its table.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub port_mappings: Vec<PortMapping>,
 }
 
 impl Attachment {
@@ -120,6 +125,12 @@ pub struct IpamState {
     /// still lists them. Changed only under the store lock, so a release cannot race an ADD.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub retired: BTreeSet<String>,
+    /// The node's own addresses on its VXLAN device, at most one per family, from one of its
+    /// blocks: the source of the node's traffic into the tunnel, so that replies come back
+    /// through it. Never handed to a pod; the block holding one is not empty. Chosen by the
+    /// agent under the store's lock, so no ADD can take the same address meanwhile.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub tunnel: BTreeSet<IpAddr>,
 }
 
 /// Why no address could be allocated.
@@ -177,6 +188,7 @@ impl IpamState {
         let chosen = (0..n).map(|i| candidates[(start + i) % n]).find(|(_, ip)| {
             !is_unusable(&pool_cidr, *ip)
                 && !reserved.iter().any(|r| r.contains(*ip))
+                && !self.tunnel.contains(ip)
                 && self.slots.get(ip).is_none_or(|s| s.holder.is_none())
         });
         let (block, ip) = chosen.ok_or_else(|| AllocError::Exhausted {
@@ -275,11 +287,18 @@ impl IpamState {
         let held = self
             .slots
             .iter()
-            .any(|(ip, s)| s.holder.is_some() && block.contains(*ip));
+            .any(|(ip, s)| s.holder.is_some() && block.contains(*ip))
+            || self.tunnel.iter().any(|ip| block.contains(*ip));
         if !held {
             self.retired.insert(block.to_string());
         }
         !held
+    }
+
+    /// Whether `ip` may become the node's tunnel address: not held by a pod, not a pool's
+    /// edge (see [`IpamState::allocate`]).
+    pub fn free_for_node(&self, pool_cidr: &Cidr, ip: IpAddr) -> bool {
+        !is_unusable(pool_cidr, ip) && self.slots.get(&ip).is_none_or(|s| s.holder.is_none())
     }
 
     /// Number of addresses currently held.
@@ -378,6 +397,15 @@ impl Store {
         self.update_locked(f)
     }
 
+    /// Runs `f` on the state while holding the store lock, changing nothing: no ADD or DEL
+    /// can record or drop an attachment until `f` returns. The agent replaces its nftables
+    /// table this way, so the host ports it declares are exactly the recorded ones.
+    pub fn read_locked<R>(&self, f: impl FnOnce(&IpamState) -> R) -> io::Result<R> {
+        fs::create_dir_all(&self.dir)?;
+        let _lock = FileLock::acquire(&self.dir.join("lock"))?;
+        Ok(f(&self.snapshot()?))
+    }
+
     fn update_locked<R>(&self, f: impl FnOnce(&mut IpamState) -> R) -> io::Result<R> {
         let before = self.snapshot()?;
         let mut state = before.clone();
@@ -433,6 +461,25 @@ mod tests {
             s.allocate(&p, &key(3)),
             Err(AllocError::Exhausted { pool: "p".into() })
         );
+    }
+
+    /// The node's tunnel address is never handed to a pod, and keeps its block from being
+    /// retired.
+    #[test]
+    fn the_tunnel_address_is_not_allocated_and_keeps_its_block() {
+        let p = pool(&["10.0.0.4/30"], &[]);
+        let mut s = IpamState::default();
+        s.tunnel.insert("10.0.0.4".parse().unwrap());
+        let got: Vec<HeldAddress> = (1..=3).map(|i| s.allocate(&p, &key(i)).unwrap()).collect();
+        let ips: Vec<String> = got.iter().map(|h| h.ip.to_string()).collect();
+        assert_eq!(ips, ["10.0.0.5", "10.0.0.6", "10.0.0.7"]);
+        assert!(s.allocate(&p, &key(4)).is_err());
+        for (i, h) in (1..=3).zip(&got) {
+            assert!(s.release_ip(h.ip, h.generation, &key(i)));
+        }
+        assert!(!s.retire_if_empty(&"10.0.0.4/30".parse().unwrap()));
+        s.tunnel.clear();
+        assert!(s.retire_if_empty(&"10.0.0.4/30".parse().unwrap()));
     }
 
     #[test]
@@ -526,6 +573,7 @@ mod tests {
                 pod_name: None,
                 pod_uid: None,
                 network: network.map(String::from),
+                port_mappings: Vec::new(),
             });
         }
         let stale = s.stale_attachments("net-a", &BTreeSet::new());

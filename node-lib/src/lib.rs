@@ -6,6 +6,7 @@
 //!   test-only (feature `testutils`);
 //! - [`kernel_watch`]: whether links, addresses, routes or rules changed (rtnetlink groups);
 //! - [`ipam`]: the node-local address store, crash-safe and locked;
+//! - [`hostport`]: pods' host ports (`portMappings`) as entries of sinew's nftables table;
 //! - [`node_state`]: the agent → plugin state file and the plugin → agent block requests;
 //! - [`icmp`]: DF-marked ICMP echo probes (the agent's peer and path-MTU checks);
 //! - [`fsutil`]: atomic file replacement and file locks;
@@ -16,6 +17,7 @@
 
 pub mod consts;
 pub mod fsutil;
+pub mod hostport;
 pub mod icmp;
 pub mod ipam;
 pub mod kernel_watch;

@@ -497,6 +497,13 @@ fn run_on_new_thread<T: Send>(f: impl FnOnce() -> Result<T> + Send) -> Result<T>
 }
 
 /// Helpers shared by the privileged tests of this crate.
+/// Whether this process runs as root (what creating namespaces and links needs); a safe
+/// wrapper for the crates that forbid `unsafe`.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
 #[cfg(test)]
 pub(crate) mod test_support {
     use std::io::Write;
@@ -507,8 +514,7 @@ pub(crate) mod test_support {
     /// True when the test may run. Without root it prints a loud SKIPPING line and
     /// returns false, unless `CI` is set and non-empty, where it panics instead.
     pub(crate) fn have_root(test: &str) -> bool {
-        // SAFETY: geteuid cannot fail.
-        if unsafe { libc::geteuid() } == 0 {
+        if super::is_root() {
             return true;
         }
         let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty());

@@ -4,14 +4,17 @@
 //!
 //! Layout under the state directory (default `/var/lib/sinew`):
 //! - `node.json`: [`NodeState`], replaced atomically by the agent.
-//! - `requests/<pool>`: created by the plugin when a pool has no free address here; the agent
-//!   claims a block, rewrites `node.json` and removes the request.
+//! - `requests/<pool>`: created (or touched again) by the plugin when a pool has no free address
+//!   here; the agent claims a block, rewrites `node.json` and removes the request, or, when it
+//!   cannot serve it (pool exhausted or unusable, claim failed), answers it with a problem and
+//!   removes it too, unless the plugin asked again meanwhile (its modification time changed).
 //! - `namespaces/<namespace>`: pool names a namespace asks for (its `sinew.dev/ippool`
 //!   annotation), kept by the agent.
 
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use crate::consts::BOOT_ID_PATH;
 use crate::fsutil::atomic_write;
@@ -106,6 +109,41 @@ pub fn pending_block_requests(state_dir: &Path) -> io::Result<Vec<String>> {
     }
 }
 
+/// Agent side: pools with an outstanding block request, and when each was last made (the
+/// file's modification time, which the plugin's every request renews).
+pub fn block_requests(state_dir: &Path) -> io::Result<Vec<(String, SystemTime)>> {
+    let mut out = Vec::new();
+    for pool in pending_block_requests(state_dir)? {
+        match fs::metadata(requests_dir(state_dir).join(&pool)).and_then(|m| m.modified()) {
+            Ok(made) => out.push((pool, made)),
+            // Cleared meanwhile.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Agent side: removes the request for `pool` if it is still the one made at `made` (a
+/// request made again since is kept for the next pass); returns whether it removed it.
+pub fn clear_block_request_made(
+    state_dir: &Path,
+    pool: &str,
+    made: SystemTime,
+) -> io::Result<bool> {
+    let path = requests_dir(state_dir).join(pool);
+    match fs::metadata(&path).and_then(|m| m.modified()) {
+        Ok(now) if now == made => {
+            clear_block_request(state_dir, pool)?;
+            Ok(true)
+        }
+        Ok(_) => Ok(false),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// Agent side: the request for `pool` has been served.
 pub fn clear_block_request(state_dir: &Path, pool: &str) -> io::Result<()> {
     match fs::remove_file(requests_dir(state_dir).join(pool)) {
@@ -172,5 +210,25 @@ mod tests {
         clear_block_request(dir.path(), "p").unwrap();
         clear_block_request(dir.path(), "p").unwrap();
         assert!(pending_block_requests(dir.path()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_request_made_again_after_it_was_read_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        request_block(dir.path(), "p").unwrap();
+        let read = block_requests(dir.path()).unwrap();
+        let [(pool, made)] = read.as_slice() else {
+            panic!("{read:?}")
+        };
+        assert_eq!(pool, "p");
+        // The plugin asks again (a later ADD) before the agent answers the first request.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        request_block(dir.path(), "p").unwrap();
+        assert!(!clear_block_request_made(dir.path(), "p", *made).unwrap());
+        assert_eq!(pending_block_requests(dir.path()).unwrap(), ["p"]);
+        let again = block_requests(dir.path()).unwrap()[0].1;
+        assert!(clear_block_request_made(dir.path(), "p", again).unwrap());
+        assert!(pending_block_requests(dir.path()).unwrap().is_empty());
+        assert!(!clear_block_request_made(dir.path(), "p", again).unwrap());
     }
 }

@@ -162,6 +162,34 @@ where
     ignore_missing(api.delete(name, &kube::api::DeleteParams::default()).await).map(|r| r.is_some())
 }
 
+/// Deletes `block` if it is still the object read (its UID as a precondition): a block deleted
+/// and claimed again meanwhile (by another node) is a new object and stays. `Ok(false)` when
+/// it was already gone or replaced.
+pub async fn delete_block(api: &kube::Api<IPBlock>, block: &IPBlock) -> Result<bool, Error> {
+    use kube::ResourceExt;
+    let params = kube::api::DeleteParams {
+        preconditions: block
+            .metadata
+            .uid
+            .clone()
+            .map(|uid| kube::api::Preconditions {
+                uid: Some(uid),
+                resource_version: None,
+            }),
+        ..kube::api::DeleteParams::default()
+    };
+    match api.delete(&block.name_any(), &params).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(false),
+        // The UID precondition failed: another object of that name by now.
+        Err(kube::Error::Api(e)) if e.code == 409 => {
+            tracing::info!(block = %block.name_any(), "not deleted: the block was claimed again meanwhile");
+            Ok(false)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 fn ignore_missing<T>(result: Result<T, kube::Error>) -> Result<Option<T>, Error> {
     match result {
         Ok(v) => Ok(Some(v)),

@@ -10,6 +10,10 @@ pub const NAME: &str = "sinew-node";
 pub const CONFIG_HASH_ANNOTATION: &str = "sinew.dev/config-hash";
 /// Where the agent keeps node-local state, on the host.
 pub use sinew_crds::node::DEFAULT_STATE_DIR as STATE_DIR;
+/// The agent's probe listener (`SINEW_PROBE_ADDR`, on loopback: pods cannot reach it).
+pub const PROBE_PORT: u16 = 9464;
+/// The agent's metrics listener (on the Node's address).
+pub const METRICS_PORT: u16 = 9465;
 /// Where the plugin logs, on the host.
 pub const LOG_DIR: &str = "/var/log/sinew";
 
@@ -19,6 +23,9 @@ pub struct Settings {
     pub namespace: String,
     /// Agent image when the `ClusterNetwork` does not name one.
     pub default_image: String,
+    /// Secrets (in `namespace`) the kubelet pulls the agent image with (the chart's
+    /// `image.pullSecrets`).
+    pub pull_secrets: Vec<String>,
 }
 
 /// The DaemonSet: `hostNetwork`, only the capabilities netlink and nftables need, the CNI and
@@ -67,14 +74,26 @@ pub fn render(
         {"name": "SINEW_CNI_LOG_FILE", "value": format!("{LOG_DIR}/cni.log")},
         {"name": "SINEW_PLUGIN", "value": "/usr/local/bin/sinew"},
         {"name": "SINEW_SYSCTL_DIR", "value": "/host/proc/sys"},
+        {"name": "SINEW_PROBE_ADDR", "value": format!("127.0.0.1:{PROBE_PORT}")},
+        {"name": "SINEW_METRICS_ADDR", "value": format!("node:{METRICS_PORT}")},
     ]);
+    // The kubelet probes the agent on loopback (the pod shares the node's network namespace),
+    // where pods cannot reach and no flood of the metrics port can starve the probes. The
+    // startup probe gives the first sync of every watch five minutes (an API server slow after
+    // an outage answers every agent's lists at once); liveness takes over once it passed.
+    let probe = |path: &str, period: i32, failures: i32| {
+        json!({
+            "httpGet": {"host": "127.0.0.1", "path": path, "port": PROBE_PORT},
+            "periodSeconds": period, "timeoutSeconds": 1, "failureThreshold": failures,
+        })
+    };
     let security = json!({
         "runAsUser": 0,
         "allowPrivilegeEscalation": false,
         "readOnlyRootFilesystem": true,
         "capabilities": {"drop": ["ALL"], "add": ["NET_ADMIN", "NET_RAW"]},
     });
-    serde_json::from_value(json!({
+    let mut daemonset = json!({
         "apiVersion": "apps/v1",
         "kind": "DaemonSet",
         "metadata": {"name": NAME, "namespace": settings.namespace, "labels": labels},
@@ -108,9 +127,10 @@ pub fn render(
                         "image": image,
                         "args": ["run"],
                         "env": env,
-                        "ports": [{"name": "metrics", "containerPort": 9465, "protocol": "TCP"}],
-                        "readinessProbe": {"httpGet": {"path": "/readyz", "port": 9465}, "periodSeconds": 5},
-                        "livenessProbe": {"httpGet": {"path": "/healthz", "port": 9465}, "periodSeconds": 10, "failureThreshold": 6},
+                        "ports": [{"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],
+                        "startupProbe": probe("/healthz", 5, 60),
+                        "readinessProbe": probe("/readyz", 5, 3),
+                        "livenessProbe": probe("/healthz", 10, 6),
                         "resources": resources,
                         "volumeMounts": mounts,
                         "securityContext": security,
@@ -125,7 +145,17 @@ pub fn render(
                 },
             },
         },
-    }))
+    });
+    // Only when there are any: an empty list would change the pod template (and roll every
+    // agent) for nothing.
+    if !settings.pull_secrets.is_empty() {
+        daemonset["spec"]["template"]["spec"]["imagePullSecrets"] = settings
+            .pull_secrets
+            .iter()
+            .map(|name| json!({"name": name}))
+            .collect();
+    }
+    serde_json::from_value(daemonset)
 }
 
 #[cfg(test)]
@@ -137,7 +167,31 @@ mod tests {
         Settings {
             namespace: "sinew-system".into(),
             default_image: "ghcr.io/sinew-dev/sinew-node:0.1.0".into(),
+            pull_secrets: Vec::new(),
         }
+    }
+
+    #[test]
+    fn pull_secrets_reach_the_pod_template() {
+        let cn = ClusterNetwork::new("default", ClusterNetworkSpec::default());
+        let none = render(&cn, &settings()).unwrap();
+        let secrets = |ds: DaemonSet| -> Vec<String> {
+            ds.spec
+                .template
+                .spec
+                .unwrap()
+                .image_pull_secrets
+                .unwrap_or_default()
+                .into_iter()
+                .map(|r| r.name)
+                .collect()
+        };
+        assert!(secrets(none).is_empty());
+        let with = Settings {
+            pull_secrets: vec!["regcred".into(), "mirror".into()],
+            ..settings()
+        };
+        assert_eq!(secrets(render(&cn, &with).unwrap()), ["regcred", "mirror"]);
     }
 
     #[test]
@@ -175,6 +229,53 @@ mod tests {
             rolling.max_unavailable,
             Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String("10%".into()))
         );
+    }
+
+    #[test]
+    fn probes_go_to_the_loopback_probe_listener_and_a_startup_probe_covers_the_first_sync() {
+        let cn = ClusterNetwork::new("default", ClusterNetworkSpec::default());
+        let pod = render(&cn, &settings())
+            .unwrap()
+            .spec
+            .template
+            .spec
+            .unwrap();
+        let agent = &pod.containers[0];
+        let env: Vec<(String, Option<String>)> = agent
+            .env
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|e| (e.name, e.value))
+            .collect();
+        assert!(
+            env.contains(&(
+                "SINEW_PROBE_ADDR".into(),
+                Some(format!("127.0.0.1:{PROBE_PORT}"))
+            )),
+            "{env:?}"
+        );
+        let probes = [
+            ("startup", agent.startup_probe.clone(), "/healthz"),
+            ("liveness", agent.liveness_probe.clone(), "/healthz"),
+            ("readiness", agent.readiness_probe.clone(), "/readyz"),
+        ];
+        for (which, probe, path) in probes {
+            let probe = probe.unwrap_or_else(|| panic!("no {which} probe"));
+            let get = probe.http_get.clone().unwrap();
+            assert_eq!(get.host.as_deref(), Some("127.0.0.1"), "{which}");
+            assert_eq!(
+                get.port,
+                k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(PROBE_PORT.into()),
+                "{which}"
+            );
+            assert_eq!(get.path.as_deref(), Some(path), "{which}");
+        }
+        // The start (the first list of every watch, against a slow API server) gets minutes,
+        // not the liveness probe's minute.
+        let startup = agent.startup_probe.clone().unwrap();
+        let budget = startup.period_seconds.unwrap() * startup.failure_threshold.unwrap();
+        assert!(budget >= 300, "{budget} s");
     }
 
     #[test]

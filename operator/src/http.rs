@@ -1,6 +1,7 @@
-//! `/healthz`, `/readyz` and `/metrics` of the operator, on the bounded admin listener
-//! (`sinew_runtime::admin`). Every replica serves them; only the leader's reconcile metrics
-//! move.
+//! `/healthz`, `/readyz` and `/metrics` of the operator, on the bounded admin listeners
+//! (`sinew_runtime::admin`): the kubelet's probes on their own loopback listener, with their
+//! own connection slots, and `/metrics` on the pod's address. Every replica serves them; only
+//! the leader's reconcile metrics move.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -174,14 +175,31 @@ impl Metrics {
     }
 }
 
-/// Serves the three endpoints on `listener` until the process ends.
-pub async fn serve(listener: TcpListener, metrics: std::sync::Arc<Metrics>) {
-    admin::serve(listener, move |path| match path {
+/// The answer of a probe path (`/healthz`, `/readyz`); `None` for any other path.
+fn probe(path: &str, metrics: &Metrics) -> Option<admin::Response> {
+    Some(match path {
         "/healthz" => admin::text("200 OK", "ok\n"),
         "/readyz" if metrics.ready.load(Ordering::Relaxed) => admin::text("200 OK", "ok\n"),
         "/readyz" => admin::text("503 Service Unavailable", "starting\n"),
+        _ => return None,
+    })
+}
+
+/// Serves `/healthz` and `/readyz` on `listener` (loopback: the kubelet's probes) until the
+/// process ends.
+pub async fn serve_probes(listener: TcpListener, metrics: std::sync::Arc<Metrics>) {
+    admin::serve(listener, admin::PROBES, move |path| {
+        probe(path, &metrics).unwrap_or_else(admin::not_found)
+    })
+    .await
+}
+
+/// Serves `/metrics` (and the probe paths, for people who look there) on `listener` until the
+/// process ends.
+pub async fn serve(listener: TcpListener, metrics: std::sync::Arc<Metrics>) {
+    admin::serve(listener, admin::METRICS, move |path| match path {
         "/metrics" => ("200 OK", metrics::CONTENT_TYPE, metrics.render()),
-        _ => admin::text("404 Not Found", "not found\n"),
+        _ => probe(path, &metrics).unwrap_or_else(admin::not_found),
     })
     .await
 }

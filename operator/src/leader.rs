@@ -34,10 +34,35 @@ impl Default for Timing {
 }
 
 impl Timing {
+    /// Checked timing: the leader must get at least one renewal attempt in before its renew
+    /// deadline (`renew` shorter than two thirds of `duration`).
+    pub fn new(duration: Duration, renew: Duration) -> Result<Timing, String> {
+        let timing = Timing { duration, renew };
+        if renew.is_zero() || renew >= timing.renew_deadline() {
+            return Err(format!(
+                "the renew interval ({} s) must be above 0 and below two thirds of the lease duration ({} s): a leader that cannot renew steps down at two thirds",
+                renew.as_secs_f64(),
+                duration.as_secs_f64()
+            ));
+        }
+        Ok(timing)
+    }
+
     /// How long a leader keeps leading without a successful renewal: well inside `duration`,
     /// so it has stopped before any follower can see the Lease expire.
     pub fn renew_deadline(&self) -> Duration {
         self.duration * 2 / 3
+    }
+
+    /// How long one attempt may take: a third of the renew deadline at most, so a hung
+    /// attempt leaves time for more before the deadline.
+    pub fn attempt_timeout(&self) -> Duration {
+        self.renew.min(self.renew_deadline() / 3)
+    }
+
+    /// The pause before another attempt after a failed one.
+    pub fn retry(&self) -> Duration {
+        self.renew / 5
     }
 }
 
@@ -141,47 +166,125 @@ pub async fn try_acquire(
     }
 }
 
-/// Waits until this replica holds the Lease, then keeps renewing it in the background (the
-/// returned task; abort it before [`release`]). If renewal fails for longer than the renew
-/// deadline, the process exits.
-pub async fn lead(
-    api: Api<Lease>,
-    name: String,
-    identity: String,
+/// Why a leader stopped leading.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StepDown {
+    /// Another replica holds the Lease.
+    Taken,
+    /// No renewal succeeded within the renew deadline (failed, or hung past its timeout).
+    NoRenewal,
+}
+
+/// Renews with `renew` (one attempt; `Ok(false)`: another replica holds the Lease) every
+/// `timing.renew` until leadership is lost; after a failed attempt it retries every
+/// [`Timing::retry`]. Each attempt is bounded by [`Timing::attempt_timeout`], and never runs
+/// past the renew deadline, so an API server that accepts a request and never answers cannot
+/// keep a leader leading. The deadline runs from the *start* of the last successful attempt
+/// (its write cannot be older), so the leader stops before any follower, which waits the whole
+/// lease duration from when it saw that write, can take over. `last_ok` is when the attempt
+/// that won the Lease started.
+pub async fn keep_renewing<F, Fut>(
+    mut renew: F,
     timing: Timing,
-) -> tokio::task::JoinHandle<()> {
-    let mut observed = Observed::default();
+    mut last_ok: tokio::time::Instant,
+) -> StepDown
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<bool, kube::Error>>,
+{
+    let mut next = last_ok + timing.renew;
     loop {
-        match try_acquire(&api, &name, &identity, timing, &mut observed).await {
-            Ok(true) => break,
-            Ok(false) => {}
-            Err(e) => warn!(error = %e, "leader election attempt failed"),
+        let deadline = last_ok + timing.renew_deadline();
+        tokio::time::sleep_until(next.min(deadline)).await;
+        let started = tokio::time::Instant::now();
+        if started >= deadline {
+            return StepDown::NoRenewal;
         }
-        tokio::time::sleep(timing.renew).await;
-    }
-    info!(lease = %name, identity = %identity, "became the leader");
-    tokio::spawn(async move {
-        let mut last_ok = tokio::time::Instant::now();
-        loop {
-            tokio::time::sleep(timing.renew).await;
-            match try_acquire(&api, &name, &identity, timing, &mut observed).await {
-                Ok(true) => last_ok = tokio::time::Instant::now(),
-                Ok(false) => {
-                    warn!(lease = %name, "another replica took the lease; stopping");
-                    std::process::exit(1);
-                }
-                Err(e) => {
-                    warn!(error = %e, "renewing the lease failed");
-                    if last_ok.elapsed() > timing.renew_deadline() {
-                        warn!(
-                            "no renewal within the renew deadline; stopping before the lease can expire"
-                        );
-                        std::process::exit(1);
-                    }
-                }
+        let give_up = (started + timing.attempt_timeout()).min(deadline);
+        match tokio::time::timeout_at(give_up, renew()).await {
+            Ok(Ok(true)) => {
+                last_ok = started;
+                next = started + timing.renew;
+                continue;
             }
+            Ok(Ok(false)) => return StepDown::Taken,
+            Ok(Err(e)) => warn!(error = %e, "renewing the lease failed; retrying"),
+            Err(_) => warn!(
+                timeout_ms = (give_up - started).as_millis() as u64,
+                "renewing the lease timed out; retrying"
+            ),
         }
-    })
+        next = tokio::time::Instant::now() + timing.retry();
+    }
+}
+
+/// The Lease held by this replica, renewed in the background until [`Leader::lost`] says why
+/// it no longer is (or [`Leader::stop`]).
+pub struct Leader {
+    renewing: tokio::task::JoinHandle<StepDown>,
+}
+
+impl Leader {
+    /// Resolves when this replica must stop acting as the leader: at once, before the
+    /// Lease can expire for the others.
+    pub async fn lost(&mut self) -> StepDown {
+        match (&mut self.renewing).await {
+            Ok(why) => why,
+            // Aborted (stop) or panicked: either way, no longer renewing.
+            Err(_) => StepDown::NoRenewal,
+        }
+    }
+
+    /// Stops renewing (before [`release`]).
+    pub fn stop(&self) {
+        self.renewing.abort();
+    }
+}
+
+impl Drop for Leader {
+    fn drop(&mut self) {
+        self.renewing.abort();
+    }
+}
+
+/// Waits until this replica holds the Lease, then keeps renewing it in the background (see
+/// [`keep_renewing`]). Every attempt, the winning one too, is bounded by
+/// [`Timing::attempt_timeout`].
+pub async fn lead(api: Api<Lease>, name: String, identity: String, timing: Timing) -> Leader {
+    let mut observed = Observed::default();
+    let won_at = loop {
+        let started = tokio::time::Instant::now();
+        let attempt = try_acquire(&api, &name, &identity, timing, &mut observed);
+        match tokio::time::timeout(timing.attempt_timeout(), attempt).await {
+            Ok(Ok(true)) => break started,
+            Ok(Ok(false)) => {}
+            Ok(Err(e)) => warn!(error = %e, "leader election attempt failed"),
+            Err(_) => warn!(lease = %name, "leader election attempt timed out"),
+        }
+        tokio::time::sleep_until(started + timing.renew).await;
+    };
+    info!(lease = %name, identity = %identity, "became the leader");
+    let observed = std::sync::Arc::new(tokio::sync::Mutex::new(observed));
+    let renewing = tokio::spawn(async move {
+        keep_renewing(
+            || {
+                let (api, name, identity, observed) = (
+                    api.clone(),
+                    name.clone(),
+                    identity.clone(),
+                    observed.clone(),
+                );
+                async move {
+                    let mut observed = observed.lock().await;
+                    try_acquire(&api, &name, &identity, timing, &mut observed).await
+                }
+            },
+            timing,
+            won_at,
+        )
+        .await
+    });
+    Leader { renewing }
 }
 
 /// Graceful hand-over: gives the Lease up (no holder) if this replica holds it, so a standby
@@ -208,6 +311,80 @@ pub async fn release(api: &Api<Lease>, name: &str, identity: &str) -> Result<boo
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hung_renewal_steps_down_before_the_lease_expires() {
+        let t = Timing::default();
+        let start = tokio::time::Instant::now();
+        // The first renewal passes; the second never returns (the API server accepted the
+        // connection and hangs).
+        let mut attempts = 0;
+        let renew = || {
+            attempts += 1;
+            let hang = attempts > 1;
+            async move {
+                if hang {
+                    std::future::pending::<()>().await;
+                }
+                Ok(true)
+            }
+        };
+        let why = tokio::time::timeout(t.duration * 3, keep_renewing(renew, t, start))
+            .await
+            .expect("a leader whose renewal hangs steps down");
+        assert_eq!(why, StepDown::NoRenewal);
+        // Stepped down before a follower, which waits `duration` after the last renewal it
+        // saw (at `start + renew`), may take over.
+        let last_renewal_started = start + t.renew;
+        assert!(
+            tokio::time::Instant::now() < last_renewal_started + t.duration,
+            "stepped down {:?} after the last renewal",
+            tokio::time::Instant::now() - last_renewal_started
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_leader_keeps_leading_through_one_hung_or_failed_renewal() {
+        let t = Timing::default();
+        let start = tokio::time::Instant::now();
+        // Attempt 2 hangs (its timeout ends it), attempt 4 fails, the rest pass; attempt 20
+        // finds another holder.
+        let mut attempts = 0;
+        let renew = || {
+            attempts += 1;
+            let n = attempts;
+            async move {
+                match n {
+                    2 => std::future::pending().await,
+                    4 => Err(kube::Error::Api(Box::new(kube::core::Status::failure(
+                        "unavailable",
+                        "ServiceUnavailable",
+                    )))),
+                    20 => Ok(false),
+                    _ => Ok(true),
+                }
+            }
+        };
+        let why = keep_renewing(renew, t, start).await;
+        assert_eq!(why, StepDown::Taken, "stepped down after one bad attempt");
+        // Each bad attempt cost its timeout (or nothing) and one retry pause.
+        let expected = t.renew * 18 + t.attempt_timeout() + t.retry() * 2;
+        let took = tokio::time::Instant::now() - start;
+        // (The timer rounds to milliseconds.)
+        assert!(
+            took.abs_diff(expected) < Duration::from_millis(5),
+            "{took:?}"
+        );
+    }
+
+    #[test]
+    fn a_renew_interval_past_the_renew_deadline_is_refused() {
+        let secs = Duration::from_secs;
+        assert!(Timing::new(secs(15), secs(5)).is_ok());
+        assert!(Timing::new(secs(3), secs(1)).is_ok());
+        assert!(Timing::new(secs(15), secs(10)).is_err());
+        assert!(Timing::new(secs(15), secs(0)).is_err());
+    }
 
     fn held_by(who: &str, renew_time: Timestamp) -> Lease {
         Lease {

@@ -1,6 +1,8 @@
 //! `sinew-operator`: reconciles `ClusterNetwork` (node agent rollout, node status, clean-up)
 //! and `IPPool` (validation the schema cannot do, aggregated status, drain on deletion).
 
+#![forbid(unsafe_code)]
+
 pub mod conditions;
 pub mod context;
 pub mod daemonset;

@@ -2,11 +2,15 @@
 //!
 //! Settings: `--namespace`/`POD_NAMESPACE` (where the node agent DaemonSet lives, default
 //! `sinew-system`), `--node-image`/`SINEW_NODE_IMAGE` (agent image when the `ClusterNetwork`
-//! names none), `--identity`/`POD_NAME` (leader election identity),
+//! names none), `--image-pull-secrets`/`SINEW_IMAGE_PULL_SECRETS` (comma-separated Secrets the
+//! agent DaemonSet pulls its image with), `--identity`/`POD_NAME` (leader election identity),
 //! `--lease-seconds`/`SINEW_LEASE_SECONDS` (15) and `--renew-seconds`/`SINEW_RENEW_SECONDS` (5),
 //! `--metrics-addr`/`SINEW_METRICS_ADDR` (`pod:9466`: `POD_IP`, else every address; or
-//! `address:port`) for `/healthz`, `/readyz`, `/metrics`.
+//! `address:port`) for `/metrics`, `--probe-addr`/`SINEW_PROBE_ADDR` (`127.0.0.1:9467`: loopback,
+//! which pods cannot reach; or `off`) for the kubelet's probes `/healthz` and `/readyz`.
 //! Replicas elect a leader on the Lease `sinew-operator` in that namespace; only it reconciles.
+//! A leader that cannot renew the Lease within two thirds of its duration (each attempt bounded
+//! by the renew interval) exits before another replica can take over.
 //! On SIGTERM the leader finishes its running reconciles and gives the Lease up, so a standby
 //! takes over at once.
 //!
@@ -14,6 +18,8 @@
 //! nothing and exiting with code 3, while pods still hold pod-network addresses (it names
 //! them); otherwise deletes every `IPPool`, waits until they are gone, then deletes the
 //! `ClusterNetwork` and waits until its finalizer ran.
+
+#![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -42,6 +48,9 @@ struct Args {
     /// Node agent image when the ClusterNetwork names none.
     #[arg(long, env = "SINEW_NODE_IMAGE")]
     node_image: Option<String>,
+    /// Secrets (comma-separated, in --namespace) the node agent DaemonSet pulls its image with.
+    #[arg(long, env = "SINEW_IMAGE_PULL_SECRETS", value_delimiter = ',')]
+    image_pull_secrets: Vec<String>,
     /// Leader election identity (default: host name, process and a time stamp).
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
@@ -55,6 +64,10 @@ struct Args {
     /// address:port.
     #[arg(long, env = "SINEW_METRICS_ADDR", default_value = "pod:9466")]
     metrics_addr: String,
+    /// Where the kubelet's probes (/healthz, /readyz) listen: address:port (loopback: pods
+    /// cannot reach it, and its connection slots are its own) or off.
+    #[arg(long, env = "SINEW_PROBE_ADDR", default_value = "127.0.0.1:9467")]
+    probe_addr: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -111,16 +124,30 @@ async fn run(args: Args) -> anyhow::Result<()> {
             std::process::id()
         )
     });
-    let timing = sinew_operator::leader::Timing {
-        duration: Duration::from_secs(args.lease_seconds),
-        renew: Duration::from_secs(args.renew_seconds),
-    };
+    let timing = sinew_operator::leader::Timing::new(
+        Duration::from_secs(args.lease_seconds),
+        Duration::from_secs(args.renew_seconds),
+    )
+    .map_err(anyhow::Error::msg)?;
     let metrics_addr = listen_addr(&args.metrics_addr, std::env::var("POD_IP").ok().as_deref())?;
     let metrics = Arc::new(Metrics::default());
+    if args.probe_addr != "off" {
+        let probe_addr: SocketAddr = args.probe_addr.parse().with_context(|| {
+            format!(
+                "--probe-addr must be address:port or off, got {:?}",
+                args.probe_addr
+            )
+        })?;
+        let probes = tokio::net::TcpListener::bind(probe_addr)
+            .await
+            .with_context(|| format!("serving the probes /healthz and /readyz on {probe_addr}"))?;
+        tracing::info!(addr = %probes.local_addr()?, "serving the probes /healthz and /readyz");
+        tokio::spawn(sinew_operator::http::serve_probes(probes, metrics.clone()));
+    }
     let listener = tokio::net::TcpListener::bind(metrics_addr)
         .await
-        .with_context(|| format!("serving /healthz and /metrics on {metrics_addr}"))?;
-    tracing::info!(addr = %listener.local_addr()?, "serving /healthz, /readyz and /metrics");
+        .with_context(|| format!("serving /metrics on {metrics_addr}"))?;
+    tracing::info!(addr = %listener.local_addr()?, "serving /metrics");
     tokio::spawn(sinew_operator::http::serve(listener, metrics.clone()));
     // A standby is healthy and ready: it is doing its job, waiting.
     metrics.ready.store(true, Ordering::Relaxed);
@@ -128,8 +155,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let leases: kube::Api<k8s_openapi::api::coordination::v1::Lease> =
         kube::Api::namespaced(client.clone(), &namespace);
     tracing::info!(%identity, "waiting to become the leader");
-    let renewing = tokio::select! {
-        handle = sinew_operator::leader::lead(leases.clone(), LEASE.to_string(), identity.clone(), timing) => handle,
+    let mut leader = tokio::select! {
+        leader = sinew_operator::leader::lead(leases.clone(), LEASE.to_string(), identity.clone(), timing) => leader,
         _ = shutdown_signal() => {
             tracing::info!("stopping (standby)");
             return Ok(());
@@ -142,11 +169,26 @@ async fn run(args: Args) -> anyhow::Result<()> {
         daemonset: daemonset::Settings {
             namespace,
             default_image: image,
+            pull_secrets: args
+                .image_pull_secrets
+                .iter()
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect(),
         },
     };
-    // The controllers stop on SIGTERM/SIGINT once their running reconciles finish.
-    let result = sinew_operator::run::run(client, settings, metrics.clone()).await;
-    renewing.abort();
+    // The controllers stop on SIGTERM/SIGINT once their running reconciles finish. A lost
+    // Lease stops them at once: the process exits (its in-flight writes with it) before the
+    // Lease can expire for the others, and restarts as a standby.
+    let result = tokio::select! {
+        result = sinew_operator::run::run(client, settings, metrics.clone()) => result,
+        why = leader.lost() => {
+            metrics.set_leader(false);
+            tracing::error!(lease = LEASE, %identity, ?why, "no longer the leader: stopping before another replica takes over");
+            std::process::exit(1);
+        }
+    };
+    leader.stop();
     metrics.set_leader(false);
     if let Err(e) = sinew_operator::leader::release(&leases, LEASE, &identity).await {
         tracing::warn!(error = %e, "could not release the lease; a standby takes over when it expires");
@@ -221,6 +263,11 @@ mod tests {
             Some(Command::Uninstall { timeout_seconds: 5 })
         ));
         assert!(Args::try_parse_from(["sinew-operator", "--renew-seconds", "x"]).is_err());
+        let a = Args::try_parse_from(["sinew-operator"]).unwrap();
+        assert_eq!(a.probe_addr, "127.0.0.1:9467");
+        assert!(a.image_pull_secrets.is_empty());
+        let a = Args::try_parse_from(["sinew-operator", "--image-pull-secrets", "a,b"]).unwrap();
+        assert_eq!(a.image_pull_secrets, ["a", "b"]);
     }
 
     #[test]

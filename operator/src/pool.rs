@@ -18,7 +18,7 @@ use sinew_crds::node::ProblemKind;
 use sinew_crds::{Cidr, Family, Forwarding, IPBlock, IPPool, IPPoolStatus, ModePlan, PoolMode};
 
 use crate::context::{
-    Context, Error, apply_status, delete_if_present, ensure_finalizer, remove_finalizer,
+    Context, Error, apply_status, delete_block, ensure_finalizer, remove_finalizer,
 };
 use crate::{conditions, nodes};
 
@@ -196,7 +196,7 @@ pub fn affected_by_pool(changed: &IPPool, pools: &[Arc<IPPool>]) -> Vec<ObjectRe
         .collect()
 }
 
-/// Pure: the plan of a mode switch of `pool` across `selected` nodes (None when every node
+/// Pure: the plan of a mode switch of `pool` across `selected` nodes (every reporting node) (None when every node
 /// runs `spec.mode`, or when no node ran another mode: nodes still joining are not a switch).
 /// A plan already in `previous` for the same target keeps its `from` and its node list, so
 /// the status shows the whole switch while `pending` shrinks.
@@ -310,10 +310,12 @@ pub fn status(
         .parsed_cidr()
         .map(|c| c.family())
         .unwrap_or(Family::V4);
+    // Every node routes every pool's blocks in the pool's mode, whichever nodes the pool
+    // selects for its pods: convergence and the shared-segment check count every node whose
+    // agent programs the pool (all of sinew's nodes; its report lists the pool).
     let selected: Vec<&Arc<Node>> = nodes
         .iter()
-        .filter(|n| sinew_crds::selector::matches(pool.spec.node_selector.as_ref(), n.labels()))
-        .filter(|n| nodes::report(n).is_some())
+        .filter(|n| nodes::report(n).is_some_and(|r| r.modes.contains_key(&name)))
         .collect();
     let mode = pool.spec.mode;
     let converged = selected
@@ -437,7 +439,7 @@ pub async fn reconcile(pool: Arc<IPPool>, ctx: Arc<Context>) -> Result<Action, E
     let api: Api<IPPool> = Api::all(ctx.client.clone());
     let name = pool.name_any();
     let blocks = ctx.blocks.state();
-    if let Some(deleted) = pool.meta().deletion_timestamp.as_ref() {
+    if pool.meta().deletion_timestamp.is_some() {
         // Read live, not from the cache: a stale cache must not free blocks still in use.
         let block_api: Api<IPBlock> = Api::all(ctx.client.clone());
         let mut live = block_api
@@ -456,10 +458,24 @@ pub async fn reconcile(pool: Arc<IPPool>, ctx: Arc<Context>) -> Result<Action, E
         }
         live.retain(|b| !released.contains(&b.name_any()));
         let in_use: u64 = live.iter().map(allocated).sum();
-        let settled = k8s_openapi::jiff::Timestamp::now().duration_since(deleted.0)
-            >= k8s_openapi::jiff::SignedDuration::try_from(DRAIN_SETTLE).unwrap_or_default();
-        if !settled && in_use == 0 {
-            return Ok(Action::requeue(DRAIN_SETTLE));
+        // A block's status shows every address in use only once its node has stopped handing
+        // them out and written it after that: wait for each such node to say so.
+        let unconfirmed = unconfirmed_nodes(&name, &live, &ctx.nodes.state());
+        if in_use == 0 && !unconfirmed.is_empty() {
+            let mut st = pool.status.clone().unwrap_or_default();
+            conditions::set(
+                &mut st.conditions,
+                "Ready",
+                false,
+                "Draining",
+                format!(
+                    "waiting for node {} to confirm it hands out no more addresses of this pool (its agent reports it once the pool's blocks there are retired and their status written)",
+                    unconfirmed.join(", ")
+                ),
+                pool.metadata.generation,
+            );
+            write_status(&pool, &ctx, &st).await?;
+            return Ok(Action::requeue(Duration::from_secs(5)));
         }
         if in_use > 0 {
             let mut st = pool.status.clone().unwrap_or_default();
@@ -477,7 +493,7 @@ pub async fn reconcile(pool: Arc<IPPool>, ctx: Arc<Context>) -> Result<Action, E
             return Ok(Action::requeue(Duration::from_secs(5)));
         }
         for b in &live {
-            delete_if_present(&block_api, &b.name_any()).await?;
+            delete_block(&block_api, b).await?;
         }
         remove_finalizer(&api, pool.as_ref()).await?;
         ctx.metrics.pool(&name, None);
@@ -619,10 +635,20 @@ async fn departed_live(ctx: &Context, block: &IPBlock) -> bool {
     true
 }
 
-/// How long a deleted pool waits before its blocks go: agents stop allocating from a pool
-/// being deleted and report every allocation within about a second, so after this the
-/// blocks' status (read live) can be trusted to show every address still in use.
-pub(crate) const DRAIN_SETTLE: Duration = Duration::from_secs(5);
+/// Pure: the nodes (existing ones, by the cache) holding one of `blocks` of the deleted pool
+/// `pool` whose agent has not yet reported the pool drained (`NodeReport::drained`): until it
+/// has, a block's status may miss an address it handed out last. A node that is gone hands
+/// out nothing (its blocks go as a departed node's).
+pub fn unconfirmed_nodes(pool: &str, blocks: &[IPBlock], nodes: &[Arc<Node>]) -> Vec<String> {
+    let holding: std::collections::BTreeSet<&str> =
+        blocks.iter().map(|b| b.spec.node.as_str()).collect();
+    nodes
+        .iter()
+        .filter(|n| holding.contains(n.name_any().as_str()))
+        .filter(|n| nodes::report(n).is_none_or(|r| !r.drained.iter().any(|p| p == pool)))
+        .map(|n| n.name_any())
+        .collect()
+}
 
 /// Addresses of `block` in use, as its status says.
 fn allocated(block: &IPBlock) -> u64 {
@@ -673,7 +699,7 @@ async fn release_if_departed(
         return Ok(Departed::Waiting);
     }
     let api: Api<IPBlock> = Api::all(ctx.client.clone());
-    if !delete_if_present(&api, &block.name_any()).await? {
+    if !delete_block(&api, block).await? {
         return Ok(Departed::Released);
     }
     ctx.metrics.block_releases.inc();

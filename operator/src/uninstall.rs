@@ -14,15 +14,21 @@
 //! A pod that gets an address between the check and the pools' deletion keeps its pool
 //! draining: the wait then ends at the timeout naming it, before the `ClusterNetwork` is
 //! touched, so every node keeps what that pod's teardown needs.
+//!
+//! The hook runs in a small container (64 MiB) on clusters of any size: blocks and pods are
+//! read [`PAGE`] at a time (`limit`/`continue`), pods only those that can hold a pod-network
+//! address (a field selector) and only the fields the check reads, and the refusal names the
+//! first [`NAMED`] holders by address and counts the rest.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
+use kube::core::ObjectList;
 use kube::{Resource, ResourceExt};
+use serde::Deserialize;
 use sinew_crds::cidr::Cidr;
 use sinew_crds::{ClusterNetwork, IPBlock, IPPool};
 use tracing::{error, info};
@@ -65,20 +71,191 @@ pub struct Holder {
     pub ip: String,
 }
 
-/// The pods holding addresses; displayed as a sentence and one line per pod (empty: nothing).
+/// Holders the refusal names; the others are counted ("and N more").
+pub const NAMED: usize = 50;
+/// Objects per list request.
+pub const PAGE: u32 = 250;
+
+/// The pods holding addresses: the first [`NAMED`] by address, and how many more there are;
+/// displayed as a sentence and one line per pod (empty: nothing).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Holders(pub Vec<Holder>);
+pub struct Holders {
+    pub named: Vec<Holder>,
+    pub more: usize,
+}
+
+impl Holders {
+    pub fn is_empty(&self) -> bool {
+        self.named.is_empty() && self.more == 0
+    }
+
+    pub fn total(&self) -> usize {
+        self.named.len() + self.more
+    }
+}
 
 impl fmt::Display for Holders {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.0.is_empty() {
+        if self.is_empty() {
             return Ok(());
         }
-        writeln!(f, "{} pods still hold pod-network addresses:", self.0.len())?;
-        for h in &self.0 {
+        writeln!(f, "{} pods still hold pod-network addresses:", self.total())?;
+        for h in &self.named {
             writeln!(f, "  {} on node {} ({})", h.pod, h.node, h.ip)?;
         }
+        if self.more > 0 {
+            writeln!(f, "  and {} more", self.more)?;
+        }
         Ok(())
+    }
+}
+
+/// A pod as the check reads it: nothing else of it is decoded or kept.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodAddresses {
+    #[serde(default)]
+    pub metadata: PodName,
+    #[serde(default)]
+    pub spec: PodPlacement,
+    #[serde(default)]
+    pub status: PodIps,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct PodName {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub namespace: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodPlacement {
+    pub node_name: Option<String>,
+    pub host_network: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodIps {
+    pub phase: Option<String>,
+    #[serde(rename = "podIP")]
+    pub pod_ip: Option<String>,
+    #[serde(default, rename = "podIPs")]
+    pub pod_ips: Vec<PodIp>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct PodIp {
+    #[serde(default)]
+    pub ip: String,
+}
+
+/// Who holds an address, gathered page by page in bounded memory: every address seen (to count
+/// each once) and the first [`NAMED`] holders by address.
+#[derive(Debug, Default)]
+pub struct Census {
+    seen: HashSet<String>,
+    named: BTreeMap<String, Holder>,
+    pools: Vec<Cidr>,
+}
+
+impl Census {
+    /// A census of the addresses of `pools`.
+    pub fn new(pools: &[IPPool]) -> Census {
+        Census {
+            pools: pools
+                .iter()
+                .filter_map(|p| p.spec.parsed_cidr().ok())
+                .collect(),
+            ..Census::default()
+        }
+    }
+
+    fn add(&mut self, key: String, holder: impl FnOnce() -> Holder) {
+        if !self.seen.insert(key.clone()) {
+            return;
+        }
+        let cap_reached = self.named.len() >= NAMED;
+        if cap_reached
+            && self
+                .named
+                .last_key_value()
+                .is_some_and(|(last, _)| *last < key)
+        {
+            return;
+        }
+        self.named.insert(key, holder());
+        if self.named.len() > NAMED {
+            self.named.pop_last();
+        }
+    }
+
+    /// The blocks' allocations (what keeps a pool draining).
+    pub fn blocks(&mut self, blocks: &[IPBlock]) {
+        for b in blocks {
+            let Some(status) = &b.status else { continue };
+            for a in &status.allocations {
+                self.add(a.ip.clone(), || Holder {
+                    pod: match (&a.pod_namespace, &a.pod_name) {
+                        (Some(ns), Some(name)) => format!("{ns}/{name}"),
+                        _ => format!("container {}", a.container_id),
+                    },
+                    node: b.spec.node.clone(),
+                    ip: a.ip.clone(),
+                });
+            }
+            // An agent that counts more than it lists (an older one): say so rather than hide it.
+            let unlisted = (status.allocated as usize).saturating_sub(status.allocations.len());
+            if unlisted > 0 {
+                self.add(format!("~{}", b.spec.cidr), || Holder {
+                    pod: format!("{unlisted} unlisted allocations of block {}", b.spec.cidr),
+                    node: b.spec.node.clone(),
+                    ip: b.spec.cidr.clone(),
+                });
+            }
+        }
+    }
+
+    /// Running Pods whose address lies in a pool but that no allocation lists yet (the agents
+    /// mirror their stores into `IPBlock` status within a second).
+    pub fn pods(&mut self, pods: &[PodAddresses]) {
+        for p in pods {
+            if p.spec.host_network == Some(true)
+                || matches!(p.status.phase.as_deref(), Some("Succeeded" | "Failed"))
+            {
+                continue;
+            }
+            let ips = p
+                .status
+                .pod_ips
+                .iter()
+                .map(|i| i.ip.clone())
+                .chain(p.status.pod_ip.clone());
+            for ip in ips {
+                let in_pool = ip
+                    .parse::<IpAddr>()
+                    .is_ok_and(|addr| self.pools.iter().any(|c| c.contains(addr)));
+                if in_pool {
+                    self.add(ip.clone(), || Holder {
+                        pod: format!("{}/{}", p.metadata.namespace, p.metadata.name),
+                        node: p.spec.node_name.clone().unwrap_or_else(|| "?".into()),
+                        ip,
+                    });
+                }
+            }
+        }
+    }
+
+    /// What the census found.
+    pub fn holders(self) -> Holders {
+        let named: Vec<Holder> = self.named.into_values().collect();
+        Holders {
+            more: self.seen.len().saturating_sub(named.len()),
+            named,
+        }
     }
 }
 
@@ -98,89 +275,52 @@ where
     format!("{} {}{why}", K::kind(&()), obj.name_any())
 }
 
-/// Every pod-network address still held: the blocks' allocations (what keeps a pool
-/// draining), then running Pods whose address lies in a pool but that no allocation lists yet
-/// (the agents mirror their stores into `IPBlock` status within a second). By address.
-pub fn holders(pools: &[IPPool], blocks: &[IPBlock], pods: &[Pod]) -> Vec<Holder> {
-    let mut found: BTreeMap<String, Holder> = BTreeMap::new();
-    for b in blocks {
-        let Some(status) = &b.status else { continue };
-        for a in &status.allocations {
-            let pod = match (&a.pod_namespace, &a.pod_name) {
-                (Some(ns), Some(name)) => format!("{ns}/{name}"),
-                _ => format!("container {}", a.container_id),
-            };
-            found.insert(
-                a.ip.clone(),
-                Holder {
-                    pod,
-                    node: b.spec.node.clone(),
-                    ip: a.ip.clone(),
-                },
-            );
-        }
-        // An agent that counts more than it lists (an older one): say so rather than hide it.
-        let unlisted = (status.allocated as usize).saturating_sub(status.allocations.len());
-        if unlisted > 0 {
-            found.insert(
-                format!("~{}", b.spec.cidr),
-                Holder {
-                    pod: format!("{unlisted} unlisted allocations of block {}", b.spec.cidr),
-                    node: b.spec.node.clone(),
-                    ip: b.spec.cidr.clone(),
-                },
-            );
-        }
-    }
-    let cidrs: Vec<Cidr> = pools
-        .iter()
-        .filter_map(|p| p.spec.parsed_cidr().ok())
-        .collect();
-    for p in pods {
-        let (Some(spec), Some(status)) = (&p.spec, &p.status) else {
-            continue;
-        };
-        if spec.host_network == Some(true)
-            || matches!(status.phase.as_deref(), Some("Succeeded" | "Failed"))
-        {
-            continue;
-        }
-        let ips = status
-            .pod_ips
-            .iter()
-            .flatten()
-            .map(|i| i.ip.clone())
-            .chain(status.pod_ip.clone());
-        for ip in ips {
-            let in_pool = ip
-                .parse::<IpAddr>()
-                .is_ok_and(|addr| cidrs.iter().any(|c| c.contains(addr)));
-            if in_pool && !found.contains_key(&ip) {
-                found.insert(
-                    ip.clone(),
-                    Holder {
-                        pod: format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any()),
-                        node: spec.node_name.clone().unwrap_or_else(|| "?".into()),
-                        ip,
-                    },
-                );
-            }
-        }
-    }
-    found.into_values().collect()
+/// Every pod-network address still held: the blocks' allocations, then running Pods whose
+/// address lies in a pool but that no allocation lists yet. By address.
+pub fn holders(pools: &[IPPool], blocks: &[IPBlock], pods: &[PodAddresses]) -> Holders {
+    let mut census = Census::new(pools);
+    census.blocks(blocks);
+    census.pods(pods);
+    census.holders()
 }
 
-/// Reads the pools, blocks and pods and says who holds an address.
+/// The field selector of the pods that can hold a pod-network address.
+const POD_NETWORK_PODS: &str =
+    "spec.hostNetwork=false,status.phase!=Succeeded,status.phase!=Failed";
+
+/// Reads the pools, then the blocks and pods page by page, and says who holds an address.
 async fn find_holders(client: &kube::Client) -> Result<Holders, kube::Error> {
-    let lp = ListParams::default();
-    let pools = Api::<IPPool>::all(client.clone()).list(&lp).await?.items;
-    let blocks = Api::<IPBlock>::all(client.clone()).list(&lp).await?.items;
-    let pods = if pools.is_empty() {
-        Vec::new()
-    } else {
-        Api::<Pod>::all(client.clone()).list(&lp).await?.items
-    };
-    Ok(Holders(holders(&pools, &blocks, &pods)))
+    let pools = Api::<IPPool>::all(client.clone())
+        .list(&ListParams::default())
+        .await?
+        .items;
+    let mut census = Census::new(&pools);
+    let blocks: Api<IPBlock> = Api::all(client.clone());
+    let mut lp = ListParams::default().limit(PAGE);
+    loop {
+        let page = blocks.list(&lp).await?;
+        census.blocks(&page.items);
+        match page.metadata.continue_.filter(|c| !c.is_empty()) {
+            Some(token) => lp = lp.continue_token(&token),
+            None => break,
+        }
+    }
+    if pools.is_empty() {
+        return Ok(census.holders());
+    }
+    let mut lp = ListParams::default().fields(POD_NETWORK_PODS).limit(PAGE);
+    loop {
+        let request = kube::core::Request::new("/api/v1/pods")
+            .list(&lp)
+            .map_err(kube::Error::BuildRequest)?;
+        let page: ObjectList<PodAddresses> = client.request(request).await?;
+        census.pods(&page.items);
+        match page.metadata.continue_.filter(|c| !c.is_empty()) {
+            Some(token) => lp = lp.continue_token(&token),
+            None => break,
+        }
+    }
+    Ok(census.holders())
 }
 
 /// How long the check lets addresses that are being given back go: a pod deleted just before
@@ -203,16 +343,17 @@ pub async fn uninstall_polling(
 ) -> Result<(), Error> {
     let start = Instant::now();
     let mut held = find_holders(&client).await?;
-    while !held.0.is_empty() && start.elapsed() < settle {
+    while !held.is_empty() && start.elapsed() < settle {
         tokio::time::sleep(poll).await;
         held = find_holders(&client).await?;
     }
-    if !held.0.is_empty() {
-        for h in &held.0 {
+    if !held.is_empty() {
+        for h in &held.named {
             error!(pod = %h.pod, node = %h.node, ip = %h.ip, "still holds a pod-network address");
         }
         error!(
-            pods = held.0.len(),
+            pods = held.total(),
+            unnamed = held.more,
             "uninstall refused: pods still hold pod-network addresses; nothing was deleted"
         );
         return Err(Error::PodsHoldAddresses { holders: held });
@@ -267,7 +408,7 @@ where
         if start.elapsed() > timeout {
             let holders = find_holders(client).await.unwrap_or_default();
             let mut waiting = waiting.join("; ");
-            if !holders.0.is_empty() {
+            if !holders.is_empty() {
                 waiting.push('\n');
             }
             return Err(Error::Timeout {
@@ -283,29 +424,19 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::{PodIP, PodSpec, PodStatus};
     use sinew_crds::{Allocation, IPBlockSpec, IPBlockStatus};
 
     fn pool(cidr: &str) -> IPPool {
         IPPool::new("p", crate::scenarios::pool_spec(cidr))
     }
 
-    fn pod(ns: &str, name: &str, node: &str, ip: &str, host: bool, phase: &str) -> Pod {
-        let mut p = Pod::default();
-        p.metadata.namespace = Some(ns.into());
-        p.metadata.name = Some(name.into());
-        p.spec = Some(PodSpec {
-            node_name: Some(node.into()),
-            host_network: Some(host),
-            ..PodSpec::default()
-        });
-        p.status = Some(PodStatus {
-            phase: Some(phase.into()),
-            pod_ip: Some(ip.into()),
-            pod_ips: Some(vec![PodIP { ip: ip.into() }]),
-            ..PodStatus::default()
-        });
-        p
+    fn pod(ns: &str, name: &str, node: &str, ip: &str, host: bool, phase: &str) -> PodAddresses {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"namespace": ns, "name": name, "uid": "u", "labels": {"a": "b"}},
+            "spec": {"nodeName": node, "hostNetwork": host, "containers": [{"name": "c"}]},
+            "status": {"phase": phase, "podIP": ip, "podIPs": [{"ip": ip}], "hostIP": "10.0.0.1"},
+        }))
+        .unwrap()
     }
 
     #[test]
@@ -374,6 +505,7 @@ mod tests {
         ];
         let found = holders(&[pool("10.0.0.0/16")], &[block], &pods);
         let lines: Vec<String> = found
+            .named
             .iter()
             .map(|h| format!("{} {} {}", h.pod, h.node, h.ip))
             .collect();
@@ -385,10 +517,7 @@ mod tests {
                 "default/web n2 10.0.0.70",
             ]
         );
-        let text = Error::PodsHoldAddresses {
-            holders: Holders(found),
-        }
-        .to_string();
+        let text = Error::PodsHoldAddresses { holders: found }.to_string();
         assert!(
             text.starts_with("3 pods still hold pod-network addresses:\n"),
             "{text}"
@@ -414,5 +543,40 @@ mod tests {
         )];
         assert!(holders(&[pool("10.0.0.0/16")], &[], &pods).is_empty());
         assert_eq!(Holders::default().to_string(), "");
+    }
+
+    #[test]
+    fn the_refusal_names_the_first_holders_by_address_and_counts_the_rest() {
+        // Pages arrive in any order: the named ones are the lowest addresses all the same.
+        let pods: Vec<PodAddresses> = (0..120)
+            .rev()
+            .map(|i| {
+                pod(
+                    "shop",
+                    &format!("web-{i:03}"),
+                    "n1",
+                    &format!("10.0.{}.{}", i / 100, i % 100),
+                    false,
+                    "Running",
+                )
+            })
+            .collect();
+        let mut census = Census::new(&[pool("10.0.0.0/16")]);
+        for page in pods.chunks(7) {
+            census.pods(page);
+        }
+        // The same address twice counts once.
+        census.pods(&pods[..3]);
+        let found = census.holders();
+        assert_eq!(
+            (found.named.len(), found.more, found.total()),
+            (NAMED, 70, 120)
+        );
+        let first: Vec<&str> = found.named.iter().take(2).map(|h| h.ip.as_str()).collect();
+        assert_eq!(first, ["10.0.0.0", "10.0.0.1"]);
+        let text = found.to_string();
+        assert!(text.starts_with("120 pods still hold"), "{text}");
+        assert!(text.ends_with("  and 70 more\n"), "{text}");
+        assert_eq!(text.lines().count(), 1 + NAMED + 1);
     }
 }

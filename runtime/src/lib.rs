@@ -3,6 +3,8 @@
 //! metrics on the Prometheus client library, log set-up, the command-line parser and the
 //! reflector helper.
 
+#![forbid(unsafe_code)]
+
 pub mod admin;
 pub mod logging;
 pub mod metrics;

@@ -31,6 +31,10 @@ fn plant(v: &mut Value, top: bool) {
 fn check(data: &[u8]) -> Option<String> {
     match config::parse(data) {
         Ok((conf, version)) => {
+            // What ADD decodes on its own: the host ports.
+            if let Err(e) = config::port_mappings(conf.runtime_config.port_mappings.as_ref()) {
+                return Some(e.msg);
+            }
             let prev = conf.prev_result.as_ref()?;
             match CniOutput::from_prev_result(prev) {
                 Ok(out) => {

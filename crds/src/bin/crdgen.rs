@@ -1,5 +1,7 @@
 //! `crdgen`: writes the CRD manifests into the chart (`--check` only reports stale files).
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::Node;
-use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Client, Resource};
 use serde_json::json;
@@ -24,8 +24,10 @@ pub struct ApiWriter {
     recorder: Recorder,
 }
 
-/// How many blocks a claim tries before it reports the pool exhausted.
-const CLAIM_ATTEMPTS: u128 = 4096;
+/// How many claims may be refused (409: another node won the block, the cache had not shown
+/// it yet) in one search before it gives up for this pass. Blocks the cache shows as claimed
+/// cost no attempt: the search skips them (see [`crate::blocks::free_blocks`]).
+const CLAIM_CONFLICTS: usize = 256;
 
 impl ApiWriter {
     pub fn new(client: Client, node: &str) -> ApiWriter {
@@ -76,7 +78,8 @@ impl ApiWriter {
 
     /// Creates the `IPBlock` of the first unclaimed block of `cidr`, starting at an offset
     /// derived from the node name so that nodes racing for blocks mostly try different ones.
-    /// A 409 means another node won that block: try the next. `None`: nothing left.
+    /// A 409 means another node won that block: try the next. `None`: nothing left (every
+    /// block of the pool was looked at).
     pub async fn claim(
         &self,
         pool: &str,
@@ -91,13 +94,17 @@ impl ApiWriter {
         }
         let start = u128::from(name_hash(&self.node)) % total;
         let api: Api<IPBlock> = Api::all(self.client.clone());
-        for i in 0..total.min(CLAIM_ATTEMPTS) {
-            let Some(block) = cidr.block(size, (start + i) % total) else {
-                continue;
-            };
+        let mut conflicts = 0;
+        for block in crate::blocks::free_blocks(cidr, size, start, blocks) {
             let name = IPBlock::name_for(&block);
-            if taken.contains(&name) || blocks.iter().any(|b| b.cidr.overlaps(&block)) {
+            // An IPBlock of that name the trust checks refused (it is still taken).
+            if taken.contains(&name) {
                 continue;
+            }
+            if conflicts >= CLAIM_CONFLICTS {
+                return Err(super::error::Error::Node(format!(
+                    "{conflicts} claims of pool {pool} were refused because other nodes had just claimed those blocks; trying again next pass"
+                )));
             }
             match api
                 .create(&self.post_params(), &self.block_object(pool, &block))
@@ -112,6 +119,7 @@ impl ApiWriter {
                     {
                         return Ok(Some(block));
                     }
+                    conflicts += 1;
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -126,6 +134,7 @@ impl ApiWriter {
             block,
             pool,
             addresses,
+            ..
         } = orphan;
         let api: Api<IPBlock> = Api::all(self.client.clone());
         let name = IPBlock::name_for(block);
@@ -138,13 +147,9 @@ impl ApiWriter {
                 None
             }
             Err(kube::Error::Api(e)) if e.code == 409 => match api.get(&name).await {
-                Ok(other) if other.spec.node != self.node => Some(Problem::new(
-                    ProblemKind::BlockLost,
-                    format!(
-                        "{addresses} addresses of {block} are held by pods on this node, but IPBlock {name} now belongs to node {}: delete and recreate those pods",
-                        other.spec.node
-                    ),
-                )),
+                Ok(other) if other.spec.node != self.node => {
+                    Some(crate::blocks::lost_problem(orphan, &other.spec.node))
+                }
                 _ => None,
             },
             Err(e) => Some(Problem::new(
@@ -156,15 +161,21 @@ impl ApiWriter {
         }
     }
 
-    /// Deletes the `IPBlock` of a block given back (gone already is fine).
-    pub async fn release(&self, block: &Cidr) -> Result<()> {
+    /// Deletes the `IPBlock` of a block given back (gone already is fine). With `uid` (the
+    /// object the agent read) as a precondition: a block deleted and claimed again meanwhile
+    /// is another object, and stays.
+    pub async fn release(&self, block: &Cidr, uid: Option<String>) -> Result<()> {
         let api: Api<IPBlock> = Api::all(self.client.clone());
-        match api
-            .delete(&IPBlock::name_for(block), &Default::default())
-            .await
-        {
+        let params = DeleteParams {
+            preconditions: uid.map(|uid| Preconditions {
+                uid: Some(uid),
+                resource_version: None,
+            }),
+            ..DeleteParams::default()
+        };
+        match api.delete(&IPBlock::name_for(block), &params).await {
             Ok(_) => Ok(()),
-            Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(()),
             Err(e) => Err(e.into()),
         }
     }

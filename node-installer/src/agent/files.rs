@@ -17,12 +17,14 @@ use crate::install::{self, Outcome};
 /// Writes `node.json` when it differs from `previous`; the order of effects matters, since
 /// the plugin reads it on every ADD: a block's retired mark is dropped only after a durable
 /// `node.json` stops listing it (a crash in between must not let an ADD allocate from a block
-/// another node may own by now), and block requests are cleared only once their pool has
-/// blocks. Returns whether it wrote.
+/// another node may own by now; `draining`, this node's blocks of pools being deleted, keep
+/// theirs too, see `Agent::drain_deleted_pools`), and block requests are cleared only once
+/// their pool has blocks. Returns whether it wrote.
 pub fn write_node_state(
     state_dir: &Path,
     state: &NodeState,
     previous: Option<&NodeState>,
+    draining: &BTreeSet<String>,
 ) -> Result<bool> {
     if previous == Some(state) {
         return Ok(false);
@@ -34,7 +36,12 @@ pub fn write_node_state(
                 .map_err(Error::files("clearing a block request"))?;
         }
     }
-    let listed: BTreeSet<&String> = state.pools.iter().flat_map(|p| p.blocks.iter()).collect();
+    let listed: BTreeSet<&String> = state
+        .pools
+        .iter()
+        .flat_map(|p| p.blocks.iter())
+        .chain(draining)
+        .collect();
     let store = ipam::Store::new(state_dir);
     let retired = store
         .snapshot()
@@ -186,7 +193,7 @@ mod tests {
             .unwrap();
         node_state::request_block(dir.path(), "p").unwrap();
         let st = state(&["10.244.0.0/26"]);
-        assert!(write_node_state(dir.path(), &st, None).unwrap());
+        assert!(write_node_state(dir.path(), &st, None, &BTreeSet::new()).unwrap());
         assert_eq!(node_state::load(dir.path()).unwrap(), Some(st.clone()));
         // The unlisted block's mark goes (node.json no longer offers it); a listed one keeps it.
         let retired = store.snapshot().unwrap().retired;
@@ -197,7 +204,7 @@ mod tests {
                 .is_empty()
         );
         // Unchanged: nothing written.
-        assert!(!write_node_state(dir.path(), &st, Some(&st)).unwrap());
+        assert!(!write_node_state(dir.path(), &st, Some(&st), &BTreeSet::new()).unwrap());
     }
 
     #[test]

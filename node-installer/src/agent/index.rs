@@ -34,7 +34,12 @@ pub struct Cluster {
 impl Cluster {
     /// Starts the watches; each change to what a pass reads wakes `notify` (see the
     /// fingerprints below): a status write it does not read, or a Node heartbeat, does not.
-    pub fn watch(client: &Client, notify: &Arc<Notify>, me: &str) -> Cluster {
+    pub fn watch(
+        client: &Client,
+        notify: &Arc<Notify>,
+        me: &str,
+        peer_selector: Option<&str>,
+    ) -> Cluster {
         let all = watcher::Config::default;
         fn wake<K>(
             notify: &Arc<Notify>,
@@ -50,7 +55,10 @@ impl Cluster {
         Cluster {
             nodes: reflect(
                 Api::all(client.clone()),
-                all(),
+                match peer_selector {
+                    Some(selector) => all().labels(selector),
+                    None => all(),
+                },
                 prune_node,
                 wake(notify, node_fingerprint),
             ),
@@ -118,6 +126,15 @@ impl Cluster {
         pools
     }
 
+    /// The labels of every peer Node (this one included).
+    pub fn peer_labels(&self) -> Vec<BTreeMap<String, String>> {
+        self.nodes
+            .state()
+            .iter()
+            .map(|n| n.labels().clone())
+            .collect()
+    }
+
     /// Every node with an address, and its VTEP MAC once published.
     pub fn peers(&self) -> Vec<NodeInfo> {
         self.nodes
@@ -144,6 +161,18 @@ impl Cluster {
             .filter_map(|n| {
                 let report = NodeReport::parse(n.annotations().get(NODE_STATE_ANNOTATION)?)?;
                 Some((n.name_any(), report.underlay_mtu?))
+            })
+            .collect()
+    }
+
+    /// The tunnel addresses each node reports (its `NodeReport`).
+    pub fn peer_tunnel_addresses(&self) -> BTreeMap<String, Vec<IpAddr>> {
+        self.nodes
+            .state()
+            .iter()
+            .filter_map(|n| {
+                let report = NodeReport::parse(n.annotations().get(NODE_STATE_ANNOTATION)?)?;
+                Some((n.name_any(), report.tunnel))
             })
             .collect()
     }

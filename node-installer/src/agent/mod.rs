@@ -22,6 +22,7 @@ mod cleanup;
 pub mod error;
 mod files;
 mod index;
+mod leaks;
 mod observe;
 mod settings;
 
@@ -54,6 +55,7 @@ use crate::probe;
 use crate::program::{self, Underlay, VxlanParams};
 use crate::sentinel::{Sentinel, Watched};
 use crate::trust::{self, PoolFacts};
+use crate::tunnel;
 
 use api::ApiWriter;
 use error::{Error, Result};
@@ -85,6 +87,12 @@ struct Memory {
     dangling_since: BTreeMap<String, Instant>,
     /// The problems of the last report, by kind (for Events when they appear and clear).
     problem_kinds: BTreeMap<ProblemKind, String>,
+    /// The plugin's block requests the last pass read, and when each was made: only a new
+    /// one (or one made again) wakes a pass.
+    requests_read: BTreeMap<String, std::time::SystemTime>,
+    /// Release requests refused because the pod's sandbox runs here (address, generation):
+    /// said once, not every pass.
+    leaks_kept: BTreeSet<(String, u64)>,
 }
 
 pub struct Agent {
@@ -117,7 +125,12 @@ struct Pools {
 impl Agent {
     pub async fn start(settings: Settings, client: Client) -> Agent {
         let notify = Arc::new(Notify::new());
-        let cluster = Cluster::watch(&client, &notify, &settings.node_name);
+        let cluster = Cluster::watch(
+            &client,
+            &notify,
+            &settings.node_name,
+            settings.peer_selector.as_deref(),
+        );
         let mesh = probe::Mesh::start(notify.clone())
             .map_err(|e| warn!(error = %e, "cannot start the probe mesh; peers are not probed"))
             .ok();
@@ -144,9 +157,22 @@ impl Agent {
     /// at least every `resync`; syncs `IPBlock` status whenever the plugin changed the store
     /// (inotify; polled twice a second where inotify is unavailable).
     pub async fn run(mut self) -> anyhow::Result<()> {
+        // The probes first: the kubelet must get answers while the caches sync, which takes
+        // as long as the API server does (a slow one must not crash-loop every agent).
+        if let Some(addr) = self.settings.probe_addr {
+            let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                anyhow::anyhow!("cannot serve the probes /healthz and /readyz on {addr}: {e}")
+            })?;
+            info!(node = %self.node(), %addr, "serving the probes /healthz and /readyz");
+            tokio::spawn(http::serve_probes(
+                listener,
+                self.metrics.clone(),
+                self.settings.stall_after,
+            ));
+        }
         self.cluster.synced().await.map_err(anyhow::Error::msg)?;
         info!(node = %self.node(), "caches synced; agent running");
-        self.metrics.beat();
+        self.metrics.synced();
         let notify = self.notify.clone();
         let local = watch_local_state(&self.settings.state_dir);
         let mut last_full = tokio::time::Instant::now();
@@ -160,9 +186,12 @@ impl Agent {
                 _ = local.notified() => false,
                 _ = tokio::time::sleep(Duration::from_millis(500)) => false,
             };
-            let requested = !node_state::pending_block_requests(&self.settings.state_dir)
-                .unwrap_or_default()
-                .is_empty();
+            // A request the last pass read and could not serve is not asked again until the
+            // plugin makes it again (another ADD): no pass every 500 ms for a full pool.
+            let requested = blocks::fresh_requests(
+                &node_state::block_requests(&self.settings.state_dir).unwrap_or_default(),
+                &self.memory.requests_read,
+            );
             let due = last_full.elapsed() >= self.settings.resync;
             if woke || requested || due {
                 self.metrics.passes.inc();
@@ -179,7 +208,7 @@ impl Agent {
         }
     }
 
-    /// Starts the HTTP endpoints once their address is known; `false` while it is not.
+    /// Starts the metrics listener once its address is known; `false` while it is not.
     fn serve_http(&self) -> bool {
         let addr = match self.settings.metrics_addr {
             ListenAddr::Off => return true,
@@ -194,11 +223,11 @@ impl Agent {
         let metrics = self.metrics.clone();
         let stall_after = self.settings.stall_after;
         tokio::spawn(async move {
-            if let Err(e) = http::serve(addr, metrics, stall_after).await {
-                warn!(%addr, error = %e, "cannot serve /metrics, /healthz, /readyz");
+            if let Err(e) = http::serve_metrics(addr, metrics, stall_after).await {
+                warn!(%addr, error = %e, "cannot serve /metrics");
             }
         });
-        info!(%addr, "serving /healthz, /readyz and /metrics");
+        info!(%addr, "serving /metrics");
         true
     }
 
@@ -259,7 +288,12 @@ impl Agent {
             vni: network.spec.vxlan.vni,
             port: network.spec.vxlan.port,
         };
-        let vxlan = program::ensure_vxlan(&mut nl, params, &local.underlay)?;
+        let vxlan = program::ensure_vxlan(
+            &mut nl,
+            params,
+            &local.underlay,
+            sinew_node_lib::consts::vtep_mac(self.node()),
+        )?;
         if local.underlay.ip.is_ipv4() {
             let dir = &self.settings.sysctl_dir;
             if let Some((key, value)) = forwarding::rp_filter_loosened(dir, VXLAN_DEVICE) {
@@ -276,34 +310,67 @@ impl Agent {
                 }
             }
         }
-        let modes: BTreeMap<String, PoolMode> = pools
-            .selected
+        // Every pool's blocks are routed on every node, whichever nodes the pool selects: a
+        // pod of one zone's pool is reachable from everywhere. The pools are those that
+        // select any peer (every Node, unless a peer selector narrows them).
+        let peer_labels = self.cluster.peer_labels();
+        let modes: BTreeMap<String, PoolMode> = self
+            .cluster
+            .pools
+            .state()
             .iter()
+            .filter(|p| {
+                peer_labels.iter().any(|labels| {
+                    sinew_crds::selector::matches(p.spec.node_selector.as_ref(), labels)
+                })
+            })
             .map(|p| (p.name_any(), p.spec.mode))
             .collect();
         let peers = self.cluster.peers();
-        let plan = peers::plan(
-            self.node(),
-            &local.underlay.subnet,
-            &peers,
-            &pools.blocks,
-            &modes,
-        );
+        // Blocks of Nodes outside the peer selector are another network's.
+        let routed: Vec<BlockInfo> = match &self.settings.peer_selector {
+            Some(_) => pools
+                .blocks
+                .iter()
+                .filter(|b| peers.iter().any(|p| p.name == b.node))
+                .cloned()
+                .collect(),
+            None => pools.blocks.clone(),
+        };
+        let plan = peers::plan(self.node(), &local.underlay.subnet, &peers, &routed, &modes);
         let changes = program::apply(&mut nl, &plan, &local.underlay, Some(&vxlan))?;
         self.metrics.peer_routes.set(plan.routes.len() as i64);
-        if changes.added + changes.removed > 0 {
-            info!(node = %self.node(), added = changes.added, removed = changes.removed, routes = plan.routes.len(), "peers programmed");
+        if changes.added + changes.removed + changes.skipped > 0 {
+            info!(node = %self.node(), added = changes.added, removed = changes.removed, skipped = changes.skipped, routes = plan.routes.len(), "peers programmed");
         }
         problems.extend(
             plan.problems
                 .iter()
                 .map(|p| Problem::new(ProblemKind::PeersIncomplete, p.clone())),
         );
+        problems.extend(plan.vtep_conflicts.iter().map(|c| {
+            Problem::new(ProblemKind::VtepConflict, c.clone()).with_fix(
+                "give each node a unique name and run sinew-node of this version on it (its VTEP MAC is derived from the node's name); find who wrote the annotation sinew.dev/vtep-mac on the named nodes",
+            )
+        }));
         let drops = self.reverse_drops(&mut nl, &plan, &local, &vxlan);
         problems.extend(diagnose::reverse_path_dropped(&drops));
 
         problems.extend(self.claim_blocks(&pools).await?);
-        if let Err(e) = self.release_blocks(&pools).await {
+        // Without a peer route the node sends nothing to remote pods: no address is spent.
+        let peered = !plan.routes.is_empty();
+        let tunnel = match self.ensure_tunnel_addresses(&mut nl, &vxlan, &pools, peered) {
+            Ok(addresses) => addresses,
+            Err(e) => {
+                warn!(node = %self.node(), error = %e, "cannot give the VXLAN device its pod-network address");
+                problems.push(Problem::new(
+                ProblemKind::PeersIncomplete,
+                format!("{VXLAN_DEVICE} has no address of this node's blocks ({e}): traffic from this node to remote pods over VXLAN leaves with the node's address, and replies that a cloud underlay or strict reverse-path filtering drops never come back"),
+            ));
+                BTreeSet::new()
+            }
+        };
+        if let Err(e) = self.release_blocks(&pools, &mut nl, &vxlan).await {
             problems.push(Problem::new(ProblemKind::BlockReleaseFailed, e.to_string()));
         }
         if forwarding_on && !self.memory.pass_completed {
@@ -311,6 +378,8 @@ impl Agent {
             self.memory.pass_completed = true;
         }
         self.store_node_state(&network, &local, &pools)?;
+        self.answer_requests();
+        let drained = self.drain_deleted_pools().await;
         if let (Some(mesh), Some(state)) = (&self.mesh, &self.memory.node_state) {
             // Probed at the pod MTU the plugin hands out (the node state just stored).
             let pod_mtus = state
@@ -325,13 +394,17 @@ impl Agent {
                 &pod_mtus,
                 &peers,
                 &self.cluster.peer_underlay_mtus(),
+                &probe::PodAddresses {
+                    own: tunnel.iter().copied().collect(),
+                    peers: self.cluster.peer_tunnel_addresses(),
+                },
             ));
         }
 
         if let Err(e) = self.apply_nft(params.port) {
             problems.push(Problem::new(
                 ProblemKind::NftablesFailed,
-                format!("natOutgoing and the VXLAN source filter are not applied: {e}"),
+                format!("natOutgoing, the VXLAN source filter and host ports are not applied: {e}"),
             ));
         }
         let wanted = self.cluster.namespace_pools();
@@ -343,7 +416,7 @@ impl Agent {
             )?;
             self.memory.namespace_pools = Some(wanted);
         }
-        self.release_leaks(&mut nl)?;
+        self.release_leaks(&mut nl, &local).await?;
 
         let ready = self.memory.pass_completed
             && self
@@ -372,8 +445,10 @@ impl Agent {
             underlay_mtu: Some(local.underlay.mtu),
             install,
             modes,
+            tunnel: tunnel.into_iter().collect(),
             problems,
             cleaned_up: false,
+            drained,
         };
         self.publish(&local, vxlan.mac, report).await
     }
@@ -520,14 +595,22 @@ impl Agent {
     /// its own: an API error for one pool becomes a problem and the others go on.
     async fn claim_blocks(&mut self, pools: &Pools) -> Result<Vec<Problem>> {
         let holdings = self.holdings()?;
-        let requested: BTreeSet<String> =
-            node_state::pending_block_requests(&self.settings.state_dir)
-                .map_err(Error::files("reading block requests"))?
-                .into_iter()
-                .collect();
+        self.memory.requests_read = node_state::block_requests(&self.settings.state_dir)
+            .map_err(Error::files("reading block requests"))?
+            .into_iter()
+            .collect();
+        let requested: BTreeSet<String> = self.memory.requests_read.keys().cloned().collect();
         let mut problems = Vec::new();
-        for orphan in blocks::orphans(&holdings, &pools.facts, &pools.blocks) {
-            problems.extend(self.api.reassert(&orphan).await);
+        for orphan in blocks::orphans(self.node(), &holdings, &pools.facts, &pools.blocks) {
+            match &orphan.owner {
+                // Another node's trusted block covers addresses pods here hold: nothing to
+                // claim, but both nodes hand them out.
+                Some(owner) => {
+                    warn!(node = %self.node(), block = %orphan.block, pool = %orphan.pool, owner = %owner, addresses = orphan.addresses, "block lost: another node owns addresses pods here hold");
+                    problems.push(blocks::lost_problem(&orphan, owner));
+                }
+                None => problems.extend(self.api.reassert(&orphan).await),
+            }
         }
         let selected: Vec<String> = pools.selected.iter().map(|p| p.name_any()).collect();
         let plan = blocks::claims(
@@ -581,9 +664,145 @@ impl Agent {
         Ok(problems)
     }
 
+    /// Gives the VXLAN device its address from this node's blocks (see [`tunnel`]): chosen in
+    /// the IPAM store under its lock, then put on the device; any other address sinew put
+    /// there before (a moved or dropped choice) is removed. A node without peers (`peered`
+    /// false) holds none.
+    fn ensure_tunnel_addresses(
+        &mut self,
+        nl: &mut Netlink,
+        vxlan: &sinew_node_lib::netlink::Link,
+        pools: &Pools,
+        peered: bool,
+    ) -> Result<BTreeSet<IpAddr>> {
+        let all = self.cluster.pools.state();
+        let candidates: Vec<tunnel::Candidate> = pools
+            .blocks
+            .iter()
+            .filter(|b| peered && b.node == self.node())
+            .filter_map(|b| {
+                let fact = pools.facts.get(&b.pool)?;
+                let pool = all.iter().find(|p| p.name_any() == b.pool)?;
+                (fact.unusable.is_none() && !pool.spec.disabled).then(|| tunnel::Candidate {
+                    block: b.cidr,
+                    pool_cidr: fact.cidr,
+                    mode: pool.spec.mode,
+                    reserved: pool
+                        .spec
+                        .reserved
+                        .iter()
+                        .filter_map(|r| sinew_crds::cidr::parse_ip_or_cidr(r).ok())
+                        .collect(),
+                })
+            })
+            .collect();
+        let wanted = self
+            .store()
+            .update(|s| tunnel::update(s, &candidates))
+            .map_err(Error::files("updating the IPAM store"))?;
+        let have = nl.addresses(vxlan.index)?;
+        for (ip, prefix) in &have {
+            let own = match ip {
+                IpAddr::V4(a) => *a == sinew_node_lib::consts::VXLAN_ANCHOR_V4,
+                IpAddr::V6(a) => a.is_unicast_link_local(),
+            };
+            if !own && !wanted.contains(ip) {
+                nl.del_address(vxlan.index, *ip, *prefix)?;
+                info!(node = %self.node(), address = %ip, device = VXLAN_DEVICE, "tunnel address removed");
+            }
+        }
+        for ip in &wanted {
+            let prefix = if ip.is_ipv4() { 32 } else { 128 };
+            if !have.contains(&(*ip, prefix)) {
+                nl.add_address(vxlan.index, *ip, prefix, true)?;
+                info!(node = %self.node(), address = %ip, device = VXLAN_DEVICE, "tunnel address set");
+            }
+        }
+        Ok(wanted)
+    }
+
+    /// This node's blocks of pools being deleted (CIDRs as the store writes them).
+    fn draining_blocks(&self) -> BTreeSet<String> {
+        let deleting: BTreeSet<String> = self
+            .cluster
+            .pools
+            .state()
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_some())
+            .map(|p| p.name_any())
+            .collect();
+        self.cluster
+            .blocks_of(self.node())
+            .iter()
+            .filter(|b| deleting.contains(&b.spec.pool))
+            .filter_map(|b| b.spec.cidr.parse::<Cidr>().ok())
+            .map(|c| c.to_string())
+            .collect()
+    }
+
+    /// The pools being deleted from which this node provably hands out no more addresses:
+    /// `node.json` no longer offers them (just written), their blocks here are retired in the
+    /// store, under its lock (an ADD that read an older `node.json` cannot allocate from them
+    /// any more, and one that did has committed), and the blocks' status was written after
+    /// that, so it shows every address still held. The operator deletes a deleted pool's
+    /// blocks only once every node holding one reports it here, not after a fixed delay.
+    async fn drain_deleted_pools(&mut self) -> Vec<String> {
+        let deleting: Vec<String> = self
+            .cluster
+            .pools
+            .state()
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_some())
+            .map(|p| p.name_any())
+            .collect();
+        if deleting.is_empty() {
+            return Vec::new();
+        }
+        let blocks = self.draining_blocks();
+        let store = self.store();
+        let missing = match store.snapshot() {
+            Ok(st) => blocks.iter().any(|b| !st.retired.contains(b)),
+            Err(e) => {
+                warn!(node = %self.node(), error = %e, "reading the IPAM store failed; the pools being deleted are not reported drained");
+                return Vec::new();
+            }
+        };
+        if missing && let Err(e) = store.update(|st| st.retired.extend(blocks.iter().cloned())) {
+            warn!(node = %self.node(), error = %e, "retiring the blocks of pools being deleted failed");
+            return Vec::new();
+        }
+        if let Err(e) = self.sync_block_status().await {
+            warn!(node = %self.node(), kind = e.label(), error = %e, "status sync failed; the pools being deleted are not reported drained");
+            return Vec::new();
+        }
+        deleting
+    }
+
+    /// Removes the block requests this pass read, now that `node.json` answers them: with a
+    /// new block, or with the pool's state (exhausted, disabled) and a problem in the report.
+    /// A request the plugin made again meanwhile stays for the next pass.
+    fn answer_requests(&mut self) {
+        for (pool, made) in std::mem::take(&mut self.memory.requests_read) {
+            match node_state::clear_block_request_made(&self.settings.state_dir, &pool, made) {
+                Ok(true) => debug!(node = %self.node(), pool = %pool, "block request answered"),
+                Ok(false) => {}
+                Err(e) => {
+                    warn!(node = %self.node(), pool = %pool, error = %e, "cannot remove a block request")
+                }
+            }
+        }
+    }
+
     /// Gives back what [`blocks::releases`] says: each block is first retired in the IPAM
     /// store under its lock (so no ADD can allocate from it any more), then deleted.
-    async fn release_blocks(&mut self, pools: &Pools) -> Result<()> {
+    /// The tunnel address leaves a block that is given back: the block is retired with it
+    /// (under the store's lock), and the device takes a new address before the `IPBlock` goes.
+    async fn release_blocks(
+        &mut self,
+        pools: &Pools,
+        nl: &mut Netlink,
+        vxlan: &sinew_node_lib::netlink::Link,
+    ) -> Result<()> {
         let holdings = self.holdings()?;
         let usable: BTreeSet<String> = pools
             .selected
@@ -602,14 +821,34 @@ impl Agent {
             self.settings.min_free,
         );
         for block in releasable {
-            let retired = self
+            let (retired, moved) = self
                 .store()
-                .update(|s| s.retire_if_empty(&block))
+                .update(|s| {
+                    let before = s.tunnel.clone();
+                    s.tunnel.retain(|ip| !block.contains(*ip));
+                    let retired = s.retire_if_empty(&block);
+                    let moved = retired && s.tunnel != before;
+                    if !retired {
+                        s.tunnel = before;
+                    }
+                    (retired, moved)
+                })
                 .map_err(Error::files("updating the IPAM store"))?;
             if !retired {
                 continue;
             }
-            self.api.release(&block).await?;
+            if moved {
+                // Another of this node's blocks (retired ones are never chosen) gives it.
+                self.ensure_tunnel_addresses(nl, vxlan, pools, true)?;
+            }
+            let name = sinew_crds::IPBlock::name_for(&block);
+            let uid = self
+                .cluster
+                .blocks_of(self.node())
+                .iter()
+                .find(|b| b.name_any() == name)
+                .and_then(|b| b.metadata.uid.clone());
+            self.api.release(&block, uid).await?;
             info!(node = %self.node(), block = %block, "released empty block");
             self.memory.empty_since.remove(&block.to_string());
         }
@@ -673,6 +912,7 @@ impl Agent {
             &self.settings.state_dir,
             &state,
             self.memory.node_state.as_ref(),
+            &self.draining_blocks(),
         )? {
             self.memory.node_state = Some(state);
         }
@@ -680,8 +920,9 @@ impl Agent {
     }
 
     /// Keeps the `inet sinew` nftables table in line with every pool of the cluster (NAT) and
-    /// every node's address (who may send VXLAN here), over netlink in one batch; rewritten
-    /// only when its rendering (also the log's form) changes.
+    /// every node's address (who may send VXLAN here), with every pod's host ports from the
+    /// IPAM store (read under its lock), over netlink in one batch; rewritten only when its
+    /// rendering (also the log's form) changes.
     fn apply_nft(&mut self, vxlan_port: u16) -> std::result::Result<(), nat::NatError> {
         let (pools, nodes) = self.cluster.nat_inputs();
         let peers = nat::VxlanPeers {
@@ -689,10 +930,12 @@ impl Agent {
             nodes,
         };
         let table = nat::table(&pools, &peers);
-        let script = nat::render_table(&table);
-        if self.memory.nat.as_deref() != Some(script.as_str()) || !nat::table_exists() {
-            nat::apply_table(&table)?;
-            info!(node = %self.node(), pools = pools.len(), nodes = peers.nodes.len(), "nftables table applied (natOutgoing, VXLAN sources)");
+        let last = self.memory.nat.as_deref();
+        let applied = nat::apply_with_store(&self.store(), table, |script| {
+            last != Some(script) || !nat::table_exists()
+        })?;
+        if let Some((script, host_ports)) = applied {
+            info!(node = %self.node(), pools = pools.len(), nodes = peers.nodes.len(), host_ports, "nftables table applied (natOutgoing, VXLAN sources, host ports)");
             self.memory.nat = Some(script);
         }
         Ok(())
@@ -879,40 +1122,44 @@ impl Agent {
         }
     }
 
-    /// Carries out the operator's release requests on this node's blocks: under the store
-    /// lock, frees an allocation only if it still matches the request exactly (address, slot
-    /// generation, pod UID), then removes its host-side veth if one is left.
-    fn release_leaks(&mut self, nl: &mut Netlink) -> Result<()> {
+    /// Carries out the operator's release requests on this node's blocks (see [`leaks`]):
+    /// an allocation is freed only if it still matches the request exactly and its pod's
+    /// sandbox is gone from this node (its host veth with it); one whose sandbox still runs is
+    /// kept and said so once, in an Event on the Node.
+    async fn release_leaks(&mut self, nl: &mut Netlink, local: &Local) -> Result<()> {
         let requests = self.cluster.release_requests(self.node());
         if requests.is_empty() {
+            self.memory.leaks_kept.clear();
             return Ok(());
         }
-        let freed = self
-            .store()
-            .update(|st| {
-                let mut freed = Vec::new();
-                for (block, r) in &requests {
-                    let key = st
-                        .attachments
-                        .values()
-                        .find(|a| {
-                            a.pod_uid.as_deref() == Some(r.pod_uid.as_str())
-                                && a.addresses.iter().any(|h| {
-                                    h.ip.to_string() == r.ip && h.generation == r.generation
-                                })
-                        })
-                        .map(|a| a.key());
-                    if let Some(attachment) = key.and_then(|k| st.remove_attachment(&k)) {
-                        freed.push((block.clone(), r.clone(), attachment.host_veth));
-                    }
-                }
-                freed
-            })
+        let outcome = leaks::release(&self.store(), nl, &requests)
             .map_err(Error::files("updating the IPAM store"))?;
-        for (block, r, veth) in freed {
-            let veth_removed = nl.delete_link_by_name(&veth).unwrap_or(false);
-            info!(node = %self.node(), block = %block, ip = %r.ip, generation = r.generation, pod = %r.pod, pod_uid = %r.pod_uid, veth_removed, "leaked allocation released");
+        for (block, r) in &outcome.freed {
+            info!(node = %self.node(), block = %block, ip = %r.ip, generation = r.generation, pod = %r.pod, pod_uid = %r.pod_uid, "leaked allocation released");
         }
+        let mut kept = BTreeSet::new();
+        for (block, r, veth) in outcome.kept {
+            let key = (r.ip.clone(), r.generation);
+            kept.insert(key.clone());
+            if self.memory.leaks_kept.contains(&key) {
+                continue;
+            }
+            warn!(node = %self.node(), block = %block, ip = %r.ip, generation = r.generation, pod = %r.pod, pod_uid = %r.pod_uid, veth = %veth, "release request refused: the pod's sandbox still runs on this node");
+            let event = kube::runtime::events::Event {
+                type_: kube::runtime::events::EventType::Warning,
+                reason: "LeakedAddressKept".into(),
+                note: Some(format!(
+                    "{} of pod {} (uid {}) is not released: the API server has no such pod, but its sandbox still runs on this node (host veth {veth} exists), e.g. a static pod whose mirror pod is missing. It is released once the sandbox is gone; if nothing runs there, delete the pod's network namespace",
+                    r.ip, r.pod, r.pod_uid
+                )),
+                action: "Release".into(),
+                secondary: None,
+            };
+            if let Err(e) = self.api.event(&local.node, &event).await {
+                warn!(node = %self.node(), error = %e, "recording an Event failed");
+            }
+        }
+        self.memory.leaks_kept = kept;
         Ok(())
     }
 
@@ -993,5 +1240,75 @@ fn block_status(store: &ipam::IpamState, block: &Cidr) -> IPBlockStatus {
     IPBlockStatus {
         allocated: u32::try_from(allocations.len()).unwrap_or(u32::MAX),
         allocations,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap()
+    }
+
+    async fn get(addr: std::net::SocketAddr, path: &str) -> Option<String> {
+        let mut conn = tokio::net::TcpStream::connect(addr).await.ok()?;
+        conn.write_all(format!("GET {path} HTTP/1.1\r\n\r\n").as_bytes())
+            .await
+            .ok()?;
+        let mut response = String::new();
+        conn.read_to_string(&mut response).await.ok()?;
+        Some(response)
+    }
+
+    #[tokio::test]
+    async fn probes_are_answered_while_the_api_server_does_not_answer() {
+        let dir = tempfile::tempdir().unwrap();
+        // An API server that accepts every request and never answers.
+        let (service, _api) = tower_test::mock::pair::<
+            ::http::Request<kube::client::Body>,
+            ::http::Response<kube::client::Body>,
+        >();
+        let client = kube::Client::new(service, "default");
+        let addr: std::net::SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let metrics_addr: std::net::SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let settings = Settings {
+            node_name: "n1".into(),
+            conf_dir_override: None,
+            bin_dir_override: None,
+            state_dir: dir.path().to_path_buf(),
+            log_file: dir.path().join("cni.log"),
+            plugin_source: dir.path().join("sinew"),
+            min_free: 4,
+            peer_selector: None,
+            block_release_grace: Duration::from_secs(300),
+            resync: Duration::from_secs(10),
+            metrics_addr: ListenAddr::At(metrics_addr),
+            probe_addr: Some(addr),
+            sysctl_dir: dir.path().to_path_buf(),
+            stall_after: Duration::from_secs(120),
+            dangling_grace: Duration::from_secs(60),
+        };
+        let agent = Agent::start(settings, client).await;
+        tokio::spawn(agent.run());
+        let mut health = None;
+        for _ in 0..40 {
+            health = get(addr, "/healthz").await;
+            if health.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let health = health.expect("/healthz answered while the caches cannot sync");
+        assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+        // Not ready, and saying why.
+        let ready = get(addr, "/readyz").await.expect("/readyz answered");
+        assert!(ready.starts_with("HTTP/1.1 503"), "{ready}");
+        assert!(ready.contains("waiting for the API server"), "{ready}");
     }
 }

@@ -15,11 +15,16 @@ pub struct Settings {
     pub plugin_source: PathBuf,
     /// Free addresses to keep available per pool before claiming another block.
     pub min_free: u64,
+    /// Label selector of the Nodes that are peers (`None`: every Node).
+    pub peer_selector: Option<String>,
     /// How long a block must stay empty before it is given back.
     pub block_release_grace: Duration,
     pub resync: Duration,
-    /// Where `/healthz`, `/readyz` and `/metrics` are served.
+    /// Where `/metrics` (and the probe paths) are served.
     pub metrics_addr: ListenAddr,
+    /// Where the kubelet's probes (`/healthz`, `/readyz`) are served, from the start (before
+    /// the caches sync): loopback, which pods cannot reach (`None`: nowhere).
+    pub probe_addr: Option<std::net::SocketAddr>,
     /// Where the node's sysctls are written (`/proc/sys`, or the host's mounted into a
     /// container).
     pub sysctl_dir: PathBuf,

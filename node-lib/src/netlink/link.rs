@@ -107,7 +107,9 @@ impl Netlink {
     }
 
     /// Creates a VXLAN device with VNI `vni` on UDP port `port`, with learning off and no
-    /// multicast group (forwarding entries come from [`Netlink::add_fdb`]).
+    /// multicast group (forwarding entries come from [`Netlink::add_fdb`]); `mac` is its
+    /// address (the kernel picks a random one where it is `None`).
+    #[allow(clippy::too_many_arguments)]
     pub fn create_vxlan(
         &mut self,
         name: &str,
@@ -116,6 +118,7 @@ impl Netlink {
         local: Option<IpAddr>,
         underlay_index: Option<u32>,
         mtu: Option<u32>,
+        mac: Option<[u8; 6]>,
     ) -> Result<()> {
         let op = "create vxlan";
         check_ifname(op, name)?;
@@ -132,6 +135,8 @@ impl Netlink {
         data.extend(underlay_index.map(InfoVxlan::Link));
         let mut msg = LinkMessage::default();
         msg.attributes = named_link_attributes(name, mtu);
+        msg.attributes
+            .extend(mac.map(|m| LinkAttribute::Address(m.to_vec())));
         msg.attributes
             .push(link_info(InfoKind::Vxlan, InfoData::Vxlan(data)));
         self.ack(

@@ -202,13 +202,15 @@ mod tests {
             Some(v4("198.51.100.1")),
             Some(t0),
             Some(1450),
+            Some([0x0a, 1, 2, 3, 4, 5]),
         )
         .unwrap();
         let vx = nl.link_by_name("sinew.vx").unwrap().unwrap();
         assert_eq!(vx.kind.as_deref(), Some("vxlan"));
         assert_eq!(vx.mtu, 1450);
+        assert_eq!(vx.mac, Some([0x0a, 1, 2, 3, 4, 5]), "created with its MAC");
         let dup = nl
-            .create_vxlan("sinew.vx", 42, 4789, None, None, None)
+            .create_vxlan("sinew.vx", 42, 4789, None, None, None, None)
             .unwrap_err();
         assert!(dup.is_exists(), "{dup}");
         nl.set_link_up(vx.index).unwrap();

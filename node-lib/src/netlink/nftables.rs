@@ -31,6 +31,10 @@
 //!     }
 //! }
 //! ```
+//!
+//! Pods' host ports add four DNAT maps, two hairpin sets and four chains to the table
+//! (the `host ports` section below, [`crate::hostport`]); the plugin adds and removes a pod's
+//! elements itself ([`Nftables::add_host_ports`], [`Nftables::remove_host_ports`]).
 
 use std::collections::BTreeMap;
 use std::io;
@@ -42,6 +46,7 @@ use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
 use sinew_core::{Cidr, Family};
 
 use crate::consts::NFT_TABLE;
+use crate::hostport::HostPort;
 use crate::netns::{NetNs, NetnsError};
 
 // ----- netlink (linux/netlink.h) -----
@@ -72,6 +77,8 @@ const NF_INET_POST_ROUTING: u32 = 4;
 const PRIORITY_SRCNAT: i32 = 100;
 /// `filter - 10` (`NF_IP_PRI_FILTER` is 0).
 const PRIORITY_FILTER_MINUS_10: i32 = -10;
+/// `priority raw`: before connection tracking, so a forged packet makes no conntrack entry.
+const PRIORITY_RAW: i32 = -300;
 const IPPROTO_UDP: u8 = 17;
 
 // ----- nf_tables messages (enum nf_tables_msg_types) -----
@@ -133,6 +140,11 @@ const NFTA_META_KEY: u16 = 2;
 const NFT_META_NFPROTO: u32 = 15;
 const NFT_META_L4PROTO: u32 = 16;
 
+const NFT_FIB_RESULT_OIF: u32 = 1;
+const NFTA_FIB_F_SADDR: u32 = 1 << 0;
+const NFTA_FIB_F_IIF: u32 = 1 << 3;
+const NFTA_FIB_F_PRESENT: u32 = 1 << 5;
+
 const NFTA_CMP_SREG: u16 = 1;
 const NFTA_CMP_OP: u16 = 2;
 const NFTA_CMP_DATA: u16 = 3;
@@ -178,6 +190,9 @@ const RECV_BUFFER_LEN: usize = 64 * 1024;
 pub const CHAIN_POSTROUTING: &str = "postrouting";
 /// Name of the VXLAN filter chain.
 pub const CHAIN_VXLAN: &str = "vxlan-from-nodes-only";
+/// The chain that drops what a pod sends from an address that is not routed to its own
+/// interface (anti-spoofing).
+pub const CHAIN_POD_SOURCES: &str = "pod-sources-only";
 
 /// Errors of nftables operations.
 #[derive(Debug, thiserror::Error)]
@@ -258,6 +273,9 @@ pub struct SinewTable {
     pub nodes: Vec<IpAddr>,
     /// The VXLAN UDP port.
     pub vxlan_port: u16,
+    /// Every pod's host ports (the IPAM store's, [`crate::hostport::of_store`]): declared
+    /// with the maps, so replacing the table keeps them.
+    pub host_ports: Vec<HostPort>,
 }
 
 /// One element of an interval set, as sent to the kernel.
@@ -371,6 +389,33 @@ pub enum Expr {
     Drop,
     /// `masq`.
     Masq,
+    /// `fib saddr . iif oif missing`: loads 1 into reg 1 when the route back to the packet's
+    /// source leaves by the interface it came in on, else 0 (the reverse-path check).
+    FibSourceViaInputPresent,
+    // Host ports (`hostport` section below):
+    /// `payload load LEN @ BASE + OFFSET => reg DREG` (a field of a concatenation).
+    PayloadTo {
+        base: u32,
+        offset: u32,
+        len: u32,
+        dreg: u32,
+    },
+    /// `cmp neq reg 1 DATA`.
+    CmpNeq { data: Vec<u8> },
+    /// `lookup reg 1 set NAME dreg 1`: the map's value lands in reg 1 onwards.
+    MapLookup { set: String, set_id: u32 },
+    /// `nat dnat FAMILY addr_min reg 1 proto_min reg PROTO_REG`.
+    Dnat { family: u8, proto_reg: u32 },
+    /// `fib daddr type => reg 1`.
+    FibDaddrType,
+    /// `ct load status => reg 1`.
+    CtStatus,
+    /// `bitwise reg 1 = (reg 1 & MASK) ^ 0`.
+    And { mask: Vec<u8> },
+    /// `immediate reg 0 jump -> CHAIN`.
+    Jump { chain: String },
+    /// `immediate reg 0 return`.
+    Return,
 }
 
 /// Writes netlink attributes into a buffer.
@@ -482,6 +527,15 @@ fn encode_expr(a: &mut Attrs<'_>, expr: &Expr) {
         }),
         // No data: plain `masquerade`, no port range, no flags.
         Expr::Masq => a.str(NFTA_EXPR_NAME, "masq"),
+        Expr::FibSourceViaInputPresent => data(a, "fib", &|d| {
+            d.be32(NFTA_FIB_DREG, NFT_REG_1);
+            d.be32(NFTA_FIB_RESULT, NFT_FIB_RESULT_OIF);
+            d.be32(
+                NFTA_FIB_FLAGS,
+                NFTA_FIB_F_SADDR | NFTA_FIB_F_IIF | NFTA_FIB_F_PRESENT,
+            );
+        }),
+        host_port_expr => encode_host_port_expr(a, host_port_expr),
     }
 }
 
@@ -744,18 +798,53 @@ fn vxlan_rule(family: Family, nodes: (&str, u32), port: u16) -> Vec<Expr> {
     v
 }
 
+/// `meta nfproto FAMILY iifname "snw*" [ip6 saddr != @linklocal6] fib saddr . iif oif
+/// missing counter drop`: a packet from a pod's veth whose source is not routed back to that
+/// veth (not the pod's own address) is dropped. IPv6 link-local sources (neighbour
+/// discovery) are left alone: they are never routed off the link.
+fn pod_source_rule(family: Family, link_local: (&str, u32)) -> Vec<Expr> {
+    let mut v = match_family(family).to_vec();
+    v.push(Expr::Meta {
+        key: NFT_META_IIFNAME,
+    });
+    v.push(Expr::CmpEq {
+        data: crate::consts::HOST_VETH_PREFIX.as_bytes().to_vec(),
+    });
+    if family == Family::V6 {
+        v.push(load_address(family, true));
+        v.push(lookup(link_local.0, link_local.1, true));
+    }
+    v.push(Expr::FibSourceViaInputPresent);
+    // As `nft` encodes `missing`: a 32-bit register compared with zero.
+    v.push(Expr::CmpEq { data: vec![0; 4] });
+    v.push(Expr::Counter);
+    v.push(Expr::Drop);
+    v
+}
+
+/// The link-local range IPv6 neighbour discovery uses.
+fn link_local_v6() -> Cidr {
+    Cidr::new_truncating(
+        IpAddr::V6(std::net::Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0)),
+        10,
+    )
+    .unwrap_or_else(|_| Cidr::host(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)))
+}
+
 /// Appends to `batch` the creation of the whole table (which must not exist at that point
 /// of the transaction).
 fn build_table(batch: &mut Batch, table: &str, t: &SinewTable) {
     let nodes: Vec<Cidr> = t.nodes.iter().map(|a| Cidr::host(*a)).collect();
     // (name, id, family, members)
-    let sets: [(&str, u32, Family, &[Cidr]); 6] = [
+    let link_local = [link_local_v6()];
+    let sets: [(&str, u32, Family, &[Cidr]); 7] = [
         ("pods4", 1, Family::V4, &t.pods),
         ("pods6", 2, Family::V6, &t.pods),
         ("nat4", 3, Family::V4, &t.nat),
         ("nat6", 4, Family::V6, &t.nat),
         ("nodes4", 5, Family::V4, &nodes),
         ("nodes6", 6, Family::V6, &nodes),
+        ("linklocal6", 7, Family::V6, &link_local),
     ];
     batch.add_table(table);
     for (name, id, family, members) in sets {
@@ -800,6 +889,896 @@ fn build_table(batch: &mut Batch, table: &str, t: &SinewTable) {
         &format!("ip6 saddr != @nodes6 udp dport {port} counter drop"),
         &vxlan_rule(Family::V6, ("nodes6", 6), port),
     );
+    batch.add_base_chain(
+        table,
+        CHAIN_POD_SOURCES,
+        "filter",
+        NF_INET_PRE_ROUTING,
+        PRIORITY_RAW,
+    );
+    batch.add_rule(
+        table,
+        CHAIN_POD_SOURCES,
+        "meta nfproto ipv4 iifname \"snw*\" fib saddr . iif oif missing counter drop",
+        &pod_source_rule(Family::V4, ("linklocal6", 7)),
+    );
+    batch.add_rule(
+        table,
+        CHAIN_POD_SOURCES,
+        "meta nfproto ipv6 iifname \"snw*\" ip6 saddr != @linklocal6 fib saddr . iif oif missing counter drop",
+        &pod_source_rule(Family::V6, ("linklocal6", 7)),
+    );
+    build_host_ports(batch, table, &t.host_ports);
+}
+
+// ----- host ports (`crate::hostport`) -----
+//
+// ```text
+//     map hostports4 { type inet_proto . ipv4_addr . inet_service : ipv4_addr . inet_service; }
+//     map hostports4any { type inet_proto . inet_service : ipv4_addr . inet_service; }
+//     map hostports6 { ... ipv6_addr ... }   map hostports6any { ... }
+//     set hairpin4 { type ipv4_addr . ipv4_addr; }   set hairpin6 { ... }
+//     chain hostports {
+//         ip6 daddr ::1 return
+//         meta nfproto ipv4 dnat ip to meta l4proto . ip daddr . th dport map @hostports4
+//         meta nfproto ipv4 dnat ip to meta l4proto . th dport map @hostports4any
+//         meta nfproto ipv6 dnat ip6 to meta l4proto . ip6 daddr . th dport map @hostports6
+//         meta nfproto ipv6 dnat ip6 to meta l4proto . th dport map @hostports6any
+//     }
+//     chain hostports-prerouting {
+//         type nat hook prerouting priority dstnat; policy accept;
+//         fib daddr type local jump hostports
+//     }
+//     chain hostports-output {
+//         type nat hook output priority -100; policy accept;
+//         fib daddr type local jump hostports
+//     }
+//     chain hostports-postrouting {
+//         type nat hook postrouting priority srcnat; policy accept;
+//         ip saddr . ip daddr @hairpin4 masquerade
+//         ip6 saddr . ip6 daddr @hairpin6 masquerade
+//         ip saddr 127.0.0.0/8 ct status dnat masquerade
+//     }
+//     chain hostports-loopback-guard {
+//         type filter hook input priority filter - 10; policy accept;
+//         iifname "snw*" ip daddr 127.0.0.0/8 ct status ! dnat counter drop
+//     }
+// ```
+//
+// A key's fields are padded to 4 bytes each (nft's registers), values too. NAT chains see
+// only the first packet of a connection, so a flow costs one FIB lookup and at most four
+// hash lookups, however many pods have host ports.
+
+const NFT_MSG_GETSETELEM: u16 = 13;
+const NFT_MSG_DELSETELEM: u16 = 14;
+const NFTA_SET_DATA_TYPE: u16 = 6;
+const NFTA_SET_DATA_LEN: u16 = 7;
+const NFT_SET_MAP: u32 = 0x8;
+const NFTA_SET_ELEM_DATA: u16 = 2;
+const NFTA_VERDICT_CHAIN: u16 = 2;
+const NFT_JUMP: i32 = -3;
+const NFT_RETURN: i32 = -5;
+const NFTA_LOOKUP_DREG: u16 = 3;
+const NFT_REG_2: u32 = 2;
+/// 32-bit registers: `NFT_REG32_00` is 8 and overlays `NFT_REG_1`.
+const NFT_REG32_01: u32 = 9;
+const NFT_REG32_02: u32 = 10;
+const NFT_REG32_05: u32 = 13;
+const NFT_META_IIFNAME: u32 = 6;
+const NFT_CMP_NEQ: u32 = 1;
+const NFTA_BITWISE_SREG: u16 = 1;
+const NFTA_BITWISE_DREG: u16 = 2;
+const NFTA_BITWISE_LEN: u16 = 3;
+const NFTA_BITWISE_MASK: u16 = 4;
+const NFTA_BITWISE_XOR: u16 = 5;
+const NFTA_CT_DREG: u16 = 1;
+const NFTA_CT_KEY: u16 = 2;
+const NFT_CT_STATUS: u32 = 2;
+/// `IPS_DST_NAT` (`linux/netfilter/nf_conntrack_common.h`).
+const IPS_DST_NAT: u32 = 1 << 5;
+const NFTA_FIB_DREG: u16 = 1;
+const NFTA_FIB_RESULT: u16 = 2;
+const NFTA_FIB_FLAGS: u16 = 3;
+const NFT_FIB_RESULT_ADDRTYPE: u32 = 3;
+const NFTA_FIB_F_DADDR: u32 = 1 << 1;
+/// `RTN_LOCAL` (`linux/rtnetlink.h`): the address is one of this host's.
+const RTN_LOCAL: u32 = 2;
+const NFTA_NAT_TYPE: u16 = 1;
+const NFTA_NAT_FAMILY: u16 = 2;
+const NFTA_NAT_REG_ADDR_MIN: u16 = 3;
+const NFTA_NAT_REG_PROTO_MIN: u16 = 5;
+const NFT_NAT_DNAT: u32 = 1;
+const NF_INET_PRE_ROUTING: u32 = 0;
+const NF_INET_LOCAL_OUT: u32 = 3;
+/// `dstnat` (`NF_IP_PRI_NAT_DST`).
+const PRIORITY_DSTNAT: i32 = -100;
+/// `nft` datatype ids (shown by `nft list`; a concatenation packs 6 bits per field).
+const NFT_TYPE_INET_PROTOCOL: u32 = 12;
+const NFT_TYPE_INET_SERVICE: u32 = 13;
+/// Set user data TLV "data byte order" (for maps), next to the key's.
+const UDATA_SET_DATABYTEORDER: u8 = 1;
+const BYTEORDER_HOST: u32 = 0;
+
+/// The regular chain holding the DNAT rules, jumped to from prerouting and output.
+pub const CHAIN_HOSTPORTS: &str = "hostports";
+/// Traffic from outside the node to its local addresses.
+pub const CHAIN_HOSTPORTS_PREROUTING: &str = "hostports-prerouting";
+/// The node's own connections to its local addresses (`127.0.0.1` included).
+pub const CHAIN_HOSTPORTS_OUTPUT: &str = "hostports-output";
+/// Hairpin and loopback-source masquerading.
+pub const CHAIN_HOSTPORTS_POSTROUTING: &str = "hostports-postrouting";
+/// Drops what pods send to `127.0.0.0/8` unless it answers a host-port connection:
+/// `route_localnet` on a pod's host veth would otherwise let the pod reach the node's
+/// loopback services.
+pub const CHAIN_HOSTPORTS_GUARD: &str = "hostports-loopback-guard";
+
+/// One of the four DNAT maps, or one of the two hairpin sets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct HostPortSet {
+    name: &'static str,
+    id: u32,
+    key_type: u32,
+    key_len: u32,
+    /// Data type and length; `None` for a set.
+    data: Option<(u32, u32)>,
+}
+
+const fn concat(types: &[u32]) -> u32 {
+    let mut t = 0;
+    let mut i = 0;
+    while i < types.len() {
+        t = (t << 6) | types[i];
+        i += 1;
+    }
+    t
+}
+
+const V4_SERVICE: u32 = concat(&[NFT_TYPE_IPADDR, NFT_TYPE_INET_SERVICE]);
+const V6_SERVICE: u32 = concat(&[NFT_TYPE_IP6ADDR, NFT_TYPE_INET_SERVICE]);
+
+const HOSTPORTS4: HostPortSet = HostPortSet {
+    name: "hostports4",
+    id: 11,
+    key_type: concat(&[
+        NFT_TYPE_INET_PROTOCOL,
+        NFT_TYPE_IPADDR,
+        NFT_TYPE_INET_SERVICE,
+    ]),
+    key_len: 12,
+    data: Some((V4_SERVICE, 8)),
+};
+const HOSTPORTS4_ANY: HostPortSet = HostPortSet {
+    name: "hostports4any",
+    id: 12,
+    key_type: concat(&[NFT_TYPE_INET_PROTOCOL, NFT_TYPE_INET_SERVICE]),
+    key_len: 8,
+    data: Some((V4_SERVICE, 8)),
+};
+const HOSTPORTS6: HostPortSet = HostPortSet {
+    name: "hostports6",
+    id: 13,
+    key_type: concat(&[
+        NFT_TYPE_INET_PROTOCOL,
+        NFT_TYPE_IP6ADDR,
+        NFT_TYPE_INET_SERVICE,
+    ]),
+    key_len: 24,
+    data: Some((V6_SERVICE, 20)),
+};
+const HOSTPORTS6_ANY: HostPortSet = HostPortSet {
+    name: "hostports6any",
+    id: 14,
+    key_type: concat(&[NFT_TYPE_INET_PROTOCOL, NFT_TYPE_INET_SERVICE]),
+    key_len: 8,
+    data: Some((V6_SERVICE, 20)),
+};
+const HAIRPIN4: HostPortSet = HostPortSet {
+    name: "hairpin4",
+    id: 15,
+    key_type: concat(&[NFT_TYPE_IPADDR, NFT_TYPE_IPADDR]),
+    key_len: 8,
+    data: None,
+};
+const HAIRPIN6: HostPortSet = HostPortSet {
+    name: "hairpin6",
+    id: 16,
+    key_type: concat(&[NFT_TYPE_IP6ADDR, NFT_TYPE_IP6ADDR]),
+    key_len: 32,
+    data: None,
+};
+
+/// One element of a host-port map or hairpin set, as sent to the kernel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct HostPortElement {
+    set: HostPortSet,
+    key: Vec<u8>,
+    data: Option<Vec<u8>>,
+}
+
+impl HostPortElement {
+    /// How errors and logs name it, in `nft` words.
+    fn describe(&self) -> String {
+        format!(
+            "element {} of map inet {NFT_TABLE} {}",
+            hex(&self.key),
+            self.set.name
+        )
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn padded(bytes: &[u8]) -> Vec<u8> {
+    let mut v = bytes.to_vec();
+    pad4(&mut v);
+    v
+}
+
+fn ip_bytes(ip: IpAddr) -> Vec<u8> {
+    match ip {
+        IpAddr::V4(a) => a.octets().to_vec(),
+        IpAddr::V6(a) => a.octets().to_vec(),
+    }
+}
+
+/// The map element of one host port (`proto . [daddr .] dport : podIP . port`).
+fn map_element(hp: &HostPort) -> HostPortElement {
+    let v6 = hp.pod_ip.is_ipv6();
+    let set = match (v6, hp.host_ip.is_some()) {
+        (false, true) => HOSTPORTS4,
+        (false, false) => HOSTPORTS4_ANY,
+        (true, true) => HOSTPORTS6,
+        (true, false) => HOSTPORTS6_ANY,
+    };
+    let mut key = padded(&[hp.protocol.number()]);
+    if let Some(ip) = hp.host_ip {
+        key.extend(ip_bytes(ip));
+    }
+    key.extend(padded(&hp.host_port.to_be_bytes()));
+    let mut data = ip_bytes(hp.pod_ip);
+    data.extend(padded(&hp.container_port.to_be_bytes()));
+    HostPortElement {
+        set,
+        key,
+        data: Some(data),
+    }
+}
+
+/// The hairpin element of a pod address (`podIP . podIP`): a pod reaching its own host port
+/// gets its own address back as destination, which it would drop as a martian unless the
+/// source is masqueraded.
+fn hairpin_element(pod_ip: IpAddr) -> HostPortElement {
+    let set = if pod_ip.is_ipv6() { HAIRPIN6 } else { HAIRPIN4 };
+    let mut key = ip_bytes(pod_ip);
+    key.extend(ip_bytes(pod_ip));
+    HostPortElement {
+        set,
+        key,
+        data: None,
+    }
+}
+
+/// Every element these host ports need: one per host port, one hairpin per pod address.
+fn host_port_elements(ports: &[HostPort]) -> Vec<HostPortElement> {
+    let mut out: Vec<HostPortElement> = ports.iter().map(map_element).collect();
+    let mut pods: Vec<IpAddr> = ports.iter().map(|p| p.pod_ip).collect();
+    pods.sort();
+    pods.dedup();
+    out.extend(pods.into_iter().map(hairpin_element));
+    out
+}
+
+fn encode_host_port_expr(a: &mut Attrs<'_>, expr: &Expr) {
+    let data = |a: &mut Attrs<'_>, name: &str, f: &dyn Fn(&mut Attrs<'_>)| {
+        a.str(NFTA_EXPR_NAME, name);
+        a.nest(NFTA_EXPR_DATA, |d| f(d));
+    };
+    let verdict = |a: &mut Attrs<'_>, code: i32, chain: Option<&str>| {
+        data(a, "immediate", &|d| {
+            d.be32(NFTA_IMMEDIATE_DREG, NFT_REG_VERDICT);
+            d.nest(NFTA_IMMEDIATE_DATA, |v| {
+                v.nest(NFTA_DATA_VERDICT, |c| {
+                    c.put(NFTA_VERDICT_CODE, &code.to_be_bytes());
+                    if let Some(chain) = chain {
+                        c.str(NFTA_VERDICT_CHAIN, chain);
+                    }
+                });
+            });
+        });
+    };
+    match expr {
+        Expr::PayloadTo {
+            base,
+            offset,
+            len,
+            dreg,
+        } => data(a, "payload", &|d| {
+            d.be32(NFTA_PAYLOAD_DREG, *dreg);
+            d.be32(NFTA_PAYLOAD_BASE, *base);
+            d.be32(NFTA_PAYLOAD_OFFSET, *offset);
+            d.be32(NFTA_PAYLOAD_LEN, *len);
+        }),
+        Expr::CmpNeq { data: value } => data(a, "cmp", &|d| {
+            d.be32(NFTA_CMP_SREG, NFT_REG_1);
+            d.be32(NFTA_CMP_OP, NFT_CMP_NEQ);
+            d.nest(NFTA_CMP_DATA, |v| v.put(NFTA_DATA_VALUE, value));
+        }),
+        Expr::MapLookup { set, set_id } => data(a, "lookup", &|d| {
+            d.str(NFTA_LOOKUP_SET, set);
+            d.be32(NFTA_LOOKUP_SET_ID, *set_id);
+            d.be32(NFTA_LOOKUP_SREG, NFT_REG_1);
+            d.be32(NFTA_LOOKUP_DREG, NFT_REG_1);
+        }),
+        Expr::Dnat { family, proto_reg } => data(a, "nat", &|d| {
+            d.be32(NFTA_NAT_TYPE, NFT_NAT_DNAT);
+            d.be32(NFTA_NAT_FAMILY, u32::from(*family));
+            d.be32(NFTA_NAT_REG_ADDR_MIN, NFT_REG_1);
+            d.be32(NFTA_NAT_REG_PROTO_MIN, *proto_reg);
+        }),
+        Expr::FibDaddrType => data(a, "fib", &|d| {
+            d.be32(NFTA_FIB_DREG, NFT_REG_1);
+            d.be32(NFTA_FIB_RESULT, NFT_FIB_RESULT_ADDRTYPE);
+            d.be32(NFTA_FIB_FLAGS, NFTA_FIB_F_DADDR);
+        }),
+        Expr::CtStatus => data(a, "ct", &|d| {
+            d.be32(NFTA_CT_DREG, NFT_REG_1);
+            d.be32(NFTA_CT_KEY, NFT_CT_STATUS);
+        }),
+        Expr::And { mask } => data(a, "bitwise", &|d| {
+            d.be32(NFTA_BITWISE_SREG, NFT_REG_1);
+            d.be32(NFTA_BITWISE_DREG, NFT_REG_1);
+            d.be32(NFTA_BITWISE_LEN, u32::try_from(mask.len()).unwrap_or(0));
+            d.nest(NFTA_BITWISE_MASK, |v| v.put(NFTA_DATA_VALUE, mask));
+            d.nest(NFTA_BITWISE_XOR, |v| {
+                v.put(NFTA_DATA_VALUE, &vec![0; mask.len()])
+            });
+        }),
+        Expr::Jump { chain } => verdict(a, NFT_JUMP, Some(chain)),
+        Expr::Return => verdict(a, NFT_RETURN, None),
+        // The table's other expressions are encoded by `encode_expr` itself.
+        Expr::Meta { .. }
+        | Expr::CmpEq { .. }
+        | Expr::Payload { .. }
+        | Expr::Lookup { .. }
+        | Expr::Counter
+        | Expr::Drop
+        | Expr::Masq
+        | Expr::FibSourceViaInputPresent => encode_expr(a, expr),
+    }
+}
+
+/// `meta l4proto . [ip daddr .] th dport`, loaded as the map's key from reg 1 on.
+fn host_port_key(family: Family, with_daddr: bool) -> Vec<Expr> {
+    let mut v = vec![Expr::Meta {
+        key: NFT_META_L4PROTO,
+    }];
+    let port_reg = if with_daddr {
+        let (offset, len, next) = match family {
+            Family::V4 => (16, 4, NFT_REG32_02),
+            Family::V6 => (24, 16, NFT_REG32_05),
+        };
+        v.push(Expr::PayloadTo {
+            base: NFT_PAYLOAD_NETWORK_HEADER,
+            offset,
+            len,
+            dreg: NFT_REG32_01,
+        });
+        next
+    } else {
+        NFT_REG32_01
+    };
+    v.push(Expr::PayloadTo {
+        base: NFT_PAYLOAD_TRANSPORT_HEADER,
+        offset: 2,
+        len: 2,
+        dreg: port_reg,
+    });
+    v
+}
+
+/// `meta nfproto F dnat F to meta l4proto . [daddr .] th dport map @SET`.
+fn dnat_rule(family: Family, set: HostPortSet) -> Vec<Expr> {
+    let mut v = match_family(family).to_vec();
+    v.extend(host_port_key(family, set.key_len > 8));
+    v.push(Expr::MapLookup {
+        set: set.name.to_string(),
+        set_id: set.id,
+    });
+    let (nat_family, proto_reg) = match family {
+        Family::V4 => (NFPROTO_IPV4, NFT_REG32_01),
+        Family::V6 => (NFPROTO_IPV6, NFT_REG_2),
+    };
+    v.push(Expr::Dnat {
+        family: nat_family,
+        proto_reg,
+    });
+    v
+}
+
+/// `ip saddr . ip daddr @hairpinN masquerade`.
+fn hairpin_rule(family: Family, set: HostPortSet) -> Vec<Expr> {
+    let mut v = match_family(family).to_vec();
+    v.push(load_address(family, true));
+    let (offset, len, dreg) = match family {
+        Family::V4 => (16, 4, NFT_REG32_01),
+        Family::V6 => (24, 16, NFT_REG_2),
+    };
+    v.push(Expr::PayloadTo {
+        base: NFT_PAYLOAD_NETWORK_HEADER,
+        offset,
+        len,
+        dreg,
+    });
+    v.push(lookup(set.name, set.id, false));
+    v.push(Expr::Masq);
+    v
+}
+
+/// `ct status dnat` (or `ct status ! dnat`).
+fn ct_dnat(dnat: bool) -> [Expr; 3] {
+    let zero = vec![0; 4];
+    [
+        Expr::CtStatus,
+        Expr::And {
+            mask: IPS_DST_NAT.to_ne_bytes().to_vec(),
+        },
+        if dnat {
+            Expr::CmpNeq { data: zero }
+        } else {
+            Expr::CmpEq { data: zero }
+        },
+    ]
+}
+
+/// `ip saddr|daddr 127.0.0.0/8` (nft compares the first byte).
+fn ipv4_loopback(source: bool) -> [Expr; 4] {
+    let [nfproto, v4] = match_family(Family::V4);
+    [
+        nfproto,
+        v4,
+        Expr::Payload {
+            base: NFT_PAYLOAD_NETWORK_HEADER,
+            offset: if source { 12 } else { 16 },
+            len: 1,
+        },
+        Expr::CmpEq { data: vec![127] },
+    ]
+}
+
+impl Batch {
+    fn add_host_port_set(&mut self, table: &str, set: HostPortSet) {
+        self.add(
+            format!("add map inet {table} {}", set.name),
+            NFT_MSG_NEWSET,
+            NLM_F_CREATE,
+            |a| {
+                a.str(NFTA_SET_TABLE, table);
+                a.str(NFTA_SET_NAME, set.name);
+                a.be32(
+                    NFTA_SET_FLAGS,
+                    if set.data.is_some() { NFT_SET_MAP } else { 0 },
+                );
+                a.be32(NFTA_SET_KEY_TYPE, set.key_type);
+                a.be32(NFTA_SET_KEY_LEN, set.key_len);
+                if let Some((data_type, data_len)) = set.data {
+                    a.be32(NFTA_SET_DATA_TYPE, data_type);
+                    a.be32(NFTA_SET_DATA_LEN, data_len);
+                }
+                a.be32(NFTA_SET_ID, set.id);
+                let mut udata = udata(UDATA_SET_KEYBYTEORDER, BYTEORDER_HOST);
+                if set.data.is_some() {
+                    udata.extend(self::udata(UDATA_SET_DATABYTEORDER, BYTEORDER_HOST));
+                }
+                a.put(NFTA_SET_USERDATA, &udata);
+            },
+        );
+    }
+
+    /// One element message: `NFT_MSG_NEWSETELEM` or `NFT_MSG_DELSETELEM`, by the set's name
+    /// (and its id when the set is created in the same batch).
+    fn host_port_element(
+        &mut self,
+        table: &str,
+        msg: u16,
+        element: &HostPortElement,
+        with_id: bool,
+    ) {
+        let verb = if msg == NFT_MSG_DELSETELEM {
+            "delete"
+        } else {
+            "add"
+        };
+        self.add(
+            format!("{verb} {}", element.describe()),
+            msg,
+            if msg == NFT_MSG_DELSETELEM {
+                0
+            } else {
+                NLM_F_CREATE
+            },
+            |a| {
+                a.str(NFTA_SET_ELEM_LIST_TABLE, table);
+                a.str(NFTA_SET_ELEM_LIST_SET, element.set.name);
+                if with_id {
+                    a.be32(NFTA_SET_ELEM_LIST_SET_ID, element.set.id);
+                }
+                a.nest(NFTA_SET_ELEM_LIST_ELEMENTS, |list| {
+                    list.nest(NFTA_LIST_ELEM, |el| {
+                        el.nest(NFTA_SET_ELEM_KEY, |k| k.put(NFTA_DATA_VALUE, &element.key));
+                        if msg != NFT_MSG_DELSETELEM
+                            && let Some(data) = &element.data
+                        {
+                            el.nest(NFTA_SET_ELEM_DATA, |d| d.put(NFTA_DATA_VALUE, data));
+                        }
+                    });
+                });
+            },
+        );
+    }
+
+    fn add_regular_chain(&mut self, table: &str, name: &str) {
+        self.add(
+            format!("add chain inet {table} {name}"),
+            NFT_MSG_NEWCHAIN,
+            NLM_F_CREATE,
+            |a| {
+                a.str(NFTA_CHAIN_TABLE, table);
+                a.str(NFTA_CHAIN_NAME, name);
+            },
+        );
+    }
+}
+
+/// Appends to `batch` the host-port maps (holding `ports`), the hairpin sets and their
+/// chains (see the section's comment).
+fn build_host_ports(batch: &mut Batch, table: &str, ports: &[HostPort]) {
+    let all = [
+        HOSTPORTS4,
+        HOSTPORTS4_ANY,
+        HOSTPORTS6,
+        HOSTPORTS6_ANY,
+        HAIRPIN4,
+        HAIRPIN6,
+    ];
+    for set in all {
+        batch.add_host_port_set(table, set);
+    }
+    for element in host_port_elements(ports) {
+        batch.host_port_element(table, NFT_MSG_NEWSETELEM, &element, true);
+    }
+    batch.add_regular_chain(table, CHAIN_HOSTPORTS);
+    let mut return_on_v6_loopback = match_family(Family::V6).to_vec();
+    return_on_v6_loopback.extend([
+        load_address(Family::V6, false),
+        Expr::CmpEq {
+            data: Ipv6Addr::LOCALHOST.octets().to_vec(),
+        },
+        Expr::Return,
+    ]);
+    batch.add_rule(
+        table,
+        CHAIN_HOSTPORTS,
+        "ip6 daddr ::1 return",
+        &return_on_v6_loopback,
+    );
+    for (family, set, what) in [
+        (
+            Family::V4,
+            HOSTPORTS4,
+            "ip to meta l4proto . ip daddr . th dport",
+        ),
+        (Family::V4, HOSTPORTS4_ANY, "ip to meta l4proto . th dport"),
+        (
+            Family::V6,
+            HOSTPORTS6,
+            "ip6 to meta l4proto . ip6 daddr . th dport",
+        ),
+        (Family::V6, HOSTPORTS6_ANY, "ip6 to meta l4proto . th dport"),
+    ] {
+        batch.add_rule(
+            table,
+            CHAIN_HOSTPORTS,
+            &format!("dnat {what} map @{}", set.name),
+            &dnat_rule(family, set),
+        );
+    }
+    let jump = [
+        Expr::FibDaddrType,
+        Expr::CmpEq {
+            data: RTN_LOCAL.to_ne_bytes().to_vec(),
+        },
+        Expr::Jump {
+            chain: CHAIN_HOSTPORTS.to_string(),
+        },
+    ];
+    for (chain, hook) in [
+        (CHAIN_HOSTPORTS_PREROUTING, NF_INET_PRE_ROUTING),
+        (CHAIN_HOSTPORTS_OUTPUT, NF_INET_LOCAL_OUT),
+    ] {
+        batch.add_base_chain(table, chain, "nat", hook, PRIORITY_DSTNAT);
+        batch.add_rule(table, chain, "fib daddr type local jump hostports", &jump);
+    }
+    let post = CHAIN_HOSTPORTS_POSTROUTING;
+    batch.add_base_chain(table, post, "nat", NF_INET_POST_ROUTING, PRIORITY_SRCNAT);
+    batch.add_rule(
+        table,
+        post,
+        "ip saddr . ip daddr @hairpin4 masquerade",
+        &hairpin_rule(Family::V4, HAIRPIN4),
+    );
+    batch.add_rule(
+        table,
+        post,
+        "ip6 saddr . ip6 daddr @hairpin6 masquerade",
+        &hairpin_rule(Family::V6, HAIRPIN6),
+    );
+    let mut loopback_source = ipv4_loopback(true).to_vec();
+    loopback_source.extend(ct_dnat(true));
+    loopback_source.push(Expr::Masq);
+    batch.add_rule(
+        table,
+        post,
+        "ip saddr 127.0.0.0/8 ct status dnat masquerade",
+        &loopback_source,
+    );
+    let guard = CHAIN_HOSTPORTS_GUARD;
+    batch.add_base_chain(
+        table,
+        guard,
+        "filter",
+        NF_INET_LOCAL_IN,
+        PRIORITY_FILTER_MINUS_10,
+    );
+    let mut from_pods = vec![
+        Expr::Meta {
+            key: NFT_META_IIFNAME,
+        },
+        Expr::CmpEq {
+            data: crate::consts::HOST_VETH_PREFIX.as_bytes().to_vec(),
+        },
+    ];
+    from_pods.extend(ipv4_loopback(false));
+    from_pods.extend(ct_dnat(false));
+    from_pods.extend([Expr::Counter, Expr::Drop]);
+    batch.add_rule(
+        table,
+        guard,
+        "iifname \"snw*\" ip daddr 127.0.0.0/8 ct status ! dnat counter drop",
+        &from_pods,
+    );
+}
+
+/// The host-port part of the table in `nft -f` syntax (the lines inside `table inet sinew
+/// { ... }`): what `nft list` shows of it, and what the agent compares to decide when to
+/// replace the table.
+pub fn render_host_ports(ports: &[HostPort]) -> String {
+    let ty = |t: u32| -> &'static str {
+        match t {
+            NFT_TYPE_IPADDR => "ipv4_addr",
+            NFT_TYPE_IP6ADDR => "ipv6_addr",
+            NFT_TYPE_INET_PROTOCOL => "inet_proto",
+            _ => "inet_service",
+        }
+    };
+    let type_of = |mut t: u32| -> String {
+        let mut parts = Vec::new();
+        while t != 0 {
+            parts.push(ty(t & 0x3f));
+            t >>= 6;
+        }
+        parts.reverse();
+        parts.join(" . ")
+    };
+    let mut s = String::new();
+    for set in [
+        HOSTPORTS4,
+        HOSTPORTS4_ANY,
+        HOSTPORTS6,
+        HOSTPORTS6_ANY,
+        HAIRPIN4,
+        HAIRPIN6,
+    ] {
+        let mut elements: Vec<String> = Vec::new();
+        for hp in ports {
+            if map_element(hp).set == set {
+                let on = hp.host_ip.map(|ip| format!("{ip} . ")).unwrap_or_default();
+                elements.push(format!(
+                    "{} . {on}{} : {} . {}",
+                    hp.protocol, hp.host_port, hp.pod_ip, hp.container_port
+                ));
+            }
+        }
+        let mut pods: Vec<IpAddr> = ports.iter().map(|p| p.pod_ip).collect();
+        pods.sort();
+        pods.dedup();
+        for pod in pods {
+            if hairpin_element(pod).set == set {
+                elements.push(format!("{pod} . {pod}"));
+            }
+        }
+        let (kind, ty) = match set.data {
+            Some((data, _)) => (
+                "map",
+                format!("{} : {}", type_of(set.key_type), type_of(data)),
+            ),
+            None => ("set", type_of(set.key_type)),
+        };
+        let elements = if elements.is_empty() {
+            String::new()
+        } else {
+            format!(" elements = {{ {} }};", elements.join(", "))
+        };
+        s += &format!("    {kind} {} {{ type {ty};{elements} }}\n", set.name);
+    }
+    s += "    chain hostports {\n";
+    s += "        ip6 daddr ::1 return\n";
+    s +=
+        "        meta nfproto ipv4 dnat ip to meta l4proto . ip daddr . th dport map @hostports4\n";
+    s += "        meta nfproto ipv4 dnat ip to meta l4proto . th dport map @hostports4any\n";
+    s += "        meta nfproto ipv6 dnat ip6 to meta l4proto . ip6 daddr . th dport map @hostports6\n";
+    s += "        meta nfproto ipv6 dnat ip6 to meta l4proto . th dport map @hostports6any\n";
+    s += "    }\n";
+    s += "    chain hostports-prerouting {\n        type nat hook prerouting priority dstnat; policy accept;\n";
+    s += "        fib daddr type local jump hostports\n    }\n";
+    s += "    chain hostports-output {\n        type nat hook output priority -100; policy accept;\n";
+    s += "        fib daddr type local jump hostports\n    }\n";
+    s += "    chain hostports-postrouting {\n        type nat hook postrouting priority srcnat; policy accept;\n";
+    s += "        ip saddr . ip daddr @hairpin4 masquerade\n";
+    s += "        ip6 saddr . ip6 daddr @hairpin6 masquerade\n";
+    s += "        ip saddr 127.0.0.0/8 ct status dnat masquerade\n    }\n";
+    s += "    chain hostports-loopback-guard {\n        type filter hook input priority filter - 10; policy accept;\n";
+    s +=
+        "        iifname \"snw*\" ip daddr 127.0.0.0/8 ct status & dnat == 0 counter drop\n    }\n";
+    s
+}
+
+/// Walks netlink attributes: `(type without flags, payload)`.
+fn attributes(mut data: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+    std::iter::from_fn(move || {
+        let len = usize::from(u16::from_ne_bytes(data.get(..2)?.try_into().ok()?));
+        let ty = u16::from_ne_bytes(data.get(2..4)?.try_into().ok()?) & !NLA_F_NESTED;
+        let value = data.get(4..len)?;
+        data = data.get(super::align4(len)..).unwrap_or_default();
+        Some((ty, value))
+    })
+}
+
+/// The value of the first attribute of type `ty`.
+fn attribute(data: &[u8], ty: u16) -> Option<&[u8]> {
+    attributes(data).find(|(t, _)| *t == ty).map(|(_, v)| v)
+}
+
+/// The data of the element in a `NFT_MSG_NEWSETELEM` reply (after its `nfgenmsg`).
+fn element_data(payload: &[u8]) -> Option<Vec<u8>> {
+    let list = attribute(payload.get(4..)?, NFTA_SET_ELEM_LIST_ELEMENTS)?;
+    let element = attribute(list, NFTA_LIST_ELEM)?;
+    let data = attribute(element, NFTA_SET_ELEM_DATA)?;
+    attribute(data, NFTA_DATA_VALUE).map(<[u8]>::to_vec)
+}
+
+impl Nftables {
+    /// Maps `ports` (one pod's host ports) in sinew's table, whose maps the agent declared.
+    /// An element of the same key mapping elsewhere is replaced: the IPAM store gives a key to
+    /// one pod at a time, so such an element is a leftover of a pod that is gone. Fails with
+    /// `ENOENT` when the table or its maps do not exist (yet).
+    pub fn add_host_ports(&mut self, ports: &[HostPort]) -> Result<()> {
+        let elements = host_port_elements(ports);
+        if elements.is_empty() {
+            return Ok(());
+        }
+        let mut batch = self.batch();
+        for e in &elements {
+            batch.host_port_element(NFT_TABLE, NFT_MSG_NEWSETELEM, e, false);
+        }
+        match self.commit(batch) {
+            Err(e) if e.errno() == Some(libc::EEXIST) => {}
+            other => return other,
+        }
+        for e in &elements {
+            let mut batch = self.batch();
+            batch.host_port_element(NFT_TABLE, NFT_MSG_NEWSETELEM, e, false);
+            match self.commit(batch) {
+                Err(err) if err.errno() == Some(libc::EEXIST) => {
+                    tracing::info!(element = %e.describe(), "replacing a host port left by a pod that is gone");
+                    let mut batch = self.batch();
+                    batch.host_port_element(NFT_TABLE, NFT_MSG_DELSETELEM, e, false);
+                    batch.host_port_element(NFT_TABLE, NFT_MSG_NEWSETELEM, e, false);
+                    self.commit(batch)?;
+                }
+                other => other?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes `ports` (one pod's host ports) from sinew's table, each element only while it
+    /// still maps to this pod (added and deleted in one transaction: the add fails for an
+    /// element mapping elsewhere). What is already gone, the table included, is fine.
+    pub fn remove_host_ports(&mut self, ports: &[HostPort]) -> Result<()> {
+        let elements = host_port_elements(ports);
+        if elements.is_empty() {
+            return Ok(());
+        }
+        let remove = |nft: &mut Nftables, elements: &[HostPortElement]| {
+            let mut batch = nft.batch();
+            for e in elements {
+                batch.host_port_element(NFT_TABLE, NFT_MSG_NEWSETELEM, e, false);
+                batch.host_port_element(NFT_TABLE, NFT_MSG_DELSETELEM, e, false);
+            }
+            nft.commit(batch)
+        };
+        match remove(self, &elements) {
+            Err(e) if e.is_not_found() || e.is_unsupported() => Ok(()),
+            Err(e) if e.errno() == Some(libc::EEXIST) => {
+                for element in &elements {
+                    match remove(self, std::slice::from_ref(element)) {
+                        Err(e) if e.errno() == Some(libc::EEXIST) => {
+                            tracing::debug!(element = %element.describe(), "maps to another pod now; left alone");
+                        }
+                        Err(e) if e.is_not_found() => {}
+                        other => other?,
+                    }
+                }
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    /// The host ports of `ports` that the kernel does not map as recorded (missing, or to
+    /// another pod), each with what is wrong; empty when all are in place.
+    pub fn host_port_differences(&mut self, ports: &[HostPort]) -> Result<Vec<String>> {
+        let mut problems = Vec::new();
+        for hp in ports {
+            let want = map_element(hp);
+            match self.get_element(&want)? {
+                None => problems.push(format!("host port {hp} is not mapped")),
+                Some(data) if Some(&data) != want.data.as_ref() => {
+                    problems.push(format!("host port {hp} maps elsewhere"))
+                }
+                Some(_) => {}
+            }
+        }
+        let mut pods: Vec<IpAddr> = ports.iter().map(|p| p.pod_ip).collect();
+        pods.sort();
+        pods.dedup();
+        for pod in pods {
+            if self.get_element(&hairpin_element(pod))?.is_none() {
+                problems.push(format!("the hairpin entry of {pod} is missing"));
+            }
+        }
+        Ok(problems)
+    }
+
+    /// The element of `want`'s key: `None` if absent (the table or map too), else its data
+    /// (empty for a set).
+    fn get_element(&mut self, want: &HostPortElement) -> Result<Option<Vec<u8>>> {
+        let op = format!("get {}", want.describe());
+        self.seq = self.seq.wrapping_add(1);
+        let seq = self.seq;
+        let mut bytes = Vec::new();
+        begin_message(
+            &mut bytes,
+            nft_type(NFT_MSG_GETSETELEM),
+            NLM_F_REQUEST | NLM_F_ACK,
+            seq,
+            NFPROTO_INET,
+            0,
+        );
+        let mut a = Attrs { buf: &mut bytes };
+        a.str(NFTA_SET_ELEM_LIST_TABLE, NFT_TABLE);
+        a.str(NFTA_SET_ELEM_LIST_SET, want.set.name);
+        a.nest(NFTA_SET_ELEM_LIST_ELEMENTS, |list| {
+            list.nest(NFTA_LIST_ELEM, |el| {
+                el.nest(NFTA_SET_ELEM_KEY, |k| k.put(NFTA_DATA_VALUE, &want.key));
+            });
+        });
+        end_message(&mut bytes, 0);
+        self.get_object(&op, &bytes, seq, NFT_MSG_NEWSETELEM)
+            .map(|found| found.map(|payload| element_data(&payload).unwrap_or_default()))
+    }
 }
 
 // ----- the socket -----
@@ -862,24 +1841,38 @@ impl Nftables {
         );
         Attrs { buf: &mut bytes }.str(NFTA_TABLE_NAME, table);
         end_message(&mut bytes, 0);
-        self.send(&bytes)?;
-        let mut found = false;
+        Ok(self
+            .get_object(&op, &bytes, seq, NFT_MSG_NEWTABLE)?
+            .is_some())
+    }
+
+    /// Sends one `GET` request (`seq`) and returns the payload of the object the kernel
+    /// answers with (a message of type `reply`); `None` when it says there is none (`ENOENT`).
+    fn get_object(
+        &mut self,
+        op: &str,
+        request: &[u8],
+        seq: u32,
+        reply: u16,
+    ) -> Result<Option<Vec<u8>>> {
+        self.send(request)?;
+        let mut found = None;
         loop {
-            let len = self.recv(&op)?;
+            let len = self.recv(op)?;
             for m in Messages::new(&self.buf[..len]) {
                 if m.seq != seq {
                     continue;
                 }
                 match m.ty {
                     NLMSG_ERROR => {
-                        return match m.error(&op) {
-                            None => Ok(true),
-                            Some(e) if e.is_not_found() => Ok(false),
+                        return match m.error(op) {
+                            None => Ok(found),
+                            Some(e) if e.is_not_found() => Ok(None),
                             Some(e) => Err(e),
                         };
                     }
                     NLMSG_DONE => return Ok(found),
-                    t if t == nft_type(NFT_MSG_NEWTABLE) => found = true,
+                    t if t == nft_type(reply) => found = Some(m.payload.to_vec()),
                     _ => {}
                 }
             }
@@ -1252,6 +2245,167 @@ mod tests {
     }
 
     #[test]
+    fn host_port_elements_are_padded_concatenations() {
+        let ports = host_ports();
+        let loopback = ports
+            .iter()
+            .find(|p| p.host_ip == Some("127.0.0.1".parse().unwrap()))
+            .unwrap();
+        let tcp_on_loopback = map_element(loopback);
+        assert_eq!(tcp_on_loopback.set, HOSTPORTS4);
+        #[rustfmt::skip]
+        assert_eq!(
+            tcp_on_loopback.key,
+            [6, 0, 0, 0, 127, 0, 0, 1, 0xd4, 0x33, 0, 0],
+            "tcp . 127.0.0.1 . 54323, each field in a 4-byte register"
+        );
+        assert_eq!(
+            tcp_on_loopback.data,
+            Some(vec![10, 244, 1, 5, 0x1f, 0x90, 0, 0]),
+            "10.244.1.5 . 8080"
+        );
+        let v6_any = ports
+            .iter()
+            .find(|p| p.pod_ip.is_ipv6() && p.host_ip.is_none())
+            .map(map_element)
+            .unwrap();
+        assert_eq!(v6_any.set, HOSTPORTS6_ANY);
+        assert_eq!(v6_any.key, [6, 0, 0, 0, 0, 80, 0, 0]);
+        assert_eq!(v6_any.data.as_ref().map(Vec::len), Some(20));
+        let elements = host_port_elements(&ports);
+        assert_eq!(
+            elements.iter().filter(|e| e.set == HAIRPIN4).count(),
+            4,
+            "one hairpin per pod address, however many ports it has"
+        );
+        let hairpin = hairpin_element("fd00::1".parse().unwrap());
+        assert_eq!(
+            (hairpin.set, hairpin.key.len(), hairpin.data),
+            (HAIRPIN6, 32, None)
+        );
+        assert_eq!(
+            HOSTPORTS4.key_type, 0xc1cd,
+            "what nft sends for the concatenation"
+        );
+        assert_eq!(V4_SERVICE, 0x1cd);
+    }
+
+    #[test]
+    fn host_port_rules_are_the_expressions_nft_generates() {
+        // `nft --debug=netlink` for `meta nfproto ipv6 dnat ip6 to meta l4proto . ip6 daddr .
+        // th dport map @hostports6`
+        assert_eq!(
+            dnat_rule(Family::V6, HOSTPORTS6),
+            vec![
+                Expr::Meta { key: 15 },
+                Expr::CmpEq { data: vec![10] },
+                Expr::Meta { key: 16 },
+                Expr::PayloadTo {
+                    base: 1,
+                    offset: 24,
+                    len: 16,
+                    dreg: 9
+                },
+                Expr::PayloadTo {
+                    base: 2,
+                    offset: 2,
+                    len: 2,
+                    dreg: 13
+                },
+                Expr::MapLookup {
+                    set: "hostports6".into(),
+                    set_id: 13
+                },
+                Expr::Dnat {
+                    family: 10,
+                    proto_reg: 2
+                },
+            ]
+        );
+        // ... `dnat ip to meta l4proto . th dport map @hostports4any`
+        assert_eq!(
+            dnat_rule(Family::V4, HOSTPORTS4_ANY)[2..],
+            [
+                Expr::Meta { key: 16 },
+                Expr::PayloadTo {
+                    base: 2,
+                    offset: 2,
+                    len: 2,
+                    dreg: 9
+                },
+                Expr::MapLookup {
+                    set: "hostports4any".into(),
+                    set_id: 12
+                },
+                Expr::Dnat {
+                    family: 2,
+                    proto_reg: 9
+                },
+            ]
+        );
+        // `ip saddr . ip daddr @hairpin4 masquerade`
+        assert_eq!(
+            hairpin_rule(Family::V4, HAIRPIN4)[2..],
+            [
+                Expr::Payload {
+                    base: 1,
+                    offset: 12,
+                    len: 4
+                },
+                Expr::PayloadTo {
+                    base: 1,
+                    offset: 16,
+                    len: 4,
+                    dreg: 9
+                },
+                lookup("hairpin4", 15, false),
+                Expr::Masq,
+            ]
+        );
+        let mut buf = Vec::new();
+        encode_expr(
+            &mut Attrs { buf: &mut buf },
+            &Expr::Jump {
+                chain: "hostports".into(),
+            },
+        );
+        let text = String::from_utf8_lossy(&buf);
+        assert!(
+            text.contains("immediate") && text.contains("hostports"),
+            "{text:?}"
+        );
+        assert!(
+            buf.windows(4).any(|w| w == (-3i32).to_be_bytes()),
+            "NFT_JUMP, big endian"
+        );
+    }
+
+    #[test]
+    fn element_replies_decode_to_their_data() {
+        let e = map_element(&host_ports()[1]);
+        let mut msg = vec![1, 0, 0, 0]; // nfgenmsg
+        let mut a = Attrs { buf: &mut msg };
+        a.str(NFTA_SET_ELEM_LIST_TABLE, "sinew");
+        a.str(NFTA_SET_ELEM_LIST_SET, e.set.name);
+        a.nest(NFTA_SET_ELEM_LIST_ELEMENTS, |list| {
+            list.nest(NFTA_LIST_ELEM, |el| {
+                el.nest(NFTA_SET_ELEM_KEY, |k| k.put(NFTA_DATA_VALUE, &e.key));
+                el.nest(NFTA_SET_ELEM_DATA, |d| {
+                    d.put(NFTA_DATA_VALUE, e.data.as_ref().unwrap())
+                });
+                el.be32(NFTA_SET_ELEM_FLAGS, 0);
+            });
+        });
+        assert_eq!(element_data(&msg), e.data);
+        assert_eq!(
+            element_data(&msg[..7]),
+            None,
+            "truncated: nothing, no panic"
+        );
+        assert_eq!(element_data(&[]), None);
+    }
+
+    #[test]
     fn interval_ends_are_last_address_plus_one() {
         assert_eq!(interval_elements(&[]), vec![]);
         assert_eq!(
@@ -1455,7 +2609,42 @@ mod tests {
                 "fd00:99::13".parse().unwrap(),
             ],
             vxlan_port: port,
+            host_ports: host_ports(),
         }
+    }
+
+    /// The conformance spec's three pods on one port (127.0.0.1/TCP, node IP/TCP, node
+    /// IP/UDP) and a dual-stack pod on every local address.
+    fn host_ports() -> Vec<HostPort> {
+        use crate::hostport::{PortMapping, Protocol};
+        let ip = |s: &str| -> IpAddr { s.parse().unwrap() };
+        let m = |host_port, protocol, host_ip: Option<&str>| PortMapping {
+            host_port,
+            container_port: 8080,
+            protocol,
+            host_ip: host_ip.map(ip),
+        };
+        let mut v = crate::hostport::host_ports(
+            &[m(54323, Protocol::Tcp, Some("127.0.0.1"))],
+            [ip("10.244.1.5")],
+        );
+        v.extend(crate::hostport::host_ports(
+            &[m(54323, Protocol::Tcp, Some("192.168.10.11"))],
+            [ip("10.244.1.6")],
+        ));
+        v.extend(crate::hostport::host_ports(
+            &[m(54323, Protocol::Udp, Some("192.168.10.11"))],
+            [ip("10.244.1.7")],
+        ));
+        v.extend(crate::hostport::host_ports(
+            &[
+                m(80, Protocol::Tcp, None),
+                m(5000, Protocol::Sctp, Some("fd00:99::13")),
+            ],
+            [ip("10.244.1.8"), ip("fd00:10:244::8")],
+        ));
+        v.sort();
+        v
     }
 
     /// What `nat::render` gave `nft -f` for [`realistic`].
@@ -1468,6 +2657,7 @@ mod tests {
     set nat6 {{ type ipv6_addr; flags interval; elements = {{ fd00:10:244::/56 }}; }}
     set nodes4 {{ type ipv4_addr; flags interval; elements = {{ 192.168.10.11/32, 192.168.10.12/32 }}; }}
     set nodes6 {{ type ipv6_addr; flags interval; elements = {{ fd00:99::13/128 }}; }}
+    set linklocal6 {{ type ipv6_addr; flags interval; elements = {{ fe80::/10 }}; }}
     chain postrouting {{
         type nat hook postrouting priority srcnat; policy accept;
         ip saddr @nat4 ip daddr != @pods4 masquerade
@@ -1478,8 +2668,14 @@ mod tests {
         ip saddr != @nodes4 udp dport {port} counter drop
         ip6 saddr != @nodes6 udp dport {port} counter drop
     }}
-}}
-"
+    chain pod-sources-only {{
+        type filter hook prerouting priority raw; policy accept;
+        meta nfproto ipv4 iifname \"snw*\" fib saddr . iif oif missing counter drop
+        meta nfproto ipv6 iifname \"snw*\" ip6 saddr != @linklocal6 fib saddr . iif oif missing counter drop
+    }}
+{}}}
+",
+            render_host_ports(&host_ports())
         )
     }
 
@@ -1596,6 +2792,7 @@ mod tests {
             nat: vec![cidr("10.50.0.0/16")],
             nodes: vec!["255.255.255.255".parse().unwrap()],
             vxlan_port: 8472,
+            host_ports: Vec::new(),
         };
         nl.replace_sinew_table(&changed).unwrap();
         let got = listing(&ns);
@@ -1644,6 +2841,104 @@ mod tests {
         let rest = nft(&ns, &["list", "ruleset"], None);
         assert!(rest.contains("table ip other"), "{rest}");
         assert!(!rest.contains("sinew"), "{rest}");
+    }
+
+    /// The plugin's element operations against a real table: ADD before the agent declared
+    /// the maps fails, a leftover element of the same key is replaced, DEL removes only what
+    /// still maps to its pod and tolerates what is gone, CHECK names each difference.
+    #[test]
+    fn host_ports_are_added_replaced_checked_and_removed() {
+        use crate::hostport::{self, PortMapping, Protocol};
+        let test = "host_ports_are_added_replaced_checked_and_removed";
+        if !have_root(test) || !have_nft(test) {
+            return;
+        }
+        let ip = |s: &str| -> IpAddr { s.parse().unwrap() };
+        let mapping = |protocol, host_ip: Option<&str>| PortMapping {
+            host_port: 8080,
+            container_port: 80,
+            protocol,
+            host_ip: host_ip.map(ip),
+        };
+        let pod_a = hostport::host_ports(
+            &[
+                mapping(Protocol::Tcp, None),
+                mapping(Protocol::Udp, Some("10.78.0.1")),
+            ],
+            [ip("10.244.1.5"), ip("fd00:10:244::5")],
+        );
+        assert_eq!(pod_a.len(), 3);
+        let ns = new_netns();
+        let mut nl = Nftables::in_netns(&ns).unwrap();
+        let err = nl.add_host_ports(&pod_a).unwrap_err();
+        assert!(err.is_not_found(), "no table yet: {err}");
+        nl.remove_host_ports(&pod_a).unwrap();
+
+        nl.replace_sinew_table(&SinewTable {
+            host_ports: Vec::new(),
+            ..realistic(4789)
+        })
+        .unwrap();
+        assert_eq!(
+            nl.host_port_differences(&pod_a).unwrap().len(),
+            5,
+            "3 ports, 2 hairpins"
+        );
+        nl.add_host_ports(&pod_a).unwrap();
+        nl.add_host_ports(&pod_a).unwrap();
+        assert_eq!(
+            nl.host_port_differences(&pod_a).unwrap(),
+            Vec::<String>::new()
+        );
+        let got = listing(&ns);
+        for line in [
+            "tcp . 8080 : 10.244.1.5 . 80",
+            "udp . 10.78.0.1 . 8080 : 10.244.1.5 . 80",
+            "tcp . 8080 : fd00:10:244::5 . 80",
+            "10.244.1.5 . 10.244.1.5",
+            "fd00:10:244::5 . fd00:10:244::5",
+        ] {
+            assert!(got.contains(line), "{line:?} missing from\n{got}");
+        }
+
+        // A leftover of a pod that is gone holds udp/8080 on 10.78.0.1: the next pod with
+        // that key takes it over.
+        let pod_b = hostport::host_ports(
+            &[mapping(Protocol::Udp, Some("10.78.0.1"))],
+            [ip("10.244.1.6")],
+        );
+        nl.add_host_ports(&pod_b).unwrap();
+        assert_eq!(
+            nl.host_port_differences(&pod_b).unwrap(),
+            Vec::<String>::new()
+        );
+        let a_now = nl.host_port_differences(&pod_a).unwrap();
+        assert_eq!(
+            a_now,
+            vec!["host port udp 10.78.0.1 port 8080 -> 10.244.1.5:80 maps elsewhere".to_string()]
+        );
+        // Removing A leaves B's element alone, and takes A's hairpins.
+        nl.remove_host_ports(&pod_a).unwrap();
+        assert_eq!(
+            nl.host_port_differences(&pod_b).unwrap(),
+            Vec::<String>::new()
+        );
+        let got = listing(&ns);
+        assert!(!got.contains("10.244.1.5"), "{got}");
+        assert!(!got.contains("fd00:10:244::5"), "{got}");
+        assert!(
+            got.contains("udp . 10.78.0.1 . 8080 : 10.244.1.6 . 80"),
+            "{got}"
+        );
+        nl.remove_host_ports(&pod_a).unwrap();
+        nl.remove_host_ports(&pod_b).unwrap();
+        assert_eq!(nl.host_port_differences(&pod_b).unwrap().len(), 2);
+        nl.delete_table("sinew").unwrap();
+        assert_eq!(
+            nl.host_port_differences(&pod_b).unwrap().len(),
+            2,
+            "no table: all missing"
+        );
     }
 
     /// Writes a sysctl of the namespace (from a thread inside it).
@@ -1705,6 +3000,7 @@ mod tests {
             nat: vec![cidr("10.244.0.0/16")],
             nodes: vec![ip("192.0.2.9")],
             vxlan_port: 4789,
+            host_ports: Vec::new(),
         };
         nft_nl.replace_sinew_table(&table).unwrap();
 

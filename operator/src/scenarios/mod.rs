@@ -72,6 +72,7 @@ impl World {
                 daemonset: crate::daemonset::Settings {
                     namespace: NAMESPACE.into(),
                     default_image: "example.invalid/sinew-node:test".into(),
+                    pull_secrets: Vec::new(),
                 },
             },
             nodes: store_of(self.nodes),

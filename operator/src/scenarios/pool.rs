@@ -7,11 +7,12 @@ use std::time::Duration;
 use http::Method;
 use kube::runtime::controller::Action;
 use serde_json::{Value, json};
+use sinew_crds::node::NodeReport;
 use sinew_crds::{Allocation, IPBlock, IPBlockSpec, IPBlockStatus, IPPool};
 
 use super::{World, deleted, node, not_found, pool_spec, ready_condition, to_json, within};
 use crate::context::FINALIZER;
-use crate::pool::{DRAIN_SETTLE, reconcile};
+use crate::pool::reconcile;
 
 const POOL: &str = "/apis/sinew.dev/v1alpha1/ippools/p";
 const POOL_STATUS: &str = "/apis/sinew.dev/v1alpha1/ippools/p/status";
@@ -60,11 +61,23 @@ fn block(index: u8, node: &str, allocations: Vec<Allocation>) -> IPBlock {
             node: node.into(),
         },
     );
+    b.metadata.uid = Some(format!("block-uid-{index}"));
     b.status = Some(IPBlockStatus {
         allocated: allocations.len() as u32,
         allocations,
     });
     b
+}
+
+/// Asserts that a DELETE of a block carried its UID as a precondition (a block deleted and
+/// claimed again meanwhile, by another node, must not be deleted in its place).
+fn assert_uid_precondition(seen: &super::Seen, index: u8) {
+    assert_eq!(
+        seen.body["preconditions"]["uid"],
+        json!(format!("block-uid-{index}")),
+        "{}",
+        seen.body
+    );
 }
 
 fn block_list(blocks: &[IPBlock]) -> Value {
@@ -266,7 +279,7 @@ async fn a_deleted_pool_with_addresses_in_use_is_draining_and_keeps_its_finalize
 
 #[tokio::test]
 async fn a_drained_pool_past_the_settle_time_deletes_its_blocks_then_drops_only_its_finalizer() {
-    let p = deleted_pool(DRAIN_SETTLE + Duration::from_secs(1), &["example.com/keep"]);
+    let p = deleted_pool(Duration::from_secs(6), &["example.com/keep"]);
     let (ctx, api) = World {
         pools: vec![p.clone()],
         ..World::default()
@@ -278,16 +291,20 @@ async fn a_drained_pool_past_the_settle_time_deletes_its_blocks_then_drops_only_
     let scenario = api.play(|mut api| async move {
         api.expect(Method::GET, BLOCKS, 200, block_list(&live))
             .await;
-        api.expect(Method::DELETE, &format!("{BLOCKS}/10-0-0-0-26"), 200, first)
+        let seen = api
+            .expect(Method::DELETE, &format!("{BLOCKS}/10-0-0-0-26"), 200, first)
             .await;
+        assert_uid_precondition(&seen, 0);
         // Already gone (deleted by someone else meanwhile): not an error.
-        api.expect(
-            Method::DELETE,
-            &format!("{BLOCKS}/10-0-0-64-26"),
-            404,
-            not_found(),
-        )
-        .await;
+        let seen = api
+            .expect(
+                Method::DELETE,
+                &format!("{BLOCKS}/10-0-0-64-26"),
+                404,
+                not_found(),
+            )
+            .await;
+        assert_uid_precondition(&seen, 1);
         let release = api.expect(Method::PATCH, POOL, 200, reply).await;
         assert_eq!(
             release.body,
@@ -303,11 +320,11 @@ async fn a_drained_pool_past_the_settle_time_deletes_its_blocks_then_drops_only_
 
 #[tokio::test]
 async fn a_deleted_pool_releases_the_blocks_of_departed_nodes_instead_of_draining_forever() {
-    let p = deleted_pool(DRAIN_SETTLE + Duration::from_secs(1), &[]);
+    let p = deleted_pool(Duration::from_secs(6), &[]);
     // Node "gone" left the cluster with an address of the pool: no agent will ever drain it.
     let departed = block(1, "gone", vec![allocation("10.0.0.65", "web-1", "dead")]);
     let (ctx, api) = World {
-        nodes: vec![node("a", None)],
+        nodes: vec![reporting_drained("a", true)],
         pools: vec![p.clone()],
         ..World::default()
     }
@@ -352,7 +369,7 @@ async fn a_deleted_pool_releases_the_blocks_of_departed_nodes_instead_of_drainin
 
 #[tokio::test]
 async fn a_deleted_pool_keeps_draining_while_a_pod_of_a_departed_node_exists() {
-    let p = deleted_pool(DRAIN_SETTLE + Duration::from_secs(1), &[]);
+    let p = deleted_pool(Duration::from_secs(6), &[]);
     let departed = block(1, "gone", vec![allocation("10.0.0.65", "web-1", "alive")]);
     let (ctx, api) = World {
         pools: vec![p.clone()],
@@ -377,23 +394,84 @@ async fn a_deleted_pool_keeps_draining_while_a_pod_of_a_departed_node_exists() {
     );
 }
 
+/// A node whose agent reports pool `p` drained (or not).
+fn reporting_drained(name: &str, drained: bool) -> k8s_openapi::api::core::v1::Node {
+    node(
+        name,
+        Some(NodeReport {
+            ready: true,
+            drained: if drained {
+                vec!["p".into()]
+            } else {
+                Vec::new()
+            },
+            ..NodeReport::default()
+        }),
+    )
+}
+
 #[tokio::test]
-async fn a_drained_pool_not_yet_settled_writes_nothing_and_waits_for_the_settle_time() {
+async fn a_drained_pool_waits_for_every_node_holding_a_block_to_confirm_it() {
+    // Deleted a minute ago, every block's status says empty: but node a's agent has not said
+    // it stopped handing out addresses of the pool (a lagging agent may not have written its
+    // last allocation yet).
+    let p = deleted_pool(Duration::from_secs(60), &[]);
+    let (ctx, api) = World {
+        nodes: vec![reporting_drained("a", false), reporting_drained("b", true)],
+        pools: vec![p.clone()],
+        ..World::default()
+    }
+    .build();
+    let live = [block(0, "a", Vec::new()), block(1, "b", Vec::new())];
+    let reply = to_json(&p);
+    let scenario = api.play(|mut api| async move {
+        api.expect(Method::GET, BLOCKS, 200, block_list(&live))
+            .await;
+        // No DELETE: the scenario refuses anything beyond the status write.
+        let status = api.expect(Method::PATCH, POOL_STATUS, 200, reply).await;
+        let ready = ready_condition(&status.body);
+        assert_eq!(ready["reason"], "Draining");
+        let message = ready["message"].as_str().unwrap();
+        assert!(
+            message.starts_with("waiting for node a to confirm"),
+            "{message}"
+        );
+        api
+    });
+    let result = within(reconcile(Arc::new(p), ctx.clone())).await;
+    scenario.finish(ctx).await;
+    assert_eq!(
+        result.expect("reconciled"),
+        Action::requeue(Duration::from_secs(5))
+    );
+}
+
+#[tokio::test]
+async fn a_drained_pool_confirmed_by_its_nodes_goes_at_once() {
+    // Deleted just now: no fixed delay, the nodes' word is what counts.
     let p = deleted_pool(Duration::ZERO, &[]);
     let (ctx, api) = World {
+        nodes: vec![reporting_drained("a", true)],
         pools: vec![p.clone()],
         ..World::default()
     }
     .build();
     let live = [block(0, "a", Vec::new())];
+    let (first, reply) = (to_json(&live[0]), to_json(&p));
     let scenario = api.play(|mut api| async move {
         api.expect(Method::GET, BLOCKS, 200, block_list(&live))
             .await;
+        let seen = api
+            .expect(Method::DELETE, &format!("{BLOCKS}/10-0-0-0-26"), 200, first)
+            .await;
+        assert_uid_precondition(&seen, 0);
+        let release = api.expect(Method::PATCH, POOL, 200, reply).await;
+        assert_eq!(release.body["metadata"]["finalizers"], json!([]));
         api
     });
     let result = within(reconcile(Arc::new(p), ctx.clone())).await;
     scenario.finish(ctx).await;
-    assert_eq!(result.expect("reconciled"), Action::requeue(DRAIN_SETTLE));
+    assert_eq!(result.expect("reconciled"), Action::await_change());
 }
 
 #[tokio::test]
@@ -420,13 +498,15 @@ async fn a_departed_nodes_block_is_released_after_the_live_checks_with_an_event(
             not_found(),
         )
         .await;
-        api.expect(
-            Method::DELETE,
-            &format!("{BLOCKS}/10-0-0-64-26"),
-            200,
-            to_json(&departed),
-        )
-        .await;
+        let seen = api
+            .expect(
+                Method::DELETE,
+                &format!("{BLOCKS}/10-0-0-64-26"),
+                200,
+                to_json(&departed),
+            )
+            .await;
+        assert_uid_precondition(&seen, 1);
         let event = api.expect_event().await;
         assert_eq!(event.body["reason"], "BlockReleased");
         assert_eq!(event.body["type"], "Normal");
@@ -480,7 +560,7 @@ async fn a_departed_nodes_block_is_kept_when_the_node_is_back_live() {
 
 #[tokio::test]
 async fn a_deleted_pool_whose_blocks_cannot_be_listed_keeps_its_finalizer_and_is_an_error() {
-    let p = deleted_pool(DRAIN_SETTLE * 2, &[]);
+    let p = deleted_pool(Duration::from_secs(10), &[]);
     // The cache (which could be stale) says there is nothing left; only the live list counts.
     let (ctx, api) = World {
         pools: vec![p.clone()],

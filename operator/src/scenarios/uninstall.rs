@@ -258,3 +258,83 @@ async fn addresses_given_back_while_the_check_settles_do_not_refuse() {
     scenario.finish(ctx).await;
     result.expect("uninstalled");
 }
+
+/// A pod on the pod network on `node` with address `ip`.
+fn pod_at(name: &str, node: &str, ip: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": name, "namespace": "shop", "uid": format!("uid-{name}")},
+           "spec": {"nodeName": node, "containers": [{"name": "c", "image": "i"}]},
+           "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}})
+}
+
+#[tokio::test]
+async fn the_check_reads_blocks_and_pods_page_by_page_and_names_a_bounded_list() {
+    let (ctx, api) = World::default().build();
+    let scenario = api.play(|mut api| async move {
+        api.expect(Method::GET, POOLS, 200, pools(json!([pool()])))
+            .await;
+        // Blocks, in two pages.
+        let mut first = blocks(json!([coredns_block()]));
+        first["metadata"]["continue"] = json!("blocks-2");
+        let seen = api.expect(Method::GET, BLOCKS, 200, first).await;
+        assert_eq!(seen.query.get("limit").map(String::as_str), Some("250"));
+        assert!(!seen.query.contains_key("continue"), "{:?}", seen.query);
+        let seen = api
+            .expect(Method::GET, BLOCKS, 200, blocks(json!([])))
+            .await;
+        assert_eq!(
+            seen.query.get("continue").map(String::as_str),
+            Some("blocks-2")
+        );
+        // Pods: only the ones that can hold a pod-network address, page by page.
+        let page = |from: usize| {
+            (from..from + 30)
+                .map(|i| {
+                    pod_at(
+                        &format!("web-{i:03}"),
+                        "sinew-worker2",
+                        &format!("10.244.2.{i}"),
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        let mut first = list("Pod", json!(page(0)));
+        first["metadata"]["continue"] = json!("pods-2");
+        let seen = api.expect(Method::GET, PODS, 200, first).await;
+        assert_eq!(seen.query.get("limit").map(String::as_str), Some("250"));
+        assert_eq!(
+            seen.query.get("fieldSelector").map(String::as_str),
+            Some("spec.hostNetwork=false,status.phase!=Succeeded,status.phase!=Failed")
+        );
+        let seen = api
+            .expect(Method::GET, PODS, 200, list("Pod", json!(page(30))))
+            .await;
+        assert_eq!(
+            seen.query.get("continue").map(String::as_str),
+            Some("pods-2")
+        );
+        api
+    });
+    let result = within(uninstall_polling(
+        ctx.client.clone(),
+        Duration::from_secs(5),
+        Duration::ZERO,
+        Duration::from_millis(1),
+    ))
+    .await;
+    scenario.finish(ctx).await;
+    let err = result.expect_err("refused");
+    assert!(matches!(err, Error::PodsHoldAddresses { .. }), "{err:?}");
+    let text = err.to_string();
+    // 61 holders: the first 50 by address are named, the rest counted.
+    assert!(
+        text.starts_with("61 pods still hold pod-network addresses:\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("kube-system/coredns-7d4f-abcde on node sinew-worker (10.244.1.2)"),
+        "{text}"
+    );
+    assert_eq!(text.matches(" on node ").count(), 50, "{text}");
+    assert!(text.contains("  and 11 more\n"), "{text}");
+}

@@ -156,6 +156,7 @@ fn kernel_datapath(pod: &NetNs, round: usize) -> Result<(Duration, Duration)> {
         pod_name: None,
         pod_uid: None,
         network: None,
+        port_mappings: Vec::new(),
     };
     let start = Instant::now();
     KernelDatapath
