@@ -587,9 +587,16 @@ load_zone_pods() {
   printf '  %s\n' "${zone_pods[@]}"
 }
 
+# Packets the node's kernel dropped for failing the reverse-path check (TcpExt
+# IPReversePathFilter), from the node's own network namespace.
+rp_drops() { # node
+  on_node "$1" awk '/^TcpExt:/ {if (!n++) {split($0, h); next} for (i = 2; i <= NF; i++) if (h[i] == "IPReversePathFilter") print $i}' /proc/net/netstat
+}
+
 zones_connectivity() { # mode
   local mode=$1 src dst sns sp si sn dns dp di dn n ip got cp cpip fails=0 tries=0 targets t
-  local -A what=()
+  local -A what=() rp0=()
+  for n in "${node_names[@]}"; do rp0[$n]=$(rp_drops "$n"); done
   for dst in "${zone_pods[@]}"; do
     read -r dns dp di dn <<<"$dst"
     what[$di:8080]="pod $dns/$dp ($di, $dn)"
@@ -632,7 +639,9 @@ zones_connectivity() { # mode
       [[ $got == "$dp" ]] || { echo "FAIL $mode: node $n ($(node_ip "$n")) -> pod $dns/$dp ($di, $dn): '$got'"; fails=$((fails + 1)); }
     done
   done
+  echo "pools: $(k get ippools -o jsonpath='{range .items[*]}{.metadata.name}={.spec.mode} {end}')"
   if ((fails)); then
+    echo "packets dropped by the nodes' reverse-path filter meanwhile: $(for n in "${node_names[@]}"; do printf '%s %s, ' "$n" $(($(rp_drops "$n") - ${rp0[$n]})); done)"
     echo "$mode: $fails of $tries paths failed; routes to the zone blocks:"
     for z in "${zone_names[@]}"; do pool_routes "$z" | sed 's/^/  /'; done
     return 1
