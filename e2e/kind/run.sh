@@ -642,6 +642,7 @@ zones_connectivity() { # mode
   echo "pools: $(k get ippools -o jsonpath='{range .items[*]}{.metadata.name}={.spec.mode} {end}')"
   if ((fails)); then
     echo "packets dropped by the nodes' reverse-path filter meanwhile: $(for n in "${node_names[@]}"; do printf '%s %s, ' "$n" $(($(rp_drops "$n") - ${rp0[$n]})); done)"
+    echo "kubectl sinew doctor meanwhile: $(doctor_all 2>&1 | grep -E '^(CRITICAL|WARNING|INFO) ' | sort | uniq -c | tr -s ' ' | tr '\n' ';')$(doctor_all 2>&1 | tail -1)"
     echo "$mode: $fails of $tries paths failed; routes to the zone blocks:"
     for z in "${zone_names[@]}"; do pool_routes "$z" | sed 's/^/  /'; done
     return 1
