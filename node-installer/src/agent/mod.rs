@@ -755,14 +755,7 @@ impl Agent {
 
     /// This node's blocks of pools being deleted (CIDRs as the store writes them).
     fn draining_blocks(&self) -> BTreeSet<String> {
-        let deleting: BTreeSet<String> = self
-            .cluster
-            .pools
-            .state()
-            .iter()
-            .filter(|p| p.metadata.deletion_timestamp.is_some())
-            .map(|p| p.name_any())
-            .collect();
+        let deleting = self.cluster.deleting_pools();
         self.cluster
             .blocks_of(self.node())
             .iter()
@@ -779,14 +772,7 @@ impl Agent {
     /// that, so it shows every address still held. The operator deletes a deleted pool's
     /// blocks only once every node holding one reports it here, not after a fixed delay.
     async fn drain_deleted_pools(&mut self) -> Vec<String> {
-        let deleting: Vec<String> = self
-            .cluster
-            .pools
-            .state()
-            .iter()
-            .filter(|p| p.metadata.deletion_timestamp.is_some())
-            .map(|p| p.name_any())
-            .collect();
+        let deleting: Vec<String> = self.cluster.deleting_pools().into_iter().collect();
         if deleting.is_empty() {
             return Vec::new();
         }
