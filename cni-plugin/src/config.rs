@@ -43,15 +43,20 @@ pub struct RuntimeConfig {
     pub port_mappings: Option<serde_json::Value>,
 }
 
-/// One `runtimeConfig.portMappings` entry as runtimes send it (containerd, CRI-O, libcni).
+/// One `runtimeConfig.portMappings` entry as runtimes send it: the CNI convention's
+/// `hostPort`, ... (CRI-O, libcni) or Go's field names `HostPort`, ... (containerd, through
+/// go-cni's untagged struct; Go's JSON matches names case-insensitively, so the reference
+/// `portmap` plugin reads both).
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct WirePortMapping {
+    #[serde(alias = "HostPort")]
     host_port: i64,
+    #[serde(alias = "ContainerPort")]
     container_port: i64,
-    #[serde(default)]
+    #[serde(default, alias = "Protocol")]
     protocol: Option<String>,
-    #[serde(rename = "hostIP", default)]
+    #[serde(rename = "hostIP", alias = "HostIP", alias = "hostIp", default)]
     host_ip: Option<String>,
 }
 
@@ -351,6 +356,16 @@ mod tests {
         assert_eq!((m[1].protocol, m[1].host_ip), (Protocol::Udp, None));
         assert_eq!(m[2].protocol, Protocol::Sctp);
         assert_eq!(m[3].protocol, Protocol::Tcp, "Kubernetes' default");
+        // containerd (go-cni) sends Go's field names.
+        let go = mappings(
+            r#"[{"HostPort":54323,"ContainerPort":8080,"Protocol":"udp","HostIP":"10.0.0.1"}]"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (go[0].host_port, go[0].container_port, go[0].protocol),
+            (54323, 8080, Protocol::Udp)
+        );
+        assert_eq!(go[0].host_ip, Some("10.0.0.1".parse().unwrap()));
         assert_eq!(mappings("null").unwrap(), vec![]);
         assert_eq!(mappings("[]").unwrap(), vec![]);
         let (conf, _) = parse(GOOD.as_bytes()).unwrap();

@@ -1075,9 +1075,9 @@ fn passes(node: &sinew_e2e::cluster::SimNode) -> Result<u64, String> {
 async fn a_block_request_that_cannot_be_served_is_answered_once(ctx: Ctx) -> TestResult {
     // The product's resync (10 s): a pass every 500 ms would stand out.
     let cluster = LocalCluster::start_default_resync(&ctx.cp, "rq", &[0]).await;
-    pool(&ctx, "rq-pool", "rq", "10.116.0.0/24", 28, "Auto").await?;
+    pool(&ctx, "rq-pool", "rq", "10.123.0.0/24", 28, "Auto").await?;
     // A pool that selects the node but hands out nothing.
-    pool(&ctx, "rq-off", "rq", "10.117.0.0/24", 28, "Auto").await?;
+    pool(&ctx, "rq-off", "rq", "10.124.0.0/24", 28, "Auto").await?;
     let off = json!({"spec": {"disabled": true}});
     Api::<IPPool>::all(ctx.client.clone())
         .patch("rq-off", &PatchParams::default(), &Patch::Merge(&off))

@@ -236,6 +236,43 @@ pub fn plan(
     plan
 }
 
+/// Whether IPv4 pod traffic between this node and its peers takes both paths, the underlay
+/// and the tunnel, in either direction: this node's routes (`plan`), and the paths its peers
+/// take to this node's own blocks (the same decision, [`PoolMode::forwarding`], made from
+/// their side). Then a reply can arrive on the underlay from a source this node tunnels to,
+/// or the other way round.
+pub fn paths_mixed(
+    me: &str,
+    underlay: &Cidr,
+    nodes: &[NodeInfo],
+    blocks: &[BlockInfo],
+    modes: &BTreeMap<String, PoolMode>,
+    plan: &Plan,
+) -> bool {
+    let mut kinds: BTreeSet<Path> = plan
+        .routes
+        .iter()
+        .filter(|r| r.dst.family() == Family::V4)
+        .map(|r| r.path)
+        .collect();
+    for block in blocks
+        .iter()
+        .filter(|b| b.node == me && b.cidr.family() == Family::V4)
+    {
+        let Some(mode) = modes.get(&block.pool) else {
+            continue;
+        };
+        for peer in nodes.iter().filter(|n| n.name != me) {
+            match mode.forwarding(underlay.contains(peer.ip), Family::V4, Family::of(peer.ip)) {
+                Forwarding::Routed => kinds.insert(Path::Routed),
+                Forwarding::Vxlan => kinds.insert(Path::Vxlan),
+                Forwarding::Unreachable => false,
+            };
+        }
+    }
+    kinds.len() > 1
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -373,6 +410,29 @@ mod tests {
         let p = plan("a", &u, &zero, &b, &modes(PoolMode::Vxlan));
         assert!(p.fdb.is_empty(), "{:?}", p.fdb);
         assert_eq!(p.vtep_conflicts.len(), 2);
+    }
+
+    /// One pool per mode: a's routes are all routed (p on one subnet), but its own block of a
+    /// VXLAN pool is tunnelled to by its peers, so replies to a's routed pods can come back
+    /// through the tunnel and the other way round.
+    #[test]
+    fn paths_are_mixed_when_any_direction_takes_the_other_path() {
+        let u: Cidr = "192.168.10.0/24".parse().unwrap();
+        let nodes = vec![node("a", "192.168.10.1", 1), node("b", "192.168.10.2", 2)];
+        let mut blocks = vec![block("10.244.0.64/26", "b", "p")];
+        let mut modes = BTreeMap::from([("p".to_string(), PoolMode::Auto)]);
+        let p = plan("a", &u, &nodes, &blocks, &modes);
+        assert!(
+            !paths_mixed("a", &u, &nodes, &blocks, &modes, &p),
+            "one mode"
+        );
+        blocks.push(block("10.245.0.0/26", "a", "zone"));
+        modes.insert("zone".into(), PoolMode::Vxlan);
+        let p = plan("a", &u, &nodes, &blocks, &modes);
+        assert!(p.routes.iter().all(|r| r.path == Path::Routed));
+        assert!(paths_mixed("a", &u, &nodes, &blocks, &modes, &p));
+        let p = plan("b", &u, &nodes, &blocks, &modes);
+        assert!(paths_mixed("b", &u, &nodes, &blocks, &modes, &p));
     }
 
     #[test]

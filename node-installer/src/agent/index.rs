@@ -2,7 +2,7 @@
 //! works from. Every conversion from a Kubernetes object into what the planners take happens
 //! here, once per pass. Nodes are kept pruned (labels, sinew's annotations, addresses).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -124,6 +124,16 @@ impl Cluster {
             .collect();
         pools.sort_by_key(|p| p.name_any());
         pools
+    }
+
+    /// The pools being deleted.
+    pub fn deleting_pools(&self) -> BTreeSet<String> {
+        self.pools
+            .state()
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_some())
+            .map(|p| p.name_any())
+            .collect()
     }
 
     /// The labels of every peer Node (this one included).

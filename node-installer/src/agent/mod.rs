@@ -295,20 +295,11 @@ impl Agent {
             sinew_node_lib::consts::vtep_mac(self.node()),
         )?;
         if local.underlay.ip.is_ipv4() {
-            let dir = &self.settings.sysctl_dir;
-            if let Some((key, value)) = forwarding::rp_filter_loosened(dir, VXLAN_DEVICE) {
-                match forwarding::ensure(dir, &key, value) {
-                    Ok(_) => info!(node = %self.node(), setting = %key, value, "node setting applied"),
-                    Err(e) => problems.push(
-                        Problem::new(
-                            ProblemKind::RpFilterStrict,
-                            format!("strict reverse-path filtering on {VXLAN_DEVICE} drops the probes of peers (and traffic from hosts routed elsewhere)"),
-                        )
-                        .with_evidence(vec![e.to_string()])
-                        .with_fix(format!("set net.ipv4.conf.{VXLAN_DEVICE}.rp_filter=2 (loose) on the node, or let sinew's agent write the host's /proc/sys/net")),
-                    ),
-                }
-            }
+            self.loosen_rp_filter(
+                VXLAN_DEVICE,
+                "the probes of peers (and traffic from hosts routed elsewhere)",
+                &mut problems,
+            );
         }
         // Every pool's blocks are routed on every node, whichever nodes the pool selects: a
         // pod of one zone's pool is reachable from everywhere. The pools are those that
@@ -338,6 +329,26 @@ impl Agent {
             None => pools.blocks.clone(),
         };
         let plan = peers::plan(self.node(), &local.underlay.subnet, &peers, &routed, &modes);
+        // Pools of different modes make the paths between two nodes asymmetric (the path is
+        // the destination pool's): a reply may arrive on the underlay for a source this node
+        // tunnels to, which strict reverse-path filtering drops. Loosened on the underlay
+        // device only then (decision 85).
+        if local.underlay.ip.is_ipv4()
+            && peers::paths_mixed(
+                self.node(),
+                &local.underlay.subnet,
+                &peers,
+                &routed,
+                &modes,
+                &plan,
+            )
+        {
+            self.loosen_rp_filter(
+                &local.underlay.name,
+                "pod traffic of pools in another mode, which returns over the other path",
+                &mut problems,
+            );
+        }
         let changes = program::apply(&mut nl, &plan, &local.underlay, Some(&vxlan))?;
         self.metrics.peer_routes.set(plan.routes.len() as i64);
         if changes.added + changes.removed + changes.skipped > 0 {
@@ -451,6 +462,27 @@ impl Agent {
             drained,
         };
         self.publish(&local, vxlan.mac, report).await
+    }
+
+    /// Sets `device`'s reverse-path filter to loose where the effective mode is strict (the
+    /// effective value is the larger of `all` and the device's, so `all` is never touched);
+    /// a problem where it cannot.
+    fn loosen_rp_filter(&self, device: &str, drops: &str, problems: &mut Vec<Problem>) {
+        let dir = &self.settings.sysctl_dir;
+        let Some((key, value)) = forwarding::rp_filter_loosened(dir, device) else {
+            return;
+        };
+        match forwarding::ensure(dir, &key, value) {
+            Ok(_) => info!(node = %self.node(), setting = %key, value, "node setting applied"),
+            Err(e) => problems.push(
+                Problem::new(
+                    ProblemKind::RpFilterStrict,
+                    format!("strict reverse-path filtering on {device} drops {drops}"),
+                )
+                .with_evidence(vec![e.to_string()])
+                .with_fix(format!("set net.ipv4.conf.{device}.rp_filter=2 (loose) on the node, or let sinew's agent write the host's /proc/sys/net")),
+            ),
+        }
     }
 
     /// Asks the kernel, for one block of each peer and path, whether traffic from its pods
@@ -723,14 +755,7 @@ impl Agent {
 
     /// This node's blocks of pools being deleted (CIDRs as the store writes them).
     fn draining_blocks(&self) -> BTreeSet<String> {
-        let deleting: BTreeSet<String> = self
-            .cluster
-            .pools
-            .state()
-            .iter()
-            .filter(|p| p.metadata.deletion_timestamp.is_some())
-            .map(|p| p.name_any())
-            .collect();
+        let deleting = self.cluster.deleting_pools();
         self.cluster
             .blocks_of(self.node())
             .iter()
@@ -747,14 +772,7 @@ impl Agent {
     /// that, so it shows every address still held. The operator deletes a deleted pool's
     /// blocks only once every node holding one reports it here, not after a fixed delay.
     async fn drain_deleted_pools(&mut self) -> Vec<String> {
-        let deleting: Vec<String> = self
-            .cluster
-            .pools
-            .state()
-            .iter()
-            .filter(|p| p.metadata.deletion_timestamp.is_some())
-            .map(|p| p.name_any())
-            .collect();
+        let deleting: Vec<String> = self.cluster.deleting_pools().into_iter().collect();
         if deleting.is_empty() {
             return Vec::new();
         }
