@@ -50,7 +50,7 @@ bench-scale: tools
 bench-kind:
 	e2e/kind/bench.sh --write-docs
 
-## kind: sinew on a real kind cluster (1 control plane + 2 workers) built offline here (root): every check of issue #11, then tear-down
+## kind: sinew on a real kind cluster (1 control plane + 2 workers) built offline here (root): every check of e2e/kind/README.md, then tear-down
 kind:
 	e2e/kind/run.sh
 
@@ -58,6 +58,6 @@ kind:
 kind-build:
 	e2e/kind/build.sh
 
-## kind-conformance: make kind plus upstream [sig-network] Networking Granular Checks: Pods (e2e.test, built once)
+## kind-conformance: make kind plus the upstream sig-network specs ([Conformance], Granular Checks: Services, Conntrack; e2e.test and ginkgo, built once)
 kind-conformance:
 	SINEW_KIND_CONFORMANCE=1 e2e/kind/run.sh

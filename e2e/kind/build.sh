@@ -5,12 +5,16 @@
 #   - Debian packages it needs (docker.io, debootstrap, libseccomp-dev, ...) if missing;
 #   - the script-owned Docker engine, in its own network namespace (e2e/kind/dockerd.sh);
 #   - kind, kubelet, kubeadm, kubectl, the control plane, kube-proxy, etcd, CoreDNS, containerd,
-#     runc, crictl, the reference CNI plugins, agnhost and helm from their pinned Go modules
-#     (e2e/tools/build.sh kind), and pause from the C source in the pinned Kubernetes module;
-#   - two Debian bookworm root filesystems made with debootstrap: the node's (systemd, iptables,
-#     nftables, ...) and a slim one for the images that need a userland (kube-proxy, agnhost;
-#     sinew-node is FROM scratch);
-#   - the images kubeadm v1.37 deploys, under the exact names it asks for, plus agnhost;
+#     runc, crictl, the reference CNI plugins, agnhost, regression-issue-74839 and helm from their
+#     pinned Go modules (e2e/tools/build.sh kind), and pause from the C source in the pinned
+#     Kubernetes module;
+#   - three Debian bookworm root filesystems made with debootstrap: the node's (systemd,
+#     iptables, nftables, ...), a slim one for the images that need a userland (kube-proxy;
+#     sinew-node is FROM scratch) and one for the upstream e2e test images (agnhost,
+#     glibc-dns-testing, nginx; busybox is its static busybox FROM scratch);
+#   - the images kubeadm v1.37 deploys, under the exact names it asks for, plus the e2e test
+#     images the upstream sig-network specs run (agnhost, glibc-dns-testing, busybox, nginx,
+#     regression-issue-74839), under the names e2e.test v1.37.2 asks for;
 #   - the node image, assembled by hand the way `kind build node-image` does it (which would
 #     pull): the node rootfs with kind's base files, the binaries, and the images imported into
 #     its containerd.
@@ -35,9 +39,11 @@ k8s_version=v1.37.2
 node_packages=systemd,conntrack,iptables,nftables,iproute2,ethtool,util-linux,mount,kmod,libseccomp2,pigz,bash,ca-certificates,curl,jq,procps,e2fsprogs,iputils-ping
 # Images that need a userland: kube-proxy (iptables, nft, conntrack), flannel in bench.sh.
 slim_packages=iptables,nftables,conntrack,iproute2,ca-certificates,netcat-openbsd,iputils-ping
-# agnhost: the Debian counterparts of what its upstream (alpine) image adds, which the upstream
-# e2e tests exec in it (curl, nc, dig, ...).
-agnhost_packages=bind9-dnsutils,curl,netcat-openbsd,iproute2,iperf,bash,util-linux,socat,ca-certificates,passwd
+# The upstream e2e test images: for agnhost the Debian counterparts of what its upstream (alpine)
+# image adds, which the upstream e2e tests exec in it (curl, nc, dig, ...); dig is also all of
+# glibc-dns-testing (upstream: debian bookworm-slim + dnsutils); nginx-light for the nginx image
+# (upstream: nginx alpine); busybox-static for the busybox image (FROM scratch, as upstream's).
+e2e_packages=bind9-dnsutils,curl,netcat-openbsd,iproute2,iperf,bash,util-linux,socat,ca-certificates,passwd,nginx-light,busybox-static
 host_packages=(docker.io debootstrap jq gcc libc6-dev libseccomp-dev pkg-config iproute2 util-linux)
 # Debian's docker.io has no buildx: the classic builder (a newer docker CLI would ask for buildx).
 export DOCKER_BUILDKIT=0
@@ -74,14 +80,14 @@ build_tools() {
 # pin and the Go version), the package lists, and the files the images are made of.
 compute_key() {
   key=$({
-    echo "$bin" "$suite" "$mirror" "$node_packages" "$slim_packages" "$agnhost_packages" "$k8s_version"
+    echo "$bin" "$suite" "$mirror" "$node_packages" "$slim_packages" "$e2e_packages" "$k8s_version"
     cat "${BASH_SOURCE[0]}" "$here"/node/*
   } | sha256sum | cut -c1-12)
   out=$cache_root/$key
   mkdir -p "$out"
   node_image=sinew.local/kind-node:$k8s_version-$key
   slim_image=sinew.local/debian-slim:$suite-$key
-  agnhost_base=sinew.local/agnhost-base:$suite-$key
+  e2e_base=sinew.local/e2e-base:$suite-$key
 }
 
 # debootstrap (minbase), as a tarball keyed by its package list only (debs are cached too), so
@@ -234,13 +240,14 @@ ENTRYPOINT [\"/usr/local/bin/etcd\"]" "$bin/etcd"
 COPY coredns /coredns
 EXPOSE 53 53/udp
 ENTRYPOINT [\"/coredns\"]" "$bin/coredns"
-  # As upstream's test/images/agnhost/Dockerfile lays it out (minus its fake registry content).
-  if ! has_image "$agnhost_base"; then
-    docker import "$out/agnhost.tar" "$agnhost_base" >&2
+  # As upstream's test/images/agnhost/Dockerfile lays it out (minus its fake registry content
+  # and /coredns, which no spec of the kind tier's set runs).
+  if ! has_image "$e2e_base"; then
+    docker import "$out/e2e.tar" "$e2e_base" >&2
   fi
   local porter
   porter=$(go env GOMODCACHE)/k8s.io/kubernetes@$k8s_version/test/images/agnhost/porter
-  image "$agnhost_image" "FROM $agnhost_base
+  image "$agnhost_image" "FROM $e2e_base
 EXPOSE 80 8080 8081 9376 5000
 RUN mkdir /uploads && ln -s /usr/bin/iperf /usr/local/bin/iperf 2>/dev/null; \
     useradd -u 1000 user-defined-in-image && groupadd -g 50000 group-defined-in-image && \
@@ -250,6 +257,43 @@ COPY agnhost /agnhost
 RUN ln -s agnhost /agnhost-2
 ENTRYPOINT [\"/agnhost\"]
 CMD [\"pause\"]" "$bin/agnhost" "$porter/localhost.crt" "$porter/localhost.key"
+  # The other images the sig-network specs run (test/images/<name>/Dockerfile upstream):
+  # glibc-dns-testing is Debian bookworm with dnsutils (the DNS specs' glibc prober runs dig; the
+  # /coredns upstream adds is run by no spec of the set);
+  image "$(e2e_image GlibcDnsTesting)" "FROM $e2e_base
+CMD [\"bash\"]"
+  # nginx serves its default page on port 80 in the foreground (the Endpoints specs' pods);
+  image "$(e2e_image Nginx)" "FROM $e2e_base
+EXPOSE 80
+STOPSIGNAL SIGQUIT
+CMD [\"nginx\", \"-g\", \"daemon off;\"]"
+  # busybox (the Conntrack specs run its sh, sleep and nc): Debian's static busybox, FROM scratch
+  # with its applets linked in /bin as upstream's busybox image has them;
+  tar -xOf "$out/e2e.tar" "$(tar -tf "$out/e2e.tar" | grep -E '^\./(usr/)?bin/busybox$' | head -1)" >"$out/busybox"
+  chmod 0755 "$out/busybox"
+  image "$(e2e_image BusyBox)" "FROM scratch
+COPY busybox /bin/busybox
+RUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]
+RUN [\"/bin/mkdir\", \"-p\", \"/tmp\", \"/etc\", \"/root\"]
+$scratch_env
+CMD [\"sh\"]" "$out/busybox"
+  # regression-issue-74839 (the Conntrack spec on out-of-window packets): the Go program of the
+  # pinned Kubernetes module on Debian, as upstream's debian-base image.
+  image "$(e2e_image RegressionIssue74839)" "FROM $slim_image
+COPY regression-issue-74839 /regression-issue-74839
+ENTRYPOINT [\"/regression-issue-74839\"]" "$bin/regression-issue-74839"
+}
+
+# The name and tag e2e.test v1.37.2 uses for one of its images (test/utils/image/manifest.go of the
+# pinned module: `configs[NAME] = Config{list.PromoterE2eRegistry, "name", "version"}`).
+e2e_image() { # NAME in manifest.go
+  local line
+  line=$(grep -E "^\s*configs\[$1\] = Config\{list\.PromoterE2eRegistry, " "$manifest") \
+    || die "$1 is not a PromoterE2eRegistry image in $manifest"
+  line=${line#*PromoterE2eRegistry, }
+  line=${line%\}}
+  line=${line//\"/}
+  echo "registry.k8s.io/e2e-test-images/${line%%, *}:${line#*, }"
 }
 
 # The images kubeadm deploys must be exactly the names it asks for.
@@ -278,6 +322,8 @@ STOPSIGNAL SIGRTMIN+3
 ENTRYPOINT [\"/usr/local/bin/entrypoint\", \"/sbin/init\"]"
   fi
   images=("registry.k8s.io/pause:$pause_version" "$agnhost_image"
+    "$(e2e_image GlibcDnsTesting)" "$(e2e_image Nginx)" "$(e2e_image BusyBox)"
+    "$(e2e_image RegressionIssue74839)"
     "registry.k8s.io/kube-proxy:$k8s_version" "registry.k8s.io/etcd:$etcd_tag"
     "registry.k8s.io/coredns/coredns:$coredns_version")
   for img in kube-apiserver kube-controller-manager kube-scheduler; do
@@ -325,7 +371,7 @@ prune_old_keys() {
   local ref dir
   while read -r ref; do
     [[ $ref == *"$key"* ]] || docker rmi "$ref" >/dev/null 2>&1 || true
-  done < <(docker images --format '{{.Repository}}:{{.Tag}}' | grep '^sinew.local/\(kind-node\|kind-node-base\|debian-slim\|agnhost-base\):')
+  done < <(docker images --format '{{.Repository}}:{{.Tag}}' | grep '^sinew.local/\(kind-node\|kind-node-base\|debian-slim\|agnhost-base\|e2e-base\):')
   for dir in "$cache_root"/*/; do
     dir=${dir%/}
     if [[ $(basename "$dir") =~ ^[0-9a-f]{12}$ && $(basename "$dir") != "$key" ]]; then
@@ -355,10 +401,12 @@ main() {
   etcd_tag=${etcd_tag#v}-0
   coredns_version=$(awk '$1 == "require" && $2 == "github.com/coredns/coredns" {print $3}' "$repo/e2e/tools/coredns/go.mod")
   agnhost_image=registry.k8s.io/e2e-test-images/agnhost:$(cat "$(go env GOMODCACHE)/k8s.io/kubernetes@$k8s_version/test/images/agnhost/VERSION")
+  manifest=$(go env GOMODCACHE)/k8s.io/kubernetes@$k8s_version/test/utils/image/manifest.go
+  [[ $(e2e_image Agnhost) == "$agnhost_image" ]] || die "agnhost: VERSION says $agnhost_image, manifest.go $(e2e_image Agnhost)"
   log "key $key (cache $out)"
   timed "node rootfs (debootstrap)" rootfs node "$node_packages"
   timed "slim rootfs (debootstrap)" rootfs slim "$slim_packages"
-  timed "agnhost rootfs (debootstrap)" rootfs agnhost "$agnhost_packages"
+  timed "e2e test images' rootfs (debootstrap)" rootfs e2e "$e2e_packages"
   timed "pause (gcc -static)" build_pause
   timed "images" build_images
   check_kubeadm_images

@@ -2,19 +2,24 @@
 # `make kind`: sinew on a real kind cluster built offline (e2e/kind/build.sh), checked the way a
 # user would see it, each check printed with its result:
 #
-#   nodes NotReady before sinew, Ready only once sinew's conflist is in place; ClusterNetwork
-#   Ready; the DaemonSet and the operator Deployment as real pods (probes pass, leader elected);
-#   CoreDNS Ready; all-pairs pod->pod (same node and across nodes), node->pod, pod->Service
-#   ClusterIP, pod->DNS name, pod->a host outside the cluster (natOutgoing); IPPool/IPBlock
-#   allocations; a live mode switch Auto->VXLAN->Routed keeping a TCP connection; `helm upgrade`
-#   rolling the DaemonSet and rewriting the conflist; a worker restarted; failures injected in
-#   a node (forwarding off, a foreign conflist, a dangling cni0 bridge) named by the agent and
-#   `kubectl sinew doctor` and cleared; `helm uninstall` refused at once while pods hold
-#   addresses, nothing deleted; then `helm uninstall` leaving every node clean.
+#   nodes NotReady before sinew, with strict reverse-path filtering (rp_filter=1, RHEL's and
+#   kind's default), Ready only once sinew's conflist is in place; ClusterNetwork Ready; the
+#   DaemonSet and the operator Deployment as real pods (probes pass, leader elected); CoreDNS
+#   Ready; all-pairs pod->pod (same node and across nodes), node->pod, pod->Service ClusterIP,
+#   pod->DNS name, pod->a host outside the cluster (natOutgoing); IPPool/IPBlock allocations; a
+#   live mode switch Auto->VXLAN->Routed keeping a TCP connection; two zoned pools (one per
+#   worker, chosen by a namespace annotation) in every mode; a cloud-VPC underlay (pod addresses
+#   dropped between the nodes): VXLAN carries every path, Routed is named by `kubectl sinew
+#   doctor`; `helm upgrade` rolling the DaemonSet and rewriting the conflist; a worker
+#   restarted; failures injected in a node (forwarding off, a foreign conflist, a dangling cni0
+#   bridge) named by the agent and `kubectl sinew doctor` and cleared; `helm uninstall` refused
+#   at once while pods hold addresses, nothing deleted; then `helm uninstall` leaving every node
+#   clean.
 #
-# SINEW_KIND_CONFORMANCE=1 adds the upstream conformance tests
-# `[sig-network] Networking Granular Checks: Pods` (e2e.test from the pinned Kubernetes module,
-# built by `e2e/tools/build.sh conformance`; a cold build takes long), run before the uninstall.
+# SINEW_KIND_CONFORMANCE=1 adds the upstream sig-network specs of e2e.test v1.37.2 (every
+# [Conformance] one, Granular Checks: Services, Conntrack; built by `e2e/tools/build.sh
+# conformance`, a cold build takes long), run in parallel by the ginkgo CLI on the chart's
+# defaults, right after the connectivity checks (SINEW_KIND_CONFORMANCE_PROCS, 3).
 #
 # Everything it creates (cluster, outside host, Docker network, the Docker engine and its network
 # namespace) is removed on exit, whatever happens; SINEW_KIND_KEEP=1 keeps the cluster and the
@@ -40,9 +45,10 @@ passed=0 failed=0
 results=()
 logs=$(mktemp -d /tmp/sinew-kind-logs.XXXXXX)
 # check NAME FUNCTION...: runs it in a subshell with errexit (any failing command fails the
-# check), prints PASS with its last output line, or FAIL with its last 25; full output in $logs.
+# check), prints PASS with its duration and last output line, or FAIL with its duration and last
+# 25; full output in $logs.
 check() {
-  local name=$1 rc file
+  local name=$1 rc file t0=$SECONDS
   shift
   file=$logs/$(printf '%02d' $((passed + failed + 1)))-${1}.log
   set +e
@@ -51,12 +57,12 @@ check() {
   set -e
   if ((rc == 0)); then
     passed=$((passed + 1))
-    results+=("PASS  $name")
-    echo "[kind] PASS  $name  ($(tail -1 "$file"))"
+    results+=("PASS  $name  [$((SECONDS - t0))s]")
+    echo "[kind] PASS  $name  [$((SECONDS - t0))s]  ($(tail -1 "$file"))"
   else
     failed=$((failed + 1))
-    results+=("FAIL  $name")
-    echo "[kind] FAIL  $name"
+    results+=("FAIL  $name  [$((SECONDS - t0))s]")
+    echo "[kind] FAIL  $name  [$((SECONDS - t0))s]"
     tail -25 "$file" | sed 's/^/      /'
   fi
   return "$rc"
@@ -99,6 +105,7 @@ teardown() {
     return
   fi
   log "tear-down"
+  if declare -F vpc_undo >/dev/null; then vpc_undo; fi
   kind delete cluster --name "$cluster" >/dev/null 2>&1 || true
   docker rm -f -v "$outside" >/dev/null 2>&1 || true
   docker network rm kind >/dev/null 2>&1 || true
@@ -147,6 +154,25 @@ c_not_ready_before() {
     ! has_conflist "$n" || { echo "$n has a sinew conflist before install"; return 1; }
     echo "$n NotReady: $(k get node "$n" -o jsonpath='{.status.conditions[?(@.type=="Ready")].message}' | cut -c1-120)"
   done
+}
+
+# RHEL's default, and kind's (its base image's 10-network-security.conf): every node filters
+# strictly on reverse path (rp_filter=1 on all and default) before sinew is installed, so every
+# check below runs on strict nodes and sinew must cope (c_cloud_vpc relies on it).
+c_rp_filter_strict() {
+  local n all def
+  for n in "${node_names[@]}"; do
+    all=$(on_node "$n" cat /proc/sys/net/ipv4/conf/all/rp_filter)
+    def=$(on_node "$n" cat /proc/sys/net/ipv4/conf/default/rp_filter)
+    if [[ $all == 1 && $def == 1 ]]; then
+      echo "$n: rp_filter all=1 default=1 already"
+    else
+      on_node "$n" sysctl -qw net.ipv4.conf.all.rp_filter=1 net.ipv4.conf.default.rp_filter=1
+      echo "$n: rp_filter all=$all default=$def; set to 1"
+    fi
+    [[ $(on_node "$n" cat /proc/sys/net/ipv4/conf/all/rp_filter) == 1 && $(on_node "$n" cat /proc/sys/net/ipv4/conf/default/rp_filter) == 1 ]]
+  done
+  echo "${#node_names[@]} nodes with rp_filter=1 (all, default) before sinew"
 }
 
 h_install() {
@@ -411,6 +437,442 @@ c_mode_switch() {
   switch_to Routed "via $peer_ip dev eth0"
 }
 
+# --- pools in general: convergence, routes, TCP from pods and nodes ------------------------
+
+# Until POOL's mode is in effect everywhere: observed generation, no plan left, `n/n` converged.
+wait_pool_converged() { # pool
+  local p=$1 deadline=$((SECONDS + 180)) gen obs conv plan
+  while ((SECONDS < deadline)); do
+    gen=$(k get ippool "$p" -o jsonpath='{.metadata.generation}')
+    obs=$(k get ippool "$p" -o jsonpath='{.status.observedGeneration}')
+    conv=$(k get ippool "$p" -o jsonpath='{.status.modeConvergence}')
+    plan=$(k get ippool "$p" -o jsonpath='{.status.modePlan}')
+    if [[ $gen == "$obs" && -z $plan && $conv =~ ^([0-9]+)/([0-9]+)$ && ${BASH_REMATCH[1]} == "${BASH_REMATCH[2]}" ]]; then
+      echo "pool $p: mode $(k get ippool "$p" -o jsonpath='{.spec.mode}') converged ($conv)"
+      return 0
+    fi
+    sleep 1
+  done
+  echo "pool $p did not converge within 180 s:"
+  k get ippool "$p" -o jsonpath='{.status}{"\n"}'
+  return 1
+}
+set_pool_mode() { # pool, mode
+  k patch ippool "$1" --type merge -p "{\"spec\":{\"mode\":\"$2\"}}" >/dev/null
+  wait_pool_converged "$1"
+}
+node_ip() { k get node "$1" -o jsonpath='{.status.addresses[?(@.type=="InternalIP")].address}'; }
+# "node<TAB>route" for every node and every block of POOL held by another node: how the node
+# reaches that block.
+pool_routes() { # pool
+  local n cidr owner r
+  while read -r cidr owner; do
+    for n in "${node_names[@]}"; do
+      [[ $n == "$owner" ]] && continue
+      r=$(on_node "$n" ip route show "$cidr" | head -1)
+      printf '%s\t%s\n' "$n" "${r:-no route} to $cidr [block of $owner]"
+    done
+  done < <(k get ipblocks -o json | jq -r --arg p "$1" '.items[] | select(.spec.pool == $p) | "\(.spec.cidr) \(.spec.node)"')
+}
+# Every node has a route to every block of POOL on another node, of the kind MODE uses.
+check_pool_routes() { # pool, mode
+  local routes bad
+  routes=$(pool_routes "$1")
+  [[ -n $routes ]] || { echo "pool $1 has no blocks on any node"; return 1; }
+  case $2 in
+    VXLAN) bad=$(grep -v 'dev sinew.vxlan' <<<"$routes" || true) ;;
+    *) bad=$(grep -v 'via .* dev eth0' <<<"$routes" || true) ;;
+  esac
+  sed "s/^/  $2 route: /" <<<"$routes"
+  [[ -z $bad ]] || { echo "routes of pool $1 that are not $2's ($([[ $2 == VXLAN ]] && echo 'dev sinew.vxlan' || echo 'via <peer> dev eth0')):"; echo "$bad"; return 1; }
+}
+pod_connect() { # namespace, pod, ip:port -> TCP connect from the pod
+  k -n "$1" exec "$2" -- /agnhost connect "$3" --timeout=5s >/dev/null 2>&1
+}
+# From one pod, a TCP connect to each target (ip:port or name:port) in one exec; prints the
+# targets that failed (all of them if the exec itself failed, its error on stderr).
+pod_connect_each() { # namespace, pod, target...
+  local out rc=0
+  out=$(k -n "$1" exec "$2" -- sh -c 'for t in "$@"; do /agnhost connect "$t" --timeout=5s >/dev/null 2>&1 || echo "$t"; done' sh "${@:3}" 2>&1) || rc=$?
+  if ((rc != 0)); then
+    echo "kubectl exec in $1/$2 failed (exit $rc): $out" >&2
+    printf '%s\n' "${@:3}"
+  elif [[ -n $out ]]; then
+    echo "$out"
+  fi
+}
+node_get() { # node, url -> the body, from the node's host network
+  on_node "$1" curl -s --max-time 5 "$2" 2>/dev/null || true
+}
+
+# --- zoned pools: one pool per worker, chosen by a namespace annotation ----------------------
+
+# Two pools, each with a nodeSelector matching one worker (kubernetes.io/hostname), and a
+# namespace for each annotated `sinew.dev/ippool: <pool>`; two agnhost netexec pods in each
+# namespace on the pool's worker. In each mode (Routed, then VXLAN, then Auto, switched live on
+# both pools) every zone pod reaches every other zone pod (same zone and across), a pod of the
+# default pool, and every node (kubelet's port); every node reaches every zone pod, the control
+# plane included, which no zone pool selects (every node routes every pool's blocks).
+zone_names=(sinew-zone-a sinew-zone-b)
+zone_cidrs=(10.245.0.0/24 10.245.1.0/24)
+zone_pods=()
+
+zones_create() {
+  local i z node
+  for i in 0 1; do
+    z=${zone_names[i]} node=${node_names[i + 1]}
+    k apply -f - <<EOF
+apiVersion: sinew.dev/v1alpha1
+kind: IPPool
+metadata: {name: $z}
+spec:
+  cidr: ${zone_cidrs[i]}
+  blockSize: 27
+  mode: Routed
+  nodeSelector: {matchLabels: {kubernetes.io/hostname: $node}}
+---
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: $z
+  annotations: {sinew.dev/ippool: $z}
+EOF
+  done
+  for z in "${zone_names[@]}"; do
+    k wait --for=condition=Ready "ippool/$z" --timeout=120s
+  done
+  for i in 0 1; do
+    z=${zone_names[i]} node=${node_names[i + 1]}
+    for p in 0 1; do
+      k -n "$z" apply -f - <<EOF
+apiVersion: v1
+kind: Pod
+metadata: {name: $z-$p, labels: {app: zone}}
+spec:
+  nodeSelector: {kubernetes.io/hostname: $node}
+  terminationGracePeriodSeconds: 1
+  containers:
+    - name: netexec
+      image: $SINEW_KIND_AGNHOST_IMAGE
+      imagePullPolicy: Never
+      args: ["netexec", "--http-port=8080"]
+      readinessProbe: {httpGet: {path: /healthz, port: 8080}, periodSeconds: 2}
+EOF
+    done
+  done
+  for z in "${zone_names[@]}"; do
+    k -n "$z" wait --for=condition=Ready pod -l app=zone --timeout=180s
+  done
+}
+
+ip4_int() { local a b c d; IFS=. read -r a b c d <<<"$1"; echo $(((a << 24) | (b << 16) | (c << 8) | d)); }
+in_cidr() { # IPv4 address, IPv4 CIDR
+  local len=${2#*/} mask
+  mask=$(((0xffffffff << (32 - len)) & 0xffffffff))
+  (((($(ip4_int "$1")) & mask) == ($(ip4_int "${2%/*}") & mask)))
+}
+
+# "namespace name ip node" of the zone pods; each address must lie in its namespace's pool.
+load_zone_pods() {
+  local i z line name ip node
+  zone_pods=()
+  for i in 0 1; do
+    z=${zone_names[i]}
+    while read -r name ip node; do
+      in_cidr "$ip" "${zone_cidrs[i]}" || { echo "pod $z/$name got $ip, outside pool $z (${zone_cidrs[i]}): the namespace annotation was not honoured"; return 1; }
+      [[ $node == "${node_names[i + 1]}" ]] || { echo "pod $z/$name runs on $node"; return 1; }
+      zone_pods+=("$z $name $ip $node")
+    done < <(k -n "$z" get pods -l app=zone -o jsonpath='{range .items[*]}{.metadata.name} {.status.podIP} {.spec.nodeName}{"\n"}{end}')
+  done
+  printf '  %s\n' "${zone_pods[@]}"
+}
+
+# Packets the node's kernel dropped for failing the reverse-path check (TcpExt
+# IPReversePathFilter), from the node's own network namespace.
+rp_drops() { # node
+  on_node "$1" awk '/^TcpExt:/ {if (!n++) {split($0, h); next} for (i = 2; i <= NF; i++) if (h[i] == "IPReversePathFilter") print $i}' /proc/net/netstat
+}
+
+zones_connectivity() { # mode
+  local mode=$1 src dst sns sp si sn dns dp di dn n ip got cp cpip fails=0 tries=0 targets t
+  local -A what=() rp0=()
+  for n in "${node_names[@]}"; do rp0[$n]=$(rp_drops "$n"); done
+  for dst in "${zone_pods[@]}"; do
+    read -r dns dp di dn <<<"$dst"
+    what[$di:8080]="pod $dns/$dp ($di, $dn)"
+  done
+  for n in "${node_names[@]}"; do
+    ip=$(node_ip "$n")
+    what[$ip:10250]="node $n ($ip:10250, kubelet)"
+  done
+  # A pod of the default pool on the control plane, which no zone pool selects.
+  read -r cp cpip < <(k -n "$ns" get pods -l app=netexec --field-selector "spec.nodeName=${node_names[0]}" \
+    -o jsonpath='{.items[0].metadata.name} {.items[0].status.podIP}{"\n"}')
+  what[$cpip:8080]="pod $ns/$cp ($cpip, pool $pool, ${node_names[0]})"
+  # Every zone pod to every other zone pod, every node and the default-pool pod.
+  for src in "${zone_pods[@]}"; do
+    read -r sns sp si sn <<<"$src"
+    targets=()
+    for t in "${!what[@]}"; do [[ $t == "$si:8080" ]] || targets+=("$t"); done
+    tries=$((tries + ${#targets[@]}))
+    while read -r t; do
+      [[ -n $t ]] || continue
+      echo "FAIL $mode: pod $sns/$sp ($si, $sn) -> ${what[$t]:-$t}"
+      fails=$((fails + 1))
+    done < <(pod_connect_each "$sns" "$sp" "${targets[@]}")
+  done
+  # The default-pool pod to every zone pod.
+  targets=()
+  for dst in "${zone_pods[@]}"; do read -r _ _ di _ <<<"$dst"; targets+=("$di:8080"); done
+  tries=$((tries + ${#targets[@]}))
+  while read -r t; do
+    [[ -n $t ]] || continue
+    echo "FAIL $mode: ${what[$cpip:8080]} -> ${what[$t]:-$t}"
+    fails=$((fails + 1))
+  done < <(pod_connect_each "$ns" "$cp" "${targets[@]}")
+  # Every node (its host network) to every zone pod.
+  for n in "${node_names[@]}"; do
+    for dst in "${zone_pods[@]}"; do
+      read -r dns dp di dn <<<"$dst"
+      tries=$((tries + 1))
+      got=$(node_get "$n" "http://$di:8080/hostname")
+      [[ $got == "$dp" ]] || { echo "FAIL $mode: node $n ($(node_ip "$n")) -> pod $dns/$dp ($di, $dn): '$got'"; fails=$((fails + 1)); }
+    done
+  done
+  echo "pools: $(k get ippools -o jsonpath='{range .items[*]}{.metadata.name}={.spec.mode} {end}')"
+  if ((fails)); then
+    echo "packets dropped by the nodes' reverse-path filter meanwhile: $(for n in "${node_names[@]}"; do printf '%s %s, ' "$n" $(($(rp_drops "$n") - ${rp0[$n]})); done)"
+    echo "kubectl sinew doctor meanwhile: $(doctor_all 2>&1 | grep -E '^(CRITICAL|WARNING|INFO) ' | sort | uniq -c | tr -s ' ' | tr '\n' ';')$(doctor_all 2>&1 | tail -1)"
+    echo "$mode: $fails of $tries paths failed; routes to the zone blocks:"
+    for z in "${zone_names[@]}"; do pool_routes "$z" | sed 's/^/  /'; done
+    return 1
+  fi
+  echo "$mode: $tries paths (zone pod -> zone pods, nodes and a default-pool pod; default-pool pod -> zone pods; every node -> zone pods)"
+}
+
+c_zoned_pools() {
+  local z mode fails=0
+  zones_create
+  load_zone_pods
+  echo "blocks: $(k get ipblocks -o json | jq -r '[.items[] | select(.spec.pool | startswith("sinew-zone-")) | "\(.spec.pool) \(.spec.cidr) on \(.spec.node)"] | join(", ")')"
+  # A zone pool's blocks live only on the node it selects.
+  local stray
+  stray=$(k get ipblocks -o json | jq -r --arg a "${zone_names[0]}" --arg na "${node_names[1]}" --arg b "${zone_names[1]}" --arg nb "${node_names[2]}" \
+    '.items[] | select((.spec.pool == $a and .spec.node != $na) or (.spec.pool == $b and .spec.node != $nb)) | "\(.spec.pool) \(.spec.cidr) on \(.spec.node)"')
+  [[ -z $stray ]] || { echo "zone blocks on nodes their pool does not select: $stray"; return 1; }
+  local verdicts=() out
+  for mode in Routed VXLAN Auto; do
+    out=""
+    for z in "${zone_names[@]}"; do
+      [[ $(k get ippool "$z" -o jsonpath='{.spec.mode}') == "$mode" ]] || echo "switching $z to $mode (live)"
+      set_pool_mode "$z" "$mode"
+      # Auto: the nodes share the kind network's subnet, so the pools are routed.
+      check_pool_routes "$z" "$([[ $mode == Auto ]] && echo Routed || echo "$mode")" \
+        || { fails=$((fails + 1)); out+="$z's routes wrong; "; }
+    done
+    if zones_connectivity "$mode" >"$logs/zones-$mode.txt"; then
+      cat "$logs/zones-$mode.txt"
+      verdicts+=("$mode: ${out}$(tail -1 "$logs/zones-$mode.txt" | sed "s/^[A-Za-z]*: //")")
+    else
+      cat "$logs/zones-$mode.txt"
+      fails=$((fails + 1))
+      verdicts+=("$mode: ${out}$(grep -E '^[A-Za-z]+: [0-9]+ of [0-9]+ paths failed' "$logs/zones-$mode.txt" | cut -d';' -f1 | sed 's/^[A-Za-z]*: //')")
+    fi
+  done
+  printf '%s\n' "${verdicts[@]}"
+  ((fails == 0)) || return 1
+  zones_delete
+  echo "two zoned pools (${zone_names[0]} on ${node_names[1]}, ${zone_names[1]} on ${node_names[2]}): every path in Routed, VXLAN and Auto; removed"
+}
+
+# Namespaces first (their pods give the addresses back), then the pools.
+zones_delete() {
+  k delete namespace "${zone_names[@]}" --ignore-not-found --wait=true --timeout=180s
+  k delete ippool "${zone_names[@]}" --ignore-not-found --wait=true --timeout=180s
+  local left
+  left=$(k get ipblocks -o json | jq -r '.items[] | select(.spec.pool | startswith("sinew-zone-")) | .metadata.name')
+  [[ -z $left ]] || { echo "zone blocks left: $left"; return 1; }
+}
+zones_undo() { zones_delete >/dev/null 2>&1 || true; }
+
+# --- a cloud VPC underneath: pod addresses dropped on the wire, strict reverse-path filtering ---
+
+# What a cloud VPC's source/destination check does to an overlay-less CNI: the underlay between
+# the nodes (the kind Docker network's bridge, in the engine's namespace) drops every frame whose
+# IPv4 source or destination is a pod address (any pool's CIDR). The nodes filter strictly on
+# reverse path since before sinew was installed (c_rp_filter_strict). In VXLAN mode everything
+# must work: pod -> pod and node -> pod across nodes, pod -> Service, pod -> DNS, and the API
+# server (host network of the control plane) -> a pod on a worker, the path of a webhook or
+# `kubectl port-forward`-less proxying. In Routed mode the pods' packets are dropped, and sinew
+# must say so: `kubectl sinew doctor` exits non-zero naming the problem, and the ClusterNetwork's
+# status lists it per node. When the underlay stops dropping, the problem clears.
+vpc_table=sinew_kind_vpc
+vpc_drop() { # CIDRs...
+  local set
+  set=$(IFS=,; echo "$*")
+  nsenter --net="$SINEW_KIND_NETNS" nft -f - <<EOF
+table bridge $vpc_table {
+  chain forward {
+    type filter hook forward priority 0; policy accept;
+    ip saddr { $set } counter drop comment "pod address as source"
+    ip daddr { $set } counter drop comment "pod address as destination"
+  }
+}
+EOF
+}
+vpc_dropped() { # packets dropped so far
+  nsenter --net="$SINEW_KIND_NETNS" nft list table bridge "$vpc_table" 2>/dev/null \
+    | grep -o 'packets [0-9]*' | awk '{s += $2} END {print s + 0}'
+}
+vpc_undo() { nsenter --net="$SINEW_KIND_NETNS" nft delete table bridge "$vpc_table" >/dev/null 2>&1 || true; }
+
+# Every path the VXLAN half needs; prints each failure with its path.
+vpc_paths() {
+  local src dst sp si sn dp di dn fails=0 tries=0 got svc dns_name n t targets out coredns kind
+  local -A what=() ok=() bad=()
+  tally() { # kind, passed?
+    if (($2)); then ok[$1]=$((${ok[$1]:-0} + 1)); else bad[$1]=$((${bad[$1]:-0} + 1)); fi
+  }
+  svc=$(k -n "$ns" get svc netexec -o jsonpath='{.spec.clusterIP}')
+  dns_name=netexec.$ns.svc.cluster.local
+  coredns=$(k -n kube-system get pods -l k8s-app=kube-dns -o jsonpath='{.items[*].spec.nodeName}')
+  for dst in "${pods[@]}"; do
+    read -r dp di dn <<<"$dst"
+    what[$di:8080]="pod $dp ($di, $dn)"
+  done
+  what[$dns_name:8080]="DNS name $dns_name:8080 (CoreDNS on $coredns)"
+  for src in "${pods[@]}"; do
+    read -r sp si sn <<<"$src"
+    # pod -> pod across nodes, and pod -> DNS name (CoreDNS, then the Service).
+    targets=("$dns_name:8080")
+    for dst in "${pods[@]}"; do
+      read -r dp di dn <<<"$dst"
+      [[ $sn == "$dn" ]] || targets+=("$di:8080")
+    done
+    tries=$((tries + ${#targets[@]}))
+    out=$(pod_connect_each "$ns" "$sp" "${targets[@]}")
+    for t in "${targets[@]}"; do
+      kind="pod -> pod"
+      [[ $t == "$dns_name:8080" ]] && kind="pod -> DNS name"
+      if grep -qxF "$t" <<<"$out"; then
+        echo "FAIL pod $sp ($si, $sn) -> ${what[$t]:-$t}"
+        fails=$((fails + 1))
+        tally "$kind" 0
+      else
+        tally "$kind" 1
+      fi
+    done
+    # pod -> Service ClusterIP: six requests (kube-proxy picks among the backends on every node).
+    tries=$((tries + 6))
+    out=$(k -n "$ns" exec "$sp" -- sh -c 'for i in 1 2 3 4 5 6; do curl -s --max-time 5 "http://$1/hostname" || printf FAIL; echo; done' sh "$svc:8080" 2>&1) || true
+    n=$(grep -c '^netexec-' <<<"$out" || true)
+    ok["pod -> Service"]=$((${ok["pod -> Service"]:-0} + n))
+    bad["pod -> Service"]=$((${bad["pod -> Service"]:-0} + 6 - n))
+    if ((n != 6)); then
+      echo "FAIL pod $sp ($si, $sn) -> Service $svc:8080: $((6 - n)) of 6 requests failed; answers: $(tr '\n' ' ' <<<"$out")"
+      fails=$((fails + 6 - n))
+    fi
+  done
+  # Each node's host network to the pods on the other nodes.
+  for n in "${node_names[@]}"; do
+    for dst in "${pods[@]}"; do
+      read -r dp di dn <<<"$dst"
+      [[ $n == "$dn" ]] && continue
+      tries=$((tries + 1))
+      got=$(node_get "$n" "http://$di:8080/hostname")
+      [[ $got == "$dp" ]] && tally "node -> pod" 1 \
+        || { echo "FAIL node $n ($(node_ip "$n")) -> pod $dp ($di, $dn): '$got'"; fails=$((fails + 1)); tally "node -> pod" 0; }
+    done
+  done
+  # The API server, in the control plane's host network, to the pods on the workers: the path of
+  # an admission webhook or an aggregated API served by a pod.
+  for dst in "${pods[@]}"; do
+    read -r dp di dn <<<"$dst"
+    [[ $dn == "${node_names[0]}" ]] && continue
+    tries=$((tries + 1))
+    got=$(k get --raw "/api/v1/namespaces/$ns/pods/$dp:8080/proxy/hostname" 2>&1) || true
+    [[ $got == "$dp" ]] && tally "API server -> pod" 1 \
+      || { echo "FAIL API server (${node_names[0]}) -> pod $dp ($di, $dn), kubectl get --raw .../pods/$dp:8080/proxy/hostname: '$(head -c 200 <<<"$got")'"; fails=$((fails + 1)); tally "API server -> pod" 0; }
+  done
+  local summary=""
+  for kind in "pod -> pod" "pod -> DNS name" "pod -> Service" "node -> pod" "API server -> pod"; do
+    summary+="$kind $((${ok[$kind]:-0}))/$((${ok[$kind]:-0} + ${bad[$kind]:-0})), "
+  done
+  echo "${summary%, } passed ($fails of $tries failed)"
+  ((fails == 0))
+}
+
+doctor_all() { nsenter --net="$SINEW_KIND_NETNS" env KUBECONFIG="$kubeconfig" "$repo/images/out/kubectl-sinew" doctor; }
+cn_problems() { k get clusternetwork default -o json | jq -r '(.status.problems // [])[] | "\(.node) \(.reason): \(.message)"'; }
+vpc_problem_re='PeerUnreachable|RPFilterStrict|Underlay|Unreachable'
+
+c_cloud_vpc() {
+  local cidrs mode0 n
+  for n in "${node_names[@]}"; do
+    [[ $(on_node "$n" cat /proc/sys/net/ipv4/conf/all/rp_filter) == 1 && $(on_node "$n" cat /proc/sys/net/ipv4/conf/default/rp_filter) == 1 ]] \
+      || { echo "$n no longer filters strictly on reverse path"; return 1; }
+  done
+  mapfile -t cidrs < <(k get ippools -o jsonpath='{range .items[*]}{.spec.cidr}{"\n"}{end}' | grep -v ':')
+  mode0=$(k get ippool "$pool" -o jsonpath='{.spec.mode}')
+  echo "--- VXLAN: the underlay drops pod addresses (${cidrs[*]}), rp_filter=1 on every node"
+  set_pool_mode "$pool" VXLAN
+  vpc_drop "${cidrs[@]}"
+  load_pods >/dev/null
+  local vx_ok=true vx_summary
+  vpc_paths >"$logs/vpc-vxlan.txt" || vx_ok=false
+  cat "$logs/vpc-vxlan.txt"
+  vx_summary=$(tail -1 "$logs/vpc-vxlan.txt")
+  echo "frames the underlay dropped so far: $(vpc_dropped)"
+  echo "kubectl sinew doctor (VXLAN): $(doctor_all 2>&1 | tail -1)"
+  echo "--- Routed: the same underlay"
+  set_pool_mode "$pool" Routed
+  local a b t0 text rc=0 named=false probs
+  a=$(k -n "$ns" get pods -l app=netexec --field-selector "spec.nodeName=${node_names[1]}" -o jsonpath='{.items[0].metadata.name}')
+  b=$(k -n "$ns" get pods -l app=netexec --field-selector "spec.nodeName=${node_names[2]}" -o jsonpath='{.items[0].status.podIP}')
+  if pod_connect "$ns" "$a" "$b:8080"; then
+    echo "pod $a -> $b:8080 across nodes still works in Routed mode: the underlay does not drop it"
+    return 1
+  fi
+  echo "pod $a -> $b:8080 across nodes fails in Routed mode, as the underlay drops it ($(vpc_dropped) frames dropped)"
+  t0=$(now)
+  while :; do
+    set +e
+    text=$(doctor_all 2>&1)
+    rc=$?
+    set -e
+    if ((rc != 0)) && grep -qE "$vpc_problem_re" <<<"$text"; then named=true; break; fi
+    (($(awk -v s="$(since "$t0")" 'BEGIN {print (s > 30)}'))) && break
+    sleep 1
+  done
+  echo "kubectl sinew doctor (Routed), $(since "$t0") s after convergence, exit $rc:"
+  echo "$text" | head -30
+  probs=$(cn_problems)
+  echo "ClusterNetwork default status.problems:"
+  echo "${probs:-  (none)}"
+  $named || echo "FAIL: kubectl sinew doctor did not name the dropped pod traffic ($vpc_problem_re) with a non-zero exit within 30 s"
+  [[ -n $probs ]] || echo "FAIL: the ClusterNetwork's status lists no node problem"
+  echo "--- the underlay stops dropping"
+  vpc_undo
+  local cleared=false
+  t0=$(now)
+  while (($(awk -v s="$(since "$t0")" 'BEGIN {print (s <= 30)}'))); do
+    if doctor_all >/dev/null 2>&1; then cleared=true; break; fi
+    sleep 1
+  done
+  $cleared && echo "doctor reports nothing $(since "$t0") s after the underlay stopped dropping" \
+    || { echo "FAIL: doctor still reports problems 30 s after the underlay stopped dropping:"; doctor_all 2>&1 | head -20; }
+  local back=true
+  pod_connect "$ns" "$a" "$b:8080" || { back=false; echo "FAIL: pod $a -> $b:8080 in Routed mode without the drop"; }
+  [[ $mode0 == Routed ]] || set_pool_mode "$pool" "$mode0"
+  echo "--- verdict"
+  echo "VXLAN over the dropping underlay: $($vx_ok && echo ok || echo FAIL): $vx_summary"
+  echo "Routed over it: $($named && echo ok || echo FAIL): kubectl sinew doctor exit $rc$($named && echo ", names $(grep -oE "$vpc_problem_re" <<<"$text" | sort -u | tr '\n' ' ')")"
+  echo "Routed over it: $([[ -n $probs ]] && echo ok || echo FAIL): ClusterNetwork status.problems: $(grep -c . <<<"$probs") entries"
+  echo "underlay restored: $($cleared && $back && echo ok || echo FAIL): doctor $($cleared && echo clean || echo 'still reporting'), pod -> pod across nodes $($back && echo works || echo fails)"
+  $vx_ok && $named && [[ -n $probs ]] && $cleared && $back || return 1
+  echo "cloud VPC underlay + rp_filter=1: VXLAN carries every path; Routed is named by doctor and the ClusterNetwork status; clears after"
+}
+
 # --- helm upgrade and uninstall ------------------------------------------------------------
 
 c_helm_upgrade() {
@@ -563,27 +1025,96 @@ allocated_total() {
   k get ipblocks -o jsonpath='{range .items[*]}{.status.allocated}{"\n"}{end}' | awk '{s += $1} END {print s + 0}'
 }
 
-# Upstream conformance: the pod networking checks of the Kubernetes e2e suite (intra-pod and
-# node-pod, HTTP and UDP), with the agnhost image kubeadm's release expects, already in the nodes.
+# --- upstream sig-network specs (e2e.test v1.37.2, run in parallel by the ginkgo CLI) --------
+
+# What the focus selects: every [sig-network] [Conformance] spec, the Granular Checks of Services
+# (pod, node and endpoint to Service, NodePorts, session affinity, large requests; not
+# conformance) and the Conntrack specs (UDP and TCP conntrack through Services).
+conformance_focus=(
+  '\[sig-network\] .*\[Conformance\]'
+  '\[sig-network\] Networking Granular Checks: Services '
+  '\[sig-network\] Conntrack '
+)
+# Specs the focus selects that cannot run here: each by its full name, then `|` and the reason.
+# The run fails if one of these names no longer matches a selected spec.
+no_sctp="this machine's kernel is built without SCTP (CONFIG_IP_SCTP is not set; socket(AF_INET, SOCK_STREAM, IPPROTO_SCTP) fails with EPROTONOSUPPORT), and kind nodes share the host's kernel"
+conformance_excluded=(
+  "[sig-network] Networking Granular Checks: Services should function for pod-Service: sctp [Feature:SCTPConnectivity]|$no_sctp"
+  "[sig-network] Networking Granular Checks: Services should function for node-Service: sctp [Feature:SCTPConnectivity]|$no_sctp"
+  "[sig-network] Networking Granular Checks: Services should function for endpoint-Service: sctp [Feature:SCTPConnectivity]|$no_sctp"
+)
+conformance_procs=${SINEW_KIND_CONFORMANCE_PROCS:-3}
+
+# Schedulable nodes (no NoSchedule/NoExecute taint, not cordoned): e2e.test's --num-nodes. Without
+# it only ginkgo's first process learns the node count, and every spec gated on it is skipped
+# elsewhere ("Requires at least 2 nodes (not -1)").
+schedulable_nodes() {
+  k get nodes -o json | jq '[.items[] | select(.spec.unschedulable != true and
+    ([.spec.taints[]? | select(.effect == "NoSchedule" or .effect == "NoExecute")] | length) == 0)] | length'
+}
+regex_quote() { sed 's/[][\\.*^$()+?{}|]/\\&/g' <<<"$1"; }
+# "state<TAB>full name" of every It in a ginkgo JSON report.
+spec_states() {
+  jq -r '.[].SpecReports[]? | select(.LeafNodeType == "It")
+    | [.State, ((.ContainerHierarchyTexts // []) + [.LeafNodeText] | join(" "))] | @tsv' "$1"
+}
+
+# Runs the set, counts passed specs against what the focus selects (a spec that was skipped at
+# run time, a node-count guard for instance, counts as not passed), and fails unless every
+# selected spec passed.
 c_conformance() {
-  local focus='\[sig-network\] Networking Granular Checks: Pods'
-  nsenter --net="$SINEW_KIND_NETNS" "$e2e_bin/e2e.test" \
-    --kubeconfig="$kubeconfig" --provider=skeleton \
-    --ginkgo.focus="$focus" --ginkgo.skip='SCTPConnectivity|sctp' \
-    --ginkgo.no-color --ginkgo.timeout=20m --report-dir="$logs/conformance" 2>&1 \
-    | grep -E '^(•|Ran |PASS|FAIL|SUCCESS|  \[FAIL\])|Summarizing|\[It\]|seconds' || true
-  # The JUnit report says what ran and what failed.
-  local junit
-  junit=$(find "$logs/conformance" -name 'junit*.xml' 2>/dev/null | head -1)
-  [[ -n $junit ]] || { echo "no JUnit report in $logs/conformance"; return 1; }
-  local tests failures
-  tests=$(grep -o '<testsuite [^>]*' "$junit" | grep -o ' tests="[0-9]*"' | grep -o '[0-9]*')
-  failures=$(grep -o '<testsuite [^>]*' "$junit" | grep -o ' failures="[0-9]*"' | grep -o '[0-9]*')
-  grep -o '<testcase name="[^"]*Granular[^"]*"' "$junit" | sed 's/<testcase name=/  /'
-  local ran
-  ran=$(grep -c '<testcase name="[^"]*Granular[^"]*" [^>]*status="passed"' "$junit" || true)
-  ((failures == 0 && ran >= 4)) || { echo "$ran Granular Checks passed, $failures failures (of $tests specs)"; return 1; }
-  echo "$ran [sig-network] Networking Granular Checks: Pods passed (e2e.test v1.37.2)"
+  local dir=$logs/conformance t0=$SECONDS nodes_n f e name rc
+  local focus=() skip=() suite_flags
+  mkdir -p "$dir"
+  nodes_n=$(schedulable_nodes)
+  ((nodes_n >= 2)) || { echo "only $nodes_n schedulable nodes"; return 1; }
+  for f in "${conformance_focus[@]}"; do focus+=(--focus "$f"); done
+  suite_flags=(--kubeconfig="$kubeconfig" --provider=skeleton --num-nodes="$nodes_n")
+  # What the focus selects: a dry run lists it (nothing runs, the cluster is not touched).
+  nsenter --net="$SINEW_KIND_NETNS" "$e2e_bin/ginkgo" run --dry-run --no-color "${focus[@]}" \
+    --json-report=selected.json --output-dir="$dir" "$e2e_bin/e2e.test" -- "${suite_flags[@]}" \
+    >"$dir/dry-run.log" 2>&1 || { tail -20 "$dir/dry-run.log"; echo "the dry run failed"; return 1; }
+  spec_states "$dir/selected.json" | awk -F'\t' '$1 == "passed" {print $2}' | sort >"$dir/focused.txt"
+  : >"$dir/excluded.txt"
+  for e in "${conformance_excluded[@]}"; do
+    name=${e%%|*}
+    grep -qxF "$name" "$dir/focused.txt" || { echo "excluded spec not selected by the focus (renamed upstream?): $name"; return 1; }
+    printf '%s\n' "$name" >>"$dir/excluded.txt"
+    skip+=(--skip "$(regex_quote "$name")")
+  done
+  grep -vxFf "$dir/excluded.txt" "$dir/focused.txt" >"$dir/selected.txt" || true
+  local selected excluded
+  selected=$(wc -l <"$dir/selected.txt")
+  excluded=$(wc -l <"$dir/excluded.txt")
+  echo "the focus selects $((selected + excluded)) specs; $excluded excluded by name (cannot run here):"
+  for e in "${conformance_excluded[@]}"; do echo "  ${e%%|*}: ${e#*|}"; done
+  echo "running $selected specs: ginkgo -p --procs=$conformance_procs, e2e.test --num-nodes=$nodes_n"
+  set +e
+  nsenter --net="$SINEW_KIND_NETNS" "$e2e_bin/ginkgo" run -p --procs="$conformance_procs" --no-color --silence-skips \
+    --timeout=60m "${focus[@]}" "${skip[@]}" --json-report=report.json --output-dir="$dir" \
+    "$e2e_bin/e2e.test" -- "${suite_flags[@]}" >"$dir/ginkgo.log" 2>&1
+  rc=$?
+  set -e
+  grep -E '^Ran [0-9]+ of [0-9]+ Specs|^(SUCCESS|FAIL)!' "$dir/ginkgo.log" || true
+  [[ -s $dir/report.json ]] || { tail -30 "$dir/ginkgo.log"; echo "ginkgo (exit $rc) wrote no report"; return 1; }
+  spec_states "$dir/report.json" | sort -t$'\t' -k2 >"$dir/states.tsv"
+  local passed=0 failed=0 state
+  while IFS= read -r name; do
+    state=$(awk -F'\t' -v n="$name" '$2 == n {print $1; exit}' "$dir/states.tsv")
+    if [[ $state == passed ]]; then
+      passed=$((passed + 1))
+    else
+      failed=$((failed + 1))
+      echo "NOT PASSED (${state:-not run}): $name"
+      jq -r --arg n "$name" '.[].SpecReports[]? | select(.LeafNodeType == "It")
+        | select(((.ContainerHierarchyTexts // []) + [.LeafNodeText] | join(" ")) == $n)
+        | "    \(.Failure.Location.FileName // "" | sub(".*/test/e2e/"; "test/e2e/")):\(.Failure.Location.LineNumber // "")  \(.Failure.Message // "" | split("\n") | map(select(. != "")) | .[0:3] | join(" / "))"' \
+        "$dir/report.json" | cut -c1-400
+    fi
+  done <"$dir/selected.txt"
+  echo "ginkgo exit $rc, $((SECONDS - t0)) s; report $dir/report.json, output $dir/ginkgo.log"
+  echo "conformance: $passed passed, $failed failed (of $selected selected; $excluded excluded by name)"
+  ((failed == 0 && passed == selected))
 }
 
 # `helm uninstall` while pods still hold pod-network addresses (CoreDNS always does; the test
@@ -743,6 +1274,7 @@ c_uninstall_clean() {
 # --- run ------------------------------------------------------------------------------------
 
 check "nodes NotReady before sinew (no conflist)" c_not_ready_before || true
+check "nodes filter strictly on reverse path before sinew (rp_filter=1 on all and default)" c_rp_filter_strict || true
 if check "helm install charts/sinew" h_install; then
   check "nodes Ready only once sinew's conflist is in place" c_ready_after_conflist || true
   check "ClusterNetwork default Ready" c_clusternetwork_ready || true
@@ -758,7 +1290,16 @@ if check "helm install charts/sinew" h_install; then
     check "pod -> DNS name" c_pod_to_dns || true
     check "pod -> outside host (natOutgoing)" c_nat_outgoing || true
     check "IPPools and IPBlocks show the allocations" c_ipam || true
+    if [[ $conformance == 1 ]]; then
+      # On the chart's defaults (Auto pool, no chained plugin: hostPort is sinew's own), before
+      # anything below changes them.
+      check "upstream sig-network specs: [Conformance], Granular Checks: Services, Conntrack (e2e.test v1.37.2)" c_conformance || true
+    fi
     check "live mode switch Auto -> VXLAN -> Routed keeps a TCP connection" c_mode_switch || true
+    check "zoned pools (one per worker, by namespace annotation): every path in Routed, VXLAN and Auto" c_zoned_pools || true
+    zones_undo
+    check "cloud VPC underlay (pod addresses dropped, rp_filter=1): VXLAN carries every path, Routed is named by doctor" c_cloud_vpc || true
+    vpc_undo
   fi
   check "helm upgrade rolls the DaemonSet and rewrites the conflist" c_helm_upgrade || true
   if $have_workloads; then
@@ -770,9 +1311,6 @@ if check "helm install charts/sinew" h_install; then
   diag_undo
   check "diagnosis: a dangling cni0 bridge in the pool is named ForeignInterfaces and RouteConflict, cleared when removed" c_diag_bridge || true
   diag_undo
-  if [[ $conformance == 1 ]]; then
-    check "conformance: [sig-network] Networking Granular Checks: Pods" c_conformance || true
-  fi
   if $have_workloads; then
     check "helm uninstall with pods holding addresses (CoreDNS) is refused at once, nothing deleted" c_uninstall_refused || true
   fi

@@ -39,7 +39,8 @@ test_tools=(
 )
 # The kind node image (kubelet, kubeadm, containerd, runc, crictl, CNI plugins), the images
 # kubeadm v1.37 deploys (control plane, kube-proxy, etcd, CoreDNS; pause is C, built by
-# e2e/kind/build.sh), agnhost for the connectivity checks, kind itself, kubectl and helm.
+# e2e/kind/build.sh), agnhost for the connectivity checks (and, with regression-issue-74839, for
+# the upstream e2e specs run on kind), kind itself, kubectl and helm.
 # Versions of containerd, runc, crictl and the CNI plugins are the ones kind v0.33.0 ships.
 kind_tools=(
   "kind|sigs.k8s.io/kind|kind||"
@@ -51,6 +52,7 @@ kind_tools=(
   "kubernetes|k8s.io/kubernetes/cmd/kube-scheduler|kube-scheduler|K8S|"
   "kubernetes|k8s.io/kubernetes/cmd/kube-proxy|kube-proxy|K8S|"
   "kubernetes|k8s.io/kubernetes/test/images/agnhost|agnhost|AGNHOST|"
+  "kubernetes|k8s.io/kubernetes/test/images/regression-issue-74839|regression-issue-74839||"
   "etcd|go.etcd.io/etcd/server/v3|etcd||"
   "coredns|github.com/coredns/coredns|coredns||"
   "containerd|github.com/containerd/containerd/v2/cmd/containerd|containerd|CONTAINERD|no_aufs,no_zfs,no_btrfs,no_devmapper"
@@ -67,8 +69,10 @@ kind_tools=(
 )
 # The upstream e2e suite is a test binary (`go test -c`), from its own module directory: its
 # test-only sums would otherwise change e2e/tools/kubernetes's key (and so the node image's).
+# The ginkgo CLI runs that suite in parallel processes (the version the suite is built with).
 conformance_tools=(
   "kubernetes-e2e|k8s.io/kubernetes/test/e2e|e2e.test|K8S|gotest"
+  "ginkgo|github.com/onsi/ginkgo/v2/ginkgo|ginkgo||"
 )
 # Flannel (VXLAN backend) for the side-by-side benchmark on kind (e2e/kind/bench.sh); its CNI
 # plugin module is not served, so its pods use the reference bridge + host-local of the kind set.
