@@ -2,8 +2,8 @@
 # by operator/src/daemonset.rs passes only args) and the CNI plugin it installs from
 # SINEW_PLUGIN=/usr/local/bin/sinew. Two static musl binaries, nothing else: the agent programs
 # routes, the VXLAN device and the `inet sinew` nftables table over netlink (no `nft`, see
-# docs/architecture.md decisions 56 and 58), and the DaemonSet runs no shell (its init
-# container and agent take args only; the probes are HTTP).
+# docs/decisions/0056-nftables-over-netlink.md and 0060-scratch-node-image.md), and the
+# DaemonSet runs no shell (its init container and agent take args only; the probes are HTTP).
 # BASE_IMAGE picks a base to build on instead (e.g. one with a shell and `nft` for people who
 # debug from inside the pod); the binaries do not depend on it.
 # Build context: images/out (filled by images/build-binaries.sh), e.g.

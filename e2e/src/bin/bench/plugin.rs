@@ -13,8 +13,8 @@
 //!   DEL does (one `RTM_DELLINK`), the floor under any plugin's DEL;
 //! - the disk alone: the crash-safe replacement of a small file in sinew's state directory
 //!   (write a temporary file, `fdatasync`, rename), what a store kept across a power loss
-//!   would add to every ADD (sinew's plugin does not flush: decision 65 in
-//!   docs/architecture.md).
+//!   would add to every ADD (sinew's plugin does not flush: decision 65,
+//!   docs/decisions/0065-unflushed-ipam-store.md).
 //!
 //! The spawner runs on a thread that has joined the node namespace, so the children start
 //! there without a `pre_exec` hook: `std::process::Command` then uses `posix_spawn`
