@@ -168,6 +168,9 @@ pub enum ProblemKind {
     /// derives: neither is given VXLAN traffic until it is resolved.
     #[serde(rename = "VTEPConflict")]
     VtepConflict,
+    /// A step of the agent's pass failed on the node (netlink, node files); the steps that do
+    /// not depend on it went on.
+    StepFailed,
     /// A kind this build does not know (a newer agent).
     #[serde(other)]
     Other,
@@ -205,6 +208,7 @@ impl ProblemKind {
             ProblemKind::PeerUnreachable => "PeerUnreachable",
             ProblemKind::RpFilterStrict => "RPFilterStrict",
             ProblemKind::VtepConflict => "VTEPConflict",
+            ProblemKind::StepFailed => "StepFailed",
             ProblemKind::Other => "Other",
         }
     }
@@ -219,7 +223,8 @@ impl ProblemKind {
             | ProblemKind::MtuMismatch
             | ProblemKind::PeerUnreachable
             | ProblemKind::RpFilterStrict
-            | ProblemKind::VtepConflict => Severity::Critical,
+            | ProblemKind::VtepConflict
+            | ProblemKind::StepFailed => Severity::Critical,
             ProblemKind::PeersIncomplete
             | ProblemKind::BlockClaimFailed
             | ProblemKind::BlockReleaseFailed
@@ -233,7 +238,7 @@ impl ProblemKind {
     }
 
     /// Every kind, for metrics that report zero for the absent ones.
-    pub const ALL: [ProblemKind; 18] = [
+    pub const ALL: [ProblemKind; 19] = [
         ProblemKind::ConflistShadowed,
         ProblemKind::ForwardingOff,
         ProblemKind::RouteConflict,
@@ -252,6 +257,7 @@ impl ProblemKind {
         ProblemKind::PeerUnreachable,
         ProblemKind::RpFilterStrict,
         ProblemKind::VtepConflict,
+        ProblemKind::StepFailed,
     ];
 }
 

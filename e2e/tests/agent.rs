@@ -40,6 +40,7 @@ fn main() -> ExitCode {
             a_store_torn_by_a_power_loss_is_set_aside_in_the_next_boot,
             host_ports_work_with_the_agents_conflist_and_table,
             a_block_request_that_cannot_be_served_is_answered_once,
+            a_failed_step_is_reported_and_the_rest_of_the_pass_goes_on,
         ],
     );
     sinew_e2e::operator::stop_kept();
@@ -1108,5 +1109,83 @@ async fn a_block_request_that_cannot_be_served_is_answered_once(ctx: Ctx) -> Tes
         ran <= 4,
         "{ran} passes in about 5 s for one unservable request"
     );
+    Ok(())
+}
+
+/// A node whose CNI configuration directory cannot be written (here a file stands where the
+/// directory should be) cannot install its conflist. That step fails on its own: the node
+/// still claims its block, routes its peers' pods and reports what failed, and installs the
+/// conflist as soon as the directory can be written.
+async fn a_failed_step_is_reported_and_the_rest_of_the_pass_goes_on(ctx: Ctx) -> TestResult {
+    let cluster = LocalCluster::start(&ctx.cp, "sf", &[0, 0]).await;
+    let broken = &cluster.nodes[1];
+    let conf_dir = broken.conf_dir();
+    if conf_dir.is_dir() {
+        std::fs::remove_dir_all(&conf_dir)?;
+    }
+    std::fs::write(&conf_dir, b"not a directory")?;
+    pool(&ctx, "sf-pool", "sf", "10.125.0.0/24", 28, "Routed").await?;
+
+    let failed = |r: &sinew_crds::node::NodeReport| {
+        r.problems.iter().any(|p| {
+            p.kind == sinew_crds::node::ProblemKind::StepFailed
+                && p.message
+                    .starts_with("installing the plugin and its conflist")
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let report = sinew_e2e::cluster::node_report(&ctx.client, &broken.name).await?;
+        if failed(&report) {
+            assert!(
+                !report.ready,
+                "a node without its conflist is not ready: {report:?}"
+            );
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(format!("no StepFailed for the conflist: {report:?}").into());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The healthy node serves pods; the broken one holds a block and routes to its peer.
+    cluster.nodes[0]
+        .conf_dir()
+        .join("10-sinew.conflist")
+        .exists()
+        .then_some(())
+        .ok_or("the healthy node has no conflist")?;
+    let blocks = blocks_of(&ctx, "sf-pool").await?;
+    for node in &cluster.nodes {
+        if !blocks.iter().any(|b| b.spec.node == node.name) {
+            return Err(format!("{} claimed no block: {blocks:?}", node.name).into());
+        }
+    }
+    eventually(
+        "the broken node routes its peer's block",
+        Duration::from_secs(10),
+        || {
+            let routes = cluster.peer_routes(&broken.name);
+            (!routes.is_empty())
+                .then_some(())
+                .ok_or_else(|| format!("{routes:?}"))
+        },
+    )
+    .await?;
+
+    std::fs::remove_file(&conf_dir)?;
+    std::fs::create_dir_all(&conf_dir)?;
+    cluster.wait_ready(Duration::from_secs(30)).await?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let report = sinew_e2e::cluster::node_report(&ctx.client, &broken.name).await?;
+        if report.ready && !failed(&report) {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(format!("the failed step was not cleared: {report:?}").into());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     Ok(())
 }

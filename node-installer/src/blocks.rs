@@ -23,7 +23,7 @@ use crate::trust::PoolFacts;
 
 /// What one pass knows about this node's addresses, from the IPAM store.
 #[derive(Debug, Clone, Default)]
-pub struct Holdings {
+pub struct BlockUsage {
     /// Addresses held by a pod interface.
     held: BTreeSet<IpAddr>,
     /// Blocks named by held addresses: block -> (pool, addresses).
@@ -33,8 +33,8 @@ pub struct Holdings {
     retired: BTreeSet<String>,
 }
 
-impl Holdings {
-    pub fn of(store: &IpamState) -> Holdings {
+impl BlockUsage {
+    pub fn of(store: &IpamState) -> BlockUsage {
         let held = store
             .slots
             .iter()
@@ -50,7 +50,7 @@ impl Holdings {
                     .1 += 1;
             }
         }
-        Holdings {
+        BlockUsage {
             held,
             in_use,
             retired: store.retired.clone(),
@@ -74,7 +74,7 @@ impl Holdings {
 
 /// What a pool needs from this pass.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Need {
+pub enum BlockNeed {
     /// Enough free addresses here, nothing asked.
     Enough,
     /// Claim one more block; `free` addresses are left here now.
@@ -84,7 +84,7 @@ pub enum Need {
 /// The claim plan: pools needing a block (in pool order), and problems to report.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Claims {
-    pub needs: Vec<(String, Need)>,
+    pub needs: Vec<(String, BlockNeed)>,
     pub problems: Vec<Problem>,
 }
 
@@ -172,7 +172,7 @@ pub fn claims(
     selected: &[String],
     facts: &BTreeMap<String, PoolFacts>,
     blocks: &[BlockInfo],
-    holdings: &Holdings,
+    holdings: &BlockUsage,
     requested: &BTreeSet<String>,
     min_free: u64,
 ) -> Claims {
@@ -201,9 +201,9 @@ pub fn claims(
             .count();
         let free: u128 = mine.iter().map(|b| holdings.free(b)).sum();
         let need = if serving > 0 && free >= u128::from(min_free) && !requested.contains(name) {
-            Need::Enough
+            BlockNeed::Enough
         } else {
-            Need::Block { free }
+            BlockNeed::Block { free }
         };
         plan.needs.push((name.clone(), need));
     }
@@ -231,7 +231,7 @@ pub fn releases(
     node: &str,
     usable_selected: &BTreeSet<String>,
     blocks: &[BlockInfo],
-    holdings: &Holdings,
+    holdings: &BlockUsage,
     empty_since: &mut EmptySince,
     now: Instant,
     grace: Duration,
@@ -283,7 +283,7 @@ pub struct Orphan {
 /// report it, whatever its pool).
 pub fn orphans(
     node: &str,
-    holdings: &Holdings,
+    holdings: &BlockUsage,
     facts: &BTreeMap<String, PoolFacts>,
     blocks: &[BlockInfo],
 ) -> Vec<Orphan> {
@@ -352,7 +352,7 @@ mod tests {
     }
 
     /// A store where pods hold each `(address, block)` of pool p.
-    fn holding(ips: &[(&str, &str)]) -> Holdings {
+    fn holding(ips: &[(&str, &str)]) -> BlockUsage {
         let mut st = IpamState::default();
         for (i, (ip, blk)) in ips.iter().enumerate() {
             let ip: IpAddr = ip.parse().unwrap();
@@ -384,7 +384,7 @@ mod tests {
             };
             st.attachments.insert(format!("c{i}/eth0"), a);
         }
-        Holdings::of(&st)
+        BlockUsage::of(&st)
     }
 
     fn sel() -> Vec<String> {
@@ -399,30 +399,30 @@ mod tests {
             &sel(),
             &facts(None),
             &[],
-            &Holdings::default(),
+            &BlockUsage::default(),
             &none,
             2,
         );
-        assert_eq!(plan.needs, vec![("p".into(), Need::Block { free: 0 })]);
+        assert_eq!(plan.needs, vec![("p".into(), BlockNeed::Block { free: 0 })]);
         // A /30 with one address held: 3 free >= 2.
         let blocks = [block("10.244.0.0/30", "n1"), block("10.244.0.4/30", "n2")];
         let h = holding(&[("10.244.0.1", "10.244.0.0/30")]);
         let plan = claims("n1", &sel(), &facts(None), &blocks, &h, &none, 2);
-        assert_eq!(plan.needs, vec![("p".into(), Need::Enough)]);
+        assert_eq!(plan.needs, vec![("p".into(), BlockNeed::Enough)]);
         // Below min_free: another block. Another node's holdings do not count as ours.
         let plan = claims("n1", &sel(), &facts(None), &blocks, &h, &none, 4);
-        assert_eq!(plan.needs, vec![("p".into(), Need::Block { free: 3 })]);
+        assert_eq!(plan.needs, vec![("p".into(), BlockNeed::Block { free: 3 })]);
         // The plugin asked: claim even with room.
         let asked = BTreeSet::from(["p".to_string()]);
         let plan = claims("n1", &sel(), &facts(None), &blocks, &h, &asked, 2);
-        assert_eq!(plan.needs, vec![("p".into(), Need::Block { free: 3 })]);
+        assert_eq!(plan.needs, vec![("p".into(), BlockNeed::Block { free: 3 })]);
     }
 
     #[test]
     fn an_unusable_pool_gets_no_block_and_a_request_for_it_is_a_problem() {
         let asked = BTreeSet::from(["p".to_string()]);
         let f = facts(Some("disabled"));
-        let plan = claims("n1", &sel(), &f, &[], &Holdings::default(), &asked, 2);
+        let plan = claims("n1", &sel(), &f, &[], &BlockUsage::default(), &asked, 2);
         assert!(plan.needs.is_empty());
         assert_eq!(plan.problems.len(), 1);
         assert_eq!(plan.problems[0].kind, ProblemKind::PoolUnusable);
@@ -432,7 +432,7 @@ mod tests {
             &sel(),
             &f,
             &[],
-            &Holdings::default(),
+            &BlockUsage::default(),
             &BTreeSet::new(),
             2,
         );
@@ -577,7 +577,7 @@ mod tests {
         };
         let two = [block("10.244.0.0/30", "n1"), block("10.244.0.8/30", "n1")];
         let plan = claims("n1", &sel(), &facts(None), &two, &full, &BTreeSet::new(), 2);
-        assert_eq!(plan.needs, vec![("p".into(), Need::Block { free: 0 })]);
+        assert_eq!(plan.needs, vec![("p".into(), BlockNeed::Block { free: 0 })]);
     }
 
     #[test]
@@ -587,7 +587,7 @@ mod tests {
         let blocks = [block("10.244.0.0/30", "n1"), block("10.244.0.4/30", "n1")];
         let mut timers = EmptySince::new();
         let none = BTreeSet::new();
-        let h = Holdings::default();
+        let h = BlockUsage::default();
         releases("n1", &none, &blocks, &h, &mut timers, t0, grace, 2);
         let out = releases("n1", &none, &blocks, &h, &mut timers, t0 + grace, grace, 2);
         assert_eq!(out, vec![cidr("10.244.0.0/30"), cidr("10.244.0.4/30")]);

@@ -6,14 +6,14 @@
 pub mod agent;
 pub mod blocks;
 pub mod conflist;
+pub mod datapath;
 pub mod diagnose;
-pub mod forwarding;
 pub mod http;
 pub mod install;
 pub mod nat;
+pub mod node_watch;
 pub mod peers;
 pub mod probe;
-pub mod program;
-pub mod sentinel;
+pub mod sysctl;
 pub mod trust;
 pub mod tunnel;

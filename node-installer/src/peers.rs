@@ -44,7 +44,7 @@ pub struct BlockInfo {
 
 /// How a peer block is reached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Path {
+pub enum PeerPath {
     Routed,
     Vxlan,
 }
@@ -54,7 +54,7 @@ pub enum Path {
 pub struct PeerRoute {
     pub dst: Cidr,
     pub via: IpAddr,
-    pub path: Path,
+    pub path: PeerPath,
     pub peer: String,
 }
 
@@ -74,7 +74,7 @@ pub struct Plan {
 
 impl Plan {
     pub fn needs_vxlan(&self) -> bool {
-        self.routes.iter().any(|r| r.path == Path::Vxlan)
+        self.routes.iter().any(|r| r.path == PeerPath::Vxlan)
     }
 }
 
@@ -184,8 +184,8 @@ pub fn plan(
         let family = block.cidr.family();
         // The one decision the operator's mode plan makes too (`PoolMode::forwarding`).
         let path = match mode.forwarding(underlay.contains(peer.ip), family, Family::of(peer.ip)) {
-            Forwarding::Routed => Path::Routed,
-            Forwarding::Vxlan => Path::Vxlan,
+            Forwarding::Routed => PeerPath::Routed,
+            Forwarding::Vxlan => PeerPath::Vxlan,
             Forwarding::Unreachable => {
                 // A route via an off-link gateway would be refused (or black-hole): say so.
                 problems.insert(format!(
@@ -196,8 +196,8 @@ pub fn plan(
             }
         };
         let via = match path {
-            Path::Routed => peer.ip,
-            Path::Vxlan => {
+            PeerPath::Routed => peer.ip,
+            PeerPath::Vxlan => {
                 let Some(&mac) = macs.get(&peer.name) else {
                     if peer.vtep_mac.is_none() {
                         problems
@@ -236,11 +236,12 @@ pub fn plan(
     plan
 }
 
-/// Whether IPv4 pod traffic between this node and its peers takes both paths, the underlay
-/// and the tunnel, in either direction: this node's routes (`plan`), and the paths its peers
-/// take to this node's own blocks (the same decision, [`PoolMode::forwarding`], made from
-/// their side). Then a reply can arrive on the underlay from a source this node tunnels to,
-/// or the other way round.
+/// Whether IPv4 pod traffic between this node and one of its peers takes both paths, the
+/// underlay and the tunnel: this node's routes to the peer's blocks (`plan`), and the peer's
+/// paths to this node's own blocks (the same decision, [`PoolMode::forwarding`], made from its
+/// side). Then a reply can arrive on the underlay from a source this node tunnels to, or the
+/// other way round. Each pair on its own: one `Auto` pool over two subnets routes to one peer
+/// and tunnels to another, but each pair's traffic takes one path both ways.
 pub fn paths_mixed(
     me: &str,
     underlay: &Cidr,
@@ -249,12 +250,10 @@ pub fn paths_mixed(
     modes: &BTreeMap<String, PoolMode>,
     plan: &Plan,
 ) -> bool {
-    let mut kinds: BTreeSet<Path> = plan
-        .routes
-        .iter()
-        .filter(|r| r.dst.family() == Family::V4)
-        .map(|r| r.path)
-        .collect();
+    let mut per_peer: BTreeMap<&str, BTreeSet<PeerPath>> = BTreeMap::new();
+    for r in plan.routes.iter().filter(|r| r.dst.family() == Family::V4) {
+        per_peer.entry(r.peer.as_str()).or_default().insert(r.path);
+    }
     for block in blocks
         .iter()
         .filter(|b| b.node == me && b.cidr.family() == Family::V4)
@@ -263,14 +262,19 @@ pub fn paths_mixed(
             continue;
         };
         for peer in nodes.iter().filter(|n| n.name != me) {
-            match mode.forwarding(underlay.contains(peer.ip), Family::V4, Family::of(peer.ip)) {
-                Forwarding::Routed => kinds.insert(Path::Routed),
-                Forwarding::Vxlan => kinds.insert(Path::Vxlan),
-                Forwarding::Unreachable => false,
+            let path = match mode.forwarding(
+                underlay.contains(peer.ip),
+                Family::V4,
+                Family::of(peer.ip),
+            ) {
+                Forwarding::Routed => PeerPath::Routed,
+                Forwarding::Vxlan => PeerPath::Vxlan,
+                Forwarding::Unreachable => continue,
             };
+            per_peer.entry(peer.name.as_str()).or_default().insert(path);
         }
     }
-    kinds.len() > 1
+    per_peer.values().any(|paths| paths.len() > 1)
 }
 
 #[cfg(test)]
@@ -319,7 +323,7 @@ mod tests {
     fn auto_routes_same_subnet_peers_and_tunnels_the_rest() {
         let (u, n, b) = setup();
         let p = plan("a", &u, &n, &b, &modes(PoolMode::Auto));
-        let paths: Vec<(String, Path)> = p
+        let paths: Vec<(String, PeerPath)> = p
             .routes
             .iter()
             .map(|r| (r.dst.to_string(), r.path))
@@ -327,9 +331,9 @@ mod tests {
         assert_eq!(
             paths,
             [
-                ("10.244.0.64/26".into(), Path::Routed),
-                ("10.244.0.128/26".into(), Path::Vxlan),
-                ("fd00::40/122".into(), Path::Vxlan),
+                ("10.244.0.64/26".into(), PeerPath::Routed),
+                ("10.244.0.128/26".into(), PeerPath::Vxlan),
+                ("fd00::40/122".into(), PeerPath::Vxlan),
             ]
         );
         assert_eq!(p.fdb.len(), 2, "one FDB entry per tunnelled peer");
@@ -344,13 +348,13 @@ mod tests {
     fn vxlan_and_routed_modes_are_uniform() {
         let (u, n, b) = setup();
         let v = plan("a", &u, &n, &b, &modes(PoolMode::Vxlan));
-        assert!(v.routes.iter().all(|r| r.path == Path::Vxlan));
+        assert!(v.routes.iter().all(|r| r.path == PeerPath::Vxlan));
         let r = plan("a", &u, &n, &b, &modes(PoolMode::Routed));
         assert!(
             r.routes
                 .iter()
                 .filter(|r| r.dst.family() == Family::V4)
-                .all(|r| r.path == Path::Routed)
+                .all(|r| r.path == PeerPath::Routed)
         );
         assert!(
             r.needs_vxlan(),
@@ -429,10 +433,29 @@ mod tests {
         blocks.push(block("10.245.0.0/26", "a", "zone"));
         modes.insert("zone".into(), PoolMode::Vxlan);
         let p = plan("a", &u, &nodes, &blocks, &modes);
-        assert!(p.routes.iter().all(|r| r.path == Path::Routed));
+        assert!(p.routes.iter().all(|r| r.path == PeerPath::Routed));
         assert!(paths_mixed("a", &u, &nodes, &blocks, &modes, &p));
         let p = plan("b", &u, &nodes, &blocks, &modes);
         assert!(paths_mixed("b", &u, &nodes, &blocks, &modes, &p));
+    }
+
+    /// One `Auto` pool over two subnets routes to the peer beside it and tunnels to the one
+    /// behind the router, but each pair's traffic takes one path both ways: nothing to loosen.
+    #[test]
+    fn one_auto_pool_over_two_subnets_is_not_mixed() {
+        let (u, n, b) = setup();
+        let modes = modes(PoolMode::Auto);
+        let p = plan("a", &u, &n, &b, &modes);
+        let paths: BTreeSet<PeerPath> = p.routes.iter().map(|r| r.path).collect();
+        assert_eq!(paths.len(), 2, "both paths are in use: {:?}", p.routes);
+        assert!(!paths_mixed("a", &u, &n, &b, &modes, &p));
+        // A pool of another mode with a block on the routed peer: that pair mixes.
+        let mut b = b;
+        b.push(block("10.245.0.0/26", "b", "tunnelled"));
+        let mut modes = modes;
+        modes.insert("tunnelled".into(), PoolMode::Vxlan);
+        let p = plan("a", &u, &n, &b, &modes);
+        assert!(paths_mixed("a", &u, &n, &b, &modes, &p));
     }
 
     #[test]

@@ -22,7 +22,7 @@ use sinew_node_lib::consts::VXLAN_DEVICE;
 use sinew_node_lib::icmp::{self, Outcome, Probe};
 use tokio::sync::Notify;
 
-use crate::peers::{BlockInfo, NodeInfo, Path, Plan};
+use crate::peers::{BlockInfo, NodeInfo, PeerPath, Plan};
 
 /// How often every target is probed.
 const ROUND_EVERY: Duration = Duration::from_secs(2);
@@ -40,7 +40,7 @@ pub struct Target {
     pub ip: IpAddr,
     /// This node's underlay address: the source of every probe (the peer answers to it).
     pub src: IpAddr,
-    pub path: Path,
+    pub path: PeerPath,
     /// The largest pod MTU of the pools using this path to this peer.
     pub mtu: usize,
     /// The MTU of the peer's underlay, as it reports it.
@@ -62,10 +62,10 @@ pub struct PodAddresses {
 
 impl Target {
     fn device(&self) -> Option<String> {
-        (self.path == Path::Vxlan).then(|| VXLAN_DEVICE.to_string())
+        (self.path == PeerPath::Vxlan).then(|| VXLAN_DEVICE.to_string())
     }
 
-    fn key(&self) -> (String, Path) {
+    fn key(&self) -> (String, PeerPath) {
         (self.peer.clone(), self.path)
     }
 
@@ -76,8 +76,8 @@ impl Target {
 
     fn path_name(&self) -> String {
         match self.path {
-            Path::Vxlan => format!("VXLAN (dev {VXLAN_DEVICE})"),
-            Path::Routed => "a plain route over the underlay".to_string(),
+            PeerPath::Vxlan => format!("VXLAN (dev {VXLAN_DEVICE})"),
+            PeerPath::Routed => "a plain route over the underlay".to_string(),
         }
     }
 
@@ -85,8 +85,8 @@ impl Target {
     fn peer_carries(&self) -> Option<usize> {
         let m = self.peer_underlay_mtu? as usize;
         Some(match self.path {
-            Path::Routed => m,
-            Path::Vxlan => m.saturating_sub(vxlan_overhead(Family::of(self.ip)) as usize),
+            PeerPath::Routed => m,
+            PeerPath::Vxlan => m.saturating_sub(vxlan_overhead(Family::of(self.ip)) as usize),
         })
     }
 }
@@ -103,7 +103,7 @@ pub fn targets(
     pod_addresses: &PodAddresses,
 ) -> Vec<Target> {
     let family = |ip: &&IpAddr| Family::of(**ip) == Family::of(src);
-    let mut out: BTreeMap<(String, Path), Target> = BTreeMap::new();
+    let mut out: BTreeMap<(String, PeerPath), Target> = BTreeMap::new();
     for route in &plan.routes {
         let Some(peer) = peers.iter().find(|p| p.name == route.peer) else {
             continue;
@@ -125,8 +125,8 @@ pub fn targets(
                 mtu: 0,
                 peer_underlay_mtu: peer_underlay_mtus.get(&peer.name).copied(),
                 pod_addresses: match route.path {
-                    Path::Vxlan => None,
-                    Path::Routed => pod_addresses.own.iter().find(family).zip(
+                    PeerPath::Vxlan => None,
+                    PeerPath::Routed => pod_addresses.own.iter().find(family).zip(
                         pod_addresses
                             .peers
                             .get(&peer.name)
@@ -179,7 +179,7 @@ impl Health {
 #[derive(Default)]
 struct State {
     targets: Vec<Target>,
-    health: BTreeMap<(String, Path), Health>,
+    health: BTreeMap<(String, PeerPath), Health>,
     /// Why the last round could not probe at all (no raw socket).
     error: Option<String>,
 }
@@ -396,7 +396,7 @@ fn probe_round(targets: &[Target]) -> std::io::Result<Vec<Found>> {
     // routed one probed with pod addresses (does it answer to its own address?).
     let lost: Vec<usize> = (0..targets.len())
         .filter(|&i| {
-            (targets[i].path == Path::Vxlan || targets[i].pod_addresses.is_some())
+            (targets[i].path == PeerPath::Vxlan || targets[i].pod_addresses.is_some())
                 && !found[i].small.as_ref().is_some_and(Outcome::answered)
         })
         .collect();
@@ -440,7 +440,7 @@ fn problem(target: &Target, health: Option<&Health>) -> Option<Problem> {
             ),
         ];
         let fix = match h.underlay_answers {
-            Some(true) if target.path == Path::Routed => {
+            Some(true) if target.path == PeerPath::Routed => {
                 evidence.push(format!(
                     "the node answers to its own address {} over the same underlay: packets addressed to pods are what is dropped (a cloud VPC's source/destination check, or a firewall that knows only node addresses)",
                     target.ip
@@ -527,7 +527,7 @@ fn problem(target: &Target, health: Option<&Health>) -> Option<Problem> {
 mod tests {
     use super::*;
 
-    fn target(path: Path, peer_mtu: Option<u32>) -> Target {
+    fn target(path: PeerPath, peer_mtu: Option<u32>) -> Target {
         Target {
             peer: "b".into(),
             ip: "10.99.1.11".parse().unwrap(),
@@ -557,7 +557,7 @@ mod tests {
 
     #[test]
     fn one_lost_round_is_not_a_problem_two_are() {
-        let t = target(Path::Vxlan, Some(1500));
+        let t = target(PeerPath::Vxlan, Some(1500));
         let mut h = Health::default();
         h.update(found(true, true));
         assert!(problem(&t, Some(&h)).is_none());
@@ -581,7 +581,7 @@ mod tests {
     /// the underlay drops pod-addressed packets (a cloud VPC), and the fix says VXLAN.
     #[test]
     fn an_underlay_dropping_pod_addresses_is_named_with_vxlan_as_the_fix() {
-        let mut t = target(Path::Routed, Some(1500));
+        let mut t = target(PeerPath::Routed, Some(1500));
         t.pod_addresses = Some(("10.244.0.1".parse().unwrap(), "10.244.1.1".parse().unwrap()));
         let mut h = Health::default();
         h.update(found(false, false));
@@ -602,7 +602,7 @@ mod tests {
             routes: vec![crate::peers::PeerRoute {
                 dst: "10.244.1.0/26".parse().unwrap(),
                 via: "10.99.0.11".parse().unwrap(),
-                path: Path::Routed,
+                path: PeerPath::Routed,
                 peer: "b".into(),
             }],
             ..Plan::default()
@@ -637,7 +637,7 @@ mod tests {
 
     #[test]
     fn dropped_pod_mtu_names_the_largest_size_that_passes() {
-        let t = target(Path::Vxlan, Some(1500));
+        let t = target(PeerPath::Vxlan, Some(1500));
         let mut h = Health::default();
         h.update(found(true, false));
         h.update(found(true, false));
@@ -655,11 +655,11 @@ mod tests {
     #[test]
     fn a_peer_underlay_smaller_than_the_pod_mtu_is_a_mismatch_before_any_loss() {
         // VXLAN over IPv4: a 1400-byte underlay carries 1350-byte pod packets.
-        let p = problem(&target(Path::Vxlan, Some(1400)), None).unwrap();
+        let p = problem(&target(PeerPath::Vxlan, Some(1400)), None).unwrap();
         assert_eq!(p.kind, ProblemKind::MtuMismatch);
         assert!(p.evidence[0].contains("at most 1350 bytes"), "{p:?}");
-        assert!(problem(&target(Path::Vxlan, Some(1500)), None).is_none());
-        assert!(problem(&target(Path::Routed, Some(1450)), None).is_none());
-        assert!(problem(&target(Path::Routed, Some(1449)), None).is_some());
+        assert!(problem(&target(PeerPath::Vxlan, Some(1500)), None).is_none());
+        assert!(problem(&target(PeerPath::Routed, Some(1450)), None).is_none());
+        assert!(problem(&target(PeerPath::Routed, Some(1449)), None).is_some());
     }
 }

@@ -8,8 +8,8 @@ use sinew_node_lib::node_state;
 use tracing::info;
 
 use super::error::{Error, Result};
-use super::{Agent, Memory};
-use crate::{conflist, install, nat, program};
+use super::{Agent, PassMemory};
+use crate::{conflist, datapath, install, nat};
 
 impl Agent {
     /// Removes everything sinew put on this node, without stranding a running pod: first no
@@ -65,7 +65,7 @@ impl Agent {
             install::remove_file(file)
                 .map_err(Error::files(format!("removing {}", file.display())))?;
         }
-        program::remove_all(&mut Netlink::new()?)?;
+        datapath::remove_all(&mut Netlink::new()?)?;
         nat::remove()?;
         info!(node = %self.node(), "node cleaned up: conflist, plugin, routes, VXLAN device and nftables table removed");
         self.api
@@ -74,9 +74,9 @@ impl Agent {
                 ..NodeReport::default()
             })
             .await?;
-        self.memory = Memory {
+        self.memory = PassMemory {
             cleaned: true,
-            ..Memory::default()
+            ..PassMemory::default()
         };
         Ok(())
     }

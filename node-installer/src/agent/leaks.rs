@@ -23,45 +23,60 @@ pub struct Outcome {
     pub kept: Vec<(String, ReleaseRequest, String)>,
 }
 
-/// Carries out `requests` ((block, request)) against `store`: an allocation is freed only if
-/// it still matches the request exactly (address, slot generation, pod UID) and its host veth
-/// is gone (`nl` in the node's network namespace). A netlink error keeps it (doubt keeps).
+/// Carries out `requests` ((block, request)) against `store`, under its lock; `nl` (in the
+/// node's network namespace) tells whether a host veth still exists.
 pub fn release(
     store: &ipam::Store,
     nl: &mut Netlink,
     requests: &[(String, ReleaseRequest)],
 ) -> std::io::Result<Outcome> {
     store.update(|st| {
-        let mut outcome = Outcome::default();
-        for (block, r) in requests {
-            let found = st
-                .attachments
-                .values()
-                .find(|a| {
-                    a.pod_uid.as_deref() == Some(r.pod_uid.as_str())
-                        && a.addresses
-                            .iter()
-                            .any(|h| h.ip.to_string() == r.ip && h.generation == r.generation)
-                })
-                .map(|a| (a.key(), a.host_veth.clone()));
-            let Some((key, veth)) = found else {
-                continue;
-            };
-            match nl.link_by_name(&veth) {
-                Ok(None) => {
-                    if st.remove_attachment(&key).is_some() {
-                        outcome.freed.push((block.clone(), r.clone()));
-                    }
-                }
-                Ok(Some(_)) => outcome.kept.push((block.clone(), r.clone(), veth)),
-                Err(e) => {
-                    tracing::warn!(block = %block, ip = %r.ip, veth = %veth, error = %e, "cannot tell whether the pod's sandbox is alive; keeping its address");
-                    outcome.kept.push((block.clone(), r.clone(), veth));
+        decide(st, requests, &mut |veth| {
+            nl.link_by_name(veth)
+                .map(|l| l.is_some())
+                .map_err(|e| e.to_string())
+        })
+    })
+}
+
+/// The rule: an allocation is freed only if it still matches the request exactly (address,
+/// slot generation, pod UID: an address freed and handed to a new pod since has another
+/// generation, a new pod another UID) and its host veth is gone (`sandbox_alive`, by veth
+/// name). Where that cannot be told, the address is kept (doubt keeps).
+pub fn decide(
+    st: &mut ipam::IpamState,
+    requests: &[(String, ReleaseRequest)],
+    sandbox_alive: &mut dyn FnMut(&str) -> Result<bool, String>,
+) -> Outcome {
+    let mut outcome = Outcome::default();
+    for (block, r) in requests {
+        let found = st
+            .attachments
+            .values()
+            .find(|a| {
+                a.pod_uid.as_deref() == Some(r.pod_uid.as_str())
+                    && a.addresses
+                        .iter()
+                        .any(|h| h.ip.to_string() == r.ip && h.generation == r.generation)
+            })
+            .map(|a| (a.key(), a.host_veth.clone()));
+        let Some((key, veth)) = found else {
+            continue;
+        };
+        match sandbox_alive(&veth) {
+            Ok(false) => {
+                if st.remove_attachment(&key).is_some() {
+                    outcome.freed.push((block.clone(), r.clone()));
                 }
             }
+            Ok(true) => outcome.kept.push((block.clone(), r.clone(), veth)),
+            Err(e) => {
+                tracing::warn!(block = %block, ip = %r.ip, veth = %veth, error = %e, "cannot tell whether the pod's sandbox is alive; keeping its address");
+                outcome.kept.push((block.clone(), r.clone(), veth));
+            }
         }
-        outcome
-    })
+    }
+    outcome
 }
 
 #[cfg(test)]
@@ -111,6 +126,78 @@ mod tests {
                 network: None,
                 port_mappings: Vec::new(),
             },
+        );
+    }
+
+    fn held(st: &ipam::IpamState) -> Vec<String> {
+        let mut held: Vec<String> = st
+            .attachments
+            .values()
+            .flat_map(|a| a.addresses.iter().map(|h| h.ip.to_string()))
+            .collect();
+        held.sort();
+        held
+    }
+
+    #[test]
+    fn only_an_exact_match_whose_sandbox_is_gone_is_freed() {
+        let mut st = ipam::IpamState::default();
+        attach(&mut st, "10.9.0.5", "gone", "veth-gone");
+        attach(&mut st, "10.9.0.6", "new-pod", "veth-new");
+        attach(&mut st, "10.9.0.7", "alive", "veth-alive");
+        attach(&mut st, "10.9.0.8", "unknown", "veth-unknown");
+        let mut reused = request("10.9.0.6", "old-pod");
+        reused.generation = 1;
+        let mut regenerated = request("10.9.0.5", "gone");
+        regenerated.generation = 2;
+        let b = |r: ReleaseRequest| ("10-9-0-0-26".to_string(), r);
+        let requests = vec![
+            b(regenerated),
+            b(reused),
+            b(request("10.9.0.7", "alive")),
+            b(request("10.9.0.8", "unknown")),
+            b(request("10.9.0.9", "never-held")),
+        ];
+        let mut asked = Vec::new();
+        let out = decide(&mut st, &requests, &mut |veth| {
+            asked.push(veth.to_string());
+            match veth {
+                "veth-alive" => Ok(true),
+                "veth-unknown" => Err("netlink: no buffer space".into()),
+                _ => Ok(false),
+            }
+        });
+        assert!(
+            out.freed.is_empty(),
+            "another generation or another pod's UID frees nothing: {out:?}"
+        );
+        assert_eq!(
+            asked,
+            ["veth-alive", "veth-unknown"],
+            "only exact matches are looked at"
+        );
+        assert_eq!(
+            out.kept
+                .iter()
+                .map(|(_, r, _)| r.ip.as_str())
+                .collect::<Vec<_>>(),
+            ["10.9.0.7", "10.9.0.8"],
+            "a live sandbox keeps its address, and so does doubt"
+        );
+        assert_eq!(held(&st), ["10.9.0.5", "10.9.0.6", "10.9.0.7", "10.9.0.8"]);
+
+        let out = decide(&mut st, &[b(request("10.9.0.5", "gone"))], &mut |_| {
+            Ok(false)
+        });
+        assert_eq!(out.freed, [b(request("10.9.0.5", "gone"))]);
+        assert_eq!(held(&st), ["10.9.0.6", "10.9.0.7", "10.9.0.8"]);
+        let again = decide(&mut st, &[b(request("10.9.0.5", "gone"))], &mut |_| {
+            Ok(false)
+        });
+        assert_eq!(
+            again,
+            Outcome::default(),
+            "a request carried out is not carried out twice"
         );
     }
 

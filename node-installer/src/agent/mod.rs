@@ -13,18 +13,20 @@
 //! ```
 //!
 //! Shape: the [`index`] turns watched objects into pruned views; pure planners decide
-//! (`trust`, `blocks`, `peers`, `nat::render`, `forwarding::wanted`, `conflist::render`);
-//! effectors carry the decisions out ([`api`] for the API server, `program` for netlink,
-//! `nat` for nftables, [`files`] for node-local files). This module only orchestrates.
+//! (`trust`, `blocks`, `peers`, [`decide`], `sysctl`, `nat::render`, `conflist::render`);
+//! effectors carry the decisions out ([`api`] for the API server, `datapath` for netlink,
+//! `nat` for nftables, [`node_files`] for node-local files). This module only orchestrates.
 
 mod api;
 mod cleanup;
+mod decide;
 pub mod error;
-mod files;
 mod index;
 mod leaks;
+mod node_files;
 mod observe;
 mod settings;
+mod sysctls;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -37,34 +39,35 @@ use kube::{Client, ResourceExt};
 use sinew_crds::node::{
     InstallReport, NODE_STATE_ANNOTATION, NodeReport, Problem, ProblemKind, VTEP_MAC_ANNOTATION,
 };
-use sinew_crds::{Allocation, Cidr, ClusterNetwork, Family, IPBlockStatus, IPPool, PoolMode};
+use sinew_crds::{Allocation, Cidr, ClusterNetwork, Family, IPBlockStatus};
 use sinew_node_lib::consts::VXLAN_DEVICE;
 use sinew_node_lib::ipam;
-use sinew_node_lib::netlink::Netlink;
-use sinew_node_lib::node_state::{self, NodeState, PoolState};
+use sinew_node_lib::netlink::{Link, Netlink};
+use sinew_node_lib::node_state::{self, NodeState};
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
-use crate::blocks::{self, Holdings, Need};
+use crate::blocks::{self, BlockNeed, BlockUsage};
+use crate::datapath::{self, Underlay, VxlanParams};
 use crate::diagnose;
-use crate::forwarding;
 use crate::http;
 use crate::nat;
-use crate::peers::{self, BlockInfo};
+use crate::node_watch::{NodeWatch, Watched};
+use crate::peers;
 use crate::probe;
-use crate::program::{self, Underlay, VxlanParams};
-use crate::sentinel::{Sentinel, Watched};
-use crate::trust::{self, PoolFacts};
+use crate::sysctl::{self, SysctlDir};
+use crate::trust;
 use crate::tunnel;
 
 use api::ApiWriter;
+use decide::PoolView;
 use error::{Error, Result};
 use index::{Cluster, mac_string, node_ip};
 pub use settings::{ListenAddr, Settings};
 
 /// What the agent remembers between passes.
 #[derive(Default)]
-struct Memory {
+struct PassMemory {
     node_state: Option<NodeState>,
     /// A pass completed (forwarding, peers, VXLAN) in this process; the node is then ready
     /// for pods in this boot.
@@ -99,27 +102,20 @@ pub struct Agent {
     settings: Settings,
     cluster: Cluster,
     api: ApiWriter,
-    memory: Memory,
+    memory: PassMemory,
     notify: Arc<Notify>,
     metrics: Arc<http::Metrics>,
     /// The probe mesh (`None` where its thread could not start).
     mesh: Option<probe::Mesh>,
     /// Wakes a pass when the node changes under the agent (`None` where it could not start).
-    sentinel: Option<Sentinel>,
+    node_watch: Option<NodeWatch>,
 }
 
 /// One pass's view of the local node.
-struct Local {
+struct LocalNode {
     underlay: Underlay,
     labels: BTreeMap<String, String>,
     node: Arc<Node>,
-}
-
-/// One pass's view of pools and blocks, after the trust checks.
-struct Pools {
-    selected: Vec<Arc<IPPool>>,
-    facts: BTreeMap<String, PoolFacts>,
-    blocks: Vec<BlockInfo>,
 }
 
 impl Agent {
@@ -134,17 +130,17 @@ impl Agent {
         let mesh = probe::Mesh::start(notify.clone())
             .map_err(|e| warn!(error = %e, "cannot start the probe mesh; peers are not probed"))
             .ok();
-        let sentinel = Sentinel::start(notify.clone())
+        let node_watch = NodeWatch::start(notify.clone())
             .map_err(|e| warn!(error = %e, "cannot watch the node's network configuration; node checks run at each resync only"))
             .ok();
         Agent {
-            sentinel,
+            node_watch,
             mesh,
             api: ApiWriter::new(client, &settings.node_name),
             metrics: Arc::new(http::Metrics::new(&settings.node_name)),
             settings,
             cluster,
-            memory: Memory::default(),
+            memory: PassMemory::default(),
             notify,
         }
     }
@@ -231,7 +227,7 @@ impl Agent {
         true
     }
 
-    fn local(&self) -> Result<Option<Local>> {
+    fn local(&self) -> Result<Option<LocalNode>> {
         let Some(node) = self.cluster.node(self.node()) else {
             return Ok(None);
         };
@@ -239,21 +235,23 @@ impl Agent {
             return Ok(None);
         };
         let mut nl = Netlink::new()?;
-        let underlay = program::find_underlay(&mut nl, ip)?.ok_or_else(|| {
+        let underlay = datapath::find_underlay(&mut nl, ip)?.ok_or_else(|| {
             Error::Node(format!(
                 "no interface on this node holds the Node's address {ip}"
             ))
         })?;
-        Ok(Some(Local {
+        Ok(Some(LocalNode {
             underlay,
             labels: node.labels().clone(),
             node,
         }))
     }
 
-    /// One reconcile pass. Each step's failure is contained: peers are programmed before
-    /// any block is claimed, one pool's claim trouble leaves the others alone, and a NAT or
-    /// forwarding failure is reported without holding back routes, blocks or node state.
+    /// One reconcile pass: reads what the cluster and the node say, decides (see [`decide`]),
+    /// and carries the decisions out. Each step's failure is contained and reported (a
+    /// `StepFailed` problem, and the pass-failure metric): peers are programmed before any
+    /// block is claimed, one pool's claim trouble leaves the others alone, and a failed
+    /// netlink call, NAT, forwarding or file write holds back only what depends on it.
     pub async fn pass(&mut self) -> Result<()> {
         let Some(network) = self.cluster.network() else {
             debug!("no ClusterNetwork yet");
@@ -275,7 +273,7 @@ impl Agent {
         }
         let facts = trust::pools(&self.cluster.pools.state());
         let (blocks, mut problems) = trust::blocks(&self.cluster.blocks.state(), &facts);
-        let pools = Pools {
+        let pools = PoolView {
             selected: self.cluster.selected_pools(&local.labels),
             facts,
             blocks,
@@ -283,77 +281,57 @@ impl Agent {
 
         let forwarding_on = self.ensure_forwarding(&pools, &local, &mut problems);
 
+        let peers = self.cluster.peers();
+        let peering = decide::peering(
+            self.node(),
+            &local.underlay,
+            &self.cluster.pools.state(),
+            &self.cluster.peer_labels(),
+            &peers,
+            &pools.blocks,
+            self.settings.peer_selector.is_some(),
+        );
+        let plan = &peering.plan;
         let mut nl = Netlink::new()?;
         let params = VxlanParams {
             vni: network.spec.vxlan.vni,
             port: network.spec.vxlan.port,
         };
-        let vxlan = program::ensure_vxlan(
+        let vxlan = match datapath::ensure_vxlan(
             &mut nl,
             params,
             &local.underlay,
             sinew_node_lib::consts::vtep_mac(self.node()),
-        )?;
-        if local.underlay.ip.is_ipv4() {
-            self.loosen_rp_filter(
-                VXLAN_DEVICE,
-                "the probes of peers (and traffic from hosts routed elsewhere)",
-                &mut problems,
-            );
-        }
-        // Every pool's blocks are routed on every node, whichever nodes the pool selects: a
-        // pod of one zone's pool is reachable from everywhere. The pools are those that
-        // select any peer (every Node, unless a peer selector narrows them).
-        let peer_labels = self.cluster.peer_labels();
-        let modes: BTreeMap<String, PoolMode> = self
-            .cluster
-            .pools
-            .state()
-            .iter()
-            .filter(|p| {
-                peer_labels.iter().any(|labels| {
-                    sinew_crds::selector::matches(p.spec.node_selector.as_ref(), labels)
-                })
-            })
-            .map(|p| (p.name_any(), p.spec.mode))
-            .collect();
-        let peers = self.cluster.peers();
-        // Blocks of Nodes outside the peer selector are another network's.
-        let routed: Vec<BlockInfo> = match &self.settings.peer_selector {
-            Some(_) => pools
-                .blocks
-                .iter()
-                .filter(|b| peers.iter().any(|p| p.name == b.node))
-                .cloned()
-                .collect(),
-            None => pools.blocks.clone(),
+        ) {
+            Ok(vxlan) => Some(vxlan),
+            Err(e) => {
+                self.step_failed(&mut problems, "creating the VXLAN device", e.into());
+                None
+            }
         };
-        let plan = peers::plan(self.node(), &local.underlay.subnet, &peers, &routed, &modes);
-        // Pools of different modes make the paths between two nodes asymmetric (the path is
-        // the destination pool's): a reply may arrive on the underlay for a source this node
-        // tunnels to, which strict reverse-path filtering drops. Loosened on the underlay
-        // device only then (decision 85).
-        if local.underlay.ip.is_ipv4()
-            && peers::paths_mixed(
-                self.node(),
-                &local.underlay.subnet,
-                &peers,
-                &routed,
-                &modes,
-                &plan,
-            )
-        {
-            self.loosen_rp_filter(
-                &local.underlay.name,
-                "pod traffic of pools in another mode, which returns over the other path",
-                &mut problems,
-            );
+        let sys = self.sysctls();
+        for (device, drops) in &peering.loosen {
+            if device != VXLAN_DEVICE || vxlan.is_some() {
+                problems.extend(sysctls::loosen_rp_filter(&sys, device, drops));
+            }
         }
-        let changes = program::apply(&mut nl, &plan, &local.underlay, Some(&vxlan))?;
+        let programmed = match datapath::apply(&mut nl, plan, &local.underlay, vxlan.as_ref()) {
+            Ok(changes) => {
+                if changes.added + changes.removed + changes.skipped > 0 {
+                    info!(node = %self.node(), added = changes.added, removed = changes.removed, skipped = changes.skipped, routes = plan.routes.len(), "peers programmed");
+                }
+                true
+            }
+            Err(e) => {
+                self.step_failed(
+                    &mut problems,
+                    "programming peer routes, neighbours and FDB",
+                    e.into(),
+                );
+                false
+            }
+        };
         self.metrics.peer_routes.set(plan.routes.len() as i64);
-        if changes.added + changes.removed + changes.skipped > 0 {
-            info!(node = %self.node(), added = changes.added, removed = changes.removed, skipped = changes.skipped, routes = plan.routes.len(), "peers programmed");
-        }
         problems.extend(
             plan.problems
                 .iter()
@@ -364,33 +342,50 @@ impl Agent {
                 "give each node a unique name and run sinew-node of this version on it (its VTEP MAC is derived from the node's name); find who wrote the annotation sinew.dev/vtep-mac on the named nodes",
             )
         }));
-        let drops = self.reverse_drops(&mut nl, &plan, &local, &vxlan);
-        problems.extend(diagnose::reverse_path_dropped(&drops));
+        if let Some(vxlan) = &vxlan {
+            let drops = self.reverse_drops(&mut nl, plan, &local, vxlan);
+            problems.extend(diagnose::reverse_path_dropped(&drops));
+        }
 
-        problems.extend(self.claim_blocks(&pools).await?);
+        match self.claim_blocks(&pools).await {
+            Ok(claim_problems) => problems.extend(claim_problems),
+            Err(e) => self.step_failed(&mut problems, "claiming blocks", e),
+        }
         // Without a peer route the node sends nothing to remote pods: no address is spent.
         let peered = !plan.routes.is_empty();
-        let tunnel = match self.ensure_tunnel_addresses(&mut nl, &vxlan, &pools, peered) {
-            Ok(addresses) => addresses,
-            Err(e) => {
-                warn!(node = %self.node(), error = %e, "cannot give the VXLAN device its pod-network address");
-                problems.push(Problem::new(
-                ProblemKind::PeersIncomplete,
-                format!("{VXLAN_DEVICE} has no address of this node's blocks ({e}): traffic from this node to remote pods over VXLAN leaves with the node's address, and replies that a cloud underlay or strict reverse-path filtering drops never come back"),
-            ));
-                BTreeSet::new()
-            }
+        let tunnel = match &vxlan {
+            Some(vxlan) => match self.ensure_tunnel_addresses(&mut nl, vxlan, &pools, peered) {
+                Ok(addresses) => addresses,
+                Err(e) => {
+                    warn!(node = %self.node(), error = %e, "cannot give the VXLAN device its pod-network address");
+                    problems.push(Problem::new(
+                        ProblemKind::PeersIncomplete,
+                        format!("{VXLAN_DEVICE} has no address of this node's blocks ({e}): traffic from this node to remote pods over VXLAN leaves with the node's address, and replies that a cloud underlay or strict reverse-path filtering drops never come back"),
+                    ));
+                    BTreeSet::new()
+                }
+            },
+            None => BTreeSet::new(),
         };
-        if let Err(e) = self.release_blocks(&pools, &mut nl, &vxlan).await {
+        if let Err(e) = self.release_blocks(&pools, &mut nl, vxlan.as_ref()).await {
             problems.push(Problem::new(ProblemKind::BlockReleaseFailed, e.to_string()));
         }
-        if forwarding_on && !self.memory.pass_completed {
+        if forwarding_on && vxlan.is_some() && programmed && !self.memory.pass_completed {
             info!(node = %self.node(), "first complete pass in this boot: the node serves pods");
             self.memory.pass_completed = true;
         }
-        self.store_node_state(&network, &local, &pools)?;
-        self.answer_requests();
-        let drained = self.drain_deleted_pools().await;
+        // The plugin's block requests are answered by `node.json`, and a pool being deleted is
+        // drained only once `node.json` no longer offers it: both wait for the write.
+        let drained = match self.store_node_state(&network, &local, &pools) {
+            Ok(()) => {
+                self.answer_requests();
+                self.drain_deleted_pools().await
+            }
+            Err(e) => {
+                self.step_failed(&mut problems, "writing the node state for the plugin", e);
+                Vec::new()
+            }
+        };
         if let (Some(mesh), Some(state)) = (&self.mesh, &self.memory.node_state) {
             // Probed at the pod MTU the plugin hands out (the node state just stored).
             let pod_mtus = state
@@ -400,7 +395,7 @@ impl Agent {
                 .collect();
             mesh.set_targets(probe::targets(
                 local.underlay.ip,
-                &plan,
+                plan,
                 &pools.blocks,
                 &pod_mtus,
                 &peers,
@@ -418,29 +413,33 @@ impl Agent {
                 format!("natOutgoing, the VXLAN source filter and host ports are not applied: {e}"),
             ));
         }
-        let wanted = self.cluster.namespace_pools();
-        if self.memory.namespace_pools.as_ref() != Some(&wanted) {
-            files::mirror_namespace_pools(
-                &self.settings.state_dir,
-                &wanted,
-                self.memory.namespace_pools.as_ref(),
-            )?;
-            self.memory.namespace_pools = Some(wanted);
+        if let Err(e) = self.mirror_namespace_pools() {
+            self.step_failed(&mut problems, "mirroring namespace pools for the plugin", e);
         }
-        self.release_leaks(&mut nl, &local).await?;
+        if let Err(e) = self.release_leaks(&mut nl, &local).await {
+            self.step_failed(&mut problems, "releasing leaked addresses", e);
+        }
 
-        let ready = self.memory.pass_completed
+        let serving = self.memory.pass_completed
             && self
                 .memory
                 .node_state
                 .as_ref()
                 .is_some_and(|st| st.pools.iter().any(|p| !p.disabled && !p.blocks.is_empty()));
-        self.metrics.set_ready(ready);
-        let install = if ready {
-            Some(self.install(&network)?)
+        // The conflist goes in only once the node can serve pods; the node is ready once it is.
+        let install = if serving {
+            match self.install(&network) {
+                Ok(report) => Some(report),
+                Err(e) => {
+                    self.step_failed(&mut problems, "installing the plugin and its conflist", e);
+                    None
+                }
+            }
         } else {
             None
         };
+        let ready = install.is_some();
+        self.metrics.set_ready(ready);
         problems.extend(self.diagnose(&mut nl, install.as_ref(), &pools));
         if let Some(mesh) = &self.mesh {
             problems.extend(mesh.problems());
@@ -455,34 +454,47 @@ impl Agent {
             underlay: Some(local.underlay.subnet.to_string()),
             underlay_mtu: Some(local.underlay.mtu),
             install,
-            modes,
+            modes: peering.modes,
             tunnel: tunnel.into_iter().collect(),
             problems,
             cleaned_up: false,
             drained,
         };
-        self.publish(&local, vxlan.mac, report).await
+        // Without the device (a failed step), the MAC it will have: the annotation is applied
+        // server-side, and leaving it out would withdraw it from every peer.
+        let vtep = match &vxlan {
+            Some(link) => link.mac,
+            None => Some(sinew_node_lib::consts::vtep_mac(self.node())),
+        };
+        self.publish(&local, vtep, report).await
     }
 
-    /// Sets `device`'s reverse-path filter to loose where the effective mode is strict (the
-    /// effective value is the larger of `all` and the device's, so `all` is never touched);
-    /// a problem where it cannot.
-    fn loosen_rp_filter(&self, device: &str, drops: &str, problems: &mut Vec<Problem>) {
-        let dir = &self.settings.sysctl_dir;
-        let Some((key, value)) = forwarding::rp_filter_loosened(dir, device) else {
-            return;
-        };
-        match forwarding::ensure(dir, &key, value) {
-            Ok(_) => info!(node = %self.node(), setting = %key, value, "node setting applied"),
-            Err(e) => problems.push(
-                Problem::new(
-                    ProblemKind::RpFilterStrict,
-                    format!("strict reverse-path filtering on {device} drops {drops}"),
-                )
-                .with_evidence(vec![e.to_string()])
-                .with_fix(format!("set net.ipv4.conf.{device}.rp_filter=2 (loose) on the node, or let sinew's agent write the host's /proc/sys/net")),
-            ),
+    /// A step of the pass failed: counted, logged and reported; the pass goes on.
+    fn step_failed(&self, problems: &mut Vec<Problem>, step: &str, e: Error) {
+        self.metrics.pass_failed(e.label());
+        warn!(node = %self.node(), step, kind = e.label(), error = %e, "a step of the pass failed; the others go on");
+        problems.push(Problem::new(
+            ProblemKind::StepFailed,
+            format!("{step}: {e}"),
+        ));
+    }
+
+    fn sysctls(&self) -> SysctlDir {
+        SysctlDir(self.settings.sysctl_dir.clone())
+    }
+
+    /// Mirrors the namespaces' pool annotations to disk for the plugin, when they changed.
+    fn mirror_namespace_pools(&mut self) -> Result<()> {
+        let wanted = self.cluster.namespace_pools();
+        if self.memory.namespace_pools.as_ref() != Some(&wanted) {
+            node_files::mirror_namespace_pools(
+                &self.settings.state_dir,
+                &wanted,
+                self.memory.namespace_pools.as_ref(),
+            )?;
+            self.memory.namespace_pools = Some(wanted);
         }
+        Ok(())
     }
 
     /// Asks the kernel, for one block of each peer and path, whether traffic from its pods
@@ -492,19 +504,14 @@ impl Agent {
         &self,
         nl: &mut Netlink,
         plan: &peers::Plan,
-        local: &Local,
-        vxlan: &sinew_node_lib::netlink::Link,
+        local: &LocalNode,
+        vxlan: &Link,
     ) -> Vec<diagnose::ReverseDrop> {
         let IpAddr::V4(_) = local.underlay.ip else {
             return Vec::new();
         };
-        let read = |dev: &str| -> Option<u8> {
-            let path = self
-                .settings
-                .sysctl_dir
-                .join(format!("net/ipv4/conf/{dev}/rp_filter"));
-            std::fs::read_to_string(path).ok()?.trim().parse().ok()
-        };
+        let sys = self.sysctls();
+        let read = |dev: &str| sysctl::read_number(&sys, &sysctl::rp_filter_key(dev));
         let mut seen = BTreeSet::new();
         let mut drops = Vec::new();
         for route in &plan.routes {
@@ -512,8 +519,8 @@ impl Agent {
                 continue;
             }
             let (iif, device) = match route.path {
-                peers::Path::Routed => (local.underlay.index, local.underlay.name.clone()),
-                peers::Path::Vxlan => (vxlan.index, vxlan.name.clone()),
+                peers::PeerPath::Routed => (local.underlay.index, local.underlay.name.clone()),
+                peers::PeerPath::Vxlan => (vxlan.index, vxlan.name.clone()),
             };
             let Some(src) = route.dst.nth(1) else {
                 continue;
@@ -533,9 +540,14 @@ impl Agent {
         drops
     }
 
-    /// Turns on the forwarding the node's pools need; `false` (with a problem) where it
-    /// cannot.
-    fn ensure_forwarding(&self, pools: &Pools, local: &Local, problems: &mut Vec<Problem>) -> bool {
+    /// Turns on the forwarding the node's pools need (see [`sysctls`]) and has the node watch
+    /// watch it; `false` (with a problem) where it cannot.
+    fn ensure_forwarding(
+        &self,
+        pools: &PoolView,
+        local: &LocalNode,
+        problems: &mut Vec<Problem>,
+    ) -> bool {
         let families: BTreeSet<Family> = pools
             .selected
             .iter()
@@ -543,48 +555,29 @@ impl Agent {
             .map(|f| f.cidr.family())
             .collect();
         let families: Vec<_> = families.into_iter().collect();
-        let mut complete = true;
-        let wanted = forwarding::wanted(&self.settings.sysctl_dir, &families, &local.underlay.name);
-        if let Some(sentinel) = &self.sentinel {
-            sentinel.watch(Watched {
+        let out = sysctls::ensure_forwarding(
+            &self.sysctls(),
+            &families,
+            &local.underlay.name,
+            self.memory.pass_completed,
+        );
+        if let Some(node_watch) = &self.node_watch {
+            node_watch.watch(Watched {
                 conf_dir: self.cluster.network().map(|n| self.conf_dir(&n)),
-                settings: wanted
-                    .iter()
-                    .map(|(k, v)| (self.settings.sysctl_dir.join(k), v.to_string()))
-                    .collect(),
+                settings: out.watched,
             });
         }
-        for (key, value) in wanted {
-            match forwarding::ensure(&self.settings.sysctl_dir, &key, value) {
-                Ok(true) => {
-                    info!(node = %self.node(), setting = %key, value, "node setting applied");
-                    if self.memory.pass_completed {
-                        // It was right before: something on the node turned it off.
-                        problems.push(
-                            Problem::new(
-                                ProblemKind::ForwardingOff,
-                                format!("{} was turned off while sinew ran: pods lost traffic between nodes until sinew turned it on again", key.replace('/', ".")),
-                            )
-                            .with_fix("find what turns it off (a sysctl.d file, a hardening baseline, another agent) and stop it"),
-                        );
-                    }
-                }
-                Ok(false) => {}
-                Err(e) => {
-                    complete = false;
-                    problems.push(Problem::new(ProblemKind::ForwardingOff, e.to_string()));
-                }
-            }
-        }
-        complete
+        problems.extend(out.problems);
+        out.complete
     }
 
     /// In a new boot, before the node serves pods: a store a power loss tore (the plugin does
     /// not flush it, see `ipam::Store::unflushed`) is set aside, so that the node starts from
     /// an empty store instead of refusing every pod. Its records named pods of a past boot.
     /// Within one boot (an agent restart) a torn store is a fault: it is left to be reported.
-    async fn repair_store_of_a_past_boot(&mut self, local: &Local) -> Result<()> {
-        if files::ready_boot_on_disk(&self.settings.state_dir) == node_state::current_boot_id() {
+    async fn repair_store_of_a_past_boot(&mut self, local: &LocalNode) -> Result<()> {
+        if node_files::ready_boot_on_disk(&self.settings.state_dir) == node_state::current_boot_id()
+        {
             return Ok(());
         }
         let Some(aside) = self
@@ -615,18 +608,18 @@ impl Agent {
         ipam::Store::new(&self.settings.state_dir)
     }
 
-    fn holdings(&self) -> Result<Holdings> {
+    fn block_usage(&self) -> Result<BlockUsage> {
         let snapshot = self
             .store()
             .snapshot()
             .map_err(Error::files("reading the IPAM store"))?;
-        Ok(Holdings::of(&snapshot))
+        Ok(BlockUsage::of(&snapshot))
     }
 
     /// Claims what [`blocks::claims`] says, and claims orphaned blocks again. Each pool on
     /// its own: an API error for one pool becomes a problem and the others go on.
-    async fn claim_blocks(&mut self, pools: &Pools) -> Result<Vec<Problem>> {
-        let holdings = self.holdings()?;
+    async fn claim_blocks(&mut self, pools: &PoolView) -> Result<Vec<Problem>> {
+        let holdings = self.block_usage()?;
         self.memory.requests_read = node_state::block_requests(&self.settings.state_dir)
             .map_err(Error::files("reading block requests"))?
             .into_iter()
@@ -657,7 +650,7 @@ impl Agent {
         problems.extend(plan.problems);
         let taken = self.cluster.block_names();
         for (name, need) in plan.needs {
-            let Need::Block { free } = need else {
+            let BlockNeed::Block { free } = need else {
                 self.memory.exhausted.remove(&name);
                 continue;
             };
@@ -703,8 +696,8 @@ impl Agent {
     fn ensure_tunnel_addresses(
         &mut self,
         nl: &mut Netlink,
-        vxlan: &sinew_node_lib::netlink::Link,
-        pools: &Pools,
+        vxlan: &Link,
+        pools: &PoolView,
         peered: bool,
     ) -> Result<BTreeSet<IpAddr>> {
         let all = self.cluster.pools.state();
@@ -817,11 +810,11 @@ impl Agent {
     /// (under the store's lock), and the device takes a new address before the `IPBlock` goes.
     async fn release_blocks(
         &mut self,
-        pools: &Pools,
+        pools: &PoolView,
         nl: &mut Netlink,
-        vxlan: &sinew_node_lib::netlink::Link,
+        vxlan: Option<&Link>,
     ) -> Result<()> {
-        let holdings = self.holdings()?;
+        let holdings = self.block_usage()?;
         let usable: BTreeSet<String> = pools
             .selected
             .iter()
@@ -855,7 +848,7 @@ impl Agent {
             if !retired {
                 continue;
             }
-            if moved {
+            if moved && let Some(vxlan) = vxlan {
                 // Another of this node's blocks (retired ones are never chosen) gives it.
                 self.ensure_tunnel_addresses(nl, vxlan, pools, true)?;
             }
@@ -873,60 +866,28 @@ impl Agent {
         Ok(())
     }
 
-    /// The node state the plugin reads, from this pass's pools and blocks.
-    fn node_state(&self, network: &ClusterNetwork, local: &Local, pools: &Pools) -> NodeState {
-        let underlay_mtu = local.underlay.mtu;
-        let family = Family::of(local.underlay.ip);
-        let fixed_mtu = network.spec.fixed_mtu();
-        NodeState {
-            node: self.settings.node_name.clone(),
-            pools: pools
-                .selected
-                .iter()
-                .map(|p| {
-                    let name = p.name_any();
-                    let fact = pools.facts.get(&name);
-                    PoolState {
-                        mode: p.spec.mode,
-                        mtu: p.spec.mode.pod_mtu(
-                            underlay_mtu,
-                            family,
-                            fact.map_or(family, |f| f.cidr.family()),
-                            fixed_mtu,
-                        ),
-                        // Unjudged, conflicted and disabled pools hand out no new addresses.
-                        disabled: fact.is_none_or(|f| f.unusable.is_some()),
-                        reserved: p.spec.reserved.clone(),
-                        blocks: blocks::mine(&pools.blocks, self.node(), &name)
-                            .into_iter()
-                            .map(Cidr::to_string)
-                            .collect(),
-                        exhausted: self.memory.exhausted.contains(&name),
-                        cidr: p.spec.cidr.clone(),
-                        name,
-                    }
-                })
-                .collect(),
-            ready_boot: None,
-        }
-    }
-
     /// Writes `node.json` when it changed, stamped with the boot the node is ready in.
     fn store_node_state(
         &mut self,
         network: &ClusterNetwork,
-        local: &Local,
-        pools: &Pools,
+        local: &LocalNode,
+        pools: &PoolView,
     ) -> Result<()> {
-        let mut state = self.node_state(network, local, pools);
+        let mut state = decide::node_state(
+            self.node(),
+            network.spec.fixed_mtu(),
+            &local.underlay,
+            pools,
+            &self.memory.exhausted,
+        );
         state.ready_boot = Some(if self.memory.pass_completed {
             node_state::current_boot_id()
         } else {
             // Not yet: keep what the file says (the same boot after an agent restart stays
             // ready; a file from before a reboot stays stale until this boot's first pass).
-            files::ready_boot_on_disk(&self.settings.state_dir)
+            node_files::ready_boot_on_disk(&self.settings.state_dir)
         });
-        if files::write_node_state(
+        if node_files::write_node_state(
             &self.settings.state_dir,
             &state,
             self.memory.node_state.as_ref(),
@@ -976,13 +937,13 @@ impl Agent {
     /// Installs the plugin binary and the conflist; returns the install report.
     fn install(&mut self, network: &ClusterNetwork) -> Result<InstallReport> {
         let (conf_dir, bin_dir) = (self.conf_dir(network), self.bin_dir(network));
-        let dirs = files::InstallDirs {
+        let dirs = node_files::InstallDirs {
             conf_dir: &conf_dir,
             bin_dir: &bin_dir,
             state_dir: &self.settings.state_dir,
             log_file: &self.settings.log_file,
         };
-        files::install(
+        node_files::install(
             network,
             &dirs,
             &self.settings.plugin_source,
@@ -995,7 +956,7 @@ impl Agent {
     /// runtime's choice of conflist changed.
     async fn publish(
         &mut self,
-        local: &Local,
+        local: &LocalNode,
         vtep: Option<[u8; 6]>,
         report: NodeReport,
     ) -> Result<()> {
@@ -1029,7 +990,7 @@ impl Agent {
         &mut self,
         nl: &mut Netlink,
         install: Option<&InstallReport>,
-        pools: &Pools,
+        pools: &PoolView,
     ) -> Vec<Problem> {
         let mut problems: Vec<Problem> = install
             .and_then(diagnose::conflist_shadowed)
@@ -1089,7 +1050,7 @@ impl Agent {
 
     /// A Warning Event on the Node when a kind of problem appears (or its message changes),
     /// a Normal one when it clears.
-    async fn record_problem_events(&mut self, local: &Local, problems: &[Problem]) {
+    async fn record_problem_events(&mut self, local: &LocalNode, problems: &[Problem]) {
         let now: BTreeMap<ProblemKind, String> = problems
             .iter()
             .map(|p| (p.kind, p.message.clone()))
@@ -1126,7 +1087,7 @@ impl Agent {
     }
 
     /// Records an Event on the Node when the runtime's choice of conflist changes.
-    async fn record_conflist_event(&mut self, local: &Local, report: &InstallReport) {
+    async fn record_conflist_event(&mut self, local: &LocalNode, report: &InstallReport) {
         let ours = report.conflist.as_deref().unwrap_or_default();
         let chosen = report.chosen.as_deref().unwrap_or_default();
         let situation = format!("{chosen}|{:?}", report.shadowing);
@@ -1144,7 +1105,7 @@ impl Agent {
     /// an allocation is freed only if it still matches the request exactly and its pod's
     /// sandbox is gone from this node (its host veth with it); one whose sandbox still runs is
     /// kept and said so once, in an Event on the Node.
-    async fn release_leaks(&mut self, nl: &mut Netlink, local: &Local) -> Result<()> {
+    async fn release_leaks(&mut self, nl: &mut Netlink, local: &LocalNode) -> Result<()> {
         let requests = self.cluster.release_requests(self.node());
         if requests.is_empty() {
             self.memory.leaks_kept.clear();

@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use sinew_crds::{Cidr, Family};
 use sinew_node_lib::netlink::{Link, Netlink, NetlinkError, Route};
 
-use crate::peers::{Path, Plan};
+use crate::peers::{PeerPath, Plan};
 
 /// Route protocol of the routes towards peers (`ip route show proto 116`); pod routes made
 /// by the plugin use 115.
@@ -169,8 +169,8 @@ pub fn apply(
         .iter()
         .filter_map(|r| {
             let (oif, onlink) = match r.path {
-                Path::Routed => (underlay.index, false),
-                Path::Vxlan => (vxlan?.index, true),
+                PeerPath::Routed => (underlay.index, false),
+                PeerPath::Vxlan => (vxlan?.index, true),
             };
             Some(Route {
                 dst: r.dst.network(),

@@ -22,7 +22,7 @@ pub struct Watched {
 }
 
 #[derive(Clone)]
-pub struct Sentinel {
+pub struct NodeWatch {
     watched: Arc<Mutex<Watched>>,
 }
 
@@ -46,11 +46,11 @@ fn listing(dir: &Path) -> Option<Listing> {
     Some(entries)
 }
 
-impl Sentinel {
+impl NodeWatch {
     /// Starts the watching thread in this process's network namespace.
-    pub fn start(wake: Arc<Notify>) -> std::io::Result<Sentinel> {
+    pub fn start(wake: Arc<Notify>) -> std::io::Result<NodeWatch> {
         let kernel = KernelWatch::new()?;
-        let sentinel = Sentinel {
+        let sentinel = NodeWatch {
             watched: Arc::new(Mutex::new(Watched::default())),
         };
         let watched = sentinel.watched.clone();

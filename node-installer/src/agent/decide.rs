@@ -1,0 +1,337 @@
+//! The pure decisions of a pass, from what the pass read: how peers are reached (and where
+//! that needs loose reverse-path filtering), and the node state the plugin reads. No effect
+//! here: `mod.rs` reads the facts, calls these and carries the result out.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use kube::ResourceExt;
+use sinew_crds::{Cidr, Family, IPPool, PoolMode};
+use sinew_node_lib::consts::VXLAN_DEVICE;
+use sinew_node_lib::node_state::{NodeState, PoolState};
+
+use crate::blocks;
+use crate::datapath::Underlay;
+use crate::peers::{self, BlockInfo, NodeInfo};
+use crate::trust::PoolFacts;
+
+/// One pass's view of pools and blocks, after the trust checks.
+pub struct PoolView {
+    /// The pools that select this node.
+    pub selected: Vec<Arc<IPPool>>,
+    /// Every judged pool, by name.
+    pub facts: BTreeMap<String, PoolFacts>,
+    /// Every trusted block.
+    pub blocks: Vec<BlockInfo>,
+}
+
+/// How this node reaches its peers' blocks.
+#[derive(Debug)]
+pub struct Peering {
+    /// The mode of every pool that selects any peer (whose blocks are routed here).
+    pub modes: BTreeMap<String, PoolMode>,
+    pub plan: peers::Plan,
+    /// Devices whose strict reverse-path filtering would drop what sinew forwards, with what
+    /// it would drop.
+    pub loosen: Vec<(String, &'static str)>,
+}
+
+/// Every pool's blocks are routed on every node, whichever nodes the pool selects: a pod of
+/// one zone's pool is reachable from everywhere. The pools are those that select any peer
+/// (every Node, unless a peer selector narrows them: then `peers_only`, and blocks of Nodes
+/// outside it are another network's).
+pub fn peering(
+    me: &str,
+    underlay: &Underlay,
+    pools: &[Arc<IPPool>],
+    peer_labels: &[BTreeMap<String, String>],
+    peers: &[NodeInfo],
+    blocks: &[BlockInfo],
+    peers_only: bool,
+) -> Peering {
+    let modes: BTreeMap<String, PoolMode> = pools
+        .iter()
+        .filter(|p| {
+            peer_labels
+                .iter()
+                .any(|labels| sinew_crds::selector::matches(p.spec.node_selector.as_ref(), labels))
+        })
+        .map(|p| (p.name_any(), p.spec.mode))
+        .collect();
+    let routed: Vec<BlockInfo> = blocks
+        .iter()
+        .filter(|b| !peers_only || peers.iter().any(|p| p.name == b.node))
+        .cloned()
+        .collect();
+    let plan = peers::plan(me, &underlay.subnet, peers, &routed, &modes);
+    let mut loosen = Vec::new();
+    if underlay.ip.is_ipv4() {
+        loosen.push((
+            VXLAN_DEVICE.to_string(),
+            "the probes of peers (and traffic from hosts routed elsewhere)",
+        ));
+        // Pools of different modes make the paths between two nodes asymmetric (the path is
+        // the destination pool's): a reply may arrive on the underlay for a source this node
+        // tunnels to, which strict reverse-path filtering drops (decision 85).
+        if peers::paths_mixed(me, &underlay.subnet, peers, &routed, &modes, &plan) {
+            loosen.push((
+                underlay.name.clone(),
+                "pod traffic of pools in another mode, which returns over the other path",
+            ));
+        }
+    }
+    Peering {
+        modes,
+        plan,
+        loosen,
+    }
+}
+
+/// The node state the plugin reads: for every pool that selects this node, its mode, pod
+/// MTU, reserved addresses and this node's blocks; unjudged, conflicted and disabled pools
+/// hand out no new addresses.
+pub fn node_state(
+    me: &str,
+    fixed_mtu: Option<u32>,
+    underlay: &Underlay,
+    pools: &PoolView,
+    exhausted: &BTreeSet<String>,
+) -> NodeState {
+    let family = Family::of(underlay.ip);
+    NodeState {
+        node: me.to_string(),
+        pools: pools
+            .selected
+            .iter()
+            .map(|p| {
+                let name = p.name_any();
+                let fact = pools.facts.get(&name);
+                PoolState {
+                    mode: p.spec.mode,
+                    mtu: p.spec.mode.pod_mtu(
+                        underlay.mtu,
+                        family,
+                        fact.map_or(family, |f| f.cidr.family()),
+                        fixed_mtu,
+                    ),
+                    disabled: fact.is_none_or(|f| f.unusable.is_some()),
+                    reserved: p.spec.reserved.clone(),
+                    blocks: blocks::mine(&pools.blocks, me, &name)
+                        .into_iter()
+                        .map(Cidr::to_string)
+                        .collect(),
+                    exhausted: exhausted.contains(&name),
+                    cidr: p.spec.cidr.clone(),
+                    name,
+                }
+            })
+            .collect(),
+        ready_boot: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::api::ObjectMeta;
+    use sinew_crds::IPPoolSpec;
+
+    fn pool(name: &str, cidr: &str, mode: &str, selector: Option<(&str, &str)>) -> Arc<IPPool> {
+        let mut spec = serde_json::json!({"cidr": cidr, "mode": mode});
+        if let Some((k, v)) = selector {
+            spec["nodeSelector"] = serde_json::json!({"matchLabels": {k: v}});
+        }
+        let spec: IPPoolSpec = serde_json::from_value(spec).unwrap();
+        Arc::new(IPPool {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                ..ObjectMeta::default()
+            },
+            spec,
+            status: None,
+        })
+    }
+
+    fn underlay() -> Underlay {
+        Underlay {
+            index: 2,
+            name: "eth0".into(),
+            ip: "192.168.10.1".parse().unwrap(),
+            subnet: "192.168.10.0/24".parse().unwrap(),
+            mtu: 1500,
+        }
+    }
+
+    fn node(name: &str, ip: &str, mac: u8) -> NodeInfo {
+        NodeInfo {
+            name: name.into(),
+            ip: ip.parse().unwrap(),
+            vtep_mac: Some([0x02, 0, 0, 0, 0, mac]),
+        }
+    }
+
+    fn block(cidr: &str, node: &str, pool: &str) -> BlockInfo {
+        BlockInfo {
+            cidr: cidr.parse().unwrap(),
+            node: node.into(),
+            pool: pool.into(),
+        }
+    }
+
+    fn labels(zone: &str) -> BTreeMap<String, String> {
+        BTreeMap::from([("zone".to_string(), zone.to_string())])
+    }
+
+    #[test]
+    fn a_zone_pool_is_routed_on_nodes_it_does_not_select() {
+        let pools = [
+            pool("a", "10.1.0.0/16", "VXLAN", Some(("zone", "a"))),
+            pool("nowhere", "10.9.0.0/16", "VXLAN", Some(("zone", "z"))),
+        ];
+        let peers = [node("me", "192.168.10.1", 1), node("b", "192.168.10.2", 2)];
+        let blocks = [block("10.1.0.0/26", "b", "a")];
+        // "me" is in zone b: pool "a" does not select it, but selects a peer.
+        let p = peering(
+            "me",
+            &underlay(),
+            &pools,
+            &[labels("b"), labels("a")],
+            &peers,
+            &blocks,
+            false,
+        );
+        assert_eq!(
+            p.modes,
+            BTreeMap::from([("a".to_string(), PoolMode::Vxlan)]),
+            "a pool that selects no node routes nothing"
+        );
+        assert_eq!(p.plan.routes.len(), 1);
+        assert_eq!(p.plan.routes[0].dst, "10.1.0.0/26".parse().unwrap());
+        assert_eq!(p.plan.routes[0].path, peers::PeerPath::Vxlan);
+    }
+
+    #[test]
+    fn blocks_of_nodes_outside_the_peer_selector_are_not_routed() {
+        let pools = [pool("a", "10.1.0.0/16", "Routed", None)];
+        let peers = [node("me", "192.168.10.1", 1), node("b", "192.168.10.2", 2)];
+        let blocks = [
+            block("10.1.0.0/26", "b", "a"),
+            block("10.1.0.64/26", "elsewhere", "a"),
+        ];
+        let args = |only| {
+            peering(
+                "me",
+                &underlay(),
+                &pools,
+                &[labels("a")],
+                &peers,
+                &blocks,
+                only,
+            )
+        };
+        let narrowed = args(true);
+        assert_eq!(narrowed.plan.routes.len(), 1);
+        assert!(
+            narrowed.plan.problems.is_empty(),
+            "{:?}",
+            narrowed.plan.problems
+        );
+        assert!(
+            !args(false).plan.problems.is_empty(),
+            "without a selector, a block of an unknown node is a problem"
+        );
+    }
+
+    #[test]
+    fn reverse_path_filtering_is_loosened_on_the_underlay_only_where_paths_mix() {
+        let peers = [node("me", "192.168.10.1", 1), node("b", "192.168.10.2", 2)];
+        let blocks = [
+            block("10.1.0.0/26", "b", "routed"),
+            block("10.2.0.0/26", "b", "vxlan"),
+        ];
+        let devices = |pools: &[Arc<IPPool>]| -> Vec<String> {
+            peering(
+                "me",
+                &underlay(),
+                pools,
+                &[labels("a")],
+                &peers,
+                &blocks,
+                false,
+            )
+            .loosen
+            .into_iter()
+            .map(|(d, _)| d)
+            .collect()
+        };
+        let one_mode = [pool("routed", "10.1.0.0/16", "Routed", None)];
+        assert_eq!(devices(&one_mode), ["sinew.vxlan"]);
+        let mixed = [
+            pool("routed", "10.1.0.0/16", "Routed", None),
+            pool("vxlan", "10.2.0.0/16", "VXLAN", None),
+        ];
+        assert_eq!(devices(&mixed), ["sinew.vxlan", "eth0"]);
+        let v6 = Underlay {
+            ip: "fd00::1".parse().unwrap(),
+            subnet: "fd00::/64".parse().unwrap(),
+            ..underlay()
+        };
+        assert!(
+            peering("me", &v6, &mixed, &[labels("a")], &peers, &blocks, false)
+                .loosen
+                .is_empty(),
+            "IPv6 has no reverse-path filter"
+        );
+    }
+
+    #[test]
+    fn node_state_hands_out_only_judged_usable_pools() {
+        let selected = vec![
+            pool("usable", "10.1.0.0/16", "VXLAN", None),
+            pool("conflicted", "10.2.0.0/16", "Routed", None),
+            pool("unjudged", "10.3.0.0/16", "Routed", None),
+        ];
+        let fact = |name: &str, cidr: &str, unusable: Option<&str>| {
+            (
+                name.to_string(),
+                PoolFacts {
+                    name: name.into(),
+                    cidr: cidr.parse().unwrap(),
+                    block_size: 26,
+                    unusable: unusable.map(str::to_string),
+                },
+            )
+        };
+        let view = PoolView {
+            selected,
+            facts: BTreeMap::from([
+                fact("usable", "10.1.0.0/16", None),
+                fact("conflicted", "10.2.0.0/16", Some("overlaps pool usable")),
+            ]),
+            blocks: vec![
+                block("10.1.0.64/26", "me", "usable"),
+                block("10.1.0.0/26", "me", "usable"),
+                block("10.1.0.128/26", "b", "usable"),
+            ],
+        };
+        let exhausted = BTreeSet::from(["usable".to_string()]);
+        let st = node_state("me", None, &underlay(), &view, &exhausted);
+        assert_eq!(st.node, "me");
+        let usable = &st.pools[0];
+        assert!(!usable.disabled);
+        assert!(usable.exhausted);
+        assert_eq!(
+            usable.blocks,
+            ["10.1.0.0/26", "10.1.0.64/26"],
+            "own blocks, sorted"
+        );
+        assert_eq!(usable.mtu, 1450, "VXLAN over IPv4 costs 50 bytes");
+        assert!(st.pools[1].disabled && st.pools[2].disabled);
+        assert_eq!(st.pools[1].mtu, 1500);
+        assert_eq!(
+            node_state("me", Some(1400), &underlay(), &view, &BTreeSet::new()).pools[0].mtu,
+            1400,
+            "a fixed MTU wins"
+        );
+    }
+}
