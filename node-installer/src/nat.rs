@@ -11,12 +11,13 @@
 //!   host port the IPAM store records ([`apply_with_store`]); the plugin adds and removes a
 //!   pod's elements itself at ADD and DEL.
 //!
-//! The table is programmed over netlink ([`sinew_node_lib::netlink::nftables`]), with no
-//! `nft` program: it is replaced as a whole in one nf_tables transaction, only when its
-//! content changes, and removed on node clean-up; no other table is touched.
-//!
-//! [`render`] still gives the table in `nft` syntax: the agent compares it to decide when
-//! to re-apply, it is what `nft list table inet sinew` shows, and `nft -f` accepts it.
+//! The table is declared once, as data ([`table`]: sets, chains and rules of the model in
+//! [`sinew_node_lib::nft`]), and programmed over netlink by the generic encoder of
+//! [`sinew_node_lib::netlink::nftables`], with no `nft` program: it is replaced as a whole in
+//! one nf_tables transaction, only when the declared table differs from the last one applied
+//! (compared as values) or is gone from the kernel, and removed on node clean-up; no other
+//! table is touched. Its `nft` text ([`sinew_node_lib::nft::text`]) is what `nft -f` takes to
+//! build the same table; the golden copies in `testdata/nftables` pin it.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -24,7 +25,7 @@ use sinew_crds::{Cidr, Family};
 use sinew_node_lib::consts::HOST_VETH_PREFIX;
 use sinew_node_lib::hostport::{self, HostPort, Protocol};
 use sinew_node_lib::ipam::Store;
-use sinew_node_lib::netlink::nftables::{self, NftError, Nftables, SinewTable};
+use sinew_node_lib::netlink::nftables::{NftError, Nftables};
 use sinew_node_lib::nft::{
     Chain, ChainKind, DataType, Dir, Element, Expr, Field, Hook, NamedPriority, Op, Policy,
     Priority, Rule, Set, Table, Verdict,
@@ -48,81 +49,6 @@ pub struct VxlanPeers {
     pub nodes: Vec<std::net::IpAddr>,
 }
 
-/// Both families' outermost prefixes (nft and the kernel refuse overlapping intervals).
-fn outermost(cidrs: &[Cidr]) -> Vec<Cidr> {
-    let mut v = nftables::outermost(cidrs, Family::V4);
-    v.extend(nftables::outermost(cidrs, Family::V6));
-    v
-}
-
-/// The table's content for these pools (every pool in the cluster, so that traffic to any
-/// pod is recognised as in-cluster) and VXLAN peers, normalised: each set sorted, without
-/// duplicates or nested prefixes.
-pub fn table(pools: &[NatPool], vxlan: &VxlanPeers) -> SinewTable {
-    let all: Vec<Cidr> = pools.iter().map(|p| p.cidr).collect();
-    let nat: Vec<Cidr> = pools
-        .iter()
-        .filter(|p| p.nat_outgoing)
-        .map(|p| p.cidr)
-        .collect();
-    let hosts: Vec<Cidr> = vxlan.nodes.iter().map(|a| Cidr::host(*a)).collect();
-    SinewTable {
-        pods: outermost(&all),
-        nat: outermost(&nat),
-        nodes: outermost(&hosts).iter().map(Cidr::network).collect(),
-        vxlan_port: vxlan.port,
-        host_ports: Vec::new(),
-    }
-}
-
-fn set(name: &str, family: Family, members: &[Cidr]) -> String {
-    let ty = match family {
-        Family::V4 => "ipv4_addr",
-        Family::V6 => "ipv6_addr",
-    };
-    let list: Vec<String> = members
-        .iter()
-        .filter(|c| c.family() == family)
-        .map(Cidr::to_string)
-        .collect();
-    let elements = if list.is_empty() {
-        String::new()
-    } else {
-        format!(" elements = {{ {} }};", list.join(", "))
-    };
-    format!("    set {name} {{ type {ty}; flags interval;{elements} }}\n")
-}
-
-/// The table in `nft -f` syntax, as one transaction that replaces it.
-pub fn render_table(t: &SinewTable) -> String {
-    let nodes: Vec<Cidr> = t.nodes.iter().map(|a| Cidr::host(*a)).collect();
-    let mut s =
-        format!("table inet {TABLE} {{}}\ndelete table inet {TABLE}\ntable inet {TABLE} {{\n");
-    s += &set("pods4", Family::V4, &t.pods);
-    s += &set("pods6", Family::V6, &t.pods);
-    s += &set("nat4", Family::V4, &t.nat);
-    s += &set("nat6", Family::V6, &t.nat);
-    s += &set("nodes4", Family::V4, &nodes);
-    s += &set("nodes6", Family::V6, &nodes);
-    s += "    set linklocal6 { type ipv6_addr; flags interval; elements = { fe80::/10 }; }\n";
-    s += "    chain postrouting {\n        type nat hook postrouting priority srcnat; policy accept;\n";
-    s += "        ip saddr @nat4 ip daddr != @pods4 masquerade\n";
-    s += "        ip6 saddr @nat6 ip6 daddr != @pods6 masquerade\n";
-    s += "    }\n";
-    let port = t.vxlan_port;
-    s += "    chain vxlan-from-nodes-only {\n        type filter hook input priority filter - 10; policy accept;\n";
-    s += &format!("        ip saddr != @nodes4 udp dport {port} counter drop\n");
-    s += &format!("        ip6 saddr != @nodes6 udp dport {port} counter drop\n");
-    s += "    }\n";
-    s += "    chain pod-sources-only {\n        type filter hook prerouting priority raw; policy accept;\n";
-    s += "        meta nfproto ipv4 iifname \"snw*\" fib saddr . iif oif missing counter drop\n";
-    s += "        meta nfproto ipv6 iifname \"snw*\" ip6 saddr != @linklocal6 fib saddr . iif oif missing counter drop\n";
-    s += "    }\n";
-    s += &nftables::render_host_ports(&t.host_ports);
-    s += "}\n";
-    s
-}
-
 /// The regular chain holding the host ports' DNAT rules, jumped to from prerouting and output.
 const CHAIN_HOSTPORTS: &str = "hostports";
 
@@ -130,7 +56,7 @@ const CHAIN_HOSTPORTS: &str = "hostports";
 /// recognised as in-cluster), VXLAN peers and host ports (every pod's, from the IPAM store):
 /// the one place that says which sets, chains and rules exist. Sets keep their outermost
 /// prefixes, sorted, so equal inputs give equal tables.
-pub fn nft_table(pools: &[NatPool], vxlan: &VxlanPeers, host_ports: &[HostPort]) -> Table {
+pub fn table(pools: &[NatPool], vxlan: &VxlanPeers, host_ports: &[HostPort]) -> Table {
     use Family::{V4, V6};
     let pods: Vec<Cidr> = pools.iter().map(|p| p.cidr).collect();
     let nat: Vec<Cidr> = pools
@@ -350,12 +276,6 @@ fn ipv4_loopback() -> Cidr {
     Cidr::new_truncating(localhost, 8).unwrap_or_else(|_| Cidr::host(localhost))
 }
 
-/// The table's full definition for these pools and VXLAN peers, in `nft` syntax
-/// ([`render_table`] of [`table`]).
-pub fn render(pools: &[NatPool], vxlan: &VxlanPeers) -> String {
-    render_table(&table(pools, vxlan))
-}
-
 /// Errors of programming the table.
 #[derive(Debug, thiserror::Error)]
 pub enum NatError {
@@ -379,30 +299,31 @@ pub fn table_exists() -> bool {
     }
 }
 
-/// Replaces the table atomically with this content.
-pub fn apply_table(t: &SinewTable) -> Result<(), NatError> {
-    Nftables::new()?.replace_sinew_table(t)?;
+/// Replaces the table atomically with `t`.
+pub fn apply(t: &Table) -> Result<(), NatError> {
+    Nftables::new()?.replace_table(t)?;
     Ok(())
 }
 
-/// Declares `t` with every host port the IPAM store records, when `needed` says so for its
-/// rendering (which it returns then). The store lock is held from reading the store until the
-/// kernel has the table: an ADD records its host ports before adding them, so no host port can
-/// be recorded after the read and added before the replace, which would drop it.
+/// Declares the table with every host port the IPAM store records (`declare` builds it from
+/// them) and applies it when `needed` says so, returning it then with the number of host
+/// ports. The store lock is held from reading the store until the kernel has the table: an
+/// ADD records its host ports before adding them, so no host port can be recorded after the
+/// read and added before the replace, which would drop it.
 pub fn apply_with_store(
     store: &Store,
-    mut t: SinewTable,
-    needed: impl FnOnce(&str) -> bool,
-) -> Result<Option<(String, usize)>, NatError> {
+    declare: impl FnOnce(&[HostPort]) -> Table,
+    needed: impl FnOnce(&Table) -> bool,
+) -> Result<Option<(Table, usize)>, NatError> {
     store
         .read_locked(|state| {
-            t.host_ports = hostport::of_store(state);
-            let script = render_table(&t);
-            if !needed(&script) {
+            let host_ports = hostport::of_store(state);
+            let t = declare(&host_ports);
+            if !needed(&t) {
                 return Ok(None);
             }
-            apply_table(&t)?;
-            Ok(Some((script, t.host_ports.len())))
+            apply(&t)?;
+            Ok(Some((t, host_ports.len())))
         })
         .map_err(NatError::Store)?
 }
@@ -420,7 +341,13 @@ pub fn remove() -> Result<(), NatError> {
 mod tests {
     use super::*;
     use sinew_node_lib::netns::NetNs;
-    use sinew_node_lib::nft::text;
+    use sinew_node_lib::netns::test_support::{have_root, new_netns};
+    use sinew_node_lib::nft::{Value, text};
+
+    /// The table in `nft` syntax for these pools and peers, without host ports.
+    fn render(pools: &[NatPool], vxlan: &VxlanPeers) -> String {
+        text::replace_script(&table(pools, vxlan, &[]))
+    }
 
     #[test]
     fn masquerades_only_nat_pools_towards_outside_every_pool() {
@@ -512,9 +439,9 @@ mod tests {
 
     #[test]
     fn host_ports_are_declared_with_the_table() {
-        use sinew_node_lib::hostport::{PortMapping, Protocol, host_ports};
-        let mut t = table(&[], &peers());
-        let empty = render_table(&t);
+        use sinew_node_lib::hostport::{PortMapping, host_ports};
+        let without = table(&[], &peers(), &[]);
+        let empty = text::replace_script(&without);
         assert!(
             empty.contains("    map hostports4 { type inet_proto . ipv4_addr . inet_service : ipv4_addr . inet_service; }"),
             "{empty}"
@@ -523,7 +450,7 @@ mod tests {
             empty.contains("        fib daddr type local jump hostports\n"),
             "{empty}"
         );
-        t.host_ports = host_ports(
+        let ports = host_ports(
             &[PortMapping {
                 host_port: 54323,
                 container_port: 8080,
@@ -532,59 +459,75 @@ mod tests {
             }],
             ["10.244.1.5".parse().unwrap()],
         );
-        let s = render_table(&t);
+        let with = table(&[], &peers(), &ports);
+        let s = text::replace_script(&with);
         assert!(
             s.contains("elements = { udp . 10.99.0.10 . 54323 : 10.244.1.5 . 8080 }"),
             "{s}"
         );
         assert!(s.contains("elements = { 10.244.1.5 . 10.244.1.5 }"), "{s}");
         assert_ne!(
-            s, empty,
-            "a new host port changes the rendering: the agent re-applies"
+            with, without,
+            "a new host port changes the table: the agent re-applies"
         );
         assert!(s.ends_with("    }\n}\n"), "{s}");
     }
 
+    /// The elements of the set named `name`.
+    fn elements(t: &Table, name: &str) -> Vec<Value> {
+        let set = t.sets.iter().find(|s| s.name == name).unwrap();
+        set.elements.iter().flat_map(|e| e.key.clone()).collect()
+    }
+
     #[test]
-    fn the_rendered_script_reads_back_as_the_table() {
+    fn sets_are_sorted_without_duplicates_or_nested_prefixes() {
         let pools = [
-            NatPool {
-                cidr: "10.244.0.0/16".parse().unwrap(),
-                nat_outgoing: true,
-            },
-            NatPool {
-                cidr: "10.244.8.0/24".parse().unwrap(),
-                nat_outgoing: true,
-            },
-            NatPool {
-                cidr: "10.245.0.0/16".parse().unwrap(),
-                nat_outgoing: false,
-            },
-            NatPool {
-                cidr: "fd00::/56".parse().unwrap(),
-                nat_outgoing: true,
-            },
+            pool("10.244.0.0/16", true),
+            pool("10.244.8.0/24", true),
+            pool("10.245.0.0/16", false),
+            pool("fd00::/56", true),
         ];
         let peers = VxlanPeers {
             port: 8472,
             nodes: vec![
-                "10.99.1.11".parse().unwrap(),
-                "fd99::1".parse().unwrap(),
-                "10.99.0.10".parse().unwrap(),
-                "10.99.1.11".parse().unwrap(),
+                ip("10.99.1.11"),
+                ip("fd99::1"),
+                ip("10.99.0.10"),
+                ip("10.99.1.11"),
             ],
         };
-        let t = table(&pools, &peers);
+        let t = table(&pools, &peers, &[]);
+        let host = |s: &str| Value::Prefix(Cidr::host(ip(s)));
         assert_eq!(
-            t.nodes,
-            vec![
-                "10.99.0.10".parse::<std::net::IpAddr>().unwrap(),
-                "10.99.1.11".parse().unwrap(),
-                "fd99::1".parse().unwrap()
-            ],
+            (elements(&t, "nodes4"), elements(&t, "nodes6")),
+            (
+                vec![host("10.99.0.10"), host("10.99.1.11")],
+                vec![host("fd99::1")]
+            ),
             "sorted, without duplicates"
         );
-        assert_eq!(t.nat.len(), 2, "10.244.8.0/24 is inside 10.244.0.0/16");
+        assert_eq!(
+            elements(&t, "nat4").len() + elements(&t, "nat6").len(),
+            2,
+            "10.244.8.0/24 is inside 10.244.0.0/16"
+        );
+    }
+
+    /// The agent re-applies when the declared table differs from the last one applied: equal
+    /// inputs in another order give an equal table, any change an unequal one.
+    #[test]
+    fn the_table_is_compared_as_a_value() {
+        let pools = [pool("10.244.0.0/16", true), pool("fd00::/56", false)];
+        let mut peers = peers();
+        let t = table(&pools, &peers, &[]);
+        let reversed = [pools[1].clone(), pools[0].clone()];
+        peers.nodes.reverse();
+        assert_eq!(table(&reversed, &peers, &[]), t);
+        peers.port = 8472;
+        assert_ne!(table(&pools, &peers, &[]), t);
+        assert_ne!(table(&pools[..1], &self::peers(), &[]), t);
+        let no_nat = [pool("10.244.0.0/16", false), pool("fd00::/56", false)];
+        assert_ne!(table(&no_nat, &self::peers(), &[]), t);
     }
 
     fn pool(cidr: &str, nat_outgoing: bool) -> NatPool {
@@ -608,7 +551,7 @@ mod tests {
 
     impl Case {
         fn table(&self) -> Table {
-            nft_table(&self.pools, &self.peers, &self.host_ports)
+            table(&self.pools, &self.peers, &self.host_ports)
         }
 
         fn golden_path(&self) -> std::path::PathBuf {
@@ -743,22 +686,6 @@ mod tests {
         );
     }
 
-    /// The model declares the table the hand-written rendering declared: the same lines
-    /// (sets are declared before chains now).
-    #[test]
-    fn the_model_declares_what_the_old_rendering_declared() {
-        for case in cases() {
-            let mut old = table(&case.pools, &case.peers);
-            old.host_ports = case.host_ports.clone();
-            let mut old: Vec<String> = render_table(&old).lines().map(String::from).collect();
-            let new_text = text::replace_script(&case.table());
-            let mut new: Vec<String> = new_text.lines().map(String::from).collect();
-            old.sort();
-            new.sort();
-            assert_eq!(new, old, "{}", case.name);
-        }
-    }
-
     /// `nft ARGS` inside the namespace (the CLI only verifies here).
     fn nft(ns: &NetNs, args: &[&str], stdin: Option<&str>) -> String {
         use std::io::Write;
@@ -825,7 +752,6 @@ mod tests {
     /// view of the golden copy as `nft -f` programs it, each in a throwaway namespace.
     #[test]
     fn the_kernel_holds_what_the_golden_copy_says() {
-        use sinew_node_lib::netns::test_support::{have_root, new_netns};
         let test = "the_kernel_holds_what_the_golden_copy_says";
         if !have_root(test) || !have_nft(test) {
             return;
@@ -835,16 +761,227 @@ mod tests {
             let by_nft = new_netns();
             nft(&by_nft, &["-f", "-"], Some(&golden));
             let by_sinew = new_netns();
-            let mut old = table(&case.pools, &case.peers);
-            old.host_ports = case.host_ports.clone();
-            Nftables::in_netns(&by_sinew)
-                .unwrap()
-                .replace_sinew_table(&old)
-                .unwrap();
+            let mut nl = Nftables::in_netns(&by_sinew).unwrap();
+            assert!(!nl.table_exists(TABLE).unwrap());
+            nl.replace_table(&case.table()).unwrap();
+            assert!(nl.table_exists(TABLE).unwrap());
             let (got, want) = (listing(&by_sinew), listing(&by_nft));
             assert_eq!(got.0, want.0, "{}", case.name);
             assert_eq!(got.1, want.1, "{}", case.name);
             assert!(got.0.contains("chain pod-sources-only"), "{}", got.0);
+            if case.name == "dual-stack-vxlan-peers" {
+                for line in [
+                    "elements = { 10.244.0.0/16, 10.245.0.0/16 }",
+                    "elements = { 10.99.0.10, 10.99.1.11 }",
+                    "elements = { fd99::1 }",
+                    "type nat hook postrouting priority srcnat; policy accept;",
+                    "ip6 saddr @nat6 ip6 daddr != @pods6 masquerade",
+                    "type filter hook input priority filter - 10; policy accept;",
+                    "ip saddr != @nodes4 udp dport 8472 counter packets 0 bytes 0 drop",
+                ] {
+                    assert!(got.0.contains(line), "{line:?} missing from\n{}", got.0);
+                }
+            }
         }
+    }
+
+    /// Two IPv4 pools (one with natOutgoing), one IPv6 pool with natOutgoing, three nodes.
+    fn realistic() -> Table {
+        let pools = [
+            pool("10.244.0.0/16", true),
+            pool("10.245.0.0/16", false),
+            pool("fd00:10:244::/56", true),
+        ];
+        let peers = VxlanPeers {
+            port: 4789,
+            nodes: vec![ip("192.168.10.11"), ip("192.168.10.12"), ip("fd00:99::13")],
+        };
+        table(&pools, &peers, &[])
+    }
+
+    /// The plugin's element operations against the table the agent declares: ADD before the
+    /// agent declared the maps fails, a leftover element of the same key is replaced, DEL
+    /// removes only what still maps to its pod and tolerates what is gone, CHECK names each
+    /// difference.
+    #[test]
+    fn host_ports_are_added_replaced_checked_and_removed() {
+        use sinew_node_lib::hostport::{self, PortMapping};
+        let test = "host_ports_are_added_replaced_checked_and_removed";
+        if !have_root(test) || !have_nft(test) {
+            return;
+        }
+        let mapping = |protocol, host_ip: Option<&str>| PortMapping {
+            host_port: 8080,
+            container_port: 80,
+            protocol,
+            host_ip: host_ip.map(ip),
+        };
+        let pod_a = hostport::host_ports(
+            &[
+                mapping(Protocol::Tcp, None),
+                mapping(Protocol::Udp, Some("10.78.0.1")),
+            ],
+            [ip("10.244.1.5"), ip("fd00:10:244::5")],
+        );
+        assert_eq!(pod_a.len(), 3);
+        let ns = new_netns();
+        let mut nl = Nftables::in_netns(&ns).unwrap();
+        let err = nl.add_host_ports(&pod_a).unwrap_err();
+        assert!(err.is_not_found(), "no table yet: {err}");
+        nl.remove_host_ports(&pod_a).unwrap();
+
+        nl.replace_table(&realistic()).unwrap();
+        assert_eq!(
+            nl.host_port_differences(&pod_a).unwrap().len(),
+            5,
+            "3 ports, 2 hairpins"
+        );
+        nl.add_host_ports(&pod_a).unwrap();
+        nl.add_host_ports(&pod_a).unwrap();
+        assert_eq!(
+            nl.host_port_differences(&pod_a).unwrap(),
+            Vec::<String>::new()
+        );
+        let got = listing(&ns).0;
+        for line in [
+            "tcp . 8080 : 10.244.1.5 . 80",
+            "udp . 10.78.0.1 . 8080 : 10.244.1.5 . 80",
+            "tcp . 8080 : fd00:10:244::5 . 80",
+            "10.244.1.5 . 10.244.1.5",
+            "fd00:10:244::5 . fd00:10:244::5",
+        ] {
+            assert!(got.contains(line), "{line:?} missing from\n{got}");
+        }
+
+        // A leftover of a pod that is gone holds udp/8080 on 10.78.0.1: the next pod with
+        // that key takes it over.
+        let pod_b = hostport::host_ports(
+            &[mapping(Protocol::Udp, Some("10.78.0.1"))],
+            [ip("10.244.1.6")],
+        );
+        nl.add_host_ports(&pod_b).unwrap();
+        assert_eq!(
+            nl.host_port_differences(&pod_b).unwrap(),
+            Vec::<String>::new()
+        );
+        let a_now = nl.host_port_differences(&pod_a).unwrap();
+        assert_eq!(
+            a_now,
+            vec!["host port udp 10.78.0.1 port 8080 -> 10.244.1.5:80 maps elsewhere".to_string()]
+        );
+        // Removing A leaves B's element alone, and takes A's hairpins.
+        nl.remove_host_ports(&pod_a).unwrap();
+        assert_eq!(
+            nl.host_port_differences(&pod_b).unwrap(),
+            Vec::<String>::new()
+        );
+        let got = listing(&ns).0;
+        assert!(!got.contains("10.244.1.5"), "{got}");
+        assert!(!got.contains("fd00:10:244::5"), "{got}");
+        assert!(
+            got.contains("udp . 10.78.0.1 . 8080 : 10.244.1.6 . 80"),
+            "{got}"
+        );
+        nl.remove_host_ports(&pod_a).unwrap();
+        nl.remove_host_ports(&pod_b).unwrap();
+        assert_eq!(nl.host_port_differences(&pod_b).unwrap().len(), 2);
+        nl.delete_table(TABLE).unwrap();
+        assert_eq!(
+            nl.host_port_differences(&pod_b).unwrap().len(),
+            2,
+            "no table: all missing"
+        );
+    }
+
+    /// Writes a sysctl of the namespace (from a thread inside it).
+    fn sysctl(ns: &NetNs, path: &'static str, value: &'static str) {
+        ns.run_in(|| std::fs::write(path, value))
+            .unwrap()
+            .unwrap_or_else(|e| panic!("{path}: {e}"));
+    }
+
+    fn udp_socket(ns: &NetNs, addr: &'static str) -> std::net::UdpSocket {
+        let s = ns
+            .run_in(|| std::net::UdpSocket::bind(addr))
+            .unwrap()
+            .unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+        s.set_read_timeout(Some(std::time::Duration::from_millis(1500)))
+            .unwrap();
+        s
+    }
+
+    /// A pod behind a node that routes to an outside host: the pod's packets leave
+    /// masqueraded; VXLAN from a host that is not a node is dropped (and counted).
+    #[test]
+    fn pods_are_masqueraded_and_vxlan_is_filtered() {
+        use sinew_node_lib::netlink::{Netlink, Route};
+        let test = "pods_are_masqueraded_and_vxlan_is_filtered";
+        if !have_root(test) || !have_nft(test) {
+            return;
+        }
+        let (node, pod, outside) = (new_netns(), new_netns(), new_netns());
+        let mut nl = Netlink::in_netns(&node).unwrap();
+        nl.create_veth("to-pod", "eth0", &pod, 1500).unwrap();
+        nl.create_veth("to-out", "eth0", &outside, 1500).unwrap();
+        for (name, addr) in [("to-pod", "10.244.1.1"), ("to-out", "192.0.2.1")] {
+            let link = nl.link_by_name(name).unwrap().unwrap();
+            nl.add_address(link.index, ip(addr), 24, false).unwrap();
+            nl.set_link_up(link.index).unwrap();
+        }
+        for (ns, addr, dst, prefix, gw) in [
+            (&pod, "10.244.1.2", "0.0.0.0", 0, "10.244.1.1"),
+            // a route back to the pods: without NAT the pod's own address would arrive
+            (&outside, "192.0.2.2", "10.244.0.0", 16, "192.0.2.1"),
+        ] {
+            let mut nl = Netlink::in_netns(ns).unwrap();
+            let eth0 = nl.link_by_name("eth0").unwrap().unwrap();
+            nl.add_address(eth0.index, ip(addr), 24, false).unwrap();
+            nl.set_link_up(eth0.index).unwrap();
+            nl.add_route(&Route {
+                gateway: Some(ip(gw)),
+                ..Route::new(ip(dst), prefix)
+            })
+            .unwrap();
+        }
+        sysctl(&node, "/proc/sys/net/ipv4/conf/all/forwarding", "1");
+
+        let mut nft_nl = Nftables::in_netns(&node).unwrap();
+        let pools = [pool("10.244.0.0/16", true)];
+        let mut peers = VxlanPeers {
+            port: 4789,
+            nodes: vec![ip("192.0.2.9")],
+        };
+        nft_nl.replace_table(&table(&pools, &peers, &[])).unwrap();
+
+        let rx = udp_socket(&outside, "192.0.2.2:9999");
+        let tx = udp_socket(&pod, "10.244.1.2:0");
+        tx.send_to(b"masq", "192.0.2.2:9999").unwrap();
+        let mut buf = [0u8; 16];
+        let (n, from) = rx.recv_from(&mut buf).expect("the pod's packet arrives");
+        assert_eq!(&buf[..n], b"masq");
+        assert_eq!(
+            from.ip(),
+            ip("192.0.2.1"),
+            "masqueraded to the node's address"
+        );
+
+        // VXLAN from 192.0.2.2, which is not a node: dropped before any socket sees it
+        let vxlan = udp_socket(&node, "0.0.0.0:4789");
+        let sender = udp_socket(&outside, "192.0.2.2:0");
+        sender.send_to(b"vxlan", "192.0.2.1:4789").unwrap();
+        assert!(vxlan.recv_from(&mut buf).is_err(), "dropped");
+        let listed = listing(&node).0;
+        assert!(
+            listed.contains("ip saddr != @nodes4 udp dport 4789 counter packets 1 bytes 33 drop"),
+            "{listed}"
+        );
+        // once it is a node, its VXLAN packets pass
+        peers.nodes.push(ip("192.0.2.2"));
+        nft_nl.replace_table(&table(&pools, &peers, &[])).unwrap();
+        sender.send_to(b"vxlan", "192.0.2.1:4789").unwrap();
+        let (n, from) = vxlan
+            .recv_from(&mut buf)
+            .expect("a node's VXLAN packet arrives");
+        assert_eq!((&buf[..n], from.ip()), (&b"vxlan"[..], ip("192.0.2.2")));
     }
 }
