@@ -406,6 +406,39 @@ mod tests {
     }
 
     #[test]
+    fn each_host_port_is_a_map_element_and_each_pod_address_a_hairpin() {
+        let ports = host_ports(
+            &[
+                mapping(8080, Protocol::Tcp, None),
+                mapping(53, Protocol::Udp, Some("10.78.0.1")),
+            ],
+            [ip("10.77.1.5"), ip("fd77::5")],
+        );
+        let text: Vec<String> = elements(&ports)
+            .iter()
+            .map(|(set, e)| format!("{set}: {e}"))
+            .collect();
+        assert_eq!(
+            text,
+            [
+                "hostports4any: tcp . 8080 : 10.77.1.5 . 80",
+                "hostports6any: tcp . 8080 : fd77::5 . 80",
+                "hostports4: udp . 10.78.0.1 . 53 : 10.77.1.5 . 80",
+                "hairpin4: 10.77.1.5 . 10.77.1.5",
+                "hairpin6: fd77::5 . fd77::5",
+            ]
+        );
+        let (map, _) = map_element(&HostPort {
+            protocol: Protocol::Sctp,
+            host_ip: Some(ip("fd78::1")),
+            host_port: 1,
+            pod_ip: ip("fd77::5"),
+            container_port: 2,
+        });
+        assert_eq!(map, MAP6);
+    }
+
+    #[test]
     fn records_without_mappings_read_as_before() {
         // A record written before host ports were stored has no `portMappings` field.
         let json =

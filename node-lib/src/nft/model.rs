@@ -385,8 +385,8 @@ impl Expr {
     }
 }
 
-/// The family of an address field.
 impl Field {
+    /// The family of an address field (the others are of both).
     pub fn family(self) -> Option<Family> {
         match self {
             Field::Addr(family, _) => Some(family),

@@ -2,15 +2,17 @@
 //! the `nft` program or libnftnl: tables of the model ([`crate::nft`]) replaced whole in one
 //! transaction, and single elements added, removed and read.
 //!
-//! - [`uapi`]: the kernel's numbers;
-//! - [`encode`]: the model as nf_tables messages in one nfnetlink batch
+//! - `uapi`: the kernel's numbers;
+//! - `compile`: a rule's typed expressions as the kernel's register machine runs them;
+//! - `encode`: the model as nf_tables messages in one nfnetlink batch
 //!   (`NFNL_MSG_BATCH_BEGIN` … `NFNL_MSG_BATCH_END`: the kernel applies every message of it
 //!   or none);
-//! - [`socket`]: the socket, sending and reading acknowledgements (each message asks for one
+//! - `socket`: the socket, sending and reading acknowledgements (each message asks for one
 //!   and every one is read, so the first refused message is reported with the kernel's
 //!   errno and extended-ack text);
-//! - [`hostports`]: the plugin's element operations on the host-port maps.
+//! - `hostports`: the plugin's element operations on the host-port maps.
 
+mod compile;
 mod encode;
 mod hostports;
 mod socket;

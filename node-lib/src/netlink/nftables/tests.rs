@@ -7,7 +7,8 @@ use std::process::Command;
 
 use sinew_core::{Cidr, Family};
 
-use super::encode::{Attrs, Batch, KernelElement, KernelExpr, compile, encode_expr, type_id};
+use super::compile::{KernelExpr, compile};
+use super::encode::{Attrs, Batch, KernelElement, encode_expr, type_id};
 use super::socket::{Message, Messages};
 use super::uapi::*;
 use super::*;
