@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cidr;
+pub mod interval;
 pub mod log;
 pub mod mode;
 pub mod node;

@@ -19,9 +19,10 @@ use serde_json::{Value, json};
 use sinew_e2e::netsim::{self, in_netns};
 use sinew_e2e::plugin::{Exec, NODE_IP, PluginNode, Run, pool};
 use sinew_e2e::require;
+use sinew_node_installer::nat;
 use sinew_node_lib::hostport;
 use sinew_node_lib::ipam::Store;
-use sinew_node_lib::netlink::nftables::{Nftables, SinewTable};
+use sinew_node_lib::netlink::nftables::Nftables;
 use sinew_node_lib::netlink::{Netlink, Route};
 use sinew_node_lib::netns::NetNs;
 
@@ -88,13 +89,15 @@ impl Site {
         let mut nft = Nftables::in_netns(&self.node.ns).expect("nftables socket");
         Store::new(self.node.state.path())
             .read_locked(|state| {
-                nft.replace_sinew_table(&SinewTable {
-                    pods: vec![POOL4.parse().unwrap(), POOL6.parse().unwrap()],
-                    nat: vec![POOL4.parse().unwrap(), POOL6.parse().unwrap()],
+                let pools = [POOL4, POOL6].map(|cidr| nat::NatPool {
+                    cidr: cidr.parse().unwrap(),
+                    nat_outgoing: true,
+                });
+                let peers = nat::VxlanPeers {
+                    port: 4789,
                     nodes: vec![NODE_IP],
-                    vxlan_port: 4789,
-                    host_ports: hostport::of_store(state),
-                })
+                };
+                nft.replace_table(&nat::table(&pools, &peers, &hostport::of_store(state)))
             })
             .expect("reading the store")
             .expect("replacing the table");

@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use sinew_core::Family;
 
 use crate::ipam::{Attachment, IpamState};
+use crate::nft::{Element, Value};
 
 /// A host port's transport protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -209,6 +210,59 @@ pub fn needs_route_localnet(ports: &[HostPort]) -> bool {
     ports.iter().any(HostPort::covers_loopback)
 }
 
+/// The map of `inet sinew` holding IPv4 host ports on a given `hostIP`: `l4proto . daddr .
+/// dport : podIP . port`.
+pub const MAP4: &str = "hostports4";
+/// The map of IPv4 host ports on every local address: `l4proto . dport : podIP . port`.
+pub const MAP4_ANY: &str = "hostports4any";
+/// [`MAP4`] for IPv6.
+pub const MAP6: &str = "hostports6";
+/// [`MAP4_ANY`] for IPv6.
+pub const MAP6_ANY: &str = "hostports6any";
+/// The set of IPv4 `podIP . podIP` pairs: a pod reaching its own host port is masqueraded.
+pub const HAIRPIN4: &str = "hairpin4";
+/// [`HAIRPIN4`] for IPv6.
+pub const HAIRPIN6: &str = "hairpin6";
+
+/// The map element of one host port (`proto . [hostIP .] hostPort : podIP . containerPort`)
+/// and the map it belongs to.
+pub fn map_element(hp: &HostPort) -> (&'static str, Element) {
+    let map = match (hp.family(), hp.host_ip.is_some()) {
+        (Family::V4, true) => MAP4,
+        (Family::V4, false) => MAP4_ANY,
+        (Family::V6, true) => MAP6,
+        (Family::V6, false) => MAP6_ANY,
+    };
+    let mut key = vec![Value::Proto(hp.protocol)];
+    key.extend(hp.host_ip.map(Value::Addr));
+    key.push(Value::Port(hp.host_port));
+    let data = [Value::Addr(hp.pod_ip), Value::Port(hp.container_port)];
+    (map, Element::mapping(key, data))
+}
+
+/// The hairpin element of a pod address (`podIP . podIP`) and its set: a pod reaching its own
+/// host port gets its own address back as destination, which it would drop as a martian
+/// unless the source is masqueraded.
+pub fn hairpin_element(pod_ip: IpAddr) -> (&'static str, Element) {
+    let set = match Family::of(pod_ip) {
+        Family::V4 => HAIRPIN4,
+        Family::V6 => HAIRPIN6,
+    };
+    (
+        set,
+        Element::key([Value::Addr(pod_ip), Value::Addr(pod_ip)]),
+    )
+}
+
+/// Every element these host ports need, with its map or set: one per host port (in the
+/// order given), then one hairpin per pod address (sorted).
+pub fn elements(ports: &[HostPort]) -> Vec<(&'static str, Element)> {
+    let mut out: Vec<(&'static str, Element)> = ports.iter().map(map_element).collect();
+    let pods: BTreeSet<IpAddr> = ports.iter().map(|p| p.pod_ip).collect();
+    out.extend(pods.into_iter().map(hairpin_element));
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -349,6 +403,39 @@ mod tests {
             [ip("10.77.1.8")],
         );
         assert!(conflict(&state, &AttachmentKey::new("d", "eth0"), &elsewhere).is_none());
+    }
+
+    #[test]
+    fn each_host_port_is_a_map_element_and_each_pod_address_a_hairpin() {
+        let ports = host_ports(
+            &[
+                mapping(8080, Protocol::Tcp, None),
+                mapping(53, Protocol::Udp, Some("10.78.0.1")),
+            ],
+            [ip("10.77.1.5"), ip("fd77::5")],
+        );
+        let text: Vec<String> = elements(&ports)
+            .iter()
+            .map(|(set, e)| format!("{set}: {e}"))
+            .collect();
+        assert_eq!(
+            text,
+            [
+                "hostports4any: tcp . 8080 : 10.77.1.5 . 80",
+                "hostports6any: tcp . 8080 : fd77::5 . 80",
+                "hostports4: udp . 10.78.0.1 . 53 : 10.77.1.5 . 80",
+                "hairpin4: 10.77.1.5 . 10.77.1.5",
+                "hairpin6: fd77::5 . fd77::5",
+            ]
+        );
+        let (map, _) = map_element(&HostPort {
+            protocol: Protocol::Sctp,
+            host_ip: Some(ip("fd78::1")),
+            host_port: 1,
+            pod_ip: ip("fd77::5"),
+            container_port: 2,
+        });
+        assert_eq!(map, MAP6);
     }
 
     #[test]

@@ -7,6 +7,8 @@
 //! - [`kernel_watch`]: whether links, addresses, routes or rules changed (rtnetlink groups);
 //! - [`ipam`]: the node-local address store, crash-safe and locked;
 //! - [`hostport`]: pods' host ports (`portMappings`) as entries of sinew's nftables table;
+//! - [`nft`]: nftables tables as data (the model the agent declares, in `nft` syntax), which
+//!   [`netlink::nftables`] programs;
 //! - [`node_state`]: the agent → plugin state file and the plugin → agent block requests;
 //! - [`icmp`]: DF-marked ICMP echo probes (the agent's peer and path-MTU checks);
 //! - [`fsutil`]: atomic file replacement and file locks;
@@ -23,5 +25,6 @@ pub mod ipam;
 pub mod kernel_watch;
 pub mod netlink;
 pub mod netns;
+pub mod nft;
 pub mod node_state;
 pub mod state_watch;

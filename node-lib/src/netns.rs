@@ -496,7 +496,6 @@ fn run_on_new_thread<T: Send>(f: impl FnOnce() -> Result<T> + Send) -> Result<T>
     })
 }
 
-/// Helpers shared by the privileged tests of this crate.
 /// Whether this process runs as root (what creating namespaces and links needs); a safe
 /// wrapper for the crates that forbid `unsafe`.
 pub fn is_root() -> bool {
@@ -504,8 +503,10 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-#[cfg(test)]
-pub(crate) mod test_support {
+/// Helpers of the privileged tests of this crate and of the crates built on it (feature
+/// `testutils`).
+#[cfg(any(test, feature = "testutils"))]
+pub mod test_support {
     use std::io::Write;
     use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -513,7 +514,7 @@ pub(crate) mod test_support {
 
     /// True when the test may run. Without root it prints a loud SKIPPING line and
     /// returns false, unless `CI` is set and non-empty, where it panics instead.
-    pub(crate) fn have_root(test: &str) -> bool {
+    pub fn have_root(test: &str) -> bool {
         if super::is_root() {
             return true;
         }
@@ -525,14 +526,14 @@ pub(crate) mod test_support {
     }
 
     /// A unique namespace name for this test process: `sinew-t-<pid>-<n>`.
-    pub(crate) fn unique_name() -> String {
+    pub fn unique_name() -> String {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         format!("sinew-t-{}-{n}", std::process::id())
     }
 
     /// Creates an owned namespace with a unique name; dropping it removes it.
-    pub(crate) fn new_netns() -> NetNs {
+    pub fn new_netns() -> NetNs {
         let name = unique_name();
         match NetNs::create(&name) {
             Ok(ns) => ns,

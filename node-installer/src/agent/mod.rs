@@ -13,7 +13,7 @@
 //! ```
 //!
 //! Shape: the [`index`] turns watched objects into pruned views; pure planners decide
-//! (`trust`, `blocks`, `peers`, [`decide`], `sysctl`, `nat::render`, `conflist::render`);
+//! (`trust`, `blocks`, `peers`, [`decide`], `sysctl`, `nat::table`, `conflist::render`);
 //! effectors carry the decisions out ([`api`] for the API server, `datapath` for netlink,
 //! `nat` for nftables, [`node_files`] for node-local files). This module only orchestrates.
 
@@ -75,7 +75,8 @@ struct PassMemory {
     plugin_sha256: Option<String>,
     reported_blocks: BTreeMap<String, IPBlockStatus>,
     published: Option<String>,
-    nat: Option<String>,
+    /// The nftables table last applied.
+    nat: Option<sinew_node_lib::nft::Table>,
     /// Namespace -> pools, as last mirrored to disk (`None` until the first pass of this
     /// process, which reconciles the directory whatever it holds).
     namespace_pools: Option<BTreeMap<String, String>>,
@@ -900,22 +901,23 @@ impl Agent {
 
     /// Keeps the `inet sinew` nftables table in line with every pool of the cluster (NAT) and
     /// every node's address (who may send VXLAN here), with every pod's host ports from the
-    /// IPAM store (read under its lock), over netlink in one batch; rewritten only when its
-    /// rendering (also the log's form) changes.
+    /// IPAM store (read under its lock), over netlink in one batch; rewritten only when the
+    /// declared table differs from the last one applied (compared as values) or is gone.
     fn apply_nft(&mut self, vxlan_port: u16) -> std::result::Result<(), nat::NatError> {
         let (pools, nodes) = self.cluster.nat_inputs();
         let peers = nat::VxlanPeers {
             port: vxlan_port,
             nodes,
         };
-        let table = nat::table(&pools, &peers);
-        let last = self.memory.nat.as_deref();
-        let applied = nat::apply_with_store(&self.store(), table, |script| {
-            last != Some(script) || !nat::table_exists()
-        })?;
-        if let Some((script, host_ports)) = applied {
+        let last = self.memory.nat.as_ref();
+        let applied = nat::apply_with_store(
+            &self.store(),
+            |host_ports| nat::table(&pools, &peers, host_ports),
+            |table| last != Some(table) || !nat::table_exists(),
+        )?;
+        if let Some((table, host_ports)) = applied {
             info!(node = %self.node(), pools = pools.len(), nodes = peers.nodes.len(), host_ports, "nftables table applied (natOutgoing, VXLAN sources, host ports)");
-            self.memory.nat = Some(script);
+            self.memory.nat = Some(table);
         }
         Ok(())
     }

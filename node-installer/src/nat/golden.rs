@@ -1,0 +1,253 @@
+//! Golden copies of the table for representative inputs (`testdata/nftables`, one `nft -f`
+//! script each): the rendering must equal them, and the kernel must hold the same table
+//! whether sinew programs it or `nft -f` does.
+
+use super::tests::{ip, peers, pool};
+use super::*;
+use sinew_node_lib::netns::NetNs;
+use sinew_node_lib::netns::test_support::{have_root, new_netns};
+use sinew_node_lib::nft::text;
+
+/// One representative input: the agent's pools, VXLAN peers and host ports.
+struct Case {
+    name: &'static str,
+    pools: Vec<NatPool>,
+    peers: VxlanPeers,
+    host_ports: Vec<HostPort>,
+}
+
+impl Case {
+    fn table(&self) -> Table {
+        table(&self.pools, &self.peers, &self.host_ports)
+    }
+
+    fn golden_path(&self) -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join(GOLDEN_DIR)
+            .join(format!("{}.nft", self.name))
+    }
+}
+
+/// Where the golden copies of the table live (one `nft -f` script per case).
+const GOLDEN_DIR: &str = "testdata/nftables";
+
+fn cases() -> Vec<Case> {
+    use sinew_node_lib::hostport::{PortMapping, host_ports};
+    let mapping = |host_port, protocol, host_ip: Option<&str>| PortMapping {
+        host_port,
+        container_port: 8080,
+        protocol,
+        host_ip: host_ip.map(ip),
+    };
+    // The conformance spec's three pods on one port (127.0.0.1/TCP, node IP/TCP, node
+    // IP/UDP), and a dual-stack pod on every local address plus SCTP on the node's IPv6.
+    let mut ports = host_ports(
+        &[mapping(54323, Protocol::Tcp, Some("127.0.0.1"))],
+        [ip("10.77.1.5")],
+    );
+    ports.extend(host_ports(
+        &[mapping(54323, Protocol::Tcp, Some("10.99.0.10"))],
+        [ip("10.77.1.6")],
+    ));
+    ports.extend(host_ports(
+        &[mapping(54323, Protocol::Udp, Some("10.99.0.10"))],
+        [ip("10.77.1.7")],
+    ));
+    ports.extend(host_ports(
+        &[
+            mapping(80, Protocol::Tcp, None),
+            mapping(5000, Protocol::Sctp, Some("fd99::10")),
+        ],
+        [ip("10.77.1.8"), ip("fd77::8")],
+    ));
+    ports.sort();
+    vec![
+        Case {
+            name: "one-ipv4-pool",
+            pools: vec![pool("10.244.0.0/16", true)],
+            peers: peers(),
+            host_ports: Vec::new(),
+        },
+        Case {
+            name: "dual-stack-vxlan-peers",
+            pools: vec![
+                pool("10.244.0.0/16", true),
+                pool("10.244.8.0/24", true),
+                pool("10.245.0.0/16", false),
+                pool("fd00:10:244::/56", true),
+            ],
+            peers: VxlanPeers {
+                port: 8472,
+                nodes: vec![
+                    ip("10.99.1.11"),
+                    ip("fd99::1"),
+                    ip("10.99.0.10"),
+                    ip("10.99.1.11"),
+                ],
+            },
+            host_ports: Vec::new(),
+        },
+        Case {
+            name: "host-ports",
+            pools: vec![pool("10.77.0.0/16", true), pool("fd77::/64", true)],
+            peers: VxlanPeers {
+                port: 4789,
+                nodes: vec![ip("10.99.0.10"), ip("fd99::10")],
+            },
+            host_ports: ports,
+        },
+        Case {
+            name: "nat-outgoing-off",
+            pools: vec![
+                pool("10.244.0.0/16", false),
+                pool("fd00:10:244::/56", false),
+            ],
+            peers: VxlanPeers {
+                port: 4789,
+                nodes: vec![ip("fd99::1"), ip("fd99::2")],
+            },
+            host_ports: Vec::new(),
+        },
+    ]
+}
+
+/// Every case's table in `nft` syntax is its golden copy, and every golden copy is a
+/// case's. `SINEW_BLESS=1 cargo test -p sinew-node-installer nat::` rewrites them.
+#[test]
+fn the_table_is_its_golden_copy() {
+    let bless = std::env::var("SINEW_BLESS").is_ok_and(|v| v == "1");
+    let cases = cases();
+    let mut stale = Vec::new();
+    for case in &cases {
+        let path = case.golden_path();
+        let text = text::replace_script(&case.table());
+        if bless {
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, &text).unwrap();
+            continue;
+        }
+        match std::fs::read_to_string(&path) {
+            Ok(golden) if golden == text => {}
+            Ok(golden) => stale.push(format!(
+                "{}: differs\n--- golden\n{golden}--- now\n{text}",
+                path.display()
+            )),
+            Err(e) => stale.push(format!("{}: {e}", path.display())),
+        }
+    }
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(GOLDEN_DIR);
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if !cases.iter().any(|c| c.golden_path() == path) {
+            if bless {
+                std::fs::remove_file(&path).unwrap();
+            } else {
+                stale.push(format!("{}: no case renders it", path.display()));
+            }
+        }
+    }
+    assert!(
+        stale.is_empty(),
+        "golden copies of the nftables table are stale (regenerate with `SINEW_BLESS=1 cargo test -p sinew-node-installer nat::`):\n{}",
+        stale.join("\n")
+    );
+}
+
+/// `nft ARGS` inside the namespace (the CLI only verifies here).
+pub(super) fn nft(ns: &NetNs, args: &[&str], stdin: Option<&str>) -> String {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let name = ns
+        .path()
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &name, "nft"])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ip netns exec nft");
+    let mut input = child.stdin.take().unwrap();
+    if let Some(s) = stdin {
+        input.write_all(s.as_bytes()).unwrap();
+    }
+    drop(input);
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "nft {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+pub(super) fn have_nft(test: &str) -> bool {
+    let ok = std::process::Command::new("nft")
+        .arg("--version")
+        .output()
+        .is_ok();
+    if !ok {
+        eprintln!("*** SKIPPING {test}: needs the nft program to verify ***");
+    }
+    ok
+}
+
+/// What `nft list table inet sinew` says, as text and as JSON without handles.
+pub(super) fn listing(ns: &NetNs) -> (String, serde_json::Value) {
+    fn strip_handles(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(map) => {
+                map.remove("handle");
+                map.values_mut().for_each(strip_handles);
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(strip_handles),
+            _ => {}
+        }
+    }
+    let text = nft(ns, &["list", "table", "inet", TABLE], None);
+    let json = nft(ns, &["-j", "list", "table", "inet", TABLE], None);
+    let mut json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    strip_handles(&mut json);
+    (text, json)
+}
+
+/// For every case, the kernel's view of the table sinew programs (over netlink) is its
+/// view of the golden copy as `nft -f` programs it, each in a throwaway namespace.
+#[test]
+fn the_kernel_holds_what_the_golden_copy_says() {
+    let test = "the_kernel_holds_what_the_golden_copy_says";
+    if !have_root(test) || !have_nft(test) {
+        return;
+    }
+    for case in cases() {
+        let golden = std::fs::read_to_string(case.golden_path()).unwrap();
+        let by_nft = new_netns();
+        nft(&by_nft, &["-f", "-"], Some(&golden));
+        let by_sinew = new_netns();
+        let mut nl = Nftables::in_netns(&by_sinew).unwrap();
+        assert!(!nl.table_exists(TABLE).unwrap());
+        nl.replace_table(&case.table()).unwrap();
+        assert!(nl.table_exists(TABLE).unwrap());
+        let (got, want) = (listing(&by_sinew), listing(&by_nft));
+        assert_eq!(got.0, want.0, "{}", case.name);
+        assert_eq!(got.1, want.1, "{}", case.name);
+        assert!(got.0.contains("chain pod-sources-only"), "{}", got.0);
+        if case.name == "dual-stack-vxlan-peers" {
+            for line in [
+                "elements = { 10.244.0.0/16, 10.245.0.0/16 }",
+                "elements = { 10.99.0.10, 10.99.1.11 }",
+                "elements = { fd99::1 }",
+                "type nat hook postrouting priority srcnat; policy accept;",
+                "ip6 saddr @nat6 ip6 daddr != @pods6 masquerade",
+                "type filter hook input priority filter - 10; policy accept;",
+                "ip saddr != @nodes4 udp dport 8472 counter packets 0 bytes 0 drop",
+            ] {
+                assert!(got.0.contains(line), "{line:?} missing from\n{}", got.0);
+            }
+        }
+    }
+}
