@@ -45,7 +45,7 @@ log "the plugin links $(sort -u <<<"$plugin_tree" | wc -l) crates, none of kube,
 log "cargo build --release --target $target (target dir: $target_dir)"
 start=$SECONDS
 (cd "$repo" && cargo build --locked --release --target "$target" \
-  -p sinew-operator -p sinew-node-installer -p kubectl-sinew "$@") || die "cargo build (daemons, kubectl-sinew)"
+  -p sinew-operator -p sinew-node-agent -p kubectl-sinew "$@") || die "cargo build (daemons, kubectl-sinew)"
 (cd "$repo" && cargo build --locked --release --target "$target" -p sinew-cni "$@") \
   || die "cargo build (the plugin, alone)"
 log "built in $((SECONDS - start))s"

@@ -408,7 +408,7 @@ impl LocalCluster {
             .next()
             .and_then(|p| p.parse().ok())
             .expect("API server port");
-        let node_binary = crate::plugin::workspace_binary("sinew-node-installer", "sinew-node");
+        let node_binary = crate::plugin::workspace_binary("sinew-node-agent", "sinew-node");
         let plugin_binary = crate::plugin::sinew_binary();
         let mut cluster = LocalCluster {
             nodes: Vec::new(),

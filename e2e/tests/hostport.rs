@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use sinew_e2e::netsim::{self, in_netns};
 use sinew_e2e::plugin::{Exec, NODE_IP, PluginNode, Run, pool};
 use sinew_e2e::require;
-use sinew_node_installer::nat;
+use sinew_node_agent::nat;
 use sinew_node_lib::hostport;
 use sinew_node_lib::ipam::Store;
 use sinew_node_lib::netlink::nftables::Nftables;

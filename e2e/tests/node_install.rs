@@ -34,7 +34,7 @@ fn two_versions(dir: &Path) -> (Vec<u8>, Vec<u8>) {
 
 #[test]
 fn killed_installs_never_expose_a_partial_binary_and_exec_never_fails() {
-    let node_bin = workspace_binary("sinew-node-installer", "sinew-node");
+    let node_bin = workspace_binary("sinew-node-agent", "sinew-node");
     let work = tempfile::tempdir().expect("temp dir");
     let (v1, v2) = two_versions(work.path());
     let bin_dir = work.path().join("bin");

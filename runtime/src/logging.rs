@@ -1,5 +1,5 @@
 //! Log set-up shared by the daemons: structured `tracing` events on stderr, filtered by
-//! `SINEW_LOG` (an `EnvFilter` directive such as `info` or `sinew_node_installer=debug`).
+//! `SINEW_LOG` (an `EnvFilter` directive such as `info` or `sinew_node_agent=debug`).
 
 /// Installs the global subscriber; a malformed `SINEW_LOG` falls back to `info` and says so.
 pub fn init() {

@@ -106,7 +106,7 @@ async fn demo(wait: bool) -> Result<usize, Box<dyn std::error::Error>> {
         "building sinew (plugin, agent, operator) and the upstream control plane (cached after the first run)",
     );
     sinew_e2e::plugin::workspace_binary("sinew-operator", "sinew-operator");
-    sinew_e2e::plugin::workspace_binary("sinew-node-installer", "sinew-node");
+    sinew_e2e::plugin::workspace_binary("sinew-node-agent", "sinew-node");
     sinew_e2e::plugin::sinew_binary();
     step("starting etcd and kube-apiserver on 127.0.0.1");
     let cp = ControlPlane::start().await?;

@@ -88,7 +88,7 @@ fn spread(samples: &[Duration]) -> String {
 pub async fn run(settings: &Settings) -> Result<Vec<Row>> {
     eprintln!("building sinew and starting the control plane...");
     sinew_e2e::plugin::workspace_binary("sinew-operator", "sinew-operator");
-    sinew_e2e::plugin::workspace_binary("sinew-node-installer", "sinew-node");
+    sinew_e2e::plugin::workspace_binary("sinew-node-agent", "sinew-node");
     sinew_e2e::plugin::sinew_binary();
     let cp = ControlPlane::start()
         .await

@@ -24,8 +24,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use sinew_node_installer::agent::{Agent, ListenAddr, Settings};
-use sinew_node_installer::install;
+use sinew_node_agent::agent::{Agent, ListenAddr, Settings};
+use sinew_node_agent::install;
 use sinew_node_lib::consts::{DEFAULT_STATE_DIR, PLUGIN_BINARY};
 use sinew_runtime::clap::{self, Parser, Subcommand};
 

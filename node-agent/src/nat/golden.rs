@@ -112,7 +112,7 @@ fn cases() -> Vec<Case> {
 }
 
 /// Every case's table in `nft` syntax is its golden copy, and every golden copy is a
-/// case's. `SINEW_BLESS=1 cargo test -p sinew-node-installer nat::` rewrites them.
+/// case's. `SINEW_BLESS=1 cargo test -p sinew-node-agent nat::` rewrites them.
 #[test]
 fn the_table_is_its_golden_copy() {
     let bless = std::env::var("SINEW_BLESS").is_ok_and(|v| v == "1");
@@ -148,7 +148,7 @@ fn the_table_is_its_golden_copy() {
     }
     assert!(
         stale.is_empty(),
-        "golden copies of the nftables table are stale (regenerate with `SINEW_BLESS=1 cargo test -p sinew-node-installer nat::`):\n{}",
+        "golden copies of the nftables table are stale (regenerate with `SINEW_BLESS=1 cargo test -p sinew-node-agent nat::`):\n{}",
         stale.join("\n")
     );
 }
