@@ -31,7 +31,8 @@ use crate::version::{self, Version};
 use sinew_node_lib::hostport::{self, HostPort, PortMapping};
 use sinew_node_lib::ipam::{AllocError, Attachment, AttachmentKey, IpamState, Store};
 use sinew_node_lib::netns::NetNs;
-use sinew_node_lib::node_state::{self, NodeState, POOL_ANNOTATION, PoolState};
+use sinew_core::node::{NodeState, POOL_ANNOTATION, PoolState};
+use sinew_node_lib::node_state;
 
 /// What the plugin prints on success (DEL, GC and CHECK print nothing).
 pub type Output = Option<Value>;

@@ -6,8 +6,8 @@
 
 pub mod cidr;
 pub mod interval;
-pub mod log;
-pub mod mode;
+mod log;
+mod mode;
 pub mod node;
 
 pub use cidr::{Cidr, CidrError, Family};

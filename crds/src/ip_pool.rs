@@ -6,7 +6,7 @@ use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
 use crate::cidr::{Cidr, Family};
-pub use sinew_core::mode::{Forwarding, PoolMode, vxlan_overhead};
+use sinew_core::PoolMode;
 
 /// A range of pod addresses, cut into blocks that nodes claim, and the forwarding mode used
 /// between nodes for traffic of this pool.

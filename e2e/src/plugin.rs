@@ -11,7 +11,8 @@ use serde_json::Value;
 use sinew_crds::PoolMode;
 use sinew_node_lib::ipam::{IpamState, Store};
 use sinew_node_lib::netns::NetNs;
-use sinew_node_lib::node_state::{self, NodeState, PoolState};
+use sinew_crds::node::{NodeState, PoolState};
+use sinew_node_lib::node_state;
 
 use crate::netsim::in_netns;
 use crate::tools::repo_root;

@@ -22,7 +22,7 @@ use sinew_core::{Cidr, Family, PoolMode};
 
 use crate::fsutil::{FileLock, atomic_replace, atomic_write};
 use crate::hostport::PortMapping;
-use crate::node_state::PoolState;
+use sinew_core::node::PoolState;
 
 const STORE_VERSION: u32 = 1;
 

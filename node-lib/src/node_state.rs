@@ -19,7 +19,7 @@ use std::time::SystemTime;
 use crate::consts::BOOT_ID_PATH;
 use crate::fsutil::atomic_write;
 
-pub use sinew_core::node::{NodeState, POOL_ANNOTATION, PoolState};
+use sinew_core::node::NodeState;
 
 /// Which kernel network state this process sees: the boot's id and, where the kernel has it
 /// (Linux >= 5.14), the cookie of the process's network namespace, as
@@ -164,6 +164,7 @@ pub fn namespace_pools(state_dir: &Path, namespace: &str) -> Option<String> {
 mod tests {
     use super::*;
     use sinew_core::PoolMode;
+    use sinew_core::node::PoolState;
 
     #[test]
     fn state_roundtrips_and_missing_is_none() {

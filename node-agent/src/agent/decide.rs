@@ -8,7 +8,7 @@ use std::sync::Arc;
 use kube::ResourceExt;
 use sinew_crds::{Cidr, Family, IPPool, PoolMode};
 use sinew_node_lib::consts::VXLAN_DEVICE;
-use sinew_node_lib::node_state::{NodeState, PoolState};
+use sinew_crds::node::{NodeState, PoolState};
 
 use crate::blocks;
 use crate::datapath::Underlay;

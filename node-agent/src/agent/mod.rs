@@ -43,7 +43,8 @@ use sinew_crds::{Allocation, Cidr, ClusterNetwork, Family, IPBlockStatus};
 use sinew_node_lib::consts::VXLAN_DEVICE;
 use sinew_node_lib::ipam;
 use sinew_node_lib::netlink::{Link, Netlink};
-use sinew_node_lib::node_state::{self, NodeState};
+use sinew_crds::node::NodeState;
+use sinew_node_lib::node_state;
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
