@@ -28,10 +28,10 @@ use crate::invocation::{Command, Invocation};
 use crate::logging;
 use crate::result::CniOutput;
 use crate::version::{self, Version};
+use sinew_core::node::{NodeState, POOL_ANNOTATION, PoolState};
 use sinew_node_lib::hostport::{self, HostPort, PortMapping};
 use sinew_node_lib::ipam::{AllocError, Attachment, AttachmentKey, IpamState, Store};
 use sinew_node_lib::netns::NetNs;
-use sinew_core::node::{NodeState, POOL_ANNOTATION, PoolState};
 use sinew_node_lib::node_state;
 
 /// What the plugin prints on success (DEL, GC and CHECK print nothing).

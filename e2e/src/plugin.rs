@@ -9,9 +9,9 @@ use std::sync::Mutex;
 
 use serde_json::Value;
 use sinew_crds::PoolMode;
+use sinew_crds::node::{NodeState, PoolState};
 use sinew_node_lib::ipam::{IpamState, Store};
 use sinew_node_lib::netns::NetNs;
-use sinew_crds::node::{NodeState, PoolState};
 use sinew_node_lib::node_state;
 
 use crate::netsim::in_netns;

@@ -139,13 +139,6 @@ pub fn trace(
         from.node
     )];
     let (path, mtu) = if from.node == to.node {
-        hops.push(format!(
-            "node {}: route {}/{} dev {} proto 115 (pod route)",
-            to.node,
-            to.ip,
-            block_family.bits(),
-            veth(&to)
-        ));
         ("same node: no underlay".to_string(), None)
     } else {
         let (ra, rb) = (report(nodes, &from.node), report(nodes, &to.node));
@@ -178,15 +171,15 @@ pub fn trace(
                 from.node, pool.name_any(), from.node, to.node
             )),
         }
-        hops.push(format!(
-            "node {}: route {}/{} dev {} proto 115 (pod route)",
-            to.node,
-            to.ip,
-            block_family.bits(),
-            veth(&to)
-        ));
         (format!("{forwarding:?}"), Some(mtu))
     };
+    hops.push(format!(
+        "node {}: route {}/{} dev {} proto 115 (pod route)",
+        to.node,
+        to.ip,
+        block_family.bits(),
+        veth(&to)
+    ));
     hops.push(format!("{} eth0 ({})", to.pod, to.ip));
     Ok(Trace {
         probe: probe_result(report(nodes, &from.node).as_ref(), &from.node, &to.node),

@@ -277,11 +277,12 @@ pub fn paths_mixed(
     per_peer.values().any(|paths| paths.len() > 1)
 }
 
+/// Peers and blocks for tests, here and in the agent's decisions.
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod fixtures {
+    use super::{BlockInfo, NodeInfo};
 
-    fn node(name: &str, ip: &str, mac: u8) -> NodeInfo {
+    pub fn node(name: &str, ip: &str, mac: u8) -> NodeInfo {
         NodeInfo {
             name: name.into(),
             ip: ip.parse().unwrap(),
@@ -289,13 +290,19 @@ mod tests {
         }
     }
 
-    fn block(cidr: &str, node: &str, pool: &str) -> BlockInfo {
+    pub fn block(cidr: &str, node: &str, pool: &str) -> BlockInfo {
         BlockInfo {
             cidr: cidr.parse().unwrap(),
             node: node.into(),
             pool: pool.into(),
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::{block, node};
+    use super::*;
 
     fn setup() -> (Cidr, Vec<NodeInfo>, Vec<BlockInfo>) {
         let underlay: Cidr = "192.168.10.0/24".parse().unwrap();

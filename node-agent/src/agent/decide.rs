@@ -6,9 +6,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use kube::ResourceExt;
+use sinew_crds::node::{NodeState, PoolState};
 use sinew_crds::{Cidr, Family, IPPool, PoolMode};
 use sinew_node_lib::consts::VXLAN_DEVICE;
-use sinew_crds::node::{NodeState, PoolState};
 
 use crate::blocks;
 use crate::datapath::Underlay;
@@ -133,6 +133,7 @@ pub fn node_state(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::peers::fixtures::{block, node};
     use kube::api::ObjectMeta;
     use sinew_crds::IPPoolSpec;
 
@@ -159,22 +160,6 @@ mod tests {
             ip: "192.168.10.1".parse().unwrap(),
             subnet: "192.168.10.0/24".parse().unwrap(),
             mtu: 1500,
-        }
-    }
-
-    fn node(name: &str, ip: &str, mac: u8) -> NodeInfo {
-        NodeInfo {
-            name: name.into(),
-            ip: ip.parse().unwrap(),
-            vtep_mac: Some([0x02, 0, 0, 0, 0, mac]),
-        }
-    }
-
-    fn block(cidr: &str, node: &str, pool: &str) -> BlockInfo {
-        BlockInfo {
-            cidr: cidr.parse().unwrap(),
-            node: node.into(),
-            pool: pool.into(),
         }
     }
 

@@ -36,6 +36,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Node;
 use kube::{Client, ResourceExt};
+use sinew_crds::node::NodeState;
 use sinew_crds::node::{
     InstallReport, NODE_STATE_ANNOTATION, NodeReport, Problem, ProblemKind, VTEP_MAC_ANNOTATION,
 };
@@ -43,7 +44,6 @@ use sinew_crds::{Allocation, Cidr, ClusterNetwork, Family, IPBlockStatus};
 use sinew_node_lib::consts::VXLAN_DEVICE;
 use sinew_node_lib::ipam;
 use sinew_node_lib::netlink::{Link, Netlink};
-use sinew_crds::node::NodeState;
 use sinew_node_lib::node_state;
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};

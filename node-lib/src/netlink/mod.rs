@@ -144,6 +144,19 @@ fn unspecified(family: Family) -> IpAddr {
     }
 }
 
+/// A netlink socket of `protocol`, bound and connected to the kernel, asking for the kernel's
+/// error messages and short error replies (best effort); the failing syscall with its error.
+pub(crate) fn connected(protocol: isize) -> std::result::Result<Socket, (&'static str, io::Error)> {
+    let mut socket = Socket::new(protocol).map_err(|e| ("socket", e))?;
+    socket.bind_auto().map_err(|e| ("bind", e))?;
+    socket
+        .connect(&SocketAddr::new(0, 0))
+        .map_err(|e| ("connect", e))?;
+    let _ = socket.set_ext_ack(true);
+    let _ = socket.set_cap_ack(true);
+    Ok(socket)
+}
+
 /// A blocking rtnetlink (`NETLINK_ROUTE`) socket bound to one network namespace.
 #[derive(Debug)]
 pub struct Netlink {
@@ -155,15 +168,8 @@ pub struct Netlink {
 impl Netlink {
     /// Opens a socket in the calling thread's current network namespace.
     pub fn new() -> Result<Netlink> {
-        let io_err = |syscall| move |source| NetlinkError::Io { syscall, source };
-        let mut socket = Socket::new(NETLINK_ROUTE).map_err(io_err("socket"))?;
-        socket.bind_auto().map_err(io_err("bind"))?;
-        socket
-            .connect(&SocketAddr::new(0, 0))
-            .map_err(io_err("connect"))?;
-        // Best effort: error messages from the kernel, and short error replies.
-        let _ = socket.set_ext_ack(true);
-        let _ = socket.set_cap_ack(true);
+        let socket = connected(NETLINK_ROUTE)
+            .map_err(|(syscall, source)| NetlinkError::Io { syscall, source })?;
         Ok(Netlink {
             socket,
             seq: 0,

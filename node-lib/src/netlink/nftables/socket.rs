@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::io;
 use std::os::fd::AsRawFd;
 
-use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
+use netlink_sys::{Socket, protocols::NETLINK_NETFILTER};
 
 use super::encode::{Batch, nft_type};
 use super::uapi::{NLMSG_DONE, NLMSG_ERROR, NLMSG_HDRLEN};
@@ -29,14 +29,8 @@ impl Nftables {
     /// Opens a socket in the calling thread's current network namespace.
     pub fn new() -> Result<Nftables> {
         let io_err = |syscall| move |source| NftError::Io { syscall, source };
-        let mut socket = Socket::new(NETLINK_NETFILTER).map_err(io_err("socket"))?;
-        socket.bind_auto().map_err(io_err("bind"))?;
-        socket
-            .connect(&SocketAddr::new(0, 0))
-            .map_err(io_err("connect"))?;
-        // Best effort: error messages from the kernel, and short error replies.
-        let _ = socket.set_ext_ack(true);
-        let _ = socket.set_cap_ack(true);
+        let socket = crate::netlink::connected(NETLINK_NETFILTER)
+            .map_err(|(syscall, source)| NftError::Io { syscall, source })?;
         let timeout = libc::timeval {
             tv_sec: RECV_TIMEOUT_SECS.into(),
             tv_usec: 0,
