@@ -14,6 +14,7 @@ use kube::{Resource, ResourceExt};
 use std::collections::BTreeMap;
 
 use sinew_crds::node::ProblemKind;
+use sinew_crds::precedence::creation_order;
 
 use sinew_crds::{Cidr, Family, Forwarding, IPBlock, IPPool, IPPoolStatus, ModePlan, PoolMode};
 
@@ -25,21 +26,17 @@ use crate::{conditions, nodes};
 /// Share of the capacity in use from which `Exhausted` is raised, before allocations fail.
 pub const EXHAUSTION_THRESHOLD: f64 = 0.9;
 
-/// The first other pool whose CIDR overlaps this one and that was there first (older, or as
-/// old and earlier by name): the newer pool is the one refused.
+/// The first other pool whose CIDR overlaps this one and that was there first (by
+/// [`creation_order`], the rule every node agent applies too): the newer pool is the one
+/// refused.
 pub fn overlapping<'a>(pool: &IPPool, others: &'a [Arc<IPPool>]) -> Option<&'a Arc<IPPool>> {
     let cidr: Cidr = pool.spec.cidr.parse().ok()?;
-    let key = |p: &IPPool| {
-        (
-            p.metadata.creation_timestamp.clone().map(|t| t.0),
-            p.name_any(),
-        )
-    };
+    let order = creation_order(&pool.metadata);
     others.iter().find(|o| {
         o.name_any() != pool.name_any()
             && o.metadata.deletion_timestamp.is_none()
             && o.spec.cidr.parse::<Cidr>().is_ok_and(|c| c.overlaps(&cidr))
-            && key(o) < key(pool)
+            && creation_order(&o.metadata).precedes(&order)
     })
 }
 
