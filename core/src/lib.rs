@@ -9,7 +9,9 @@ pub mod interval;
 mod log;
 mod mode;
 pub mod node;
+pub mod precedence;
 
 pub use cidr::{Cidr, CidrError, Family};
 pub use log::LogLevel;
 pub use mode::{Forwarding, PoolMode, vxlan_overhead};
+pub use precedence::CreationOrder;

@@ -7,6 +7,7 @@ pub mod cluster_network;
 pub mod generate;
 pub mod ip_block;
 pub mod ip_pool;
+pub mod precedence;
 pub mod selector;
 
 // The Kubernetes-free core, re-exported: API users keep one import path.

@@ -8,7 +8,7 @@
 -- so this script uses base functions only (type, tostring, ipairs, `..`), and nothing newer
 -- than Lua 5.1 (no goto, no //, no utf8).
 --
--- The operator (operator/src/network.rs, operator/src/pool.rs) writes kstatus-style
+-- The operator (operator/src/network.rs, operator/src/pool/status.rs) writes kstatus-style
 -- conditions: Reconciling (rolling out), Stalled (cannot make progress), Ready, and on an
 -- IPPool also Exhausted (from 90 % use: reason NearlyExhausted, then Exhausted when full);
 -- status.observedGeneration and each condition's observedGeneration name the spec

@@ -3,18 +3,20 @@
 //!
 //! - **Pools** are usable for new addresses only once the operator has judged them (their status
 //!   carries an `observedGeneration`) and found no conflict, and only when this agent's own check
-//!   agrees: a pool overlapping an older pool (creation time, then name) is conflicted here
-//!   whatever its status says, so a missing or stale status fails closed.
+//!   agrees: a pool overlapping an older pool ([`creation_order`], the operator's rule too) is
+//!   conflicted here whatever its status says, so a missing or stale status fails closed.
 //! - **Blocks** count only when their object name is the canonical name of their CIDR, their
 //!   pool exists, the CIDR lies inside the pool and its prefix is the pool's block size. Of two
-//!   blocks that overlap (possible only across overlapping pools), the older (creation time,
-//!   then name) wins, deterministically on every node. Admission refuses such objects too; this
+//!   blocks that overlap (possible only across overlapping pools), the older
+//!   ([`creation_order`]) wins, deterministically on every node. Admission refuses such objects too; this
 //!   is the defence in depth for a compromised node or a policy that was not installed.
 
 use std::borrow::Borrow;
 use std::collections::BTreeMap;
 
+use k8s_openapi::jiff::Timestamp;
 use sinew_crds::node::{Problem, ProblemKind};
+use sinew_crds::precedence::{CreationOrder, creation_order};
 use sinew_crds::{Cidr, IPBlock, IPPool};
 
 use crate::peers::BlockInfo;
@@ -29,25 +31,15 @@ pub struct PoolFacts {
     pub unusable: Option<String>,
 }
 
-/// Creation order: creation time, then name (both as the API server stores them).
-type Age = (String, String);
-
-fn age_of(meta: &kube::api::ObjectMeta) -> Age {
-    (
-        meta.creation_timestamp
-            .as_ref()
-            .map(|t| t.0.to_string())
-            .unwrap_or_default(),
-        meta.name.clone().unwrap_or_default(),
-    )
-}
+/// Creation order (typed creation time, then name): the lower wins an overlap.
+type Age = CreationOrder<Timestamp>;
 
 /// Facts of every pool with a valid CIDR (deleting pools included: their blocks drain).
 pub fn pools(pools: &[impl Borrow<IPPool>]) -> BTreeMap<String, PoolFacts> {
     let mut parsed: Vec<(Age, &IPPool, Cidr)> = pools
         .iter()
         .map(Borrow::borrow)
-        .filter_map(|p: &IPPool| Some((age_of(&p.metadata), p, p.spec.parsed_cidr().ok()?)))
+        .filter_map(|p: &IPPool| Some((creation_order(&p.metadata), p, p.spec.parsed_cidr().ok()?)))
         .collect();
     parsed.sort_by(|a, b| a.0.cmp(&b.0));
     let mut out = BTreeMap::new();
@@ -129,7 +121,7 @@ pub fn blocks(
     let mut candidates: Vec<(Age, &IPBlock)> = blocks
         .iter()
         .map(Borrow::borrow)
-        .map(|b: &IPBlock| (age_of(&b.metadata), b))
+        .map(|b: &IPBlock| (creation_order(&b.metadata), b))
         .collect();
     candidates.sort_by(|a, b| a.0.cmp(&b.0));
     let mut trusted: Vec<BlockInfo> = Vec::new();
@@ -311,5 +303,74 @@ mod tests {
         }
         // Same CIDR, same canonical name: the API server holds only one of them anyway.
         assert_eq!(older.metadata.name, newer.metadata.name);
+    }
+
+    /// An object as a watch delivers it: JSON, `creationTimestamp` as the server wrote it.
+    fn from_watch<K: serde::de::DeserializeOwned>(
+        kind: &str,
+        name: &str,
+        created: &str,
+        spec: serde_json::Value,
+    ) -> K {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "sinew.dev/v1alpha1", "kind": kind,
+            "metadata": {"name": name, "creationTimestamp": created},
+            "spec": spec,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn creation_times_within_one_second_order_as_times_not_as_text() {
+        // "…:00.5Z" sorts before "…:00Z" as text, but was created half a second later: the
+        // pool and the block created at the whole second are the older ones.
+        let (first, later) = ("2026-01-01T00:00:00Z", "2026-01-01T00:00:00.5Z");
+        let pool = |name: &str, created: &str, spec: serde_json::Value| -> IPPool {
+            let mut p: IPPool = from_watch("IPPool", name, created, spec);
+            p.status = Some(IPPoolStatus {
+                observed_generation: Some(1),
+                ..IPPoolStatus::default()
+            });
+            p
+        };
+        let facts = pools(&[
+            pool(
+                "later",
+                later,
+                serde_json::json!({"cidr": "10.244.0.0/24", "blockSize": 28}),
+            ),
+            pool("first", first, serde_json::json!({"cidr": "10.244.0.0/16"})),
+        ]);
+        assert_eq!(facts["first"].unusable, None);
+        assert_eq!(
+            facts["later"].unusable.as_deref(),
+            Some("overlaps the older pool first (10.244.0.0/16)")
+        );
+        let block = |cidr: &str, pool: &str, node: &str, created: &str| -> IPBlock {
+            let name = cidr.parse::<Cidr>().unwrap().object_name();
+            from_watch(
+                "IPBlock",
+                &name,
+                created,
+                serde_json::json!({"cidr": cidr, "pool": pool, "node": node}),
+            )
+        };
+        let older = block("10.244.0.0/26", "first", "n1", first);
+        let newer = block("10.244.0.0/28", "later", "n2", later);
+        for input in [
+            vec![older.clone(), newer.clone()],
+            vec![newer.clone(), older.clone()],
+        ] {
+            let (trusted, problems) = blocks(&input, &facts);
+            assert_eq!(trusted.len(), 1, "{problems:#?}");
+            assert_eq!(trusted[0].node, "n1");
+            assert!(
+                problems[0]
+                    .message
+                    .contains("overlaps the older block 10.244.0.0/26 of node n1"),
+                "{}",
+                problems[0]
+            );
+        }
     }
 }

@@ -176,9 +176,9 @@ pub async fn run(
             let addresses = by_node
                 .nodes
                 .get(&ObjectRef::new(&name))
-                .map(|full| pool::node_addresses(&full))
+                .map(|full| pool::conflict::node_addresses(&full))
                 .unwrap_or_default();
-            pool::affected_by_node(
+            pool::affected::by_node(
                 &name,
                 n.labels(),
                 &addresses,
@@ -190,7 +190,7 @@ pub async fn run(
     .watches(
         Api::<IPPool>::all(client.clone()),
         watcher::Config::default(),
-        move |p: IPPool| pool::affected_by_pool(&p, &by_pool.pools.state()),
+        move |p: IPPool| pool::affected::by_pool(&p, &by_pool.pools.state()),
     )
     .shutdown_on_signal()
     .run(timed("ippool", pool::reconcile), error_policy, ctx.clone())

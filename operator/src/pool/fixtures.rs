@@ -1,0 +1,70 @@
+//! Objects the pool modules' unit tests build.
+
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::Node;
+use sinew_crds::{IPBlock, IPPool, IPPoolSpec};
+
+/// Pool `name` of `cidr` with `reserved` ranges (the CRD's defaults otherwise), generation 1.
+pub fn pool(name: &str, cidr: &str, reserved: &[&str]) -> IPPool {
+    let mut p = IPPool::new(
+        name,
+        IPPoolSpec {
+            reserved: reserved.iter().map(|r| r.to_string()).collect(),
+            ..crate::scenarios::pool_spec(cidr)
+        },
+    );
+    p.metadata.generation = Some(1);
+    p
+}
+
+/// A node whose agent reports running `mode` for pool `p` on `subnet` (MTU 1500).
+pub fn reporting(name: &str, subnet: &str, mode: &str) -> Arc<Node> {
+    let report = serde_json::json!({"ready": true, "underlay": subnet, "underlayMtu": 1500,
+                                    "modes": {"p": mode}});
+    Arc::new(
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": name, "annotations": {"sinew.dev/node-state": report.to_string()}},
+        }))
+        .unwrap(),
+    )
+}
+
+/// A node with `labels` and `addresses` and no report.
+pub fn labelled(name: &str, labels: &[(&str, &str)], addresses: &[&str]) -> Arc<Node> {
+    let labels: serde_json::Map<String, serde_json::Value> = labels
+        .iter()
+        .map(|(k, v)| (k.to_string(), serde_json::Value::from(*v)))
+        .collect();
+    let addresses: Vec<serde_json::Value> = addresses
+        .iter()
+        .map(|a| serde_json::json!({"type": "InternalIP", "address": a}))
+        .collect();
+    Arc::new(
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": name, "labels": labels},
+            "status": {"addresses": addresses},
+        }))
+        .unwrap(),
+    )
+}
+
+/// A node with `addresses`, no labels and no report.
+pub fn with_addresses(name: &str, addresses: &[&str]) -> Arc<Node> {
+    labelled(name, &[], addresses)
+}
+
+/// Block `cidr` of pool `pool` on `node`, with `allocated` addresses in use (no details).
+pub fn block(pool: &str, cidr: &str, node: &str, allocated: u32) -> Arc<IPBlock> {
+    Arc::new(
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "sinew.dev/v1alpha1", "kind": "IPBlock",
+            "metadata": {"name": cidr.replace(['.', '/', ':'], "-")},
+            "spec": {"pool": pool, "cidr": cidr, "node": node},
+            "status": {"allocated": allocated},
+        }))
+        .unwrap(),
+    )
+}
