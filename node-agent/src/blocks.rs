@@ -19,7 +19,7 @@ use sinew_crds::node::{Problem, ProblemKind};
 use sinew_node_lib::ipam::IpamState;
 
 use crate::peers::BlockInfo;
-use crate::trust::PoolFacts;
+use crate::vetting::PoolFacts;
 
 /// What one pass knows about this node's addresses, from the IPAM store.
 #[derive(Debug, Clone, Default)]

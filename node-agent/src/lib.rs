@@ -15,5 +15,5 @@ pub mod node_watch;
 pub mod peers;
 pub mod probe;
 pub mod sysctl;
-pub mod trust;
 pub mod tunnel;
+pub mod vetting;

@@ -13,7 +13,7 @@ use sinew_node_lib::consts::VXLAN_DEVICE;
 use crate::blocks;
 use crate::datapath::Underlay;
 use crate::peers::{self, BlockInfo, NodeInfo};
-use crate::trust::PoolFacts;
+use crate::vetting::PoolFacts;
 
 /// One pass's view of pools and blocks, after the trust checks.
 pub struct PoolView {

@@ -253,7 +253,7 @@ impl Cluster {
 }
 
 /// What a pass reads of a pool: metadata, spec, and of the status only whether the operator
-/// judged it and whether it stalled it for a conflict (`trust::pools`); not the counts the
+/// judged it and whether it stalled it for a conflict (`vetting::pools`); not the counts the
 /// operator rewrites after every allocation.
 pub fn pool_fingerprint(pool: &IPPool) -> Option<u64> {
     let status = pool.status.as_ref().map(|s| s.observed_generation);

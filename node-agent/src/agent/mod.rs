@@ -13,7 +13,7 @@
 //! ```
 //!
 //! Shape: the [`index`] turns watched objects into pruned views; pure planners decide
-//! (`trust`, `blocks`, `peers`, [`decide`], `sysctl`, `nat::table`, `conflist::render`);
+//! (`vetting`, `blocks`, `peers`, [`decide`], `sysctl`, `nat::table`, `conflist::render`);
 //! effectors carry the decisions out ([`api`] for the API server, `datapath` for netlink,
 //! `nat` for nftables, [`node_files`] for node-local files). This module only orchestrates.
 
@@ -57,8 +57,8 @@ use crate::node_watch::{NodeWatch, Watched};
 use crate::peers;
 use crate::probe;
 use crate::sysctl::{self, SysctlDir};
-use crate::trust;
 use crate::tunnel;
+use crate::vetting;
 
 use api::ApiWriter;
 use decide::PoolView;
@@ -273,8 +273,8 @@ impl Agent {
         if !self.memory.pass_completed {
             self.repair_store_of_a_past_boot(&local).await?;
         }
-        let facts = trust::pools(&self.cluster.pools.state());
-        let (blocks, mut problems) = trust::blocks(&self.cluster.blocks.state(), &facts);
+        let facts = vetting::pools(&self.cluster.pools.state());
+        let (blocks, mut problems) = vetting::blocks(&self.cluster.blocks.state(), &facts);
         let pools = PoolView {
             selected: self.cluster.selected_pools(&local.labels),
             facts,

@@ -154,7 +154,7 @@ mod tests {
 
     #[test]
     fn the_newer_pool_is_the_later_instant_even_within_one_second() {
-        // The same pools as the agent's `trust` test: both sides must refuse the same one.
+        // The same pools as the agent's `vetting` test: both sides must refuse the same one.
         let created = |name: &str, cidr: &str, at: &str| {
             let mut p = pool(name, cidr, &[]);
             p.metadata.creation_timestamp = Some(Time(at.parse().unwrap()));

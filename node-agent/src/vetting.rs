@@ -1,4 +1,4 @@
-//! What the agent believes of cluster state (pure). Peers turn every `IPBlock` into a route and
+//! Vetting: what the agent believes of cluster state (pure). Peers turn every `IPBlock` into a route and
 //! the plugin hands out addresses from every pool in `node.json`, so nothing is taken on faith:
 //!
 //! - **Pools** are usable for new addresses only once the operator has judged them (their status
