@@ -322,6 +322,21 @@ pub fn lost_problem(orphan: &Orphan, owner: &str) -> Problem {
     )
 }
 
+/// Gives `block` back in the store if no pod holds an address of it: the node's tunnel address
+/// leaves it first (another block gives the device its address afterwards), and the block is
+/// retired, so no ADD can allocate from it any more. Returns (retired, the tunnel address
+/// moved); nothing changes when a pod still holds an address in it.
+pub fn retire_for_release(st: &mut IpamState, block: &Cidr) -> (bool, bool) {
+    let before = st.tunnel.clone();
+    st.tunnel.retain(|ip| !block.contains(*ip));
+    let retired = st.retire_if_empty(block);
+    if !retired {
+        st.tunnel = before;
+        return (false, false);
+    }
+    (true, st.tunnel != before)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -632,5 +647,36 @@ mod tests {
             orphans("n1", &h, &BTreeMap::new(), &wider),
             vec![lost.clone()]
         );
+    }
+
+    #[test]
+    fn a_block_given_back_takes_the_tunnel_address_off_only_when_it_goes() {
+        let block: Cidr = "10.9.0.0/26".parse().unwrap();
+        let mut st = IpamState::default();
+        st.tunnel.insert("10.9.0.1".parse().unwrap());
+        st.slots.insert(
+            "10.9.0.5".parse().unwrap(),
+            sinew_node_lib::ipam::Slot {
+                generation: 1,
+                holder: Some("ctr/eth0".into()),
+            },
+        );
+        let before = st.clone();
+        assert_eq!(retire_for_release(&mut st, &block), (false, false));
+        assert_eq!(st, before, "a pod still holds an address: nothing changes");
+
+        st.slots.clear();
+        assert_eq!(retire_for_release(&mut st, &block), (true, true));
+        assert!(
+            st.tunnel.is_empty(),
+            "the tunnel address left with the block"
+        );
+        assert!(st.retired.contains("10.9.0.0/26"));
+
+        let other: Cidr = "10.9.0.64/26".parse().unwrap();
+        let mut st = IpamState::default();
+        st.tunnel.insert("10.9.0.1".parse().unwrap());
+        assert_eq!(retire_for_release(&mut st, &other), (true, false));
+        assert_eq!(st.tunnel.len(), 1, "another block's tunnel address stays");
     }
 }

@@ -16,6 +16,7 @@ use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{WatchStreamExt, watcher};
 use sinew_crds::ip_block::POOL_LABEL;
 use sinew_crds::{CLUSTER_NETWORK_NAME, ClusterNetwork, IPBlock, IPPool};
+use sinew_runtime::watch::Watchable;
 use tracing::{info, warn};
 
 use crate::context::{Context, Error, Settings};
@@ -53,13 +54,7 @@ fn metadata<K>(
 ) -> impl futures::Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send + 'static
 where
     K: kube::Resource<DynamicType = ()> + Clone + Send + Sync + std::fmt::Debug + 'static,
-    PartialObjectMeta<K>: kube::Resource<DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
+    PartialObjectMeta<K>: Watchable,
 {
     watcher(api, watcher::Config::default())
         .default_backoff()
@@ -68,16 +63,7 @@ where
 
 /// Keeps a store of `K` filled from one watch, with `prune` dropping what the operator never
 /// reads (the store is most of the operator's memory).
-fn reflect<K>(api: Api<K>, prune: fn(&mut K)) -> reflector::Store<K>
-where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
-{
+fn reflect<K: Watchable>(api: Api<K>, prune: fn(&mut K)) -> reflector::Store<K> {
     sinew_runtime::watch::reflect(api, watcher::Config::default(), prune, None)
 }
 

@@ -6,7 +6,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use kube::ResourceExt;
+use kube::runtime::events::{Event, EventType};
 use sinew_crds::node::{NodeState, PoolState};
+use sinew_crds::node::{Problem, ProblemKind};
 use sinew_crds::{Cidr, Family, IPPool, PoolMode};
 use sinew_node_lib::consts::VXLAN_DEVICE;
 
@@ -128,6 +130,41 @@ pub fn node_state(
             .collect(),
         ready_boot: None,
     }
+}
+
+/// The Events a node's problems call for, against the kinds (and messages) of the last pass: a
+/// Warning when a kind appears or its message changes, a Normal `<Kind>Resolved` when it clears.
+/// Returns the kinds to remember with the Events.
+pub fn problem_events(
+    before: &BTreeMap<ProblemKind, String>,
+    problems: &[Problem],
+) -> (BTreeMap<ProblemKind, String>, Vec<Event>) {
+    let now: BTreeMap<ProblemKind, String> = problems
+        .iter()
+        .map(|p| (p.kind, p.message.clone()))
+        .collect();
+    let mut events = Vec::new();
+    for (kind, message) in &now {
+        if before.get(kind) != Some(message) {
+            events.push(Event {
+                type_: EventType::Warning,
+                reason: kind.to_string(),
+                note: Some(message.chars().take(1000).collect()),
+                action: "Diagnose".into(),
+                secondary: None,
+            });
+        }
+    }
+    for kind in before.keys().filter(|k| !now.contains_key(k)) {
+        events.push(Event {
+            type_: EventType::Normal,
+            reason: format!("{kind}Resolved"),
+            note: Some(format!("{kind} no longer holds on this node")),
+            action: "Diagnose".into(),
+            secondary: None,
+        });
+    }
+    (now, events)
 }
 
 #[cfg(test)]
@@ -317,6 +354,44 @@ mod tests {
             node_state("me", Some(1400), &underlay(), &view, &BTreeSet::new()).pools[0].mtu,
             1400,
             "a fixed MTU wins"
+        );
+    }
+
+    #[test]
+    fn events_follow_problems_appearing_changing_and_clearing() {
+        let reasons = |events: &[Event]| -> Vec<(String, bool)> {
+            events
+                .iter()
+                .map(|e| (e.reason.clone(), e.type_ == EventType::Warning))
+                .collect()
+        };
+        let off = Problem::new(ProblemKind::ForwardingOff, "net.ipv4.ip_forward is 0");
+        let (kinds, events) = problem_events(&BTreeMap::new(), std::slice::from_ref(&off));
+        assert_eq!(reasons(&events), [("ForwardingOff".to_string(), true)]);
+        let (kinds, events) = problem_events(&kinds, std::slice::from_ref(&off));
+        assert!(events.is_empty(), "said once while it holds");
+        let worse = Problem::new(
+            ProblemKind::ForwardingOff,
+            "net.ipv6.conf.all.forwarding is 0",
+        );
+        let (kinds, events) = problem_events(&kinds, &[worse]);
+        assert_eq!(
+            reasons(&events),
+            [("ForwardingOff".to_string(), true)],
+            "a new message is a new Warning"
+        );
+        let (kinds, events) = problem_events(&kinds, &[]);
+        assert_eq!(
+            reasons(&events),
+            [("ForwardingOffResolved".to_string(), false)]
+        );
+        assert!(kinds.is_empty());
+        let long = Problem::new(ProblemKind::RouteConflict, "x".repeat(5000));
+        let (_, events) = problem_events(&kinds, &[long]);
+        assert_eq!(
+            events[0].note.as_ref().map(String::len),
+            Some(1000),
+            "notes are bounded"
         );
     }
 }

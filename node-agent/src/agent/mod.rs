@@ -836,16 +836,7 @@ impl Agent {
         for block in releasable {
             let (retired, moved) = self
                 .store()
-                .update(|s| {
-                    let before = s.tunnel.clone();
-                    s.tunnel.retain(|ip| !block.contains(*ip));
-                    let retired = s.retire_if_empty(&block);
-                    let moved = retired && s.tunnel != before;
-                    if !retired {
-                        s.tunnel = before;
-                    }
-                    (retired, moved)
-                })
+                .update(|s| blocks::retire_for_release(s, &block))
                 .map_err(Error::files("updating the IPAM store"))?;
             if !retired {
                 continue;
@@ -1054,33 +1045,7 @@ impl Agent {
     /// A Warning Event on the Node when a kind of problem appears (or its message changes),
     /// a Normal one when it clears.
     async fn record_problem_events(&mut self, local: &LocalNode, problems: &[Problem]) {
-        let now: BTreeMap<ProblemKind, String> = problems
-            .iter()
-            .map(|p| (p.kind, p.message.clone()))
-            .collect();
-        let mut events = Vec::new();
-        for (kind, message) in &now {
-            if self.memory.problem_kinds.get(kind) != Some(message) {
-                events.push(kube::runtime::events::Event {
-                    type_: kube::runtime::events::EventType::Warning,
-                    reason: kind.to_string(),
-                    note: Some(message.chars().take(1000).collect()),
-                    action: "Diagnose".into(),
-                    secondary: None,
-                });
-            }
-        }
-        for kind in self.memory.problem_kinds.keys() {
-            if !now.contains_key(kind) {
-                events.push(kube::runtime::events::Event {
-                    type_: kube::runtime::events::EventType::Normal,
-                    reason: format!("{kind}Resolved"),
-                    note: Some(format!("{kind} no longer holds on this node")),
-                    action: "Diagnose".into(),
-                    secondary: None,
-                });
-            }
-        }
+        let (now, events) = decide::problem_events(&self.memory.problem_kinds, problems);
         for event in &events {
             if let Err(e) = self.api.event(&local.node, event).await {
                 warn!(node = %self.node(), error = %e, "recording an Event failed");
