@@ -19,6 +19,8 @@ use crate::vetting::PoolFacts;
 
 /// One pass's view of pools and blocks, after the trust checks.
 pub struct PoolView {
+    /// Every pool, as this pass read them (one snapshot for the whole pass).
+    pub all: Vec<Arc<IPPool>>,
     /// The pools that select this node.
     pub selected: Vec<Arc<IPPool>>,
     /// Every judged pool, by name.
@@ -325,6 +327,7 @@ mod tests {
             )
         };
         let view = PoolView {
+            all: selected.clone(),
             selected,
             facts: BTreeMap::from([
                 fact("usable", "10.1.0.0/16", None),

@@ -114,13 +114,15 @@ impl Cluster {
     }
 
     /// Pools (not being deleted) whose node selector matches `labels`, by name.
-    pub fn selected_pools(&self, labels: &BTreeMap<String, String>) -> Vec<Arc<IPPool>> {
-        let mut pools: Vec<Arc<IPPool>> = self
-            .pools
-            .state()
-            .into_iter()
+    pub fn selected_pools(
+        pools: &[Arc<IPPool>],
+        labels: &BTreeMap<String, String>,
+    ) -> Vec<Arc<IPPool>> {
+        let mut pools: Vec<Arc<IPPool>> = pools
+            .iter()
             .filter(|p| p.metadata.deletion_timestamp.is_none())
             .filter(|p| sinew_crds::selector::matches(p.spec.node_selector.as_ref(), labels))
+            .cloned()
             .collect();
         pools.sort_by_key(|p| p.name_any());
         pools

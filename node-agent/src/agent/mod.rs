@@ -273,10 +273,12 @@ impl Agent {
         if !self.memory.pass_completed {
             self.repair_store_of_a_past_boot(&local).await?;
         }
-        let facts = vetting::pools(&self.cluster.pools.state());
+        let all = self.cluster.pools.state();
+        let facts = vetting::pools(&all);
         let (blocks, mut problems) = vetting::blocks(&self.cluster.blocks.state(), &facts);
         let pools = PoolView {
-            selected: self.cluster.selected_pools(&local.labels),
+            selected: Cluster::selected_pools(&all, &local.labels),
+            all,
             facts,
             blocks,
         };
@@ -287,7 +289,7 @@ impl Agent {
         let peering = decide::peering(
             self.node(),
             &local.underlay,
-            &self.cluster.pools.state(),
+            &pools.all,
             &self.cluster.peer_labels(),
             &peers,
             &pools.blocks,
@@ -702,14 +704,13 @@ impl Agent {
         pools: &PoolView,
         peered: bool,
     ) -> Result<BTreeSet<IpAddr>> {
-        let all = self.cluster.pools.state();
         let candidates: Vec<tunnel::Candidate> = pools
             .blocks
             .iter()
             .filter(|b| peered && b.node == self.node())
             .filter_map(|b| {
                 let fact = pools.facts.get(&b.pool)?;
-                let pool = all.iter().find(|p| p.name_any() == b.pool)?;
+                let pool = pools.all.iter().find(|p| p.name_any() == b.pool)?;
                 (fact.unusable.is_none() && !pool.spec.disabled).then(|| tunnel::Candidate {
                     block: b.cidr,
                     pool_cidr: fact.cidr,
