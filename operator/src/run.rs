@@ -16,7 +16,8 @@ use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{WatchStreamExt, watcher};
 use sinew_crds::ip_block::POOL_LABEL;
 use sinew_crds::{CLUSTER_NETWORK_NAME, ClusterNetwork, IPBlock, IPPool};
-use sinew_runtime::watch::Watchable;
+use sinew_runtime::watch::{Wake, Watchable};
+use tokio::sync::Notify;
 use tracing::{info, warn};
 
 use crate::context::{Context, Error, Settings};
@@ -73,12 +74,20 @@ pub async fn run(
     settings: Settings,
     metrics: Arc<crate::http::Metrics>,
 ) -> anyhow::Result<()> {
+    // The ClusterNetwork is judged from the Node store, so it is woken by that store once it
+    // holds a change (a wake from a watch of its own could come first and judge stale reports).
+    let node_changed = Arc::new(Notify::new());
     let ctx = Arc::new(Context {
         client: client.clone(),
         settings: settings.clone(),
-        nodes: reflect(
+        nodes: sinew_runtime::watch::reflect(
             Api::<Node>::all(client.clone()),
+            watcher::Config::default(),
             sinew_runtime::watch::prune_node,
+            Some(Wake {
+                notify: node_changed.clone(),
+                fingerprint: Arc::new(sinew_runtime::watch::node_fingerprint),
+            }),
         ),
         networks: reflect(
             Api::<ClusterNetwork>::all(client.clone()),
@@ -122,10 +131,10 @@ pub async fn run(
         Api::<DaemonSet>::namespaced(client.clone(), &settings.namespace),
         watcher::Config::default(),
     )
-    .watches_stream(
-        metadata(Api::<PartialObjectMeta<Node>>::all(client.clone())),
-        |_| Some(ObjectRef::<ClusterNetwork>::new(CLUSTER_NETWORK_NAME)),
-    )
+    .reconcile_on(futures::stream::unfold(node_changed, |n| async move {
+        n.notified().await;
+        Some((ObjectRef::<ClusterNetwork>::new(CLUSTER_NETWORK_NAME), n))
+    }))
     .shutdown_on_signal()
     .run(
         timed("clusternetwork", network::reconcile),
