@@ -365,9 +365,14 @@ pub struct ClusterNetworkStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nodes: Option<NodeCounts>,
 
-    /// Nodes with a problem, one entry each (foreign conflist winning, install failed, ...).
+    /// Nodes' problems, the most severe first (foreign conflist winning, install failed, ...),
+    /// at most 64; `kubectl sinew doctor` lists every node's.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub problems: Vec<NodeProblem>,
+
+    /// Problems the nodes have beyond those listed in `problems`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub omitted_problems: Option<u32>,
 }
 
 /// How far the rollout has come.

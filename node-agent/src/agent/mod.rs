@@ -463,6 +463,7 @@ impl Agent {
             problems,
             cleaned_up: false,
             drained,
+            omitted: Vec::new(),
         };
         // Without the device (a failed step), the MAC it will have: the annotation is applied
         // server-side, and leaving it out would withdraw it from every peer.
