@@ -19,7 +19,7 @@ pub use ip_block::{
 };
 pub use ip_pool::{IPPool, IPPoolSpec, IPPoolStatus, ModePlan};
 pub use sinew_core::{Cidr, CidrError, Family, Forwarding, LogLevel, PoolMode, vxlan_overhead};
-pub use sinew_core::{cidr, node};
+pub use sinew_core::{cidr, interval, node};
 
 /// API group of every sinew resource.
 pub const GROUP: &str = "sinew.dev";

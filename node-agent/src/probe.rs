@@ -106,16 +106,15 @@ pub fn targets(
     pod_addresses: &PodAddresses,
 ) -> Vec<Target> {
     let family = |ip: &&IpAddr| Family::of(**ip) == Family::of(src);
+    // Looked up per route: thousands of peers and blocks in a large cluster.
+    let peers: BTreeMap<&str, &NodeInfo> = peers.iter().map(|p| (p.name.as_str(), p)).collect();
+    let pools: BTreeMap<_, &str> = blocks.iter().map(|b| (b.cidr, b.pool.as_str())).collect();
     let mut out: BTreeMap<(String, PeerPath), Target> = BTreeMap::new();
     for route in &plan.routes {
-        let Some(peer) = peers.iter().find(|p| p.name == route.peer) else {
+        let Some(peer) = peers.get(route.peer.as_str()) else {
             continue;
         };
-        let Some(mtu) = blocks
-            .iter()
-            .find(|b| b.cidr == route.dst)
-            .and_then(|b| pod_mtus.get(&b.pool))
-        else {
+        let Some(mtu) = pools.get(&route.dst).and_then(|pool| pod_mtus.get(*pool)) else {
             continue;
         };
         let t = out

@@ -15,6 +15,7 @@ use std::borrow::Borrow;
 use std::collections::BTreeMap;
 
 use k8s_openapi::jiff::Timestamp;
+use sinew_crds::interval::DisjointPrefixes;
 use sinew_crds::node::{Problem, ProblemKind};
 use sinew_crds::precedence::{CreationOrder, creation_order};
 use sinew_crds::{Cidr, IPBlock, IPPool};
@@ -125,6 +126,8 @@ pub fn blocks(
         .collect();
     candidates.sort_by(|a, b| a.0.cmp(&b.0));
     let mut trusted: Vec<BlockInfo> = Vec::new();
+    // The trusted blocks are disjoint: an overlap is two lookups, not a scan.
+    let mut held: DisjointPrefixes<String> = DisjointPrefixes::default();
     let mut problems = Vec::new();
     for (_, block) in candidates {
         let name = block.metadata.name.as_deref().unwrap_or_default();
@@ -139,21 +142,22 @@ pub fn blocks(
             continue;
         };
         let why = distrust(block, &cidr, pools).or_else(|| {
-            trusted
-                .iter()
-                .find(|t| t.cidr.overlaps(&cidr))
-                .map(|t| format!("it overlaps the older block {} of node {}", t.cidr, t.node))
+            held.overlapping(&cidr)
+                .map(|(older, node)| format!("it overlaps the older block {older} of node {node}"))
         });
         match why {
             Some(why) => problems.push(Problem::new(
                 ProblemKind::UntrustedBlock,
                 format!("ignoring IPBlock {name} (node {}): {why}", block.spec.node),
             )),
-            None => trusted.push(BlockInfo {
-                cidr,
-                node: block.spec.node.clone(),
-                pool: block.spec.pool.clone(),
-            }),
+            None => {
+                held.insert(cidr, block.spec.node.clone());
+                trusted.push(BlockInfo {
+                    cidr,
+                    node: block.spec.node.clone(),
+                    pool: block.spec.pool.clone(),
+                });
+            }
         }
     }
     (trusted, problems)
