@@ -126,7 +126,10 @@ impl Body {
                 .iter_mut()
                 .flat_map(|e| &mut e.reasons)
                 .for_each(map);
-            els.any.iter_mut().flat_map(|e| &mut e.reasons).for_each(map);
+            els.any
+                .iter_mut()
+                .flat_map(|e| &mut e.reasons)
+                .for_each(map);
         }
         Class {
             pods,

@@ -111,7 +111,9 @@ pub fn explain_at(
         Verdict::NotIsolated => Outcome::NotIsolated,
         Verdict::Denied(policies) => Outcome::Denied {
             policies,
-            failed_closed: plan.class_of(pod, direction).is_some_and(|c| c.failed_closed),
+            failed_closed: plan
+                .class_of(pod, direction)
+                .is_some_and(|c| c.failed_closed),
         },
         Verdict::Allowed(grants) => {
             let Some(view) = world.pod(pod) else {
@@ -223,14 +225,20 @@ impl fmt::Display for Step {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} at {}: ", self.direction, self.pod)?;
         match &self.outcome {
-            Outcome::NotIsolated => write!(f, "allowed: no policy isolates it for {}", self.direction),
+            Outcome::NotIsolated => {
+                write!(f, "allowed: no policy isolates it for {}", self.direction)
+            }
             Outcome::Unscheduled => f.write_str("not on a node; nothing judges it"),
             Outcome::Denied {
                 policies,
                 failed_closed,
             } => {
                 let names: Vec<String> = policies.iter().map(|p| p.to_string()).collect();
-                write!(f, "denied: isolated by {} and nothing allows it", names.join(", "))?;
+                write!(
+                    f,
+                    "denied: isolated by {} and nothing allows it",
+                    names.join(", ")
+                )?;
                 if *failed_closed {
                     f.write_str(" (its rules exceeded a limit and were compiled as deny-all)")?;
                 }

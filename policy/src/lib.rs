@@ -19,7 +19,5 @@ pub use compile::{compile, compile_with};
 pub use explain::{Trace, explain};
 pub use plan::{Class, Elements, Limits, Plan, Verdict};
 pub use semantics::{Decision, Grant, Judgement, Packet, decide};
-pub use view::{
-    Direction, NamedPort, NamespaceView, ObjectKey, PodView, PolicyView, Protocol,
-};
+pub use view::{Direction, NamedPort, NamespaceView, ObjectKey, PodView, PolicyView, Protocol};
 pub use world::World;

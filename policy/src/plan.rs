@@ -98,7 +98,9 @@ impl Elements {
     /// The element of the `ADDR . proto . port` set holding the triple.
     pub fn port_at(&self, addr: IpAddr, protocol: Protocol, port: u16) -> Option<&PortElement> {
         let end = self.ports.partition_point(|e| e.addrs.start <= addr);
-        let last = self.ports[..end].last().filter(|e| e.addrs.contains(addr))?;
+        let last = self.ports[..end]
+            .last()
+            .filter(|e| e.addrs.contains(addr))?;
         // The elements holding `addr` share one address range (the compiler cuts the address
         // space into segments), sorted by protocol and first port.
         let start = self.ports[..end].partition_point(|e| e.addrs.start < last.addrs.start);

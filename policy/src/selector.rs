@@ -61,4 +61,41 @@ mod tests {
         assert!(matches(None, &labels(&[])));
         assert!(matches(Some(&LabelSelector::default()), &labels(&[])));
     }
+
+    fn req(key: &str, op: &str, values: &[&str]) -> LabelSelector {
+        LabelSelector {
+            match_labels: None,
+            match_expressions: Some(vec![LabelSelectorRequirement {
+                key: key.into(),
+                operator: op.into(),
+                values: (!values.is_empty())
+                    .then(|| values.iter().map(|v| v.to_string()).collect()),
+            }]),
+        }
+    }
+
+    #[test]
+    fn each_operator_with_the_kubernetes_meaning() {
+        let db = labels(&[("app", "db")]);
+        let web = labels(&[("app", "web")]);
+        let none = labels(&[]);
+        // (selector, labels, matches)
+        let table = [
+            (req("app", "In", &["db", "cache"]), &db, true),
+            (req("app", "In", &["db", "cache"]), &web, false),
+            (req("app", "In", &["db"]), &none, false),
+            (req("app", "NotIn", &["db"]), &db, false),
+            (req("app", "NotIn", &["db"]), &web, true),
+            (req("app", "NotIn", &["db"]), &none, true),
+            (req("app", "Exists", &[]), &db, true),
+            (req("app", "Exists", &[]), &none, false),
+            (req("app", "DoesNotExist", &[]), &db, false),
+            (req("app", "DoesNotExist", &[]), &none, true),
+            (req("app", "Gt", &["1"]), &db, false),
+            (req("app", "in", &["db"]), &db, false),
+        ];
+        for (i, (sel, l, want)) in table.iter().enumerate() {
+            assert_eq!(matches(Some(sel), l), *want, "row {i}: {sel:?} on {l:?}");
+        }
+    }
 }
