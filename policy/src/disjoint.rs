@@ -233,6 +233,25 @@ mod tests {
     }
 
     #[test]
+    fn port_ranges_join_when_touching_but_not_across_a_one_port_gap() {
+        let items = [
+            item(0, 0, Some((Protocol::Tcp, 79, 79)), 0),
+            item(0, 0, Some((Protocol::Tcp, 81, 81)), 1),
+            item(1, 1, Some((Protocol::Tcp, 79, 79)), 0),
+            item(1, 1, Some((Protocol::Tcp, 80, 80)), 1),
+        ];
+        let got = disjoint(&items, 255, 100).unwrap();
+        assert_eq!(
+            shape(&got),
+            [
+                (0, 0, Some((Protocol::Tcp, 79, 79))),
+                (0, 0, Some((Protocol::Tcp, 81, 81))),
+                (1, 1, Some((Protocol::Tcp, 79, 80))),
+            ]
+        );
+    }
+
+    #[test]
     fn protocols_do_not_merge_and_too_many_pieces_fail() {
         let items = [
             item(0, 0, TCP80, 0),
