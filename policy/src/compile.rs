@@ -243,21 +243,22 @@ fn block_ranges(cidr: &Cidr, except: &[Cidr]) -> Ranges {
 
 impl<'a> Compiler<'a> {
     fn index_of(&self, policy: &PolicyView) -> Option<u32> {
-        let key = policy.key();
+        let key = (policy.namespace.as_str(), policy.name.as_str());
         self.policies
-            .binary_search_by(|p| p.key().cmp(&key))
+            .binary_search_by(|p| (p.namespace.as_str(), p.name.as_str()).cmp(&key))
             .ok()
             .map(|i| i as u32)
     }
 
-    /// The node's pods grouped into class bodies for one direction.
+    /// The node's pods grouped into class bodies for one direction (each distinct key
+    /// compiled once; keys whose bodies come out equal share a class).
     fn direction(
         &mut self,
         node_pods: &[&'a PodView],
         direction: Direction,
     ) -> Vec<(Body, Vec<ObjectKey>)> {
-        let mut bodies: BTreeMap<Key, Body> = BTreeMap::new();
-        let mut groups: BTreeMap<Body, Vec<ObjectKey>> = BTreeMap::new();
+        let mut by_key: BTreeMap<Key, usize> = BTreeMap::new();
+        let mut bodies: Vec<(Body, Vec<ObjectKey>)> = Vec::new();
         for pod in node_pods {
             let selecting: Vec<u32> = self
                 .world
@@ -282,17 +283,27 @@ impl<'a> Compiler<'a> {
                 Vec::new()
             };
             let key = (selecting, named);
-            let body = match bodies.get(&key) {
-                Some(b) => b.clone(),
+            let i = match by_key.get(&key) {
+                Some(i) => *i,
                 None => {
-                    let b = self.body(&key, direction);
-                    bodies.insert(key, b.clone());
-                    b
+                    bodies.push((self.body(&key, direction), Vec::new()));
+                    by_key.insert(key, bodies.len() - 1);
+                    bodies.len() - 1
                 }
             };
-            groups.entry(body).or_default().push(pod.key());
+            bodies[i].1.push(pod.key());
         }
-        groups.into_iter().collect()
+        let mut merged: BTreeMap<Body, Vec<ObjectKey>> = BTreeMap::new();
+        for (body, pods) in bodies {
+            merged.entry(body).or_default().extend(pods);
+        }
+        merged
+            .into_iter()
+            .map(|(body, mut pods)| {
+                pods.sort();
+                (body, pods)
+            })
+            .collect()
     }
 
     fn body(&mut self, key: &Key, direction: Direction) -> Body {
