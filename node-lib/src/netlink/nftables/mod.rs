@@ -23,7 +23,7 @@ use std::io;
 pub use socket::Nftables;
 
 use crate::netns::NetnsError;
-use crate::nft::{Element, Table};
+use crate::nft::{Change, Element, Table};
 use encode::{KernelElement, request};
 use uapi::*;
 
@@ -124,6 +124,25 @@ impl Nftables {
         self.commit(batch)
     }
 
+    /// Turns table `inet NAME`, which holds `old`, into `new` (of the same name) in one
+    /// transaction, without rebuilding it ([`crate::nft::diff`]): sets and chains that stay
+    /// keep working throughout. Nothing to do when the tables are equal.
+    pub fn update_table(&mut self, old: &Table, new: &Table) -> Result<()> {
+        let changes = crate::nft::diff(old, new);
+        self.apply_changes(new, &changes)
+    }
+
+    /// Applies `changes` (as [`crate::nft::diff`] lists them) to table `inet NAME`, which
+    /// holds the table they start from; `new` is the table they lead to.
+    pub fn apply_changes(&mut self, new: &Table, changes: &[Change]) -> Result<()> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let mut batch = self.batch();
+        batch.changes(new, changes);
+        self.commit(batch)
+    }
+
     /// Deletes table `inet NAME` if it exists.
     pub fn delete_table(&mut self, table: &str) -> Result<()> {
         let mut batch = self.batch();
@@ -194,5 +213,9 @@ fn element_data(payload: &[u8]) -> Option<Vec<u8>> {
     attribute(data, NFTA_DATA_VALUE).map(<[u8]>::to_vec)
 }
 
+#[cfg(test)]
+pub(crate) mod policy_fixture;
+#[cfg(test)]
+mod policy_tests;
 #[cfg(test)]
 mod tests;
