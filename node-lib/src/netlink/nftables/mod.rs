@@ -219,3 +219,5 @@ pub(crate) mod policy_fixture;
 mod policy_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod update_tests;
