@@ -214,6 +214,8 @@ fn element_data(payload: &[u8]) -> Option<Vec<u8>> {
 }
 
 #[cfg(test)]
+mod datapath_tests;
+#[cfg(test)]
 pub(crate) mod policy_fixture;
 #[cfg(test)]
 mod policy_tests;
