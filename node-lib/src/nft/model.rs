@@ -14,6 +14,21 @@ use sinew_core::{Cidr, Family};
 
 use crate::hostport::Protocol;
 
+/// The longest comment `nft` accepts, in bytes.
+pub const COMMENT_MAX: usize = 128;
+
+/// A comment as `nft` can hold it: at most [`COMMENT_MAX`] bytes (cut at a character
+/// boundary), a double quote (which `nft` cannot quote) turned into a single one.
+pub fn comment(text: impl Into<String>) -> String {
+    let mut text: String = text.into().replace('"', "'");
+    let mut end = text.len().min(COMMENT_MAX);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    text
+}
+
 /// A table of family `inet` (IPv4 and IPv6): its sets and maps, then its chains.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Table {
@@ -162,10 +177,10 @@ impl Element {
         }
     }
 
-    /// The same element with this comment.
+    /// The same element with this comment (see [`comment`]).
     pub fn with_comment(self, comment: impl Into<String>) -> Element {
         Element {
-            comment: Some(comment.into()),
+            comment: Some(self::comment(comment)),
             ..self
         }
     }
@@ -253,10 +268,10 @@ impl Chain {
         }
     }
 
-    /// The same chain with this comment.
+    /// The same chain with this comment (see [`comment`]).
     pub fn with_comment(self, comment: impl Into<String>) -> Chain {
         Chain {
-            comment: Some(comment.into()),
+            comment: Some(self::comment(comment)),
             ..self
         }
     }
@@ -370,10 +385,10 @@ impl Rule {
         }
     }
 
-    /// The same rule with this comment.
+    /// The same rule with this comment (see [`comment`]).
     pub fn with_comment(self, comment: impl Into<String>) -> Rule {
         Rule {
-            comment: Some(comment.into()),
+            comment: Some(self::comment(comment)),
             ..self
         }
     }

@@ -1,6 +1,10 @@
-//! The model in `nft` syntax: what `nft -f` accepts to build the same table, and close to
-//! what `nft list table` prints of it (which normalises some forms, e.g. `/32` prefixes). A
-//! rule's text ([`Rule`]'s `Display`) is also how errors and logs name it.
+//! The model in `nft` syntax: what `nft -f` accepts to build the same table. Each rule,
+//! chain comment and element reads exactly as `nft list table` prints the kernel's copy
+//! (ranges as prefixes or single values where they are one, `ct state` in `nft`'s order),
+//! except a [`Value::Prefix`] of one address, which keeps its `/32` or `/128` here (the
+//! tables written so far pin that form; use [`Value::Addr`] for one address). The layout
+//! differs: a set is one line here. A rule's text ([`Rule`]'s `Display`) is also how errors
+//! and logs name it.
 
 use std::fmt::{self, Display, Formatter, Write};
 

@@ -323,13 +323,15 @@ fn udata(ty: u8, value: u32) -> Vec<u8> {
     v
 }
 
-/// A comment as user data: TLV "comment" with the text and its NUL (`nft` refuses comments
-/// longer than its limit, so the length fits a byte here too).
+/// A comment as user data: TLV "comment" with the text and its NUL, the text cut to what
+/// `nft` accepts ([`crate::nft::model::comment`]; the model's constructors cut it already).
 fn comment_udata(comment: &str) -> Vec<u8> {
-    let text = comment.as_bytes();
-    let len = text.len().min(usize::from(u8::MAX) - 1);
-    let mut v = vec![UDATA_COMMENT, u8::try_from(len + 1).unwrap_or(u8::MAX)];
-    v.extend_from_slice(&text[..len]);
+    let text = crate::nft::model::comment(comment);
+    let mut v = vec![
+        UDATA_COMMENT,
+        u8::try_from(text.len() + 1).unwrap_or(u8::MAX),
+    ];
+    v.extend_from_slice(text.as_bytes());
     v.push(0);
     v
 }

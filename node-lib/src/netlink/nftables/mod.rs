@@ -1,6 +1,7 @@
 //! nftables over netlink (`NETLINK_NETFILTER`, subsystem `NFNL_SUBSYS_NFTABLES`), without
 //! the `nft` program or libnftnl: tables of the model ([`crate::nft`]) replaced whole in one
-//! transaction, and single elements added, removed and read.
+//! transaction, or changed in place by one transaction of the steps [`crate::nft::diff`]
+//! lists, and single elements added, removed and read.
 //!
 //! - `uapi`: the kernel's numbers;
 //! - `compile`: a rule's typed expressions as the kernel's register machine runs them;
@@ -128,6 +129,12 @@ impl Nftables {
     /// transaction, without rebuilding it ([`crate::nft::diff`]): sets and chains that stay
     /// keep working throughout. Nothing to do when the tables are equal.
     pub fn update_table(&mut self, old: &Table, new: &Table) -> Result<()> {
+        if old.name != new.name {
+            return Err(NftError::Protocol {
+                op: format!("update table inet {}", new.name),
+                message: format!("the table it starts from is inet {}", old.name),
+            });
+        }
         let changes = crate::nft::diff(old, new);
         self.apply_changes(new, &changes)
     }
@@ -223,3 +230,5 @@ mod policy_tests;
 mod tests;
 #[cfg(test)]
 mod update_tests;
+#[cfg(test)]
+mod vocabulary_tests;
