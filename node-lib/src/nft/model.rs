@@ -6,12 +6,28 @@
 //! it in `nft` syntax and the netlink encoder (`crate::netlink::nftables`) turns it into
 //! nf_tables messages.
 
+use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use sinew_core::interval::outermost;
 use sinew_core::{Cidr, Family};
 
 use crate::hostport::Protocol;
+
+/// The longest comment `nft` accepts, in bytes.
+pub const COMMENT_MAX: usize = 128;
+
+/// A comment as `nft` can hold it: at most [`COMMENT_MAX`] bytes (cut at a character
+/// boundary), a double quote (which `nft` cannot quote) turned into a single one.
+pub fn comment(text: impl Into<String>) -> String {
+    let mut text: String = text.into().replace('"', "'");
+    let mut end = text.len().min(COMMENT_MAX);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    text
+}
 
 /// A table of family `inet` (IPv4 and IPv6): its sets and maps, then its chains.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,7 +45,8 @@ pub struct Set {
     pub key: Vec<DataType>,
     /// A map's value type (`None`: a set).
     pub data: Option<Vec<DataType>>,
-    /// `flags interval`: the elements are prefixes ([`Value::Prefix`]).
+    /// `flags interval`: the elements are prefixes ([`Value::Prefix`]) or ranges
+    /// ([`Value::Range`]), disjoint; with a concatenated key, each field may be one.
     pub interval: bool,
     pub elements: Vec<Element>,
 }
@@ -77,8 +94,30 @@ impl Set {
         }
     }
 
+    /// The same set with `flags interval`.
+    pub fn interval(self) -> Set {
+        Set {
+            interval: true,
+            ..self
+        }
+    }
+
     pub fn is_map(&self) -> bool {
         self.data.is_some()
+    }
+
+    /// A verdict map (`type K : verdict`).
+    pub fn is_vmap(&self) -> bool {
+        self.data.as_deref() == Some(&[DataType::Verdict])
+    }
+
+    /// Whether the set and `other` are the same object apart from their elements (same name,
+    /// types and flags): one can become the other by adding and removing elements.
+    pub fn same_definition(&self, other: &Set) -> bool {
+        self.name == other.name
+            && self.key == other.key
+            && self.data == other.data
+            && self.interval == other.interval
     }
 }
 
@@ -93,6 +132,10 @@ pub enum DataType {
     InetProto,
     /// `inet_service`: a port.
     InetService,
+    /// `ifname`: an interface name (`iifname`, `oifname`).
+    IfName,
+    /// `verdict`: a map's value only (a verdict map, `vmap`).
+    Verdict,
 }
 
 impl DataType {
@@ -106,12 +149,13 @@ impl DataType {
 }
 
 /// One element: a key and, in a map, the value it maps to (each one value per field of the
-/// set's type).
+/// set's type), with an optional comment (`nft` prints it after the key).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Element {
     pub key: Vec<Value>,
     /// Empty in a set.
     pub data: Vec<Value>,
+    pub comment: Option<String>,
 }
 
 impl Element {
@@ -120,6 +164,7 @@ impl Element {
         Element {
             key: key.into(),
             data: Vec::new(),
+            comment: None,
         }
     }
 
@@ -128,18 +173,57 @@ impl Element {
         Element {
             key: key.into(),
             data: data.into(),
+            comment: None,
+        }
+    }
+
+    /// The same element with this comment (see [`comment`]).
+    pub fn with_comment(self, comment: impl Into<String>) -> Element {
+        Element {
+            comment: Some(self::comment(comment)),
+            ..self
         }
     }
 }
 
 /// One field of an element.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Value {
     /// A prefix of an interval set.
     Prefix(Cidr),
     Addr(IpAddr),
     Proto(Protocol),
     Port(u16),
+    /// An inclusive range of an interval set: `10.0.0.0-10.0.0.9`, `80-90`.
+    Range(Range),
+    /// An interface name: `"snw0a1b"`.
+    IfName(String),
+    /// A verdict map's value: `jump CHAIN`, `accept`...
+    Verdict(Verdict),
+}
+
+impl Value {
+    /// The addresses from `first` to `last`, both included (of one family, `first <= last`).
+    pub fn addr_range(first: IpAddr, last: IpAddr) -> Value {
+        Value::Range(Range::Addr(first, last))
+    }
+
+    /// The ports from `first` to `last`, both included (`first <= last`).
+    pub fn port_range(first: u16, last: u16) -> Value {
+        Value::Range(Range::Port(first, last))
+    }
+
+    /// `jump CHAIN`, a verdict map's value.
+    pub fn jump(chain: &str) -> Value {
+        Value::Verdict(Verdict::Jump(chain.to_string()))
+    }
+}
+
+/// An inclusive range of addresses (of one family) or of ports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Range {
+    Addr(IpAddr, IpAddr),
+    Port(u16, u16),
 }
 
 /// A chain: a base chain when it has a hook, else a regular chain (reached by `jump`).
@@ -147,6 +231,8 @@ pub enum Value {
 pub struct Chain {
     pub name: String,
     pub hook: Option<BaseChain>,
+    /// `comment "..."`: the kernel keeps it as the chain's user data, set at creation only.
+    pub comment: Option<String>,
     pub rules: Vec<Rule>,
 }
 
@@ -167,6 +253,7 @@ impl Chain {
                 priority,
                 policy,
             }),
+            comment: None,
             rules: Vec::new(),
         }
     }
@@ -176,8 +263,23 @@ impl Chain {
         Chain {
             name: name.to_string(),
             hook: None,
+            comment: None,
             rules: Vec::new(),
         }
+    }
+
+    /// The same chain with this comment (see [`comment`]).
+    pub fn with_comment(self, comment: impl Into<String>) -> Chain {
+        Chain {
+            comment: Some(self::comment(comment)),
+            ..self
+        }
+    }
+
+    /// Whether the chain and `other` are the same object apart from their rules (name, hook,
+    /// comment): one can become the other by replacing the rules.
+    pub fn same_definition(&self, other: &Chain) -> bool {
+        self.name == other.name && self.hook == other.hook && self.comment == other.comment
     }
 
     /// The same chain with these rules, in order.
@@ -267,16 +369,27 @@ pub enum Policy {
     Drop,
 }
 
-/// A rule: its expressions in order, matches first, then statements.
+/// A rule: its expressions in order, matches first, then statements, and an optional
+/// comment (`nft` prints it last).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rule {
     pub exprs: Vec<Expr>,
+    pub comment: Option<String>,
 }
 
 impl Rule {
     pub fn new(exprs: impl Into<Vec<Expr>>) -> Rule {
         Rule {
             exprs: exprs.into(),
+            comment: None,
+        }
+    }
+
+    /// The same rule with this comment (see [`comment`]).
+    pub fn with_comment(self, comment: impl Into<String>) -> Rule {
+        Rule {
+            comment: Some(self::comment(comment)),
+            ..self
         }
     }
 }
@@ -304,6 +417,10 @@ pub enum Field {
     Addr(Family, Dir),
     /// `th dport`: a port of the transport header, whatever the protocol.
     ThPort(Dir),
+    /// `iifname`: the name of the interface the packet came in on (`ifname`).
+    IifName,
+    /// `oifname`: the name of the interface the packet leaves by (`ifname`).
+    OifName,
 }
 
 /// One expression of a rule: a match, or a statement.
@@ -314,6 +431,10 @@ pub enum Expr {
     /// `iifname "NAME"`: the input interface; a trailing `*` matches every name starting with
     /// what precedes it.
     IifName(String),
+    /// `oifname "NAME"`: the output interface, like [`Expr::IifName`].
+    OifName(String),
+    /// `ct state established,related`: the connection is in one of these states.
+    CtState(BTreeSet<CtState>),
     /// `ip saddr 127.0.0.0/8`, `ip6 daddr ::1`, `ip daddr != 10.0.0.0/8`.
     Addr { dir: Dir, op: Op, prefix: Cidr },
     /// `udp dport 4789`: the packet is of this protocol, to (or from) this port.
@@ -348,11 +469,47 @@ pub enum Expr {
         key: Vec<Field>,
         map: String,
     },
+    /// `oifname vmap @MAP`: the verdict the map gives for the key made of these fields (no
+    /// verdict when the key is not in the map: the rule does nothing).
+    Vmap { key: Vec<Field>, map: String },
+    /// `limit rate N/second`: matches at most this many packets per unit of time (with the
+    /// burst of 5 packets `nft` gives by default).
+    Limit { rate: u32, per: TimeUnit },
+    /// `log group N`: the packet goes to this nflog group.
+    LogGroup(u16),
     /// `accept`, `drop`, `return`, `jump CHAIN`.
     Verdict(Verdict),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A connection's state as `ct state` names it, in the order `nft` prints them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum CtState {
+    Invalid,
+    Established,
+    Related,
+    New,
+    Untracked,
+}
+
+/// The unit of a rate (`limit rate 10/second`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeUnit {
+    Second,
+    Minute,
+    Hour,
+}
+
+impl TimeUnit {
+    pub fn seconds(self) -> u64 {
+        match self {
+            TimeUnit::Second => 1,
+            TimeUnit::Minute => 60,
+            TimeUnit::Hour => 3600,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Verdict {
     Accept,
     Drop,
@@ -383,6 +540,46 @@ impl Expr {
     pub fn jump(chain: &str) -> Expr {
         Expr::Verdict(Verdict::Jump(chain.to_string()))
     }
+
+    /// `ct state S1,S2`
+    pub fn ct_state(states: impl IntoIterator<Item = CtState>) -> Expr {
+        Expr::CtState(states.into_iter().collect())
+    }
+
+    /// `FIELD vmap @MAP`
+    pub fn vmap(field: Field, map: &str) -> Expr {
+        Expr::Vmap {
+            key: vec![field],
+            map: map.to_string(),
+        }
+    }
+
+    /// The set or map the expression reads, if any.
+    pub fn set(&self) -> Option<&str> {
+        match self {
+            Expr::Lookup { set, .. } => Some(set),
+            Expr::Vmap { map, .. } | Expr::DnatMap { map, .. } => Some(map),
+            _ => None,
+        }
+    }
+
+    /// The chain the expression jumps to, if any.
+    pub fn jumps_to(&self) -> Option<&str> {
+        match self {
+            Expr::Verdict(v) => v.chain(),
+            _ => None,
+        }
+    }
+}
+
+impl Verdict {
+    /// The chain a `jump` goes to.
+    pub fn chain(&self) -> Option<&str> {
+        match self {
+            Verdict::Jump(chain) => Some(chain),
+            _ => None,
+        }
+    }
 }
 
 impl Field {
@@ -390,7 +587,7 @@ impl Field {
     pub fn family(self) -> Option<Family> {
         match self {
             Field::Addr(family, _) => Some(family),
-            Field::L4Proto | Field::ThPort(_) => None,
+            Field::L4Proto | Field::ThPort(_) | Field::IifName | Field::OifName => None,
         }
     }
 }

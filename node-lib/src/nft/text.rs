@@ -1,14 +1,18 @@
-//! The model in `nft` syntax: what `nft -f` accepts to build the same table, and close to
-//! what `nft list table` prints of it (which normalises some forms, e.g. `/32` prefixes). A
-//! rule's text ([`Rule`]'s `Display`) is also how errors and logs name it.
+//! The model in `nft` syntax: what `nft -f` accepts to build the same table. Each rule,
+//! chain comment and element reads exactly as `nft list table` prints the kernel's copy
+//! (ranges as prefixes or single values where they are one, `ct state` in `nft`'s order),
+//! except a [`Value::Prefix`] of one address, which keeps its `/32` or `/128` here (the
+//! tables written so far pin that form; use [`Value::Addr`] for one address). The layout
+//! differs: a set is one line here. A rule's text ([`Rule`]'s `Display`) is also how errors
+//! and logs name it.
 
 use std::fmt::{self, Display, Formatter, Write};
 
 use sinew_core::Family;
 
 use super::model::{
-    BaseChain, Chain, ChainKind, DataType, Dir, Element, Expr, Field, Hook, NamedPriority, Op,
-    Policy, Priority, Rule, Set, Table, Value, Verdict,
+    BaseChain, Chain, ChainKind, CtState, DataType, Dir, Element, Expr, Field, Hook, NamedPriority,
+    Op, Policy, Priority, Range, Rule, Set, Table, TimeUnit, Value, Verdict,
 };
 
 /// The table as one `nft -f` transaction that replaces it: created empty if absent, deleted,
@@ -65,6 +69,9 @@ fn join<T: Display>(items: &[T], sep: &str) -> String {
 
 fn chain(chain: &Chain) -> String {
     let mut s = format!("    chain {} {{\n", chain.name);
+    if let Some(comment) = &chain.comment {
+        let _ = writeln!(s, "        comment {}", quoted(comment));
+    }
     if let Some(base) = &chain.hook {
         let _ = writeln!(s, "        {base}");
     }
@@ -128,6 +135,8 @@ impl Display for DataType {
             DataType::Ipv6Addr => "ipv6_addr",
             DataType::InetProto => "inet_proto",
             DataType::InetService => "inet_service",
+            DataType::IfName => "ifname",
+            DataType::Verdict => "verdict",
         })
     }
 }
@@ -139,14 +148,59 @@ impl Display for Value {
             Value::Addr(a) => write!(f, "{a}"),
             Value::Proto(p) => write!(f, "{p}"),
             Value::Port(p) => write!(f, "{p}"),
+            Value::Range(r) => write!(f, "{r}"),
+            Value::IfName(name) => f.write_str(&quoted(name)),
+            Value::Verdict(v) => write!(f, "{v}"),
         }
     }
 }
 
+impl Display for Range {
+    /// As `nft list` prints a range: one value when it holds one, a prefix when it is one,
+    /// else `FIRST-LAST`.
+    fn fmt(&self, f: &mut Formatter<'_>) -> fmt::Result {
+        match *self {
+            Range::Port(first, last) if first == last => write!(f, "{first}"),
+            Range::Port(first, last) => write!(f, "{first}-{last}"),
+            Range::Addr(first, last) if first == last => write!(f, "{first}"),
+            Range::Addr(first, last) => match prefix_len(first, last) {
+                Some(len) => write!(f, "{first}/{len}"),
+                None => write!(f, "{first}-{last}"),
+            },
+        }
+    }
+}
+
+/// The length of the prefix whose addresses are exactly `first..=last`, if they are one.
+fn prefix_len(first: std::net::IpAddr, last: std::net::IpAddr) -> Option<u8> {
+    use std::net::IpAddr::{V4, V6};
+    let (first, last, bits) = match (first, last) {
+        (V4(a), V4(b)) => (u128::from(u32::from(a)), u128::from(u32::from(b)), 32),
+        (V6(a), V6(b)) => (u128::from(a), u128::from(b), 128),
+        _ => return None,
+    };
+    let span = last.checked_sub(first)?;
+    // `span` is the host part's mask when the range is a prefix: all ones, aligned.
+    let host_bits = 128 - span.leading_zeros();
+    let is_mask = span.checked_add(1).is_none_or(u128::is_power_of_two);
+    if !is_mask || first & span != 0 {
+        return None;
+    }
+    u8::try_from(bits - host_bits).ok()
+}
+
+/// A string as `nft` quotes it.
+fn quoted(s: &str) -> String {
+    format!("\"{s}\"")
+}
+
 impl Display for Element {
-    /// `KEY` or `KEY : DATA`, the fields of each joined by ` . `.
+    /// `KEY` or `KEY : DATA`, the fields of each joined by ` . `, a comment after the key.
     fn fmt(&self, f: &mut Formatter<'_>) -> fmt::Result {
         f.write_str(&join(&self.key, " . "))?;
+        if let Some(comment) = &self.comment {
+            write!(f, " comment {}", quoted(comment))?;
+        }
         if !self.data.is_empty() {
             write!(f, " : {}", join(&self.data, " . "))?;
         }
@@ -156,7 +210,11 @@ impl Display for Element {
 
 impl Display for Rule {
     fn fmt(&self, f: &mut Formatter<'_>) -> fmt::Result {
-        f.write_str(&join(&self.exprs, " "))
+        f.write_str(&join(&self.exprs, " "))?;
+        match &self.comment {
+            Some(comment) => write!(f, " comment {}", quoted(comment)),
+            None => Ok(()),
+        }
     }
 }
 
@@ -194,6 +252,8 @@ impl Display for Field {
             Field::L4Proto => f.write_str("meta l4proto"),
             Field::Addr(family, dir) => write!(f, "{} {}", family_word(family), addr_word(dir)),
             Field::ThPort(dir) => write!(f, "th {}", port_word(dir)),
+            Field::IifName => f.write_str("iifname"),
+            Field::OifName => f.write_str("oifname"),
         }
     }
 }
@@ -203,7 +263,12 @@ impl Display for Expr {
         match self {
             Expr::NfProto(Family::V4) => f.write_str("meta nfproto ipv4"),
             Expr::NfProto(Family::V6) => f.write_str("meta nfproto ipv6"),
-            Expr::IifName(name) => write!(f, "iifname \"{name}\""),
+            Expr::IifName(name) => write!(f, "iifname {}", quoted(name)),
+            Expr::OifName(name) => write!(f, "oifname {}", quoted(name)),
+            Expr::CtState(states) => {
+                let names: Vec<&str> = states.iter().map(|s| ct_state_word(*s)).collect();
+                write!(f, "ct state {}", names.join(","))
+            }
             Expr::Addr { dir, op, prefix } => {
                 let field = Field::Addr(prefix.family(), *dir);
                 let op = op_word(*op);
@@ -233,8 +298,28 @@ impl Display for Expr {
                 family_word(*family),
                 join(key, " . ")
             ),
+            Expr::Vmap { key, map } => write!(f, "{} vmap @{map}", join(key, " . ")),
+            Expr::Limit { rate, per } => {
+                let per = match per {
+                    TimeUnit::Second => "second",
+                    TimeUnit::Minute => "minute",
+                    TimeUnit::Hour => "hour",
+                };
+                write!(f, "limit rate {rate}/{per}")
+            }
+            Expr::LogGroup(group) => write!(f, "log group {group}"),
             Expr::Verdict(v) => write!(f, "{v}"),
         }
+    }
+}
+
+fn ct_state_word(state: CtState) -> &'static str {
+    match state {
+        CtState::Invalid => "invalid",
+        CtState::Established => "established",
+        CtState::Related => "related",
+        CtState::New => "new",
+        CtState::Untracked => "untracked",
     }
 }
 

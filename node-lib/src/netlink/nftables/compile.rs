@@ -2,14 +2,32 @@
 //! fields load into registers (a concatenation into consecutive 4-byte words), and a match of
 //! `ip`/`ip6` fields in an `inet` table is preceded once by the family check (`meta nfproto`)
 //! and a port match by the protocol check (`meta l4proto`), the implicit dependencies `nft`
-//! adds and `nft list` hides.
+//! adds and `nft list` hides. A protocol loaded into a concatenated interval set's key is
+//! turned to network order first, as `nft` does (a no-op for one byte, kept so the kernel
+//! holds what `nft` would have given it).
 
 use std::net::IpAddr;
 
 use sinew_core::Family;
 
 use super::uapi::*;
-use crate::nft::{Dir, Expr, Field, Op, Rule, Verdict};
+use crate::nft::{CtState, Dir, Expr, Field, Op, Rule, Verdict};
+
+/// What the compiler needs to know of the sets a rule reads.
+pub(super) trait SetInfo {
+    /// The id of a set created in the same batch (0: none).
+    fn id(&self, set: &str) -> u32;
+    /// Whether the set is an interval set with a concatenated key.
+    fn concat_interval(&self, _set: &str) -> bool {
+        false
+    }
+}
+
+impl<F: Fn(&str) -> u32> SetInfo for F {
+    fn id(&self, set: &str) -> u32 {
+        self(set)
+    }
+}
 
 /// One expression of a rule as the kernel runs it (what an `NFTA_LIST_ELEM` holds).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,6 +57,12 @@ pub(super) enum KernelExpr {
     Fib { result: u32, flags: u32 },
     /// `ct load KEY => reg 1`.
     Ct { key: u32 },
+    /// `limit rate RATE/UNIT burst 5 type packets flags 0`.
+    Limit { rate: u64, unit: u64 },
+    /// `log group GROUP`.
+    Log { group: u16 },
+    /// `byteorder reg REG = hton(reg REG, SIZE, LEN)`.
+    Hton { reg: u32, size: u32, len: u32 },
     /// `counter` (starting at zero).
     Counter,
     /// `masq` (no port range, no flags).
@@ -90,15 +114,15 @@ pub(super) fn addr_bytes(ip: IpAddr) -> Vec<u8> {
     }
 }
 
-/// Compiles one rule; `set_id` gives the id of a set created in the same batch.
-pub(super) fn compile(rule: &Rule, set_id: &dyn Fn(&str) -> u32) -> Vec<KernelExpr> {
+/// Compiles one rule; `sets` gives the id of a set created in the same batch and its kind.
+pub(super) fn compile(rule: &Rule, sets: &dyn SetInfo) -> Vec<KernelExpr> {
     let mut c = Compiler {
         out: Vec::new(),
         family: None,
         l4proto: None,
     };
     for expr in &rule.exprs {
-        c.expr(expr, set_id);
+        c.expr(expr, sets);
     }
     c.out
 }
@@ -128,8 +152,9 @@ impl Compiler {
     }
 
     /// Loads `fields` into consecutive words from reg 1 on (each field padded to a word),
-    /// with their dependencies first; returns the number of words used.
-    fn load(&mut self, fields: &[Field]) -> u32 {
+    /// with their dependencies first; returns the number of words used. `network_order`: the
+    /// key of a concatenated interval set, whose protocol field goes to network order.
+    fn load(&mut self, fields: &[Field], network_order: bool) -> u32 {
         for family in fields.iter().filter_map(|f| f.family()) {
             self.family(family);
         }
@@ -142,7 +167,23 @@ impl Compiler {
                         key: NFT_META_L4PROTO,
                         dreg,
                     });
+                    if network_order {
+                        self.out.push(KernelExpr::Hton {
+                            reg: dreg,
+                            size: 2,
+                            len: 1,
+                        });
+                    }
                     1
+                }
+                Field::IifName | Field::OifName => {
+                    let key = if *field == Field::IifName {
+                        NFT_META_IIFNAME
+                    } else {
+                        NFT_META_OIFNAME
+                    };
+                    self.out.push(KernelExpr::Meta { key, dreg });
+                    IFNAMSIZ as u32
                 }
                 Field::Addr(family, dir) => {
                     let (offset, len) = addr_location(family, dir);
@@ -169,27 +210,39 @@ impl Compiler {
         word
     }
 
-    fn expr(&mut self, expr: &Expr, set_id: &dyn Fn(&str) -> u32) {
+    /// `meta iifname`/`oifname` compared with a name, or with a prefix for `PREFIX*`.
+    fn ifname(&mut self, key: u32, name: &str) {
+        self.out.push(KernelExpr::Meta {
+            key,
+            dreg: NFT_REG_1,
+        });
+        // `PREFIX*` compares the prefix only; a whole name, NUL-padded.
+        let data = match name.strip_suffix('*') {
+            Some(prefix) => prefix.as_bytes().to_vec(),
+            None => {
+                let mut v = name.as_bytes().to_vec();
+                v.resize(IFNAMSIZ.max(v.len() + 1), 0);
+                v
+            }
+        };
+        self.cmp(false, data);
+    }
+
+    fn expr(&mut self, expr: &Expr, sets: &dyn SetInfo) {
         match expr {
             Expr::NfProto(family) => {
                 self.family = None;
                 self.family(*family);
             }
-            Expr::IifName(name) => {
-                self.out.push(KernelExpr::Meta {
-                    key: NFT_META_IIFNAME,
-                    dreg: NFT_REG_1,
+            Expr::IifName(name) => self.ifname(NFT_META_IIFNAME, name),
+            Expr::OifName(name) => self.ifname(NFT_META_OIFNAME, name),
+            Expr::CtState(states) => {
+                let mask = states.iter().fold(0, |m, s| m | ct_state_bit(*s));
+                self.out.push(KernelExpr::Ct { key: NFT_CT_STATE });
+                self.out.push(KernelExpr::And {
+                    mask: mask.to_ne_bytes().to_vec(),
                 });
-                // `PREFIX*` compares the prefix only; a whole name, NUL-padded.
-                let data = match name.strip_suffix('*') {
-                    Some(prefix) => prefix.as_bytes().to_vec(),
-                    None => {
-                        let mut v = name.as_bytes().to_vec();
-                        v.resize(IFNAMSIZ.max(v.len() + 1), 0);
-                        v
-                    }
-                };
-                self.cmp(false, data);
+                self.cmp(true, vec![0; 4]);
             }
             Expr::Addr { dir, op, prefix } => {
                 let family = prefix.family();
@@ -239,14 +292,28 @@ impl Compiler {
                 self.cmp(false, port.to_be_bytes().to_vec());
             }
             Expr::Lookup { key, op, set } => {
-                self.load(key);
+                self.load(key, key.len() > 1 && sets.concat_interval(set));
                 self.out.push(KernelExpr::Lookup {
                     set: set.clone(),
-                    set_id: set_id(set),
+                    set_id: sets.id(set),
                     dreg: None,
                     invert: *op == Op::Neq,
                 });
             }
+            Expr::Vmap { key, map } => {
+                self.load(key, key.len() > 1 && sets.concat_interval(map));
+                self.out.push(KernelExpr::Lookup {
+                    set: map.clone(),
+                    set_id: sets.id(map),
+                    dreg: Some(NFT_REG_VERDICT),
+                    invert: false,
+                });
+            }
+            Expr::Limit { rate, per } => self.out.push(KernelExpr::Limit {
+                rate: u64::from(*rate),
+                unit: per.seconds(),
+            }),
+            Expr::LogGroup(group) => self.out.push(KernelExpr::Log { group: *group }),
             Expr::FibSourceNotViaInput => {
                 self.out.push(KernelExpr::Fib {
                     result: NFT_FIB_RESULT_OIF,
@@ -274,10 +341,10 @@ impl Compiler {
             Expr::Masquerade => self.out.push(KernelExpr::Masq),
             Expr::DnatMap { family, key, map } => {
                 self.family(*family);
-                self.load(key);
+                self.load(key, false);
                 self.out.push(KernelExpr::Lookup {
                     set: map.clone(),
-                    set_id: set_id(map),
+                    set_id: sets.id(map),
                     dreg: Some(NFT_REG_1),
                     invert: false,
                 });
@@ -288,16 +355,31 @@ impl Compiler {
                     proto_reg: register(addr_len / 4),
                 });
             }
-            Expr::Verdict(verdict) => {
-                let (code, chain) = match verdict {
-                    Verdict::Accept => (NF_ACCEPT, None),
-                    Verdict::Drop => (NF_DROP, None),
-                    Verdict::Return => (NFT_RETURN, None),
-                    Verdict::Jump(chain) => (NFT_JUMP, Some(chain.clone())),
-                };
+            Expr::Verdict(v) => {
+                let (code, chain) = verdict(v);
                 self.out.push(KernelExpr::Verdict { code, chain });
             }
         }
+    }
+}
+
+/// A verdict's code and, for a jump, its chain.
+pub(super) fn verdict(v: &Verdict) -> (i32, Option<String>) {
+    match v {
+        Verdict::Accept => (NF_ACCEPT, None),
+        Verdict::Drop => (NF_DROP, None),
+        Verdict::Return => (NFT_RETURN, None),
+        Verdict::Jump(chain) => (NFT_JUMP, Some(chain.clone())),
+    }
+}
+
+fn ct_state_bit(state: CtState) -> u32 {
+    match state {
+        CtState::Invalid => NF_CT_STATE_INVALID,
+        CtState::Established => NF_CT_STATE_ESTABLISHED,
+        CtState::Related => NF_CT_STATE_RELATED,
+        CtState::New => NF_CT_STATE_NEW,
+        CtState::Untracked => NF_CT_STATE_UNTRACKED,
     }
 }
 

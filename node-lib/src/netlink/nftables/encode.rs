@@ -3,14 +3,16 @@
 //! batch. No socket here ([`super::socket`] sends the bytes) and no policy (the caller's
 //! model says what exists).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use sinew_core::Family;
 use sinew_core::interval;
 
-use super::compile::{KernelExpr, addr_bytes, compile};
+use super::compile::{KernelExpr, SetInfo, addr_bytes, compile, verdict};
 use super::uapi::*;
-use crate::nft::{Chain, ChainKind, DataType, Element, Hook, Policy, Rule, Set, Table, Value};
+use crate::nft::{
+    Chain, ChainKind, Change, DataType, Element, Hook, Policy, Range, Rule, Set, Table, Value,
+};
 
 /// Elements per `NFT_MSG_NEWSETELEM` message at most; fewer when they would not fit in the
 /// element list, one attribute whose length is 16 bits.
@@ -167,6 +169,23 @@ pub(super) fn encode_expr(a: &mut Attrs<'_>, expr: &KernelExpr) {
             d.be32(NFTA_CT_DREG, NFT_REG_1);
             d.be32(NFTA_CT_KEY, *key);
         }),
+        KernelExpr::Limit { rate, unit } => data(a, "limit", &|d| {
+            d.put(NFTA_LIMIT_RATE, &rate.to_be_bytes());
+            d.put(NFTA_LIMIT_UNIT, &unit.to_be_bytes());
+            d.be32(NFTA_LIMIT_BURST, NFT_LIMIT_DEFAULT_BURST);
+            d.be32(NFTA_LIMIT_TYPE, NFT_LIMIT_PKTS);
+            d.be32(NFTA_LIMIT_FLAGS, 0);
+        }),
+        KernelExpr::Log { group } => data(a, "log", &|d| {
+            d.put(NFTA_LOG_GROUP, &group.to_be_bytes());
+        }),
+        KernelExpr::Hton { reg, size, len } => data(a, "byteorder", &|d| {
+            d.be32(NFTA_BYTEORDER_SREG, *reg);
+            d.be32(NFTA_BYTEORDER_DREG, *reg);
+            d.be32(NFTA_BYTEORDER_OP, NFT_BYTEORDER_HTON);
+            d.be32(NFTA_BYTEORDER_LEN, *len);
+            d.be32(NFTA_BYTEORDER_SIZE, *size);
+        }),
         // No data: the counter starts at zero.
         KernelExpr::Counter => a.str(NFTA_EXPR_NAME, "counter"),
         // No data: plain `masquerade`, no port range, no flags.
@@ -200,13 +219,19 @@ fn type_info(t: DataType) -> (u32, u32) {
         DataType::Ipv6Addr => (NFT_TYPE_IP6ADDR, 16),
         DataType::InetProto => (NFT_TYPE_INET_PROTOCOL, 1),
         DataType::InetService => (NFT_TYPE_INET_SERVICE, 2),
+        DataType::IfName => (NFT_TYPE_IFNAME, IFNAMSIZ as u32),
+        // The kernel sizes verdicts itself.
+        DataType::Verdict => (NFT_DATA_VERDICT, 0),
     }
 }
 
 /// The type id `nft` gives a key or value: one type's, or a concatenation's (6 bits per
 /// field, first field highest).
 pub(super) fn type_id(types: &[DataType]) -> u32 {
-    types.iter().fold(0, |id, t| (id << 6) | type_info(*t).0)
+    match types {
+        [one] => type_info(*one).0,
+        _ => types.iter().fold(0, |id, t| (id << 6) | type_info(*t).0),
+    }
 }
 
 /// A key's or value's length: one type's, or a concatenation's (each field in a 4-byte word).
@@ -217,38 +242,78 @@ fn type_len(types: &[DataType]) -> u32 {
     }
 }
 
-/// The byte order `nft` records for a key or value: a concatenation's in host order, an
-/// address's or port's in network order.
+/// The byte order `nft` records for a key or value: a concatenation's, a protocol's and a
+/// verdict's as it always did, an interface name's in host order, an address's or port's in
+/// network order.
 fn byte_order(types: &[DataType]) -> u32 {
     match types {
-        [DataType::InetProto] => BYTEORDER_HOST,
+        [DataType::InetProto | DataType::Verdict] => BYTEORDER_HOST,
+        [DataType::IfName] => BYTEORDER_HOST_ENDIAN,
         [_] => BYTEORDER_BIG_ENDIAN,
         _ => BYTEORDER_HOST,
     }
 }
 
-fn value_bytes(v: &Value) -> Vec<u8> {
+/// The first and last bytes a field of an element covers: the same for a single value, the
+/// ends of a prefix or range. `None` for a verdict (never a key).
+fn value_bounds(v: &Value) -> Option<(Vec<u8>, Vec<u8>)> {
+    let same = |b: Vec<u8>| Some((b.clone(), b));
     match v {
-        Value::Prefix(p) => addr_bytes(p.network()),
-        Value::Addr(a) => addr_bytes(*a),
-        Value::Proto(p) => vec![p.number()],
-        Value::Port(p) => p.to_be_bytes().to_vec(),
+        Value::Prefix(p) => Some((addr_bytes(p.network()), addr_bytes(p.last()))),
+        Value::Addr(a) => same(addr_bytes(*a)),
+        Value::Proto(p) => same(vec![p.number()]),
+        Value::Port(p) => same(p.to_be_bytes().to_vec()),
+        Value::Range(Range::Addr(first, last)) => Some((addr_bytes(*first), addr_bytes(*last))),
+        Value::Range(Range::Port(first, last)) => {
+            Some((first.to_be_bytes().to_vec(), last.to_be_bytes().to_vec()))
+        }
+        Value::IfName(name) => {
+            let mut b = name.as_bytes().to_vec();
+            b.resize(IFNAMSIZ.max(b.len() + 1), 0);
+            same(b)
+        }
+        Value::Verdict(_) => None,
     }
 }
 
-/// A key's or value's bytes: one value's, or a concatenation's (each padded to a word).
-pub(super) fn values_bytes(values: &[Value]) -> Vec<u8> {
+/// The bytes of a key (`last`: the last value each field covers, else the first): one
+/// value's, or a concatenation's (each padded to a word).
+fn key_bytes(values: &[Value], last: bool) -> Vec<u8> {
+    let field = |v: &Value| {
+        value_bounds(v)
+            .map(|(f, l)| if last { l } else { f })
+            .unwrap_or_default()
+    };
     match values {
-        [one] => value_bytes(one),
+        [one] => field(one),
         _ => {
             let mut out = Vec::new();
             for v in values {
-                out.extend(value_bytes(v));
+                out.extend(field(v));
                 pad4(&mut out);
             }
             out
         }
     }
+}
+
+/// A key's or value's bytes: one value's, or a concatenation's (each padded to a word).
+pub(super) fn values_bytes(values: &[Value]) -> Vec<u8> {
+    key_bytes(values, false)
+}
+
+/// `bytes` read as a big-endian number plus one; `None` past the top.
+fn next(bytes: &[u8]) -> Option<Vec<u8>> {
+    let mut out = bytes.to_vec();
+    for b in out.iter_mut().rev() {
+        if *b == u8::MAX {
+            *b = 0;
+        } else {
+            *b += 1;
+            return Some(out);
+        }
+    }
+    None
 }
 
 /// One user-data TLV as `nft` writes it: type, length, host-endian u32 value.
@@ -258,75 +323,199 @@ fn udata(ty: u8, value: u32) -> Vec<u8> {
     v
 }
 
-/// One element as the kernel takes it: key, value (maps), flags and user data.
+/// A comment as user data: TLV "comment" with the text and its NUL, the text cut to what
+/// `nft` accepts ([`crate::nft::model::comment`]; the model's constructors cut it already).
+fn comment_udata(comment: &str) -> Vec<u8> {
+    let text = crate::nft::model::comment(comment);
+    let mut v = vec![
+        UDATA_COMMENT,
+        u8::try_from(text.len() + 1).unwrap_or(u8::MAX),
+    ];
+    v.extend_from_slice(text.as_bytes());
+    v.push(0);
+    v
+}
+
+/// One element as the kernel takes it: key (and key end), value or verdict (maps), flags and
+/// user data.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct KernelElement {
     pub(super) key: Vec<u8>,
+    /// A concatenated interval set's element: the last value of each field.
+    pub(super) key_end: Option<Vec<u8>>,
     pub(super) data: Option<Vec<u8>>,
+    /// A verdict map's value: code and chain.
+    pub(super) verdict: Option<(i32, Option<String>)>,
     /// `NFT_SET_ELEM_INTERVAL_END`: the first address after an interval.
     pub(super) end: bool,
     /// An interval start that runs to the top of the address space (no end element).
     pub(super) open: bool,
+    pub(super) comment: Option<String>,
 }
 
 impl KernelElement {
+    /// An element of a set without intervals, or of a concatenated interval set.
     pub(super) fn of(element: &Element) -> KernelElement {
+        let verdict = match element.data.as_slice() {
+            [Value::Verdict(v)] => Some(verdict(v)),
+            _ => None,
+        };
+        let ranges = element
+            .key
+            .iter()
+            .any(|v| matches!(v, Value::Prefix(_) | Value::Range(_)));
         KernelElement {
-            key: values_bytes(&element.key),
-            data: (!element.data.is_empty()).then(|| values_bytes(&element.data)),
+            key: key_bytes(&element.key, false),
+            key_end: ranges.then(|| key_bytes(&element.key, true)),
+            data: (!element.data.is_empty() && verdict.is_none())
+                .then(|| values_bytes(&element.data)),
+            verdict,
             end: false,
             open: false,
+            comment: element.comment.clone(),
         }
     }
 
-    /// Encodes the element (the content of an `NFTA_LIST_ELEM`); `with_data`: its value too
-    /// (a delete names the key only).
+    /// A concatenated interval set's element: every element has a key end.
+    fn of_concat_interval(element: &Element) -> KernelElement {
+        KernelElement {
+            key_end: Some(key_bytes(&element.key, true)),
+            ..KernelElement::of(element)
+        }
+    }
+
+    fn boundary(key: Vec<u8>, end: bool, open: bool, comment: Option<String>) -> KernelElement {
+        KernelElement {
+            key,
+            key_end: None,
+            data: None,
+            verdict: None,
+            end,
+            open,
+            comment,
+        }
+    }
+
+    /// Encodes the element (the content of an `NFTA_LIST_ELEM`); `with_data`: its value and
+    /// user data too (a delete names the key only).
     pub(super) fn encode(&self, a: &mut Attrs<'_>, with_data: bool) {
         if self.end {
             a.be32(NFTA_SET_ELEM_FLAGS, NFT_SET_ELEM_INTERVAL_END);
         }
         a.nest(NFTA_SET_ELEM_KEY, |k| k.put(NFTA_DATA_VALUE, &self.key));
-        if with_data && let Some(data) = &self.data {
+        if let Some(end) = &self.key_end {
+            a.nest(NFTA_SET_ELEM_KEY_END, |k| k.put(NFTA_DATA_VALUE, end));
+        }
+        if !with_data {
+            return;
+        }
+        if let Some(data) = &self.data {
             a.nest(NFTA_SET_ELEM_DATA, |d| d.put(NFTA_DATA_VALUE, data));
         }
+        if let Some((code, chain)) = &self.verdict {
+            a.nest(NFTA_SET_ELEM_DATA, |d| {
+                d.nest(NFTA_DATA_VERDICT, |v| {
+                    v.put(NFTA_VERDICT_CODE, &code.to_be_bytes());
+                    if let Some(chain) = chain {
+                        v.str(NFTA_VERDICT_CHAIN, chain);
+                    }
+                });
+            });
+        }
+        let mut user = Vec::new();
+        if let Some(comment) = &self.comment {
+            user.extend(comment_udata(comment));
+        }
         if self.open {
-            a.put(
-                NFTA_SET_ELEM_USERDATA,
-                &udata(UDATA_SET_ELEM_FLAGS, SET_ELEM_F_INTERVAL_OPEN),
-            );
+            user.extend(udata(UDATA_SET_ELEM_FLAGS, SET_ELEM_F_INTERVAL_OPEN));
+        }
+        if !user.is_empty() {
+            a.put(NFTA_SET_ELEM_USERDATA, &user);
         }
     }
 }
 
-/// The elements the kernel holds for a set of the model: an interval set's prefixes as
-/// range boundaries ([`interval::bounds`] of its outermost prefixes), others one each.
+/// The elements the kernel holds for a whole set of the model: an interval set of one field
+/// as range boundaries (an end at zero first unless a range starts there, as `nft` sends
+/// them), a concatenated interval set's with their key ends, others one each.
 pub(super) fn kernel_elements(set: &Set) -> Vec<KernelElement> {
-    if !set.interval {
-        return set.elements.iter().map(KernelElement::of).collect();
+    if !set.interval || set.key.len() > 1 {
+        return set_elements(set, &set.elements);
     }
-    let prefixes: Vec<_> = set
-        .elements
+    let plain_prefixes = set.elements.iter().all(|e| {
+        e.comment.is_none() && matches!(e.key.as_slice(), [Value::Prefix(_) | Value::Addr(_)])
+    });
+    if plain_prefixes
+        && matches!(
+            set.key.as_slice(),
+            [DataType::Ipv4Addr | DataType::Ipv6Addr]
+        )
+    {
+        // Prefixes only: the outermost ones (nested prefixes are left out).
+        let prefixes: Vec<_> = set
+            .elements
+            .iter()
+            .flat_map(|e| e.key.first())
+            .filter_map(|v| match v {
+                Value::Prefix(p) => Some(*p),
+                Value::Addr(a) => Some(sinew_core::Cidr::host(*a)),
+                _ => None,
+            })
+            .collect();
+        let family = match set.key.first() {
+            Some(DataType::Ipv6Addr) => Family::V6,
+            _ => Family::V4,
+        };
+        return interval::bounds(&interval::outermost(&prefixes, family))
+            .into_iter()
+            .map(|b| KernelElement::boundary(addr_bytes(b.addr), b.end, b.open, None))
+            .collect();
+    }
+    let mut out = set_elements(set, &set.elements);
+    if let Some(first) = out.first()
+        && first.key.iter().any(|b| *b != 0)
+    {
+        let zero = vec![0; first.key.len()];
+        out.insert(0, KernelElement::boundary(zero, true, false, None));
+    }
+    out
+}
+
+/// The kernel elements of some elements of `set` (all of them, or those added or removed):
+/// in an interval set of one field each range is a start and, unless it runs to the top, an
+/// end at its last value + 1 (the ranges must be disjoint), sorted.
+pub(super) fn set_elements(set: &Set, elements: &[Element]) -> Vec<KernelElement> {
+    if !set.interval {
+        return elements.iter().map(KernelElement::of).collect();
+    }
+    if set.key.len() > 1 {
+        return elements
+            .iter()
+            .map(KernelElement::of_concat_interval)
+            .collect();
+    }
+    let mut ranges: Vec<(Vec<u8>, Vec<u8>, Option<String>)> = elements
         .iter()
-        .flat_map(|e| e.key.first())
-        .filter_map(|v| match v {
-            Value::Prefix(p) => Some(*p),
-            Value::Addr(a) => Some(sinew_core::Cidr::host(*a)),
-            Value::Proto(_) | Value::Port(_) => None,
+        .filter_map(|e| {
+            let (first, last) = value_bounds(e.key.first()?)?;
+            Some((first, last, e.comment.clone()))
         })
         .collect();
-    let family = match set.key.first() {
-        Some(DataType::Ipv6Addr) => Family::V6,
-        _ => Family::V4,
-    };
-    interval::bounds(&interval::outermost(&prefixes, family))
-        .into_iter()
-        .map(|b| KernelElement {
-            key: addr_bytes(b.addr),
-            data: None,
-            end: b.end,
-            open: b.open,
-        })
-        .collect()
+    ranges.sort();
+    let mut out = Vec::with_capacity(ranges.len() * 2);
+    for (first, last, comment) in ranges {
+        let after = next(&last);
+        out.push(KernelElement::boundary(
+            first,
+            false,
+            after.is_none(),
+            comment,
+        ));
+        if let Some(after) = after {
+            out.push(KernelElement::boundary(after, true, false, None));
+        }
+    }
+    out
 }
 
 // ----- the batch -----
@@ -420,34 +609,89 @@ impl Batch {
     }
 
     /// Creates the whole table (which must not exist at that point of the transaction):
-    /// the table, each set with its elements, the chains, then the rules (so a rule may jump
-    /// to any chain). Sets get ids 1, 2, ... in order, which the rules' lookups name.
+    /// the table, the chains (so a rule or a verdict map may jump to any chain), each set
+    /// with its elements, then the rules. Sets get ids 1, 2, ... in order, which the rules'
+    /// lookups name.
     pub(super) fn table(&mut self, t: &Table) {
         self.add_table(&t.name);
-        let ids: BTreeMap<&str, u32> = t
-            .sets
-            .iter()
-            .zip(1u32..)
-            .map(|(s, id)| (s.name.as_str(), id))
-            .collect();
-        for (set, id) in t.sets.iter().zip(1u32..) {
-            self.add_set(&t.name, set, id);
-            let elements = kernel_elements(set);
-            self.elements(&t.name, set, Some(id), &elements);
-        }
         for chain in &t.chains {
             self.add_chain(&t.name, chain);
         }
-        let set_id = |name: &str| ids.get(name).copied().unwrap_or(0);
+        let mut sets = Sets::of(t);
+        for set in &t.sets {
+            let id = sets.create(&set.name);
+            self.add_set(&t.name, set, id);
+            let elements = kernel_elements(set);
+            self.elements(&t.name, set, Some(id), &elements, false);
+        }
         for chain in &t.chains {
             for rule in &chain.rules {
-                self.add_rule(&t.name, &chain.name, rule, &set_id);
+                self.add_rule(&t.name, &chain.name, rule, &sets);
+            }
+        }
+    }
+
+    /// Applies `changes` (from [`crate::nft::diff`]) to table `new.name`, which holds the
+    /// table they start from; `new` is the table they lead to (what the rules' lookups read).
+    pub(super) fn changes(&mut self, new: &Table, changes: &[Change]) {
+        let table = new.name.as_str();
+        let mut sets = Sets::of(new);
+        for change in changes {
+            match change {
+                Change::AddChain(chain) => self.add_chain(table, chain),
+                Change::FlushChain(chain) => self.add(
+                    format!("flush chain inet {table} {chain}"),
+                    NFT_MSG_DELRULE,
+                    0,
+                    |a| {
+                        a.str(NFTA_RULE_TABLE, table);
+                        a.str(NFTA_RULE_CHAIN, chain);
+                    },
+                ),
+                Change::DeleteElements(set) => {
+                    let elements = set_elements(set, &set.elements);
+                    self.elements(table, set, None, &elements, true);
+                }
+                Change::DeleteSet(set) => self.add(
+                    format!("delete set inet {table} {set}"),
+                    NFT_MSG_DELSET,
+                    0,
+                    |a| {
+                        a.str(NFTA_SET_TABLE, table);
+                        a.str(NFTA_SET_NAME, set);
+                    },
+                ),
+                Change::AddSet(set) => {
+                    let id = sets.create(&set.name);
+                    self.add_set(table, set, id);
+                    let elements = kernel_elements(set);
+                    self.elements(table, set, Some(id), &elements, false);
+                }
+                Change::AddElements(set) => {
+                    let elements = set_elements(set, &set.elements);
+                    self.elements(table, set, None, &elements, false);
+                }
+                Change::AddRules { chain, rules } => {
+                    for rule in rules {
+                        self.add_rule(table, chain, rule, &sets);
+                    }
+                }
+                Change::DeleteChain(chain) => self.add(
+                    format!("delete chain inet {table} {chain}"),
+                    NFT_MSG_DELCHAIN,
+                    0,
+                    |a| {
+                        a.str(NFTA_CHAIN_TABLE, table);
+                        a.str(NFTA_CHAIN_NAME, chain);
+                    },
+                ),
             }
         }
     }
 
     fn add_set(&mut self, table: &str, set: &Set, id: u32) {
         let kind = if set.is_map() { "map" } else { "set" };
+        let concat_interval = set.interval && set.key.len() > 1;
         self.add(
             format!("add {kind} inet {table} {}", set.name),
             NFT_MSG_NEWSET,
@@ -459,6 +703,9 @@ impl Batch {
                 }
                 if set.is_map() {
                     flags |= NFT_SET_MAP;
+                }
+                if concat_interval {
+                    flags |= NFT_SET_CONCAT;
                 }
                 a.str(NFTA_SET_TABLE, table);
                 a.str(NFTA_SET_NAME, &set.name);
@@ -472,22 +719,41 @@ impl Batch {
                     udata.extend(self::udata(UDATA_SET_DATABYTEORDER, byte_order(data)));
                 }
                 a.be32(NFTA_SET_ID, id);
+                if concat_interval {
+                    // The length of each field, so the kernel can match ranges per field.
+                    a.nest(NFTA_SET_DESC, |desc| {
+                        desc.nest(NFTA_SET_DESC_CONCAT, |fields| {
+                            for t in &set.key {
+                                fields.nest(NFTA_LIST_ELEM, |f| {
+                                    f.be32(NFTA_SET_FIELD_LEN, type_info(*t).1);
+                                });
+                            }
+                        });
+                    });
+                }
                 a.put(NFTA_SET_USERDATA, &udata);
             },
         );
     }
 
-    /// `NFT_MSG_NEWSETELEM` messages adding `elements` to `set` (by name, and by `id` when
-    /// the set is created in this batch), as many elements a message as fit.
+    /// `NFT_MSG_NEWSETELEM` (or, `delete`, `NFT_MSG_DELSETELEM`) messages adding `elements`
+    /// to `set` (by name, and by `id` when the set is created in this batch), as many
+    /// elements a message as fit.
     pub(super) fn elements(
         &mut self,
         table: &str,
         set: &Set,
         id: Option<u32>,
         elements: &[KernelElement],
+        delete: bool,
     ) {
         let kind = if set.is_map() { "map" } else { "set" };
-        let op = format!("add elements to {kind} inet {table} {}", set.name);
+        let (verb, msg, flags) = if delete {
+            ("delete elements from", NFT_MSG_DELSETELEM, 0)
+        } else {
+            ("add elements to", NFT_MSG_NEWSETELEM, NLM_F_CREATE)
+        };
+        let op = format!("{verb} {kind} inet {table} {}", set.name);
         let mut rest = elements;
         while !rest.is_empty() {
             let mut bytes = 0;
@@ -496,7 +762,7 @@ impl Batch {
                 .take(ELEMENTS_PER_MESSAGE)
                 .take_while(|e| {
                     let mut buf = Vec::new();
-                    e.encode(&mut Attrs { buf: &mut buf }, true);
+                    e.encode(&mut Attrs { buf: &mut buf }, !delete);
                     bytes += buf.len() + 4;
                     bytes <= ELEMENT_BYTES_PER_MESSAGE
                 })
@@ -504,7 +770,7 @@ impl Batch {
                 .max(1);
             let (chunk, tail) = rest.split_at(count.min(rest.len()));
             rest = tail;
-            self.add(op.clone(), NFT_MSG_NEWSETELEM, NLM_F_CREATE, |a| {
+            self.add(op.clone(), msg, flags, |a| {
                 a.str(NFTA_SET_ELEM_LIST_TABLE, table);
                 a.str(NFTA_SET_ELEM_LIST_SET, &set.name);
                 if let Some(id) = id {
@@ -512,7 +778,7 @@ impl Batch {
                 }
                 a.nest(NFTA_SET_ELEM_LIST_ELEMENTS, |list| {
                     for e in chunk {
-                        list.nest(NFTA_LIST_ELEM, |el| e.encode(el, true));
+                        list.nest(NFTA_LIST_ELEM, |el| e.encode(el, !delete));
                     }
                 });
             });
@@ -551,6 +817,9 @@ impl Batch {
             |a| {
                 a.str(NFTA_CHAIN_TABLE, table);
                 a.str(NFTA_CHAIN_NAME, &chain.name);
+                if let Some(comment) = &chain.comment {
+                    a.put(NFTA_CHAIN_USERDATA, &comment_udata(comment));
+                }
                 let Some(base) = &chain.hook else {
                     return;
                 };
@@ -581,14 +850,8 @@ impl Batch {
         );
     }
 
-    pub(super) fn add_rule(
-        &mut self,
-        table: &str,
-        chain: &str,
-        rule: &Rule,
-        set_id: &dyn Fn(&str) -> u32,
-    ) {
-        let exprs = compile(rule, set_id);
+    pub(super) fn add_rule(&mut self, table: &str, chain: &str, rule: &Rule, sets: &dyn SetInfo) {
+        let exprs = compile(rule, sets);
         self.add(
             format!("add rule inet {table} {chain} {rule}"),
             NFT_MSG_NEWRULE,
@@ -601,7 +864,48 @@ impl Batch {
                         list.nest(NFTA_LIST_ELEM, |x| encode_expr(x, e));
                     }
                 });
+                if let Some(comment) = &rule.comment {
+                    a.put(NFTA_RULE_USERDATA, &comment_udata(comment));
+                }
             },
         );
+    }
+}
+
+/// The sets of the table a batch leads to, for the rules' lookups: which are concatenated
+/// interval sets, and the ids of those created in the batch.
+struct Sets<'a> {
+    concat_interval: BTreeSet<&'a str>,
+    ids: BTreeMap<String, u32>,
+}
+
+impl<'a> Sets<'a> {
+    fn of(t: &'a Table) -> Sets<'a> {
+        Sets {
+            concat_interval: t
+                .sets
+                .iter()
+                .filter(|s| s.interval && s.key.len() > 1)
+                .map(|s| s.name.as_str())
+                .collect(),
+            ids: BTreeMap::new(),
+        }
+    }
+
+    /// The id of a set created now: 1, 2, ... in order.
+    fn create(&mut self, name: &str) -> u32 {
+        let id = u32::try_from(self.ids.len() + 1).unwrap_or(u32::MAX);
+        self.ids.insert(name.to_string(), id);
+        id
+    }
+}
+
+impl SetInfo for Sets<'_> {
+    fn id(&self, set: &str) -> u32 {
+        self.ids.get(set).copied().unwrap_or(0)
+    }
+
+    fn concat_interval(&self, set: &str) -> bool {
+        self.concat_interval.contains(set)
     }
 }

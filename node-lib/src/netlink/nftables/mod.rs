@@ -1,6 +1,7 @@
 //! nftables over netlink (`NETLINK_NETFILTER`, subsystem `NFNL_SUBSYS_NFTABLES`), without
 //! the `nft` program or libnftnl: tables of the model ([`crate::nft`]) replaced whole in one
-//! transaction, and single elements added, removed and read.
+//! transaction, or changed in place by one transaction of the steps [`crate::nft::diff`]
+//! lists, and single elements added, removed and read.
 //!
 //! - `uapi`: the kernel's numbers;
 //! - `compile`: a rule's typed expressions as the kernel's register machine runs them;
@@ -23,7 +24,7 @@ use std::io;
 pub use socket::Nftables;
 
 use crate::netns::NetnsError;
-use crate::nft::{Element, Table};
+use crate::nft::{Change, Element, Table};
 use encode::{KernelElement, request};
 use uapi::*;
 
@@ -124,6 +125,31 @@ impl Nftables {
         self.commit(batch)
     }
 
+    /// Turns table `inet NAME`, which holds `old`, into `new` (of the same name) in one
+    /// transaction, without rebuilding it ([`crate::nft::diff`]): sets and chains that stay
+    /// keep working throughout. Nothing to do when the tables are equal.
+    pub fn update_table(&mut self, old: &Table, new: &Table) -> Result<()> {
+        if old.name != new.name {
+            return Err(NftError::Protocol {
+                op: format!("update table inet {}", new.name),
+                message: format!("the table it starts from is inet {}", old.name),
+            });
+        }
+        let changes = crate::nft::diff(old, new);
+        self.apply_changes(new, &changes)
+    }
+
+    /// Applies `changes` (as [`crate::nft::diff`] lists them) to table `inet NAME`, which
+    /// holds the table they start from; `new` is the table they lead to.
+    pub fn apply_changes(&mut self, new: &Table, changes: &[Change]) -> Result<()> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let mut batch = self.batch();
+        batch.changes(new, changes);
+        self.commit(batch)
+    }
+
     /// Deletes table `inet NAME` if it exists.
     pub fn delete_table(&mut self, table: &str) -> Result<()> {
         let mut batch = self.batch();
@@ -195,4 +221,14 @@ fn element_data(payload: &[u8]) -> Option<Vec<u8>> {
 }
 
 #[cfg(test)]
+mod datapath_tests;
+#[cfg(test)]
+pub(crate) mod policy_fixture;
+#[cfg(test)]
+mod policy_tests;
+#[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod update_tests;
+#[cfg(test)]
+mod vocabulary_tests;

@@ -211,7 +211,7 @@ fn anti_spoofing_and_loopback_rules_are_the_expressions_nft_generates() {
         Expr::Counter,
         Expr::Verdict(Verdict::Drop),
     ]);
-    let got = compile(&spoofed, &|_| 7);
+    let got = compile(&spoofed, &|_: &str| 7);
     assert_eq!(
         got[..6],
         [
@@ -678,7 +678,7 @@ fn ns_name(ns: &NetNs) -> String {
 }
 
 /// `nft ARGS` inside the namespace (the CLI only verifies here).
-fn nft(ns: &NetNs, args: &[&str]) -> String {
+pub(super) fn nft(ns: &NetNs, args: &[&str]) -> String {
     let out = Command::new("ip")
         .args(["netns", "exec", &ns_name(ns), "nft"])
         .args(args)
@@ -696,7 +696,7 @@ fn listing(ns: &NetNs) -> String {
     nft(ns, &["list", "table", "inet", "sinew"])
 }
 
-fn have_nft(test: &str) -> bool {
+pub(super) fn have_nft(test: &str) -> bool {
     let ok = Command::new("nft").arg("--version").output().is_ok();
     if !ok {
         eprintln!("*** SKIPPING {test}: needs the nft program to verify ***");

@@ -1,0 +1,264 @@
+//! The policy-shaped table ([`super::policy_fixture`]) judging real traffic: a "node"
+//! namespace that forwards between "pod" namespaces joined to it by veth pairs named `snw*`
+//! on the node's side, as the plugin joins pods, with small TCP and UDP echo servers and
+//! clients. Every namespace is the test's own and goes away with it, even on failure (the
+//! namespaces are owned values; the servers stop when their guard drops).
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use super::Nftables;
+use super::policy_fixture::{TABLE, golden, ip};
+use super::tests::have_nft;
+use crate::netns::NetNs;
+use crate::netns::test_support::{have_root, new_netns};
+use crate::nft::{Element, Value};
+
+/// How long a client waits before it calls a connection dropped.
+const PATIENCE: Duration = Duration::from_millis(700);
+/// The node's address on every pod link, the pods' gateway.
+const GATEWAY: &str = "169.254.1.1";
+
+fn ns_name(ns: &NetNs) -> String {
+    ns.path()
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// `ip ARGS`, which must succeed.
+fn ip_cmd(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("ip");
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A pod: its namespace joined to the node's by a veth pair, `eth0` inside with `addr`,
+/// `interface` on the node's side with a route to `addr`.
+fn add_pod(node: &NetNs, interface: &str, addr: &str) -> NetNs {
+    let pod = new_netns();
+    let (n, p) = (ns_name(node), ns_name(&pod));
+    ip_cmd(&[
+        "-n", &n, "link", "add", interface, "type", "veth", "peer", "name", "eth0", "netns", &p,
+    ]);
+    ip_cmd(&[
+        "-n",
+        &n,
+        "addr",
+        "add",
+        &format!("{GATEWAY}/32"),
+        "dev",
+        interface,
+    ]);
+    ip_cmd(&["-n", &n, "link", "set", interface, "up"]);
+    ip_cmd(&[
+        "-n",
+        &n,
+        "route",
+        "add",
+        &format!("{addr}/32"),
+        "dev",
+        interface,
+    ]);
+    ip_cmd(&[
+        "-n",
+        &p,
+        "addr",
+        "add",
+        &format!("{addr}/32"),
+        "dev",
+        "eth0",
+    ]);
+    ip_cmd(&["-n", &p, "link", "set", "eth0", "up"]);
+    ip_cmd(&[
+        "-n", &p, "route", "add", GATEWAY, "dev", "eth0", "scope", "link",
+    ]);
+    ip_cmd(&[
+        "-n", &p, "route", "add", "default", "via", GATEWAY, "dev", "eth0",
+    ]);
+    pod
+}
+
+/// Echo servers (TCP and UDP), stopped when this drops.
+#[derive(Default)]
+struct Servers {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Servers {
+    /// A TCP echo server on `port` of every address of `ns`.
+    fn tcp(&mut self, ns: &NetNs, port: u16) {
+        let listener = ns
+            .run_in(move || TcpListener::bind(("0.0.0.0", port)))
+            .unwrap()
+            .unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let stop = Arc::clone(&self.stop);
+        self.threads.push(std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((mut s, _)) => {
+                        let _ = s.set_nonblocking(false);
+                        let _ = s.set_read_timeout(Some(PATIENCE));
+                        let mut buf = [0u8; 64];
+                        if let Ok(n) = s.read(&mut buf) {
+                            let _ = s.write_all(&buf[..n]);
+                        }
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        }));
+    }
+
+    /// A UDP echo server on `port` of every address of `ns`.
+    fn udp(&mut self, ns: &NetNs, port: u16) {
+        let socket = ns
+            .run_in(move || UdpSocket::bind(("0.0.0.0", port)))
+            .unwrap()
+            .unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(20)))
+            .unwrap();
+        let stop = Arc::clone(&self.stop);
+        self.threads.push(std::thread::spawn(move || {
+            let mut buf = [0u8; 64];
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok((n, from)) = socket.recv_from(&mut buf) {
+                    let _ = socket.send_to(&buf[..n], from);
+                }
+            }
+        }));
+    }
+}
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Whether a TCP connection from `from` to `to:port` is made and echoes (so the replies
+/// came back too).
+fn tcp(from: &NetNs, to: &str, port: u16) -> bool {
+    let to = SocketAddr::new(ip(to), port);
+    from.run_in(move || {
+        let Ok(mut s) = TcpStream::connect_timeout(&to, PATIENCE) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(PATIENCE));
+        let mut buf = [0u8; 5];
+        s.write_all(b"hello").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"hello"
+    })
+    .unwrap()
+}
+
+/// Whether a UDP datagram from `from` to `to:port` is echoed back.
+fn udp(from: &NetNs, to: &str, port: u16) -> bool {
+    let to = SocketAddr::new(ip(to), port);
+    from.run_in(move || {
+        let s = UdpSocket::bind(("0.0.0.0", 0)).unwrap();
+        s.set_read_timeout(Some(PATIENCE)).unwrap();
+        s.send_to(b"hello", to).unwrap();
+        let mut buf = [0u8; 5];
+        matches!(s.recv_from(&mut buf), Ok((5, from)) if from == to) && &buf == b"hello"
+    })
+    .unwrap()
+}
+
+#[test]
+fn the_policy_table_judges_real_traffic() {
+    let test = "the_policy_table_judges_real_traffic";
+    if !have_root(test) || !have_nft(test) {
+        return;
+    }
+    let node = new_netns();
+    let out = Command::new("ip")
+        .args(["netns", "exec", &ns_name(&node), "sysctl", "-qw"])
+        .arg("net.ipv4.ip_forward=1")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let web = add_pod(&node, "snwa", "10.0.1.1");
+    let client = add_pod(&node, "snwb", "10.0.1.2");
+    let other = add_pod(&node, "snwc", "10.0.1.3");
+    let db = add_pod(&node, "snwd", "10.0.1.4");
+    let newcomer = add_pod(&node, "snwe", "10.0.1.5");
+    let (web_ip, other_ip, db_ip, newcomer_ip) = ("10.0.1.1", "10.0.1.3", "10.0.1.4", "10.0.1.5");
+
+    let mut servers = Servers::default();
+    for pod in [&web, &other, &db, &newcomer] {
+        servers.tcp(pod, 80);
+    }
+    servers.tcp(&web, 81);
+    servers.udp(&web, 5005);
+    servers.udp(&web, 6000);
+    servers.tcp(&node, 8080);
+
+    // Without the table every pod reaches every pod: the network itself works.
+    assert!(tcp(&other, web_ip, 80));
+    assert!(tcp(&newcomer, db_ip, 80));
+    assert!(udp(&other, web_ip, 6000));
+
+    let table = golden(true);
+    let mut nl = Nftables::in_netns(&node).unwrap();
+    nl.replace_table(&table).unwrap();
+
+    // web-1 is isolated for ingress: TCP 80 from the client only, UDP 5000-5010 from
+    // 10.0.1.2/31; its replies pass although its egress is isolated too (conntrack)
+    assert!(tcp(&client, web_ip, 80), "the allowed source and port");
+    assert!(!tcp(&other, web_ip, 80), "another source");
+    assert!(!tcp(&client, web_ip, 81), "another port");
+    assert!(
+        udp(&other, web_ip, 5005),
+        "a port range from an address range"
+    );
+    assert!(!udp(&other, web_ip, 6000), "outside the port range");
+    // web-1 is isolated for egress: TCP 80 to db only, and not to its node either
+    assert!(tcp(&web, db_ip, 80), "the allowed destination");
+    assert!(!tcp(&web, other_ip, 80), "egress denied is dropped");
+    assert!(
+        !tcp(&web, GATEWAY, 8080),
+        "egress to the node is judged in input"
+    );
+    assert!(
+        tcp(&client, GATEWAY, 8080),
+        "a pod no policy isolates reaches its node"
+    );
+    // pods no policy isolates pass both ways
+    assert!(tcp(&other, db_ip, 80));
+    assert!(tcp(&db, other_ip, 80));
+    // an interface not programmed yet is held both ways
+    assert!(!tcp(&newcomer, db_ip, 80), "held: nothing leaves");
+    assert!(!tcp(&db, newcomer_ip, 80), "held: nothing enters");
+
+    // programmed by an update (one element added): it passes
+    let mut programmed = table.clone();
+    programmed
+        .sets
+        .iter_mut()
+        .find(|s| s.name == "programmed")
+        .unwrap()
+        .elements
+        .push(Element::key([Value::IfName("snwe".into())]));
+    nl.update_table(&table, &programmed).unwrap();
+    assert!(tcp(&newcomer, db_ip, 80));
+    assert!(tcp(&db, newcomer_ip, 80));
+
+    // without the table, everything passes again
+    nl.delete_table(TABLE).unwrap();
+    assert!(tcp(&other, web_ip, 80));
+}
