@@ -171,6 +171,12 @@ pub enum ProblemKind {
     /// A step of the agent's pass failed on the node (netlink, node files); the steps that do
     /// not depend on it went on.
     StepFailed,
+    /// The node's NetworkPolicy table could not be programmed: its pods keep the last table
+    /// programmed (new pods are held, passing nothing).
+    PolicyFailed,
+    /// A NetworkPolicy class needed more set elements than a class may hold: its pods are
+    /// denied everything in that direction (fail closed) until the policies shrink.
+    PolicyLimited,
     /// A kind this build does not know (a newer agent).
     #[serde(other)]
     Other,
@@ -209,6 +215,8 @@ impl ProblemKind {
             ProblemKind::RpFilterStrict => "RPFilterStrict",
             ProblemKind::VtepConflict => "VTEPConflict",
             ProblemKind::StepFailed => "StepFailed",
+            ProblemKind::PolicyFailed => "PolicyFailed",
+            ProblemKind::PolicyLimited => "PolicyLimited",
             ProblemKind::Other => "Other",
         }
     }
@@ -224,7 +232,9 @@ impl ProblemKind {
             | ProblemKind::PeerUnreachable
             | ProblemKind::RpFilterStrict
             | ProblemKind::VtepConflict
-            | ProblemKind::StepFailed => Severity::Critical,
+            | ProblemKind::StepFailed
+            | ProblemKind::PolicyFailed
+            | ProblemKind::PolicyLimited => Severity::Critical,
             ProblemKind::PeersIncomplete
             | ProblemKind::BlockClaimFailed
             | ProblemKind::BlockReleaseFailed
@@ -238,7 +248,7 @@ impl ProblemKind {
     }
 
     /// Every kind, for metrics that report zero for the absent ones.
-    pub const ALL: [ProblemKind; 19] = [
+    pub const ALL: [ProblemKind; 21] = [
         ProblemKind::ConflistShadowed,
         ProblemKind::ForwardingOff,
         ProblemKind::RouteConflict,
@@ -258,6 +268,8 @@ impl ProblemKind {
         ProblemKind::RpFilterStrict,
         ProblemKind::VtepConflict,
         ProblemKind::StepFailed,
+        ProblemKind::PolicyFailed,
+        ProblemKind::PolicyLimited,
     ];
 }
 
@@ -347,6 +359,30 @@ pub struct NodeReport {
     /// per kind.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub omitted: Vec<OmittedProblems>,
+    /// NetworkPolicy on this node, when the network enforces it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PolicyReport>,
+}
+
+/// How far a node's NetworkPolicy table is in line with the cluster's policies.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyReport {
+    /// The table holds the policies as the agent last saw them.
+    pub programmed: bool,
+    /// When the table was last brought in line (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub programmed_at: Option<String>,
+    /// Classes (groups of this node's pods treated alike) and set elements programmed.
+    pub classes: u32,
+    pub elements: u32,
+    /// Pod interfaces held (passing nothing) because their pod is not known yet.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub held: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// How many problems of one kind a bounded report left out.

@@ -13,6 +13,7 @@ pub mod selector;
 // The Kubernetes-free core, re-exported: API users keep one import path.
 pub use cluster_network::{
     CLUSTER_NETWORK_NAME, ClusterNetwork, ClusterNetworkSpec, ClusterNetworkStatus,
+    NetworkPolicyMode,
 };
 pub use ip_block::{
     Allocation, IPBlock, IPBlockSpec, IPBlockStatus, RELEASE_ANNOTATION, ReleaseRequest,
