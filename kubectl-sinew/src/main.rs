@@ -4,7 +4,8 @@
 //! ```text
 //! kubectl sinew doctor [NODE] [-o json]       every current problem, worst first
 //! kubectl sinew ipam check [--release-leaks]  stores vs IPBlocks vs Pods, nothing locked
-//! kubectl sinew trace POD POD [-n NS]         the path between two pods as sinew programmed it
+//! kubectl sinew trace POD POD [-n NS]         the path between two pods as sinew programmed it,
+//!       [--port N/PROTO]                      and the NetworkPolicy rules that allow or deny it
 //! ```
 //! Exit status: 0 when nothing is wrong, 1 when something is, 2 when the API server cannot be
 //! asked.
@@ -14,14 +15,18 @@
 mod doctor;
 mod finding;
 mod ipam;
+mod policy_trace;
 mod trace;
 
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{Api, ListParams, Patch, PatchParams};
-use sinew_crds::{CLUSTER_NETWORK_NAME, ClusterNetwork, IPBlock, IPPool, RELEASE_ANNOTATION};
+use sinew_crds::{
+    CLUSTER_NETWORK_NAME, ClusterNetwork, IPBlock, IPPool, NetworkPolicyMode, RELEASE_ANNOTATION,
+};
 use sinew_runtime::clap::{self, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
@@ -60,6 +65,10 @@ enum Command {
         /// Namespace of pods given without one (`NS/NAME` also works).
         #[arg(short, long, default_value = "default")]
         namespace: String,
+        /// The connection NetworkPolicy is judged for, `PORT/PROTOCOL` (`8080/TCP`, `53/UDP`);
+        /// default: the destination's first container port, else 80/TCP.
+        #[arg(long)]
+        port: Option<String>,
     },
 }
 
@@ -175,6 +184,7 @@ async fn run(args: Args) -> anyhow::Result<u8> {
             from,
             to,
             namespace,
+            port,
         } => {
             let get = |spec: String| {
                 let client = client.clone();
@@ -198,10 +208,37 @@ async fn run(args: Args) -> anyhow::Result<u8> {
                 .get_opt(CLUSTER_NETWORK_NAME)
                 .await
                 .context("reading the ClusterNetwork")?;
-            let t = trace::trace(&a, &b, &blocks, &pools, &nodes, network.as_ref())
+            let mut t = trace::trace(&a, &b, &blocks, &pools, &nodes, network.as_ref())
                 .map_err(anyhow::Error::msg)?;
+            let enforced = network
+                .as_ref()
+                .is_some_and(|n| n.spec.network_policy == NetworkPolicyMode::Enabled);
+            if enforced {
+                let connection =
+                    policy_trace::connection(port.as_deref(), &b).map_err(anyhow::Error::msg)?;
+                let world = policy_trace::world(
+                    list::<Namespace>(&client).await?,
+                    Api::<Pod>::all(client.clone())
+                        .list(&Default::default())
+                        .await
+                        .context("listing pods")?
+                        .items,
+                    Api::<NetworkPolicy>::all(client.clone())
+                        .list(&Default::default())
+                        .await
+                        .context("listing NetworkPolicies")?
+                        .items,
+                );
+                t.policy = Some(
+                    policy_trace::trace(&world, &a, &b, connection).map_err(anyhow::Error::msg)?,
+                );
+            } else {
+                t.policy = Some(policy_trace::PolicyTrace::not_enforced());
+            }
             print(args.output, &t, trace::render(&t))?;
-            Ok(u8::from(t.path == "Unreachable"))
+            Ok(u8::from(
+                t.path == "Unreachable" || t.policy.as_ref().is_some_and(|p| !p.passes),
+            ))
         }
     }
 }

@@ -29,6 +29,9 @@ pub struct Trace {
     pub mtu: Option<u32>,
     pub hops: Vec<String>,
     pub probe: String,
+    /// What NetworkPolicy decides for the connection (filled in by the caller).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<crate::policy_trace::PolicyTrace>,
 }
 
 fn end(pod: &Pod, blocks: &[IPBlock]) -> Result<End, String> {
@@ -183,6 +186,7 @@ pub fn trace(
     hops.push(format!("{} eth0 ({})", to.pod, to.ip));
     Ok(Trace {
         probe: probe_result(report(nodes, &from.node).as_ref(), &from.node, &to.node),
+        policy: None,
         from,
         to,
         mode: Some(mode.to_string()),
@@ -206,6 +210,10 @@ pub fn render(t: &Trace) -> String {
         s += &format!("  {}. {h}\n", i + 1);
     }
     s += &format!("probe: {}\n", t.probe);
+    if let Some(p) = &t.policy {
+        s += &p.text;
+        s += "\n";
+    }
     s
 }
 
