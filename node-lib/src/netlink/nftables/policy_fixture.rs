@@ -8,6 +8,11 @@
 //!   TCP 80 to 10.0.1.4;
 //! - `snwb`, `snwc`, `snwd` (10.0.1.2-4): programmed, isolated by nothing;
 //! - `snwe` (10.0.1.5): not programmed yet, so held.
+//!
+//! One addition to decision 91's rules: the `input` hook accepts IPv6 neighbour solicitations
+//! and advertisements before judging egress. Without it an egress-isolated pod cannot answer
+//! its node's solicitations, so once the neighbour caches expire nothing reaches it over IPv6,
+//! not even what its ingress allows (the datapath test shows it with cold caches).
 
 use std::net::IpAddr;
 
@@ -15,8 +20,8 @@ use sinew_core::Family;
 
 use crate::hostport::Protocol;
 use crate::nft::{
-    Chain, ChainKind, CtState, DataType, Dir, Element, Expr, Field, Hook, NamedPriority, Op,
-    Policy, Priority, Rule, Set, Table, TimeUnit, Value, Verdict,
+    Chain, ChainKind, CtState, DataType, Dir, Element, Expr, Field, Hook, Icmpv6Type,
+    NamedPriority, Op, Policy, Priority, Rule, Set, Table, TimeUnit, Value, Verdict,
 };
 
 pub(crate) const TABLE: &str = "sinew-policy";
@@ -285,6 +290,10 @@ pub(crate) fn table(
         ])
         .with_comment("not programmed yet")
     };
+    // A pod's neighbour discovery with its node is no connection a policy judges: without
+    // it, the node cannot reach an egress-isolated pod over IPv6 (its advertisements would
+    // be dropped), nor the pod its gateway.
+    let neighbour_discovery = |t| Rule::new([Expr::Icmpv6Type(t), Expr::Verdict(Verdict::Accept)]);
     let filter = Priority::named(NamedPriority::Filter);
     chains.push(
         Chain::base(
@@ -313,6 +322,8 @@ pub(crate) fn table(
         .with_rules([
             established(),
             hold(Field::IifName),
+            neighbour_discovery(Icmpv6Type::NeighborSolicit),
+            neighbour_discovery(Icmpv6Type::NeighborAdvert),
             Rule::new([Expr::IifName(pods()), Expr::jump("egress")]),
         ]),
     );
