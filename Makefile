@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 export CARGO_TERM_COLOR ?= auto
 
-.PHONY: demo test deps tools crds crds-check fuzz bench bench-e2e bench-scale bench-kind kind kind-build kind-conformance
+.PHONY: demo test deps tools crds crds-check fuzz bench bench-e2e bench-scale bench-kind kind kind-build kind-conformance kind-netpol
 
 ## demo: the main job, locally (root): control plane, 3 nodes as namespaces, sinew, pods, pool status, a live mode switch
 demo: deps
@@ -61,3 +61,7 @@ kind-build:
 ## kind-conformance: make kind plus the upstream sig-network specs ([Conformance], Granular Checks: Services, Conntrack; e2e.test and ginkgo, built once)
 kind-conformance:
 	SINEW_KIND_CONFORMANCE=1 e2e/kind/run.sh
+
+## kind-netpol: make kind with NetworkPolicy turned on after the connectivity checks and the upstream [sig-network] Netpol specs (48 of 51; SCTP traffic excluded)
+kind-netpol:
+	SINEW_KIND_NETPOL=1 e2e/kind/run.sh

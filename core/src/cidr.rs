@@ -126,6 +126,15 @@ impl Cidr {
     }
 
     /// The single-address prefix (/32 or /128) of `addr`.
+    /// `fe80::/10`: IPv6 link-local addresses (neighbour discovery speaks from them).
+    pub fn link_local_v6() -> Self {
+        Cidr {
+            family: Family::V6,
+            network: 0xfe80_u128 << 112,
+            prefix: 10,
+        }
+    }
+
     pub fn host(addr: IpAddr) -> Self {
         let family = Family::of(addr);
         Cidr {

@@ -96,9 +96,92 @@ fn address(family: Family, value: u128) -> IpAddr {
     }
 }
 
+/// Disjoint prefixes, each with a value, indexed by network address: whether a prefix
+/// overlaps one of them costs two ordered-map lookups, not a scan (a pass vets every block of
+/// the cluster against the older ones: thousands of nodes, thousands of blocks).
+#[derive(Debug, Clone)]
+pub struct DisjointPrefixes<T> {
+    by_start: std::collections::BTreeMap<IpAddr, (Cidr, T)>,
+}
+
+impl<T> Default for DisjointPrefixes<T> {
+    fn default() -> Self {
+        DisjointPrefixes {
+            by_start: std::collections::BTreeMap::new(),
+        }
+    }
+}
+
+impl<T> DisjointPrefixes<T> {
+    /// The held prefix that overlaps `cidr`, if any. Two prefixes overlap only when one holds
+    /// the other: either the held prefix starting at or before `cidr` holds it, or the first
+    /// starting at or after `cidr`'s start lies inside it.
+    pub fn overlapping(&self, cidr: &Cidr) -> Option<(&Cidr, &T)> {
+        let start = cidr.network();
+        let before = self.by_start.range(..=start).next_back();
+        let after = self.by_start.range(start..).next();
+        before
+            .filter(|(_, (held, _))| held.overlaps(cidr))
+            .or_else(|| after.filter(|(_, (held, _))| held.overlaps(cidr)))
+            .map(|(_, (held, value))| (held, value))
+    }
+
+    /// Adds `cidr` unless it overlaps a held prefix; whether it was added.
+    pub fn insert(&mut self, cidr: Cidr, value: T) -> bool {
+        if self.overlapping(&cidr).is_some() {
+            return false;
+        }
+        self.by_start.insert(cidr.network(), (cidr, value));
+        true
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// Prefixes crowded into 10.0.0.0/16 (and a few IPv6), so that many overlap.
+    fn crowded() -> impl Strategy<Value = Cidr> {
+        prop_oneof![
+            4 => (any::<u16>(), 16u8..=30).prop_map(|(low, p)| Cidr::new_truncating(
+                IpAddr::V4(Ipv4Addr::from(0x0a00_0000u32 | u32::from(low))),
+                p
+            )
+            .unwrap()),
+            1 => (any::<u8>(), 112u8..=128).prop_map(|(low, p)| Cidr::new_truncating(
+                IpAddr::V6(Ipv6Addr::from(0xfd00_u128 << 112 | u128::from(low))),
+                p
+            )
+            .unwrap()),
+        ]
+    }
+
+    proptest! {
+        /// The index answers what a scan of every held prefix answers.
+        #[test]
+        fn disjoint_prefixes_find_what_a_scan_finds(
+            inserted in proptest::collection::vec(crowded(), 0..60),
+            probes in proptest::collection::vec(crowded(), 1..30),
+        ) {
+            let mut index = DisjointPrefixes::default();
+            let mut held: Vec<Cidr> = Vec::new();
+            for c in inserted {
+                let scan = held.iter().any(|h| h.overlaps(&c));
+                prop_assert_eq!(index.insert(c, ()), !scan);
+                if !scan {
+                    held.push(c);
+                }
+            }
+            for p in probes {
+                let found = index.overlapping(&p).map(|(c, _)| *c);
+                prop_assert_eq!(found.is_some(), held.iter().any(|h| h.overlaps(&p)));
+                if let Some(c) = found {
+                    prop_assert!(c.overlaps(&p) && held.contains(&c));
+                }
+            }
+        }
+    }
 
     fn cidr(s: &str) -> Cidr {
         s.parse().unwrap()

@@ -171,6 +171,12 @@ pub enum ProblemKind {
     /// A step of the agent's pass failed on the node (netlink, node files); the steps that do
     /// not depend on it went on.
     StepFailed,
+    /// The node's NetworkPolicy table could not be programmed: its pods keep the last table
+    /// programmed (new pods are held, passing nothing).
+    PolicyFailed,
+    /// A NetworkPolicy class needed more set elements than a class may hold: its pods are
+    /// denied everything in that direction (fail closed) until the policies shrink.
+    PolicyLimited,
     /// A kind this build does not know (a newer agent).
     #[serde(other)]
     Other,
@@ -209,6 +215,8 @@ impl ProblemKind {
             ProblemKind::RpFilterStrict => "RPFilterStrict",
             ProblemKind::VtepConflict => "VTEPConflict",
             ProblemKind::StepFailed => "StepFailed",
+            ProblemKind::PolicyFailed => "PolicyFailed",
+            ProblemKind::PolicyLimited => "PolicyLimited",
             ProblemKind::Other => "Other",
         }
     }
@@ -224,7 +232,9 @@ impl ProblemKind {
             | ProblemKind::PeerUnreachable
             | ProblemKind::RpFilterStrict
             | ProblemKind::VtepConflict
-            | ProblemKind::StepFailed => Severity::Critical,
+            | ProblemKind::StepFailed
+            | ProblemKind::PolicyFailed
+            | ProblemKind::PolicyLimited => Severity::Critical,
             ProblemKind::PeersIncomplete
             | ProblemKind::BlockClaimFailed
             | ProblemKind::BlockReleaseFailed
@@ -238,7 +248,7 @@ impl ProblemKind {
     }
 
     /// Every kind, for metrics that report zero for the absent ones.
-    pub const ALL: [ProblemKind; 19] = [
+    pub const ALL: [ProblemKind; 21] = [
         ProblemKind::ConflistShadowed,
         ProblemKind::ForwardingOff,
         ProblemKind::RouteConflict,
@@ -258,6 +268,8 @@ impl ProblemKind {
         ProblemKind::RpFilterStrict,
         ProblemKind::VtepConflict,
         ProblemKind::StepFailed,
+        ProblemKind::PolicyFailed,
+        ProblemKind::PolicyLimited,
     ];
 }
 
@@ -343,17 +355,136 @@ pub struct NodeReport {
     /// pool's blocks only once every node holding one says so.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub drained: Vec<String>,
+    /// Problems left out of `problems` by [`NodeReport::bounded`] (the least severe), counted
+    /// per kind.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub omitted: Vec<OmittedProblems>,
+    /// NetworkPolicy on this node, when the network enforces it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PolicyReport>,
+}
+
+/// How far a node's NetworkPolicy table is in line with the cluster's policies.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyReport {
+    /// The table holds the policies as the agent last saw them.
+    pub programmed: bool,
+    /// When the table was last brought in line (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub programmed_at: Option<String>,
+    /// Classes (groups of this node's pods treated alike) and set elements programmed.
+    pub classes: u32,
+    pub elements: u32,
+    /// Pod interfaces held (passing nothing) because their pod is not known yet.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub held: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// How many problems of one kind a bounded report left out.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct OmittedProblems {
+    pub kind: ProblemKind,
+    pub count: u32,
+}
+
+/// The most problems one report carries: a report lives in one Node annotation (the API server
+/// caps a Node's annotations at 256 KiB together) and the operator copies problems into the
+/// one `ClusterNetwork`, so what one node says must not grow with the cluster (a node that
+/// cannot reach 400 peers says so in 16 problems and a count).
+pub const REPORT_PROBLEMS: usize = 16;
+/// The longest message or fix of a reported problem, in bytes.
+pub const PROBLEM_TEXT_BYTES: usize = 512;
+/// The most evidence lines of a reported problem, and the longest line.
+pub const PROBLEM_EVIDENCE_LINES: usize = 8;
+pub const EVIDENCE_LINE_BYTES: usize = 256;
+/// What the problems of a bounded report take at most in its annotation (the bounds above,
+/// with room for the JSON around them).
+pub const REPORT_PROBLEM_BYTES: usize = 64 * 1024;
+
+/// `text` cut to at most `max` bytes at a character boundary, marked when cut.
+pub fn truncated(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    const MARK: &str = " [...]";
+    let mut end = max.saturating_sub(MARK.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{MARK}", &text[..end])
+}
+
+impl Problem {
+    /// The problem with its texts cut to the report's bounds.
+    fn bounded(self) -> Problem {
+        let lines = self.evidence.len();
+        // Over the bound, the last line kept says how many were left out.
+        let kept = if lines > PROBLEM_EVIDENCE_LINES {
+            PROBLEM_EVIDENCE_LINES - 1
+        } else {
+            lines
+        };
+        let mut evidence: Vec<String> = self
+            .evidence
+            .iter()
+            .take(kept)
+            .map(|e| truncated(e, EVIDENCE_LINE_BYTES))
+            .collect();
+        if kept < lines {
+            evidence.push(format!("... {} more lines", lines - kept));
+        }
+        Problem {
+            kind: self.kind,
+            message: truncated(&self.message, PROBLEM_TEXT_BYTES),
+            evidence,
+            fix: self.fix.map(|f| truncated(&f, PROBLEM_TEXT_BYTES)),
+        }
+    }
 }
 
 impl NodeReport {
     /// Parses the annotation's value; `None` when it is not a report this build can read.
+    /// The report is read within its bounds, whoever wrote it.
     pub fn parse(annotation: &str) -> Option<NodeReport> {
-        serde_json::from_str(annotation).ok()
+        serde_json::from_str(annotation)
+            .ok()
+            .map(NodeReport::bounded)
     }
 
-    /// The annotation's value.
+    /// The report within its bounds: the [`REPORT_PROBLEMS`] most severe problems (then by
+    /// kind and message), each cut to the text bounds; the rest counted per kind in `omitted`.
+    pub fn bounded(mut self) -> NodeReport {
+        let mut problems = std::mem::take(&mut self.problems);
+        problems.sort_by(|a, b| {
+            (a.kind.severity(), a.kind, &a.message).cmp(&(b.kind.severity(), b.kind, &b.message))
+        });
+        let rest = problems.split_off(problems.len().min(REPORT_PROBLEMS));
+        let mut omitted: BTreeMap<ProblemKind, u32> =
+            self.omitted.iter().map(|o| (o.kind, o.count)).collect();
+        for p in rest {
+            *omitted.entry(p.kind).or_default() += 1;
+        }
+        self.problems = problems.into_iter().map(Problem::bounded).collect();
+        self.omitted = omitted
+            .into_iter()
+            .map(|(kind, count)| OmittedProblems { kind, count })
+            .collect();
+        self
+    }
+
+    /// How many problems the node has, reported or counted.
+    pub fn problem_count(&self) -> usize {
+        self.problems.len() + self.omitted.iter().map(|o| o.count as usize).sum::<usize>()
+    }
+
+    /// The annotation's value: the report within its bounds (see [`NodeReport::bounded`]).
     pub fn to_annotation(&self) -> String {
-        serde_json::to_string(self).unwrap_or_default()
+        serde_json::to_string(&self.clone().bounded()).unwrap_or_default()
     }
 }
 
@@ -383,6 +514,68 @@ mod tests {
             ProblemKind::Other
         );
         assert_eq!(NodeReport::parse("not json"), None);
+    }
+
+    /// A node failing against every peer of a large cluster still writes a small report that
+    /// keeps its worst problems and counts the others.
+    #[test]
+    fn a_report_does_not_grow_with_the_problems() {
+        let long = "x".repeat(10_000);
+        let mut problems: Vec<Problem> = (0..5_000)
+            .map(|i| {
+                Problem::new(ProblemKind::PeerUnreachable, format!("peer {i}: {long}"))
+                    .with_evidence(vec![long.clone(); 50])
+                    .with_fix(long.clone())
+            })
+            .collect();
+        problems.push(Problem::new(ProblemKind::DanglingVeth, "snw1"));
+        problems.push(Problem::new(
+            ProblemKind::ForwardingOff,
+            "net.ipv4.ip_forward=0",
+        ));
+        let report = NodeReport {
+            problems,
+            ..NodeReport::default()
+        }
+        .bounded();
+        let text = report.to_annotation();
+        assert!(text.len() < REPORT_PROBLEM_BYTES, "{} bytes", text.len());
+        assert_eq!(report.problems.len(), REPORT_PROBLEMS);
+        assert_eq!(
+            report.problems[0].kind,
+            ProblemKind::ForwardingOff,
+            "worst first"
+        );
+        assert_eq!(report.problem_count(), 5_002);
+        assert_eq!(
+            report.omitted,
+            vec![
+                OmittedProblems {
+                    kind: ProblemKind::DanglingVeth,
+                    count: 1
+                },
+                OmittedProblems {
+                    kind: ProblemKind::PeerUnreachable,
+                    count: 4_985
+                },
+            ]
+        );
+        let p = &report.problems[1];
+        assert!(p.message.len() <= PROBLEM_TEXT_BYTES && p.message.ends_with("[...]"));
+        assert_eq!(p.evidence.len(), PROBLEM_EVIDENCE_LINES);
+        assert_eq!(p.evidence[PROBLEM_EVIDENCE_LINES - 1], "... 43 more lines");
+        assert!(NodeReport::parse(&text) == Some(report.clone()));
+        assert!(
+            report.clone().bounded() == report,
+            "bounding twice changes nothing"
+        );
+    }
+
+    #[test]
+    fn truncation_keeps_whole_characters() {
+        assert_eq!(truncated("short", 10), "short");
+        let cut = truncated(&"é".repeat(100), 11);
+        assert!(cut.len() <= 11 && cut.ends_with(" [...]"), "{cut}");
     }
 
     #[test]

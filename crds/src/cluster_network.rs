@@ -62,6 +62,31 @@ pub struct ClusterNetworkSpec {
     /// Log level of the node agent and the plugin.
     #[serde(default)]
     pub log_level: LogLevel,
+
+    /// Whether the agents enforce `networking.k8s.io/v1` NetworkPolicy on their nodes
+    /// (`Enabled`), or program no policy table at all and remove theirs (`Disabled`).
+    #[serde(default, skip_serializing_if = "NetworkPolicyMode::is_disabled")]
+    pub network_policy: NetworkPolicyMode,
+}
+
+/// NetworkPolicy enforcement (decision 91).
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema,
+)]
+pub enum NetworkPolicyMode {
+    /// Every node enforces NetworkPolicy: a pod's interface carries only what its policies
+    /// allow, from the moment it is created.
+    Enabled,
+    /// No node enforces NetworkPolicy (the default until the upstream Netpol suite passes on
+    /// kind in CI).
+    #[default]
+    Disabled,
+}
+
+impl NetworkPolicyMode {
+    pub fn is_disabled(&self) -> bool {
+        *self == NetworkPolicyMode::Disabled
+    }
 }
 
 fn default_mtu() -> IntOrString {
@@ -100,6 +125,7 @@ impl Default for ClusterNetworkSpec {
             installer: InstallerSettings::default(),
             ipam: IpamSettings::default(),
             log_level: LogLevel::default(),
+            network_policy: NetworkPolicyMode::default(),
         }
     }
 }
@@ -365,9 +391,14 @@ pub struct ClusterNetworkStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nodes: Option<NodeCounts>,
 
-    /// Nodes with a problem, one entry each (foreign conflist winning, install failed, ...).
+    /// Nodes' problems, the most severe first (foreign conflist winning, install failed, ...),
+    /// at most 64; `kubectl sinew doctor` lists every node's.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub problems: Vec<NodeProblem>,
+
+    /// Problems the nodes have beyond those listed in `problems`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub omitted_problems: Option<u32>,
 }
 
 /// How far the rollout has come.

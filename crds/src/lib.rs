@@ -13,13 +13,14 @@ pub mod selector;
 // The Kubernetes-free core, re-exported: API users keep one import path.
 pub use cluster_network::{
     CLUSTER_NETWORK_NAME, ClusterNetwork, ClusterNetworkSpec, ClusterNetworkStatus,
+    NetworkPolicyMode,
 };
 pub use ip_block::{
     Allocation, IPBlock, IPBlockSpec, IPBlockStatus, RELEASE_ANNOTATION, ReleaseRequest,
 };
 pub use ip_pool::{IPPool, IPPoolSpec, IPPoolStatus, ModePlan};
 pub use sinew_core::{Cidr, CidrError, Family, Forwarding, LogLevel, PoolMode, vxlan_overhead};
-pub use sinew_core::{cidr, node};
+pub use sinew_core::{cidr, interval, node};
 
 /// API group of every sinew resource.
 pub const GROUP: &str = "sinew.dev";

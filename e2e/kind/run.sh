@@ -16,6 +16,10 @@
 #   at once while pods hold addresses, nothing deleted; then `helm uninstall` leaving every node
 #   clean.
 #
+# SINEW_KIND_NETPOL=1 turns NetworkPolicy on after the connectivity checks (and the conformance
+# set) and runs the upstream `[sig-network] Netpol` specs (48 of 51: SCTP traffic excluded);
+# policy stays on for the rest of the run.
+#
 # SINEW_KIND_CONFORMANCE=1 adds the upstream sig-network specs of e2e.test v1.37.2 (every
 # [Conformance] one, Granular Checks: Services, Conntrack; built by `e2e/tools/build.sh
 # conformance`, a cold build takes long), run in parallel by the ginkgo CLI on the chart's
@@ -89,7 +93,8 @@ export SINEW_KIND_LOCKED=1
 source "$cache/current.env"
 bin=$SINEW_KIND_TOOLS_BIN
 conformance=${SINEW_KIND_CONFORMANCE:-0}
-if [[ $conformance == 1 ]]; then
+netpol=${SINEW_KIND_NETPOL:-0}
+if [[ $conformance == 1 || $netpol == 1 ]]; then
   e2e_bin=$("$repo/e2e/tools/build.sh" conformance)
 fi
 eval "$("$here/dockerd.sh" start)"
@@ -1059,16 +1064,18 @@ spec_states() {
     | [.State, ((.ContainerHierarchyTexts // []) + [.LeafNodeText] | join(" "))] | @tsv' "$1"
 }
 
-# Runs the set, counts passed specs against what the focus selects (a spec that was skipped at
-# run time, a node-count guard for instance, counts as not passed), and fails unless every
-# selected spec passed.
-c_conformance() {
-  local dir=$logs/conformance t0=$SECONDS nodes_n f e name rc
+# Runs one upstream set (SET: `conformance` or `netpol`; its focus and exclusions are the arrays
+# ${SET}_focus and ${SET}_excluded), counts passed specs against what the focus selects (a spec
+# that was skipped at run time, a node-count guard for instance, counts as not passed), and fails
+# unless every selected spec passed.
+upstream_set() {
+  local set=$1 dir=$logs/$1 t0=$SECONDS nodes_n f e name rc
+  local -n set_focus=${set}_focus set_excluded=${set}_excluded
   local focus=() skip=() suite_flags
   mkdir -p "$dir"
   nodes_n=$(schedulable_nodes)
   ((nodes_n >= 2)) || { echo "only $nodes_n schedulable nodes"; return 1; }
-  for f in "${conformance_focus[@]}"; do focus+=(--focus "$f"); done
+  for f in "${set_focus[@]}"; do focus+=(--focus "$f"); done
   suite_flags=(--kubeconfig="$kubeconfig" --provider=skeleton --num-nodes="$nodes_n")
   # What the focus selects: a dry run lists it (nothing runs, the cluster is not touched).
   nsenter --net="$SINEW_KIND_NETNS" "$e2e_bin/ginkgo" run --dry-run --no-color "${focus[@]}" \
@@ -1076,7 +1083,7 @@ c_conformance() {
     >"$dir/dry-run.log" 2>&1 || { tail -20 "$dir/dry-run.log"; echo "the dry run failed"; return 1; }
   spec_states "$dir/selected.json" | awk -F'\t' '$1 == "passed" {print $2}' | sort >"$dir/focused.txt"
   : >"$dir/excluded.txt"
-  for e in "${conformance_excluded[@]}"; do
+  for e in "${set_excluded[@]}"; do
     name=${e%%|*}
     grep -qxF "$name" "$dir/focused.txt" || { echo "excluded spec not selected by the focus (renamed upstream?): $name"; return 1; }
     printf '%s\n' "$name" >>"$dir/excluded.txt"
@@ -1087,7 +1094,7 @@ c_conformance() {
   selected=$(wc -l <"$dir/selected.txt")
   excluded=$(wc -l <"$dir/excluded.txt")
   echo "the focus selects $((selected + excluded)) specs; $excluded excluded by name (cannot run here):"
-  for e in "${conformance_excluded[@]}"; do echo "  ${e%%|*}: ${e#*|}"; done
+  for e in "${set_excluded[@]}"; do echo "  ${e%%|*}: ${e#*|}"; done
   echo "running $selected specs: ginkgo -p --procs=$conformance_procs, e2e.test --num-nodes=$nodes_n"
   set +e
   nsenter --net="$SINEW_KIND_NETNS" "$e2e_bin/ginkgo" run -p --procs="$conformance_procs" --no-color --silence-skips \
@@ -1113,8 +1120,36 @@ c_conformance() {
     fi
   done <"$dir/selected.txt"
   echo "ginkgo exit $rc, $((SECONDS - t0)) s; report $dir/report.json, output $dir/ginkgo.log"
-  echo "conformance: $passed passed, $failed failed (of $selected selected; $excluded excluded by name)"
+  echo "$set: $passed passed, $failed failed (of $selected selected; $excluded excluded by name)"
   ((failed == 0 && passed == selected))
+}
+
+c_conformance() { upstream_set conformance; }
+
+# The upstream NetworkPolicy suite: every `[sig-network] Netpol` spec but the three that carry
+# SCTP traffic (the two that only check SCTP rules are not mistaken for TCP ones run).
+netpol_focus=('\[sig-network\] Netpol ')
+netpol_excluded=(
+  "[sig-network] Netpol [Feature:SCTPConnectivity] [LinuxOnly] NetworkPolicy between server and client using SCTP should enforce policy based on Ports [Feature:NetworkPolicy]|$no_sctp"
+  "[sig-network] Netpol [Feature:SCTPConnectivity] [LinuxOnly] NetworkPolicy between server and client using SCTP should enforce policy to allow traffic only from a pod in a different namespace based on PodSelector and NamespaceSelector [Feature:NetworkPolicy]|$no_sctp"
+  "[sig-network] Netpol [Feature:SCTPConnectivity] [LinuxOnly] NetworkPolicy between server and client using SCTP should support a 'default-deny-ingress' policy [Feature:NetworkPolicy]|$no_sctp"
+)
+
+# Policy on (ClusterNetwork spec.networkPolicy: Enabled): every agent reports its table
+# programmed, then the upstream Netpol suite runs.
+c_netpol() {
+  local deadline n
+  k patch clusternetwork default --type merge -p '{"spec":{"networkPolicy":"Enabled"}}'
+  deadline=$((SECONDS + 300))
+  while ((SECONDS < deadline)); do
+    n=$(k get nodes -o json | jq '[.items[] | .metadata.annotations["sinew.dev/node-state"] // "{}"
+      | fromjson | select(.policy.programmed == true)] | length')
+    ((n == ${#node_names[@]})) && break
+    sleep 2
+  done
+  ((n == ${#node_names[@]})) || { echo "policy programmed on $n of ${#node_names[@]} nodes"; return 1; }
+  echo "policy programmed on all $n nodes"
+  upstream_set netpol
 }
 
 # `helm uninstall` while pods still hold pod-network addresses (CoreDNS always does; the test
@@ -1294,6 +1329,10 @@ if check "helm install charts/sinew" h_install; then
       # On the chart's defaults (Auto pool, no chained plugin: hostPort is sinew's own), before
       # anything below changes them.
       check "upstream sig-network specs: [Conformance], Granular Checks: Services, Conntrack (e2e.test v1.37.2)" c_conformance || true
+    fi
+    if [[ $netpol == 1 ]]; then
+      # Policy stays on for every check after this one: new pods are held until programmed.
+      check "NetworkPolicy enabled, then the upstream [sig-network] Netpol specs (e2e.test v1.37.2, SCTP traffic excluded)" c_netpol || true
     fi
     check "live mode switch Auto -> VXLAN -> Routed keeps a TCP connection" c_mode_switch || true
     check "zoned pools (one per worker, by namespace annotation): every path in Routed, VXLAN and Auto" c_zoned_pools || true

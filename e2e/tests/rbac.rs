@@ -87,6 +87,8 @@ async fn the_agent_role_allows_what_the_agent_uses_and_nothing_else(ctx: Ctx) ->
         ("watch", "sinew.dev", "ippools"),
         ("watch", "sinew.dev", "clusternetworks"),
         ("watch", "", "namespaces"),
+        ("watch", "", "pods"),
+        ("watch", "networking.k8s.io", "networkpolicies"),
     ] {
         assert!(
             can_i(&agent, verb, group, resource).await?,
@@ -97,6 +99,8 @@ async fn the_agent_role_allows_what_the_agent_uses_and_nothing_else(ctx: Ctx) ->
         ("list", "", "secrets"),
         ("get", "", "configmaps"),
         ("create", "", "pods"),
+        ("get", "", "pods/log"),
+        ("update", "networking.k8s.io", "networkpolicies"),
         ("delete", "", "nodes"),
         ("update", "sinew.dev", "ippools"),
         ("patch", "sinew.dev", "ippools/status"),

@@ -54,6 +54,21 @@ pub fn findings(
         for p in &report.problems {
             out.push(Finding::from_problem(scope.clone(), p));
         }
+        for o in &report.omitted {
+            out.push(Finding::new(
+                o.kind.severity(),
+                scope.clone(),
+                o.kind.as_str(),
+                format!(
+                    "{} more problem(s) of this kind; a report carries the {} most severe",
+                    o.count,
+                    sinew_crds::node::REPORT_PROBLEMS
+                ),
+            )
+            .fix(format!(
+                "kubectl -n sinew-system logs the sinew-node pod on {name}; its metrics count every problem (sinew_node_problem)"
+            )));
+        }
         if !report.ready && report.problems.is_empty() && !report.cleaned_up {
             out.push(Finding::new(
                 Severity::Warning,
@@ -150,5 +165,27 @@ mod tests {
         assert_eq!(f[1].kind, "NoAgentReport");
         assert!(findings(Some(&network), &[], &nodes, Some("b")).is_empty());
         assert_eq!(findings(None, &[], &nodes, None)[0].kind, "NotInstalled");
+    }
+
+    /// A node with more problems than its report carries: the rest are counted, not lost.
+    #[test]
+    fn problems_left_out_of_a_report_are_counted() {
+        let network = ClusterNetwork::new("default", Default::default());
+        let report = NodeReport {
+            ready: true,
+            problems: (0..20)
+                .map(|i| Problem::new(ProblemKind::PeerUnreachable, format!("peer {i}")))
+                .collect(),
+            ..NodeReport::default()
+        };
+        let f = findings(Some(&network), &[], &[node("a", Some(report))], None);
+        assert_eq!(f.len(), sinew_crds::node::REPORT_PROBLEMS + 1, "{f:?}");
+        let last = &f[f.len() - 1];
+        assert_eq!(last.kind, "PeerUnreachable");
+        assert!(
+            last.message.starts_with("4 more problem(s)"),
+            "{}",
+            last.message
+        );
     }
 }

@@ -167,6 +167,13 @@ pub fn free_blocks(
 }
 
 /// Decides, for each selected pool (`selected`, by name), whether this node claims a block.
+/// The most blocks one node may hold in one pool. An agent claims a block only when its
+/// blocks of the pool run short, so it holds a handful; this bound keeps a node (or a stolen
+/// agent token) that creates thousands from routing or reserving the pool on every node:
+/// every agent ignores a node's blocks of a pool beyond the oldest 256, and no agent claims
+/// more.
+pub const MAX_BLOCKS_PER_POOL: usize = 256;
+
 pub fn claims(
     node: &str,
     selected: &[String],
@@ -201,6 +208,15 @@ pub fn claims(
             .count();
         let free: u128 = mine.iter().map(|b| holdings.free(b)).sum();
         let need = if serving > 0 && free >= u128::from(min_free) && !requested.contains(name) {
+            BlockNeed::Enough
+        } else if mine.len() >= MAX_BLOCKS_PER_POOL {
+            plan.problems.push(Problem::new(
+                ProblemKind::BlockClaimFailed,
+                format!(
+                    "pool {name}: this node holds {} blocks of it, the most one node may hold ({MAX_BLOCKS_PER_POOL}); no more are claimed ({free} addresses free)",
+                    mine.len()
+                ),
+            ));
             BlockNeed::Enough
         } else {
             BlockNeed::Block { free }
@@ -431,6 +447,44 @@ mod tests {
         let asked = BTreeSet::from(["p".to_string()]);
         let plan = claims("n1", &sel(), &facts(None), &blocks, &h, &asked, 2);
         assert_eq!(plan.needs, vec![("p".into(), BlockNeed::Block { free: 3 })]);
+    }
+
+    /// A node at the bound claims no more, even when a pod asks, and says why.
+    #[test]
+    fn a_node_claims_no_more_than_its_share_of_a_pool() {
+        let full: Vec<BlockInfo> = (0..MAX_BLOCKS_PER_POOL)
+            .map(|i| block(&format!("10.244.{}.{}/30", i / 64, (i % 64) * 4), "n1"))
+            .collect();
+        let asked = BTreeSet::from(["p".to_string()]);
+        let plan = claims(
+            "n1",
+            &sel(),
+            &facts(None),
+            &full,
+            &BlockUsage::default(),
+            &asked,
+            2,
+        );
+        assert_eq!(plan.needs, vec![("p".into(), BlockNeed::Enough)]);
+        assert_eq!(plan.problems.len(), 1);
+        assert_eq!(plan.problems[0].kind, ProblemKind::BlockClaimFailed);
+        assert!(
+            plan.problems[0]
+                .message
+                .contains("the most one node may hold (256)"),
+            "{}",
+            plan.problems[0]
+        );
+        let plan = claims(
+            "n1",
+            &sel(),
+            &facts(None),
+            &full[1..],
+            &BlockUsage::default(),
+            &asked,
+            2,
+        );
+        assert!(matches!(plan.needs[0].1, BlockNeed::Block { .. }));
     }
 
     #[test]

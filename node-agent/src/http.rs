@@ -47,6 +47,14 @@ pub struct Metrics {
     pool_blocks: Family<PoolLabels, Gauge>,
     pool_allocated: Family<PoolLabels, Gauge>,
     problems: Family<ProblemLabels, Gauge>,
+    /// NetworkPolicy: classes and set elements programmed, interfaces held, tables applied.
+    pub policy_classes: Gauge,
+    pub policy_elements: Gauge,
+    pub policy_held: Gauge,
+    pub policy_applied: Counter,
+    /// How long the last policy programming took, from the change seen to the table in
+    /// (microseconds).
+    pub policy_program_us: Gauge,
     /// When the agent's loop last came round (milliseconds since the epoch).
     heartbeat_ms: AtomicU64,
 }
@@ -76,6 +84,11 @@ impl Metrics {
             pool_blocks: Family::default(),
             pool_allocated: Family::default(),
             problems: Family::default(),
+            policy_classes: Gauge::default(),
+            policy_elements: Gauge::default(),
+            policy_held: Gauge::default(),
+            policy_applied: Counter::default(),
+            policy_program_us: Gauge::default(),
             heartbeat_ms: AtomicU64::new(0),
         };
         registry.register(
@@ -113,6 +126,31 @@ impl Metrics {
             "problem",
             "Problems of this node now, by kind (0 for every kind not present)",
             m.problems.clone(),
+        );
+        registry.register(
+            "policy_classes",
+            "NetworkPolicy classes (groups of this node's pods treated alike) programmed",
+            m.policy_classes.clone(),
+        );
+        registry.register(
+            "policy_elements",
+            "NetworkPolicy set elements programmed",
+            m.policy_elements.clone(),
+        );
+        registry.register(
+            "policy_held",
+            "Pod interfaces held (passing nothing) until their pod is known",
+            m.policy_held.clone(),
+        );
+        registry.register(
+            "policy_applied",
+            "Times the NetworkPolicy table was brought in line",
+            m.policy_applied.clone(),
+        );
+        registry.register(
+            "policy_program_microseconds",
+            "How long the last NetworkPolicy programming took, from the change seen to the table in",
+            m.policy_program_us.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -8,11 +8,14 @@ pub mod blocks;
 pub mod conflist;
 pub mod datapath;
 pub mod diagnose;
+#[cfg(test)]
+mod golden;
 pub mod http;
 pub mod install;
 pub mod nat;
 pub mod node_watch;
 pub mod peers;
+pub mod policy;
 pub mod probe;
 pub mod sysctl;
 pub mod tunnel;

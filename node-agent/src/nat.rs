@@ -83,7 +83,7 @@ pub fn table(pools: &[NatPool], vxlan: &VxlanPeers, host_ports: &[HostPort]) -> 
             sets.push(Set::prefixes(&named(base, f), f, members));
         }
     }
-    sets.push(Set::prefixes("linklocal6", V6, &[link_local_v6()]));
+    sets.push(Set::prefixes("linklocal6", V6, &[Cidr::link_local_v6()]));
     // Host ports: the DNAT maps and the hairpin sets, with every pod's elements.
     let elements = hostport::elements(host_ports);
     let of = |set: &str| -> Vec<Element> {
@@ -262,12 +262,6 @@ pub fn table(pools: &[NatPool], vxlan: &VxlanPeers, host_ports: &[HostPort]) -> 
         sets,
         chains,
     }
-}
-
-/// `fe80::/10`: the link-local range IPv6 neighbour discovery uses.
-fn link_local_v6() -> Cidr {
-    let fe80 = IpAddr::V6(Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0));
-    Cidr::new_truncating(fe80, 10).unwrap_or_else(|_| Cidr::host(fe80))
 }
 
 /// `127.0.0.0/8`.

@@ -1,5 +1,5 @@
-//! The probe mesh: every two seconds the agent sends DF-marked ICMP echoes to each peer that
-//! holds blocks, over the path the peer's pools use (into `sinew.vxlan` for VXLAN, over the
+//! The probe mesh: every two seconds the agent sends DF-marked ICMP echoes to peers that
+//! hold blocks (all of them up to 64, else a rotating sample of 64, see [`sample`]), over the path the peer's pools use (into `sinew.vxlan` for VXLAN, over the
 //! underlay for routed pools), once small and once at the pod MTU of that path. A peer that
 //! stops answering is [`ProblemKind::PeerUnreachable`] (with the last answer and, for VXLAN,
 //! whether the node still answers on the underlay: the failing hop); a peer that answers
@@ -24,8 +24,11 @@ use tokio::sync::Notify;
 
 use crate::peers::{BlockInfo, NodeInfo, PeerPath, Plan};
 
-/// How often every target is probed.
+/// How often a round of probes leaves.
 const ROUND_EVERY: Duration = Duration::from_secs(2);
+/// The most targets one round probes (two echoes each): what a node sends does not grow with
+/// the cluster. Larger meshes are covered in turn (see [`sample`]).
+const ROUND_TARGETS: usize = 64;
 /// How long one batch waits for answers.
 const ANSWER_WITHIN: Duration = Duration::from_millis(400);
 /// Rounds in a row a probe must fail before it is reported (one lost packet is not a problem).
@@ -103,16 +106,15 @@ pub fn targets(
     pod_addresses: &PodAddresses,
 ) -> Vec<Target> {
     let family = |ip: &&IpAddr| Family::of(**ip) == Family::of(src);
+    // Looked up per route: thousands of peers and blocks in a large cluster.
+    let peers: BTreeMap<&str, &NodeInfo> = peers.iter().map(|p| (p.name.as_str(), p)).collect();
+    let pools: BTreeMap<_, &str> = blocks.iter().map(|b| (b.cidr, b.pool.as_str())).collect();
     let mut out: BTreeMap<(String, PeerPath), Target> = BTreeMap::new();
     for route in &plan.routes {
-        let Some(peer) = peers.iter().find(|p| p.name == route.peer) else {
+        let Some(peer) = peers.get(route.peer.as_str()) else {
             continue;
         };
-        let Some(mtu) = blocks
-            .iter()
-            .find(|b| b.cidr == route.dst)
-            .and_then(|b| pod_mtus.get(&b.pool))
-        else {
+        let Some(mtu) = pools.get(&route.dst).and_then(|pool| pod_mtus.get(*pool)) else {
             continue;
         };
         let t = out
@@ -180,6 +182,8 @@ impl Health {
 struct State {
     targets: Vec<Target>,
     health: BTreeMap<(String, PeerPath), Health>,
+    /// Where the next round's rotation starts among the targets.
+    cursor: usize,
     /// Why the last round could not probe at all (no raw socket).
     error: Option<String>,
 }
@@ -193,8 +197,16 @@ pub struct Mesh {
 impl Mesh {
     /// Starts the probing thread; it wakes `wake` when a verdict changes.
     pub fn start(wake: Arc<Notify>) -> std::io::Result<Mesh> {
+        // Nodes start their rotations at different places, so that a large mesh probes
+        // every peer from some node in every round.
+        let cursor = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos() as usize);
         let mesh = Mesh {
-            state: Arc::new(Mutex::new(State::default())),
+            state: Arc::new(Mutex::new(State {
+                cursor,
+                ..State::default()
+            })),
         };
         let worker = mesh.clone();
         std::thread::Builder::new()
@@ -233,9 +245,18 @@ impl Mesh {
             .collect()
     }
 
-    /// One round over every target; whether any verdict changed.
+    /// One round over the sampled targets; whether any verdict changed.
     fn round(&self) -> bool {
-        let targets = self.lock().targets.clone();
+        let targets = {
+            let mut guard = self.lock();
+            let state = &mut *guard;
+            sample(
+                &state.targets,
+                &state.health,
+                &mut state.cursor,
+                ROUND_TARGETS,
+            )
+        };
         if targets.is_empty() {
             return false;
         }
@@ -266,6 +287,47 @@ impl Mesh {
         }
         changed
     }
+}
+
+/// The targets of one round, at most `max`: every target while there are no more than that;
+/// else first those whose last probe failed (up to half the round, so a suspect is confirmed
+/// or cleared on the next round and a dead peer is reported after two rounds in a row, as in
+/// a small mesh), then the next healthy ones in turn from `cursor`, which moves on. Every
+/// target is probed at least once every `ceil(targets / (max / 2))` rounds: with 5,000 peers,
+/// 157 rounds of 2 s; across the cluster each peer is probed by about 64 nodes per round.
+fn sample(
+    targets: &[Target],
+    health: &BTreeMap<(String, PeerPath), Health>,
+    cursor: &mut usize,
+    max: usize,
+) -> Vec<Target> {
+    if targets.len() <= max {
+        return targets.to_vec();
+    }
+    let suspect = |t: &Target| {
+        health
+            .get(&t.key())
+            .is_some_and(|h| h.lost_rounds > 0 || h.oversize_rounds > 0)
+    };
+    let mut picked: Vec<Target> = targets
+        .iter()
+        .filter(|t| suspect(t))
+        .take(max / 2)
+        .cloned()
+        .collect();
+    let start = *cursor % targets.len();
+    let mut taken = 0;
+    for t in targets[start..].iter().chain(&targets[..start]) {
+        if picked.len() >= max {
+            break;
+        }
+        taken += 1;
+        if !picked.contains(t) {
+            picked.push(t.clone());
+        }
+    }
+    *cursor = (start + taken) % targets.len();
+    picked
 }
 
 /// What one round found for one target.
@@ -553,6 +615,54 @@ mod tests {
             underlay_answers: (!small).then_some(true),
             largest: (small && !full).then_some(1350),
         }
+    }
+
+    fn peer(i: usize) -> Target {
+        Target {
+            peer: format!("n{i:04}"),
+            ..target(PeerPath::Vxlan, None)
+        }
+    }
+
+    #[test]
+    fn a_small_mesh_is_probed_whole_every_round() {
+        let targets: Vec<Target> = (0..10).map(peer).collect();
+        let mut cursor = 3;
+        assert_eq!(sample(&targets, &BTreeMap::new(), &mut cursor, 64), targets);
+    }
+
+    /// A round never probes more than its bound, and every peer of a 5,000-node mesh is
+    /// probed within ceil(5,000 / 32) rounds even while 100 peers fail.
+    #[test]
+    fn a_large_mesh_is_probed_in_turn_within_a_bounded_time() {
+        let targets: Vec<Target> = (0..5_000).map(peer).collect();
+        let health: BTreeMap<_, _> = (0..100)
+            .map(|i| {
+                (
+                    peer(i * 50).key(),
+                    Health {
+                        lost_rounds: 1,
+                        ..Health::default()
+                    },
+                )
+            })
+            .collect();
+        let mut cursor = 4_990;
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..5_000usize.div_ceil(32) {
+            let round = sample(&targets, &health, &mut cursor, 64);
+            assert!(round.len() <= 64, "{}", round.len());
+            assert!(
+                round
+                    .iter()
+                    .filter(|t| health.contains_key(&t.key()))
+                    .count()
+                    >= 32,
+                "suspects come first, up to half the round"
+            );
+            seen.extend(round.into_iter().map(|t| t.peer));
+        }
+        assert_eq!(seen.len(), 5_000);
     }
 
     #[test]

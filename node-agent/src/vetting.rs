@@ -15,10 +15,12 @@ use std::borrow::Borrow;
 use std::collections::BTreeMap;
 
 use k8s_openapi::jiff::Timestamp;
+use sinew_crds::interval::DisjointPrefixes;
 use sinew_crds::node::{Problem, ProblemKind};
 use sinew_crds::precedence::{CreationOrder, creation_order};
 use sinew_crds::{Cidr, IPBlock, IPPool};
 
+use crate::blocks::MAX_BLOCKS_PER_POOL;
 use crate::peers::BlockInfo;
 
 /// The facts of one pool the agent acts on.
@@ -125,6 +127,9 @@ pub fn blocks(
         .collect();
     candidates.sort_by(|a, b| a.0.cmp(&b.0));
     let mut trusted: Vec<BlockInfo> = Vec::new();
+    // The trusted blocks are disjoint: an overlap is two lookups, not a scan.
+    let mut held: DisjointPrefixes<String> = DisjointPrefixes::default();
+    let mut per_node_pool: BTreeMap<(&str, &str), usize> = BTreeMap::new();
     let mut problems = Vec::new();
     for (_, block) in candidates {
         let name = block.metadata.name.as_deref().unwrap_or_default();
@@ -138,22 +143,37 @@ pub fn blocks(
             ));
             continue;
         };
-        let why = distrust(block, &cidr, pools).or_else(|| {
-            trusted
-                .iter()
-                .find(|t| t.cidr.overlaps(&cidr))
-                .map(|t| format!("it overlaps the older block {} of node {}", t.cidr, t.node))
-        });
+        let count = per_node_pool
+            .entry((block.spec.node.as_str(), block.spec.pool.as_str()))
+            .or_default();
+        let why = distrust(block, &cidr, pools)
+            .or_else(|| {
+                held.overlapping(&cidr).map(|(older, node)| {
+                    format!("it overlaps the older block {older} of node {node}")
+                })
+            })
+            .or_else(|| {
+                (*count >= MAX_BLOCKS_PER_POOL).then(|| {
+                    format!(
+                        "node {} already holds {MAX_BLOCKS_PER_POOL} older blocks of pool {}, the most one node may hold",
+                        block.spec.node, block.spec.pool
+                    )
+                })
+            });
         match why {
             Some(why) => problems.push(Problem::new(
                 ProblemKind::UntrustedBlock,
                 format!("ignoring IPBlock {name} (node {}): {why}", block.spec.node),
             )),
-            None => trusted.push(BlockInfo {
-                cidr,
-                node: block.spec.node.clone(),
-                pool: block.spec.pool.clone(),
-            }),
+            None => {
+                *count += 1;
+                held.insert(cidr, block.spec.node.clone());
+                trusted.push(BlockInfo {
+                    cidr,
+                    node: block.spec.node.clone(),
+                    pool: block.spec.pool.clone(),
+                });
+            }
         }
     }
     (trusted, problems)
@@ -273,6 +293,34 @@ mod tests {
             problems[3].message.contains("pool nope does not exist"),
             "{}",
             problems[3]
+        );
+    }
+
+    /// A node that creates thousands of blocks (a bug, a stolen token) gets its oldest 256
+    /// of a pool routed; the rest are ignored with the reason, and other nodes are untouched.
+    #[test]
+    fn a_node_holds_at_most_its_share_of_blocks_of_a_pool() {
+        let mut p = pool("p", "10.0.0.0/8", 0, true);
+        p.spec.block_size = Some(26);
+        let facts = pools(&[p]);
+        let mut all: Vec<IPBlock> = (0..1_000u32)
+            .map(|i| {
+                let cidr = format!("10.{}.{}.0/26", i / 256, i % 256);
+                canonical(&cidr, "p", "greedy", 1 + i64::from(i))
+            })
+            .collect();
+        all.push(canonical("10.200.0.0/26", "p", "honest", 5_000));
+        let (trusted, problems) = blocks(&all, &facts);
+        let greedy = trusted.iter().filter(|b| b.node == "greedy").count();
+        assert_eq!(greedy, MAX_BLOCKS_PER_POOL);
+        assert!(trusted.iter().any(|b| b.node == "honest"));
+        assert_eq!(problems.len(), 1_000 - MAX_BLOCKS_PER_POOL);
+        assert!(
+            problems[0]
+                .message
+                .contains("node greedy already holds 256 older blocks of pool p"),
+            "{}",
+            problems[0]
         );
     }
 

@@ -44,6 +44,7 @@ pub fn status(
         ..NodeCounts::default()
     };
     let mut problems = Vec::new();
+    let mut omitted = 0usize;
     for node in &selected {
         let Some(report) = nodes::report(node) else {
             continue;
@@ -57,16 +58,19 @@ pub fn status(
                 .iter()
                 .any(|p| p.kind == ProblemKind::ConflistShadowed);
             if install.shadowed() && !reported {
-                problems.push(NodeProblem {
-                    node: node.name_any(),
-                    reason: ProblemKind::ConflistShadowed.to_string(),
-                    message: format!(
-                        "the runtime loads {} instead of {} (shadowed by {:?})",
-                        install.chosen.clone().unwrap_or_default(),
-                        install.conflist.clone().unwrap_or_default(),
-                        install.shadowing
-                    ),
-                });
+                problems.push((
+                    ProblemKind::ConflistShadowed.severity(),
+                    NodeProblem {
+                        node: node.name_any(),
+                        reason: ProblemKind::ConflistShadowed.to_string(),
+                        message: format!(
+                            "the runtime loads {} instead of {} (shadowed by {:?})",
+                            install.chosen.clone().unwrap_or_default(),
+                            install.conflist.clone().unwrap_or_default(),
+                            install.shadowing
+                        ),
+                    },
+                ));
             }
         }
         if report.ready {
@@ -75,24 +79,37 @@ pub fn status(
         if report.spec_hash.as_deref() == Some(hash.as_str()) {
             counts.up_to_date += 1;
         }
+        omitted += report.problem_count() - report.problems.len();
         for p in &report.problems {
-            problems.push(NodeProblem {
-                node: node.name_any(),
-                reason: p.kind.to_string(),
-                message: p.message.clone(),
-            });
+            problems.push((
+                p.kind.severity(),
+                NodeProblem {
+                    node: node.name_any(),
+                    reason: p.kind.to_string(),
+                    message: p.message.clone(),
+                },
+            ));
         }
     }
-    // Store order is arbitrary: sort, so an unchanged cluster never rewrites status.
-    problems
-        .sort_by(|a, b| (&a.node, &a.reason, &a.message).cmp(&(&b.node, &b.reason, &b.message)));
+    // The most severe first; store order is arbitrary, so the rest is sorted too and an
+    // unchanged cluster never rewrites status.
+    problems.sort_by(|(sa, a), (sb, b)| {
+        (sa, &a.node, &a.reason, &a.message).cmp(&(sb, &b.node, &b.reason, &b.message))
+    });
+    // Judged on every problem, before the list is cut.
+    let shadowed_on: Vec<String> = problems
+        .iter()
+        .filter(|(_, p)| p.reason == ProblemKind::ConflistShadowed.as_str())
+        .map(|(_, p)| p.node.clone())
+        .collect();
+    let listed = problems.len().min(STATUS_PROBLEMS);
+    omitted += problems.len() - listed;
+    let problems: Vec<NodeProblem> = problems.into_iter().take(listed).map(|(_, p)| p).collect();
     counts.summary = format!("{}/{}", counts.ready, counts.desired);
     let generation = network.metadata.generation;
     let mut conds = previous.conditions.clone();
     let converged = counts.ready == counts.desired && counts.up_to_date == counts.desired;
-    let shadowed = problems
-        .iter()
-        .any(|p| p.reason == ProblemKind::ConflistShadowed.as_str());
+    let shadowed = !shadowed_on.is_empty();
     // kstatus: Stalled and Reconciling are never both True (a stall is not progress).
     conditions::set(
         &mut conds,
@@ -123,12 +140,7 @@ pub fn status(
         if shadowed {
             format!(
                 "another CNI configuration wins on: {}",
-                problems
-                    .iter()
-                    .filter(|p| p.reason == ProblemKind::ConflistShadowed.as_str())
-                    .map(|p| p.node.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                some_of(shadowed_on.iter().map(String::as_str))
             )
         } else {
             "no node reports a blocking problem".into()
@@ -156,7 +168,23 @@ pub fn status(
         config_hash: Some(hash),
         nodes: Some(counts),
         problems,
+        omitted_problems: (omitted > 0).then(|| u32::try_from(omitted).unwrap_or(u32::MAX)),
     }
+}
+
+/// The most problems `ClusterNetwork` status lists: one object for the whole cluster (etcd
+/// refuses objects over 1.5 MiB), each problem bounded by the node report's bounds.
+pub const STATUS_PROBLEMS: usize = 64;
+
+/// The first names of a list, then how many more.
+fn some_of<'a>(names: impl Iterator<Item = &'a str>) -> String {
+    const SHOWN: usize = 10;
+    let names: Vec<&str> = names.collect();
+    let mut text = names[..names.len().min(SHOWN)].join(", ");
+    if names.len() > SHOWN {
+        text.push_str(&format!(" and {} more", names.len() - SHOWN));
+    }
+    text
 }
 
 async fn write_status(
@@ -229,4 +257,86 @@ pub async fn reconcile(network: Arc<ClusterNetwork>, ctx: Arc<Context>) -> Resul
     );
     write_status(&network, &ctx, &st).await?;
     Ok(Action::requeue(Duration::from_secs(30)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use k8s_openapi::api::core::v1::Node;
+    use kube::api::ObjectMeta;
+    use sinew_crds::ClusterNetworkSpec;
+    use sinew_crds::node::{NODE_STATE_ANNOTATION, NodeReport, Problem};
+
+    fn node(name: &str, problems: Vec<Problem>) -> Arc<Node> {
+        let report = NodeReport {
+            ready: true,
+            problems,
+            ..NodeReport::default()
+        };
+        Arc::new(Node {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                annotations: Some(
+                    [(NODE_STATE_ANNOTATION.to_string(), report.to_annotation())].into(),
+                ),
+                ..ObjectMeta::default()
+            },
+            ..Node::default()
+        })
+    }
+
+    fn network() -> ClusterNetwork {
+        ClusterNetwork::new("default", ClusterNetworkSpec::default())
+    }
+
+    /// Every node of a 5,000-node cluster failing against its peers: status stays one small
+    /// object, lists the worst problems first and counts the rest.
+    #[test]
+    fn status_does_not_grow_with_the_nodes_problems() {
+        let long = "y".repeat(4096);
+        let mut nodes: Vec<Arc<Node>> = (0..5_000)
+            .map(|i| {
+                node(
+                    &format!("n{i:04}"),
+                    (0..40)
+                        .map(|p| {
+                            Problem::new(ProblemKind::PeersIncomplete, format!("peer {p}: {long}"))
+                        })
+                        .collect(),
+                )
+            })
+            .collect();
+        nodes.push(node(
+            "z-critical",
+            vec![Problem::new(ProblemKind::ForwardingOff, "ip_forward=0")],
+        ));
+        let st = status(&network(), &nodes, &ClusterNetworkStatus::default());
+        assert_eq!(st.problems.len(), STATUS_PROBLEMS);
+        assert_eq!(st.problems[0].node, "z-critical", "the most severe first");
+        assert_eq!(
+            st.omitted_problems,
+            Some(5_000 * 40 + 1 - STATUS_PROBLEMS as u32)
+        );
+        let size = serde_json::to_vec(&st).unwrap().len();
+        assert!(size < 128 * 1024, "{size} bytes");
+    }
+
+    #[test]
+    fn a_quiet_cluster_lists_no_problems() {
+        let nodes = vec![node("n1", vec![]), node("n2", vec![])];
+        let st = status(&network(), &nodes, &ClusterNetworkStatus::default());
+        assert!(st.problems.is_empty());
+        assert_eq!(st.omitted_problems, None);
+    }
+
+    #[test]
+    fn long_lists_of_names_are_cut() {
+        let names: Vec<String> = (0..12).map(|i| format!("n{i}")).collect();
+        assert_eq!(
+            some_of(names.iter().map(String::as_str)),
+            "n0, n1, n2, n3, n4, n5, n6, n7, n8, n9 and 2 more"
+        );
+        assert_eq!(some_of(["a", "b"].into_iter()), "a, b");
+    }
 }

@@ -67,7 +67,8 @@ impl Agent {
         }
         datapath::remove_all(&mut Netlink::new()?)?;
         nat::remove()?;
-        info!(node = %self.node(), "node cleaned up: conflist, plugin, routes, VXLAN device and nftables table removed");
+        self.policy.remove_now().map_err(nat::NatError::from)?;
+        info!(node = %self.node(), "node cleaned up: conflist, plugin, routes, VXLAN device and nftables tables removed");
         self.api
             .report(&NodeReport {
                 cleaned_up: true,

@@ -62,9 +62,10 @@ pub fn peering(
         })
         .map(|p| (p.name_any(), p.spec.mode))
         .collect();
+    let peer_names: BTreeSet<&str> = peers.iter().map(|p| p.name.as_str()).collect();
     let routed: Vec<BlockInfo> = blocks
         .iter()
-        .filter(|b| !peers_only || peers.iter().any(|p| p.name == b.node))
+        .filter(|b| !peers_only || peer_names.contains(b.node.as_str()))
         .cloned()
         .collect();
     let plan = peers::plan(me, &underlay.subnet, peers, &routed, &modes);

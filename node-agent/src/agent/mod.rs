@@ -40,7 +40,7 @@ use sinew_crds::node::NodeState;
 use sinew_crds::node::{
     InstallReport, NODE_STATE_ANNOTATION, NodeReport, Problem, ProblemKind, VTEP_MAC_ANNOTATION,
 };
-use sinew_crds::{Allocation, Cidr, ClusterNetwork, Family, IPBlockStatus};
+use sinew_crds::{Allocation, Cidr, ClusterNetwork, Family, IPBlockStatus, NetworkPolicyMode};
 use sinew_node_lib::consts::VXLAN_DEVICE;
 use sinew_node_lib::ipam;
 use sinew_node_lib::netlink::{Link, Netlink};
@@ -55,6 +55,7 @@ use crate::http;
 use crate::nat;
 use crate::node_watch::{NodeWatch, Watched};
 use crate::peers;
+use crate::policy::Policy;
 use crate::probe;
 use crate::sysctl::{self, SysctlDir};
 use crate::tunnel;
@@ -111,6 +112,8 @@ pub struct Agent {
     mesh: Option<probe::Mesh>,
     /// Wakes a pass when the node changes under the agent (`None` where it could not start).
     node_watch: Option<NodeWatch>,
+    /// The NetworkPolicy loop (idle while the network does not enforce policy).
+    policy: Policy,
 }
 
 /// One pass's view of the local node.
@@ -135,11 +138,20 @@ impl Agent {
         let node_watch = NodeWatch::start(notify.clone())
             .map_err(|e| warn!(error = %e, "cannot watch the node's network configuration; node checks run at each resync only"))
             .ok();
+        let metrics = Arc::new(http::Metrics::new(&settings.node_name));
+        let policy = Policy::start(
+            client.clone(),
+            settings.node_name.clone(),
+            settings.state_dir.clone(),
+            watch_local_state(&settings.state_dir),
+            metrics.clone(),
+        );
         Agent {
             node_watch,
             mesh,
+            policy,
             api: ApiWriter::new(client, &settings.node_name),
-            metrics: Arc::new(http::Metrics::new(&settings.node_name)),
+            metrics,
             settings,
             cluster,
             memory: PassMemory::default(),
@@ -266,6 +278,8 @@ impl Agent {
             return self.clean_up(&network).await;
         }
         self.memory.cleaned = false;
+        self.policy
+            .set_enabled(network.spec.network_policy == NetworkPolicyMode::Enabled);
         let Some(local) = self.local()? else {
             debug!(node = %self.node(), "Node object or its address not known yet");
             return Ok(());
@@ -424,7 +438,9 @@ impl Agent {
             self.step_failed(&mut problems, "releasing leaked addresses", e);
         }
 
+        // With NetworkPolicy on, no pod starts before the node's policy table is in.
         let serving = self.memory.pass_completed
+            && self.policy.ready()
             && self
                 .memory
                 .node_state
@@ -448,6 +464,8 @@ impl Agent {
         if let Some(mesh) = &self.mesh {
             problems.extend(mesh.problems());
         }
+        let (policy, policy_problems) = self.policy.report();
+        problems.extend(policy_problems);
         problems.sort();
         problems.dedup();
         self.metrics.set_problems(&problems);
@@ -463,6 +481,8 @@ impl Agent {
             problems,
             cleaned_up: false,
             drained,
+            omitted: Vec::new(),
+            policy,
         };
         // Without the device (a failed step), the MAC it will have: the annotation is applied
         // server-side, and leaving it out would withdraw it from every peer.
@@ -1145,7 +1165,7 @@ impl Agent {
 /// Wakes the returned `Notify` whenever the plugin changes the IPAM store or asks for a
 /// block (an inotify watch on a blocking thread); without inotify it never wakes and the loop
 /// polls.
-fn watch_local_state(state_dir: &std::path::Path) -> Arc<Notify> {
+pub(crate) fn watch_local_state(state_dir: &std::path::Path) -> Arc<Notify> {
     let wake = Arc::new(Notify::new());
     match sinew_node_lib::state_watch::StateWatch::new(state_dir) {
         Ok(watch) => {

@@ -4,9 +4,8 @@
 
 use super::tests::{ip, peers, pool};
 use super::*;
-use sinew_node_lib::netns::NetNs;
+use crate::golden::{self, have_nft, nft};
 use sinew_node_lib::netns::test_support::{have_root, new_netns};
-use sinew_node_lib::nft::text;
 
 /// One representative input: the agent's pools, VXLAN peers and host ports.
 struct Case {
@@ -22,9 +21,7 @@ impl Case {
     }
 
     fn golden_path(&self) -> std::path::PathBuf {
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join(GOLDEN_DIR)
-            .join(format!("{}.nft", self.name))
+        golden::dir(GOLDEN_DIR).join(format!("{}.nft", self.name))
     }
 }
 
@@ -112,107 +109,15 @@ fn cases() -> Vec<Case> {
 }
 
 /// Every case's table in `nft` syntax is its golden copy, and every golden copy is a
-/// case's. `SINEW_BLESS=1 cargo test -p sinew-node-agent nat::` rewrites them.
+/// case's.
 #[test]
 fn the_table_is_its_golden_copy() {
-    let bless = std::env::var("SINEW_BLESS").is_ok_and(|v| v == "1");
-    let cases = cases();
-    let mut stale = Vec::new();
-    for case in &cases {
-        let path = case.golden_path();
-        let text = text::replace_script(&case.table());
-        if bless {
-            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-            std::fs::write(&path, &text).unwrap();
-            continue;
-        }
-        match std::fs::read_to_string(&path) {
-            Ok(golden) if golden == text => {}
-            Ok(golden) => stale.push(format!(
-                "{}: differs\n--- golden\n{golden}--- now\n{text}",
-                path.display()
-            )),
-            Err(e) => stale.push(format!("{}: {e}", path.display())),
-        }
-    }
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(GOLDEN_DIR);
-    for entry in std::fs::read_dir(&dir).unwrap() {
-        let path = entry.unwrap().path();
-        if !cases.iter().any(|c| c.golden_path() == path) {
-            if bless {
-                std::fs::remove_file(&path).unwrap();
-            } else {
-                stale.push(format!("{}: no case renders it", path.display()));
-            }
-        }
-    }
-    assert!(
-        stale.is_empty(),
-        "golden copies of the nftables table are stale (regenerate with `SINEW_BLESS=1 cargo test -p sinew-node-agent nat::`):\n{}",
-        stale.join("\n")
+    let cases: Vec<(&str, Table)> = cases().iter().map(|c| (c.name, c.table())).collect();
+    golden::check(
+        GOLDEN_DIR,
+        &cases,
+        "SINEW_BLESS=1 cargo test -p sinew-node-agent nat::",
     );
-}
-
-/// `nft ARGS` inside the namespace (the CLI only verifies here).
-pub(super) fn nft(ns: &NetNs, args: &[&str], stdin: Option<&str>) -> String {
-    use std::io::Write;
-    use std::process::{Command, Stdio};
-    let name = ns
-        .path()
-        .file_name()
-        .unwrap()
-        .to_string_lossy()
-        .into_owned();
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", &name, "nft"])
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("ip netns exec nft");
-    let mut input = child.stdin.take().unwrap();
-    if let Some(s) = stdin {
-        input.write_all(s.as_bytes()).unwrap();
-    }
-    drop(input);
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "nft {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-pub(super) fn have_nft(test: &str) -> bool {
-    let ok = std::process::Command::new("nft")
-        .arg("--version")
-        .output()
-        .is_ok();
-    if !ok {
-        eprintln!("*** SKIPPING {test}: needs the nft program to verify ***");
-    }
-    ok
-}
-
-/// What `nft list table inet sinew` says, as text and as JSON without handles.
-pub(super) fn listing(ns: &NetNs) -> (String, serde_json::Value) {
-    fn strip_handles(v: &mut serde_json::Value) {
-        match v {
-            serde_json::Value::Object(map) => {
-                map.remove("handle");
-                map.values_mut().for_each(strip_handles);
-            }
-            serde_json::Value::Array(items) => items.iter_mut().for_each(strip_handles),
-            _ => {}
-        }
-    }
-    let text = nft(ns, &["list", "table", "inet", TABLE], None);
-    let json = nft(ns, &["-j", "list", "table", "inet", TABLE], None);
-    let mut json: serde_json::Value = serde_json::from_str(&json).unwrap();
-    strip_handles(&mut json);
-    (text, json)
 }
 
 /// For every case, the kernel's view of the table sinew programs (over netlink) is its
@@ -232,7 +137,10 @@ fn the_kernel_holds_what_the_golden_copy_says() {
         assert!(!nl.table_exists(TABLE).unwrap());
         nl.replace_table(&case.table()).unwrap();
         assert!(nl.table_exists(TABLE).unwrap());
-        let (got, want) = (listing(&by_sinew), listing(&by_nft));
+        let (got, want) = (
+            golden::listing(&by_sinew, TABLE),
+            golden::listing(&by_nft, TABLE),
+        );
         assert_eq!(got.0, want.0, "{}", case.name);
         assert_eq!(got.1, want.1, "{}", case.name);
         assert!(got.0.contains("chain pod-sources-only"), "{}", got.0);

@@ -1,8 +1,8 @@
 //! What the table declares for given pools, peers and host ports, and how it behaves in the
 //! kernel: traffic masqueraded and filtered, the plugin's host-port elements.
 
-use super::golden::{have_nft, listing};
 use super::*;
+use crate::golden::{have_nft, listing};
 use sinew_node_lib::netns::NetNs;
 use sinew_node_lib::netns::test_support::{have_root, new_netns};
 use sinew_node_lib::nft::{Value, text};
@@ -259,7 +259,7 @@ fn host_ports_are_added_replaced_checked_and_removed() {
         nl.host_port_differences(&pod_a).unwrap(),
         Vec::<String>::new()
     );
-    let got = listing(&ns).0;
+    let got = listing(&ns, TABLE).0;
     for line in [
         "tcp . 8080 : 10.244.1.5 . 80",
         "udp . 10.78.0.1 . 8080 : 10.244.1.5 . 80",
@@ -292,7 +292,7 @@ fn host_ports_are_added_replaced_checked_and_removed() {
         nl.host_port_differences(&pod_b).unwrap(),
         Vec::<String>::new()
     );
-    let got = listing(&ns).0;
+    let got = listing(&ns, TABLE).0;
     assert!(!got.contains("10.244.1.5"), "{got}");
     assert!(!got.contains("fd00:10:244::5"), "{got}");
     assert!(
@@ -387,7 +387,7 @@ fn pods_are_masqueraded_and_vxlan_is_filtered() {
     let sender = udp_socket(&outside, "192.0.2.2:0");
     sender.send_to(b"vxlan", "192.0.2.1:4789").unwrap();
     assert!(vxlan.recv_from(&mut buf).is_err(), "dropped");
-    let listed = listing(&node).0;
+    let listed = listing(&node, TABLE).0;
     assert!(
         listed.contains("ip saddr != @nodes4 udp dport 4789 counter packets 1 bytes 33 drop"),
         "{listed}"

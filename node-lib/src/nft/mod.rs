@@ -11,6 +11,7 @@
 
 pub mod diff;
 pub mod model;
+pub mod policy;
 pub mod text;
 
 pub use diff::{Change, diff};

@@ -206,7 +206,11 @@ fn measure_in_node(
     let null_version = version_of(&subjects[2]);
     for round in 0..WARMUP + settings.iterations {
         let counted = round >= WARMUP;
-        for (i, s) in subjects.iter().enumerate() {
+        // Each subject takes each place in the round in turn: what ran just before a DEL
+        // (the kernel's pending RCU work, the caches) differs by place.
+        for k in 0..subjects.len() {
+            let i = (k + round) % subjects.len();
+            let s = &subjects[i];
             let id = format!("bench-{}-{round}", s.label.replace('+', "-"));
             let add = s.run("ADD", &id, pods[i].path())?;
             let del = s.run("DEL", &id, pods[i].path())?;

@@ -25,8 +25,8 @@ use crate::nft::{Element, Value};
 const PATIENCE: Duration = Duration::from_millis(700);
 /// The node's address on every pod link, the pods' gateway.
 const GATEWAY: &str = "169.254.1.1";
-/// The same for IPv6.
-const GATEWAY6: &str = "fd00:ff::1";
+/// The same for IPv6, a link-local address.
+const GATEWAY6: &str = "fe80::1";
 
 fn ns_name(ns: &NetNs) -> String {
     ns.path()
@@ -65,9 +65,12 @@ fn no_dad(ns: &NetNs) {
     sysctl(ns, "net.ipv6.conf.default.accept_dad=0");
 }
 
-/// A pod: its namespace joined to the node's by a veth pair, `eth0` inside with `addr` and
-/// `addr6`, `interface` on the node's side with routes to them; the node's side holds the
-/// gateways.
+/// A pod, joined as the plugin joins one (`cni-plugin/src/datapath.rs`): its namespace
+/// linked to the node's by a veth pair, `eth0` inside with `addr` and `addr6` and default
+/// routes via the gateways, whose neighbour entries are pinned to the host end's MAC;
+/// `interface` on the node's side with `fe80::1` and a route to each address. (The node's
+/// side also holds `169.254.1.1`, which the plugin does without: these namespaces have no
+/// other IPv4 address to answer the pods' ARP from.)
 fn add_pod(node: &NetNs, interface: &str, addr: &str, addr6: &str) -> NetNs {
     let pod = new_netns();
     no_dad(&pod);
@@ -76,16 +79,28 @@ fn add_pod(node: &NetNs, interface: &str, addr: &str, addr6: &str) -> NetNs {
         &n,
         &format!("link add {interface} type veth peer name eth0 netns {p}"),
     );
+    let mac = crate::netlink::Netlink::in_netns(node)
+        .unwrap()
+        .link_by_name(interface)
+        .unwrap()
+        .and_then(|l| l.mac)
+        .unwrap();
+    let mac: Vec<String> = mac.iter().map(|b| format!("{b:02x}")).collect();
+    let mac = mac.join(":");
+    ip_cmd(&n, &format!("addr add {GATEWAY}/32 dev {interface}"));
+    ip_cmd(&n, &format!("addr add {GATEWAY6}/64 dev {interface} nodad"));
     ip_cmd(&n, &format!("link set {interface} up"));
     ip_cmd(&p, "link set eth0 up");
     for (gateway, pod_addr, len) in [(GATEWAY, addr, 32), (GATEWAY6, addr6, 128)] {
-        ip_cmd(
-            &n,
-            &format!("addr add {gateway}/{len} dev {interface} nodad"),
-        );
         ip_cmd(&n, &format!("route add {pod_addr}/{len} dev {interface}"));
         ip_cmd(&p, &format!("addr add {pod_addr}/{len} dev eth0 nodad"));
-        ip_cmd(&p, &format!("route add {gateway} dev eth0 scope link"));
+        ip_cmd(
+            &p,
+            &format!("neigh add {gateway} lladdr {mac} dev eth0 nud permanent"),
+        );
+        if len == 32 {
+            ip_cmd(&p, &format!("route add {gateway} dev eth0 scope link"));
+        }
         ip_cmd(&p, &format!("route add default via {gateway} dev eth0"));
     }
     pod
@@ -239,7 +254,8 @@ fn the_policy_table_judges_real_traffic() {
     let table = golden(true);
     let mut nl = Nftables::in_netns(&node).unwrap();
     nl.replace_table(&table).unwrap();
-    // Neighbours are found again under the table (what the pods knew before is forgotten).
+    // Neighbours are found again under the table (what the node and the pods learnt before
+    // is forgotten; the pods' pinned gateways stay).
     for ns in [&node, &web, &client, &other, &db, &newcomer] {
         ip_cmd(&ns_name(ns), "neigh flush all");
     }

@@ -8,149 +8,19 @@
 //!   TCP 80 to 10.0.1.4;
 //! - `snwb`, `snwc`, `snwd` (10.0.1.2-4): programmed, isolated by nothing;
 //! - `snwe` (10.0.1.5): not programmed yet, so held.
-//!
-//! One addition to decision 91's rules: the `input` hook accepts IPv6 neighbour solicitations
-//! and advertisements before judging egress. Without it an egress-isolated pod cannot answer
-//! its node's solicitations, so once the neighbour caches expire nothing reaches it over IPv6,
-//! not even what its ingress allows (the datapath test shows it with cold caches).
 
 use std::net::IpAddr;
 
-use sinew_core::Family;
-
 use crate::hostport::Protocol;
-use crate::nft::{
-    Chain, ChainKind, CtState, DataType, Dir, Element, Expr, Field, Hook, Icmpv6Type,
-    NamedPriority, Op, Policy, Priority, Rule, Set, Table, TimeUnit, Value, Verdict,
-};
-
-pub(crate) const TABLE: &str = "sinew-policy";
-/// The nflog group of the drop log.
-pub(crate) const LOG_GROUP: u16 = 1;
+pub(crate) use crate::nft::policy::TABLE;
+use crate::nft::policy::{self, Class, Direction, Member};
+use crate::nft::{Element, Table, Value};
 
 pub(crate) fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 
-/// Ingress or egress, as the table names its chains and maps.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Direction {
-    Ingress,
-    Egress,
-}
-
-impl Direction {
-    pub(crate) fn name(self) -> &'static str {
-        match self {
-            Direction::Ingress => "ingress",
-            Direction::Egress => "egress",
-        }
-    }
-
-    /// The field naming the pod's interface: where the packet leaves for the pod (ingress)
-    /// or comes from it (egress).
-    fn pod_interface(self) -> Field {
-        match self {
-            Direction::Ingress => Field::OifName,
-            Direction::Egress => Field::IifName,
-        }
-    }
-
-    /// The peer's address: the source of what enters a pod, the destination of what leaves.
-    fn peer(self, family: Family) -> Field {
-        match self {
-            Direction::Ingress => Field::Addr(family, Dir::Source),
-            Direction::Egress => Field::Addr(family, Dir::Destination),
-        }
-    }
-
-    fn classes(self) -> String {
-        format!("{}-classes", self.name())
-    }
-}
-
-/// One class of pods in one direction: its chain's name and comment, and the elements of its
-/// four sets (`ports` keyed `ADDR . inet_proto . inet_service`, `any` keyed `ADDR`).
-pub(crate) struct Class {
-    pub(crate) direction: Direction,
-    pub(crate) name: String,
-    pub(crate) comment: String,
-    pub(crate) ports4: Vec<Element>,
-    pub(crate) any4: Vec<Element>,
-    pub(crate) ports6: Vec<Element>,
-    pub(crate) any6: Vec<Element>,
-}
-
-impl Class {
-    fn set_name(&self, kind: &str, family: Family) -> String {
-        let n = match family {
-            Family::V4 => 4,
-            Family::V6 => 6,
-        };
-        format!("{}-{kind}{n}", self.name)
-    }
-
-    fn sets(&self) -> Vec<Set> {
-        let ports = |family| {
-            Set::new(
-                &self.set_name("ports", family),
-                [
-                    DataType::addr(family),
-                    DataType::InetProto,
-                    DataType::InetService,
-                ],
-            )
-            .interval()
-        };
-        let any =
-            |family| Set::new(&self.set_name("any", family), [DataType::addr(family)]).interval();
-        vec![
-            ports(Family::V4).with_elements(self.ports4.clone()),
-            any(Family::V4).with_elements(self.any4.clone()),
-            ports(Family::V6).with_elements(self.ports6.clone()),
-            any(Family::V6).with_elements(self.any6.clone()),
-        ]
-    }
-
-    /// The class's chain: a hit in either set returns, the rest is dropped (logged at a
-    /// limited rate when `log`).
-    fn chain(&self, log: bool) -> Chain {
-        let mut rules = Vec::new();
-        for family in [Family::V4, Family::V6] {
-            let peer = self.direction.peer(family);
-            rules.push(Rule::new([
-                Expr::Lookup {
-                    key: vec![peer, Field::L4Proto, Field::ThPort(Dir::Destination)],
-                    op: Op::Eq,
-                    set: self.set_name("ports", family),
-                },
-                Expr::Verdict(Verdict::Return),
-            ]));
-            rules.push(Rule::new([
-                Expr::in_set(peer, &self.set_name("any", family)),
-                Expr::Verdict(Verdict::Return),
-            ]));
-        }
-        if log {
-            rules.push(
-                Rule::new([
-                    Expr::Limit {
-                        rate: 10,
-                        per: TimeUnit::Second,
-                    },
-                    Expr::LogGroup(LOG_GROUP),
-                ])
-                .with_comment(format!("{} denied", self.name)),
-            );
-        }
-        rules.push(Rule::new([Expr::Verdict(Verdict::Drop)]));
-        Chain::regular(&self.name)
-            .with_comment(self.comment.clone())
-            .with_rules(rules)
-    }
-}
-
-/// `ADDR . PROTO . PORT` with ranges where given.
+/// An element of a class's `ports` set.
 pub(crate) fn ports(addr: Value, protocol: Protocol, port: Value, comment: &str) -> Element {
     Element::key([addr, Value::Proto(protocol), port]).with_comment(comment)
 }
@@ -221,117 +91,22 @@ pub(crate) fn web_egress() -> Class {
 }
 
 /// The table with these classes; `members` maps each pod interface to its classes' chains
-/// (`(interface, pod, ingress class, egress class)`), `programmed` lists the interfaces
-/// programmed.
+/// (`(interface, pod, ingress class, egress class)`); every member is programmed.
 pub(crate) fn table(
     classes: &[Class],
     members: &[(&str, &str, Option<&str>, Option<&str>)],
-    programmed: &[&str],
     log: bool,
 ) -> Table {
-    let mut sets = vec![
-        Set::new("programmed", [DataType::IfName]).with_elements(
-            programmed
-                .iter()
-                .map(|i| Element::key([Value::IfName(i.to_string())])),
-        ),
-    ];
-    for direction in [Direction::Ingress, Direction::Egress] {
-        let elements = members
-            .iter()
-            .filter_map(|(interface, pod, ingress, egress)| {
-                let class = match direction {
-                    Direction::Ingress => ingress,
-                    Direction::Egress => egress,
-                };
-                class.map(|c| {
-                    Element::mapping([Value::IfName(interface.to_string())], [Value::jump(c)])
-                        .with_comment(*pod)
-                })
-            });
-        sets.push(
-            Set::map(
-                &direction.classes(),
-                [DataType::IfName],
-                [DataType::Verdict],
-            )
-            .with_elements(elements),
-        );
-    }
-    for class in classes {
-        sets.extend(class.sets());
-    }
-    let mut chains: Vec<Chain> = classes.iter().map(|c| c.chain(log)).collect();
-    for direction in [Direction::Ingress, Direction::Egress] {
-        chains.push(
-            Chain::regular(direction.name()).with_rules([Rule::new([Expr::vmap(
-                direction.pod_interface(),
-                &direction.classes(),
-            )])]),
-        );
-    }
-    let pods = || "snw*".to_string();
-    let established = || {
-        Rule::new([
-            Expr::ct_state([CtState::Established, CtState::Related]),
-            Expr::Verdict(Verdict::Accept),
-        ])
-    };
-    // Decision 91's hold: a pod interface the agent has not programmed passes nothing.
-    let hold = |field: Field| {
-        let prefix = match field {
-            Field::OifName => Expr::OifName(pods()),
-            _ => Expr::IifName(pods()),
-        };
-        Rule::new([
-            prefix,
-            Expr::not_in_set(field, "programmed"),
-            Expr::Verdict(Verdict::Drop),
-        ])
-        .with_comment("not programmed yet")
-    };
-    // A pod's neighbour discovery with its node is no connection a policy judges: without
-    // it, the node cannot reach an egress-isolated pod over IPv6 (its advertisements would
-    // be dropped), nor the pod its gateway.
-    let neighbour_discovery = |t| Rule::new([Expr::Icmpv6Type(t), Expr::Verdict(Verdict::Accept)]);
-    let filter = Priority::named(NamedPriority::Filter);
-    chains.push(
-        Chain::base(
-            "forward",
-            ChainKind::Filter,
-            Hook::Forward,
-            filter,
-            Policy::Accept,
-        )
-        .with_rules([
-            established(),
-            hold(Field::IifName),
-            hold(Field::OifName),
-            Rule::new([Expr::IifName(pods()), Expr::jump("egress")]),
-            Rule::new([Expr::OifName(pods()), Expr::jump("ingress")]),
-        ]),
-    );
-    chains.push(
-        Chain::base(
-            "input",
-            ChainKind::Filter,
-            Hook::Input,
-            filter,
-            Policy::Accept,
-        )
-        .with_rules([
-            established(),
-            hold(Field::IifName),
-            neighbour_discovery(Icmpv6Type::NeighborSolicit),
-            neighbour_discovery(Icmpv6Type::NeighborAdvert),
-            Rule::new([Expr::IifName(pods()), Expr::jump("egress")]),
-        ]),
-    );
-    Table {
-        name: TABLE.to_string(),
-        sets,
-        chains,
-    }
+    let members: Vec<Member> = members
+        .iter()
+        .map(|(interface, pod, ingress, egress)| Member {
+            interface: interface.to_string(),
+            pod: pod.to_string(),
+            ingress: ingress.map(str::to_string),
+            egress: egress.map(str::to_string),
+        })
+        .collect();
+    policy::table(classes, &members, log)
 }
 
 /// The interfaces of the datapath test and who they are.
@@ -344,12 +119,7 @@ pub(crate) const MEMBERS: [(&str, &str, Option<&str>, Option<&str>); 4] = [
 
 /// The golden table: `web-1` isolated both ways, three pods not isolated, `snwe` held.
 pub(crate) fn golden(log: bool) -> Table {
-    table(
-        &[web_ingress(), web_egress()],
-        &MEMBERS,
-        &["snwa", "snwb", "snwc", "snwd"],
-        log,
-    )
+    table(&[web_ingress(), web_egress()], &MEMBERS, log)
 }
 
 /// A second ingress class: `default/other-1` (`snwc`) accepts TCP 443 from 10.0.1.0/24.

@@ -12,8 +12,6 @@ use crate::netns::NetNs;
 use crate::netns::test_support::{have_root, new_netns};
 use crate::nft::{Element, Set, Table, Value};
 
-const PROGRAMMED: [&str; 4] = ["snwa", "snwb", "snwc", "snwd"];
-
 fn set_mut<'a>(t: &'a mut Table, name: &str) -> &'a mut Set {
     t.sets.iter_mut().find(|s| s.name == name).unwrap()
 }
@@ -121,7 +119,6 @@ fn shapes() -> Vec<(&'static str, Table, Table)> {
     let two_classes = table(
         &[web_ingress(), web_egress(), other_ingress()],
         &with_class(Some("ingress-1")),
-        &PROGRAMMED,
         false,
     );
     let moved = |class| {
@@ -132,18 +129,8 @@ fn shapes() -> Vec<(&'static str, Table, Table)> {
             MEMBERS[3],
         ]
     };
-    let web_in_0 = table(
-        &[web_ingress(), web_egress()],
-        &moved("ingress-0"),
-        &PROGRAMMED,
-        false,
-    );
-    let web_in_1 = table(
-        &[other_ingress(), web_egress()],
-        &moved("ingress-1"),
-        &PROGRAMMED,
-        true,
-    );
+    let web_in_0 = table(&[web_ingress(), web_egress()], &moved("ingress-0"), false);
+    let web_in_1 = table(&[other_ingress(), web_egress()], &moved("ingress-1"), true);
     let mut renamed = golden(false);
     for chain in renamed.chains.iter_mut() {
         if chain.name == "ingress-0" || chain.name == "ingress" {

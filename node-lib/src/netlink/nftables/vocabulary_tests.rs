@@ -146,8 +146,12 @@ fn policy_rules_are_the_expressions_nft_generates() {
         ]
     );
     // `icmpv6 type nd-neighbor-advert accept`
+    let advert = Rule::new([
+        Expr::Icmpv6Type(Icmpv6Type::NeighborAdvert),
+        Expr::Verdict(Verdict::Accept),
+    ]);
     assert_eq!(
-        compile(&rules("input")[3], &PolicySets),
+        compile(&advert, &PolicySets),
         [
             meta(NFT_META_NFPROTO, 1),
             cmp(false, &[10]),

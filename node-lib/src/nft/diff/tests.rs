@@ -7,8 +7,6 @@ use crate::netlink::nftables::policy_fixture::{
 };
 use crate::nft::{Expr, Verdict};
 
-const PROGRAMMED: [&str; 4] = ["snwa", "snwb", "snwc", "snwd"];
-
 fn names(changes: &[Change]) -> Vec<String> {
     changes
         .iter()
@@ -76,7 +74,6 @@ fn a_class_comes_and_goes_with_its_chain_sets_and_map_entry() {
     let two = table(
         &[web_ingress(), web_egress(), other_ingress()],
         &members,
-        &PROGRAMMED,
         false,
     );
     assert_eq!(
@@ -116,16 +113,10 @@ fn a_pod_moves_to_another_class_and_the_empty_class_goes() {
             MEMBERS[3],
         ]
     };
-    let old = table(
-        &[web_ingress(), web_egress()],
-        &members("ingress-0"),
-        &PROGRAMMED,
-        false,
-    );
+    let old = table(&[web_ingress(), web_egress()], &members("ingress-0"), false);
     let new = table(
         &[other_ingress(), web_egress()],
         &members("ingress-1"),
-        &PROGRAMMED,
         false,
     );
     let changes = names(&diff(&old, &new));

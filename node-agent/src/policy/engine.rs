@@ -1,0 +1,346 @@
+//! The policy loop: on every change policy reads (a pod, a namespace, a policy, this node's
+//! pod interfaces), compile the node's plan, render its table and bring the kernel's in line
+//! by one batch of the differences (the whole table only when it is missing or an update was
+//! refused). It runs beside the passes, so a policy edit costs a compile and a small batch,
+//! never a pass. What it did is shared with the passes for the node's report.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
+
+use sinew_crds::node::{PolicyReport, Problem, ProblemKind};
+use sinew_node_lib::ipam;
+use sinew_node_lib::netlink::nftables::{NftError, Nftables};
+use sinew_node_lib::nft::Table;
+use sinew_node_lib::nft::policy::TABLE;
+use sinew_policy::{ObjectKey, World, compile};
+use tokio::sync::{Notify, watch};
+use tracing::{debug, info, warn};
+
+use super::inputs::Inputs;
+use super::table::{PodInterface, programmable, render};
+use crate::http::Metrics;
+
+/// The kernel side of the loop: sinew's policy table (a fake in tests).
+pub trait PolicyKernel {
+    fn exists(&mut self) -> Result<bool, NftError>;
+    fn replace(&mut self, table: &Table) -> Result<(), NftError>;
+    fn update(&mut self, old: &Table, new: &Table) -> Result<(), NftError>;
+    fn delete(&mut self) -> Result<(), NftError>;
+}
+
+/// The node's own nf_tables, over netlink.
+pub struct Kernel;
+
+impl PolicyKernel for Kernel {
+    fn exists(&mut self) -> Result<bool, NftError> {
+        Nftables::new()?.table_exists(TABLE)
+    }
+
+    fn replace(&mut self, table: &Table) -> Result<(), NftError> {
+        Nftables::new()?.replace_table(table)
+    }
+
+    fn update(&mut self, old: &Table, new: &Table) -> Result<(), NftError> {
+        Nftables::new()?.update_table(old, new)
+    }
+
+    fn delete(&mut self) -> Result<(), NftError> {
+        Nftables::new()?.delete_table(TABLE)
+    }
+}
+
+/// What one programming did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Programmed {
+    /// The table changed (and was written).
+    pub changed: bool,
+    pub report: PolicyReport,
+    pub problems: Vec<Problem>,
+}
+
+/// The table last programmed, and the kernel it goes to.
+pub struct Engine<K> {
+    kernel: K,
+    last: Option<Table>,
+}
+
+impl<K: PolicyKernel> Engine<K> {
+    pub fn new(kernel: K) -> Engine<K> {
+        Engine { kernel, last: None }
+    }
+
+    /// Compiles `node`'s plan from `world`, renders it with the node's pod `interfaces`, and
+    /// brings the kernel's table in line: by the differences from the table last programmed
+    /// when the kernel still holds it, else whole. Never half a table: one batch either way.
+    pub fn program(
+        &mut self,
+        world: &World,
+        node: &str,
+        interfaces: &[PodInterface],
+    ) -> Result<Programmed, NftError> {
+        let plan = compile(world, node);
+        let ready = programmable(interfaces, world);
+        let table = render(&plan, world, &ready, false);
+        let exists = self.kernel.exists()?;
+        let changed = match (&self.last, exists) {
+            (Some(last), true) if *last == table => false,
+            (Some(last), true) => {
+                if let Err(e) = self.kernel.update(last, &table) {
+                    warn!(error = %e, "updating the policy table was refused; replacing it whole");
+                    self.last = None;
+                    self.kernel.replace(&table)?;
+                }
+                true
+            }
+            _ => {
+                self.last = None;
+                self.kernel.replace(&table)?;
+                true
+            }
+        };
+        let report = PolicyReport {
+            programmed: true,
+            programmed_at: Some(rfc3339(SystemTime::now())),
+            classes: (plan.ingress.len() + plan.egress.len()) as u32,
+            elements: plan
+                .ingress
+                .iter()
+                .chain(&plan.egress)
+                .map(|c| c.element_count() as u32)
+                .sum(),
+            held: (interfaces.len() - ready.len()) as u32,
+        };
+        let problems = plan
+            .problems
+            .iter()
+            .map(|p| {
+                Problem::new(
+                    ProblemKind::PolicyLimited,
+                    format!("{} ({} of pods {})", p.message, p.direction, names(&p.pods)),
+                )
+                .with_fix("split the policies that select these pods, or narrow their peers and ports (fewer ipBlocks and excepts, port ranges instead of lists)")
+            })
+            .collect();
+        self.last = Some(table);
+        Ok(Programmed {
+            changed,
+            report,
+            problems,
+        })
+    }
+
+    /// Removes sinew's policy table (policy disabled).
+    pub fn remove(&mut self) -> Result<bool, NftError> {
+        self.last = None;
+        if !self.kernel.exists()? {
+            return Ok(false);
+        }
+        self.kernel.delete()?;
+        Ok(true)
+    }
+}
+
+fn names(pods: &[ObjectKey]) -> String {
+    let shown: Vec<String> = pods.iter().take(3).map(ToString::to_string).collect();
+    match pods.len().saturating_sub(shown.len()) {
+        0 => shown.join(", "),
+        more => format!("{} and {more} more", shown.join(", ")),
+    }
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    k8s_openapi::jiff::Timestamp::try_from(t)
+        .map(|t| t.to_string())
+        .unwrap_or_default()
+}
+
+/// This node's pod interfaces, from the IPAM store (each attachment's host veth and pod).
+pub fn interfaces(state_dir: &Path) -> std::io::Result<Vec<PodInterface>> {
+    let state = ipam::Store::new(state_dir).snapshot()?;
+    let mut out: Vec<PodInterface> = state
+        .attachments
+        .values()
+        .map(|a| PodInterface {
+            interface: a.host_veth.clone(),
+            pod: a
+                .pod_namespace
+                .as_ref()
+                .zip(a.pod_name.as_ref())
+                .map(|(ns, name)| ObjectKey::new(ns, name)),
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+/// What the loop shares with the passes.
+#[derive(Debug, Default)]
+struct Shared {
+    /// Policy is on and its table has been programmed at least once since.
+    ready: bool,
+    report: Option<PolicyReport>,
+    problems: Vec<Problem>,
+}
+
+/// The passes' handle on the policy loop.
+pub struct Policy {
+    enabled: watch::Sender<bool>,
+    shared: Arc<Mutex<Shared>>,
+}
+
+impl Policy {
+    /// Starts the loop (idle until policy is enabled: no watch of pods or policies before).
+    pub fn start(
+        client: kube::Client,
+        node: String,
+        state_dir: PathBuf,
+        local: Arc<Notify>,
+        metrics: Arc<Metrics>,
+    ) -> Policy {
+        let (enabled, on) = watch::channel(false);
+        let shared = Arc::new(Mutex::new(Shared::default()));
+        tokio::spawn(run(
+            client,
+            node,
+            state_dir,
+            local,
+            metrics,
+            on,
+            shared.clone(),
+        ));
+        Policy { enabled, shared }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
+        self.shared.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Turns enforcement on or off (each pass, from the `ClusterNetwork`).
+    pub fn set_enabled(&self, on: bool) {
+        self.enabled.send_if_modified(|now| {
+            let changed = *now != on;
+            *now = on;
+            changed
+        });
+    }
+
+    /// Turns enforcement off and removes the table now (the node is being cleaned).
+    pub fn remove_now(&self) -> Result<(), NftError> {
+        self.set_enabled(false);
+        match Engine::new(Kernel).remove() {
+            Err(e) if e.is_unsupported() => Ok(()),
+            other => other.map(|_| ()),
+        }
+    }
+
+    /// Whether new pods may start: policy is off, or its table is in (the first pods of a
+    /// node must not start before it).
+    pub fn ready(&self) -> bool {
+        !*self.enabled.borrow() || self.lock().ready
+    }
+
+    /// The report and problems for the node's report (`None` while policy is off).
+    pub fn report(&self) -> (Option<PolicyReport>, Vec<Problem>) {
+        if !*self.enabled.borrow() {
+            return (None, Vec::new());
+        }
+        let shared = self.lock();
+        (
+            Some(shared.report.clone().unwrap_or_default()),
+            shared.problems.clone(),
+        )
+    }
+}
+
+/// The loop (see the module's documentation).
+async fn run(
+    client: kube::Client,
+    node: String,
+    state_dir: PathBuf,
+    local: Arc<Notify>,
+    metrics: Arc<Metrics>,
+    mut on: watch::Receiver<bool>,
+    shared: Arc<Mutex<Shared>>,
+) {
+    let wake = Arc::new(Notify::new());
+    let mut inputs: Option<Inputs> = None;
+    let mut engine = Engine::new(Kernel);
+    let set =
+        |f: &dyn Fn(&mut Shared)| f(&mut shared.lock().unwrap_or_else(PoisonError::into_inner));
+    loop {
+        let enabled = *on.borrow_and_update();
+        if enabled {
+            let inputs = match &inputs {
+                Some(inputs) => inputs,
+                None => {
+                    let started = Inputs::watch(&client, &wake);
+                    if let Err(e) = started.synced().await {
+                        warn!(error = %e, "the watches NetworkPolicy needs ended; retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                    info!(node = %node, "NetworkPolicy enabled: pods, namespaces and policies watched");
+                    inputs.insert(started)
+                }
+            };
+            let started = Instant::now();
+            let world = inputs.world();
+            let outcome = interfaces(&state_dir)
+                .map_err(|e| format!("reading the IPAM store: {e}"))
+                .and_then(|ifs| {
+                    engine
+                        .program(&world, &node, &ifs)
+                        .map_err(|e| format!("programming table inet {TABLE}: {e}"))
+                });
+            match outcome {
+                Ok(done) => {
+                    let took = started.elapsed();
+                    if done.changed {
+                        metrics.policy_applied.inc();
+                        metrics.policy_program_us.set(took.as_micros() as i64);
+                        debug!(node = %node, classes = done.report.classes, elements = done.report.elements, held = done.report.held, took_us = took.as_micros() as u64, "policy table in line");
+                    }
+                    metrics.policy_classes.set(i64::from(done.report.classes));
+                    metrics.policy_elements.set(i64::from(done.report.elements));
+                    metrics.policy_held.set(i64::from(done.report.held));
+                    set(&|s| {
+                        s.ready = true;
+                        s.report = Some(done.report.clone());
+                        s.problems = done.problems.clone();
+                    });
+                }
+                Err(e) => {
+                    warn!(node = %node, error = %e, "NetworkPolicy not programmed; retrying");
+                    set(&|s| {
+                        let mut report = s.report.clone().unwrap_or_default();
+                        report.programmed = false;
+                        s.report = Some(report);
+                        s.problems = vec![Problem::new(ProblemKind::PolicyFailed, e.clone())];
+                    });
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            }
+        } else {
+            match engine.remove() {
+                Ok(true) => {
+                    info!(node = %node, "NetworkPolicy disabled: table inet {TABLE} removed")
+                }
+                Ok(false) => {}
+                Err(e) => warn!(node = %node, error = %e, "removing table inet {TABLE} failed"),
+            }
+            set(&|s| *s = Shared::default());
+        }
+        tokio::select! {
+            _ = wake.notified() => {}
+            _ = local.notified() => {}
+            _ = on.changed() => {}
+            _ = tokio::time::sleep(Duration::from_secs(30)) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
