@@ -172,7 +172,25 @@ impl Drop for Servers {
 /// Whether a TCP connection from `from` to `to:port` is made and echoes (so the replies
 /// came back too).
 fn tcp(from: &NetNs, to: &str, port: u16) -> bool {
-    let to = SocketAddr::new(ip(to), port);
+    tcp_to(from, SocketAddr::new(ip(to), port))
+}
+
+/// Whether a TCP connection from `from` to the node's link-local gateway `fe80::1` (on the
+/// pod's `eth0`) and `port` is made and echoes.
+fn tcp_to_gateway6(from: &NetNs, port: u16) -> bool {
+    let eth0 = crate::netlink::Netlink::in_netns(from)
+        .unwrap()
+        .link_by_name("eth0")
+        .unwrap()
+        .unwrap();
+    let gateway: std::net::Ipv6Addr = GATEWAY6.parse().unwrap();
+    tcp_to(
+        from,
+        SocketAddr::V6(std::net::SocketAddrV6::new(gateway, port, 0, eth0.index)),
+    )
+}
+
+fn tcp_to(from: &NetNs, to: SocketAddr) -> bool {
     from.run_in(move || {
         let Ok(mut s) = TcpStream::connect_timeout(&to, PATIENCE) else {
             return false;
@@ -250,6 +268,7 @@ fn the_policy_table_judges_real_traffic() {
     // (the first neighbour discovery of a new link may take a moment)
     assert!(eventually(|| tcp(&other, web6, 80)));
     assert!(tcp(&web, other6, 80));
+    assert!(eventually(|| tcp_to_gateway6(&web, 8080)));
 
     let table = golden(true);
     let mut nl = Nftables::in_netns(&node).unwrap();
@@ -287,6 +306,12 @@ fn the_policy_table_judges_real_traffic() {
         eventually(|| tcp(&client, GATEWAY, 8080)),
         "a pod no policy isolates reaches its node"
     );
+    // and not over its node's link-local address either, which it reaches without a table
+    assert!(
+        !tcp_to_gateway6(&web, 8080),
+        "egress to the node's link-local address is judged in input"
+    );
+    assert!(eventually(|| tcp_to_gateway6(&client, 8080)));
     // the same over IPv6
     assert!(
         eventually(|| tcp(&client, web6, 80)),
