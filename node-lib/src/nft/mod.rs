@@ -16,6 +16,6 @@ pub mod text;
 
 pub use diff::{Change, diff};
 pub use model::{
-    BaseChain, Chain, ChainKind, CtState, DataType, Dir, Element, Expr, Field, Hook, NamedPriority,
-    Op, Policy, Priority, Range, Rule, Set, Table, TimeUnit, Value, Verdict,
+    BaseChain, Chain, ChainKind, CtState, DataType, Dir, Element, Expr, Field, Hook, Icmpv6Type,
+    NamedPriority, Op, Policy, Priority, Range, Rule, Set, Table, TimeUnit, Value, Verdict,
 };

@@ -435,6 +435,8 @@ pub enum Expr {
     OifName(String),
     /// `ct state established,related`: the connection is in one of these states.
     CtState(BTreeSet<CtState>),
+    /// `icmpv6 type nd-neighbor-solicit`: an ICMPv6 packet of this type.
+    Icmpv6Type(Icmpv6Type),
     /// `ip saddr 127.0.0.0/8`, `ip6 daddr ::1`, `ip daddr != 10.0.0.0/8`.
     Addr { dir: Dir, op: Op, prefix: Cidr },
     /// `udp dport 4789`: the packet is of this protocol, to (or from) this port.
@@ -489,6 +491,24 @@ pub enum CtState {
     Related,
     New,
     Untracked,
+}
+
+/// ICMPv6 types, as `nft` names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Icmpv6Type {
+    /// `nd-neighbor-solicit` (135).
+    NeighborSolicit,
+    /// `nd-neighbor-advert` (136).
+    NeighborAdvert,
+}
+
+impl Icmpv6Type {
+    pub fn number(self) -> u8 {
+        match self {
+            Icmpv6Type::NeighborSolicit => 135,
+            Icmpv6Type::NeighborAdvert => 136,
+        }
+    }
 }
 
 /// The unit of a rate (`limit rate 10/second`).

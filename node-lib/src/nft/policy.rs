@@ -7,14 +7,15 @@
 //!   chain; a pod isolated by nothing has no entry and passes.
 //! - per class: a chain that returns on a hit in its sets (`ADDR . inet_proto . inet_service`
 //!   and `ADDR`, per family), then drops (after a rate-limited nflog when asked).
-//! - base chains on `forward` (egress, then ingress) and `input` (egress towards the node),
-//!   after replies of established connections are accepted.
+//! - base chains on `forward` (egress, then ingress) and `input` (egress towards the node,
+//!   IPv6 neighbour discovery excepted), after replies of established connections are
+//!   accepted.
 
-use sinew_core::{Cidr, Family};
+use sinew_core::Family;
 
 use crate::nft::{
-    Chain, ChainKind, CtState, DataType, Dir, Element, Expr, Field, Hook, NamedPriority, Op,
-    Policy, Priority, Rule, Set, Table, TimeUnit, Value, Verdict,
+    Chain, ChainKind, CtState, DataType, Dir, Element, Expr, Field, Hook, Icmpv6Type,
+    NamedPriority, Op, Policy, Priority, Rule, Set, Table, TimeUnit, Value, Verdict,
 };
 
 /// The policy table's name.
@@ -213,6 +214,10 @@ pub fn table(classes: &[Class], members: &[Member], log: bool) -> Table {
         ])
         .with_comment("not programmed yet")
     };
+    let neighbour_discovery = |t| {
+        Rule::new([Expr::Icmpv6Type(t), Expr::Verdict(Verdict::Accept)])
+            .with_comment("neighbour discovery with the node")
+    };
     let filter = Priority::named(NamedPriority::Filter);
     chains.push(
         Chain::base(
@@ -241,17 +246,11 @@ pub fn table(classes: &[Class], members: &[Member], log: bool) -> Table {
         .with_rules([
             established(),
             hold(Field::IifName),
-            // The node answers its pods' neighbour discovery from its link-local address
-            // (the pods' gateway is fe80::1): never judged as egress.
-            Rule::new([
-                Expr::Addr {
-                    dir: Dir::Destination,
-                    op: Op::Eq,
-                    prefix: Cidr::link_local_v6(),
-                },
-                Expr::Verdict(Verdict::Accept),
-            ])
-            .with_comment("neighbour discovery with the node"),
+            // A pod's neighbour discovery with its node (the node resolving the pod's
+            // address, the pod answering) is no connection a policy judges; anything else
+            // the pod sends its node, to the link-local gateway `fe80::1` too, is egress.
+            neighbour_discovery(Icmpv6Type::NeighborSolicit),
+            neighbour_discovery(Icmpv6Type::NeighborAdvert),
             Rule::new([Expr::IifName(pods()), Expr::jump("egress")]),
         ]),
     );

@@ -11,8 +11,8 @@ use std::fmt::{self, Display, Formatter, Write};
 use sinew_core::Family;
 
 use super::model::{
-    BaseChain, Chain, ChainKind, CtState, DataType, Dir, Element, Expr, Field, Hook, NamedPriority,
-    Op, Policy, Priority, Range, Rule, Set, Table, TimeUnit, Value, Verdict,
+    BaseChain, Chain, ChainKind, CtState, DataType, Dir, Element, Expr, Field, Hook, Icmpv6Type,
+    NamedPriority, Op, Policy, Priority, Range, Rule, Set, Table, TimeUnit, Value, Verdict,
 };
 
 /// The table as one `nft -f` transaction that replaces it: created empty if absent, deleted,
@@ -269,6 +269,10 @@ impl Display for Expr {
                 let names: Vec<&str> = states.iter().map(|s| ct_state_word(*s)).collect();
                 write!(f, "ct state {}", names.join(","))
             }
+            Expr::Icmpv6Type(t) => f.write_str(match t {
+                Icmpv6Type::NeighborSolicit => "icmpv6 type nd-neighbor-solicit",
+                Icmpv6Type::NeighborAdvert => "icmpv6 type nd-neighbor-advert",
+            }),
             Expr::Addr { dir, op, prefix } => {
                 let field = Field::Addr(prefix.family(), *dir);
                 let op = op_word(*op);

@@ -151,6 +151,18 @@ impl Compiler {
         }
     }
 
+    /// `meta l4proto NUMBER`, unless the rule already checked it.
+    fn l4proto(&mut self, number: u8) {
+        if self.l4proto != Some(number) {
+            self.out.push(KernelExpr::Meta {
+                key: NFT_META_L4PROTO,
+                dreg: NFT_REG_1,
+            });
+            self.cmp(false, vec![number]);
+            self.l4proto = Some(number);
+        }
+    }
+
     /// Loads `fields` into consecutive words from reg 1 on (each field padded to a word),
     /// with their dependencies first; returns the number of words used. `network_order`: the
     /// key of a concatenated interval set, whose protocol field goes to network order.
@@ -269,20 +281,23 @@ impl Compiler {
                     self.cmp(neq, network);
                 }
             }
+            Expr::Icmpv6Type(t) => {
+                self.family(Family::V6);
+                self.l4proto(IPPROTO_ICMPV6);
+                self.out.push(KernelExpr::Payload {
+                    base: NFT_PAYLOAD_TRANSPORT_HEADER,
+                    offset: 0,
+                    len: 1,
+                    dreg: NFT_REG_1,
+                });
+                self.cmp(false, vec![t.number()]);
+            }
             Expr::Port {
                 protocol,
                 dir,
                 port,
             } => {
-                let number = protocol.number();
-                if self.l4proto != Some(number) {
-                    self.out.push(KernelExpr::Meta {
-                        key: NFT_META_L4PROTO,
-                        dreg: NFT_REG_1,
-                    });
-                    self.cmp(false, vec![number]);
-                    self.l4proto = Some(number);
-                }
+                self.l4proto(protocol.number());
                 self.out.push(KernelExpr::Payload {
                     base: NFT_PAYLOAD_TRANSPORT_HEADER,
                     offset: port_offset(*dir),

@@ -1,8 +1,10 @@
-//! The policy-shaped table ([`super::policy_fixture`]) judging real traffic: a "node"
-//! namespace that forwards between "pod" namespaces joined to it by veth pairs named `snw*`
-//! on the node's side, as the plugin joins pods, with small TCP and UDP echo servers and
-//! clients. Every namespace is the test's own and goes away with it, even on failure (the
-//! namespaces are owned values; the servers stop when their guard drops).
+//! The policy-shaped table ([`super::policy_fixture`]) judging real traffic, IPv4 and IPv6:
+//! a "node" namespace that forwards between "pod" namespaces joined to it by veth pairs
+//! named `snw*` on the node's side, as the plugin joins pods, with small TCP and UDP echo
+//! servers and clients; neighbour caches are flushed once the table is in, so address
+//! resolution happens under it. Every namespace is the test's own and goes away with it,
+//! even on failure (the namespaces are owned values; the servers stop when their guard
+//! drops).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -23,6 +25,8 @@ use crate::nft::{Element, Value};
 const PATIENCE: Duration = Duration::from_millis(700);
 /// The node's address on every pod link, the pods' gateway.
 const GATEWAY: &str = "169.254.1.1";
+/// The same for IPv6, a link-local address.
+const GATEWAY6: &str = "fe80::1";
 
 fn ns_name(ns: &NetNs) -> String {
     ns.path()
@@ -32,59 +36,73 @@ fn ns_name(ns: &NetNs) -> String {
         .into_owned()
 }
 
-/// `ip ARGS`, which must succeed.
-fn ip_cmd(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("ip");
+/// `ip -n NS ARGS` (words split at spaces), which must succeed.
+fn ip_cmd(ns: &str, args: &str) {
+    let out = Command::new("ip")
+        .args(["-n", ns])
+        .args(args.split_whitespace())
+        .output()
+        .expect("ip");
     assert!(
         out.status.success(),
-        "ip {args:?}: {}",
+        "ip -n {ns} {args}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
 }
 
-/// A pod: its namespace joined to the node's by a veth pair, `eth0` inside with `addr`,
-/// `interface` on the node's side with a route to `addr`.
-fn add_pod(node: &NetNs, interface: &str, addr: &str) -> NetNs {
+/// `sysctl -w SETTING` in the namespace.
+fn sysctl(ns: &NetNs, setting: &str) {
+    let out = Command::new("ip")
+        .args(["netns", "exec", &ns_name(ns), "sysctl", "-qw", setting])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{setting}: {out:?}");
+}
+
+/// IPv6 addresses usable at once: no duplicate address detection on new interfaces (it
+/// holds back the link-local addresses neighbour discovery speaks from).
+fn no_dad(ns: &NetNs) {
+    sysctl(ns, "net.ipv6.conf.default.accept_dad=0");
+}
+
+/// A pod, joined as the plugin joins one (`cni-plugin/src/datapath.rs`): its namespace
+/// linked to the node's by a veth pair, `eth0` inside with `addr` and `addr6` and default
+/// routes via the gateways, whose neighbour entries are pinned to the host end's MAC;
+/// `interface` on the node's side with `fe80::1` and a route to each address. (The node's
+/// side also holds `169.254.1.1`, which the plugin does without: these namespaces have no
+/// other IPv4 address to answer the pods' ARP from.)
+fn add_pod(node: &NetNs, interface: &str, addr: &str, addr6: &str) -> NetNs {
     let pod = new_netns();
+    no_dad(&pod);
     let (n, p) = (ns_name(node), ns_name(&pod));
-    ip_cmd(&[
-        "-n", &n, "link", "add", interface, "type", "veth", "peer", "name", "eth0", "netns", &p,
-    ]);
-    ip_cmd(&[
-        "-n",
+    ip_cmd(
         &n,
-        "addr",
-        "add",
-        &format!("{GATEWAY}/32"),
-        "dev",
-        interface,
-    ]);
-    ip_cmd(&["-n", &n, "link", "set", interface, "up"]);
-    ip_cmd(&[
-        "-n",
-        &n,
-        "route",
-        "add",
-        &format!("{addr}/32"),
-        "dev",
-        interface,
-    ]);
-    ip_cmd(&[
-        "-n",
-        &p,
-        "addr",
-        "add",
-        &format!("{addr}/32"),
-        "dev",
-        "eth0",
-    ]);
-    ip_cmd(&["-n", &p, "link", "set", "eth0", "up"]);
-    ip_cmd(&[
-        "-n", &p, "route", "add", GATEWAY, "dev", "eth0", "scope", "link",
-    ]);
-    ip_cmd(&[
-        "-n", &p, "route", "add", "default", "via", GATEWAY, "dev", "eth0",
-    ]);
+        &format!("link add {interface} type veth peer name eth0 netns {p}"),
+    );
+    let mac = crate::netlink::Netlink::in_netns(node)
+        .unwrap()
+        .link_by_name(interface)
+        .unwrap()
+        .and_then(|l| l.mac)
+        .unwrap();
+    let mac: Vec<String> = mac.iter().map(|b| format!("{b:02x}")).collect();
+    let mac = mac.join(":");
+    ip_cmd(&n, &format!("addr add {GATEWAY}/32 dev {interface}"));
+    ip_cmd(&n, &format!("addr add {GATEWAY6}/64 dev {interface} nodad"));
+    ip_cmd(&n, &format!("link set {interface} up"));
+    ip_cmd(&p, "link set eth0 up");
+    for (gateway, pod_addr, len) in [(GATEWAY, addr, 32), (GATEWAY6, addr6, 128)] {
+        ip_cmd(&n, &format!("route add {pod_addr}/{len} dev {interface}"));
+        ip_cmd(&p, &format!("addr add {pod_addr}/{len} dev eth0 nodad"));
+        ip_cmd(
+            &p,
+            &format!("neigh add {gateway} lladdr {mac} dev eth0 nud permanent"),
+        );
+        if len == 32 {
+            ip_cmd(&p, &format!("route add {gateway} dev eth0 scope link"));
+        }
+        ip_cmd(&p, &format!("route add default via {gateway} dev eth0"));
+    }
     pod
 }
 
@@ -96,10 +114,10 @@ struct Servers {
 }
 
 impl Servers {
-    /// A TCP echo server on `port` of every address of `ns`.
+    /// A TCP echo server on `port` of every address of `ns` (IPv4 and IPv6).
     fn tcp(&mut self, ns: &NetNs, port: u16) {
         let listener = ns
-            .run_in(move || TcpListener::bind(("0.0.0.0", port)))
+            .run_in(move || TcpListener::bind(("::", port)))
             .unwrap()
             .unwrap();
         listener.set_nonblocking(true).unwrap();
@@ -121,10 +139,10 @@ impl Servers {
         }));
     }
 
-    /// A UDP echo server on `port` of every address of `ns`.
+    /// A UDP echo server on `port` of every address of `ns` (IPv4 and IPv6).
     fn udp(&mut self, ns: &NetNs, port: u16) {
         let socket = ns
-            .run_in(move || UdpSocket::bind(("0.0.0.0", port)))
+            .run_in(move || UdpSocket::bind(("::", port)))
             .unwrap()
             .unwrap();
         socket
@@ -154,7 +172,25 @@ impl Drop for Servers {
 /// Whether a TCP connection from `from` to `to:port` is made and echoes (so the replies
 /// came back too).
 fn tcp(from: &NetNs, to: &str, port: u16) -> bool {
-    let to = SocketAddr::new(ip(to), port);
+    tcp_to(from, SocketAddr::new(ip(to), port))
+}
+
+/// Whether a TCP connection from `from` to the node's link-local gateway `fe80::1` (on the
+/// pod's `eth0`) and `port` is made and echoes.
+fn tcp_to_gateway6(from: &NetNs, port: u16) -> bool {
+    let eth0 = crate::netlink::Netlink::in_netns(from)
+        .unwrap()
+        .link_by_name("eth0")
+        .unwrap()
+        .unwrap();
+    let gateway: std::net::Ipv6Addr = GATEWAY6.parse().unwrap();
+    tcp_to(
+        from,
+        SocketAddr::V6(std::net::SocketAddrV6::new(gateway, port, 0, eth0.index)),
+    )
+}
+
+fn tcp_to(from: &NetNs, to: SocketAddr) -> bool {
     from.run_in(move || {
         let Ok(mut s) = TcpStream::connect_timeout(&to, PATIENCE) else {
             return false;
@@ -170,13 +206,21 @@ fn tcp(from: &NetNs, to: &str, port: u16) -> bool {
 fn udp(from: &NetNs, to: &str, port: u16) -> bool {
     let to = SocketAddr::new(ip(to), port);
     from.run_in(move || {
-        let s = UdpSocket::bind(("0.0.0.0", 0)).unwrap();
+        let any = if to.is_ipv4() { "0.0.0.0" } else { "::" };
+        let s = UdpSocket::bind((any, 0)).unwrap();
         s.set_read_timeout(Some(PATIENCE)).unwrap();
         s.send_to(b"hello", to).unwrap();
         let mut buf = [0u8; 5];
-        matches!(s.recv_from(&mut buf), Ok((5, from)) if from == to) && &buf == b"hello"
+        matches!(s.recv_from(&mut buf), Ok((5, from)) if from.ip().to_canonical() == to.ip())
+            && &buf == b"hello"
     })
     .unwrap()
+}
+
+/// Whether `check` holds within a few tries (a few seconds at most): what must pass is
+/// given a moment for neighbour discovery; what must not is tried once.
+fn eventually(check: impl Fn() -> bool) -> bool {
+    (0..5).any(|_| check())
 }
 
 #[test]
@@ -186,18 +230,27 @@ fn the_policy_table_judges_real_traffic() {
         return;
     }
     let node = new_netns();
-    let out = Command::new("ip")
-        .args(["netns", "exec", &ns_name(&node), "sysctl", "-qw"])
-        .arg("net.ipv4.ip_forward=1")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    let web = add_pod(&node, "snwa", "10.0.1.1");
-    let client = add_pod(&node, "snwb", "10.0.1.2");
-    let other = add_pod(&node, "snwc", "10.0.1.3");
-    let db = add_pod(&node, "snwd", "10.0.1.4");
-    let newcomer = add_pod(&node, "snwe", "10.0.1.5");
+    for forwarding in ["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"] {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &ns_name(&node),
+                "sysctl",
+                "-qw",
+                forwarding,
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    }
+    let web = add_pod(&node, "snwa", "10.0.1.1", "fd00:1::1");
+    let client = add_pod(&node, "snwb", "10.0.1.2", "fd00:1::2");
+    let other = add_pod(&node, "snwc", "10.0.1.3", "fd00:1::3");
+    let db = add_pod(&node, "snwd", "10.0.1.4", "fd00:1::4");
+    let newcomer = add_pod(&node, "snwe", "10.0.1.5", "fd00:1::5");
     let (web_ip, other_ip, db_ip, newcomer_ip) = ("10.0.1.1", "10.0.1.3", "10.0.1.4", "10.0.1.5");
+    let (web6, other6, db6) = ("fd00:1::1", "fd00:1::3", "fd00:1::4");
 
     let mut servers = Servers::default();
     for pod in [&web, &other, &db, &newcomer] {
@@ -212,35 +265,68 @@ fn the_policy_table_judges_real_traffic() {
     assert!(tcp(&other, web_ip, 80));
     assert!(tcp(&newcomer, db_ip, 80));
     assert!(udp(&other, web_ip, 6000));
+    // (the first neighbour discovery of a new link may take a moment)
+    assert!(eventually(|| tcp(&other, web6, 80)));
+    assert!(tcp(&web, other6, 80));
+    assert!(eventually(|| tcp_to_gateway6(&web, 8080)));
 
     let table = golden(true);
     let mut nl = Nftables::in_netns(&node).unwrap();
     nl.replace_table(&table).unwrap();
+    // Neighbours are found again under the table (what the node and the pods learnt before
+    // is forgotten; the pods' pinned gateways stay).
+    for ns in [&node, &web, &client, &other, &db, &newcomer] {
+        ip_cmd(&ns_name(ns), "neigh flush all");
+    }
 
     // web-1 is isolated for ingress: TCP 80 from the client only, UDP 5000-5010 from
     // 10.0.1.2/31; its replies pass although its egress is isolated too (conntrack)
-    assert!(tcp(&client, web_ip, 80), "the allowed source and port");
+    assert!(
+        eventually(|| tcp(&client, web_ip, 80)),
+        "the allowed source and port"
+    );
     assert!(!tcp(&other, web_ip, 80), "another source");
     assert!(!tcp(&client, web_ip, 81), "another port");
     assert!(
-        udp(&other, web_ip, 5005),
+        eventually(|| udp(&other, web_ip, 5005)),
         "a port range from an address range"
     );
     assert!(!udp(&other, web_ip, 6000), "outside the port range");
     // web-1 is isolated for egress: TCP 80 to db only, and not to its node either
-    assert!(tcp(&web, db_ip, 80), "the allowed destination");
+    assert!(
+        eventually(|| tcp(&web, db_ip, 80)),
+        "the allowed destination"
+    );
     assert!(!tcp(&web, other_ip, 80), "egress denied is dropped");
     assert!(
         !tcp(&web, GATEWAY, 8080),
         "egress to the node is judged in input"
     );
     assert!(
-        tcp(&client, GATEWAY, 8080),
+        eventually(|| tcp(&client, GATEWAY, 8080)),
         "a pod no policy isolates reaches its node"
     );
+    // and not over its node's link-local address either, which it reaches without a table
+    assert!(
+        !tcp_to_gateway6(&web, 8080),
+        "egress to the node's link-local address is judged in input"
+    );
+    assert!(eventually(|| tcp_to_gateway6(&client, 8080)));
+    // the same over IPv6
+    assert!(
+        eventually(|| tcp(&client, web6, 80)),
+        "IPv6: the allowed source and port"
+    );
+    assert!(!tcp(&other, web6, 80), "IPv6: another source");
+    assert!(
+        eventually(|| tcp(&web, db6, 80)),
+        "IPv6: the allowed destination"
+    );
+    assert!(!tcp(&web, other6, 80), "IPv6: egress denied is dropped");
+    assert!(eventually(|| tcp(&other, db6, 80)));
     // pods no policy isolates pass both ways
-    assert!(tcp(&other, db_ip, 80));
-    assert!(tcp(&db, other_ip, 80));
+    assert!(eventually(|| tcp(&other, db_ip, 80)));
+    assert!(eventually(|| tcp(&db, other_ip, 80)));
     // an interface not programmed yet is held both ways
     assert!(!tcp(&newcomer, db_ip, 80), "held: nothing leaves");
     assert!(!tcp(&db, newcomer_ip, 80), "held: nothing enters");
@@ -255,10 +341,10 @@ fn the_policy_table_judges_real_traffic() {
         .elements
         .push(Element::key([Value::IfName("snwe".into())]));
     nl.update_table(&table, &programmed).unwrap();
-    assert!(tcp(&newcomer, db_ip, 80));
-    assert!(tcp(&db, newcomer_ip, 80));
+    assert!(eventually(|| tcp(&newcomer, db_ip, 80)));
+    assert!(eventually(|| tcp(&db, newcomer_ip, 80)));
 
     // without the table, everything passes again
     nl.delete_table(TABLE).unwrap();
-    assert!(tcp(&other, web_ip, 80));
+    assert!(eventually(|| tcp(&other, web_ip, 80)));
 }

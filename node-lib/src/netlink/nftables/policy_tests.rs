@@ -92,18 +92,22 @@ pub(super) fn nft_file(ns: &NetNs, script: &str) {
     nft(ns, &["-f", &file.path().to_string_lossy()]);
 }
 
-/// The elements `nft list` prints for set `name` (one string each, as printed).
+/// The elements `nft list` prints for set `name` (one string each, as printed), sorted.
 fn listed_elements(listing: &str, name: &str) -> Vec<String> {
     let start = listing
         .find(&format!("set {name} {{"))
         .or_else(|| listing.find(&format!("map {name} {{")))
         .unwrap_or_else(|| panic!("set {name} not listed:\n{listing}"));
     let body = &listing[start..];
-    let body = &body[..body.find("\n\t}").unwrap()];
-    let Some(at) = body.find("elements = { ") else {
+    elements_in(&body[..body.find("\n\t}").unwrap()])
+}
+
+/// The elements in the listing of one set (from `set NAME {` to its last element), sorted.
+pub(super) fn elements_in(set: &str) -> Vec<String> {
+    let Some(at) = set.find("elements = { ") else {
         return Vec::new();
     };
-    let list = &body[at + "elements = { ".len()..];
+    let list = &set[at + "elements = { ".len()..];
     let list = &list[..list.rfind(" }").unwrap()];
     // `nft` breaks long lists after a comma: `,\n\t\t\t     `.
     let list: String = list

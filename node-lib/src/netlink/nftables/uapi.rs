@@ -194,6 +194,9 @@ pub(super) const NFTA_BYTEORDER_LEN: u16 = 4;
 pub(super) const NFTA_BYTEORDER_SIZE: u16 = 5;
 pub(super) const NFT_BYTEORDER_HTON: u32 = 1;
 
+/// `IPPROTO_ICMPV6` (`linux/in6.h`).
+pub(super) const IPPROTO_ICMPV6: u8 = 58;
+
 /// `IFNAMSIZ`: an interface name matched whole is compared NUL-padded to this length.
 pub(super) const IFNAMSIZ: usize = 16;
 

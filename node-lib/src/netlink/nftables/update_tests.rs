@@ -6,7 +6,7 @@ use super::Nftables;
 use super::policy_fixture::{
     MEMBERS, TABLE, golden, ip, other_ingress, table, web_egress, web_ingress,
 };
-use super::policy_tests::listing;
+use super::policy_tests::{elements_in, listing};
 use super::tests::have_nft;
 use crate::netns::NetNs;
 use crate::netns::test_support::{have_root, new_netns};
@@ -32,16 +32,36 @@ fn handle(ns: &NetNs, kind: &str, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {kind} {name}"))
 }
 
-/// A listing with its objects in name order: the kernel lists chains and sets in the order
-/// they were created, which an update cannot keep (a chain added comes last), and which says
-/// nothing about what the table does.
-fn unordered((text, json): (String, serde_json::Value)) -> (Vec<String>, Vec<String>) {
+/// A listing with its objects, and each set's elements, in a canonical order: the kernel
+/// lists chains and sets in the order they were created, and the elements of a concatenated
+/// interval set in the order they were added, which an update cannot keep (a chain added
+/// comes last) and which says nothing about what the table does.
+fn unordered((text, mut json): (String, serde_json::Value)) -> (Vec<String>, Vec<String>) {
+    fn sort_elements(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(map) => {
+                if let Some(serde_json::Value::Array(elements)) = map.get_mut("elem") {
+                    elements.sort_by_key(ToString::to_string);
+                }
+                map.values_mut().for_each(sort_elements);
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(sort_elements),
+            _ => {}
+        }
+    }
     let body = text
         .split_once(" {\n")
         .and_then(|(_, b)| b.strip_suffix("}\n"))
         .unwrap_or_default();
-    let mut blocks: Vec<String> = body.split("\n\n").map(|b| b.trim().to_string()).collect();
+    let mut blocks: Vec<String> = body
+        .split("\n\n")
+        .map(|b| match b.find("elements = {") {
+            Some(at) => format!("{} {:?}", &b[..at], elements_in(b)),
+            None => b.trim().to_string(),
+        })
+        .collect();
     blocks.sort();
+    sort_elements(&mut json);
     let mut objects: Vec<String> = json["nftables"]
         .as_array()
         .unwrap()
@@ -75,6 +95,7 @@ fn shapes() -> Vec<(&'static str, Table, Table)> {
     ]);
     set_mut(&mut elements, "egress-0-any4").elements[0].comment =
         Some("kube-system/coredns".into());
+    set_mut(&mut elements, "ingress-0-ports4").elements[0].comment = Some("renamed".into());
     set_mut(&mut elements, "ingress-0-ports4")
         .elements
         .push(super::policy_fixture::ports(

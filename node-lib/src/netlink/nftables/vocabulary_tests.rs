@@ -13,7 +13,8 @@ use super::socket::Messages;
 use super::uapi::*;
 use crate::hostport::Protocol;
 use crate::nft::{
-    CtState, DataType, Dir, Element, Expr, Field, Op, Rule, Set, TimeUnit, Value, Verdict,
+    CtState, DataType, Dir, Element, Expr, Field, Icmpv6Type, Op, Rule, Set, TimeUnit, Value,
+    Verdict,
 };
 
 /// Sets as the golden table has them: the `ports` sets are concatenated interval sets.
@@ -144,6 +145,23 @@ fn policy_rules_are_the_expressions_nft_generates() {
             payload(NFT_PAYLOAD_TRANSPORT_HEADER, 2, 2, 13),
         ]
     );
+    // `icmpv6 type nd-neighbor-advert accept`
+    let advert = Rule::new([
+        Expr::Icmpv6Type(Icmpv6Type::NeighborAdvert),
+        Expr::Verdict(Verdict::Accept),
+    ]);
+    assert_eq!(
+        compile(&advert, &PolicySets),
+        [
+            meta(NFT_META_NFPROTO, 1),
+            cmp(false, &[10]),
+            meta(NFT_META_L4PROTO, 1),
+            cmp(false, &[58]),
+            payload(NFT_PAYLOAD_TRANSPORT_HEADER, 0, 1, 1),
+            cmp(false, &[136]),
+            verdict(NF_ACCEPT),
+        ]
+    );
     // `limit rate 10/second log group 1`
     assert_eq!(
         compile(&class[4], &PolicySets),
@@ -211,6 +229,10 @@ fn policy_text_reads_as_nft_lists_it() {
             "limit rate 3/minute",
         ),
         (Expr::LogGroup(7), "log group 7"),
+        (
+            Expr::Icmpv6Type(Icmpv6Type::NeighborSolicit),
+            "icmpv6 type nd-neighbor-solicit",
+        ),
     ] {
         assert_eq!(expr.to_string(), text);
     }
