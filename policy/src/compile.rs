@@ -16,7 +16,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use sinew_core::{Cidr, Family};
 
-use crate::disjoint::{Item, Piece, PortKey, disjoint};
+use crate::disjoint::{Interner, Item, Piece, PortKey, disjoint};
 use crate::plan::{
     AddrRange, AnyElement, Class, Elements, Limits, Plan, PortElement, Problem, Reason,
 };
@@ -50,14 +50,7 @@ pub fn compile_with(world: &World, node: &str, limits: &Limits) -> Plan {
     let mut used = BTreeSet::new();
     for (body, _) in ingress.iter().chain(&egress) {
         used.extend(body.policies.iter().copied());
-        for els in [&body.v4, &body.v6] {
-            for r in els.ports.iter().flat_map(|e| &e.reasons) {
-                used.insert(r.policy);
-            }
-            for r in els.any.iter().flat_map(|e| &e.reasons) {
-                used.insert(r.policy);
-            }
-        }
+        used.extend(body.reasons.iter().flatten().map(|r| r.policy));
     }
     let renumber: HashMap<u32, u32> = used
         .iter()
@@ -109,27 +102,17 @@ struct Body {
     policies: Vec<u32>,
     v4: Elements,
     v6: Elements,
+    reasons: Vec<Vec<Reason>>,
     failure: Option<String>,
 }
 
 impl Body {
     fn into_class(self, pods: Vec<ObjectKey>, renumber: &HashMap<u32, u32>) -> Class {
-        let map = |r: &mut Reason| {
+        let mut reasons = self.reasons;
+        for r in reasons.iter_mut().flatten() {
             if let Some(n) = renumber.get(&r.policy) {
                 r.policy = *n;
             }
-        };
-        let mut v4 = self.v4;
-        let mut v6 = self.v6;
-        for els in [&mut v4, &mut v6] {
-            els.ports
-                .iter_mut()
-                .flat_map(|e| &mut e.reasons)
-                .for_each(map);
-            els.any
-                .iter_mut()
-                .flat_map(|e| &mut e.reasons)
-                .for_each(map);
         }
         Class {
             pods,
@@ -138,12 +121,16 @@ impl Body {
                 .iter()
                 .filter_map(|p| renumber.get(p).copied())
                 .collect(),
-            v4,
-            v6,
+            v4: self.v4,
+            v6: self.v6,
+            reasons,
             failed_closed: self.failure.is_some(),
         }
     }
 }
+
+/// IPv4's, then IPv6's.
+type PerFamily<T> = (T, T);
 
 /// What makes two pods compile alike in a direction.
 type Key = (Vec<u32>, Vec<NamedPort>);
@@ -312,6 +299,7 @@ impl<'a> Compiler<'a> {
             policies: selecting.clone(),
             v4: Elements::default(),
             v6: Elements::default(),
+            reasons: Vec::new(),
             failure: Some(message),
         };
         let items = match self.items(selecting, named, direction) {
@@ -324,6 +312,7 @@ impl<'a> Compiler<'a> {
         };
         let max = self.limits.elements_per_class;
         let (mut v4, mut v6) = (Elements::default(), Elements::default());
+        let mut reasons = Interner::default();
         let mut total = 0usize;
         for (family, items, els) in [
             (Family::V4, &items.0, &mut v4),
@@ -332,7 +321,9 @@ impl<'a> Compiler<'a> {
             let (any, ports): (Vec<Item>, Vec<Item>) =
                 items.iter().partition(|it| it.port.is_none());
             for (list, is_any) in [(any, true), (ports, false)] {
-                let Ok(pieces) = disjoint(&list, top(family), max.saturating_sub(total)) else {
+                let Ok(pieces) =
+                    disjoint(&list, top(family), max.saturating_sub(total), &mut reasons)
+                else {
                     return failed(format!(
                         "more than {max} set elements; compiled as deny-all"
                     ));
@@ -345,21 +336,22 @@ impl<'a> Compiler<'a> {
             policies: selecting.clone(),
             v4,
             v6,
+            reasons: reasons.sets,
             failure: None,
         }
     }
 
     /// Every (rule, peer, port entry) of the policies as items, per family; `Err(limit)`
     /// past the item limit.
-    #[allow(clippy::type_complexity)]
     fn items(
         &mut self,
         selecting: &[u32],
         named: &[NamedPort],
         direction: Direction,
-    ) -> Result<(Vec<Item>, Vec<Item>), usize> {
+    ) -> Result<PerFamily<Vec<Item>>, usize> {
         let limit = self.limits.items_per_class();
         let (mut v4, mut v6): (Vec<Item>, Vec<Item>) = (Vec::new(), Vec::new());
+        let none = Ranges::default();
         let every = Ranges {
             v4: vec![(0, top(Family::V4))],
             v6: vec![(0, top(Family::V6))],
@@ -377,7 +369,7 @@ impl<'a> Compiler<'a> {
                         self.peer_ranges(p, direction, r, i);
                     }
                     let ranges = match peer {
-                        Some(i) => &self.peers[&(p, direction, r, i)],
+                        Some(i) => self.peers.get(&(p, direction, r, i)).unwrap_or(&none),
                         None => &every,
                     };
                     let reason = |port: Option<usize>| Reason {
@@ -504,5 +496,80 @@ fn place(family: Family, pieces: Vec<Piece>, is_any: bool, els: &mut Elements) {
                 reasons: piece.reasons,
             }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cidr(s: &str) -> Cidr {
+        s.parse().unwrap()
+    }
+
+    fn v4(s: &str) -> u128 {
+        value(s.parse().unwrap())
+    }
+
+    #[test]
+    fn an_ip_block_minus_its_excepts() {
+        // (cidr, excepts, remaining ranges)
+        type Row<'a> = (&'a str, &'a [&'a str], &'a [(&'a str, &'a str)]);
+        let table: [Row; 6] = [
+            ("10.0.0.0/29", &[], &[("10.0.0.0", "10.0.0.7")]),
+            (
+                "10.0.0.0/29",
+                &["10.0.0.1/32", "10.0.0.4/31"],
+                &[
+                    ("10.0.0.0", "10.0.0.0"),
+                    ("10.0.0.2", "10.0.0.3"),
+                    ("10.0.0.6", "10.0.0.7"),
+                ],
+            ),
+            // Touching and overlapping excepts, one at the very end.
+            (
+                "10.0.0.0/29",
+                &["10.0.0.2/31", "10.0.0.2/32", "10.0.0.4/32", "10.0.0.7/32"],
+                &[("10.0.0.0", "10.0.0.1"), ("10.0.0.5", "10.0.0.6")],
+            ),
+            ("10.0.0.0/29", &["10.0.0.0/29"], &[]),
+            // Excepts outside the block or of the other family change nothing.
+            (
+                "10.0.0.0/30",
+                &["10.0.1.0/24", "fd00::/64"],
+                &[("10.0.0.0", "10.0.0.3")],
+            ),
+            (
+                "0.0.0.0/0",
+                &["0.0.0.0/8"],
+                &[("1.0.0.0", "255.255.255.255")],
+            ),
+        ];
+        for (block, except, want) in table {
+            let except: Vec<Cidr> = except.iter().map(|e| cidr(e)).collect();
+            let got = block_ranges(&cidr(block), &except);
+            let want: Vec<(u128, u128)> = want.iter().map(|(a, b)| (v4(a), v4(b))).collect();
+            assert_eq!(got.v4, want, "{block} except {except:?}");
+            assert!(got.v6.is_empty());
+        }
+        let got = block_ranges(&cidr("::/0"), &[cidr("::/1")]);
+        assert_eq!(got.v6, [(1u128 << 127, u128::MAX)]);
+    }
+
+    #[test]
+    fn addresses_join_into_ranges_only_when_adjacent() {
+        let ips = [
+            "10.0.0.3", "10.0.0.1", "10.0.0.2", "10.0.0.9", "fd00::1", "10.0.0.2",
+        ];
+        let got = ranges_of(ips.iter().map(|i| i.parse().unwrap()).collect());
+        assert_eq!(
+            got.v4,
+            [
+                (v4("10.0.0.1"), v4("10.0.0.3")),
+                (v4("10.0.0.9"), v4("10.0.0.9"))
+            ]
+        );
+        let one = value("fd00::1".parse().unwrap());
+        assert_eq!(got.v6, [(one, one)]);
     }
 }

@@ -7,7 +7,7 @@
 //! O(n log n) for items that rarely overlap (ipBlocks with excepts, pod addresses) and
 //! O(segments x overlapping items) at worst.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::plan::Reason;
 use crate::view::Protocol;
@@ -24,13 +24,32 @@ pub(crate) struct Item {
     pub reason: Reason,
 }
 
-/// One disjoint output element.
+/// One disjoint output element; its reasons are a set numbered by the [`Interner`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Piece {
     pub lo: u128,
     pub hi: u128,
     pub port: PortKey,
-    pub reasons: Vec<Reason>,
+    pub reasons: u32,
+}
+
+/// Distinct reason sets in order of first use (so the numbering is deterministic).
+#[derive(Default)]
+pub(crate) struct Interner {
+    pub sets: Vec<Vec<Reason>>,
+    index: HashMap<Vec<Reason>, u32>,
+}
+
+impl Interner {
+    pub fn intern(&mut self, set: Vec<Reason>) -> u32 {
+        if let Some(i) = self.index.get(&set) {
+            return *i;
+        }
+        let i = self.sets.len() as u32;
+        self.sets.push(set.clone());
+        self.index.insert(set, i);
+        i
+    }
 }
 
 /// More pieces than allowed.
@@ -46,7 +65,12 @@ struct Run {
 
 /// Disjoint pieces covering exactly what `items` cover (all of one family, `hi <= top`),
 /// sorted by address, then protocol and first port; `Err` once more than `max` pieces.
-pub(crate) fn disjoint(items: &[Item], top: u128, max: usize) -> Result<Vec<Piece>, TooMany> {
+pub(crate) fn disjoint(
+    items: &[Item],
+    top: u128,
+    max: usize,
+    interner: &mut Interner,
+) -> Result<Vec<Piece>, TooMany> {
     let mut bounds: Vec<u128> = Vec::with_capacity(items.len() * 2);
     for it in items {
         bounds.push(it.lo);
@@ -80,6 +104,7 @@ pub(crate) fn disjoint(items: &[Item], top: u128, max: usize) -> Result<Vec<Piec
             }
             e += 1;
         }
+        let added = s;
         while s < by_start.len() && by_start[s].lo == b {
             let it = by_start[s];
             *active
@@ -91,19 +116,30 @@ pub(crate) fn disjoint(items: &[Item], top: u128, max: usize) -> Result<Vec<Piec
         }
         let seg_hi = bounds.get(k + 1).map_or(top, |n| n - 1);
         if active.is_empty() {
-            flush(&mut run, &mut out, max)?;
+            flush(&mut run, &mut out, max, interner)?;
             continue;
         }
-        let (shape, reasons) = port_set(&active);
+        let shape = shape_of(&active);
         match &mut run {
             Some(r) if r.shape == shape && r.hi.checked_add(1) == Some(b) => {
+                // The run holds the reasons of every item active in it so far: add only the
+                // items that start here, each to the piece its ports fall in.
                 r.hi = seg_hi;
-                for (acc, add) in r.reasons.iter_mut().zip(reasons) {
-                    acc.extend(add);
+                for it in &by_start[added..s] {
+                    let i = piece_of(&r.shape, &it.port);
+                    if let Some(acc) = r.reasons.get_mut(i) {
+                        acc.insert(it.reason);
+                    }
                 }
             }
             _ => {
-                flush(&mut run, &mut out, max)?;
+                flush(&mut run, &mut out, max, interner)?;
+                let mut reasons = vec![BTreeSet::new(); shape.len()];
+                for (key, rs) in &active {
+                    if let Some(acc) = reasons.get_mut(piece_of(&shape, key)) {
+                        acc.extend(rs.keys().copied());
+                    }
+                }
                 run = Some(Run {
                     lo: b,
                     hi: seg_hi,
@@ -113,40 +149,41 @@ pub(crate) fn disjoint(items: &[Item], top: u128, max: usize) -> Result<Vec<Piec
             }
         }
     }
-    flush(&mut run, &mut out, max)?;
+    flush(&mut run, &mut out, max, interner)?;
     Ok(out)
 }
 
-/// The active port ranges merged per protocol (overlapping or adjacent ranges join), and the
-/// reasons of each merged range.
-fn port_set(
-    active: &BTreeMap<PortKey, BTreeMap<Reason, u32>>,
-) -> (Vec<PortKey>, Vec<BTreeSet<Reason>>) {
+/// The active port ranges merged per protocol (overlapping or adjacent ranges join).
+fn shape_of(active: &BTreeMap<PortKey, BTreeMap<Reason, u32>>) -> Vec<PortKey> {
     let mut shape: Vec<PortKey> = Vec::new();
-    let mut reasons: Vec<BTreeSet<Reason>> = Vec::new();
-    for (key, rs) in active {
-        let joined = match (shape.last_mut(), key) {
+    for key in active.keys() {
+        match (shape.last_mut(), key) {
             (Some(Some((lp, _, lhi))), Some((p, lo, hi)))
                 if lp == p && u32::from(*lo) <= u32::from(*lhi) + 1 =>
             {
                 *lhi = (*lhi).max(*hi);
-                true
             }
-            (Some(None), None) => true,
-            _ => false,
-        };
-        if !joined {
-            shape.push(*key);
-            reasons.push(BTreeSet::new());
-        }
-        if let Some(acc) = reasons.last_mut() {
-            acc.extend(rs.keys().copied());
+            (Some(None), None) => {}
+            _ => shape.push(*key),
         }
     }
-    (shape, reasons)
+    shape
 }
 
-fn flush(run: &mut Option<Run>, out: &mut Vec<Piece>, max: usize) -> Result<(), TooMany> {
+/// The index of the merged range of `shape` that holds the port range `key`.
+fn piece_of(shape: &[PortKey], key: &PortKey) -> usize {
+    let start = |k: &PortKey| k.map(|(p, lo, _)| (p, lo));
+    shape
+        .partition_point(|s| start(s) <= start(key))
+        .saturating_sub(1)
+}
+
+fn flush(
+    run: &mut Option<Run>,
+    out: &mut Vec<Piece>,
+    max: usize,
+    interner: &mut Interner,
+) -> Result<(), TooMany> {
     let Some(r) = run.take() else {
         return Ok(());
     };
@@ -155,7 +192,7 @@ fn flush(run: &mut Option<Run>, out: &mut Vec<Piece>, max: usize) -> Result<(), 
             lo: r.lo,
             hi: r.hi,
             port,
-            reasons: reasons.into_iter().collect(),
+            reasons: interner.intern(reasons.into_iter().collect()),
         });
     }
     if out.len() > max {
@@ -186,6 +223,12 @@ mod tests {
         }
     }
 
+    fn cut(items: &[Item], top: u128, max: usize) -> Result<(Vec<Piece>, Interner), TooMany> {
+        let mut interner = Interner::default();
+        let pieces = disjoint(items, top, max, &mut interner)?;
+        Ok((pieces, interner))
+    }
+
     fn shape(pieces: &[Piece]) -> Vec<(u128, u128, PortKey)> {
         pieces.iter().map(|p| (p.lo, p.hi, p.port)).collect()
     }
@@ -199,7 +242,7 @@ mod tests {
             item(5, 19, TCP80, 1),
             item(5, 9, Some((Protocol::Tcp, 81, 90)), 2),
         ];
-        let got = disjoint(&items, 255, 100).unwrap();
+        let (got, sets) = cut(&items, 255, 100).unwrap();
         assert_eq!(
             shape(&got),
             [
@@ -208,26 +251,29 @@ mod tests {
                 (10, 19, TCP80)
             ]
         );
-        assert_eq!(got[1].reasons, [reason(0), reason(1), reason(2)]);
-        assert_eq!(got[2].reasons, [reason(1)]);
+        assert_eq!(
+            sets.sets[got[1].reasons as usize],
+            [reason(0), reason(1), reason(2)]
+        );
+        assert_eq!(sets.sets[got[2].reasons as usize], [reason(1)]);
     }
 
     #[test]
     fn equal_port_sets_on_touching_ranges_become_one_element_with_both_reasons() {
         let items = [item(0, 9, None, 0), item(10, 20, None, 1)];
-        let got = disjoint(&items, 255, 100).unwrap();
+        let (got, sets) = cut(&items, 255, 100).unwrap();
         assert_eq!(shape(&got), [(0, 20, None)]);
-        assert_eq!(got[0].reasons, [reason(0), reason(1)]);
+        assert_eq!(sets.sets[got[0].reasons as usize], [reason(0), reason(1)]);
     }
 
     #[test]
     fn a_range_reaching_the_top_of_the_space_and_a_gap() {
         let items = [item(0, 1, None, 0), item(3, 255, None, 1)];
-        let got = disjoint(&items, 255, 100).unwrap();
+        let (got, _) = cut(&items, 255, 100).unwrap();
         assert_eq!(shape(&got), [(0, 1, None), (3, 255, None)]);
         let items = [item(0, u128::MAX, None, 0)];
         assert_eq!(
-            shape(&disjoint(&items, u128::MAX, 1).unwrap()),
+            shape(&cut(&items, u128::MAX, 1).unwrap().0),
             [(0, u128::MAX, None)]
         );
     }
@@ -240,7 +286,7 @@ mod tests {
             item(1, 1, Some((Protocol::Tcp, 79, 79)), 0),
             item(1, 1, Some((Protocol::Tcp, 80, 80)), 1),
         ];
-        let got = disjoint(&items, 255, 100).unwrap();
+        let (got, _) = cut(&items, 255, 100).unwrap();
         assert_eq!(
             shape(&got),
             [
@@ -257,7 +303,7 @@ mod tests {
             item(0, 0, TCP80, 0),
             item(0, 0, Some((Protocol::Udp, 80, 80)), 0),
         ];
-        assert_eq!(disjoint(&items, 255, 2).unwrap().len(), 2);
-        assert_eq!(disjoint(&items, 255, 1), Err(TooMany));
+        assert_eq!(cut(&items, 255, 2).unwrap().0.len(), 2);
+        assert_eq!(cut(&items, 255, 1).err(), Some(TooMany));
     }
 }

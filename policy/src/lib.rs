@@ -12,6 +12,7 @@ pub mod explain;
 pub mod plan;
 pub mod selector;
 pub mod semantics;
+mod text;
 pub mod view;
 pub mod world;
 

@@ -15,21 +15,22 @@ use crate::view::{Direction, ObjectKey, Protocol};
 pub struct Limits {
     /// Set elements one class may hold (both families, both lists). A class over it is
     /// compiled as deny-all (fail closed) and the plan carries a [`Problem`]. The rule items
-    /// expanded on the way (peers x ports) are bounded by 16 times this, for the same outcome.
+    /// expanded on the way (peer ranges x port entries) are bounded by 4 times this, for the
+    /// same outcome: that bounds the compiler's memory too (about 20 MiB at the default).
     pub elements_per_class: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            elements_per_class: 100_000,
+            elements_per_class: 65_536,
         }
     }
 }
 
 impl Limits {
     pub(crate) fn items_per_class(&self) -> usize {
-        self.elements_per_class.saturating_mul(16)
+        self.elements_per_class.saturating_mul(4)
     }
 }
 
@@ -63,14 +64,16 @@ pub struct PortElement {
     pub addrs: AddrRange,
     pub protocol: Protocol,
     pub ports: (u16, u16),
-    pub reasons: Vec<Reason>,
+    /// The rules that produced it: an index into [`Class::reasons`].
+    pub reasons: u32,
 }
 
 /// An element of the `ADDR` set: every protocol and port to and from these addresses.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub struct AnyElement {
     pub addrs: AddrRange,
-    pub reasons: Vec<Reason>,
+    /// The rules that produced it: an index into [`Class::reasons`].
+    pub reasons: u32,
 }
 
 /// The two sets of one family: both sorted and disjoint.
@@ -122,6 +125,9 @@ pub struct Class {
     pub policies: Vec<u32>,
     pub v4: Elements,
     pub v6: Elements,
+    /// The distinct sets of reasons the elements name (each sorted, never empty): elements
+    /// hold an index, as thousands of elements often share one set.
+    pub reasons: Vec<Vec<Reason>>,
     /// Over a limit: compiled as deny-all (the elements are empty); see the plan's problems.
     pub failed_closed: bool,
 }
@@ -136,6 +142,11 @@ impl Class {
 
     pub fn element_count(&self) -> usize {
         self.v4.len() + self.v6.len()
+    }
+
+    /// The reasons an element's index stands for.
+    pub fn reasons(&self, index: u32) -> &[Reason] {
+        self.reasons.get(index as usize).map_or(&[], Vec::as_slice)
     }
 }
 
@@ -224,12 +235,12 @@ impl Plan {
         let elements = class.elements(peer);
         let mut reasons: Vec<Reason> = Vec::new();
         if let Some(e) = elements.any_at(peer) {
-            reasons.extend(&e.reasons);
+            reasons.extend(class.reasons(e.reasons));
         }
         if protocol.has_ports()
             && let Some(e) = elements.port_at(peer, protocol, port)
         {
-            reasons.extend(&e.reasons);
+            reasons.extend(class.reasons(e.reasons));
         }
         if reasons.is_empty() {
             return Verdict::Denied(

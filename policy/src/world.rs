@@ -2,8 +2,9 @@
 //! input order never matters), with the lookups policy needs: pods and policies of a
 //! namespace, a namespace's labels, the live pods at an address. Updated one object at a time.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use crate::view::{NamespaceView, ObjectKey, PodView, PolicyView};
 
@@ -12,10 +13,11 @@ static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
 #[derive(Debug, Clone, Default)]
 pub struct World {
     namespaces: BTreeMap<String, NamespaceView>,
-    pods: BTreeMap<ObjectKey, PodView>,
+    pods: BTreeMap<ObjectKey, Arc<PodView>>,
     policies: BTreeMap<ObjectKey, PolicyView>,
-    /// Pods that can be peers (pod network, not terminated) by each of their addresses.
-    live_by_ip: BTreeMap<IpAddr, BTreeSet<ObjectKey>>,
+    /// Pods that can be peers (pod network, not terminated) by each of their addresses,
+    /// sorted by name (shared with `pods`, so a peer lookup is one search by address).
+    live_by_ip: BTreeMap<IpAddr, Vec<Arc<PodView>>>,
 }
 
 impl World {
@@ -42,9 +44,13 @@ impl World {
     pub fn upsert_pod(&mut self, pod: PodView) {
         let key = pod.key();
         self.remove_pod(&key);
+        let pod = Arc::new(pod);
         if pod.is_policy_pod() {
             for ip in &pod.ips {
-                self.live_by_ip.entry(*ip).or_default().insert(key.clone());
+                let at = self.live_by_ip.entry(*ip).or_default();
+                let i =
+                    at.partition_point(|p| (&p.namespace, &p.name) < (&key.namespace, &key.name));
+                at.insert(i, Arc::clone(&pod));
             }
         }
         self.pods.insert(key, pod);
@@ -56,7 +62,7 @@ impl World {
         };
         for ip in &old.ips {
             if let Some(set) = self.live_by_ip.get_mut(ip) {
-                set.remove(key);
+                set.retain(|p| !Arc::ptr_eq(p, &old));
                 if set.is_empty() {
                     self.live_by_ip.remove(ip);
                 }
@@ -77,7 +83,7 @@ impl World {
     }
 
     pub fn pods(&self) -> impl Iterator<Item = &PodView> {
-        self.pods.values()
+        self.pods.values().map(|p| p.as_ref())
     }
 
     pub fn policies(&self) -> impl Iterator<Item = &PolicyView> {
@@ -85,7 +91,7 @@ impl World {
     }
 
     pub fn pod(&self, key: &ObjectKey) -> Option<&PodView> {
-        self.pods.get(key)
+        self.pods.get(key).map(|p| p.as_ref())
     }
 
     pub fn policy(&self, key: &ObjectKey) -> Option<&PolicyView> {
@@ -109,7 +115,7 @@ impl World {
     }
 
     pub fn pods_in<'a>(&'a self, namespace: &'a str) -> impl Iterator<Item = &'a PodView> + 'a {
-        range_of(&self.pods, namespace)
+        range_of(&self.pods, namespace).map(|p| p.as_ref())
     }
 
     pub fn policies_in<'a>(
@@ -125,7 +131,7 @@ impl World {
             .get(&addr)
             .into_iter()
             .flatten()
-            .filter_map(|k| self.pods.get(k))
+            .map(|p| p.as_ref())
     }
 
     /// The live pods' addresses in `lo..=hi` (one family), each with its pod, in order.
@@ -136,7 +142,7 @@ impl World {
     ) -> impl Iterator<Item = (IpAddr, &PodView)> {
         self.live_by_ip
             .range(lo..=hi)
-            .flat_map(|(ip, keys)| keys.iter().filter_map(|k| Some((*ip, self.pods.get(k)?))))
+            .flat_map(|(ip, pods)| pods.iter().map(|p| (*ip, p.as_ref())))
     }
 }
 

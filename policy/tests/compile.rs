@@ -169,6 +169,47 @@ fn over_the_element_limit_a_class_is_deny_all_and_the_plan_names_its_policies() 
 }
 
 #[test]
+fn too_many_rule_items_fail_closed_before_cutting() {
+    // 3 peers x 3 ports = 9 items, over 4 x 2.
+    let w = World::new(
+        [ns("a", &[])],
+        [pod("a", "x", &["10.0.0.1"], &[])],
+        [np(
+            "a",
+            "p",
+            json!({"podSelector": {}, "ingress": [{
+                "from": [{"ipBlock": {"cidr": "10.1.0.0/16"}}, {"ipBlock": {"cidr": "10.2.0.0/16"}},
+                         {"ipBlock": {"cidr": "10.3.0.0/16"}}],
+                "ports": [{"port": 1}, {"port": 2}, {"port": 3}]}]}),
+        )],
+    );
+    let plan = compile_with(
+        &w,
+        "n1",
+        &Limits {
+            elements_per_class: 2,
+        },
+    );
+    assert!(plan.ingress[0].failed_closed);
+    assert_eq!(
+        plan.problems[0].message,
+        "more than 8 rule items (peers x ports); compiled as deny-all"
+    );
+    assert_eq!(plan.problems[0].policies, [key("a", "p")]);
+    // With room for its items the rule is one element: the three /16s touch, and so do the
+    // three ports.
+    let room = Limits {
+        elements_per_class: 3,
+    };
+    let plan = compile_with(&w, "n1", &room);
+    assert!(plan.problems.is_empty());
+    assert_eq!(plan.ingress[0].element_count(), 1);
+    let e = &plan.ingress[0].v4.ports[0];
+    assert_eq!(e.addrs.to_string(), "10.1.0.0-10.3.255.255");
+    assert_eq!(e.ports, (1, 3));
+}
+
+#[test]
 fn element_reasons_name_every_rule_merged_into_them() {
     let w = World::new(
         [ns("a", &[])],
@@ -189,7 +230,7 @@ fn element_reasons_name_every_rule_merged_into_them() {
     let plan = compile(&w, "n1");
     let any = &plan.ingress[0].v4.any;
     assert_eq!(any.len(), 1, "adjacent ranges merge: {any:?}");
-    assert_eq!(any[0].reasons.len(), 2);
+    assert_eq!(plan.ingress[0].reasons(any[0].reasons).len(), 2);
     // The trace keeps only the rule that covers the packet.
     let out = explain_at(
         &plan,
@@ -281,3 +322,64 @@ fn the_trace_names_policy_rule_selector_and_port_or_the_isolating_policies() {
         "{from_block}"
     );
 }
+
+#[test]
+fn a_plan_reads_as_text() {
+    let w = World::new(
+        [ns("a", &[]), ns("b", &[("team", "x")])],
+        [
+            named(
+                pod("a", "db", &["10.0.0.2", "fd00::2"], &[("app", "db")]),
+                &[("pg", Protocol::Tcp, 5432)],
+            ),
+            pod("a", "web", &["10.0.0.3", "fd00::3"], &[("app", "web")]),
+            on(pod("b", "client", &["10.0.1.7"], &[]), "n2"),
+        ],
+        [
+            np(
+                "a",
+                "db",
+                json!({"podSelector": {"matchLabels": {"app": "db"}}, "ingress": [
+                    {"from": [{"podSelector": {"matchLabels": {"app": "web"}}},
+                              {"namespaceSelector": {"matchLabels": {"team": "x"}}}],
+                     "ports": [{"port": "pg"}, {"port": 9000, "endPort": 9100}]},
+                    {"from": [{"ipBlock": {"cidr": "192.168.0.0/16", "except": ["192.168.1.0/24"]}}]}
+                ]}),
+            ),
+            np(
+                "a",
+                "web-out",
+                json!({"podSelector": {"matchLabels": {"app": "web"}}, "policyTypes": ["Egress"], "egress": [
+                    {"to": [{"podSelector": {"matchLabels": {"app": "db"}}}], "ports": [{"port": "pg"}]},
+                    {"ports": [{"port": 53, "protocol": "UDP"}]}
+                ]}),
+            ),
+        ],
+    );
+    let text = compile(&w, "n1").to_string();
+    assert_eq!(text, GOLDEN);
+}
+
+const GOLDEN: &str = "\
+node n1
+ingress class 0: pods a/db
+  isolated by a/db
+  192.168.0.0/24 all traffic  <- a/db rule 1 peer 0
+  192.168.2.0-192.168.255.255 all traffic  <- a/db rule 1 peer 0
+  10.0.0.3 TCP 5432  <- a/db rule 0 peer 0 port 0
+  10.0.0.3 TCP 9000-9100  <- a/db rule 0 peer 0 port 1
+  10.0.1.7 TCP 5432  <- a/db rule 0 peer 1 port 0
+  10.0.1.7 TCP 9000-9100  <- a/db rule 0 peer 1 port 1
+  fd00::3 TCP 5432  <- a/db rule 0 peer 0 port 0
+  fd00::3 TCP 9000-9100  <- a/db rule 0 peer 0 port 1
+egress class 0: pods a/web
+  isolated by a/web-out
+  0.0.0.0-10.0.0.1 UDP 53  <- a/web-out rule 1 port 0
+  10.0.0.2 TCP 5432  <- a/web-out rule 0 peer 0 port 0
+  10.0.0.2 UDP 53  <- a/web-out rule 1 port 0
+  10.0.0.3-255.255.255.255 UDP 53  <- a/web-out rule 1 port 0
+  ::-fd00::1 UDP 53  <- a/web-out rule 1 port 0
+  fd00::2 TCP 5432  <- a/web-out rule 0 peer 0 port 0
+  fd00::2 UDP 53  <- a/web-out rule 1 port 0
+  fd00::3-ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff UDP 53  <- a/web-out rule 1 port 0
+";

@@ -8,7 +8,7 @@ use sinew_node_lib::hostport::Protocol as NftProtocol;
 use sinew_node_lib::nft::policy::{self, Class, Direction as TableDirection, Member};
 use sinew_node_lib::nft::{Element, Table, Value};
 use sinew_policy::explain::describe_peer;
-use sinew_policy::plan::{AddrRange, Elements, Reason};
+use sinew_policy::plan::{AddrRange, Class as PlanClass, Elements, Reason};
 use sinew_policy::{Direction, ObjectKey, Plan, Protocol, World};
 
 /// A pod interface on this node (the host end of its veth).
@@ -47,8 +47,8 @@ pub fn render(plan: &Plan, world: &World, interfaces: &[PodInterface], log: bool
                     ""
                 }
             );
-            let (ports4, any4) = elements(&class.v4, plan, world, direction);
-            let (ports6, any6) = elements(&class.v6, plan, world, direction);
+            let (ports4, any4) = elements(&class.v4, class, plan, world, direction);
+            let (ports6, any6) = elements(&class.v6, class, plan, world, direction);
             classes.push(Class {
                 direction: table_direction(direction),
                 name,
@@ -98,6 +98,7 @@ fn some_of(names: &[String]) -> String {
 /// One family's elements as the two sets hold them.
 fn elements(
     of: &Elements,
+    class: &PlanClass,
     plan: &Plan,
     world: &World,
     direction: Direction,
@@ -114,7 +115,7 @@ fn elements(
             };
             Some(with_reason(
                 Element::key([addresses(e.addrs), Value::Proto(protocol), ports]),
-                &e.reasons,
+                class.reasons(e.reasons),
                 plan,
                 world,
                 direction,
@@ -127,7 +128,7 @@ fn elements(
         .map(|e| {
             with_reason(
                 Element::key([addresses(e.addrs)]),
-                &e.reasons,
+                class.reasons(e.reasons),
                 plan,
                 world,
                 direction,
