@@ -58,10 +58,10 @@ kind:
 kind-build:
 	e2e/kind/build.sh
 
-## kind-conformance: make kind plus the upstream sig-network specs ([Conformance], Granular Checks: Services, Conntrack; e2e.test and ginkgo, built once)
+## kind-conformance: make kind plus the upstream sig-network specs ([Conformance], Granular Checks: Services, Conntrack, and the Netpol specs; e2e.test and ginkgo, built once)
 kind-conformance:
-	SINEW_KIND_CONFORMANCE=1 e2e/kind/run.sh
+	SINEW_KIND_CONFORMANCE=1 SINEW_KIND_NETPOL=1 e2e/kind/run.sh
 
-## kind-netpol: make kind with NetworkPolicy turned on after the connectivity checks and the upstream [sig-network] Netpol specs (48 of 51; SCTP traffic excluded)
+## kind-netpol: make kind plus the upstream [sig-network] Netpol specs (48 of 51; SCTP traffic excluded)
 kind-netpol:
 	SINEW_KIND_NETPOL=1 e2e/kind/run.sh

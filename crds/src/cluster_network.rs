@@ -64,8 +64,9 @@ pub struct ClusterNetworkSpec {
     pub log_level: LogLevel,
 
     /// Whether the agents enforce `networking.k8s.io/v1` NetworkPolicy on their nodes
-    /// (`Enabled`), or program no policy table at all and remove theirs (`Disabled`).
-    #[serde(default, skip_serializing_if = "NetworkPolicyMode::is_disabled")]
+    /// (`Enabled`, the default), or program no policy table at all and remove theirs
+    /// (`Disabled`).
+    #[serde(default, skip_serializing_if = "NetworkPolicyMode::is_enabled")]
     pub network_policy: NetworkPolicyMode,
 }
 
@@ -76,16 +77,17 @@ pub struct ClusterNetworkSpec {
 pub enum NetworkPolicyMode {
     /// Every node enforces NetworkPolicy: a pod's interface carries only what its policies
     /// allow, from the moment it is created.
-    Enabled,
-    /// No node enforces NetworkPolicy (the default until the upstream Netpol suite passes on
-    /// kind in CI).
     #[default]
+    Enabled,
+    /// No node enforces NetworkPolicy.
     Disabled,
 }
 
 impl NetworkPolicyMode {
-    pub fn is_disabled(&self) -> bool {
-        *self == NetworkPolicyMode::Disabled
+    /// The default, left out of a serialized spec (so that the spec's hash, and the agents'
+    /// rollout, do not change for clusters that never set it).
+    pub fn is_enabled(&self) -> bool {
+        *self == NetworkPolicyMode::Enabled
     }
 }
 

@@ -16,9 +16,9 @@
 #   at once while pods hold addresses, nothing deleted; then `helm uninstall` leaving every node
 #   clean.
 #
-# SINEW_KIND_NETPOL=1 turns NetworkPolicy on after the connectivity checks (and the conformance
-# set) and runs the upstream `[sig-network] Netpol` specs (48 of 51: SCTP traffic excluded);
-# policy stays on for the rest of the run.
+# SINEW_KIND_NETPOL=1 runs the upstream `[sig-network] Netpol` specs (48 of 51: SCTP traffic
+# excluded) after the connectivity checks and the conformance set, once every node reports its
+# policy table programmed. NetworkPolicy is on (the default) for every check of every run.
 #
 # SINEW_KIND_CONFORMANCE=1 adds the upstream sig-network specs of e2e.test v1.37.2 (every
 # [Conformance] one, Granular Checks: Services, Conntrack; built by `e2e/tools/build.sh
@@ -1135,8 +1135,8 @@ netpol_excluded=(
   "[sig-network] Netpol [Feature:SCTPConnectivity] [LinuxOnly] NetworkPolicy between server and client using SCTP should support a 'default-deny-ingress' policy [Feature:NetworkPolicy]|$no_sctp"
 )
 
-# Policy on (ClusterNetwork spec.networkPolicy: Enabled): every agent reports its table
-# programmed, then the upstream Netpol suite runs.
+# Policy on (ClusterNetwork spec.networkPolicy: Enabled, the default; set explicitly so that the
+# check says so): every agent reports its table programmed, then the upstream Netpol suite runs.
 c_netpol() {
   local deadline n
   k patch clusternetwork default --type merge -p '{"spec":{"networkPolicy":"Enabled"}}'
@@ -1300,10 +1300,11 @@ c_uninstall_clean() {
       ls /opt/cni/bin/sinew 2>/dev/null
       ip -o link show sinew.vxlan 2>/dev/null
       nft list table inet sinew >/dev/null 2>&1 && echo "nft table inet sinew"
+      nft list table inet sinew-policy >/dev/null 2>&1 && echo "nft table inet sinew-policy"
       ip route show | grep -E "sinew|10\.244\." ' || true)
     [[ -z $left ]] || { echo "$n still has: $left"; return 1; }
   done
-  echo "${#node_names[@]} nodes clean: no conflist, plugin, sinew.vxlan, inet sinew table or pod routes"
+  echo "${#node_names[@]} nodes clean: no conflist, plugin, sinew.vxlan, inet sinew or sinew-policy table, or pod routes"
 }
 
 # --- run ------------------------------------------------------------------------------------
@@ -1331,8 +1332,7 @@ if check "helm install charts/sinew" h_install; then
       check "upstream sig-network specs: [Conformance], Granular Checks: Services, Conntrack (e2e.test v1.37.2)" c_conformance || true
     fi
     if [[ $netpol == 1 ]]; then
-      # Policy stays on for every check after this one: new pods are held until programmed.
-      check "NetworkPolicy enabled, then the upstream [sig-network] Netpol specs (e2e.test v1.37.2, SCTP traffic excluded)" c_netpol || true
+      check "NetworkPolicy programmed on every node, then the upstream [sig-network] Netpol specs (e2e.test v1.37.2, SCTP traffic excluded)" c_netpol || true
     fi
     check "live mode switch Auto -> VXLAN -> Routed keeps a TCP connection" c_mode_switch || true
     check "zoned pools (one per worker, by namespace annotation): every path in Routed, VXLAN and Auto" c_zoned_pools || true
