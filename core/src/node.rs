@@ -364,25 +364,18 @@ pub struct NodeReport {
     pub policy: Option<PolicyReport>,
 }
 
-/// How far a node's NetworkPolicy table is in line with the cluster's policies.
+/// Whether a node's NetworkPolicy table is in line with the cluster's policies. Only what
+/// changes with the policies themselves is here: what changes with every pod somewhere in the
+/// cluster (set elements, interfaces held for a moment, the time of the last change) is in the
+/// agent's metrics, so that pod churn never rewrites Node objects.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct PolicyReport {
-    /// The table holds the policies as the agent last saw them.
+    /// The table holds the policies as the agent last saw them (its last programming
+    /// succeeded; it runs on every change).
     pub programmed: bool,
-    /// When the table was last brought in line (RFC 3339).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub programmed_at: Option<String>,
-    /// Classes (groups of this node's pods treated alike) and set elements programmed.
+    /// Classes (groups of this node's pods treated alike) programmed.
     pub classes: u32,
-    pub elements: u32,
-    /// Pod interfaces held (passing nothing) because their pod is not known yet.
-    #[serde(default, skip_serializing_if = "is_zero")]
-    pub held: u32,
-}
-
-fn is_zero(n: &u32) -> bool {
-    *n == 0
 }
 
 /// How many problems of one kind a bounded report left out.

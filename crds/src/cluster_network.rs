@@ -415,6 +415,10 @@ pub struct NodeCounts {
     pub ready: u32,
     /// Nodes running the current configuration hash.
     pub up_to_date: u32,
+    /// Nodes whose NetworkPolicy table is in line with the policies (absent while the network
+    /// does not enforce policy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_programmed: Option<u32>,
     /// `ready/desired`, for `kubectl get`.
     pub summary: String,
 }

@@ -12,7 +12,7 @@ use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 use sinew_crds::cluster_network::{NodeCounts, NodeProblem};
 use sinew_crds::node::ProblemKind;
-use sinew_crds::{ClusterNetwork, ClusterNetworkStatus};
+use sinew_crds::{ClusterNetwork, ClusterNetworkStatus, NetworkPolicyMode};
 use tracing::info;
 
 use crate::context::{
@@ -41,6 +41,7 @@ pub fn status(
         .collect();
     let mut counts = NodeCounts {
         desired: selected.len() as u32,
+        policy_programmed: (network.spec.network_policy == NetworkPolicyMode::Enabled).then_some(0),
         ..NodeCounts::default()
     };
     let mut problems = Vec::new();
@@ -78,6 +79,11 @@ pub fn status(
         }
         if report.spec_hash.as_deref() == Some(hash.as_str()) {
             counts.up_to_date += 1;
+        }
+        if let Some(n) = counts.policy_programmed.as_mut()
+            && report.policy.as_ref().is_some_and(|p| p.programmed)
+        {
+            *n += 1;
         }
         omitted += report.problem_count() - report.problems.len();
         for p in &report.problems {
@@ -328,6 +334,40 @@ mod tests {
         let st = status(&network(), &nodes, &ClusterNetworkStatus::default());
         assert!(st.problems.is_empty());
         assert_eq!(st.omitted_problems, None);
+    }
+
+    /// With policy on, status counts the nodes whose table is in line; with it off, nothing.
+    #[test]
+    fn nodes_with_policy_programmed_are_counted() {
+        let mut programmed = NodeReport {
+            ready: true,
+            policy: Some(sinew_crds::node::PolicyReport {
+                programmed: true,
+                classes: 2,
+            }),
+            ..NodeReport::default()
+        };
+        let with = |name: &str, r: &NodeReport| {
+            Arc::new(Node {
+                metadata: ObjectMeta {
+                    name: Some(name.into()),
+                    annotations: Some(
+                        [(NODE_STATE_ANNOTATION.to_string(), r.to_annotation())].into(),
+                    ),
+                    ..ObjectMeta::default()
+                },
+                ..Node::default()
+            })
+        };
+        let mut nodes = vec![with("n1", &programmed)];
+        programmed.policy = Some(sinew_crds::node::PolicyReport::default());
+        nodes.push(with("n2", &programmed));
+        let st = status(&network(), &nodes, &ClusterNetworkStatus::default());
+        assert_eq!(st.nodes.unwrap().policy_programmed, Some(1));
+        let mut off = network();
+        off.spec.network_policy = NetworkPolicyMode::Disabled;
+        let st = status(&off, &nodes, &ClusterNetworkStatus::default());
+        assert_eq!(st.nodes.unwrap().policy_programmed, None);
     }
 
     #[test]

@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use sinew_crds::node::{PolicyReport, Problem, ProblemKind};
 use sinew_node_lib::ipam;
@@ -56,6 +56,10 @@ pub struct Programmed {
     /// The table changed (and was written).
     pub changed: bool,
     pub report: PolicyReport,
+    /// Set elements programmed, and pod interfaces held because their pod is not known yet
+    /// (metrics only: they change with pods anywhere).
+    pub elements: u32,
+    pub held: u32,
     pub problems: Vec<Problem>,
 }
 
@@ -101,16 +105,15 @@ impl<K: PolicyKernel> Engine<K> {
         };
         let report = PolicyReport {
             programmed: true,
-            programmed_at: Some(rfc3339(SystemTime::now())),
             classes: (plan.ingress.len() + plan.egress.len()) as u32,
-            elements: plan
-                .ingress
-                .iter()
-                .chain(&plan.egress)
-                .map(|c| c.element_count() as u32)
-                .sum(),
-            held: (interfaces.len() - ready.len()) as u32,
         };
+        let elements = plan
+            .ingress
+            .iter()
+            .chain(&plan.egress)
+            .map(|c| c.element_count() as u32)
+            .sum();
+        let held = (interfaces.len() - ready.len()) as u32;
         let problems = plan
             .problems
             .iter()
@@ -126,6 +129,8 @@ impl<K: PolicyKernel> Engine<K> {
         Ok(Programmed {
             changed,
             report,
+            elements,
+            held,
             problems,
         })
     }
@@ -147,12 +152,6 @@ fn names(pods: &[ObjectKey]) -> String {
         0 => shown.join(", "),
         more => format!("{} and {more} more", shown.join(", ")),
     }
-}
-
-fn rfc3339(t: SystemTime) -> String {
-    k8s_openapi::jiff::Timestamp::try_from(t)
-        .map(|t| t.to_string())
-        .unwrap_or_default()
 }
 
 /// This node's pod interfaces, from the IPAM store (each attachment's host veth and pod).
@@ -300,11 +299,11 @@ async fn run(
                     if done.changed {
                         metrics.policy_applied.inc();
                         metrics.policy_program_us.set(took.as_micros() as i64);
-                        debug!(node = %node, classes = done.report.classes, elements = done.report.elements, held = done.report.held, took_us = took.as_micros() as u64, "policy table in line");
+                        debug!(node = %node, classes = done.report.classes, elements = done.elements, held = done.held, took_us = took.as_micros() as u64, "policy table in line");
                     }
                     metrics.policy_classes.set(i64::from(done.report.classes));
-                    metrics.policy_elements.set(i64::from(done.report.elements));
-                    metrics.policy_held.set(i64::from(done.report.held));
+                    metrics.policy_elements.set(i64::from(done.elements));
+                    metrics.policy_held.set(i64::from(done.held));
                     set(&|s| {
                         s.ready = true;
                         s.report = Some(done.report.clone());
