@@ -689,9 +689,21 @@ async fn objects_in_namespaces_are_out_of_reach(ctx: Ctx) -> TestResult {
             pods.create(&PostParams::default(), &pod).await,
             RBAC,
         );
+        // Listing and watching pods is granted (NetworkPolicy reads every pod's labels,
+        // addresses and named ports); changing one, or reading its logs, is not.
         v.refused(
-            &format!("list pods in {ns}"),
-            pods.list(&ListParams::default()).await,
+            &format!("relabel a pod in {ns}"),
+            pods.patch(
+                "any",
+                &PatchParams::default(),
+                &Patch::Merge(&json!({"metadata": {"labels": {"app": "evil"}}})),
+            )
+            .await,
+            RBAC,
+        );
+        v.refused(
+            &format!("read a pod's logs in {ns}"),
+            pods.logs("any", &Default::default()).await,
             RBAC,
         );
     }

@@ -144,6 +144,7 @@ impl Agent {
             settings.node_name.clone(),
             settings.state_dir.clone(),
             watch_local_state(&settings.state_dir),
+            notify.clone(),
             metrics.clone(),
         );
         Agent {

@@ -175,7 +175,7 @@ pub fn interfaces(state_dir: &Path) -> std::io::Result<Vec<PodInterface>> {
 }
 
 /// What the loop shares with the passes.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone, PartialEq)]
 struct Shared {
     /// Policy is on and its table has been programmed at least once since.
     ready: bool,
@@ -191,21 +191,27 @@ pub struct Policy {
 
 impl Policy {
     /// Starts the loop (idle until policy is enabled: no watch of pods or policies before).
+    /// Starts the loop; `pass` is woken when what the passes read of it changes (the table in
+    /// for the first time lets the conflist in; the report changes).
     pub fn start(
         client: kube::Client,
         node: String,
         state_dir: PathBuf,
         local: Arc<Notify>,
+        pass: Arc<Notify>,
         metrics: Arc<Metrics>,
     ) -> Policy {
         let (enabled, on) = watch::channel(false);
         let shared = Arc::new(Mutex::new(Shared::default()));
         tokio::spawn(run(
-            client,
-            node,
-            state_dir,
-            local,
-            metrics,
+            Loop {
+                client,
+                node,
+                state_dir,
+                local,
+                pass,
+                metrics,
+            },
             on,
             shared.clone(),
         ));
@@ -253,22 +259,42 @@ impl Policy {
     }
 }
 
-/// The loop (see the module's documentation).
-async fn run(
+/// What the loop works with.
+struct Loop {
     client: kube::Client,
     node: String,
     state_dir: PathBuf,
+    /// Changes of the IPAM store (a pod interface added or removed).
     local: Arc<Notify>,
+    /// The passes' wake-up.
+    pass: Arc<Notify>,
     metrics: Arc<Metrics>,
-    mut on: watch::Receiver<bool>,
-    shared: Arc<Mutex<Shared>>,
-) {
+}
+
+/// The loop (see the module's documentation).
+async fn run(l: Loop, mut on: watch::Receiver<bool>, shared: Arc<Mutex<Shared>>) {
+    let Loop {
+        client,
+        node,
+        state_dir,
+        local,
+        pass,
+        metrics,
+    } = l;
     let wake = Arc::new(Notify::new());
     let mut inputs: Option<Inputs> = None;
     let mut engine = Engine::new(Kernel);
-    let set =
-        |f: &dyn Fn(&mut Shared)| f(&mut shared.lock().unwrap_or_else(PoisonError::into_inner));
+    // Changes what the passes read: wakes one when that changed.
+    let set = |f: &dyn Fn(&mut Shared)| {
+        let mut s = shared.lock().unwrap_or_else(PoisonError::into_inner);
+        let before = s.clone();
+        f(&mut s);
+        if *s != before {
+            pass.notify_one();
+        }
+    };
     loop {
+        let last_run = Instant::now();
         let enabled = *on.borrow_and_update();
         if enabled {
             let inputs = match &inputs {
@@ -332,14 +358,28 @@ async fn run(
             }
             set(&|s| *s = Shared::default());
         }
-        tokio::select! {
-            _ = wake.notified() => {}
-            _ = local.notified() => {}
-            _ = on.changed() => {}
-            _ = tokio::time::sleep(Duration::from_secs(30)) => {}
+        let elsewhere = tokio::select! {
+            _ = wake.notified() => true,
+            _ = local.notified() => false,
+            _ = on.changed() => false,
+            _ = tokio::time::sleep(Duration::from_secs(30)) => false,
+        };
+        // A change elsewhere in the cluster waits out the interval (changes arriving meanwhile
+        // are taken together); one of this node's interfaces does not.
+        let since = last_run.elapsed();
+        if elsewhere && since < CLUSTER_CHANGES_EVERY {
+            tokio::select! {
+                _ = tokio::time::sleep(CLUSTER_CHANGES_EVERY - since) => {}
+                _ = local.notified() => {}
+            }
         }
     }
 }
+
+/// Changes elsewhere in the cluster (pods, namespaces, policies) are programmed at most this
+/// often: at a large cluster's pod churn a compile per change would keep a core busy. A new
+/// pod interface on this node is programmed at once (it passes nothing until then).
+const CLUSTER_CHANGES_EVERY: Duration = Duration::from_millis(200);
 
 #[cfg(test)]
 mod tests;

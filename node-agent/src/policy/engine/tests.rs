@@ -195,3 +195,31 @@ fn interfaces_come_from_the_ipam_store() {
         ]
     );
 }
+
+/// A policy created and deleted a hundred times in a row: each change is one batch of
+/// differences (never the whole table), and the kernel ends with exactly the last state.
+#[test]
+fn a_flapping_policy_is_followed_by_updates_only() {
+    let mut kernel = FakeKernel::default();
+    let open = World::new([], [web(serde_json::json!({"app": "web"}))], []);
+    let isolated = World::new(
+        [],
+        [web(serde_json::json!({"app": "web"}))],
+        [deny_all_ingress()],
+    );
+    let mut engine = Engine::new(&mut kernel);
+    for i in 0..100 {
+        let world = if i % 2 == 0 { &isolated } else { &open };
+        assert!(engine.program(world, "n1", &ifs()).unwrap().changed);
+    }
+    let last = render(
+        &compile(&open, "n1"),
+        &open,
+        &programmable(&ifs(), &open),
+        false,
+    );
+    drop(engine);
+    assert_eq!(kernel.calls.iter().filter(|c| **c == "replace").count(), 1);
+    assert_eq!(kernel.calls.iter().filter(|c| **c == "update").count(), 99);
+    assert_eq!(kernel.table, Some(last));
+}
