@@ -1148,13 +1148,21 @@ async fn a_failed_step_is_reported_and_the_rest_of_the_pass_goes_on(ctx: Ctx) ->
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    // The healthy node serves pods; the broken one holds a block and routes to its peer.
-    cluster.nodes[0]
-        .conf_dir()
-        .join("10-sinew.conflist")
-        .exists()
-        .then_some(())
-        .ok_or("the healthy node has no conflist")?;
+    // The healthy node serves pods (once its NetworkPolicy table is in); the broken one holds
+    // a block and routes to its peer.
+    eventually(
+        "the healthy node's conflist",
+        Duration::from_secs(15),
+        || {
+            cluster.nodes[0]
+                .conf_dir()
+                .join("10-sinew.conflist")
+                .exists()
+                .then_some(())
+                .ok_or_else(|| "the healthy node has no conflist".to_string())
+        },
+    )
+    .await?;
     let blocks = blocks_of(&ctx, "sf-pool").await?;
     for node in &cluster.nodes {
         if !blocks.iter().any(|b| b.spec.node == node.name) {
