@@ -8,8 +8,6 @@ pub mod blocks;
 pub mod conflist;
 pub mod datapath;
 pub mod diagnose;
-#[cfg(test)]
-mod golden;
 pub mod http;
 pub mod install;
 pub mod nat;

@@ -114,6 +114,8 @@ pub struct Agent {
     node_watch: Option<NodeWatch>,
     /// The NetworkPolicy loop (idle while the network does not enforce policy).
     policy: Policy,
+    /// Woken when the plugin changes the IPAM store or asks for a block.
+    local: Arc<Notify>,
 }
 
 /// One pass's view of the local node.
@@ -139,18 +141,27 @@ impl Agent {
             .map_err(|e| warn!(error = %e, "cannot watch the node's network configuration; node checks run at each resync only"))
             .ok();
         let metrics = Arc::new(http::Metrics::new(&settings.node_name));
-        let policy = Policy::start(
-            client.clone(),
-            settings.node_name.clone(),
-            settings.state_dir.clone(),
-            watch_local_state(&settings.state_dir),
-            notify.clone(),
-            metrics.clone(),
+        // One watch of the node state directory wakes both the passes and the policy loop.
+        let local = Arc::new(Notify::new());
+        let policy_local = Arc::new(Notify::new());
+        let watching = watch_local_state(
+            &settings.state_dir,
+            vec![local.clone(), policy_local.clone()],
         );
+        let policy = Policy::start(crate::policy::engine::Loop {
+            client: client.clone(),
+            node: settings.node_name.clone(),
+            state_dir: settings.state_dir.clone(),
+            local: policy_local,
+            local_watched: watching,
+            pass: notify.clone(),
+            metrics: metrics.clone(),
+        });
         Agent {
             node_watch,
             mesh,
             policy,
+            local,
             api: ApiWriter::new(client, &settings.node_name),
             metrics,
             settings,
@@ -185,7 +196,7 @@ impl Agent {
         info!(node = %self.node(), "caches synced; agent running");
         self.metrics.synced();
         let notify = self.notify.clone();
-        let local = watch_local_state(&self.settings.state_dir);
+        let local = self.local.clone();
         let mut last_full = tokio::time::Instant::now();
         let mut serving = self.settings.metrics_addr == ListenAddr::Off;
         loop {
@@ -1163,26 +1174,25 @@ impl Agent {
     }
 }
 
-/// Wakes the returned `Notify` whenever the plugin changes the IPAM store or asks for a
-/// block (an inotify watch on a blocking thread); without inotify it never wakes and the loop
-/// polls.
-pub(crate) fn watch_local_state(state_dir: &std::path::Path) -> Arc<Notify> {
-    let wake = Arc::new(Notify::new());
+/// Wakes every one of `wakes` whenever the plugin changes the IPAM store or asks for a block
+/// (one inotify watch on a blocking thread). Returns whether the watch runs: without inotify
+/// nothing wakes and the loops poll.
+fn watch_local_state(state_dir: &std::path::Path, wakes: Vec<Arc<Notify>>) -> bool {
     match sinew_node_lib::state_watch::StateWatch::new(state_dir) {
         Ok(watch) => {
-            let notify = wake.clone();
             std::thread::spawn(move || {
                 while watch.wait().is_ok() {
-                    notify.notify_one();
+                    wakes.iter().for_each(|w| w.notify_one());
                 }
                 warn!("the node state watch ended; polling the IPAM store instead");
             });
+            true
         }
         Err(e) => {
-            warn!(error = %e, "cannot watch the node state directory; polling the IPAM store instead")
+            warn!(error = %e, "cannot watch the node state directory; polling the IPAM store instead");
+            false
         }
     }
-    wake
 }
 
 /// The allocations of `block` in the store, as its `IPBlock` status shows them.

@@ -4,8 +4,8 @@
 
 use super::tests::{ip, peers, pool};
 use super::*;
-use crate::golden::{self, have_nft, nft};
 use sinew_node_lib::netns::test_support::{have_root, new_netns};
+use sinew_node_lib::nft::golden::{self, have_nft, nft_input};
 
 /// One representative input: the agent's pools, VXLAN peers and host ports.
 struct Case {
@@ -21,7 +21,9 @@ impl Case {
     }
 
     fn golden_path(&self) -> std::path::PathBuf {
-        golden::dir(GOLDEN_DIR).join(format!("{}.nft", self.name))
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join(GOLDEN_DIR)
+            .join(format!("{}.nft", self.name))
     }
 }
 
@@ -114,7 +116,7 @@ fn cases() -> Vec<Case> {
 fn the_table_is_its_golden_copy() {
     let cases: Vec<(&str, Table)> = cases().iter().map(|c| (c.name, c.table())).collect();
     golden::check(
-        GOLDEN_DIR,
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(GOLDEN_DIR),
         &cases,
         "SINEW_BLESS=1 cargo test -p sinew-node-agent nat::",
     );
@@ -131,7 +133,7 @@ fn the_kernel_holds_what_the_golden_copy_says() {
     for case in cases() {
         let golden = std::fs::read_to_string(case.golden_path()).unwrap();
         let by_nft = new_netns();
-        nft(&by_nft, &["-f", "-"], Some(&golden));
+        nft_input(&by_nft, &["-f", "-"], &golden);
         let by_sinew = new_netns();
         let mut nl = Nftables::in_netns(&by_sinew).unwrap();
         assert!(!nl.table_exists(TABLE).unwrap());

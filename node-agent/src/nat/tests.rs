@@ -2,9 +2,9 @@
 //! kernel: traffic masqueraded and filtered, the plugin's host-port elements.
 
 use super::*;
-use crate::golden::{have_nft, listing};
 use sinew_node_lib::netns::NetNs;
 use sinew_node_lib::netns::test_support::{have_root, new_netns};
+use sinew_node_lib::nft::golden::{have_nft, listing};
 use sinew_node_lib::nft::{Value, text};
 
 /// The table in `nft` syntax for these pools and peers, without host ports.

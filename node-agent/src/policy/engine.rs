@@ -191,30 +191,10 @@ pub struct Policy {
 
 impl Policy {
     /// Starts the loop (idle until policy is enabled: no watch of pods or policies before).
-    /// Starts the loop; `pass` is woken when what the passes read of it changes (the table in
-    /// for the first time lets the conflist in; the report changes).
-    pub fn start(
-        client: kube::Client,
-        node: String,
-        state_dir: PathBuf,
-        local: Arc<Notify>,
-        pass: Arc<Notify>,
-        metrics: Arc<Metrics>,
-    ) -> Policy {
+    pub fn start(l: Loop) -> Policy {
         let (enabled, on) = watch::channel(false);
         let shared = Arc::new(Mutex::new(Shared::default()));
-        tokio::spawn(run(
-            Loop {
-                client,
-                node,
-                state_dir,
-                local,
-                pass,
-                metrics,
-            },
-            on,
-            shared.clone(),
-        ));
+        tokio::spawn(run(l, on, shared.clone()));
         Policy { enabled, shared }
     }
 
@@ -260,15 +240,18 @@ impl Policy {
 }
 
 /// What the loop works with.
-struct Loop {
-    client: kube::Client,
-    node: String,
-    state_dir: PathBuf,
+pub struct Loop {
+    pub client: kube::Client,
+    pub node: String,
+    pub state_dir: PathBuf,
     /// Changes of the IPAM store (a pod interface added or removed).
-    local: Arc<Notify>,
-    /// The passes' wake-up.
-    pass: Arc<Notify>,
-    metrics: Arc<Metrics>,
+    pub local: Arc<Notify>,
+    /// Whether `local` is woken (an inotify watch runs); else the store is polled.
+    pub local_watched: bool,
+    /// The passes' wake-up, when what they read of the loop changes (the table in for the
+    /// first time lets the conflist in; the report changes).
+    pub pass: Arc<Notify>,
+    pub metrics: Arc<Metrics>,
 }
 
 /// The loop (see the module's documentation).
@@ -278,9 +261,16 @@ async fn run(l: Loop, mut on: watch::Receiver<bool>, shared: Arc<Mutex<Shared>>)
         node,
         state_dir,
         local,
+        local_watched,
         pass,
         metrics,
     } = l;
+    // Without the watch, a new pod interface is found by reading the store this often.
+    let idle = if local_watched {
+        Duration::from_secs(30)
+    } else {
+        Duration::from_millis(500)
+    };
     let wake = Arc::new(Notify::new());
     let mut inputs: Option<Inputs> = None;
     let mut engine = Engine::new(Kernel);
@@ -362,7 +352,7 @@ async fn run(l: Loop, mut on: watch::Receiver<bool>, shared: Arc<Mutex<Shared>>)
             _ = wake.notified() => true,
             _ = local.notified() => false,
             _ = on.changed() => false,
-            _ = tokio::time::sleep(Duration::from_secs(30)) => false,
+            _ = tokio::time::sleep(idle) => false,
         };
         // A change elsewhere in the cluster waits out the interval (changes arriving meanwhile
         // are taken together); one of this node's interfaces does not.

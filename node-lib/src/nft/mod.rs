@@ -10,6 +10,8 @@
 //! element vocabulary the plugin shares ([`crate::hostport`]).
 
 pub mod diff;
+#[cfg(any(test, feature = "testutils"))]
+pub mod golden;
 pub mod model;
 pub mod policy;
 pub mod text;

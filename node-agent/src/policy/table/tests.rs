@@ -7,9 +7,11 @@ use sinew_node_lib::netns::test_support::{have_root, new_netns};
 use sinew_node_lib::nft::policy::TABLE;
 use sinew_policy::{NamespaceView, PodView, PolicyView, compile};
 
-use crate::golden::{self, have_nft, nft};
+use sinew_node_lib::nft::golden::{self, have_nft, nft_input};
 
-const GOLDEN_DIR: &str = "testdata/policy";
+fn golden_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/policy")
+}
 
 fn namespace(name: &str, labels: serde_json::Value) -> NamespaceView {
     let ns: Namespace = serde_json::from_value(serde_json::json!({
@@ -149,7 +151,7 @@ fn cases() -> Vec<(&'static str, Table)> {
 #[test]
 fn the_table_is_its_golden_copy() {
     golden::check(
-        GOLDEN_DIR,
+        &golden_dir(),
         &cases(),
         "SINEW_BLESS=1 cargo test -p sinew-node-agent policy::table",
     );
@@ -205,10 +207,9 @@ fn the_kernel_holds_what_the_golden_copy_says() {
         return;
     }
     for (name, table) in cases() {
-        let text =
-            std::fs::read_to_string(golden::dir(GOLDEN_DIR).join(format!("{name}.nft"))).unwrap();
+        let text = std::fs::read_to_string(golden_dir().join(format!("{name}.nft"))).unwrap();
         let by_nft = new_netns();
-        nft(&by_nft, &["-f", "-"], Some(&text));
+        nft_input(&by_nft, &["-f", "-"], &text);
         let by_sinew = new_netns();
         Nftables::in_netns(&by_sinew)
             .unwrap()

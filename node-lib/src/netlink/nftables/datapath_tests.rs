@@ -16,9 +16,9 @@ use std::time::Duration;
 
 use super::Nftables;
 use super::policy_fixture::{TABLE, golden, ip};
-use super::tests::have_nft;
 use crate::netns::NetNs;
 use crate::netns::test_support::{have_root, new_netns};
+use crate::nft::golden::have_nft;
 use crate::nft::{Element, Value};
 
 /// How long a client waits before it calls a connection dropped.

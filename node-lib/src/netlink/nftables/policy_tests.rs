@@ -8,10 +8,9 @@ use std::path::PathBuf;
 
 use super::Nftables;
 use super::policy_fixture::{TABLE, golden};
-use super::tests::{have_nft, nft};
-use crate::netns::NetNs;
 use crate::netns::test_support::{have_root, new_netns};
-use crate::nft::{Table, text};
+use crate::nft::Table;
+use crate::nft::golden::{check, have_nft, listing, nft_input};
 
 /// The golden cases: the table without and with the drop log.
 fn cases() -> Vec<(&'static str, Table)> {
@@ -29,67 +28,11 @@ fn golden_path(name: &str) -> PathBuf {
 /// Every case's `nft` text is its golden copy, and every golden copy is a case's.
 #[test]
 fn policy_tables_are_their_golden_copies() {
-    let bless = std::env::var("SINEW_BLESS").is_ok_and(|v| v == "1");
-    let cases = cases();
-    let mut stale = Vec::new();
-    for (name, table) in &cases {
-        let path = golden_path(name);
-        let text = text::replace_script(table);
-        if bless {
-            std::fs::create_dir_all(golden_dir()).unwrap();
-            std::fs::write(&path, &text).unwrap();
-            continue;
-        }
-        match std::fs::read_to_string(&path) {
-            Ok(golden) if golden == text => {}
-            Ok(golden) => stale.push(format!(
-                "{}: differs\n--- golden\n{golden}--- now\n{text}",
-                path.display()
-            )),
-            Err(e) => stale.push(format!("{}: {e}", path.display())),
-        }
-    }
-    for entry in std::fs::read_dir(golden_dir()).unwrap() {
-        let path = entry.unwrap().path();
-        if !cases.iter().any(|(name, _)| golden_path(name) == path) {
-            if bless {
-                std::fs::remove_file(&path).unwrap();
-            } else {
-                stale.push(format!("{}: no case renders it", path.display()));
-            }
-        }
-    }
-    assert!(
-        stale.is_empty(),
-        "golden copies of the policy table are stale (regenerate with `SINEW_BLESS=1 cargo test -p sinew-node-lib policy_`):\n{}",
-        stale.join("\n")
+    check(
+        &golden_dir(),
+        &cases(),
+        "SINEW_BLESS=1 cargo test -p sinew-node-lib policy_",
     );
-}
-
-/// What `nft list table inet NAME` says, as text and as JSON without handles.
-pub(super) fn listing(ns: &NetNs, table: &str) -> (String, serde_json::Value) {
-    fn strip_handles(v: &mut serde_json::Value) {
-        match v {
-            serde_json::Value::Object(map) => {
-                map.remove("handle");
-                map.values_mut().for_each(strip_handles);
-            }
-            serde_json::Value::Array(items) => items.iter_mut().for_each(strip_handles),
-            _ => {}
-        }
-    }
-    let text = nft(ns, &["list", "table", "inet", table]);
-    let json = nft(ns, &["-j", "list", "table", "inet", table]);
-    let mut json: serde_json::Value = serde_json::from_str(&json).unwrap();
-    strip_handles(&mut json);
-    (text, json)
-}
-
-/// `nft -f` of this script in the namespace.
-pub(super) fn nft_file(ns: &NetNs, script: &str) {
-    let file = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(file.path(), script).unwrap();
-    nft(ns, &["-f", &file.path().to_string_lossy()]);
 }
 
 /// The elements `nft list` prints for set `name` (one string each, as printed), sorted.
@@ -157,7 +100,7 @@ fn policy_tables_program_as_nft_programs_their_golden_copies() {
     for (name, table) in cases() {
         let golden = std::fs::read_to_string(golden_path(name)).unwrap();
         let by_nft = new_netns();
-        nft_file(&by_nft, &golden);
+        nft_input(&by_nft, &["-f", "-"], &golden);
         let by_sinew = new_netns();
         let mut nl = Nftables::in_netns(&by_sinew).unwrap();
         nl.replace_table(&table).unwrap();

@@ -3,7 +3,6 @@
 //! `nat` module).
 
 use std::net::{IpAddr, Ipv6Addr};
-use std::process::Command;
 
 use sinew_core::{Cidr, Family};
 
@@ -15,6 +14,7 @@ use super::*;
 use crate::hostport::{self, HostPort, Protocol};
 use crate::netns::NetNs;
 use crate::netns::test_support::{have_root, new_netns};
+use crate::nft::golden::{have_nft, nft};
 use crate::nft::{
     Chain, ChainKind, DataType, Dir, Expr, Field, Hook, NamedPriority, Op, Policy, Priority, Rule,
     Set, Verdict,
@@ -669,39 +669,8 @@ fn replies_decode_into_acks_and_errors() {
     assert_eq!(Messages::new(&datagram[..20]).count(), 0);
 }
 
-fn ns_name(ns: &NetNs) -> String {
-    ns.path()
-        .file_name()
-        .unwrap()
-        .to_string_lossy()
-        .into_owned()
-}
-
-/// `nft ARGS` inside the namespace (the CLI only verifies here).
-pub(super) fn nft(ns: &NetNs, args: &[&str]) -> String {
-    let out = Command::new("ip")
-        .args(["netns", "exec", &ns_name(ns), "nft"])
-        .args(args)
-        .output()
-        .expect("ip netns exec nft");
-    assert!(
-        out.status.success(),
-        "nft {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
 fn listing(ns: &NetNs) -> String {
     nft(ns, &["list", "table", "inet", "sinew"])
-}
-
-pub(super) fn have_nft(test: &str) -> bool {
-    let ok = Command::new("nft").arg("--version").output().is_ok();
-    if !ok {
-        eprintln!("*** SKIPPING {test}: needs the nft program to verify ***");
-    }
-    ok
 }
 
 #[test]

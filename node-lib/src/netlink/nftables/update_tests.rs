@@ -6,10 +6,10 @@ use super::Nftables;
 use super::policy_fixture::{
     MEMBERS, TABLE, golden, ip, other_ingress, table, web_egress, web_ingress,
 };
-use super::policy_tests::{elements_in, listing};
-use super::tests::have_nft;
+use super::policy_tests::elements_in;
 use crate::netns::NetNs;
 use crate::netns::test_support::{have_root, new_netns};
+use crate::nft::golden::{have_nft, listing, nft};
 use crate::nft::{Element, Set, Table, Value};
 
 fn set_mut<'a>(t: &'a mut Table, name: &str) -> &'a mut Set {
@@ -19,7 +19,7 @@ fn set_mut<'a>(t: &'a mut Table, name: &str) -> &'a mut Set {
 /// The handle `nft` shows for object `kind` (`set`, `chain`) named `name` in the JSON
 /// listing: the same handle means the same kernel object, not a rebuilt one.
 fn handle(ns: &NetNs, kind: &str, name: &str) -> u64 {
-    let json = super::tests::nft(ns, &["-j", "list", "table", "inet", TABLE]);
+    let json = nft(ns, &["-j", "list", "table", "inet", TABLE]);
     let json: serde_json::Value = serde_json::from_str(&json).unwrap();
     json["nftables"]
         .as_array()

@@ -1,28 +1,22 @@
-//! Test support for sinew's nftables tables: golden copies (one `nft -f` script per case,
-//! rewritten with `SINEW_BLESS=1`), and the `nft` program run inside a throwaway namespace
-//! to read back what the kernel holds.
+//! Test support (feature `testutils`) for the crates that declare nftables tables: golden
+//! copies (one `nft -f` script per case, rewritten with `SINEW_BLESS=1`), and the `nft` program
+//! run inside a throwaway namespace to read back what the kernel holds.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use sinew_node_lib::netns::NetNs;
-use sinew_node_lib::nft::{Table, text};
+use crate::netns::NetNs;
+use crate::nft::{Table, text};
 
-/// Where the golden copies of one kind of table live.
-pub fn dir(relative: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
-}
-
-/// Every case's table in `nft` syntax is its golden copy in `relative` (`NAME.nft`), and every
+/// Every case's table in `nft` syntax is its golden copy in `dir` (`NAME.nft`), and every
 /// golden copy there is a case's. `SINEW_BLESS=1` rewrites them; `regenerate` says how.
-pub fn check(relative: &str, cases: &[(&str, Table)], regenerate: &str) {
+pub fn check(dir: &Path, cases: &[(&str, Table)], regenerate: &str) {
     let bless = std::env::var("SINEW_BLESS").is_ok_and(|v| v == "1");
-    let dir = dir(relative);
     let path = |name: &str| dir.join(format!("{name}.nft"));
     let mut stale = Vec::new();
     for (name, table) in cases {
         let text = text::replace_script(table);
         if bless {
-            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::create_dir_all(dir).unwrap();
             std::fs::write(path(name), &text).unwrap();
             continue;
         }
@@ -35,7 +29,7 @@ pub fn check(relative: &str, cases: &[(&str, Table)], regenerate: &str) {
             Err(e) => stale.push(format!("{}: {e}", path(name).display())),
         }
     }
-    for entry in std::fs::read_dir(&dir).unwrap() {
+    for entry in std::fs::read_dir(dir).unwrap() {
         let file = entry.unwrap().path();
         if !cases.iter().any(|(name, _)| path(name) == file) {
             if bless {
@@ -53,7 +47,12 @@ pub fn check(relative: &str, cases: &[(&str, Table)], regenerate: &str) {
 }
 
 /// `nft ARGS` inside the namespace (the CLI only verifies here).
-pub fn nft(ns: &NetNs, args: &[&str], stdin: Option<&str>) -> String {
+pub fn nft(ns: &NetNs, args: &[&str]) -> String {
+    nft_input(ns, args, "")
+}
+
+/// `nft ARGS` inside the namespace, with `input` on its standard input (`-f -`).
+pub fn nft_input(ns: &NetNs, args: &[&str], input: &str) -> String {
     use std::io::Write;
     use std::process::{Command, Stdio};
     let name = ns
@@ -70,11 +69,9 @@ pub fn nft(ns: &NetNs, args: &[&str], stdin: Option<&str>) -> String {
         .stderr(Stdio::piped())
         .spawn()
         .expect("ip netns exec nft");
-    let mut input = child.stdin.take().unwrap();
-    if let Some(s) = stdin {
-        input.write_all(s.as_bytes()).unwrap();
-    }
-    drop(input);
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(input.as_bytes()).unwrap();
+    drop(stdin);
     let out = child.wait_with_output().unwrap();
     assert!(
         out.status.success(),
@@ -107,8 +104,8 @@ pub fn listing(ns: &NetNs, table: &str) -> (String, serde_json::Value) {
             _ => {}
         }
     }
-    let text = nft(ns, &["list", "table", "inet", table], None);
-    let json = nft(ns, &["-j", "list", "table", "inet", table], None);
+    let text = nft(ns, &["list", "table", "inet", table]);
+    let json = nft(ns, &["-j", "list", "table", "inet", table]);
     let mut json: serde_json::Value = serde_json::from_str(&json).unwrap();
     strip_handles(&mut json);
     (text, json)
