@@ -94,6 +94,10 @@ impl World {
         self.pods.get(key).map(|p| p.as_ref())
     }
 
+    pub fn namespace(&self, name: &str) -> Option<&NamespaceView> {
+        self.namespaces.get(name)
+    }
+
     pub fn policy(&self, key: &ObjectKey) -> Option<&PolicyView> {
         self.policies.get(key)
     }

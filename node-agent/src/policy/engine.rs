@@ -283,62 +283,71 @@ async fn run(l: Loop, mut on: watch::Receiver<bool>, shared: Arc<Mutex<Shared>>)
             pass.notify_one();
         }
     };
+    // What the last run was woken by: a change elsewhere in the cluster is programmed only
+    // when it changed what the compiler reads.
+    let mut elsewhere = false;
     loop {
         let last_run = Instant::now();
         let enabled = *on.borrow_and_update();
         if enabled {
-            let inputs = match &inputs {
+            let inputs = match &mut inputs {
                 Some(inputs) => inputs,
                 None => {
-                    let started = Inputs::watch(&client, &wake);
+                    let mut started = Inputs::watch(&client, &wake);
                     if let Err(e) = started.synced().await {
                         warn!(error = %e, "the watches NetworkPolicy needs ended; retrying");
                         tokio::time::sleep(Duration::from_secs(1)).await;
                         continue;
                     }
                     info!(node = %node, "NetworkPolicy enabled: pods, namespaces and policies watched");
+                    elsewhere = false;
                     inputs.insert(started)
                 }
             };
-            let started = Instant::now();
-            let world = inputs.world();
-            let outcome = interfaces(&state_dir)
-                .map_err(|e| format!("reading the IPAM store: {e}"))
-                .and_then(|ifs| {
-                    engine
-                        .program(&world, &node, &ifs)
-                        .map_err(|e| format!("programming table inet {TABLE}: {e}"))
-                });
-            match outcome {
-                Ok(done) => {
-                    let took = started.elapsed();
-                    if done.changed {
-                        metrics.policy_applied.inc();
-                        metrics.policy_program_us.set(took.as_micros() as i64);
-                        debug!(node = %node, classes = done.report.classes, elements = done.elements, held = done.held, took_us = took.as_micros() as u64, "policy table in line");
+            let changed = inputs.update();
+            if changed || !elsewhere {
+                let started = Instant::now();
+                let outcome = interfaces(&state_dir)
+                    .map_err(|e| format!("reading the IPAM store: {e}"))
+                    .and_then(|ifs| {
+                        engine
+                            .program(inputs.world(), &node, &ifs)
+                            .map_err(|e| format!("programming table inet {TABLE}: {e}"))
+                    });
+                match outcome {
+                    Ok(done) => {
+                        let took = started.elapsed();
+                        if done.changed {
+                            metrics.policy_applied.inc();
+                            metrics.policy_program_us.set(took.as_micros() as i64);
+                            debug!(node = %node, classes = done.report.classes, elements = done.elements, held = done.held, took_us = took.as_micros() as u64, "policy table in line");
+                        }
+                        metrics.policy_classes.set(i64::from(done.report.classes));
+                        metrics.policy_elements.set(i64::from(done.elements));
+                        metrics.policy_held.set(i64::from(done.held));
+                        set(&|s| {
+                            s.ready = true;
+                            s.report = Some(done.report.clone());
+                            s.problems = done.problems.clone();
+                        });
                     }
-                    metrics.policy_classes.set(i64::from(done.report.classes));
-                    metrics.policy_elements.set(i64::from(done.elements));
-                    metrics.policy_held.set(i64::from(done.held));
-                    set(&|s| {
-                        s.ready = true;
-                        s.report = Some(done.report.clone());
-                        s.problems = done.problems.clone();
-                    });
-                }
-                Err(e) => {
-                    warn!(node = %node, error = %e, "NetworkPolicy not programmed; retrying");
-                    set(&|s| {
-                        let mut report = s.report.clone().unwrap_or_default();
-                        report.programmed = false;
-                        s.report = Some(report);
-                        s.problems = vec![Problem::new(ProblemKind::PolicyFailed, e.clone())];
-                    });
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
+                    Err(e) => {
+                        warn!(node = %node, error = %e, "NetworkPolicy not programmed; retrying");
+                        set(&|s| {
+                            let mut report = s.report.clone().unwrap_or_default();
+                            report.programmed = false;
+                            s.report = Some(report);
+                            s.problems = vec![Problem::new(ProblemKind::PolicyFailed, e.clone())];
+                        });
+                        elsewhere = false;
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
                 }
             }
         } else {
+            // The watches end: what they held is freed.
+            inputs = None;
             match engine.remove() {
                 Ok(true) => {
                     info!(node = %node, "NetworkPolicy disabled: table inet {TABLE} removed")
@@ -348,7 +357,7 @@ async fn run(l: Loop, mut on: watch::Receiver<bool>, shared: Arc<Mutex<Shared>>)
             }
             set(&|s| *s = Shared::default());
         }
-        let elsewhere = tokio::select! {
+        elsewhere = tokio::select! {
             _ = wake.notified() => true,
             _ = local.notified() => false,
             _ = on.changed() => false,
@@ -360,7 +369,7 @@ async fn run(l: Loop, mut on: watch::Receiver<bool>, shared: Arc<Mutex<Shared>>)
         if elsewhere && since < CLUSTER_CHANGES_EVERY {
             tokio::select! {
                 _ = tokio::time::sleep(CLUSTER_CHANGES_EVERY - since) => {}
-                _ = local.notified() => {}
+                _ = local.notified() => elsewhere = false,
             }
         }
     }

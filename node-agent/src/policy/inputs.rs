@@ -1,103 +1,261 @@
-//! What the node's policy is compiled from: every pod (pruned to what policy reads: labels,
-//! addresses, named ports, node, host network, phase), every NetworkPolicy, and the
-//! namespaces' labels (from the agent's namespace watch). Each change that policy reads wakes
-//! the policy loop; a pod's other status changes (conditions, container states) do not.
+//! What the node's policy is compiled from: the world of every pod, namespace and
+//! NetworkPolicy, kept up to date one object at a time (a change never rebuilds it). Three
+//! watches turn their objects into the compiler's views at once (a pod is kept as what policy
+//! reads of it: labels, addresses, named ports, node, host network, phase) and send the
+//! changes to the policy loop, which applies them to its `World` before it compiles. A change
+//! that leaves the view as it was (a pod's conditions, a policy's status) wakes nothing.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Container, ContainerPort, Namespace, Pod, PodSpec, PodStatus};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{Api, ObjectMeta};
 use kube::core::PartialObjectMeta;
-use kube::runtime::reflector::Store;
-use kube::runtime::watcher;
-use sinew_policy::{NamespaceView, PodView, PolicyView, World};
-use sinew_runtime::watch::{Fingerprint, Wake, fingerprint, prune_meta, reflect};
-use tokio::sync::Notify;
+use kube::runtime::{WatchStreamExt, watcher};
+use sinew_policy::{NamespaceView, ObjectKey, PodView, PolicyView, World};
+use tokio::sync::{Notify, mpsc};
+use tokio::task::JoinHandle;
+use tracing::warn;
 
-/// The watched pods, policies and namespaces (metadata only).
+/// One change of the world.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    Pod(Edit<PodView>),
+    Policy(Edit<PolicyView>),
+    Namespace(Edit<NamespaceView>),
+    /// A watch holds its whole initial list.
+    Listed(&'static str),
+}
+
+/// An object seen (with its view) or gone (by its key).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Edit<V> {
+    Upsert(V),
+    Remove(ObjectKey),
+}
+
+/// The world as the watches last told it, and the changes still to apply.
 pub struct Inputs {
-    pub pods: Store<Pod>,
-    pub policies: Store<NetworkPolicy>,
-    pub namespaces: Store<PartialObjectMeta<Namespace>>,
+    world: World,
+    changes: mpsc::UnboundedReceiver<Change>,
+    listed: HashSet<&'static str>,
+    watches: Vec<JoinHandle<()>>,
+}
+
+/// The watches end with their inputs (policy turned off frees what they held).
+impl Drop for Inputs {
+    fn drop(&mut self) {
+        self.watches.iter().for_each(JoinHandle::abort);
+    }
 }
 
 impl Inputs {
     /// Starts the watches; a change policy reads wakes `wake`.
     pub fn watch(client: &kube::Client, wake: &Arc<Notify>) -> Inputs {
-        let pod_fingerprint: Fingerprint<Pod> =
-            Arc::new(|p: &Pod| fingerprint(&p.metadata, &(&p.spec, &p.status)));
-        let policy_fingerprint: Fingerprint<NetworkPolicy> =
-            Arc::new(|p: &NetworkPolicy| fingerprint(&p.metadata, &p.spec));
-        let namespace_fingerprint: Fingerprint<PartialObjectMeta<Namespace>> =
-            Arc::new(|ns: &PartialObjectMeta<Namespace>| {
-                fingerprint(
-                    &ObjectMeta {
-                        name: ns.metadata.name.clone(),
-                        labels: ns.metadata.labels.clone(),
-                        ..ObjectMeta::default()
-                    },
-                    &(),
-                )
-            });
-        Inputs {
-            pods: reflect(
-                Api::all(client.clone()),
-                watcher::Config::default(),
-                prune_pod,
-                Some(Wake {
-                    notify: wake.clone(),
-                    fingerprint: pod_fingerprint,
-                }),
+        let (tx, changes) = mpsc::unbounded_channel();
+        let watches = vec![
+            follow(
+                Api::<Pod>::all(client.clone()),
+                "pods",
+                |p| Change::Pod(Edit::Upsert(PodView::from(p))),
+                |k| Change::Pod(Edit::Remove(k)),
+                tx.clone(),
+                wake.clone(),
             ),
-            policies: reflect(
-                Api::all(client.clone()),
-                watcher::Config::default(),
-                prune_policy,
-                Some(Wake {
-                    notify: wake.clone(),
-                    fingerprint: policy_fingerprint,
-                }),
+            follow(
+                Api::<NetworkPolicy>::all(client.clone()),
+                "networkpolicies",
+                |p| Change::Policy(Edit::Upsert(PolicyView::from(p))),
+                |k| Change::Policy(Edit::Remove(k)),
+                tx.clone(),
+                wake.clone(),
             ),
             // Metadata only: names and labels are all policy reads of a namespace.
-            namespaces: reflect(
+            follow(
                 Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
-                watcher::Config::default(),
-                prune_meta,
-                Some(Wake {
-                    notify: wake.clone(),
-                    fingerprint: namespace_fingerprint,
-                }),
+                "namespaces",
+                |ns| Change::Namespace(Edit::Upsert(namespace_view(&ns.metadata))),
+                |k| Change::Namespace(Edit::Remove(k)),
+                tx,
+                wake.clone(),
             ),
+        ];
+        Inputs {
+            world: World::default(),
+            changes,
+            listed: HashSet::new(),
+            watches,
         }
     }
 
-    /// Waits until every store holds its initial list.
-    pub async fn synced(&self) -> Result<(), String> {
-        for (what, ready) in [
-            ("pods", self.pods.wait_until_ready().await),
-            ("networkpolicies", self.policies.wait_until_ready().await),
-            ("namespaces", self.namespaces.wait_until_ready().await),
-        ] {
-            ready.map_err(|e| format!("watch of {what} ended: {e}"))?;
+    /// Waits until every watch has delivered its initial list.
+    pub async fn synced(&mut self) -> Result<(), String> {
+        while self.listed.len() < 3 {
+            let change = self
+                .changes
+                .recv()
+                .await
+                .ok_or_else(|| "the watches ended".to_string())?;
+            self.apply(change);
         }
         Ok(())
     }
 
-    /// The world the compiler reads, as the stores hold it now.
-    pub fn world(&self) -> World {
-        World::new(
-            self.namespaces
-                .state()
-                .iter()
-                .map(|ns| namespace_view(&ns.metadata)),
-            self.pods.state().iter().map(|p| PodView::from(p.as_ref())),
-            self.policies
-                .state()
-                .iter()
-                .map(|p| PolicyView::from(p.as_ref())),
-        )
+    /// Applies the changes received so far; whether the world changed.
+    pub fn update(&mut self) -> bool {
+        let mut changed = false;
+        while let Ok(change) = self.changes.try_recv() {
+            changed |= self.apply(change);
+        }
+        changed
     }
+
+    pub fn world(&self) -> &World {
+        &self.world
+    }
+
+    fn apply(&mut self, change: Change) -> bool {
+        apply(&mut self.world, &mut self.listed, change)
+    }
+}
+
+/// Applies one change to `world`; whether what the compiler reads changed.
+fn apply(world: &mut World, listed: &mut HashSet<&'static str>, change: Change) -> bool {
+    match change {
+        Change::Pod(Edit::Upsert(view)) => {
+            let same = world.pod(&view.key()) == Some(&view);
+            if !same {
+                world.upsert_pod(view);
+            }
+            !same
+        }
+        Change::Pod(Edit::Remove(key)) => {
+            let known = world.pod(&key).is_some();
+            world.remove_pod(&key);
+            known
+        }
+        Change::Policy(Edit::Upsert(view)) => {
+            let same = world.policy(&view.key()) == Some(&view);
+            if !same {
+                world.upsert_policy(view);
+            }
+            !same
+        }
+        Change::Policy(Edit::Remove(key)) => {
+            let known = world.policy(&key).is_some();
+            world.remove_policy(&key);
+            known
+        }
+        Change::Namespace(Edit::Upsert(view)) => {
+            let same = world.namespace(&view.name) == Some(&view);
+            if !same {
+                world.upsert_namespace(view);
+            }
+            !same
+        }
+        Change::Namespace(Edit::Remove(key)) => {
+            let known = world.namespace(&key.name).is_some();
+            world.remove_namespace(&key.name);
+            known
+        }
+        Change::Listed(what) => listed.insert(what),
+    }
+}
+
+/// What one watch knows: the keys of its objects, and those seen by a re-list under way.
+#[derive(Debug, Default)]
+struct Followed {
+    known: HashSet<ObjectKey>,
+    relisted: Option<HashSet<ObjectKey>>,
+}
+
+impl Followed {
+    /// The changes one watch event makes (pure): an object seen is an upsert; a deletion a
+    /// removal; the end of a (re-)list removes what the list no longer holds.
+    fn on<K: kube::Resource>(
+        &mut self,
+        event: watcher::Event<K>,
+        what: &'static str,
+        upsert: impl Fn(&K) -> Change,
+        remove: impl Fn(ObjectKey) -> Change,
+    ) -> Vec<Change> {
+        match event {
+            watcher::Event::Init => {
+                self.relisted = Some(HashSet::new());
+                Vec::new()
+            }
+            watcher::Event::InitApply(obj) | watcher::Event::Apply(obj) => {
+                let k = key(&obj);
+                if let Some(seen) = &mut self.relisted {
+                    seen.insert(k.clone());
+                }
+                self.known.insert(k);
+                vec![upsert(&obj)]
+            }
+            watcher::Event::Delete(obj) => {
+                let k = key(&obj);
+                self.known.remove(&k);
+                vec![remove(k)]
+            }
+            watcher::Event::InitDone => {
+                let seen = self.relisted.take().unwrap_or_default();
+                let gone: Vec<ObjectKey> = self.known.difference(&seen).cloned().collect();
+                let mut out: Vec<Change> = gone
+                    .into_iter()
+                    .map(|k| {
+                        self.known.remove(&k);
+                        remove(k)
+                    })
+                    .collect();
+                out.push(Change::Listed(what));
+                out
+            }
+        }
+    }
+}
+
+/// An object's key (a namespace's is its name).
+fn key<K: kube::Resource>(obj: &K) -> ObjectKey {
+    let meta = obj.meta();
+    ObjectKey::new(
+        meta.namespace.as_deref().unwrap_or_default(),
+        meta.name.as_deref().unwrap_or_default(),
+    )
+}
+
+/// Watches `api`, sending each change to the loop and waking it.
+fn follow<K>(
+    api: Api<K>,
+    what: &'static str,
+    upsert: fn(&K) -> Change,
+    remove: fn(ObjectKey) -> Change,
+    tx: mpsc::UnboundedSender<Change>,
+    wake: Arc<Notify>,
+) -> JoinHandle<()>
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
+    K::DynamicType: Default,
+{
+    tokio::spawn(async move {
+        let stream = watcher(api, watcher::Config::default()).default_backoff();
+        futures::pin_mut!(stream);
+        let mut followed = Followed::default();
+        while let Some(event) = stream.next().await {
+            match event {
+                Ok(event) => {
+                    for change in followed.on(event, what, upsert, remove) {
+                        if tx.send(change).is_err() {
+                            return;
+                        }
+                    }
+                    wake.notify_one();
+                }
+                Err(e) => warn!(watch = what, error = %e, "policy watch error; retrying"),
+            }
+        }
+    })
 }
 
 /// A namespace's view from its metadata (the API server labels every namespace with its name;
@@ -113,105 +271,78 @@ fn namespace_view(meta: &ObjectMeta) -> NamespaceView {
     })
 }
 
-/// Keeps of a pod what policy reads: name, namespace, UID and labels; node, host network and
-/// the containers' named ports; phase and addresses. A pod is most of the agent's memory with
-/// policy on (every pod of the cluster is a possible peer).
-pub fn prune_pod(pod: &mut Pod) {
-    let meta = std::mem::take(&mut pod.metadata);
-    pod.metadata = ObjectMeta {
-        name: meta.name,
-        namespace: meta.namespace,
-        uid: meta.uid,
-        labels: meta.labels,
-        resource_version: meta.resource_version,
-        ..ObjectMeta::default()
-    };
-    pod.spec = pod.spec.take().map(|s| PodSpec {
-        node_name: s.node_name,
-        host_network: s.host_network,
-        containers: s
-            .containers
-            .into_iter()
-            .filter(|c| c.ports.as_ref().is_some_and(|p| !p.is_empty()))
-            .map(|c| Container {
-                name: c.name,
-                ports: c.ports.map(|ports| {
-                    ports
-                        .into_iter()
-                        .filter(|p| p.name.is_some())
-                        .map(|p| ContainerPort {
-                            name: p.name,
-                            protocol: p.protocol,
-                            container_port: p.container_port,
-                            ..ContainerPort::default()
-                        })
-                        .collect()
-                }),
-                ..Container::default()
-            })
-            .collect(),
-        ..PodSpec::default()
-    });
-    pod.status = pod.status.take().map(|s| PodStatus {
-        phase: s.phase,
-        pod_ip: s.pod_ip,
-        pod_ips: s.pod_ips,
-        ..PodStatus::default()
-    });
-}
-
-/// Keeps of a policy its name, namespace, labels and spec.
-pub fn prune_policy(policy: &mut NetworkPolicy) {
-    let meta = std::mem::take(&mut policy.metadata);
-    policy.metadata = ObjectMeta {
-        name: meta.name,
-        namespace: meta.namespace,
-        uid: meta.uid,
-        resource_version: meta.resource_version,
-        generation: meta.generation,
-        ..ObjectMeta::default()
-    };
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn pod() -> Pod {
+    fn pod(name: &str, app: &str) -> Pod {
         serde_json::from_value(serde_json::json!({
-            "metadata": {"name": "web-1", "namespace": "default", "uid": "u1",
-                         "labels": {"app": "web"},
-                         "annotations": {"big": "x".repeat(4096)},
-                         "managedFields": [{"manager": "kubelet"}]},
-            "spec": {"nodeName": "n1", "containers": [
-                {"name": "web", "image": "nginx", "env": [{"name": "A", "value": "b"}],
-                 "ports": [{"name": "http", "containerPort": 8080, "protocol": "TCP"},
-                           {"containerPort": 9999}]},
-                {"name": "sidecar", "image": "envoy"}]},
-            "status": {"phase": "Running", "podIP": "10.0.0.5",
-                       "podIPs": [{"ip": "10.0.0.5"}, {"ip": "fd00::5"}],
+            "metadata": {"name": name, "namespace": "default", "labels": {"app": app}},
+            "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "x"}]},
+            "status": {"phase": "Running", "podIPs": [{"ip": "10.0.0.5"}],
                        "conditions": [{"type": "Ready", "status": "True"}]}
         }))
         .unwrap()
     }
 
-    /// Pruning keeps exactly what the compiler reads: the view is the same before and after.
+    fn on(f: &mut Followed, event: watcher::Event<Pod>) -> Vec<Change> {
+        f.on(
+            event,
+            "pods",
+            |p| Change::Pod(Edit::Upsert(PodView::from(p))),
+            |k| Change::Pod(Edit::Remove(k)),
+        )
+    }
+
+    fn removed(name: &str) -> Change {
+        Change::Pod(Edit::Remove(ObjectKey::new("default", name)))
+    }
+
+    /// A re-list (after the watch lost its place) removes exactly what it no longer holds,
+    /// and the loop's world ends as the cluster is.
     #[test]
-    fn a_pruned_pod_reads_as_the_whole_pod_and_is_small() {
-        let whole = pod();
-        let mut pruned = whole.clone();
-        prune_pod(&mut pruned);
-        assert_eq!(PodView::from(&pruned), PodView::from(&whole));
-        let size = |p: &Pod| serde_json::to_vec(p).unwrap().len();
-        assert!(
-            size(&pruned) * 10 < size(&whole),
-            "{} of {}",
-            size(&pruned),
-            size(&whole)
-        );
-        let view = PodView::from(&pruned);
-        assert_eq!(view.named_ports.len(), 1);
-        assert_eq!(view.ips.len(), 2);
+    fn a_relist_removes_what_is_gone_and_the_world_follows() {
+        let mut f = Followed::default();
+        let mut world = World::default();
+        let mut listed = HashSet::new();
+        let mut changes = on(&mut f, watcher::Event::Init);
+        for p in ["a", "b", "c"] {
+            changes.extend(on(&mut f, watcher::Event::InitApply(pod(p, "web"))));
+        }
+        changes.extend(on(&mut f, watcher::Event::InitDone));
+        assert_eq!(changes.last(), Some(&Change::Listed("pods")));
+        changes.extend(on(&mut f, watcher::Event::Delete(pod("a", "web"))));
+        // The watch lost its place while b went and d came.
+        changes.extend(on(&mut f, watcher::Event::Init));
+        for p in ["c", "d"] {
+            changes.extend(on(&mut f, watcher::Event::InitApply(pod(p, "web"))));
+        }
+        let relist_end = on(&mut f, watcher::Event::InitDone);
+        assert_eq!(relist_end, vec![removed("b"), Change::Listed("pods")]);
+        changes.extend(relist_end);
+        for c in changes {
+            apply(&mut world, &mut listed, c);
+        }
+        let names: Vec<&str> = world.pods().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["c", "d"]);
+        assert!(listed.contains("pods"));
+    }
+
+    /// Only a change of what policy reads counts: a pod's conditions do not, its labels do.
+    #[test]
+    fn only_changes_of_what_policy_reads_count() {
+        let mut world = World::default();
+        let mut listed = HashSet::new();
+        let mut apply_pod =
+            |p: &Pod| apply(&mut world, &mut listed, Change::Pod(Edit::Upsert(p.into())));
+        let web = pod("a", "web");
+        assert!(apply_pod(&web));
+        let mut not_ready = web.clone();
+        not_ready.status.as_mut().unwrap().conditions = None;
+        assert!(!apply_pod(&not_ready));
+        assert!(apply_pod(&pod("a", "db")));
+        assert!(apply(&mut world, &mut listed, removed("a")));
+        assert!(!apply(&mut world, &mut listed, removed("a")));
     }
 
     #[test]
