@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 export CARGO_TERM_COLOR ?= auto
 
-.PHONY: demo test deps tools crds crds-check fuzz bench bench-e2e bench-scale bench-kind kind kind-build kind-conformance kind-netpol
+.PHONY: demo test deps tools crds crds-check fuzz bench bench-e2e bench-scale bench-kind bench-kind-policy kind kind-build kind-conformance kind-netpol
 
 ## demo: the main job, locally (root): control plane, 3 nodes as namespaces, sinew, pods, pool status, a live mode switch
 demo: deps
@@ -46,9 +46,13 @@ bench-e2e: tools
 bench-scale: tools
 	SINEW_TOOLS_BIN=$$(e2e/tools/build.sh) cargo run -q -p sinew-e2e --release --bin bench -- scale
 
-## bench-kind: sinew beside Flannel on two fresh kind clusters built offline here (root): pods Ready/s, creation-to-Ready p50/p99, cross-node TCP; writes docs/benchmarks.md
+## bench-kind: sinew beside Flannel on two fresh kind clusters built offline here (root): pods Ready/s, creation-to-Ready p50/p99, cross-node TCP; then sinew's NetworkPolicy (below); writes docs/benchmarks.md
 bench-kind:
 	e2e/kind/bench.sh --write-docs
+
+## bench-kind-policy: sinew's NetworkPolicy on a fresh kind cluster (root): TCP and connections/s with policy off, on, and 1,000 policies in; policy created -> enforced p50/p99; writes docs/benchmarks.md
+bench-kind-policy:
+	SINEW_BENCH_ONLY=sinew SINEW_BENCH_PARTS=policy e2e/kind/bench.sh --write-docs
 
 ## kind: sinew on a real kind cluster (1 control plane + 2 workers) built offline here (root): every check of e2e/kind/README.md, then tear-down
 kind:

@@ -25,10 +25,24 @@
 #     $SINEW_BENCH_IPERF_RUNS runs each side, interleaved, median.
 #     For sinew twice: in the pool's default mode (Auto: both workers are on one subnet, so
 #     routed, no encapsulation) and in VXLAN, which is what Flannel's VXLAN backend does.
+#   - NetworkPolicy (sinew only; its own section of docs/benchmarks.md): pod -> pod TCP and new
+#     connections per second across the workers (iperf 2 --connect-only, $SINEW_BENCH_CONNECTS
+#     connections a run, timed inside the client pod) with policy Disabled (the path without
+#     sinew's policy table), Enabled with no policy, and Enabled with $SINEW_BENCH_POLICIES
+#     policies in the cluster (they select 20 other pods; one pair of them allows the client's
+#     egress and the server's ingress, so both ends are judged); then, with those policies in,
+#     created -> enforced on both workers: a deny-all-ingress policy selecting a target pod on
+#     each worker is created and deleted $SINEW_BENCH_POLICY_ROUNDS times while a prober pod on
+#     the other worker connects every 20 ms (0.1 s timeout); the time from the create request
+#     to the first refused connection on both (and from the delete request to the first
+#     connection passing again on both), p50 and p99.
 #
 # usage: e2e/kind/bench.sh [--write-docs]
-# Env: SINEW_BENCH_PODS (60), SINEW_BENCH_ROUNDS (3), SINEW_BENCH_IPERF_SECONDS (10),
-#      SINEW_BENCH_IPERF_RUNS (5), SINEW_BENCH_ONLY (sinew|flannel: one side only, no docs), SINEW_CACHE (~/.cache/sinew), CARGO_TARGET_DIR (sinew's build), SINEW_KIND_KEEP=1 (keep
+# Env: SINEW_BENCH_PARTS (pods,tcp,policy: which measurements; --write-docs writes the main
+#      section when pods and tcp ran on both sides, the policy section when policy ran),
+#      SINEW_BENCH_POLICIES (1000), SINEW_BENCH_POLICY_ROUNDS (20), SINEW_BENCH_CONNECTS (2000),
+#      SINEW_BENCH_PODS (60), SINEW_BENCH_ROUNDS (3), SINEW_BENCH_IPERF_SECONDS (10),
+#      SINEW_BENCH_IPERF_RUNS (5), SINEW_BENCH_ONLY (sinew|flannel: one side only; no docs of the main section), SINEW_CACHE (~/.cache/sinew), CARGO_TARGET_DIR (sinew's build), SINEW_KIND_KEEP=1 (keep
 #      both clusters and the engine; KIND_CLUSTER=bench-sinew e2e/kind/down.sh, then
 #      KIND_CLUSTER=bench-flannel, remove them).
 set -euo pipefail
@@ -43,6 +57,10 @@ rounds=${SINEW_BENCH_ROUNDS:-3}
 iperf_seconds=${SINEW_BENCH_IPERF_SECONDS:-10}
 iperf_runs=${SINEW_BENCH_IPERF_RUNS:-5}
 only=${SINEW_BENCH_ONLY:-}
+parts=${SINEW_BENCH_PARTS:-pods,tcp,policy}
+policies_wanted=${SINEW_BENCH_POLICIES:-1000}
+policy_rounds=${SINEW_BENCH_POLICY_ROUNDS:-20}
+connects=${SINEW_BENCH_CONNECTS:-2000}
 pod_cidr=10.244.0.0/16
 bns=bench
 write_docs=false
@@ -55,6 +73,7 @@ done
 export DOCKER_BUILDKIT=0
 
 log() { echo "[bench-kind] $*" >&2; }
+has() { [[ ",$parts," == *",$1,"* ]]; }
 die() { echo "[bench-kind] FAILED: $*" >&2; exit 1; }
 
 # One kind build or run at a time on a machine (the same lock as run.sh and build.sh).
@@ -111,13 +130,15 @@ if [[ $only != flannel ]]; then
   REGISTRY=$registry TAG=$tag "$repo/images/build.sh" --skip-binaries >/dev/null 2>&1
 fi
 flannel_image=$registry/flannel:$flannel_version
-log "flannel image $flannel_image (flanneld from $flannel_bin, on $SINEW_KIND_SLIM_IMAGE)"
-ctx=$(mktemp -d "$out/flannel-image.XXXXXX")
-cp "$flannel_bin/flanneld" "$ctx/"
-printf '%s\n' "FROM $SINEW_KIND_SLIM_IMAGE" "COPY flanneld /usr/local/bin/flanneld" \
-  'ENTRYPOINT ["/usr/local/bin/flanneld"]' >"$ctx/Dockerfile"
-docker build -q -t "$flannel_image" "$ctx" >/dev/null 2>"$out/flannel-image.log" || { cat "$out/flannel-image.log" >&2; die "docker build $flannel_image"; }
-rm -rf "$ctx"
+if [[ $only != sinew ]]; then
+  log "flannel image $flannel_image (flanneld from $flannel_bin, on $SINEW_KIND_SLIM_IMAGE)"
+  ctx=$(mktemp -d "$out/flannel-image.XXXXXX")
+  cp "$flannel_bin/flanneld" "$ctx/"
+  printf '%s\n' "FROM $SINEW_KIND_SLIM_IMAGE" "COPY flanneld /usr/local/bin/flanneld" \
+    'ENTRYPOINT ["/usr/local/bin/flanneld"]' >"$ctx/Dockerfile"
+  docker build -q -t "$flannel_image" "$ctx" >/dev/null 2>"$out/flannel-image.log" || { cat "$out/flannel-image.log" >&2; die "docker build $flannel_image"; }
+  rm -rf "$ctx"
+fi
 
 # --- a cluster ------------------------------------------------------------------------------
 
@@ -328,6 +349,188 @@ route_between_workers() {
   docker exec "${worker1[$side]}" ip route get "$ip" | head -1
 }
 
+# --- NetworkPolicy (sinew only) -----------------------------------------------------------------
+
+# A pod of the agnhost image on a worker: name, worker index, labels (flow map), command (flow seq).
+agnhost_pod() {
+  local node=${worker0[$side]}
+  (($2 == 1)) && node=${worker1[$side]}
+  k -n "$bns" apply -f - >/dev/null <<EOF
+apiVersion: v1
+kind: Pod
+metadata: {name: $1, labels: $3}
+spec:
+  nodeName: $node
+  terminationGracePeriodSeconds: 0
+  containers:
+    - name: c
+      image: $SINEW_KIND_AGNHOST_IMAGE
+      imagePullPolicy: Never
+      command: $4
+EOF
+}
+
+# Whether worker $1 (index) holds table inet sinew-policy.
+has_policy_table() {
+  local node=${worker0[$side]}
+  (($1 == 1)) && node=${worker1[$side]}
+  docker exec "$node" nft list table inet sinew-policy >/dev/null 2>&1
+}
+
+policy_switch() { # Enabled|Disabled: wait until both workers hold the table, or neither
+  local deadline=$((SECONDS + 120)) w held
+  k patch clusternetwork default --type merge -p "{\"spec\":{\"networkPolicy\":\"$1\"}}" >/dev/null
+  while ((SECONDS < deadline)); do
+    held=0
+    for w in 0 1; do has_policy_table "$w" && held=$((held + 1)); done
+    if [[ $1 == Enabled && $held == 2 || $1 == Disabled && $held == 0 ]]; then
+      sleep 2
+      return 0
+    fi
+    sleep 0.5
+  done
+  die "networkPolicy $1: the workers' tables did not follow"
+}
+
+# One connection-rate run iperf-1 -> iperf-0: "conn <label> <connections/s>" into the samples.
+connect_run() { # label
+  local sip rate
+  sip=$(k -n "$bns" get pod iperf-0 -o jsonpath='{.status.podIP}')
+  # shellcheck disable=SC2016 # expanded in the pod
+  rate=$(k -n "$bns" exec iperf-1 -- bash -c 's=$EPOCHREALTIME; n=$(iperf -c "$1" --connect-only="$2" 2>&1 | grep -c " connected with "); e=$EPOCHREALTIME; echo "$n $s $e"' _ "$sip" "$connects" \
+    | awk '{ if ($1 > 0) printf "%.0f", $1 / ($3 - $2) }')
+  [[ -n $rate ]] || die "iperf --connect-only $1: no connection made"
+  echo "conn $1 $rate" >>"$out/samples.txt"
+  log "connections $1: $rate/s"
+}
+
+# The policies that select other pods (20 pause pods over both workers), and the pair that
+# allows iperf-1 -> iperf-0 (the client's egress, the server's ingress).
+policy_load() {
+  local i node
+  for i in $(seq 0 19); do
+    node=${worker0[$side]}
+    ((i % 2)) && node=${worker1[$side]}
+    k -n "$bns" run "other-$i" --image="$pause_image" --image-pull-policy=Never --labels="app=other-$i" \
+      --overrides="{\"spec\":{\"nodeName\":\"$node\",\"terminationGracePeriodSeconds\":0}}" >/dev/null
+  done
+  {
+    for i in $(seq 1 "$((policies_wanted - 2))"); do
+      cat <<EOF
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: other-$i}
+spec:
+  podSelector: {matchLabels: {app: other-$((i % 20))}}
+  policyTypes: [Ingress, Egress]
+  ingress:
+    - from:
+        - podSelector: {matchLabels: {app: other-$(((i + 7) % 20))}}
+        - namespaceSelector: {matchLabels: {team: t$((i % 50))}}
+        - ipBlock: {cidr: 10.$((i % 200)).0.0/16, except: [10.$((i % 200)).$((i % 250)).0/24]}
+      ports: [{protocol: TCP, port: $((8000 + i % 500))}, {protocol: UDP, port: $((9000 + i)), endPort: $((9010 + i))}]
+  egress:
+    - to: [{podSelector: {matchLabels: {app: other-$(((i + 3) % 20))}}}]
+      ports: [{protocol: TCP, port: $((7000 + i % 300))}]
+EOF
+    done
+    cat <<EOF
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: iperf-server-from-client}
+spec:
+  podSelector: {matchLabels: {app: iperf-server}}
+  ingress: [{from: [{podSelector: {matchLabels: {app: iperf-client}}}]}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: iperf-client-to-server}
+spec:
+  podSelector: {matchLabels: {app: iperf-client}}
+  policyTypes: [Egress]
+  egress: [{to: [{podSelector: {matchLabels: {app: iperf-server}}}]}]
+EOF
+  } >"$out/policies.yaml"
+  k -n "$bns" apply --server-side -f "$out/policies.yaml" >/dev/null
+  k -n "$bns" wait --for=condition=Ready pod -l 'app in (other-0,other-19)' --timeout=120s >/dev/null
+  log "$(k -n "$bns" get networkpolicies --no-headers | wc -l) policies in namespace $bns"
+}
+
+# The time of a prober's first line after time $2 whose outcome is $3 (ok|no), or nothing.
+first_after() { # pod, time, outcome
+  k -n "$bns" logs "$1" | awk -v t="$2" -v s="$3" '$1 > t && $2 == s {print $1; exit}'
+}
+
+# Creates (or deletes) the deny policy and waits until both probers see it: prints the seconds
+# from the request to the later of the two.
+enforce_round() { # create|delete
+  local t0 deadline a b want=no
+  [[ $1 == delete ]] && want=ok
+  t0=$EPOCHREALTIME
+  if [[ $1 == create ]]; then
+    k -n "$bns" apply -f - >/dev/null <<EOF
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: deny-targets}
+spec: {podSelector: {matchLabels: {role: target}}, policyTypes: [Ingress]}
+EOF
+  else
+    k -n "$bns" delete networkpolicy deny-targets >/dev/null
+  fi
+  deadline=$((SECONDS + 30))
+  while ((SECONDS < deadline)); do
+    a=$(first_after prober-0 "$t0" "$want")
+    b=$(first_after prober-1 "$t0" "$want")
+    if [[ -n $a && -n $b ]]; then
+      awk -v a="$a" -v b="$b" -v t="$t0" 'BEGIN {m = a > b ? a : b; printf "%.3f\n", m - t}'
+      return 0
+    fi
+    sleep 0.5
+  done
+  die "policy $1: the probers did not see it within 30 s"
+}
+
+policy_part() {
+  local i label probe
+  k -n "$bns" label pod iperf-0 app=iperf-server --overwrite >/dev/null
+  k -n "$bns" label pod iperf-1 app=iperf-client --overwrite >/dev/null
+  for label in disabled enabled-0; do
+    if [[ $label == disabled ]]; then policy_switch Disabled; else policy_switch Enabled; fi
+    for _ in $(seq "$iperf_runs"); do
+      iperf_run "policy-$label"
+      connect_run "policy-$label"
+    done
+  done
+  policy_load
+  sleep 5
+  for _ in $(seq "$iperf_runs"); do
+    iperf_run "policy-$policies_wanted"
+    connect_run "policy-$policies_wanted"
+  done
+  # Created -> enforced, with those policies in: each prober connects to the target on the
+  # other worker every 20 ms and prints each change of outcome, stamped with the machine's
+  # clock (the pods share it).
+  # shellcheck disable=SC2016 # expanded in the pod
+  probe='last=; while :; do t=$EPOCHREALTIME; if timeout 0.1 bash -c "exec 3<>/dev/tcp/$0/5001" 2>/dev/null; then r=ok; else r=no; fi; [[ $r == "$last" ]] || echo "$t $r"; last=$r; sleep 0.02; done'
+  agnhost_pod target-0 0 '{role: target}' '["iperf", "-s"]'
+  agnhost_pod target-1 1 '{role: target}' '["iperf", "-s"]'
+  k -n "$bns" wait --for=condition=Ready pod/target-0 pod/target-1 --timeout=120s >/dev/null
+  agnhost_pod prober-0 0 '{role: prober}' "[\"bash\", \"-c\", $(jq -n --arg p "$probe" '$p'), \"$(k -n "$bns" get pod target-1 -o jsonpath='{.status.podIP}')\"]"
+  agnhost_pod prober-1 1 '{role: prober}' "[\"bash\", \"-c\", $(jq -n --arg p "$probe" '$p'), \"$(k -n "$bns" get pod target-0 -o jsonpath='{.status.podIP}')\"]"
+  k -n "$bns" wait --for=condition=Ready pod/prober-0 pod/prober-1 --timeout=120s >/dev/null
+  sleep 2
+  for i in $(seq "$policy_rounds"); do
+    echo "enforce $(enforce_round create)" >>"$out/policy-samples.txt"
+    sleep 1
+    echo "release $(enforce_round delete)" >>"$out/policy-samples.txt"
+    sleep 1
+    log "policy round $i: $(tail -2 "$out/policy-samples.txt" | tr '\n' ' ')"
+  done
+  k -n "$bns" delete networkpolicies --all >/dev/null
+}
+
 pause_image=$(docker run --rm --entrypoint cat "$SINEW_KIND_NODE_IMAGE" /etc/containerd/config.toml \
   | sed -n 's/.*sandbox_image = "\(.*\)"/\1/p')
 [[ -n $pause_image ]] || die "no sandbox_image in the node image's containerd config"
@@ -351,17 +554,28 @@ for side in "${sides[@]}"; do
   log "$side installed, nodes and CoreDNS Ready ($((SECONDS - start))s); route ${worker1[$side]} -> iperf-0: $(route_between_workers)"
 done
 
-for round in $(seq "$rounds"); do
-  for side in "${sides[@]}"; do
-    scale_round "$round"
+if has pods; then
+  for round in $(seq "$rounds"); do
+    for side in "${sides[@]}"; do
+      scale_round "$round"
+    done
   done
-done
-for _ in $(seq "$iperf_runs"); do
-  for side in "${sides[@]}"; do
-    iperf_run "$side"
+fi
+if has tcp; then
+  for _ in $(seq "$iperf_runs"); do
+    for side in "${sides[@]}"; do
+      iperf_run "$side"
+    done
   done
-done
-if [[ " ${sides[*]} " == *" sinew "* ]]; then
+fi
+: >"$out/policy-samples.txt"
+with_sinew=false
+[[ " ${sides[*]} " == *" sinew "* ]] && with_sinew=true
+if has policy && $with_sinew; then
+  side=sinew
+  policy_part
+fi
+if has tcp && $with_sinew; then
   side=sinew
   sinew_mode VXLAN
   log "sinew VXLAN: route ${worker1[sinew]} -> iperf-0: $(route_between_workers)"
@@ -379,7 +593,7 @@ fi
 # stat KIND SIDE p50|p99|median: over the samples of that kind and side.
 stat() {
   local kind=$1 side=$2 what=$3 col=4
-  [[ $kind == tcp ]] && col=3
+  [[ $kind == tcp || $kind == conn ]] && col=3
   awk -v k="$kind" -v s="$side" -v c="$col" '$1 == k && $2 == s {print $c}' "$out/samples.txt" | sort -g | awk -v w="$what" '
     {v[NR] = $1}
     END {
@@ -411,43 +625,114 @@ table() {
   row "machine load average (1 min) at the end of the rounds, median" "$(stat load sinew median)" "$(stat load flannel median)"
 }
 
-machine="$(nproc) cores, $(awk '/^model name/ {sub(/^[^:]*: /, ""); print; exit}' /proc/cpuinfo), $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo), Linux $(uname -r), $(sed -n 's/^PRETTY_NAME="\(.*\)"/\1/p' /etc/os-release)"
-echo
-echo "kind: sinew beside Flannel $flannel_version ($pods_wanted pods, $rounds rounds; samples in $out/samples.txt)"
-echo "machine: $machine"
-echo
-table | tee "$out/table.md"
+# pstat KIND p50|p99: over the NetworkPolicy change samples of that kind.
+pstat() {
+  awk -v k="$1" '$1 == k {print $2}' "$out/policy-samples.txt" | sort -g | awk -v w="$2" '
+    {v[NR] = $1}
+    END {
+      if (NR == 0) { print "-"; exit }
+      if (w == "p50") i = int((NR + 1) / 2)
+      else { i = int(NR * 0.99 + 0.999999); if (i < 1) i = 1; if (i > NR) i = NR }
+      print v[i]
+    }'
+}
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "-" || b == "-" || b == 0) print "-"; else printf "%.2f", a / b }'; }
 
-if $write_docs; then
-  [[ -z $only ]] || die "--write-docs needs both sides (SINEW_BENCH_ONLY is set)"
-  docs=$repo/docs/benchmarks.md
+policy_table() {
+  local t_off t_0 t_n c_off c_0 c_n
+  t_off=$(stat tcp policy-disabled median) t_0=$(stat tcp policy-enabled-0 median) t_n=$(stat tcp "policy-$policies_wanted" median)
+  c_off=$(stat conn policy-disabled median) c_0=$(stat conn policy-enabled-0 median) c_n=$(stat conn "policy-$policies_wanted" median)
+  echo "| pod -> pod across workers, median of $iperf_runs | policy Disabled | Enabled, no policy | Enabled, $policies_wanted policies | $policies_wanted policies / none | $policies_wanted policies / Disabled |"
+  echo "|---|---:|---:|---:|---:|---:|"
+  echo "| TCP (Mbit/s, one connection, ${iperf_seconds} s) | $(num "$t_off") | $(num "$t_0") | $(num "$t_n") | $(ratio "$t_n" "$t_0") | $(ratio "$t_n" "$t_off") |"
+  echo "| new connections per second ($connects a run) | $c_off | $c_0 | $c_n | $(ratio "$c_n" "$c_0") | $(ratio "$c_n" "$c_off") |"
+  echo
+  echo "| NetworkPolicy change, $policies_wanted policies in the cluster, $policy_rounds rounds | p50 (ms) | p99 (ms) |"
+  echo "|---|---:|---:|"
+  echo "| created -> enforced on both workers (first refused connection) | $(ms "$(pstat enforce p50)") | $(ms "$(pstat enforce p99)") |"
+  echo "| deleted -> passing again on both workers (first connection through) | $(ms "$(pstat release p50)") | $(ms "$(pstat release p99)") |"
+}
+
+machine="$(nproc) cores, $(awk '/^model name/ {sub(/^[^:]*: /, ""); print; exit}' /proc/cpuinfo), $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo), Linux $(uname -r), $(sed -n 's/^PRETTY_NAME="\(.*\)"/\1/p' /etc/os-release)"
+main_ran=false
+if has pods && has tcp; then main_ran=true; fi
+policy_ran=false
+if has policy && $with_sinew; then policy_ran=true; fi
+echo
+echo "machine: $machine"
+if $main_ran; then
+  echo
+  echo "kind: sinew beside Flannel $flannel_version ($pods_wanted pods, $rounds rounds; samples in $out/samples.txt)"
+  echo
+  table | tee "$out/table.md"
+fi
+if $policy_ran; then
+  echo
+  echo "kind: sinew NetworkPolicy (samples in $out/samples.txt and $out/policy-samples.txt)"
+  echo
+  policy_table | tee "$out/policy-table.md"
+fi
+
+# Replaces the part of docs/benchmarks.md between the markers of $1 (a make target) with the
+# file $3, or appends it under the heading $2.
+write_section() { # target, heading, file
+  local docs=$repo/docs/benchmarks.md begin end
   # shellcheck disable=SC2016 # backquotes are Markdown here
-  begin='<!-- begin: written by `make bench-kind` (e2e/kind/bench.sh --write-docs); notes after the end marker are kept -->'
-  # shellcheck disable=SC2016
-  end='<!-- end: written by `make bench-kind` -->'
-  section=$out/section.md
+  begin="<!-- begin: written by \`make $1\` (e2e/kind/bench.sh --write-docs); notes after the end marker are kept -->"
+  end="<!-- end: written by \`make $1\` -->"
   {
     echo "$begin"
-    echo "Command (root): \`make bench-kind\`, i.e. \`e2e/kind/bench.sh --write-docs\`"
-    echo "(\`SINEW_BENCH_PODS\`, \`SINEW_BENCH_ROUNDS\`, \`SINEW_BENCH_IPERF_SECONDS\`, \`SINEW_BENCH_IPERF_RUNS\`)."
-    echo
-    echo "Run on $(date -u +%Y-%m-%d), commit $(git -C "$repo" rev-parse --short HEAD), kind v0.33.0 nodes with Kubernetes v1.37.2 built"
-    echo "offline (e2e/kind/README.md); machine: $machine. Both clusters are up at once and the"
-    echo "rounds alternate between them; they share those cores with each other, the measuring client"
-    echo "and whatever else the machine runs (see the load row)."
-    echo
-    table
-    echo
+    cat "$3"
     echo "$end"
-  } >"$section"
+  } >"$3.marked"
   if grep -qF "$begin" "$docs"; then
-    awk -v b="$begin" -v e="$end" -v f="$section" '
+    awk -v b="$begin" -v e="$end" -v f="$3.marked" '
       $0 == b {while ((getline l < f) > 0) print l; skip = 1; next}
       skip && $0 == e {skip = 0; next}
       !skip {print}' "$docs" >"$docs.tmp"
   else
-    { cat "$docs"; echo; echo "## Real nodes: kind, sinew beside Flannel"; echo; cat "$section"; } >"$docs.tmp"
+    { cat "$docs"; echo; echo "## $2"; echo; cat "$3.marked"; } >"$docs.tmp"
   fi
   mv "$docs.tmp" "$docs"
-  log "wrote the section of $docs"
+  log "wrote the section \"$2\" of $docs"
+}
+
+run_line() {
+  echo "Run on $(date -u +%Y-%m-%d), commit $(git -C "$repo" rev-parse --short HEAD), kind v0.33.0 nodes with Kubernetes v1.37.2 built"
+  echo "offline (e2e/kind/README.md); machine: $machine."
+}
+
+if $write_docs && $main_ran; then
+  [[ -z $only ]] || die "--write-docs needs both sides (SINEW_BENCH_ONLY is set)"
+  {
+    echo "Command (root): \`make bench-kind\`, i.e. \`e2e/kind/bench.sh --write-docs\`"
+    echo "(\`SINEW_BENCH_PODS\`, \`SINEW_BENCH_ROUNDS\`, \`SINEW_BENCH_IPERF_SECONDS\`, \`SINEW_BENCH_IPERF_RUNS\`)."
+    echo
+    run_line
+    echo "Both clusters are up at once and the rounds alternate between them; they share those"
+    echo "cores with each other, the measuring client and whatever else the machine runs (see the"
+    echo "load row)."
+    echo
+    table
+    echo
+  } >"$out/section.md"
+  write_section bench-kind "Real nodes: kind, sinew beside Flannel" "$out/section.md"
+fi
+if $write_docs && $policy_ran; then
+  {
+    echo "Command (root): \`make bench-kind-policy\`, i.e. \`SINEW_BENCH_ONLY=sinew SINEW_BENCH_PARTS=policy e2e/kind/bench.sh --write-docs\`"
+    echo "(also part of \`make bench-kind\`; \`SINEW_BENCH_POLICIES\`, \`SINEW_BENCH_POLICY_ROUNDS\`, \`SINEW_BENCH_CONNECTS\`)."
+    echo
+    run_line
+    echo "The pool's default mode (Auto: both workers on one subnet, so routed). The three columns"
+    echo "run one after the other on one cluster (policy Disabled, then Enabled, then the policies"
+    echo "created). Targets (issue #22): with $policies_wanted policies, at least 0.95 of the"
+    echo "no-policy TCP figure and 0.90 of its connection rate; created -> enforced p99 under 1 s."
+    echo "A prober connects every 20 ms with a 0.1 s timeout, so \"enforced\" is resolved to about"
+    echo "20 ms and \"passing again\" to about 120 ms."
+    echo
+    policy_table
+    echo
+  } >"$out/policy-section.md"
+  write_section bench-kind-policy "Real nodes: NetworkPolicy on kind" "$out/policy-section.md"
 fi
