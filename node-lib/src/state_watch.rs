@@ -39,14 +39,20 @@ impl StateWatch {
         Ok(StateWatch { fd })
     }
 
-    /// Blocks until at least one change happened (and consumes every pending event).
+    /// Blocks until at least one change happened (and consumes every pending event). Taking
+    /// and releasing the store's lock file is not a change: every pass of the agent takes it
+    /// (and closing a file opened for writing is an inotify event).
     pub fn wait(&self) -> io::Result<()> {
         let mut buf = [0u8; 4096];
         loop {
             // SAFETY: `buf` is valid for writes of its length; the descriptor is open.
             let n = unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
             if n > 0 {
-                return Ok(());
+                let events = buf.get(..n as usize).unwrap_or_default();
+                if changes_something(events) {
+                    return Ok(());
+                }
+                continue;
             }
             let e = io::Error::last_os_error();
             if n < 0 && e.kind() == io::ErrorKind::Interrupted {
@@ -61,10 +67,85 @@ impl StateWatch {
     }
 }
 
+/// The name of the lock file beside the store.
+const LOCK_FILE: &[u8] = b"lock";
+
+/// Whether a buffer of inotify events (`struct inotify_event`: wd, mask, cookie, len, then a
+/// NUL-padded name of `len` bytes) holds an event for anything but the lock file.
+fn changes_something(mut events: &[u8]) -> bool {
+    const HEADER: usize = 16;
+    while events.len() >= HEADER {
+        let len = u32::from_ne_bytes([events[12], events[13], events[14], events[15]]) as usize;
+        let Some(name) = events.get(HEADER..HEADER + len) else {
+            return true;
+        };
+        let name = name.split(|b| *b == 0).next().unwrap_or_default();
+        if name != LOCK_FILE {
+            return true;
+        }
+        events = &events[HEADER + len..];
+    }
+    // A truncated event: count it as a change (a wake too many costs a pass, one too few a pod).
+    !events.is_empty()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::ipam::Store;
+
+    fn event(name: &[u8]) -> Vec<u8> {
+        let padded = name.len().div_ceil(16) * 16;
+        let mut out = Vec::new();
+        out.extend(1i32.to_ne_bytes());
+        out.extend((libc::IN_CLOSE_WRITE).to_ne_bytes());
+        out.extend(0u32.to_ne_bytes());
+        out.extend((padded as u32).to_ne_bytes());
+        out.extend(name);
+        out.resize(16 + padded, 0);
+        out
+    }
+
+    #[test]
+    fn the_lock_file_alone_changes_nothing() {
+        assert!(!changes_something(&event(b"lock")));
+        assert!(!changes_something(
+            &[event(b"lock"), event(b"lock")].concat()
+        ));
+        assert!(changes_something(
+            &[event(b"lock"), event(b"store.json")].concat()
+        ));
+        assert!(changes_something(&event(b"locks")));
+        assert!(changes_something(&event(b"lock")[..10]));
+    }
+
+    /// The agent's passes take the store's lock without changing the store: that wakes no one.
+    #[test]
+    fn taking_the_lock_without_a_change_wakes_nobody() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path());
+        store
+            .update(|s| s.retired.insert("10.0.0.0/26".into()))
+            .unwrap();
+        let watch = StateWatch::new(dir.path()).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            while watch.wait().is_ok() {
+                if tx.send(()).is_err() {
+                    return;
+                }
+            }
+        });
+        store.update(|s| s.retired.len()).unwrap();
+        assert!(
+            rx.recv_timeout(std::time::Duration::from_millis(300))
+                .is_err(),
+            "woken by a lock taken and released"
+        );
+        store.update(|s| s.retired.clear()).unwrap();
+        rx.recv_timeout(std::time::Duration::from_secs(1))
+            .expect("woken by the change");
+    }
 
     #[test]
     fn a_store_update_and_a_block_request_wake_the_watcher() {

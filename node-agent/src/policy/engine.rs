@@ -183,6 +183,16 @@ struct Shared {
     problems: Vec<Problem>,
 }
 
+impl Shared {
+    fn acted_on(&self) -> (bool, Option<bool>, &[Problem]) {
+        (
+            self.ready,
+            self.report.as_ref().map(|r| r.programmed),
+            &self.problems,
+        )
+    }
+}
+
 /// The passes' handle on the policy loop.
 pub struct Policy {
     enabled: watch::Sender<bool>,
@@ -274,12 +284,14 @@ async fn run(l: Loop, mut on: watch::Receiver<bool>, shared: Arc<Mutex<Shared>>)
     let wake = Arc::new(Notify::new());
     let mut inputs: Option<Inputs> = None;
     let mut engine = Engine::new(Kernel);
-    // Changes what the passes read: wakes one when that changed.
+    // Changes what the passes read: wakes one when what they act on changed (the table in for
+    // the first time, programmed or not, the problems), not for a new count of classes (a
+    // policy flapping must not make every node write its report as often).
     let set = |f: &dyn Fn(&mut Shared)| {
         let mut s = shared.lock().unwrap_or_else(PoisonError::into_inner);
         let before = s.clone();
         f(&mut s);
-        if *s != before {
+        if s.acted_on() != before.acted_on() {
             pass.notify_one();
         }
     };
