@@ -15,6 +15,10 @@
 //! `allow-monitoring` (every pod: `metrics` from monitoring pods of any namespace; in every
 //! fourth namespace also egress, TCP 443 to 10.0.0.0/8 except the pods' range and DNS to the
 //! kube-dns pods in kube-system).
+//!
+//! `SINEW_NODE_BIN=<path>` measures another build of the agent (the static musl binary the
+//! image ships); `SINEW_BENCH_PERF=<dir>` records `perf` profiles of the agent while idle and
+//! over the policy edits there.
 
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -122,8 +126,10 @@ pub struct Measured {
     pub rss_end: (u64, u64),
     /// A fresh agent's start to its policy table programmed.
     pub sync: Duration,
-    /// Agent CPU per second while nothing changes.
+    /// Agent CPU per second while nothing changes, policy on (and off, over the reference's
+    /// quiet time).
     pub idle_cpu_per_s: f64,
+    pub idle_cpu_per_s_off: f64,
     pub policy_edits: Changes,
     pub label_changes: Changes,
     pub unrelated_label_changes: Changes,
@@ -131,8 +137,10 @@ pub struct Measured {
     pub classes: i64,
     pub elements: i64,
     pub program_us: i64,
-    /// Mean time of one `nft list table` in the node (the latency polls' resolution).
+    /// Mean time of one `nft list table` in the node, and of one look at the agent's metrics
+    /// (the latency polls' resolution).
     pub nft_list: Duration,
+    pub metrics_poll: Duration,
 }
 
 fn ns_name(n: usize) -> String {
@@ -377,30 +385,150 @@ fn holds(text: &str, needle: &str) -> bool {
     })
 }
 
-/// Polls the node's table until it holds `needle`; the time since `since`, and the polls.
-async fn until_in_table(
-    cluster: &LocalCluster,
-    node: &str,
-    needle: &str,
-    since: Instant,
-    polls: &mut (u32, Duration),
-) -> Result<Duration, BoxError> {
-    loop {
-        let start = Instant::now();
-        let text = table(cluster, node);
-        polls.0 += 1;
-        polls.1 += start.elapsed();
-        if holds(&text, needle) {
-            return Ok(since.elapsed());
+/// Time spent polling: (polls, total) of `nft list table` and of the agent's metrics.
+#[derive(Debug, Default)]
+struct Polls {
+    nft: (u32, Duration),
+    metrics: (u32, Duration),
+}
+
+/// The kinds of change measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// `allow-app-0` of a local pod's namespace gains an ipBlock peer of its own.
+    PolicyEdit,
+    /// A pod elsewhere becomes a monitoring pod: local pods' `metrics` rules take its address.
+    LabelFollowed,
+    /// A pod elsewhere gets a label no rule reads.
+    LabelUnread,
+}
+
+/// What the changes are made in.
+struct Bench<'a> {
+    client: &'a kube::Client,
+    cluster: &'a LocalCluster,
+    node: &'a str,
+    settings: &'a Settings,
+    /// Pods that may become monitoring pods.
+    targets: &'a [usize],
+}
+
+impl Bench<'_> {
+    /// Makes change `s` of `kind`; what shows it in the node's table (nothing for a label no
+    /// rule reads).
+    async fn write(&self, kind: Kind, s: usize) -> Result<Option<String>, BoxError> {
+        match kind {
+            Kind::PolicyEdit => {
+                let n = s % self.settings.local_pods.min(self.settings.namespaces);
+                let mut rules = app_rules(n);
+                let cidr = format!("172.{}.{}.0/24", 20 + s / 256, s % 256);
+                rules.push(json!({"from": [{"ipBlock": {"cidr": cidr}}]}));
+                Api::<NetworkPolicy>::namespaced(self.client.clone(), &ns_name(n))
+                    .patch(
+                        "allow-app-0",
+                        &PatchParams::default(),
+                        &Patch::Merge(&json!({"spec": {"ingress": rules}})),
+                    )
+                    .await?;
+                Ok(Some(cidr))
+            }
+            Kind::LabelFollowed => {
+                let j = *self.targets.get(s).ok_or("not enough pods to relabel")?;
+                let r = remote(self.settings, j);
+                self.label(&r, "role", "monitoring").await?;
+                Ok(Some(format!("{} ", r.ip)))
+            }
+            Kind::LabelUnread => {
+                let r = remote(self.settings, (s * 37) % self.settings.remote_pods());
+                self.label(&r, "version", &format!("v{s}")).await?;
+                Ok(None)
+            }
         }
-        if since.elapsed() > Duration::from_secs(30) {
-            return Err(format!(
-                "{needle} not in the table of {node} after 30 s\n--- agent ---\n{}",
-                cluster.node(node).agent_log()
+    }
+
+    async fn label(&self, r: &Remote, key: &str, value: &str) -> Result<(), BoxError> {
+        Api::<PodObject>::namespaced(self.client.clone(), &ns_name(r.namespace))
+            .patch(
+                &r.name,
+                &PatchParams::default(),
+                &Patch::Merge(&json!({"metadata": {"labels": {key: value}}})),
             )
-            .into());
+            .await?;
+        Ok(())
+    }
+
+    /// The agent's count of table programmings.
+    fn applied(&self, polls: &mut Polls) -> i64 {
+        let start = Instant::now();
+        let applied = metrics(self.cluster, self.node)
+            .get("applied")
+            .copied()
+            .unwrap_or(0);
+        polls.metrics.0 += 1;
+        polls.metrics.1 += start.elapsed();
+        applied
+    }
+
+    /// Whether the node's table holds `needle`.
+    fn in_table(&self, needle: &str, polls: &mut Polls) -> bool {
+        let start = Instant::now();
+        let text = table(self.cluster, self.node);
+        polls.nft.0 += 1;
+        polls.nft.1 += start.elapsed();
+        holds(&text, needle)
+    }
+
+    /// Makes change `s` of `kind` and times it from the API write returning to the first
+    /// look at the agent's metrics (every 2 ms; cheaper for the node than listing its table)
+    /// after which the table holds it.
+    async fn timed(&self, kind: Kind, s: usize, polls: &mut Polls) -> Result<Duration, BoxError> {
+        let mut before = self.applied(polls);
+        let marker = self
+            .write(kind, s)
+            .await?
+            .ok_or("a change the table does not show")?;
+        let written = Instant::now();
+        loop {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            let applied = self.applied(polls);
+            let seen = written.elapsed();
+            if applied != before {
+                if self.in_table(&marker, polls) {
+                    return Ok(seen);
+                }
+                before = applied;
+            }
+            if seen > Duration::from_secs(30) {
+                return Err(self.missing(&marker));
+            }
         }
-        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+
+    /// Polls the node's table until it holds `needle`; the time since `since`.
+    async fn until_in_table(
+        &self,
+        needle: &str,
+        since: Instant,
+        polls: &mut Polls,
+    ) -> Result<Duration, BoxError> {
+        loop {
+            if self.in_table(needle, polls) {
+                return Ok(since.elapsed());
+            }
+            if since.elapsed() > Duration::from_secs(30) {
+                return Err(self.missing(needle));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    fn missing(&self, needle: &str) -> BoxError {
+        format!(
+            "{needle} not in the table of {} after 30 s\n--- agent ---\n{}",
+            self.node,
+            self.cluster.node(self.node).agent_log()
+        )
+        .into()
     }
 }
 
@@ -436,13 +564,62 @@ async fn set_policy(client: &kube::Client, mode: &str) -> Result<(), BoxError> {
     Ok(())
 }
 
-/// Waits `settle`, then reads the agent's memory.
-async fn settled_rss(cluster: &LocalCluster, settle: Duration) -> Result<(u64, u64), BoxError> {
-    tokio::time::sleep(settle).await;
+/// Waits `settle`, then reads the agent's memory; and its CPU per second meanwhile.
+async fn settled_rss(
+    cluster: &LocalCluster,
+    settle: Duration,
+) -> Result<((u64, u64), f64), BoxError> {
     let pid = cluster.nodes[0]
         .agent_pid()
         .ok_or("the agent is not running")?;
-    Ok(rss_kib(pid))
+    let (start, cpu) = (Instant::now(), cpu_time(pid));
+    tokio::time::sleep(settle).await;
+    let per_s = (cpu_time(pid) - cpu).as_secs_f64() / start.elapsed().as_secs_f64();
+    Ok((rss_kib(pid), per_s))
+}
+
+/// With `SINEW_BENCH_PERF=<dir>`, `perf record -g` of the agent into `<dir>/<name>.data`
+/// until dropped (diagnosis: where the agent's CPU goes; perf's own cost shows in the
+/// numbers of such a run).
+struct Profile(Option<std::process::Child>);
+
+impl Profile {
+    fn start(pid: i32, name: &str) -> Profile {
+        let Some(dir) = std::env::var_os("SINEW_BENCH_PERF") else {
+            return Profile(None);
+        };
+        let out = std::path::Path::new(&dir).join(format!("{name}.data"));
+        let child = Command::new("perf")
+            .args([
+                "record",
+                "-q",
+                "-g",
+                "-F",
+                "499",
+                "-p",
+                &pid.to_string(),
+                "-o",
+            ])
+            .arg(out)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| eprintln!("[policy] perf record: {e}"))
+            .ok();
+        Profile(child)
+    }
+}
+
+impl Drop for Profile {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.0 {
+            // perf writes its file on SIGINT.
+            let _ = Command::new("kill")
+                .args(["-INT", &child.id().to_string()])
+                .status();
+            let _ = child.wait();
+        }
+    }
 }
 
 /// Runs the benchmark against a fresh control plane.
@@ -507,20 +684,22 @@ async fn measure(
     }
 
     eprintln!("[policy] reference: the agent with NetworkPolicy Disabled");
-    m.rss_off = settled_rss(&cluster, Duration::from_secs(10)).await?;
+    (m.rss_off, m.idle_cpu_per_s_off) = settled_rss(&cluster, Duration::from_secs(20)).await?;
 
     eprintln!("[policy] NetworkPolicy Enabled in the running agent");
     set_policy(client, "Enabled").await?;
-    let mut polls = (0u32, Duration::ZERO);
-    until_in_table(
-        &cluster,
-        &node,
-        "policies pb-ns-000/allow-app-0",
-        Instant::now(),
-        &mut polls,
-    )
-    .await?;
-    m.rss_turned_on = settled_rss(&cluster, Duration::from_secs(5)).await?;
+    let turned_on = Instant::now();
+    while !holds(&table(&cluster, &node), "policies pb-ns-000/allow-app-0") {
+        if turned_on.elapsed() > Duration::from_secs(120) {
+            return Err(format!(
+                "no policy table 120 s after NetworkPolicy was enabled\n{}",
+                cluster.nodes[0].agent_log()
+            )
+            .into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    m.rss_turned_on = settled_rss(&cluster, Duration::from_secs(5)).await?.0;
 
     eprintln!("[policy] a fresh agent with NetworkPolicy Enabled");
     cluster.stop_agent(0);
@@ -544,104 +723,92 @@ async fn measure(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    m.rss_on = settled_rss(&cluster, Duration::from_secs(10)).await?;
+    m.rss_on = settled_rss(&cluster, Duration::from_secs(10)).await?.0;
     let pid = cluster.nodes[0]
         .agent_pid()
         .ok_or("the agent is not running")?;
 
-    let idle_start = (Instant::now(), cpu_time(pid));
-    tokio::time::sleep(Duration::from_secs(20)).await;
-    m.idle_cpu_per_s =
-        (cpu_time(pid) - idle_start.1).as_secs_f64() / idle_start.0.elapsed().as_secs_f64();
+    let profile = Profile::start(pid, "idle");
+    m.idle_cpu_per_s = settled_rss(&cluster, Duration::from_secs(20)).await?.1;
+    drop(profile);
 
-    eprintln!(
-        "[policy] {} policy edits, each changing what a local pod allows",
-        settings.samples
-    );
-    let mut edits = Changes::default();
-    let phase = (Instant::now(), cpu_time(pid));
-    for s in 0..settings.samples {
-        let n = s % settings.local_pods.min(settings.namespaces);
-        let mut rules = app_rules(n);
-        let cidr = format!("172.{}.{}.0/24", 20 + s / 256, s % 256);
-        rules.push(json!({"from": [{"ipBlock": {"cidr": cidr}}]}));
-        let api: Api<NetworkPolicy> = Api::namespaced(client.clone(), &ns_name(n));
-        api.patch(
-            "allow-app-0",
-            &PatchParams::default(),
-            &Patch::Merge(&json!({"spec": {"ingress": rules}})),
-        )
-        .await?;
-        let written = Instant::now();
-        edits
-            .latency
-            .push(until_in_table(&cluster, &node, &cidr, written, &mut polls).await?);
-        tokio::time::sleep(SPACING).await;
-    }
-    (edits.count, edits.wall, edits.cpu) =
-        (settings.samples, phase.0.elapsed(), cpu_time(pid) - phase.1);
-    m.policy_edits = edits;
-
-    eprintln!(
-        "[policy] {} pod label changes elsewhere that local pods' rules follow",
-        settings.samples
-    );
     // Pods of namespaces 25, 75, ... become monitoring pods: each one's address joins the
     // local pods' `metrics` rules (no two of them are neighbours, so none merges into a range).
     let targets: Vec<usize> = (0..settings.remote_pods())
         .filter(|j| remote(&settings, *j).namespace % 50 == 25)
-        .take(settings.samples)
+        .take(2 * settings.samples)
         .collect();
-    let mut labels = Changes::default();
-    let phase = (Instant::now(), cpu_time(pid));
-    for j in &targets {
-        let r = remote(&settings, *j);
-        let api: Api<PodObject> = Api::namespaced(client.clone(), &ns_name(r.namespace));
-        api.patch(
-            &r.name,
-            &PatchParams::default(),
-            &Patch::Merge(&json!({"metadata": {"labels": {"role": "monitoring"}}})),
-        )
-        .await?;
-        let written = Instant::now();
-        labels.latency.push(
-            until_in_table(&cluster, &node, &format!("{} ", r.ip), written, &mut polls).await?,
-        );
-        tokio::time::sleep(SPACING).await;
+    let bench = Bench {
+        client,
+        cluster: &cluster,
+        node: &node,
+        settings: &settings,
+        targets: &targets,
+    };
+    let kinds = [
+        (
+            Kind::PolicyEdit,
+            "policy edits, each changing what a local pod allows",
+        ),
+        (
+            Kind::LabelFollowed,
+            "pod label changes elsewhere that local pods' rules follow",
+        ),
+        (
+            Kind::LabelUnread,
+            "pod label changes elsewhere that no rule of this node reads",
+        ),
+    ];
+    let mut polls = Polls::default();
+    for (kind, what) in kinds {
+        let n = match kind {
+            Kind::LabelFollowed => settings.samples.min(targets.len() / 2),
+            _ => settings.samples,
+        };
+        let mut changes = Changes::default();
+        if kind != Kind::LabelUnread {
+            eprintln!("[policy] {n} {what}: API write to the node's table");
+            for s in 0..n {
+                changes
+                    .latency
+                    .push(bench.timed(kind, s, &mut polls).await?);
+                tokio::time::sleep(SPACING).await;
+            }
+        }
+        eprintln!("[policy] {n} {what}: the agent's CPU (unobserved)");
+        let profile = Profile::start(pid, &format!("{kind:?}"));
+        let phase = (Instant::now(), cpu_time(pid));
+        let mut last = None;
+        for s in n..2 * n {
+            last = bench.write(kind, s).await?;
+            tokio::time::sleep(SPACING).await;
+        }
+        (changes.count, changes.wall, changes.cpu) =
+            (n, phase.0.elapsed(), cpu_time(pid) - phase.1);
+        drop(profile);
+        if let Some(marker) = last {
+            // Each change was taken: the last one is in the table.
+            bench
+                .until_in_table(&marker, Instant::now(), &mut polls)
+                .await?;
+        }
+        match kind {
+            Kind::PolicyEdit => m.policy_edits = changes,
+            Kind::LabelFollowed => m.label_changes = changes,
+            Kind::LabelUnread => m.unrelated_label_changes = changes,
+        }
     }
-    (labels.count, labels.wall, labels.cpu) =
-        (targets.len(), phase.0.elapsed(), cpu_time(pid) - phase.1);
-    m.label_changes = labels;
-
-    eprintln!(
-        "[policy] {} pod label changes elsewhere that no rule of this node reads",
-        settings.samples
-    );
-    let mut unrelated = Changes::default();
-    let phase = (Instant::now(), cpu_time(pid));
-    for s in 0..settings.samples {
-        let r = remote(&settings, (s * 37) % settings.remote_pods());
-        let api: Api<PodObject> = Api::namespaced(client.clone(), &ns_name(r.namespace));
-        api.patch(
-            &r.name,
-            &PatchParams::default(),
-            &Patch::Merge(&json!({"metadata": {"labels": {"version": format!("v{s}")}}})),
-        )
-        .await?;
-        tokio::time::sleep(SPACING).await;
-    }
-    (unrelated.count, unrelated.wall, unrelated.cpu) =
-        (settings.samples, phase.0.elapsed(), cpu_time(pid) - phase.1);
-    m.unrelated_label_changes = unrelated;
 
     let metrics = metrics(&cluster, &node);
     m.classes = metrics.get("classes").copied().unwrap_or(-1);
     m.elements = metrics.get("elements").copied().unwrap_or(-1);
     m.program_us = metrics.get("program_microseconds").copied().unwrap_or(-1);
     m.rss_end = rss_kib(pid);
-    m.nft_list = polls.1 / polls.0.max(1);
-    if cluster.nodes[0].agent_pid().is_none() {
-        return Err("the agent stopped".into());
+    m.nft_list = polls.nft.1 / polls.nft.0.max(1);
+    m.metrics_poll = polls.metrics.1 / polls.metrics.0.max(1);
+    // The same agent from the fresh start to the end (a restart would reset what is measured).
+    if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        return Err(format!("the agent exited\n{}", cluster.nodes[0].agent_log()).into());
     }
     for p in local {
         cluster.stop_pod(p).await;
