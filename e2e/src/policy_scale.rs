@@ -18,7 +18,9 @@
 //!
 //! `SINEW_NODE_BIN=<path>` measures another build of the agent (the static musl binary the
 //! image ships); `SINEW_BENCH_PERF=<dir>` records `perf` profiles of the agent while idle and
-//! over the policy edits there.
+//! over the policy edits there; `SINEW_BENCH_HEAPTRACK=<dir>` attaches `heaptrack` to the agent
+//! before policy is turned on in it, until that agent is stopped (what it allocated for
+//! policy, and where, still held at the end).
 
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -610,6 +612,37 @@ impl Profile {
     }
 }
 
+/// With `SINEW_BENCH_HEAPTRACK=<dir>`, `heaptrack` attached to the agent, recording into
+/// `<dir>/agent.*` until the agent exits (waited for on drop).
+struct HeapTrack(Option<std::process::Child>);
+
+impl HeapTrack {
+    async fn attach(pid: i32) -> HeapTrack {
+        let Some(dir) = std::env::var_os("SINEW_BENCH_HEAPTRACK") else {
+            return HeapTrack(None);
+        };
+        let child = Command::new("heaptrack")
+            .args(["-p", &pid.to_string(), "-o"])
+            .arg(std::path::Path::new(&dir).join("agent"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| eprintln!("[policy] heaptrack: {e}"))
+            .ok();
+        // Attaching goes through gdb.
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        HeapTrack(child)
+    }
+}
+
+impl Drop for HeapTrack {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.0 {
+            let _ = child.wait();
+        }
+    }
+}
+
 impl Drop for Profile {
     fn drop(&mut self) {
         if let Some(child) = &mut self.0 {
@@ -687,6 +720,10 @@ async fn measure(
     (m.rss_off, m.idle_cpu_per_s_off) = settled_rss(&cluster, Duration::from_secs(20)).await?;
 
     eprintln!("[policy] NetworkPolicy Enabled in the running agent");
+    let heap = match cluster.nodes[0].agent_pid() {
+        Some(pid) => HeapTrack::attach(pid).await,
+        None => HeapTrack(None),
+    };
     set_policy(client, "Enabled").await?;
     let turned_on = Instant::now();
     while !holds(&table(&cluster, &node), "policies pb-ns-000/allow-app-0") {
@@ -703,6 +740,7 @@ async fn measure(
 
     eprintln!("[policy] a fresh agent with NetworkPolicy Enabled");
     cluster.stop_agent(0);
+    drop(heap);
     cluster.restart_agent(0);
     let started = Instant::now();
     loop {

@@ -162,13 +162,18 @@ pub fn run(samples: usize, write_docs: bool, machine: &str) -> Result<(), String
         samples,
         ..Settings::default()
     };
+    // Other work on the machine shows in every number: say how busy it was.
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "?".into());
     let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
     let measured = runtime
         .block_on(sinew_e2e::policy_scale::run(settings))
         .map_err(|e| e.to_string())?;
     drop(runtime);
     let title = format!(
-        "NetworkPolicy at scale: {} pods over {} namespaces ({} on the measured node), {} NetworkPolicies, {} changes per kind",
+        "NetworkPolicy at scale: {} pods over {} namespaces ({} on the measured node), {} NetworkPolicies, {} changes per kind (load average before the run: {load})",
         settings.pods,
         settings.namespaces,
         settings.local_pods,
