@@ -154,7 +154,11 @@ fn team(n: usize) -> String {
 }
 
 fn env(n: usize) -> &'static str {
-    if n % 2 == 0 { "prod" } else { "staging" }
+    if n.is_multiple_of(2) {
+        "prod"
+    } else {
+        "staging"
+    }
 }
 
 /// Remote pod `i` of namespace `n`: its name, app, node and address.
@@ -196,7 +200,7 @@ fn app_rules(n: usize) -> Vec<Value> {
         json!({"from": [{"podSelector": {"matchLabels": {"app": "app-1"}}}],
                                 "ports": [{"port": "http"}]}),
     ];
-    if n % 3 == 0 {
+    if n.is_multiple_of(3) {
         rules.push(
             json!({"from": [{"namespaceSelector": {"matchLabels": {"team": team(n + 1)}},
                                     "podSelector": {"matchLabels": {"app": "app-2"}}}],
@@ -215,7 +219,7 @@ fn policies(n: usize) -> [Value; 2] {
     let mut spec = json!({"podSelector": {}, "policyTypes": ["Ingress"],
         "ingress": [{"from": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"role": "monitoring"}}}],
                      "ports": [{"port": "metrics"}]}]});
-    if n % 4 == 0 {
+    if n.is_multiple_of(4) {
         spec["policyTypes"] = json!(["Ingress", "Egress"]);
         spec["egress"] = json!([
             {"to": [{"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.200.0.0/16"]}}],
@@ -308,7 +312,7 @@ async fn load(client: &kube::Client, settings: &Settings) -> Result<(), BoxError
                 let pods: Api<PodObject> = Api::namespaced(client, &ns_name(r.namespace));
                 let mut labels =
                     json!({"app": format!("app-{}", r.app), "pod-template-hash": "5d8f7c9b6"});
-                if r.namespace % 50 == 0 && r.app == 3 {
+                if r.namespace.is_multiple_of(50) && r.app == 3 {
                     labels["role"] = json!("monitoring");
                 }
                 pod(&pods, &r.name, labels, &fake_node(r.node), Some(&r.ip)).await
@@ -852,4 +856,59 @@ async fn measure(
         cluster.stop_pod(p).await;
     }
     Ok(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::net::Ipv4Addr;
+
+    use super::*;
+
+    #[test]
+    fn an_address_is_not_found_as_the_start_of_a_longer_one() {
+        assert!(holds("{ 10.200.5.1 . tcp . 9090 }", "10.200.5.1"));
+        assert!(holds("elements = { 172.20.3.0/24 }", "172.20.3.0/24"));
+        assert!(!holds("{ 10.200.5.12 . tcp . 9090 }", "10.200.5.1"));
+    }
+
+    #[test]
+    fn the_default_run_is_the_issue_s_size_with_a_unique_address_per_pod() {
+        let s = Settings::default();
+        assert_eq!((s.pods, s.namespaces, s.policies()), (10_000, 500, 1_000));
+        assert_eq!(s.remote_pods() + s.local_pods + DNS_PODS, s.pods);
+        let ips: BTreeSet<String> = (0..s.remote_pods()).map(|j| remote(&s, j).ip).collect();
+        assert_eq!(ips.len(), s.remote_pods());
+        let names: BTreeSet<(usize, String)> = (0..s.remote_pods())
+            .map(|j| {
+                let r = remote(&s, j);
+                (r.namespace, r.name)
+            })
+            .collect();
+        assert_eq!(names.len(), s.remote_pods());
+        assert!((0..s.remote_pods()).all(|j| remote(&s, j).node < s.fake_nodes()));
+    }
+
+    /// A relabelled pod's address shows on its own in the table: no monitoring pod, and no
+    /// other pod that may be relabelled, is its neighbour (neighbours would merge into a range).
+    #[test]
+    fn pods_that_become_monitoring_pods_have_no_monitoring_neighbours() {
+        let s = Settings::default();
+        let ip = |j: usize| -> u32 { remote(&s, j).ip.parse::<Ipv4Addr>().unwrap().into() };
+        let candidates: BTreeSet<u32> = (0..s.remote_pods())
+            .filter(|j| {
+                let r = remote(&s, *j);
+                r.namespace % 50 == 25 || (r.namespace.is_multiple_of(50) && r.app == 3)
+            })
+            .map(ip)
+            .collect();
+        let targets: Vec<usize> = (0..s.remote_pods())
+            .filter(|j| remote(&s, *j).namespace % 50 == 25)
+            .collect();
+        assert!(targets.len() >= 2 * s.samples);
+        for t in targets {
+            let a = ip(t);
+            assert!(!candidates.contains(&(a + 1)) && !candidates.contains(&(a - 1)));
+        }
+    }
 }
