@@ -617,7 +617,7 @@ impl Profile {
 }
 
 /// With `SINEW_BENCH_HEAPTRACK=<dir>`, `heaptrack` attached to the agent, recording into
-/// `<dir>/agent.*` until the agent exits (waited for on drop).
+/// `<dir>` until the agent exits (waited for on drop).
 struct HeapTrack(Option<std::process::Child>);
 
 impl HeapTrack {
@@ -625,9 +625,11 @@ impl HeapTrack {
         let Some(dir) = std::env::var_os("SINEW_BENCH_HEAPTRACK") else {
             return HeapTrack(None);
         };
+        // heaptrack names its file itself (`heaptrack.sinew-node.PID.zst`) in its working
+        // directory: `-o` is not taken when attaching.
         let child = Command::new("heaptrack")
-            .args(["-p", &pid.to_string(), "-o"])
-            .arg(std::path::Path::new(&dir).join("agent"))
+            .args(["-p", &pid.to_string()])
+            .current_dir(&dir)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
