@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 export CARGO_TERM_COLOR ?= auto
 
-.PHONY: demo test deps tools crds crds-check fuzz bench bench-e2e bench-scale bench-kind bench-kind-policy kind kind-build kind-conformance kind-netpol
+.PHONY: demo test deps tools crds crds-check fuzz bench bench-e2e bench-scale bench-policy bench-kind bench-kind-policy kind kind-build kind-conformance kind-netpol
 
 ## demo: the main job, locally (root): control plane, 3 nodes as namespaces, sinew, pods, pool status, a live mode switch
 demo: deps
@@ -45,6 +45,10 @@ bench-e2e: tools
 ## bench-scale: the operator against 1,000 nodes, 50 pools, 10,000 allocations in the real API server
 bench-scale: tools
 	SINEW_TOOLS_BIN=$$(e2e/tools/build.sh) cargo run -q -p sinew-e2e --release --bin bench -- scale
+
+## bench-policy: one node's agent (root) against 10,000 pods, 500 namespaces, 1,000 NetworkPolicies in the real API server: memory with policy off and on, CPU per change, policy edit to kernel table p50/p99; writes docs/benchmarks.md
+bench-policy: tools
+	SINEW_TOOLS_BIN=$$(e2e/tools/build.sh) cargo run -q -p sinew-e2e --release --bin bench -- policy --write-docs
 
 ## bench-kind: sinew beside Flannel on two fresh kind clusters built offline here (root): pods Ready/s, creation-to-Ready p50/p99, cross-node TCP; then sinew's NetworkPolicy (below); writes docs/benchmarks.md
 bench-kind:

@@ -408,7 +408,11 @@ impl LocalCluster {
             .next()
             .and_then(|p| p.parse().ok())
             .expect("API server port");
-        let node_binary = crate::plugin::workspace_binary("sinew-node-agent", "sinew-node");
+        // SINEW_NODE_BIN runs another build of the agent (e.g. the static musl binary the
+        // image ships, for benchmarks).
+        let node_binary = std::env::var_os("SINEW_NODE_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| crate::plugin::workspace_binary("sinew-node-agent", "sinew-node"));
         let plugin_binary = crate::plugin::sinew_binary();
         let mut cluster = LocalCluster {
             nodes: Vec::new(),

@@ -10,6 +10,7 @@ pub mod install;
 pub mod netsim;
 pub mod operator;
 pub mod plugin;
+pub mod policy_scale;
 pub mod process;
 pub mod require;
 pub mod scale;
