@@ -29,10 +29,15 @@ pub fn comment(text: impl Into<String>) -> String {
     text
 }
 
-/// A table of family `inet` (IPv4 and IPv6): its sets and maps, then its chains.
+/// A table of family `inet` (IPv4 and IPv6): its named counters, its sets and maps, then its
+/// chains.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Table {
     pub name: String,
+    /// Named counter objects (`counter NAME { }`), which rules count into
+    /// ([`Expr::CounterRef`]). The kernel keeps their values while the table changes around
+    /// them; only deleting one (or the table) resets it.
+    pub counters: Vec<String>,
     pub sets: Vec<Set>,
     pub chains: Vec<Chain>,
 }
@@ -462,6 +467,9 @@ pub enum Expr {
     CtDnat(Op),
     /// `counter`
     Counter,
+    /// `counter name "NAME"`: counts into the table's named counter `NAME`
+    /// ([`Table::counters`]), which outlives the rule.
+    CounterRef(String),
     /// `masquerade`
     Masquerade,
     /// `dnat ip to KEY map @MAP`: destination NAT to the address and port the map gives for the

@@ -65,6 +65,8 @@ pub(super) enum KernelExpr {
     Hton { reg: u32, size: u32, len: u32 },
     /// `counter` (starting at zero).
     Counter,
+    /// `objref type counter name NAME`: counts into a named counter.
+    CounterRef(String),
     /// `masq` (no port range, no flags).
     Masq,
     /// `nat dnat FAMILY addr_min reg 1 proto_min reg PROTO_REG`.
@@ -353,6 +355,7 @@ impl Compiler {
                 self.cmp(*op == Op::Eq, vec![0; 4]);
             }
             Expr::Counter => self.out.push(KernelExpr::Counter),
+            Expr::CounterRef(name) => self.out.push(KernelExpr::CounterRef(name.clone())),
             Expr::Masquerade => self.out.push(KernelExpr::Masq),
             Expr::DnatMap { family, key, map } => {
                 self.family(*family);

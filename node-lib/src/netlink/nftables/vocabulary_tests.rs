@@ -77,7 +77,7 @@ fn policy_rules_are_the_expressions_nft_generates() {
             verdict(NF_ACCEPT),
         ]
     );
-    // `oifname "snw*" oifname != @programmed drop`
+    // `oifname "snw*" oifname != @programmed counter name "dropped-held" drop`
     assert_eq!(
         compile(&forward[2], &PolicySets),
         [
@@ -90,6 +90,7 @@ fn policy_rules_are_the_expressions_nft_generates() {
                 dreg: None,
                 invert: true,
             },
+            KernelExpr::CounterRef("dropped-held".into()),
             verdict(NF_DROP),
         ]
     );
@@ -168,6 +169,14 @@ fn policy_rules_are_the_expressions_nft_generates() {
         [
             KernelExpr::Limit { rate: 10, unit: 1 },
             KernelExpr::Log { group: 1 }
+        ]
+    );
+    // `counter name "dropped-ingress" drop`
+    assert_eq!(
+        compile(&class[5], &PolicySets),
+        [
+            KernelExpr::CounterRef("dropped-ingress".into()),
+            verdict(NF_DROP)
         ]
     );
     // the same key in a set without intervals keeps the protocol as it is
