@@ -17,6 +17,21 @@ use crate::hostport::Protocol;
 /// The longest comment `nft` accepts, in bytes.
 pub const COMMENT_MAX: usize = 128;
 
+/// The longest log prefix the kernel takes, in bytes (`NF_LOG_PREFIXLEN` less its NUL).
+pub const LOG_PREFIX_MAX: usize = 127;
+
+/// A log prefix as the kernel can hold it: at most [`LOG_PREFIX_MAX`] bytes (cut at a
+/// character boundary), a double quote turned into a single one.
+pub fn log_prefix(text: impl Into<String>) -> String {
+    let mut text = comment(text);
+    let mut end = text.len().min(LOG_PREFIX_MAX);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    text
+}
+
 /// A comment as `nft` can hold it: at most [`COMMENT_MAX`] bytes (cut at a character
 /// boundary), a double quote (which `nft` cannot quote) turned into a single one.
 pub fn comment(text: impl Into<String>) -> String {
@@ -485,8 +500,9 @@ pub enum Expr {
     /// `limit rate N/second`: matches at most this many packets per unit of time (with the
     /// burst of 5 packets `nft` gives by default).
     Limit { rate: u32, per: TimeUnit },
-    /// `log group N`: the packet goes to this nflog group.
-    LogGroup(u16),
+    /// `log prefix "PREFIX" group N`: the packet goes to this nflog group, with this prefix
+    /// (see [`log_prefix`]) when there is one.
+    Log { group: u16, prefix: Option<String> },
     /// `accept`, `drop`, `return`, `jump CHAIN`.
     Verdict(Verdict),
 }

@@ -6,7 +6,8 @@
 //! - `ingress-classes`, `egress-classes`: verdict maps from a pod interface to its class's
 //!   chain; a pod isolated by nothing has no entry and passes.
 //! - per class: a chain that returns on a hit in its sets (`ADDR . inet_proto . inet_service`
-//!   and `ADDR`, per family), then drops (after a rate-limited nflog when asked), counting
+//!   and `ADDR`, per family), then drops (after a rate-limited nflog when asked, prefixed
+//!   `CLASS POLICIES`, so whoever reads the log knows what denied the packet), counting
 //!   the drop in its direction's named counter (`dropped-ingress`, `dropped-egress`);
 //!   packets of pod interfaces not programmed yet count in `dropped-held`. Named counters
 //!   outlive the rules around them, so the agent's updates of the table keep their values.
@@ -16,6 +17,7 @@
 
 use sinew_core::Family;
 
+use crate::nft::model::log_prefix;
 use crate::nft::{
     Chain, ChainKind, CtState, DataType, Dir, Element, Expr, Field, Hook, Icmpv6Type,
     NamedPriority, Op, Policy, Priority, Rule, Set, Table, TimeUnit, Value, Verdict,
@@ -80,6 +82,9 @@ pub struct Class {
     pub direction: Direction,
     pub name: String,
     pub comment: String,
+    /// The policies that select its pods (`ns/name, ...`): the drop log's prefix names
+    /// them after the chain (`CLASS POLICIES`, cut to what the kernel takes).
+    pub policies: String,
     pub ports4: Vec<Element>,
     pub any4: Vec<Element>,
     pub ports6: Vec<Element>,
@@ -141,7 +146,10 @@ impl Class {
                         rate: LOG_RATE,
                         per: TimeUnit::Second,
                     },
-                    Expr::LogGroup(LOG_GROUP),
+                    Expr::Log {
+                        group: LOG_GROUP,
+                        prefix: Some(log_prefix(format!("{} {}", self.name, self.policies))),
+                    },
                 ])
                 .with_comment(format!("{} denied", self.name)),
             );

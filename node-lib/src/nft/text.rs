@@ -316,7 +316,14 @@ impl Display for Expr {
                 };
                 write!(f, "limit rate {rate}/{per}")
             }
-            Expr::LogGroup(group) => write!(f, "log group {group}"),
+            Expr::Log {
+                group,
+                prefix: None,
+            } => write!(f, "log group {group}"),
+            Expr::Log {
+                group,
+                prefix: Some(prefix),
+            } => write!(f, "log prefix {} group {group}", quoted(prefix)),
             Expr::Verdict(v) => write!(f, "{v}"),
         }
     }

@@ -60,7 +60,7 @@ pub(super) enum KernelExpr {
     /// `limit rate RATE/UNIT burst 5 type packets flags 0`.
     Limit { rate: u64, unit: u64 },
     /// `log group GROUP`.
-    Log { group: u16 },
+    Log { group: u16, prefix: Option<String> },
     /// `byteorder reg REG = hton(reg REG, SIZE, LEN)`.
     Hton { reg: u32, size: u32, len: u32 },
     /// `counter` (starting at zero).
@@ -330,7 +330,10 @@ impl Compiler {
                 rate: u64::from(*rate),
                 unit: per.seconds(),
             }),
-            Expr::LogGroup(group) => self.out.push(KernelExpr::Log { group: *group }),
+            Expr::Log { group, prefix } => self.out.push(KernelExpr::Log {
+                group: *group,
+                prefix: prefix.clone(),
+            }),
             Expr::FibSourceNotViaInput => {
                 self.out.push(KernelExpr::Fib {
                     result: NFT_FIB_RESULT_OIF,

@@ -176,8 +176,11 @@ pub(super) fn encode_expr(a: &mut Attrs<'_>, expr: &KernelExpr) {
             d.be32(NFTA_LIMIT_TYPE, NFT_LIMIT_PKTS);
             d.be32(NFTA_LIMIT_FLAGS, 0);
         }),
-        KernelExpr::Log { group } => data(a, "log", &|d| {
+        KernelExpr::Log { group, prefix } => data(a, "log", &|d| {
             d.put(NFTA_LOG_GROUP, &group.to_be_bytes());
+            if let Some(prefix) = prefix {
+                d.str(NFTA_LOG_PREFIX, prefix);
+            }
         }),
         KernelExpr::Hton { reg, size, len } => data(a, "byteorder", &|d| {
             d.be32(NFTA_BYTEORDER_SREG, *reg);

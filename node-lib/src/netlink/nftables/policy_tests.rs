@@ -119,7 +119,9 @@ fn policy_tables_program_as_nft_programs_their_golden_copies() {
             assert!(got.0.contains(line), "{line:?} missing from\n{}", got.0);
         }
         assert_eq!(
-            got.0.contains("limit rate 10/second log group 1"),
+            got.0.contains(
+                "limit rate 10/second log prefix \"ingress-0 default/allow-web\" group 1"
+            ),
             name == "policy-drop-log"
         );
     }

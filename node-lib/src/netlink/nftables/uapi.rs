@@ -189,6 +189,7 @@ pub(super) const NFT_LIMIT_PKTS: u32 = 0;
 pub(super) const NFT_LIMIT_DEFAULT_BURST: u32 = 5;
 
 pub(super) const NFTA_LOG_GROUP: u16 = 1;
+pub(super) const NFTA_LOG_PREFIX: u16 = 2;
 
 /// `enum nft_object_attributes`.
 pub(super) const NFTA_OBJ_TABLE: u16 = 1;
