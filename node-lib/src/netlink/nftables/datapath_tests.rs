@@ -416,3 +416,58 @@ fn the_policy_table_counts_what_it_drops_per_direction_across_updates() {
     assert_eq!((ingress3, egress3), (ingress, egress));
     assert!(held > 0, "held {held}");
 }
+
+#[test]
+fn a_denied_packet_reaches_the_drop_log_listener() {
+    let test = "a_denied_packet_reaches_the_drop_log_listener";
+    if !have_root(test) {
+        return;
+    }
+    let node = new_netns();
+    sysctl(&node, "net.ipv4.ip_forward=1");
+    let web = add_pod(&node, "snwa", "10.0.1.1", "fd00:1::1");
+    let other = add_pod(&node, "snwc", "10.0.1.3", "fd00:1::3");
+    let mut servers = Servers::default();
+    servers.tcp(&web, 80);
+    assert!(
+        eventually(|| tcp(&other, "10.0.1.1", 80)),
+        "the network works"
+    );
+    let web_index = crate::netlink::Netlink::in_netns(&node)
+        .unwrap()
+        .link_by_name("snwa")
+        .unwrap()
+        .unwrap()
+        .index;
+
+    let mut listener = crate::nflog::Nflog::bind_in_netns(
+        &node,
+        crate::nft::policy::LOG_GROUP,
+        Duration::from_millis(200),
+    )
+    .unwrap();
+    let mut nl = Nftables::in_netns(&node).unwrap();
+    nl.replace_table(&golden(true)).unwrap();
+    assert!(!tcp(&other, "10.0.1.1", 80), "denied");
+    let mut logged = Vec::new();
+    for _ in 0..10 {
+        logged.extend(listener.recv().unwrap());
+        if !logged.is_empty() {
+            break;
+        }
+    }
+    let first = logged.first().expect("a denied packet logged");
+    assert_eq!(first.prefix, "ingress-0 default/allow-web");
+    assert_eq!(first.out_interface, Some(web_index));
+    assert!(first.in_interface.is_some_and(|i| i != web_index));
+    let packet = first.packet.unwrap();
+    assert_eq!(packet.source, ip("10.0.1.3"));
+    assert_eq!(packet.destination, ip("10.0.1.1"));
+    assert_eq!((packet.protocol, packet.destination_port), (6, Some(80)));
+
+    // Without the log rules nothing more arrives.
+    nl.update_table(&golden(true), &golden(false)).unwrap();
+    while !listener.recv().unwrap().is_empty() {}
+    assert!(!tcp(&other, "10.0.1.1", 80), "denied");
+    assert_eq!(listener.recv().unwrap(), Vec::new());
+}
