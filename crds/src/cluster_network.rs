@@ -68,6 +68,32 @@ pub struct ClusterNetworkSpec {
     /// (`Disabled`).
     #[serde(default, skip_serializing_if = "NetworkPolicyMode::is_enabled")]
     pub network_policy: NetworkPolicyMode,
+
+    /// Whether the agents log the packets NetworkPolicy drops (`Enabled`: each node logs
+    /// them, rate-limited, as events `kubectl sinew drops` shows), or not (`Disabled`, the
+    /// default: the drop path does nothing more than count).
+    #[serde(default, skip_serializing_if = "DropLogMode::is_disabled")]
+    pub network_policy_drop_log: DropLogMode,
+}
+
+/// Logging of the packets NetworkPolicy drops (decision 94).
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema,
+)]
+pub enum DropLogMode {
+    /// Drops are counted, not logged.
+    #[default]
+    Disabled,
+    /// Each node logs the packets its policy table drops, at most 10 a second per class.
+    Enabled,
+}
+
+impl DropLogMode {
+    /// The default, left out of a serialized spec (the spec's hash does not change for
+    /// clusters that never set it).
+    pub fn is_disabled(&self) -> bool {
+        *self == DropLogMode::Disabled
+    }
 }
 
 /// NetworkPolicy enforcement (decision 91).
@@ -128,6 +154,7 @@ impl Default for ClusterNetworkSpec {
             ipam: IpamSettings::default(),
             log_level: LogLevel::default(),
             network_policy: NetworkPolicyMode::default(),
+            network_policy_drop_log: DropLogMode::default(),
         }
     }
 }
@@ -448,5 +475,23 @@ mod tests {
         assert_eq!(parse_duration("5"), None);
         assert_eq!(parse_duration("m"), None);
         assert_eq!(parse_duration("5d"), None);
+    }
+
+    #[test]
+    fn the_drop_log_is_off_by_default_and_left_out_of_the_spec_hash_then() {
+        let spec = ClusterNetworkSpec::default();
+        assert_eq!(spec.network_policy_drop_log, DropLogMode::Disabled);
+        let json = serde_json::to_value(&spec).unwrap();
+        assert!(json.get("networkPolicyDropLog").is_none(), "{json}");
+        let mut on = spec.clone();
+        on.network_policy_drop_log = DropLogMode::Enabled;
+        assert_eq!(
+            serde_json::to_value(&on).unwrap()["networkPolicyDropLog"],
+            "Enabled"
+        );
+        assert_ne!(on.config_hash(), spec.config_hash());
+        let back: ClusterNetworkSpec =
+            serde_json::from_value(serde_json::json!({"networkPolicyDropLog": "Enabled"})).unwrap();
+        assert_eq!(back.network_policy_drop_log, DropLogMode::Enabled);
     }
 }

@@ -12,7 +12,7 @@ pub mod selector;
 
 // The Kubernetes-free core, re-exported: API users keep one import path.
 pub use cluster_network::{
-    CLUSTER_NETWORK_NAME, ClusterNetwork, ClusterNetworkSpec, ClusterNetworkStatus,
+    CLUSTER_NETWORK_NAME, ClusterNetwork, ClusterNetworkSpec, ClusterNetworkStatus, DropLogMode,
     NetworkPolicyMode,
 };
 pub use ip_block::{

@@ -1,7 +1,7 @@
 //! NetworkPolicy enforced by `sinew-node` agents on nodes simulated as network namespaces,
 //! against the real API server: pods isolated from the moment their interface exists,
 //! allowed peers passing, label changes followed, and the table removed when the network
-//! stops enforcing policy; a policy flapping every 100 ms taken together. Needs root and the Go-built control plane. The upstream judge is
+//! stops enforcing policy; drops counted and logged; a policy flapping every 100 ms taken together. Needs root and the Go-built control plane. The upstream judge is
 //! the Netpol suite on kind; this is the agent's own loop, end to end.
 
 use std::net::SocketAddr;
@@ -38,14 +38,29 @@ fn main() -> ExitCode {
 }
 
 async fn set_policy(ctx: &Ctx, mode: &str) -> TestResult {
+    set_network(ctx, json!({"networkPolicy": mode})).await
+}
+
+async fn set_network(ctx: &Ctx, spec: serde_json::Value) -> TestResult {
     Api::<ClusterNetwork>::all(ctx.client.clone())
         .patch(
             "default",
             &PatchParams::default(),
-            &Patch::Merge(&json!({"spec": {"networkPolicy": mode}})),
+            &Patch::Merge(&json!({ "spec": spec })),
         )
         .await?;
     Ok(())
+}
+
+/// The value of the agent's metric `name` with label `direction`.
+fn metric(cluster: &LocalCluster, node: &str, name: &str, direction: &str) -> Result<u64, String> {
+    let (_, body) = agent_http(cluster.node(node), "/metrics")?;
+    let label = format!("direction=\"{direction}\"");
+    Ok(body
+        .lines()
+        .find(|l| l.starts_with(name) && l.contains(&label))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0))
 }
 
 /// Labels the pod (its own field manager, so the harness's applies keep them) and publishes
@@ -180,6 +195,26 @@ async fn pods_are_isolated_from_their_first_packet_and_follow_label_changes(
         table.contains("policies default/web-from-client") && table.contains("default/np-web"),
         "{table}"
     );
+
+    // What the policy drops is counted per direction, and logged once asked.
+    set_network(&ctx, json!({"networkPolicyDropLog": "Enabled"})).await?;
+    eventually("np-other -> np-web dropped, counted and logged on np-web's node", || {
+        if talk(&other, &web).is_ok() {
+            return Err("np-other reaches np-web".into());
+        }
+        let dropped = metric(&cluster, &n0, "sinew_node_policy_dropped_packets_total", "ingress")?;
+        let log = cluster.node(&n0).agent_log();
+        let logged = log
+            .lines()
+            .any(|l| l.contains("policy dropped a packet") && l.contains("np-web"));
+        match (dropped, logged) {
+            (0, _) => Err("no ingress drop counted".into()),
+            (_, false) => Err("no drop event naming np-web in the agent's log".into()),
+            _ => Ok(()),
+        }
+    })
+    .await?;
+    set_network(&ctx, json!({"networkPolicyDropLog": "Disabled"})).await?;
 
     // A new web pod: its object (and labels) exist before its network, as with any
     // controller; from its first packet, only clients reach it.

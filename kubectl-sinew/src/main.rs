@@ -6,6 +6,8 @@
 //! kubectl sinew ipam check [--release-leaks]  stores vs IPBlocks vs Pods, nothing locked
 //! kubectl sinew trace POD POD [-n NS]         the path between two pods as sinew programmed it,
 //!       [--port N/PROTO]                      and the NetworkPolicy rules that allow or deny it
+//! kubectl sinew drops [--node NODE]           the packets NetworkPolicy dropped, from the
+//!       [--since 1h]                          agents' drop log (spec.networkPolicyDropLog)
 //! ```
 //! Exit status: 0 when nothing is wrong, 1 when something is, 2 when the API server cannot be
 //! asked.
@@ -13,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 mod doctor;
+mod drops;
 mod finding;
 mod ipam;
 mod policy_trace;
@@ -23,7 +26,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, ListParams, LogParams, Patch, PatchParams};
 use sinew_crds::{
     CLUSTER_NETWORK_NAME, ClusterNetwork, IPBlock, IPPool, NetworkPolicyMode, RELEASE_ANNOTATION,
 };
@@ -69,6 +72,16 @@ enum Command {
         /// default: the destination's first container port, else 80/TCP.
         #[arg(long)]
         port: Option<String>,
+    },
+    /// The packets NetworkPolicy dropped, from the agents' drop log (ClusterNetwork
+    /// spec.networkPolicyDropLog: Enabled).
+    Drops {
+        /// Only this node's drops.
+        #[arg(long)]
+        node: Option<String>,
+        /// How far back: 30s, 5m, 2h, 1d.
+        #[arg(long, default_value = "1h")]
+        since: String,
     },
 }
 
@@ -240,7 +253,53 @@ async fn run(args: Args) -> anyhow::Result<u8> {
                 t.path == "Unreachable" || t.policy.as_ref().is_some_and(|p| !p.passes),
             ))
         }
+        Command::Drops { node, since } => {
+            let since = drops::parse_since(&since).map_err(anyhow::Error::msg)?;
+            let events = drop_events(&client, node.as_deref(), since).await?;
+            print(args.output, &events, drops::render(&events))?;
+            Ok(0)
+        }
     }
+}
+
+/// The drop events of the agents (of `node` only, if given) of the last `since` seconds,
+/// oldest first.
+async fn drop_events(
+    client: &kube::Client,
+    node: Option<&str>,
+    since: i64,
+) -> anyhow::Result<Vec<drops::Drop>> {
+    let agents = Api::<Pod>::all(client.clone())
+        .list(&ListParams::default().labels(drops::AGENT_SELECTOR))
+        .await
+        .context("listing the sinew-node pods")?
+        .items;
+    let mut out = Vec::new();
+    for pod in agents {
+        let on = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.clone())
+            .unwrap_or_default();
+        if node.is_some_and(|n| n != on) {
+            continue;
+        }
+        let (Some(ns), Some(name)) = (pod.metadata.namespace, pod.metadata.name) else {
+            continue;
+        };
+        let params = LogParams {
+            container: Some(drops::AGENT_CONTAINER.to_string()),
+            since_seconds: Some(since),
+            ..LogParams::default()
+        };
+        let log = Api::<Pod>::namespaced(client.clone(), &ns)
+            .logs(&name, &params)
+            .await
+            .with_context(|| format!("reading the log of {ns}/{name}"))?;
+        out.extend(drops::parse_log(&on, &log));
+    }
+    out.sort_by(|a, b| a.time.cmp(&b.time));
+    Ok(out)
 }
 
 fn main() -> ExitCode {
@@ -284,5 +343,13 @@ mod tests {
             }
         ));
         assert!(Args::try_parse_from(["kubectl-sinew", "doctor", "--nope"]).is_err());
+        let a = Args::try_parse_from(["kubectl-sinew", "drops", "--node", "n1", "--since", "5m"])
+            .unwrap();
+        assert!(matches!(
+            a.command,
+            Command::Drops { node: Some(ref n), ref since } if n == "n1" && since == "5m"
+        ));
+        let a = Args::try_parse_from(["kubectl-sinew", "drops"]).unwrap();
+        assert!(matches!(a.command, Command::Drops { node: None, ref since } if since == "1h"));
     }
 }

@@ -24,6 +24,11 @@ pub struct ProblemLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirectionLabels {
+    pub direction: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PoolLabels {
     pub pool: String,
 }
@@ -55,6 +60,10 @@ pub struct Metrics {
     /// How long the last policy programming took, from the change seen to the table in
     /// (microseconds).
     pub policy_program_us: Gauge,
+    /// Packets and bytes the policy table dropped, by direction (`ingress`, `egress`, and
+    /// `held`: of pod interfaces not programmed yet), from its named counters.
+    policy_dropped_packets: Family<DirectionLabels, Counter>,
+    policy_dropped_bytes: Family<DirectionLabels, Counter>,
     /// When the agent's loop last came round (milliseconds since the epoch).
     heartbeat_ms: AtomicU64,
 }
@@ -89,6 +98,8 @@ impl Metrics {
             policy_held: Gauge::default(),
             policy_applied: Counter::default(),
             policy_program_us: Gauge::default(),
+            policy_dropped_packets: Family::default(),
+            policy_dropped_bytes: Family::default(),
             heartbeat_ms: AtomicU64::new(0),
         };
         registry.register(
@@ -152,7 +163,31 @@ impl Metrics {
             "How long the last NetworkPolicy programming took, from the change seen to the table in",
             m.policy_program_us.clone(),
         );
+        registry.register(
+            "policy_dropped_packets",
+            "Packets the NetworkPolicy table dropped, by direction (held: of pod interfaces not programmed yet)",
+            m.policy_dropped_packets.clone(),
+        );
+        registry.register(
+            "policy_dropped_bytes",
+            "Bytes the NetworkPolicy table dropped, by direction",
+            m.policy_dropped_bytes.clone(),
+        );
         Metrics { registry, ..m }
+    }
+
+    /// The policy table dropped `packets` more packets and `bytes` more bytes in
+    /// `direction`.
+    pub fn policy_dropped(&self, direction: &str, packets: u64, bytes: u64) {
+        let labels = DirectionLabels {
+            direction: direction.to_string(),
+        };
+        self.policy_dropped_packets
+            .get_or_create(&labels)
+            .inc_by(packets);
+        self.policy_dropped_bytes
+            .get_or_create(&labels)
+            .inc_by(bytes);
     }
 
     pub fn set_ready(&self, ready: bool) {
@@ -289,7 +324,22 @@ mod tests {
         m.set_pools(&[("p".to_string(), (2, 5))].into());
         m.pass_failed("api");
         m.pass_failed("api");
+        m.policy_dropped("ingress", 3, 180);
+        m.policy_dropped("ingress", 2, 120);
+        m.policy_dropped("egress", 0, 0);
         let text = m.render();
+        assert!(
+            text.contains(
+                "sinew_node_policy_dropped_packets_total{node=\"node-a\",direction=\"ingress\"} 5"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "sinew_node_policy_dropped_bytes_total{node=\"node-a\",direction=\"egress\"} 0"
+            ),
+            "{text}"
+        );
         assert!(
             text.contains("sinew_node_ready{node=\"node-a\"} 1"),
             "{text}"

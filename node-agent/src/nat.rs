@@ -259,6 +259,7 @@ pub fn table(pools: &[NatPool], vxlan: &VxlanPeers, host_ports: &[HostPort]) -> 
     ];
     Table {
         name: TABLE.to_string(),
+        counters: Vec::new(),
         sets,
         chains,
     }

@@ -10,6 +10,7 @@
 //! - [`nft`]: nftables tables as data (the model the agent declares, in `nft` syntax), which
 //!   [`netlink::nftables`] programs;
 //! - [`node_state`]: the agent → plugin state file and the plugin → agent block requests;
+//! - [`nflog`]: the packets an nftables `log group` sends (the agent's drop log);
 //! - [`icmp`]: DF-marked ICMP echo probes (the agent's peer and path-MTU checks);
 //! - [`fsutil`]: atomic file replacement and file locks;
 //! - [`state_watch`]: inotify wake-ups when the plugin changes node-local state;
@@ -25,6 +26,7 @@ pub mod ipam;
 pub mod kernel_watch;
 pub mod netlink;
 pub mod netns;
+pub mod nflog;
 pub mod nft;
 pub mod node_state;
 pub mod state_watch;

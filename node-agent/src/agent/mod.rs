@@ -40,7 +40,9 @@ use sinew_crds::node::NodeState;
 use sinew_crds::node::{
     InstallReport, NODE_STATE_ANNOTATION, NodeReport, Problem, ProblemKind, VTEP_MAC_ANNOTATION,
 };
-use sinew_crds::{Allocation, Cidr, ClusterNetwork, Family, IPBlockStatus, NetworkPolicyMode};
+use sinew_crds::{
+    Allocation, Cidr, ClusterNetwork, DropLogMode, Family, IPBlockStatus, NetworkPolicyMode,
+};
 use sinew_node_lib::consts::VXLAN_DEVICE;
 use sinew_node_lib::ipam;
 use sinew_node_lib::netlink::{Link, Netlink};
@@ -292,6 +294,8 @@ impl Agent {
         self.memory.cleaned = false;
         self.policy
             .set_enabled(network.spec.network_policy == NetworkPolicyMode::Enabled);
+        self.policy
+            .set_drop_log(network.spec.network_policy_drop_log == DropLogMode::Enabled);
         let Some(local) = self.local()? else {
             debug!(node = %self.node(), "Node object or its address not known yet");
             return Ok(());

@@ -67,11 +67,22 @@ pub struct Programmed {
 pub struct Engine<K> {
     kernel: K,
     last: Option<Table>,
+    /// Render the drop log's rules (`spec.networkPolicyDropLog`).
+    log: bool,
 }
 
 impl<K: PolicyKernel> Engine<K> {
     pub fn new(kernel: K) -> Engine<K> {
-        Engine { kernel, last: None }
+        Engine {
+            kernel,
+            last: None,
+            log: false,
+        }
+    }
+
+    /// Whether the table logs what it drops (from the next programming on).
+    pub fn set_log(&mut self, on: bool) {
+        self.log = on;
     }
 
     /// Compiles `node`'s plan from `world`, renders it with the node's pod `interfaces`, and
@@ -85,7 +96,7 @@ impl<K: PolicyKernel> Engine<K> {
     ) -> Result<Programmed, NftError> {
         let plan = compile(world, node);
         let ready = programmable(interfaces, world);
-        let table = render(&plan, world, &ready, false);
+        let table = render(&plan, world, &ready, self.log);
         let exists = self.kernel.exists()?;
         let changed = match (&self.last, exists) {
             (Some(last), true) if *last == table => false,
@@ -196,6 +207,7 @@ impl Shared {
 /// The passes' handle on the policy loop.
 pub struct Policy {
     enabled: watch::Sender<bool>,
+    drop_log: watch::Sender<bool>,
     shared: Arc<Mutex<Shared>>,
 }
 
@@ -203,9 +215,20 @@ impl Policy {
     /// Starts the loop (idle until policy is enabled: no watch of pods or policies before).
     pub fn start(l: Loop) -> Policy {
         let (enabled, on) = watch::channel(false);
+        let (drop_log, log) = watch::channel(false);
         let shared = Arc::new(Mutex::new(Shared::default()));
-        tokio::spawn(run(l, on, shared.clone()));
-        Policy { enabled, shared }
+        tokio::spawn(super::drops::count(l.metrics.clone(), on.clone()));
+        tokio::spawn(super::drops::log(
+            on.clone(),
+            log.clone(),
+            l.state_dir.clone(),
+        ));
+        tokio::spawn(run(l, on, log, shared.clone()));
+        Policy {
+            enabled,
+            drop_log,
+            shared,
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
@@ -215,6 +238,15 @@ impl Policy {
     /// Turns enforcement on or off (each pass, from the `ClusterNetwork`).
     pub fn set_enabled(&self, on: bool) {
         self.enabled.send_if_modified(|now| {
+            let changed = *now != on;
+            *now = on;
+            changed
+        });
+    }
+
+    /// Turns the drop log on or off (each pass, from the `ClusterNetwork`).
+    pub fn set_drop_log(&self, on: bool) {
+        self.drop_log.send_if_modified(|now| {
             let changed = *now != on;
             *now = on;
             changed
@@ -265,7 +297,12 @@ pub struct Loop {
 }
 
 /// The loop (see the module's documentation).
-async fn run(l: Loop, mut on: watch::Receiver<bool>, shared: Arc<Mutex<Shared>>) {
+async fn run(
+    l: Loop,
+    mut on: watch::Receiver<bool>,
+    mut log: watch::Receiver<bool>,
+    shared: Arc<Mutex<Shared>>,
+) {
     let Loop {
         client,
         node,
@@ -301,6 +338,7 @@ async fn run(l: Loop, mut on: watch::Receiver<bool>, shared: Arc<Mutex<Shared>>)
     loop {
         let last_run = Instant::now();
         let enabled = *on.borrow_and_update();
+        engine.set_log(*log.borrow_and_update());
         if enabled {
             let inputs = match &mut inputs {
                 Some(inputs) => inputs,
@@ -373,6 +411,7 @@ async fn run(l: Loop, mut on: watch::Receiver<bool>, shared: Arc<Mutex<Shared>>)
             _ = wake.notified() => true,
             _ = local.notified() => false,
             _ = on.changed() => false,
+            _ = log.changed() => false,
             _ = tokio::time::sleep(idle) => false,
         };
         // A change elsewhere in the cluster waits out the interval (changes arriving meanwhile

@@ -2,6 +2,7 @@
 //! the table a compiled plan becomes ([`table`]), and the loop that keeps the kernel's table
 //! in line ([`engine`]).
 
+pub mod drops;
 pub mod engine;
 mod inputs;
 pub mod table;

@@ -53,6 +53,7 @@ pub fn render(plan: &Plan, world: &World, interfaces: &[PodInterface], log: bool
                 direction: table_direction(direction),
                 name,
                 comment,
+                policies: policies.join(","),
                 ports4,
                 any4,
                 ports6,

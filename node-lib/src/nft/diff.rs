@@ -7,7 +7,8 @@
 //! is flushed and refilled; a chain whose hook or comment differs is deleted and created
 //! again (the kernel keeps a chain's comment from its creation), and so are then every rule
 //! and map element that jump to it. Elements of an interval set must be disjoint, as the
-//! kernel requires anyway.
+//! kernel requires anyway. A named counter that stays is never touched, so it keeps
+//! counting across changes; one that goes is deleted once no rule counts into it.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -16,6 +17,8 @@ use super::model::{Chain, Element, Rule, Set, Table, Value};
 /// One step from a table to another, in batch order (see [`diff`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
+    /// Create this named counter (at zero).
+    AddCounter(String),
     /// Create this chain, without rules (they come with [`Change::AddRules`]).
     AddChain(Chain),
     /// Delete every rule of this chain.
@@ -32,12 +35,15 @@ pub enum Change {
     AddRules { chain: String, rules: Vec<Rule> },
     /// Delete this chain (by now without rules, and nothing jumps to it).
     DeleteChain(String),
+    /// Delete this named counter (by now no rule counts into it).
+    DeleteCounter(String),
 }
 
 /// The changes that turn `old` into `new` (tables of the same name), in the order one batch
-/// applies them: new chains created (so anything may jump to them); changed and departing
+/// applies them: new counters created; new chains created (so anything may jump to them); changed and departing
 /// chains flushed (releasing their jumps and lookups); elements removed; sets deleted;
-/// departing chains deleted (nothing refers to them any more); sets created; elements added;
+/// departing chains deleted (nothing refers to them any more); departing counters deleted;
+/// sets created; elements added;
 /// rules added. Empty when the tables are equal.
 pub fn diff(old: &Table, new: &Table) -> Vec<Change> {
     let old_sets: BTreeMap<&str, &Set> = old.sets.iter().map(|s| (s.name.as_str(), s)).collect();
@@ -147,7 +153,12 @@ pub fn diff(old: &Table, new: &Table) -> Vec<Change> {
         }
     }
 
-    let mut changes = Vec::new();
+    let mut changes: Vec<Change> = new
+        .counters
+        .iter()
+        .filter(|c| !old.counters.contains(c))
+        .map(|c| Change::AddCounter(c.clone()))
+        .collect();
     for chain in created_chains
         .iter()
         .filter(|c| !recreated.contains(c.name.as_str()))
@@ -174,6 +185,12 @@ pub fn diff(old: &Table, new: &Table) -> Vec<Change> {
         deleted_chains
             .iter()
             .map(|c| Change::DeleteChain(c.to_string())),
+    );
+    changes.extend(
+        old.counters
+            .iter()
+            .filter(|c| !new.counters.contains(c))
+            .map(|c| Change::DeleteCounter(c.clone())),
     );
     for chain in created_chains
         .iter()

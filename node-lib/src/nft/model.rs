@@ -17,6 +17,21 @@ use crate::hostport::Protocol;
 /// The longest comment `nft` accepts, in bytes.
 pub const COMMENT_MAX: usize = 128;
 
+/// The longest log prefix the kernel takes, in bytes (`NF_LOG_PREFIXLEN` less its NUL).
+pub const LOG_PREFIX_MAX: usize = 127;
+
+/// A log prefix as the kernel can hold it: at most [`LOG_PREFIX_MAX`] bytes (cut at a
+/// character boundary), a double quote turned into a single one.
+pub fn log_prefix(text: impl Into<String>) -> String {
+    let mut text = comment(text);
+    let mut end = text.len().min(LOG_PREFIX_MAX);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    text
+}
+
 /// A comment as `nft` can hold it: at most [`COMMENT_MAX`] bytes (cut at a character
 /// boundary), a double quote (which `nft` cannot quote) turned into a single one.
 pub fn comment(text: impl Into<String>) -> String {
@@ -29,10 +44,15 @@ pub fn comment(text: impl Into<String>) -> String {
     text
 }
 
-/// A table of family `inet` (IPv4 and IPv6): its sets and maps, then its chains.
+/// A table of family `inet` (IPv4 and IPv6): its named counters, its sets and maps, then its
+/// chains.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Table {
     pub name: String,
+    /// Named counter objects (`counter NAME { }`), which rules count into
+    /// ([`Expr::CounterRef`]). The kernel keeps their values while the table changes around
+    /// them; only deleting one (or the table) resets it.
+    pub counters: Vec<String>,
     pub sets: Vec<Set>,
     pub chains: Vec<Chain>,
 }
@@ -462,6 +482,9 @@ pub enum Expr {
     CtDnat(Op),
     /// `counter`
     Counter,
+    /// `counter name "NAME"`: counts into the table's named counter `NAME`
+    /// ([`Table::counters`]), which outlives the rule.
+    CounterRef(String),
     /// `masquerade`
     Masquerade,
     /// `dnat ip to KEY map @MAP`: destination NAT to the address and port the map gives for the
@@ -477,8 +500,9 @@ pub enum Expr {
     /// `limit rate N/second`: matches at most this many packets per unit of time (with the
     /// burst of 5 packets `nft` gives by default).
     Limit { rate: u32, per: TimeUnit },
-    /// `log group N`: the packet goes to this nflog group.
-    LogGroup(u16),
+    /// `log prefix "PREFIX" group N`: the packet goes to this nflog group, with this prefix
+    /// (see [`log_prefix`]) when there is one.
+    Log { group: u16, prefix: Option<String> },
     /// `accept`, `drop`, `return`, `jump CHAIN`.
     Verdict(Verdict),
 }

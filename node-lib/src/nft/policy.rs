@@ -6,13 +6,18 @@
 //! - `ingress-classes`, `egress-classes`: verdict maps from a pod interface to its class's
 //!   chain; a pod isolated by nothing has no entry and passes.
 //! - per class: a chain that returns on a hit in its sets (`ADDR . inet_proto . inet_service`
-//!   and `ADDR`, per family), then drops (after a rate-limited nflog when asked).
+//!   and `ADDR`, per family), then drops (after a rate-limited nflog when asked, prefixed
+//!   `CLASS POLICIES`, so whoever reads the log knows what denied the packet), counting
+//!   the drop in its direction's named counter (`dropped-ingress`, `dropped-egress`);
+//!   packets of pod interfaces not programmed yet count in `dropped-held`. Named counters
+//!   outlive the rules around them, so the agent's updates of the table keep their values.
 //! - base chains on `forward` (egress, then ingress) and `input` (egress towards the node,
 //!   IPv6 neighbour discovery excepted), after replies of established connections are
 //!   accepted.
 
 use sinew_core::Family;
 
+use crate::nft::model::log_prefix;
 use crate::nft::{
     Chain, ChainKind, CtState, DataType, Dir, Element, Expr, Field, Hook, Icmpv6Type,
     NamedPriority, Op, Policy, Priority, Rule, Set, Table, TimeUnit, Value, Verdict,
@@ -24,6 +29,8 @@ pub const TABLE: &str = "sinew-policy";
 pub const LOG_GROUP: u16 = 1;
 /// At most this many denied packets per second are logged, per class.
 pub const LOG_RATE: u32 = 10;
+/// The named counter of packets of pod interfaces not programmed yet, held (dropped).
+pub const HELD_COUNTER: &str = "dropped-held";
 /// The name pattern of the host ends of pods' veths.
 pub const POD_INTERFACES: &str = "snw*";
 
@@ -58,6 +65,11 @@ impl Direction {
         }
     }
 
+    /// The named counter of what this direction's classes drop.
+    pub fn counter(self) -> String {
+        format!("dropped-{}", self.name())
+    }
+
     /// The verdict map from pod interfaces to class chains.
     pub fn classes_map(self) -> String {
         format!("{}-classes", self.name())
@@ -70,6 +82,9 @@ pub struct Class {
     pub direction: Direction,
     pub name: String,
     pub comment: String,
+    /// The policies that select its pods (`ns/name, ...`): the drop log's prefix names
+    /// them after the chain (`CLASS POLICIES`, cut to what the kernel takes).
+    pub policies: String,
     pub ports4: Vec<Element>,
     pub any4: Vec<Element>,
     pub ports6: Vec<Element>,
@@ -131,12 +146,18 @@ impl Class {
                         rate: LOG_RATE,
                         per: TimeUnit::Second,
                     },
-                    Expr::LogGroup(LOG_GROUP),
+                    Expr::Log {
+                        group: LOG_GROUP,
+                        prefix: Some(log_prefix(format!("{} {}", self.name, self.policies))),
+                    },
                 ])
                 .with_comment(format!("{} denied", self.name)),
             );
         }
-        rules.push(Rule::new([Expr::Verdict(Verdict::Drop)]));
+        rules.push(Rule::new([
+            Expr::CounterRef(self.direction.counter()),
+            Expr::Verdict(Verdict::Drop),
+        ]));
         Chain::regular(&self.name)
             .with_comment(self.comment.clone())
             .with_rules(rules)
@@ -210,6 +231,7 @@ pub fn table(classes: &[Class], members: &[Member], log: bool) -> Table {
         Rule::new([
             prefix,
             Expr::not_in_set(field, "programmed"),
+            Expr::CounterRef(HELD_COUNTER.to_string()),
             Expr::Verdict(Verdict::Drop),
         ])
         .with_comment("not programmed yet")
@@ -256,6 +278,11 @@ pub fn table(classes: &[Class], members: &[Member], log: bool) -> Table {
     );
     Table {
         name: TABLE.to_string(),
+        counters: vec![
+            Direction::Ingress.counter(),
+            Direction::Egress.counter(),
+            HELD_COUNTER.to_string(),
+        ],
         sets,
         chains,
     }

@@ -25,9 +25,13 @@ pub fn replace_script(t: &Table) -> String {
     )
 }
 
-/// The table's declaration: `table inet NAME { ... }`, sets first, then chains.
+/// The table's declaration: `table inet NAME { ... }`, counters first, then sets, then
+/// chains.
 pub fn table(t: &Table) -> String {
     let mut s = format!("table inet {} {{\n", t.name);
+    for counter in &t.counters {
+        let _ = writeln!(s, "    counter {counter} {{ packets 0 bytes 0 }}");
+    }
     for set in &t.sets {
         s += &self::set(set);
     }
@@ -295,6 +299,7 @@ impl Display for Expr {
             Expr::CtDnat(Op::Eq) => f.write_str("ct status dnat"),
             Expr::CtDnat(Op::Neq) => f.write_str("ct status & dnat == 0"),
             Expr::Counter => f.write_str("counter"),
+            Expr::CounterRef(name) => write!(f, "counter name {}", quoted(name)),
             Expr::Masquerade => f.write_str("masquerade"),
             Expr::DnatMap { family, key, map } => write!(
                 f,
@@ -311,7 +316,14 @@ impl Display for Expr {
                 };
                 write!(f, "limit rate {rate}/{per}")
             }
-            Expr::LogGroup(group) => write!(f, "log group {group}"),
+            Expr::Log {
+                group,
+                prefix: None,
+            } => write!(f, "log group {group}"),
+            Expr::Log {
+                group,
+                prefix: Some(prefix),
+            } => write!(f, "log prefix {} group {group}", quoted(prefix)),
             Expr::Verdict(v) => write!(f, "{v}"),
         }
     }
@@ -434,9 +446,10 @@ mod tests {
     }
 
     #[test]
-    fn a_table_is_its_sets_then_its_chains() {
+    fn a_table_is_its_counters_then_its_sets_then_its_chains() {
         let t = Table {
             name: "t".into(),
+            counters: vec!["c".into()],
             sets: vec![
                 Set::prefixes("a4", Family::V4, &[cidr("10.0.0.0/8"), cidr("10.1.0.0/16")]),
                 Set::prefixes("a6", Family::V6, &[cidr("10.0.0.0/8")]),
@@ -451,7 +464,10 @@ mod tests {
                 )]),
             ],
             chains: vec![
-                Chain::regular("r").with_rules([Rule::new([Expr::Verdict(Verdict::Return)])]),
+                Chain::regular("r").with_rules([Rule::new([
+                    Expr::CounterRef("c".into()),
+                    Expr::Verdict(Verdict::Return),
+                ])]),
                 Chain::base(
                     "b",
                     ChainKind::Filter,
@@ -467,11 +483,12 @@ mod tests {
             "table inet t {}
 delete table inet t
 table inet t {
+    counter c { packets 0 bytes 0 }
     set a4 { type ipv4_addr; flags interval; elements = { 10.0.0.0/8 }; }
     set a6 { type ipv6_addr; flags interval; }
     map m { type inet_proto . inet_service : ipv4_addr . inet_service; elements = { tcp . 80 : 10.0.0.1 . 8080 }; }
     chain r {
-        return
+        counter name \"c\" return
     }
     chain b {
         type filter hook input priority filter - 10; policy accept;

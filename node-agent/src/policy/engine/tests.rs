@@ -223,3 +223,32 @@ fn a_flapping_policy_is_followed_by_updates_only() {
     assert_eq!(kernel.calls.iter().filter(|c| **c == "update").count(), 99);
     assert_eq!(kernel.table, Some(last));
 }
+
+/// The drop log's switch adds the log rules by an update and takes them away again; the
+/// drop counters stay in the table either way.
+#[test]
+fn the_drop_log_switch_adds_and_removes_the_log_rules_by_updates() {
+    let mut kernel = FakeKernel::default();
+    let mut engine = Engine::new(&mut kernel);
+    let isolated = World::new(
+        [],
+        [web(serde_json::json!({"app": "web"}))],
+        [deny_all_ingress()],
+    );
+    let logs = |engine: &mut Engine<&mut FakeKernel>| {
+        assert!(engine.program(&isolated, "n1", &ifs()).unwrap().changed);
+        let text = sinew_node_lib::nft::text::replace_script(engine.last.as_ref().unwrap());
+        assert!(
+            text.contains("counter name \"dropped-ingress\" drop"),
+            "{text}"
+        );
+        text.contains("log prefix \"ingress-0 shop/deny\" group 1")
+    };
+    assert!(!logs(&mut engine), "off by default");
+    engine.set_log(true);
+    assert!(logs(&mut engine));
+    engine.set_log(false);
+    assert!(!logs(&mut engine));
+    drop(engine);
+    assert_eq!(kernel.calls, ["replace", "update", "update"]);
+}

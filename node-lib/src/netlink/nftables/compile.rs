@@ -60,11 +60,13 @@ pub(super) enum KernelExpr {
     /// `limit rate RATE/UNIT burst 5 type packets flags 0`.
     Limit { rate: u64, unit: u64 },
     /// `log group GROUP`.
-    Log { group: u16 },
+    Log { group: u16, prefix: Option<String> },
     /// `byteorder reg REG = hton(reg REG, SIZE, LEN)`.
     Hton { reg: u32, size: u32, len: u32 },
     /// `counter` (starting at zero).
     Counter,
+    /// `objref type counter name NAME`: counts into a named counter.
+    CounterRef(String),
     /// `masq` (no port range, no flags).
     Masq,
     /// `nat dnat FAMILY addr_min reg 1 proto_min reg PROTO_REG`.
@@ -328,7 +330,10 @@ impl Compiler {
                 rate: u64::from(*rate),
                 unit: per.seconds(),
             }),
-            Expr::LogGroup(group) => self.out.push(KernelExpr::Log { group: *group }),
+            Expr::Log { group, prefix } => self.out.push(KernelExpr::Log {
+                group: *group,
+                prefix: prefix.clone(),
+            }),
             Expr::FibSourceNotViaInput => {
                 self.out.push(KernelExpr::Fib {
                     result: NFT_FIB_RESULT_OIF,
@@ -353,6 +358,7 @@ impl Compiler {
                 self.cmp(*op == Op::Eq, vec![0; 4]);
             }
             Expr::Counter => self.out.push(KernelExpr::Counter),
+            Expr::CounterRef(name) => self.out.push(KernelExpr::CounterRef(name.clone())),
             Expr::Masquerade => self.out.push(KernelExpr::Masq),
             Expr::DnatMap { family, key, map } => {
                 self.family(*family);

@@ -348,3 +348,126 @@ fn the_policy_table_judges_real_traffic() {
     nl.delete_table(TABLE).unwrap();
     assert!(eventually(|| tcp(&other, web_ip, 80)));
 }
+
+/// The drop counters of each direction and of held interfaces.
+fn drops(nl: &mut Nftables) -> [u64; 3] {
+    let mut read = |name: &str| nl.counter(TABLE, name).unwrap().unwrap().packets;
+    [
+        read("dropped-ingress"),
+        read("dropped-egress"),
+        read(crate::nft::policy::HELD_COUNTER),
+    ]
+}
+
+#[test]
+fn the_policy_table_counts_what_it_drops_per_direction_across_updates() {
+    let test = "the_policy_table_counts_what_it_drops_per_direction_across_updates";
+    if !have_root(test) {
+        return;
+    }
+    let node = new_netns();
+    sysctl(&node, "net.ipv4.ip_forward=1");
+    let web = add_pod(&node, "snwa", "10.0.1.1", "fd00:1::1");
+    let client = add_pod(&node, "snwb", "10.0.1.2", "fd00:1::2");
+    let other = add_pod(&node, "snwc", "10.0.1.3", "fd00:1::3");
+    let newcomer = add_pod(&node, "snwe", "10.0.1.5", "fd00:1::5");
+    let mut servers = Servers::default();
+    for pod in [&web, &other, &client] {
+        servers.tcp(pod, 80);
+    }
+    assert!(
+        eventually(|| tcp(&other, "10.0.1.1", 80)),
+        "the network works"
+    );
+
+    let mut nl = Nftables::in_netns(&node).unwrap();
+    assert!(nl.counter(TABLE, "dropped-ingress").unwrap().is_none());
+    nl.replace_table(&golden(false)).unwrap();
+    assert_eq!(drops(&mut nl), [0, 0, 0]);
+    assert!(eventually(|| tcp(&client, "10.0.1.1", 80)), "allowed");
+    assert_eq!(drops(&mut nl), [0, 0, 0], "what passes is not counted");
+
+    // Denied ingress (another source to web-1) counts in ingress only.
+    assert!(!tcp(&other, "10.0.1.1", 80));
+    let [ingress, egress, held] = drops(&mut nl);
+    assert!(ingress > 0, "ingress {ingress}");
+    assert_eq!((egress, held), (0, 0));
+    let bytes = nl.counter(TABLE, "dropped-ingress").unwrap().unwrap().bytes;
+    assert!(bytes >= ingress * 40, "{bytes} bytes for {ingress} packets");
+
+    // An update that flushes and refills the class chains (the drop log on) keeps the values.
+    nl.update_table(&golden(false), &golden(true)).unwrap();
+    assert_eq!(
+        drops(&mut nl),
+        [ingress, 0, 0],
+        "the counters survive an update"
+    );
+
+    // Denied egress (web-1 to another pod) counts in egress only.
+    assert!(!tcp(&web, "10.0.1.3", 80));
+    let [ingress2, egress, held] = drops(&mut nl);
+    assert_eq!(ingress2, ingress);
+    assert!(egress > 0, "egress {egress}");
+    assert_eq!(held, 0);
+
+    // An interface not programmed yet is held, and counted as such.
+    assert!(!tcp(&newcomer, "10.0.1.3", 80));
+    let [ingress3, egress3, held] = drops(&mut nl);
+    assert_eq!((ingress3, egress3), (ingress, egress));
+    assert!(held > 0, "held {held}");
+}
+
+#[test]
+fn a_denied_packet_reaches_the_drop_log_listener() {
+    let test = "a_denied_packet_reaches_the_drop_log_listener";
+    if !have_root(test) {
+        return;
+    }
+    let node = new_netns();
+    sysctl(&node, "net.ipv4.ip_forward=1");
+    let web = add_pod(&node, "snwa", "10.0.1.1", "fd00:1::1");
+    let other = add_pod(&node, "snwc", "10.0.1.3", "fd00:1::3");
+    let mut servers = Servers::default();
+    servers.tcp(&web, 80);
+    assert!(
+        eventually(|| tcp(&other, "10.0.1.1", 80)),
+        "the network works"
+    );
+    let web_index = crate::netlink::Netlink::in_netns(&node)
+        .unwrap()
+        .link_by_name("snwa")
+        .unwrap()
+        .unwrap()
+        .index;
+
+    let mut listener = crate::nflog::Nflog::bind_in_netns(
+        &node,
+        crate::nft::policy::LOG_GROUP,
+        Duration::from_millis(200),
+    )
+    .unwrap();
+    let mut nl = Nftables::in_netns(&node).unwrap();
+    nl.replace_table(&golden(true)).unwrap();
+    assert!(!tcp(&other, "10.0.1.1", 80), "denied");
+    let mut logged = Vec::new();
+    for _ in 0..10 {
+        logged.extend(listener.recv().unwrap());
+        if !logged.is_empty() {
+            break;
+        }
+    }
+    let first = logged.first().expect("a denied packet logged");
+    assert_eq!(first.prefix, "ingress-0 default/allow-web");
+    assert_eq!(first.out_interface, Some(web_index));
+    assert!(first.in_interface.is_some_and(|i| i != web_index));
+    let packet = first.packet.unwrap();
+    assert_eq!(packet.source, ip("10.0.1.3"));
+    assert_eq!(packet.destination, ip("10.0.1.1"));
+    assert_eq!((packet.protocol, packet.destination_port), (6, Some(80)));
+
+    // Without the log rules nothing more arrives.
+    nl.update_table(&golden(true), &golden(false)).unwrap();
+    while !listener.recv().unwrap().is_empty() {}
+    assert!(!tcp(&other, "10.0.1.1", 80), "denied");
+    assert_eq!(listener.recv().unwrap(), Vec::new());
+}

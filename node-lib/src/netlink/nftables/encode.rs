@@ -176,8 +176,11 @@ pub(super) fn encode_expr(a: &mut Attrs<'_>, expr: &KernelExpr) {
             d.be32(NFTA_LIMIT_TYPE, NFT_LIMIT_PKTS);
             d.be32(NFTA_LIMIT_FLAGS, 0);
         }),
-        KernelExpr::Log { group } => data(a, "log", &|d| {
+        KernelExpr::Log { group, prefix } => data(a, "log", &|d| {
             d.put(NFTA_LOG_GROUP, &group.to_be_bytes());
+            if let Some(prefix) = prefix {
+                d.str(NFTA_LOG_PREFIX, prefix);
+            }
         }),
         KernelExpr::Hton { reg, size, len } => data(a, "byteorder", &|d| {
             d.be32(NFTA_BYTEORDER_SREG, *reg);
@@ -188,6 +191,10 @@ pub(super) fn encode_expr(a: &mut Attrs<'_>, expr: &KernelExpr) {
         }),
         // No data: the counter starts at zero.
         KernelExpr::Counter => a.str(NFTA_EXPR_NAME, "counter"),
+        KernelExpr::CounterRef(name) => data(a, "objref", &|d| {
+            d.be32(NFTA_OBJREF_IMM_TYPE, NFT_OBJECT_COUNTER);
+            d.str(NFTA_OBJREF_IMM_NAME, name);
+        }),
         // No data: plain `masquerade`, no port range, no flags.
         KernelExpr::Masq => a.str(NFTA_EXPR_NAME, "masq"),
         KernelExpr::Dnat { family, proto_reg } => data(a, "nat", &|d| {
@@ -609,11 +616,14 @@ impl Batch {
     }
 
     /// Creates the whole table (which must not exist at that point of the transaction):
-    /// the table, the chains (so a rule or a verdict map may jump to any chain), each set
+    /// the table, its named counters, the chains (so a rule or a verdict map may jump to any chain), each set
     /// with its elements, then the rules. Sets get ids 1, 2, ... in order, which the rules'
     /// lookups name.
     pub(super) fn table(&mut self, t: &Table) {
         self.add_table(&t.name);
+        for counter in &t.counters {
+            self.add_counter(&t.name, counter);
+        }
         for chain in &t.chains {
             self.add_chain(&t.name, chain);
         }
@@ -638,6 +648,17 @@ impl Batch {
         let mut sets = Sets::of(new);
         for change in changes {
             match change {
+                Change::AddCounter(counter) => self.add_counter(table, counter),
+                Change::DeleteCounter(counter) => self.add(
+                    format!("delete counter inet {table} {counter}"),
+                    NFT_MSG_DELOBJ,
+                    0,
+                    |a| {
+                        a.str(NFTA_OBJ_TABLE, table);
+                        a.str(NFTA_OBJ_NAME, counter);
+                        a.be32(NFTA_OBJ_TYPE, NFT_OBJECT_COUNTER);
+                    },
+                ),
                 Change::AddChain(chain) => self.add_chain(table, chain),
                 Change::FlushChain(chain) => self.add(
                     format!("flush chain inet {table} {chain}"),
@@ -687,6 +708,24 @@ impl Batch {
                 ),
             }
         }
+    }
+
+    /// A named counter, at zero.
+    fn add_counter(&mut self, table: &str, counter: &str) {
+        self.add(
+            format!("add counter inet {table} {counter}"),
+            NFT_MSG_NEWOBJ,
+            NLM_F_CREATE,
+            |a| {
+                a.str(NFTA_OBJ_TABLE, table);
+                a.str(NFTA_OBJ_NAME, counter);
+                a.be32(NFTA_OBJ_TYPE, NFT_OBJECT_COUNTER);
+                a.nest(NFTA_OBJ_DATA, |d| {
+                    d.put(NFTA_COUNTER_BYTES, &0u64.to_be_bytes());
+                    d.put(NFTA_COUNTER_PACKETS, &0u64.to_be_bytes());
+                });
+            },
+        );
     }
 
     fn add_set(&mut self, table: &str, set: &Set, id: u32) {

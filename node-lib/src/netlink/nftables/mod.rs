@@ -150,6 +150,25 @@ impl Nftables {
         self.commit(batch)
     }
 
+    /// The packets and bytes named counter `NAME` of table `inet TABLE` holds; `None` when
+    /// there is no such counter (or table).
+    pub fn counter(&mut self, table: &str, name: &str) -> Result<Option<CounterValue>> {
+        let op = format!("get counter inet {table} {name}");
+        let seq = self.next_seq();
+        let bytes = request(NFT_MSG_GETOBJ, seq, |a| {
+            a.str(NFTA_OBJ_TABLE, table);
+            a.str(NFTA_OBJ_NAME, name);
+            a.be32(NFTA_OBJ_TYPE, NFT_OBJECT_COUNTER);
+        });
+        let Some(payload) = self.get_object(&op, &bytes, seq, NFT_MSG_NEWOBJ)? else {
+            return Ok(None);
+        };
+        counter_value(&payload).map(Some).ok_or(NftError::Protocol {
+            op,
+            message: "the reply holds no counter values".to_string(),
+        })
+    }
+
     /// Deletes table `inet NAME` if it exists.
     pub fn delete_table(&mut self, table: &str) -> Result<()> {
         let mut batch = self.batch();
@@ -189,6 +208,23 @@ impl Nftables {
             }
         })
     }
+}
+
+/// What a named counter holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CounterValue {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// The values in a `NFT_MSG_NEWOBJ` reply of a counter (after its `nfgenmsg`).
+fn counter_value(payload: &[u8]) -> Option<CounterValue> {
+    let data = attribute(payload.get(4..)?, NFTA_OBJ_DATA)?;
+    let be64 = |ty| Some(u64::from_be_bytes(attribute(data, ty)?.try_into().ok()?));
+    Some(CounterValue {
+        packets: be64(NFTA_COUNTER_PACKETS)?,
+        bytes: be64(NFTA_COUNTER_BYTES)?,
+    })
 }
 
 /// How errors and logs name an element, in `nft` words.

@@ -31,6 +31,7 @@ pub(crate) fn web_ingress() -> Class {
         direction: Direction::Ingress,
         name: "ingress-0".into(),
         comment: "pods default/web-1; policies default/allow-web".into(),
+        policies: "default/allow-web".into(),
         ports4: vec![
             ports(
                 Value::Addr(ip("10.0.1.2")),
@@ -70,6 +71,7 @@ pub(crate) fn web_egress() -> Class {
         direction: Direction::Egress,
         name: "egress-0".into(),
         comment: "pods default/web-1; policies default/web-egress".into(),
+        policies: "default/web-egress".into(),
         ports4: vec![ports(
             Value::Addr(ip("10.0.1.4")),
             Protocol::Tcp,
@@ -128,6 +130,7 @@ pub(crate) fn other_ingress() -> Class {
         direction: Direction::Ingress,
         name: "ingress-1".into(),
         comment: "pods default/other-1; policies default/allow-tls".into(),
+        policies: "default/allow-tls".into(),
         ports4: vec![ports(
             Value::addr_range(ip("10.0.1.0"), ip("10.0.1.255")),
             Protocol::Tcp,

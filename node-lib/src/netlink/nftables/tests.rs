@@ -513,6 +513,7 @@ fn sample(pods: &[Cidr], nat: &[Cidr], nodes: &[IpAddr], port: u16) -> Table {
     }
     Table {
         name: "sinew".into(),
+        counters: Vec::new(),
         sets,
         chains: vec![
             Chain::base(

@@ -44,6 +44,9 @@ pub(super) const NFT_MSG_DELSET: u16 = 11;
 pub(super) const NFT_MSG_NEWSETELEM: u16 = 12;
 pub(super) const NFT_MSG_GETSETELEM: u16 = 13;
 pub(super) const NFT_MSG_DELSETELEM: u16 = 14;
+pub(super) const NFT_MSG_NEWOBJ: u16 = 18;
+pub(super) const NFT_MSG_GETOBJ: u16 = 19;
+pub(super) const NFT_MSG_DELOBJ: u16 = 20;
 
 // ----- attributes -----
 pub(super) const NFTA_LIST_ELEM: u16 = 1;
@@ -186,6 +189,19 @@ pub(super) const NFT_LIMIT_PKTS: u32 = 0;
 pub(super) const NFT_LIMIT_DEFAULT_BURST: u32 = 5;
 
 pub(super) const NFTA_LOG_GROUP: u16 = 1;
+pub(super) const NFTA_LOG_PREFIX: u16 = 2;
+
+/// `enum nft_object_attributes`.
+pub(super) const NFTA_OBJ_TABLE: u16 = 1;
+pub(super) const NFTA_OBJ_NAME: u16 = 2;
+pub(super) const NFTA_OBJ_TYPE: u16 = 3;
+pub(super) const NFTA_OBJ_DATA: u16 = 4;
+/// `NFT_OBJECT_COUNTER`.
+pub(super) const NFT_OBJECT_COUNTER: u32 = 1;
+pub(super) const NFTA_COUNTER_BYTES: u16 = 1;
+pub(super) const NFTA_COUNTER_PACKETS: u16 = 2;
+pub(super) const NFTA_OBJREF_IMM_TYPE: u16 = 1;
+pub(super) const NFTA_OBJREF_IMM_NAME: u16 = 2;
 
 pub(super) const NFTA_BYTEORDER_SREG: u16 = 1;
 pub(super) const NFTA_BYTEORDER_DREG: u16 = 2;

@@ -77,7 +77,7 @@ fn policy_rules_are_the_expressions_nft_generates() {
             verdict(NF_ACCEPT),
         ]
     );
-    // `oifname "snw*" oifname != @programmed drop`
+    // `oifname "snw*" oifname != @programmed counter name "dropped-held" drop`
     assert_eq!(
         compile(&forward[2], &PolicySets),
         [
@@ -90,6 +90,7 @@ fn policy_rules_are_the_expressions_nft_generates() {
                 dreg: None,
                 invert: true,
             },
+            KernelExpr::CounterRef("dropped-held".into()),
             verdict(NF_DROP),
         ]
     );
@@ -162,12 +163,23 @@ fn policy_rules_are_the_expressions_nft_generates() {
             verdict(NF_ACCEPT),
         ]
     );
-    // `limit rate 10/second log group 1`
+    // `limit rate 10/second log prefix "ingress-0 default/allow-web" group 1`
     assert_eq!(
         compile(&class[4], &PolicySets),
         [
             KernelExpr::Limit { rate: 10, unit: 1 },
-            KernelExpr::Log { group: 1 }
+            KernelExpr::Log {
+                group: 1,
+                prefix: Some("ingress-0 default/allow-web".into())
+            }
+        ]
+    );
+    // `counter name "dropped-ingress" drop`
+    assert_eq!(
+        compile(&class[5], &PolicySets),
+        [
+            KernelExpr::CounterRef("dropped-ingress".into()),
+            verdict(NF_DROP)
         ]
     );
     // the same key in a set without intervals keeps the protocol as it is
@@ -228,7 +240,20 @@ fn policy_text_reads_as_nft_lists_it() {
             },
             "limit rate 3/minute",
         ),
-        (Expr::LogGroup(7), "log group 7"),
+        (
+            Expr::Log {
+                group: 7,
+                prefix: None,
+            },
+            "log group 7",
+        ),
+        (
+            Expr::Log {
+                group: 7,
+                prefix: Some("c1 a/b".into()),
+            },
+            "log prefix \"c1 a/b\" group 7",
+        ),
         (
             Expr::Icmpv6Type(Icmpv6Type::NeighborSolicit),
             "icmpv6 type nd-neighbor-solicit",

@@ -19,6 +19,8 @@ fn names(changes: &[Change]) -> Vec<String> {
             Change::AddElements(s) => format!("add {} to {}", texts(s), s.name),
             Change::AddRules { chain, rules } => format!("add {} rules to {chain}", rules.len()),
             Change::DeleteChain(c) => format!("delete chain {c}"),
+            Change::AddCounter(c) => format!("add counter {c}"),
+            Change::DeleteCounter(c) => format!("delete counter {c}"),
         })
         .collect()
 }
@@ -203,5 +205,49 @@ fn a_set_whose_type_changes_is_recreated_and_its_readers_refilled() {
             "add set egress-0-any4",
             "add 5 rules to egress-0",
         ]
+    );
+}
+
+#[test]
+fn counters_that_stay_are_untouched_and_others_come_and_go_around_their_rules() {
+    let old = golden(false);
+    // The drop counters stay whatever else changes: nothing deletes or recreates them.
+    for new in [golden(true), table(&[web_ingress()], &MEMBERS[1..], false)] {
+        assert!(
+            diff(&old, &new)
+                .iter()
+                .all(|c| !matches!(c, Change::AddCounter(_) | Change::DeleteCounter(_))),
+            "{:?}",
+            names(&diff(&old, &new))
+        );
+    }
+    // A counter that goes is deleted after the rules counting into it; one that comes is
+    // created before the rules counting into it.
+    let mut renamed = golden(false);
+    renamed.counters[0] = "renamed".into();
+    for chain in &mut renamed.chains {
+        for rule in &mut chain.rules {
+            for e in &mut rule.exprs {
+                if *e == Expr::CounterRef(old.counters[0].clone()) {
+                    *e = Expr::CounterRef("renamed".into());
+                }
+            }
+        }
+    }
+    let changes = names(&diff(&old, &renamed));
+    let at = |name: &str| changes.iter().position(|c| c == name).unwrap();
+    let first_flush = changes.iter().position(|c| c.starts_with("flush")).unwrap();
+    let first_add = changes
+        .iter()
+        .position(|c| c.starts_with("add ") && c.contains("rules"))
+        .unwrap();
+    assert_eq!(at("add counter renamed"), 0, "{changes:?}");
+    assert!(
+        at(&format!("delete counter {}", old.counters[0])) > first_flush,
+        "{changes:?}"
+    );
+    assert!(
+        at(&format!("delete counter {}", old.counters[0])) < first_add,
+        "{changes:?}"
     );
 }
