@@ -198,21 +198,29 @@ async fn pods_are_isolated_from_their_first_packet_and_follow_label_changes(
 
     // What the policy drops is counted per direction, and logged once asked.
     set_network(&ctx, json!({"networkPolicyDropLog": "Enabled"})).await?;
-    eventually("np-other -> np-web dropped, counted and logged on np-web's node", || {
-        if talk(&other, &web).is_ok() {
-            return Err("np-other reaches np-web".into());
-        }
-        let dropped = metric(&cluster, &n0, "sinew_node_policy_dropped_packets_total", "ingress")?;
-        let log = cluster.node(&n0).agent_log();
-        let logged = log
-            .lines()
-            .any(|l| l.contains("policy dropped a packet") && l.contains("np-web"));
-        match (dropped, logged) {
-            (0, _) => Err("no ingress drop counted".into()),
-            (_, false) => Err("no drop event naming np-web in the agent's log".into()),
-            _ => Ok(()),
-        }
-    })
+    eventually(
+        "np-other -> np-web dropped, counted and logged on np-web's node",
+        || {
+            if talk(&other, &web).is_ok() {
+                return Err("np-other reaches np-web".into());
+            }
+            let dropped = metric(
+                &cluster,
+                &n0,
+                "sinew_node_policy_dropped_packets_total",
+                "ingress",
+            )?;
+            let log = cluster.node(&n0).agent_log();
+            let logged = log
+                .lines()
+                .any(|l| l.contains("policy dropped a packet") && l.contains("np-web"));
+            match (dropped, logged) {
+                (0, _) => Err("no ingress drop counted".into()),
+                (_, false) => Err("no drop event naming np-web in the agent's log".into()),
+                _ => Ok(()),
+            }
+        },
+    )
     .await?;
     set_network(&ctx, json!({"networkPolicyDropLog": "Disabled"})).await?;
 
