@@ -6,11 +6,11 @@
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use netlink_sys::{Socket, protocols::NETLINK_NETFILTER};
 
+use crate::netlink::nftables::setsockopt;
 use crate::netns::{NetNs, NetnsError};
 
 /// `NFNL_SUBSYS_ULOG`.
@@ -331,26 +331,6 @@ fn messages(mut data: &[u8]) -> impl Iterator<Item = (u16, u32, &[u8])> {
         data = data.get(len.div_ceil(4) * 4..).unwrap_or_default();
         Some((ty, seq, payload))
     })
-}
-
-fn setsockopt<T>(socket: &Socket, name: libc::c_int, value: &T) -> io::Result<()> {
-    let len = libc::socklen_t::try_from(std::mem::size_of::<T>())
-        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    // SAFETY: `value` points to a live `T` of `len` bytes for the duration of the call.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            name,
-            (value as *const T).cast(),
-            len,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
 }
 
 #[cfg(test)]

@@ -487,3 +487,35 @@ fn scale() -> Result<(), String> {
     }
     Ok(())
 }
+
+/// The day and the commit a benchmark ran at (`<commit> with local changes` when the tree
+/// differs from it), for the docs.
+fn run_stamp(root: &Path) -> (String, String) {
+    let root = root.display().to_string();
+    let date = command_output("date", &["-u", "+%Y-%m-%d"]).unwrap_or_else(|| "?".into());
+    let commit = command_output("git", &["-C", &root, "rev-parse", "--short", "HEAD"])
+        .map(|c| {
+            let dirty = command_output(
+                "git",
+                &["-C", &root, "status", "--porcelain", "--untracked-files=no"],
+            )
+            .is_some_and(|s| !s.is_empty());
+            if dirty {
+                format!("{c} with local changes")
+            } else {
+                c
+            }
+        })
+        .unwrap_or_else(|| "unknown".into());
+    (date, commit)
+}
+
+fn command_output(program: &str, args: &[&str]) -> Option<String> {
+    let out = std::process::Command::new(program)
+        .args(args)
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}

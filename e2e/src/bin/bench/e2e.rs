@@ -847,16 +847,6 @@ each agent installed. The pool is the chart's `default-ipv4` (10.244.0.0/16, /26
   `bench-0` -> `bench-2` in `Auto` (VXLAN through the router). Baseline: two namespaces joined by
   one veth pair with addresses, no sinew. Sender and receiver are threads of the benchmark.";
 
-fn command_output(program: &str, args: &[&str]) -> Option<String> {
-    let out = std::process::Command::new(program)
-        .args(args)
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
-}
-
 /// Writes the run into the "End-to-end: local cluster" section of docs/benchmarks.md: the part
 /// between the markers is replaced (the section is appended when missing), the rest of the
 /// file, including notes after the end marker, is kept.
@@ -868,28 +858,7 @@ pub fn write_docs(
 ) -> Result<std::path::PathBuf> {
     let root = sinew_e2e::tools::repo_root();
     let path = root.join("docs/benchmarks.md");
-    let root_str = root.display().to_string();
-    let date = command_output("date", &["-u", "+%Y-%m-%d"]).unwrap_or_else(|| "?".into());
-    let commit = command_output("git", &["-C", &root_str, "rev-parse", "--short", "HEAD"])
-        .map(|c| {
-            let dirty = command_output(
-                "git",
-                &[
-                    "-C",
-                    &root_str,
-                    "status",
-                    "--porcelain",
-                    "--untracked-files=no",
-                ],
-            )
-            .is_some_and(|s| !s.is_empty());
-            if dirty {
-                format!("{c} with local changes")
-            } else {
-                c
-            }
-        })
-        .unwrap_or_else(|| "unknown".into());
+    let (date, commit) = super::run_stamp(&root);
     let block = format!(
         "{BEGIN}\nCommand (root): `make bench-e2e`, i.e.\n`cargo run -p sinew-e2e --release --bin bench -- e2e [--pods 60] [--parallel 8] [--samples 10] [--mib 256] --write-docs`\n(`--write-docs` rewrites this part of the section; without it the table is only printed).\n\n{METHOD}\n\nRun on {date}, release build of commit {commit}, with `--pods {} --parallel {} --samples {} --mib {}`:\n\n```\n{title}\nmachine: {machine}\n```\n\n{table}{END}\n",
         settings.pods, settings.parallel, settings.samples, settings.mib

@@ -191,16 +191,6 @@ pub fn run(samples: usize, write_docs: bool, machine: &str) -> Result<(), String
     Ok(())
 }
 
-fn command_output(program: &str, args: &[&str]) -> Option<String> {
-    let out = std::process::Command::new(program)
-        .args(args)
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
-}
-
 /// Writes the run into the "NetworkPolicy at scale" section of docs/benchmarks.md: the part
 /// between the markers is replaced (the section is appended when missing), the rest of the
 /// file, including notes after the end marker, is kept.
@@ -212,28 +202,7 @@ fn write(
 ) -> Result<std::path::PathBuf, String> {
     let root = sinew_e2e::tools::repo_root();
     let path = root.join("docs/benchmarks.md");
-    let root_str = root.display().to_string();
-    let date = command_output("date", &["-u", "+%Y-%m-%d"]).unwrap_or_else(|| "?".into());
-    let commit = command_output("git", &["-C", &root_str, "rev-parse", "--short", "HEAD"])
-        .map(|c| {
-            let dirty = command_output(
-                "git",
-                &[
-                    "-C",
-                    &root_str,
-                    "status",
-                    "--porcelain",
-                    "--untracked-files=no",
-                ],
-            )
-            .is_some_and(|s| !s.is_empty());
-            if dirty {
-                format!("{c} with local changes")
-            } else {
-                c
-            }
-        })
-        .unwrap_or_else(|| "unknown".into());
+    let (date, commit) = super::run_stamp(&root);
     let block = format!(
         "{BEGIN}\nCommand (root, needs the Go-built control plane): `make bench-policy`, i.e.\n`cargo run -p sinew-e2e --release --bin bench -- policy [--samples 40] --write-docs`\n(`--write-docs` rewrites this part of the section; without it the table is only printed).\n\n{METHOD}\n\nRun on {date}, release build of commit {commit}, with `--samples {}`:\n\n```\n{title}\nmachine: {machine}\n```\n\n{table}{END}\n",
         settings.samples

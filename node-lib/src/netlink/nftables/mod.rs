@@ -17,6 +17,7 @@ mod compile;
 mod encode;
 mod hostports;
 mod socket;
+pub(crate) use socket::setsockopt;
 mod uapi;
 
 use std::io;

@@ -235,7 +235,8 @@ impl Nftables {
     }
 }
 
-fn setsockopt<T>(socket: &Socket, name: libc::c_int, value: &T) -> io::Result<()> {
+/// `setsockopt(SOL_SOCKET, name, value)` on a netlink socket (also the nflog listener's).
+pub(crate) fn setsockopt<T>(socket: &Socket, name: libc::c_int, value: &T) -> io::Result<()> {
     let len = libc::socklen_t::try_from(std::mem::size_of::<T>())
         .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     // SAFETY: `value` points to a live `T` of `len` bytes for the duration of the call.
