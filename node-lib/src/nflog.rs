@@ -186,8 +186,9 @@ impl Nflog {
         let socket = crate::netlink::connected(NETLINK_NETFILTER)
             .map_err(|(syscall, source)| NflogError::Io { syscall, source })?;
         let timeout = libc::timeval {
-            tv_sec: libc::time_t::try_from(wait.as_secs()).unwrap_or(libc::time_t::MAX),
-            tv_usec: libc::suseconds_t::from(wait.subsec_micros().max(1)),
+            // Bounded to a day, so the cast to the platform's `time_t` loses nothing.
+            tv_sec: wait.as_secs().min(86_400) as _,
+            tv_usec: wait.subsec_micros().max(1).into(),
         };
         setsockopt(&socket, libc::SO_RCVTIMEO, &timeout).map_err(|source| NflogError::Io {
             syscall: "setsockopt",
