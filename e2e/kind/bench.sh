@@ -411,14 +411,7 @@ connect_run() { # label
 
 # ctstat LABEL p50|p99: over every connection's connect time of that label (ms).
 ctstat() {
-  awk -v l="$1" '$2 == l {print $3}' "$out/ct-samples.txt" | sort -g | awk -v w="$2" '
-    {v[NR] = $1}
-    END {
-      if (NR == 0) { print "-"; exit }
-      if (w == "p50") i = int((NR + 1) / 2)
-      else { i = int(NR * 0.99 + 0.999999); if (i < 1) i = 1; if (i > NR) i = NR }
-      print v[i]
-    }'
+  awk -v l="$1" '$2 == l {print $3}' "$out/ct-samples.txt" | quantile "$2"
 }
 
 # The policies that select other pods (20 pause pods over both workers), and the pair that
@@ -619,11 +612,9 @@ fi
 
 # --- the table ------------------------------------------------------------------------------
 
-# stat KIND SIDE p50|p99|median: over the samples of that kind and side.
-stat() {
-  local kind=$1 side=$2 what=$3 col=4
-  [[ $kind == tcp || $kind == conn ]] && col=3
-  awk -v k="$kind" -v s="$side" -v c="$col" '$1 == k && $2 == s {print $c}' "$out/samples.txt" | sort -g | awk -v w="$what" '
+# quantile p50|median|p99: of the numbers on standard input ("-" when there are none).
+quantile() {
+  sort -g | awk -v w="$1" '
     {v[NR] = $1}
     END {
       if (NR == 0) { print "-"; exit }
@@ -631,6 +622,13 @@ stat() {
       else { i = int(NR * 0.99 + 0.999999); if (i < 1) i = 1; if (i > NR) i = NR }
       print v[i]
     }'
+}
+
+# stat KIND SIDE p50|p99|median: over the samples of that kind and side.
+stat() {
+  local kind=$1 side=$2 what=$3 col=4
+  [[ $kind == tcp || $kind == conn ]] && col=3
+  awk -v k="$kind" -v s="$side" -v c="$col" '$1 == k && $2 == s {print $c}' "$out/samples.txt" | quantile "$what"
 }
 ms() { awk -v v="$1" 'BEGIN { if (v == "-") print "-"; else printf "%.0f", v * 1000 }'; }
 num2() { awk -v v="$1" 'BEGIN { if (v == "-") print "-"; else printf "%.2f", v }'; }
@@ -656,14 +654,7 @@ table() {
 
 # pstat KIND p50|p99: over the NetworkPolicy change samples of that kind.
 pstat() {
-  awk -v k="$1" '$1 == k {print $2}' "$out/policy-samples.txt" | sort -g | awk -v w="$2" '
-    {v[NR] = $1}
-    END {
-      if (NR == 0) { print "-"; exit }
-      if (w == "p50") i = int((NR + 1) / 2)
-      else { i = int(NR * 0.99 + 0.999999); if (i < 1) i = 1; if (i > NR) i = NR }
-      print v[i]
-    }'
+  awk -v k="$1" '$1 == k {print $2}' "$out/policy-samples.txt" | quantile "$2"
 }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "-" || b == "-" || b == 0) print "-"; else printf "%.2f", a / b }'; }
 

@@ -519,3 +519,31 @@ fn command_output(program: &str, args: &[&str]) -> Option<String> {
         .success()
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
+
+/// Replaces the part of the Markdown file `path` between the `begin` and `end` markers with
+/// `block` (which carries the markers), keeping everything else, notes after the end marker
+/// included; appends `heading` and `block` when the markers are missing (refused when the
+/// heading is there without them).
+fn write_section(
+    path: &Path,
+    (begin, end, heading): (&str, &str, &str),
+    block: &str,
+) -> Result<(), String> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    let updated = match (text.find(begin), text.find(end)) {
+        (Some(b), Some(e)) if b < e => {
+            let after = &text[e + end.len()..];
+            let after = after.strip_prefix('\n').unwrap_or(after);
+            format!("{}{block}{after}", &text[..b])
+        }
+        _ if text.contains(heading) => {
+            return Err(format!(
+                "{} has a \"{heading}\" section without the markers; remove it or add them",
+                path.display()
+            ));
+        }
+        _ => format!("{}\n\n{heading}\n\n{block}", text.trim_end()),
+    };
+    std::fs::write(path, updated).map_err(|e| format!("writing {}: {e}", path.display()))
+}

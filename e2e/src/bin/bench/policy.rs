@@ -207,22 +207,6 @@ fn write(
         "{BEGIN}\nCommand (root, needs the Go-built control plane): `make bench-policy`, i.e.\n`cargo run -p sinew-e2e --release --bin bench -- policy [--samples 40] --write-docs`\n(`--write-docs` rewrites this part of the section; without it the table is only printed).\n\n{METHOD}\n\nRun on {date}, release build of commit {commit}, with `--samples {}`:\n\n```\n{title}\nmachine: {machine}\n```\n\n{table}{END}\n",
         settings.samples
     );
-    let text =
-        std::fs::read_to_string(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
-    let updated = match (text.find(BEGIN), text.find(END)) {
-        (Some(b), Some(e)) if b < e => {
-            let after = &text[e + END.len()..];
-            let after = after.strip_prefix('\n').unwrap_or(after);
-            format!("{}{block}{after}", &text[..b])
-        }
-        _ if text.contains(HEADING) => {
-            return Err(format!(
-                "{} has a \"{HEADING}\" section without the markers; remove it or add them",
-                path.display()
-            ));
-        }
-        _ => format!("{}\n\n{HEADING}\n\n{block}", text.trim_end()),
-    };
-    std::fs::write(&path, updated).map_err(|e| format!("writing {}: {e}", path.display()))?;
+    super::write_section(&path, (BEGIN, END, HEADING), &block)?;
     Ok(path)
 }
