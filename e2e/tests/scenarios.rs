@@ -287,7 +287,9 @@ async fn an_exhausted_pool_fails_add_clearly_and_says_so(ctx: Ctx) -> TestResult
             .contains("is exhausted")
     );
     let pools: Api<IPPool> = Api::all(ctx.client.clone());
-    let exhausted = |want: bool| {
+    // `Exhausted` turns True at 90% (13 of 14, reason NearlyExhausted) before the status
+    // counts the 14th address: wait for the reason that says full.
+    let exhausted = |want: bool, reason: &'static str| {
         let pools = pools.clone();
         move || {
             let pools = pools.clone();
@@ -295,18 +297,17 @@ async fn an_exhausted_pool_fails_add_clearly_and_says_so(ctx: Ctx) -> TestResult
                 let p = pools.get("ex-pool").await?;
                 Ok(p.status
                     .and_then(|s| s.conditions.into_iter().find(|c| c.type_ == "Exhausted"))
-                    .filter(|c| (c.status == "True") == want))
+                    .filter(|c| (c.status == "True") == want && c.reason == reason))
             }
         }
     };
     let condition = wait_for(
-        "Exhausted=True",
+        "Exhausted=True, reason Exhausted",
         Duration::from_secs(15),
         operator_log,
-        exhausted(true),
+        exhausted(true, "Exhausted"),
     )
     .await?;
-    assert_eq!(condition.reason, "Exhausted");
     assert!(
         condition.message.contains("14 of 14"),
         "{}",
@@ -335,7 +336,7 @@ async fn an_exhausted_pool_fails_add_clearly_and_says_so(ctx: Ctx) -> TestResult
         "Exhausted=False",
         Duration::from_secs(15),
         operator_log,
-        exhausted(false),
+        exhausted(false, "AddressesAvailable"),
     )
     .await?;
     Ok(())
