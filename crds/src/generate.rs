@@ -9,7 +9,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
 };
 use kube::CustomResourceExt;
 
-use crate::{ClusterNetwork, IPBlock, IPPool};
+use crate::{ClusterNetwork, IPBlock, IPBlockUsage, IPPool};
 
 /// Where the chart keeps its CRDs, relative to the repository root. The only copy.
 pub const CHART_CRD_DIR: &str = "charts/sinew/crds";
@@ -37,7 +37,12 @@ pub enum GenerateError {
 /// Every CRD sinew defines, with only the schema formats Kubernetes knows
 /// (see [`kubernetes_formats`]).
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    let mut crds = vec![ClusterNetwork::crd(), IPPool::crd(), IPBlock::crd()];
+    let mut crds = vec![
+        ClusterNetwork::crd(),
+        IPPool::crd(),
+        IPBlock::crd(),
+        IPBlockUsage::crd(),
+    ];
     for crd in &mut crds {
         for version in &mut crd.spec.versions {
             if let Some(schema) = version
@@ -266,8 +271,8 @@ mod tests {
             (port.format.as_deref(), port.minimum, port.maximum),
             (Some("int32"), Some(1.0), Some(65535.0))
         );
-        let block = schema(&crds[2]);
-        let status = &block.properties.as_ref().unwrap()["status"];
+        let usage = schema(&crds[3]);
+        let status = &usage.properties.as_ref().unwrap()["status"];
         let allocated = &status.properties.as_ref().unwrap()["allocated"];
         assert_eq!(
             (

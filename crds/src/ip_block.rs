@@ -1,4 +1,6 @@
-//! `IPBlock`: internal record of one block of a pool claimed by one node.
+//! `IPBlock`: internal record of one block of a pool claimed by one node. Its allocations are
+//! not here but in its [`crate::IPBlockUsage`]: every agent watches every block (a block is a
+//! route), and only the operator and users read allocations (decision 95).
 //!
 //! Its name is derived from its CIDR alone ([`crate::cidr::Cidr::object_name`]), so the API
 //! server arbitrates claims: two nodes racing for the same block cannot both create it. The
@@ -23,9 +25,8 @@ use crate::cidr::Cidr;
     singular = "ipblock",
     shortname = "ipb",
     category = "sinew",
-    status = "IPBlockStatus",
     derive = "PartialEq",
-    doc = "A block of a pool claimed by one node (managed by sinew, named after its CIDR).",
+    doc = "A block of a pool claimed by one node (managed by sinew, named after its CIDR). Its allocations are in the IPBlockUsage of the same name: kubectl get ipblockusages.",
     selectable = ".spec.node",
     selectable = ".spec.pool",
     // Peers turn every block into a route, and the name is what makes a claim unique: a name
@@ -36,7 +37,6 @@ use crate::cidr::Cidr;
     printcolumn(name = "Pool", type_ = "string", json_path = ".spec.pool"),
     printcolumn(name = "CIDR", type_ = "string", json_path = ".spec.cidr"),
     printcolumn(name = "Node", type_ = "string", json_path = ".spec.node"),
-    printcolumn(name = "Allocated", type_ = "integer", json_path = ".status.allocated"),
     printcolumn(
         name = "Age",
         type_ = "date",
@@ -134,20 +134,6 @@ impl IPBlock {
     pub fn name_for(cidr: &Cidr) -> String {
         cidr.object_name()
     }
-}
-
-/// The block's allocations, written only by its node's agent.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct IPBlockStatus {
-    /// Number of addresses in use.
-    #[serde(default)]
-    pub allocated: u32,
-
-    /// One entry per address in use.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 4096))]
-    pub allocations: Vec<Allocation>,
 }
 
 /// One address held by one pod interface.

@@ -15,6 +15,7 @@ pub mod process;
 pub mod require;
 pub mod scale;
 pub mod tools;
+pub mod usage;
 
 pub use control_plane::ControlPlane;
 

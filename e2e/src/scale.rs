@@ -1,5 +1,5 @@
 //! The operator at scale (`bench scale`): 1,000 Node objects with agent reports, 50 pools,
-//! 1,000 IPBlocks holding 10,000 allocations and their 10,000 Pod objects, all in the real API
+//! 1,000 IPBlocks and their usages holding 10,000 allocations and their 10,000 Pod objects, all in the real API
 //! server; the operator (release build, leader) reconciles them. Measured: the time until
 //! every pool shows its usage, the operator's resident memory, and how long a change takes to
 //! show in `IPPool` status (a spec edit, and an agent's block report).
@@ -10,7 +10,7 @@ use futures::{StreamExt, TryStreamExt, stream};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
-use sinew_crds::{IPBlock, IPPool, IPPoolStatus};
+use sinew_crds::{IPBlock, IPBlockUsage, IPPool, IPPoolStatus};
 
 use crate::ControlPlane;
 use crate::process::Supervised;
@@ -125,9 +125,11 @@ async fn load(client: &kube::Client, scale: &Scale) -> Result<(), BoxError> {
         .await?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     let blocks: Api<IPBlock> = Api::all(client.clone());
+    let usages: Api<IPBlockUsage> = Api::all(client.clone());
     stream::iter(0..scale.nodes)
         .map(|n| {
-            let (pods, blocks, params) = (pods.clone(), blocks.clone(), params.clone());
+            let (pods, blocks, usages, params) =
+                (pods.clone(), blocks.clone(), usages.clone(), params.clone());
             async move {
                 let node = format!("node-{n:04}");
                 let pool = pool_of(n, scale);
@@ -153,10 +155,16 @@ async fn load(client: &kube::Client, scale: &Scale) -> Result<(), BoxError> {
                 let block = json!({"apiVersion": "sinew.dev/v1alpha1", "kind": "IPBlock",
                                    "metadata": {"name": name, "labels": {"sinew.dev/node": node, "sinew.dev/pool": format!("pool-{pool}")}},
                                    "spec": {"pool": format!("pool-{pool}"), "cidr": cidr, "node": node}});
-                blocks.patch(&name, &params, &Patch::Apply(&block)).await?;
-                let status = json!({"apiVersion": "sinew.dev/v1alpha1", "kind": "IPBlock", "metadata": {"name": name},
+                let block = blocks.patch(&name, &params, &Patch::Apply(&block)).await?;
+                // Its usage, as the agent writes it: owned by the block, then its status.
+                let usage = json!({"apiVersion": "sinew.dev/v1alpha1", "kind": "IPBlockUsage",
+                                   "metadata": {"name": name, "ownerReferences": [{"apiVersion": "sinew.dev/v1alpha1", "kind": "IPBlock",
+                                                "name": name, "uid": block.metadata.uid}]},
+                                   "spec": {"pool": format!("pool-{pool}"), "cidr": cidr, "node": node}});
+                usages.patch(&name, &params, &Patch::Apply(&usage)).await?;
+                let status = json!({"apiVersion": "sinew.dev/v1alpha1", "kind": "IPBlockUsage", "metadata": {"name": name},
                                     "status": {"allocated": allocations.len(), "allocations": allocations}});
-                blocks
+                usages
                     .patch_status(&name, &params, &Patch::Apply(&status))
                     .await?;
                 Ok::<_, BoxError>(())
@@ -294,26 +302,26 @@ async fn measure(cp: &ControlPlane, scale: Scale) -> Result<Measured, BoxError> 
         m.spec_edit
             .push(status_change(&pools, &name, "a spec edit", |s| s.capacity, before).await?);
     }
-    let blocks: Api<IPBlock> = Api::all(client.clone());
+    let usages: Api<IPBlockUsage> = Api::all(client.clone());
     let params = PatchParams::apply("sinew-bench").force();
     for i in 0..scale.samples {
         // Node i's agent reports one allocation fewer (a pod went away).
         let node = i * 7 % scale.nodes;
         let pool = format!("pool-{}", pool_of(node, &scale));
-        let block = blocks
+        let usage = usages
             .list(&kube::api::ListParams::default().fields(&format!("spec.node=node-{node:04}")))
             .await?
             .items
             .into_iter()
             .next()
-            .ok_or("no block")?;
-        let mut status = block.status.clone().unwrap_or_default();
+            .ok_or("no block usage")?;
+        let mut status = usage.status.clone().unwrap_or_default();
         status.allocations.pop();
         status.allocated = status.allocations.len() as u32;
         let before = pools.get(&pool).await?.status.and_then(|s| s.allocated);
-        let name = kube::ResourceExt::name_any(&block);
-        let patch = json!({"apiVersion": "sinew.dev/v1alpha1", "kind": "IPBlock", "metadata": {"name": name}, "status": status});
-        blocks
+        let name = kube::ResourceExt::name_any(&usage);
+        let patch = json!({"apiVersion": "sinew.dev/v1alpha1", "kind": "IPBlockUsage", "metadata": {"name": name}, "status": status});
+        usages
             .patch_status(&name, &params, &Patch::Apply(&patch))
             .await?;
         m.block_report

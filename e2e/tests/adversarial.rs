@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Secret};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
-use sinew_crds::{ClusterNetwork, IPBlock, IPPool};
+use sinew_crds::{ClusterNetwork, IPBlock, IPBlockUsage, IPPool};
 use sinew_e2e::harness::{Ctx, TestResult};
 use sinew_e2e::helm::{Helm, NAMESPACE};
 use sinew_e2e::tests;
@@ -269,13 +269,41 @@ async fn another_nodes_blocks_cannot_be_created_deleted_or_reported(ctx: Ctx) ->
         .await;
     v.refused("create a block for another node", created, NOT_MINE);
 
-    admin
+    let block = admin
         .create(&PostParams::default(), &block_object(&theirs))
         .await?;
     let name = "10-150-1-0-26";
-    let forged = json!({"apiVersion": "sinew.dev/v1alpha1", "kind": "IPBlock", "metadata": {"name": name},
+    // Its usage, as its own node would write it.
+    let usage = |node: &str| {
+        json!({"apiVersion": "sinew.dev/v1alpha1", "kind": "IPBlockUsage",
+               "metadata": {"name": name, "ownerReferences": [{"apiVersion": "sinew.dev/v1alpha1",
+                            "kind": "IPBlock", "name": name, "uid": block.metadata.uid}]},
+               "spec": {"pool": "adv-v4", "cidr": "10.150.1.0/26", "node": node}})
+    };
+    let usages_as_agent: Api<IPBlockUsage> = Api::all(agent_client(&ctx, ME).await?);
+    let usages: Api<IPBlockUsage> = Api::all(ctx.client.clone());
+    let created = usages_as_agent
+        .patch(
+            name,
+            &PatchParams::apply("sinew-node/adv-a"),
+            &Patch::Apply(&usage(OTHER)),
+        )
+        .await;
+    v.refused(
+        "create the usage of another node's block",
+        created,
+        NOT_MINE,
+    );
+    usages
+        .patch(
+            name,
+            &PatchParams::apply("sinew-e2e"),
+            &Patch::Apply(&usage(OTHER)),
+        )
+        .await?;
+    let forged = json!({"apiVersion": "sinew.dev/v1alpha1", "kind": "IPBlockUsage", "metadata": {"name": name},
                         "status": {"allocated": 1, "allocations": [{"ip": "10.150.1.1", "containerId": "x", "interface": "eth0", "generation": 1}]}});
-    let status = as_agent
+    let status = usages_as_agent
         .patch_status(
             name,
             &PatchParams::apply("sinew-node/adv-a"),
@@ -287,10 +315,32 @@ async fn another_nodes_blocks_cannot_be_created_deleted_or_reported(ctx: Ctx) ->
         status,
         NOT_MINE,
     );
-    let merge = as_agent
+    let merge = usages_as_agent
         .patch_status(name, &PatchParams::default(), &Patch::Merge(&forged))
         .await;
-    v.refused("merge-patch another node's block status", merge, NOT_MINE);
+    v.refused("merge-patch another node's block usage", merge, NOT_MINE);
+    let deleted = usages_as_agent.delete(name, &DeleteParams::default()).await;
+    v.refused("delete another node's block usage", deleted, RBAC);
+    // A usage of its own must name its block as owner.
+    let mine = ip_block("10.150.4.0/26", "adv-v4", ME);
+    admin
+        .create(&PostParams::default(), &block_object(&mine))
+        .await?;
+    let unowned = json!({"apiVersion": "sinew.dev/v1alpha1", "kind": "IPBlockUsage",
+                         "metadata": {"name": "10-150-4-0-26"},
+                         "spec": {"pool": "adv-v4", "cidr": "10.150.4.0/26", "node": ME}});
+    let created = usages_as_agent
+        .patch(
+            "10-150-4-0-26",
+            &PatchParams::apply("sinew-node/adv-a"),
+            &Patch::Apply(&unowned),
+        )
+        .await;
+    v.refused(
+        "write a usage its block does not own",
+        created,
+        "owned by the IPBlock",
+    );
     let deleted = as_agent.delete(name, &DeleteParams::default()).await;
     v.refused("delete another node's block", deleted, NOT_MINE);
     v.finish()
@@ -806,6 +856,7 @@ async fn the_agents_own_writes_still_succeed(ctx: Ctx) -> TestResult {
     let agent = agent_client(&ctx, ME).await?;
     let mut v = Verdicts::default();
     let blocks: Api<IPBlock> = Api::all(agent.clone());
+    let usages: Api<IPBlockUsage> = Api::all(agent.clone());
     let manager = PatchParams::apply("sinew-node/adv-a");
     for (cidr, pool) in [
         ("10.150.8.0/26", "adv-v4"),
@@ -817,23 +868,31 @@ async fn the_agents_own_writes_still_succeed(ctx: Ctx) -> TestResult {
             .as_str()
             .unwrap_or_default()
             .to_string();
+        let claimed = blocks
+            .create(
+                &PostParams {
+                    dry_run: false,
+                    field_manager: Some("sinew-node/adv-a".into()),
+                },
+                &block_object(&block),
+            )
+            .await;
+        let uid = claimed.as_ref().ok().and_then(|b| b.metadata.uid.clone());
+        v.allowed(&format!("claim {cidr} in {pool}"), claimed);
+        // Its usage, owned by the block, as the agent writes it.
+        let usage = json!({"apiVersion": "sinew.dev/v1alpha1", "kind": "IPBlockUsage",
+            "metadata": {"name": name, "ownerReferences": [{"apiVersion": "sinew.dev/v1alpha1",
+                         "kind": "IPBlock", "name": name, "uid": uid}]},
+            "spec": {"pool": pool, "cidr": cidr, "node": ME}});
         v.allowed(
-            &format!("claim {cidr} in {pool}"),
-            blocks
-                .create(
-                    &PostParams {
-                        dry_run: false,
-                        field_manager: Some("sinew-node/adv-a".into()),
-                    },
-                    &block_object(&block),
-                )
-                .await,
+            &format!("create the usage of {cidr}"),
+            usages.patch(&name, &manager, &Patch::Apply(&usage)).await,
         );
-        let status = json!({"apiVersion": "sinew.dev/v1alpha1", "kind": "IPBlock", "metadata": {"name": name},
+        let status = json!({"apiVersion": "sinew.dev/v1alpha1", "kind": "IPBlockUsage", "metadata": {"name": name},
                             "status": {"allocated": 0}});
         v.allowed(
             &format!("report {cidr}"),
-            blocks
+            usages
                 .patch_status(&name, &manager, &Patch::Apply(&status))
                 .await,
         );

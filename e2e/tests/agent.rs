@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use serde_json::json;
-use sinew_crds::{IPBlock, IPPool};
+use sinew_crds::{IPBlock, IPBlockUsage, IPPool};
 use sinew_e2e::cluster::{CLUSTER_LABEL, LocalCluster, Pod};
 use sinew_e2e::harness::{Ctx, TestResult};
 use sinew_e2e::netsim::{EchoServer, TcpStreamProbe, bulk_transfer, tcp_exchange};
@@ -27,7 +27,7 @@ fn main() -> ExitCode {
         tests![
             agents_claim_distinct_blocks_and_pods_talk_across_nodes,
             live_mode_switch_keeps_connections_and_large_transfers,
-            allocations_show_up_in_ipblock_status,
+            allocations_show_up_in_the_blocks_usage,
             departed_node_routes_disappear_from_peers,
             nat_outgoing_masquerades_only_traffic_leaving_the_pools,
             a_foreign_conflist_is_reported_and_never_touched,
@@ -264,20 +264,20 @@ async fn live_mode_switch_keeps_connections_and_large_transfers(ctx: Ctx) -> Tes
     Ok(())
 }
 
-async fn allocations_show_up_in_ipblock_status(ctx: Ctx) -> TestResult {
+async fn allocations_show_up_in_the_blocks_usage(ctx: Ctx) -> TestResult {
     let cluster = LocalCluster::start(&ctx.cp, "st", &[0]).await;
     pool(&ctx, "st-pool", "st", "10.102.0.0/24", 27, "Auto").await?;
     cluster.wait_ready(Duration::from_secs(30)).await?;
     let added = Instant::now();
     let pod = cluster.start_pod(&cluster.name(0), "status-pod").await;
     let ip = pod.ipv4().to_string();
-    let api: Api<IPBlock> = Api::all(ctx.client.clone());
+    let api: Api<IPBlockUsage> = Api::all(ctx.client.clone());
     let deadline = Instant::now() + Duration::from_secs(2);
     loop {
-        let blocks = api
-            .list(&ListParams::default().labels("sinew.dev/pool=st-pool"))
+        let usages = api
+            .list(&ListParams::default().fields("spec.pool=st-pool"))
             .await?;
-        let found = blocks.items.iter().any(|b| {
+        let found = usages.items.iter().any(|b| {
             b.status.as_ref().is_some_and(|s| {
                 s.allocations
                     .iter()
@@ -286,13 +286,13 @@ async fn allocations_show_up_in_ipblock_status(ctx: Ctx) -> TestResult {
         });
         if found {
             eprintln!(
-                "allocation visible in IPBlock status {:?} after ADD returned",
+                "allocation visible in the block's IPBlockUsage {:?} after ADD returned",
                 added.elapsed()
             );
             break;
         }
         if Instant::now() > deadline {
-            return Err(format!("{ip} not in IPBlock status within 2s of ADD").into());
+            return Err(format!("{ip} not in the block's IPBlockUsage within 2s of ADD").into());
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -372,10 +372,10 @@ async fn allocations_show_up_in_ipblock_status(ctx: Ctx) -> TestResult {
     cluster.stop_pod(pod).await;
     let deadline = Instant::now() + Duration::from_secs(2);
     loop {
-        let blocks = api
-            .list(&ListParams::default().labels("sinew.dev/pool=st-pool"))
+        let usages = api
+            .list(&ListParams::default().fields("spec.pool=st-pool"))
             .await?;
-        if blocks
+        if usages
             .items
             .iter()
             .all(|b| b.status.as_ref().is_none_or(|s| s.allocated == 0))
@@ -383,7 +383,9 @@ async fn allocations_show_up_in_ipblock_status(ctx: Ctx) -> TestResult {
             return Ok(());
         }
         if Instant::now() > deadline {
-            return Err("the released address is still in IPBlock status 2s after DEL".into());
+            return Err(
+                "the released address is still in the block's IPBlockUsage 2s after DEL".into(),
+            );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

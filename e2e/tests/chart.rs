@@ -370,6 +370,7 @@ async fn install_upgrade_and_uninstall_a_working_network(ctx: Ctx) -> TestResult
         ("update", "sinew.dev", "ippools", None, false),
         ("delete", "sinew.dev", "ippools", None, false),
         ("create", "sinew.dev", "ipblocks", None, false),
+        ("watch", "sinew.dev", "ipblockusages", None, true),
     ] {
         assert_eq!(
             sinew_e2e::helm::can_i(&operator_client, verb, group, resource, ns).await?,
@@ -381,7 +382,8 @@ async fn install_upgrade_and_uninstall_a_working_network(ctx: Ctx) -> TestResult
     let agent_client = sinew_e2e::helm::client_from(&node0.dir.join("agent.kubeconfig")).await?;
     for (verb, group, resource, allowed) in [
         ("create", "sinew.dev", "ipblocks", true),
-        ("patch", "sinew.dev", "ipblocks/status", true),
+        ("patch", "sinew.dev", "ipblockusages/status", true),
+        ("watch", "sinew.dev", "ipblockusages", false),
         ("patch", "sinew.dev", "ippools/status", false),
         ("patch", "apps", "daemonsets", false),
         ("list", "", "secrets", false),

@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use sinew_crds::node::{InstallReport, NODE_STATE_ANNOTATION, NodeReport};
-use sinew_crds::{ClusterNetwork, IPBlock, IPPool, PoolMode};
+use sinew_crds::{ClusterNetwork, IPBlock, IPBlockUsage, IPPool, PoolMode};
 use sinew_e2e::harness::{Ctx, TestError, TestResult};
 use sinew_e2e::process::Supervised;
 use sinew_e2e::tests;
@@ -742,6 +742,7 @@ async fn blocks_of_a_departed_node_are_released_once_its_pods_are_gone(ctx: Ctx)
         )
         .await?;
     let api: Api<IPBlock> = Api::all(ctx.client.clone());
+    let usages: Api<IPBlockUsage> = Api::all(ctx.client.clone());
     for (cidr, allocations) in [
         (
             "10.134.0.0/26",
@@ -754,16 +755,29 @@ async fn blocks_of_a_departed_node_are_released_once_its_pods_are_gone(ctx: Ctx)
             json!({"apiVersion": "sinew.dev/v1alpha1", "kind": "IPBlock",
             "metadata": {"name": name}, "spec": {"pool": "orphan-pool", "cidr": cidr, "node": "gone-node"}}),
         )?;
-        api.create(&PostParams::default(), &block).await?;
+        let block = api.create(&PostParams::default(), &block).await?;
+        // Its usage, as its agent wrote it before the node left.
         let n = allocations.as_array().map_or(0, Vec::len);
-        let status = json!({"apiVersion": "sinew.dev/v1alpha1", "kind": "IPBlock", "metadata": {"name": name},
+        let usage = json!({"apiVersion": "sinew.dev/v1alpha1", "kind": "IPBlockUsage",
+            "metadata": {"name": name, "ownerReferences": [{"apiVersion": "sinew.dev/v1alpha1",
+                         "kind": "IPBlock", "name": name, "uid": block.metadata.uid}]},
+            "spec": {"pool": "orphan-pool", "cidr": cidr, "node": "gone-node"}});
+        usages
+            .patch(
+                &name,
+                &PatchParams::apply("simulated-agent"),
+                &Patch::Apply(&usage),
+            )
+            .await?;
+        let status = json!({"apiVersion": "sinew.dev/v1alpha1", "kind": "IPBlockUsage", "metadata": {"name": name},
                             "status": {"allocated": n, "allocations": allocations}});
-        api.patch_status(
-            &name,
-            &PatchParams::apply("simulated-agent"),
-            &Patch::Apply(&status),
-        )
-        .await?;
+        usages
+            .patch_status(
+                &name,
+                &PatchParams::apply("simulated-agent"),
+                &Patch::Apply(&status),
+            )
+            .await?;
     }
     // The node leaves the cluster.
     nodes.delete("gone-node", &DeleteParams::default()).await?;

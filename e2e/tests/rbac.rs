@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
-use sinew_crds::IPBlock;
+use sinew_crds::{IPBlock, IPBlockUsage};
 use sinew_e2e::harness::{Ctx, TestResult};
 use sinew_e2e::tests;
 
@@ -83,7 +83,9 @@ async fn the_agent_role_allows_what_the_agent_uses_and_nothing_else(ctx: Ctx) ->
         ("patch", "", "nodes/status"),
         ("create", "sinew.dev", "ipblocks"),
         ("delete", "sinew.dev", "ipblocks"),
-        ("patch", "sinew.dev", "ipblocks/status"),
+        ("create", "sinew.dev", "ipblockusages"),
+        ("patch", "sinew.dev", "ipblockusages"),
+        ("patch", "sinew.dev", "ipblockusages/status"),
         ("watch", "sinew.dev", "ippools"),
         ("watch", "sinew.dev", "clusternetworks"),
         ("watch", "", "namespaces"),
@@ -106,6 +108,11 @@ async fn the_agent_role_allows_what_the_agent_uses_and_nothing_else(ctx: Ctx) ->
         ("patch", "sinew.dev", "ippools/status"),
         ("delete", "sinew.dev", "clusternetworks"),
         ("update", "sinew.dev", "ipblocks"),
+        ("patch", "sinew.dev", "ipblocks/status"),
+        // Allocations stay out of what agents receive: no agent reads another's usage
+        // (decision 95).
+        ("list", "sinew.dev", "ipblockusages"),
+        ("watch", "sinew.dev", "ipblockusages"),
         ("create", "apps", "daemonsets"),
     ] {
         assert!(
@@ -173,26 +180,54 @@ async fn an_agent_cannot_write_another_nodes_blocks_or_node(ctx: Ctx) -> TestRes
         "{refusal}"
     );
 
-    // Its own node's blocks: create, report status, delete.
-    create("10-120-0-16-28", "10.120.0.16/28", "vap-a").await?;
-    let status = json!({"apiVersion": "sinew.dev/v1alpha1", "kind": "IPBlock", "metadata": {"name": "10-120-0-16-28"},
-                        "status": {"allocated": 0}});
-    as_agent
-        .patch_status(
+    // Its own node's blocks: create, report their usage, delete.
+    let mine = create("10-120-0-16-28", "10.120.0.16/28", "vap-a").await?;
+    let usage = |name: &str, cidr: &str, node: &str, uid: Option<String>| {
+        json!({"apiVersion": "sinew.dev/v1alpha1", "kind": "IPBlockUsage",
+               "metadata": {"name": name, "ownerReferences": [{"apiVersion": "sinew.dev/v1alpha1",
+                            "kind": "IPBlock", "name": name, "uid": uid}]},
+               "spec": {"pool": "p", "cidr": cidr, "node": node}})
+    };
+    let usages: Api<IPBlockUsage> = Api::all(agent.clone());
+    let manager = PatchParams::apply("sinew-node/vap-a");
+    usages
+        .patch(
             "10-120-0-16-28",
-            &PatchParams::apply("sinew-node/vap-a"),
-            &Patch::Apply(&status),
+            &manager,
+            &Patch::Apply(&usage(
+                "10-120-0-16-28",
+                "10.120.0.16/28",
+                "vap-a",
+                mine.metadata.uid,
+            )),
         )
         .await?;
+    let status = json!({"apiVersion": "sinew.dev/v1alpha1", "kind": "IPBlockUsage", "metadata": {"name": "10-120-0-16-28"},
+                        "status": {"allocated": 0}});
+    usages
+        .patch_status("10-120-0-16-28", &manager, &Patch::Apply(&status))
+        .await?;
 
-    // Another node's existing block: neither its status nor the block itself.
+    // Another node's existing block: neither its usage nor the block itself.
     let admin: Api<IPBlock> = Api::all(ctx.client.clone());
     let theirs: IPBlock =
         serde_json::from_value(block("10-120-0-32-28", "10.120.0.32/28", "vap-b"))?;
-    admin.create(&PostParams::default(), &theirs).await?;
-    let forged = json!({"apiVersion": "sinew.dev/v1alpha1", "kind": "IPBlock", "metadata": {"name": "10-120-0-32-28"},
+    let theirs = admin.create(&PostParams::default(), &theirs).await?;
+    Api::<IPBlockUsage>::all(ctx.client.clone())
+        .patch(
+            "10-120-0-32-28",
+            &PatchParams::apply("sinew-e2e"),
+            &Patch::Apply(&usage(
+                "10-120-0-32-28",
+                "10.120.0.32/28",
+                "vap-b",
+                theirs.metadata.uid,
+            )),
+        )
+        .await?;
+    let forged = json!({"apiVersion": "sinew.dev/v1alpha1", "kind": "IPBlockUsage", "metadata": {"name": "10-120-0-32-28"},
                         "status": {"allocated": 1, "allocations": [{"ip": "10.120.0.33", "containerId": "x", "interface": "eth0", "generation": 1}]}});
-    let denied = as_agent
+    let denied = usages
         .patch_status(
             "10-120-0-32-28",
             &PatchParams::apply("sinew-node/vap-a"),

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use serde_json::json;
-use sinew_crds::{IPBlock, IPPool};
+use sinew_crds::IPPool;
 use sinew_e2e::cluster::{CLUSTER_LABEL, LocalCluster, PodRef};
 use sinew_e2e::harness::{Ctx, TestError, TestResult, wait_for};
 use sinew_e2e::helm::Helm;
@@ -96,16 +96,12 @@ async fn pool_in_mode(
     Ok(())
 }
 
-/// IPs listed in the status of `pool`'s blocks.
+/// IPs listed in the usage of `pool`'s blocks.
 async fn allocated_ips(ctx: &Ctx, pool: &str) -> Result<Vec<String>, TestError> {
-    let blocks: Api<IPBlock> = Api::all(ctx.client.clone());
-    Ok(blocks
-        .list(&ListParams::default())
+    Ok(sinew_e2e::usage::block_allocations(&ctx.client, Some(pool))
         .await?
-        .items
         .into_iter()
-        .filter(|b| b.spec.pool == pool)
-        .flat_map(|b| b.status.map(|s| s.allocations).unwrap_or_default())
+        .flat_map(|(_, allocations)| allocations)
         .map(|a| a.ip)
         .collect())
 }
@@ -122,7 +118,7 @@ async fn a_leaked_allocation_is_collected_and_a_live_one_never(ctx: Ctx) -> Test
     let leaked = cluster.start_pod(&node, "leaked").await;
     let (live_ip, leaked_ip) = (live.ipv4().to_string(), leaked.ipv4().to_string());
     wait_for(
-        "both allocations in IPBlock status",
+        "both allocations in the blocks' usages",
         Duration::from_secs(10),
         operator_log,
         || async {

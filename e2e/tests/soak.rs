@@ -11,9 +11,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
-use sinew_crds::{Cidr, IPBlock, IPPool};
+use sinew_crds::{Cidr, IPPool};
 use sinew_e2e::cluster::{CLUSTER_LABEL, LocalCluster, Pod};
 use sinew_e2e::harness::{Ctx, TestResult};
 use sinew_e2e::netsim::{EchoServer, tcp_exchange};
@@ -169,11 +169,9 @@ async fn churn_kills_restarts_and_mode_switches_break_no_invariant(ctx: Ctx) -> 
 /// The invariants, or the first one that does not hold.
 async fn invariants(ctx: &Ctx, cluster: &LocalCluster, pods: &[Pod]) -> Result<(), String> {
     let mut owner: BTreeMap<IpAddr, String> = BTreeMap::new();
-    let blocks = Api::<IPBlock>::all(ctx.client.clone())
-        .list(&ListParams::default().labels("sinew.dev/pool=soak-pool"))
+    let blocks = sinew_e2e::usage::block_allocations(&ctx.client, Some("soak-pool"))
         .await
-        .map_err(|e| e.to_string())?
-        .items;
+        .map_err(|e| e.to_string())?;
     for node in &cluster.nodes {
         let store = Store::new(&node.state_dir())
             .snapshot()
@@ -210,8 +208,8 @@ async fn invariants(ctx: &Ctx, cluster: &LocalCluster, pods: &[Pod]) -> Result<(
                 node.name
             ));
         }
-        // Every IPBlock's status is the node's store.
-        for b in blocks.iter().filter(|b| b.spec.node == node.name) {
+        // Every block's usage is the node's store.
+        for (b, allocations) in blocks.iter().filter(|(b, _)| b.spec.node == node.name) {
             let cidr: Cidr = b.spec.cidr.parse().map_err(|e| format!("{e}"))?;
             let in_store: BTreeSet<String> = store
                 .attachments
@@ -220,11 +218,7 @@ async fn invariants(ctx: &Ctx, cluster: &LocalCluster, pods: &[Pod]) -> Result<(
                 .filter(|ip| cidr.contains(*ip))
                 .map(|ip| ip.to_string())
                 .collect();
-            let in_status: BTreeSet<String> = b
-                .status
-                .iter()
-                .flat_map(|s| s.allocations.iter().map(|a| a.ip.clone()))
-                .collect();
+            let in_status: BTreeSet<String> = allocations.iter().map(|a| a.ip.clone()).collect();
             if in_store != in_status {
                 return Err(format!(
                     "IPBlock {} ({}): status {in_status:?}, store {in_store:?}",

@@ -1,5 +1,5 @@
-//! `kubectl sinew ipam check`: the nodes' stores (as their agents mirror them into `IPBlock`
-//! status) against the `IPBlock`s, the pools and the Pods. Read-only: nothing is locked, and
+//! `kubectl sinew ipam check`: the nodes' stores (as their agents mirror them into the blocks'
+//! `IPBlockUsage`s) against the `IPBlock`s, the pools and the Pods. Read-only: nothing is locked, and
 //! `--release-leaks` only asks the agents through the evidence handshake the operator uses
 //! (`sinew.dev/release`: address, slot generation, pod UID; the agent frees an allocation only
 //! if all three still match).
@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::ResourceExt;
 use sinew_crds::node::Severity;
-use sinew_crds::{Cidr, IPBlock, IPPool, ReleaseRequest};
+use sinew_crds::{Cidr, IPBlock, IPBlockUsage, IPPool, ReleaseRequest};
 
 use crate::finding::Finding;
 
@@ -19,6 +19,7 @@ const MIRROR_ANNOTATIONS: [&str; 2] = ["kubernetes.io/config.mirror", "kubernete
 /// The findings, and the release requests for leaked allocations (per block).
 pub fn check(
     blocks: &[IPBlock],
+    usages: &[IPBlockUsage],
     pools: &[IPPool],
     pods: &[Pod],
     nodes: &[Node],
@@ -38,6 +39,7 @@ pub fn check(
         .collect();
     let node_names: BTreeSet<String> = nodes.iter().map(|n| n.name_any()).collect();
     let pool_names: BTreeSet<String> = pools.iter().map(|p| p.name_any()).collect();
+    let usage = sinew_crds::usage_by_block(blocks, usages);
     let mut holders: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     for block in blocks {
         let name = block.name_any();
@@ -61,7 +63,7 @@ pub fn check(
                 format!("its pool {} does not exist", block.spec.pool),
             ));
         }
-        let Some(status) = &block.status else {
+        let Some(status) = usage.get(&name) else {
             continue;
         };
         for a in &status.allocations {
@@ -157,10 +159,10 @@ pub fn check(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sinew_crds::{Allocation, IPBlockSpec, IPBlockStatus, IPPoolSpec};
+    use sinew_crds::{Allocation, IPBlockSpec, IPBlockUsageSpec, IPBlockUsageStatus, IPPoolSpec};
 
-    fn block(name: &str, node: &str, allocations: Vec<(&str, &str)>) -> IPBlock {
-        let mut b = IPBlock::new(
+    fn block(name: &str, node: &str, allocations: Vec<(&str, &str)>) -> (IPBlock, IPBlockUsage) {
+        let b = IPBlock::new(
             name,
             IPBlockSpec {
                 pool: "p".into(),
@@ -168,7 +170,8 @@ mod tests {
                 node: node.into(),
             },
         );
-        b.status = Some(IPBlockStatus {
+        let mut u = IPBlockUsage::new(name, IPBlockUsageSpec::of(&b.spec));
+        u.status = Some(IPBlockUsageStatus {
             allocated: allocations.len() as u32,
             allocations: allocations
                 .into_iter()
@@ -183,7 +186,7 @@ mod tests {
                 })
                 .collect(),
         });
-        b
+        (b, u)
     }
 
     fn pod(uid: &str) -> Pod {
@@ -206,16 +209,19 @@ mod tests {
             serde_json::from_value::<IPPoolSpec>(serde_json::json!({"cidr": "10.244.0.0/16"}))
                 .unwrap(),
         );
-        let blocks = [
+        let (blocks, usages): (Vec<_>, Vec<_>) = [
             block(
                 "b1",
                 "n1",
                 vec![("10.244.0.1", "u1"), ("10.244.0.2", "gone")],
             ),
             block("b2", "n9", vec![("10.244.0.1", "u3")]),
-        ];
+        ]
+        .into_iter()
+        .unzip();
         let (f, releases) = check(
             &blocks,
+            &usages,
             &[pool],
             &[pod("u1"), pod("u3")],
             &[node("n1")],

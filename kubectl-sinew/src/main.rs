@@ -28,7 +28,8 @@ use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{Api, ListParams, LogParams, Patch, PatchParams};
 use sinew_crds::{
-    CLUSTER_NETWORK_NAME, ClusterNetwork, IPBlock, IPPool, NetworkPolicyMode, RELEASE_ANNOTATION,
+    CLUSTER_NETWORK_NAME, ClusterNetwork, IPBlock, IPBlockUsage, IPPool, NetworkPolicyMode,
+    RELEASE_ANNOTATION,
 };
 use sinew_runtime::clap::{self, Parser, Subcommand, ValueEnum};
 
@@ -155,11 +156,13 @@ async fn run(args: Args) -> anyhow::Result<u8> {
             command: IpamCommand::Check { release_leaks },
         } => {
             let blocks: Vec<IPBlock> = list(&client).await?;
+            let usages: Vec<IPBlockUsage> = list(&client).await?;
             let pools: Vec<IPPool> = list(&client).await?;
             let nodes: Vec<Node> = list(&client).await?;
             let pods = pods(&client).await?;
             let now = k8s_openapi::jiff::Timestamp::now().to_string();
-            let (mut findings, releases) = ipam::check(&blocks, &pools, &pods, &nodes, &now);
+            let (mut findings, releases) =
+                ipam::check(&blocks, &usages, &pools, &pods, &nodes, &now);
             findings.sort();
             print(
                 args.output,
@@ -215,13 +218,14 @@ async fn run(args: Args) -> anyhow::Result<u8> {
             };
             let (a, b) = (get(from).await?, get(to).await?);
             let blocks: Vec<IPBlock> = list(&client).await?;
+            let usages: Vec<IPBlockUsage> = list(&client).await?;
             let pools: Vec<IPPool> = list(&client).await?;
             let nodes: Vec<Node> = list(&client).await?;
             let network = Api::<ClusterNetwork>::all(client.clone())
                 .get_opt(CLUSTER_NETWORK_NAME)
                 .await
                 .context("reading the ClusterNetwork")?;
-            let mut t = trace::trace(&a, &b, &blocks, &pools, &nodes, network.as_ref())
+            let mut t = trace::trace(&a, &b, &blocks, &usages, &pools, &nodes, network.as_ref())
                 .map_err(anyhow::Error::msg)?;
             let enforced = network
                 .as_ref()

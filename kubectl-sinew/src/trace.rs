@@ -7,7 +7,11 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::ResourceExt;
 use serde::Serialize;
 use sinew_crds::node::{NODE_STATE_ANNOTATION, NodeReport, ProblemKind};
-use sinew_crds::{Cidr, ClusterNetwork, Family, Forwarding, IPBlock, IPPool};
+use std::collections::BTreeMap;
+
+use sinew_crds::{
+    Cidr, ClusterNetwork, Family, Forwarding, IPBlock, IPBlockUsage, IPBlockUsageStatus, IPPool,
+};
 
 /// One end of the trace.
 #[derive(Debug, Clone, Serialize)]
@@ -34,7 +38,11 @@ pub struct Trace {
     pub policy: Option<crate::policy_trace::PolicyTrace>,
 }
 
-fn end(pod: &Pod, blocks: &[IPBlock]) -> Result<End, String> {
+fn end(
+    pod: &Pod,
+    blocks: &[IPBlock],
+    usage: &BTreeMap<String, IPBlockUsageStatus>,
+) -> Result<End, String> {
     let name = format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any());
     let status = pod.status.clone().unwrap_or_default();
     let ip = status
@@ -47,9 +55,8 @@ fn end(pod: &Pod, blocks: &[IPBlock]) -> Result<End, String> {
         .and_then(|s| s.node_name.clone())
         .ok_or_else(|| format!("pod {name} is not scheduled"))?;
     let holder = blocks.iter().find_map(|b| {
-        let a = b
-            .status
-            .as_ref()?
+        let a = usage
+            .get(&b.name_any())?
             .allocations
             .iter()
             .find(|a| a.ip == ip)?
@@ -112,11 +119,13 @@ pub fn trace(
     a: &Pod,
     b: &Pod,
     blocks: &[IPBlock],
+    usages: &[IPBlockUsage],
     pools: &[IPPool],
     nodes: &[Node],
     network: Option<&ClusterNetwork>,
 ) -> Result<Trace, String> {
-    let (from, to) = (end(a, blocks)?, end(b, blocks)?);
+    let usage = sinew_crds::usage_by_block(blocks, usages);
+    let (from, to) = (end(a, blocks, &usage)?, end(b, blocks, &usage)?);
     let pool = to
         .pool
         .as_ref()
@@ -232,15 +241,24 @@ mod tests {
         .unwrap()
     }
 
-    fn block(cidr: &str, node: &str, ip: &str, id: &str) -> IPBlock {
-        serde_json::from_value(json!({
+    fn block(cidr: &str, node: &str, ip: &str, id: &str) -> (IPBlock, IPBlockUsage) {
+        let (name, spec) = (
+            cidr.replace(['.', '/'], "-"),
+            json!({"pool": "p", "cidr": cidr, "node": node}),
+        );
+        let block = serde_json::from_value(json!({
             "apiVersion": "sinew.dev/v1alpha1", "kind": "IPBlock",
-            "metadata": {"name": cidr.replace(['.', '/'], "-")},
-            "spec": {"pool": "p", "cidr": cidr, "node": node},
+            "metadata": {"name": name}, "spec": spec,
+        }))
+        .unwrap();
+        let usage = serde_json::from_value(json!({
+            "apiVersion": "sinew.dev/v1alpha1", "kind": "IPBlockUsage",
+            "metadata": {"name": name}, "spec": spec,
             "status": {"allocated": 1, "allocations": [
                 {"ip": ip, "containerId": id, "interface": "eth0", "generation": 1}]},
         }))
-        .unwrap()
+        .unwrap();
+        (block, usage)
     }
 
     fn node(name: &str, report: &NodeReport) -> Node {
@@ -269,10 +287,12 @@ mod tests {
         }))
         .unwrap();
         let (a, b) = (pod("a", "10.244.0.2", "n0"), pod("b", "10.244.0.66", "n1"));
-        let blocks = [
+        let (blocks, usages): (Vec<_>, Vec<_>) = [
             block("10.244.0.0/26", "n0", "10.244.0.2", "c1"),
             block("10.244.0.64/26", "n1", "10.244.0.66", "c2"),
-        ];
+        ]
+        .into_iter()
+        .unzip();
         let unreachable = Problem::new(
             ProblemKind::PeerUnreachable,
             "pods here cannot reach node n1's pods: it does not answer over VXLAN (dev sinew.vxlan)",
@@ -282,7 +302,16 @@ mod tests {
             node("n0", &report("10.99.0.0/24", vec![])),
             node("n1", &report("10.99.1.0/24", vec![])),
         ];
-        let t = trace(&a, &b, &blocks, std::slice::from_ref(&pool), &healthy, None).unwrap();
+        let t = trace(
+            &a,
+            &b,
+            &blocks,
+            &usages,
+            std::slice::from_ref(&pool),
+            &healthy,
+            None,
+        )
+        .unwrap();
         assert_eq!((t.path.as_str(), t.mtu), ("Vxlan", Some(1450)));
         assert!(
             t.hops.iter().any(|h| h.contains("dev sinew.vxlan")),
@@ -298,7 +327,7 @@ mod tests {
             node("n0", &report("10.99.0.0/24", vec![unreachable])),
             node("n1", &report("10.99.1.0/24", vec![])),
         ];
-        let t = trace(&a, &b, &blocks, &[pool], &broken, None).unwrap();
+        let t = trace(&a, &b, &blocks, &usages, &[pool], &broken, None).unwrap();
         assert!(
             t.probe
                 .starts_with("PeerUnreachable: pods here cannot reach node n1's"),

@@ -216,7 +216,6 @@ mod tests {
                 cidr: cidr.into(),
                 node: node.into(),
             },
-            status: None,
         }
     }
 

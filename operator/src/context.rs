@@ -4,7 +4,10 @@ use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::api::networking::v1::ServiceCIDR;
 use kube::runtime::events::Recorder;
 use kube::runtime::reflector::Store;
-use sinew_crds::{IPBlock, IPPool};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use sinew_crds::{IPBlock, IPBlockUsage, IPBlockUsageStatus, IPPool};
 
 use crate::daemonset;
 
@@ -29,6 +32,8 @@ pub struct Context {
     pub networks: Store<sinew_crds::ClusterNetwork>,
     pub pools: Store<IPPool>,
     pub blocks: Store<IPBlock>,
+    /// The blocks' allocations (each block's `IPBlockUsage`, written by its node).
+    pub usages: Store<IPBlockUsage>,
     /// Pods, metadata only: whether an allocation's pod (by UID) still exists.
     pub pods: crate::pod_uids::PodUids,
     /// Service CIDRs of the cluster (pools must not overlap them).
@@ -46,8 +51,21 @@ impl Context {
             && self.networks.wait_until_ready().await.is_ok()
             && self.pools.wait_until_ready().await.is_ok()
             && self.blocks.wait_until_ready().await.is_ok()
+            && self.usages.wait_until_ready().await.is_ok()
             && self.pods.wait_until_ready().await
             && self.service_cidrs.wait_until_ready().await.is_ok()
+    }
+}
+
+impl Context {
+    /// The usage of each of `blocks` that has one agreeing with it, by block name (see
+    /// [`sinew_crds::usage_by_block`]).
+    pub fn usage_of(&self, blocks: &[Arc<IPBlock>]) -> BTreeMap<String, IPBlockUsageStatus> {
+        let usages = self.usages.state();
+        sinew_crds::usage_by_block(
+            blocks.iter().map(|b| b.as_ref()),
+            usages.iter().map(|u| u.as_ref()),
+        )
     }
 }
 

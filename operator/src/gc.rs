@@ -15,7 +15,8 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
 use sinew_crds::{
-    CLUSTER_NETWORK_NAME, ClusterNetwork, IPBlock, RELEASE_ANNOTATION, ReleaseRequest,
+    CLUSTER_NETWORK_NAME, ClusterNetwork, IPBlock, IPBlockUsageStatus, RELEASE_ANNOTATION,
+    ReleaseRequest,
 };
 use tracing::{debug, info, warn};
 
@@ -47,23 +48,21 @@ pub struct Suspects {
 }
 
 impl Suspects {
-    /// One GC pass over `blocks` at `now`, with `pod_exists` answering from the cache.
+    /// One GC pass over `blocks` (each with its usage) at `now`, with `pod_exists` answering
+    /// from the cache.
     /// Returns the allocations missing on an earlier pass at least `grace` ago. Allocations
     /// without a pod UID, namespace and name are never candidates: nothing proves them gone.
     pub fn pass(
         &mut self,
         now: Timestamp,
         grace: Duration,
-        blocks: &[Arc<IPBlock>],
+        blocks: &[(Arc<IPBlock>, IPBlockUsageStatus)],
         pod_exists: impl Fn(&str) -> bool,
     ) -> Vec<Candidate> {
         let mut seen = BTreeSet::new();
         let mut candidates = Vec::new();
-        for block in blocks {
-            let Some(status) = &block.status else {
-                continue;
-            };
-            for a in &status.allocations {
+        for (block, usage) in blocks {
+            for a in &usage.allocations {
                 let (Some(uid), Some(namespace), Some(name)) =
                     (&a.pod_uid, &a.pod_namespace, &a.pod_name)
                 else {
@@ -142,21 +141,21 @@ async fn write_requests(
     Ok(())
 }
 
-/// Drops requests the agent has carried out (the allocation is gone from the block status)
+/// Drops requests the agent has carried out (the allocation is gone from the block's usage)
 /// or that no longer match anything (the address was re-used: never freed). Returns how
-/// many were carried out.
+/// many were carried out. A block whose usage is not known yet keeps its requests.
 async fn settle(ctx: &Context, blocks: &[Arc<IPBlock>]) -> Result<u64, Error> {
+    let usage = ctx.usage_of(blocks);
     let mut done = 0;
     for block in blocks {
         let requests = block.release_requests();
         if requests.is_empty() {
             continue;
         }
-        let allocations = block
-            .status
-            .as_ref()
-            .map(|s| s.allocations.as_slice())
-            .unwrap_or_default();
+        let Some(usage) = usage.get(&block.name_any()) else {
+            continue;
+        };
+        let allocations = usage.allocations.as_slice();
         let pending: BTreeSet<ReleaseRequest> = requests
             .iter()
             .filter(|r| allocations.iter().any(|a| r.matches(a)))
@@ -179,10 +178,11 @@ pub async fn pass(ctx: &Context, suspects: &mut Suspects, grace: Duration) -> Re
     ctx.metrics.gc_releases.inc_by(released);
     let nodes: BTreeSet<String> = ctx.nodes.state().iter().map(|n| n.name_any()).collect();
     // Blocks of departed nodes are released whole by the pool reconciler.
-    let live: Vec<Arc<IPBlock>> = blocks
+    let mut usage = ctx.usage_of(&blocks);
+    let live: Vec<(Arc<IPBlock>, IPBlockUsageStatus)> = blocks
         .iter()
         .filter(|b| nodes.contains(&b.spec.node))
-        .cloned()
+        .filter_map(|b| Some((b.clone(), usage.remove(&b.name_any())?)))
         .collect();
     let candidates = suspects.pass(Timestamp::now(), grace, &live, |uid| ctx.pods.contains(uid));
     debug!(
@@ -264,6 +264,9 @@ pub async fn run(ctx: Arc<Context>) {
         {
             warn!(error = %e, "GC pass failed");
         }
+        if let Err(e) = crate::usage_gc::collect(&ctx).await {
+            warn!(error = %e, "deleting orphaned block usages failed");
+        }
         tokio::time::sleep(interval.max(Duration::from_millis(500))).await;
     }
 }
@@ -271,10 +274,10 @@ pub async fn run(ctx: Arc<Context>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sinew_crds::{Allocation, IPBlockSpec, IPBlockStatus};
+    use sinew_crds::{Allocation, IPBlockSpec};
 
-    fn block(allocs: &[(&str, u64, Option<&str>)]) -> Arc<IPBlock> {
-        let mut b = IPBlock::new(
+    fn block(allocs: &[(&str, u64, Option<&str>)]) -> (Arc<IPBlock>, IPBlockUsageStatus) {
+        let b = IPBlock::new(
             "10-0-0-0-26",
             IPBlockSpec {
                 pool: "p".into(),
@@ -282,7 +285,7 @@ mod tests {
                 node: "n1".into(),
             },
         );
-        b.status = Some(IPBlockStatus {
+        let usage = IPBlockUsageStatus {
             allocated: allocs.len() as u32,
             allocations: allocs
                 .iter()
@@ -296,8 +299,8 @@ mod tests {
                     generation: *generation,
                 })
                 .collect(),
-        });
-        Arc::new(b)
+        };
+        (Arc::new(b), usage)
     }
 
     fn at(secs: i64) -> Timestamp {

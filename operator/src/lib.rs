@@ -18,3 +18,4 @@ pub mod run;
 mod scenarios;
 pub mod trend;
 pub mod uninstall;
+pub mod usage_gc;

@@ -15,7 +15,7 @@ use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{WatchStreamExt, watcher};
 use sinew_crds::ip_block::POOL_LABEL;
-use sinew_crds::{CLUSTER_NETWORK_NAME, ClusterNetwork, IPBlock, IPPool};
+use sinew_crds::{CLUSTER_NETWORK_NAME, ClusterNetwork, IPBlock, IPBlockUsage, IPPool};
 use sinew_runtime::watch::{Wake, Watchable};
 use tokio::sync::Notify;
 use tracing::{info, warn};
@@ -68,6 +68,41 @@ fn reflect<K: Watchable>(api: Api<K>, prune: fn(&mut K)) -> reflector::Store<K> 
     sinew_runtime::watch::reflect(api, watcher::Config::default(), prune, None)
 }
 
+/// The cache of `IPBlockUsage`s, and the pools whose usage changed, each named only once the
+/// cache holds the change (a trigger of its own could come first and count stale usage).
+fn usages(
+    api: Api<IPBlockUsage>,
+) -> (
+    reflector::Store<IPBlockUsage>,
+    tokio::sync::mpsc::UnboundedReceiver<ObjectRef<IPPool>>,
+) {
+    let (store, writer) = reflector::store();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let stream = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .modify(sinew_runtime::watch::prune_meta)
+        .reflect(writer);
+    tokio::spawn(async move {
+        futures::pin_mut!(stream);
+        while let Some(event) = stream.next().await {
+            let touched = match event {
+                Ok(watcher::Event::Apply(u) | watcher::Event::Delete(u)) => Some(u),
+                Ok(_) => None,
+                Err(e) => {
+                    warn!(error = %e, "watch of ipblockusages failed; retrying");
+                    None
+                }
+            };
+            if let Some(u) = touched
+                && tx.send(ObjectRef::new(&u.spec.pool)).is_err()
+            {
+                break;
+            }
+        }
+    });
+    (store, rx)
+}
+
 /// Runs both controllers until the process ends.
 pub async fn run(
     client: kube::Client,
@@ -77,6 +112,7 @@ pub async fn run(
     // The ClusterNetwork is judged from the Node store, so it is woken by that store once it
     // holds a change (a wake from a watch of its own could come first and judge stale reports).
     let node_changed = Arc::new(Notify::new());
+    let (usages, usage_changed) = usages(Api::all(client.clone()));
     let ctx = Arc::new(Context {
         client: client.clone(),
         settings: settings.clone(),
@@ -101,6 +137,7 @@ pub async fn run(
             Api::<IPBlock>::all(client.clone()),
             sinew_runtime::watch::prune_meta,
         ),
+        usages,
         pods: crate::pod_uids::PodUids::watch(Api::all(client.clone())),
         service_cidrs: reflect(
             Api::<ServiceCIDR>::all(client.clone()),
@@ -143,7 +180,7 @@ pub async fn run(
     )
     .for_each(|_| async {});
 
-    // A block changes its pool's usage; a node changes the pools that select it (convergence,
+    // A block or its usage changes its pool's usage; a node changes the pools that select it (convergence,
     // plans), contain its address (conflicts) or hold blocks on it; a pool changes the
     // verdict of the pools it overlaps and of those stalled on a conflict.
     let (by_node, by_pool, by_block) = (ctx.clone(), ctx.clone(), ctx.clone());
@@ -164,6 +201,10 @@ pub async fn run(
             pool.map(|p| ObjectRef::<IPPool>::new(&p))
         },
     )
+    .reconcile_on(futures::stream::unfold(
+        usage_changed,
+        |mut rx| async move { rx.recv().await.map(|pool| (pool, rx)) },
+    ))
     .watches_stream(
         metadata(Api::<PartialObjectMeta<Node>>::all(client.clone())),
         move |n| {

@@ -2,7 +2,7 @@
 //! still run.
 //!
 //! 1. It checks, changing nothing, whether any pod still holds a pod-network address (the
-//!    `IPBlock`s' allocations, and the Pods whose address lies in a pool). If one does, it
+//!    `IPBlock`s' allocations in their `IPBlockUsage`s, and the Pods whose address lies in a pool). If one does, it
 //!    refuses ([`Error::PodsHoldAddresses`], exit code 3) naming each pod and its node: a pool
 //!    cannot drain while its addresses are held, and a node cleaned under a running pod leaves
 //!    that pod without the CNI configuration its runtime needs to tear it down.
@@ -20,7 +20,7 @@
 //! address (a field selector) and only the fields the check reads, and the refusal names the
 //! first [`NAMED`] holders by address and counts the rest.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -30,7 +30,7 @@ use kube::core::ObjectList;
 use kube::{Resource, ResourceExt};
 use serde::Deserialize;
 use sinew_crds::cidr::Cidr;
-use sinew_crds::{ClusterNetwork, IPBlock, IPPool};
+use sinew_crds::{ClusterNetwork, IPBlock, IPBlockUsage, IPBlockUsageSpec, IPPool};
 use tracing::{error, info};
 
 use crate::context::delete_if_present;
@@ -160,6 +160,8 @@ pub struct Census {
     seen: HashSet<String>,
     named: BTreeMap<String, Holder>,
     pools: Vec<Cidr>,
+    /// The blocks, by name: a usage counts only when it agrees with its block.
+    blocks: HashMap<String, IPBlockUsageSpec>,
 }
 
 impl Census {
@@ -193,34 +195,46 @@ impl Census {
         }
     }
 
-    /// The blocks' allocations (what keeps a pool draining).
+    /// The blocks (read before their usages).
     pub fn blocks(&mut self, blocks: &[IPBlock]) {
-        for b in blocks {
-            let Some(status) = &b.status else { continue };
+        self.blocks.extend(
+            blocks
+                .iter()
+                .map(|b| (b.name_any(), IPBlockUsageSpec::of(&b.spec))),
+        );
+    }
+
+    /// The blocks' allocations (what keeps a pool draining): the usages of the blocks read.
+    pub fn usages(&mut self, usages: &[IPBlockUsage]) {
+        for u in usages {
+            let Some(status) = &u.status else { continue };
+            if self.blocks.get(&u.name_any()) != Some(&u.spec) {
+                continue;
+            }
             for a in &status.allocations {
                 self.add(a.ip.clone(), || Holder {
                     pod: match (&a.pod_namespace, &a.pod_name) {
                         (Some(ns), Some(name)) => format!("{ns}/{name}"),
                         _ => format!("container {}", a.container_id),
                     },
-                    node: b.spec.node.clone(),
+                    node: u.spec.node.clone(),
                     ip: a.ip.clone(),
                 });
             }
             // An agent that counts more than it lists (an older one): say so rather than hide it.
             let unlisted = (status.allocated as usize).saturating_sub(status.allocations.len());
             if unlisted > 0 {
-                self.add(format!("~{}", b.spec.cidr), || Holder {
-                    pod: format!("{unlisted} unlisted allocations of block {}", b.spec.cidr),
-                    node: b.spec.node.clone(),
-                    ip: b.spec.cidr.clone(),
+                self.add(format!("~{}", u.spec.cidr), || Holder {
+                    pod: format!("{unlisted} unlisted allocations of block {}", u.spec.cidr),
+                    node: u.spec.node.clone(),
+                    ip: u.spec.cidr.clone(),
                 });
             }
         }
     }
 
     /// Running Pods whose address lies in a pool but that no allocation lists yet (the agents
-    /// mirror their stores into `IPBlock` status within a second).
+    /// mirror their stores into `IPBlockUsage`s within a second).
     pub fn pods(&mut self, pods: &[PodAddresses]) {
         for p in pods {
             if p.spec.host_network == Some(true)
@@ -277,9 +291,15 @@ where
 
 /// Every pod-network address still held: the blocks' allocations, then running Pods whose
 /// address lies in a pool but that no allocation lists yet. By address.
-pub fn holders(pools: &[IPPool], blocks: &[IPBlock], pods: &[PodAddresses]) -> Holders {
+pub fn holders(
+    pools: &[IPPool],
+    blocks: &[IPBlock],
+    usages: &[IPBlockUsage],
+    pods: &[PodAddresses],
+) -> Holders {
     let mut census = Census::new(pools);
     census.blocks(blocks);
+    census.usages(usages);
     census.pods(pods);
     census.holders()
 }
@@ -305,6 +325,16 @@ async fn find_holders(client: &kube::Client) -> Result<Holders, kube::Error> {
             None => break,
         }
     }
+    let usages: Api<IPBlockUsage> = Api::all(client.clone());
+    let mut lp = ListParams::default().limit(PAGE);
+    loop {
+        let page = usages.list(&lp).await?;
+        census.usages(&page.items);
+        match page.metadata.continue_.filter(|c| !c.is_empty()) {
+            Some(token) => lp = lp.continue_token(&token),
+            None => break,
+        }
+    }
     if pools.is_empty() {
         return Ok(census.holders());
     }
@@ -324,7 +354,7 @@ async fn find_holders(client: &kube::Client) -> Result<Holders, kube::Error> {
 }
 
 /// How long the check lets addresses that are being given back go: a pod deleted just before
-/// `helm uninstall` has had its DEL run, but its agent mirrors the release into `IPBlock` status
+/// `helm uninstall` has had its DEL run, but its agent mirrors the release into the block's `IPBlockUsage`
 /// within about a second.
 pub const SETTLE: Duration = Duration::from_secs(10);
 
@@ -424,7 +454,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sinew_crds::{Allocation, IPBlockSpec, IPBlockStatus};
+    use sinew_crds::{Allocation, IPBlockSpec, IPBlockUsageStatus};
 
     fn pool(cidr: &str) -> IPPool {
         IPPool::new("p", crate::scenarios::pool_spec(cidr))
@@ -441,7 +471,7 @@ mod tests {
 
     #[test]
     fn allocations_and_pods_in_a_pool_hold_addresses() {
-        let mut block = IPBlock::new(
+        let block = IPBlock::new(
             "10-0-0-0-26",
             IPBlockSpec {
                 pool: "p".into(),
@@ -449,7 +479,20 @@ mod tests {
                 node: "n1".into(),
             },
         );
-        block.status = Some(IPBlockStatus {
+        let mut usage = IPBlockUsage::new("10-0-0-0-26", IPBlockUsageSpec::of(&block.spec));
+        // Another node's usage under the block's name does not count.
+        let mut forged = IPBlockUsage::new(
+            "10-0-0-0-26",
+            IPBlockUsageSpec {
+                node: "n9".into(),
+                ..IPBlockUsageSpec::of(&block.spec)
+            },
+        );
+        forged.status = Some(IPBlockUsageStatus {
+            allocated: 40,
+            allocations: Vec::new(),
+        });
+        usage.status = Some(IPBlockUsageStatus {
             allocated: 2,
             allocations: vec![
                 Allocation {
@@ -503,7 +546,7 @@ mod tests {
                 "Running",
             ),
         ];
-        let found = holders(&[pool("10.0.0.0/16")], &[block], &pods);
+        let found = holders(&[pool("10.0.0.0/16")], &[block], &[usage, forged], &pods);
         let lines: Vec<String> = found
             .named
             .iter()
@@ -541,7 +584,7 @@ mod tests {
             true,
             "Running",
         )];
-        assert!(holders(&[pool("10.0.0.0/16")], &[], &pods).is_empty());
+        assert!(holders(&[pool("10.0.0.0/16")], &[], &[], &pods).is_empty());
         assert_eq!(Holders::default().to_string(), "");
     }
 

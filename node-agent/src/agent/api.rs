@@ -1,16 +1,16 @@
 //! The agent's writes to the API server: block claims and releases, the Node report and
-//! condition, Events and `IPBlock` status. No decisions here: the planners made them.
+//! condition, Events and its blocks' `IPBlockUsage`s. No decisions here: the planners made them.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::{Client, Resource};
+use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 use sinew_crds::ip_block::{NODE_LABEL, POOL_LABEL};
 use sinew_crds::node::{NODE_STATE_ANNOTATION, NodeReport, Problem, ProblemKind};
-use sinew_crds::{Cidr, IPBlock, IPBlockSpec, IPBlockStatus};
+use sinew_crds::{Cidr, IPBlock, IPBlockSpec, IPBlockUsage, IPBlockUsageSpec, IPBlockUsageStatus};
 
 use super::error::Result;
 use super::settings::field_manager;
@@ -72,7 +72,6 @@ impl ApiWriter {
                 cidr: block.to_string(),
                 node: self.node.clone(),
             },
-            status: None,
         }
     }
 
@@ -233,11 +232,31 @@ impl ApiWriter {
             .map_err(Into::into)
     }
 
-    /// Writes one block's allocations into its status.
-    pub async fn block_status(&self, name: &str, status: &IPBlockStatus) -> Result<()> {
-        let api: Api<IPBlock> = Api::all(self.client.clone());
+    /// Creates (server-side apply) the `IPBlockUsage` of `block`, owned by it so that the
+    /// garbage collector deletes it with the block.
+    pub async fn create_usage(&self, block: &IPBlock) -> Result<()> {
+        let api: Api<IPBlockUsage> = Api::all(self.client.clone());
+        let name = block.name_any();
+        let owner = block.controller_owner_ref(&()).map(|mut r| {
+            // The block's deletion is never held up by its usage.
+            r.block_owner_deletion = None;
+            r
+        });
         let patch = json!({
-            "apiVersion": "sinew.dev/v1alpha1", "kind": "IPBlock",
+            "apiVersion": "sinew.dev/v1alpha1", "kind": "IPBlockUsage",
+            "metadata": {"name": name, "ownerReferences": owner.into_iter().collect::<Vec<_>>()},
+            "spec": IPBlockUsageSpec::of(&block.spec),
+        });
+        api.patch(&name, &self.apply_params(), &Patch::Apply(&patch))
+            .await?;
+        Ok(())
+    }
+
+    /// Writes one block's allocations into the status of its `IPBlockUsage`.
+    pub async fn usage_status(&self, name: &str, status: &IPBlockUsageStatus) -> Result<()> {
+        let api: Api<IPBlockUsage> = Api::all(self.client.clone());
+        let patch = json!({
+            "apiVersion": "sinew.dev/v1alpha1", "kind": "IPBlockUsage",
             "metadata": {"name": name},
             "status": status,
         });

@@ -34,12 +34,7 @@ pub struct Cluster {
 impl Cluster {
     /// Starts the watches; each change to what a pass reads wakes `notify` (see the
     /// fingerprints below): a status write it does not read, or a Node heartbeat, does not.
-    pub fn watch(
-        client: &Client,
-        notify: &Arc<Notify>,
-        me: &str,
-        peer_selector: Option<&str>,
-    ) -> Cluster {
+    pub fn watch(client: &Client, notify: &Arc<Notify>, peer_selector: Option<&str>) -> Cluster {
         let all = watcher::Config::default;
         fn wake<K>(
             notify: &Arc<Notify>,
@@ -51,7 +46,6 @@ impl Cluster {
                 fingerprint,
             })
         }
-        let me = me.to_string();
         Cluster {
             nodes: reflect(
                 Api::all(client.clone()),
@@ -72,7 +66,7 @@ impl Cluster {
                 Api::all(client.clone()),
                 all(),
                 prune_meta,
-                wake(notify, move |b: &IPBlock| block_fingerprint(b, &me)),
+                wake(notify, block_fingerprint),
             ),
             networks: reflect(
                 Api::all(client.clone()),
@@ -262,16 +256,11 @@ pub fn pool_fingerprint(pool: &IPPool) -> Option<u64> {
     fingerprint(&pool.metadata, &(&pool.spec, status, pool.is_conflicted()))
 }
 
-/// What a pass of agent `me` reads of a block: metadata (release requests are annotations)
-/// and spec; and of its own blocks, the status too. The status is the owning agent's report
-/// of its allocations, written after every pod ADD and DEL: other agents never read it. Its
-/// owner does not read it either, but the echo of its own write is what wakes its pass after
-/// its allocations changed (claims ahead of need, empty blocks, the clean-up's wait for
-/// pods), and that echo comes in the watch's order, after the echoes of the agent's earlier
-/// writes (a block it just released is gone from the store by then).
-pub fn block_fingerprint(block: &IPBlock, me: &str) -> Option<u64> {
-    let status = (block.spec.node == me).then_some(&block.status);
-    fingerprint(&block.metadata, &(&block.spec, status))
+/// What a pass reads of a block: metadata (release requests are annotations) and spec.
+/// (Allocations are not in the block: its node writes them into its `IPBlockUsage`, which no
+/// agent watches; a pass follows each such write instead.)
+pub fn block_fingerprint(block: &IPBlock) -> Option<u64> {
+    fingerprint(&block.metadata, &block.spec)
 }
 
 /// What a pass reads of the `ClusterNetwork`: metadata (its deletion) and spec, not the
@@ -311,30 +300,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_its_own_blocks_status_wakes_an_agent() {
-        let block = |node: &str, rv: &str, allocated: u32| -> IPBlock {
+    fn a_blocks_claim_and_release_requests_wake_an_agent_and_nothing_else() {
+        let block = |rv: &str, annotations: serde_json::Value| -> IPBlock {
             serde_json::from_value(serde_json::json!({
                 "apiVersion": "sinew.dev/v1alpha1", "kind": "IPBlock",
-                "metadata": {"name": "10-0-0-0-26", "resourceVersion": rv},
-                "spec": {"pool": "p", "cidr": "10.0.0.0/26", "node": node},
-                "status": {"allocated": allocated, "allocations": []},
+                "metadata": {"name": "10-0-0-0-26", "resourceVersion": rv, "annotations": annotations},
+                "spec": {"pool": "p", "cidr": "10.0.0.0/26", "node": "n"},
             }))
             .unwrap()
         };
-        // Another node's allocations: not read here.
+        let none = serde_json::json!({});
         assert_eq!(
-            block_fingerprint(&block("other", "1", 1), "me"),
-            block_fingerprint(&block("other", "2", 2), "me")
-        );
-        // This node's: its pass follows its own allocations.
-        assert_ne!(
-            block_fingerprint(&block("me", "1", 1), "me"),
-            block_fingerprint(&block("me", "2", 2), "me")
-        );
-        assert_eq!(
-            block_fingerprint(&block("me", "1", 1), "me"),
-            block_fingerprint(&block("me", "3", 1), "me"),
+            block_fingerprint(&block("1", none.clone())),
+            block_fingerprint(&block("2", none.clone())),
             "a new resourceVersion alone"
+        );
+        assert_ne!(
+            block_fingerprint(&block("1", none)),
+            block_fingerprint(&block(
+                "2",
+                serde_json::json!({sinew_crds::RELEASE_ANNOTATION: "[]"})
+            )),
+            "the operator's release requests"
         );
     }
 

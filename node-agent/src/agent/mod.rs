@@ -41,7 +41,7 @@ use sinew_crds::node::{
     InstallReport, NODE_STATE_ANNOTATION, NodeReport, Problem, ProblemKind, VTEP_MAC_ANNOTATION,
 };
 use sinew_crds::{
-    Allocation, Cidr, ClusterNetwork, DropLogMode, Family, IPBlockStatus, NetworkPolicyMode,
+    Allocation, Cidr, ClusterNetwork, DropLogMode, Family, IPBlockUsageStatus, NetworkPolicyMode,
 };
 use sinew_node_lib::consts::VXLAN_DEVICE;
 use sinew_node_lib::ipam;
@@ -77,7 +77,8 @@ struct PassMemory {
     /// for pods in this boot.
     pass_completed: bool,
     plugin_sha256: Option<String>,
-    reported_blocks: BTreeMap<String, IPBlockStatus>,
+    /// What each owned block's `IPBlockUsage` last said, by block UID.
+    reported_blocks: BTreeMap<String, IPBlockUsageStatus>,
     published: Option<String>,
     /// The nftables table last applied.
     nat: Option<sinew_node_lib::nft::Table>,
@@ -130,12 +131,7 @@ struct LocalNode {
 impl Agent {
     pub async fn start(settings: Settings, client: Client) -> Agent {
         let notify = Arc::new(Notify::new());
-        let cluster = Cluster::watch(
-            &client,
-            &notify,
-            &settings.node_name,
-            settings.peer_selector.as_deref(),
-        );
+        let cluster = Cluster::watch(&client, &notify, settings.peer_selector.as_deref());
         let mesh = probe::Mesh::start(notify.clone())
             .map_err(|e| warn!(error = %e, "cannot start the probe mesh; peers are not probed"))
             .ok();
@@ -201,15 +197,19 @@ impl Agent {
         let local = self.local.clone();
         let mut last_full = tokio::time::Instant::now();
         let mut serving = self.settings.metrics_addr == ListenAddr::Off;
+        let mut allocations_changed = false;
         loop {
             if !serving {
                 serving = self.serve_http();
             }
-            let woke = tokio::select! {
-                _ = notify.notified() => true,
-                _ = local.notified() => false,
-                _ = tokio::time::sleep(Duration::from_millis(500)) => false,
-            };
+            // A pass follows every change of this node's allocations written out (claims
+            // ahead of need, empty blocks, the clean-up's wait for pods read them).
+            let woke = allocations_changed
+                || tokio::select! {
+                    _ = notify.notified() => true,
+                    _ = local.notified() => false,
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => false,
+                };
             // A request the last pass read and could not serve is not asked again until the
             // plugin makes it again (another ADD): no pass every 500 ms for a full pool.
             let requested = blocks::fresh_requests(
@@ -225,9 +225,13 @@ impl Agent {
                 }
                 last_full = tokio::time::Instant::now();
             }
-            if let Err(e) = self.sync_block_status().await {
-                warn!(node = %self.node(), kind = e.label(), error = %e, "status sync failed");
-            }
+            allocations_changed = match self.sync_block_status().await {
+                Ok(written) => written,
+                Err(e) => {
+                    warn!(node = %self.node(), kind = e.label(), error = %e, "status sync failed");
+                    false
+                }
+            };
             self.metrics.beat();
         }
     }
@@ -1147,34 +1151,59 @@ impl Agent {
         Ok(())
     }
 
-    /// Writes each owned block's allocations into its `IPBlock` status when they changed.
-    pub async fn sync_block_status(&mut self) -> Result<()> {
+    /// Writes each owned block's allocations into its `IPBlockUsage` when they changed: the
+    /// first time in this agent's life the usage object itself (owned by the block, so created
+    /// once and removed with the block), then its status. Returns whether any was written.
+    pub async fn sync_block_status(&mut self) -> Result<bool> {
         let snapshot = self
             .store()
             .snapshot()
             .map_err(Error::files("reading the IPAM store"))?;
         let mut per_pool: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+        let mut owned = BTreeSet::new();
+        let mut failed = None;
+        let mut written_any = false;
         for block in self.cluster.blocks_of(self.node()) {
             let Ok(cidr) = block.spec.cidr.parse::<Cidr>() else {
                 continue;
             };
-            let status = block_status(&snapshot, &cidr);
+            let status = block_usage(&snapshot, &cidr);
             let entry = per_pool.entry(block.spec.pool.clone()).or_default();
             entry.0 += 1;
             entry.1 += u64::from(status.allocated);
-            let name = block.name_any();
-            let already = match self.memory.reported_blocks.get(&name) {
-                Some(reported) => reported == &status,
-                None => block.status.as_ref() == Some(&status),
-            };
-            if !already {
-                self.api.block_status(&name, &status).await?;
-                debug!(block = %name, allocated = status.allocated, "block status synced");
+            // Keyed by UID: a block released and claimed again is a new object, with a new usage.
+            let key = block.uid().unwrap_or_default();
+            owned.insert(key.clone());
+            if self.memory.reported_blocks.get(&key) == Some(&status) {
+                continue;
             }
-            self.memory.reported_blocks.insert(name, status);
+            let name = block.name_any();
+            // One block's failure (the usage of a released block of the same name not yet
+            // collected, say) does not hold up the others'.
+            let written = async {
+                if !self.memory.reported_blocks.contains_key(&key) {
+                    self.api.create_usage(&block).await?;
+                }
+                self.api.usage_status(&name, &status).await
+            }
+            .await;
+            match written {
+                Ok(()) => {
+                    written_any = true;
+                    debug!(block = %name, allocated = status.allocated, "block usage synced");
+                    self.memory.reported_blocks.insert(key, status);
+                }
+                Err(e) => {
+                    // Written again in full (the object too: it may be gone) on the next sync.
+                    self.memory.reported_blocks.remove(&key);
+                    warn!(block = %name, error = %e, "writing the block's usage failed; retried");
+                    failed.get_or_insert(e);
+                }
+            }
         }
+        self.memory.reported_blocks.retain(|k, _| owned.contains(k));
         self.metrics.set_pools(&per_pool);
-        Ok(())
+        failed.map_or(Ok(written_any), Err)
     }
 }
 
@@ -1199,8 +1228,8 @@ fn watch_local_state(state_dir: &std::path::Path, wakes: Vec<Arc<Notify>>) -> bo
     }
 }
 
-/// The allocations of `block` in the store, as its `IPBlock` status shows them.
-fn block_status(store: &ipam::IpamState, block: &Cidr) -> IPBlockStatus {
+/// The allocations of `block` in the store, as its `IPBlockUsage` shows them.
+fn block_usage(store: &ipam::IpamState, block: &Cidr) -> IPBlockUsageStatus {
     let mut allocations: Vec<Allocation> = store
         .attachments
         .values()
@@ -1220,7 +1249,7 @@ fn block_status(store: &ipam::IpamState, block: &Cidr) -> IPBlockStatus {
         })
         .collect();
     allocations.sort_by(|a, b| a.ip.cmp(&b.ip));
-    IPBlockStatus {
+    IPBlockUsageStatus {
         allocated: u32::try_from(allocations.len()).unwrap_or(u32::MAX),
         allocations,
     }

@@ -86,8 +86,8 @@ mod tests {
             Arc::new(pool("everywhere", "10.5.0.0/16", &[])),
         ];
         let blocks = [
-            block("holds", "10.2.0.0/26", "n", 1),
-            block("unrelated", "10.4.0.0/26", "other", 1),
+            block("holds", "10.2.0.0/26", "n"),
+            block("unrelated", "10.4.0.0/26", "other"),
         ];
         let labels = [("zone".to_string(), "a".to_string())].into();
         let addresses = ["10.3.0.7".parse().unwrap()];
@@ -104,6 +104,7 @@ mod tests {
         stalled.status = Some(status(
             &stalled,
             &[],
+            &Default::default(),
             &[],
             Some(&Conflict {
                 reason: "OverlappingPools",

@@ -145,7 +145,7 @@ mod tests {
         );
         assert!(overlapping(&c, &all).is_none());
         let c = conflict(&b, &all, &[], &[]).expect("a conflict");
-        let st = status(&b, &[], &[], Some(&c), None);
+        let st = status(&b, &[], &Default::default(), &[], Some(&c), None);
         assert!(!conditions::is_true(&st.conditions, "Ready"));
         let ready = st.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
         assert_eq!(ready.reason, "OverlappingPools");

@@ -8,19 +8,24 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::Api;
 use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
-use sinew_crds::{IPBlock, IPPool};
+use sinew_crds::{IPBlock, IPBlockUsageStatus, IPPool};
 
 use crate::context::{Context, Error, delete_block};
 
-/// Pure: whether a block of a node that no longer exists can be released. Only when no pod of
-/// its allocations exists any more; an allocation without a pod UID could belong to anything,
-/// so it keeps the block. A block whose node never reported on it is released once it is
-/// older than a minute (its agent had every chance to report).
-pub fn releasable(block: &IPBlock, node_exists: bool, pod_exists: impl Fn(&str) -> bool) -> bool {
+/// Pure: whether a block of a node that no longer exists can be released, given its `usage`.
+/// Only when no pod of its allocations exists any more; an allocation without a pod UID could
+/// belong to anything, so it keeps the block. A block whose node never reported on it is
+/// released once it is older than a minute (its agent had every chance to report).
+pub fn releasable(
+    block: &IPBlock,
+    usage: Option<&IPBlockUsageStatus>,
+    node_exists: bool,
+    pod_exists: impl Fn(&str) -> bool,
+) -> bool {
     if node_exists {
         return false;
     }
-    let Some(status) = block.status.as_ref() else {
+    let Some(status) = usage else {
         let age = block
             .metadata
             .creation_timestamp
@@ -39,7 +44,7 @@ pub fn releasable(block: &IPBlock, node_exists: bool, pod_exists: impl Fn(&str) 
 /// Live re-check of what the caches said about a departed node's block: the Node is gone and
 /// none of the block's pods exists (by UID, a mirror pod counting for its static pod). Any
 /// doubt (an API error) keeps the block.
-async fn departed_live(ctx: &Context, block: &IPBlock) -> bool {
+async fn departed_live(ctx: &Context, block: &IPBlock, usage: Option<&IPBlockUsageStatus>) -> bool {
     let nodes: Api<Node> = Api::all(ctx.client.clone());
     match nodes.get_opt(&block.spec.node).await {
         Ok(None) => {}
@@ -49,7 +54,7 @@ async fn departed_live(ctx: &Context, block: &IPBlock) -> bool {
             return false;
         }
     }
-    for a in block.status.iter().flat_map(|s| s.allocations.iter()) {
+    for a in usage.iter().flat_map(|s| s.allocations.iter()) {
         let (Some(ns), Some(name), Some(uid)) = (&a.pod_namespace, &a.pod_name, &a.pod_uid) else {
             continue;
         };
@@ -70,8 +75,16 @@ pub(super) async fn release_blocks_of_departed_nodes(
     let name = pool.name_any();
     let nodes: BTreeSet<String> = ctx.nodes.state().iter().map(|n| n.name_any()).collect();
     let mut waiting = false;
-    for block in ctx.blocks.state().iter().filter(|b| b.spec.pool == name) {
-        waiting |= release_if_departed(pool, ctx, block, &nodes).await? == Departed::Waiting;
+    let blocks: Vec<_> = ctx
+        .blocks
+        .state()
+        .into_iter()
+        .filter(|b| b.spec.pool == name)
+        .collect();
+    let usage = ctx.usage_of(&blocks);
+    for block in &blocks {
+        let used = usage.get(&block.name_any());
+        waiting |= release_if_departed(pool, ctx, block, used, &nodes).await? == Departed::Waiting;
     }
     Ok(waiting)
 }
@@ -93,17 +106,18 @@ pub(super) async fn release_if_departed(
     pool: &IPPool,
     ctx: &Context,
     block: &IPBlock,
+    usage: Option<&IPBlockUsageStatus>,
     nodes: &BTreeSet<String>,
 ) -> Result<Departed, Error> {
     let node_exists = nodes.contains(&block.spec.node);
     if node_exists {
         return Ok(Departed::NodeExists);
     }
-    if !releasable(block, node_exists, |uid| ctx.pods.contains(uid)) {
+    if !releasable(block, usage, node_exists, |uid| ctx.pods.contains(uid)) {
         return Ok(Departed::Waiting);
     }
     // The caches said so; the API server must say so too, right before the release.
-    if !departed_live(ctx, block).await {
+    if !departed_live(ctx, block, usage).await {
         return Ok(Departed::Waiting);
     }
     let api: Api<IPBlock> = Api::all(ctx.client.clone());
@@ -133,13 +147,17 @@ pub(super) async fn release_if_departed(
 mod tests {
     use super::*;
 
-    fn block(allocations: serde_json::Value) -> IPBlock {
+    fn block() -> IPBlock {
         serde_json::from_value(serde_json::json!({
             "apiVersion": "sinew.dev/v1alpha1", "kind": "IPBlock", "metadata": {"name": "b"},
             "spec": {"pool": "p", "cidr": "10.0.0.0/26", "node": "n"},
-            "status": {"allocated": 1, "allocations": allocations},
         }))
         .unwrap()
+    }
+
+    fn usage(allocations: serde_json::Value) -> IPBlockUsageStatus {
+        serde_json::from_value(serde_json::json!({"allocated": 1, "allocations": allocations}))
+            .unwrap()
     }
 
     #[test]
@@ -147,17 +165,27 @@ mod tests {
         let live = |uid: &str| uid == "alive";
         let a = |uid: Option<&str>| serde_json::json!([{"ip": "10.0.0.1", "containerId": "c", "interface": "eth0", "generation": 1, "podUid": uid}]);
         assert!(
-            !releasable(&block(a(Some("dead"))), true, live),
+            !releasable(&block(), Some(&usage(a(Some("dead")))), true, live),
             "the node still exists"
         );
-        assert!(releasable(&block(a(Some("dead"))), false, live));
-        assert!(!releasable(&block(a(Some("alive"))), false, live));
+        assert!(releasable(
+            &block(),
+            Some(&usage(a(Some("dead")))),
+            false,
+            live
+        ));
+        assert!(!releasable(
+            &block(),
+            Some(&usage(a(Some("alive")))),
+            false,
+            live
+        ));
         assert!(
-            !releasable(&block(a(None)), false, live),
+            !releasable(&block(), Some(&usage(a(None))), false, live),
             "an unknown owner keeps the block"
         );
         assert!(
-            !releasable(&block(serde_json::json!([])), false, live),
+            !releasable(&block(), Some(&usage(serde_json::json!([]))), false, live),
             "allocated 1 without details"
         );
     }
@@ -170,7 +198,10 @@ mod tests {
         }))
         .unwrap();
         let none = |_: &str| false;
-        assert!(releasable(&b, false, none), "no creation time: old enough");
+        assert!(
+            releasable(&b, None, false, none),
+            "no creation time: old enough"
+        );
         let ago = |s: i64| {
             let now = k8s_openapi::jiff::Timestamp::now();
             Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
@@ -179,9 +210,12 @@ mod tests {
             ))
         };
         b.metadata.creation_timestamp = ago(10);
-        assert!(!releasable(&b, false, none), "its agent may still report");
+        assert!(
+            !releasable(&b, None, false, none),
+            "its agent may still report"
+        );
         b.metadata.creation_timestamp = ago(120);
-        assert!(releasable(&b, false, none));
-        assert!(!releasable(&b, true, none), "the node exists");
+        assert!(releasable(&b, None, false, none));
+        assert!(!releasable(&b, None, true, none), "the node exists");
     }
 }

@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::Node;
 use kube::ResourceExt;
 use kube::api::{Api, ListParams};
 use kube::runtime::controller::Action;
-use sinew_crds::{IPBlock, IPPool};
+use sinew_crds::{IPBlock, IPBlockUsage, IPPool};
 
 use super::departed::{Departed, release_if_departed};
 use super::write_status;
@@ -28,12 +28,20 @@ pub(super) async fn drain(pool: &IPPool, ctx: &Context) -> Result<Action, Error>
         .list(&ListParams::default().fields(&format!("spec.pool={name}")))
         .await?
         .items;
+    let usage_api: Api<IPBlockUsage> = Api::all(ctx.client.clone());
+    let usages = usage_api
+        .list(&ListParams::default().fields(&format!("spec.pool={name}")))
+        .await?
+        .items;
+    let usage = sinew_crds::usage_by_block(&live, &usages);
+    let allocated = |b: &IPBlock| u64::from(usage.get(&b.name_any()).map_or(0, |u| u.allocated));
     // No agent drains the addresses of a node that is gone: release its blocks once none
     // of their pods exists (as for a pool that stays), or they would hold the pool forever.
     let nodes: BTreeSet<String> = ctx.nodes.state().iter().map(|n| n.name_any()).collect();
     let mut released = Vec::new();
     for b in live.iter().filter(|b| allocated(b) > 0) {
-        if release_if_departed(pool, ctx, b, &nodes).await? == Departed::Released {
+        let used = usage.get(&b.name_any());
+        if release_if_departed(pool, ctx, b, used, &nodes).await? == Departed::Released {
             released.push(b.name_any());
         }
     }
@@ -95,11 +103,6 @@ pub fn unconfirmed_nodes(pool: &str, blocks: &[IPBlock], nodes: &[Arc<Node>]) ->
         .collect()
 }
 
-/// Addresses of `block` in use, as its status says.
-fn allocated(block: &IPBlock) -> u64 {
-    u64::from(block.status.as_ref().map_or(0, |s| s.allocated))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -135,10 +138,10 @@ mod tests {
             ))
         };
         let blocks: Vec<IPBlock> = [
-            block("p", "10.0.0.0/26", "confirmed", 0),
-            block("p", "10.0.0.64/26", "other-pool-drained", 0),
-            block("p", "10.0.0.128/26", "silent", 0),
-            block("p", "10.0.0.192/26", "gone", 0),
+            block("p", "10.0.0.0/26", "confirmed"),
+            block("p", "10.0.0.64/26", "other-pool-drained"),
+            block("p", "10.0.0.128/26", "silent"),
+            block("p", "10.0.0.192/26", "gone"),
         ]
         .iter()
         .map(|b| b.as_ref().clone())

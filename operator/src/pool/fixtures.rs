@@ -56,15 +56,32 @@ pub fn with_addresses(name: &str, addresses: &[&str]) -> Arc<Node> {
     labelled(name, &[], addresses)
 }
 
-/// Block `cidr` of pool `pool` on `node`, with `allocated` addresses in use (no details).
-pub fn block(pool: &str, cidr: &str, node: &str, allocated: u32) -> Arc<IPBlock> {
+/// Block `cidr` of pool `pool` on `node`.
+pub fn block(pool: &str, cidr: &str, node: &str) -> Arc<IPBlock> {
     Arc::new(
         serde_json::from_value(serde_json::json!({
             "apiVersion": "sinew.dev/v1alpha1", "kind": "IPBlock",
             "metadata": {"name": cidr.replace(['.', '/', ':'], "-")},
             "spec": {"pool": pool, "cidr": cidr, "node": node},
-            "status": {"allocated": allocated},
         }))
         .unwrap(),
     )
+}
+
+/// The usage of each of `blocks`: its name and how many addresses are in use (no details).
+pub fn usage(
+    blocks: &[(&Arc<IPBlock>, u32)],
+) -> std::collections::BTreeMap<String, sinew_crds::IPBlockUsageStatus> {
+    blocks
+        .iter()
+        .map(|(b, allocated)| {
+            (
+                kube::ResourceExt::name_any(b.as_ref()),
+                sinew_crds::IPBlockUsageStatus {
+                    allocated: *allocated,
+                    allocations: Vec::new(),
+                },
+            )
+        })
+        .collect()
 }

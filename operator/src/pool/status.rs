@@ -7,17 +7,18 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Node;
 use kube::ResourceExt;
-use sinew_crds::{Family, IPBlock, IPPool, IPPoolStatus, PoolMode};
+use sinew_crds::{Family, IPBlock, IPBlockUsageStatus, IPPool, IPPoolStatus, PoolMode};
 
 use super::capacity::{api_integer, capacity, exhaustion};
 use super::conflict::Conflict;
 use super::mode_plan::mode_plan;
 use crate::{conditions, nodes};
 
-/// The status of `pool` from its blocks, the nodes and the conflict check.
+/// The status of `pool` from its blocks and their usage, the nodes and the conflict check.
 pub fn status(
     pool: &IPPool,
     blocks: &[Arc<IPBlock>],
+    usage: &BTreeMap<String, IPBlockUsageStatus>,
     nodes: &[Arc<Node>],
     conflict: Option<&Conflict>,
     fixed_mtu: Option<u32>,
@@ -27,7 +28,7 @@ pub fn status(
     let mine: Vec<&Arc<IPBlock>> = blocks.iter().filter(|b| b.spec.pool == name).collect();
     let allocated: u64 = mine
         .iter()
-        .map(|b| u64::from(b.status.as_ref().map_or(0, |s| s.allocated)))
+        .map(|b| u64::from(usage.get(&b.name_any()).map_or(0, |u| u.allocated)))
         .sum();
     let (capacity, reserved) = capacity(pool);
     let family = pool
@@ -147,7 +148,7 @@ pub fn status(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pool::fixtures::{block, pool, reporting, with_addresses};
+    use crate::pool::fixtures::{block, pool, reporting, usage, with_addresses};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 
     fn condition<'a>(st: &'a IPPoolStatus, type_: &str) -> (&'a str, &'a str, &'a str) {
@@ -163,17 +164,18 @@ mod tests {
     fn a_converged_pool_is_ready_and_counts_only_its_own_blocks() {
         let p = pool("p", "10.0.0.0/24", &[]);
         let blocks = [
-            block("p", "10.0.0.0/26", "a", 3),
-            block("p", "10.0.0.64/26", "b", 2),
-            block("q", "10.1.0.0/26", "a", 7),
+            block("p", "10.0.0.0/26", "a"),
+            block("p", "10.0.0.64/26", "b"),
+            block("q", "10.1.0.0/26", "a"),
         ];
+        let used = usage(&[(&blocks[0], 3), (&blocks[1], 2), (&blocks[2], 7)]);
         // c's agent has not reported the pool: it is not counted.
         let nodes = [
             reporting("a", "10.99.0.0/24", "Auto"),
             reporting("b", "10.99.1.0/24", "Auto"),
             with_addresses("c", &[]),
         ];
-        let st = status(&p, &blocks, &nodes, None, None);
+        let st = status(&p, &blocks, &used, &nodes, None, None);
         assert_eq!(
             condition(&st, "Ready"),
             ("True", "Ready", "2 blocks, 5/254 addresses in use")
@@ -201,7 +203,7 @@ mod tests {
             reporting("a", "10.99.0.0/24", "Routed"),
             reporting("b", "10.99.0.0/24", "VXLAN"),
         ];
-        let st = status(&p, &[], &nodes, None, None);
+        let st = status(&p, &[], &BTreeMap::new(), &nodes, None, None);
         assert_eq!(
             condition(&st, "Reconciling"),
             (
@@ -228,7 +230,7 @@ mod tests {
             reporting("c", "10.99.0.0/24", "Routed"),
             reporting("a", "10.99.0.0/24", "Routed"),
         ];
-        let st = status(&p, &[], &nodes, None, None);
+        let st = status(&p, &[], &BTreeMap::new(), &nodes, None, None);
         let (ready, reason, message) = condition(&st, "Ready");
         assert_eq!((ready, reason), ("False", "RoutedAcrossSubnets"));
         assert!(
@@ -246,7 +248,7 @@ mod tests {
             reporting("a", "10.99.0.0/24", "Auto"),
             reporting("b", "10.99.1.0/24", "Auto"),
         ];
-        let st = status(&p, &[], &auto, None, None);
+        let st = status(&p, &[], &BTreeMap::new(), &auto, None, None);
         assert_eq!(condition(&st, "Stalled").0, "False");
         assert_eq!(condition(&st, "Ready").0, "True");
     }
@@ -259,7 +261,7 @@ mod tests {
             message: "overlaps".into(),
         };
         let nodes = [reporting("a", "10.99.0.0/24", "VXLAN")];
-        let st = status(&p, &[], &nodes, Some(&found), None);
+        let st = status(&p, &[], &BTreeMap::new(), &nodes, Some(&found), None);
         assert_eq!(
             condition(&st, "Ready"),
             ("False", "OverlapsServiceCIDR", "overlaps")

@@ -8,7 +8,8 @@ use std::time::Duration;
 use http::Method;
 use serde_json::json;
 use sinew_crds::{
-    Allocation, IPBlock, IPBlockSpec, IPBlockStatus, RELEASE_ANNOTATION, ReleaseRequest,
+    Allocation, IPBlock, IPBlockSpec, IPBlockUsage, IPBlockUsageSpec, IPBlockUsageStatus,
+    RELEASE_ANNOTATION, ReleaseRequest,
 };
 
 use super::{World, node, not_found, to_json, within};
@@ -28,9 +29,9 @@ fn allocation(ip: &str, pod: &str, uid: &str) -> Allocation {
     }
 }
 
-/// A block of node `n1` holding `allocations`.
-fn block(allocations: Vec<Allocation>) -> IPBlock {
-    let mut b = IPBlock::new(
+/// A block of node `n1`, and its usage holding `allocations`.
+fn block(allocations: Vec<Allocation>) -> (IPBlock, IPBlockUsage) {
+    let b = IPBlock::new(
         "10-0-0-0-26",
         IPBlockSpec {
             pool: "p".into(),
@@ -38,11 +39,12 @@ fn block(allocations: Vec<Allocation>) -> IPBlock {
             node: "n1".into(),
         },
     );
-    b.status = Some(IPBlockStatus {
+    let mut u = IPBlockUsage::new("10-0-0-0-26", IPBlockUsageSpec::of(&b.spec));
+    u.status = Some(IPBlockUsageStatus {
         allocated: allocations.len() as u32,
         allocations,
     });
-    b
+    (b, u)
 }
 
 /// A pod named `name` in `default` with UID `uid`, as the API server returns it.
@@ -59,13 +61,13 @@ async fn a_release_is_requested_only_for_a_pod_missing_on_two_passes_a_grace_per
     ]);
     let (ctx, api) = World {
         nodes: vec![node("n1", None)],
-        blocks: vec![b.clone()],
         pods: vec!["alive-uid"],
         ..World::default()
     }
+    .with_claims(vec![b.clone()])
     .build();
     let received = api.received();
-    let reply = to_json(&b);
+    let reply = to_json(&b.0);
     let scenario = api.play(|mut api| async move {
         api.expect(
             Method::GET,
@@ -125,9 +127,9 @@ async fn a_pod_found_live_keeps_its_address() {
     // The pod cache is behind: it does not have the pod yet.
     let (ctx, api) = World {
         nodes: vec![node("n1", None)],
-        blocks: vec![b],
         ..World::default()
     }
+    .with_claims(vec![b])
     .build();
     let scenario = api.play(|mut api| async move {
         // Asked on the second pass only.
@@ -152,11 +154,9 @@ async fn a_pod_found_live_keeps_its_address() {
 
 #[tokio::test]
 async fn a_block_of_a_departed_node_is_left_to_the_pool_reconciler() {
-    let (ctx, api) = World {
-        blocks: vec![block(vec![allocation("10.0.0.1", "web", "web-uid")])],
-        ..World::default()
-    }
-    .build();
+    let (ctx, api) = World { ..World::default() }
+        .with_claims(vec![block(vec![allocation("10.0.0.1", "web", "web-uid")])])
+        .build();
     let scenario = api.play(|api| async move { api });
     let mut suspects = Suspects::default();
     for _ in 0..2 {
@@ -171,6 +171,7 @@ async fn a_block_of_a_departed_node_is_left_to_the_pool_reconciler() {
 #[tokio::test]
 async fn a_carried_out_release_request_is_dropped_from_the_block() {
     let mut b = block(vec![allocation("10.0.0.2", "web", "web-uid")]);
+    let (block, _) = &mut b;
     let done = ReleaseRequest {
         ip: "10.0.0.1".into(),
         generation: 1,
@@ -178,7 +179,7 @@ async fn a_carried_out_release_request_is_dropped_from_the_block() {
         pod: "default/gone".into(),
         missing_since: "2026-01-01T00:00:00Z".into(),
     };
-    b.metadata.annotations = Some(
+    block.metadata.annotations = Some(
         [(
             RELEASE_ANNOTATION.to_string(),
             serde_json::to_string(&[done]).unwrap(),
@@ -188,13 +189,13 @@ async fn a_carried_out_release_request_is_dropped_from_the_block() {
     );
     let (ctx, api) = World {
         nodes: vec![node("n1", None)],
-        blocks: vec![b.clone()],
         pods: vec!["web-uid"],
         ..World::default()
     }
+    .with_claims(vec![b.clone()])
     .build();
     let metrics = ctx.metrics.clone();
-    let reply = to_json(&b);
+    let reply = to_json(&b.0);
     let scenario = api.play(|mut api| async move {
         let patch = api.expect(Method::PATCH, BLOCK, 200, reply).await;
         assert_eq!(

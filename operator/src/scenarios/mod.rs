@@ -25,7 +25,7 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher;
 use serde_json::{Value, json};
 use sinew_crds::node::{NODE_STATE_ANNOTATION, NodeReport};
-use sinew_crds::{ClusterNetwork, IPBlock, IPPool};
+use sinew_crds::{ClusterNetwork, IPBlock, IPBlockUsage, IPPool};
 
 use crate::context::{Context, Settings};
 use crate::pod_uids::PodUids;
@@ -44,6 +44,7 @@ pub struct World {
     pub networks: Vec<ClusterNetwork>,
     pub pools: Vec<IPPool>,
     pub blocks: Vec<IPBlock>,
+    pub usages: Vec<IPBlockUsage>,
     /// UIDs of the pods that exist.
     pub pods: Vec<&'static str>,
 }
@@ -61,6 +62,15 @@ where
 }
 
 impl World {
+    /// Adds blocks, each with its usage.
+    pub fn with_claims(mut self, claims: Vec<(IPBlock, IPBlockUsage)>) -> World {
+        for (block, usage) in claims {
+            self.blocks.push(block);
+            self.usages.push(usage);
+        }
+        self
+    }
+
     /// The reconcile context over a mocked API server, and the server's side of it.
     pub fn build(self) -> (Arc<Context>, ApiServer) {
         let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
@@ -79,6 +89,7 @@ impl World {
             networks: store_of(self.networks),
             pools: store_of(self.pools),
             blocks: store_of(self.blocks),
+            usages: store_of(self.usages),
             pods: PodUids::fixed(self.pods),
             service_cidrs: store_of(Vec::new()),
             recorder: Recorder::new(

@@ -8,7 +8,9 @@ use http::Method;
 use kube::runtime::controller::Action;
 use serde_json::{Value, json};
 use sinew_crds::node::NodeReport;
-use sinew_crds::{Allocation, IPBlock, IPBlockSpec, IPBlockStatus, IPPool};
+use sinew_crds::{
+    Allocation, IPBlock, IPBlockSpec, IPBlockUsage, IPBlockUsageSpec, IPBlockUsageStatus, IPPool,
+};
 
 use super::{World, deleted, node, not_found, pool_spec, ready_condition, to_json, within};
 use crate::context::FINALIZER;
@@ -17,6 +19,7 @@ use crate::pool::reconcile;
 const POOL: &str = "/apis/sinew.dev/v1alpha1/ippools/p";
 const POOL_STATUS: &str = "/apis/sinew.dev/v1alpha1/ippools/p/status";
 const BLOCKS: &str = "/apis/sinew.dev/v1alpha1/ipblocks";
+const USAGES: &str = "/apis/sinew.dev/v1alpha1/ipblockusages";
 
 fn pool(finalizers: &[&str]) -> IPPool {
     let mut p = IPPool::new("p", pool_spec("10.0.0.0/24"));
@@ -51,8 +54,8 @@ fn allocation(ip: &str, pod: &str, uid: &str) -> Allocation {
     }
 }
 
-/// Block `index` (a /26) of pool `p`, on `node`, holding `allocations`.
-fn block(index: u8, node: &str, allocations: Vec<Allocation>) -> IPBlock {
+/// Block `index` (a /26) of pool `p`, on `node`, and its usage holding `allocations`.
+fn block(index: u8, node: &str, allocations: Vec<Allocation>) -> (IPBlock, IPBlockUsage) {
     let mut b = IPBlock::new(
         &format!("10-0-0-{}-26", index * 64),
         IPBlockSpec {
@@ -62,11 +65,15 @@ fn block(index: u8, node: &str, allocations: Vec<Allocation>) -> IPBlock {
         },
     );
     b.metadata.uid = Some(format!("block-uid-{index}"));
-    b.status = Some(IPBlockStatus {
+    let mut usage = IPBlockUsage::new(
+        &b.metadata.name.clone().unwrap_or_default(),
+        IPBlockUsageSpec::of(&b.spec),
+    );
+    usage.status = Some(IPBlockUsageStatus {
         allocated: allocations.len() as u32,
         allocations,
     });
-    b
+    (b, usage)
 }
 
 /// Asserts that a DELETE of a block carried its UID as a precondition (a block deleted and
@@ -80,9 +87,30 @@ fn assert_uid_precondition(seen: &super::Seen, index: u8) {
     );
 }
 
-fn block_list(blocks: &[IPBlock]) -> Value {
+fn block_list(claims: &[(IPBlock, IPBlockUsage)]) -> Value {
+    let blocks: Vec<&IPBlock> = claims.iter().map(|(b, _)| b).collect();
     json!({"apiVersion": "sinew.dev/v1alpha1", "kind": "IPBlockList",
            "metadata": {"resourceVersion": "7"}, "items": blocks})
+}
+
+fn usage_list(claims: &[(IPBlock, IPBlockUsage)]) -> Value {
+    let usages: Vec<&IPBlockUsage> = claims.iter().map(|(_, u)| u).collect();
+    json!({"apiVersion": "sinew.dev/v1alpha1", "kind": "IPBlockUsageList",
+           "metadata": {"resourceVersion": "7"}, "items": usages})
+}
+
+/// The drain's live reads: the pool's blocks, then their usages.
+async fn expect_live(api: &mut super::ApiServer, live: &[(IPBlock, IPBlockUsage)]) {
+    let list = api.expect(Method::GET, BLOCKS, 200, block_list(live)).await;
+    assert_eq!(
+        list.query.get("fieldSelector").map(String::as_str),
+        Some("spec.pool=p")
+    );
+    let list = api.expect(Method::GET, USAGES, 200, usage_list(live)).await;
+    assert_eq!(
+        list.query.get("fieldSelector").map(String::as_str),
+        Some("spec.pool=p")
+    );
 }
 
 #[tokio::test]
@@ -251,13 +279,7 @@ async fn a_deleted_pool_with_addresses_in_use_is_draining_and_keeps_its_finalize
     ];
     let reply = to_json(&p);
     let scenario = api.play(|mut api| async move {
-        let list = api
-            .expect(Method::GET, BLOCKS, 200, block_list(&live))
-            .await;
-        assert_eq!(
-            list.query.get("fieldSelector").map(String::as_str),
-            Some("spec.pool=p")
-        );
+        expect_live(&mut api, &live).await;
         let status = api.expect(Method::PATCH, POOL_STATUS, 200, reply).await;
         let ready = ready_condition(&status.body);
         assert_eq!(ready["status"], "False");
@@ -286,11 +308,10 @@ async fn a_drained_pool_past_the_settle_time_deletes_its_blocks_then_drops_only_
     }
     .build();
     let live = [block(0, "a", Vec::new()), block(1, "b", Vec::new())];
-    let first = to_json(&live[0]);
+    let first = to_json(&live[0].0);
     let reply = to_json(&p);
     let scenario = api.play(|mut api| async move {
-        api.expect(Method::GET, BLOCKS, 200, block_list(&live))
-            .await;
+        expect_live(&mut api, &live).await;
         let seen = api
             .expect(Method::DELETE, &format!("{BLOCKS}/10-0-0-0-26"), 200, first)
             .await;
@@ -331,10 +352,9 @@ async fn a_deleted_pool_releases_the_blocks_of_departed_nodes_instead_of_drainin
     .build();
     let metrics = ctx.metrics.clone();
     let live = [block(0, "a", Vec::new()), departed.clone()];
-    let (kept, reply) = (to_json(&live[0]), to_json(&p));
+    let (kept, reply) = (to_json(&live[0].0), to_json(&p));
     let scenario = api.play(|mut api| async move {
-        api.expect(Method::GET, BLOCKS, 200, block_list(&live))
-            .await;
+        expect_live(&mut api, &live).await;
         // The caches say the node and the pod are gone; the API server must say so too.
         api.expect(Method::GET, "/api/v1/nodes/gone", 404, not_found())
             .await;
@@ -349,7 +369,7 @@ async fn a_deleted_pool_releases_the_blocks_of_departed_nodes_instead_of_drainin
             Method::DELETE,
             &format!("{BLOCKS}/10-0-0-64-26"),
             200,
-            to_json(&departed),
+            to_json(&departed.0),
         )
         .await;
         let event = api.expect_event().await;
@@ -380,8 +400,7 @@ async fn a_deleted_pool_keeps_draining_while_a_pod_of_a_departed_node_exists() {
     let live = [departed];
     let reply = to_json(&p);
     let scenario = api.play(|mut api| async move {
-        api.expect(Method::GET, BLOCKS, 200, block_list(&live))
-            .await;
+        expect_live(&mut api, &live).await;
         let status = api.expect(Method::PATCH, POOL_STATUS, 200, reply).await;
         assert_eq!(ready_condition(&status.body)["reason"], "Draining");
         api
@@ -425,8 +444,7 @@ async fn a_drained_pool_waits_for_every_node_holding_a_block_to_confirm_it() {
     let live = [block(0, "a", Vec::new()), block(1, "b", Vec::new())];
     let reply = to_json(&p);
     let scenario = api.play(|mut api| async move {
-        api.expect(Method::GET, BLOCKS, 200, block_list(&live))
-            .await;
+        expect_live(&mut api, &live).await;
         // No DELETE: the scenario refuses anything beyond the status write.
         let status = api.expect(Method::PATCH, POOL_STATUS, 200, reply).await;
         let ready = ready_condition(&status.body);
@@ -457,10 +475,9 @@ async fn a_drained_pool_confirmed_by_its_nodes_goes_at_once() {
     }
     .build();
     let live = [block(0, "a", Vec::new())];
-    let (first, reply) = (to_json(&live[0]), to_json(&p));
+    let (first, reply) = (to_json(&live[0].0), to_json(&p));
     let scenario = api.play(|mut api| async move {
-        api.expect(Method::GET, BLOCKS, 200, block_list(&live))
-            .await;
+        expect_live(&mut api, &live).await;
         let seen = api
             .expect(Method::DELETE, &format!("{BLOCKS}/10-0-0-0-26"), 200, first)
             .await;
@@ -481,9 +498,9 @@ async fn a_departed_nodes_block_is_released_after_the_live_checks_with_an_event(
     let (ctx, api) = World {
         nodes: vec![node("a", None)],
         pools: vec![p.clone()],
-        blocks: vec![block(0, "a", Vec::new()), departed.clone()],
         ..World::default()
     }
+    .with_claims(vec![block(0, "a", Vec::new()), departed.clone()])
     .build();
     let metrics = ctx.metrics.clone();
     let reply = to_json(&p);
@@ -503,7 +520,7 @@ async fn a_departed_nodes_block_is_released_after_the_live_checks_with_an_event(
                 Method::DELETE,
                 &format!("{BLOCKS}/10-0-0-64-26"),
                 200,
-                to_json(&departed),
+                to_json(&departed.0),
             )
             .await;
         assert_uid_precondition(&seen, 1);
@@ -528,13 +545,13 @@ async fn a_departed_nodes_block_is_kept_when_the_node_is_back_live() {
     let p = pool(&[FINALIZER]);
     let (ctx, api) = World {
         pools: vec![p.clone()],
-        blocks: vec![block(
-            0,
-            "gone",
-            vec![allocation("10.0.0.1", "web-1", "dead")],
-        )],
         ..World::default()
     }
+    .with_claims(vec![block(
+        0,
+        "gone",
+        vec![allocation("10.0.0.1", "web-1", "dead")],
+    )])
     .build();
     let reply = to_json(&p);
     let scenario = api.play(|mut api| async move {

@@ -6,13 +6,16 @@ use std::time::Duration;
 
 use http::Method;
 use serde_json::{Value, json};
-use sinew_crds::{Allocation, IPBlock, IPBlockSpec, IPBlockStatus, IPPool};
+use sinew_crds::{
+    Allocation, IPBlock, IPBlockSpec, IPBlockUsage, IPBlockUsageSpec, IPBlockUsageStatus, IPPool,
+};
 
 use super::{World, deleted, pool_spec, within};
 use crate::uninstall::{Error, uninstall_polling};
 
 const POOLS: &str = "/apis/sinew.dev/v1alpha1/ippools";
 const BLOCKS: &str = "/apis/sinew.dev/v1alpha1/ipblocks";
+const USAGES: &str = "/apis/sinew.dev/v1alpha1/ipblockusages";
 const NETWORKS: &str = "/apis/sinew.dev/v1alpha1/clusternetworks";
 const PODS: &str = "/api/v1/pods";
 
@@ -55,17 +58,29 @@ fn blocks(items: Value) -> Value {
     l
 }
 
-/// CoreDNS's pod on `sinew-worker`, as its agent reports it in the block's status.
+fn usages(items: Value) -> Value {
+    let mut l = list("IPBlock", items);
+    l["apiVersion"] = json!("sinew.dev/v1alpha1");
+    l
+}
+
+/// The block of CoreDNS's pod on `sinew-worker`.
 fn coredns_block() -> IPBlock {
-    let mut b = IPBlock::new(
+    IPBlock::new(
         "10-244-1-0-26",
         IPBlockSpec {
             pool: "p".into(),
             cidr: "10.244.1.0/26".into(),
             node: "sinew-worker".into(),
         },
-    );
-    b.status = Some(IPBlockStatus {
+    )
+}
+
+/// CoreDNS's pod on `sinew-worker`, as its agent reports it in the block's usage.
+fn coredns_usage() -> IPBlockUsage {
+    let b = coredns_block();
+    let mut u = IPBlockUsage::new("10-244-1-0-26", IPBlockUsageSpec::of(&b.spec));
+    u.status = Some(IPBlockUsageStatus {
         allocated: 1,
         allocations: vec![Allocation {
             ip: "10.244.1.2".into(),
@@ -77,7 +92,7 @@ fn coredns_block() -> IPBlock {
             generation: 1,
         }],
     });
-    b
+    u
 }
 
 /// A pod on the pod network that no block's status lists yet.
@@ -95,6 +110,8 @@ async fn uninstall_refuses_and_deletes_nothing_while_pods_hold_addresses() {
         api.expect(Method::GET, POOLS, 200, pools(json!([pool()])))
             .await;
         api.expect(Method::GET, BLOCKS, 200, blocks(json!([coredns_block()])))
+            .await;
+        api.expect(Method::GET, USAGES, 200, usages(json!([coredns_usage()])))
             .await;
         api.expect(Method::GET, PODS, 200, list("Pod", json!([web_pod()])))
             .await;
@@ -134,6 +151,7 @@ async fn uninstall_deletes_the_cluster_network_only_once_the_pools_are_gone() {
         // The check: a pool, no allocation, only a host-network pod.
         api.expect(Method::GET, POOLS, 200, pools(json!([pool()]))).await;
         api.expect(Method::GET, BLOCKS, 200, blocks(json!([]))).await;
+        api.expect(Method::GET, USAGES, 200, usages(json!([]))).await;
         let host = json!({"apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": "kube-proxy-x", "namespace": "kube-system"},
             "spec": {"hostNetwork": true, "nodeName": "n", "containers": [{"name": "c", "image": "i"}]},
@@ -182,6 +200,8 @@ async fn a_pool_that_never_drains_times_out_before_the_cluster_network_is_touche
             .await;
         api.expect(Method::GET, BLOCKS, 200, blocks(json!([])))
             .await;
+        api.expect(Method::GET, USAGES, 200, usages(json!([])))
+            .await;
         api.expect(Method::GET, PODS, 200, list("Pod", json!([])))
             .await;
         api.expect(Method::GET, POOLS, 200, pools(json!([pool()])))
@@ -196,6 +216,8 @@ async fn a_pool_that_never_drains_times_out_before_the_cluster_network_is_touche
         api.expect(Method::GET, POOLS, 200, pools(json!([draining])))
             .await;
         api.expect(Method::GET, BLOCKS, 200, blocks(json!([coredns_block()])))
+            .await;
+        api.expect(Method::GET, USAGES, 200, usages(json!([coredns_usage()])))
             .await;
         api.expect(Method::GET, PODS, 200, list("Pod", json!([])))
             .await;
@@ -231,11 +253,15 @@ async fn addresses_given_back_while_the_check_settles_do_not_refuse() {
             .await;
         api.expect(Method::GET, BLOCKS, 200, blocks(json!([coredns_block()])))
             .await;
+        api.expect(Method::GET, USAGES, 200, usages(json!([coredns_usage()])))
+            .await;
         api.expect(Method::GET, PODS, 200, list("Pod", json!([])))
             .await;
         api.expect(Method::GET, POOLS, 200, pools(json!([pool()])))
             .await;
         api.expect(Method::GET, BLOCKS, 200, blocks(json!([])))
+            .await;
+        api.expect(Method::GET, USAGES, 200, usages(json!([])))
             .await;
         api.expect(Method::GET, PODS, 200, list("Pod", json!([])))
             .await;
@@ -286,6 +312,10 @@ async fn the_check_reads_blocks_and_pods_page_by_page_and_names_a_bounded_list()
             seen.query.get("continue").map(String::as_str),
             Some("blocks-2")
         );
+        let seen = api
+            .expect(Method::GET, USAGES, 200, usages(json!([coredns_usage()])))
+            .await;
+        assert_eq!(seen.query.get("limit").map(String::as_str), Some("250"));
         // Pods: only the ones that can hold a pod-network address, page by page.
         let page = |from: usize| {
             (from..from + 30)

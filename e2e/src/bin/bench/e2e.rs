@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use serde_json::json;
-use sinew_crds::{IPBlock, IPPool, PoolMode};
+use sinew_crds::{IPBlock, IPBlockUsage, IPPool, PoolMode};
 use sinew_e2e::ControlPlane;
 use sinew_e2e::cluster::{LocalCluster, Pod, PodRef, SimNode};
 use sinew_e2e::helm::Helm;
@@ -126,7 +126,15 @@ pub async fn run(settings: &Settings) -> Result<Vec<Row>> {
         "timing ADD/DEL -> IPPool status.allocated ({} samples)...",
         settings.samples
     );
-    rows.extend(status_latency(&cluster, &pools, &blocks, settings.samples).await?);
+    rows.extend(
+        status_latency(
+            &cluster,
+            &pools,
+            &Api::all(client.clone()),
+            settings.samples,
+        )
+        .await?,
+    );
 
     eprintln!("starting the throughput pods...");
     let a = add_pod(&cluster, 0, "tput-a").await?;
@@ -665,10 +673,10 @@ fn jitter() -> Duration {
     Duration::from_millis(200 + u64::from(nanos % 500))
 }
 
-/// Polls until an `IPBlock`'s status lists `ip` (or, with `held` false, none does); returns
-/// when that was first seen.
+/// Polls until a block's `IPBlockUsage` lists `ip` (or, with `held` false, none does);
+/// returns when that was first seen.
 async fn wait_block_status(
-    blocks: &Api<IPBlock>,
+    usages: &Api<IPBlockUsage>,
     ip: IpAddr,
     held: bool,
     timeout: Duration,
@@ -676,12 +684,12 @@ async fn wait_block_status(
     let deadline = Instant::now() + timeout;
     let ip = ip.to_string();
     loop {
-        let list = blocks
+        let list = usages
             .list(&Default::default())
             .await
-            .map_err(|e| format!("listing IPBlocks: {e}"))?;
-        let listed = list.items.iter().any(|b| {
-            b.status
+            .map_err(|e| format!("listing IPBlockUsages: {e}"))?;
+        let listed = list.items.iter().any(|u| {
+            u.status
                 .as_ref()
                 .is_some_and(|s| s.allocations.iter().any(|a| a.ip == ip))
         });
@@ -690,7 +698,7 @@ async fn wait_block_status(
         }
         if Instant::now() > deadline {
             return Err(format!(
-                "{ip} {} IPBlock status within {timeout:?}",
+                "{ip} {} an IPBlockUsage within {timeout:?}",
                 if held { "not in" } else { "still in" }
             ));
         }
@@ -698,12 +706,12 @@ async fn wait_block_status(
     }
 }
 
-/// Time from a pod's ADD (request start) to its address in its `IPBlock`'s status and to the
+/// Time from a pod's ADD (request start) to its address in its block's usage and to the
 /// pool status counting it, and from its DEL to both dropping it again.
 async fn status_latency(
     cluster: &LocalCluster,
     pools: &Api<IPPool>,
-    blocks: &Api<IPBlock>,
+    usages: &Api<IPBlockUsage>,
     samples: usize,
 ) -> Result<Vec<Row>> {
     let (mut add, mut del) = (Vec::new(), Vec::new());
@@ -716,14 +724,14 @@ async fn status_latency(
         let start = Instant::now();
         let pod = attach(cluster, node, &name, &uid, ns)?;
         let ip = *pod.ips().first().ok_or("the pod got no address")?;
-        let seen = wait_block_status(blocks, ip, true, Duration::from_secs(10)).await?;
+        let seen = wait_block_status(usages, ip, true, Duration::from_secs(10)).await?;
         add_block.push(seen - start);
         let seen = wait_allocated(pools, base + 1, Duration::from_secs(10)).await?;
         add.push(seen - start);
         tokio::time::sleep(jitter()).await;
         let start = Instant::now();
         del_pod(cluster, &pod)?;
-        let seen = wait_block_status(blocks, ip, false, Duration::from_secs(10)).await?;
+        let seen = wait_block_status(usages, ip, false, Duration::from_secs(10)).await?;
         del_block.push(seen - start);
         let seen = wait_allocated(pools, base, Duration::from_secs(10)).await?;
         del.push(seen - start);
@@ -740,20 +748,20 @@ async fn status_latency(
     };
     let how_block = |verb: &str, lat: &[Duration]| {
         format!(
-            "{} pods, one at a time; from the {verb} request to the first LIST (every 10 ms) whose IPBlock status shows the change; {}",
+            "{} pods, one at a time; from the {verb} request to the first LIST (every 10 ms) whose IPBlockUsage shows the change; {}",
             lat.len(),
             spread(lat)
         )
     };
     Ok(vec![
         Row::new(
-            "ADD -> IPBlock status (median)",
+            "ADD -> IPBlockUsage (median)",
             ms(median(&add_block)),
             "< 100 ms (issue #13)",
             how_block("ADD", &add_block),
         ),
         Row::new(
-            "DEL -> IPBlock status (median)",
+            "DEL -> IPBlockUsage (median)",
             ms(median(&del_block)),
             "< 100 ms (issue #13)",
             how_block("DEL", &del_block),
