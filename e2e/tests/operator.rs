@@ -387,15 +387,32 @@ async fn create_block(ctx: &Ctx, pool: &str, cidr: &str, node: &str, allocated: 
         "metadata": {"name": name, "labels": {"sinew.dev/pool": pool}}, "spec": {"pool": pool, "cidr": cidr, "node": node}}),
     )?;
     let api: Api<IPBlock> = Api::all(ctx.client.clone());
-    api.create(&PostParams::default(), &block).await?;
-    let status = json!({"apiVersion": "sinew.dev/v1alpha1", "kind": "IPBlock", "metadata": {"name": name},
+    let block = api.create(&PostParams::default(), &block).await?;
+    let usage = json!({"apiVersion": "sinew.dev/v1alpha1", "kind": "IPBlockUsage",
+        "metadata": {"name": name, "ownerReferences": [{"apiVersion": "sinew.dev/v1alpha1",
+                     "kind": "IPBlock", "name": name, "uid": block.metadata.uid}]},
+        "spec": {"pool": pool, "cidr": cidr, "node": node}});
+    Api::<IPBlockUsage>::all(ctx.client.clone())
+        .patch(
+            &name,
+            &PatchParams::apply("simulated-agent"),
+            &Patch::Apply(&usage),
+        )
+        .await?;
+    report_usage(ctx, &name, allocated).await
+}
+
+/// The block's agent reports `allocated` addresses in use in the block's usage.
+async fn report_usage(ctx: &Ctx, name: &str, allocated: u32) -> TestResult {
+    let status = json!({"apiVersion": "sinew.dev/v1alpha1", "kind": "IPBlockUsage", "metadata": {"name": name},
                         "status": {"allocated": allocated}});
-    api.patch_status(
-        &name,
-        &PatchParams::apply("simulated-agent"),
-        &Patch::Apply(&status),
-    )
-    .await?;
+    Api::<IPBlockUsage>::all(ctx.client.clone())
+        .patch_status(
+            name,
+            &PatchParams::apply("simulated-agent"),
+            &Patch::Apply(&status),
+        )
+        .await?;
     Ok(())
 }
 
@@ -429,14 +446,7 @@ async fn pool_status_sums_the_blocks_of_the_pool(ctx: Ctx) -> TestResult {
     create_block(&ctx, "use-pool", "10.131.0.128/26", "use-c", 64).await?;
     create_block(&ctx, "use-pool", "10.131.0.192/26", "use-d", 64).await?;
     for (name, n) in [("10-131-0-0-26", 60), ("10-131-0-64-26", 50)] {
-        let status = json!({"apiVersion": "sinew.dev/v1alpha1", "kind": "IPBlock", "metadata": {"name": name}, "status": {"allocated": n}});
-        Api::<IPBlock>::all(ctx.client.clone())
-            .patch_status(
-                name,
-                &PatchParams::apply("simulated-agent"),
-                &Patch::Apply(&status),
-            )
-            .await?;
+        report_usage(&ctx, name, n).await?;
     }
     let st = wait("Exhausted raised", Duration::from_secs(20), || async {
         Ok(pools.get("use-pool").await?.status.filter(|s| {
@@ -541,14 +551,7 @@ async fn a_pool_in_use_is_not_deleted_until_drained(ctx: Ctx) -> TestResult {
     assert_eq!(reason, "Draining");
     // The last pod goes away: the agent reports an empty block. The pool still waits for the
     // node to say it hands out nothing more from it (an empty status alone may lag).
-    let status = json!({"apiVersion": "sinew.dev/v1alpha1", "kind": "IPBlock", "metadata": {"name": "10-132-0-0-26"}, "status": {"allocated": 0}});
-    Api::<IPBlock>::all(ctx.client.clone())
-        .patch_status(
-            "10-132-0-0-26",
-            &PatchParams::apply("simulated-agent"),
-            &Patch::Apply(&status),
-        )
-        .await?;
+    report_usage(&ctx, "10-132-0-0-26", 0).await?;
     wait(
         "Draining, waiting for the node",
         Duration::from_secs(20),

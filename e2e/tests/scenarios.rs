@@ -48,6 +48,7 @@ fn main() -> ExitCode {
         tests![
             a_leaked_allocation_is_collected_and_a_live_one_never,
             an_exhausted_pool_fails_add_clearly_and_says_so,
+            an_agent_receives_no_event_per_pod_of_another_node,
             a_mode_switch_shows_its_plan_then_its_progress,
         ],
     );
@@ -427,5 +428,61 @@ async fn a_mode_switch_shows_its_plan_then_its_progress(ctx: Ctx) -> TestResult 
         "{routes:?}"
     );
     cluster.stop_pod(pod).await;
+    Ok(())
+}
+
+/// How many objects of `resource` the agent of `node` has received from its watches.
+fn watch_events(node: &sinew_e2e::cluster::SimNode, resource: &str) -> Result<u64, TestError> {
+    let (_, metrics) = sinew_e2e::cluster::agent_http(node, "/metrics")?;
+    let prefix = format!(
+        "sinew_node_watch_events_total{{node=\"{}\",resource=\"{resource}\"}} ",
+        node.name
+    );
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| format!("no {prefix} in the agent's metrics").into())
+}
+
+/// Pods starting and stopping on one node are not news to the others (decision 95): their
+/// allocations go into the block's `IPBlockUsage`, which agents do not watch, and the pool's
+/// counts are written at most every few seconds. Before, every ADD and DEL rewrote the block
+/// (and the pool), an event to every agent.
+async fn an_agent_receives_no_event_per_pod_of_another_node(ctx: Ctx) -> TestResult {
+    let cluster = LocalCluster::start_with(&ctx.cp, "quiet", &[0, 0], true).await;
+    pool_for(&ctx, "quiet", "10.153.0.0/24", 27).await?;
+    cluster.wait_ready(Duration::from_secs(30)).await?;
+    let (listener, busy) = (cluster.node(&cluster.name(0)), cluster.name(1));
+    let blocks_before = watch_events(listener, "ipblocks")?;
+    let pools_before = watch_events(listener, "ippools")?;
+    const PODS: usize = 40;
+    let mut pods = Vec::new();
+    for i in 0..PODS {
+        pods.push(cluster.start_pod(&busy, &format!("busy-{i}")).await);
+    }
+    for p in pods {
+        cluster.stop_pod(p).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let blocks = watch_events(listener, "ipblocks")? - blocks_before;
+    let pools = watch_events(listener, "ippools")? - pools_before;
+    eprintln!(
+        "{} pod ADDs and DELs on {busy}: {blocks} IPBlock and {pools} IPPool events at {}",
+        2 * PODS,
+        listener.name
+    );
+    // The busy node's claims ahead of need and releases (two /27s hold 40 pods), and what
+    // the other tests of this binary claim and release meanwhile: a handful, not one per pod.
+    assert!(
+        blocks < 16,
+        "{blocks} IPBlock events for {} pod changes elsewhere",
+        2 * PODS
+    );
+    assert!(
+        pools < 16,
+        "{pools} IPPool events for {} pod changes elsewhere",
+        2 * PODS
+    );
     Ok(())
 }

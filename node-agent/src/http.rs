@@ -29,6 +29,11 @@ pub struct DirectionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResourceLabels {
+    pub resource: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PoolLabels {
     pub pool: String,
 }
@@ -64,6 +69,9 @@ pub struct Metrics {
     /// `held`: of pod interfaces not programmed yet), from its named counters.
     policy_dropped_packets: Family<DirectionLabels, Counter>,
     policy_dropped_bytes: Family<DirectionLabels, Counter>,
+    /// Objects the agent's watches delivered, by resource: what this node receives of the
+    /// cluster's churn.
+    watch_events: Family<ResourceLabels, Counter>,
     /// When the agent's loop last came round (milliseconds since the epoch).
     heartbeat_ms: AtomicU64,
 }
@@ -100,8 +108,14 @@ impl Metrics {
             policy_program_us: Gauge::default(),
             policy_dropped_packets: Family::default(),
             policy_dropped_bytes: Family::default(),
+            watch_events: Family::default(),
             heartbeat_ms: AtomicU64::new(0),
         };
+        registry.register(
+            "watch_events",
+            "Objects the agent's watches delivered (added, changed, deleted, listed), by resource",
+            m.watch_events.clone(),
+        );
         registry.register(
             "ready",
             "1 when the node serves pods (conflist installed)",
@@ -188,6 +202,15 @@ impl Metrics {
         self.policy_dropped_bytes
             .get_or_create(&labels)
             .inc_by(bytes);
+    }
+
+    /// The counter of objects the watch of `resource` delivers.
+    pub fn watch_events(&self, resource: &str) -> Counter {
+        self.watch_events
+            .get_or_create(&ResourceLabels {
+                resource: resource.to_string(),
+            })
+            .clone()
     }
 
     pub fn set_ready(&self, ready: bool) {

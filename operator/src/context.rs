@@ -42,6 +42,8 @@ pub struct Context {
     pub metrics: std::sync::Arc<crate::http::Metrics>,
     /// Allocation samples per pool (the forecast of nearly exhausted pools).
     pub usage: crate::trend::UsageHistory,
+    /// When each pool's status was last written (its counts are paced).
+    pub status_writes: crate::pool::pacing::StatusWrites,
 }
 
 impl Context {

@@ -123,6 +123,7 @@ pub async fn run(
             Some(Wake {
                 notify: node_changed.clone(),
                 fingerprint: Arc::new(sinew_runtime::watch::node_fingerprint),
+                received: None,
             }),
         ),
         networks: reflect(
@@ -152,6 +153,7 @@ pub async fn run(
         ),
         metrics,
         usage: Default::default(),
+        status_writes: Default::default(),
     });
     // Decisions need every cache filled (a pool checked against half the nodes would miss
     // conflicts).

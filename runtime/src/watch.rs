@@ -47,6 +47,8 @@ pub struct Wake<K> {
     pub notify: Arc<Notify>,
     /// What the reconciler reads of each object (see [`fingerprint`]).
     pub fingerprint: Fingerprint<K>,
+    /// Counts every object the watch delivers (what this daemon receives of the kind).
+    pub received: Option<prometheus_client::metrics::counter::Counter>,
 }
 
 /// Spawns a reflector for `api` (default back-off) whose objects go through `prune` before
@@ -79,7 +81,18 @@ where
                     tracing::warn!(error = %e, "watch error; retrying");
                     true
                 }
-                Ok(event) => filter.as_mut().is_some_and(|f| f.wakes(event)),
+                Ok(event) => {
+                    if let (
+                        Some(counter),
+                        watcher::Event::Apply(_)
+                        | watcher::Event::Delete(_)
+                        | watcher::Event::InitApply(_),
+                    ) = (wake.as_ref().and_then(|w| w.received.as_ref()), event)
+                    {
+                        counter.inc();
+                    }
+                    filter.as_mut().is_some_and(|f| f.wakes(event))
+                }
             };
             if wakes && let Some(w) = &wake {
                 w.notify.notify_one();

@@ -12,6 +12,7 @@ use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
+use prometheus_client::metrics::counter::Counter;
 use sinew_crds::node::{NODE_STATE_ANNOTATION, NodeReport, POOL_ANNOTATION, VTEP_MAC_ANNOTATION};
 use sinew_crds::{CLUSTER_NETWORK_NAME, ClusterNetwork, IPBlock, IPPool, ReleaseRequest};
 use sinew_runtime::watch::{
@@ -34,16 +35,23 @@ pub struct Cluster {
 impl Cluster {
     /// Starts the watches; each change to what a pass reads wakes `notify` (see the
     /// fingerprints below): a status write it does not read, or a Node heartbeat, does not.
-    pub fn watch(client: &Client, notify: &Arc<Notify>, peer_selector: Option<&str>) -> Cluster {
+    pub fn watch(
+        client: &Client,
+        notify: &Arc<Notify>,
+        peer_selector: Option<&str>,
+        metrics: &crate::http::Metrics,
+    ) -> Cluster {
         let all = watcher::Config::default;
-        fn wake<K>(
-            notify: &Arc<Notify>,
+        let wake = |resource: &str| (notify.clone(), metrics.watch_events(resource));
+        fn waking<K>(
+            (notify, received): (Arc<Notify>, Counter),
             fingerprint: impl Fn(&K) -> Option<u64> + Send + Sync + 'static,
         ) -> Option<Wake<K>> {
             let fingerprint: Fingerprint<K> = Arc::new(fingerprint);
             Some(Wake {
-                notify: notify.clone(),
+                notify,
                 fingerprint,
+                received: Some(received),
             })
         }
         Cluster {
@@ -54,32 +62,32 @@ impl Cluster {
                     None => all(),
                 },
                 prune_node,
-                wake(notify, node_fingerprint),
+                waking(wake("nodes"), node_fingerprint),
             ),
             pools: reflect(
                 Api::all(client.clone()),
                 all(),
                 prune_meta,
-                wake(notify, pool_fingerprint),
+                waking(wake("ippools"), pool_fingerprint),
             ),
             blocks: reflect(
                 Api::all(client.clone()),
                 all(),
                 prune_meta,
-                wake(notify, block_fingerprint),
+                waking(wake("ipblocks"), block_fingerprint),
             ),
             networks: reflect(
                 Api::all(client.clone()),
                 all().fields(&format!("metadata.name={CLUSTER_NETWORK_NAME}")),
                 prune_meta,
-                wake(notify, network_fingerprint),
+                waking(wake("clusternetworks"), network_fingerprint),
             ),
             // Metadata only (names and annotations): `Api<PartialObjectMeta<_>>` asks for no more.
             namespaces: reflect(
                 Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
                 all(),
                 prune_meta,
-                wake(notify, |ns: &PartialObjectMeta<Namespace>| {
+                waking(wake("namespaces"), |ns: &PartialObjectMeta<Namespace>| {
                     fingerprint(&ns.metadata, &())
                 }),
             ),

@@ -131,14 +131,19 @@ struct LocalNode {
 impl Agent {
     pub async fn start(settings: Settings, client: Client) -> Agent {
         let notify = Arc::new(Notify::new());
-        let cluster = Cluster::watch(&client, &notify, settings.peer_selector.as_deref());
+        let metrics = Arc::new(http::Metrics::new(&settings.node_name));
+        let cluster = Cluster::watch(
+            &client,
+            &notify,
+            settings.peer_selector.as_deref(),
+            &metrics,
+        );
         let mesh = probe::Mesh::start(notify.clone())
             .map_err(|e| warn!(error = %e, "cannot start the probe mesh; peers are not probed"))
             .ok();
         let node_watch = NodeWatch::start(notify.clone())
             .map_err(|e| warn!(error = %e, "cannot watch the node's network configuration; node checks run at each resync only"))
             .ok();
-        let metrics = Arc::new(http::Metrics::new(&settings.node_name));
         // One watch of the node state directory wakes both the passes and the policy loop.
         let local = Arc::new(Notify::new());
         let policy_local = Arc::new(Notify::new());

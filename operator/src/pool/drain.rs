@@ -68,6 +68,7 @@ pub(super) async fn drain(pool: &IPPool, ctx: &Context) -> Result<Action, Error>
     remove_finalizer(&api, pool).await?;
     ctx.metrics.pool(&name, None);
     ctx.usage.forget(&name);
+    ctx.status_writes.forget(&name);
     Ok(Action::await_change())
 }
 

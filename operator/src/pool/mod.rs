@@ -15,6 +15,7 @@ pub mod drain;
 #[cfg(test)]
 mod fixtures;
 pub mod mode_plan;
+pub mod pacing;
 pub mod status;
 
 use std::sync::Arc;
@@ -69,7 +70,6 @@ pub async fn reconcile(pool: Arc<IPPool>, ctx: Arc<Context>) -> Result<Action, E
             tracing::warn!(pool = %name, error = %e, "recording an Event failed");
         }
     }
-    write_status(&pool, &ctx, &st).await?;
     ctx.metrics.pool(
         &name,
         Some(crate::http::PoolUsage {
@@ -78,6 +78,19 @@ pub async fn reconcile(pool: Arc<IPPool>, ctx: Arc<Context>) -> Result<Action, E
             blocks: st.blocks.unwrap_or(0),
         }),
     );
+    // Counts alone are paced: every agent receives every write of a pool's status.
+    let now = std::time::Instant::now();
+    if let Some(old) = &pool.status
+        && pacing::only_counts_differ(old, &st)
+        && let Some(wait) = ctx.status_writes.wait(&name, now)
+    {
+        return Ok(Action::requeue(wait));
+    }
+    let changed = pool.status.as_ref() != Some(&st);
+    write_status(&pool, &ctx, &st).await?;
+    if changed {
+        ctx.status_writes.wrote(&name, now);
+    }
     Ok(Action::requeue(Duration::from_secs(if waiting {
         3
     } else {

@@ -101,6 +101,7 @@ impl World {
             ),
             metrics: Arc::new(crate::http::Metrics::default()),
             usage: Default::default(),
+            status_writes: Default::default(),
         };
         (
             Arc::new(ctx),

@@ -1,0 +1,122 @@
+//! How often a pool's status may change for its counts alone (decision 95). Every agent
+//! watches every `IPPool` (it reads the spec and the operator's judgement), so each status
+//! write is an event to every node. A write that changes only counts (addresses and blocks in
+//! use, and the condition messages that quote them) goes out at once after a quiet spell and
+//! then at most once per [`COUNTS_INTERVAL`] per pool; any other change (a condition's status or
+//! reason, the mode plan, a spec edit's observed generation) goes out at once.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use sinew_crds::IPPoolStatus;
+
+/// The least time between two writes of a pool's status that change only its counts.
+pub const COUNTS_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Pure: whether `new` differs from `old` in its counts only.
+pub fn only_counts_differ(old: &IPPoolStatus, new: &IPPoolStatus) -> bool {
+    fn without_counts(st: &IPPoolStatus) -> IPPoolStatus {
+        let mut st = st.clone();
+        st.allocated = None;
+        st.usage = None;
+        st.blocks = None;
+        for c in &mut st.conditions {
+            c.message.clear();
+        }
+        st
+    }
+    old != new && without_counts(old) == without_counts(new)
+}
+
+/// When each pool's status was last written.
+#[derive(Debug, Default)]
+pub struct StatusWrites(Mutex<BTreeMap<String, Instant>>);
+
+impl StatusWrites {
+    /// How long a counts-only write of `pool` must wait at `now` (`None`: it goes now).
+    pub fn wait(&self, pool: &str, now: Instant) -> Option<Duration> {
+        let last = *self.0.lock().ok()?.get(pool)?;
+        COUNTS_INTERVAL
+            .checked_sub(now.saturating_duration_since(last))
+            .filter(|d| !d.is_zero())
+    }
+
+    /// Records a write of `pool`'s status at `now`.
+    pub fn wrote(&self, pool: &str, now: Instant) {
+        if let Ok(mut all) = self.0.lock() {
+            all.insert(pool.to_string(), now);
+        }
+    }
+
+    /// Forgets a deleted pool.
+    pub fn forget(&self, pool: &str) {
+        if let Ok(mut all) = self.0.lock() {
+            all.remove(pool);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conditions;
+
+    fn status(allocated: u64, exhausted: bool, reason: &str) -> IPPoolStatus {
+        let mut st = IPPoolStatus {
+            observed_generation: Some(1),
+            allocated: Some(allocated),
+            usage: Some(format!("{allocated}/14")),
+            blocks: Some(1),
+            ..IPPoolStatus::default()
+        };
+        conditions::set(
+            &mut st.conditions,
+            "Exhausted",
+            exhausted,
+            reason,
+            format!("{allocated} of 14 addresses in use"),
+            Some(1),
+        );
+        st
+    }
+
+    #[test]
+    fn counts_are_paced_and_everything_else_goes_at_once() {
+        let before = status(3, false, "AddressesAvailable");
+        assert!(only_counts_differ(
+            &before,
+            &status(4, false, "AddressesAvailable")
+        ));
+        assert!(!only_counts_differ(&before, &before), "nothing to write");
+        // A condition that turns, or changes its reason, is news.
+        assert!(!only_counts_differ(
+            &before,
+            &status(13, true, "NearlyExhausted")
+        ));
+        assert!(!only_counts_differ(
+            &status(13, true, "NearlyExhausted"),
+            &status(14, true, "Exhausted")
+        ));
+        let mut edited = status(3, false, "AddressesAvailable");
+        edited.observed_generation = Some(2);
+        assert!(
+            !only_counts_differ(&before, &edited),
+            "a spec edit is seen at once"
+        );
+    }
+
+    #[test]
+    fn a_counts_only_write_goes_at_once_after_a_quiet_spell_then_waits() {
+        let writes = StatusWrites::default();
+        let t0 = Instant::now();
+        assert_eq!(writes.wait("p", t0), None, "never written");
+        writes.wrote("p", t0);
+        assert_eq!(
+            writes.wait("p", t0 + Duration::from_secs(2)),
+            Some(Duration::from_secs(3))
+        );
+        assert_eq!(writes.wait("p", t0 + COUNTS_INTERVAL), None);
+        assert_eq!(writes.wait("q", t0), None, "per pool");
+    }
+}
