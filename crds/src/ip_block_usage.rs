@@ -164,4 +164,32 @@ mod tests {
         empty.status = None;
         assert!(usage_by_block(&blocks, [&empty]).is_empty());
     }
+
+    #[test]
+    fn what_every_agent_watches_carries_no_allocations() {
+        // Every agent watches every IPBlock: were allocations there, every pod anywhere would
+        // be an event to every node (decision 95).
+        use kube::CustomResourceExt;
+        let crd = IPBlock::crd();
+        let version = &crd.spec.versions[0];
+        assert!(
+            version
+                .subresources
+                .as_ref()
+                .is_none_or(|s| s.status.is_none())
+        );
+        let properties = version
+            .schema
+            .as_ref()
+            .and_then(|s| s.open_api_v3_schema.as_ref())
+            .and_then(|s| s.properties.as_ref())
+            .unwrap();
+        assert!(!properties.contains_key("status"));
+        let spec: Vec<&String> = properties["spec"]
+            .properties
+            .as_ref()
+            .map(|p| p.keys().collect())
+            .unwrap_or_default();
+        assert_eq!(spec, ["cidr", "node", "pool"]);
+    }
 }

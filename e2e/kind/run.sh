@@ -6,7 +6,7 @@
 #   kind's default), Ready only once sinew's conflist is in place; ClusterNetwork Ready; the
 #   DaemonSet and the operator Deployment as real pods (probes pass, leader elected); CoreDNS
 #   Ready; all-pairs pod->pod (same node and across nodes), node->pod, pod->Service ClusterIP,
-#   pod->DNS name, pod->a host outside the cluster (natOutgoing); IPPool/IPBlock allocations; a
+#   pod->DNS name, pod->a host outside the cluster (natOutgoing); IPPool/IPBlockUsage allocations; a
 #   live mode switch Auto->VXLAN->Routed keeping a TCP connection; two zoned pools (one per
 #   worker, chosen by a namespace annotation) in every mode; a cloud-VPC underlay (pod addresses
 #   dropped between the nodes): VXLAN carries every path, Routed is named by `kubectl sinew
@@ -344,12 +344,12 @@ c_nat_outgoing() {
 }
 
 c_ipam() {
-  k get ippools,ipblocks -o wide
+  k get ippools,ipblocks,ipblockusages -o wide
   local p pi allocated
-  allocated=$(k get ipblocks -o jsonpath='{range .items[*]}{range .status.allocations[*]}{.ip}{"\n"}{end}{end}')
+  allocated=$(k get ipblockusages -o jsonpath='{range .items[*]}{range .status.allocations[*]}{.ip}{"\n"}{end}{end}')
   for p in "${pods[@]}"; do
     read -r _ pi _ <<<"$p"
-    grep -qx "$pi" <<<"$allocated" || { echo "pod address $pi is not in any IPBlock's allocations"; return 1; }
+    grep -qx "$pi" <<<"$allocated" || { echo "pod address $pi is not in any IPBlockUsage's allocations"; return 1; }
   done
   echo "$(wc -l <<<"$allocated") allocations in $(k get ipblocks -o name | wc -l) blocks; every test pod's address among them"
 }
@@ -922,9 +922,9 @@ network_pods() {
              and .status.phase != "Succeeded" and .status.phase != "Failed")
     | "\(.metadata.namespace)/\(.metadata.name) \(.status.podIP) \(.spec.nodeName) \(.metadata.uid)"'
 }
-# Every IPBlock allocation: "ip node containerID podUID", one a line.
+# Every block's allocation (its IPBlockUsage): "ip node containerID podUID", one a line.
 block_allocations() {
-  k get ipblocks -o json | jq -r '.items[] | .spec.node as $n
+  k get ipblockusages -o json | jq -r '.items[] | .spec.node as $n
     | (.status.allocations // [])[] | "\(.ip) \($n) \(.containerId) \(.podUid // "-")"'
 }
 # Seconds since the epoch of a pod's first container start (0 if not running).
@@ -1027,7 +1027,7 @@ c_node_restart() {
 }
 
 allocated_total() {
-  k get ipblocks -o jsonpath='{range .items[*]}{.status.allocated}{"\n"}{end}' | awk '{s += $1} END {print s + 0}'
+  k get ipblockusages -o jsonpath='{range .items[*]}{.status.allocated}{"\n"}{end}' | awk '{s += $1} END {print s + 0}'
 }
 
 # --- upstream sig-network specs (e2e.test v1.37.2, run in parallel by the ginkgo CLI) --------

@@ -136,10 +136,12 @@ fn network(name: &str, spec: Value) -> DynamicObject {
 
 async fn generated_crds_are_established_with_status_and_columns(ctx: Ctx) -> TestResult {
     let api: Api<CustomResourceDefinition> = Api::all(ctx.client.clone());
-    for name in [
-        "clusternetworks.sinew.dev",
-        "ippools.sinew.dev",
-        "ipblocks.sinew.dev",
+    // An IPBlock has no status: its allocations are its IPBlockUsage's (decision 95).
+    for (name, has_status) in [
+        ("clusternetworks.sinew.dev", true),
+        ("ippools.sinew.dev", true),
+        ("ipblocks.sinew.dev", false),
+        ("ipblockusages.sinew.dev", true),
     ] {
         let crd = api.get(name).await?;
         let established = crd
@@ -153,12 +155,13 @@ async fn generated_crds_are_established_with_status_and_columns(ctx: Ctx) -> Tes
         assert!(established, "{name} is not Established");
         assert_eq!(crd.spec.scope, "Cluster", "{name} must be cluster-scoped");
         let version = &crd.spec.versions[0];
-        assert!(
+        assert_eq!(
             version
                 .subresources
                 .as_ref()
                 .is_some_and(|s| s.status.is_some()),
-            "{name} has no status subresource"
+            has_status,
+            "{name}: status subresource"
         );
         assert!(
             !crd.spec

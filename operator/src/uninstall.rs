@@ -304,6 +304,22 @@ pub fn holders(
     census.holders()
 }
 
+/// Lists every object of `api` page by page, handing each page to `take`.
+async fn for_each_page<K>(api: &Api<K>, mut take: impl FnMut(&[K])) -> Result<(), kube::Error>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let mut lp = ListParams::default().limit(PAGE);
+    loop {
+        let page = api.list(&lp).await?;
+        take(&page.items);
+        match page.metadata.continue_.filter(|c| !c.is_empty()) {
+            Some(token) => lp = lp.continue_token(&token),
+            None => return Ok(()),
+        }
+    }
+}
+
 /// The field selector of the pods that can hold a pod-network address.
 const POD_NETWORK_PODS: &str =
     "spec.hostNetwork=false,status.phase!=Succeeded,status.phase!=Failed";
@@ -315,26 +331,14 @@ async fn find_holders(client: &kube::Client) -> Result<Holders, kube::Error> {
         .await?
         .items;
     let mut census = Census::new(&pools);
-    let blocks: Api<IPBlock> = Api::all(client.clone());
-    let mut lp = ListParams::default().limit(PAGE);
-    loop {
-        let page = blocks.list(&lp).await?;
-        census.blocks(&page.items);
-        match page.metadata.continue_.filter(|c| !c.is_empty()) {
-            Some(token) => lp = lp.continue_token(&token),
-            None => break,
-        }
-    }
-    let usages: Api<IPBlockUsage> = Api::all(client.clone());
-    let mut lp = ListParams::default().limit(PAGE);
-    loop {
-        let page = usages.list(&lp).await?;
-        census.usages(&page.items);
-        match page.metadata.continue_.filter(|c| !c.is_empty()) {
-            Some(token) => lp = lp.continue_token(&token),
-            None => break,
-        }
-    }
+    for_each_page(&Api::all(client.clone()), |page: &[IPBlock]| {
+        census.blocks(page)
+    })
+    .await?;
+    for_each_page(&Api::all(client.clone()), |page: &[IPBlockUsage]| {
+        census.usages(page)
+    })
+    .await?;
     if pools.is_empty() {
         return Ok(census.holders());
     }

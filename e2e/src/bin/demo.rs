@@ -145,7 +145,10 @@ async fn demo(wait: bool) -> Result<usize, Box<dyn std::error::Error>> {
     );
     let (m, mut failures) = matrix(&pods);
     println!("{m}");
-    println!("{}", kubectl(&cp, &["get", "ippools,ipblocks"]));
+    println!(
+        "{}",
+        kubectl(&cp, &["get", "ippools,ipblocks,ipblockusages"])
+    );
 
     step(
         r#"switching the chart's pool default-ipv4 to VXLAN, live (kubectl patch ippool default-ipv4 --type merge -p '{"spec":{"mode":"VXLAN"}}')"#,
@@ -173,7 +176,7 @@ async fn demo(wait: bool) -> Result<usize, Box<dyn std::error::Error>> {
         step("the cluster stays up; in another shell:");
         println!("  export KUBECONFIG={}", cp.kubeconfig_path().display());
         if let Ok(k) = cp.tools().path("kubectl") {
-            println!("  {} get ippools,ipblocks,nodes", k.display());
+            println!("  {} get ippools,ipblocks,ipblockusages,nodes", k.display());
         }
         for n in &cluster.nodes {
             println!(
