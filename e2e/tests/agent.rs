@@ -352,10 +352,11 @@ async fn allocations_show_up_in_the_blocks_usage(ctx: Ctx) -> TestResult {
         .parse::<std::net::IpAddr>()
         .map(|ip| sinew_crds::Cidr::new_truncating(ip, 27).expect("a /27"))?;
     let name = held.object_name();
-    api.delete(&name, &DeleteParams::default()).await?;
+    let blocks: Api<IPBlock> = Api::all(ctx.client.clone());
+    blocks.delete(&name, &DeleteParams::default()).await?;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        match api.get_opt(&name).await? {
+        match blocks.get_opt(&name).await? {
             Some(b) if b.spec.node == node.name && b.metadata.deletion_timestamp.is_none() => break,
             other => {
                 if Instant::now() > deadline {

@@ -79,6 +79,8 @@ struct PassMemory {
     plugin_sha256: Option<String>,
     /// What each owned block's `IPBlockUsage` last said, by block UID.
     reported_blocks: BTreeMap<String, IPBlockUsageStatus>,
+    /// When every usage was last written whatever `reported_blocks` says.
+    usages_asserted: Option<Instant>,
     published: Option<String>,
     /// The nftables table last applied.
     nat: Option<sinew_node_lib::nft::Table>,
@@ -1160,6 +1162,15 @@ impl Agent {
     /// first time in this agent's life the usage object itself (owned by the block, so created
     /// once and removed with the block), then its status. Returns whether any was written.
     pub async fn sync_block_status(&mut self) -> Result<bool> {
+        // No agent watches usages: one deleted by hand is written again within this time.
+        if self
+            .memory
+            .usages_asserted
+            .is_none_or(|t| t.elapsed() >= USAGE_REASSERT)
+        {
+            self.memory.reported_blocks.clear();
+            self.memory.usages_asserted = Some(Instant::now());
+        }
         let snapshot = self
             .store()
             .snapshot()
@@ -1211,6 +1222,9 @@ impl Agent {
         failed.map_or(Ok(written_any), Err)
     }
 }
+
+/// How often the agent writes its blocks' usages again although they did not change.
+const USAGE_REASSERT: Duration = Duration::from_secs(300);
 
 /// Wakes every one of `wakes` whenever the plugin changes the IPAM store or asks for a block
 /// (one inotify watch on a blocking thread). Returns whether the watch runs: without inotify

@@ -741,7 +741,7 @@ async fn status_latency(
     }
     let how = |verb: &str, lat: &[Duration]| {
         format!(
-            "{} pods, one at a time; from the {verb} request to the first GET (every 10 ms) showing the new count; {}",
+            "{} pods, one at a time; from the {verb} request to the first GET (every 10 ms) showing the new count (a pool's counts alone are written at most every 5 s, decision 95); {}",
             lat.len(),
             spread(lat)
         )
