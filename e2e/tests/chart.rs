@@ -67,7 +67,7 @@ async fn the_chart_lints_renders_identically_and_is_accepted_by_the_api_server(
     let (crds, rest): (Vec<&str>, Vec<&str>) = rendered
         .split("\n---")
         .partition(|doc| doc.contains("kind: CustomResourceDefinition"));
-    assert_eq!(crds.len(), 3, "the chart carries the three CRDs");
+    assert_eq!(crds.len(), 4, "the chart carries the four CRDs");
     sinew_e2e::install::apply_manifest(&ctx.client, &crds.join("\n---")).await?;
     let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}});
     sinew_e2e::install::apply_manifest(&ctx.client, &ns.to_string()).await?;
