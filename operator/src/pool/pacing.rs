@@ -22,7 +22,9 @@ pub fn only_counts_differ(old: &IPPoolStatus, new: &IPPoolStatus) -> bool {
         st.usage = None;
         st.blocks = None;
         for c in &mut st.conditions {
+            // A condition keeps its transition time while its status stays.
             c.message.clear();
+            c.last_transition_time = Default::default();
         }
         st
     }
