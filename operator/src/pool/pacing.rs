@@ -9,6 +9,8 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
 use sinew_crds::IPPoolStatus;
 
 /// The least time between two writes of a pool's status that change only its counts.
@@ -24,7 +26,7 @@ pub fn only_counts_differ(old: &IPPoolStatus, new: &IPPoolStatus) -> bool {
         for c in &mut st.conditions {
             // A condition keeps its transition time while its status stays.
             c.message.clear();
-            c.last_transition_time = Default::default();
+            c.last_transition_time = Time(Timestamp::UNIX_EPOCH);
         }
         st
     }
