@@ -1,13 +1,14 @@
 //! What the reconcilers share, and their error type.
 
-use k8s_openapi::api::core::v1::Node;
-use k8s_openapi::api::networking::v1::ServiceCIDR;
-use kube::runtime::events::Recorder;
-use kube::runtime::reflector::Store;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use sinew_crds::{IPBlock, IPBlockUsage, IPBlockUsageStatus, IPPool};
+use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::networking::v1::ServiceCIDR;
+use kube::ResourceExt;
+use kube::runtime::events::Recorder;
+use kube::runtime::reflector::{ObjectRef, Store};
+use sinew_crds::{IPBlock, IPBlockUsage, IPPool};
 
 use crate::daemonset;
 
@@ -15,6 +16,9 @@ use crate::daemonset;
 pub const FIELD_MANAGER: &str = "sinew-operator";
 /// Finalizer on `ClusterNetwork` (nodes must be cleaned) and `IPPool` (addresses in use).
 pub const FINALIZER: &str = "sinew.dev/cleanup";
+
+/// Blocks' usages by block name (see [`Context::usage_of`]).
+pub type Usages = BTreeMap<String, Arc<IPBlockUsage>>;
 
 /// Operator settings.
 #[derive(Debug, Clone)]
@@ -60,14 +64,17 @@ impl Context {
 }
 
 impl Context {
-    /// The usage of each of `blocks` that has one agreeing with it, by block name (see
-    /// [`sinew_crds::usage_by_block`]).
-    pub fn usage_of(&self, blocks: &[Arc<IPBlock>]) -> BTreeMap<String, IPBlockUsageStatus> {
-        let usages = self.usages.state();
-        sinew_crds::usage_by_block(
-            blocks.iter().map(|b| b.as_ref()),
-            usages.iter().map(|u| u.as_ref()),
-        )
+    /// The usage of each of `blocks` that has one agreeing with it and written, by block
+    /// name: looked up in the cache, shared, never copied (a pool's reconcile follows every
+    /// allocation change, and the usages hold every allocation of the cluster).
+    pub fn usage_of<'a>(&self, blocks: impl IntoIterator<Item = &'a Arc<IPBlock>>) -> Usages {
+        blocks
+            .into_iter()
+            .filter_map(|b| {
+                let usage = self.usages.get(&ObjectRef::new(&b.name_any()))?;
+                (usage.status.is_some() && usage.describes(b)).then(|| (b.name_any(), usage))
+            })
+            .collect()
     }
 }
 

@@ -15,8 +15,7 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
 use sinew_crds::{
-    CLUSTER_NETWORK_NAME, ClusterNetwork, IPBlock, IPBlockUsageStatus, RELEASE_ANNOTATION,
-    ReleaseRequest,
+    CLUSTER_NETWORK_NAME, ClusterNetwork, IPBlock, IPBlockUsage, RELEASE_ANNOTATION, ReleaseRequest,
 };
 use tracing::{debug, info, warn};
 
@@ -56,13 +55,13 @@ impl Suspects {
         &mut self,
         now: Timestamp,
         grace: Duration,
-        blocks: &[(Arc<IPBlock>, IPBlockUsageStatus)],
+        blocks: &[(Arc<IPBlock>, Arc<IPBlockUsage>)],
         pod_exists: impl Fn(&str) -> bool,
     ) -> Vec<Candidate> {
         let mut seen = BTreeSet::new();
         let mut candidates = Vec::new();
         for (block, usage) in blocks {
-            for a in &usage.allocations {
+            for a in usage.status.iter().flat_map(|s| &s.allocations) {
                 let (Some(uid), Some(namespace), Some(name)) =
                     (&a.pod_uid, &a.pod_namespace, &a.pod_name)
                 else {
@@ -152,10 +151,10 @@ async fn settle(ctx: &Context, blocks: &[Arc<IPBlock>]) -> Result<u64, Error> {
         if requests.is_empty() {
             continue;
         }
-        let Some(usage) = usage.get(&block.name_any()) else {
+        let Some(status) = usage.get(&block.name_any()).and_then(|u| u.status.as_ref()) else {
             continue;
         };
-        let allocations = usage.allocations.as_slice();
+        let allocations = status.allocations.as_slice();
         let pending: BTreeSet<ReleaseRequest> = requests
             .iter()
             .filter(|r| allocations.iter().any(|a| r.matches(a)))
@@ -179,7 +178,7 @@ pub async fn pass(ctx: &Context, suspects: &mut Suspects, grace: Duration) -> Re
     let nodes: BTreeSet<String> = ctx.nodes.state().iter().map(|n| n.name_any()).collect();
     // Blocks of departed nodes are released whole by the pool reconciler.
     let mut usage = ctx.usage_of(&blocks);
-    let live: Vec<(Arc<IPBlock>, IPBlockUsageStatus)> = blocks
+    let live: Vec<(Arc<IPBlock>, Arc<IPBlockUsage>)> = blocks
         .iter()
         .filter(|b| nodes.contains(&b.spec.node))
         .filter_map(|b| Some((b.clone(), usage.remove(&b.name_any())?)))
@@ -274,9 +273,9 @@ pub async fn run(ctx: Arc<Context>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sinew_crds::{Allocation, IPBlockSpec};
+    use sinew_crds::{Allocation, IPBlockSpec, IPBlockUsageSpec, IPBlockUsageStatus};
 
-    fn block(allocs: &[(&str, u64, Option<&str>)]) -> (Arc<IPBlock>, IPBlockUsageStatus) {
+    fn block(allocs: &[(&str, u64, Option<&str>)]) -> (Arc<IPBlock>, Arc<IPBlockUsage>) {
         let b = IPBlock::new(
             "10-0-0-0-26",
             IPBlockSpec {
@@ -285,7 +284,8 @@ mod tests {
                 node: "n1".into(),
             },
         );
-        let usage = IPBlockUsageStatus {
+        let mut usage = IPBlockUsage::new("10-0-0-0-26", IPBlockUsageSpec::of(&b.spec));
+        usage.status = Some(IPBlockUsageStatus {
             allocated: allocs.len() as u32,
             allocations: allocs
                 .iter()
@@ -299,8 +299,8 @@ mod tests {
                     generation: *generation,
                 })
                 .collect(),
-        };
-        (Arc::new(b), usage)
+        });
+        (Arc::new(b), Arc::new(usage))
     }
 
     fn at(secs: i64) -> Timestamp {

@@ -83,7 +83,7 @@ pub(super) async fn release_blocks_of_departed_nodes(
         .collect();
     let usage = ctx.usage_of(&blocks);
     for block in &blocks {
-        let used = usage.get(&block.name_any());
+        let used = usage.get(&block.name_any()).and_then(|u| u.status.as_ref());
         waiting |= release_if_departed(pool, ctx, block, used, &nodes).await? == Departed::Waiting;
     }
     Ok(waiting)

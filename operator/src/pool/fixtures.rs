@@ -69,19 +69,18 @@ pub fn block(pool: &str, cidr: &str, node: &str) -> Arc<IPBlock> {
 }
 
 /// The usage of each of `blocks`: its name and how many addresses are in use (no details).
-pub fn usage(
-    blocks: &[(&Arc<IPBlock>, u32)],
-) -> std::collections::BTreeMap<String, sinew_crds::IPBlockUsageStatus> {
+pub fn usage(blocks: &[(&Arc<IPBlock>, u32)]) -> crate::context::Usages {
     blocks
         .iter()
         .map(|(b, allocated)| {
-            (
-                kube::ResourceExt::name_any(b.as_ref()),
-                sinew_crds::IPBlockUsageStatus {
-                    allocated: *allocated,
-                    allocations: Vec::new(),
-                },
-            )
+            let name = kube::ResourceExt::name_any(b.as_ref());
+            let mut u =
+                sinew_crds::IPBlockUsage::new(&name, sinew_crds::IPBlockUsageSpec::of(&b.spec));
+            u.status = Some(sinew_crds::IPBlockUsageStatus {
+                allocated: *allocated,
+                allocations: Vec::new(),
+            });
+            (name, Arc::new(u))
         })
         .collect()
 }

@@ -52,7 +52,7 @@ pub async fn reconcile(pool: Arc<IPPool>, ctx: Arc<Context>) -> Result<Action, E
         .networks
         .get(&ObjectRef::new(sinew_crds::CLUSTER_NETWORK_NAME))
         .and_then(|n| n.spec.fixed_mtu());
-    let usage = ctx.usage_of(&blocks);
+    let usage = ctx.usage_of(blocks.iter().filter(|b| b.spec.pool == name));
     let mut st = status::status(&pool, &blocks, &usage, &nodes, found.as_ref(), fixed_mtu);
     let rate = ctx
         .usage

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Node;
 use kube::ResourceExt;
-use sinew_crds::{Family, IPBlock, IPBlockUsageStatus, IPPool, IPPoolStatus, PoolMode};
+use sinew_crds::{Family, IPBlock, IPPool, IPPoolStatus, PoolMode};
 
 use super::capacity::{api_integer, capacity, exhaustion};
 use super::conflict::Conflict;
@@ -18,7 +18,7 @@ use crate::{conditions, nodes};
 pub fn status(
     pool: &IPPool,
     blocks: &[Arc<IPBlock>],
-    usage: &BTreeMap<String, IPBlockUsageStatus>,
+    usage: &crate::context::Usages,
     nodes: &[Arc<Node>],
     conflict: Option<&Conflict>,
     fixed_mtu: Option<u32>,
@@ -28,7 +28,10 @@ pub fn status(
     let mine: Vec<&Arc<IPBlock>> = blocks.iter().filter(|b| b.spec.pool == name).collect();
     let allocated: u64 = mine
         .iter()
-        .map(|b| u64::from(usage.get(&b.name_any()).map_or(0, |u| u.allocated)))
+        .map(|b| {
+            let status = usage.get(&b.name_any()).and_then(|u| u.status.as_ref());
+            u64::from(status.map_or(0, |s| s.allocated))
+        })
         .sum();
     let (capacity, reserved) = capacity(pool);
     let family = pool
