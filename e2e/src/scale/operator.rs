@@ -1,0 +1,151 @@
+//! The operator at scale: started as the chart runs it (the only replica, it takes the Lease),
+//! timed until every pool shows its usage; its memory; and how long a change takes to show in
+//! `IPPool` status (a spec edit, and an agent's allocation report).
+
+use std::time::{Duration, Instant};
+
+use kube::api::{Api, Patch, PatchParams};
+use serde_json::json;
+use sinew_crds::{IPPool, IPPoolStatus};
+
+use super::world::{self, SynthNode};
+use super::{BoxError, Scale, rss_kib, time_until};
+use crate::ControlPlane;
+use crate::process::Supervised;
+
+/// What was measured.
+#[derive(Debug, Default)]
+pub struct Measured {
+    pub initial_convergence: Duration,
+    pub rss_kib_steady: u64,
+    pub rss_kib_peak: u64,
+    pub spec_edit: Vec<Duration>,
+    pub allocation_change: Vec<Duration>,
+}
+
+/// Starts the operator (release build, or `SINEW_OPERATOR_BIN`) with the chart's settings.
+pub fn start(cp: &ControlPlane) -> Result<Supervised, BoxError> {
+    // SINEW_OPERATOR_BIN measures another build (e.g. the static musl binary the image ships).
+    let bin = std::env::var_os("SINEW_OPERATOR_BIN")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| crate::plugin::workspace_binary("sinew-operator", "sinew-operator"));
+    eprintln!("[scale] starting the operator: {}", bin.display());
+    let mut cmd = std::process::Command::new(bin);
+    cmd.env("KUBECONFIG", cp.kubeconfig_path())
+        .env("POD_NAMESPACE", crate::helm::NAMESPACE)
+        .env("POD_NAME", "sinew-operator-bench")
+        .env("SINEW_NODE_IMAGE", "sinew-node:bench")
+        .env("SINEW_METRICS_ADDR", "127.0.0.1:0")
+        .env("SINEW_PROBE_ADDR", "127.0.0.1:0")
+        .env("SINEW_LOG", "info");
+    Ok(Supervised::spawn(
+        "sinew-operator",
+        cmd,
+        &cp.dir().join("operator.log"),
+    )?)
+}
+
+async fn pools_converged(client: &kube::Client, expected: &[u64]) -> Result<bool, BoxError> {
+    let pools: Api<IPPool> = Api::all(client.clone());
+    for (p, want) in expected.iter().enumerate() {
+        let pool = pools.get(&format!("pool-{p}")).await?;
+        if pool.status.as_ref().and_then(|s| s.allocated) != Some(*want) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// How long until `field` of pool `name`'s status moves away from `before`.
+async fn status_change(
+    pools: &Api<IPPool>,
+    name: &str,
+    what: &str,
+    field: fn(&IPPoolStatus) -> Option<u64>,
+    before: Option<u64>,
+) -> Result<Duration, BoxError> {
+    time_until(
+        &format!("{what} in status"),
+        Duration::from_secs(30),
+        || async {
+            let p = pools.get(name).await?;
+            Ok(p.status.as_ref().and_then(field) != before)
+        },
+    )
+    .await
+}
+
+/// Times the operator from its start (`started`) to every pool's usage, then the changes.
+pub async fn measure(
+    client: &kube::Client,
+    scale: &Scale,
+    nodes: &mut [SynthNode],
+    operator: &Supervised,
+    started: Instant,
+) -> Result<Measured, BoxError> {
+    let mut m = Measured::default();
+    let expected = world::expected_allocated(scale);
+    time_until("every pool's usage", Duration::from_secs(600), || {
+        pools_converged(client, &expected)
+    })
+    .await?;
+    m.initial_convergence = started.elapsed();
+    eprintln!(
+        "[scale] every pool's usage in status {:.1} s after the operator started",
+        m.initial_convergence.as_secs_f64()
+    );
+    // Let the start-up churn settle, then read memory.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    (m.rss_kib_steady, m.rss_kib_peak) = rss_kib(operator.pid());
+
+    eprintln!(
+        "[scale] timing {} spec edits and {} allocation changes",
+        scale.samples, scale.samples
+    );
+    let pools: Api<IPPool> = Api::all(client.clone());
+    for i in 0..scale.samples {
+        let name = format!("pool-{}", i % scale.pools);
+        // Reserving one more address changes the capacity the status shows.
+        let reserved: Vec<String> = (0..=i / scale.pools)
+            .map(|r| format!("10.{}.255.{}", i % scale.pools + 1, r + 1))
+            .collect();
+        let before = pools.get(&name).await?.status.and_then(|s| s.capacity);
+        pools
+            .patch(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(&json!({"spec": {"reserved": reserved}})),
+            )
+            .await?;
+        m.spec_edit
+            .push(status_change(&pools, &name, "a spec edit", |s| s.capacity, before).await?);
+    }
+    for i in 0..scale.samples {
+        // Node k's agent reports one allocation fewer (a pod went away; its object stays:
+        // the operator counts what agents report).
+        let k = i * 7 % scale.nodes;
+        let node = &mut nodes[k];
+        node.allocations.pop_back();
+        let before = pools
+            .get(&node.pool)
+            .await?
+            .status
+            .and_then(|s| s.allocated);
+        world::write_allocations(client, node).await?;
+        m.allocation_change.push(
+            status_change(
+                &pools,
+                &node.pool,
+                "an allocation change",
+                |s| s.allocated,
+                before,
+            )
+            .await?,
+        );
+    }
+    m.rss_kib_peak = rss_kib(operator.pid()).1;
+    if let Some(status) = operator.try_exit() {
+        return Err(format!("the operator exited: {status}\n{}", operator.log_tail(20)).into());
+    }
+    Ok(m)
+}
