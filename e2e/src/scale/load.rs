@@ -1,6 +1,6 @@
 //! Fills the API server with the synthetic cluster (see [`super::world`]): pools, Nodes shaped
 //! like a kubelet's with an agent's report, Pod objects, and each node's block with its
-//! allocations. Concurrent: 150,000 pods take minutes even so.
+//! `IPBlockUsage` listing the allocations. Concurrent: 150,000 pods take minutes even so.
 
 use std::time::Instant;
 

@@ -11,7 +11,7 @@ use std::collections::VecDeque;
 
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::{Value, json};
-use sinew_crds::IPBlock;
+use sinew_crds::{IPBlock, IPBlockUsage};
 
 use super::{BoxError, Scale};
 
@@ -110,13 +110,14 @@ pub fn expected_allocated(scale: &Scale) -> Vec<u64> {
     per
 }
 
-/// Writes `node`'s allocations as its agent reports them.
+/// Writes `node`'s allocations as its agent reports them: the status of its block's
+/// `IPBlockUsage`.
 pub async fn write_allocations(client: &kube::Client, node: &SynthNode) -> Result<(), BoxError> {
     let allocations: Vec<Value> = node.allocations.iter().map(Allocation::to_json).collect();
     let name = node.block();
-    let status = json!({"apiVersion": "sinew.dev/v1alpha1", "kind": "IPBlock", "metadata": {"name": name},
+    let status = json!({"apiVersion": "sinew.dev/v1alpha1", "kind": "IPBlockUsage", "metadata": {"name": name},
                         "status": {"allocated": allocations.len(), "allocations": allocations}});
-    Api::<IPBlock>::all(client.clone())
+    Api::<IPBlockUsage>::all(client.clone())
         .patch_status(
             &name,
             &PatchParams::apply("sinew-bench").force(),
@@ -126,7 +127,8 @@ pub async fn write_allocations(client: &kube::Client, node: &SynthNode) -> Resul
     Ok(())
 }
 
-/// Creates block `cidr` of `pool` for `node`, labelled as an agent's claim.
+/// Creates block `cidr` of `pool` for `node`, labelled as an agent's claim, and its (empty)
+/// `IPBlockUsage`, owned by the block, as the agent creates it.
 pub async fn create_block(
     client: &kube::Client,
     node: &str,
@@ -134,15 +136,19 @@ pub async fn create_block(
     cidr: &str,
 ) -> Result<(), BoxError> {
     let name = cidr.replace(['.', '/'], "-");
+    let params = PatchParams::apply("sinew-bench").force();
     let block = json!({"apiVersion": "sinew.dev/v1alpha1", "kind": "IPBlock",
                        "metadata": {"name": name, "labels": {"sinew.dev/node": node, "sinew.dev/pool": pool}},
                        "spec": {"pool": pool, "cidr": cidr, "node": node}});
-    Api::<IPBlock>::all(client.clone())
-        .patch(
-            &name,
-            &PatchParams::apply("sinew-bench").force(),
-            &Patch::Apply(&block),
-        )
+    let block = Api::<IPBlock>::all(client.clone())
+        .patch(&name, &params, &Patch::Apply(&block))
+        .await?;
+    let usage = json!({"apiVersion": "sinew.dev/v1alpha1", "kind": "IPBlockUsage",
+        "metadata": {"name": name, "ownerReferences": [{"apiVersion": "sinew.dev/v1alpha1", "kind": "IPBlock",
+                     "name": name, "uid": block.metadata.uid, "controller": true}]},
+        "spec": {"pool": pool, "cidr": cidr, "node": node}});
+    Api::<IPBlockUsage>::all(client.clone())
+        .patch(&name, &params, &Patch::Apply(&usage))
         .await?;
     Ok(())
 }

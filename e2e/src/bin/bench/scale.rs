@@ -19,8 +19,9 @@ What it does (`e2e/src/scale.rs` and `e2e/src/scale/`): a fresh etcd and kube-ap
 50 `IPPool`s (a /16 each, /26 blocks, `Auto`), each selecting its rack of nodes by label;
 `Node` objects shaped like a kubelet's (labels, addresses, capacity, 20 images, node info)
 carrying an agent's report and the VTEP MAC its name derives, all peers of the local cluster
-below (its peer label); `Pod` objects (no status), spread evenly over the nodes; one block
-per node whose owner's report lists its pods' allocations. Loaded concurrently (48 pod
+below (its peer label); `Pod` objects (no status), spread evenly over the nodes; one
+`IPBlock` per node and its `IPBlockUsage` (owned by the block, as the agent writes it) whose
+status lists the node's pods' allocations. Loaded concurrently (48 pod
 creations in flight).
 
 - **Operator** (as the chart runs it: the only replica, it takes the Lease): its start to
@@ -39,7 +40,7 @@ creations in flight).
   receives (bytes through its node's loopback forwarder to the API server, TLS included)
   while idle and while pods start and stop on the synthetic nodes: each step deletes a
   node's oldest Pod object, creates a new one on the freed address and writes the node's
-  allocations once, as its agent would; with `networkPolicy` on (the default: every agent
+  allocations once (its `IPBlockUsage` status), as its agent would; with `networkPolicy` on (the default: every agent
   follows every pod for policy) and turned off.
 - **API server**: its `/metrics` before and after each window: `apiserver_watch_events_total`
   and `apiserver_watch_events_sizes` (sum) by resource, and the watches open
@@ -87,7 +88,7 @@ fn agent_events_per_s(w: &Window, policy: bool) -> f64 {
             let watches = w.watches.get(*r).copied().filter(|n| *n > 0.0)?;
             Some(w.per_s(sent.events) / watches)
         })
-        .sum()
+        .fold(0.0, |a, b| a + b)
 }
 
 /// The most CPU one agent spent per pass over `w`, less what it spends idle over as long.
