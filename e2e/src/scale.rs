@@ -65,6 +65,8 @@ pub struct Measured {
     /// The API server's and etcd's (VmRSS, VmHWM) KiB at the end.
     pub apiserver_rss: (u64, u64),
     pub etcd_rss: (u64, u64),
+    /// Why the operator had to be started again, each time (it exits when it loses its Lease).
+    pub operator_restarts: Vec<String>,
     /// The whole run, control plane start to the end.
     pub total: Duration,
 }
@@ -143,17 +145,16 @@ async fn measure(cp: &ControlPlane, scale: Scale) -> Result<Measured, BoxError> 
     eprintln!("[scale] loaded in {:.1} s", m.load.as_secs_f64());
 
     let started = Instant::now();
-    let operator = operator::start(cp)?;
-    m.operator = operator::measure(&client, &scale, &mut nodes, &operator, started).await?;
+    let mut operator = operator::Operator::start(cp)?;
+    m.operator = operator::measure(&client, &scale, &mut nodes, &mut operator, started).await?;
     if scale.agents > 0 {
-        m.agents = Some(agents::measure(cp, &client, &scale, &mut nodes, operator.pid()).await?);
+        m.agents = Some(agents::measure(cp, &client, &scale, &mut nodes, &mut operator).await?);
     }
     m.operator.rss_kib_peak = rss_kib(operator.pid()).1;
     let (apiserver, etcd) = cp.pids();
     m.apiserver_rss = apiserver.map(rss_kib).unwrap_or_default();
     m.etcd_rss = rss_kib(etcd);
-    if let Some(status) = operator.try_exit() {
-        return Err(format!("the operator exited: {status}\n{}", operator.log_tail(20)).into());
-    }
+    operator.keep_running()?;
+    m.operator_restarts = operator.restarts;
     Ok(m)
 }

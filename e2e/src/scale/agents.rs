@@ -16,6 +16,7 @@ use sinew_crds::{ClusterNetwork, IPPool};
 
 use super::apiserver::{self, Scrape, Sent};
 use super::churn::{self, Churned};
+use super::operator::Operator;
 use super::world::{self, SynthNode};
 use super::{BoxError, Scale, rss_kib};
 use crate::ControlPlane;
@@ -240,7 +241,7 @@ pub async fn measure(
     client: &kube::Client,
     scale: &Scale,
     nodes: &mut [SynthNode],
-    operator: i32,
+    operator: &mut Operator<'_>,
 ) -> Result<Measured, BoxError> {
     let mut m = Measured {
         agents: scale.agents,
@@ -262,7 +263,7 @@ pub async fn measure(
         scale.agents, scale.nodes
     );
     let cluster = LocalCluster::start_default_resync(cp, PREFIX, &vec![0; scale.agents]).await;
-    let pids = Pids::of(&cluster, cp, operator)?;
+    let mut pids = Pids::of(&cluster, cp, operator.pid())?;
     let deadline = Instant::now() + Duration::from_secs(600);
     let mut done: Vec<Option<Duration>> = vec![None; scale.agents];
     while done.iter().any(Option::is_none) {
@@ -294,6 +295,8 @@ pub async fn measure(
 
     tokio::time::sleep(SETTLE).await;
     m.rss = pids.agents.iter().map(|p| rss_kib(*p)).collect();
+    operator.keep_running()?;
+    pids.operator = operator.pid();
     let before = snapshot(client, &cluster, &pids).await?;
     tokio::time::sleep(SETTLE).await;
     m.idle = window(&before, &snapshot(client, &cluster, &pids).await?, None);
@@ -337,6 +340,8 @@ pub async fn measure(
             tokio::time::sleep(SETTLE).await;
             m.rss_policy_off = pids.agents.iter().map(|p| rss_kib(*p)).collect();
         }
+        operator.keep_running()?;
+        pids.operator = operator.pid();
         eprintln!(
             "[scale] churn, NetworkPolicy {policy}: {} pod starts and stops per second for {} s",
             scale.churn_per_s, scale.churn_seconds
@@ -365,7 +370,8 @@ pub async fn measure(
             m.churn_policy_off = w;
         }
     }
-    m.operator_rss_end = rss_kib(operator);
+    operator.keep_running()?;
+    m.operator_rss_end = rss_kib(operator.pid());
     for (i, pid) in pids.agents.iter().enumerate() {
         if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
             return Err(format!("agent {i} exited\n{}", cluster.nodes[i].agent_log()).into());

@@ -16,6 +16,7 @@ use crate::process::Supervised;
 /// What was measured.
 #[derive(Debug, Default)]
 pub struct Measured {
+    /// Includes the restarts before it (see [`Operator::keep_running`]).
     pub initial_convergence: Duration,
     pub rss_kib_steady: u64,
     pub rss_kib_peak: u64,
@@ -23,8 +24,54 @@ pub struct Measured {
     pub allocation_change: Vec<Duration>,
 }
 
+/// The operator process, restarted when it exits as its Deployment's kubelet would restart
+/// it (it exits when it loses its Lease).
+pub struct Operator<'a> {
+    cp: &'a ControlPlane,
+    process: Supervised,
+    /// Why each restart was needed: the last lines of the log of the process that exited.
+    pub restarts: Vec<String>,
+}
+
+/// Restarts allowed before the run fails.
+const MAX_RESTARTS: usize = 5;
+
+impl<'a> Operator<'a> {
+    pub fn start(cp: &'a ControlPlane) -> Result<Operator<'a>, BoxError> {
+        Ok(Operator {
+            cp,
+            process: spawn(cp, "operator.log")?,
+            restarts: Vec::new(),
+        })
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.process.pid()
+    }
+
+    /// Starts the operator again if it exited (up to [`MAX_RESTARTS`] times).
+    pub fn keep_running(&mut self) -> Result<(), BoxError> {
+        let Some(status) = self.process.try_exit() else {
+            return Ok(());
+        };
+        let why = format!("{status}: {}", self.process.log_tail(3));
+        eprintln!("[scale] the operator exited ({why}); starting it again");
+        self.restarts.push(why);
+        if self.restarts.len() > MAX_RESTARTS {
+            return Err(format!(
+                "the operator exited {} times; the last time:\n{}",
+                self.restarts.len(),
+                self.process.log_tail(20)
+            )
+            .into());
+        }
+        self.process = spawn(self.cp, &format!("operator-{}.log", self.restarts.len()))?;
+        Ok(())
+    }
+}
+
 /// Starts the operator (release build, or `SINEW_OPERATOR_BIN`) with the chart's settings.
-pub fn start(cp: &ControlPlane) -> Result<Supervised, BoxError> {
+fn spawn(cp: &ControlPlane, log: &str) -> Result<Supervised, BoxError> {
     // SINEW_OPERATOR_BIN measures another build (e.g. the static musl binary the image ships).
     let bin = std::env::var_os("SINEW_OPERATOR_BIN")
         .map(std::path::PathBuf::from)
@@ -35,13 +82,16 @@ pub fn start(cp: &ControlPlane) -> Result<Supervised, BoxError> {
         .env("POD_NAMESPACE", crate::helm::NAMESPACE)
         .env("POD_NAME", "sinew-operator-bench")
         .env("SINEW_NODE_IMAGE", "sinew-node:bench")
+        // The chart's values.
+        .env("SINEW_LEASE_SECONDS", "15")
+        .env("SINEW_RENEW_SECONDS", "5")
         .env("SINEW_METRICS_ADDR", "127.0.0.1:0")
         .env("SINEW_PROBE_ADDR", "127.0.0.1:0")
         .env("SINEW_LOG", "info");
     Ok(Supervised::spawn(
         "sinew-operator",
         cmd,
-        &cp.dir().join("operator.log"),
+        &cp.dir().join(log),
     )?)
 }
 
@@ -80,15 +130,18 @@ pub async fn measure(
     client: &kube::Client,
     scale: &Scale,
     nodes: &mut [SynthNode],
-    operator: &Supervised,
+    operator: &mut Operator<'_>,
     started: Instant,
 ) -> Result<Measured, BoxError> {
     let mut m = Measured::default();
     let expected = world::expected_allocated(scale);
-    time_until("every pool's usage", Duration::from_secs(600), || {
-        pools_converged(client, &expected)
-    })
-    .await?;
+    while !pools_converged(client, &expected).await? {
+        operator.keep_running()?;
+        if started.elapsed() > Duration::from_secs(900) {
+            return Err("the pools' usage not in status after 900 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     m.initial_convergence = started.elapsed();
     eprintln!(
         "[scale] every pool's usage in status {:.1} s after the operator started",
@@ -109,6 +162,7 @@ pub async fn measure(
         let reserved: Vec<String> = (0..=i / scale.pools)
             .map(|r| format!("10.{}.255.{}", i % scale.pools + 1, r + 1))
             .collect();
+        operator.keep_running()?;
         let before = pools.get(&name).await?.status.and_then(|s| s.capacity);
         pools
             .patch(
@@ -123,6 +177,7 @@ pub async fn measure(
     for i in 0..scale.samples {
         // Node k's agent reports one allocation fewer (a pod went away; its object stays:
         // the operator counts what agents report).
+        operator.keep_running()?;
         let k = i * 7 % scale.nodes;
         let node = &mut nodes[k];
         node.allocations.pop_back();
@@ -144,8 +199,6 @@ pub async fn measure(
         );
     }
     m.rss_kib_peak = rss_kib(operator.pid()).1;
-    if let Some(status) = operator.try_exit() {
-        return Err(format!("the operator exited: {status}\n{}", operator.log_tail(20)).into());
-    }
+    operator.keep_running()?;
     Ok(m)
 }

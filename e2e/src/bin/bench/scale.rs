@@ -123,6 +123,11 @@ pub fn table(s: &Scale, m: &Measured) -> String {
         "",
     );
     row(
+        "operator restarts (it exits when it loses its Lease; restarted as its Deployment would)",
+        m.operator_restarts.len().to_string(),
+        "0",
+    );
+    row(
         "**operator RSS, steady (MiB)**",
         format!("**{:.1}**", mib(o.rss_kib_steady)),
         "< 64",
@@ -351,6 +356,9 @@ pub fn run(args: &Args, machine: &str) -> Result<(), String> {
     );
     let table = table(&scale, &m);
     let watches = watch_table(&m);
+    for why in &m.operator_restarts {
+        println!("operator restarted after: {why}");
+    }
     println!("\n{title}");
     println!("machine: {machine}\n");
     print!("{table}");
