@@ -33,6 +33,10 @@ pub struct Operator<'a> {
     pub restarts: Vec<String>,
 }
 
+/// The operator's lease settings and the chart's values of them.
+pub const LEASE_TIMING: [(&str, &str); 2] =
+    [("SINEW_LEASE_SECONDS", "15"), ("SINEW_RENEW_SECONDS", "5")];
+
 /// Restarts allowed before the run fails.
 const MAX_RESTARTS: usize = 5;
 
@@ -78,13 +82,16 @@ fn spawn(cp: &ControlPlane, log: &str) -> Result<Supervised, BoxError> {
         .unwrap_or_else(|| crate::plugin::workspace_binary("sinew-operator", "sinew-operator"));
     eprintln!("[scale] starting the operator: {}", bin.display());
     let mut cmd = std::process::Command::new(bin);
+    // The chart's lease timing, unless the environment sets another (it is inherited).
+    for (key, chart) in LEASE_TIMING {
+        if std::env::var_os(key).is_none() {
+            cmd.env(key, chart);
+        }
+    }
     cmd.env("KUBECONFIG", cp.kubeconfig_path())
         .env("POD_NAMESPACE", crate::helm::NAMESPACE)
         .env("POD_NAME", "sinew-operator-bench")
         .env("SINEW_NODE_IMAGE", "sinew-node:bench")
-        // The chart's values.
-        .env("SINEW_LEASE_SECONDS", "15")
-        .env("SINEW_RENEW_SECONDS", "5")
         .env("SINEW_METRICS_ADDR", "127.0.0.1:0")
         .env("SINEW_PROBE_ADDR", "127.0.0.1:0")
         .env("SINEW_LOG", "info");

@@ -403,8 +403,20 @@ fn write(
         }
         _ => "release builds",
     };
+    let lease: Vec<String> = sinew_e2e::scale::operator::LEASE_TIMING
+        .iter()
+        .filter_map(|(key, chart)| {
+            let set = std::env::var(key).ok()?;
+            (set != *chart).then(|| format!("`{key}={set}` (the chart's: {chart})"))
+        })
+        .collect();
+    let lease = if lease.is_empty() {
+        String::new()
+    } else {
+        format!(", the operator with {}", lease.join(" and "))
+    };
     let block = format!(
-        "{BEGIN}\nCommand (root, needs the Go-built control plane): `make bench-scale`, i.e.\n`cargo run -p sinew-e2e --release --bin bench -- scale --write-docs` (the quick run:\n`--nodes 1000 --pods-per-node 10`; `--agents 0` measures the operator alone and needs no\nroot; `SINEW_OPERATOR_BIN=<path>` / `SINEW_NODE_BIN=<path>` measure other builds, e.g. the\nstatic musl binaries `images/build-binaries.sh` leaves in `images/out/`).\n\n{METHOD}\n\nRun on {date}, commit {commit}, {binaries}, with `--nodes {} --pods-per-node {} --agents {}`:\n\n```\n{title}\nmachine: {machine}\n```\n\n{table}{watches}{END}\n",
+        "{BEGIN}\nCommand (root, needs the Go-built control plane): `make bench-scale`, i.e.\n`cargo run -p sinew-e2e --release --bin bench -- scale --write-docs` (the quick run:\n`--nodes 1000 --pods-per-node 10`; `--agents 0` measures the operator alone and needs no\nroot; `SINEW_OPERATOR_BIN=<path>` / `SINEW_NODE_BIN=<path>` measure other builds, e.g. the\nstatic musl binaries `images/build-binaries.sh` leaves in `images/out/`).\n\n{METHOD}\n\nRun on {date}, commit {commit}, {binaries}{lease}, with `--nodes {} --pods-per-node {} --agents {}`:\n\n```\n{title}\nmachine: {machine}\n```\n\n{table}{watches}{END}\n",
         scale.nodes, scale.pods_per_node, scale.agents
     );
     super::write_section(&path, (BEGIN, END, HEADING), &block)?;
