@@ -87,28 +87,6 @@ pub fn rss_kib(pid: i32) -> (u64, u64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
-/// Polls `probe` every 5 ms until true; the elapsed time.
-pub(crate) async fn time_until<F, Fut>(
-    what: &str,
-    within: Duration,
-    mut probe: F,
-) -> Result<Duration, BoxError>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<bool, BoxError>>,
-{
-    let start = Instant::now();
-    loop {
-        if probe().await? {
-            return Ok(start.elapsed());
-        }
-        if start.elapsed() > within {
-            return Err(format!("not reached within {within:?} ({what})").into());
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
 /// Runs the benchmark against a fresh control plane.
 pub async fn run(scale: Scale) -> Result<Measured, BoxError> {
     let start = Instant::now();
@@ -146,10 +124,13 @@ async fn measure(cp: &ControlPlane, scale: Scale) -> Result<Measured, BoxError> 
 
     let started = Instant::now();
     let mut operator = operator::Operator::start(cp)?;
-    m.operator = operator::measure(&client, &scale, &mut nodes, &mut operator, started).await?;
+    m.operator = operator::converge(&client, &scale, &mut operator, started).await?;
+    // The agents before the operator's changes: they need the pools judged (spec edits
+    // wait for the operator's judgement again).
     if scale.agents > 0 {
         m.agents = Some(agents::measure(cp, &client, &scale, &mut nodes, &mut operator).await?);
     }
+    operator::changes(&client, &scale, &mut nodes, &mut operator, &mut m.operator).await?;
     m.operator.rss_kib_peak = rss_kib(operator.pid()).1;
     let (apiserver, etcd) = cp.pids();
     m.apiserver_rss = apiserver.map(rss_kib).unwrap_or_default();
