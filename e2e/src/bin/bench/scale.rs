@@ -173,6 +173,22 @@ pub fn table(s: &Scale, m: &Measured) -> String {
             format!("{:.1}", secs(slowest)),
             "",
         );
+        let ready: Vec<String> = a
+            .ready
+            .iter()
+            .map(|r| match r {
+                Some(d) => format!("{:.1}", secs(*d)),
+                None => "not ready".into(),
+            })
+            .collect();
+        row(
+            &format!(
+                "agent start to its node ready (conflist written; with NetworkPolicy on, after its policy inputs), each agent (s; not ready: not within {} s of its routes)",
+                sinew_e2e::scale::agents::READY_WITHIN.as_secs()
+            ),
+            ready.join(", "),
+            "",
+        );
         row(
             "peer routes in the first agent's kernel",
             a.kernel_routes.to_string(),
