@@ -134,7 +134,7 @@ pub fn table(s: &Scale, m: &Measured) -> String {
         "< 64",
     );
     row(
-        "operator RSS, peak over the run (MiB)",
+        "operator RSS, peak over the run: the most VmHWM seen (MiB)",
         format!("{:.1}", mib(o.rss_kib_peak)),
         "< 64",
     );
