@@ -42,9 +42,9 @@ bench: tools
 bench-e2e: tools
 	SINEW_TOOLS_BIN=$$(e2e/tools/build.sh) cargo run -q -p sinew-e2e --release --bin bench -- e2e --write-docs
 
-## bench-scale: the operator against 1,000 nodes, 50 pools, 10,000 allocations in the real API server
+## bench-scale: Kubernetes' limits (root): 5,000 nodes, 50 pools, 150,000 pods in the real API server; the operator, 3 real agents among the synthetic peers, pod churn at 100/s, the API server's watch traffic; writes docs/benchmarks.md (quick run: bench scale --nodes 1000 --pods-per-node 10)
 bench-scale: tools
-	SINEW_TOOLS_BIN=$$(e2e/tools/build.sh) cargo run -q -p sinew-e2e --release --bin bench -- scale
+	SINEW_TOOLS_BIN=$$(e2e/tools/build.sh) cargo run -q -p sinew-e2e --release --bin bench -- scale --write-docs
 
 ## bench-policy: one node's agent (root) against 10,000 pods, 500 namespaces, 1,000 NetworkPolicies in the real API server: memory with policy off and on, CPU per change, policy edit to kernel table p50/p99; writes docs/benchmarks.md
 bench-policy: tools

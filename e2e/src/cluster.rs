@@ -17,7 +17,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -33,9 +33,11 @@ use crate::plugin::{Cnitool, REFERENCE_PLUGIN_DIR, Run};
 use crate::process::Supervised;
 
 /// Forwards TCP connections from 127.0.0.1:`port` inside a namespace to 127.0.0.1:`port` on
-/// the host. Stops on drop.
+/// the host, counting the bytes that go in (what the namespace's clients receive). Stops on
+/// drop.
 pub struct LoopbackForwarder {
     stop: Arc<AtomicBool>,
+    received: Arc<AtomicU64>,
     handle: Option<JoinHandle<()>>,
 }
 
@@ -47,14 +49,15 @@ impl LoopbackForwarder {
             .map_err(std::io::Error::other)??;
         listener.set_nonblocking(true)?;
         let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
+        let received = Arc::new(AtomicU64::new(0));
+        let (flag, count) = (stop.clone(), received.clone());
         let handle = std::thread::spawn(move || {
             while !flag.load(Ordering::SeqCst) {
                 match listener.accept() {
                     Ok((inside, _)) => {
                         let _ = inside.set_nonblocking(false);
                         if let Ok(outside) = TcpStream::connect(addr) {
-                            splice(inside, outside);
+                            splice(inside, outside, &count);
                         }
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(10)),
@@ -63,23 +66,45 @@ impl LoopbackForwarder {
         });
         Ok(LoopbackForwarder {
             stop,
+            received,
             handle: Some(handle),
         })
     }
+
+    /// Bytes forwarded into the namespace so far (TLS records: responses and watch events).
+    pub fn received(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
+    }
 }
 
-fn splice(a: TcpStream, b: TcpStream) {
-    let (Ok(a2), Ok(b2)) = (a.try_clone(), b.try_clone()) else {
+/// Copies `inside` <-> `outside` until either side closes; what comes from `outside` is
+/// added to `received`.
+fn splice(inside: TcpStream, outside: TcpStream, received: &Arc<AtomicU64>) {
+    let (Ok(inside2), Ok(outside2)) = (inside.try_clone(), outside.try_clone()) else {
         return;
     };
-    let pipe = |mut from: TcpStream, mut to: TcpStream| {
+    let pipe = |mut from: TcpStream, mut to: TcpStream, count: Option<Arc<AtomicU64>>| {
         std::thread::spawn(move || {
-            let _ = std::io::copy(&mut from, &mut to);
+            use std::io::{Read, Write};
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                match from.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if to.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                        if let Some(c) = &count {
+                            c.fetch_add(n as u64, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }
             let _ = to.shutdown(std::net::Shutdown::Write);
         });
     };
-    pipe(a, b2);
-    pipe(b, a2);
+    pipe(inside, outside2, None);
+    pipe(outside, inside2, Some(received.clone()));
 }
 
 impl Drop for LoopbackForwarder {
@@ -137,7 +162,7 @@ pub struct SimNode {
     pub ns: NetNs,
     pub dir: PathBuf,
     agent: Option<Supervised>,
-    _forwarder: LoopbackForwarder,
+    forwarder: LoopbackForwarder,
 }
 
 impl SimNode {
@@ -153,6 +178,10 @@ impl SimNode {
     }
     pub fn state_dir(&self) -> PathBuf {
         self.dir.join("state")
+    }
+    /// Bytes the node's clients (its agent) received from the API server so far.
+    pub fn api_bytes_received(&self) -> u64 {
+        self.forwarder.received()
     }
     pub fn agent_log(&self) -> String {
         self.agent
@@ -522,7 +551,7 @@ impl LocalCluster {
             ns,
             dir,
             agent: None,
-            _forwarder: forwarder,
+            forwarder,
         };
         self.start_agent(&mut node);
         self.nodes.push(node);

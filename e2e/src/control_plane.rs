@@ -216,6 +216,16 @@ impl ControlPlane {
         &self.tools
     }
 
+    /// The API server's process id (while it runs) and etcd's, for their memory and CPU.
+    pub fn pids(&self) -> (Option<i32>, i32) {
+        let api = self
+            .apiserver
+            .lock()
+            .ok()
+            .and_then(|a| a.as_ref().map(Supervised::pid));
+        (api, self.etcd.pid())
+    }
+
     /// Scratch directory removed together with the control plane.
     pub fn dir(&self) -> &Path {
         self.dir.path()

@@ -4,7 +4,8 @@
 //! `cargo run -p sinew-e2e --release --bin bench -- plugin [--iterations N]`
 //! `cargo run -p sinew-e2e --release --bin bench -- cni [--iterations N] [--parallel N]`
 //! `cargo run -p sinew-e2e --release --bin bench -- e2e [--pods N] [--parallel N] [--samples N] [--mib N] [--write-docs]`
-//! `cargo run -p sinew-e2e --release --bin bench -- scale` (see `sinew_e2e::scale`)
+//! `cargo run -p sinew-e2e --release --bin bench -- scale [--nodes N] [--pods-per-node N] [--agents N] [--samples N] [--churn-per-s N] [--write-docs]`
+//! (see `sinew_e2e::scale`)
 //! `cargo run -p sinew-e2e --release --bin bench -- policy [--samples N] [--write-docs]` (see
 //! `sinew_e2e::policy_scale`)
 //!
@@ -40,8 +41,10 @@ mod e2e;
 mod plugin;
 #[path = "bench/policy.rs"]
 mod policy;
+#[path = "bench/scale.rs"]
+mod scale;
 
-const USAGE: &str = "usage: bench plugin [--iterations N]\n       bench cni [--iterations N] [--parallel N]\n       bench e2e [--pods N] [--parallel N] [--samples N] [--mib N] [--write-docs]\n       bench scale\n       bench policy [--samples N] [--write-docs]";
+const USAGE: &str = "usage: bench plugin [--iterations N]\n       bench cni [--iterations N] [--parallel N]\n       bench e2e [--pods N] [--parallel N] [--samples N] [--mib N] [--write-docs]\n       bench scale [--nodes N] [--pods-per-node N] [--agents N] [--samples N] [--churn-per-s N] [--write-docs]\n       bench policy [--samples N] [--write-docs]";
 
 struct Args {
     iterations: usize,
@@ -52,6 +55,11 @@ struct Args {
     samples: Option<usize>,
     mib: usize,
     write_docs: bool,
+    /// `bench scale`'s sizes (its defaults: Kubernetes' limits).
+    nodes: Option<usize>,
+    pods_per_node: Option<usize>,
+    agents: Option<usize>,
+    churn_per_s: Option<usize>,
 }
 
 impl Args {
@@ -70,16 +78,21 @@ fn parse_args() -> Result<(String, Args), String> {
         samples: None,
         mib: 256,
         write_docs: false,
+        nodes: None,
+        pods_per_node: None,
+        agents: None,
+        churn_per_s: None,
     };
     while let Some(flag) = args.next() {
         if flag == "--write-docs" {
             parsed.write_docs = true;
             continue;
         }
+        // Only the agents may be none (the operator alone).
         let value: usize = args
             .next()
             .and_then(|v| v.parse().ok())
-            .filter(|v| *v > 0)
+            .filter(|v| *v > 0 || flag == "--agents")
             .ok_or(format!("{flag} needs a positive number\n{USAGE}"))?;
         match flag.as_str() {
             "--iterations" => parsed.iterations = value,
@@ -87,6 +100,10 @@ fn parse_args() -> Result<(String, Args), String> {
             "--pods" => parsed.pods = value,
             "--samples" => parsed.samples = Some(value),
             "--mib" => parsed.mib = value,
+            "--nodes" => parsed.nodes = Some(value),
+            "--pods-per-node" => parsed.pods_per_node = Some(value),
+            "--agents" => parsed.agents = Some(value),
+            "--churn-per-s" => parsed.churn_per_s = Some(value),
             other => return Err(format!("unknown flag {other}\n{USAGE}")),
         }
     }
@@ -105,7 +122,7 @@ fn main() -> ExitCode {
         "plugin" => plugin_floor(&args),
         "cni" => cni(&args),
         "e2e" => local_cluster(&args),
-        "scale" => scale(),
+        "scale" => scale::run(&args, &machine()),
         "policy" => policy::run(args.samples.unwrap_or(40), args.write_docs, &machine()),
         other => Err(format!(
             "unknown benchmark {other:?} (known: plugin, cni, e2e, scale, policy)"
@@ -438,52 +455,6 @@ fn local_cluster(args: &Args) -> Result<(), String> {
     if args.write_docs {
         let path = e2e::write_docs(&title, &machine(), &table, &settings)?;
         eprintln!("wrote {}", path.display());
-    }
-    Ok(())
-}
-
-/// `bench scale`: the operator against 1,000 nodes, 50 pools and 10,000 allocations.
-fn scale() -> Result<(), String> {
-    let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
-    let scale = sinew_e2e::scale::Scale::default();
-    let m = runtime
-        .block_on(sinew_e2e::scale::run(scale))
-        .map_err(|e| e.to_string())?;
-    let mib = |kib: u64| kib as f64 / 1024.0;
-    println!(
-        "\noperator at scale: {} nodes, {} pools, {} allocations (and as many Pod objects)",
-        scale.nodes,
-        scale.pools,
-        scale.nodes * scale.allocations_per_node
-    );
-    println!("machine: {}\n", machine());
-    println!("| metric | value | target |");
-    println!("|---|---:|---:|");
-    println!(
-        "| objects loaded into the API server (s) | {:.1} | |",
-        m.load.as_secs_f64()
-    );
-    println!(
-        "| operator start to every pool's usage in status (s) | {:.2} | |",
-        m.initial_convergence.as_secs_f64()
-    );
-    println!(
-        "| operator RSS, steady (MiB) | {:.1} | < 32 |",
-        mib(m.rss_kib_steady)
-    );
-    println!(
-        "| operator RSS, peak (MiB) | {:.1} | |",
-        mib(m.rss_kib_peak)
-    );
-    for (label, samples) in [
-        ("IPPool spec edit to status", &m.spec_edit),
-        ("IPBlock report to IPPool status", &m.block_report),
-    ] {
-        println!(
-            "| {label}, p50 / max (ms) | {:.0} / {:.0} | < 1000 |",
-            ms(percentile(samples, 0.5)),
-            ms(percentile(samples, 1.0))
-        );
     }
     Ok(())
 }
