@@ -14,10 +14,13 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{Api, ObjectMeta};
 use kube::core::PartialObjectMeta;
 use kube::runtime::{WatchStreamExt, watcher};
+use prometheus_client::metrics::counter::Counter;
 use sinew_policy::{NamespaceView, ObjectKey, PodView, PolicyView, World};
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 use tracing::warn;
+
+use crate::http::Metrics;
 
 /// One change of the world.
 #[derive(Debug, Clone, PartialEq)]
@@ -52,8 +55,9 @@ impl Drop for Inputs {
 }
 
 impl Inputs {
-    /// Starts the watches; a change policy reads wakes `wake`.
-    pub fn watch(client: &kube::Client, wake: &Arc<Notify>) -> Inputs {
+    /// Starts the watches; a change policy reads wakes `wake`. What each delivers is counted
+    /// in `metrics` (`sinew_node_watch_events_total`).
+    pub fn watch(client: &kube::Client, wake: &Arc<Notify>, metrics: &Metrics) -> Inputs {
         let (tx, changes) = mpsc::unbounded_channel();
         let watches = vec![
             follow(
@@ -63,6 +67,7 @@ impl Inputs {
                 |k| Change::Pod(Edit::Remove(k)),
                 tx.clone(),
                 wake.clone(),
+                metrics.watch_events("pods"),
             ),
             follow(
                 Api::<NetworkPolicy>::all(client.clone()),
@@ -71,6 +76,7 @@ impl Inputs {
                 |k| Change::Policy(Edit::Remove(k)),
                 tx.clone(),
                 wake.clone(),
+                metrics.watch_events("networkpolicies"),
             ),
             // Metadata only: names and labels are all policy reads of a namespace.
             follow(
@@ -80,6 +86,7 @@ impl Inputs {
                 |k| Change::Namespace(Edit::Remove(k)),
                 tx,
                 wake.clone(),
+                metrics.watch_events("namespaces"),
             ),
         ];
         Inputs {
@@ -233,6 +240,7 @@ fn follow<K>(
     remove: fn(ObjectKey) -> Change,
     tx: mpsc::UnboundedSender<Change>,
     wake: Arc<Notify>,
+    received: Counter,
 ) -> JoinHandle<()>
 where
     K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
@@ -245,6 +253,14 @@ where
         while let Some(event) = stream.next().await {
             match event {
                 Ok(event) => {
+                    if matches!(
+                        event,
+                        watcher::Event::Apply(_)
+                            | watcher::Event::InitApply(_)
+                            | watcher::Event::Delete(_)
+                    ) {
+                        received.inc();
+                    }
                     for change in followed.on(event, what, upsert, remove) {
                         if tx.send(change).is_err() {
                             return;
