@@ -3,7 +3,7 @@
 //! Every pass diffs desired against actual state, so stale entries (departed peers, released
 //! blocks, a changed mode) are removed and nothing foreign is ever changed.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use sinew_crds::{Cidr, Family};
@@ -188,27 +188,44 @@ pub fn apply(
         .collect();
     let wanted: BTreeSet<_> = desired.iter().map(route_key).collect();
 
-    // Neighbours and FDB entries first, so a new VXLAN route never points at nothing.
+    // Neighbours and FDB entries first, so a new VXLAN route never points at nothing. Only
+    // what the kernel lacks is written: a pass with nothing to change costs two dumps, not a
+    // request per peer.
     if let Some(vx) = vxlan {
+        let mut have_neighbors = BTreeMap::new();
         for n in nl.neighbors(vx.index)? {
-            if n.state & NUD_PERMANENT != 0 && plan.neighbors.get(&n.ip) != n.mac.as_ref() {
+            if n.state & NUD_PERMANENT == 0 {
+                continue;
+            }
+            if plan.neighbors.get(&n.ip) == n.mac.as_ref() {
+                have_neighbors.insert(n.ip, n.mac);
+            } else {
                 nl.del_neighbor(vx.index, n.ip)?;
                 changes.removed += 1;
             }
         }
         for (ip, mac) in &plan.neighbors {
-            nl.add_neighbor(vx.index, *ip, *mac)?;
+            if have_neighbors.get(ip) != Some(&Some(*mac)) {
+                nl.add_neighbor(vx.index, *ip, *mac)?;
+                changes.added += 1;
+            }
         }
+        let mut have_fdb = BTreeSet::new();
         for (mac, dst) in nl.fdb(vx.index)? {
             // sinew owns the whole device: an entry for no peer, the all-zero default entry
             // included (it would flood unknown MACs to one node), is removed.
-            if plan.fdb.get(&mac) != Some(&dst) {
+            if plan.fdb.get(&mac) == Some(&dst) {
+                have_fdb.insert(mac);
+            } else {
                 nl.del_fdb(vx.index, mac)?;
                 changes.removed += 1;
             }
         }
         for (mac, dst) in &plan.fdb {
-            nl.add_fdb(vx.index, *mac, *dst)?;
+            if !have_fdb.contains(mac) {
+                nl.add_fdb(vx.index, *mac, *dst)?;
+                changes.added += 1;
+            }
         }
     }
 
@@ -236,12 +253,10 @@ pub fn apply(
             changes.added += 1;
         }
     }
+    let wanted_prefixes: BTreeSet<_> = desired.iter().map(|d| (d.dst, d.prefix)).collect();
     for r in existing.iter().filter(|r| !wanted.contains(&route_key(r))) {
         // A mode switch replaces a route in place (same destination): already done above.
-        if !desired
-            .iter()
-            .any(|d| d.dst == r.dst && d.prefix == r.prefix)
-        {
+        if !wanted_prefixes.contains(&(r.dst, r.prefix)) {
             nl.del_route(r)?;
             changes.removed += 1;
         }

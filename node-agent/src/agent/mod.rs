@@ -25,6 +25,7 @@ mod index;
 mod leaks;
 mod node_files;
 mod observe;
+mod reverse;
 mod settings;
 mod sysctls;
 
@@ -104,6 +105,8 @@ struct PassMemory {
     /// Release requests refused because the pod's sandbox runs here (address, generation):
     /// said once, not every pass.
     leaks_kept: BTreeSet<(String, u64)>,
+    /// Reverse-path verdicts of peers' blocks (a bounded number asked per pass).
+    reverse: reverse::ReverseChecks,
 }
 
 pub struct Agent {
@@ -550,9 +553,10 @@ impl Agent {
 
     /// Asks the kernel, for one block of each peer and path, whether traffic from its pods
     /// arriving where sinew's routes send it back passes reverse-path filtering (IPv4 only:
-    /// IPv6 has no `rp_filter`).
+    /// IPv6 has no `rp_filter`). A bounded number of questions per pass (see [`reverse`]);
+    /// the drops are those of the last answers.
     fn reverse_drops(
-        &self,
+        &mut self,
         nl: &mut Netlink,
         plan: &peers::Plan,
         local: &LocalNode,
@@ -563,32 +567,41 @@ impl Agent {
         };
         let sys = self.sysctls();
         let read = |dev: &str| sysctl::read_number(&sys, &sysctl::rp_filter_key(dev));
+        let device = |path: peers::PeerPath| match path {
+            peers::PeerPath::Routed => (local.underlay.index, local.underlay.name.clone()),
+            peers::PeerPath::Vxlan => (vxlan.index, vxlan.name.clone()),
+        };
         let mut seen = BTreeSet::new();
-        let mut drops = Vec::new();
-        for route in &plan.routes {
-            if route.dst.family() != Family::V4 || !seen.insert((route.peer.clone(), route.path)) {
+        let pairs: Vec<(reverse::Pair, Cidr)> = plan
+            .routes
+            .iter()
+            .filter(|r| r.dst.family() == Family::V4 && seen.insert((&r.peer, r.path)))
+            .map(|r| ((r.peer.clone(), r.path), r.dst))
+            .collect();
+        let settings = vec![read("all"), read(&local.underlay.name), read(&vxlan.name)];
+        for (pair, block) in self.memory.reverse.to_ask(&pairs, settings) {
+            let Some(src) = block.nth(1) else {
                 continue;
-            }
-            let (iif, device) = match route.path {
-                peers::PeerPath::Routed => (local.underlay.index, local.underlay.name.clone()),
-                peers::PeerPath::Vxlan => (vxlan.index, vxlan.name.clone()),
             };
-            let Some(src) = route.dst.nth(1) else {
-                continue;
-            };
-            match nl.input_accepted(src, local.underlay.ip, iif) {
-                Ok(true) => {}
-                Ok(false) => drops.push(diagnose::ReverseDrop {
-                    peer: route.peer.clone(),
-                    block: route.dst,
-                    all: read("all"),
-                    own: read(&device),
-                    device,
-                }),
+            match nl.input_accepted(src, local.underlay.ip, device(pair.1).0) {
+                Ok(accepted) => self.memory.reverse.answered(pair, block, accepted),
                 Err(e) => debug!(node = %self.node(), error = %e, "input route lookup failed"),
             }
         }
-        drops
+        self.memory
+            .reverse
+            .dropped()
+            .map(|((peer, path), block)| {
+                let device = device(*path).1;
+                diagnose::ReverseDrop {
+                    peer: peer.clone(),
+                    block: *block,
+                    all: read("all"),
+                    own: read(&device),
+                    device,
+                }
+            })
+            .collect()
     }
 
     /// Turns on the forwarding the node's pools need (see [`sysctls`]) and has the node watch
