@@ -18,12 +18,17 @@ pub fn outermost(cidrs: &[Cidr], family: Family) -> Vec<Cidr> {
         .filter(|c| c.family() == family)
         .copied()
         .collect();
+    // Sorted by network address, a container before what it holds: a prefix is nested
+    // exactly when the last one kept holds it (those kept are disjoint), so one sweep does
+    // (a set of every node's address is thousands of prefixes, built every pass).
     v.sort();
-    v.dedup();
-    v.iter()
-        .filter(|c| !v.iter().any(|o| o != *c && o.contains_cidr(c)))
-        .copied()
-        .collect()
+    let mut out: Vec<Cidr> = Vec::with_capacity(v.len());
+    for c in v {
+        if !out.last().is_some_and(|kept| kept.contains_cidr(&c)) {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// One boundary of an interval set.
@@ -179,6 +184,26 @@ mod tests {
                 if let Some(c) = found {
                     prop_assert!(c.overlaps(&p) && held.contains(&c));
                 }
+            }
+        }
+    }
+
+    proptest! {
+        /// The sweep keeps exactly the prefixes of the family that no other one holds.
+        #[test]
+        fn outermost_keeps_what_no_other_prefix_holds(
+            cidrs in proptest::collection::vec(crowded(), 0..80),
+        ) {
+            for family in [Family::V4, Family::V6] {
+                let mut expected: Vec<Cidr> = cidrs
+                    .iter()
+                    .filter(|c| c.family() == family)
+                    .filter(|c| !cidrs.iter().any(|o| o != *c && o.contains_cidr(c)))
+                    .copied()
+                    .collect();
+                expected.sort();
+                expected.dedup();
+                prop_assert_eq!(outermost(&cidrs, family), expected);
             }
         }
     }

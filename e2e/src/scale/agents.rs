@@ -4,8 +4,8 @@
 //! synthetic peers' routes in its kernel, its memory, CPU per pass, a new peer block's time
 //! to its route, and what it receives from the API server (bytes through its node's API
 //! forwarder; events by resource from the API server's metrics) while idle and while pods
-//! start and stop elsewhere, with NetworkPolicy on (the default: every agent follows every
-//! pod) and off.
+//! start and stop elsewhere. The agents start with NetworkPolicy off (what programming
+//! peers costs, alone), and it is turned on after (every agent then follows every pod).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -90,10 +90,13 @@ pub struct Measured {
     pub ready: Vec<Option<Duration>>,
     /// Peer routes (protocol sinew) in the first agent's kernel then.
     pub kernel_routes: usize,
-    /// Per agent (VmRSS, VmHWM) KiB: after the initial sync (policy on), after policy was
-    /// turned off.
+    /// Per agent (VmRSS, VmHWM) KiB: after the initial sync (NetworkPolicy off), and after
+    /// NetworkPolicy was turned on and its table applied.
     pub rss: Vec<(u64, u64)>,
-    pub rss_policy_off: Vec<(u64, u64)>,
+    pub rss_policy_on: Vec<(u64, u64)>,
+    /// Per agent: NetworkPolicy turned on to its first table applied, if within
+    /// [`READY_WITHIN`].
+    pub policy_programmed: Vec<Option<Duration>>,
     pub idle: Window,
     /// A new block of a synthetic peer to its route in the first agent's kernel.
     pub new_block: Vec<Duration>,
@@ -263,8 +266,9 @@ pub async fn measure(
             &Patch::Apply(&pool),
         )
         .await?;
+    set_policy(client, "Disabled").await?;
     eprintln!(
-        "[scale] starting {} real agents among {} synthetic peers",
+        "[scale] starting {} real agents among {} synthetic peers (NetworkPolicy off)",
         scale.agents, scale.nodes
     );
     let cluster = LocalCluster::start_default_resync(cp, PREFIX, &vec![0; scale.agents]).await;
@@ -296,7 +300,7 @@ pub async fn measure(
         "[scale] peers programmed {:?} after each agent's start ({} routes in the first one's kernel)",
         m.program_from_nothing, m.kernel_routes
     );
-    // Ready (its conflist written): with NetworkPolicy on, once its policy inputs are in.
+    // Ready: its conflist written.
     let ready_by = Instant::now() + READY_WITHIN;
     m.ready = vec![None; scale.agents];
     while m.ready.iter().any(Option::is_none) && Instant::now() < ready_by {
@@ -348,48 +352,32 @@ pub async fn measure(
     }
     m.new_blocks = window(&before, &snapshot(client, &cluster, &pids).await?, None);
 
-    for policy in ["Enabled", "Disabled"] {
-        if policy == "Disabled" {
-            Api::<ClusterNetwork>::all(client.clone())
-                .patch(
-                    "default",
-                    &PatchParams::default(),
-                    &Patch::Merge(&json!({"spec": {"networkPolicy": "Disabled"}})),
-                )
-                .await?;
-            tokio::time::sleep(SETTLE).await;
-            m.rss_policy_off = pids.agents.iter().map(|p| rss_kib(*p)).collect();
+    operator.keep_running()?;
+    pids.operator = operator.pid();
+    m.churn_policy_off = churn_window(client, &cluster, &pids, nodes, scale, "off").await?;
+
+    eprintln!("[scale] NetworkPolicy on: every agent follows every pod");
+    let applied: Vec<f64> = (0..scale.agents)
+        .map(|i| agent_metric(&cluster, i, "policy_applied_total").unwrap_or(0.0))
+        .collect();
+    set_policy(client, "Enabled").await?;
+    let turned_on = Instant::now();
+    m.policy_programmed = vec![None; scale.agents];
+    while m.policy_programmed.iter().any(Option::is_none) && turned_on.elapsed() < READY_WITHIN {
+        for (i, slot) in m.policy_programmed.iter_mut().enumerate() {
+            if slot.is_none()
+                && agent_metric(&cluster, i, "policy_applied_total").unwrap_or(0.0) > applied[i]
+            {
+                *slot = Some(turned_on.elapsed());
+            }
         }
-        operator.keep_running()?;
-        pids.operator = operator.pid();
-        eprintln!(
-            "[scale] churn, NetworkPolicy {policy}: {} pod starts and stops per second for {} s",
-            scale.churn_per_s, scale.churn_seconds
-        );
-        let before = snapshot(client, &cluster, &pids).await?;
-        let churned = churn::churn(
-            client,
-            nodes,
-            scale.churn_per_s,
-            Duration::from_secs(scale.churn_seconds),
-        )
-        .await?;
-        let w = window(
-            &before,
-            &snapshot(client, &cluster, &pids).await?,
-            Some(churned),
-        );
-        eprintln!(
-            "[scale] {:.0} pod starts per s; busiest agent received {:.0} B/s",
-            churned.rate(),
-            w.max_received_per_s()
-        );
-        if policy == "Enabled" {
-            m.churn_policy_on = w;
-        } else {
-            m.churn_policy_off = w;
-        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    tokio::time::sleep(SETTLE).await;
+    m.rss_policy_on = pids.agents.iter().map(|p| rss_kib(*p)).collect();
+    operator.keep_running()?;
+    pids.operator = operator.pid();
+    m.churn_policy_on = churn_window(client, &cluster, &pids, nodes, scale, "on").await?;
     operator.keep_running()?;
     m.operator_rss_end = rss_kib(operator.pid());
     for (i, pid) in pids.agents.iter().enumerate() {
@@ -398,4 +386,51 @@ pub async fn measure(
         }
     }
     Ok(m)
+}
+
+/// Sets the `ClusterNetwork`'s `networkPolicy` (`Enabled` or `Disabled`).
+async fn set_policy(client: &kube::Client, mode: &str) -> Result<(), BoxError> {
+    Api::<ClusterNetwork>::all(client.clone())
+        .patch(
+            "default",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"spec": {"networkPolicy": mode}})),
+        )
+        .await?;
+    Ok(())
+}
+
+/// Pods start and stop on the synthetic nodes for the run's churn time: what the agents and
+/// the API server did meanwhile.
+async fn churn_window(
+    client: &kube::Client,
+    cluster: &LocalCluster,
+    pids: &Pids,
+    nodes: &mut [SynthNode],
+    scale: &Scale,
+    policy: &str,
+) -> Result<Window, BoxError> {
+    eprintln!(
+        "[scale] churn, NetworkPolicy {policy}: {} pod starts and stops per second for {} s",
+        scale.churn_per_s, scale.churn_seconds
+    );
+    let before = snapshot(client, cluster, pids).await?;
+    let churned = churn::churn(
+        client,
+        nodes,
+        scale.churn_per_s,
+        Duration::from_secs(scale.churn_seconds),
+    )
+    .await?;
+    let w = window(
+        &before,
+        &snapshot(client, cluster, pids).await?,
+        Some(churned),
+    );
+    eprintln!(
+        "[scale] {:.0} pod starts per s; busiest agent received {:.0} B/s",
+        churned.rate(),
+        w.max_received_per_s()
+    );
+    Ok(w)
 }
