@@ -57,10 +57,10 @@ pub struct Target {
 
 /// Pod-network addresses the probes of routed paths use: this node's and each peer's tunnel
 /// addresses.
-#[derive(Debug, Clone, Default)]
-pub struct PodAddresses {
+#[derive(Debug, Clone)]
+pub struct PodAddresses<'a> {
     pub own: Vec<IpAddr>,
-    pub peers: BTreeMap<String, Vec<IpAddr>>,
+    pub peers: &'a BTreeMap<String, Vec<IpAddr>>,
 }
 
 impl Target {
@@ -103,7 +103,7 @@ pub fn targets(
     pod_mtus: &BTreeMap<String, u32>,
     peers: &[NodeInfo],
     peer_underlay_mtus: &BTreeMap<String, u32>,
-    pod_addresses: &PodAddresses,
+    pod_addresses: &PodAddresses<'_>,
 ) -> Vec<Target> {
     let family = |ip: &&IpAddr| Family::of(**ip) == Family::of(src);
     // Looked up per route: thousands of peers and blocks in a large cluster.
@@ -729,14 +729,16 @@ mod tests {
             vtep_mac: None,
         }];
         let src = "10.99.0.10".parse().unwrap();
-        let mut pods = PodAddresses {
-            own: vec!["fd00::1".parse().unwrap(), "10.244.0.1".parse().unwrap()],
-            ..PodAddresses::default()
+        let own = vec!["fd00::1".parse().unwrap(), "10.244.0.1".parse().unwrap()];
+        let unknown = BTreeMap::new();
+        let pods = PodAddresses {
+            own: own.clone(),
+            peers: &unknown,
         };
         let t = targets(src, &plan, &blocks, &mtus, &peers, &BTreeMap::new(), &pods);
         assert_eq!(t[0].pod_addresses, None, "the peer's is not known yet");
-        pods.peers
-            .insert("b".into(), vec!["10.244.1.1".parse().unwrap()]);
+        let known = BTreeMap::from([("b".to_string(), vec!["10.244.1.1".parse().unwrap()])]);
+        let pods = PodAddresses { own, peers: &known };
         let t = targets(src, &plan, &blocks, &mtus, &peers, &BTreeMap::new(), &pods);
         assert_eq!(
             t[0].pod_addresses,

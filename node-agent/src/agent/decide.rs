@@ -44,11 +44,11 @@ pub struct Peering {
 /// one zone's pool is reachable from everywhere. The pools are those that select any peer
 /// (every Node, unless a peer selector narrows them: then `peers_only`, and blocks of Nodes
 /// outside it are another network's).
-pub fn peering(
+pub fn peering<L: std::borrow::Borrow<BTreeMap<String, String>>>(
     me: &str,
     underlay: &Underlay,
     pools: &[Arc<IPPool>],
-    peer_labels: &[BTreeMap<String, String>],
+    peer_labels: &[L],
     peers: &[NodeInfo],
     blocks: &[BlockInfo],
     peers_only: bool,
@@ -56,9 +56,9 @@ pub fn peering(
     let modes: BTreeMap<String, PoolMode> = pools
         .iter()
         .filter(|p| {
-            peer_labels
-                .iter()
-                .any(|labels| sinew_crds::selector::matches(p.spec.node_selector.as_ref(), labels))
+            peer_labels.iter().any(|labels| {
+                sinew_crds::selector::matches(p.spec.node_selector.as_ref(), labels.borrow())
+            })
         })
         .map(|p| (p.name_any(), p.spec.mode))
         .collect();

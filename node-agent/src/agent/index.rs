@@ -2,7 +2,7 @@
 //! works from. Every conversion from a Kubernetes object into what the planners take happens
 //! here, once per pass. Nodes are kept pruned (labels, sinew's annotations, addresses).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -140,15 +140,6 @@ impl Cluster {
             .collect()
     }
 
-    /// The labels of every peer Node (this one included).
-    pub fn peer_labels(&self) -> Vec<BTreeMap<String, String>> {
-        self.nodes
-            .state()
-            .iter()
-            .map(|n| n.labels().clone())
-            .collect()
-    }
-
     /// Every node with an address, and its VTEP MAC once published.
     pub fn peers(&self) -> Vec<NodeInfo> {
         self.nodes
@@ -163,30 +154,6 @@ impl Cluster {
                         .get(VTEP_MAC_ANNOTATION)
                         .and_then(|m| parse_mac(m)),
                 })
-            })
-            .collect()
-    }
-
-    /// The underlay MTU each node reports (its `NodeReport`).
-    pub fn peer_underlay_mtus(&self) -> BTreeMap<String, u32> {
-        self.nodes
-            .state()
-            .iter()
-            .filter_map(|n| {
-                let report = NodeReport::parse(n.annotations().get(NODE_STATE_ANNOTATION)?)?;
-                Some((n.name_any(), report.underlay_mtu?))
-            })
-            .collect()
-    }
-
-    /// The tunnel addresses each node reports (its `NodeReport`).
-    pub fn peer_tunnel_addresses(&self) -> BTreeMap<String, Vec<IpAddr>> {
-        self.nodes
-            .state()
-            .iter()
-            .filter_map(|n| {
-                let report = NodeReport::parse(n.annotations().get(NODE_STATE_ANNOTATION)?)?;
-                Some((n.name_any(), report.tunnel))
             })
             .collect()
     }
@@ -256,6 +223,55 @@ impl Cluster {
     }
 }
 
+/// What the probes read of peers' reports (their `NodeReport`s): each node's underlay MTU
+/// and tunnel addresses. A report is parsed again only when its Node's version changed (at
+/// 5,000 peers, parsing every report twice a pass was a sixth of the pass).
+#[derive(Debug, Default)]
+pub struct PeerReports {
+    versions: HashMap<String, Option<String>>,
+    pub underlay_mtus: BTreeMap<String, u32>,
+    /// Nodes that report tunnel addresses, with them.
+    pub tunnels: BTreeMap<String, Vec<IpAddr>>,
+}
+
+impl PeerReports {
+    /// Brings the maps in line with `nodes`.
+    pub fn refresh(&mut self, nodes: &[Arc<Node>]) {
+        let present: HashSet<&str> = nodes
+            .iter()
+            .filter_map(|n| n.metadata.name.as_deref())
+            .collect();
+        self.versions
+            .retain(|name, _| present.contains(name.as_str()));
+        self.underlay_mtus
+            .retain(|name, _| present.contains(name.as_str()));
+        self.tunnels
+            .retain(|name, _| present.contains(name.as_str()));
+        for node in nodes {
+            let Some(name) = node.metadata.name.as_deref() else {
+                continue;
+            };
+            let version = &node.metadata.resource_version;
+            if self.versions.get(name) == Some(version) {
+                continue;
+            }
+            self.versions.insert(name.to_string(), version.clone());
+            let report = node
+                .annotations()
+                .get(NODE_STATE_ANNOTATION)
+                .and_then(|a| NodeReport::parse(a));
+            match report.as_ref().and_then(|r| r.underlay_mtu) {
+                Some(mtu) => self.underlay_mtus.insert(name.to_string(), mtu),
+                None => self.underlay_mtus.remove(name),
+            };
+            match report.map(|r| r.tunnel).filter(|t| !t.is_empty()) {
+                Some(tunnel) => self.tunnels.insert(name.to_string(), tunnel),
+                None => self.tunnels.remove(name),
+            };
+        }
+    }
+}
+
 /// What a pass reads of a pool: metadata, spec, and of the status only whether the operator
 /// judged it and whether it stalled it for a conflict (`vetting::pools`); not the counts the
 /// operator rewrites after every allocation.
@@ -288,12 +304,12 @@ pub fn node_ip(node: &Node) -> Option<IpAddr> {
 }
 
 pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
-    let parts: Vec<u8> = s
-        .split(':')
-        .map(|p| u8::from_str_radix(p, 16))
-        .collect::<Result<_, _>>()
-        .ok()?;
-    parts.try_into().ok()
+    let mut mac = [0u8; 6];
+    let mut parts = s.split(':');
+    for byte in &mut mac {
+        *byte = u8::from_str_radix(parts.next()?, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
 }
 
 pub fn mac_string(mac: [u8; 6]) -> String {
@@ -365,10 +381,54 @@ mod tests {
     }
 
     #[test]
+    fn peer_reports_follow_each_nodes_version_and_departure() {
+        let node = |name: &str, rv: &str, report: serde_json::Value| -> Arc<Node> {
+            Arc::new(
+                serde_json::from_value(serde_json::json!({
+                    "metadata": {"name": name, "resourceVersion": rv,
+                                 "annotations": {NODE_STATE_ANNOTATION: report.to_string()}},
+                }))
+                .unwrap(),
+            )
+        };
+        let mut reports = PeerReports::default();
+        reports.refresh(&[
+            node(
+                "a",
+                "1",
+                serde_json::json!({"underlayMtu": 1500, "tunnel": ["10.244.0.1"]}),
+            ),
+            node("b", "1", serde_json::json!({"underlayMtu": 9000})),
+        ]);
+        assert_eq!(
+            reports.underlay_mtus,
+            BTreeMap::from([("a".to_string(), 1500), ("b".to_string(), 9000)])
+        );
+        assert_eq!(reports.tunnels.keys().collect::<Vec<_>>(), ["a"]);
+        reports.refresh(&[node(
+            "b",
+            "2",
+            serde_json::json!({"underlayMtu": 1400, "tunnel": ["10.244.1.1"]}),
+        )]);
+        assert_eq!(
+            reports.underlay_mtus,
+            BTreeMap::from([("b".to_string(), 1400)])
+        );
+        assert_eq!(
+            reports.tunnels,
+            BTreeMap::from([(
+                "b".to_string(),
+                vec!["10.244.1.1".parse::<IpAddr>().unwrap()]
+            )])
+        );
+    }
+
+    #[test]
     fn macs_roundtrip_and_reject_garbage() {
         let mac = [0x02, 0x42, 0xac, 0x11, 0x00, 0x02];
         assert_eq!(parse_mac(&mac_string(mac)), Some(mac));
         assert_eq!(parse_mac("02:42"), None);
+        assert_eq!(parse_mac("02:42:ac:11:00:02:07"), None);
         assert_eq!(parse_mac("zz:42:ac:11:00:02"), None);
     }
 

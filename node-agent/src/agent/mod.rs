@@ -107,6 +107,8 @@ struct PassMemory {
     leaks_kept: BTreeSet<(String, u64)>,
     /// Reverse-path verdicts of peers' blocks (a bounded number asked per pass).
     reverse: reverse::ReverseChecks,
+    /// What the probes read of peers' reports, parsed once per version of each Node.
+    peer_reports: index::PeerReports,
 }
 
 pub struct Agent {
@@ -330,11 +332,12 @@ impl Agent {
         let forwarding_on = self.ensure_forwarding(&pools, &local, &mut problems);
 
         let peers = self.cluster.peers();
+        let nodes = self.cluster.nodes.state();
         let peering = decide::peering(
             self.node(),
             &local.underlay,
             &pools.all,
-            &self.cluster.peer_labels(),
+            &nodes.iter().map(|n| n.labels()).collect::<Vec<_>>(),
             &peers,
             &pools.blocks,
             self.settings.peer_selector.is_some(),
@@ -434,6 +437,9 @@ impl Agent {
                 Vec::new()
             }
         };
+        if self.mesh.is_some() {
+            self.memory.peer_reports.refresh(&nodes);
+        }
         if let (Some(mesh), Some(state)) = (&self.mesh, &self.memory.node_state) {
             // Probed at the pod MTU the plugin hands out (the node state just stored).
             let pod_mtus = state
@@ -447,10 +453,10 @@ impl Agent {
                 &pools.blocks,
                 &pod_mtus,
                 &peers,
-                &self.cluster.peer_underlay_mtus(),
+                &self.memory.peer_reports.underlay_mtus,
                 &probe::PodAddresses {
                     own: tunnel.iter().copied().collect(),
-                    peers: self.cluster.peer_tunnel_addresses(),
+                    peers: &self.memory.peer_reports.tunnels,
                 },
             ));
         }
