@@ -68,6 +68,23 @@ fn reflect<K: Watchable>(api: Api<K>, prune: fn(&mut K)) -> reflector::Store<K> 
     sinew_runtime::watch::reflect(api, watcher::Config::default(), prune, None)
 }
 
+/// Keeps of a usage what the operator reads: the cache holds every allocation of the
+/// cluster (150,000 at Kubernetes' limits), and of each it reads the address, its
+/// generation and the pod (namespace, name, UID); the container ID only where no pod is
+/// named (the uninstall hook lists usages itself).
+fn prune_usage(usage: &mut IPBlockUsage) {
+    sinew_runtime::watch::prune_meta(usage);
+    if let Some(status) = usage.status.as_mut() {
+        for a in &mut status.allocations {
+            a.interface = String::new();
+            if a.pod_name.is_some() {
+                a.container_id = String::new();
+            }
+        }
+        status.allocations.shrink_to_fit();
+    }
+}
+
 /// The cache of `IPBlockUsage`s, and the pools whose usage changed, each named only once the
 /// cache holds the change (a trigger of its own could come first and count stale usage).
 fn usages(
@@ -80,7 +97,7 @@ fn usages(
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let stream = watcher(api, watcher::Config::default())
         .default_backoff()
-        .modify(sinew_runtime::watch::prune_meta)
+        .modify(prune_usage)
         .reflect(writer);
     tokio::spawn(async move {
         futures::pin_mut!(stream);
