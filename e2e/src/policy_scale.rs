@@ -559,7 +559,8 @@ fn metrics(cluster: &LocalCluster, node: &str) -> BTreeMap<String, i64> {
         .collect()
 }
 
-async fn set_policy(client: &kube::Client, mode: &str) -> Result<(), BoxError> {
+/// Sets the `ClusterNetwork`'s `networkPolicy` (`Enabled` or `Disabled`).
+pub(crate) async fn set_policy(client: &kube::Client, mode: &str) -> Result<(), BoxError> {
     Api::<ClusterNetwork>::all(client.clone())
         .patch(
             "default",

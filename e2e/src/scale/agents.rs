@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
-use sinew_crds::{ClusterNetwork, IPPool};
+use sinew_crds::IPPool;
 
 use super::apiserver::{self, Scrape, Sent};
 use super::churn::{self, Churned};
@@ -21,7 +21,7 @@ use super::world::{self, SynthNode};
 use super::{BoxError, Scale, rss_kib};
 use crate::ControlPlane;
 use crate::cluster::{AGENT_METRICS_PORT, LocalCluster, agent_http_at};
-use crate::policy_scale::cpu_time;
+use crate::policy_scale::{cpu_time, set_policy};
 
 /// The local cluster's name (node `sc-<i>`), the peer label value of every synthetic node.
 pub const PREFIX: &str = "sc";
@@ -386,18 +386,6 @@ pub async fn measure(
         }
     }
     Ok(m)
-}
-
-/// Sets the `ClusterNetwork`'s `networkPolicy` (`Enabled` or `Disabled`).
-async fn set_policy(client: &kube::Client, mode: &str) -> Result<(), BoxError> {
-    Api::<ClusterNetwork>::all(client.clone())
-        .patch(
-            "default",
-            &PatchParams::default(),
-            &Patch::Merge(&json!({"spec": {"networkPolicy": mode}})),
-        )
-        .await?;
-    Ok(())
 }
 
 /// Pods start and stop on the synthetic nodes for the run's churn time: what the agents and

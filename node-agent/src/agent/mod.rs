@@ -585,7 +585,7 @@ impl Agent {
             .map(|r| ((r.peer.clone(), r.path), r.dst))
             .collect();
         let settings = vec![read("all"), read(&local.underlay.name), read(&vxlan.name)];
-        for (pair, block) in self.memory.reverse.to_ask(&pairs, settings) {
+        for (pair, block) in self.memory.reverse.questions(&pairs, settings) {
             let Some(src) = block.nth(1) else {
                 continue;
             };

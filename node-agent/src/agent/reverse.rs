@@ -33,7 +33,7 @@ impl ReverseChecks {
     /// The pairs to ask about this pass (at most [`BUDGET`]), given every pair the plan
     /// routes now and the `rp_filter` settings read now. Verdicts of pairs the plan no longer
     /// has are forgotten.
-    pub fn to_ask(
+    pub fn questions(
         &mut self,
         pairs: &[(Pair, Cidr)],
         settings: Vec<Option<u8>>,
@@ -93,7 +93,7 @@ mod tests {
     }
 
     fn pass(checks: &mut ReverseChecks, pairs: &[(Pair, Cidr)], rp: u8, drop: &str) -> Vec<String> {
-        let asked = checks.to_ask(pairs, vec![Some(rp)]);
+        let asked = checks.questions(pairs, vec![Some(rp)]);
         assert!(
             asked.len() <= BUDGET,
             "{} questions in one pass",
@@ -150,7 +150,7 @@ mod tests {
         pass(&mut checks, &all, 1, "node-3");
         assert_eq!(checks.dropped().count(), 1);
         all.retain(|((peer, _), _)| peer != "node-3");
-        checks.to_ask(&all, vec![Some(1)]);
+        checks.questions(&all, vec![Some(1)]);
         assert_eq!(
             checks.dropped().count(),
             0,
