@@ -3,7 +3,7 @@
 //! Every pass diffs desired against actual state, so stale entries (departed peers, released
 //! blocks, a changed mode) are removed and nothing foreign is ever changed.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use sinew_crds::{Cidr, Family};
@@ -192,20 +192,20 @@ pub fn apply(
     // what the kernel lacks is written: a pass with nothing to change costs two dumps, not a
     // request per peer.
     if let Some(vx) = vxlan {
-        let mut have_neighbors = BTreeMap::new();
+        let mut have_neighbors = BTreeSet::new();
         for n in nl.neighbors(vx.index)? {
             if n.state & NUD_PERMANENT == 0 {
                 continue;
             }
             if plan.neighbors.get(&n.ip) == n.mac.as_ref() {
-                have_neighbors.insert(n.ip, n.mac);
+                have_neighbors.insert(n.ip);
             } else {
                 nl.del_neighbor(vx.index, n.ip)?;
                 changes.removed += 1;
             }
         }
         for (ip, mac) in &plan.neighbors {
-            if have_neighbors.get(ip) != Some(&Some(*mac)) {
+            if !have_neighbors.contains(ip) {
                 nl.add_neighbor(vx.index, *ip, *mac)?;
                 changes.added += 1;
             }

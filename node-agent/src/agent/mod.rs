@@ -584,8 +584,17 @@ impl Agent {
             .filter(|r| r.dst.family() == Family::V4 && seen.insert((&r.peer, r.path)))
             .map(|r| ((r.peer.clone(), r.path), r.dst))
             .collect();
-        let settings = vec![read("all"), read(&local.underlay.name), read(&vxlan.name)];
-        for (pair, block) in self.memory.reverse.questions(&pairs, settings) {
+        let (all, underlay, vxlan_own) =
+            (read("all"), read(&local.underlay.name), read(&vxlan.name));
+        let own = |path: peers::PeerPath| match path {
+            peers::PeerPath::Routed => underlay,
+            peers::PeerPath::Vxlan => vxlan_own,
+        };
+        for (pair, block) in self
+            .memory
+            .reverse
+            .questions(&pairs, vec![all, underlay, vxlan_own])
+        {
             let Some(src) = block.nth(1) else {
                 continue;
             };
@@ -597,15 +606,12 @@ impl Agent {
         self.memory
             .reverse
             .dropped()
-            .map(|((peer, path), block)| {
-                let device = device(*path).1;
-                diagnose::ReverseDrop {
-                    peer: peer.clone(),
-                    block: *block,
-                    all: read("all"),
-                    own: read(&device),
-                    device,
-                }
+            .map(|((peer, path), block)| diagnose::ReverseDrop {
+                peer: peer.clone(),
+                block: *block,
+                all,
+                own: own(*path),
+                device: device(*path).1,
             })
             .collect()
     }

@@ -58,6 +58,15 @@ fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
 }
 
+/// Each agent's time in seconds, `missing` where it has none.
+fn each_secs(times: &[Option<Duration>], missing: &str) -> String {
+    let each: Vec<String> = times
+        .iter()
+        .map(|t| t.map_or(missing.to_string(), |d| format!("{:.1}", secs(d))))
+        .collect();
+    each.join(", ")
+}
+
 fn p(samples: &[Duration]) -> String {
     format!(
         "{:.0} / {:.0} / {:.0}",
@@ -175,20 +184,13 @@ pub fn table(s: &Scale, m: &Measured) -> String {
             format!("{:.1}", secs(slowest)),
             "",
         );
-        let ready: Vec<String> = a
-            .ready
-            .iter()
-            .map(|r| match r {
-                Some(d) => format!("{:.1}", secs(*d)),
-                None => "not ready".into(),
-            })
-            .collect();
+
         row(
             &format!(
                 "agent start to its node ready (conflist written), each agent (s; not ready: not within {} s of its routes)",
                 sinew_e2e::scale::agents::READY_WITHIN.as_secs()
             ),
-            ready.join(", "),
+            each_secs(&a.ready, "not ready"),
             "",
         );
         row(
@@ -202,20 +204,13 @@ pub fn table(s: &Scale, m: &Measured) -> String {
             format!("**{:.1}** / {:.1}", mib(max(&a.rss).0), mib(max(&a.rss).1)),
             "< 48",
         );
-        let programmed: Vec<String> = a
-            .policy_programmed
-            .iter()
-            .map(|r| match r {
-                Some(d) => format!("{:.1}", secs(*d)),
-                None => "not within the wait".into(),
-            })
-            .collect();
+
         row(
             &format!(
                 "NetworkPolicy turned on to each agent's first policy table applied (s; the wait: {} s)",
                 sinew_e2e::scale::agents::READY_WITHIN.as_secs()
             ),
-            programmed.join(", "),
+            each_secs(&a.policy_programmed, "not within the wait"),
             "",
         );
         row(
