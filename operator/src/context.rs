@@ -8,7 +8,7 @@ use k8s_openapi::api::networking::v1::ServiceCIDR;
 use kube::ResourceExt;
 use kube::runtime::events::Recorder;
 use kube::runtime::reflector::{ObjectRef, Store};
-use sinew_crds::{IPBlock, IPBlockUsage, IPPool};
+use sinew_crds::{IPBlock, IPBlockUsage, IPBlockUsageStatus, IPPool};
 
 use crate::daemonset;
 
@@ -36,7 +36,9 @@ pub struct Context {
     pub networks: Store<sinew_crds::ClusterNetwork>,
     pub pools: Store<IPPool>,
     pub blocks: Store<IPBlock>,
-    /// The blocks' allocations (each block's `IPBlockUsage`, written by its node).
+    /// The blocks' usages (each block's `IPBlockUsage`, written by its node), holding their
+    /// counts only: the allocations themselves are read live where one is needed (see
+    /// [`Context::live_usage`] and the GC), so the operator's memory does not grow with pods.
     pub usages: Store<IPBlockUsage>,
     /// Pods, metadata only: whether an allocation's pod (by UID) still exists.
     pub pods: crate::pod_uids::PodUids,
@@ -65,8 +67,7 @@ impl Context {
 
 impl Context {
     /// The usage of each of `blocks` that has one agreeing with it and written, by block
-    /// name: looked up in the cache, shared, never copied (a pool's reconcile follows every
-    /// allocation change, and the usages hold every allocation of the cluster).
+    /// name: looked up in the cache (counts, no allocations), shared, never copied.
     pub fn usage_of<'a>(&self, blocks: impl IntoIterator<Item = &'a Arc<IPBlock>>) -> Usages {
         blocks
             .into_iter()
@@ -79,6 +80,19 @@ impl Context {
 }
 
 /// Reconcile failures, one variant per step, so a failure says where it happened.
+impl Context {
+    /// The usage of `block` read live, allocations included, if one agreeing with the block
+    /// is written (the cache holds counts only).
+    pub async fn live_usage(&self, block: &IPBlock) -> Result<Option<IPBlockUsageStatus>, Error> {
+        let api: kube::Api<IPBlockUsage> = kube::Api::all(self.client.clone());
+        Ok(api
+            .get_opt(&block.name_any())
+            .await?
+            .filter(|u| u.describes(block))
+            .and_then(|u| u.status))
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("API request failed: {0}")]

@@ -5,13 +5,13 @@
 //! generation and pod UID), and the agent frees it only if its store still matches, so an
 //! address re-used in between is never freed.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
 use sinew_crds::{
@@ -144,14 +144,13 @@ async fn write_requests(
 /// or that no longer match anything (the address was re-used: never freed). Returns how
 /// many were carried out. A block whose usage is not known yet keeps its requests.
 async fn settle(ctx: &Context, blocks: &[Arc<IPBlock>]) -> Result<u64, Error> {
-    let usage = ctx.usage_of(blocks);
     let mut done = 0;
     for block in blocks {
         let requests = block.release_requests();
         if requests.is_empty() {
             continue;
         }
-        let Some(status) = usage.get(&block.name_any()).and_then(|u| u.status.as_ref()) else {
+        let Some(status) = ctx.live_usage(block).await? else {
             continue;
         };
         let allocations = status.allocations.as_slice();
@@ -169,6 +168,54 @@ async fn settle(ctx: &Context, blocks: &[Arc<IPBlock>]) -> Result<u64, Error> {
     Ok(done)
 }
 
+/// Usages per page of the GC's live list: at about 30 allocations each, a page holds a few
+/// thousand allocations, never the cluster's 150,000.
+const USAGE_PAGE: u32 = 200;
+
+/// The usages of the blocks of living `nodes`, read live page by page, each cut down to the
+/// allocations whose pod (by UID) the cache does not have: all a GC pass judges. Nothing
+/// else of an allocation list outlives its page.
+async fn pods_missing(
+    ctx: &Context,
+    blocks: &[Arc<IPBlock>],
+    nodes: &BTreeSet<String>,
+) -> Result<Vec<(Arc<IPBlock>, Arc<IPBlockUsage>)>, Error> {
+    let by_name: HashMap<String, &Arc<IPBlock>> = blocks
+        .iter()
+        .filter(|b| nodes.contains(&b.spec.node))
+        .map(|b| (b.name_any(), b))
+        .collect();
+    let api: Api<IPBlockUsage> = Api::all(ctx.client.clone());
+    let mut params = ListParams::default().limit(USAGE_PAGE);
+    let mut found = Vec::new();
+    loop {
+        let page = api.list(&params).await?;
+        for mut usage in page.items {
+            let Some(block) = by_name.get(&usage.name_any()) else {
+                continue;
+            };
+            if !usage.describes(block) {
+                continue;
+            }
+            let Some(status) = usage.status.as_mut() else {
+                continue;
+            };
+            status.allocations.retain(|a| {
+                a.pod_uid
+                    .as_deref()
+                    .is_some_and(|uid| !ctx.pods.contains(uid))
+            });
+            if !status.allocations.is_empty() {
+                found.push((Arc::clone(block), Arc::new(usage)));
+            }
+        }
+        match page.metadata.continue_ {
+            Some(token) if !token.is_empty() => params = params.continue_token(&token),
+            _ => return Ok(found),
+        }
+    }
+}
+
 /// One GC pass: settle earlier requests, gather evidence, re-check candidates live, request
 /// their release and record each with an Event.
 pub async fn pass(ctx: &Context, suspects: &mut Suspects, grace: Duration) -> Result<(), Error> {
@@ -177,12 +224,7 @@ pub async fn pass(ctx: &Context, suspects: &mut Suspects, grace: Duration) -> Re
     ctx.metrics.gc_releases.inc_by(released);
     let nodes: BTreeSet<String> = ctx.nodes.state().iter().map(|n| n.name_any()).collect();
     // Blocks of departed nodes are released whole by the pool reconciler.
-    let mut usage = ctx.usage_of(&blocks);
-    let live: Vec<(Arc<IPBlock>, Arc<IPBlockUsage>)> = blocks
-        .iter()
-        .filter(|b| nodes.contains(&b.spec.node))
-        .filter_map(|b| Some((b.clone(), usage.remove(&b.name_any())?)))
-        .collect();
+    let live = pods_missing(ctx, &blocks, &nodes).await?;
     let candidates = suspects.pass(Timestamp::now(), grace, &live, |uid| ctx.pods.contains(uid));
     debug!(
         suspects = suspects.since.len(),

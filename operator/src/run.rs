@@ -68,20 +68,13 @@ fn reflect<K: Watchable>(api: Api<K>, prune: fn(&mut K)) -> reflector::Store<K> 
     sinew_runtime::watch::reflect(api, watcher::Config::default(), prune, None)
 }
 
-/// Keeps of a usage what the operator reads: the cache holds every allocation of the
-/// cluster (150,000 at Kubernetes' limits), and of each it reads the address, its
-/// generation and the pod (namespace, name, UID); the container ID only where no pod is
-/// named (the uninstall hook lists usages itself).
-fn prune_usage(usage: &mut IPBlockUsage) {
+/// Keeps of a usage what the cache serves: its spec and counts. The allocations (150,000 at
+/// Kubernetes' limits) are read live by the few that need them (the GC, in pages; a departed
+/// node's block and a pending release, one usage each), so they never all sit in memory.
+pub(crate) fn prune_usage(usage: &mut IPBlockUsage) {
     sinew_runtime::watch::prune_meta(usage);
     if let Some(status) = usage.status.as_mut() {
-        for a in &mut status.allocations {
-            a.interface = String::new();
-            if a.pod_name.is_some() {
-                a.container_id = String::new();
-            }
-        }
-        status.allocations.shrink_to_fit();
+        status.allocations = Vec::new();
     }
 }
 

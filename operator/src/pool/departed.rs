@@ -81,10 +81,11 @@ pub(super) async fn release_blocks_of_departed_nodes(
         .into_iter()
         .filter(|b| b.spec.pool == name)
         .collect();
-    let usage = ctx.usage_of(&blocks);
-    for block in &blocks {
-        let used = usage.get(&block.name_any()).and_then(|u| u.status.as_ref());
-        waiting |= release_if_departed(pool, ctx, block, used, &nodes).await? == Departed::Waiting;
+    for block in blocks.iter().filter(|b| !nodes.contains(&b.spec.node)) {
+        // The cache holds counts only: a departed node's block is judged by its allocations.
+        let used = ctx.live_usage(block).await?;
+        waiting |= release_if_departed(pool, ctx, block, used.as_ref(), &nodes).await?
+            == Departed::Waiting;
     }
     Ok(waiting)
 }

@@ -68,7 +68,12 @@ async fn a_release_is_requested_only_for_a_pod_missing_on_two_passes_a_grace_per
     .build();
     let received = api.received();
     let reply = to_json(&b.0);
+    let usages = [b.1.clone()];
     let scenario = api.play(|mut api| async move {
+        // Each pass reads the allocations live, in pages; only the third writes.
+        for _ in 0..3 {
+            api.expect_usage_list(&usages).await;
+        }
         api.expect(
             Method::GET,
             "/api/v1/namespaces/default/pods/gone",
@@ -106,14 +111,18 @@ async fn a_release_is_requested_only_for_a_pod_missing_on_two_passes_a_grace_per
     within(pass(&ctx, &mut suspects, grace))
         .await
         .expect("first pass");
-    assert_eq!(received.load(Ordering::SeqCst), 0, "first sighting");
+    assert_eq!(
+        received.load(Ordering::SeqCst),
+        1,
+        "first sighting: the list only"
+    );
     within(pass(&ctx, &mut suspects, grace))
         .await
         .expect("second pass, too early");
     assert_eq!(
         received.load(Ordering::SeqCst),
-        0,
-        "within the grace period"
+        2,
+        "within the grace period: the list only"
     );
     tokio::time::sleep(grace + Duration::from_millis(50)).await;
     let result = within(pass(&ctx, &mut suspects, grace)).await;
@@ -129,9 +138,12 @@ async fn a_pod_found_live_keeps_its_address() {
         nodes: vec![node("n1", None)],
         ..World::default()
     }
-    .with_claims(vec![b])
+    .with_claims(vec![b.clone()])
     .build();
+    let usages = [b.1];
     let scenario = api.play(|mut api| async move {
+        api.expect_usage_list(&usages).await;
+        api.expect_usage_list(&usages).await;
         // Asked on the second pass only.
         api.expect(
             Method::GET,
@@ -154,10 +166,16 @@ async fn a_pod_found_live_keeps_its_address() {
 
 #[tokio::test]
 async fn a_block_of_a_departed_node_is_left_to_the_pool_reconciler() {
+    let b = block(vec![allocation("10.0.0.1", "web", "web-uid")]);
     let (ctx, api) = World { ..World::default() }
-        .with_claims(vec![block(vec![allocation("10.0.0.1", "web", "web-uid")])])
+        .with_claims(vec![b.clone()])
         .build();
-    let scenario = api.play(|api| async move { api });
+    let usages = [b.1];
+    let scenario = api.play(|mut api| async move {
+        api.expect_usage_list(&usages).await;
+        api.expect_usage_list(&usages).await;
+        api
+    });
     let mut suspects = Suspects::default();
     for _ in 0..2 {
         within(pass(&ctx, &mut suspects, Duration::ZERO))
@@ -196,16 +214,54 @@ async fn a_carried_out_release_request_is_dropped_from_the_block() {
     .build();
     let metrics = ctx.metrics.clone();
     let reply = to_json(&b.0);
+    let usage = b.1.clone();
     let scenario = api.play(|mut api| async move {
+        api.expect_usage(&usage).await;
         let patch = api.expect(Method::PATCH, BLOCK, 200, reply).await;
         assert_eq!(
             patch.body,
             json!({"metadata": {"annotations": {RELEASE_ANNOTATION: null}}})
         );
+        api.expect_usage_list(std::slice::from_ref(&usage)).await;
         api
     });
     let result = within(pass(&ctx, &mut Suspects::default(), Duration::ZERO)).await;
     scenario.finish(ctx).await;
     result.expect("pass");
     assert_eq!(metrics.gc_releases.get(), 1);
+}
+
+#[tokio::test]
+async fn a_pass_reads_every_page_of_usages() {
+    // The missing pod's allocation is on the second page of the live list.
+    let b = block(vec![allocation("10.0.0.1", "web", "web-uid")]);
+    let (ctx, api) = World {
+        nodes: vec![node("n1", None)],
+        ..World::default()
+    }
+    .with_claims(vec![b.clone()])
+    .build();
+    let usages = [b.1];
+    let scenario = api.play(|mut api| async move {
+        for _ in 0..2 {
+            api.expect_usage_page(&[], None, Some("page-2")).await;
+            api.expect_usage_page(&usages, Some("page-2"), None).await;
+        }
+        api.expect(
+            Method::GET,
+            "/api/v1/namespaces/default/pods/web",
+            200,
+            pod("web", "web-uid"),
+        )
+        .await;
+        api
+    });
+    let mut suspects = Suspects::default();
+    within(pass(&ctx, &mut suspects, Duration::ZERO))
+        .await
+        .expect("first pass");
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let result = within(pass(&ctx, &mut suspects, Duration::ZERO)).await;
+    scenario.finish(ctx).await;
+    result.expect("second pass");
 }

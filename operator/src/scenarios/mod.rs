@@ -34,6 +34,8 @@ type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 
 /// Namespace of the operator (and of the node agent DaemonSet) in these scenarios.
 pub const NAMESPACE: &str = "sinew-system";
+/// The usages' collection.
+pub const USAGES: &str = "/apis/sinew.dev/v1alpha1/ipblockusages";
 /// How long a test waits for any one step before it calls the operator stuck.
 const STEP: Duration = Duration::from_secs(10);
 
@@ -89,7 +91,16 @@ impl World {
             networks: store_of(self.networks),
             pools: store_of(self.pools),
             blocks: store_of(self.blocks),
-            usages: store_of(self.usages),
+            // As the operator's own cache holds them: counts, no allocations.
+            usages: store_of(
+                self.usages
+                    .into_iter()
+                    .map(|mut u| {
+                        crate::run::prune_usage(&mut u);
+                        u
+                    })
+                    .collect(),
+            ),
             pods: PodUids::fixed(self.pods),
             service_cidrs: store_of(Vec::new()),
             recorder: Recorder::new(
@@ -150,6 +161,37 @@ impl ApiServer {
     /// Takes the next request, which must be `method path`, and answers `code` with `reply`.
     pub async fn expect(&mut self, method: Method, path: &str, code: u16, reply: Value) -> Seen {
         self.expect_with(method, path, code, |_| reply).await
+    }
+
+    /// Takes the next request, which must read the usage of `usage`'s block live (the cache
+    /// holds counts only), and answers with it.
+    pub async fn expect_usage(&mut self, usage: &IPBlockUsage) {
+        let path = format!(
+            "{USAGES}/{}",
+            usage.metadata.name.as_deref().unwrap_or_default()
+        );
+        self.expect(Method::GET, &path, 200, to_json(usage)).await;
+    }
+
+    /// Takes the next request, which must be the GC's live list of usages (one page), and
+    /// answers with `usages`.
+    pub async fn expect_usage_list(&mut self, usages: &[IPBlockUsage]) {
+        self.expect_usage_page(usages, None, None).await;
+    }
+
+    /// Takes the next request, which must ask for the page of usages after `after` (a
+    /// continue token; `None`: the first), and answers with `usages` and `next`.
+    pub async fn expect_usage_page(
+        &mut self,
+        usages: &[IPBlockUsage],
+        after: Option<&str>,
+        next: Option<&str>,
+    ) {
+        let list = json!({"apiVersion": "sinew.dev/v1alpha1", "kind": "IPBlockUsageList",
+                          "metadata": {"resourceVersion": "7", "continue": next}, "items": usages});
+        let seen = self.expect(Method::GET, USAGES, 200, list).await;
+        assert_eq!(seen.query.get("limit").map(String::as_str), Some("200"));
+        assert_eq!(seen.query.get("continue").map(String::as_str), after);
     }
 
     /// Takes the next request, which must create an Event in `default` (where the events of

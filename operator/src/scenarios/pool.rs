@@ -12,14 +12,13 @@ use sinew_crds::{
     Allocation, IPBlock, IPBlockSpec, IPBlockUsage, IPBlockUsageSpec, IPBlockUsageStatus, IPPool,
 };
 
-use super::{World, deleted, node, not_found, pool_spec, ready_condition, to_json, within};
+use super::{USAGES, World, deleted, node, not_found, pool_spec, ready_condition, to_json, within};
 use crate::context::FINALIZER;
 use crate::pool::reconcile;
 
 const POOL: &str = "/apis/sinew.dev/v1alpha1/ippools/p";
 const POOL_STATUS: &str = "/apis/sinew.dev/v1alpha1/ippools/p/status";
 const BLOCKS: &str = "/apis/sinew.dev/v1alpha1/ipblocks";
-const USAGES: &str = "/apis/sinew.dev/v1alpha1/ipblockusages";
 
 fn pool(finalizers: &[&str]) -> IPPool {
     let mut p = IPPool::new("p", pool_spec("10.0.0.0/24"));
@@ -504,7 +503,10 @@ async fn a_departed_nodes_block_is_released_after_the_live_checks_with_an_event(
     .build();
     let metrics = ctx.metrics.clone();
     let reply = to_json(&p);
+    let usage = departed.1.clone();
     let scenario = api.play(|mut api| async move {
+        // The node cache says it is gone: its block's allocations are read live.
+        api.expect_usage(&usage).await;
         // The caches say the node and the pod are gone; the API server must say so too.
         api.expect(Method::GET, "/api/v1/nodes/gone", 404, not_found())
             .await;
@@ -543,18 +545,16 @@ async fn a_departed_nodes_block_is_released_after_the_live_checks_with_an_event(
 #[tokio::test]
 async fn a_departed_nodes_block_is_kept_when_the_node_is_back_live() {
     let p = pool(&[FINALIZER]);
+    let departed = block(0, "gone", vec![allocation("10.0.0.1", "web-1", "dead")]);
     let (ctx, api) = World {
         pools: vec![p.clone()],
         ..World::default()
     }
-    .with_claims(vec![block(
-        0,
-        "gone",
-        vec![allocation("10.0.0.1", "web-1", "dead")],
-    )])
+    .with_claims(vec![departed.clone()])
     .build();
     let reply = to_json(&p);
     let scenario = api.play(|mut api| async move {
+        api.expect_usage(&departed.1).await;
         // The node cache is behind: the node is back.
         api.expect(
             Method::GET,

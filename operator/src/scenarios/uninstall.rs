@@ -10,12 +10,11 @@ use sinew_crds::{
     Allocation, IPBlock, IPBlockSpec, IPBlockUsage, IPBlockUsageSpec, IPBlockUsageStatus, IPPool,
 };
 
-use super::{World, deleted, pool_spec, within};
+use super::{USAGES, World, deleted, pool_spec, within};
 use crate::uninstall::{Error, uninstall_polling};
 
 const POOLS: &str = "/apis/sinew.dev/v1alpha1/ippools";
 const BLOCKS: &str = "/apis/sinew.dev/v1alpha1/ipblocks";
-const USAGES: &str = "/apis/sinew.dev/v1alpha1/ipblockusages";
 const NETWORKS: &str = "/apis/sinew.dev/v1alpha1/clusternetworks";
 const PODS: &str = "/api/v1/pods";
 
