@@ -3,7 +3,7 @@
 //! Every pass diffs desired against actual state, so stale entries (departed peers, released
 //! blocks, a changed mode) are removed and nothing foreign is ever changed.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use sinew_crds::{Cidr, Family};
@@ -147,6 +147,75 @@ fn route_key(r: &Route) -> (IpAddr, u8, Option<IpAddr>, Option<u32>, bool) {
     (r.dst, r.prefix, r.gateway, r.oif, r.onlink)
 }
 
+/// What an apply left in the kernel: sinew's peer routes, neighbour and FDB entries, the
+/// prefixes of routes sinew does not own, and the devices they hang on. The passes between
+/// full comparisons change only what their plan changes (decision 97).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Programmed {
+    routes: BTreeMap<(IpAddr, u8), Route>,
+    /// Prefixes of the main table's routes sinew does not own, at the last full comparison.
+    foreign: BTreeSet<(IpAddr, u8)>,
+    neighbors: BTreeMap<IpAddr, [u8; 6]>,
+    fdb: BTreeMap<[u8; 6], IpAddr>,
+    /// The underlay's and the VXLAN device's interface indexes.
+    devices: (u32, Option<u32>),
+}
+
+impl Programmed {
+    /// What `plan` asks of the kernel (pure): its routes, except where a route sinew does not
+    /// own (`foreign`) has the prefix, and, with a VXLAN device, its neighbours and FDB.
+    fn wanted(
+        plan: &Plan,
+        underlay: &Underlay,
+        vxlan: Option<&Link>,
+        foreign: BTreeSet<(IpAddr, u8)>,
+    ) -> Programmed {
+        let routes = plan
+            .routes
+            .iter()
+            .filter_map(|r| {
+                let (oif, onlink) = match r.path {
+                    PeerPath::Routed => (underlay.index, false),
+                    PeerPath::Vxlan => (vxlan?.index, true),
+                };
+                let route = Route {
+                    gateway: Some(r.via),
+                    oif: Some(oif),
+                    onlink,
+                    table: MAIN_TABLE,
+                    protocol: PEER_ROUTE_PROTOCOL,
+                    ..Route::new(r.dst.network(), r.dst.prefix_len())
+                };
+                Some(((route.dst, route.prefix), route))
+            })
+            .collect();
+        let (neighbors, fdb) = match vxlan {
+            Some(_) => (plan.neighbors.clone(), plan.fdb.clone()),
+            None => Default::default(),
+        };
+        Programmed {
+            routes,
+            foreign,
+            neighbors,
+            fdb,
+            devices: (underlay.index, vxlan.map(|v| v.index)),
+        }
+    }
+
+    /// Routes wanted but not added: a route sinew does not own has the prefix (the node
+    /// checks report it as a RouteConflict, naming it). Adding would replace it.
+    fn skipped(&self) -> impl Iterator<Item = &(IpAddr, u8)> {
+        self.routes.keys().filter(|k| self.foreign.contains(k))
+    }
+
+    fn added(&self) -> impl Iterator<Item = &Route> {
+        self.routes
+            .iter()
+            .filter(|(k, _)| !self.foreign.contains(k))
+            .map(|(_, r)| r)
+    }
+}
+
 /// What one pass changed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Changes {
@@ -156,38 +225,15 @@ pub struct Changes {
     pub skipped: usize,
 }
 
-/// Programs the plan: peer routes, then the VXLAN neighbour and FDB entries.
+/// Programs the plan, comparing it with the whole kernel: peer routes, then the VXLAN
+/// neighbour and FDB entries. Returns what it changed and what the kernel now holds.
 pub fn apply(
     nl: &mut Netlink,
     plan: &Plan,
     underlay: &Underlay,
     vxlan: Option<&Link>,
-) -> Result<Changes, NetlinkError> {
+) -> Result<(Changes, Programmed), NetlinkError> {
     let mut changes = Changes::default();
-    let desired: Vec<Route> = plan
-        .routes
-        .iter()
-        .filter_map(|r| {
-            let (oif, onlink) = match r.path {
-                PeerPath::Routed => (underlay.index, false),
-                PeerPath::Vxlan => (vxlan?.index, true),
-            };
-            Some(Route {
-                dst: r.dst.network(),
-                prefix: r.dst.prefix_len(),
-                gateway: Some(r.via),
-                oif: Some(oif),
-                scope_link: false,
-                onlink,
-                table: MAIN_TABLE,
-                protocol: PEER_ROUTE_PROTOCOL,
-                mtu: None,
-                src: None,
-            })
-        })
-        .collect();
-    let wanted: BTreeSet<_> = desired.iter().map(route_key).collect();
-
     // Neighbours and FDB entries first, so a new VXLAN route never points at nothing. Only
     // what the kernel lacks is written: a pass with nothing to change costs two dumps, not a
     // request per peer.
@@ -240,28 +286,126 @@ pub fn apply(
             }
         }
     }
+    let programmed = Programmed::wanted(plan, underlay, vxlan, foreign);
+    changes.skipped = programmed.skipped().count();
     let have: BTreeSet<_> = existing.iter().map(route_key).collect();
-    for r in &desired {
-        // Adding replaces a route to the same prefix: never one sinew does not own (the
-        // node checks report it as a RouteConflict, naming it).
-        if foreign.contains(&(r.dst, r.prefix)) {
-            changes.skipped += 1;
-            continue;
-        }
+    for r in programmed.added() {
         if !have.contains(&route_key(r)) {
             nl.add_route(r)?;
             changes.added += 1;
         }
     }
-    let wanted_prefixes: BTreeSet<_> = desired.iter().map(|d| (d.dst, d.prefix)).collect();
+    let wanted: BTreeSet<_> = programmed.added().map(route_key).collect();
     for r in existing.iter().filter(|r| !wanted.contains(&route_key(r))) {
         // A mode switch replaces a route in place (same destination): already done above.
-        if !wanted_prefixes.contains(&(r.dst, r.prefix)) {
+        if !programmed.routes.contains_key(&(r.dst, r.prefix)) {
             nl.del_route(r)?;
             changes.removed += 1;
         }
     }
-    Ok(changes)
+    Ok((changes, programmed))
+}
+
+/// What turns one [`Programmed`] into another (pure): entries to write (new or changed; a
+/// write replaces) and entries to remove.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Diff<'a> {
+    neighbors: Vec<(IpAddr, [u8; 6])>,
+    neighbors_gone: Vec<IpAddr>,
+    fdb: Vec<([u8; 6], IpAddr)>,
+    fdb_gone: Vec<[u8; 6]>,
+    routes: Vec<&'a Route>,
+    routes_gone: Vec<&'a Route>,
+}
+
+fn diff<'a>(before: &'a Programmed, after: &'a Programmed) -> Diff<'a> {
+    let kept: BTreeMap<&(IpAddr, u8), &Route> = before
+        .routes
+        .iter()
+        .filter(|(k, _)| !before.foreign.contains(k))
+        .collect();
+    Diff {
+        neighbors: after
+            .neighbors
+            .iter()
+            .filter(|(ip, mac)| before.neighbors.get(ip) != Some(mac))
+            .map(|(ip, mac)| (*ip, *mac))
+            .collect(),
+        neighbors_gone: before
+            .neighbors
+            .keys()
+            .filter(|ip| !after.neighbors.contains_key(ip))
+            .copied()
+            .collect(),
+        fdb: after
+            .fdb
+            .iter()
+            .filter(|(mac, dst)| before.fdb.get(*mac) != Some(dst))
+            .map(|(mac, dst)| (*mac, *dst))
+            .collect(),
+        fdb_gone: before
+            .fdb
+            .keys()
+            .filter(|mac| !after.fdb.contains_key(*mac))
+            .copied()
+            .collect(),
+        routes: after
+            .added()
+            .filter(|r| kept.get(&(r.dst, r.prefix)) != Some(r))
+            .collect(),
+        // A route whose prefix is still wanted is replaced in place by the write.
+        routes_gone: kept
+            .into_iter()
+            .filter(|(k, _)| !after.routes.contains_key(k))
+            .map(|(_, r)| r)
+            .collect(),
+    }
+}
+
+/// Programs `plan` on top of what the last apply left (`before`), writing and removing only
+/// what differs: no dump of the kernel's thousands of routes, neighbours and FDB entries.
+/// Sound while nobody else changed those (the agent compares the whole kernel at each
+/// resync and after anyone else's change); where a device changed since, it compares the
+/// whole kernel at once.
+pub fn apply_changes(
+    nl: &mut Netlink,
+    before: &Programmed,
+    plan: &Plan,
+    underlay: &Underlay,
+    vxlan: Option<&Link>,
+) -> Result<(Changes, Programmed), NetlinkError> {
+    if before.devices != (underlay.index, vxlan.map(|v| v.index)) {
+        return apply(nl, plan, underlay, vxlan);
+    }
+    let after = Programmed::wanted(plan, underlay, vxlan, before.foreign.clone());
+    let d = diff(before, &after);
+    let mut changes = Changes {
+        skipped: after.skipped().count(),
+        ..Changes::default()
+    };
+    if let Some(vx) = vxlan {
+        for ip in &d.neighbors_gone {
+            nl.del_neighbor(vx.index, *ip)?;
+        }
+        for (ip, mac) in &d.neighbors {
+            nl.add_neighbor(vx.index, *ip, *mac)?;
+        }
+        for mac in &d.fdb_gone {
+            nl.del_fdb(vx.index, *mac)?;
+        }
+        for (mac, dst) in &d.fdb {
+            nl.add_fdb(vx.index, *mac, *dst)?;
+        }
+    }
+    for r in &d.routes {
+        nl.add_route(r)?;
+    }
+    for r in &d.routes_gone {
+        nl.del_route(r)?;
+    }
+    changes.added = d.neighbors.len() + d.fdb.len() + d.routes.len();
+    changes.removed = d.neighbors_gone.len() + d.fdb_gone.len() + d.routes_gone.len();
+    Ok((changes, after))
 }
 
 /// Removes every peer route and the VXLAN device (node clean-up).
@@ -295,6 +439,91 @@ mod tests {
     }
 
     const MAC: [u8; 6] = [0x0a, 1, 2, 3, 4, 5];
+
+    /// A plan of `routes` (block, gateway, path), each gateway a VXLAN neighbour and FDB
+    /// entry when the path is VXLAN.
+    fn plan(routes: &[(&str, &str, PeerPath)]) -> Plan {
+        let mut p = Plan::default();
+        for (i, (dst, via, path)) in routes.iter().enumerate() {
+            let via: IpAddr = via.parse().unwrap();
+            p.routes.push(crate::peers::PeerRoute {
+                dst: dst.parse().unwrap(),
+                via,
+                path: *path,
+                peer: format!("n{i}"),
+            });
+            if *path == PeerPath::Vxlan {
+                let mac = [0x0a, 0, 0, 0, 0, i as u8];
+                p.neighbors.insert(via, mac);
+                p.fdb
+                    .insert(mac, format!("10.99.0.{}", 20 + i).parse().unwrap());
+            }
+        }
+        p
+    }
+
+    fn programmed(p: &Plan, foreign: &[(&str, u8)]) -> Programmed {
+        let foreign = foreign
+            .iter()
+            .map(|(ip, len)| (ip.parse().unwrap(), *len))
+            .collect();
+        Programmed::wanted(
+            p,
+            &underlay(),
+            Some(&device(4096, 4789, "10.99.0.10", 2)),
+            foreign,
+        )
+    }
+
+    #[test]
+    fn a_pass_between_full_ones_writes_and_removes_only_what_its_plan_changed() {
+        use PeerPath::{Routed, Vxlan};
+        let before = programmed(
+            &plan(&[
+                ("10.1.0.0/26", "10.99.0.11", Routed),
+                ("10.1.0.64/26", "169.254.1.2", Vxlan),
+                ("10.1.0.128/26", "169.254.1.3", Vxlan),
+            ]),
+            &[],
+        );
+        assert_eq!(diff(&before, &before), Diff::default(), "nothing changed");
+        // A new block; a mode switch of the first (same prefix, now over VXLAN); the third
+        // peer gone.
+        let after = programmed(
+            &plan(&[
+                ("10.1.0.0/26", "169.254.1.1", Vxlan),
+                ("10.1.0.64/26", "169.254.1.2", Vxlan),
+                ("10.1.0.192/26", "10.99.0.14", Routed),
+            ]),
+            &[],
+        );
+        let d = diff(&before, &after);
+        let dsts = |rs: &[&Route]| rs.iter().map(|r| r.dst.to_string()).collect::<Vec<_>>();
+        assert_eq!(dsts(&d.routes), ["10.1.0.0", "10.1.0.192"]);
+        assert_eq!(
+            dsts(&d.routes_gone),
+            ["10.1.0.128"],
+            "the switched route is replaced in place"
+        );
+        assert_eq!(
+            d.neighbors,
+            [("169.254.1.1".parse().unwrap(), [0x0a, 0, 0, 0, 0, 0])]
+        );
+        assert_eq!(d.neighbors_gone, ["169.254.1.3".parse::<IpAddr>().unwrap()]);
+        assert_eq!(d.fdb.len(), 1);
+        assert_eq!(d.fdb_gone, [[0x0a, 0, 0, 0, 0, 2]]);
+    }
+
+    #[test]
+    fn a_route_sinew_does_not_own_is_never_replaced_between_full_passes() {
+        let p = plan(&[("10.1.0.0/26", "10.99.0.11", PeerPath::Routed)]);
+        let before = programmed(&Plan::default(), &[("10.1.0.0", 26)]);
+        let after = programmed(&p, &[("10.1.0.0", 26)]);
+        assert_eq!(after.skipped().count(), 1);
+        assert_eq!(diff(&before, &after), Diff::default());
+        // Nor removed when sinew stops wanting the prefix.
+        assert_eq!(diff(&after, &before), Diff::default());
+    }
 
     fn device(vni: u32, port: u16, local: &str, link: u32) -> Link {
         Link {

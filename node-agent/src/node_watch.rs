@@ -1,10 +1,12 @@
 //! Wakes a pass within two seconds when the node changes under the agent: a link, address,
-//! route or rule (rtnetlink notifications), a file in the CNI configuration directory, or a
+//! route or rule someone else changed (rtnetlink notifications; the agent's own changes are
+//! told apart by the port of the socket that made them), a file in the CNI configuration directory, or a
 //! forwarding setting. Passes run the node checks, so a leftover bridge, a foreign conflist
 //! or forwarding turned off is named in seconds rather than at the next resync (10 s). At
 //! most one wake-up per round, so a burst of changes (pods starting) costs one pass.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
@@ -24,6 +26,9 @@ pub struct Watched {
 #[derive(Clone)]
 pub struct NodeWatch {
     watched: Arc<Mutex<Watched>>,
+    /// Someone other than this agent changed the kernel's network configuration since
+    /// [`NodeWatch::take_kernel_changed`] last looked.
+    kernel_changed: Arc<AtomicBool>,
 }
 
 type Listing = Vec<(String, u64, Option<SystemTime>)>;
@@ -52,8 +57,10 @@ impl NodeWatch {
         let kernel = KernelWatch::new()?;
         let sentinel = NodeWatch {
             watched: Arc::new(Mutex::new(Watched::default())),
+            kernel_changed: Arc::new(AtomicBool::new(true)),
         };
         let watched = sentinel.watched.clone();
+        let kernel_changed = sentinel.kernel_changed.clone();
         std::thread::Builder::new()
             .name("sinew-sentinel".into())
             .spawn(move || {
@@ -64,7 +71,12 @@ impl NodeWatch {
                         .lock()
                         .unwrap_or_else(PoisonError::into_inner)
                         .clone();
-                    let mut changed = kernel.changed().unwrap_or(false);
+                    // The agent's own changes (its peer routes) wake nothing: the pass that
+                    // made them knows them. An unreadable socket counts as someone else's.
+                    let mut changed = kernel.changed().map_or(true, |c| c.by_others);
+                    if changed {
+                        kernel_changed.store(true, Ordering::SeqCst);
+                    }
                     if let Some(dir) = &w.conf_dir {
                         let now = listing(dir);
                         changed |= last.as_ref().is_some_and(|(d, l)| d == dir && *l != now);
@@ -79,6 +91,12 @@ impl NodeWatch {
                 }
             })?;
         Ok(sentinel)
+    }
+
+    /// Whether someone other than this agent changed the kernel's links, addresses, routes
+    /// or rules since the last call (true at first): then a pass checks the kernel whole.
+    pub fn take_kernel_changed(&self) -> bool {
+        self.kernel_changed.swap(false, Ordering::SeqCst)
     }
 
     /// Sets what to watch (each pass).

@@ -78,6 +78,9 @@ pub(crate) fn prune_usage(usage: &mut IPBlockUsage) {
     }
 }
 
+/// Usages per page of the cache's (re-)list: 100 at about 30 allocations each.
+const USAGE_LIST_PAGE: u32 = 100;
+
 /// The cache of `IPBlockUsage`s, and the pools whose usage changed, each named only once the
 /// cache holds the change (a trigger of its own could come first and count stale usage).
 fn usages(
@@ -88,7 +91,8 @@ fn usages(
 ) {
     let (store, writer) = reflector::store();
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let stream = watcher(api, watcher::Config::default())
+    // Listed in small pages: a page arrives with its allocations, which are dropped at once.
+    let stream = watcher(api, watcher::Config::default().page_size(USAGE_LIST_PAGE))
         .default_backoff()
         .modify(prune_usage)
         .reflect(writer);

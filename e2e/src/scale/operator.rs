@@ -97,7 +97,10 @@ fn spawn(cp: &ControlPlane, log: &str) -> Result<Supervised, BoxError> {
         .env("SINEW_NODE_IMAGE", "sinew-node:bench")
         .env("SINEW_METRICS_ADDR", "127.0.0.1:0")
         .env("SINEW_PROBE_ADDR", "127.0.0.1:0")
-        .env("SINEW_LOG", "info");
+        .env(
+            "SINEW_LOG",
+            std::env::var("SINEW_LOG").unwrap_or_else(|_| "info".into()),
+        );
     Ok(Supervised::spawn(
         "sinew-operator",
         cmd,
@@ -129,7 +132,13 @@ async fn status_change(
     while start.elapsed() < CHANGE_WITHIN {
         let p = pools.get(name).await?;
         if p.status.as_ref().and_then(field) != before {
-            return Ok(Some(start.elapsed()));
+            let took = start.elapsed();
+            eprintln!(
+                "[scale] {name}: status changed in {} ms (at {})",
+                took.as_millis(),
+                k8s_openapi::jiff::Timestamp::now()
+            );
+            return Ok(Some(took));
         }
         operator.keep_running()?;
         tokio::time::sleep(Duration::from_millis(5)).await;

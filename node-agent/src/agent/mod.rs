@@ -105,6 +105,9 @@ struct PassMemory {
     /// Release requests refused because the pod's sandbox runs here (address, generation):
     /// said once, not every pass.
     leaks_kept: BTreeSet<(String, u64)>,
+    /// What the last apply left in the kernel (`None`: unknown, the next pass compares the
+    /// whole kernel).
+    programmed: Option<datapath::Programmed>,
     /// Reverse-path verdicts of peers' blocks (a bounded number asked per pass).
     reverse: reverse::ReverseChecks,
     /// What the probes read of peers' reports, parsed once per version of each Node.
@@ -231,7 +234,7 @@ impl Agent {
             let due = last_full.elapsed() >= self.settings.resync;
             if woke || requested || due {
                 self.metrics.passes.inc();
-                if let Err(e) = self.pass().await {
+                if let Err(e) = self.pass(due).await {
                     self.metrics.pass_failed(e.label());
                     warn!(node = %self.node(), kind = e.label(), error = %e, "pass failed; retrying");
                 }
@@ -296,12 +299,14 @@ impl Agent {
     /// `StepFailed` problem, and the pass-failure metric): peers are programmed before any
     /// block is claimed, one pool's claim trouble leaves the others alone, and a failed
     /// netlink call, NAT, forwarding or file write holds back only what depends on it.
-    pub async fn pass(&mut self) -> Result<()> {
+    /// A `resync` pass compares the whole kernel with what it wants, whatever else says so.
+    pub async fn pass(&mut self, resync: bool) -> Result<()> {
         let Some(network) = self.cluster.network() else {
             debug!("no ClusterNetwork yet");
             return Ok(());
         };
         if network.metadata.deletion_timestamp.is_some() {
+            self.memory.programmed = None;
             if let Some(mesh) = &self.mesh {
                 mesh.set_targets(Vec::new());
             }
@@ -366,8 +371,21 @@ impl Agent {
                 problems.extend(sysctls::loosen_rp_filter(&sys, device, drops));
             }
         }
-        let programmed = match datapath::apply(&mut nl, plan, &local.underlay, vxlan.as_ref()) {
-            Ok(changes) => {
+        // The whole kernel is compared at each resync, after anyone else changed the node's
+        // network and after a failed apply; in between, a pass writes what its plan changed.
+        let kernel_changed = self
+            .node_watch
+            .as_ref()
+            .is_none_or(NodeWatch::take_kernel_changed);
+        let applied = match self.memory.programmed.take() {
+            Some(before) if !resync && !kernel_changed => {
+                datapath::apply_changes(&mut nl, &before, plan, &local.underlay, vxlan.as_ref())
+            }
+            _ => datapath::apply(&mut nl, plan, &local.underlay, vxlan.as_ref()),
+        };
+        let programmed = match applied {
+            Ok((changes, kept)) => {
+                self.memory.programmed = Some(kept);
                 if changes.added + changes.removed + changes.skipped > 0 {
                     info!(node = %self.node(), added = changes.added, removed = changes.removed, skipped = changes.skipped, routes = plan.routes.len(), "peers programmed");
                 }

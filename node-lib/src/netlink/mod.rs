@@ -14,8 +14,10 @@
 //! [`NetlinkError::Kernel`] with the errno and, where the kernel gives one, its extended
 //! error message.
 
+use std::collections::VecDeque;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::{Mutex, PoisonError};
 
 use netlink_packet_core::{
     NLM_F_ACK, NLM_F_ACK_TLVS, NLM_F_CAPPED, NLM_F_DUMP, NLM_F_REQUEST, NetlinkBuffer,
@@ -148,13 +150,42 @@ fn unspecified(family: Family) -> IpAddr {
 /// error messages and short error replies (best effort); the failing syscall with its error.
 pub(crate) fn connected(protocol: isize) -> std::result::Result<Socket, (&'static str, io::Error)> {
     let mut socket = Socket::new(protocol).map_err(|e| ("socket", e))?;
-    socket.bind_auto().map_err(|e| ("bind", e))?;
+    let bound = socket.bind_auto().map_err(|e| ("bind", e))?;
+    if protocol == NETLINK_ROUTE {
+        remember_port(bound.port_number());
+    }
     socket
         .connect(&SocketAddr::new(0, 0))
         .map_err(|e| ("connect", e))?;
     let _ = socket.set_ext_ack(true);
     let _ = socket.set_cap_ack(true);
     Ok(socket)
+}
+
+/// Port IDs of this process's latest rtnetlink sockets. The kernel's notification of a change
+/// carries the port ID of the socket that asked for it, so a watch can tell the changes this
+/// process made from everyone else's ([`made_here`]).
+static OWN_PORTS: Mutex<VecDeque<u32>> = Mutex::new(VecDeque::new());
+/// How many of this process's latest socket port IDs are remembered (a socket may be closed
+/// before the watch reads the notifications of its changes).
+const OWN_PORTS_KEPT: usize = 64;
+
+fn remember_port(port: u32) {
+    let mut ports = OWN_PORTS.lock().unwrap_or_else(PoisonError::into_inner);
+    if ports.len() == OWN_PORTS_KEPT {
+        ports.pop_front();
+    }
+    ports.push_back(port);
+}
+
+/// Whether a notification from port `port` reports a change this process made through one
+/// of its latest rtnetlink sockets (port 0 is the kernel's own: never).
+pub fn made_here(port: u32) -> bool {
+    port != 0
+        && OWN_PORTS
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(&port)
 }
 
 /// A blocking rtnetlink (`NETLINK_ROUTE`) socket bound to one network namespace.
