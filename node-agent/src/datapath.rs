@@ -1,7 +1,8 @@
 //! Applies a [`Plan`] to the kernel through netlink, touching only what sinew owns: routes with
 //! protocol [`PEER_ROUTE_PROTOCOL`], the [`VXLAN_DEVICE`] and its neighbour and FDB entries.
-//! Every pass diffs desired against actual state, so stale entries (departed peers, released
-//! blocks, a changed mode) are removed and nothing foreign is ever changed.
+//! A full pass diffs desired against actual state, so stale entries (departed peers, released
+//! blocks, a changed mode) are removed and nothing foreign is ever changed; the passes between
+//! full ones diff desired against what the last one left (decision 98).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -149,7 +150,7 @@ fn route_key(r: &Route) -> (IpAddr, u8, Option<IpAddr>, Option<u32>, bool) {
 
 /// What an apply left in the kernel: sinew's peer routes, neighbour and FDB entries, the
 /// prefixes of routes sinew does not own, and the devices they hang on. The passes between
-/// full comparisons change only what their plan changes (decision 97).
+/// full comparisons change only what their plan changes (decision 98).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Programmed {
     routes: BTreeMap<(IpAddr, u8), Route>,

@@ -217,12 +217,6 @@ async fn run(s: Settings) -> anyhow::Result<()> {
     Agent::start(s, client).await.run().await
 }
 
-/// The daemons allocate through mimalloc, not the C library's allocator: the images are
-/// static musl builds, and musl's allocator is slow under many short-lived allocations
-/// (decision 97).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     // Unknown flags, bad numbers and --help/--version end here, with clap's message.
     let args = Args::parse();

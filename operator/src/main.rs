@@ -196,12 +196,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
     result
 }
 
-/// The daemons allocate through mimalloc, not the C library's allocator: the images are
-/// static musl builds, and musl's allocator is slow under many short-lived allocations
-/// (decision 97).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     // Unknown flags, bad numbers and --help/--version end here, with clap's message.
     let args = Args::parse();

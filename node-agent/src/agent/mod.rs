@@ -108,6 +108,8 @@ struct PassMemory {
     /// What the last apply left in the kernel (`None`: unknown, the next pass compares the
     /// whole kernel).
     programmed: Option<datapath::Programmed>,
+    /// The routes the node checks saw (all but sinew's peer routes) at the last full look.
+    observed_routes: Option<Vec<sinew_node_lib::netlink::RouteEntry>>,
     /// Reverse-path verdicts of peers' blocks (a bounded number asked per pass).
     reverse: reverse::ReverseChecks,
     /// What the probes read of peers' reports, parsed once per version of each Node.
@@ -377,8 +379,9 @@ impl Agent {
             .node_watch
             .as_ref()
             .is_none_or(NodeWatch::take_kernel_changed);
+        let full = resync || kernel_changed || self.memory.programmed.is_none();
         let applied = match self.memory.programmed.take() {
-            Some(before) if !resync && !kernel_changed => {
+            Some(before) if !full => {
                 datapath::apply_changes(&mut nl, &before, plan, &local.underlay, vxlan.as_ref())
             }
             _ => datapath::apply(&mut nl, plan, &local.underlay, vxlan.as_ref()),
@@ -514,7 +517,7 @@ impl Agent {
         };
         let ready = install.is_some();
         self.metrics.set_ready(ready);
-        problems.extend(self.diagnose(&mut nl, install.as_ref(), &pools));
+        problems.extend(self.diagnose(&mut nl, install.as_ref(), &pools, full));
         if let Some(mesh) = &self.mesh {
             problems.extend(mesh.problems());
         }
@@ -1071,18 +1074,25 @@ impl Agent {
 
     /// The node checks (see `diagnose`); sinew's own dangling veths are removed once they
     /// dangled for the grace period. A node that cannot be observed is logged, not failed.
+    /// A `full` pass looks at every route again; the others at those the last full one saw
+    /// (only someone else changes them, which makes the next pass full: decision 98).
     fn diagnose(
         &mut self,
         nl: &mut Netlink,
         install: Option<&InstallReport>,
         pools: &PoolView,
+        full: bool,
     ) -> Vec<Problem> {
         let mut problems: Vec<Problem> = install
             .and_then(diagnose::conflist_shadowed)
             .into_iter()
             .collect();
-        let seen = match observe::observe(nl, &self.store()) {
-            Ok(seen) => seen,
+        let kept = self.memory.observed_routes.take().filter(|_| !full);
+        let seen = match observe::observe(nl, &self.store(), kept) {
+            Ok(seen) => {
+                self.memory.observed_routes = Some(seen.routes.clone());
+                seen
+            }
             Err(e) => {
                 warn!(node = %self.node(), error = %e, "cannot observe the node for its checks");
                 return problems;
