@@ -313,7 +313,10 @@ pub struct InstallerSettings {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tolerations: Vec<Toleration>,
 
-    /// Resource requests and limits of the agent container.
+    /// Resource requests and limits of the agent container. Default: requests of 50m CPU and
+    /// 64Mi memory, no limit (with NetworkPolicy on, an agent's memory grows with the
+    /// cluster's pods, 1 to 4 KiB each, and an agent killed for memory stops programming its
+    /// node).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
 }

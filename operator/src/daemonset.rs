@@ -54,7 +54,10 @@ pub fn render(
     let mut tolerations = vec![json!({"operator": "Exists"})];
     tolerations.extend(spec.installer.tolerations.iter().map(|t| json!(t)));
     let resources = spec.installer.resources.clone().map_or_else(
-        || json!({"requests": {"cpu": "50m", "memory": "32Mi"}, "limits": {"memory": "128Mi"}}),
+        // No memory limit (decision 99): with NetworkPolicy on, an agent holds every pod of
+        // the cluster (about 230 MiB at 150,000 pods), and one killed for memory stops
+        // programming its node.
+        || json!({"requests": {"cpu": "50m", "memory": "64Mi"}}),
         |r| json!(r),
     );
     let host_path = |name: &str, path: &str| json!({"name": name, "hostPath": {"path": path, "type": "DirectoryOrCreate"}});
