@@ -77,10 +77,7 @@ impl Context {
             })
             .collect()
     }
-}
 
-/// Reconcile failures, one variant per step, so a failure says where it happened.
-impl Context {
     /// The usage of `block` read live, allocations included, if one agreeing with the block
     /// is written (the cache holds counts only).
     pub async fn live_usage(&self, block: &IPBlock) -> Result<Option<IPBlockUsageStatus>, Error> {
@@ -93,6 +90,7 @@ impl Context {
     }
 }
 
+/// Reconcile failures, one variant per step, so a failure says where it happened.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("API request failed: {0}")]
