@@ -72,9 +72,11 @@ impl NodeWatch {
                         .unwrap_or_else(PoisonError::into_inner)
                         .clone();
                     // The agent's own changes (its peer routes) wake nothing: the pass that
-                    // made them knows them. An unreadable socket counts as someone else's.
-                    let mut changed = kernel.changed().map_or(true, |c| c.by_others);
-                    if changed {
+                    // made them knows them. An unreadable socket wakes nothing either (as
+                    // before), but the next pass compares the whole kernel.
+                    let kernel_now = kernel.changed();
+                    let mut changed = kernel_now.as_ref().is_ok_and(|c| c.by_others);
+                    if changed || kernel_now.is_err() {
                         kernel_changed.store(true, Ordering::SeqCst);
                     }
                     if let Some(dir) = &w.conf_dir {

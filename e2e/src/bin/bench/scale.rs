@@ -184,7 +184,6 @@ pub fn table(s: &Scale, m: &Measured) -> String {
             format!("{:.1}", secs(slowest)),
             "",
         );
-
         row(
             &format!(
                 "agent start to its node ready (conflist written), each agent (s; not ready: not within {} s of its routes)",
@@ -204,7 +203,6 @@ pub fn table(s: &Scale, m: &Measured) -> String {
             format!("**{:.1}** / {:.1}", mib(max(&a.rss).0), mib(max(&a.rss).1)),
             "< 48",
         );
-
         row(
             &format!(
                 "NetworkPolicy turned on to each agent's first policy table applied (s; the wait: {} s)",
