@@ -155,18 +155,52 @@ pub fn trusted_vtep_macs(nodes: &[NodeInfo]) -> (BTreeMap<String, [u8; 6]>, Vec<
     (trusted, conflicts)
 }
 
+/// The nodes a plan reads, sorted by name, each with the VTEP MAC it may be given
+/// ([`trusted_vtep_macs`]): worked out once per change of the nodes, not once per pass.
+#[derive(Debug, Default)]
+pub struct Nodes {
+    pub list: Vec<NodeInfo>,
+    /// Beside `list`: each node's trusted VTEP MAC.
+    macs: Vec<Option<[u8; 6]>>,
+    vtep_conflicts: Vec<String>,
+}
+
+impl Nodes {
+    pub fn new(mut list: Vec<NodeInfo>) -> Nodes {
+        list.sort_by(|a, b| a.name.cmp(&b.name));
+        let (trusted, vtep_conflicts) = trusted_vtep_macs(&list);
+        let macs = list.iter().map(|n| trusted.get(&n.name).copied()).collect();
+        Nodes {
+            list,
+            macs,
+            vtep_conflicts,
+        }
+    }
+
+    /// Node `name`, and the VTEP MAC it may be given.
+    pub fn find(&self, name: &str) -> Option<(&NodeInfo, Option<[u8; 6]>)> {
+        let i = self
+            .list
+            .binary_search_by(|n| n.name.as_str().cmp(name))
+            .ok()?;
+        Some((self.list.get(i)?, *self.macs.get(i)?))
+    }
+
+    pub fn get(&self, name: &str) -> Option<&NodeInfo> {
+        self.find(name).map(|(node, _)| node)
+    }
+}
+
 /// Computes the plan for node `me` whose underlay subnet is `underlay`.
 pub fn plan(
     me: &str,
     underlay: &Cidr,
-    nodes: &[NodeInfo],
+    nodes: &Nodes,
     blocks: &[BlockInfo],
     modes: &BTreeMap<String, PoolMode>,
 ) -> Plan {
-    let by_name: BTreeMap<&str, &NodeInfo> = nodes.iter().map(|n| (n.name.as_str(), n)).collect();
-    let (macs, vtep_conflicts) = trusted_vtep_macs(nodes);
     let mut plan = Plan {
-        vtep_conflicts,
+        vtep_conflicts: nodes.vtep_conflicts.clone(),
         ..Plan::default()
     };
     let mut problems = BTreeSet::new();
@@ -174,7 +208,7 @@ pub fn plan(
         let Some(mode) = modes.get(&block.pool) else {
             continue;
         };
-        let Some(peer) = by_name.get(block.node.as_str()) else {
+        let Some((peer, trusted_mac)) = nodes.find(&block.node) else {
             problems.insert(format!(
                 "block {} belongs to unknown node {}",
                 block.cidr, block.node
@@ -198,7 +232,7 @@ pub fn plan(
         let via = match path {
             PeerPath::Routed => peer.ip,
             PeerPath::Vxlan => {
-                let Some(&mac) = macs.get(&peer.name) else {
+                let Some(mac) = trusted_mac else {
                     if peer.vtep_mac.is_none() {
                         problems
                             .insert(format!("node {} has not published its VTEP yet", peer.name));
@@ -327,9 +361,27 @@ mod tests {
     }
 
     #[test]
+    fn nodes_are_found_by_name_in_any_order_with_the_mac_each_may_have() {
+        let (_, n, _) = setup();
+        let mut unsorted: Vec<NodeInfo> = n.iter().rev().cloned().collect();
+        // c (first now) publishes b's MAC.
+        unsorted[0].vtep_mac = unsorted[1].vtep_mac;
+        let nodes = Nodes::new(unsorted);
+        for peer in &n {
+            assert_eq!(nodes.get(&peer.name).map(|p| p.ip), Some(peer.ip));
+        }
+        assert_eq!(nodes.get("d"), None);
+        let mac = |name| nodes.find(name).and_then(|(_, mac)| mac);
+        assert_eq!(mac("a"), n[0].vtep_mac);
+        assert_eq!(mac("b"), None, "b and c publish one MAC");
+        assert_eq!(mac("c"), None);
+        assert_eq!(mac("d"), None);
+    }
+
+    #[test]
     fn auto_routes_same_subnet_peers_and_tunnels_the_rest() {
         let (u, n, b) = setup();
-        let p = plan("a", &u, &n, &b, &modes(PoolMode::Auto));
+        let p = plan("a", &u, &Nodes::new(n.clone()), &b, &modes(PoolMode::Auto));
         let paths: Vec<(String, PeerPath)> = p
             .routes
             .iter()
@@ -354,9 +406,15 @@ mod tests {
     #[test]
     fn vxlan_and_routed_modes_are_uniform() {
         let (u, n, b) = setup();
-        let v = plan("a", &u, &n, &b, &modes(PoolMode::Vxlan));
+        let v = plan("a", &u, &Nodes::new(n.clone()), &b, &modes(PoolMode::Vxlan));
         assert!(v.routes.iter().all(|r| r.path == PeerPath::Vxlan));
-        let r = plan("a", &u, &n, &b, &modes(PoolMode::Routed));
+        let r = plan(
+            "a",
+            &u,
+            &Nodes::new(n.clone()),
+            &b,
+            &modes(PoolMode::Routed),
+        );
         assert!(
             r.routes
                 .iter()
@@ -373,7 +431,7 @@ mod tests {
     fn peers_without_a_vtep_are_reported_not_guessed() {
         let (u, mut n, b) = setup();
         n[2].vtep_mac = None;
-        let p = plan("a", &u, &n, &b, &modes(PoolMode::Vxlan));
+        let p = plan("a", &u, &Nodes::new(n.clone()), &b, &modes(PoolMode::Vxlan));
         assert!(p.routes.iter().all(|r| r.peer != "c"));
         assert_eq!(
             p.problems,
@@ -391,14 +449,20 @@ mod tests {
         for node in &mut n {
             node.vtep_mac = Some(sinew_node_lib::consts::vtep_mac(&node.name));
         }
-        let honest = plan("a", &u, &n, &b, &modes(PoolMode::Vxlan));
+        let honest = plan("a", &u, &Nodes::new(n.clone()), &b, &modes(PoolMode::Vxlan));
         assert!(honest.vtep_conflicts.is_empty());
         assert_eq!(honest.fdb.len(), 2);
 
         // c claims b's MAC: b keeps it, c gets nothing.
         let mut hijack = n.clone();
         hijack[2].vtep_mac = hijack[1].vtep_mac;
-        let p = plan("a", &u, &hijack, &b, &modes(PoolMode::Vxlan));
+        let p = plan(
+            "a",
+            &u,
+            &Nodes::new(hijack.clone()),
+            &b,
+            &modes(PoolMode::Vxlan),
+        );
         assert!(p.routes.iter().all(|r| r.peer != "c"), "{:?}", p.routes);
         assert_eq!(p.fdb.values().collect::<Vec<_>>(), vec![&hijack[1].ip]);
         assert_eq!(p.vtep_conflicts.len(), 1, "{:?}", p.vtep_conflicts);
@@ -407,7 +471,13 @@ mod tests {
         let mut cloned = n.clone();
         cloned[1].vtep_mac = Some([0x02, 0x42, 0, 0, 0, 9]);
         cloned[2].vtep_mac = Some([0x02, 0x42, 0, 0, 0, 9]);
-        let p = plan("a", &u, &cloned, &b, &modes(PoolMode::Vxlan));
+        let p = plan(
+            "a",
+            &u,
+            &Nodes::new(cloned.clone()),
+            &b,
+            &modes(PoolMode::Vxlan),
+        );
         assert!(p.fdb.is_empty(), "{:?}", p.fdb);
         assert!(
             p.vtep_conflicts[0].contains("b, c"),
@@ -418,7 +488,13 @@ mod tests {
         let mut zero = n.clone();
         zero[2].vtep_mac = Some([0; 6]);
         zero[1].vtep_mac = Some([0x03, 0, 0, 0, 0, 1]);
-        let p = plan("a", &u, &zero, &b, &modes(PoolMode::Vxlan));
+        let p = plan(
+            "a",
+            &u,
+            &Nodes::new(zero.clone()),
+            &b,
+            &modes(PoolMode::Vxlan),
+        );
         assert!(p.fdb.is_empty(), "{:?}", p.fdb);
         assert_eq!(p.vtep_conflicts.len(), 2);
     }
@@ -432,17 +508,17 @@ mod tests {
         let nodes = vec![node("a", "192.168.10.1", 1), node("b", "192.168.10.2", 2)];
         let mut blocks = vec![block("10.244.0.64/26", "b", "p")];
         let mut modes = BTreeMap::from([("p".to_string(), PoolMode::Auto)]);
-        let p = plan("a", &u, &nodes, &blocks, &modes);
+        let p = plan("a", &u, &Nodes::new(nodes.clone()), &blocks, &modes);
         assert!(
             !paths_mixed("a", &u, &nodes, &blocks, &modes, &p),
             "one mode"
         );
         blocks.push(block("10.245.0.0/26", "a", "zone"));
         modes.insert("zone".into(), PoolMode::Vxlan);
-        let p = plan("a", &u, &nodes, &blocks, &modes);
+        let p = plan("a", &u, &Nodes::new(nodes.clone()), &blocks, &modes);
         assert!(p.routes.iter().all(|r| r.path == PeerPath::Routed));
         assert!(paths_mixed("a", &u, &nodes, &blocks, &modes, &p));
-        let p = plan("b", &u, &nodes, &blocks, &modes);
+        let p = plan("b", &u, &Nodes::new(nodes.clone()), &blocks, &modes);
         assert!(paths_mixed("b", &u, &nodes, &blocks, &modes, &p));
     }
 
@@ -452,7 +528,7 @@ mod tests {
     fn one_auto_pool_over_two_subnets_is_not_mixed() {
         let (u, n, b) = setup();
         let modes = modes(PoolMode::Auto);
-        let p = plan("a", &u, &n, &b, &modes);
+        let p = plan("a", &u, &Nodes::new(n.clone()), &b, &modes);
         let paths: BTreeSet<PeerPath> = p.routes.iter().map(|r| r.path).collect();
         assert_eq!(paths.len(), 2, "both paths are in use: {:?}", p.routes);
         assert!(!paths_mixed("a", &u, &n, &b, &modes, &p));
@@ -461,7 +537,7 @@ mod tests {
         b.push(block("10.245.0.0/26", "b", "tunnelled"));
         let mut modes = modes;
         modes.insert("tunnelled".into(), PoolMode::Vxlan);
-        let p = plan("a", &u, &n, &b, &modes);
+        let p = plan("a", &u, &Nodes::new(n.clone()), &b, &modes);
         assert!(paths_mixed("a", &u, &n, &b, &modes, &p));
     }
 

@@ -22,7 +22,7 @@ use sinew_node_lib::consts::VXLAN_DEVICE;
 use sinew_node_lib::icmp::{self, Outcome, Probe};
 use tokio::sync::Notify;
 
-use crate::peers::{BlockInfo, NodeInfo, PeerPath, Plan};
+use crate::peers::{BlockInfo, Nodes, PeerPath, Plan};
 
 /// How often a round of probes leaves.
 const ROUND_EVERY: Duration = Duration::from_secs(2);
@@ -101,17 +101,16 @@ pub fn targets(
     plan: &Plan,
     blocks: &[BlockInfo],
     pod_mtus: &BTreeMap<String, u32>,
-    peers: &[NodeInfo],
+    peers: &Nodes,
     peer_underlay_mtus: &BTreeMap<String, u32>,
     pod_addresses: &PodAddresses<'_>,
 ) -> Vec<Target> {
     let family = |ip: &&IpAddr| Family::of(**ip) == Family::of(src);
     // Looked up per route: thousands of peers and blocks in a large cluster.
-    let peers: BTreeMap<&str, &NodeInfo> = peers.iter().map(|p| (p.name.as_str(), p)).collect();
     let pools: BTreeMap<_, &str> = blocks.iter().map(|b| (b.cidr, b.pool.as_str())).collect();
     let mut out: BTreeMap<(String, PeerPath), Target> = BTreeMap::new();
     for route in &plan.routes {
-        let Some(peer) = peers.get(route.peer.as_str()) else {
+        let Some(peer) = peers.get(&route.peer) else {
             continue;
         };
         let Some(mtu) = pools.get(&route.dst).and_then(|pool| pod_mtus.get(*pool)) else {
@@ -588,6 +587,7 @@ fn problem(target: &Target, health: Option<&Health>) -> Option<Problem> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::peers::NodeInfo;
 
     fn target(path: PeerPath, peer_mtu: Option<u32>) -> Target {
         Target {
@@ -723,11 +723,11 @@ mod tests {
             pool: "p".into(),
         }];
         let mtus = BTreeMap::from([("p".to_string(), 1500)]);
-        let peers = [NodeInfo {
+        let peers = Nodes::new(vec![NodeInfo {
             name: "b".into(),
             ip: "10.99.0.11".parse().unwrap(),
             vtep_mac: None,
-        }];
+        }]);
         let src = "10.99.0.10".parse().unwrap();
         let own = vec!["fd00::1".parse().unwrap(), "10.244.0.1".parse().unwrap()];
         let unknown = BTreeMap::new();

@@ -12,7 +12,7 @@
 //!   is the defence in depth for a compromised node or a policy that was not installed.
 
 use std::borrow::Borrow;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use k8s_openapi::jiff::Timestamp;
 use sinew_crds::interval::DisjointPrefixes;
@@ -128,8 +128,8 @@ pub fn blocks(
     candidates.sort_by(|a, b| a.0.cmp(&b.0));
     let mut trusted: Vec<BlockInfo> = Vec::new();
     // The trusted blocks are disjoint: an overlap is two lookups, not a scan.
-    let mut held: DisjointPrefixes<String> = DisjointPrefixes::default();
-    let mut per_node_pool: BTreeMap<(&str, &str), usize> = BTreeMap::new();
+    let mut held: DisjointPrefixes<&str> = DisjointPrefixes::default();
+    let mut per_node_pool: HashMap<(&str, &str), usize> = HashMap::new();
     let mut problems = Vec::new();
     for (_, block) in candidates {
         let name = block.metadata.name.as_deref().unwrap_or_default();
@@ -167,7 +167,7 @@ pub fn blocks(
             )),
             None => {
                 *count += 1;
-                held.insert(cidr, block.spec.node.clone());
+                held.insert(cidr, &block.spec.node);
                 trusted.push(BlockInfo {
                     cidr,
                     node: block.spec.node.clone(),

@@ -138,6 +138,7 @@ pub async fn run(
                 notify: node_changed.clone(),
                 fingerprint: Arc::new(sinew_runtime::watch::node_fingerprint),
                 received: None,
+                changes: None,
             }),
         ),
         networks: reflect(

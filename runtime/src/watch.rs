@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hasher};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, NodeStatus};
@@ -49,6 +50,25 @@ pub struct Wake<K> {
     pub fingerprint: Fingerprint<K>,
     /// Counts every object the watch delivers (what this daemon receives of the kind).
     pub received: Option<prometheus_client::metrics::counter::Counter>,
+    /// Counts the wake-ups, each once the store holds its change (see [`Changes`]).
+    pub changes: Option<Changes>,
+}
+
+/// How many times a store changed in what its fingerprint covers (or may have: a watch
+/// error counts too). A reader that remembers the count it derived something from knows the
+/// derivation still holds while the count is the same. Read the count before the store: a
+/// change that lands in between then only makes the next look derive again.
+#[derive(Debug, Clone, Default)]
+pub struct Changes(Arc<AtomicU64>);
+
+impl Changes {
+    pub fn count(&self) -> u64 {
+        self.0.load(Ordering::Acquire)
+    }
+
+    fn bump(&self) {
+        self.0.fetch_add(1, Ordering::Release);
+    }
 }
 
 /// Spawns a reflector for `api` (default back-off) whose objects go through `prune` before
@@ -95,6 +115,9 @@ where
                 }
             };
             if wakes && let Some(w) = &wake {
+                if let Some(changes) = &w.changes {
+                    changes.bump();
+                }
                 w.notify.notify_one();
             }
         }

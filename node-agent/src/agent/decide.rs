@@ -2,6 +2,7 @@
 //! that needs loose reverse-path filtering), and the node state the plugin reads. No effect
 //! here: `mod.rs` reads the facts, calls these and carries the result out.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
@@ -14,7 +15,7 @@ use sinew_node_lib::consts::VXLAN_DEVICE;
 
 use crate::blocks;
 use crate::datapath::Underlay;
-use crate::peers::{self, BlockInfo, NodeInfo};
+use crate::peers::{self, BlockInfo};
 use crate::vetting::PoolFacts;
 
 /// One pass's view of pools and blocks, after the trust checks.
@@ -25,8 +26,8 @@ pub struct PoolView {
     pub selected: Vec<Arc<IPPool>>,
     /// Every judged pool, by name.
     pub facts: BTreeMap<String, PoolFacts>,
-    /// Every trusted block.
-    pub blocks: Vec<BlockInfo>,
+    /// Every trusted block (kept between passes while blocks and pools are unchanged).
+    pub blocks: Arc<[BlockInfo]>,
 }
 
 /// How this node reaches its peers' blocks.
@@ -40,20 +41,14 @@ pub struct Peering {
     pub loosen: Vec<(String, &'static str)>,
 }
 
-/// Every pool's blocks are routed on every node, whichever nodes the pool selects: a pod of
-/// one zone's pool is reachable from everywhere. The pools are those that select any peer
-/// (every Node, unless a peer selector narrows them: then `peers_only`, and blocks of Nodes
-/// outside it are another network's).
-pub fn peering<L: std::borrow::Borrow<BTreeMap<String, String>>>(
-    me: &str,
-    underlay: &Underlay,
+/// The mode of every pool that selects any node of `peer_labels` (every Node, unless a peer
+/// selector narrows them): every such pool's blocks are routed on every node, whichever nodes
+/// the pool selects, so that a pod of one zone's pool is reachable from everywhere.
+pub fn peer_modes<L: std::borrow::Borrow<BTreeMap<String, String>>>(
     pools: &[Arc<IPPool>],
     peer_labels: &[L],
-    peers: &[NodeInfo],
-    blocks: &[BlockInfo],
-    peers_only: bool,
-) -> Peering {
-    let modes: BTreeMap<String, PoolMode> = pools
+) -> BTreeMap<String, PoolMode> {
+    pools
         .iter()
         .filter(|p| {
             peer_labels.iter().any(|labels| {
@@ -61,13 +56,28 @@ pub fn peering<L: std::borrow::Borrow<BTreeMap<String, String>>>(
             })
         })
         .map(|p| (p.name_any(), p.spec.mode))
-        .collect();
-    let peer_names: BTreeSet<&str> = peers.iter().map(|p| p.name.as_str()).collect();
-    let routed: Vec<BlockInfo> = blocks
-        .iter()
-        .filter(|b| !peers_only || peer_names.contains(b.node.as_str()))
-        .cloned()
-        .collect();
+        .collect()
+}
+
+/// How this node reaches the blocks of pools in `modes` ([`peer_modes`]). With `peers_only`
+/// (a peer selector), blocks of Nodes outside it are another network's.
+pub fn peering(
+    me: &str,
+    underlay: &Underlay,
+    modes: BTreeMap<String, PoolMode>,
+    peers: &peers::Nodes,
+    blocks: &[BlockInfo],
+    peers_only: bool,
+) -> Peering {
+    let routed: Cow<[BlockInfo]> = if peers_only {
+        blocks
+            .iter()
+            .filter(|b| peers.get(&b.node).is_some())
+            .cloned()
+            .collect()
+    } else {
+        Cow::Borrowed(blocks)
+    };
     let plan = peers::plan(me, &underlay.subnet, peers, &routed, &modes);
     let mut loosen = Vec::new();
     if underlay.ip.is_ipv4() {
@@ -78,7 +88,7 @@ pub fn peering<L: std::borrow::Borrow<BTreeMap<String, String>>>(
         // Pools of different modes make the paths between two nodes asymmetric (the path is
         // the destination pool's): a reply may arrive on the underlay for a source this node
         // tunnels to, which strict reverse-path filtering drops (decision 85).
-        if peers::paths_mixed(me, &underlay.subnet, peers, &routed, &modes, &plan) {
+        if peers::paths_mixed(me, &underlay.subnet, &peers.list, &routed, &modes, &plan) {
             loosen.push((
                 underlay.name.clone(),
                 "pod traffic of pools in another mode, which returns over the other path",
@@ -201,6 +211,26 @@ mod tests {
             subnet: "192.168.10.0/24".parse().unwrap(),
             mtu: 1500,
         }
+    }
+
+    /// Modes and plan from the pools, the peers' labels and the peers, as a pass derives them.
+    fn peering(
+        me: &str,
+        underlay: &Underlay,
+        pools: &[Arc<IPPool>],
+        peer_labels: &[BTreeMap<String, String>],
+        peers: &[peers::NodeInfo],
+        blocks: &[BlockInfo],
+        peers_only: bool,
+    ) -> Peering {
+        super::peering(
+            me,
+            underlay,
+            peer_modes(pools, peer_labels),
+            &peers::Nodes::new(peers.to_vec()),
+            blocks,
+            peers_only,
+        )
     }
 
     fn labels(zone: &str) -> BTreeMap<String, String> {
@@ -338,7 +368,8 @@ mod tests {
                 block("10.1.0.64/26", "me", "usable"),
                 block("10.1.0.0/26", "me", "usable"),
                 block("10.1.0.128/26", "b", "usable"),
-            ],
+            ]
+            .into(),
         };
         let exhausted = BTreeSet::from(["usable".to_string()]);
         let st = node_state("me", None, &underlay(), &view, &exhausted);

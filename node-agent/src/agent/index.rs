@@ -16,7 +16,7 @@ use prometheus_client::metrics::counter::Counter;
 use sinew_crds::node::{NODE_STATE_ANNOTATION, NodeReport, POOL_ANNOTATION, VTEP_MAC_ANNOTATION};
 use sinew_crds::{CLUSTER_NETWORK_NAME, ClusterNetwork, IPBlock, IPPool, ReleaseRequest};
 use sinew_runtime::watch::{
-    Fingerprint, Wake, fingerprint, node_fingerprint, prune_meta, prune_node, reflect,
+    Changes, Fingerprint, Wake, fingerprint, node_fingerprint, prune_meta, prune_node, reflect,
 };
 use tokio::sync::Notify;
 
@@ -30,6 +30,45 @@ pub struct Cluster {
     pub blocks: Store<IPBlock>,
     pub networks: Store<ClusterNetwork>,
     pub namespaces: Store<PartialObjectMeta<Namespace>>,
+    /// How often the stores a pass derives its views from changed (see [`Derived`]).
+    pub changes: StoreChanges,
+}
+
+/// The change counts of the stores whose views a pass keeps between passes.
+#[derive(Debug, Clone, Default)]
+pub struct StoreChanges {
+    pub nodes: Changes,
+    pub pools: Changes,
+    pub blocks: Changes,
+}
+
+/// A value derived from cluster state, kept while the state it came from (`K`: the stores'
+/// change counts, and whatever else it was derived from) is the same: at 5,000 peers,
+/// deriving every view again each pass was most of a pass.
+#[derive(Debug)]
+pub struct Derived<K, V> {
+    from: Option<K>,
+    value: Option<V>,
+}
+
+impl<K, V> Default for Derived<K, V> {
+    fn default() -> Self {
+        Derived {
+            from: None,
+            value: None,
+        }
+    }
+}
+
+impl<K: PartialEq, V> Derived<K, V> {
+    /// The value derived from `from`: the kept one, or `derive()`'s (then kept).
+    pub fn get(&mut self, from: K, derive: impl FnOnce() -> V) -> &V {
+        if self.from.as_ref() != Some(&from) {
+            self.value = None;
+            self.from = Some(from);
+        }
+        self.value.get_or_insert_with(derive)
+    }
 }
 
 impl Cluster {
@@ -42,9 +81,16 @@ impl Cluster {
         metrics: &crate::http::Metrics,
     ) -> Cluster {
         let all = watcher::Config::default;
-        let wake = |resource: &str| (notify.clone(), metrics.watch_events(resource));
+        let changes = StoreChanges::default();
+        let wake = |resource: &str, changes: Option<&Changes>| {
+            (
+                notify.clone(),
+                metrics.watch_events(resource),
+                changes.cloned(),
+            )
+        };
         fn waking<K>(
-            (notify, received): (Arc<Notify>, Counter),
+            (notify, received, changes): (Arc<Notify>, Counter, Option<Changes>),
             fingerprint: impl Fn(&K) -> Option<u64> + Send + Sync + 'static,
         ) -> Option<Wake<K>> {
             let fingerprint: Fingerprint<K> = Arc::new(fingerprint);
@@ -52,6 +98,7 @@ impl Cluster {
                 notify,
                 fingerprint,
                 received: Some(received),
+                changes,
             })
         }
         Cluster {
@@ -62,35 +109,37 @@ impl Cluster {
                     None => all(),
                 },
                 prune_node,
-                waking(wake("nodes"), node_fingerprint),
+                waking(wake("nodes", Some(&changes.nodes)), node_fingerprint),
             ),
             pools: reflect(
                 Api::all(client.clone()),
                 all(),
                 prune_meta,
-                waking(wake("ippools"), pool_fingerprint),
+                waking(wake("ippools", Some(&changes.pools)), pool_fingerprint),
             ),
             blocks: reflect(
                 Api::all(client.clone()),
                 all(),
-                prune_meta,
-                waking(wake("ipblocks"), block_fingerprint),
+                prune_block,
+                waking(wake("ipblocks", Some(&changes.blocks)), block_fingerprint),
             ),
             networks: reflect(
                 Api::all(client.clone()),
                 all().fields(&format!("metadata.name={CLUSTER_NETWORK_NAME}")),
                 prune_meta,
-                waking(wake("clusternetworks"), network_fingerprint),
+                waking(wake("clusternetworks", None), network_fingerprint),
             ),
             // Metadata only (names and annotations): `Api<PartialObjectMeta<_>>` asks for no more.
             namespaces: reflect(
                 Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
                 all(),
                 prune_meta,
-                waking(wake("namespaces"), |ns: &PartialObjectMeta<Namespace>| {
-                    fingerprint(&ns.metadata, &())
-                }),
+                waking(
+                    wake("namespaces", None),
+                    |ns: &PartialObjectMeta<Namespace>| fingerprint(&ns.metadata, &()),
+                ),
             ),
+            changes,
         }
     }
 
@@ -158,11 +207,9 @@ impl Cluster {
             .collect()
     }
 
-    /// What the NAT table is made of: every pool's CIDR and `natOutgoing`, and every node
-    /// address (who may send VXLAN here).
-    pub fn nat_inputs(&self) -> (Vec<nat::NatPool>, Vec<IpAddr>) {
-        let pools = self
-            .pools
+    /// Every pool's CIDR and `natOutgoing`, for the NAT table.
+    pub fn nat_pools(&self) -> Vec<nat::NatPool> {
+        self.pools
             .state()
             .iter()
             .filter_map(|p| {
@@ -171,14 +218,7 @@ impl Cluster {
                     nat_outgoing: p.spec.nat_outgoing,
                 })
             })
-            .collect();
-        let nodes = self
-            .nodes
-            .state()
-            .iter()
-            .filter_map(|n| node_ip(n))
-            .collect();
-        (pools, nodes)
+            .collect()
     }
 
     /// Namespace -> the pools its `sinew.dev/ippool` annotation asks for.
@@ -272,6 +312,14 @@ impl PeerReports {
     }
 }
 
+/// Keeps of an `IPBlock` what a pass reads: not its labels (its node and pool again, for
+/// users' selectors) nor its managed fields. At 5,000 blocks the labels alone were 3 MiB of
+/// every agent's memory.
+fn prune_block(block: &mut IPBlock) {
+    prune_meta(block);
+    block.metadata.labels = None;
+}
+
 /// What a pass reads of a pool: metadata, spec, and of the status only whether the operator
 /// judged it and whether it stalled it for a conflict (`vetting::pools`); not the counts the
 /// operator rewrites after every allocation.
@@ -322,6 +370,29 @@ pub fn mac_string(mac: [u8; 6]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_view_is_derived_again_only_when_what_it_came_from_changed() {
+        let mut view: Derived<(u64, u64), String> = Derived::default();
+        let mut derived = 0;
+        let mut get = |from, value: &str| {
+            view.get(from, || {
+                derived += 1;
+                value.to_string()
+            })
+            .clone()
+        };
+        assert_eq!(get((0, 0), "first"), "first");
+        assert_eq!(get((0, 0), "second"), "first", "the same sources: kept");
+        assert_eq!(get((1, 0), "third"), "third", "a source changed");
+        assert_eq!(get((1, 0), "fourth"), "third");
+        assert_eq!(
+            get((0, 0), "fifth"),
+            "fifth",
+            "not a cache of every past state"
+        );
+        assert_eq!(derived, 3);
+    }
 
     #[test]
     fn a_blocks_claim_and_release_requests_wake_an_agent_and_nothing_else() {

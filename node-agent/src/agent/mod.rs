@@ -43,6 +43,7 @@ use sinew_crds::node::{
 };
 use sinew_crds::{
     Allocation, Cidr, ClusterNetwork, DropLogMode, Family, IPBlockUsageStatus, NetworkPolicyMode,
+    PoolMode,
 };
 use sinew_node_lib::consts::VXLAN_DEVICE;
 use sinew_node_lib::ipam;
@@ -67,8 +68,11 @@ use crate::vetting;
 use api::ApiWriter;
 use decide::PoolView;
 use error::{Error, Result};
-use index::{Cluster, mac_string, node_ip};
+use index::{Cluster, Derived, mac_string, node_ip};
 pub use settings::{ListenAddr, Settings};
+
+/// The trusted blocks, and a problem line per block refused ([`vetting::blocks`]).
+type VettedBlocks = (Arc<[peers::BlockInfo]>, Vec<Problem>);
 
 /// What the agent remembers between passes.
 #[derive(Default)]
@@ -114,6 +118,13 @@ struct PassMemory {
     reverse: reverse::ReverseChecks,
     /// What the probes read of peers' reports, parsed once per version of each Node.
     peer_reports: index::PeerReports,
+    /// The nodes' count of changes `peer_reports` was brought in line with.
+    peer_reports_at: Option<u64>,
+    /// Views of the watched stores, kept while what they came from is unchanged.
+    nodes: Derived<u64, Arc<peers::Nodes>>,
+    modes: Derived<(u64, u64), BTreeMap<String, PoolMode>>,
+    vetted: Derived<(u64, u64), VettedBlocks>,
+    peering: Derived<(u64, u64, u64, Underlay), Arc<decide::Peering>>,
 }
 
 pub struct Agent {
@@ -326,9 +337,23 @@ impl Agent {
         if !self.memory.pass_completed {
             self.repair_store_of_a_past_boot(&local).await?;
         }
+        // The change counts before the stores: a change in between derives again next pass.
+        let changes = &self.cluster.changes;
+        let (nodes_at, pools_at, blocks_at) = (
+            changes.nodes.count(),
+            changes.pools.count(),
+            changes.blocks.count(),
+        );
         let all = self.cluster.pools.state();
         let facts = vetting::pools(&all);
-        let (blocks, mut problems) = vetting::blocks(&self.cluster.blocks.state(), &facts);
+        let (blocks, mut problems) = self
+            .memory
+            .vetted
+            .get((pools_at, blocks_at), || {
+                let (blocks, problems) = vetting::blocks(&self.cluster.blocks.state(), &facts);
+                (blocks.into(), problems)
+            })
+            .clone();
         let pools = PoolView {
             selected: Cluster::selected_pools(&all, &local.labels),
             all,
@@ -338,17 +363,37 @@ impl Agent {
 
         let forwarding_on = self.ensure_forwarding(&pools, &local, &mut problems);
 
-        let peers = self.cluster.peers();
-        let nodes = self.cluster.nodes.state();
-        let peering = decide::peering(
-            self.node(),
-            &local.underlay,
-            &pools.all,
-            &nodes.iter().map(|n| n.labels()).collect::<Vec<_>>(),
-            &peers,
-            &pools.blocks,
-            self.settings.peer_selector.is_some(),
-        );
+        let peers = self
+            .memory
+            .nodes
+            .get(nodes_at, || {
+                Arc::new(peers::Nodes::new(self.cluster.peers()))
+            })
+            .clone();
+        let modes = self.memory.modes.get((nodes_at, pools_at), || {
+            let nodes = self.cluster.nodes.state();
+            decide::peer_modes(
+                &pools.all,
+                &nodes.iter().map(|n| n.labels()).collect::<Vec<_>>(),
+            )
+        });
+        let peering = self
+            .memory
+            .peering
+            .get(
+                (nodes_at, pools_at, blocks_at, local.underlay.clone()),
+                || {
+                    Arc::new(decide::peering(
+                        &self.settings.node_name,
+                        &local.underlay,
+                        modes.clone(),
+                        &peers,
+                        &pools.blocks,
+                        self.settings.peer_selector.is_some(),
+                    ))
+                },
+            )
+            .clone();
         let plan = &peering.plan;
         let mut nl = Netlink::new()?;
         let params = VxlanParams {
@@ -458,8 +503,11 @@ impl Agent {
                 Vec::new()
             }
         };
-        if self.mesh.is_some() {
-            self.memory.peer_reports.refresh(&nodes);
+        if self.mesh.is_some() && self.memory.peer_reports_at != Some(nodes_at) {
+            self.memory
+                .peer_reports
+                .refresh(&self.cluster.nodes.state());
+            self.memory.peer_reports_at = Some(nodes_at);
         }
         if let (Some(mesh), Some(state)) = (&self.mesh, &self.memory.node_state) {
             // Probed at the pod MTU the plugin hands out (the node state just stored).
@@ -482,7 +530,7 @@ impl Agent {
             ));
         }
 
-        if let Err(e) = self.apply_nft(params.port) {
+        if let Err(e) = self.apply_nft(params.port, &peers) {
             problems.push(Problem::new(
                 ProblemKind::NftablesFailed,
                 format!("natOutgoing, the VXLAN source filter and host ports are not applied: {e}"),
@@ -533,7 +581,7 @@ impl Agent {
             underlay: Some(local.underlay.subnet.to_string()),
             underlay_mtu: Some(local.underlay.mtu),
             install,
-            modes: peering.modes,
+            modes: peering.modes.clone(),
             tunnel: tunnel.into_iter().collect(),
             problems,
             cleaned_up: false,
@@ -745,7 +793,8 @@ impl Agent {
             self.settings.min_free,
         );
         problems.extend(plan.problems);
-        let taken = self.cluster.block_names();
+        // Every block name in the cluster, read only when a block is to be claimed.
+        let mut taken = None;
         for (name, need) in plan.needs {
             let BlockNeed::Block { free } = need else {
                 self.memory.exhausted.remove(&name);
@@ -757,7 +806,13 @@ impl Agent {
             let free = free as u64;
             match self
                 .api
-                .claim(&name, &fact.cidr, fact.block_size, &pools.blocks, &taken)
+                .claim(
+                    &name,
+                    &fact.cidr,
+                    fact.block_size,
+                    &pools.blocks,
+                    taken.get_or_insert_with(|| self.cluster.block_names()),
+                )
                 .await
             {
                 Ok(Some(block)) => {
@@ -989,11 +1044,15 @@ impl Agent {
     /// every node's address (who may send VXLAN here), with every pod's host ports from the
     /// IPAM store (read under its lock), over netlink in one batch; rewritten only when the
     /// declared table differs from the last one applied (compared as values) or is gone.
-    fn apply_nft(&mut self, vxlan_port: u16) -> std::result::Result<(), nat::NatError> {
-        let (pools, nodes) = self.cluster.nat_inputs();
+    fn apply_nft(
+        &mut self,
+        vxlan_port: u16,
+        nodes: &peers::Nodes,
+    ) -> std::result::Result<(), nat::NatError> {
+        let pools = self.cluster.nat_pools();
         let peers = nat::VxlanPeers {
             port: vxlan_port,
-            nodes,
+            nodes: nodes.list.iter().map(|n| n.ip).collect(),
         };
         let last = self.memory.nat.as_ref();
         let applied = nat::apply_with_store(
