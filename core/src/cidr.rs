@@ -255,18 +255,38 @@ impl Cidr {
     /// one prefix: `10-244-1-0-26`, or for IPv6 the eight fully written groups
     /// (`fd00-0000-…-0040-122`).
     pub fn object_name(&self) -> String {
+        let mut name = String::with_capacity(44);
+        // Writing to a String cannot fail.
+        let _ = self.write_object_name(&mut name);
+        name
+    }
+
+    /// Whether `name` is this prefix's [`object_name`](Cidr::object_name), compared as it
+    /// is written, without building it (a pass checks every block's name).
+    pub fn is_object_name(&self, name: &str) -> bool {
+        /// Takes what is written off the front of `rest`; fails at the first difference.
+        struct Prefix<'a>(&'a str);
+        impl fmt::Write for Prefix<'_> {
+            fn write_str(&mut self, s: &str) -> fmt::Result {
+                self.0 = self.0.strip_prefix(s).ok_or(fmt::Error)?;
+                Ok(())
+            }
+        }
+        let mut rest = Prefix(name);
+        self.write_object_name(&mut rest).is_ok() && rest.0.is_empty()
+    }
+
+    fn write_object_name(&self, out: &mut impl fmt::Write) -> fmt::Result {
         match self.network() {
             IpAddr::V4(a) => {
                 let o = a.octets();
-                format!("{}-{}-{}-{}-{}", o[0], o[1], o[2], o[3], self.prefix)
+                write!(out, "{}-{}-{}-{}-{}", o[0], o[1], o[2], o[3], self.prefix)
             }
             IpAddr::V6(a) => {
-                let mut name = String::with_capacity(44);
                 for g in a.segments() {
-                    name.push_str(&format!("{g:04x}-"));
+                    write!(out, "{g:04x}-")?;
                 }
-                name.push_str(&self.prefix.to_string());
-                name
+                write!(out, "{}", self.prefix)
             }
         }
     }
@@ -459,6 +479,17 @@ mod tests {
             c("fd00::40/122").object_name(),
             "fd00-0000-0000-0000-0000-0000-0000-0040-122"
         );
+        let block = c("10.244.1.64/26");
+        assert!(block.is_object_name("10-244-1-64-26"));
+        for other in [
+            "10-244-1-64-2",
+            "10-244-1-64-260",
+            "10-244-1-64",
+            "",
+            "10-244-1-64-26-",
+        ] {
+            assert!(!block.is_object_name(other), "{other}");
+        }
     }
 
     #[test]
@@ -574,6 +605,8 @@ mod tests {
         #[test]
         fn object_names_are_injective(a in any_cidr(), b in any_cidr()) {
             prop_assert_eq!(a.object_name() == b.object_name(), a == b);
+            prop_assert!(a.is_object_name(&a.object_name()));
+            prop_assert_eq!(a.is_object_name(&b.object_name()), a == b);
         }
     }
 }

@@ -19,7 +19,7 @@
 //! be unique per peer on the VXLAN device); for an IPv6 block it is the link-local address
 //! derived from the peer's VTEP MAC (EUI-64), so IPv6 pools work over an IPv4 underlay.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv6Addr};
 
 use sinew_crds::{Cidr, Family, Forwarding, PoolMode};
@@ -43,7 +43,7 @@ pub struct BlockInfo {
 }
 
 /// How a peer block is reached.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum PeerPath {
     Routed,
     Vxlan,
@@ -284,9 +284,14 @@ pub fn paths_mixed(
     modes: &BTreeMap<String, PoolMode>,
     plan: &Plan,
 ) -> bool {
-    let mut per_peer: BTreeMap<&str, BTreeSet<PeerPath>> = BTreeMap::new();
+    // Per peer, the paths taken (a bit each).
+    let bit = |path| match path {
+        PeerPath::Routed => 1u8,
+        PeerPath::Vxlan => 2,
+    };
+    let mut per_peer: HashMap<&str, u8> = HashMap::new();
     for r in plan.routes.iter().filter(|r| r.dst.family() == Family::V4) {
-        per_peer.entry(r.peer.as_str()).or_default().insert(r.path);
+        *per_peer.entry(r.peer.as_str()).or_default() |= bit(r.path);
     }
     for block in blocks
         .iter()
@@ -305,10 +310,10 @@ pub fn paths_mixed(
                 Forwarding::Vxlan => PeerPath::Vxlan,
                 Forwarding::Unreachable => continue,
             };
-            per_peer.entry(peer.name.as_str()).or_default().insert(path);
+            *per_peer.entry(peer.name.as_str()).or_default() |= bit(path);
         }
     }
-    per_peer.values().any(|paths| paths.len() > 1)
+    per_peer.values().any(|&paths| paths == 3)
 }
 
 /// Peers and blocks for tests, here and in the agent's decisions.

@@ -11,7 +11,7 @@
 //! The probing runs on its own thread; passes read the verdicts ([`Mesh::problems`]) and the
 //! thread wakes a pass whenever a verdict changes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
@@ -107,8 +107,8 @@ pub fn targets(
 ) -> Vec<Target> {
     let family = |ip: &&IpAddr| Family::of(**ip) == Family::of(src);
     // Looked up per route: thousands of peers and blocks in a large cluster.
-    let pools: BTreeMap<_, &str> = blocks.iter().map(|b| (b.cidr, b.pool.as_str())).collect();
-    let mut out: BTreeMap<(String, PeerPath), Target> = BTreeMap::new();
+    let pools: HashMap<_, &str> = blocks.iter().map(|b| (b.cidr, b.pool.as_str())).collect();
+    let mut out: BTreeMap<(&str, PeerPath), Target> = BTreeMap::new();
     for route in &plan.routes {
         let Some(peer) = peers.get(&route.peer) else {
             continue;
@@ -117,7 +117,7 @@ pub fn targets(
             continue;
         };
         let t = out
-            .entry((peer.name.clone(), route.path))
+            .entry((peer.name.as_str(), route.path))
             .or_insert_with(|| Target {
                 peer: peer.name.clone(),
                 ip: peer.ip,

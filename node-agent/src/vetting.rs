@@ -91,7 +91,7 @@ pub fn pools(pools: &[impl Borrow<IPPool>]) -> BTreeMap<String, PoolFacts> {
 /// Why `block` cannot be trusted, if it cannot.
 fn distrust(block: &IPBlock, cidr: &Cidr, pools: &BTreeMap<String, PoolFacts>) -> Option<String> {
     let name = block.metadata.name.as_deref().unwrap_or_default();
-    if name != cidr.object_name() {
+    if !cidr.is_object_name(name) {
         return Some(format!(
             "its name is not the canonical {} of {cidr}",
             cidr.object_name()

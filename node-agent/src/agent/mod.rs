@@ -646,7 +646,7 @@ impl Agent {
             peers::PeerPath::Routed => (local.underlay.index, local.underlay.name.clone()),
             peers::PeerPath::Vxlan => (vxlan.index, vxlan.name.clone()),
         };
-        let mut seen = BTreeSet::new();
+        let mut seen = std::collections::HashSet::new();
         let pairs: Vec<(reverse::Pair, Cidr)> = plan
             .routes
             .iter()

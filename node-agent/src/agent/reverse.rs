@@ -6,7 +6,7 @@
 //! settings read forgets every verdict, so the first pass after it already names up to
 //! `BUDGET` dropped peers, and all of them within `pairs / BUDGET` passes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use sinew_crds::Cidr;
 
@@ -42,7 +42,7 @@ impl ReverseChecks {
             self.verdicts.clear();
             self.settings = settings;
         }
-        let current: BTreeMap<&Pair, &Cidr> = pairs.iter().map(|(p, c)| (p, c)).collect();
+        let current: HashMap<&Pair, &Cidr> = pairs.iter().map(|(p, c)| (p, c)).collect();
         self.verdicts
             .retain(|pair, (block, _)| current.get(pair) == Some(&&*block));
         let mut ask: Vec<(Pair, Cidr)> = pairs

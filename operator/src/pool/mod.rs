@@ -80,17 +80,15 @@ pub async fn reconcile(pool: Arc<IPPool>, ctx: Arc<Context>) -> Result<Action, E
     );
     // Counts alone are paced: every agent receives every write of a pool's status.
     let now = std::time::Instant::now();
-    if let Some(old) = &pool.status
-        && pacing::only_counts_differ(old, &st)
-        && let Some(wait) = ctx.status_writes.wait(&name, now)
+    if let Some(wait) = ctx
+        .status_writes
+        .wait(&name, pool.status.as_ref(), &st, now)
     {
         return Ok(Action::requeue(wait));
     }
-    let changed = pool.status.as_ref() != Some(&st);
     write_status(&pool, &ctx, &st).await?;
-    if changed {
-        ctx.status_writes.wrote(&name, now);
-    }
+    ctx.status_writes
+        .wrote(&name, pool.status.as_ref(), &st, now);
     Ok(Action::requeue(Duration::from_secs(if waiting {
         3
     } else {

@@ -1,9 +1,10 @@
-//! How often a pool's status may change for its counts alone (decision 95). Every agent
-//! watches every `IPPool` (it reads the spec and the operator's judgement), so each status
-//! write is an event to every node. A write that changes only counts (addresses and blocks in
-//! use, and the condition messages that quote them) goes out at once after a quiet spell and
-//! then at most once per [`COUNTS_INTERVAL`] per pool; any other change (a condition's status or
-//! reason, the mode plan, a spec edit's observed generation) goes out at once.
+//! How often a pool's status may change for its counts alone (decisions 95 and 101). Every
+//! agent watches every `IPPool` (it reads the spec and the operator's judgement), so each
+//! status write is an event to every node. A write that changes only counts (addresses and
+//! blocks in use, and the condition messages that quote them) goes out at once when the
+//! pool's last such write is [`COUNTS_INTERVAL`] old, else when it is; any other change (a
+//! condition's status or reason, the mode plan, a spec edit's observed generation) goes out
+//! at once, and holds back no count that follows it.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -33,22 +34,35 @@ pub fn only_counts_differ(old: &IPPoolStatus, new: &IPPoolStatus) -> bool {
     old != new && without_counts(old) == without_counts(new)
 }
 
-/// When each pool's status was last written.
+/// When each pool's status was last written for its counts alone.
 #[derive(Debug, Default)]
 pub struct StatusWrites(Mutex<BTreeMap<String, Instant>>);
 
 impl StatusWrites {
-    /// How long a counts-only write of `pool` must wait at `now` (`None`: it goes now).
-    pub fn wait(&self, pool: &str, now: Instant) -> Option<Duration> {
+    /// How long writing `new` over `old` must wait at `now` (`None`: it goes now). Only a
+    /// write that changes counts alone waits, and only for the pool's last such write: a spec
+    /// edit or a condition that turned is news, and holds back no count that follows it.
+    pub fn wait(
+        &self,
+        pool: &str,
+        old: Option<&IPPoolStatus>,
+        new: &IPPoolStatus,
+        now: Instant,
+    ) -> Option<Duration> {
+        if !old.is_some_and(|old| only_counts_differ(old, new)) {
+            return None;
+        }
         let last = *self.0.lock().ok()?.get(pool)?;
         COUNTS_INTERVAL
             .checked_sub(now.saturating_duration_since(last))
             .filter(|d| !d.is_zero())
     }
 
-    /// Records a write of `pool`'s status at `now`.
-    pub fn wrote(&self, pool: &str, now: Instant) {
-        if let Ok(mut all) = self.0.lock() {
+    /// Records that `new` was written over `old` at `now`.
+    pub fn wrote(&self, pool: &str, old: Option<&IPPoolStatus>, new: &IPPoolStatus, now: Instant) {
+        if old.is_some_and(|old| only_counts_differ(old, new))
+            && let Ok(mut all) = self.0.lock()
+        {
             all.insert(pool.to_string(), now);
         }
     }
@@ -113,14 +127,59 @@ mod tests {
     #[test]
     fn a_counts_only_write_goes_at_once_after_a_quiet_spell_then_waits() {
         let writes = StatusWrites::default();
+        let (three, four, five) = (
+            status(3, false, "AddressesAvailable"),
+            status(4, false, "AddressesAvailable"),
+            status(5, false, "AddressesAvailable"),
+        );
         let t0 = Instant::now();
-        assert_eq!(writes.wait("p", t0), None, "never written");
-        writes.wrote("p", t0);
         assert_eq!(
-            writes.wait("p", t0 + Duration::from_secs(2)),
+            writes.wait("p", Some(&three), &four, t0),
+            None,
+            "never written"
+        );
+        writes.wrote("p", Some(&three), &four, t0);
+        let t2 = t0 + Duration::from_secs(2);
+        assert_eq!(
+            writes.wait("p", Some(&four), &five, t2),
             Some(Duration::from_secs(3))
         );
-        assert_eq!(writes.wait("p", t0 + COUNTS_INTERVAL), None);
-        assert_eq!(writes.wait("q", t0), None, "per pool");
+        assert_eq!(
+            writes.wait("p", Some(&four), &five, t0 + COUNTS_INTERVAL),
+            None
+        );
+        assert_eq!(writes.wait("q", Some(&four), &five, t2), None, "per pool");
+        let turned = status(13, true, "NearlyExhausted");
+        assert_eq!(
+            writes.wait("p", Some(&four), &turned, t2),
+            None,
+            "news waits for nothing"
+        );
+        assert_eq!(
+            writes.wait("p", None, &four, t2),
+            None,
+            "a first status is news"
+        );
+    }
+
+    #[test]
+    fn a_spec_edit_holds_back_no_count_that_follows_it() {
+        let writes = StatusWrites::default();
+        let before = status(3, false, "AddressesAvailable");
+        let mut edited = before.clone();
+        edited.observed_generation = Some(2);
+        let t0 = Instant::now();
+        writes.wrote("p", Some(&before), &edited, t0);
+        let mut counted = edited.clone();
+        counted.allocated = Some(4);
+        assert_eq!(
+            writes.wait(
+                "p",
+                Some(&edited),
+                &counted,
+                t0 + Duration::from_millis(100)
+            ),
+            None
+        );
     }
 }
