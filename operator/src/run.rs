@@ -132,7 +132,7 @@ pub async fn run(
         settings: settings.clone(),
         nodes: sinew_runtime::watch::reflect(
             Api::<Node>::all(client.clone()),
-            watcher::Config::default(),
+            watcher::Config::default().page_size(sinew_runtime::watch::NODE_LIST_PAGE),
             sinew_runtime::watch::prune_node,
             Some(Wake {
                 notify: node_changed.clone(),

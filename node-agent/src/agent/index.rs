@@ -16,7 +16,8 @@ use prometheus_client::metrics::counter::Counter;
 use sinew_crds::node::{NODE_STATE_ANNOTATION, NodeReport, POOL_ANNOTATION, VTEP_MAC_ANNOTATION};
 use sinew_crds::{CLUSTER_NETWORK_NAME, ClusterNetwork, IPBlock, IPPool, ReleaseRequest};
 use sinew_runtime::watch::{
-    Changes, Fingerprint, Wake, fingerprint, node_fingerprint, prune_meta, prune_node, reflect,
+    Changes, Fingerprint, NODE_LIST_PAGE, Wake, fingerprint, node_fingerprint, prune_meta,
+    prune_node, reflect,
 };
 use tokio::sync::Notify;
 
@@ -107,7 +108,8 @@ impl Cluster {
                 match peer_selector {
                     Some(selector) => all().labels(selector),
                     None => all(),
-                },
+                }
+                .page_size(NODE_LIST_PAGE),
                 prune_node,
                 waking(wake("nodes", Some(&changes.nodes)), node_fingerprint),
             ),
