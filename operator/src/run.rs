@@ -1,7 +1,7 @@
 //! Wiring: reflectors for the objects the reconcilers read, and the two controllers.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::DaemonSet;
@@ -98,19 +98,33 @@ fn usages(
         .reflect(writer);
     tokio::spawn(async move {
         futures::pin_mut!(stream);
-        while let Some(event) = stream.next().await {
-            let touched = match event {
-                Ok(watcher::Event::Apply(u) | watcher::Event::Delete(u)) => Some(u),
-                Ok(_) => None,
-                Err(e) => {
-                    warn!(error = %e, "watch of ipblockusages failed; retrying");
-                    None
+        let mut triggers = crate::pool::pacing::UsageTriggers::default();
+        loop {
+            let due = triggers.next_due();
+            // (Evaluated with the branch disabled too, never awaited then.)
+            let wake = tokio::time::Instant::from_std(due.unwrap_or_else(Instant::now));
+            let pools = tokio::select! {
+                event = stream.next() => {
+                    let Some(event) = event else { break };
+                    match event {
+                        Ok(watcher::Event::Apply(u) | watcher::Event::Delete(u)) => triggers
+                            .changed(&u.spec.pool, Instant::now())
+                            .then(|| u.spec.pool.clone())
+                            .into_iter()
+                            .collect(),
+                        Ok(_) => Vec::new(),
+                        Err(e) => {
+                            warn!(error = %e, "watch of ipblockusages failed; retrying");
+                            Vec::new()
+                        }
+                    }
                 }
+                () = tokio::time::sleep_until(wake), if due.is_some() => triggers.due(Instant::now()),
             };
-            if let Some(u) = touched
-                && tx.send(ObjectRef::new(&u.spec.pool)).is_err()
-            {
-                break;
+            for pool in pools {
+                if tx.send(ObjectRef::new(&pool)).is_err() {
+                    return;
+                }
             }
         }
     });

@@ -75,6 +75,62 @@ impl StatusWrites {
     }
 }
 
+/// Which pools to reconcile because their usages changed: each pool at once after a quiet
+/// spell, then at most once per [`COUNTS_INTERVAL`], the changes in between in one reconcile
+/// at the end of the interval. At 100 pod starts and stops per second, reconciling a pool for
+/// every usage write kept the operator busy for seconds after the churn, and a spec edit
+/// queued behind that (pure: the caller's clock).
+#[derive(Debug, Default)]
+pub struct UsageTriggers {
+    /// When each pool was last named.
+    named: BTreeMap<String, Instant>,
+    /// Pools whose usage changed since, and when they are due.
+    pending: BTreeMap<String, Instant>,
+}
+
+impl UsageTriggers {
+    /// A usage of `pool` changed at `now`: whether to reconcile it now (else it is due later).
+    pub fn changed(&mut self, pool: &str, now: Instant) -> bool {
+        if self.pending.contains_key(pool) {
+            return false;
+        }
+        match self.named.get(pool) {
+            Some(&last) if now.saturating_duration_since(last) < COUNTS_INTERVAL => {
+                self.pending
+                    .insert(pool.to_string(), last + COUNTS_INTERVAL);
+                false
+            }
+            _ => {
+                self.named.insert(pool.to_string(), now);
+                true
+            }
+        }
+    }
+
+    /// When the next pending pool is due.
+    pub fn next_due(&self) -> Option<Instant> {
+        self.pending.values().min().copied()
+    }
+
+    /// The pools due at `now`, named now.
+    pub fn due(&mut self, now: Instant) -> Vec<String> {
+        let due: Vec<String> = self
+            .pending
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(pool, _)| pool.clone())
+            .collect();
+        for pool in &due {
+            self.pending.remove(pool);
+            self.named.insert(pool.clone(), now);
+        }
+        // Pools quiet for an interval need no memory.
+        self.named
+            .retain(|_, last| now.saturating_duration_since(*last) < COUNTS_INTERVAL);
+        due
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -181,5 +237,26 @@ mod tests {
             ),
             None
         );
+    }
+
+    #[test]
+    fn usage_changes_name_a_pool_at_once_then_once_per_interval_and_none_is_lost() {
+        let mut triggers = UsageTriggers::default();
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        assert!(triggers.changed("p", t0), "after a quiet spell: at once");
+        assert!(triggers.changed("q", at(10)), "per pool");
+        assert!(!triggers.changed("p", at(100)));
+        assert!(!triggers.changed("p", at(200)), "one reconcile for both");
+        assert_eq!(triggers.next_due(), Some(t0 + COUNTS_INTERVAL));
+        assert!(triggers.due(at(4_999)).is_empty());
+        assert_eq!(triggers.due(t0 + COUNTS_INTERVAL), ["p"]);
+        assert_eq!(triggers.next_due(), None);
+        assert!(
+            !triggers.changed("p", at(6_000)),
+            "named at 5 s: the next waits"
+        );
+        assert_eq!(triggers.due(at(10_000)), ["p"]);
+        assert!(triggers.changed("p", at(15_001)), "quiet again");
     }
 }
