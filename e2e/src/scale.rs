@@ -139,6 +139,9 @@ async fn measure(cp: &ControlPlane, scale: Scale) -> Result<Measured, BoxError> 
     // wait for the operator's judgement again).
     if scale.agents > 0 {
         m.agents = Some(agents::measure(cp, &client, &scale, &mut nodes, &mut operator).await?);
+        // The churn's counts go out paced, up to 5 s behind (decision 101): a change is timed
+        // once they are out, in a quiet cluster.
+        tokio::time::sleep(Duration::from_secs(10)).await;
     }
     operator::changes(&client, &scale, &mut nodes, &mut operator, &mut m.operator).await?;
     // The most seen: a restarted operator's VmHWM starts again.

@@ -359,6 +359,17 @@ mod tests {
         (underlay, nodes, blocks)
     }
 
+    /// The plan from the peers as a list (indexed as a pass indexes them).
+    fn plan(
+        me: &str,
+        underlay: &Cidr,
+        nodes: &[NodeInfo],
+        blocks: &[BlockInfo],
+        modes: &BTreeMap<String, PoolMode>,
+    ) -> Plan {
+        super::plan(me, underlay, &Nodes::new(nodes.to_vec()), blocks, modes)
+    }
+
     fn modes(m: PoolMode) -> BTreeMap<String, PoolMode> {
         [("p".to_string(), m), ("p6".to_string(), m)]
             .into_iter()
@@ -386,7 +397,7 @@ mod tests {
     #[test]
     fn auto_routes_same_subnet_peers_and_tunnels_the_rest() {
         let (u, n, b) = setup();
-        let p = plan("a", &u, &Nodes::new(n.clone()), &b, &modes(PoolMode::Auto));
+        let p = plan("a", &u, &n, &b, &modes(PoolMode::Auto));
         let paths: Vec<(String, PeerPath)> = p
             .routes
             .iter()
@@ -411,15 +422,9 @@ mod tests {
     #[test]
     fn vxlan_and_routed_modes_are_uniform() {
         let (u, n, b) = setup();
-        let v = plan("a", &u, &Nodes::new(n.clone()), &b, &modes(PoolMode::Vxlan));
+        let v = plan("a", &u, &n, &b, &modes(PoolMode::Vxlan));
         assert!(v.routes.iter().all(|r| r.path == PeerPath::Vxlan));
-        let r = plan(
-            "a",
-            &u,
-            &Nodes::new(n.clone()),
-            &b,
-            &modes(PoolMode::Routed),
-        );
+        let r = plan("a", &u, &n, &b, &modes(PoolMode::Routed));
         assert!(
             r.routes
                 .iter()
@@ -436,7 +441,7 @@ mod tests {
     fn peers_without_a_vtep_are_reported_not_guessed() {
         let (u, mut n, b) = setup();
         n[2].vtep_mac = None;
-        let p = plan("a", &u, &Nodes::new(n.clone()), &b, &modes(PoolMode::Vxlan));
+        let p = plan("a", &u, &n, &b, &modes(PoolMode::Vxlan));
         assert!(p.routes.iter().all(|r| r.peer != "c"));
         assert_eq!(
             p.problems,
@@ -454,20 +459,14 @@ mod tests {
         for node in &mut n {
             node.vtep_mac = Some(sinew_node_lib::consts::vtep_mac(&node.name));
         }
-        let honest = plan("a", &u, &Nodes::new(n.clone()), &b, &modes(PoolMode::Vxlan));
+        let honest = plan("a", &u, &n, &b, &modes(PoolMode::Vxlan));
         assert!(honest.vtep_conflicts.is_empty());
         assert_eq!(honest.fdb.len(), 2);
 
         // c claims b's MAC: b keeps it, c gets nothing.
         let mut hijack = n.clone();
         hijack[2].vtep_mac = hijack[1].vtep_mac;
-        let p = plan(
-            "a",
-            &u,
-            &Nodes::new(hijack.clone()),
-            &b,
-            &modes(PoolMode::Vxlan),
-        );
+        let p = plan("a", &u, &hijack, &b, &modes(PoolMode::Vxlan));
         assert!(p.routes.iter().all(|r| r.peer != "c"), "{:?}", p.routes);
         assert_eq!(p.fdb.values().collect::<Vec<_>>(), vec![&hijack[1].ip]);
         assert_eq!(p.vtep_conflicts.len(), 1, "{:?}", p.vtep_conflicts);
@@ -476,13 +475,7 @@ mod tests {
         let mut cloned = n.clone();
         cloned[1].vtep_mac = Some([0x02, 0x42, 0, 0, 0, 9]);
         cloned[2].vtep_mac = Some([0x02, 0x42, 0, 0, 0, 9]);
-        let p = plan(
-            "a",
-            &u,
-            &Nodes::new(cloned.clone()),
-            &b,
-            &modes(PoolMode::Vxlan),
-        );
+        let p = plan("a", &u, &cloned, &b, &modes(PoolMode::Vxlan));
         assert!(p.fdb.is_empty(), "{:?}", p.fdb);
         assert!(
             p.vtep_conflicts[0].contains("b, c"),
@@ -493,13 +486,7 @@ mod tests {
         let mut zero = n.clone();
         zero[2].vtep_mac = Some([0; 6]);
         zero[1].vtep_mac = Some([0x03, 0, 0, 0, 0, 1]);
-        let p = plan(
-            "a",
-            &u,
-            &Nodes::new(zero.clone()),
-            &b,
-            &modes(PoolMode::Vxlan),
-        );
+        let p = plan("a", &u, &zero, &b, &modes(PoolMode::Vxlan));
         assert!(p.fdb.is_empty(), "{:?}", p.fdb);
         assert_eq!(p.vtep_conflicts.len(), 2);
     }
@@ -513,17 +500,17 @@ mod tests {
         let nodes = vec![node("a", "192.168.10.1", 1), node("b", "192.168.10.2", 2)];
         let mut blocks = vec![block("10.244.0.64/26", "b", "p")];
         let mut modes = BTreeMap::from([("p".to_string(), PoolMode::Auto)]);
-        let p = plan("a", &u, &Nodes::new(nodes.clone()), &blocks, &modes);
+        let p = plan("a", &u, &nodes, &blocks, &modes);
         assert!(
             !paths_mixed("a", &u, &nodes, &blocks, &modes, &p),
             "one mode"
         );
         blocks.push(block("10.245.0.0/26", "a", "zone"));
         modes.insert("zone".into(), PoolMode::Vxlan);
-        let p = plan("a", &u, &Nodes::new(nodes.clone()), &blocks, &modes);
+        let p = plan("a", &u, &nodes, &blocks, &modes);
         assert!(p.routes.iter().all(|r| r.path == PeerPath::Routed));
         assert!(paths_mixed("a", &u, &nodes, &blocks, &modes, &p));
-        let p = plan("b", &u, &Nodes::new(nodes.clone()), &blocks, &modes);
+        let p = plan("b", &u, &nodes, &blocks, &modes);
         assert!(paths_mixed("b", &u, &nodes, &blocks, &modes, &p));
     }
 
@@ -533,7 +520,7 @@ mod tests {
     fn one_auto_pool_over_two_subnets_is_not_mixed() {
         let (u, n, b) = setup();
         let modes = modes(PoolMode::Auto);
-        let p = plan("a", &u, &Nodes::new(n.clone()), &b, &modes);
+        let p = plan("a", &u, &n, &b, &modes);
         let paths: BTreeSet<PeerPath> = p.routes.iter().map(|r| r.path).collect();
         assert_eq!(paths.len(), 2, "both paths are in use: {:?}", p.routes);
         assert!(!paths_mixed("a", &u, &n, &b, &modes, &p));
@@ -542,7 +529,7 @@ mod tests {
         b.push(block("10.245.0.0/26", "b", "tunnelled"));
         let mut modes = modes;
         modes.insert("tunnelled".into(), PoolMode::Vxlan);
-        let p = plan("a", &u, &Nodes::new(n.clone()), &b, &modes);
+        let p = plan("a", &u, &n, &b, &modes);
         assert!(paths_mixed("a", &u, &n, &b, &modes, &p));
     }
 

@@ -1,6 +1,8 @@
 //! The agent's index: the watched objects (reflector stores) and the pruned views one pass
 //! works from. Every conversion from a Kubernetes object into what the planners take happens
-//! here, once per pass. Nodes are kept pruned (labels, sinew's annotations, addresses).
+//! here; a pass keeps a view while the stores it came from have not changed ([`Derived`],
+//! decision 100). Nodes are kept pruned (labels, sinew's annotations, addresses), blocks
+//! without labels.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;

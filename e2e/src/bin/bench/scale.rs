@@ -27,9 +27,11 @@ creations in flight).
 - **Operator** (as the chart runs it: the only replica, it takes the Lease): its start to
   every pool's usage in status; `VmRSS` after 5 s of quiet (peak `VmHWM` over the whole run,
   the agents' part and the churn included; an operator that exits is started again, as its
-  Deployment would, and counted); after the agents' part, one at a time, an `IPPool` spec edit (one
-  more reserved address: capacity changes) and an agent's allocation report (one allocation
-  fewer: allocated changes), each timed to the change in `IPPool` status, polling every 5 ms.
+  Deployment would, and counted); after the agents' part and 10 s of quiet (the churn's
+  paced counts, up to 5 s behind by design, out of the way), one at a time, an `IPPool` spec
+  edit (one more reserved address: capacity changes) and an agent's allocation report (one
+  allocation fewer: allocated changes), each timed to the change in `IPPool` status, polling
+  every 5 ms.
 - **Agents**: nodes simulated as network namespaces (the e2e local cluster) with real
   `sinew-node` agents (release build, the product's 10 s resync), in a pool of their own,
   peers of every synthetic node: an agent's process start to all synthetic peers' routes in
