@@ -174,23 +174,26 @@ mod kernel_tests {
         }
         let (node, other) = (new_netns(), new_netns());
         let watch = node.run_in(KernelWatch::new).unwrap().unwrap();
-        assert!(
-            watch.changed().unwrap() == Changed::default(),
+        assert_eq!(
+            watch.changed().unwrap(),
+            Changed::default(),
             "nothing happened yet"
         );
         let mut nl = Netlink::in_netns(&node).unwrap();
         nl.create_veth("eth0", "eth0", &other, 1500).unwrap();
-        assert!(
-            watch.changed().unwrap() != Changed::default(),
+        assert_ne!(
+            watch.changed().unwrap(),
+            Changed::default(),
             "a link appeared"
         );
-        assert!(watch.changed().unwrap() == Changed::default(), "drained");
+        assert_eq!(watch.changed().unwrap(), Changed::default(), "drained");
         let link = nl.link_by_name("eth0").unwrap().unwrap();
         nl.add_address(link.index, "192.0.2.1".parse().unwrap(), 24, false)
             .unwrap();
         nl.set_link_up(link.index).unwrap();
-        assert!(
-            watch.changed().unwrap() != Changed::default(),
+        assert_ne!(
+            watch.changed().unwrap(),
+            Changed::default(),
             "an address (and its routes)"
         );
         // A route this process adds is its own change, and no one else's.

@@ -212,9 +212,8 @@ impl Cluster {
     }
 
     /// Every pool's CIDR and `natOutgoing`, for the NAT table.
-    pub fn nat_pools(&self) -> Vec<nat::NatPool> {
-        self.pools
-            .state()
+    pub fn nat_pools(pools: &[Arc<IPPool>]) -> Vec<nat::NatPool> {
+        pools
             .iter()
             .filter_map(|p| {
                 Some(nat::NatPool {

@@ -42,8 +42,8 @@ use sinew_crds::node::{
     InstallReport, NODE_STATE_ANNOTATION, NodeReport, Problem, ProblemKind, VTEP_MAC_ANNOTATION,
 };
 use sinew_crds::{
-    Allocation, Cidr, ClusterNetwork, DropLogMode, Family, IPBlockUsageStatus, NetworkPolicyMode,
-    PoolMode,
+    Allocation, Cidr, ClusterNetwork, DropLogMode, Family, IPBlockUsageStatus, IPPool,
+    NetworkPolicyMode, PoolMode,
 };
 use sinew_node_lib::consts::VXLAN_DEVICE;
 use sinew_node_lib::ipam;
@@ -530,7 +530,7 @@ impl Agent {
             ));
         }
 
-        if let Err(e) = self.apply_nft(params.port, &peers) {
+        if let Err(e) = self.apply_nft(params.port, &pools.all, &peers) {
             problems.push(Problem::new(
                 ProblemKind::NftablesFailed,
                 format!("natOutgoing, the VXLAN source filter and host ports are not applied: {e}"),
@@ -1047,9 +1047,10 @@ impl Agent {
     fn apply_nft(
         &mut self,
         vxlan_port: u16,
+        pools: &[Arc<IPPool>],
         nodes: &peers::Nodes,
     ) -> std::result::Result<(), nat::NatError> {
-        let pools = self.cluster.nat_pools();
+        let pools = Cluster::nat_pools(pools);
         let peers = nat::VxlanPeers {
             port: vxlan_port,
             nodes: nodes.list.iter().map(|n| n.ip).collect(),
