@@ -3,7 +3,6 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::api::networking::v1::ServiceCIDR;
 use kube::ResourceExt;
 use kube::runtime::events::Recorder;
@@ -11,6 +10,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use sinew_crds::{IPBlock, IPBlockUsage, IPBlockUsageStatus, IPPool};
 
 use crate::daemonset;
+use crate::nodes::NodeFacts;
 
 /// Field manager of everything the operator writes.
 pub const FIELD_MANAGER: &str = "sinew-operator";
@@ -31,7 +31,7 @@ pub struct Settings {
 pub struct Context {
     pub client: kube::Client,
     pub settings: Settings,
-    pub nodes: Store<Node>,
+    pub nodes: Store<NodeFacts>,
     /// The `ClusterNetwork` (fixed MTU for mode plans).
     pub networks: Store<sinew_crds::ClusterNetwork>,
     pub pools: Store<IPPool>,

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
@@ -19,16 +18,17 @@ use crate::context::{
     Context, Error, FIELD_MANAGER, apply_status, delete_if_present, ensure_finalizer,
     remove_finalizer,
 };
-use crate::{conditions, daemonset, nodes};
+use crate::nodes::{self, NodeFacts};
+use crate::{conditions, daemonset};
 
 /// Pure: the status for `network` given the nodes the agent should run on.
 pub fn status(
     network: &ClusterNetwork,
-    nodes: &[Arc<Node>],
+    nodes: &[Arc<NodeFacts>],
     previous: &ClusterNetworkStatus,
 ) -> ClusterNetworkStatus {
     let hash = network.spec.config_hash();
-    let selected: Vec<&Arc<Node>> = nodes
+    let selected: Vec<&Arc<NodeFacts>> = nodes
         .iter()
         .filter(|n| {
             network
@@ -269,18 +269,18 @@ pub async fn reconcile(network: Arc<ClusterNetwork>, ctx: Arc<Context>) -> Resul
 mod tests {
     use super::*;
 
-    use k8s_openapi::api::core::v1::Node;
+    use crate::nodes::NodeFacts;
     use kube::api::ObjectMeta;
     use sinew_crds::ClusterNetworkSpec;
     use sinew_crds::node::{NODE_STATE_ANNOTATION, NodeReport, Problem};
 
-    fn node(name: &str, problems: Vec<Problem>) -> Arc<Node> {
+    fn node(name: &str, problems: Vec<Problem>) -> Arc<NodeFacts> {
         let report = NodeReport {
             ready: true,
             problems,
             ..NodeReport::default()
         };
-        Arc::new(Node {
+        Arc::new(NodeFacts {
             metadata: ObjectMeta {
                 name: Some(name.into()),
                 annotations: Some(
@@ -288,7 +288,7 @@ mod tests {
                 ),
                 ..ObjectMeta::default()
             },
-            ..Node::default()
+            ..NodeFacts::default()
         })
     }
 
@@ -301,7 +301,7 @@ mod tests {
     #[test]
     fn status_does_not_grow_with_the_nodes_problems() {
         let long = "y".repeat(4096);
-        let mut nodes: Vec<Arc<Node>> = (0..5_000)
+        let mut nodes: Vec<Arc<NodeFacts>> = (0..5_000)
             .map(|i| {
                 node(
                     &format!("n{i:04}"),
@@ -348,7 +348,7 @@ mod tests {
             ..NodeReport::default()
         };
         let with = |name: &str, r: &NodeReport| {
-            Arc::new(Node {
+            Arc::new(NodeFacts {
                 metadata: ObjectMeta {
                     name: Some(name.into()),
                     annotations: Some(
@@ -356,7 +356,7 @@ mod tests {
                     ),
                     ..ObjectMeta::default()
                 },
-                ..Node::default()
+                ..NodeFacts::default()
             })
         };
         let mut nodes = vec![with("n1", &programmed)];

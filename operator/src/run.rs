@@ -145,12 +145,12 @@ pub async fn run(
         client: client.clone(),
         settings: settings.clone(),
         nodes: sinew_runtime::watch::reflect(
-            Api::<Node>::all(client.clone()),
+            Api::<crate::nodes::NodeFacts>::all(client.clone()),
             watcher::Config::default().page_size(sinew_runtime::watch::NODE_LIST_PAGE),
-            sinew_runtime::watch::prune_node,
+            crate::nodes::prune,
             Some(Wake {
                 notify: node_changed.clone(),
-                fingerprint: Arc::new(sinew_runtime::watch::node_fingerprint),
+                fingerprint: Arc::new(crate::nodes::fingerprint),
                 received: None,
                 changes: None,
             }),
@@ -243,7 +243,7 @@ pub async fn run(
             let addresses = by_node
                 .nodes
                 .get(&ObjectRef::new(&name))
-                .map(|full| pool::conflict::node_addresses(&full))
+                .map(|kept| kept.addresses.clone())
                 .unwrap_or_default();
             pool::affected::by_node(
                 &name,

@@ -4,11 +4,12 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::api::networking::v1::ServiceCIDR;
 use kube::ResourceExt;
 use sinew_crds::precedence::creation_order;
 use sinew_crds::{Cidr, IPPool};
+
+use crate::nodes::NodeFacts;
 
 /// The first other pool whose CIDR overlaps this one and that was there first (by
 /// [`creation_order`], the rule every node agent applies too): the newer pool is the one
@@ -97,26 +98,13 @@ pub fn service_cidrs(objects: &[Arc<ServiceCIDR>]) -> Vec<(String, String)> {
         .collect()
 }
 
-/// The addresses of `node` (those that parse).
-pub fn node_addresses(node: &Node) -> Vec<IpAddr> {
-    node.status
-        .as_ref()
-        .and_then(|s| s.addresses.as_ref())
-        .into_iter()
-        .flatten()
-        .filter_map(|a| a.address.parse().ok())
-        .collect()
-}
-
 /// Every address of every node, with the node's name.
-pub fn addresses_of_nodes(nodes: &[Arc<Node>]) -> Vec<(String, IpAddr)> {
+pub fn addresses_of_nodes(nodes: &[Arc<NodeFacts>]) -> Vec<(String, IpAddr)> {
     nodes
         .iter()
         .flat_map(|n| {
             let name = n.name_any();
-            node_addresses(n)
-                .into_iter()
-                .map(move |a| (name.clone(), a))
+            n.addresses.iter().map(move |a| (name.clone(), *a))
         })
         .collect()
 }

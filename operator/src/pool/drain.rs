@@ -6,7 +6,6 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Node;
 use kube::ResourceExt;
 use kube::api::{Api, ListParams};
 use kube::runtime::controller::Action;
@@ -16,7 +15,7 @@ use super::departed::{Departed, release_if_departed};
 use super::write_status;
 use crate::conditions;
 use crate::context::{Context, Error, delete_block, remove_finalizer};
-use crate::nodes;
+use crate::nodes::{self, NodeFacts};
 
 /// Drains the deleted `pool`: waits (with a `Draining` condition) or deletes its blocks and
 /// removes the finalizer.
@@ -94,7 +93,7 @@ pub fn waiting_for(in_use: u64, unconfirmed: &[String]) -> Option<String> {
 /// whose agent has not yet reported the pool drained (`NodeReport::drained`): until it has, a
 /// block's status may miss an address it handed out last. A node that is gone hands out
 /// nothing (its blocks go as a departed node's).
-pub fn unconfirmed_nodes(pool: &str, blocks: &[IPBlock], nodes: &[Arc<Node>]) -> Vec<String> {
+pub fn unconfirmed_nodes(pool: &str, blocks: &[IPBlock], nodes: &[Arc<NodeFacts>]) -> Vec<String> {
     let holding: BTreeSet<&str> = blocks.iter().map(|b| b.spec.node.as_str()).collect();
     nodes
         .iter()
@@ -108,7 +107,7 @@ pub fn unconfirmed_nodes(pool: &str, blocks: &[IPBlock], nodes: &[Arc<Node>]) ->
 mod tests {
     use super::*;
     use crate::pool::fixtures::{block, with_addresses};
-    use crate::scenarios::node;
+    use crate::scenarios::{kept, node};
     use sinew_crds::node::NodeReport;
 
     #[test]
@@ -130,13 +129,13 @@ mod tests {
     #[test]
     fn only_existing_nodes_holding_a_block_must_confirm_the_drain() {
         let drained = |name: &str, pools: &[&str]| {
-            Arc::new(node(
+            Arc::new(kept(&node(
                 name,
                 Some(NodeReport {
                     drained: pools.iter().map(|p| p.to_string()).collect(),
                     ..NodeReport::default()
                 }),
-            ))
+            )))
         };
         let blocks: Vec<IPBlock> = [
             block("p", "10.0.0.0/26", "confirmed"),

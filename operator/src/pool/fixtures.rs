@@ -2,8 +2,9 @@
 
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::Node;
 use sinew_crds::{IPBlock, IPPool, IPPoolSpec};
+
+use crate::nodes::NodeFacts;
 
 /// Pool `name` of `cidr` with `reserved` ranges (the CRD's defaults otherwise), generation 1.
 pub fn pool(name: &str, cidr: &str, reserved: &[&str]) -> IPPool {
@@ -19,7 +20,7 @@ pub fn pool(name: &str, cidr: &str, reserved: &[&str]) -> IPPool {
 }
 
 /// A node whose agent reports running `mode` for pool `p` on `subnet` (MTU 1500).
-pub fn reporting(name: &str, subnet: &str, mode: &str) -> Arc<Node> {
+pub fn reporting(name: &str, subnet: &str, mode: &str) -> Arc<NodeFacts> {
     let report = serde_json::json!({"ready": true, "underlay": subnet, "underlayMtu": 1500,
                                     "modes": {"p": mode}});
     Arc::new(
@@ -32,7 +33,7 @@ pub fn reporting(name: &str, subnet: &str, mode: &str) -> Arc<Node> {
 }
 
 /// A node with `labels` and `addresses` and no report.
-pub fn labelled(name: &str, labels: &[(&str, &str)], addresses: &[&str]) -> Arc<Node> {
+pub fn labelled(name: &str, labels: &[(&str, &str)], addresses: &[&str]) -> Arc<NodeFacts> {
     let labels: serde_json::Map<String, serde_json::Value> = labels
         .iter()
         .map(|(k, v)| (k.to_string(), serde_json::Value::from(*v)))
@@ -52,7 +53,7 @@ pub fn labelled(name: &str, labels: &[(&str, &str)], addresses: &[&str]) -> Arc<
 }
 
 /// A node with `addresses`, no labels and no report.
-pub fn with_addresses(name: &str, addresses: &[&str]) -> Arc<Node> {
+pub fn with_addresses(name: &str, addresses: &[&str]) -> Arc<NodeFacts> {
     labelled(name, &[], addresses)
 }
 

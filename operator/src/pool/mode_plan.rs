@@ -130,14 +130,12 @@ fn pair_kinds(underlays: &[Option<&str>]) -> BTreeMap<(bool, Family), u64> {
 mod tests {
     use std::sync::Arc;
 
-    use k8s_openapi::api::core::v1::Node;
-
     use super::*;
-    use crate::nodes;
+    use crate::nodes::{self, NodeFacts};
     use crate::pool::fixtures::{pool, reporting};
 
     /// What the pool's status hands over: each node's report, read once.
-    fn read(nodes: &[Arc<Node>]) -> Vec<(String, NodeReport)> {
+    fn read(nodes: &[Arc<NodeFacts>]) -> Vec<(String, NodeReport)> {
         nodes
             .iter()
             .filter_map(|n| Some((n.name_any(), nodes::report(n)?)))
@@ -215,7 +213,7 @@ mod tests {
         assert_eq!(later.pending, ["b", "c"]);
         assert_eq!(later.from, "VXLAN");
         // Everyone switched: no plan.
-        let done: Vec<Arc<Node>> = ["a", "b", "c"]
+        let done: Vec<Arc<NodeFacts>> = ["a", "b", "c"]
             .iter()
             .map(|n| reporting(n, "10.99.0.0/24", "Routed"))
             .collect();
@@ -235,13 +233,13 @@ mod tests {
         // Reports that do not list the pool yet: no node runs another mode.
         let joining = [
             reporting("a", "10.99.0.0/24", "Routed"),
-            Arc::new(crate::scenarios::node(
+            Arc::new(crate::scenarios::kept(&crate::scenarios::node(
                 "b",
                 Some(nodes::NodeReport {
                     ready: true,
                     ..Default::default()
                 }),
-            )),
+            ))),
         ];
         let selected = read(&joining);
         assert_eq!(mode_plan(&p, &selected, None, None), None);

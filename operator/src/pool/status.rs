@@ -5,7 +5,6 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::Node;
 use kube::ResourceExt;
 use sinew_crds::node::NodeReport;
 use sinew_crds::{Family, IPBlock, IPPool, IPPoolStatus, PoolMode};
@@ -13,14 +12,15 @@ use sinew_crds::{Family, IPBlock, IPPool, IPPoolStatus, PoolMode};
 use super::capacity::{api_integer, capacity, exhaustion};
 use super::conflict::Conflict;
 use super::mode_plan::mode_plan;
-use crate::{conditions, nodes};
+use crate::conditions;
+use crate::nodes::{self, NodeFacts};
 
 /// The status of `pool` from its blocks and their usage, the nodes and the conflict check.
 pub fn status(
     pool: &IPPool,
     blocks: &[Arc<IPBlock>],
     usage: &crate::context::Usages,
-    nodes: &[Arc<Node>],
+    nodes: &[Arc<NodeFacts>],
     conflict: Option<&Conflict>,
     fixed_mtu: Option<u32>,
 ) -> IPPoolStatus {

@@ -87,7 +87,8 @@ impl World {
                     pull_secrets: Vec::new(),
                 },
             },
-            nodes: store_of(self.nodes),
+            // As the operator's own cache holds them: read from the Node's JSON, pruned.
+            nodes: store_of(self.nodes.iter().map(kept).collect()),
             networks: store_of(self.networks),
             pools: store_of(self.pools),
             blocks: store_of(self.blocks),
@@ -357,6 +358,14 @@ pub fn not_found() -> Value {
 /// An object as JSON (what the API server answers a write with).
 pub fn to_json<K: serde::Serialize>(obj: &K) -> Value {
     serde_json::to_value(obj).expect("JSON")
+}
+
+/// `node` as the operator's cache holds it: read from its JSON, pruned.
+pub fn kept(node: &Node) -> crate::nodes::NodeFacts {
+    let mut kept: crate::nodes::NodeFacts =
+        serde_json::from_value(to_json(node)).expect("a Node's JSON");
+    crate::nodes::prune(&mut kept);
+    kept
 }
 
 /// A node named `name` whose agent wrote `report` (none: it never reported).
