@@ -10,7 +10,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use sinew_crds::{IPBlock, IPBlockUsage, IPBlockUsageStatus, IPPool};
 
 use crate::daemonset;
-use crate::nodes::NodeFacts;
+use sinew_runtime::node::NodeFacts;
 
 /// Field manager of everything the operator writes.
 pub const FIELD_MANAGER: &str = "sinew-operator";

@@ -18,8 +18,9 @@ use crate::context::{
     Context, Error, FIELD_MANAGER, apply_status, delete_if_present, ensure_finalizer,
     remove_finalizer,
 };
-use crate::nodes::{self, NodeFacts};
+use crate::nodes;
 use crate::{conditions, daemonset};
+use sinew_runtime::node::NodeFacts;
 
 /// Pure: the status for `network` given the nodes the agent should run on.
 pub fn status(
@@ -269,10 +270,10 @@ pub async fn reconcile(network: Arc<ClusterNetwork>, ctx: Arc<Context>) -> Resul
 mod tests {
     use super::*;
 
-    use crate::nodes::NodeFacts;
     use kube::api::ObjectMeta;
     use sinew_crds::ClusterNetworkSpec;
     use sinew_crds::node::{NODE_STATE_ANNOTATION, NodeReport, Problem};
+    use sinew_runtime::node::NodeFacts;
 
     fn node(name: &str, problems: Vec<Problem>) -> Arc<NodeFacts> {
         let report = NodeReport {

@@ -145,12 +145,12 @@ pub async fn run(
         client: client.clone(),
         settings: settings.clone(),
         nodes: sinew_runtime::watch::reflect(
-            Api::<crate::nodes::NodeFacts>::all(client.clone()),
+            Api::<sinew_runtime::node::NodeFacts>::all(client.clone()),
             watcher::Config::default().page_size(sinew_runtime::watch::NODE_LIST_PAGE),
-            crate::nodes::prune,
+            sinew_runtime::node::prune,
             Some(Wake {
                 notify: node_changed.clone(),
-                fingerprint: Arc::new(crate::nodes::fingerprint),
+                fingerprint: Arc::new(sinew_runtime::node::fingerprint),
                 received: None,
                 changes: None,
             }),
@@ -243,7 +243,7 @@ pub async fn run(
             let addresses = by_node
                 .nodes
                 .get(&ObjectRef::new(&name))
-                .map(|kept| kept.addresses.clone())
+                .map(|kept| kept.addresses.all.clone())
                 .unwrap_or_default();
             pool::affected::by_node(
                 &name,

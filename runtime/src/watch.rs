@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Node, NodeStatus};
 use kube::Api;
 use kube::api::ObjectMeta;
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -201,36 +200,15 @@ impl std::io::Write for HashWriter {
     }
 }
 
-/// What sinew reads of a pruned Node (see [`prune_node`]): labels, sinew's annotations and
-/// addresses; kubelet's status updates leave it alone.
-pub fn node_fingerprint(node: &Node) -> Option<u64> {
-    fingerprint(&node.metadata, &node.status.as_ref().map(|s| &s.addresses))
-}
-
 /// Nodes per page of a (re-)list. A Node as the kubelet writes it is several KiB (its images
-/// alone), and a page is held whole, as JSON and as objects, before each Node is pruned: the
-/// default 500 is megabytes at once. (At 5,000 nodes this did not lower the operator's peak
+/// alone), and a page is held whole, as JSON, before its Nodes are read: the default 500 is
+/// megabytes at once. (At 5,000 nodes this did not lower the operator's peak
 /// at its start measurably: other lists dominate it.)
 pub const NODE_LIST_PAGE: u32 = 100;
 
 /// Drops managed fields (kept by no reconciler).
 pub fn prune_meta<K: kube::Resource>(obj: &mut K) {
     obj.meta_mut().managed_fields = None;
-}
-
-/// Keeps of a Node what sinew reads: labels (pool selectors), sinew's annotations (agent
-/// reports, VTEP MACs) and addresses.
-pub fn prune_node(node: &mut Node) {
-    let meta = &mut node.metadata;
-    meta.managed_fields = None;
-    if let Some(a) = meta.annotations.as_mut() {
-        a.retain(|k, _| k.starts_with("sinew.dev/"));
-    }
-    node.spec = None;
-    node.status = node.status.take().map(|s| NodeStatus {
-        addresses: s.addresses,
-        ..Default::default()
-    });
 }
 
 #[cfg(test)]
@@ -316,76 +294,5 @@ mod tests {
         let cm = config_map("a", "1", "x", "");
         assert!(f.wakes(&Event::Apply(cm.clone())));
         assert!(f.wakes(&Event::Apply(cm)));
-    }
-
-    #[test]
-    fn node_heartbeats_do_not_change_its_fingerprint() {
-        let node = |rv: &str, heartbeat: &str, mac: &str, ip: &str| {
-            let mut node: Node = serde_json::from_value(serde_json::json!({
-                "metadata": {"name": "n", "resourceVersion": rv,
-                             "annotations": {"sinew.dev/vtep-mac": mac}},
-                "status": {"addresses": [{"type": "InternalIP", "address": ip}],
-                           "conditions": [{"type": "Ready", "status": "True",
-                                           "lastHeartbeatTime": heartbeat}]},
-            }))
-            .unwrap();
-            prune_node(&mut node);
-            node_fingerprint(&node)
-        };
-        let before = node(
-            "1",
-            "2026-01-01T00:00:00Z",
-            "02:00:00:00:00:01",
-            "192.0.2.1",
-        );
-        assert!(before.is_some());
-        assert_eq!(
-            before,
-            node(
-                "2",
-                "2026-01-01T00:01:00Z",
-                "02:00:00:00:00:01",
-                "192.0.2.1"
-            )
-        );
-        assert_ne!(
-            before,
-            node(
-                "3",
-                "2026-01-01T00:01:00Z",
-                "02:00:00:00:00:02",
-                "192.0.2.1"
-            )
-        );
-        assert_ne!(
-            before,
-            node(
-                "4",
-                "2026-01-01T00:01:00Z",
-                "02:00:00:00:00:01",
-                "192.0.2.2"
-            )
-        );
-    }
-
-    #[test]
-    fn a_pruned_node_keeps_labels_sinew_annotations_and_addresses() {
-        let mut node: Node = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": "n", "labels": {"zone": "a"},
-                         "annotations": {"sinew.dev/node-state": "{}", "other/x": "y"}},
-            "spec": {"podCIDR": "10.0.0.0/24"},
-            "status": {"addresses": [{"type": "InternalIP", "address": "192.0.2.1"}],
-                       "images": [{"names": ["big"], "sizeBytes": 1}]},
-        }))
-        .unwrap();
-        prune_node(&mut node);
-        let annotations = node.metadata.annotations.unwrap();
-        assert_eq!(annotations.len(), 1);
-        assert!(annotations.contains_key("sinew.dev/node-state"));
-        assert_eq!(node.metadata.labels.unwrap()["zone"], "a");
-        assert!(node.spec.is_none());
-        let status = node.status.unwrap();
-        assert!(status.images.is_none());
-        assert_eq!(status.addresses.unwrap()[0].address, "192.0.2.1");
     }
 }

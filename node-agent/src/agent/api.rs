@@ -11,6 +11,7 @@ use serde_json::json;
 use sinew_crds::ip_block::{NODE_LABEL, POOL_LABEL};
 use sinew_crds::node::{NODE_STATE_ANNOTATION, NodeReport, Problem, ProblemKind};
 use sinew_crds::{Cidr, IPBlock, IPBlockSpec, IPBlockUsage, IPBlockUsageSpec, IPBlockUsageStatus};
+use sinew_runtime::node::NodeFacts;
 
 use super::error::Result;
 use super::settings::field_manager;
@@ -225,7 +226,7 @@ impl ApiWriter {
     }
 
     /// Records an Event on the Node.
-    pub async fn event(&self, node: &Node, event: &Event) -> Result<()> {
+    pub async fn event(&self, node: &NodeFacts, event: &Event) -> Result<()> {
         self.recorder
             .publish(event, &node.object_ref(&()))
             .await

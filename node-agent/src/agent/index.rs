@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Namespace, Node};
+use k8s_openapi::api::core::v1::Namespace;
 use kube::api::Api;
 use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -17,9 +17,9 @@ use kube::{Client, ResourceExt};
 use prometheus_client::metrics::counter::Counter;
 use sinew_crds::node::{NODE_STATE_ANNOTATION, NodeReport, POOL_ANNOTATION, VTEP_MAC_ANNOTATION};
 use sinew_crds::{CLUSTER_NETWORK_NAME, ClusterNetwork, IPBlock, IPPool, ReleaseRequest};
+use sinew_runtime::node::{self, NodeFacts};
 use sinew_runtime::watch::{
-    Changes, Fingerprint, NODE_LIST_PAGE, Wake, fingerprint, node_fingerprint, prune_meta,
-    prune_node, reflect,
+    Changes, Fingerprint, NODE_LIST_PAGE, Wake, fingerprint, prune_meta, reflect,
 };
 use tokio::sync::Notify;
 
@@ -28,7 +28,7 @@ use crate::peers::NodeInfo;
 
 /// The pieces of cluster state the agent watches.
 pub struct Cluster {
-    pub nodes: Store<Node>,
+    pub nodes: Store<NodeFacts>,
     pub pools: Store<IPPool>,
     pub blocks: Store<IPBlock>,
     pub networks: Store<ClusterNetwork>,
@@ -112,8 +112,8 @@ impl Cluster {
                     None => all(),
                 }
                 .page_size(NODE_LIST_PAGE),
-                prune_node,
-                waking(wake("nodes", Some(&changes.nodes)), node_fingerprint),
+                node::prune,
+                waking(wake("nodes", Some(&changes.nodes)), node::fingerprint),
             ),
             pools: reflect(
                 Api::all(client.clone()),
@@ -164,7 +164,7 @@ impl Cluster {
         self.networks.get(&ObjectRef::new(CLUSTER_NETWORK_NAME))
     }
 
-    pub fn node(&self, name: &str) -> Option<Arc<Node>> {
+    pub fn node(&self, name: &str) -> Option<Arc<NodeFacts>> {
         self.nodes.get(&ObjectRef::new(name))
     }
 
@@ -201,7 +201,7 @@ impl Cluster {
             .filter_map(|n| {
                 Some(NodeInfo {
                     name: n.name_any(),
-                    ip: node_ip(n)?,
+                    ip: n.addresses.primary?,
                     vtep_mac: n
                         .annotations()
                         .get(VTEP_MAC_ANNOTATION)
@@ -279,7 +279,7 @@ pub struct PeerReports {
 
 impl PeerReports {
     /// Brings the maps in line with `nodes`.
-    pub fn refresh(&mut self, nodes: &[Arc<Node>]) {
+    pub fn refresh(&mut self, nodes: &[Arc<NodeFacts>]) {
         let present: HashSet<&str> = nodes
             .iter()
             .filter_map(|n| n.metadata.name.as_deref())
@@ -342,16 +342,6 @@ pub fn block_fingerprint(block: &IPBlock) -> Option<u64> {
 /// status the operator aggregates from every node's report.
 pub fn network_fingerprint(network: &ClusterNetwork) -> Option<u64> {
     fingerprint(&network.metadata, &network.spec)
-}
-
-/// A Node's address: its InternalIP, else its first address.
-pub fn node_ip(node: &Node) -> Option<IpAddr> {
-    let addresses = node.status.as_ref()?.addresses.as_ref()?;
-    addresses
-        .iter()
-        .find(|a| a.type_ == "InternalIP")
-        .or_else(|| addresses.first())
-        .and_then(|a| a.address.parse().ok())
 }
 
 pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
@@ -456,7 +446,7 @@ mod tests {
 
     #[test]
     fn peer_reports_follow_each_nodes_version_and_departure() {
-        let node = |name: &str, rv: &str, report: serde_json::Value| -> Arc<Node> {
+        let node = |name: &str, rv: &str, report: serde_json::Value| -> Arc<NodeFacts> {
             Arc::new(
                 serde_json::from_value(serde_json::json!({
                     "metadata": {"name": name, "resourceVersion": rv,
@@ -504,18 +494,5 @@ mod tests {
         assert_eq!(parse_mac("02:42"), None);
         assert_eq!(parse_mac("02:42:ac:11:00:02:07"), None);
         assert_eq!(parse_mac("zz:42:ac:11:00:02"), None);
-    }
-
-    #[test]
-    fn the_node_address_is_its_internal_ip() {
-        let node: Node = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": "n"},
-            "status": {"addresses": [
-                {"type": "Hostname", "address": "n"},
-                {"type": "InternalIP", "address": "192.0.2.7"},
-            ]},
-        }))
-        .unwrap();
-        assert_eq!(node_ip(&node), Some("192.0.2.7".parse().unwrap()));
     }
 }

@@ -35,7 +35,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::Node;
 use kube::{Client, ResourceExt};
 use sinew_crds::node::NodeState;
 use sinew_crds::node::{
@@ -49,6 +48,7 @@ use sinew_node_lib::consts::VXLAN_DEVICE;
 use sinew_node_lib::ipam;
 use sinew_node_lib::netlink::{Link, Netlink};
 use sinew_node_lib::node_state;
+use sinew_runtime::node::NodeFacts;
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
@@ -68,7 +68,7 @@ use crate::vetting;
 use api::ApiWriter;
 use decide::PoolView;
 use error::{Error, Result};
-use index::{Cluster, Derived, mac_string, node_ip};
+use index::{Cluster, Derived, mac_string};
 pub use settings::{ListenAddr, Settings};
 
 /// The trusted blocks, and a problem line per block refused ([`vetting::blocks`]).
@@ -148,7 +148,7 @@ pub struct Agent {
 struct LocalNode {
     underlay: Underlay,
     labels: BTreeMap<String, String>,
-    node: Arc<Node>,
+    node: Arc<NodeFacts>,
 }
 
 impl Agent {
@@ -270,7 +270,11 @@ impl Agent {
             ListenAddr::Off => return true,
             ListenAddr::At(addr) => addr,
             ListenAddr::NodeIp(port) => {
-                match self.cluster.node(self.node()).as_deref().and_then(node_ip) {
+                match self
+                    .cluster
+                    .node(self.node())
+                    .and_then(|n| n.addresses.primary)
+                {
                     Some(ip) => std::net::SocketAddr::new(ip, port),
                     None => return false,
                 }
@@ -291,7 +295,7 @@ impl Agent {
         let Some(node) = self.cluster.node(self.node()) else {
             return Ok(None);
         };
-        let Some(ip) = node_ip(&node) else {
+        let Some(ip) = node.addresses.primary else {
             return Ok(None);
         };
         let mut nl = Netlink::new()?;

@@ -9,7 +9,7 @@ use kube::ResourceExt;
 use sinew_crds::precedence::creation_order;
 use sinew_crds::{Cidr, IPPool};
 
-use crate::nodes::NodeFacts;
+use sinew_runtime::node::NodeFacts;
 
 /// The first other pool whose CIDR overlaps this one and that was there first (by
 /// [`creation_order`], the rule every node agent applies too): the newer pool is the one
@@ -104,7 +104,7 @@ pub fn addresses_of_nodes(nodes: &[Arc<NodeFacts>]) -> Vec<(String, IpAddr)> {
         .iter()
         .flat_map(|n| {
             let name = n.name_any();
-            n.addresses.iter().map(move |a| (name.clone(), *a))
+            n.addresses.all.iter().map(move |a| (name.clone(), *a))
         })
         .collect()
 }

@@ -15,7 +15,8 @@ use super::departed::{Departed, release_if_departed};
 use super::write_status;
 use crate::conditions;
 use crate::context::{Context, Error, delete_block, remove_finalizer};
-use crate::nodes::{self, NodeFacts};
+use crate::nodes;
+use sinew_runtime::node::NodeFacts;
 
 /// Drains the deleted `pool`: waits (with a `Draining` condition) or deletes its blocks and
 /// removes the finalizer.

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use sinew_crds::{IPBlock, IPPool, IPPoolSpec};
 
-use crate::nodes::NodeFacts;
+use sinew_runtime::node::NodeFacts;
 
 /// Pool `name` of `cidr` with `reserved` ranges (the CRD's defaults otherwise), generation 1.
 pub fn pool(name: &str, cidr: &str, reserved: &[&str]) -> IPPool {

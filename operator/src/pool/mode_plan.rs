@@ -131,8 +131,9 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::nodes::{self, NodeFacts};
+    use crate::nodes;
     use crate::pool::fixtures::{pool, reporting};
+    use sinew_runtime::node::NodeFacts;
 
     /// What the pool's status hands over: each node's report, read once.
     fn read(nodes: &[Arc<NodeFacts>]) -> Vec<(String, NodeReport)> {

@@ -13,7 +13,8 @@ use super::capacity::{api_integer, capacity, exhaustion};
 use super::conflict::Conflict;
 use super::mode_plan::mode_plan;
 use crate::conditions;
-use crate::nodes::{self, NodeFacts};
+use crate::nodes;
+use sinew_runtime::node::NodeFacts;
 
 /// The status of `pool` from its blocks and their usage, the nodes and the conflict check.
 pub fn status(

@@ -361,10 +361,10 @@ pub fn to_json<K: serde::Serialize>(obj: &K) -> Value {
 }
 
 /// `node` as the operator's cache holds it: read from its JSON, pruned.
-pub fn kept(node: &Node) -> crate::nodes::NodeFacts {
-    let mut kept: crate::nodes::NodeFacts =
+pub fn kept(node: &Node) -> sinew_runtime::node::NodeFacts {
+    let mut kept: sinew_runtime::node::NodeFacts =
         serde_json::from_value(to_json(node)).expect("a Node's JSON");
-    crate::nodes::prune(&mut kept);
+    sinew_runtime::node::prune(&mut kept);
     kept
 }
 
