@@ -2,13 +2,15 @@
 //! protocol [`PEER_ROUTE_PROTOCOL`], the [`VXLAN_DEVICE`] and its neighbour and FDB entries.
 //! A full pass diffs desired against actual state, so stale entries (departed peers, released
 //! blocks, a changed mode) are removed and nothing foreign is ever changed; the passes between
-//! full ones diff desired against what the last one left (decision 98).
+//! full ones diff desired against what the last one left (decision 98). An entry the kernel
+//! refuses is reported and keeps no other out.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
+use sinew_crds::node::{Problem, ProblemKind};
 use sinew_crds::{Cidr, Family};
-use sinew_node_lib::netlink::{Link, Netlink, NetlinkError, Route};
+use sinew_node_lib::netlink::{Link, Neighbor, Netlink, NetlinkError, Route};
 
 use crate::peers::{PeerPath, Plan};
 
@@ -218,18 +220,126 @@ impl Programmed {
 }
 
 /// What one pass changed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Changes {
     pub added: usize,
     pub removed: usize,
     /// Routes not added because a route sinew does not own has the same prefix.
     pub skipped: usize,
+    /// Writes the kernel refused, each with its reason; the others went in.
+    pub refused: Vec<String>,
+}
+
+impl Changes {
+    /// The problem of the writes the kernel refused (none when it took every one): how many,
+    /// the first few with the kernel's reasons.
+    pub fn refused_problem(&self) -> Option<Problem> {
+        const SHOWN: usize = 3;
+        let n = self.refused.len();
+        if n == 0 {
+            return None;
+        }
+        let mut shown = self.refused[..n.min(SHOWN)].join("; ");
+        if n > SHOWN {
+            shown.push_str(&format!("; and {} more", n - SHOWN));
+        }
+        Some(Problem::new(
+            ProblemKind::PeersIncomplete,
+            format!(
+                "the kernel refused {n} write(s) of peer routes, neighbours or FDB entries; every other peer is programmed, and the refused ones are tried again at the next resync: {shown}"
+            ),
+        ))
+    }
+
+    /// Counts a write of `what` (`added` or `removed` when the kernel took it, `refused`
+    /// when it said no); an error of the socket itself, after which nothing can be written,
+    /// is returned.
+    fn count<T>(
+        &mut self,
+        added: bool,
+        what: impl FnOnce() -> String,
+        written: Result<T, NetlinkError>,
+    ) -> Result<(), NetlinkError> {
+        match written {
+            Ok(_) if added => self.added += 1,
+            Ok(_) => self.removed += 1,
+            Err(e @ NetlinkError::Kernel { .. }) => self.refused.push(format!("{}: {e}", what())),
+            Err(e) => return Err(e),
+        }
+        Ok(())
+    }
+}
+
+/// The kernel's peer tables (routes, and the VXLAN device's neighbours and FDB) as [`apply`]
+/// and [`apply_changes`] read and write them: [`Netlink`] on a node, a fake in the tests.
+pub trait PeerTables {
+    fn neighbors(&mut self, vxlan: u32) -> Result<Vec<Neighbor>, NetlinkError>;
+    fn add_neighbor(&mut self, vxlan: u32, ip: IpAddr, mac: [u8; 6]) -> Result<(), NetlinkError>;
+    fn del_neighbor(&mut self, vxlan: u32, ip: IpAddr) -> Result<bool, NetlinkError>;
+    fn fdb(&mut self, vxlan: u32) -> Result<Vec<([u8; 6], IpAddr)>, NetlinkError>;
+    fn add_fdb(&mut self, vxlan: u32, mac: [u8; 6], dst: IpAddr) -> Result<(), NetlinkError>;
+    fn del_fdb(&mut self, vxlan: u32, mac: [u8; 6]) -> Result<bool, NetlinkError>;
+    /// The routes of `table` of one family.
+    fn routes(&mut self, v6: bool, table: u32) -> Result<Vec<Route>, NetlinkError>;
+    fn add_route(&mut self, route: &Route) -> Result<(), NetlinkError>;
+    fn del_route(&mut self, route: &Route) -> Result<bool, NetlinkError>;
+}
+
+impl PeerTables for Netlink {
+    fn neighbors(&mut self, vxlan: u32) -> Result<Vec<Neighbor>, NetlinkError> {
+        Netlink::neighbors(self, vxlan)
+    }
+    fn add_neighbor(&mut self, vxlan: u32, ip: IpAddr, mac: [u8; 6]) -> Result<(), NetlinkError> {
+        Netlink::add_neighbor(self, vxlan, ip, mac)
+    }
+    fn del_neighbor(&mut self, vxlan: u32, ip: IpAddr) -> Result<bool, NetlinkError> {
+        Netlink::del_neighbor(self, vxlan, ip)
+    }
+    fn fdb(&mut self, vxlan: u32) -> Result<Vec<([u8; 6], IpAddr)>, NetlinkError> {
+        Netlink::fdb(self, vxlan)
+    }
+    fn add_fdb(&mut self, vxlan: u32, mac: [u8; 6], dst: IpAddr) -> Result<(), NetlinkError> {
+        Netlink::add_fdb(self, vxlan, mac, dst)
+    }
+    fn del_fdb(&mut self, vxlan: u32, mac: [u8; 6]) -> Result<bool, NetlinkError> {
+        Netlink::del_fdb(self, vxlan, mac)
+    }
+    fn routes(&mut self, v6: bool, table: u32) -> Result<Vec<Route>, NetlinkError> {
+        Netlink::routes(self, v6, table)
+    }
+    fn add_route(&mut self, route: &Route) -> Result<(), NetlinkError> {
+        Netlink::add_route(self, route)
+    }
+    fn del_route(&mut self, route: &Route) -> Result<bool, NetlinkError> {
+        Netlink::del_route(self, route)
+    }
+}
+
+fn neighbor_text(ip: IpAddr) -> String {
+    format!("neighbour {ip} on {VXLAN_DEVICE}")
+}
+
+fn fdb_text(mac: [u8; 6], dst: Option<IpAddr>) -> String {
+    let mac = mac.map(|b| format!("{b:02x}")).join(":");
+    match dst {
+        Some(dst) => format!("FDB entry {mac} to {dst}"),
+        None => format!("FDB entry {mac}"),
+    }
+}
+
+fn route_text(r: &Route) -> String {
+    match r.gateway {
+        Some(via) => format!("route to {}/{} via {via}", r.dst, r.prefix),
+        None => format!("route to {}/{}", r.dst, r.prefix),
+    }
 }
 
 /// Programs the plan, comparing it with the whole kernel: peer routes, then the VXLAN
-/// neighbour and FDB entries. Returns what it changed and what the kernel now holds.
+/// neighbour and FDB entries. Returns what it changed and what the kernel now holds (as the
+/// plan wants it: where [`Changes::refused`] lists a write, the kernel differs, and the next
+/// apply should compare the whole kernel again).
 pub fn apply(
-    nl: &mut Netlink,
+    nl: &mut impl PeerTables,
     plan: &Plan,
     underlay: &Underlay,
     vxlan: Option<&Link>,
@@ -247,14 +357,14 @@ pub fn apply(
             if plan.neighbors.get(&n.ip) == n.mac.as_ref() {
                 have_neighbors.insert(n.ip);
             } else {
-                nl.del_neighbor(vx.index, n.ip)?;
-                changes.removed += 1;
+                let gone = nl.del_neighbor(vx.index, n.ip);
+                changes.count(false, || neighbor_text(n.ip), gone)?;
             }
         }
         for (ip, mac) in &plan.neighbors {
             if !have_neighbors.contains(ip) {
-                nl.add_neighbor(vx.index, *ip, *mac)?;
-                changes.added += 1;
+                let added = nl.add_neighbor(vx.index, *ip, *mac);
+                changes.count(true, || neighbor_text(*ip), added)?;
             }
         }
         let mut have_fdb = BTreeSet::new();
@@ -264,14 +374,14 @@ pub fn apply(
             if plan.fdb.get(&mac) == Some(&dst) {
                 have_fdb.insert(mac);
             } else {
-                nl.del_fdb(vx.index, mac)?;
-                changes.removed += 1;
+                let gone = nl.del_fdb(vx.index, mac);
+                changes.count(false, || fdb_text(mac, None), gone)?;
             }
         }
         for (mac, dst) in &plan.fdb {
             if !have_fdb.contains(mac) {
-                nl.add_fdb(vx.index, *mac, *dst)?;
-                changes.added += 1;
+                let added = nl.add_fdb(vx.index, *mac, *dst);
+                changes.count(true, || fdb_text(*mac, Some(*dst)), added)?;
             }
         }
     }
@@ -292,16 +402,16 @@ pub fn apply(
     let have: BTreeSet<_> = existing.iter().map(route_key).collect();
     for r in programmed.added() {
         if !have.contains(&route_key(r)) {
-            nl.add_route(r)?;
-            changes.added += 1;
+            let added = nl.add_route(r);
+            changes.count(true, || route_text(r), added)?;
         }
     }
     let wanted: BTreeSet<_> = programmed.added().map(route_key).collect();
     for r in existing.iter().filter(|r| !wanted.contains(&route_key(r))) {
         // A mode switch replaces a route in place (same destination): already done above.
         if !programmed.routes.contains_key(&(r.dst, r.prefix)) {
-            nl.del_route(r)?;
-            changes.removed += 1;
+            let gone = nl.del_route(r);
+            changes.count(false, || route_text(r), gone)?;
         }
     }
     Ok((changes, programmed))
@@ -369,7 +479,7 @@ fn diff<'a>(before: &'a Programmed, after: &'a Programmed) -> Diff<'a> {
 /// resync and after anyone else's change); where a device changed since, it compares the
 /// whole kernel at once.
 pub fn apply_changes(
-    nl: &mut Netlink,
+    nl: &mut impl PeerTables,
     before: &Programmed,
     plan: &Plan,
     underlay: &Underlay,
@@ -386,26 +496,30 @@ pub fn apply_changes(
     };
     if let Some(vx) = vxlan {
         for ip in &d.neighbors_gone {
-            nl.del_neighbor(vx.index, *ip)?;
+            let gone = nl.del_neighbor(vx.index, *ip);
+            changes.count(false, || neighbor_text(*ip), gone)?;
         }
         for (ip, mac) in &d.neighbors {
-            nl.add_neighbor(vx.index, *ip, *mac)?;
+            let added = nl.add_neighbor(vx.index, *ip, *mac);
+            changes.count(true, || neighbor_text(*ip), added)?;
         }
         for mac in &d.fdb_gone {
-            nl.del_fdb(vx.index, *mac)?;
+            let gone = nl.del_fdb(vx.index, *mac);
+            changes.count(false, || fdb_text(*mac, None), gone)?;
         }
         for (mac, dst) in &d.fdb {
-            nl.add_fdb(vx.index, *mac, *dst)?;
+            let added = nl.add_fdb(vx.index, *mac, *dst);
+            changes.count(true, || fdb_text(*mac, Some(*dst)), added)?;
         }
     }
     for r in &d.routes {
-        nl.add_route(r)?;
+        let added = nl.add_route(r);
+        changes.count(true, || route_text(r), added)?;
     }
     for r in &d.routes_gone {
-        nl.del_route(r)?;
+        let gone = nl.del_route(r);
+        changes.count(false, || route_text(r), gone)?;
     }
-    changes.added = d.neighbors.len() + d.fdb.len() + d.routes.len();
-    changes.removed = d.neighbors_gone.len() + d.fdb_gone.len() + d.routes_gone.len();
     Ok((changes, after))
 }
 
@@ -524,6 +638,176 @@ mod tests {
         assert_eq!(diff(&before, &after), Diff::default());
         // Nor removed when sinew stops wanting the prefix.
         assert_eq!(diff(&after, &before), Diff::default());
+    }
+
+    /// The kernel's peer tables in memory; it refuses to add a route to any of `refuse`, as
+    /// a kernel refuses a route whose gateway it cannot reach.
+    #[derive(Default)]
+    struct Kernel {
+        routes: Vec<Route>,
+        neighbors: BTreeMap<IpAddr, [u8; 6]>,
+        fdb: BTreeMap<[u8; 6], IpAddr>,
+        refuse: BTreeSet<IpAddr>,
+    }
+
+    impl Kernel {
+        fn dsts(&self) -> Vec<String> {
+            let mut dsts: Vec<String> = self
+                .routes
+                .iter()
+                .map(|r| format!("{}/{}", r.dst, r.prefix))
+                .collect();
+            dsts.sort();
+            dsts
+        }
+    }
+
+    impl PeerTables for Kernel {
+        fn neighbors(&mut self, _: u32) -> Result<Vec<Neighbor>, NetlinkError> {
+            Ok(self
+                .neighbors
+                .iter()
+                .map(|(ip, mac)| Neighbor {
+                    ip: *ip,
+                    mac: Some(*mac),
+                    state: NUD_PERMANENT,
+                })
+                .collect())
+        }
+        fn add_neighbor(&mut self, _: u32, ip: IpAddr, mac: [u8; 6]) -> Result<(), NetlinkError> {
+            self.neighbors.insert(ip, mac);
+            Ok(())
+        }
+        fn del_neighbor(&mut self, _: u32, ip: IpAddr) -> Result<bool, NetlinkError> {
+            Ok(self.neighbors.remove(&ip).is_some())
+        }
+        fn fdb(&mut self, _: u32) -> Result<Vec<([u8; 6], IpAddr)>, NetlinkError> {
+            Ok(self.fdb.iter().map(|(m, d)| (*m, *d)).collect())
+        }
+        fn add_fdb(&mut self, _: u32, mac: [u8; 6], dst: IpAddr) -> Result<(), NetlinkError> {
+            self.fdb.insert(mac, dst);
+            Ok(())
+        }
+        fn del_fdb(&mut self, _: u32, mac: [u8; 6]) -> Result<bool, NetlinkError> {
+            Ok(self.fdb.remove(&mac).is_some())
+        }
+        fn routes(&mut self, v6: bool, _: u32) -> Result<Vec<Route>, NetlinkError> {
+            Ok(self
+                .routes
+                .iter()
+                .filter(|r| r.dst.is_ipv6() == v6)
+                .cloned()
+                .collect())
+        }
+        fn add_route(&mut self, route: &Route) -> Result<(), NetlinkError> {
+            if self.refuse.contains(&route.dst) {
+                return Err(NetlinkError::Kernel {
+                    op: "add route",
+                    errno: 101,
+                    message: "Network is unreachable".into(),
+                });
+            }
+            self.routes
+                .retain(|r| (r.dst, r.prefix) != (route.dst, route.prefix));
+            self.routes.push(route.clone());
+            Ok(())
+        }
+        fn del_route(&mut self, route: &Route) -> Result<bool, NetlinkError> {
+            let before = self.routes.len();
+            self.routes.retain(|r| r != route);
+            Ok(self.routes.len() < before)
+        }
+    }
+
+    fn vxlan() -> Link {
+        device(4096, 4789, "10.99.0.10", 2)
+    }
+
+    #[test]
+    fn a_route_the_kernel_refuses_keeps_no_other_peer_out_and_is_tried_again() {
+        use PeerPath::{Routed, Vxlan};
+        let p = plan(&[
+            ("10.1.0.0/26", "10.99.0.11", Routed),
+            ("10.1.0.64/26", "169.254.1.2", Vxlan),
+            ("10.1.0.128/26", "169.254.1.3", Vxlan),
+        ]);
+        let mut kernel = Kernel {
+            refuse: BTreeSet::from(["10.1.0.64".parse().unwrap()]),
+            ..Kernel::default()
+        };
+        let (changes, _) = apply(&mut kernel, &p, &underlay(), Some(&vxlan())).unwrap();
+        assert_eq!(kernel.dsts(), ["10.1.0.0/26", "10.1.0.128/26"]);
+        assert_eq!((kernel.neighbors.len(), kernel.fdb.len()), (2, 2));
+        assert_eq!(changes.added, 6, "2 routes, 2 neighbours, 2 FDB entries");
+        assert_eq!(
+            changes.refused,
+            [
+                "route to 10.1.0.64/26 via 169.254.1.2: add route: Network is unreachable (errno 101)"
+            ]
+        );
+        let problem = changes.refused_problem().unwrap();
+        assert_eq!(problem.kind, ProblemKind::PeersIncomplete);
+        assert!(
+            problem.message.contains("refused 1 write(s)"),
+            "{problem:?}"
+        );
+
+        // The kernel takes it now: the next full apply adds only it.
+        kernel.refuse.clear();
+        let (changes, _) = apply(&mut kernel, &p, &underlay(), Some(&vxlan())).unwrap();
+        assert_eq!((changes.added, changes.removed), (1, 0));
+        assert!(changes.refused.is_empty() && changes.refused_problem().is_none());
+        assert_eq!(kernel.dsts().len(), 3);
+    }
+
+    #[test]
+    fn between_full_passes_a_refused_write_keeps_no_other_out() {
+        use PeerPath::{Routed, Vxlan};
+        let first = plan(&[("10.1.0.0/26", "10.99.0.11", Routed)]);
+        let mut kernel = Kernel::default();
+        let (_, before) = apply(&mut kernel, &first, &underlay(), Some(&vxlan())).unwrap();
+        kernel.refuse.insert("10.1.0.64".parse().unwrap());
+        let next = plan(&[
+            ("10.1.0.0/26", "10.99.0.11", Routed),
+            ("10.1.0.64/26", "169.254.1.2", Vxlan),
+            ("10.1.0.128/26", "169.254.1.3", Vxlan),
+        ]);
+        let (changes, _) =
+            apply_changes(&mut kernel, &before, &next, &underlay(), Some(&vxlan())).unwrap();
+        assert_eq!(kernel.dsts(), ["10.1.0.0/26", "10.1.0.128/26"]);
+        assert_eq!(changes.refused.len(), 1);
+        assert_eq!(changes.added, 5, "1 route, 2 neighbours, 2 FDB entries");
+    }
+
+    #[test]
+    fn a_full_apply_removes_what_no_peer_wants_and_leaves_foreign_routes() {
+        let p = plan(&[("10.1.0.0/26", "169.254.1.1", PeerPath::Vxlan)]);
+        let foreign = Route {
+            gateway: Some("10.99.0.1".parse().unwrap()),
+            oif: Some(2),
+            protocol: sinew_node_lib::netlink::RTPROT_STATIC,
+            ..Route::new("10.1.0.64".parse().unwrap(), 26)
+        };
+        let stale = Route {
+            dst: "10.1.0.128".parse().unwrap(),
+            protocol: PEER_ROUTE_PROTOCOL,
+            ..foreign.clone()
+        };
+        let mut kernel = Kernel {
+            routes: vec![foreign.clone(), stale],
+            neighbors: BTreeMap::from([("169.254.9.9".parse().unwrap(), [0x0a, 9, 9, 9, 9, 9])]),
+            fdb: BTreeMap::from([([0; 6], "10.99.0.99".parse().unwrap())]),
+            ..Kernel::default()
+        };
+        let (changes, _) = apply(&mut kernel, &p, &underlay(), Some(&vxlan())).unwrap();
+        assert_eq!(kernel.dsts(), ["10.1.0.0/26", "10.1.0.64/26"]);
+        assert!(kernel.routes.contains(&foreign));
+        assert_eq!(
+            kernel.neighbors.keys().collect::<Vec<_>>(),
+            [&"169.254.1.1".parse::<IpAddr>().unwrap()]
+        );
+        assert!(!kernel.fdb.contains_key(&[0; 6]), "the all-zero entry goes");
+        assert_eq!((changes.added, changes.removed), (3, 3));
     }
 
     fn device(vni: u32, port: u16, local: &str, link: u32) -> Link {

@@ -437,9 +437,16 @@ impl Agent {
         };
         let programmed = match applied {
             Ok((changes, kept)) => {
-                self.memory.programmed = Some(kept);
                 if changes.added + changes.removed + changes.skipped > 0 {
                     info!(node = %self.node(), added = changes.added, removed = changes.removed, skipped = changes.skipped, routes = plan.routes.len(), "peers programmed");
+                }
+                if let Some(problem) = changes.refused_problem() {
+                    warn!(node = %self.node(), refused = changes.refused.len(), first = %changes.refused[0], "the kernel refused some peer entries; the others are in");
+                    problems.push(problem);
+                } else {
+                    // Where the kernel refused a write it differs from `kept`: the next pass
+                    // compares the whole kernel and tries again.
+                    self.memory.programmed = Some(kept);
                 }
                 true
             }
