@@ -1,4 +1,5 @@
-//! The node's own address on its VXLAN device, one per family (pure).
+//! The node's own address on its VXLAN device, one per family, and what the device's
+//! addresses need to become it (pure).
 //!
 //! Without one, a node's packets to a remote pod over VXLAN leave with the node's underlay
 //! address, and the pod's reply goes back over the underlay with a pod source address: a
@@ -80,6 +81,34 @@ pub fn update(state: &mut IpamState, candidates: &[Candidate]) -> BTreeSet<IpAdd
         .filter_map(|f| choose(state, f, candidates))
         .collect();
     state.tunnel.clone()
+}
+
+/// An address on a device, with its prefix length.
+pub type DeviceAddress = (IpAddr, u8);
+
+/// What the device's addresses (`have`, with their prefixes) need to become `wanted`: the
+/// addresses to remove (any other sinew put there before: a moved or dropped choice) and the
+/// host addresses to add. The device's own addresses stay: the IPv4 anchor the VXLAN device
+/// is created with and IPv6 link-local ones.
+pub fn device_changes(
+    have: &[DeviceAddress],
+    wanted: &BTreeSet<IpAddr>,
+) -> (Vec<DeviceAddress>, Vec<DeviceAddress>) {
+    let own = |ip: &IpAddr| match ip {
+        IpAddr::V4(a) => *a == sinew_node_lib::consts::VXLAN_ANCHOR_V4,
+        IpAddr::V6(a) => a.is_unicast_link_local(),
+    };
+    let remove = have
+        .iter()
+        .filter(|(ip, _)| !own(ip) && !wanted.contains(ip))
+        .copied()
+        .collect();
+    let add = wanted
+        .iter()
+        .map(|ip| (*ip, if ip.is_ipv4() { 32 } else { 128 }))
+        .filter(|a| !have.contains(a))
+        .collect();
+    (remove, add)
 }
 
 #[cfg(test)]
@@ -166,5 +195,30 @@ mod tests {
         held(&mut s, "10.0.0.7");
         s.tunnel.clear();
         assert!(update(&mut s, &[c]).is_empty());
+    }
+
+    #[test]
+    fn the_device_keeps_its_own_addresses_and_takes_only_the_chosen_ones() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let anchor = IpAddr::V4(sinew_node_lib::consts::VXLAN_ANCHOR_V4);
+        let have = [
+            (anchor, 32),
+            (ip("fe80::1"), 64),
+            (ip("10.244.0.1"), 32),
+            (ip("10.244.0.9"), 32),
+            (ip("fd00::1"), 128),
+        ];
+        let wanted = BTreeSet::from([ip("10.244.0.1"), ip("fd00::2")]);
+        let (remove, add) = device_changes(&have, &wanted);
+        assert_eq!(remove, [(ip("10.244.0.9"), 32), (ip("fd00::1"), 128)]);
+        assert_eq!(add, [(ip("fd00::2"), 128)]);
+        // The chosen address with another prefix (written by someone else) is written again.
+        let (remove, add) = device_changes(&[(ip("10.244.0.1"), 24)], &wanted);
+        assert_eq!(remove, []);
+        assert_eq!(add, [(ip("10.244.0.1"), 32), (ip("fd00::2"), 128)]);
+        // Nothing chosen (no peers): every address sinew put there goes, the own ones stay.
+        let (remove, add) = device_changes(&have, &BTreeSet::new());
+        assert_eq!(remove.len(), 3);
+        assert!(add.is_empty());
     }
 }

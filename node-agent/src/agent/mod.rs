@@ -495,8 +495,9 @@ impl Agent {
             },
             None => BTreeSet::new(),
         };
-        if let Err(e) = self.release_blocks(&pools, &mut nl, vxlan.as_ref()).await {
-            problems.push(Problem::new(ProblemKind::BlockReleaseFailed, e.to_string()));
+        match self.release_blocks(&pools, &mut nl, vxlan.as_ref()).await {
+            Ok(release_problems) => problems.extend(release_problems),
+            Err(e) => problems.push(Problem::new(ProblemKind::BlockReleaseFailed, e.to_string())),
         }
         if forwarding_on && vxlan.is_some() && programmed && !self.memory.pass_completed {
             info!(node = %self.node(), "first complete pass in this boot: the node serves pods");
@@ -887,23 +888,14 @@ impl Agent {
             .store()
             .update(|s| tunnel::update(s, &candidates))
             .map_err(Error::files("updating the IPAM store"))?;
-        let have = nl.addresses(vxlan.index)?;
-        for (ip, prefix) in &have {
-            let own = match ip {
-                IpAddr::V4(a) => *a == sinew_node_lib::consts::VXLAN_ANCHOR_V4,
-                IpAddr::V6(a) => a.is_unicast_link_local(),
-            };
-            if !own && !wanted.contains(ip) {
-                nl.del_address(vxlan.index, *ip, *prefix)?;
-                info!(node = %self.node(), address = %ip, device = VXLAN_DEVICE, "tunnel address removed");
-            }
+        let (remove, add) = tunnel::device_changes(&nl.addresses(vxlan.index)?, &wanted);
+        for (ip, prefix) in remove {
+            nl.del_address(vxlan.index, ip, prefix)?;
+            info!(node = %self.node(), address = %ip, device = VXLAN_DEVICE, "tunnel address removed");
         }
-        for ip in &wanted {
-            let prefix = if ip.is_ipv4() { 32 } else { 128 };
-            if !have.contains(&(*ip, prefix)) {
-                nl.add_address(vxlan.index, *ip, prefix, true)?;
-                info!(node = %self.node(), address = %ip, device = VXLAN_DEVICE, "tunnel address set");
-            }
+        for (ip, prefix) in add {
+            nl.add_address(vxlan.index, ip, prefix, true)?;
+            info!(node = %self.node(), address = %ip, device = VXLAN_DEVICE, "tunnel address set");
         }
         Ok(wanted)
     }
@@ -970,12 +962,14 @@ impl Agent {
     /// store under its lock (so no ADD can allocate from it any more), then deleted.
     /// The tunnel address leaves a block that is given back: the block is retired with it
     /// (under the store's lock), and the device takes a new address before the `IPBlock` goes.
+    /// Each block on its own: one that cannot go now (its deletion refused, the device's
+    /// address not moved) is a problem, stays retired, and is tried again next pass.
     async fn release_blocks(
         &mut self,
         pools: &PoolView,
         nl: &mut Netlink,
         vxlan: Option<&Link>,
-    ) -> Result<()> {
+    ) -> Result<Vec<Problem>> {
         let holdings = self.block_usage()?;
         let usable: BTreeSet<String> = pools
             .selected
@@ -993,6 +987,7 @@ impl Agent {
             self.settings.block_release_grace,
             self.settings.min_free,
         );
+        let mut problems = Vec::new();
         for block in releasable {
             let (retired, moved) = self
                 .store()
@@ -1001,9 +996,16 @@ impl Agent {
             if !retired {
                 continue;
             }
-            if moved && let Some(vxlan) = vxlan {
+            if moved
+                && let Some(vxlan) = vxlan
                 // Another of this node's blocks (retired ones are never chosen) gives it.
-                self.ensure_tunnel_addresses(nl, vxlan, pools, true)?;
+                && let Err(e) = self.ensure_tunnel_addresses(nl, vxlan, pools, true)
+            {
+                problems.push(Problem::new(
+                    ProblemKind::BlockReleaseFailed,
+                    format!("block {block}: {VXLAN_DEVICE} still holds its address ({e})"),
+                ));
+                continue;
             }
             let name = sinew_crds::IPBlock::name_for(&block);
             let uid = self
@@ -1012,11 +1014,18 @@ impl Agent {
                 .iter()
                 .find(|b| b.name_any() == name)
                 .and_then(|b| b.metadata.uid.clone());
-            self.api.release(&block, uid).await?;
+            if let Err(e) = self.api.release(&block, uid).await {
+                warn!(node = %self.node(), block = %block, error = %e, "releasing a block failed");
+                problems.push(Problem::new(
+                    ProblemKind::BlockReleaseFailed,
+                    format!("block {block}: {e}"),
+                ));
+                continue;
+            }
             info!(node = %self.node(), block = %block, "released empty block");
             self.memory.empty_since.remove(&block.to_string());
         }
-        Ok(())
+        Ok(problems)
     }
 
     /// Writes `node.json` when it changed, stamped with the boot the node is ready in.
