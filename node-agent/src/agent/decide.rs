@@ -16,6 +16,7 @@ use sinew_node_lib::consts::VXLAN_DEVICE;
 use crate::blocks;
 use crate::datapath::Underlay;
 use crate::peers::{self, BlockInfo};
+use crate::tunnel;
 use crate::vetting::PoolFacts;
 
 /// One pass's view of pools and blocks, after the trust checks.
@@ -143,6 +144,42 @@ pub fn node_state(
             .collect(),
         ready_boot: None,
     }
+}
+
+/// The blocks of this node (`me`) the VXLAN device's address may come from: those of judged,
+/// usable pools that are not disabled, each with its pool's CIDR, mode and reserved ranges.
+pub fn tunnel_candidates(me: &str, pools: &PoolView) -> Vec<tunnel::Candidate> {
+    pools
+        .blocks
+        .iter()
+        .filter(|b| b.node == me)
+        .filter_map(|b| {
+            let fact = pools.facts.get(&b.pool)?;
+            let pool = pools.all.iter().find(|p| p.name_any() == b.pool)?;
+            (fact.unusable.is_none() && !pool.spec.disabled).then(|| tunnel::Candidate {
+                block: b.cidr,
+                pool_cidr: fact.cidr,
+                mode: pool.spec.mode,
+                reserved: pool
+                    .spec
+                    .reserved
+                    .iter()
+                    .filter_map(|r| sinew_crds::cidr::parse_ip_or_cidr(r).ok())
+                    .collect(),
+            })
+        })
+        .collect()
+}
+
+/// The pools that select this node and hand out addresses (judged, no conflict): a block of
+/// any other pool is given back once it is empty.
+pub fn usable_selected(pools: &PoolView) -> BTreeSet<String> {
+    pools
+        .selected
+        .iter()
+        .map(|p| p.name_any())
+        .filter(|name| pools.facts.get(name).is_some_and(|f| f.unusable.is_none()))
+        .collect()
 }
 
 /// The Events a node's problems call for, against the kinds (and messages) of the last pass: a
@@ -389,6 +426,69 @@ mod tests {
             node_state("me", Some(1400), &underlay(), &view, &BTreeSet::new()).pools[0].mtu,
             1400,
             "a fixed MTU wins"
+        );
+    }
+
+    #[test]
+    fn the_tunnel_address_and_kept_blocks_come_only_from_usable_pools() {
+        let mut disabled = (*pool("disabled", "10.4.0.0/16", "VXLAN", None)).clone();
+        disabled.spec.disabled = true;
+        let mut reserving = (*pool("usable", "10.1.0.0/16", "Auto", None)).clone();
+        reserving.spec.reserved = vec!["10.1.0.1".into(), "10.1.0.8/29".into(), "bad".into()];
+        let selected = vec![
+            Arc::new(reserving),
+            pool("conflicted", "10.2.0.0/16", "VXLAN", None),
+            pool("unjudged", "10.3.0.0/16", "VXLAN", None),
+            Arc::new(disabled),
+        ];
+        let fact = |name: &str, cidr: &str, unusable: Option<&str>| {
+            (
+                name.to_string(),
+                PoolFacts {
+                    name: name.into(),
+                    cidr: cidr.parse().unwrap(),
+                    block_size: 26,
+                    unusable: unusable.map(str::to_string),
+                },
+            )
+        };
+        let view = PoolView {
+            all: selected.clone(),
+            selected: selected[..3].to_vec(),
+            facts: BTreeMap::from([
+                fact("usable", "10.1.0.0/16", None),
+                fact("conflicted", "10.2.0.0/16", Some("overlaps pool usable")),
+                fact("disabled", "10.4.0.0/16", None),
+            ]),
+            blocks: vec![
+                block("10.1.0.0/26", "me", "usable"),
+                block("10.1.0.64/26", "b", "usable"),
+                block("10.2.0.0/26", "me", "conflicted"),
+                block("10.3.0.0/26", "me", "unjudged"),
+                block("10.4.0.0/26", "me", "disabled"),
+            ]
+            .into(),
+        };
+        let candidates = tunnel_candidates("me", &view);
+        assert_eq!(candidates.len(), 1, "{candidates:?}");
+        let c = &candidates[0];
+        assert_eq!(c.block, "10.1.0.0/26".parse().unwrap());
+        assert_eq!(
+            (c.pool_cidr, c.mode),
+            ("10.1.0.0/16".parse().unwrap(), PoolMode::Auto)
+        );
+        assert_eq!(
+            c.reserved,
+            [
+                "10.1.0.1/32".parse().unwrap(),
+                "10.1.0.8/29".parse().unwrap()
+            ],
+            "what cannot be read reserves nothing"
+        );
+        assert_eq!(
+            usable_selected(&view),
+            BTreeSet::from(["usable".to_string()]),
+            "a conflicted, an unjudged and an unselected pool's blocks are given back"
         );
     }
 

@@ -864,26 +864,11 @@ impl Agent {
         pools: &PoolView,
         peered: bool,
     ) -> Result<BTreeSet<IpAddr>> {
-        let candidates: Vec<tunnel::Candidate> = pools
-            .blocks
-            .iter()
-            .filter(|b| peered && b.node == self.node())
-            .filter_map(|b| {
-                let fact = pools.facts.get(&b.pool)?;
-                let pool = pools.all.iter().find(|p| p.name_any() == b.pool)?;
-                (fact.unusable.is_none() && !pool.spec.disabled).then(|| tunnel::Candidate {
-                    block: b.cidr,
-                    pool_cidr: fact.cidr,
-                    mode: pool.spec.mode,
-                    reserved: pool
-                        .spec
-                        .reserved
-                        .iter()
-                        .filter_map(|r| sinew_crds::cidr::parse_ip_or_cidr(r).ok())
-                        .collect(),
-                })
-            })
-            .collect();
+        let candidates = if peered {
+            decide::tunnel_candidates(self.node(), pools)
+        } else {
+            Vec::new()
+        };
         let wanted = self
             .store()
             .update(|s| tunnel::update(s, &candidates))
@@ -971,15 +956,9 @@ impl Agent {
         vxlan: Option<&Link>,
     ) -> Result<Vec<Problem>> {
         let holdings = self.block_usage()?;
-        let usable: BTreeSet<String> = pools
-            .selected
-            .iter()
-            .map(|p| p.name_any())
-            .filter(|name| pools.facts.get(name).is_some_and(|f| f.unusable.is_none()))
-            .collect();
         let releasable = blocks::releases(
             &self.settings.node_name,
-            &usable,
+            &decide::usable_selected(pools),
             &pools.blocks,
             &holdings,
             &mut self.memory.empty_since,
