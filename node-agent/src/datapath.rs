@@ -96,7 +96,7 @@ fn vxlan_mismatch(
 /// Makes sure the VXLAN device exists with these parameters and MAC on this underlay, is up
 /// and has the right MTU; a device that differs (as the kernel reports it) is recreated.
 pub fn ensure_vxlan(
-    nl: &mut Netlink,
+    nl: &mut impl Kernel,
     params: VxlanParams,
     underlay: &Underlay,
     mac: [u8; 6],
@@ -114,15 +114,7 @@ pub fn ensure_vxlan(
         existing = None;
     }
     if existing.is_none() {
-        nl.create_vxlan(
-            VXLAN_DEVICE,
-            params.vni,
-            params.port,
-            Some(underlay.ip),
-            Some(underlay.index),
-            Some(mtu),
-            Some(mac),
-        )?;
+        nl.create_vxlan(params, underlay, mtu, mac)?;
     }
     let link = nl
         .link_by_name(VXLAN_DEVICE)?
@@ -270,9 +262,30 @@ impl Changes {
     }
 }
 
-/// The kernel's peer tables (routes, and the VXLAN device's neighbours and FDB) as [`apply`]
-/// and [`apply_changes`] read and write them: [`Netlink`] on a node, a fake in the tests.
-pub trait PeerTables {
+/// The kernel as this module reads and writes it (the VXLAN device and its addresses, peer
+/// routes, the device's neighbours and FDB): [`Netlink`] on a node, a fake in the tests.
+pub trait Kernel {
+    /// The device called `name`, if there is one.
+    fn link_by_name(&mut self, name: &str) -> Result<Option<Link>, NetlinkError>;
+    fn delete_link_by_name(&mut self, name: &str) -> Result<bool, NetlinkError>;
+    /// Creates [`VXLAN_DEVICE`] (no learning, no multicast group) on `underlay`, down.
+    fn create_vxlan(
+        &mut self,
+        params: VxlanParams,
+        underlay: &Underlay,
+        mtu: u32,
+        mac: [u8; 6],
+    ) -> Result<(), NetlinkError>;
+    fn set_mtu(&mut self, index: u32, mtu: u32) -> Result<(), NetlinkError>;
+    fn set_link_up(&mut self, index: u32) -> Result<(), NetlinkError>;
+    /// A device's addresses, with their prefix lengths.
+    fn addresses(&mut self, index: u32) -> Result<Vec<(IpAddr, u8)>, NetlinkError>;
+    /// Adds `addr/32` with host scope.
+    fn add_host_scope_address(
+        &mut self,
+        index: u32,
+        addr: std::net::Ipv4Addr,
+    ) -> Result<(), NetlinkError>;
     fn neighbors(&mut self, vxlan: u32) -> Result<Vec<Neighbor>, NetlinkError>;
     fn add_neighbor(&mut self, vxlan: u32, ip: IpAddr, mac: [u8; 6]) -> Result<(), NetlinkError>;
     fn del_neighbor(&mut self, vxlan: u32, ip: IpAddr) -> Result<bool, NetlinkError>;
@@ -285,7 +298,47 @@ pub trait PeerTables {
     fn del_route(&mut self, route: &Route) -> Result<bool, NetlinkError>;
 }
 
-impl PeerTables for Netlink {
+impl Kernel for Netlink {
+    fn link_by_name(&mut self, name: &str) -> Result<Option<Link>, NetlinkError> {
+        Netlink::link_by_name(self, name)
+    }
+    fn delete_link_by_name(&mut self, name: &str) -> Result<bool, NetlinkError> {
+        Netlink::delete_link_by_name(self, name)
+    }
+    fn create_vxlan(
+        &mut self,
+        params: VxlanParams,
+        underlay: &Underlay,
+        mtu: u32,
+        mac: [u8; 6],
+    ) -> Result<(), NetlinkError> {
+        Netlink::create_vxlan(
+            self,
+            VXLAN_DEVICE,
+            params.vni,
+            params.port,
+            Some(underlay.ip),
+            Some(underlay.index),
+            Some(mtu),
+            Some(mac),
+        )
+    }
+    fn set_mtu(&mut self, index: u32, mtu: u32) -> Result<(), NetlinkError> {
+        Netlink::set_mtu(self, index, mtu)
+    }
+    fn set_link_up(&mut self, index: u32) -> Result<(), NetlinkError> {
+        Netlink::set_link_up(self, index)
+    }
+    fn addresses(&mut self, index: u32) -> Result<Vec<(IpAddr, u8)>, NetlinkError> {
+        Netlink::addresses(self, index)
+    }
+    fn add_host_scope_address(
+        &mut self,
+        index: u32,
+        addr: std::net::Ipv4Addr,
+    ) -> Result<(), NetlinkError> {
+        Netlink::add_host_scope_address(self, index, addr)
+    }
     fn neighbors(&mut self, vxlan: u32) -> Result<Vec<Neighbor>, NetlinkError> {
         Netlink::neighbors(self, vxlan)
     }
@@ -339,7 +392,7 @@ fn route_text(r: &Route) -> String {
 /// plan wants it: where [`Changes::refused`] lists a write, the kernel differs, and the next
 /// apply should compare the whole kernel again).
 pub fn apply(
-    nl: &mut impl PeerTables,
+    nl: &mut impl Kernel,
     plan: &Plan,
     underlay: &Underlay,
     vxlan: Option<&Link>,
@@ -479,7 +532,7 @@ fn diff<'a>(before: &'a Programmed, after: &'a Programmed) -> Diff<'a> {
 /// resync and after anyone else's change); where a device changed since, it compares the
 /// whole kernel at once.
 pub fn apply_changes(
-    nl: &mut impl PeerTables,
+    nl: &mut impl Kernel,
     before: &Programmed,
     plan: &Plan,
     underlay: &Underlay,
@@ -524,7 +577,7 @@ pub fn apply_changes(
 }
 
 /// Removes every peer route and the VXLAN device (node clean-up).
-pub fn remove_all(nl: &mut Netlink) -> Result<(), NetlinkError> {
+pub fn remove_all(nl: &mut impl Kernel) -> Result<(), NetlinkError> {
     for v6 in [false, true] {
         for r in nl
             .routes(v6, MAIN_TABLE)?
@@ -640,17 +693,21 @@ mod tests {
         assert_eq!(diff(&after, &before), Diff::default());
     }
 
-    /// The kernel's peer tables in memory; it refuses to add a route to any of `refuse`, as
+    /// The kernel in memory (one device); it refuses to add a route to any of `refuse`, as
     /// a kernel refuses a route whose gateway it cannot reach.
     #[derive(Default)]
-    struct Kernel {
+    struct FakeKernel {
+        link: Option<Link>,
+        /// Devices created so far (each takes the next index).
+        created: u32,
+        addresses: Vec<(IpAddr, u8)>,
         routes: Vec<Route>,
         neighbors: BTreeMap<IpAddr, [u8; 6]>,
         fdb: BTreeMap<[u8; 6], IpAddr>,
         refuse: BTreeSet<IpAddr>,
     }
 
-    impl Kernel {
+    impl FakeKernel {
         fn dsts(&self) -> Vec<String> {
             let mut dsts: Vec<String> = self
                 .routes
@@ -662,7 +719,64 @@ mod tests {
         }
     }
 
-    impl PeerTables for Kernel {
+    impl Kernel for FakeKernel {
+        fn link_by_name(&mut self, name: &str) -> Result<Option<Link>, NetlinkError> {
+            Ok(self.link.clone().filter(|l| l.name == name))
+        }
+        fn delete_link_by_name(&mut self, name: &str) -> Result<bool, NetlinkError> {
+            let gone = self.link.take_if(|l| l.name == name).is_some();
+            if gone {
+                self.addresses.clear();
+            }
+            Ok(gone)
+        }
+        fn create_vxlan(
+            &mut self,
+            params: VxlanParams,
+            underlay: &Underlay,
+            mtu: u32,
+            mac: [u8; 6],
+        ) -> Result<(), NetlinkError> {
+            self.created += 1;
+            self.link = Some(Link {
+                index: 100 + self.created,
+                name: VXLAN_DEVICE.into(),
+                mac: Some(mac),
+                mtu,
+                up: false,
+                kind: Some("vxlan".into()),
+                vxlan: Some(VxlanInfo {
+                    vni: Some(params.vni),
+                    port: Some(params.port),
+                    local: Some(underlay.ip),
+                    link: Some(underlay.index),
+                }),
+            });
+            Ok(())
+        }
+        fn set_mtu(&mut self, _: u32, mtu: u32) -> Result<(), NetlinkError> {
+            if let Some(l) = self.link.as_mut() {
+                l.mtu = mtu;
+            }
+            Ok(())
+        }
+        fn set_link_up(&mut self, _: u32) -> Result<(), NetlinkError> {
+            if let Some(l) = self.link.as_mut() {
+                l.up = true;
+            }
+            Ok(())
+        }
+        fn addresses(&mut self, _: u32) -> Result<Vec<(IpAddr, u8)>, NetlinkError> {
+            Ok(self.addresses.clone())
+        }
+        fn add_host_scope_address(
+            &mut self,
+            _: u32,
+            addr: std::net::Ipv4Addr,
+        ) -> Result<(), NetlinkError> {
+            self.addresses.push((IpAddr::V4(addr), 32));
+            Ok(())
+        }
         fn neighbors(&mut self, _: u32) -> Result<Vec<Neighbor>, NetlinkError> {
             Ok(self
                 .neighbors
@@ -731,9 +845,9 @@ mod tests {
             ("10.1.0.64/26", "169.254.1.2", Vxlan),
             ("10.1.0.128/26", "169.254.1.3", Vxlan),
         ]);
-        let mut kernel = Kernel {
+        let mut kernel = FakeKernel {
             refuse: BTreeSet::from(["10.1.0.64".parse().unwrap()]),
-            ..Kernel::default()
+            ..FakeKernel::default()
         };
         let (changes, _) = apply(&mut kernel, &p, &underlay(), Some(&vxlan())).unwrap();
         assert_eq!(kernel.dsts(), ["10.1.0.0/26", "10.1.0.128/26"]);
@@ -764,7 +878,7 @@ mod tests {
     fn between_full_passes_a_refused_write_keeps_no_other_out() {
         use PeerPath::{Routed, Vxlan};
         let first = plan(&[("10.1.0.0/26", "10.99.0.11", Routed)]);
-        let mut kernel = Kernel::default();
+        let mut kernel = FakeKernel::default();
         let (_, before) = apply(&mut kernel, &first, &underlay(), Some(&vxlan())).unwrap();
         kernel.refuse.insert("10.1.0.64".parse().unwrap());
         let next = plan(&[
@@ -793,11 +907,11 @@ mod tests {
             protocol: PEER_ROUTE_PROTOCOL,
             ..foreign.clone()
         };
-        let mut kernel = Kernel {
+        let mut kernel = FakeKernel {
             routes: vec![foreign.clone(), stale],
             neighbors: BTreeMap::from([("169.254.9.9".parse().unwrap(), [0x0a, 9, 9, 9, 9, 9])]),
             fdb: BTreeMap::from([([0; 6], "10.99.0.99".parse().unwrap())]),
-            ..Kernel::default()
+            ..FakeKernel::default()
         };
         let (changes, _) = apply(&mut kernel, &p, &underlay(), Some(&vxlan())).unwrap();
         assert_eq!(kernel.dsts(), ["10.1.0.0/26", "10.1.0.64/26"]);
@@ -825,6 +939,43 @@ mod tests {
                 link: Some(link),
             }),
         }
+    }
+
+    #[test]
+    fn the_vxlan_device_is_made_fixed_in_place_or_made_again_as_the_kernel_shows_it() {
+        let params = VxlanParams {
+            vni: 4096,
+            port: 4789,
+        };
+        let u = underlay();
+        let anchor = (IpAddr::V4(VXLAN_ANCHOR_V4), 32);
+        let mut kernel = FakeKernel::default();
+        let link = ensure_vxlan(&mut kernel, params, &u, MAC).unwrap();
+        let made = kernel.link.clone().unwrap();
+        assert_eq!(
+            (made.index, made.mtu, made.up),
+            (101, 1450, true),
+            "{made:?}"
+        );
+        assert_eq!(link.index, made.index);
+        assert_eq!(kernel.addresses, [anchor]);
+
+        // Taken down and given another MTU by someone: fixed in place.
+        if let Some(l) = kernel.link.as_mut() {
+            (l.up, l.mtu) = (false, 9000);
+        }
+        ensure_vxlan(&mut kernel, params, &u, MAC).unwrap();
+        let fixed = kernel.link.clone().unwrap();
+        assert_eq!((fixed.index, fixed.mtu, fixed.up), (101, 1450, true));
+        assert_eq!(kernel.addresses, [anchor], "the anchor is not added twice");
+
+        // A new VNI in the ClusterNetwork: the device is made again, with its anchor.
+        let renumbered = VxlanParams { vni: 7, ..params };
+        ensure_vxlan(&mut kernel, renumbered, &u, MAC).unwrap();
+        let again = kernel.link.clone().unwrap();
+        assert_eq!((again.index, again.vxlan.unwrap().vni), (102, Some(7)));
+        assert!(again.up);
+        assert_eq!(kernel.addresses, [anchor]);
     }
 
     /// What the kernel says decides, so a change made while the agent was down (a new VNI in
