@@ -10,7 +10,7 @@ use std::net::IpAddr;
 
 use sinew_crds::node::{Problem, ProblemKind};
 use sinew_crds::{Cidr, Family};
-use sinew_node_lib::netlink::{Link, Neighbor, Netlink, NetlinkError, Route};
+use sinew_node_lib::netlink::{Link, Neighbor, Netlink, NetlinkError, Route, RouteEntry, Rule};
 
 use crate::peers::{PeerPath, Plan};
 
@@ -33,7 +33,7 @@ pub struct Underlay {
 }
 
 /// Finds the interface that holds `ip`.
-pub fn find_underlay(nl: &mut Netlink, ip: IpAddr) -> Result<Option<Underlay>, NetlinkError> {
+pub fn find_underlay(nl: &mut dyn Kernel, ip: IpAddr) -> Result<Option<Underlay>, NetlinkError> {
     for link in nl.links()? {
         for (addr, prefix) in nl.addresses(link.index)? {
             if addr == ip {
@@ -96,7 +96,7 @@ fn vxlan_mismatch(
 /// Makes sure the VXLAN device exists with these parameters and MAC on this underlay, is up
 /// and has the right MTU; a device that differs (as the kernel reports it) is recreated.
 pub fn ensure_vxlan(
-    nl: &mut impl Kernel,
+    nl: &mut dyn Kernel,
     params: VxlanParams,
     underlay: &Underlay,
     mac: [u8; 6],
@@ -262,9 +262,11 @@ impl Changes {
     }
 }
 
-/// The kernel as this module reads and writes it (the VXLAN device and its addresses, peer
-/// routes, the device's neighbours and FDB): [`Netlink`] on a node, a fake in the tests.
-pub trait Kernel {
+/// The kernel as a pass reads and writes it: devices and their addresses, peer routes, the
+/// VXLAN device's neighbours and FDB, and what the node checks look at (every route and
+/// rule, the input route of a packet). [`Netlink`] on a node, a fake in the tests.
+pub trait Kernel: Send {
+    fn links(&mut self) -> Result<Vec<Link>, NetlinkError>;
     /// The device called `name`, if there is one.
     fn link_by_name(&mut self, name: &str) -> Result<Option<Link>, NetlinkError>;
     fn delete_link_by_name(&mut self, name: &str) -> Result<bool, NetlinkError>;
@@ -286,6 +288,15 @@ pub trait Kernel {
         index: u32,
         addr: std::net::Ipv4Addr,
     ) -> Result<(), NetlinkError>;
+    /// Adds `addr/prefix` without duplicate address detection.
+    fn add_address(&mut self, index: u32, addr: IpAddr, prefix: u8) -> Result<(), NetlinkError>;
+    fn del_address(&mut self, index: u32, addr: IpAddr, prefix: u8) -> Result<bool, NetlinkError>;
+    /// Every route of every table of `family`, with its kind.
+    fn all_routes(&mut self, family: Family) -> Result<Vec<RouteEntry>, NetlinkError>;
+    fn rules(&mut self, family: Family) -> Result<Vec<Rule>, NetlinkError>;
+    /// Whether the kernel accepts a packet from `src` to `dst` arriving on `iif` (its input
+    /// route lookup, reverse-path filter included).
+    fn input_accepted(&mut self, src: IpAddr, dst: IpAddr, iif: u32) -> Result<bool, NetlinkError>;
     fn neighbors(&mut self, vxlan: u32) -> Result<Vec<Neighbor>, NetlinkError>;
     fn add_neighbor(&mut self, vxlan: u32, ip: IpAddr, mac: [u8; 6]) -> Result<(), NetlinkError>;
     fn del_neighbor(&mut self, vxlan: u32, ip: IpAddr) -> Result<bool, NetlinkError>;
@@ -299,6 +310,9 @@ pub trait Kernel {
 }
 
 impl Kernel for Netlink {
+    fn links(&mut self) -> Result<Vec<Link>, NetlinkError> {
+        Netlink::links(self)
+    }
     fn link_by_name(&mut self, name: &str) -> Result<Option<Link>, NetlinkError> {
         Netlink::link_by_name(self, name)
     }
@@ -338,6 +352,21 @@ impl Kernel for Netlink {
         addr: std::net::Ipv4Addr,
     ) -> Result<(), NetlinkError> {
         Netlink::add_host_scope_address(self, index, addr)
+    }
+    fn add_address(&mut self, index: u32, addr: IpAddr, prefix: u8) -> Result<(), NetlinkError> {
+        Netlink::add_address(self, index, addr, prefix, true)
+    }
+    fn del_address(&mut self, index: u32, addr: IpAddr, prefix: u8) -> Result<bool, NetlinkError> {
+        Netlink::del_address(self, index, addr, prefix)
+    }
+    fn all_routes(&mut self, family: Family) -> Result<Vec<RouteEntry>, NetlinkError> {
+        Netlink::all_routes(self, family)
+    }
+    fn rules(&mut self, family: Family) -> Result<Vec<Rule>, NetlinkError> {
+        Netlink::rules(self, family)
+    }
+    fn input_accepted(&mut self, src: IpAddr, dst: IpAddr, iif: u32) -> Result<bool, NetlinkError> {
+        Netlink::input_accepted(self, src, dst, iif)
     }
     fn neighbors(&mut self, vxlan: u32) -> Result<Vec<Neighbor>, NetlinkError> {
         Netlink::neighbors(self, vxlan)
@@ -392,7 +421,7 @@ fn route_text(r: &Route) -> String {
 /// plan wants it: where [`Changes::refused`] lists a write, the kernel differs, and the next
 /// apply should compare the whole kernel again).
 pub fn apply(
-    nl: &mut impl Kernel,
+    nl: &mut dyn Kernel,
     plan: &Plan,
     underlay: &Underlay,
     vxlan: Option<&Link>,
@@ -532,7 +561,7 @@ fn diff<'a>(before: &'a Programmed, after: &'a Programmed) -> Diff<'a> {
 /// resync and after anyone else's change); where a device changed since, it compares the
 /// whole kernel at once.
 pub fn apply_changes(
-    nl: &mut impl Kernel,
+    nl: &mut dyn Kernel,
     before: &Programmed,
     plan: &Plan,
     underlay: &Underlay,
@@ -577,7 +606,7 @@ pub fn apply_changes(
 }
 
 /// Removes every peer route and the VXLAN device (node clean-up).
-pub fn remove_all(nl: &mut impl Kernel) -> Result<(), NetlinkError> {
+pub fn remove_all(nl: &mut dyn Kernel) -> Result<(), NetlinkError> {
     for v6 in [false, true] {
         for r in nl
             .routes(v6, MAIN_TABLE)?
@@ -720,6 +749,27 @@ mod tests {
     }
 
     impl Kernel for FakeKernel {
+        fn links(&mut self) -> Result<Vec<Link>, NetlinkError> {
+            Ok(self.link.iter().cloned().collect())
+        }
+        fn add_address(&mut self, _: u32, addr: IpAddr, prefix: u8) -> Result<(), NetlinkError> {
+            self.addresses.push((addr, prefix));
+            Ok(())
+        }
+        fn del_address(&mut self, _: u32, addr: IpAddr, prefix: u8) -> Result<bool, NetlinkError> {
+            let before = self.addresses.len();
+            self.addresses.retain(|a| *a != (addr, prefix));
+            Ok(self.addresses.len() < before)
+        }
+        fn all_routes(&mut self, _: Family) -> Result<Vec<RouteEntry>, NetlinkError> {
+            Ok(Vec::new())
+        }
+        fn rules(&mut self, _: Family) -> Result<Vec<Rule>, NetlinkError> {
+            Ok(Vec::new())
+        }
+        fn input_accepted(&mut self, _: IpAddr, _: IpAddr, _: u32) -> Result<bool, NetlinkError> {
+            Ok(true)
+        }
         fn link_by_name(&mut self, name: &str) -> Result<Option<Link>, NetlinkError> {
             Ok(self.link.clone().filter(|l| l.name == name))
         }

@@ -12,7 +12,8 @@
 
 use sinew_crds::ReleaseRequest;
 use sinew_node_lib::ipam;
-use sinew_node_lib::netlink::Netlink;
+
+use crate::datapath::Kernel;
 
 /// What became of the release requests of one pass.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -27,7 +28,7 @@ pub struct Outcome {
 /// node's network namespace) tells whether a host veth still exists.
 pub fn release(
     store: &ipam::Store,
-    nl: &mut Netlink,
+    nl: &mut dyn Kernel,
     requests: &[(String, ReleaseRequest)],
 ) -> std::io::Result<Outcome> {
     store.update(|st| {
@@ -83,6 +84,7 @@ pub fn decide(
 mod tests {
     use super::*;
     use sinew_node_lib::ipam::{Attachment, HeldAddress, Slot};
+    use sinew_node_lib::netlink::Netlink;
     use sinew_node_lib::netns::NetNs;
 
     fn request(ip: &str, uid: &str) -> ReleaseRequest {

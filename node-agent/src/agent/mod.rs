@@ -46,14 +46,14 @@ use sinew_crds::{
 };
 use sinew_node_lib::consts::VXLAN_DEVICE;
 use sinew_node_lib::ipam;
-use sinew_node_lib::netlink::{Link, Netlink};
+use sinew_node_lib::netlink::{Link, Netlink, NetlinkError};
 use sinew_node_lib::node_state;
 use sinew_runtime::node::NodeFacts;
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
 use crate::blocks::{self, BlockNeed, BlockUsage};
-use crate::datapath::{self, Underlay, VxlanParams};
+use crate::datapath::{self, Kernel, Underlay, VxlanParams};
 use crate::diagnose;
 use crate::http;
 use crate::nat;
@@ -142,6 +142,16 @@ pub struct Agent {
     policy: Policy,
     /// Woken when the plugin changes the IPAM store or asks for a block.
     local: Arc<Notify>,
+    /// Opens the kernel a pass reads and writes (netlink on a node).
+    kernel: OpenKernel,
+}
+
+/// Opens the kernel for one pass.
+type OpenKernel = fn() -> std::result::Result<Box<dyn Kernel>, NetlinkError>;
+
+/// The node's kernel, through netlink.
+fn netlink() -> std::result::Result<Box<dyn Kernel>, NetlinkError> {
+    Ok(Box::new(Netlink::new()?))
 }
 
 /// One pass's view of the local node.
@@ -194,6 +204,7 @@ impl Agent {
             cluster,
             memory: PassMemory::default(),
             notify,
+            kernel: netlink,
         }
     }
 
@@ -298,8 +309,7 @@ impl Agent {
         let Some(ip) = node.addresses.primary else {
             return Ok(None);
         };
-        let mut nl = Netlink::new()?;
-        let underlay = datapath::find_underlay(&mut nl, ip)?.ok_or_else(|| {
+        let underlay = datapath::find_underlay(&mut *(self.kernel)()?, ip)?.ok_or_else(|| {
             Error::Node(format!(
                 "no interface on this node holds the Node's address {ip}"
             ))
@@ -399,13 +409,14 @@ impl Agent {
             )
             .clone();
         let plan = &peering.plan;
-        let mut nl = Netlink::new()?;
+        let mut kernel = (self.kernel)()?;
+        let nl = &mut *kernel;
         let params = VxlanParams {
             vni: network.spec.vxlan.vni,
             port: network.spec.vxlan.port,
         };
         let vxlan = match datapath::ensure_vxlan(
-            &mut nl,
+            nl,
             params,
             &local.underlay,
             sinew_node_lib::consts::vtep_mac(self.node()),
@@ -431,9 +442,9 @@ impl Agent {
         let full = resync || kernel_changed || self.memory.programmed.is_none();
         let applied = match self.memory.programmed.take() {
             Some(before) if !full => {
-                datapath::apply_changes(&mut nl, &before, plan, &local.underlay, vxlan.as_ref())
+                datapath::apply_changes(nl, &before, plan, &local.underlay, vxlan.as_ref())
             }
-            _ => datapath::apply(&mut nl, plan, &local.underlay, vxlan.as_ref()),
+            _ => datapath::apply(nl, plan, &local.underlay, vxlan.as_ref()),
         };
         let programmed = match applied {
             Ok((changes, kept)) => {
@@ -471,7 +482,7 @@ impl Agent {
             )
         }));
         if let Some(vxlan) = &vxlan {
-            let drops = self.reverse_drops(&mut nl, plan, &local, vxlan);
+            let drops = self.reverse_drops(nl, plan, &local, vxlan);
             problems.extend(diagnose::reverse_path_dropped(&drops));
         }
 
@@ -482,7 +493,7 @@ impl Agent {
         // Without a peer route the node sends nothing to remote pods: no address is spent.
         let peered = !plan.routes.is_empty();
         let tunnel = match &vxlan {
-            Some(vxlan) => match self.ensure_tunnel_addresses(&mut nl, vxlan, &pools, peered) {
+            Some(vxlan) => match self.ensure_tunnel_addresses(nl, vxlan, &pools, peered) {
                 Ok(addresses) => addresses,
                 Err(e) => {
                     warn!(node = %self.node(), error = %e, "cannot give the VXLAN device its pod-network address");
@@ -495,7 +506,7 @@ impl Agent {
             },
             None => BTreeSet::new(),
         };
-        match self.release_blocks(&pools, &mut nl, vxlan.as_ref()).await {
+        match self.release_blocks(&pools, nl, vxlan.as_ref()).await {
             Ok(release_problems) => problems.extend(release_problems),
             Err(e) => problems.push(Problem::new(ProblemKind::BlockReleaseFailed, e.to_string())),
         }
@@ -551,7 +562,7 @@ impl Agent {
         if let Err(e) = self.mirror_namespace_pools() {
             self.step_failed(&mut problems, "mirroring namespace pools for the plugin", e);
         }
-        if let Err(e) = self.release_leaks(&mut nl, &local).await {
+        if let Err(e) = self.release_leaks(nl, &local).await {
             self.step_failed(&mut problems, "releasing leaked addresses", e);
         }
 
@@ -577,7 +588,7 @@ impl Agent {
         };
         let ready = install.is_some();
         self.metrics.set_ready(ready);
-        problems.extend(self.diagnose(&mut nl, install.as_ref(), &pools, full));
+        problems.extend(self.diagnose(nl, install.as_ref(), &pools, full));
         if let Some(mesh) = &self.mesh {
             problems.extend(mesh.problems());
         }
@@ -644,7 +655,7 @@ impl Agent {
     /// the drops are those of the last answers.
     fn reverse_drops(
         &mut self,
-        nl: &mut Netlink,
+        nl: &mut dyn Kernel,
         plan: &peers::Plan,
         local: &LocalNode,
         vxlan: &Link,
@@ -859,7 +870,7 @@ impl Agent {
     /// false) holds none.
     fn ensure_tunnel_addresses(
         &mut self,
-        nl: &mut Netlink,
+        nl: &mut dyn Kernel,
         vxlan: &Link,
         pools: &PoolView,
         peered: bool,
@@ -879,7 +890,7 @@ impl Agent {
             info!(node = %self.node(), address = %ip, device = VXLAN_DEVICE, "tunnel address removed");
         }
         for (ip, prefix) in add {
-            nl.add_address(vxlan.index, ip, prefix, true)?;
+            nl.add_address(vxlan.index, ip, prefix)?;
             info!(node = %self.node(), address = %ip, device = VXLAN_DEVICE, "tunnel address set");
         }
         Ok(wanted)
@@ -952,7 +963,7 @@ impl Agent {
     async fn release_blocks(
         &mut self,
         pools: &PoolView,
-        nl: &mut Netlink,
+        nl: &mut dyn Kernel,
         vxlan: Option<&Link>,
     ) -> Result<Vec<Problem>> {
         let holdings = self.block_usage()?;
@@ -1137,7 +1148,7 @@ impl Agent {
     /// (only someone else changes them, which makes the next pass full: decision 98).
     fn diagnose(
         &mut self,
-        nl: &mut Netlink,
+        nl: &mut dyn Kernel,
         install: Option<&InstallReport>,
         pools: &PoolView,
         full: bool,
@@ -1233,7 +1244,7 @@ impl Agent {
     /// an allocation is freed only if it still matches the request exactly and its pod's
     /// sandbox is gone from this node (its host veth with it); one whose sandbox still runs is
     /// kept and said so once, in an Event on the Node.
-    async fn release_leaks(&mut self, nl: &mut Netlink, local: &LocalNode) -> Result<()> {
+    async fn release_leaks(&mut self, nl: &mut dyn Kernel, local: &LocalNode) -> Result<()> {
         let requests = self.cluster.release_requests(self.node());
         if requests.is_empty() {
             self.memory.leaks_kept.clear();

@@ -4,15 +4,16 @@
 use sinew_crds::Family;
 use sinew_node_lib::consts::PEER_ROUTE_PROTOCOL;
 use sinew_node_lib::ipam;
-use sinew_node_lib::netlink::{Netlink, RouteEntry};
+use sinew_node_lib::netlink::RouteEntry;
 
 use super::error::{Error, Result};
+use crate::datapath::Kernel;
 use crate::diagnose::{self, Observed};
 
 /// `kept_routes`: the routes of the last full look, where nobody but the agent changed the
 /// kernel's routes since (decision 98); `None` dumps them.
 pub fn observe(
-    nl: &mut Netlink,
+    nl: &mut dyn Kernel,
     store: &ipam::Store,
     kept_routes: Option<Vec<RouteEntry>>,
 ) -> Result<Observed> {
