@@ -240,6 +240,19 @@ mod tests {
         })
     }
 
+    /// Pool `name`'s facts: judged, with `unusable` when it hands out nothing.
+    fn fact(name: &str, cidr: &str, unusable: Option<&str>) -> (String, PoolFacts) {
+        (
+            name.to_string(),
+            PoolFacts {
+                name: name.into(),
+                cidr: cidr.parse().unwrap(),
+                block_size: 26,
+                unusable: unusable.map(str::to_string),
+            },
+        )
+    }
+
     fn underlay() -> Underlay {
         Underlay {
             index: 2,
@@ -383,17 +396,6 @@ mod tests {
             pool("conflicted", "10.2.0.0/16", "Routed", None),
             pool("unjudged", "10.3.0.0/16", "Routed", None),
         ];
-        let fact = |name: &str, cidr: &str, unusable: Option<&str>| {
-            (
-                name.to_string(),
-                PoolFacts {
-                    name: name.into(),
-                    cidr: cidr.parse().unwrap(),
-                    block_size: 26,
-                    unusable: unusable.map(str::to_string),
-                },
-            )
-        };
         let view = PoolView {
             all: selected.clone(),
             selected,
@@ -441,17 +443,6 @@ mod tests {
             pool("unjudged", "10.3.0.0/16", "VXLAN", None),
             Arc::new(disabled),
         ];
-        let fact = |name: &str, cidr: &str, unusable: Option<&str>| {
-            (
-                name.to_string(),
-                PoolFacts {
-                    name: name.into(),
-                    cidr: cidr.parse().unwrap(),
-                    block_size: 26,
-                    unusable: unusable.map(str::to_string),
-                },
-            )
-        };
         let view = PoolView {
             all: selected.clone(),
             selected: selected[..3].to_vec(),

@@ -10,9 +10,15 @@ use std::net::IpAddr;
 
 use sinew_crds::node::{Problem, ProblemKind};
 use sinew_crds::{Cidr, Family};
-use sinew_node_lib::netlink::{Link, Neighbor, Netlink, NetlinkError, Route, RouteEntry, Rule};
+use sinew_node_lib::netlink::{Link, NetlinkError, Route};
 
 use crate::peers::{PeerPath, Plan};
+
+#[cfg(test)]
+mod fake;
+mod kernel;
+
+pub use kernel::Kernel;
 
 /// Route protocol of the routes towards peers (`ip route show proto 116`); pod routes made
 /// by the plugin use 115.
@@ -262,141 +268,6 @@ impl Changes {
     }
 }
 
-/// The kernel as a pass reads and writes it: devices and their addresses, peer routes, the
-/// VXLAN device's neighbours and FDB, and what the node checks look at (every route and
-/// rule, the input route of a packet). [`Netlink`] on a node, a fake in the tests.
-pub trait Kernel: Send {
-    fn links(&mut self) -> Result<Vec<Link>, NetlinkError>;
-    /// The device called `name`, if there is one.
-    fn link_by_name(&mut self, name: &str) -> Result<Option<Link>, NetlinkError>;
-    fn delete_link_by_name(&mut self, name: &str) -> Result<bool, NetlinkError>;
-    /// Creates [`VXLAN_DEVICE`] (no learning, no multicast group) on `underlay`, down.
-    fn create_vxlan(
-        &mut self,
-        params: VxlanParams,
-        underlay: &Underlay,
-        mtu: u32,
-        mac: [u8; 6],
-    ) -> Result<(), NetlinkError>;
-    fn set_mtu(&mut self, index: u32, mtu: u32) -> Result<(), NetlinkError>;
-    fn set_link_up(&mut self, index: u32) -> Result<(), NetlinkError>;
-    /// A device's addresses, with their prefix lengths.
-    fn addresses(&mut self, index: u32) -> Result<Vec<(IpAddr, u8)>, NetlinkError>;
-    /// Adds `addr/32` with host scope.
-    fn add_host_scope_address(
-        &mut self,
-        index: u32,
-        addr: std::net::Ipv4Addr,
-    ) -> Result<(), NetlinkError>;
-    /// Adds `addr/prefix` without duplicate address detection.
-    fn add_address(&mut self, index: u32, addr: IpAddr, prefix: u8) -> Result<(), NetlinkError>;
-    fn del_address(&mut self, index: u32, addr: IpAddr, prefix: u8) -> Result<bool, NetlinkError>;
-    /// Every route of every table of `family`, with its kind.
-    fn all_routes(&mut self, family: Family) -> Result<Vec<RouteEntry>, NetlinkError>;
-    fn rules(&mut self, family: Family) -> Result<Vec<Rule>, NetlinkError>;
-    /// Whether the kernel accepts a packet from `src` to `dst` arriving on `iif` (its input
-    /// route lookup, reverse-path filter included).
-    fn input_accepted(&mut self, src: IpAddr, dst: IpAddr, iif: u32) -> Result<bool, NetlinkError>;
-    fn neighbors(&mut self, vxlan: u32) -> Result<Vec<Neighbor>, NetlinkError>;
-    fn add_neighbor(&mut self, vxlan: u32, ip: IpAddr, mac: [u8; 6]) -> Result<(), NetlinkError>;
-    fn del_neighbor(&mut self, vxlan: u32, ip: IpAddr) -> Result<bool, NetlinkError>;
-    fn fdb(&mut self, vxlan: u32) -> Result<Vec<([u8; 6], IpAddr)>, NetlinkError>;
-    fn add_fdb(&mut self, vxlan: u32, mac: [u8; 6], dst: IpAddr) -> Result<(), NetlinkError>;
-    fn del_fdb(&mut self, vxlan: u32, mac: [u8; 6]) -> Result<bool, NetlinkError>;
-    /// The routes of `table` of one family.
-    fn routes(&mut self, v6: bool, table: u32) -> Result<Vec<Route>, NetlinkError>;
-    fn add_route(&mut self, route: &Route) -> Result<(), NetlinkError>;
-    fn del_route(&mut self, route: &Route) -> Result<bool, NetlinkError>;
-}
-
-impl Kernel for Netlink {
-    fn links(&mut self) -> Result<Vec<Link>, NetlinkError> {
-        Netlink::links(self)
-    }
-    fn link_by_name(&mut self, name: &str) -> Result<Option<Link>, NetlinkError> {
-        Netlink::link_by_name(self, name)
-    }
-    fn delete_link_by_name(&mut self, name: &str) -> Result<bool, NetlinkError> {
-        Netlink::delete_link_by_name(self, name)
-    }
-    fn create_vxlan(
-        &mut self,
-        params: VxlanParams,
-        underlay: &Underlay,
-        mtu: u32,
-        mac: [u8; 6],
-    ) -> Result<(), NetlinkError> {
-        Netlink::create_vxlan(
-            self,
-            VXLAN_DEVICE,
-            params.vni,
-            params.port,
-            Some(underlay.ip),
-            Some(underlay.index),
-            Some(mtu),
-            Some(mac),
-        )
-    }
-    fn set_mtu(&mut self, index: u32, mtu: u32) -> Result<(), NetlinkError> {
-        Netlink::set_mtu(self, index, mtu)
-    }
-    fn set_link_up(&mut self, index: u32) -> Result<(), NetlinkError> {
-        Netlink::set_link_up(self, index)
-    }
-    fn addresses(&mut self, index: u32) -> Result<Vec<(IpAddr, u8)>, NetlinkError> {
-        Netlink::addresses(self, index)
-    }
-    fn add_host_scope_address(
-        &mut self,
-        index: u32,
-        addr: std::net::Ipv4Addr,
-    ) -> Result<(), NetlinkError> {
-        Netlink::add_host_scope_address(self, index, addr)
-    }
-    fn add_address(&mut self, index: u32, addr: IpAddr, prefix: u8) -> Result<(), NetlinkError> {
-        Netlink::add_address(self, index, addr, prefix, true)
-    }
-    fn del_address(&mut self, index: u32, addr: IpAddr, prefix: u8) -> Result<bool, NetlinkError> {
-        Netlink::del_address(self, index, addr, prefix)
-    }
-    fn all_routes(&mut self, family: Family) -> Result<Vec<RouteEntry>, NetlinkError> {
-        Netlink::all_routes(self, family)
-    }
-    fn rules(&mut self, family: Family) -> Result<Vec<Rule>, NetlinkError> {
-        Netlink::rules(self, family)
-    }
-    fn input_accepted(&mut self, src: IpAddr, dst: IpAddr, iif: u32) -> Result<bool, NetlinkError> {
-        Netlink::input_accepted(self, src, dst, iif)
-    }
-    fn neighbors(&mut self, vxlan: u32) -> Result<Vec<Neighbor>, NetlinkError> {
-        Netlink::neighbors(self, vxlan)
-    }
-    fn add_neighbor(&mut self, vxlan: u32, ip: IpAddr, mac: [u8; 6]) -> Result<(), NetlinkError> {
-        Netlink::add_neighbor(self, vxlan, ip, mac)
-    }
-    fn del_neighbor(&mut self, vxlan: u32, ip: IpAddr) -> Result<bool, NetlinkError> {
-        Netlink::del_neighbor(self, vxlan, ip)
-    }
-    fn fdb(&mut self, vxlan: u32) -> Result<Vec<([u8; 6], IpAddr)>, NetlinkError> {
-        Netlink::fdb(self, vxlan)
-    }
-    fn add_fdb(&mut self, vxlan: u32, mac: [u8; 6], dst: IpAddr) -> Result<(), NetlinkError> {
-        Netlink::add_fdb(self, vxlan, mac, dst)
-    }
-    fn del_fdb(&mut self, vxlan: u32, mac: [u8; 6]) -> Result<bool, NetlinkError> {
-        Netlink::del_fdb(self, vxlan, mac)
-    }
-    fn routes(&mut self, v6: bool, table: u32) -> Result<Vec<Route>, NetlinkError> {
-        Netlink::routes(self, v6, table)
-    }
-    fn add_route(&mut self, route: &Route) -> Result<(), NetlinkError> {
-        Netlink::add_route(self, route)
-    }
-    fn del_route(&mut self, route: &Route) -> Result<bool, NetlinkError> {
-        Netlink::del_route(self, route)
-    }
-}
-
 fn neighbor_text(ip: IpAddr) -> String {
     format!("neighbour {ip} on {VXLAN_DEVICE}")
 }
@@ -622,6 +493,7 @@ pub fn remove_all(nl: &mut dyn Kernel) -> Result<(), NetlinkError> {
 
 #[cfg(test)]
 mod tests {
+    use super::fake::FakeKernel;
     use super::*;
     use sinew_node_lib::netlink::VxlanInfo;
 
@@ -720,167 +592,6 @@ mod tests {
         assert_eq!(diff(&before, &after), Diff::default());
         // Nor removed when sinew stops wanting the prefix.
         assert_eq!(diff(&after, &before), Diff::default());
-    }
-
-    /// The kernel in memory (one device); it refuses to add a route to any of `refuse`, as
-    /// a kernel refuses a route whose gateway it cannot reach.
-    #[derive(Default)]
-    struct FakeKernel {
-        link: Option<Link>,
-        /// Devices created so far (each takes the next index).
-        created: u32,
-        addresses: Vec<(IpAddr, u8)>,
-        routes: Vec<Route>,
-        neighbors: BTreeMap<IpAddr, [u8; 6]>,
-        fdb: BTreeMap<[u8; 6], IpAddr>,
-        refuse: BTreeSet<IpAddr>,
-    }
-
-    impl FakeKernel {
-        fn dsts(&self) -> Vec<String> {
-            let mut dsts: Vec<String> = self
-                .routes
-                .iter()
-                .map(|r| format!("{}/{}", r.dst, r.prefix))
-                .collect();
-            dsts.sort();
-            dsts
-        }
-    }
-
-    impl Kernel for FakeKernel {
-        fn links(&mut self) -> Result<Vec<Link>, NetlinkError> {
-            Ok(self.link.iter().cloned().collect())
-        }
-        fn add_address(&mut self, _: u32, addr: IpAddr, prefix: u8) -> Result<(), NetlinkError> {
-            self.addresses.push((addr, prefix));
-            Ok(())
-        }
-        fn del_address(&mut self, _: u32, addr: IpAddr, prefix: u8) -> Result<bool, NetlinkError> {
-            let before = self.addresses.len();
-            self.addresses.retain(|a| *a != (addr, prefix));
-            Ok(self.addresses.len() < before)
-        }
-        fn all_routes(&mut self, _: Family) -> Result<Vec<RouteEntry>, NetlinkError> {
-            Ok(Vec::new())
-        }
-        fn rules(&mut self, _: Family) -> Result<Vec<Rule>, NetlinkError> {
-            Ok(Vec::new())
-        }
-        fn input_accepted(&mut self, _: IpAddr, _: IpAddr, _: u32) -> Result<bool, NetlinkError> {
-            Ok(true)
-        }
-        fn link_by_name(&mut self, name: &str) -> Result<Option<Link>, NetlinkError> {
-            Ok(self.link.clone().filter(|l| l.name == name))
-        }
-        fn delete_link_by_name(&mut self, name: &str) -> Result<bool, NetlinkError> {
-            let gone = self.link.take_if(|l| l.name == name).is_some();
-            if gone {
-                self.addresses.clear();
-            }
-            Ok(gone)
-        }
-        fn create_vxlan(
-            &mut self,
-            params: VxlanParams,
-            underlay: &Underlay,
-            mtu: u32,
-            mac: [u8; 6],
-        ) -> Result<(), NetlinkError> {
-            self.created += 1;
-            self.link = Some(Link {
-                index: 100 + self.created,
-                name: VXLAN_DEVICE.into(),
-                mac: Some(mac),
-                mtu,
-                up: false,
-                kind: Some("vxlan".into()),
-                vxlan: Some(VxlanInfo {
-                    vni: Some(params.vni),
-                    port: Some(params.port),
-                    local: Some(underlay.ip),
-                    link: Some(underlay.index),
-                }),
-            });
-            Ok(())
-        }
-        fn set_mtu(&mut self, _: u32, mtu: u32) -> Result<(), NetlinkError> {
-            if let Some(l) = self.link.as_mut() {
-                l.mtu = mtu;
-            }
-            Ok(())
-        }
-        fn set_link_up(&mut self, _: u32) -> Result<(), NetlinkError> {
-            if let Some(l) = self.link.as_mut() {
-                l.up = true;
-            }
-            Ok(())
-        }
-        fn addresses(&mut self, _: u32) -> Result<Vec<(IpAddr, u8)>, NetlinkError> {
-            Ok(self.addresses.clone())
-        }
-        fn add_host_scope_address(
-            &mut self,
-            _: u32,
-            addr: std::net::Ipv4Addr,
-        ) -> Result<(), NetlinkError> {
-            self.addresses.push((IpAddr::V4(addr), 32));
-            Ok(())
-        }
-        fn neighbors(&mut self, _: u32) -> Result<Vec<Neighbor>, NetlinkError> {
-            Ok(self
-                .neighbors
-                .iter()
-                .map(|(ip, mac)| Neighbor {
-                    ip: *ip,
-                    mac: Some(*mac),
-                    state: NUD_PERMANENT,
-                })
-                .collect())
-        }
-        fn add_neighbor(&mut self, _: u32, ip: IpAddr, mac: [u8; 6]) -> Result<(), NetlinkError> {
-            self.neighbors.insert(ip, mac);
-            Ok(())
-        }
-        fn del_neighbor(&mut self, _: u32, ip: IpAddr) -> Result<bool, NetlinkError> {
-            Ok(self.neighbors.remove(&ip).is_some())
-        }
-        fn fdb(&mut self, _: u32) -> Result<Vec<([u8; 6], IpAddr)>, NetlinkError> {
-            Ok(self.fdb.iter().map(|(m, d)| (*m, *d)).collect())
-        }
-        fn add_fdb(&mut self, _: u32, mac: [u8; 6], dst: IpAddr) -> Result<(), NetlinkError> {
-            self.fdb.insert(mac, dst);
-            Ok(())
-        }
-        fn del_fdb(&mut self, _: u32, mac: [u8; 6]) -> Result<bool, NetlinkError> {
-            Ok(self.fdb.remove(&mac).is_some())
-        }
-        fn routes(&mut self, v6: bool, _: u32) -> Result<Vec<Route>, NetlinkError> {
-            Ok(self
-                .routes
-                .iter()
-                .filter(|r| r.dst.is_ipv6() == v6)
-                .cloned()
-                .collect())
-        }
-        fn add_route(&mut self, route: &Route) -> Result<(), NetlinkError> {
-            if self.refuse.contains(&route.dst) {
-                return Err(NetlinkError::Kernel {
-                    op: "add route",
-                    errno: 101,
-                    message: "Network is unreachable".into(),
-                });
-            }
-            self.routes
-                .retain(|r| (r.dst, r.prefix) != (route.dst, route.prefix));
-            self.routes.push(route.clone());
-            Ok(())
-        }
-        fn del_route(&mut self, route: &Route) -> Result<bool, NetlinkError> {
-            let before = self.routes.len();
-            self.routes.retain(|r| r != route);
-            Ok(self.routes.len() < before)
-        }
     }
 
     fn vxlan() -> Link {
