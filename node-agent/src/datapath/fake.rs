@@ -1,8 +1,9 @@
-//! The kernel in memory, for tests: what a pass writes stays, and it can refuse writes as a
-//! kernel does.
+//! The kernel in memory, for tests: what a pass writes stays (clones share it, so a test
+//! reads what an agent's passes left), and it refuses writes as a kernel does.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use sinew_crds::Family;
 use sinew_node_lib::netlink::{
@@ -11,26 +12,68 @@ use sinew_node_lib::netlink::{
 
 use super::{Kernel, Underlay, VXLAN_DEVICE, VxlanParams};
 
-/// The kernel in memory (one device); it refuses to add a route to any of `refuse`, as
-/// a kernel refuses a route whose gateway it cannot reach.
-#[derive(Default)]
-pub struct FakeKernel {
-    /// The VXLAN device, once made.
-    pub link: Option<Link>,
-    /// Devices created so far (each takes the next index).
-    pub created: u32,
-    /// The device's addresses.
-    pub addresses: Vec<(IpAddr, u8)>,
+/// What the kernel holds.
+#[derive(Debug, Default)]
+pub struct State {
+    pub links: Vec<Link>,
+    /// Each device's addresses, by index.
+    pub addresses: BTreeMap<u32, Vec<(IpAddr, u8)>>,
     pub routes: Vec<Route>,
+    /// The VXLAN device's neighbours and FDB.
     pub neighbors: BTreeMap<IpAddr, [u8; 6]>,
     pub fdb: BTreeMap<[u8; 6], IpAddr>,
+    /// Destinations it refuses a route to, as a kernel refuses a route whose gateway it
+    /// cannot reach.
     pub refuse: BTreeSet<IpAddr>,
+    /// Devices created so far (each takes the next index from 101).
+    created: u32,
 }
 
+/// A handle on one in-memory kernel.
+#[derive(Debug, Clone, Default)]
+pub struct FakeKernel(Arc<Mutex<State>>);
+
 impl FakeKernel {
+    /// A kernel with the node's underlay device `eth0` (index 2) holding `ip/prefix`.
+    pub fn with_underlay(ip: IpAddr, prefix: u8, mtu: u32) -> FakeKernel {
+        let kernel = FakeKernel::default();
+        {
+            let mut st = kernel.state();
+            st.links.push(Link {
+                index: 2,
+                name: "eth0".into(),
+                mac: Some([0x02, 0, 0, 0, 0, 2]),
+                mtu,
+                up: true,
+                kind: None,
+                vxlan: None,
+            });
+            st.addresses.insert(2, vec![(ip, prefix)]);
+        }
+        kernel
+    }
+
+    pub fn state(&self) -> MutexGuard<'_, State> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The device called `name`.
+    pub fn link(&self, name: &str) -> Option<Link> {
+        self.state().links.iter().find(|l| l.name == name).cloned()
+    }
+
+    /// The addresses of the device called `name`.
+    pub fn addresses_of(&self, name: &str) -> Vec<(IpAddr, u8)> {
+        let index = self.link(name).map(|l| l.index);
+        index
+            .and_then(|i| self.state().addresses.get(&i).cloned())
+            .unwrap_or_default()
+    }
+
     /// The routes' destinations, sorted.
     pub fn dsts(&self) -> Vec<String> {
         let mut dsts: Vec<String> = self
+            .state()
             .routes
             .iter()
             .map(|r| format!("{}/{}", r.dst, r.prefix))
@@ -38,39 +81,29 @@ impl FakeKernel {
         dsts.sort();
         dsts
     }
+
+    fn with_link(&self, index: u32, change: impl FnOnce(&mut Link)) {
+        if let Some(l) = self.state().links.iter_mut().find(|l| l.index == index) {
+            change(l);
+        }
+    }
 }
 
 impl Kernel for FakeKernel {
     fn links(&mut self) -> Result<Vec<Link>, NetlinkError> {
-        Ok(self.link.iter().cloned().collect())
-    }
-    fn add_address(&mut self, _: u32, addr: IpAddr, prefix: u8) -> Result<(), NetlinkError> {
-        self.addresses.push((addr, prefix));
-        Ok(())
-    }
-    fn del_address(&mut self, _: u32, addr: IpAddr, prefix: u8) -> Result<bool, NetlinkError> {
-        let before = self.addresses.len();
-        self.addresses.retain(|a| *a != (addr, prefix));
-        Ok(self.addresses.len() < before)
-    }
-    fn all_routes(&mut self, _: Family) -> Result<Vec<RouteEntry>, NetlinkError> {
-        Ok(Vec::new())
-    }
-    fn rules(&mut self, _: Family) -> Result<Vec<Rule>, NetlinkError> {
-        Ok(Vec::new())
-    }
-    fn input_accepted(&mut self, _: IpAddr, _: IpAddr, _: u32) -> Result<bool, NetlinkError> {
-        Ok(true)
+        Ok(self.state().links.clone())
     }
     fn link_by_name(&mut self, name: &str) -> Result<Option<Link>, NetlinkError> {
-        Ok(self.link.clone().filter(|l| l.name == name))
+        Ok(self.link(name))
     }
     fn delete_link_by_name(&mut self, name: &str) -> Result<bool, NetlinkError> {
-        let gone = self.link.take_if(|l| l.name == name).is_some();
-        if gone {
-            self.addresses.clear();
-        }
-        Ok(gone)
+        let mut st = self.state();
+        let Some(at) = st.links.iter().position(|l| l.name == name) else {
+            return Ok(false);
+        };
+        let gone = st.links.remove(at);
+        st.addresses.remove(&gone.index);
+        Ok(true)
     }
     fn create_vxlan(
         &mut self,
@@ -79,9 +112,11 @@ impl Kernel for FakeKernel {
         mtu: u32,
         mac: [u8; 6],
     ) -> Result<(), NetlinkError> {
-        self.created += 1;
-        self.link = Some(Link {
-            index: 100 + self.created,
+        let mut st = self.state();
+        st.created += 1;
+        let index = 100 + st.created;
+        st.links.push(Link {
+            index,
             name: VXLAN_DEVICE.into(),
             mac: Some(mac),
             mtu,
@@ -96,31 +131,58 @@ impl Kernel for FakeKernel {
         });
         Ok(())
     }
-    fn set_mtu(&mut self, _: u32, mtu: u32) -> Result<(), NetlinkError> {
-        if let Some(l) = self.link.as_mut() {
-            l.mtu = mtu;
-        }
+    fn set_mtu(&mut self, index: u32, mtu: u32) -> Result<(), NetlinkError> {
+        self.with_link(index, |l| l.mtu = mtu);
         Ok(())
     }
-    fn set_link_up(&mut self, _: u32) -> Result<(), NetlinkError> {
-        if let Some(l) = self.link.as_mut() {
-            l.up = true;
-        }
+    fn set_link_up(&mut self, index: u32) -> Result<(), NetlinkError> {
+        self.with_link(index, |l| l.up = true);
         Ok(())
     }
-    fn addresses(&mut self, _: u32) -> Result<Vec<(IpAddr, u8)>, NetlinkError> {
-        Ok(self.addresses.clone())
+    fn addresses(&mut self, index: u32) -> Result<Vec<(IpAddr, u8)>, NetlinkError> {
+        Ok(self
+            .state()
+            .addresses
+            .get(&index)
+            .cloned()
+            .unwrap_or_default())
     }
     fn add_host_scope_address(
         &mut self,
-        _: u32,
+        index: u32,
         addr: std::net::Ipv4Addr,
     ) -> Result<(), NetlinkError> {
-        self.addresses.push((IpAddr::V4(addr), 32));
+        self.add_address(index, IpAddr::V4(addr), 32)
+    }
+    fn add_address(&mut self, index: u32, addr: IpAddr, prefix: u8) -> Result<(), NetlinkError> {
+        self.state()
+            .addresses
+            .entry(index)
+            .or_default()
+            .push((addr, prefix));
         Ok(())
+    }
+    fn del_address(&mut self, index: u32, addr: IpAddr, prefix: u8) -> Result<bool, NetlinkError> {
+        let mut st = self.state();
+        let Some(list) = st.addresses.get_mut(&index) else {
+            return Ok(false);
+        };
+        let before = list.len();
+        list.retain(|a| *a != (addr, prefix));
+        Ok(list.len() < before)
+    }
+    fn all_routes(&mut self, _: Family) -> Result<Vec<RouteEntry>, NetlinkError> {
+        Ok(Vec::new())
+    }
+    fn rules(&mut self, _: Family) -> Result<Vec<Rule>, NetlinkError> {
+        Ok(Vec::new())
+    }
+    fn input_accepted(&mut self, _: IpAddr, _: IpAddr, _: u32) -> Result<bool, NetlinkError> {
+        Ok(true)
     }
     fn neighbors(&mut self, _: u32) -> Result<Vec<Neighbor>, NetlinkError> {
         Ok(self
+            .state()
             .neighbors
             .iter()
             .map(|(ip, mac)| Neighbor {
@@ -131,24 +193,25 @@ impl Kernel for FakeKernel {
             .collect())
     }
     fn add_neighbor(&mut self, _: u32, ip: IpAddr, mac: [u8; 6]) -> Result<(), NetlinkError> {
-        self.neighbors.insert(ip, mac);
+        self.state().neighbors.insert(ip, mac);
         Ok(())
     }
     fn del_neighbor(&mut self, _: u32, ip: IpAddr) -> Result<bool, NetlinkError> {
-        Ok(self.neighbors.remove(&ip).is_some())
+        Ok(self.state().neighbors.remove(&ip).is_some())
     }
     fn fdb(&mut self, _: u32) -> Result<Vec<([u8; 6], IpAddr)>, NetlinkError> {
-        Ok(self.fdb.iter().map(|(m, d)| (*m, *d)).collect())
+        Ok(self.state().fdb.iter().map(|(m, d)| (*m, *d)).collect())
     }
     fn add_fdb(&mut self, _: u32, mac: [u8; 6], dst: IpAddr) -> Result<(), NetlinkError> {
-        self.fdb.insert(mac, dst);
+        self.state().fdb.insert(mac, dst);
         Ok(())
     }
     fn del_fdb(&mut self, _: u32, mac: [u8; 6]) -> Result<bool, NetlinkError> {
-        Ok(self.fdb.remove(&mac).is_some())
+        Ok(self.state().fdb.remove(&mac).is_some())
     }
     fn routes(&mut self, v6: bool, _: u32) -> Result<Vec<Route>, NetlinkError> {
         Ok(self
+            .state()
             .routes
             .iter()
             .filter(|r| r.dst.is_ipv6() == v6)
@@ -156,21 +219,23 @@ impl Kernel for FakeKernel {
             .collect())
     }
     fn add_route(&mut self, route: &Route) -> Result<(), NetlinkError> {
-        if self.refuse.contains(&route.dst) {
+        let mut st = self.state();
+        if st.refuse.contains(&route.dst) {
             return Err(NetlinkError::Kernel {
                 op: "add route",
                 errno: 101,
                 message: "Network is unreachable".into(),
             });
         }
-        self.routes
+        st.routes
             .retain(|r| (r.dst, r.prefix) != (route.dst, route.prefix));
-        self.routes.push(route.clone());
+        st.routes.push(route.clone());
         Ok(())
     }
     fn del_route(&mut self, route: &Route) -> Result<bool, NetlinkError> {
-        let before = self.routes.len();
-        self.routes.retain(|r| r != route);
-        Ok(self.routes.len() < before)
+        let mut st = self.state();
+        let before = st.routes.len();
+        st.routes.retain(|r| r != route);
+        Ok(st.routes.len() < before)
     }
 }

@@ -606,13 +606,13 @@ mod tests {
             ("10.1.0.64/26", "169.254.1.2", Vxlan),
             ("10.1.0.128/26", "169.254.1.3", Vxlan),
         ]);
-        let mut kernel = FakeKernel {
-            refuse: BTreeSet::from(["10.1.0.64".parse().unwrap()]),
-            ..FakeKernel::default()
-        };
+        let mut kernel = FakeKernel::default();
+        kernel.state().refuse.insert("10.1.0.64".parse().unwrap());
         let (changes, _) = apply(&mut kernel, &p, &underlay(), Some(&vxlan())).unwrap();
         assert_eq!(kernel.dsts(), ["10.1.0.0/26", "10.1.0.128/26"]);
-        assert_eq!((kernel.neighbors.len(), kernel.fdb.len()), (2, 2));
+        let st = kernel.state();
+        assert_eq!((st.neighbors.len(), st.fdb.len()), (2, 2));
+        drop(st);
         assert_eq!(changes.added, 6, "2 routes, 2 neighbours, 2 FDB entries");
         assert_eq!(
             changes.refused,
@@ -628,7 +628,7 @@ mod tests {
         );
 
         // The kernel takes it now: the next full apply adds only it.
-        kernel.refuse.clear();
+        kernel.state().refuse.clear();
         let (changes, _) = apply(&mut kernel, &p, &underlay(), Some(&vxlan())).unwrap();
         assert_eq!((changes.added, changes.removed), (1, 0));
         assert!(changes.refused.is_empty() && changes.refused_problem().is_none());
@@ -641,7 +641,7 @@ mod tests {
         let first = plan(&[("10.1.0.0/26", "10.99.0.11", Routed)]);
         let mut kernel = FakeKernel::default();
         let (_, before) = apply(&mut kernel, &first, &underlay(), Some(&vxlan())).unwrap();
-        kernel.refuse.insert("10.1.0.64".parse().unwrap());
+        kernel.state().refuse.insert("10.1.0.64".parse().unwrap());
         let next = plan(&[
             ("10.1.0.0/26", "10.99.0.11", Routed),
             ("10.1.0.64/26", "169.254.1.2", Vxlan),
@@ -668,20 +668,23 @@ mod tests {
             protocol: PEER_ROUTE_PROTOCOL,
             ..foreign.clone()
         };
-        let mut kernel = FakeKernel {
-            routes: vec![foreign.clone(), stale],
-            neighbors: BTreeMap::from([("169.254.9.9".parse().unwrap(), [0x0a, 9, 9, 9, 9, 9])]),
-            fdb: BTreeMap::from([([0; 6], "10.99.0.99".parse().unwrap())]),
-            ..FakeKernel::default()
-        };
+        let mut kernel = FakeKernel::default();
+        {
+            let mut st = kernel.state();
+            st.routes = vec![foreign.clone(), stale];
+            st.neighbors =
+                BTreeMap::from([("169.254.9.9".parse().unwrap(), [0x0a, 9, 9, 9, 9, 9])]);
+            st.fdb = BTreeMap::from([([0; 6], "10.99.0.99".parse().unwrap())]);
+        }
         let (changes, _) = apply(&mut kernel, &p, &underlay(), Some(&vxlan())).unwrap();
         assert_eq!(kernel.dsts(), ["10.1.0.0/26", "10.1.0.64/26"]);
-        assert!(kernel.routes.contains(&foreign));
+        let st = kernel.state();
+        assert!(st.routes.contains(&foreign));
         assert_eq!(
-            kernel.neighbors.keys().collect::<Vec<_>>(),
+            st.neighbors.keys().collect::<Vec<_>>(),
             [&"169.254.1.1".parse::<IpAddr>().unwrap()]
         );
-        assert!(!kernel.fdb.contains_key(&[0; 6]), "the all-zero entry goes");
+        assert!(!st.fdb.contains_key(&[0; 6]), "the all-zero entry goes");
         assert_eq!((changes.added, changes.removed), (3, 3));
     }
 
@@ -710,33 +713,42 @@ mod tests {
         };
         let u = underlay();
         let anchor = (IpAddr::V4(VXLAN_ANCHOR_V4), 32);
-        let mut kernel = FakeKernel::default();
+        let mut kernel = FakeKernel::with_underlay(u.ip, 24, u.mtu);
         let link = ensure_vxlan(&mut kernel, params, &u, MAC).unwrap();
-        let made = kernel.link.clone().unwrap();
+        let made = kernel.link(VXLAN_DEVICE).unwrap();
         assert_eq!(
             (made.index, made.mtu, made.up),
             (101, 1450, true),
             "{made:?}"
         );
         assert_eq!(link.index, made.index);
-        assert_eq!(kernel.addresses, [anchor]);
+        assert_eq!(kernel.addresses_of(VXLAN_DEVICE), [anchor]);
 
         // Taken down and given another MTU by someone: fixed in place.
-        if let Some(l) = kernel.link.as_mut() {
+        if let Some(l) = kernel.state().links.iter_mut().find(|l| l.index == 101) {
             (l.up, l.mtu) = (false, 9000);
         }
         ensure_vxlan(&mut kernel, params, &u, MAC).unwrap();
-        let fixed = kernel.link.clone().unwrap();
+        let fixed = kernel.link(VXLAN_DEVICE).unwrap();
         assert_eq!((fixed.index, fixed.mtu, fixed.up), (101, 1450, true));
-        assert_eq!(kernel.addresses, [anchor], "the anchor is not added twice");
+        assert_eq!(
+            kernel.addresses_of(VXLAN_DEVICE),
+            [anchor],
+            "the anchor is not added twice"
+        );
 
         // A new VNI in the ClusterNetwork: the device is made again, with its anchor.
         let renumbered = VxlanParams { vni: 7, ..params };
         ensure_vxlan(&mut kernel, renumbered, &u, MAC).unwrap();
-        let again = kernel.link.clone().unwrap();
+        let again = kernel.link(VXLAN_DEVICE).unwrap();
         assert_eq!((again.index, again.vxlan.unwrap().vni), (102, Some(7)));
         assert!(again.up);
-        assert_eq!(kernel.addresses, [anchor]);
+        assert_eq!(kernel.addresses_of(VXLAN_DEVICE), [anchor]);
+        assert_eq!(
+            kernel.addresses_of("eth0"),
+            [(u.ip, 24)],
+            "the underlay is left alone"
+        );
     }
 
     /// What the kernel says decides, so a change made while the agent was down (a new VNI in
