@@ -301,7 +301,7 @@ pub fn apply(t: &Table) -> Result<(), NatError> {
 }
 
 /// Declares the table with every host port the IPAM store records (`declare` builds it from
-/// them) and applies it when `needed` says so, returning it then with the number of host
+/// them) and applies it (`apply`) when `needed` says so, returning it then with the number of host
 /// ports. The store lock is held from reading the store until the kernel has the table: an
 /// ADD records its host ports before adding them, so no host port can be recorded after the
 /// read and added before the replace, which would drop it.
@@ -309,6 +309,7 @@ pub fn apply_with_store(
     store: &Store,
     declare: impl FnOnce(&[HostPort]) -> Table,
     needed: impl FnOnce(&Table) -> bool,
+    apply: impl FnOnce(&Table) -> Result<(), NatError>,
 ) -> Result<Option<(Table, usize)>, NatError> {
     store
         .read_locked(|state| {

@@ -65,7 +65,9 @@ impl Changes {
         self.0.load(Ordering::Acquire)
     }
 
-    fn bump(&self) {
+    /// Counts a change, once the store holds it (what [`reflect`] does; a test that fills
+    /// a store itself does the same).
+    pub fn bump(&self) {
         self.0.fetch_add(1, Ordering::Release);
     }
 }

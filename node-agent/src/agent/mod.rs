@@ -147,7 +147,7 @@ pub struct Agent {
 }
 
 /// Opens the kernel for one pass.
-type OpenKernel = fn() -> std::result::Result<Box<dyn Kernel>, NetlinkError>;
+type OpenKernel = Arc<dyn Fn() -> std::result::Result<Box<dyn Kernel>, NetlinkError> + Send + Sync>;
 
 /// The node's kernel, through netlink.
 fn netlink() -> std::result::Result<Box<dyn Kernel>, NetlinkError> {
@@ -204,7 +204,7 @@ impl Agent {
             cluster,
             memory: PassMemory::default(),
             notify,
-            kernel: netlink,
+            kernel: Arc::new(netlink),
         }
     }
 
@@ -553,7 +553,7 @@ impl Agent {
             ));
         }
 
-        if let Err(e) = self.apply_nft(params.port, &pools.all, &peers) {
+        if let Err(e) = self.apply_nft(nl, params.port, &pools.all, &peers) {
             problems.push(Problem::new(
                 ProblemKind::NftablesFailed,
                 format!("natOutgoing, the VXLAN source filter and host ports are not applied: {e}"),
@@ -1056,6 +1056,7 @@ impl Agent {
     /// declared table differs from the last one applied (compared as values) or is gone.
     fn apply_nft(
         &mut self,
+        nl: &mut dyn Kernel,
         vxlan_port: u16,
         pools: &[Arc<IPPool>],
         nodes: &peers::Nodes,
@@ -1066,10 +1067,12 @@ impl Agent {
             nodes: nodes.list.iter().map(|n| n.ip).collect(),
         };
         let last = self.memory.nat.as_ref();
+        let exists = last.is_some() && nl.nat_table_exists();
         let applied = nat::apply_with_store(
             &self.store(),
             |host_ports| nat::table(&pools, &peers, host_ports),
-            |table| last != Some(table) || !nat::table_exists(),
+            |table| last != Some(table) || !exists,
+            |table| nl.replace_nat_table(table),
         )?;
         if let Some((table, host_ports)) = applied {
             info!(node = %self.node(), pools = pools.len(), nodes = peers.nodes.len(), host_ports, "nftables table applied (natOutgoing, VXLAN sources, host ports)");
@@ -1396,6 +1399,9 @@ fn block_usage(store: &ipam::IpamState, block: &Cidr) -> IPBlockUsageStatus {
         allocations,
     }
 }
+
+#[cfg(test)]
+mod pass_tests;
 
 #[cfg(test)]
 mod tests {

@@ -10,7 +10,10 @@ use sinew_node_lib::netlink::{
     Link, NUD_PERMANENT, Neighbor, NetlinkError, Route, RouteEntry, Rule, VxlanInfo,
 };
 
+use sinew_node_lib::nft::Table;
+
 use super::{Kernel, Underlay, VXLAN_DEVICE, VxlanParams};
+use crate::nat::NatError;
 
 /// What the kernel holds.
 #[derive(Debug, Default)]
@@ -25,6 +28,8 @@ pub struct State {
     /// Destinations it refuses a route to, as a kernel refuses a route whose gateway it
     /// cannot reach.
     pub refuse: BTreeSet<IpAddr>,
+    /// sinew's nftables table, as last replaced.
+    pub nat: Option<Table>,
     /// Devices created so far (each takes the next index from 101).
     created: u32,
 }
@@ -179,6 +184,13 @@ impl Kernel for FakeKernel {
     }
     fn input_accepted(&mut self, _: IpAddr, _: IpAddr, _: u32) -> Result<bool, NetlinkError> {
         Ok(true)
+    }
+    fn nat_table_exists(&mut self) -> bool {
+        self.state().nat.is_some()
+    }
+    fn replace_nat_table(&mut self, table: &Table) -> Result<(), NatError> {
+        self.state().nat = Some(table.clone());
+        Ok(())
     }
     fn neighbors(&mut self, _: u32) -> Result<Vec<Neighbor>, NetlinkError> {
         Ok(self

@@ -5,8 +5,10 @@ use std::net::IpAddr;
 
 use sinew_crds::Family;
 use sinew_node_lib::netlink::{Link, Neighbor, Netlink, NetlinkError, Route, RouteEntry, Rule};
+use sinew_node_lib::nft::Table;
 
 use super::{Underlay, VXLAN_DEVICE, VxlanParams};
+use crate::nat::NatError;
 
 /// The kernel as a pass reads and writes it: devices and their addresses, peer routes, the
 /// VXLAN device's neighbours and FDB, and what the node checks look at (every route and
@@ -43,6 +45,11 @@ pub trait Kernel: Send {
     /// Whether the kernel accepts a packet from `src` to `dst` arriving on `iif` (its input
     /// route lookup, reverse-path filter included).
     fn input_accepted(&mut self, src: IpAddr, dst: IpAddr, iif: u32) -> Result<bool, NetlinkError>;
+    /// Whether sinew's nftables table (`inet sinew`) is in the kernel (`false` where that
+    /// cannot be told).
+    fn nat_table_exists(&mut self) -> bool;
+    /// Replaces sinew's nftables table with `table`, atomically.
+    fn replace_nat_table(&mut self, table: &Table) -> Result<(), NatError>;
     fn neighbors(&mut self, vxlan: u32) -> Result<Vec<Neighbor>, NetlinkError>;
     fn add_neighbor(&mut self, vxlan: u32, ip: IpAddr, mac: [u8; 6]) -> Result<(), NetlinkError>;
     fn del_neighbor(&mut self, vxlan: u32, ip: IpAddr) -> Result<bool, NetlinkError>;
@@ -113,6 +120,12 @@ impl Kernel for Netlink {
     }
     fn input_accepted(&mut self, src: IpAddr, dst: IpAddr, iif: u32) -> Result<bool, NetlinkError> {
         Netlink::input_accepted(self, src, dst, iif)
+    }
+    fn nat_table_exists(&mut self) -> bool {
+        crate::nat::table_exists()
+    }
+    fn replace_nat_table(&mut self, table: &Table) -> Result<(), NatError> {
+        crate::nat::apply(table)
     }
     fn neighbors(&mut self, vxlan: u32) -> Result<Vec<Neighbor>, NetlinkError> {
         Netlink::neighbors(self, vxlan)

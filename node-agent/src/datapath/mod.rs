@@ -15,7 +15,7 @@ use sinew_node_lib::netlink::{Link, NetlinkError, Route};
 use crate::peers::{PeerPath, Plan};
 
 #[cfg(test)]
-mod fake;
+pub mod fake;
 mod kernel;
 
 pub use kernel::Kernel;

@@ -231,6 +231,16 @@ impl Policy {
         }
     }
 
+    /// Test seam: policy without its loop (off until enabled; never programmed).
+    #[cfg(test)]
+    pub(crate) fn without_loop() -> Policy {
+        Policy {
+            enabled: watch::channel(false).0,
+            drop_log: watch::channel(false).0,
+            shared: Arc::default(),
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
         self.shared.lock().unwrap_or_else(PoisonError::into_inner)
     }
