@@ -27,18 +27,35 @@ struct Seen {
     body: Value,
 }
 
-/// An API server that answers every write with what was written (reads: 404) and keeps
-/// what it received.
-fn api_server() -> (kube::Client, Arc<Mutex<Vec<Seen>>>) {
+/// Requests the API server refuses (500), each told by a test.
+type Refusals = Arc<Mutex<Vec<Box<dyn Fn(&Seen) -> bool + Send>>>>;
+
+/// An API server that answers every write with what was written (reads: 404), but those a
+/// refusal matches, and keeps what it received.
+fn api_server() -> (kube::Client, Arc<Mutex<Vec<Seen>>>, Refusals) {
     let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let seen = Arc::new(Mutex::new(Vec::new()));
-    let log = seen.clone();
+    let refusals: Refusals = Arc::default();
+    let (log, refuse) = (seen.clone(), refusals.clone());
     tokio::spawn(async move {
         while let Some((request, respond)) = handle.next_request().await {
             let (parts, body) = request.into_parts();
             let bytes = body.collect_bytes().await.unwrap_or_default();
             let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            let request = Seen {
+                method: parts.method.clone(),
+                path: parts.uri.path().to_string(),
+                body: body.clone(),
+            };
+            let refused = refuse.lock().unwrap().iter().any(|r| r(&request));
+            log.lock().unwrap().push(request);
             let (code, reply) = match parts.method {
+                _ if refused => (
+                    500,
+                    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                           "reason": "InternalError", "message": "refused by the test",
+                           "code": 500}),
+                ),
                 Method::GET => (
                     404,
                     json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
@@ -62,11 +79,6 @@ fn api_server() -> (kube::Client, Arc<Mutex<Vec<Seen>>>) {
                     )
                 }
             };
-            log.lock().unwrap().push(Seen {
-                method: parts.method,
-                path: parts.uri.path().to_string(),
-                body,
-            });
             respond.send_response(
                 Response::builder()
                     .status(code)
@@ -76,7 +88,7 @@ fn api_server() -> (kube::Client, Arc<Mutex<Vec<Seen>>>) {
             );
         }
     });
-    (client_of(service), seen)
+    (client_of(service), seen, refusals)
 }
 
 fn client_of(service: tower_test::mock::Mock<Request<Body>, Response<Body>>) -> kube::Client {
@@ -86,6 +98,7 @@ fn client_of(service: tower_test::mock::Mock<Request<Body>, Response<Body>>) -> 
 /// The caches' writers: what the watches would deliver, the test delivers.
 struct Watches {
     nodes: Writer<NodeFacts>,
+    pools: Writer<IPPool>,
     blocks: Writer<IPBlock>,
     changes: StoreChanges,
 }
@@ -108,12 +121,30 @@ impl Watches {
         self.changes.nodes.bump();
     }
 
+    /// Pool `name` of `cidr` in `mode`, judged by the operator at `generation`.
+    fn pool(&mut self, name: &str, cidr: &str, mode: &str, generation: i64) {
+        let pool: IPPool = serde_json::from_value(json!({
+            "apiVersion": "sinew.dev/v1alpha1", "kind": "IPPool",
+            "metadata": {"name": name, "generation": generation,
+                         "creationTimestamp": "2026-01-01T00:00:00Z"},
+            "spec": {"cidr": cidr, "mode": mode},
+            "status": {"observedGeneration": generation},
+        }))
+        .unwrap();
+        self.pools.apply_watcher_event(&watcher::Event::Apply(pool));
+        self.changes.pools.bump();
+    }
+
     fn block(&mut self, cidr: &str, node: &str) {
+        self.block_of("p", cidr, node);
+    }
+
+    fn block_of(&mut self, pool: &str, cidr: &str, node: &str) {
         let block: IPBlock = serde_json::from_value(json!({
             "apiVersion": "sinew.dev/v1alpha1", "kind": "IPBlock",
             "metadata": {"name": IPBlock::name_for(&cidr.parse().unwrap()),
                          "uid": format!("uid-{cidr}")},
-            "spec": {"pool": "p", "cidr": cidr, "node": node},
+            "spec": {"pool": pool, "cidr": cidr, "node": node},
         }))
         .unwrap();
         self.blocks
@@ -128,6 +159,7 @@ struct Node {
     agent: Agent,
     kernel: FakeKernel,
     api: Arc<Mutex<Vec<Seen>>>,
+    refusals: Refusals,
     watches: Watches,
     dir: tempfile::TempDir,
 }
@@ -166,9 +198,9 @@ impl Node {
             dangling_grace: Duration::from_secs(60),
         };
         std::fs::create_dir_all(&settings.state_dir).unwrap();
-        let (client, api) = api_server();
+        let (client, api, refusals) = api_server();
         let (nodes, node_writer) = reflector::store();
-        let (pools, mut pool_writer) = reflector::store();
+        let (pools, pool_writer) = reflector::store();
         let (blocks, block_writer) = reflector::store();
         let (networks, mut network_writer) = reflector::store();
         let (namespaces, _) = reflector::store();
@@ -179,15 +211,6 @@ impl Node {
         }))
         .unwrap();
         network_writer.apply_watcher_event(&watcher::Event::Apply(network));
-        let pool: IPPool = serde_json::from_value(json!({
-            "apiVersion": "sinew.dev/v1alpha1", "kind": "IPPool",
-            "metadata": {"name": "p", "generation": 1,
-                         "creationTimestamp": "2026-01-01T00:00:00Z"},
-            "spec": {"cidr": "10.244.0.0/16", "mode": "VXLAN"},
-            "status": {"observedGeneration": 1},
-        }))
-        .unwrap();
-        pool_writer.apply_watcher_event(&watcher::Event::Apply(pool));
         let changes = StoreChanges::default();
         let metrics = Arc::new(http::Metrics::new(&settings.node_name));
         let kernel = FakeKernel::with_underlay("10.99.0.10".parse().unwrap(), 24, 1500);
@@ -214,14 +237,17 @@ impl Node {
         };
         let mut watches = Watches {
             nodes: node_writer,
+            pools: pool_writer,
             blocks: block_writer,
             changes,
         };
         watches.node("n1", "10.99.0.10", false);
+        watches.pool("p", "10.244.0.0/16", "VXLAN", 1);
         Node {
             agent,
             kernel,
             api,
+            refusals,
             watches,
             dir,
         }
@@ -344,4 +370,138 @@ async fn a_peer_route_the_kernel_refuses_is_reported_and_the_node_serves_all_the
     let writes = node.pass().await;
     assert_eq!(node.kernel.dsts(), ["10.244.0.128/26", "10.244.0.64/26"]);
     assert!(kinds(&report(&writes)).is_empty());
+}
+
+#[tokio::test]
+async fn a_pool_that_cannot_be_claimed_from_or_used_leaves_the_others_alone() {
+    let mut node = Node::new();
+    node.watches.pool("q", "10.245.0.0/16", "VXLAN", 1);
+    // Not judged by the operator yet: hands out nothing.
+    let unjudged: IPPool = serde_json::from_value(json!({
+        "apiVersion": "sinew.dev/v1alpha1", "kind": "IPPool",
+        "metadata": {"name": "r", "generation": 1, "creationTimestamp": "2026-01-01T00:00:00Z"},
+        "spec": {"cidr": "10.246.0.0/16", "mode": "VXLAN"},
+    }))
+    .unwrap();
+    node.watches
+        .pools
+        .apply_watcher_event(&watcher::Event::Apply(unjudged));
+    node.watches.changes.pools.bump();
+    node.refusals.lock().unwrap().push(Box::new(|w| {
+        w.method == Method::POST && w.body["spec"]["pool"] == "q"
+    }));
+
+    let writes = node.pass().await;
+    let claimed: Vec<&str> = writes
+        .iter()
+        .filter(|w| w.method == Method::POST && w.path.ends_with("/ipblocks"))
+        .filter_map(|w| w.body["spec"]["pool"].as_str())
+        .collect();
+    assert!(
+        claimed.contains(&"p") && claimed.contains(&"q"),
+        "{claimed:?}"
+    );
+    assert!(
+        !claimed.contains(&"r"),
+        "an unjudged pool is not claimed from"
+    );
+    let report = report(&writes);
+    let failed: Vec<&Problem> = report
+        .problems
+        .iter()
+        .filter(|p| p.kind == ProblemKind::BlockClaimFailed)
+        .collect();
+    assert_eq!(failed.len(), 1, "{:?}", report.problems);
+    assert!(failed[0].message.starts_with("pool q:"), "{failed:?}");
+    let state: NodeState = serde_json::from_str(
+        &std::fs::read_to_string(node.dir.path().join("state/node.json")).unwrap(),
+    )
+    .unwrap();
+    let disabled: Vec<(&str, bool)> = state
+        .pools
+        .iter()
+        .map(|p| (p.name.as_str(), p.disabled))
+        .collect();
+    assert_eq!(disabled, [("p", false), ("q", false), ("r", true)]);
+}
+
+#[tokio::test]
+async fn empty_blocks_go_back_each_on_its_own() {
+    let mut node = Node::new();
+    node.agent.settings.block_release_grace = Duration::ZERO;
+    for cidr in ["10.244.0.0/26", "10.244.0.64/26", "10.244.0.128/26"] {
+        node.watches.block(cidr, "n1");
+    }
+    let first = IPBlock::name_for(&"10.244.0.0/26".parse().unwrap());
+    let refused = first.clone();
+    node.refusals.lock().unwrap().push(Box::new(move |w| {
+        w.method == Method::DELETE && w.path.ends_with(&format!("/ipblocks/{refused}"))
+    }));
+
+    let writes = node.pass().await;
+    let deleted: Vec<String> = writes
+        .iter()
+        .filter(|w| w.method == Method::DELETE)
+        .filter_map(|w| w.path.rsplit('/').next().map(String::from))
+        .collect();
+    assert_eq!(
+        deleted.len(),
+        2,
+        "one kept for the pool's free addresses: {deleted:?}"
+    );
+    assert_eq!(
+        deleted[0], first,
+        "the refused one, and the next one all the same"
+    );
+    let report = report(&writes);
+    let failed: Vec<&Problem> = report
+        .problems
+        .iter()
+        .filter(|p| p.kind == ProblemKind::BlockReleaseFailed)
+        .collect();
+    assert_eq!(failed.len(), 1, "{:?}", report.problems);
+    assert!(
+        failed[0].message.starts_with("block 10.244.0.0/26:"),
+        "{failed:?}"
+    );
+}
+
+#[tokio::test]
+async fn editing_a_pools_mode_moves_its_peers_routes_over() {
+    let mut node = Node::new();
+    node.watches.pool("p", "10.244.0.0/16", "Routed", 1);
+    node.watches.node("n2", "10.99.0.11", true);
+    node.watches.block("10.244.0.64/26", "n2");
+    node.watches.block("10.244.0.0/26", "n1");
+    let route = |kernel: &FakeKernel| {
+        let st = kernel.state();
+        let r = st.routes.iter().find(|r| r.prefix == 26).cloned();
+        r.map(|r| (r.gateway, r.oif, r.onlink))
+    };
+
+    node.pass().await;
+    let eth0: IpAddr = "10.99.0.11".parse().unwrap();
+    assert_eq!(route(&node.kernel), Some((Some(eth0), Some(2), false)));
+    assert!(node.kernel.state().fdb.is_empty());
+
+    node.watches.pool("p", "10.244.0.0/16", "VXLAN", 2);
+    let writes = node.pass().await;
+    let vxlan = node.kernel.link(VXLAN_DEVICE).unwrap().index;
+    assert_eq!(
+        route(&node.kernel),
+        Some((Some(eth0), Some(vxlan), true)),
+        "through the tunnel, to the peer's VTEP"
+    );
+    let st = node.kernel.state();
+    assert_eq!(st.fdb.values().collect::<Vec<_>>(), [&eth0]);
+    assert_eq!(
+        st.neighbors.get(&eth0),
+        Some(&sinew_node_lib::consts::vtep_mac("n2"))
+    );
+    drop(st);
+    assert_eq!(
+        report(&writes).modes.get("p"),
+        Some(&PoolMode::Vxlan),
+        "the report says which mode runs"
+    );
 }
