@@ -1438,21 +1438,9 @@ mod tests {
         let addr: std::net::SocketAddr = ([127, 0, 0, 1], free_port()).into();
         let metrics_addr: std::net::SocketAddr = ([127, 0, 0, 1], free_port()).into();
         let settings = Settings {
-            node_name: "n1".into(),
-            conf_dir_override: None,
-            bin_dir_override: None,
-            state_dir: dir.path().to_path_buf(),
-            log_file: dir.path().join("cni.log"),
-            plugin_source: dir.path().join("sinew"),
-            min_free: 4,
-            peer_selector: None,
-            block_release_grace: Duration::from_secs(300),
-            resync: Duration::from_secs(10),
             metrics_addr: ListenAddr::At(metrics_addr),
             probe_addr: Some(addr),
-            sysctl_dir: dir.path().to_path_buf(),
-            stall_after: Duration::from_secs(120),
-            dangling_grace: Duration::from_secs(60),
+            ..Settings::for_tests("n1", dir.path())
         };
         let agent = Agent::start(settings, client).await;
         tokio::spawn(agent.run());

@@ -140,10 +140,15 @@ impl Watches {
     }
 
     fn block_of(&mut self, pool: &str, cidr: &str, node: &str) {
+        self.block_with(pool, cidr, node, json!({}));
+    }
+
+    /// A block with `annotations` (the operator's release requests).
+    fn block_with(&mut self, pool: &str, cidr: &str, node: &str, annotations: Value) {
         let block: IPBlock = serde_json::from_value(json!({
             "apiVersion": "sinew.dev/v1alpha1", "kind": "IPBlock",
             "metadata": {"name": IPBlock::name_for(&cidr.parse().unwrap()),
-                         "uid": format!("uid-{cidr}")},
+                         "uid": format!("uid-{cidr}"), "annotations": annotations},
             "spec": {"pool": pool, "cidr": cidr, "node": node},
         }))
         .unwrap();
@@ -181,21 +186,11 @@ impl Node {
         }
         std::fs::write(dir.path().join("sinew"), b"the plugin").unwrap();
         let settings = Settings {
-            node_name: "n1".into(),
             conf_dir_override: Some(dir.path().join("net.d")),
             bin_dir_override: Some(dir.path().join("bin")),
             state_dir: dir.path().join("state"),
-            log_file: dir.path().join("cni.log"),
-            plugin_source: dir.path().join("sinew"),
-            min_free: 4,
-            peer_selector: None,
-            block_release_grace: Duration::from_secs(300),
-            resync: Duration::from_secs(10),
-            metrics_addr: ListenAddr::Off,
-            probe_addr: None,
             sysctl_dir: sys,
-            stall_after: Duration::from_secs(120),
-            dangling_grace: Duration::from_secs(60),
+            ..Settings::for_tests("n1", dir.path())
         };
         std::fs::create_dir_all(&settings.state_dir).unwrap();
         let (client, api, refusals) = api_server();
@@ -275,6 +270,10 @@ fn report(writes: &[Seen]) -> NodeReport {
         .find_map(|w| w.body["metadata"]["annotations"][NODE_STATE_ANNOTATION].as_str())
         .expect("a report was published");
     NodeReport::parse(annotation).expect("a readable report")
+}
+
+fn of_kind(report: &NodeReport, kind: ProblemKind) -> Vec<&Problem> {
+    report.problems.iter().filter(|p| p.kind == kind).collect()
 }
 
 fn kinds(report: &NodeReport) -> Vec<ProblemKind> {
@@ -406,11 +405,7 @@ async fn a_pool_that_cannot_be_claimed_from_or_used_leaves_the_others_alone() {
         "an unjudged pool is not claimed from"
     );
     let report = report(&writes);
-    let failed: Vec<&Problem> = report
-        .problems
-        .iter()
-        .filter(|p| p.kind == ProblemKind::BlockClaimFailed)
-        .collect();
+    let failed = of_kind(&report, ProblemKind::BlockClaimFailed);
     assert_eq!(failed.len(), 1, "{:?}", report.problems);
     assert!(failed[0].message.starts_with("pool q:"), "{failed:?}");
     let state: NodeState = serde_json::from_str(
@@ -454,11 +449,7 @@ async fn empty_blocks_go_back_each_on_its_own() {
         "the refused one, and the next one all the same"
     );
     let report = report(&writes);
-    let failed: Vec<&Problem> = report
-        .problems
-        .iter()
-        .filter(|p| p.kind == ProblemKind::BlockReleaseFailed)
-        .collect();
+    let failed = of_kind(&report, ProblemKind::BlockReleaseFailed);
     assert_eq!(failed.len(), 1, "{:?}", report.problems);
     assert!(
         failed[0].message.starts_with("block 10.244.0.0/26:"),
@@ -503,5 +494,106 @@ async fn editing_a_pools_mode_moves_its_peers_routes_over() {
         report(&writes).modes.get("p"),
         Some(&PoolMode::Vxlan),
         "the report says which mode runs"
+    );
+}
+
+/// Gives pod `uid` an address of pool `p` as the plugin's ADD does (from `node.json`), on
+/// host veth `veth`; returns the address and its slot generation.
+fn add_pod(node: &Node, uid: &str, veth: &str) -> (IpAddr, u64) {
+    let state: NodeState = serde_json::from_str(
+        &std::fs::read_to_string(node.dir.path().join("state/node.json")).unwrap(),
+    )
+    .unwrap();
+    let pool = state.pools.iter().find(|p| p.name == "p").unwrap();
+    let key = sinew_node_lib::ipam::AttachmentKey::new(&format!("ctr-{uid}"), "eth0");
+    node.agent
+        .store()
+        .update(|st| {
+            let held = st.allocate(pool, &key).unwrap();
+            let at = (held.ip, held.generation);
+            st.insert_attachment(sinew_node_lib::ipam::Attachment {
+                container_id: key.container_id.clone(),
+                ifname: key.ifname.clone(),
+                netns: None,
+                host_veth: veth.into(),
+                mtu: 1450,
+                addresses: vec![held],
+                pod_namespace: Some("default".into()),
+                pod_name: Some(uid.into()),
+                pod_uid: Some(uid.into()),
+                network: None,
+                port_mappings: Vec::new(),
+            });
+            at
+        })
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_release_request_frees_only_an_address_whose_pod_is_gone_from_this_node() {
+    let mut node = Node::new();
+    node.watches.block("10.244.0.0/26", "n1");
+    node.pass().await;
+    let (gone, gone_at) = add_pod(&node, "gone", "vethgone");
+    let (alive, alive_at) = add_pod(&node, "alive", "vethalive");
+    let (moved, moved_at) = add_pod(&node, "moved", "vethmoved");
+    // The alive pod's sandbox still runs here: its host veth is in the kernel.
+    node.kernel.state().links.push(Link {
+        index: 40,
+        name: "vethalive".into(),
+        mac: None,
+        mtu: 1450,
+        up: true,
+        kind: Some("veth".into()),
+        vxlan: None,
+    });
+    let request = |ip: IpAddr, generation: u64, uid: &str| {
+        json!({"ip": ip.to_string(), "generation": generation, "podUid": uid,
+               "pod": format!("default/{uid}"), "missingSince": "2026-01-01T00:00:00Z"})
+    };
+    // The operator asks for all three; the third names an older use of its address.
+    let requests = json!([
+        request(gone, gone_at, "gone"),
+        request(alive, alive_at, "alive"),
+        request(moved, moved_at - 1, "moved"),
+    ]);
+    node.watches.block_with(
+        "p",
+        "10.244.0.0/26",
+        "n1",
+        json!({sinew_crds::RELEASE_ANNOTATION: requests.to_string()}),
+    );
+
+    let writes = node.pass().await;
+    let held: Vec<IpAddr> = node
+        .agent
+        .store()
+        .snapshot()
+        .unwrap()
+        .attachments
+        .values()
+        .flat_map(|a| a.addresses.iter().map(|h| h.ip))
+        .collect();
+    assert!(
+        !held.contains(&gone),
+        "the pod is gone: its address is freed"
+    );
+    assert!(held.contains(&alive), "its sandbox runs here: kept");
+    assert!(held.contains(&moved), "another use of the address: kept");
+    let kept_events: Vec<&Seen> = writes
+        .iter()
+        .filter(|w| w.method == Method::POST && w.path.ends_with("/events"))
+        .filter(|w| w.body["reason"] == "LeakedAddressKept")
+        .collect();
+    assert_eq!(
+        kept_events.len(),
+        1,
+        "said once, of the alive pod: {writes:#?}"
+    );
+    assert!(
+        kept_events[0].body["note"]
+            .as_str()
+            .unwrap()
+            .contains(&alive.to_string())
     );
 }

@@ -35,6 +35,31 @@ pub struct Settings {
     pub dangling_grace: Duration,
 }
 
+#[cfg(test)]
+impl Settings {
+    /// Node `node`'s agent working below `dir` (its state, the plugin's source, sysctls),
+    /// the CNI directories from the `ClusterNetwork`, nothing served.
+    pub fn for_tests(node: &str, dir: &std::path::Path) -> Settings {
+        Settings {
+            node_name: node.into(),
+            conf_dir_override: None,
+            bin_dir_override: None,
+            state_dir: dir.to_path_buf(),
+            log_file: dir.join("cni.log"),
+            plugin_source: dir.join("sinew"),
+            min_free: 4,
+            peer_selector: None,
+            block_release_grace: Duration::from_secs(300),
+            resync: Duration::from_secs(10),
+            metrics_addr: ListenAddr::Off,
+            probe_addr: None,
+            sysctl_dir: dir.to_path_buf(),
+            stall_after: Duration::from_secs(120),
+            dangling_grace: Duration::from_secs(60),
+        }
+    }
+}
+
 /// Where the agent's HTTP endpoints listen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ListenAddr {
