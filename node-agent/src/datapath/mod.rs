@@ -1,9 +1,10 @@
-//! Applies a [`Plan`] to the kernel through netlink, touching only what sinew owns: routes with
-//! protocol [`PEER_ROUTE_PROTOCOL`], the [`VXLAN_DEVICE`] and its neighbour and FDB entries.
-//! A full pass diffs desired against actual state, so stale entries (departed peers, released
-//! blocks, a changed mode) are removed and nothing foreign is ever changed; the passes between
-//! full ones diff desired against what the last one left (decision 98). An entry the kernel
-//! refuses is reported and keeps no other out.
+//! Applies a [`Plan`] to the node's kernel ([`Kernel`]: netlink on a node), touching only
+//! what sinew owns: routes with protocol [`PEER_ROUTE_PROTOCOL`], the [`VXLAN_DEVICE`] and
+//! its neighbour and FDB entries. A full pass diffs desired against actual state, so stale
+//! entries (departed peers, released blocks, a changed mode) are removed and nothing foreign
+//! is ever changed; the passes between full ones diff desired against what the last one left
+//! (decision 98). An entry the kernel refuses is reported and keeps no other out (decision
+//! 103).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -244,7 +245,7 @@ impl Changes {
         Some(Problem::new(
             ProblemKind::PeersIncomplete,
             format!(
-                "the kernel refused {n} write(s) of peer routes, neighbours or FDB entries; every other peer is programmed, and the refused ones are tried again at the next resync: {shown}"
+                "the kernel refused {n} write(s) of peer routes, neighbours or FDB entries; every other peer is programmed, and the refused ones are tried again at the next pass: {shown}"
             ),
         ))
     }
