@@ -597,3 +597,29 @@ async fn a_release_request_frees_only_an_address_whose_pod_is_gone_from_this_nod
             .contains(&alive.to_string())
     );
 }
+
+#[tokio::test]
+async fn a_node_whose_forwarding_cannot_be_turned_on_serves_no_pod() {
+    let mut node = Node::new();
+    node.watches.block("10.244.0.0/26", "n1");
+    // A kernel setting the agent cannot write (here: not a file at all).
+    let forward = node.agent.settings.sysctl_dir.join("net/ipv4/ip_forward");
+    std::fs::remove_file(&forward).unwrap();
+    std::fs::create_dir(&forward).unwrap();
+
+    let writes = node.pass().await;
+    let blocked = report(&writes);
+    assert!(!blocked.ready, "{blocked:?}");
+    assert_eq!(of_kind(&blocked, ProblemKind::ForwardingOff).len(), 1);
+    assert!(
+        !node.dir.path().join("net.d").exists(),
+        "no conflist: the runtime starts no pod on this network"
+    );
+
+    // Writable again (say, a hardening agent stopped): the next pass serves.
+    std::fs::remove_dir(&forward).unwrap();
+    std::fs::write(&forward, "0\n").unwrap();
+    let served = report(&node.pass().await);
+    assert!(served.ready, "{served:?}");
+    assert_eq!(std::fs::read_to_string(&forward).unwrap().trim(), "1");
+}
