@@ -301,25 +301,21 @@ pub fn apply(t: &Table) -> Result<(), NatError> {
 }
 
 /// Declares the table with every host port the IPAM store records (`declare` builds it from
-/// them) and applies it (`apply`) when `needed` says so, returning it then with the number of host
-/// ports. The store lock is held from reading the store until the kernel has the table: an
-/// ADD records its host ports before adding them, so no host port can be recorded after the
-/// read and added before the replace, which would drop it.
+/// them) and hands it to `apply`, which applies it where needed and says whether it did;
+/// returns it then with the number of host ports. The store lock is held from reading the
+/// store until the kernel has the table: an ADD records its host ports before adding them,
+/// so no host port can be recorded after the read and added before the replace, which would
+/// drop it.
 pub fn apply_with_store(
     store: &Store,
     declare: impl FnOnce(&[HostPort]) -> Table,
-    needed: impl FnOnce(&Table) -> bool,
-    apply: impl FnOnce(&Table) -> Result<(), NatError>,
+    apply: impl FnOnce(&Table) -> Result<bool, NatError>,
 ) -> Result<Option<(Table, usize)>, NatError> {
     store
         .read_locked(|state| {
             let host_ports = hostport::of_store(state);
             let t = declare(&host_ports);
-            if !needed(&t) {
-                return Ok(None);
-            }
-            apply(&t)?;
-            Ok(Some((t, host_ports.len())))
+            Ok(apply(&t)?.then_some((t, host_ports.len())))
         })
         .map_err(NatError::Store)?
 }

@@ -3,7 +3,6 @@
 use sinew_crds::ClusterNetwork;
 use sinew_crds::node::{NodeReport, Problem, ProblemKind};
 use sinew_node_lib::consts::PLUGIN_BINARY;
-use sinew_node_lib::netlink::Netlink;
 use sinew_node_lib::node_state;
 use tracing::info;
 
@@ -65,8 +64,9 @@ impl Agent {
             install::remove_file(file)
                 .map_err(Error::files(format!("removing {}", file.display())))?;
         }
-        datapath::remove_all(&mut Netlink::new()?)?;
-        nat::remove()?;
+        let mut kernel = (self.kernel)()?;
+        datapath::remove_all(&mut *kernel)?;
+        kernel.remove_nat_table()?;
         self.policy.remove_now().map_err(nat::NatError::from)?;
         info!(node = %self.node(), "node cleaned up: conflist, plugin, routes, VXLAN device and nftables tables removed");
         self.api

@@ -1067,12 +1067,16 @@ impl Agent {
             nodes: nodes.list.iter().map(|n| n.ip).collect(),
         };
         let last = self.memory.nat.as_ref();
-        let exists = last.is_some() && nl.nat_table_exists();
         let applied = nat::apply_with_store(
             &self.store(),
             |host_ports| nat::table(&pools, &peers, host_ports),
-            |table| last != Some(table) || !exists,
-            |table| nl.replace_nat_table(table),
+            // The same table as last applied, still in the kernel: nothing to do.
+            |table| {
+                if last == Some(table) && nl.nat_table_exists() {
+                    return Ok(false);
+                }
+                nl.replace_nat_table(table).map(|()| true)
+            },
         )?;
         if let Some((table, host_ports)) = applied {
             info!(node = %self.node(), pools = pools.len(), nodes = peers.nodes.len(), host_ports, "nftables table applied (natOutgoing, VXLAN sources, host ports)");

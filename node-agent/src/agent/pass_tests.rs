@@ -173,12 +173,15 @@ impl Node {
     fn new() -> Node {
         let dir = tempfile::tempdir().unwrap();
         let sys = dir.path().join("sys");
+        let vxlan_rp_filter = format!("net/ipv4/conf/{VXLAN_DEVICE}/rp_filter");
         for (key, value) in [
+            // As RHEL sets a node up: forwarding off, strict reverse-path filtering (the
+            // VXLAN device's setting comes with the device, from `default`).
             ("net/ipv4/ip_forward", "0"),
-            ("net/ipv4/conf/all/rp_filter", "0"),
-            ("net/ipv4/conf/default/rp_filter", "0"),
-            ("net/ipv4/conf/eth0/rp_filter", "0"),
-            ("net/ipv4/conf/sinew.1/rp_filter", "0"),
+            ("net/ipv4/conf/all/rp_filter", "1"),
+            ("net/ipv4/conf/default/rp_filter", "1"),
+            ("net/ipv4/conf/eth0/rp_filter", "1"),
+            (vxlan_rp_filter.as_str(), "1"),
         ] {
             let path = sys.join(key);
             std::fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -305,6 +308,16 @@ async fn a_new_node_routes_its_peers_claims_a_block_and_serves_once_it_holds_one
         "1",
         "forwarding turned on"
     );
+    let rp_filter = |device: &str| {
+        let key = format!("net/ipv4/conf/{device}/rp_filter");
+        std::fs::read_to_string(node.agent.settings.sysctl_dir.join(key)).unwrap()
+    };
+    assert_eq!(
+        rp_filter(VXLAN_DEVICE).trim(),
+        "2",
+        "strict filtering loosened on the tunnel"
+    );
+    assert_eq!(rp_filter("all").trim(), "1", "conf/all is never touched");
     let first = report(&writes);
     assert!(!first.ready, "no block of its own yet: no pod could start");
     assert!(

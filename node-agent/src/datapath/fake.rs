@@ -182,6 +182,8 @@ impl Kernel for FakeKernel {
     fn rules(&mut self, _: Family) -> Result<Vec<Rule>, NetlinkError> {
         Ok(Vec::new())
     }
+    /// Every packet is accepted: this kernel has no reverse-path filter (what strict filtering
+    /// drops is tested against real kernels, in the root e2e tier).
     fn input_accepted(&mut self, _: IpAddr, _: IpAddr, _: u32) -> Result<bool, NetlinkError> {
         Ok(true)
     }
@@ -190,6 +192,10 @@ impl Kernel for FakeKernel {
     }
     fn replace_nat_table(&mut self, table: &Table) -> Result<(), NatError> {
         self.state().nat = Some(table.clone());
+        Ok(())
+    }
+    fn remove_nat_table(&mut self) -> Result<(), NatError> {
+        self.state().nat = None;
         Ok(())
     }
     fn neighbors(&mut self, _: u32) -> Result<Vec<Neighbor>, NetlinkError> {
