@@ -105,4 +105,29 @@ impl NodeWatch {
     pub fn watch(&self, watched: Watched) {
         *self.watched.lock().unwrap_or_else(PoisonError::into_inner) = watched;
     }
+
+    /// Test seam: a watch without its thread, told by the test when someone else changed
+    /// the kernel.
+    #[cfg(test)]
+    pub fn by_hand() -> NodeWatch {
+        NodeWatch {
+            watched: Arc::default(),
+            kernel_changed: Arc::new(AtomicBool::new(true)),
+        }
+    }
+
+    /// Test seam: someone other than the agent changed the kernel.
+    #[cfg(test)]
+    pub fn kernel_changed_by_others(&self) {
+        self.kernel_changed.store(true, Ordering::SeqCst);
+    }
+
+    /// What the agent last asked to be watched.
+    #[cfg(test)]
+    pub fn watched(&self) -> Watched {
+        self.watched
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
 }

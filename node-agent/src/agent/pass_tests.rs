@@ -228,7 +228,7 @@ impl Node {
             notify: Arc::new(Notify::new()),
             metrics,
             mesh: None,
-            node_watch: None,
+            node_watch: Some(NodeWatch::by_hand()),
             policy: Policy::without_loop(),
             local: Arc::new(Notify::new()),
             kernel: Arc::new(move || Ok(Box::new(opened.clone()) as Box<dyn Kernel>)),
@@ -253,8 +253,14 @@ impl Node {
 
     /// One pass, and the writes it made.
     async fn pass(&mut self) -> Vec<Seen> {
+        self.pass_of(false).await
+    }
+
+    /// One pass (a resync, which compares the whole kernel, if `resync`), and the writes it
+    /// made.
+    async fn pass_of(&mut self, resync: bool) -> Vec<Seen> {
         self.api.lock().unwrap().clear();
-        tokio::time::timeout(Duration::from_secs(10), self.agent.pass(false))
+        tokio::time::timeout(Duration::from_secs(10), self.agent.pass(resync))
             .await
             .expect("the pass ended")
             .expect("the pass went through");
@@ -508,6 +514,69 @@ async fn editing_a_pools_mode_moves_its_peers_routes_over() {
         Some(&PoolMode::Vxlan),
         "the report says which mode runs"
     );
+}
+
+#[tokio::test]
+async fn between_resyncs_a_pass_writes_what_changed_and_a_route_someone_removed_comes_back() {
+    let mut node = Node::new();
+    node.watches.node("n2", "10.99.0.11", true);
+    node.watches.block("10.244.0.64/26", "n2");
+    node.watches.block("10.244.0.0/26", "n1");
+    node.pass().await;
+    assert_eq!(node.kernel.dsts(), ["10.244.0.64/26"]);
+    let watched = node.agent.node_watch.as_ref().unwrap().watched();
+    assert_eq!(
+        watched.conf_dir.as_deref(),
+        Some(node.dir.path().join("net.d").as_path()),
+        "the conflist's directory is watched for foreign files"
+    );
+    assert!(
+        watched
+            .settings
+            .iter()
+            .any(|(path, value)| path.ends_with("net/ipv4/ip_forward") && value == "1"),
+        "forwarding is watched: {watched:?}"
+    );
+    let cost = |kernel: &FakeKernel| {
+        let mut st = kernel.state();
+        let cost = (st.route_dumps, st.route_writes);
+        (st.route_dumps, st.route_writes) = (0, 0);
+        cost
+    };
+    cost(&node.kernel);
+
+    // Nothing changed: the kernel is neither read nor written.
+    node.pass().await;
+    assert_eq!(cost(&node.kernel), (0, 0));
+
+    // A peer's new block: one route written, none read.
+    node.watches.node("n3", "10.99.0.12", true);
+    node.watches.block("10.244.0.128/26", "n3");
+    node.pass().await;
+    assert_eq!(node.kernel.dsts(), ["10.244.0.128/26", "10.244.0.64/26"]);
+    assert_eq!(cost(&node.kernel), (0, 1));
+
+    // Someone else deletes a route: once the node watch says so, the pass compares the
+    // whole kernel and puts it back.
+    node.kernel
+        .state()
+        .routes
+        .retain(|r| r.dst.to_string() != "10.244.0.64");
+    node.agent
+        .node_watch
+        .as_ref()
+        .unwrap()
+        .kernel_changed_by_others();
+    node.pass().await;
+    assert_eq!(node.kernel.dsts(), ["10.244.0.128/26", "10.244.0.64/26"]);
+    let (dumps, writes) = cost(&node.kernel);
+    assert!(dumps > 0, "the whole kernel read");
+    assert_eq!(writes, 1, "only the missing route written");
+
+    // And at each resync, whatever the watch says (a change it could not see).
+    node.kernel.state().routes.clear();
+    node.pass_of(true).await;
+    assert_eq!(node.kernel.dsts(), ["10.244.0.128/26", "10.244.0.64/26"]);
 }
 
 /// Gives pod `uid` an address of pool `p` as the plugin's ADD does (from `node.json`), on

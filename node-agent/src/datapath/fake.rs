@@ -30,6 +30,9 @@ pub struct State {
     pub refuse: BTreeSet<IpAddr>,
     /// sinew's nftables table, as last replaced.
     pub nat: Option<Table>,
+    /// Dumps of the routing table, and routes added or deleted (what a pass costs).
+    pub route_dumps: u32,
+    pub route_writes: u32,
     /// Devices created so far (each takes the next index from 101).
     created: u32,
 }
@@ -228,8 +231,9 @@ impl Kernel for FakeKernel {
         Ok(self.state().fdb.remove(&mac).is_some())
     }
     fn routes(&mut self, v6: bool, _: u32) -> Result<Vec<Route>, NetlinkError> {
-        Ok(self
-            .state()
+        let mut st = self.state();
+        st.route_dumps += 1;
+        Ok(st
             .routes
             .iter()
             .filter(|r| r.dst.is_ipv6() == v6)
@@ -238,6 +242,7 @@ impl Kernel for FakeKernel {
     }
     fn add_route(&mut self, route: &Route) -> Result<(), NetlinkError> {
         let mut st = self.state();
+        st.route_writes += 1;
         if st.refuse.contains(&route.dst) {
             return Err(NetlinkError::Kernel {
                 op: "add route",
@@ -252,6 +257,7 @@ impl Kernel for FakeKernel {
     }
     fn del_route(&mut self, route: &Route) -> Result<bool, NetlinkError> {
         let mut st = self.state();
+        st.route_writes += 1;
         let before = st.routes.len();
         st.routes.retain(|r| r != route);
         Ok(st.routes.len() < before)
