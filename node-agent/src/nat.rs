@@ -320,10 +320,10 @@ pub fn apply_with_store(
         .map_err(NatError::Store)?
 }
 
-/// Removes the table if it exists. A kernel without nf_tables cannot hold anything this
-/// agent created, so that is not an error.
-pub fn remove() -> Result<(), NatError> {
-    match Nftables::new().and_then(|mut nft| nft.delete_table(TABLE)) {
+/// Removes sinew's table `name` (this one, or NetworkPolicy's) if it exists. A kernel
+/// without nf_tables cannot hold anything this agent created, so that is not an error.
+pub fn remove_table(name: &str) -> Result<(), NatError> {
+    match Nftables::new().and_then(|mut nft| nft.delete_table(name)) {
         Err(e) if e.is_unsupported() => Ok(()),
         other => Ok(other?),
     }

@@ -66,8 +66,10 @@ impl Agent {
         }
         let mut kernel = (self.kernel)()?;
         datapath::remove_all(&mut *kernel)?;
-        kernel.remove_nat_table()?;
-        self.policy.remove_now().map_err(nat::NatError::from)?;
+        // The loop stops enforcing; the table goes now, not when the loop next looks.
+        self.policy.set_enabled(false);
+        kernel.remove_table(nat::TABLE)?;
+        kernel.remove_table(sinew_node_lib::nft::policy::TABLE)?;
         info!(node = %self.node(), "node cleaned up: conflist, plugin, routes, VXLAN device and nftables tables removed");
         self.api
             .report(&NodeReport {

@@ -97,6 +97,7 @@ fn client_of(service: tower_test::mock::Mock<Request<Body>, Response<Body>>) -> 
 
 /// The caches' writers: what the watches would deliver, the test delivers.
 struct Watches {
+    networks: Writer<ClusterNetwork>,
     nodes: Writer<NodeFacts>,
     pools: Writer<IPPool>,
     blocks: Writer<IPBlock>,
@@ -104,6 +105,20 @@ struct Watches {
 }
 
 impl Watches {
+    /// The `ClusterNetwork` deleted: its finalizer holds it while the nodes clean up.
+    fn delete_network(&mut self) {
+        let network: ClusterNetwork = serde_json::from_value(json!({
+            "apiVersion": "sinew.dev/v1alpha1", "kind": "ClusterNetwork",
+            "metadata": {"name": CLUSTER_NETWORK_NAME, "generation": 1,
+                         "deletionTimestamp": "2026-01-01T00:00:00Z",
+                         "finalizers": ["sinew.dev/nodes-clean"]},
+            "spec": {"networkPolicy": "Disabled"},
+        }))
+        .unwrap();
+        self.networks
+            .apply_watcher_event(&watcher::Event::Apply(network));
+    }
+
     fn node(&mut self, name: &str, ip: &str, vtep: bool) {
         let mut annotations = serde_json::Map::new();
         if vtep {
@@ -234,6 +249,7 @@ impl Node {
             kernel: Arc::new(move || Ok(Box::new(opened.clone()) as Box<dyn Kernel>)),
         };
         let mut watches = Watches {
+            networks: network_writer,
             nodes: node_writer,
             pools: pool_writer,
             blocks: block_writer,
@@ -704,4 +720,70 @@ async fn a_node_whose_forwarding_cannot_be_turned_on_serves_no_pod() {
     let served = report(&node.pass().await);
     assert!(served.ready, "{served:?}");
     assert_eq!(std::fs::read_to_string(&forward).unwrap().trim(), "1");
+}
+
+#[tokio::test]
+async fn a_deleted_network_is_cleaned_off_the_node_once_its_pods_are_gone() {
+    let mut node = Node::new();
+    node.watches.node("n2", "10.99.0.11", true);
+    node.watches.block("10.244.0.64/26", "n2");
+    node.watches.block("10.244.0.0/26", "n1");
+    assert!(report(&node.pass().await).ready);
+    let conflist = node.dir.path().join("net.d/10-sinew.conflist");
+    let plugin = node.dir.path().join("bin/sinew");
+    assert!(conflist.exists() && plugin.exists());
+    assert!(node.kernel.state().nat.is_some());
+    // NetworkPolicy's table, as its loop left it.
+    let policy = node.kernel.state().nat.clone();
+    node.kernel.state().policy = policy;
+    add_pod(&node, "web", "vethweb");
+
+    node.watches.delete_network();
+    let writes = node.pass().await;
+    let waiting = report(&writes);
+    assert_eq!(
+        of_kind(&waiting, ProblemKind::CleanUpWaiting).len(),
+        1,
+        "{waiting:?}"
+    );
+    assert!(!waiting.cleaned_up);
+    let state: NodeState = serde_json::from_str(
+        &std::fs::read_to_string(node.dir.path().join("state/node.json")).unwrap(),
+    )
+    .unwrap();
+    assert!(
+        state.pools.iter().all(|p| p.disabled),
+        "no new pod gets an address"
+    );
+    assert!(
+        conflist.exists() && plugin.exists(),
+        "the running pod's DEL still finds the plugin"
+    );
+    assert_eq!(
+        node.kernel.dsts(),
+        ["10.244.0.64/26"],
+        "its traffic still flows"
+    );
+    assert!(node.kernel.link(VXLAN_DEVICE).is_some());
+
+    // Said once while nothing changes.
+    let again = node.pass().await;
+    assert!(
+        !again.iter().any(|w| w.path == "/api/v1/nodes/n1"),
+        "{again:#?}"
+    );
+
+    // The pod's DEL frees its address: everything sinew put on the node goes.
+    let key = sinew_node_lib::ipam::AttachmentKey::new("ctr-web", "eth0");
+    node.agent
+        .store()
+        .update(|st| st.remove_attachment(&key))
+        .unwrap();
+    let writes = node.pass().await;
+    assert!(report(&writes).cleaned_up);
+    assert!(!conflist.exists() && !plugin.exists());
+    assert!(node.kernel.dsts().is_empty());
+    assert!(node.kernel.link(VXLAN_DEVICE).is_none());
+    let st = node.kernel.state();
+    assert!(st.nat.is_none() && st.policy.is_none(), "both tables gone");
 }

@@ -14,6 +14,8 @@ use sinew_node_lib::nft::Table;
 
 use super::{Kernel, Underlay, VXLAN_DEVICE, VxlanParams};
 use crate::nat::NatError;
+use crate::policy::engine::PolicyKernel;
+use sinew_node_lib::netlink::nftables::NftError;
 
 /// What the kernel holds.
 #[derive(Debug, Default)]
@@ -30,6 +32,8 @@ pub struct State {
     pub refuse: BTreeSet<IpAddr>,
     /// sinew's nftables table, as last replaced.
     pub nat: Option<Table>,
+    /// NetworkPolicy's table, as the policy loop last wrote it.
+    pub policy: Option<Table>,
     /// Dumps of the routing table, and routes added or deleted (what a pass costs).
     pub route_dumps: u32,
     pub route_writes: u32,
@@ -197,8 +201,13 @@ impl Kernel for FakeKernel {
         self.state().nat = Some(table.clone());
         Ok(())
     }
-    fn remove_nat_table(&mut self) -> Result<(), NatError> {
-        self.state().nat = None;
+    fn remove_table(&mut self, name: &str) -> Result<(), NatError> {
+        let mut st = self.state();
+        match name {
+            crate::nat::TABLE => st.nat = None,
+            sinew_node_lib::nft::policy::TABLE => st.policy = None,
+            _ => {}
+        }
         Ok(())
     }
     fn neighbors(&mut self, _: u32) -> Result<Vec<Neighbor>, NetlinkError> {
@@ -261,5 +270,24 @@ impl Kernel for FakeKernel {
         let before = st.routes.len();
         st.routes.retain(|r| r != route);
         Ok(st.routes.len() < before)
+    }
+}
+
+/// The policy loop's side of the same kernel.
+impl PolicyKernel for FakeKernel {
+    fn exists(&mut self) -> Result<bool, NftError> {
+        Ok(self.state().policy.is_some())
+    }
+    fn replace(&mut self, table: &Table) -> Result<(), NftError> {
+        self.state().policy = Some(table.clone());
+        Ok(())
+    }
+    fn update(&mut self, _: &Table, new: &Table) -> Result<(), NftError> {
+        self.state().policy = Some(new.clone());
+        Ok(())
+    }
+    fn delete(&mut self) -> Result<(), NftError> {
+        self.state().policy = None;
+        Ok(())
     }
 }

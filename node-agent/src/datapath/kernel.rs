@@ -50,8 +50,8 @@ pub trait Kernel: Send {
     fn nat_table_exists(&mut self) -> bool;
     /// Replaces sinew's nftables table with `table`, atomically.
     fn replace_nat_table(&mut self, table: &Table) -> Result<(), NatError>;
-    /// Removes sinew's nftables table where there is one.
-    fn remove_nat_table(&mut self) -> Result<(), NatError>;
+    /// Removes sinew's nftables table `name` (`inet sinew`, or NetworkPolicy's) where it is.
+    fn remove_table(&mut self, name: &str) -> Result<(), NatError>;
     fn neighbors(&mut self, vxlan: u32) -> Result<Vec<Neighbor>, NetlinkError>;
     fn add_neighbor(&mut self, vxlan: u32, ip: IpAddr, mac: [u8; 6]) -> Result<(), NetlinkError>;
     fn del_neighbor(&mut self, vxlan: u32, ip: IpAddr) -> Result<bool, NetlinkError>;
@@ -129,8 +129,8 @@ impl Kernel for Netlink {
     fn replace_nat_table(&mut self, table: &Table) -> Result<(), NatError> {
         crate::nat::apply(table)
     }
-    fn remove_nat_table(&mut self) -> Result<(), NatError> {
-        crate::nat::remove()
+    fn remove_table(&mut self, name: &str) -> Result<(), NatError> {
+        crate::nat::remove_table(name)
     }
     fn neighbors(&mut self, vxlan: u32) -> Result<Vec<Neighbor>, NetlinkError> {
         Netlink::neighbors(self, vxlan)

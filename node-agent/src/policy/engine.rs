@@ -263,15 +263,6 @@ impl Policy {
         });
     }
 
-    /// Turns enforcement off and removes the table now (the node is being cleaned).
-    pub fn remove_now(&self) -> Result<(), NftError> {
-        self.set_enabled(false);
-        match Engine::new(Kernel).remove() {
-            Err(e) if e.is_unsupported() => Ok(()),
-            other => other.map(|_| ()),
-        }
-    }
-
     /// Whether new pods may start: policy is off, or its table is in (the first pods of a
     /// node must not start before it).
     pub fn ready(&self) -> bool {
