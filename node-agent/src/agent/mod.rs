@@ -186,6 +186,7 @@ impl Agent {
         );
         let policy = Policy::start(crate::policy::engine::Loop {
             client: client.clone(),
+            kernel: Box::new(crate::policy::engine::Kernel),
             node: settings.node_name.clone(),
             state_dir: settings.state_dir.clone(),
             local: policy_local,

@@ -30,15 +30,64 @@ struct Seen {
 /// Requests the API server refuses (500), each told by a test.
 type Refusals = Arc<Mutex<Vec<Box<dyn Fn(&Seen) -> bool + Send>>>>;
 
-/// An API server that answers every write with what was written (reads: 404), but those a
-/// refusal matches, and keeps what it received.
-fn api_server() -> (kube::Client, Arc<Mutex<Vec<Seen>>>, Refusals) {
+/// What the API server lists, by path (the items of each list).
+type Lists = Arc<Mutex<BTreeMap<String, Vec<Value>>>>;
+
+/// The lists NetworkPolicy's loop watches, and the kind of each.
+const POLICY_LISTS: [(&str, &str, &str); 3] = [
+    ("/api/v1/pods", "v1", "PodList"),
+    (
+        "/apis/networking.k8s.io/v1/networkpolicies",
+        "networking.k8s.io/v1",
+        "NetworkPolicyList",
+    ),
+    (
+        "/api/v1/namespaces",
+        "meta.k8s.io/v1",
+        "PartialObjectMetadataList",
+    ),
+];
+
+/// An API server that answers every write with what was written, but those a refusal
+/// matches, and keeps what it received. Reads: NetworkPolicy's lists as the test set them
+/// (a watch of them stays open and quiet), else 404.
+fn api_server() -> (kube::Client, Arc<Mutex<Vec<Seen>>>, Refusals, Lists) {
     let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let seen = Arc::new(Mutex::new(Vec::new()));
     let refusals: Refusals = Arc::default();
-    let (log, refuse) = (seen.clone(), refusals.clone());
+    let lists: Lists = Arc::default();
+    let (log, refuse, listed) = (seen.clone(), refusals.clone(), lists.clone());
     tokio::spawn(async move {
+        let mut watching = Vec::new();
         while let Some((request, respond)) = handle.next_request().await {
+            let path = request.uri().path().to_string();
+            let list = POLICY_LISTS.iter().find(|(p, ..)| *p == path);
+            if let (Some((_, api_version, kind)), &Method::GET) = (list, request.method()) {
+                if request
+                    .uri()
+                    .query()
+                    .unwrap_or_default()
+                    .contains("watch=true")
+                {
+                    watching.push(respond);
+                    continue;
+                }
+                let items = listed
+                    .lock()
+                    .unwrap()
+                    .get(&path)
+                    .cloned()
+                    .unwrap_or_default();
+                let reply = json!({"apiVersion": api_version, "kind": kind,
+                                   "metadata": {"resourceVersion": "1"}, "items": items});
+                respond.send_response(
+                    Response::builder()
+                        .header(::http::header::CONTENT_TYPE, "application/json")
+                        .body(Body::from(serde_json::to_vec(&reply).unwrap()))
+                        .unwrap(),
+                );
+                continue;
+            }
             let (parts, body) = request.into_parts();
             let bytes = body.collect_bytes().await.unwrap_or_default();
             let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
@@ -88,7 +137,7 @@ fn api_server() -> (kube::Client, Arc<Mutex<Vec<Seen>>>, Refusals) {
             );
         }
     });
-    (client_of(service), seen, refusals)
+    (client_of(service), seen, refusals, lists)
 }
 
 fn client_of(service: tower_test::mock::Mock<Request<Body>, Response<Body>>) -> kube::Client {
@@ -105,6 +154,18 @@ struct Watches {
 }
 
 impl Watches {
+    /// The `ClusterNetwork`, with NetworkPolicy `policy` ("Enabled" or "Disabled").
+    fn network(&mut self, policy: &str) {
+        let network: ClusterNetwork = serde_json::from_value(json!({
+            "apiVersion": "sinew.dev/v1alpha1", "kind": "ClusterNetwork",
+            "metadata": {"name": CLUSTER_NETWORK_NAME, "generation": 1},
+            "spec": {"networkPolicy": policy},
+        }))
+        .unwrap();
+        self.networks
+            .apply_watcher_event(&watcher::Event::Apply(network));
+    }
+
     /// The `ClusterNetwork` deleted: its finalizer holds it while the nodes clean up.
     fn delete_network(&mut self) {
         let network: ClusterNetwork = serde_json::from_value(json!({
@@ -180,6 +241,8 @@ struct Node {
     kernel: FakeKernel,
     api: Arc<Mutex<Vec<Seen>>>,
     refusals: Refusals,
+    lists: Lists,
+    client: kube::Client,
     watches: Watches,
     dir: tempfile::TempDir,
 }
@@ -211,7 +274,7 @@ impl Node {
             ..Settings::for_tests("n1", dir.path())
         };
         std::fs::create_dir_all(&settings.state_dir).unwrap();
-        let (client, api, refusals) = api_server();
+        let (client, api, refusals, lists) = api_server();
         let (nodes, node_writer) = reflector::store();
         let (pools, pool_writer) = reflector::store();
         let (blocks, block_writer) = reflector::store();
@@ -237,7 +300,7 @@ impl Node {
                 namespaces,
                 changes: changes.clone(),
             },
-            api: ApiWriter::new(client, &settings.node_name),
+            api: ApiWriter::new(client.clone(), &settings.node_name),
             settings,
             memory: PassMemory::default(),
             notify: Arc::new(Notify::new()),
@@ -262,9 +325,26 @@ impl Node {
             kernel,
             api,
             refusals,
+            lists,
+            client,
             watches,
             dir,
         }
+    }
+
+    /// NetworkPolicy's own loop, against the API server's lists and this node's kernel.
+    fn with_policy_loop(mut self) -> Node {
+        self.agent.policy = Policy::start_without_drops(crate::policy::engine::Loop {
+            client: self.client.clone(),
+            kernel: Box::new(self.kernel.clone()),
+            node: "n1".into(),
+            state_dir: self.agent.settings.state_dir.clone(),
+            local: Arc::new(Notify::new()),
+            local_watched: false,
+            pass: self.agent.notify.clone(),
+            metrics: self.agent.metrics.clone(),
+        });
+        self
     }
 
     /// One pass, and the writes it made.
@@ -786,4 +866,92 @@ async fn a_deleted_network_is_cleaned_off_the_node_once_its_pods_are_gone() {
     assert!(node.kernel.link(VXLAN_DEVICE).is_none());
     let st = node.kernel.state();
     assert!(st.nat.is_none() && st.policy.is_none(), "both tables gone");
+}
+
+/// Waits (up to 10 s) until `done` holds.
+async fn until(what: &str, done: impl Fn() -> bool) {
+    let waited = tokio::time::timeout(Duration::from_secs(10), async {
+        while !done() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(waited.is_ok(), "waited 10 s for {what}");
+}
+
+#[tokio::test]
+async fn with_network_policy_a_node_serves_only_once_its_policy_table_is_in() {
+    let mut node = Node::new().with_policy_loop();
+    {
+        let mut lists = node.lists.lock().unwrap();
+        lists.insert(
+            "/api/v1/namespaces".into(),
+            vec![
+                json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
+                        "metadata": {"name": "default"}}),
+            ],
+        );
+        lists.insert(
+            "/api/v1/pods".into(),
+            vec![json!({"metadata": {"name": "web", "namespace": "default",
+                                     "labels": {"app": "web"}},
+                        "spec": {"nodeName": "n1", "containers": []},
+                        "status": {"phase": "Running", "podIPs": [{"ip": "10.244.0.9"}]}})],
+        );
+        lists.insert(
+            "/apis/networking.k8s.io/v1/networkpolicies".into(),
+            vec![json!({"metadata": {"name": "deny", "namespace": "default"},
+                        "spec": {"podSelector": {"matchLabels": {"app": "web"}}}})],
+        );
+    }
+    node.kernel.state().refuse_policy = true;
+    node.watches.network("Enabled");
+    node.watches.block("10.244.0.0/26", "n1");
+    let conflist = node.dir.path().join("net.d/10-sinew.conflist");
+
+    let first = report(&node.pass().await);
+    assert!(!first.ready, "{first:?}");
+    assert!(!conflist.exists(), "no pod starts unpoliced");
+    add_pod(&node, "web", "vethweb");
+    let policy = &node.agent.policy;
+    until("the loop to report its failure", || {
+        policy
+            .report()
+            .1
+            .iter()
+            .any(|p| p.kind == ProblemKind::PolicyFailed)
+    })
+    .await;
+    let refused = report(&node.pass().await);
+    assert!(!refused.ready);
+    assert_eq!(of_kind(&refused, ProblemKind::PolicyFailed).len(), 1);
+    assert!(!conflist.exists());
+
+    // The kernel takes the table: the pod's interface is policed, the node serves.
+    node.kernel.state().refuse_policy = false;
+    let kernel = node.kernel.clone();
+    until("the table with the pod's interface", || {
+        kernel
+            .state()
+            .policy
+            .as_ref()
+            .is_some_and(|t| sinew_node_lib::nft::text::table(t).contains("\"vethweb\""))
+    })
+    .await;
+    let serving = report(&node.pass().await);
+    assert!(serving.ready, "{serving:?}");
+    assert!(conflist.exists());
+    let policed = serving
+        .policy
+        .clone()
+        .expect("the report says what policy does");
+    assert!(policed.programmed);
+    assert_eq!(policed.classes, 1);
+    assert!(of_kind(&serving, ProblemKind::PolicyFailed).is_empty());
+
+    // Policy turned off: the table goes.
+    node.watches.network("Disabled");
+    let off = report(&node.pass().await);
+    assert_eq!(off.policy, None);
+    until("the table removed", || kernel.state().policy.is_none()).await;
 }

@@ -32,8 +32,10 @@ pub struct State {
     pub refuse: BTreeSet<IpAddr>,
     /// sinew's nftables table, as last replaced.
     pub nat: Option<Table>,
-    /// NetworkPolicy's table, as the policy loop last wrote it.
+    /// NetworkPolicy's table, as the policy loop last wrote it, and whether writes of it
+    /// are refused.
     pub policy: Option<Table>,
+    pub refuse_policy: bool,
     /// Dumps of the routing table, and routes added or deleted (what a pass costs).
     pub route_dumps: u32,
     pub route_writes: u32,
@@ -279,12 +281,19 @@ impl PolicyKernel for FakeKernel {
         Ok(self.state().policy.is_some())
     }
     fn replace(&mut self, table: &Table) -> Result<(), NftError> {
-        self.state().policy = Some(table.clone());
+        let mut st = self.state();
+        if st.refuse_policy {
+            return Err(NftError::Kernel {
+                op: format!("add table inet {}", table.name),
+                errno: 12,
+                message: "Cannot allocate memory".into(),
+            });
+        }
+        st.policy = Some(table.clone());
         Ok(())
     }
     fn update(&mut self, _: &Table, new: &Table) -> Result<(), NftError> {
-        self.state().policy = Some(new.clone());
-        Ok(())
+        self.replace(new)
     }
     fn delete(&mut self) -> Result<(), NftError> {
         self.state().policy = None;

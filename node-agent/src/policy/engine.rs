@@ -29,6 +29,21 @@ pub trait PolicyKernel {
     fn delete(&mut self) -> Result<(), NftError>;
 }
 
+impl<K: PolicyKernel + ?Sized> PolicyKernel for Box<K> {
+    fn exists(&mut self) -> Result<bool, NftError> {
+        (**self).exists()
+    }
+    fn replace(&mut self, table: &Table) -> Result<(), NftError> {
+        (**self).replace(table)
+    }
+    fn update(&mut self, old: &Table, new: &Table) -> Result<(), NftError> {
+        (**self).update(old, new)
+    }
+    fn delete(&mut self) -> Result<(), NftError> {
+        (**self).delete()
+    }
+}
+
 /// The node's own nf_tables, over netlink.
 pub struct Kernel;
 
@@ -212,23 +227,36 @@ pub struct Policy {
 }
 
 impl Policy {
-    /// Starts the loop (idle until policy is enabled: no watch of pods or policies before).
+    /// Starts the loop (idle until policy is enabled: no watch of pods or policies before),
+    /// and the drop counters and log beside it.
     pub fn start(l: Loop) -> Policy {
+        let (metrics, state_dir) = (l.metrics.clone(), l.state_dir.clone());
+        let (policy, on, log) = Policy::start_loop(l);
+        tokio::spawn(super::drops::count(metrics, on.clone()));
+        tokio::spawn(super::drops::log(on, log, state_dir));
+        policy
+    }
+
+    /// Starts the loop alone: the enabled and drop-log switches it follows, for the drop
+    /// counters and log.
+    fn start_loop(l: Loop) -> (Policy, watch::Receiver<bool>, watch::Receiver<bool>) {
         let (enabled, on) = watch::channel(false);
         let (drop_log, log) = watch::channel(false);
         let shared = Arc::new(Mutex::new(Shared::default()));
-        tokio::spawn(super::drops::count(l.metrics.clone(), on.clone()));
-        tokio::spawn(super::drops::log(
-            on.clone(),
-            log.clone(),
-            l.state_dir.clone(),
-        ));
-        tokio::spawn(run(l, on, log, shared.clone()));
-        Policy {
+        tokio::spawn(run(l, on.clone(), log.clone(), shared.clone()));
+        let policy = Policy {
             enabled,
             drop_log,
             shared,
-        }
+        };
+        (policy, on, log)
+    }
+
+    /// Test seam: the loop without the drop counters and log (which read the node's own
+    /// nf_tables and nflog).
+    #[cfg(test)]
+    pub(crate) fn start_without_drops(l: Loop) -> Policy {
+        Policy::start_loop(l).0
     }
 
     /// Test seam: policy without its loop (off until enabled; never programmed).
@@ -285,6 +313,8 @@ impl Policy {
 /// What the loop works with.
 pub struct Loop {
     pub client: kube::Client,
+    /// Where sinew's policy table goes.
+    pub kernel: Box<dyn PolicyKernel + Send>,
     pub node: String,
     pub state_dir: PathBuf,
     /// Changes of the IPAM store (a pod interface added or removed).
@@ -306,6 +336,7 @@ async fn run(
 ) {
     let Loop {
         client,
+        kernel,
         node,
         state_dir,
         local,
@@ -321,7 +352,7 @@ async fn run(
     };
     let wake = Arc::new(Notify::new());
     let mut inputs: Option<Inputs> = None;
-    let mut engine = Engine::new(Kernel);
+    let mut engine = Engine::new(kernel);
     // Changes what the passes read: wakes one when what they act on changed (the table in for
     // the first time, programmed or not, the problems), not for a new count of classes (a
     // policy flapping must not make every node write its report as often).
