@@ -246,6 +246,48 @@ impl Mesh {
 
     /// One round over the sampled targets; whether any verdict changed.
     fn round(&self) -> bool {
+        self.round_by(probe_round)
+    }
+
+    /// Test seam: a mesh without its thread; the test runs its rounds.
+    #[cfg(test)]
+    pub fn by_hand() -> Mesh {
+        Mesh {
+            state: Arc::default(),
+        }
+    }
+
+    /// Test seam: one round in which a probe of `size` bytes to a target is answered where
+    /// `answers` says; whether any verdict changed.
+    #[cfg(test)]
+    pub fn round_answered(&self, answers: impl Fn(&Target, usize) -> bool) -> bool {
+        let outcome = |t: &Target, size| {
+            Some(if answers(t, size) {
+                Outcome::Answered(Duration::from_millis(1))
+            } else {
+                Outcome::Lost
+            })
+        };
+        self.round_by(|targets| {
+            Ok(targets
+                .iter()
+                .map(|t| Found {
+                    small: outcome(t, SMALL),
+                    full: outcome(t, t.mtu),
+                    ..Found::default()
+                })
+                .collect())
+        })
+    }
+
+    /// The targets the passes set.
+    #[cfg(test)]
+    pub fn targets(&self) -> Vec<Target> {
+        self.lock().targets.clone()
+    }
+
+    /// One round over the sampled targets, probed by `probe_round`.
+    fn round_by(&self, probe_round: impl FnOnce(&[Target]) -> std::io::Result<Vec<Found>>) -> bool {
         let targets = {
             let mut guard = self.lock();
             let state = &mut *guard;

@@ -181,7 +181,15 @@ impl Watches {
     }
 
     fn node(&mut self, name: &str, ip: &str, vtep: bool) {
+        self.node_reporting(name, ip, vtep, None);
+    }
+
+    /// Node `name`, with its agent's `report` (what its peers read of it) where given.
+    fn node_reporting(&mut self, name: &str, ip: &str, vtep: bool, report: Option<Value>) {
         let mut annotations = serde_json::Map::new();
+        if let Some(report) = report {
+            annotations.insert(NODE_STATE_ANNOTATION.into(), json!(report.to_string()));
+        }
         if vtep {
             annotations.insert(
                 VTEP_MAC_ANNOTATION.into(),
@@ -189,7 +197,8 @@ impl Watches {
             );
         }
         let node: NodeFacts = serde_json::from_value(json!({
-            "metadata": {"name": name, "annotations": annotations},
+            "metadata": {"name": name, "annotations": annotations,
+                         "resourceVersion": self.changes.nodes.count().to_string()},
             "status": {"addresses": [{"type": "InternalIP", "address": ip}]},
         }))
         .unwrap();
@@ -305,7 +314,7 @@ impl Node {
             memory: PassMemory::default(),
             notify: Arc::new(Notify::new()),
             metrics,
-            mesh: None,
+            mesh: Some(probe::Mesh::by_hand()),
             node_watch: Some(NodeWatch::by_hand()),
             policy: Policy::without_loop(),
             local: Arc::new(Notify::new()),
@@ -954,4 +963,63 @@ async fn with_network_policy_a_node_serves_only_once_its_policy_table_is_in() {
     let off = report(&node.pass().await);
     assert_eq!(off.policy, None);
     until("the table removed", || kernel.state().policy.is_none()).await;
+}
+
+#[tokio::test]
+async fn a_peer_that_stops_answering_or_drops_full_size_packets_is_reported_until_it_recovers() {
+    let mut node = Node::new();
+    node.watches.pool("p", "10.244.0.0/16", "Routed", 1);
+    node.watches.block("10.244.0.0/26", "n1");
+    // The peer reports its underlay MTU and its tunnel address (from its block).
+    node.watches.node_reporting(
+        "n2",
+        "10.99.0.11",
+        true,
+        Some(json!({"underlayMtu": 1500, "tunnel": ["10.244.0.65"]})),
+    );
+    node.watches.block("10.244.0.64/26", "n2");
+    let first = report(&node.pass().await);
+    assert!(first.ready, "{first:?}");
+    let mesh = node.agent.mesh.clone().unwrap();
+    let targets = mesh.targets();
+    assert_eq!(targets.len(), 1, "{targets:?}");
+    let own = first.tunnel[0];
+    assert!(
+        "10.244.0.0/26".parse::<Cidr>().unwrap().contains(own),
+        "{own}"
+    );
+    assert_eq!(
+        targets[0].pod_addresses,
+        Some((own, "10.244.0.65".parse().unwrap())),
+        "a routed path is probed with pods' addresses, as an underlay sees pods' packets"
+    );
+    assert_eq!(targets[0].mtu, 1500, "at the pod MTU of a routed pool");
+
+    let unreachable = |node: &Node| {
+        let r = report(&node.api.lock().unwrap());
+        of_kind(&r, ProblemKind::PeerUnreachable).len()
+    };
+    // One lost round is not a problem; two are.
+    assert!(!mesh.round_answered(|_, _| false));
+    node.pass().await;
+    assert_eq!(unreachable(&node), 0);
+    assert!(mesh.round_answered(|_, _| false));
+    node.pass().await;
+    assert_eq!(unreachable(&node), 1);
+
+    // It answers, but not at full size: an MTU problem, not an unreachable peer.
+    mesh.round_answered(|_, size| size < 1500);
+    mesh.round_answered(|_, size| size < 1500);
+    let mtu = report(&node.pass().await);
+    assert_eq!(of_kind(&mtu, ProblemKind::PeerUnreachable).len(), 0);
+    assert_eq!(of_kind(&mtu, ProblemKind::MtuMismatch).len(), 1, "{mtu:?}");
+
+    mesh.round_answered(|_, _| true);
+    let fine = report(&node.pass().await);
+    assert!(
+        !kinds(&fine)
+            .iter()
+            .any(|k| matches!(k, ProblemKind::PeerUnreachable | ProblemKind::MtuMismatch)),
+        "{fine:?}"
+    );
 }
