@@ -10,12 +10,12 @@ use sinew_node_lib::netlink::{
     Link, NUD_PERMANENT, Neighbor, NetlinkError, Route, RouteEntry, Rule, VxlanInfo,
 };
 
+use sinew_node_lib::netlink::nftables::NftError;
 use sinew_node_lib::nft::Table;
 
 use super::{Kernel, Underlay, VXLAN_DEVICE, VxlanParams};
 use crate::nat::NatError;
 use crate::policy::engine::PolicyKernel;
-use sinew_node_lib::netlink::nftables::NftError;
 
 /// What the kernel holds.
 #[derive(Debug, Default)]
