@@ -17,7 +17,8 @@ struct PassView {
 struct Peered {
     /// The VXLAN device (`None` where it could not be made).
     vxlan: Option<Link>,
-    /// The device is there and every peer entry went in.
+    /// The device is there and the peers' plan was applied (entries the kernel refused are
+    /// reported, and do not hold the node back: decision 103).
     complete: bool,
     /// The plan routes any peer.
     any_route: bool,
