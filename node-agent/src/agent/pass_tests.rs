@@ -48,9 +48,10 @@ const POLICY_LISTS: [(&str, &str, &str); 3] = [
     ),
 ];
 
-/// An API server that answers every write with what was written, but those a refusal
-/// matches, and keeps what it received. Reads: NetworkPolicy's lists as the test set them
-/// (a watch of them stays open and quiet), else 404.
+/// An API server that answers every write with the object as written (a status write: the
+/// object last written with that status), but those a refusal matches, and keeps what it
+/// received. Reads: NetworkPolicy's lists as the test set them (a watch of them stays open
+/// and quiet), else 404.
 fn api_server() -> (kube::Client, Arc<Mutex<Vec<Seen>>>, Refusals, Lists) {
     let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let seen = Arc::new(Mutex::new(Vec::new()));
@@ -59,6 +60,8 @@ fn api_server() -> (kube::Client, Arc<Mutex<Vec<Seen>>>, Refusals, Lists) {
     let (log, refuse, listed) = (seen.clone(), refusals.clone(), lists.clone());
     tokio::spawn(async move {
         let mut watching = Vec::new();
+        // Objects by path, as last written.
+        let mut written: BTreeMap<String, Value> = BTreeMap::new();
         while let Some((request, respond)) = handle.next_request().await {
             let path = request.uri().path().to_string();
             let list = POLICY_LISTS.iter().find(|(p, ..)| *p == path);
@@ -115,7 +118,18 @@ fn api_server() -> (kube::Client, Arc<Mutex<Vec<Seen>>>, Refusals, Lists) {
                     json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}),
                 ),
                 _ => {
-                    let mut reply = body.clone();
+                    // A status write answers with the object it changed, as last written.
+                    let mut reply = match parts.uri.path().strip_suffix("/status") {
+                        Some(object) => {
+                            let mut whole = written.get(object).cloned().unwrap_or(json!({}));
+                            whole["status"] = body["status"].clone();
+                            whole
+                        }
+                        None => body.clone(),
+                    };
+                    if parts.method == Method::PATCH {
+                        written.insert(parts.uri.path().to_string(), reply.clone());
+                    }
                     reply["metadata"]["uid"] = json!("uid-1");
                     reply["metadata"]["resourceVersion"] = json!("1");
                     (
@@ -208,10 +222,26 @@ impl Watches {
 
     /// Pool `name` of `cidr` in `mode`, judged by the operator at `generation`.
     fn pool(&mut self, name: &str, cidr: &str, mode: &str, generation: i64) {
+        self.pool_with(name, cidr, mode, generation, json!({}));
+    }
+
+    /// Pool `name` deleted: its finalizer holds it while its nodes drain it.
+    fn delete_pool(&mut self, name: &str, cidr: &str) {
+        let deleted = json!({"deletionTimestamp": "2026-01-02T00:00:00Z",
+                             "finalizers": ["sinew.dev/blocks-drained"]});
+        self.pool_with(name, cidr, "VXLAN", 1, deleted);
+    }
+
+    fn pool_with(&mut self, name: &str, cidr: &str, mode: &str, generation: i64, meta: Value) {
+        let mut metadata = json!({"name": name, "generation": generation,
+                                  "creationTimestamp": "2026-01-01T00:00:00Z"});
+        metadata
+            .as_object_mut()
+            .unwrap()
+            .extend(meta.as_object().unwrap().clone());
         let pool: IPPool = serde_json::from_value(json!({
             "apiVersion": "sinew.dev/v1alpha1", "kind": "IPPool",
-            "metadata": {"name": name, "generation": generation,
-                         "creationTimestamp": "2026-01-01T00:00:00Z"},
+            "metadata": metadata,
             "spec": {"cidr": cidr, "mode": mode},
             "status": {"observedGeneration": generation},
         }))
@@ -684,14 +714,22 @@ async fn between_resyncs_a_pass_writes_what_changed_and_a_route_someone_removed_
     assert_eq!(node.kernel.dsts(), ["10.244.0.128/26", "10.244.0.64/26"]);
 }
 
+/// The node state the plugin reads.
+fn node_json(node: &Node) -> NodeState {
+    serde_json::from_str(&std::fs::read_to_string(node.dir.path().join("state/node.json")).unwrap())
+        .unwrap()
+}
+
 /// Gives pod `uid` an address of pool `p` as the plugin's ADD does (from `node.json`), on
 /// host veth `veth`; returns the address and its slot generation.
 fn add_pod(node: &Node, uid: &str, veth: &str) -> (IpAddr, u64) {
-    let state: NodeState = serde_json::from_str(
-        &std::fs::read_to_string(node.dir.path().join("state/node.json")).unwrap(),
-    )
-    .unwrap();
-    let pool = state.pools.iter().find(|p| p.name == "p").unwrap();
+    add_pod_of(node, "p", uid, veth)
+}
+
+/// [`add_pod`], from pool `pool`.
+fn add_pod_of(node: &Node, pool: &str, uid: &str, veth: &str) -> (IpAddr, u64) {
+    let state = node_json(node);
+    let pool = state.pools.iter().find(|p| p.name == pool).unwrap();
     let key = sinew_node_lib::ipam::AttachmentKey::new(&format!("ctr-{uid}"), "eth0");
     node.agent
         .store()
@@ -1022,4 +1060,54 @@ async fn a_peer_that_stops_answering_or_drops_full_size_packets_is_reported_unti
             .any(|k| matches!(k, ProblemKind::PeerUnreachable | ProblemKind::MtuMismatch)),
         "{fine:?}"
     );
+}
+
+#[tokio::test]
+async fn a_deleted_pool_is_reported_drained_once_no_pod_can_get_its_addresses() {
+    let mut node = Node::new();
+    node.watches.pool("q", "10.245.0.0/16", "VXLAN", 1);
+    node.watches.block("10.244.0.0/26", "n1");
+    node.watches.block_of("q", "10.245.0.0/26", "n1");
+    assert!(report(&node.pass().await).ready);
+    assert!(
+        node_json(&node)
+            .pools
+            .iter()
+            .any(|p| p.name == "q" && !p.disabled)
+    );
+    let (held, _) = add_pod_of(&node, "q", "web", "vethweb");
+
+    node.watches.delete_pool("q", "10.245.0.0/16");
+    let writes = node.pass().await;
+    let drained = report(&writes);
+    assert_eq!(drained.drained, ["q"], "{drained:?}");
+    assert!(
+        !node_json(&node)
+            .pools
+            .iter()
+            .any(|p| p.name == "q" && !p.disabled),
+        "no ADD is offered the pool any more"
+    );
+    let store = node.agent.store().snapshot().unwrap();
+    assert!(
+        store.retired.contains("10.245.0.0/26"),
+        "no ADD in flight can allocate from it: {:?}",
+        store.retired
+    );
+    // The block's usage, with the pod still holding its address, is written before the
+    // report that lets the operator delete the block.
+    let usage = writes
+        .iter()
+        .position(|w| {
+            w.path.contains("/ipblockusages/")
+                && w.path.ends_with("/status")
+                && w.body.to_string().contains(&held.to_string())
+        })
+        .expect("the block's usage written");
+    let reported = writes
+        .iter()
+        .rposition(|w| w.path == "/api/v1/nodes/n1")
+        .unwrap();
+    assert!(usage < reported);
+    assert!(drained.ready, "pool p still serves");
 }
