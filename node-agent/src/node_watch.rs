@@ -122,7 +122,7 @@ impl NodeWatch {
         self.kernel_changed.store(true, Ordering::SeqCst);
     }
 
-    /// What the agent last asked to be watched.
+    /// Test seam: what the agent last asked to be watched.
     #[cfg(test)]
     pub fn watched(&self) -> Watched {
         self.watched

@@ -158,6 +158,14 @@ fn client_of(service: tower_test::mock::Mock<Request<Body>, Response<Body>>) -> 
     kube::Client::new(service, "default")
 }
 
+/// `metadata` with the fields of `more` added.
+fn with_meta(mut metadata: Value, more: Value) -> Value {
+    if let (Some(into), Some(more)) = (metadata.as_object_mut(), more.as_object()) {
+        into.extend(more.clone());
+    }
+    metadata
+}
+
 /// The caches' writers: what the watches would deliver, the test delivers.
 struct Watches {
     networks: Writer<ClusterNetwork>,
@@ -170,24 +178,21 @@ struct Watches {
 impl Watches {
     /// The `ClusterNetwork`, with NetworkPolicy `policy` ("Enabled" or "Disabled").
     fn network(&mut self, policy: &str) {
-        let network: ClusterNetwork = serde_json::from_value(json!({
-            "apiVersion": "sinew.dev/v1alpha1", "kind": "ClusterNetwork",
-            "metadata": {"name": CLUSTER_NETWORK_NAME, "generation": 1},
-            "spec": {"networkPolicy": policy},
-        }))
-        .unwrap();
-        self.networks
-            .apply_watcher_event(&watcher::Event::Apply(network));
+        self.network_with(policy, json!({}));
     }
 
     /// The `ClusterNetwork` deleted: its finalizer holds it while the nodes clean up.
     fn delete_network(&mut self) {
+        let deleted = json!({"deletionTimestamp": "2026-01-01T00:00:00Z",
+                             "finalizers": ["sinew.dev/nodes-clean"]});
+        self.network_with("Disabled", deleted);
+    }
+
+    fn network_with(&mut self, policy: &str, meta: Value) {
         let network: ClusterNetwork = serde_json::from_value(json!({
             "apiVersion": "sinew.dev/v1alpha1", "kind": "ClusterNetwork",
-            "metadata": {"name": CLUSTER_NETWORK_NAME, "generation": 1,
-                         "deletionTimestamp": "2026-01-01T00:00:00Z",
-                         "finalizers": ["sinew.dev/nodes-clean"]},
-            "spec": {"networkPolicy": "Disabled"},
+            "metadata": with_meta(json!({"name": CLUSTER_NETWORK_NAME, "generation": 1}), meta),
+            "spec": {"networkPolicy": policy},
         }))
         .unwrap();
         self.networks
@@ -233,12 +238,11 @@ impl Watches {
     }
 
     fn pool_with(&mut self, name: &str, cidr: &str, mode: &str, generation: i64, meta: Value) {
-        let mut metadata = json!({"name": name, "generation": generation,
-                                  "creationTimestamp": "2026-01-01T00:00:00Z"});
-        metadata
-            .as_object_mut()
-            .unwrap()
-            .extend(meta.as_object().unwrap().clone());
+        let metadata = with_meta(
+            json!({"name": name, "generation": generation,
+                   "creationTimestamp": "2026-01-01T00:00:00Z"}),
+            meta,
+        );
         let pool: IPPool = serde_json::from_value(json!({
             "apiVersion": "sinew.dev/v1alpha1", "kind": "IPPool",
             "metadata": metadata,
@@ -317,15 +321,8 @@ impl Node {
         let (nodes, node_writer) = reflector::store();
         let (pools, pool_writer) = reflector::store();
         let (blocks, block_writer) = reflector::store();
-        let (networks, mut network_writer) = reflector::store();
+        let (networks, network_writer) = reflector::store();
         let (namespaces, _) = reflector::store();
-        let network: ClusterNetwork = serde_json::from_value(json!({
-            "apiVersion": "sinew.dev/v1alpha1", "kind": "ClusterNetwork",
-            "metadata": {"name": CLUSTER_NETWORK_NAME, "generation": 1},
-            "spec": {"networkPolicy": "Disabled"},
-        }))
-        .unwrap();
-        network_writer.apply_watcher_event(&watcher::Event::Apply(network));
         let changes = StoreChanges::default();
         let metrics = Arc::new(http::Metrics::new(&settings.node_name));
         let kernel = FakeKernel::with_underlay("10.99.0.10".parse().unwrap(), 24, 1500);
@@ -357,6 +354,7 @@ impl Node {
             blocks: block_writer,
             changes,
         };
+        watches.network("Disabled");
         watches.node("n1", "10.99.0.10", false);
         watches.pool("p", "10.244.0.0/16", "VXLAN", 1);
         Node {
