@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod as PodObject;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use sinew_crds::{ClusterNetwork, IPPool};
 use sinew_e2e::cluster::{CLUSTER_LABEL, LocalCluster, Pod, agent_http};
@@ -30,8 +30,16 @@ fn main() -> ExitCode {
         },
         tests![
             pods_are_isolated_from_their_first_packet_and_follow_label_changes,
-            a_flapping_policy_is_taken_together_and_the_table_follows_its_last_state
-        ],
+            a_flapping_policy_is_taken_together_and_the_table_follows_its_last_state,
+            a_pod_elsewhere_reaches_an_agent_only_once_it_has_an_address
+        ]
+        .into_iter()
+        .map(|mut t| {
+            // It counts what the agent's pod watches deliver: no other test's pods meanwhile.
+            t.exclusive = t.name == "a_pod_elsewhere_reaches_an_agent_only_once_it_has_an_address";
+            t
+        })
+        .collect(),
     );
     sinew_e2e::operator::stop_kept();
     code
@@ -367,6 +375,108 @@ async fn a_flapping_policy_is_taken_together_and_the_table_follows_its_last_stat
     policies.delete("fl-deny-web", &Default::default()).await?;
     for p in [web, client, other] {
         cluster.stop_pod(p).await;
+    }
+    Ok(())
+}
+
+/// How many pods the agent of `node` has received from its watches
+/// (`sinew_node_watch_events_total{resource="pods"}`).
+fn pod_events(cluster: &LocalCluster, node: &str) -> Result<u64, String> {
+    let (_, body) = agent_http(cluster.node(node), "/metrics")?;
+    body.lines()
+        .find(|l| l.starts_with("sinew_node_watch_events_total") && l.contains("resource=\"pods\""))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .ok_or_else(|| format!("no pod watch events in:\n{body}"))
+}
+
+/// Issue #23: with policy on, a pod on another node is news to an agent only as a peer, by its
+/// address. Its creation and binding send this agent nothing; its address and its deletion
+/// do. This node's own pods are delivered from their creation (they are isolated before their
+/// first packet).
+async fn a_pod_elsewhere_reaches_an_agent_only_once_it_has_an_address(ctx: Ctx) -> TestResult {
+    let cluster = LocalCluster::start(&ctx.cp, "pw", &[0]).await;
+    let pool = json!({
+        "apiVersion": "sinew.dev/v1alpha1", "kind": "IPPool", "metadata": {"name": "pw-pool"},
+        "spec": {"cidr": "10.127.2.0/24", "blockSize": 28, "mode": "VXLAN",
+                 "nodeSelector": {"matchLabels": {CLUSTER_LABEL: "pw"}}},
+    });
+    Api::<IPPool>::all(ctx.client.clone())
+        .patch(
+            "pw-pool",
+            &PatchParams::apply("sinew-e2e"),
+            &Patch::Apply(&pool),
+        )
+        .await?;
+    cluster.wait_ready(Duration::from_secs(30)).await?;
+    let n0 = cluster.name(0);
+    let pods = Api::<PodObject>::namespaced(ctx.client.clone(), "default");
+    let settled = |what: &'static str| {
+        let cluster = &cluster;
+        let n0 = n0.clone();
+        async move {
+            // Watch events are counted as they arrive; a second without one is settled.
+            let mut last = pod_events(cluster, &n0)?;
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let now = pod_events(cluster, &n0)?;
+                if now == last {
+                    return Ok::<u64, String>(now);
+                }
+                eprintln!("{what}: still receiving pods ({last} -> {now})");
+                last = now;
+            }
+        }
+    };
+
+    // A pod created and bound elsewhere, then running there without an address yet.
+    let before = settled("before").await?;
+    labelled_pod_object(&ctx, "pw-elsewhere", "pw-remote", "web").await?;
+    let running = json!({"status": {"phase": "Pending", "conditions": [
+        {"type": "PodScheduled", "status": "True"}]}});
+    pods.patch_status(
+        "pw-remote",
+        &PatchParams::default(),
+        &Patch::Merge(&running),
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let unaddressed = settled("a pod elsewhere without an address").await?;
+    assert_eq!(
+        unaddressed, before,
+        "an agent received a pod of another node that has no address"
+    );
+
+    // Its address makes it a peer: delivered.
+    let addressed = json!({"status": {"phase": "Running", "podIP": "10.127.3.5",
+                                      "podIPs": [{"ip": "10.127.3.5"}]}});
+    pods.patch_status(
+        "pw-remote",
+        &PatchParams::default(),
+        &Patch::Merge(&addressed),
+    )
+    .await?;
+    eventually("the pod's address delivered", || {
+        match pod_events(&cluster, &n0)? {
+            n if n > unaddressed => Ok(()),
+            _ => Err("no pod event for a peer's new address".into()),
+        }
+    })
+    .await?;
+
+    // This node's own pod object is delivered at once, before any address.
+    let before_own = settled("the peer's address").await?;
+    labelled_pod_object(&ctx, &n0, "pw-local", "web").await?;
+    eventually(
+        "this node's new pod object delivered",
+        || match pod_events(&cluster, &n0)? {
+            n if n > before_own => Ok(()),
+            _ => Err("no pod event for a pod of this node".into()),
+        },
+    )
+    .await?;
+    for name in ["pw-remote", "pw-local"] {
+        pods.delete(name, &DeleteParams::default().grace_period(0))
+            .await?;
     }
     Ok(())
 }

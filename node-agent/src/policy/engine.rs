@@ -375,7 +375,7 @@ async fn run(
             let inputs = match &mut inputs {
                 Some(inputs) => inputs,
                 None => {
-                    let mut started = Inputs::watch(&client, &wake, &metrics);
+                    let mut started = Inputs::watch(&client, &node, &wake, &metrics);
                     if let Err(e) = started.synced().await {
                         warn!(error = %e, "the watches NetworkPolicy needs ended; retrying");
                         tokio::time::sleep(Duration::from_secs(1)).await;

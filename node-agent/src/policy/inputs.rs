@@ -1,6 +1,6 @@
-//! What the node's policy is compiled from: the world of every pod, namespace and
-//! NetworkPolicy, kept up to date one object at a time (a change never rebuilds it). Three
-//! watches turn their objects into the compiler's views at once (a pod is kept as what policy
+//! What the node's policy is compiled from: the world of every pod that matters to it, every
+//! namespace and NetworkPolicy, kept up to date one object at a time (a change never rebuilds
+//! it). Four watches (see [`pod_selectors`] for why pods take two) turn their objects into the compiler's views at once (a pod is kept as what policy
 //! reads of it: labels, addresses, named ports, node, host network, phase) and send the
 //! changes to the policy loop, which applies them to its `World` before it compiles. A change
 //! that leaves the view as it was (a pod's conditions, a policy's status) wakes nothing.
@@ -55,40 +55,60 @@ impl Drop for Inputs {
 }
 
 impl Inputs {
-    /// Starts the watches; a change policy reads wakes `wake`. What each delivers is counted
-    /// in `metrics` (`sinew_node_watch_events_total`).
-    pub fn watch(client: &kube::Client, wake: &Arc<Notify>, metrics: &Metrics) -> Inputs {
+    /// Starts the watches of node `node`; a change policy reads wakes `wake`. What each
+    /// delivers is counted in `metrics` (`sinew_node_watch_events_total`).
+    pub fn watch(
+        client: &kube::Client,
+        node: &str,
+        wake: &Arc<Notify>,
+        metrics: &Metrics,
+    ) -> Inputs {
         let (tx, changes) = mpsc::unbounded_channel();
-        let watches = vec![
-            follow(
-                Api::<Pod>::all(client.clone()),
-                "pods",
-                |p| Change::Pod(Edit::Upsert(PodView::from(p))),
-                |k| Change::Pod(Edit::Remove(k)),
-                tx.clone(),
-                wake.clone(),
-                metrics.watch_events("pods"),
-            ),
+        let [here, elsewhere] = pod_selectors(node);
+        let mut watches: Vec<JoinHandle<()>> = [("pods here", here), ("pods elsewhere", elsewhere)]
+            .into_iter()
+            .map(|(what, fields)| {
+                follow(
+                    Api::<Pod>::all(client.clone()),
+                    watcher::Config::default().fields(&fields),
+                    what,
+                    |p| Change::Pod(Edit::Upsert(PodView::from(p))),
+                    |k| Change::Pod(Edit::Remove(k)),
+                    Feed {
+                        tx: tx.clone(),
+                        wake: wake.clone(),
+                        received: metrics.watch_events("pods"),
+                    },
+                )
+            })
+            .collect();
+        watches.extend([
             follow(
                 Api::<NetworkPolicy>::all(client.clone()),
+                watcher::Config::default(),
                 "networkpolicies",
                 |p| Change::Policy(Edit::Upsert(PolicyView::from(p))),
                 |k| Change::Policy(Edit::Remove(k)),
-                tx.clone(),
-                wake.clone(),
-                metrics.watch_events("networkpolicies"),
+                Feed {
+                    tx: tx.clone(),
+                    wake: wake.clone(),
+                    received: metrics.watch_events("networkpolicies"),
+                },
             ),
             // Metadata only: names and labels are all policy reads of a namespace.
             follow(
                 Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
+                watcher::Config::default(),
                 "namespaces",
                 |ns| Change::Namespace(Edit::Upsert(namespace_view(&ns.metadata))),
                 |k| Change::Namespace(Edit::Remove(k)),
-                tx,
-                wake.clone(),
-                metrics.watch_events("namespaces"),
+                Feed {
+                    tx: tx.clone(),
+                    wake: wake.clone(),
+                    received: metrics.watch_events("namespaces"),
+                },
             ),
-        ];
+        ]);
         Inputs {
             world: World::default(),
             changes,
@@ -99,7 +119,7 @@ impl Inputs {
 
     /// Waits until every watch has delivered its initial list.
     pub async fn synced(&mut self) -> Result<(), String> {
-        while self.listed.len() < 3 {
+        while self.listed.len() < self.watches.len() {
             let change = self
                 .changes
                 .recv()
@@ -223,6 +243,22 @@ impl Followed {
     }
 }
 
+/// The two pod watches' field selectors, this node's pods and the others' (pure).
+///
+/// - This node's pods are followed from their creation: a pod is isolated before its first
+///   packet, so its interface is in the table before it has an address.
+/// - Another node's pod matters here only as a peer, that is, by its address: it is followed
+///   only while it has one. Its creation, binding and pending statuses cost this node nothing
+///   (issue #23: per-node cost must not grow with pod churn elsewhere more than it must).
+///
+/// `spec.nodeName` is immutable once set, so no pod is in both watches.
+pub fn pod_selectors(node: &str) -> [String; 2] {
+    [
+        format!("spec.nodeName={node}"),
+        format!("spec.nodeName!={node},status.podIP!="),
+    ]
+}
+
 /// An object's key (a namespace's is its name).
 fn key<K: kube::Resource>(obj: &K) -> ObjectKey {
     let meta = obj.meta();
@@ -232,22 +268,28 @@ fn key<K: kube::Resource>(obj: &K) -> ObjectKey {
     )
 }
 
-/// Watches `api`, sending each change to the loop and waking it.
-fn follow<K>(
-    api: Api<K>,
-    what: &'static str,
-    upsert: fn(&K) -> Change,
-    remove: fn(ObjectKey) -> Change,
+/// Where a watch delivers: the loop's changes, its wake-up, the watch's count of objects.
+struct Feed {
     tx: mpsc::UnboundedSender<Change>,
     wake: Arc<Notify>,
     received: Counter,
+}
+
+/// Watches `api`, sending each change to the loop and waking it.
+fn follow<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    what: &'static str,
+    upsert: fn(&K) -> Change,
+    remove: fn(ObjectKey) -> Change,
+    feed: Feed,
 ) -> JoinHandle<()>
 where
     K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
     K::DynamicType: Default,
 {
     tokio::spawn(async move {
-        let stream = watcher(api, watcher::Config::default()).default_backoff();
+        let stream = watcher(api, config).default_backoff();
         futures::pin_mut!(stream);
         let mut followed = Followed::default();
         while let Some(event) = stream.next().await {
@@ -259,14 +301,14 @@ where
                             | watcher::Event::InitApply(_)
                             | watcher::Event::Delete(_)
                     ) {
-                        received.inc();
+                        feed.received.inc();
                     }
                     for change in followed.on(event, what, upsert, remove) {
-                        if tx.send(change).is_err() {
+                        if feed.tx.send(change).is_err() {
                             return;
                         }
                     }
-                    wake.notify_one();
+                    feed.wake.notify_one();
                 }
                 Err(e) => warn!(watch = what, error = %e, "policy watch error; retrying"),
             }
