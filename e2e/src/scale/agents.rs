@@ -5,7 +5,8 @@
 //! to its route, and what it receives from the API server (bytes through its node's API
 //! forwarder; events by resource from the API server's metrics) while idle and while pods
 //! start and stop elsewhere. The agents start with NetworkPolicy off (what programming
-//! peers costs, alone), and it is turned on after (every agent then follows every pod).
+//! peers costs, alone), and it is turned on after (every agent then follows its own node's
+//! pods and every other pod that has an address: decision 105).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -38,6 +39,8 @@ pub struct Window {
     pub cpu: Vec<Duration>,
     pub passes: Vec<u64>,
     pub received: Vec<u64>,
+    /// Per agent: objects its watches delivered (its `sinew_node_watch_events_total`).
+    pub events: Vec<u64>,
     /// Watch events and bytes the API server sent, by resource; watches open at the end.
     pub sent: BTreeMap<String, Sent>,
     pub watches: BTreeMap<String, f64>,
@@ -45,6 +48,8 @@ pub struct Window {
     pub etcd_cpu: Duration,
     pub operator_cpu: Duration,
     pub churned: Option<Churned>,
+    /// Events a watch of every pod received over the window (the reference for the agents').
+    pub every_pod_events: Option<u64>,
 }
 
 impl Window {
@@ -76,6 +81,9 @@ impl Window {
     }
     pub fn max_passes_per_s(&self) -> f64 {
         self.per_s(self.passes.iter().copied().max().unwrap_or_default() as f64)
+    }
+    pub fn max_events_per_s(&self) -> f64 {
+        self.per_s(self.events.iter().copied().max().unwrap_or_default() as f64)
     }
 }
 
@@ -186,6 +194,7 @@ struct Snapshot {
     cpu: Vec<Duration>,
     passes: Vec<u64>,
     received: Vec<u64>,
+    events: Vec<u64>,
     api: Scrape,
     apiserver_cpu: Duration,
     etcd_cpu: Duration,
@@ -209,6 +218,9 @@ async fn snapshot(
             .iter()
             .map(|n| n.api_bytes_received())
             .collect(),
+        events: (0..cluster.nodes.len())
+            .map(|i| agent_metric(cluster, i, "watch_events_total").unwrap_or(0.0) as u64)
+            .collect(),
         api,
         apiserver_cpu: pids.apiserver.map(cpu_time).unwrap_or_default(),
         etcd_cpu: cpu_time(pids.etcd),
@@ -225,12 +237,14 @@ fn window(a: &Snapshot, b: &Snapshot, churned: Option<Churned>) -> Window {
         cpu: a.cpu.iter().zip(&b.cpu).map(|(x, y)| *y - *x).collect(),
         passes: diff(&a.passes, &b.passes),
         received: diff(&a.received, &b.received),
+        events: diff(&a.events, &b.events),
         sent: b.api.since(&a.api),
         watches: b.api.watches.clone(),
         apiserver_cpu: b.apiserver_cpu.saturating_sub(a.apiserver_cpu),
         etcd_cpu: b.etcd_cpu.saturating_sub(a.etcd_cpu),
         operator_cpu: b.operator_cpu.saturating_sub(a.operator_cpu),
         churned,
+        every_pod_events: None,
     }
 }
 
@@ -402,7 +416,9 @@ async fn churn_window(
         "[scale] churn, NetworkPolicy {policy}: {} pod starts and stops per second for {} s",
         scale.churn_per_s, scale.churn_seconds
     );
+    let every_pod = churn::EveryPod::watch(client).await?;
     let before = snapshot(client, cluster, pids).await?;
+    let reference_before = every_pod.events();
     let churned = churn::churn(
         client,
         nodes,
@@ -410,11 +426,12 @@ async fn churn_window(
         Duration::from_secs(scale.churn_seconds),
     )
     .await?;
-    let w = window(
+    let mut w = window(
         &before,
         &snapshot(client, cluster, pids).await?,
         Some(churned),
     );
+    w.every_pod_events = Some(every_pod.events() - reference_before);
     eprintln!(
         "[scale] {:.0} pod starts per s; busiest agent received {:.0} B/s",
         churned.rate(),

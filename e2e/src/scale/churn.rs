@@ -1,13 +1,23 @@
 //! Pod churn on the synthetic nodes, as their kubelets and agents would make it: each step on
-//! a node stops its oldest pod (the Pod object deleted) and starts a new one on the freed
-//! address (a Pod object created), and writes the node's allocations once (what its agent
-//! reports after the DEL and the ADD). Steps are spread over the nodes and paced to a rate.
+//! a node stops its oldest pod (the Pod object deleted), starts a new one on the freed
+//! address (a Pod object created, bound to the node as the scheduler leaves it, then its
+//! status written with its address, as the kubelet does once the sandbox is up), and writes
+//! the node's allocations once (what its agent reports after the DEL and the ADD). Steps are
+//! spread over the nodes and paced to a rate.
+//!
+//! A real pod's life writes more than this (pending statuses before its address; readiness
+//! and termination after it); three writes of the Pod per step is the least a kubelet makes.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use futures::TryStreamExt;
 use futures::future::try_join_all;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, DeleteParams, PostParams};
+use kube::api::{
+    Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
+};
 use serde_json::json;
 
 use super::BoxError;
@@ -94,6 +104,10 @@ async fn step(
     let created = pods
         .create(&PostParams::default(), &serde_json::from_value(pod)?)
         .await?;
+    let running =
+        json!({"status": {"phase": "Running", "podIP": old.ip, "podIPs": [{"ip": old.ip}]}});
+    pods.patch_status(&name, &PatchParams::default(), &Patch::Merge(&running))
+        .await?;
     node.allocations.push_back(Allocation {
         pod: name,
         uid: created.metadata.uid.unwrap_or_default(),
@@ -101,4 +115,54 @@ async fn step(
         container: format!("{:064x}", (node.index << 20) + node.started),
     });
     world::write_allocations(client, node).await
+}
+
+/// The reference for what an agent receives: a watch of every pod (what each agent held
+/// before decision 105), from now on, counting the events the API server sends it.
+pub struct EveryPod {
+    events: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl EveryPod {
+    pub async fn watch(client: &kube::Client) -> Result<EveryPod, BoxError> {
+        let pods: Api<Pod> = Api::all(client.clone());
+        // The cluster's current version, without listing 150,000 pods.
+        let now = pods
+            .list_metadata(&ListParams::default().limit(1))
+            .await?
+            .metadata
+            .resource_version
+            .unwrap_or_default();
+        let stream = pods.watch(&WatchParams::default(), &now).await?;
+        let events = Arc::new(AtomicU64::new(0));
+        let counted = events.clone();
+        let task = tokio::spawn(async move {
+            futures::pin_mut!(stream);
+            while let Ok(Some(event)) = stream.try_next().await {
+                match event {
+                    WatchEvent::Added(_) | WatchEvent::Modified(_) | WatchEvent::Deleted(_) => {
+                        counted.fetch_add(1, Ordering::Relaxed);
+                    }
+                    WatchEvent::Bookmark(_) => {}
+                    WatchEvent::Error(e) => {
+                        eprintln!("[scale] the reference pod watch ended: {e}");
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(EveryPod { events, task })
+    }
+
+    /// Events received so far.
+    pub fn events(&self) -> u64 {
+        self.events.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for EveryPod {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }

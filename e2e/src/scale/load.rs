@@ -58,7 +58,7 @@ pub async fn load(
         (0..scale.nodes).flat_map(|n| (0..scale.pods_per_node).map(move |a| (n, a))),
     )
     .map(|(n, a)| {
-        let (pods, done) = (&pods, &done);
+        let (pods, done, ip) = (&pods, &done, nodes[n].address(a + 1));
         async move {
             let name = format!("app-{n:04}-{a}");
             let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "default",
@@ -66,6 +66,10 @@ pub async fn load(
                 "spec": {"nodeName": world::node_name(n), "containers": [{"name": "app", "image": "registry.example/app:v1"}]}});
             let created = pods
                 .create(&PostParams::default(), &serde_json::from_value(pod)?)
+                .await?;
+            // Its address, as its kubelet writes it (the API server ignores a created status).
+            let running = json!({"status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}});
+            pods.patch_status(&name, &PatchParams::default(), &Patch::Merge(&running))
                 .await?;
             let k = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
             if k % 10_000 == 0 {

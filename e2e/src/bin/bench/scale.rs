@@ -40,13 +40,15 @@ creations in flight).
   over a window, divided by the passes its `passes_total` metric counted, the probe mesh's
   thread included); a new block of a synthetic peer, timed from the API write to its route
   in the first agent's kernel (netlink, every 5 ms), 300 ms apart; and what each agent
-  receives (bytes through its node's loopback forwarder to the API server, TLS included)
-  while idle and while pods start and stop on the synthetic nodes: each step deletes a
-  node's oldest Pod object, creates a new one on the freed address and writes the node's
-  allocations once (its `IPBlockUsage` status), as its agent would. The agents start with
+  receives (bytes through its node's loopback forwarder to the API server, TLS included;
+  objects its watches delivered, its `sinew_node_watch_events_total`) while idle and while
+  pods start and stop on the synthetic nodes: each step deletes a node's oldest Pod object,
+  creates a new one, writes its status with the freed address (as its kubelet would) and
+  writes the node's allocations once (its `IPBlockUsage` status), as its agent would. The
+  loaded pods have their addresses in their status too. The agents start with
   `networkPolicy` off (what programming peers costs, alone); it is then turned on (the
-  default: every agent follows every pod of the cluster for policy), timed to each agent's
-  first policy table, and the memory and churn measured again.
+  default: every agent follows its node's pods and every other pod with an address, decision
+  105), timed to each agent's first policy table, and the memory and churn measured again.
 - **API server**: its `/metrics` before and after each window: `apiserver_watch_events_total`
   and `apiserver_watch_events_sizes` (sum) by resource, and the watches open
   (`apiserver_longrunning_requests{verb=WATCH}`); its and etcd's `VmRSS` / `VmHWM` at the
@@ -76,33 +78,6 @@ fn p(samples: &[Duration]) -> String {
         ms(percentile(samples, 0.99)),
         ms(percentile(samples, 1.0))
     )
-}
-
-/// What an agent watches (resource names as the API server's metrics give them): with
-/// NetworkPolicy on, pods and policies too.
-const AGENT_WATCHES: [&str; 5] = [
-    "core/nodes",
-    "core/namespaces",
-    "sinew.dev/ippools",
-    "sinew.dev/ipblocks",
-    "sinew.dev/clusternetworks",
-];
-const AGENT_POLICY_WATCHES: [&str; 2] = ["core/pods", "networking.k8s.io/networkpolicies"];
-
-/// Watch events one agent received per second, estimated from the API server's figures: of
-/// each resource it watches, the events sent per open watch (every watch of a resource gets
-/// its every event: the agents' watches have no selector that the synthetic objects miss).
-fn agent_events_per_s(w: &Window, policy: bool) -> f64 {
-    let policy_watches: &[&str] = if policy { &AGENT_POLICY_WATCHES } else { &[] };
-    AGENT_WATCHES
-        .iter()
-        .chain(policy_watches)
-        .filter_map(|r| {
-            let sent = w.sent.get(*r)?;
-            let watches = w.watches.get(*r).copied().filter(|n| *n > 0.0)?;
-            Some(w.per_s(sent.events) / watches)
-        })
-        .fold(0.0, |a, b| a + b)
 }
 
 /// The most CPU one agent spent per pass over `w`, less what it spends idle over as long.
@@ -215,7 +190,7 @@ pub fn table(s: &Scale, m: &Measured) -> String {
         );
         row(
             &format!(
-                "agent RSS with NetworkPolicy on (every pod of the cluster followed: {} pods): VmRSS / VmHWM, largest (MiB)",
+                "agent RSS with NetworkPolicy on (every pod of the cluster with an address followed: {} pods): VmRSS / VmHWM, largest (MiB)",
                 s.nodes * s.pods_per_node
             ),
             format!(
@@ -260,21 +235,38 @@ pub fn table(s: &Scale, m: &Measured) -> String {
                 .churned
                 .map(|c| format!(" ({:.0} pod starts and as many stops per s)", c.rate()))
                 .unwrap_or_default();
+            // Events per pod started and stopped elsewhere, less what the agent gets idle;
+            // beside them, a watch of every pod's over the same window.
+            let per_pod = w
+                .churned
+                .map(|c| {
+                    let rate = c.rate().max(f64::MIN_POSITIVE);
+                    let agent = (w.max_events_per_s() - a.idle.max_events_per_s()).max(0.0);
+                    let every = w.per_s(w.every_pod_events.unwrap_or_default() as f64);
+                    format!("; {:.2} ({:.2})", agent / rate, every / rate)
+                })
+                .unwrap_or_default();
+            let per_pod_label = if w.churned.is_some() {
+                "; watch events per pod started and stopped elsewhere (a watch of every pod)"
+            } else {
+                ""
+            };
             row(
                 &format!(
-                    "one agent, {label}{rate}: KiB/s received from the API server (most of any agent); watch events per s (estimated); CPU (ms per s); passes per s"
+                    "one agent, {label}{rate}: KiB/s received from the API server; watch events received per s; CPU (ms per s); passes per s (most of any agent){per_pod_label}"
                 ),
                 format!(
-                    "{:.1}; {:.1}; {:.1}; {:.2}",
+                    "{:.1}; {:.1}; {:.1}; {:.2}{per_pod}",
                     w.max_received_per_s() / 1024.0,
-                    agent_events_per_s(w, label.contains("policy on") || label == "idle"),
+                    w.max_events_per_s(),
                     w.max_cpu_per_s() * 1000.0,
                     w.max_passes_per_s()
                 ),
-                if w.churned.is_some() {
-                    "close to idle: no event per foreign pod"
-                } else {
-                    "reference"
+                match (w.churned.is_some(), label.contains("policy on")) {
+                    (false, _) => "reference",
+                    (true, false) => "close to idle: no event per foreign pod",
+                    // Enforcing by address needs a peer's address (decision 105).
+                    (true, true) => "a foreign pod only as a peer, by its address (decision 105)",
                 },
             );
         }
