@@ -431,12 +431,12 @@ async fn a_pod_elsewhere_reaches_an_agent_only_once_it_has_an_address(ctx: Ctx) 
     // A pod created and bound elsewhere, then running there without an address yet.
     let before = settled("before").await?;
     labelled_pod_object(&ctx, "pw-elsewhere", "pw-remote", "web").await?;
-    let running = json!({"status": {"phase": "Pending", "conditions": [
+    let pending = json!({"status": {"phase": "Pending", "conditions": [
         {"type": "PodScheduled", "status": "True"}]}});
     pods.patch_status(
         "pw-remote",
         &PatchParams::default(),
-        &Patch::Merge(&running),
+        &Patch::Merge(&pending),
     )
     .await?;
     tokio::time::sleep(Duration::from_secs(2)).await;

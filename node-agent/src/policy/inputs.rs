@@ -1,9 +1,10 @@
 //! What the node's policy is compiled from: the world of every pod that matters to it, every
 //! namespace and NetworkPolicy, kept up to date one object at a time (a change never rebuilds
-//! it). Four watches (see [`pod_selectors`] for why pods take two) turn their objects into the compiler's views at once (a pod is kept as what policy
-//! reads of it: labels, addresses, named ports, node, host network, phase) and send the
-//! changes to the policy loop, which applies them to its `World` before it compiles. A change
-//! that leaves the view as it was (a pod's conditions, a policy's status) wakes nothing.
+//! it). Four watches (pods take two, see [`pod_selectors`]) turn their objects into the
+//! compiler's views at once (a pod is kept as what policy reads of it: labels, addresses,
+//! named ports, node, host network, phase) and send the changes to the policy loop, which
+//! applies them to its `World` before it compiles. A change that leaves the view as it was
+//! (a pod's conditions, a policy's status) wakes nothing.
 
 use std::collections::HashSet;
 use std::sync::Arc;
