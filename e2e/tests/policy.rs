@@ -390,9 +390,9 @@ fn pod_events(cluster: &LocalCluster, node: &str) -> Result<u64, String> {
 }
 
 /// Issue #23: with policy on, a pod on another node is news to an agent only as a peer, by its
-/// address. Its creation and binding send this agent nothing; its address and its deletion
-/// do. This node's own pods are delivered from their creation (they are isolated before their
-/// first packet).
+/// address, until it ends (decision 105). Its creation and binding send this agent nothing;
+/// its address and its end do; nothing after its end does. This node's own pods are
+/// delivered from their creation (they are isolated before their first packet).
 async fn a_pod_elsewhere_reaches_an_agent_only_once_it_has_an_address(ctx: Ctx) -> TestResult {
     let cluster = LocalCluster::start(&ctx.cp, "pw", &[0]).await;
     let pool = json!({
@@ -463,8 +463,38 @@ async fn a_pod_elsewhere_reaches_an_agent_only_once_it_has_an_address(ctx: Ctx) 
     })
     .await?;
 
+    // Once it has ended, it is no peer: one event takes it away, and its last writes (its
+    // final statuses, its deletion) send nothing.
+    let addressed_seen = settled("the peer's address").await?;
+    let ended = json!({"status": {"phase": "Succeeded"}});
+    pods.patch_status("pw-remote", &PatchParams::default(), &Patch::Merge(&ended))
+        .await?;
+    eventually("the pod's end delivered", || {
+        match pod_events(&cluster, &n0)? {
+            n if n > addressed_seen => Ok(()),
+            _ => Err("no pod event for a peer that ended".into()),
+        }
+    })
+    .await?;
+    let ended_seen = settled("the peer's end").await?;
+    let last_status = json!({"status": {"conditions": [{"type": "Ready", "status": "False"}]}});
+    pods.patch_status(
+        "pw-remote",
+        &PatchParams::default(),
+        &Patch::Merge(&last_status),
+    )
+    .await?;
+    pods.delete("pw-remote", &DeleteParams::default().grace_period(0))
+        .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        settled("an ended pod's last writes").await?,
+        ended_seen,
+        "an agent received an ended pod of another node"
+    );
+
     // This node's own pod object is delivered at once, before any address.
-    let before_own = settled("the peer's address").await?;
+    let before_own = settled("the peer's end").await?;
     labelled_pod_object(&ctx, &n0, "pw-local", "web").await?;
     eventually(
         "this node's new pod object delivered",
@@ -474,9 +504,7 @@ async fn a_pod_elsewhere_reaches_an_agent_only_once_it_has_an_address(ctx: Ctx) 
         },
     )
     .await?;
-    for name in ["pw-remote", "pw-local"] {
-        pods.delete(name, &DeleteParams::default().grace_period(0))
-            .await?;
-    }
+    pods.delete("pw-local", &DeleteParams::default().grace_period(0))
+        .await?;
     Ok(())
 }

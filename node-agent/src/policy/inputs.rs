@@ -248,15 +248,19 @@ impl Followed {
 ///
 /// - This node's pods are followed from their creation: a pod is isolated before its first
 ///   packet, so its interface is in the table before it has an address.
-/// - Another node's pod matters here only as a peer, that is, by its address: it is followed
-///   only while it has one. Its creation, binding and pending statuses cost this node nothing
-///   (issue #23: per-node cost must not grow with pod churn elsewhere more than it must).
+/// - Another node's pod matters here only as a peer, that is, by its address, and only until
+///   it ends (`Succeeded` or `Failed`: its address may already be another pod's, and policy
+///   never counts it). It is followed only in between. Its creation, binding and pending
+///   statuses, and its last statuses and deletion once it has ended, cost this node nothing
+///   (decision 105).
 ///
 /// `spec.nodeName` is immutable once set, so no pod is in both watches.
 pub fn pod_selectors(node: &str) -> [String; 2] {
     [
         format!("spec.nodeName={node}"),
-        format!("spec.nodeName!={node},status.podIP!="),
+        format!(
+            "spec.nodeName!={node},status.podIP!=,status.phase!=Succeeded,status.phase!=Failed"
+        ),
     ]
 }
 
