@@ -14,7 +14,7 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use sinew_crds::{ClusterNetwork, IPPool};
 use sinew_e2e::cluster::{CLUSTER_LABEL, LocalCluster, Pod, agent_http};
-use sinew_e2e::harness::{Ctx, TestResult};
+use sinew_e2e::harness::{Ctx, TestError, TestResult};
 use sinew_e2e::netsim::{EchoServer, tcp_exchange};
 use sinew_e2e::{require, tests};
 
@@ -150,23 +150,36 @@ fn policy_table(cluster: &LocalCluster, name: &str) -> String {
     .into_owned()
 }
 
-async fn pods_are_isolated_from_their_first_packet_and_follow_label_changes(
-    ctx: Ctx,
-) -> TestResult {
-    let cluster = LocalCluster::start(&ctx.cp, "np", &[0, 0]).await;
+/// A local cluster of nodes placed in `subnets` (as `LocalCluster::start`), ready, with a
+/// VXLAN pool `<prefix>-pool` of its own in `cidr`.
+async fn cluster_with_pool(
+    ctx: &Ctx,
+    prefix: &str,
+    subnets: &[u8],
+    cidr: &str,
+) -> Result<LocalCluster, TestError> {
+    let cluster = LocalCluster::start(&ctx.cp, prefix, subnets).await;
+    let name = format!("{prefix}-pool");
     let pool = json!({
-        "apiVersion": "sinew.dev/v1alpha1", "kind": "IPPool", "metadata": {"name": "np-pool"},
-        "spec": {"cidr": "10.127.0.0/24", "blockSize": 28, "mode": "VXLAN",
-                 "nodeSelector": {"matchLabels": {CLUSTER_LABEL: "np"}}},
+        "apiVersion": "sinew.dev/v1alpha1", "kind": "IPPool", "metadata": {"name": name},
+        "spec": {"cidr": cidr, "blockSize": 28, "mode": "VXLAN",
+                 "nodeSelector": {"matchLabels": {CLUSTER_LABEL: prefix}}},
     });
     Api::<IPPool>::all(ctx.client.clone())
         .patch(
-            "np-pool",
+            &name,
             &PatchParams::apply("sinew-e2e"),
             &Patch::Apply(&pool),
         )
         .await?;
     cluster.wait_ready(Duration::from_secs(30)).await?;
+    Ok(cluster)
+}
+
+async fn pods_are_isolated_from_their_first_packet_and_follow_label_changes(
+    ctx: Ctx,
+) -> TestResult {
+    let cluster = cluster_with_pool(&ctx, "np", &[0, 0], "10.127.0.0/24").await?;
     let (n0, n1) = (cluster.name(0), cluster.name(1));
     let web = cluster.start_pod(&n0, "np-web").await;
     let client = cluster.start_pod(&n1, "np-client").await;
@@ -289,20 +302,7 @@ fn applied(cluster: &LocalCluster, node: &str) -> Result<u64, String> {
 async fn a_flapping_policy_is_taken_together_and_the_table_follows_its_last_state(
     ctx: Ctx,
 ) -> TestResult {
-    let cluster = LocalCluster::start(&ctx.cp, "fl", &[0]).await;
-    let pool = json!({
-        "apiVersion": "sinew.dev/v1alpha1", "kind": "IPPool", "metadata": {"name": "fl-pool"},
-        "spec": {"cidr": "10.127.1.0/24", "blockSize": 28, "mode": "VXLAN",
-                 "nodeSelector": {"matchLabels": {CLUSTER_LABEL: "fl"}}},
-    });
-    Api::<IPPool>::all(ctx.client.clone())
-        .patch(
-            "fl-pool",
-            &PatchParams::apply("sinew-e2e"),
-            &Patch::Apply(&pool),
-        )
-        .await?;
-    cluster.wait_ready(Duration::from_secs(30)).await?;
+    let cluster = cluster_with_pool(&ctx, "fl", &[0], "10.127.1.0/24").await?;
     let n0 = cluster.name(0);
     let web = cluster.start_pod(&n0, "fl-web").await;
     let client = cluster.start_pod(&n0, "fl-client").await;
@@ -394,20 +394,7 @@ fn pod_events(cluster: &LocalCluster, node: &str) -> Result<u64, String> {
 /// its address and its end do; nothing after its end does. This node's own pods are
 /// delivered from their creation (they are isolated before their first packet).
 async fn a_pod_elsewhere_reaches_an_agent_only_once_it_has_an_address(ctx: Ctx) -> TestResult {
-    let cluster = LocalCluster::start(&ctx.cp, "pw", &[0]).await;
-    let pool = json!({
-        "apiVersion": "sinew.dev/v1alpha1", "kind": "IPPool", "metadata": {"name": "pw-pool"},
-        "spec": {"cidr": "10.127.2.0/24", "blockSize": 28, "mode": "VXLAN",
-                 "nodeSelector": {"matchLabels": {CLUSTER_LABEL: "pw"}}},
-    });
-    Api::<IPPool>::all(ctx.client.clone())
-        .patch(
-            "pw-pool",
-            &PatchParams::apply("sinew-e2e"),
-            &Patch::Apply(&pool),
-        )
-        .await?;
-    cluster.wait_ready(Duration::from_secs(30)).await?;
+    let cluster = cluster_with_pool(&ctx, "pw", &[0], "10.127.2.0/24").await?;
     let n0 = cluster.name(0);
     let pods = Api::<PodObject>::namespaced(ctx.client.clone(), "default");
     let settled = |what: &'static str| {
