@@ -389,6 +389,15 @@ fn pod_events(cluster: &LocalCluster, node: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("no pod watch events in:\n{body}"))
 }
 
+/// Waits until the agent of `node` has received more pods than `seen`, for `what`.
+async fn more_pods_than(cluster: &LocalCluster, node: &str, seen: u64, what: &str) -> TestResult {
+    eventually(what, || match pod_events(cluster, node)? {
+        n if n > seen => Ok(()),
+        _ => Err(format!("no pod event for {what}")),
+    })
+    .await
+}
+
 /// Issue #23: with policy on, a pod on another node is news to an agent only as a peer, by its
 /// address, until it ends (decision 105). Its creation and binding send this agent nothing;
 /// its address and its end do; nothing after its end does. This node's own pods are
@@ -442,13 +451,7 @@ async fn a_pod_elsewhere_reaches_an_agent_only_once_it_has_an_address(ctx: Ctx) 
         &Patch::Merge(&addressed),
     )
     .await?;
-    eventually("the pod's address delivered", || {
-        match pod_events(&cluster, &n0)? {
-            n if n > unaddressed => Ok(()),
-            _ => Err("no pod event for a peer's new address".into()),
-        }
-    })
-    .await?;
+    more_pods_than(&cluster, &n0, unaddressed, "a peer's new address").await?;
 
     // Once it has ended, it is no peer: one event takes it away, and its last writes (its
     // final statuses, its deletion) send nothing.
@@ -456,13 +459,7 @@ async fn a_pod_elsewhere_reaches_an_agent_only_once_it_has_an_address(ctx: Ctx) 
     let ended = json!({"status": {"phase": "Succeeded"}});
     pods.patch_status("pw-remote", &PatchParams::default(), &Patch::Merge(&ended))
         .await?;
-    eventually("the pod's end delivered", || {
-        match pod_events(&cluster, &n0)? {
-            n if n > addressed_seen => Ok(()),
-            _ => Err("no pod event for a peer that ended".into()),
-        }
-    })
-    .await?;
+    more_pods_than(&cluster, &n0, addressed_seen, "a peer that ended").await?;
     let ended_seen = settled("the peer's end").await?;
     let last_status = json!({"status": {"conditions": [{"type": "Ready", "status": "False"}]}});
     pods.patch_status(
@@ -483,14 +480,7 @@ async fn a_pod_elsewhere_reaches_an_agent_only_once_it_has_an_address(ctx: Ctx) 
     // This node's own pod object is delivered at once, before any address.
     let before_own = settled("the peer's end").await?;
     labelled_pod_object(&ctx, &n0, "pw-local", "web").await?;
-    eventually(
-        "this node's new pod object delivered",
-        || match pod_events(&cluster, &n0)? {
-            n if n > before_own => Ok(()),
-            _ => Err("no pod event for a pod of this node".into()),
-        },
-    )
-    .await?;
+    more_pods_than(&cluster, &n0, before_own, "a new pod of this node").await?;
     pods.delete("pw-local", &DeleteParams::default().grace_period(0))
         .await?;
     Ok(())
