@@ -139,7 +139,15 @@ impl EveryPod {
         let counted = events.clone();
         let task = tokio::spawn(async move {
             futures::pin_mut!(stream);
-            while let Ok(Some(event)) = stream.try_next().await {
+            loop {
+                let event = match stream.try_next().await {
+                    Ok(Some(event)) => event,
+                    Ok(None) => return,
+                    Err(e) => {
+                        eprintln!("[scale] the reference pod watch failed: {e}");
+                        return;
+                    }
+                };
                 match event {
                     WatchEvent::Added(_) | WatchEvent::Modified(_) | WatchEvent::Deleted(_) => {
                         counted.fetch_add(1, Ordering::Relaxed);

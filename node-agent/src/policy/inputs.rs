@@ -65,6 +65,11 @@ impl Inputs {
         metrics: &Metrics,
     ) -> Inputs {
         let (tx, changes) = mpsc::unbounded_channel();
+        let feed = |resource| Feed {
+            tx: tx.clone(),
+            wake: wake.clone(),
+            received: metrics.watch_events(resource),
+        };
         let [here, elsewhere] = pod_selectors(node);
         let mut watches: Vec<JoinHandle<()>> = [("pods here", here), ("pods elsewhere", elsewhere)]
             .into_iter()
@@ -75,11 +80,7 @@ impl Inputs {
                     what,
                     |p| Change::Pod(Edit::Upsert(PodView::from(p))),
                     |k| Change::Pod(Edit::Remove(k)),
-                    Feed {
-                        tx: tx.clone(),
-                        wake: wake.clone(),
-                        received: metrics.watch_events("pods"),
-                    },
+                    feed("pods"),
                 )
             })
             .collect();
@@ -90,11 +91,7 @@ impl Inputs {
                 "networkpolicies",
                 |p| Change::Policy(Edit::Upsert(PolicyView::from(p))),
                 |k| Change::Policy(Edit::Remove(k)),
-                Feed {
-                    tx: tx.clone(),
-                    wake: wake.clone(),
-                    received: metrics.watch_events("networkpolicies"),
-                },
+                feed("networkpolicies"),
             ),
             // Metadata only: names and labels are all policy reads of a namespace.
             follow(
@@ -103,11 +100,7 @@ impl Inputs {
                 "namespaces",
                 |ns| Change::Namespace(Edit::Upsert(namespace_view(&ns.metadata))),
                 |k| Change::Namespace(Edit::Remove(k)),
-                Feed {
-                    tx: tx.clone(),
-                    wake: wake.clone(),
-                    received: metrics.watch_events("namespaces"),
-                },
+                feed("namespaces"),
             ),
         ]);
         Inputs {
